@@ -1,0 +1,2 @@
+//! lockbroker: the broker library (lock table, server, plugins) behind the `lockbroker` binary.
+pub mod table;
