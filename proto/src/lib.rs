@@ -1,1 +1,27 @@
-//! wire protocol
+//! lockbroker-proto: the wire protocol between lockbroker clients and the broker.
+//!
+//! Sans-I/O: this crate only turns [`Frame`]s into bytes and bytes back into frames, under
+//! hard [`Limits`]. It knows nothing about QUIC, tokio or the lock table.
+//!
+//! Every frame on the control stream is `len: u32 LE | version: u8 | kind: u8 | body`, where
+//! `len` counts everything after itself. See [`codec`] for the exact layout of each body.
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod limits;
+mod wire;
+
+pub use codec::{decode, encode};
+pub use error::{DecodeError, ErrorCode};
+pub use frame::*;
+pub use limits::Limits;
+
+/// The protocol version this crate speaks. A frame carrying another version is refused.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The default UDP port of the broker.
+pub const DEFAULT_PORT: u16 = 7420;
+
+/// ALPN protocol id negotiated by clients and the broker.
+pub const ALPN: &[u8] = b"lockbroker/1";

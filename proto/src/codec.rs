@@ -1,0 +1,363 @@
+//! Encoding and bounded decoding of frames.
+//!
+//! Layout: `len: u32 LE | version: u8 | kind: u8 | body`. `len` counts version, kind and body.
+//! Bodies are the frame's fields in declaration order; `Option<T>` is a `u8` tag (0/1) then T;
+//! `Mode` is a tag (0 exclusive, 1 shared, 2 semaphore + u32); `WaitSpec` is a tag (0 no wait,
+//! 1 millis + u64, 2 forever).
+
+use crate::frame::*;
+use crate::wire::{Reader, put_bytes, put_u8, put_u16, put_u32, put_u64};
+use crate::{DecodeError, ErrorCode, Limits, PROTOCOL_VERSION};
+
+/// Bytes before the body: length prefix, version, kind.
+pub const HEADER_LEN: usize = 6;
+
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const ACQUIRE: u8 = 3;
+    pub const GRANTED: u8 = 4;
+    pub const RELEASE: u8 = 5;
+    pub const EXTEND: u8 = 6;
+    pub const EXTENDED: u8 = 7;
+    pub const RECLAIM: u8 = 8;
+    pub const OK: u8 = 9;
+    pub const INSPECT: u8 = 10;
+    pub const LOCK_INFO: u8 = 11;
+    pub const WAIT_UNLOCKED: u8 = 12;
+    pub const UNLOCKED: u8 = 13;
+    pub const CANCEL: u8 = 14;
+    pub const PING: u8 = 15;
+    pub const PONG: u8 = 16;
+    pub const ERROR: u8 = 17;
+}
+
+/// Appends the encoding of `frame` to `out`.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    let start = out.len();
+    put_u32(out, 0);
+    put_u8(out, PROTOCOL_VERSION);
+    match frame {
+        Frame::Hello(h) => {
+            put_u8(out, kind::HELLO);
+            put_opt_str(out, h.token.as_deref());
+            put_bytes(out, h.client.as_bytes());
+        }
+        Frame::Welcome(w) => {
+            put_u8(out, kind::WELCOME);
+            put_u64(out, w.session);
+            put_u64(out, w.epoch);
+            put_u32(out, w.max_frame);
+            put_u32(out, w.max_key);
+            put_u64(out, w.default_ttl_ms);
+            put_bytes(out, w.principal.as_bytes());
+        }
+        Frame::Acquire(a) => {
+            put_u8(out, kind::ACQUIRE);
+            put_u64(out, a.id);
+            put_bytes(out, &a.key);
+            put_mode(out, a.mode);
+            put_u64(out, a.ttl_ms);
+            put_wait(out, a.wait);
+        }
+        Frame::Granted(g) => {
+            put_u8(out, kind::GRANTED);
+            put_u64(out, g.id);
+            put_u64(out, g.fence);
+            put_u64(out, g.ttl_ms);
+            match &g.rewritten {
+                None => put_u8(out, 0),
+                Some(k) => {
+                    put_u8(out, 1);
+                    put_bytes(out, k);
+                }
+            }
+        }
+        Frame::Release(r) => {
+            put_u8(out, kind::RELEASE);
+            put_u64(out, r.id);
+            put_bytes(out, &r.key);
+            put_u64(out, r.fence);
+            put_u8(out, u8::from(r.ack));
+        }
+        Frame::Extend(e) => {
+            put_u8(out, kind::EXTEND);
+            put_u64(out, e.id);
+            put_bytes(out, &e.key);
+            put_u64(out, e.fence);
+            put_u64(out, e.ttl_ms);
+        }
+        Frame::Extended { id, ttl_ms } => {
+            put_u8(out, kind::EXTENDED);
+            put_u64(out, *id);
+            put_u64(out, *ttl_ms);
+        }
+        Frame::Reclaim(r) => {
+            put_u8(out, kind::RECLAIM);
+            put_u64(out, r.id);
+            put_bytes(out, &r.key);
+            put_u64(out, r.fence);
+            put_u64(out, r.ttl_ms);
+        }
+        Frame::Ok { id } => {
+            put_u8(out, kind::OK);
+            put_u64(out, *id);
+        }
+        Frame::Inspect { id, key } => {
+            put_u8(out, kind::INSPECT);
+            put_u64(out, *id);
+            put_bytes(out, key);
+        }
+        Frame::LockInfo(i) => {
+            put_u8(out, kind::LOCK_INFO);
+            put_u64(out, i.id);
+            put_bytes(out, &i.key);
+            put_u32(out, u32::try_from(i.holders.len()).unwrap_or(u32::MAX));
+            for h in &i.holders {
+                put_u64(out, h.session);
+                put_u64(out, h.fence);
+                put_mode(out, h.mode);
+                put_u64(out, h.remaining_ms);
+            }
+            put_u32(out, i.waiters);
+            put_u64(out, i.blocked_ms);
+        }
+        Frame::WaitUnlocked { id, key, wait } => {
+            put_u8(out, kind::WAIT_UNLOCKED);
+            put_u64(out, *id);
+            put_bytes(out, key);
+            put_wait(out, *wait);
+        }
+        Frame::Unlocked { id, outcome } => {
+            put_u8(out, kind::UNLOCKED);
+            put_u64(out, *id);
+            put_u8(out, matches!(outcome, UnlockOutcome::Expired).into());
+        }
+        Frame::Cancel { id } => {
+            put_u8(out, kind::CANCEL);
+            put_u64(out, *id);
+        }
+        Frame::Ping { id } => {
+            put_u8(out, kind::PING);
+            put_u64(out, *id);
+        }
+        Frame::Pong { id } => {
+            put_u8(out, kind::PONG);
+            put_u64(out, *id);
+        }
+        Frame::Error { id, code, message } => {
+            put_u8(out, kind::ERROR);
+            put_u64(out, *id);
+            put_u16(out, code.to_u16());
+            put_bytes(out, message.as_bytes());
+        }
+    }
+    let len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Decodes one frame from the front of `buf`.
+///
+/// Returns `Ok(None)` when `buf` does not yet hold a whole frame, `Ok(Some((frame, n)))` when the
+/// first `n` bytes were one frame. A frame whose announced length exceeds `limits.max_frame` is
+/// refused as soon as its length prefix is read, before buffering it.
+pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, DecodeError> {
+    let Some(prefix) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    let total = len.saturating_add(4);
+    if total > limits.max_frame {
+        return Err(DecodeError::FrameTooLarge {
+            size: total,
+            limit: limits.max_frame,
+        });
+    }
+    if len < 2 {
+        return Err(DecodeError::Malformed("frame shorter than its header"));
+    }
+    // The version is checked as soon as it is there, so a peer speaking another version is
+    // told so even if it never sends a whole frame.
+    if let Some(&version) = buf.get(4)
+        && version != PROTOCOL_VERSION
+    {
+        return Err(DecodeError::UnsupportedVersion {
+            got: version,
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    let Some(body) = buf.get(5..total) else {
+        return Ok(None);
+    };
+    let mut r = Reader::new(&body[1..]);
+    let frame = decode_body(body[0], &mut r, limits)?;
+    r.finish()?;
+    Ok(Some((frame, total)))
+}
+
+fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, DecodeError> {
+    let max_key = limits.max_key;
+    Ok(match kind {
+        kind::HELLO => Frame::Hello(Hello {
+            token: opt_string(r, "token")?,
+            client: r.string("client")?,
+        }),
+        kind::WELCOME => Frame::Welcome(Welcome {
+            session: r.u64("session")?,
+            epoch: r.u64("epoch")?,
+            max_frame: r.u32("max_frame")?,
+            max_key: r.u32("max_key")?,
+            default_ttl_ms: r.u64("default_ttl")?,
+            principal: r.string("principal")?,
+        }),
+        kind::ACQUIRE => Frame::Acquire(Acquire {
+            id: r.u64("id")?,
+            key: r.key(max_key)?,
+            mode: mode(r)?,
+            ttl_ms: r.u64("ttl")?,
+            wait: wait(r)?,
+        }),
+        kind::GRANTED => Frame::Granted(Granted {
+            id: r.u64("id")?,
+            fence: r.u64("fence")?,
+            ttl_ms: r.u64("ttl")?,
+            rewritten: if r.bool("rewritten")? {
+                Some(r.key(max_key)?)
+            } else {
+                None
+            },
+        }),
+        kind::RELEASE => Frame::Release(Release {
+            id: r.u64("id")?,
+            key: r.key(max_key)?,
+            fence: r.u64("fence")?,
+            ack: r.bool("ack")?,
+        }),
+        kind::EXTEND => Frame::Extend(Extend {
+            id: r.u64("id")?,
+            key: r.key(max_key)?,
+            fence: r.u64("fence")?,
+            ttl_ms: r.u64("ttl")?,
+        }),
+        kind::EXTENDED => Frame::Extended {
+            id: r.u64("id")?,
+            ttl_ms: r.u64("ttl")?,
+        },
+        kind::RECLAIM => Frame::Reclaim(Reclaim {
+            id: r.u64("id")?,
+            key: r.key(max_key)?,
+            fence: r.u64("fence")?,
+            ttl_ms: r.u64("ttl")?,
+        }),
+        kind::OK => Frame::Ok { id: r.u64("id")? },
+        kind::INSPECT => Frame::Inspect {
+            id: r.u64("id")?,
+            key: r.key(max_key)?,
+        },
+        kind::LOCK_INFO => {
+            let id = r.u64("id")?;
+            let key = r.key(max_key)?;
+            let count = r.u32("holder count")? as usize;
+            // Each holder takes at least 25 bytes: a count beyond what is left is a lie.
+            if count > r.remaining() / 25 {
+                return Err(DecodeError::Malformed("holder count"));
+            }
+            let mut holders = Vec::with_capacity(count);
+            for _ in 0..count {
+                holders.push(HolderInfo {
+                    session: r.u64("session")?,
+                    fence: r.u64("fence")?,
+                    mode: mode(r)?,
+                    remaining_ms: r.u64("remaining")?,
+                });
+            }
+            Frame::LockInfo(LockInfo {
+                id,
+                key,
+                holders,
+                waiters: r.u32("waiters")?,
+                blocked_ms: r.u64("blocked")?,
+            })
+        }
+        kind::WAIT_UNLOCKED => Frame::WaitUnlocked {
+            id: r.u64("id")?,
+            key: r.key(max_key)?,
+            wait: wait(r)?,
+        },
+        kind::UNLOCKED => Frame::Unlocked {
+            id: r.u64("id")?,
+            outcome: if r.bool("outcome")? {
+                UnlockOutcome::Expired
+            } else {
+                UnlockOutcome::Released
+            },
+        },
+        kind::CANCEL => Frame::Cancel { id: r.u64("id")? },
+        kind::PING => Frame::Ping { id: r.u64("id")? },
+        kind::PONG => Frame::Pong { id: r.u64("id")? },
+        kind::ERROR => Frame::Error {
+            id: r.u64("id")?,
+            code: ErrorCode::from_u16(r.u16("code")?),
+            message: r.string("message")?,
+        },
+        other => return Err(DecodeError::UnknownKind(other)),
+    })
+}
+
+fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => put_u8(out, 0),
+        Some(s) => {
+            put_u8(out, 1);
+            put_bytes(out, s.as_bytes());
+        }
+    }
+}
+
+fn opt_string(r: &mut Reader<'_>, what: &'static str) -> Result<Option<String>, DecodeError> {
+    Ok(if r.bool(what)? {
+        Some(r.string(what)?)
+    } else {
+        None
+    })
+}
+
+fn put_mode(out: &mut Vec<u8>, m: Mode) {
+    match m {
+        Mode::Exclusive => put_u8(out, 0),
+        Mode::Shared => put_u8(out, 1),
+        Mode::Semaphore(n) => {
+            put_u8(out, 2);
+            put_u32(out, n);
+        }
+    }
+}
+
+fn mode(r: &mut Reader<'_>) -> Result<Mode, DecodeError> {
+    Ok(match r.u8("mode")? {
+        0 => Mode::Exclusive,
+        1 => Mode::Shared,
+        2 => Mode::Semaphore(r.u32("permits")?),
+        _ => return Err(DecodeError::Malformed("mode")),
+    })
+}
+
+fn put_wait(out: &mut Vec<u8>, w: WaitSpec) {
+    match w {
+        WaitSpec::NoWait => put_u8(out, 0),
+        WaitSpec::Millis(ms) => {
+            put_u8(out, 1);
+            put_u64(out, ms);
+        }
+        WaitSpec::Forever => put_u8(out, 2),
+    }
+}
+
+fn wait(r: &mut Reader<'_>) -> Result<WaitSpec, DecodeError> {
+    Ok(match r.u8("wait")? {
+        0 => WaitSpec::NoWait,
+        1 => WaitSpec::Millis(r.u64("wait ms")?),
+        2 => WaitSpec::Forever,
+        _ => return Err(DecodeError::Malformed("wait")),
+    })
+}

@@ -1,0 +1,126 @@
+//! Decode errors and the error codes carried by `Error` frames.
+
+use thiserror::Error;
+
+/// Why a byte sequence is not a valid frame. Any of these closes the connection after an
+/// `Error` frame with [`DecodeError::code`].
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { size: usize, limit: usize },
+    #[error("key of {size} bytes exceeds the limit of {limit} bytes")]
+    KeyTooLarge { size: usize, limit: usize },
+    #[error("unsupported protocol version {got} (this side speaks {supported})")]
+    UnsupportedVersion { got: u8, supported: u8 },
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+}
+
+impl DecodeError {
+    /// The error code sent to the peer for this decode error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
+            DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            DecodeError::UnknownKind(_) | DecodeError::Malformed(_) => ErrorCode::Malformed,
+        }
+    }
+}
+
+/// The code of an `Error` frame. Request-level codes (Busy, NotOwner, …) answer one request;
+/// connection-level codes (Malformed, FrameTooLarge, …) are followed by the connection closing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Malformed,
+    FrameTooLarge,
+    KeyTooLarge,
+    UnsupportedVersion,
+    /// A frame other than `Hello` arrived first, or `Hello` arrived twice.
+    ProtocolOrder,
+    Busy,
+    Timeout,
+    Cancelled,
+    NotOwner,
+    NotLocked,
+    AlreadyHeld,
+    Denied,
+    LimitExceeded,
+    InvalidMode,
+    Unavailable,
+    ShuttingDown,
+    DuplicateRequest,
+    Unauthenticated,
+    Internal,
+    /// A code this version does not know (sent by a newer peer).
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    /// The numeric value on the wire.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::Malformed => 1,
+            ErrorCode::FrameTooLarge => 2,
+            ErrorCode::KeyTooLarge => 3,
+            ErrorCode::UnsupportedVersion => 4,
+            ErrorCode::ProtocolOrder => 5,
+            ErrorCode::Busy => 10,
+            ErrorCode::Timeout => 11,
+            ErrorCode::Cancelled => 12,
+            ErrorCode::NotOwner => 13,
+            ErrorCode::NotLocked => 14,
+            ErrorCode::AlreadyHeld => 15,
+            ErrorCode::Denied => 16,
+            ErrorCode::LimitExceeded => 17,
+            ErrorCode::InvalidMode => 18,
+            ErrorCode::Unavailable => 19,
+            ErrorCode::ShuttingDown => 20,
+            ErrorCode::DuplicateRequest => 21,
+            ErrorCode::Unauthenticated => 22,
+            ErrorCode::Internal => 99,
+            ErrorCode::Unknown(v) => v,
+        }
+    }
+
+    /// Decodes a numeric code; unknown values are kept as [`ErrorCode::Unknown`].
+    pub fn from_u16(v: u16) -> Self {
+        match v {
+            1 => ErrorCode::Malformed,
+            2 => ErrorCode::FrameTooLarge,
+            3 => ErrorCode::KeyTooLarge,
+            4 => ErrorCode::UnsupportedVersion,
+            5 => ErrorCode::ProtocolOrder,
+            10 => ErrorCode::Busy,
+            11 => ErrorCode::Timeout,
+            12 => ErrorCode::Cancelled,
+            13 => ErrorCode::NotOwner,
+            14 => ErrorCode::NotLocked,
+            15 => ErrorCode::AlreadyHeld,
+            16 => ErrorCode::Denied,
+            17 => ErrorCode::LimitExceeded,
+            18 => ErrorCode::InvalidMode,
+            19 => ErrorCode::Unavailable,
+            20 => ErrorCode::ShuttingDown,
+            21 => ErrorCode::DuplicateRequest,
+            22 => ErrorCode::Unauthenticated,
+            99 => ErrorCode::Internal,
+            other => ErrorCode::Unknown(other),
+        }
+    }
+
+    /// True for codes after which the sender closes the connection.
+    pub fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Malformed
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::KeyTooLarge
+                | ErrorCode::UnsupportedVersion
+                | ErrorCode::ProtocolOrder
+                | ErrorCode::Unauthenticated
+        )
+    }
+}

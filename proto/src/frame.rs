@@ -1,0 +1,218 @@
+//! The frames of the protocol: what a client asks and what the broker answers or pushes.
+//!
+//! Requests carry a client-chosen `id` (unique among the session's pending requests); every
+//! answer, including a pushed grant for a queued acquire, carries the same `id`.
+
+use bytes::Bytes;
+
+use crate::ErrorCode;
+
+/// How a lock is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One holder.
+    Exclusive,
+    /// Many readers, no writer (readers–writer lock; waiting writers are not starved).
+    Shared,
+    /// Up to N holders.
+    Semaphore(u32),
+}
+
+/// How long an acquire (or a wait for unlock) may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitSpec {
+    /// Fail at once with `Busy` if not grantable (try-lock).
+    NoWait,
+    /// Wait up to this many milliseconds, then fail with `Timeout`.
+    Millis(u64),
+    /// Wait until granted or cancelled.
+    Forever,
+}
+
+/// How a `WaitUnlocked` resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnlockOutcome {
+    /// The last holder released the lock.
+    Released,
+    /// The last holder's lease expired.
+    Expired,
+}
+
+/// Client → broker, first frame on the control stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Auth token, if the broker requires one.
+    pub token: Option<String>,
+    /// Free-form client name, for logs.
+    pub client: String,
+}
+
+/// Broker → client, answer to [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    pub session: u64,
+    /// Broker epoch: the high bits of every fencing token issued by this broker run.
+    pub epoch: u64,
+    pub max_frame: u32,
+    pub max_key: u32,
+    /// TTL used when an acquire asks for 0.
+    pub default_ttl_ms: u64,
+    /// The principal the broker identified this session as (certificate subject, token name, or `anonymous`).
+    pub principal: String,
+}
+
+/// Ask for a lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acquire {
+    pub id: u64,
+    pub key: Bytes,
+    pub mode: Mode,
+    /// Requested lease TTL; 0 asks for the broker default. Policy may change it: the grant says what was given.
+    pub ttl_ms: u64,
+    pub wait: WaitSpec,
+}
+
+/// A lease was granted (answer to `Acquire` or `Reclaim`, possibly pushed long after it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Granted {
+    pub id: u64,
+    /// The fencing token, which is also the lease id.
+    pub fence: u64,
+    /// The TTL granted (after TTL policy).
+    pub ttl_ms: u64,
+    /// Set when a key policy rewrote the key: the key the lock is actually held on.
+    pub rewritten: Option<Bytes>,
+}
+
+/// Give a lease back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub id: u64,
+    pub key: Bytes,
+    pub fence: u64,
+    /// Answer with `Ok`/`Error` when true; when false the release is fire-and-forget.
+    pub ack: bool,
+}
+
+/// Renew a lease: its deadline becomes now + ttl.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extend {
+    pub id: u64,
+    pub key: Bytes,
+    pub fence: u64,
+    pub ttl_ms: u64,
+}
+
+/// Take over a lease by id (fence) from a lost session or a restored lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reclaim {
+    pub id: u64,
+    pub key: Bytes,
+    pub fence: u64,
+    pub ttl_ms: u64,
+}
+
+/// One holder of a lock, as reported by `LockInfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderInfo {
+    pub session: u64,
+    pub fence: u64,
+    pub mode: Mode,
+    pub remaining_ms: u64,
+}
+
+/// Answer to `Inspect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockInfo {
+    pub id: u64,
+    pub key: Bytes,
+    pub holders: Vec<HolderInfo>,
+    pub waiters: u32,
+    /// Milliseconds the key stays blocked by lock-delay after a lost holder's lease expired.
+    pub blocked_ms: u64,
+}
+
+/// Every frame of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Hello),
+    Welcome(Welcome),
+    Acquire(Acquire),
+    Granted(Granted),
+    Release(Release),
+    Extend(Extend),
+    /// Answer to `Extend`: the TTL now in force.
+    Extended {
+        id: u64,
+        ttl_ms: u64,
+    },
+    Reclaim(Reclaim),
+    /// Generic success (acknowledged release).
+    Ok {
+        id: u64,
+    },
+    Inspect {
+        id: u64,
+        key: Bytes,
+    },
+    LockInfo(LockInfo),
+    /// Resolve when `key` has no holder, or fail after `wait`.
+    WaitUnlocked {
+        id: u64,
+        key: Bytes,
+        wait: WaitSpec,
+    },
+    Unlocked {
+        id: u64,
+        outcome: UnlockOutcome,
+    },
+    /// Cancel the pending `Acquire` or `WaitUnlocked` with this id.
+    Cancel {
+        id: u64,
+    },
+    Ping {
+        id: u64,
+    },
+    Pong {
+        id: u64,
+    },
+    /// A request failed (`id` ≠ 0), or the connection is about to close (`id` = 0, fatal codes).
+    Error {
+        id: u64,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Frame {
+    /// The request id this frame belongs to (0 for `Hello`/`Welcome`).
+    pub fn id(&self) -> u64 {
+        match self {
+            Frame::Hello(_) | Frame::Welcome(_) => 0,
+            Frame::Acquire(f) => f.id,
+            Frame::Granted(f) => f.id,
+            Frame::Release(f) => f.id,
+            Frame::Extend(f) => f.id,
+            Frame::Reclaim(f) => f.id,
+            Frame::LockInfo(f) => f.id,
+            Frame::Extended { id, .. }
+            | Frame::Ok { id }
+            | Frame::Inspect { id, .. }
+            | Frame::WaitUnlocked { id, .. }
+            | Frame::Unlocked { id, .. }
+            | Frame::Cancel { id }
+            | Frame::Ping { id }
+            | Frame::Pong { id }
+            | Frame::Error { id, .. } => *id,
+        }
+    }
+
+    /// A request-level error frame.
+    pub fn error(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
+        Frame::Error {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}

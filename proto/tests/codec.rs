@@ -1,0 +1,384 @@
+//! Round-trip and malformed-input tests of the codec.
+
+use bytes::Bytes;
+use lockbroker_proto::*;
+use proptest::prelude::*;
+
+fn roundtrip(f: &Frame) {
+    let mut buf = Vec::new();
+    encode(f, &mut buf);
+    let (back, n) = decode(&buf, &Limits::default())
+        .expect("decodes")
+        .expect("whole frame");
+    assert_eq!(n, buf.len());
+    assert_eq!(&back, f);
+    // Every strict prefix is "not yet".
+    for cut in 0..buf.len() {
+        assert_eq!(
+            decode(&buf[..cut], &Limits::default()),
+            Ok(None),
+            "prefix {cut}"
+        );
+    }
+}
+
+fn samples() -> Vec<Frame> {
+    let key = Bytes::from_static(b"jobs/nightly");
+    vec![
+        Frame::Hello(Hello {
+            token: Some("secret".into()),
+            client: "test".into(),
+        }),
+        Frame::Hello(Hello {
+            token: None,
+            client: String::new(),
+        }),
+        Frame::Welcome(Welcome {
+            session: 7,
+            epoch: 3,
+            max_frame: 65536,
+            max_key: 1024,
+            default_ttl_ms: 30_000,
+            principal: "anonymous".into(),
+        }),
+        Frame::Acquire(Acquire {
+            id: 1,
+            key: key.clone(),
+            mode: Mode::Exclusive,
+            ttl_ms: 30_000,
+            wait: WaitSpec::NoWait,
+        }),
+        Frame::Acquire(Acquire {
+            id: 2,
+            key: key.clone(),
+            mode: Mode::Semaphore(4),
+            ttl_ms: 0,
+            wait: WaitSpec::Millis(5000),
+        }),
+        Frame::Acquire(Acquire {
+            id: 3,
+            key: key.clone(),
+            mode: Mode::Shared,
+            ttl_ms: 1,
+            wait: WaitSpec::Forever,
+        }),
+        Frame::Granted(Granted {
+            id: 1,
+            fence: u64::MAX,
+            ttl_ms: 10,
+            rewritten: None,
+        }),
+        Frame::Granted(Granted {
+            id: 1,
+            fence: 9,
+            ttl_ms: 10,
+            rewritten: Some(Bytes::from_static(b"tenant/a/jobs")),
+        }),
+        Frame::Release(Release {
+            id: 4,
+            key: key.clone(),
+            fence: 9,
+            ack: true,
+        }),
+        Frame::Extend(Extend {
+            id: 5,
+            key: key.clone(),
+            fence: 9,
+            ttl_ms: 100,
+        }),
+        Frame::Extended { id: 5, ttl_ms: 100 },
+        Frame::Reclaim(Reclaim {
+            id: 6,
+            key: key.clone(),
+            fence: 9,
+            ttl_ms: 100,
+        }),
+        Frame::Ok { id: 4 },
+        Frame::Inspect {
+            id: 8,
+            key: key.clone(),
+        },
+        Frame::LockInfo(LockInfo {
+            id: 8,
+            key: key.clone(),
+            holders: vec![
+                HolderInfo {
+                    session: 1,
+                    fence: 2,
+                    mode: Mode::Shared,
+                    remaining_ms: 3,
+                },
+                HolderInfo {
+                    session: 4,
+                    fence: 5,
+                    mode: Mode::Semaphore(2),
+                    remaining_ms: 6,
+                },
+            ],
+            waiters: 3,
+            blocked_ms: 0,
+        }),
+        Frame::WaitUnlocked {
+            id: 9,
+            key,
+            wait: WaitSpec::Forever,
+        },
+        Frame::Unlocked {
+            id: 9,
+            outcome: UnlockOutcome::Expired,
+        },
+        Frame::Unlocked {
+            id: 9,
+            outcome: UnlockOutcome::Released,
+        },
+        Frame::Cancel { id: 10 },
+        Frame::Ping { id: 11 },
+        Frame::Pong { id: 11 },
+        Frame::error(12, ErrorCode::NotOwner, "lease 9 is not yours"),
+        Frame::error(0, ErrorCode::Unknown(777), "from the future"),
+    ]
+}
+
+#[test]
+fn every_frame_kind_round_trips() {
+    for f in samples() {
+        roundtrip(&f);
+    }
+}
+
+#[test]
+fn many_frames_in_one_buffer_decode_in_order() {
+    let frames = samples();
+    let mut buf = Vec::new();
+    for f in &frames {
+        encode(f, &mut buf);
+    }
+    let mut at = 0;
+    let mut got = Vec::new();
+    while let Some((f, n)) = decode(&buf[at..], &Limits::default()).unwrap() {
+        got.push(f);
+        at += n;
+    }
+    assert_eq!(at, buf.len());
+    assert_eq!(got, frames);
+}
+
+#[test]
+fn oversized_frame_is_refused_from_its_length_prefix() {
+    let limits = Limits::default();
+    let huge = (limits.max_frame as u32).to_le_bytes();
+    assert_eq!(
+        decode(&huge, &limits),
+        Err(DecodeError::FrameTooLarge {
+            size: limits.max_frame + 4,
+            limit: limits.max_frame
+        })
+    );
+}
+
+#[test]
+fn oversized_key_is_refused() {
+    let mut buf = Vec::new();
+    encode(
+        &Frame::Acquire(Acquire {
+            id: 1,
+            key: Bytes::from(vec![b'k'; 2000]),
+            mode: Mode::Exclusive,
+            ttl_ms: 0,
+            wait: WaitSpec::NoWait,
+        }),
+        &mut buf,
+    );
+    let err = decode(&buf, &Limits::default()).unwrap_err();
+    assert_eq!(
+        err,
+        DecodeError::KeyTooLarge {
+            size: 2000,
+            limit: 1024
+        }
+    );
+    assert_eq!(err.code(), ErrorCode::KeyTooLarge);
+    // A configured, larger limit accepts it.
+    let wide = Limits {
+        max_frame: 64 * 1024,
+        max_key: 4096,
+    };
+    assert!(decode(&buf, &wide).unwrap().is_some());
+}
+
+#[test]
+fn unknown_version_is_refused_before_the_body_arrives() {
+    let buf = [10, 0, 0, 0, 9];
+    assert_eq!(
+        decode(&buf, &Limits::default()),
+        Err(DecodeError::UnsupportedVersion {
+            got: 9,
+            supported: PROTOCOL_VERSION
+        })
+    );
+}
+
+#[test]
+fn unknown_kind_trailing_bytes_and_truncation_are_malformed() {
+    let limits = Limits::default();
+    assert_eq!(
+        decode(&[2, 0, 0, 0, PROTOCOL_VERSION, 200], &limits),
+        Err(DecodeError::UnknownKind(200))
+    );
+    // Ping with one extra byte.
+    let mut buf = Vec::new();
+    encode(&Frame::Ping { id: 1 }, &mut buf);
+    buf.push(0);
+    buf[0] += 1;
+    assert_eq!(
+        decode(&buf, &limits),
+        Err(DecodeError::Malformed("trailing bytes"))
+    );
+    // Ping with a length that ends inside the id.
+    let buf = [5, 0, 0, 0, PROTOCOL_VERSION, 15, 1, 2, 3];
+    assert!(matches!(
+        decode(&buf, &limits),
+        Err(DecodeError::Malformed(_))
+    ));
+    // Length shorter than the header.
+    assert!(matches!(
+        decode(&[1, 0, 0, 0, PROTOCOL_VERSION], &limits),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn lying_counts_and_bad_tags_are_malformed() {
+    let limits = Limits::default();
+    let mut buf = Vec::new();
+    encode(
+        &Frame::LockInfo(LockInfo {
+            id: 1,
+            key: Bytes::from_static(b"k"),
+            holders: vec![],
+            waiters: 0,
+            blocked_ms: 0,
+        }),
+        &mut buf,
+    );
+    // Holder count sits after len(4) ver(1) kind(1) id(8) keylen(4) key(1).
+    buf[19..23].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        decode(&buf, &limits),
+        Err(DecodeError::Malformed("holder count"))
+    );
+
+    let mut buf = Vec::new();
+    encode(
+        &Frame::Acquire(Acquire {
+            id: 1,
+            key: Bytes::from_static(b"k"),
+            mode: Mode::Exclusive,
+            ttl_ms: 0,
+            wait: WaitSpec::NoWait,
+        }),
+        &mut buf,
+    );
+    buf[19] = 7; // mode tag
+    assert_eq!(decode(&buf, &limits), Err(DecodeError::Malformed("mode")));
+}
+
+#[test]
+fn fatal_codes_are_the_connection_level_ones() {
+    assert!(ErrorCode::Malformed.is_fatal());
+    assert!(ErrorCode::UnsupportedVersion.is_fatal());
+    assert!(!ErrorCode::Busy.is_fatal());
+    for v in 0..200u16 {
+        assert_eq!(ErrorCode::from_u16(v).to_u16(), v);
+    }
+}
+
+fn arb_mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![
+        Just(Mode::Exclusive),
+        Just(Mode::Shared),
+        any::<u32>().prop_map(Mode::Semaphore)
+    ]
+}
+
+fn arb_wait() -> impl Strategy<Value = WaitSpec> {
+    prop_oneof![
+        Just(WaitSpec::NoWait),
+        Just(WaitSpec::Forever),
+        any::<u64>().prop_map(WaitSpec::Millis)
+    ]
+}
+
+fn arb_key() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+}
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (
+            any::<u64>(),
+            arb_key(),
+            arb_mode(),
+            any::<u64>(),
+            arb_wait()
+        )
+            .prop_map(|(id, key, mode, ttl_ms, wait)| Frame::Acquire(Acquire {
+                id,
+                key,
+                mode,
+                ttl_ms,
+                wait
+            })),
+        (any::<u64>(), arb_key(), any::<u64>(), any::<bool>()).prop_map(|(id, key, fence, ack)| {
+            Frame::Release(Release {
+                id,
+                key,
+                fence,
+                ack,
+            })
+        }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(arb_key())
+        )
+            .prop_map(|(id, fence, ttl_ms, rewritten)| Frame::Granted(Granted {
+                id,
+                fence,
+                ttl_ms,
+                rewritten
+            })),
+        (any::<u64>(), any::<u16>(), ".{0,40}").prop_map(|(id, c, m)| Frame::error(
+            id,
+            ErrorCode::from_u16(c),
+            m
+        )),
+        (any::<u64>(), arb_key(), arb_wait()).prop_map(|(id, key, wait)| Frame::WaitUnlocked {
+            id,
+            key,
+            wait
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_frames_round_trip(f in arb_frame()) {
+        roundtrip(&f);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode(&bytes, &Limits::default());
+    }
+
+    #[test]
+    fn corrupted_frames_never_panic(f in arb_frame(), at in any::<usize>(), b in any::<u8>()) {
+        let mut buf = Vec::new();
+        encode(&f, &mut buf);
+        let i = at % buf.len();
+        buf[i] = b;
+        let _ = decode(&buf, &Limits::default());
+    }
+}
