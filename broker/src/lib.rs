@@ -1,2 +1,8 @@
-//! lockbroker: the broker library (lock table, server, plugins) behind the `lockbroker` binary.
+//! lockbroker: the broker library behind the `lockbroker` binary — the lock table (pure
+//! state machine), the QUIC server, configuration, TLS material and the epoch file.
+
+pub mod config;
+pub mod epoch;
+pub mod server;
 pub mod table;
+pub mod tls;

@@ -1,0 +1,199 @@
+//! Broker configuration: the TOML file `lockbroker serve --config` reads. Every field has a
+//! default, so `serve` runs with no file at all. `broker.example.toml` documents every key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors reading or validating a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the epoch file, the dev certificate and plugin caches.
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub locks: LocksConfig,
+    pub quic: QuicConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], lockbroker_proto::DEFAULT_PORT)),
+            data_dir: PathBuf::from(".lockbroker"),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            locks: LocksConfig::default(),
+            quic: QuicConfig::default(),
+        }
+    }
+}
+
+/// TLS settings. Without `cert`/`key` a self-signed dev certificate is generated in the data dir.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the broker.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the broker.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates (mTLS). When set, clients may present a
+    /// certificate signed by it; its subject common name becomes the principal.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse clients that present no certificate.
+    pub require_client_cert: bool,
+}
+
+/// Token authentication: the `Hello` frame may carry a token bound to a principal name.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// token → principal name.
+    pub tokens: BTreeMap<String, String>,
+    /// Refuse sessions without a known token (or client certificate).
+    pub require: bool,
+}
+
+/// Decode and per-session limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_frame_bytes: usize,
+    pub max_key_bytes: usize,
+    pub max_leases_per_session: usize,
+    pub max_waiters_per_session: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: lockbroker_proto::Limits::DEFAULT_MAX_FRAME,
+            max_key_bytes: lockbroker_proto::Limits::DEFAULT_MAX_KEY,
+            max_leases_per_session: 10_000,
+            max_waiters_per_session: 10_000,
+        }
+    }
+}
+
+/// Lease behaviour.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocksConfig {
+    /// TTL of a lease when the client asks for none (ms).
+    pub default_ttl_ms: u64,
+    /// Longest TTL granted (ms); longer requests are cut to it.
+    pub max_ttl_ms: u64,
+    /// After a lost session's lease expires, the key stays blocked this long (ms).
+    pub lock_delay_ms: u64,
+}
+
+impl Default for LocksConfig {
+    fn default() -> Self {
+        LocksConfig {
+            default_ttl_ms: 30_000,
+            max_ttl_ms: 3_600_000,
+            lock_delay_ms: 0,
+        }
+    }
+}
+
+/// QUIC transport settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuicConfig {
+    /// A connection silent this long is lost (ms).
+    pub idle_timeout_ms: u64,
+    /// Keep-alive interval the broker sends (ms).
+    pub keep_alive_ms: u64,
+    /// Grace period for in-flight writes at shutdown (ms).
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            idle_timeout_ms: 10_000,
+            keep_alive_ms: 3_000,
+            shutdown_grace_ms: 2_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.limits.max_key_bytes == 0 || self.limits.max_frame_bytes < 64 {
+            return bad("limits.max_key_bytes must be > 0 and limits.max_frame_bytes >= 64");
+        }
+        if self.limits.max_key_bytes + 64 > self.limits.max_frame_bytes {
+            return bad("limits.max_frame_bytes must exceed limits.max_key_bytes by at least 64");
+        }
+        if self.locks.default_ttl_ms == 0 || self.locks.max_ttl_ms < self.locks.default_ttl_ms {
+            return bad("locks.default_ttl_ms must be > 0 and <= locks.max_ttl_ms");
+        }
+        if self.quic.idle_timeout_ms == 0 || self.quic.keep_alive_ms >= self.quic.idle_timeout_ms
+        {
+            return bad("quic.keep_alive_ms must be below quic.idle_timeout_ms");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert and tls.key go together");
+        }
+        Ok(())
+    }
+
+    /// The decode limits in force.
+    pub fn proto_limits(&self) -> lockbroker_proto::Limits {
+        lockbroker_proto::Limits {
+            max_frame: self.limits.max_frame_bytes,
+            max_key: self.limits.max_key_bytes,
+        }
+    }
+
+    pub(crate) fn default_ttl(&self) -> Duration {
+        Duration::from_millis(self.locks.default_ttl_ms)
+    }
+
+    pub(crate) fn max_ttl(&self) -> Duration {
+        Duration::from_millis(self.locks.max_ttl_ms)
+    }
+}

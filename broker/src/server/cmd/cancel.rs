@@ -1,0 +1,9 @@
+//! `Cancel`: withdraws a pending acquire or wait. The cancelled request is answered with a
+//! `Cancelled` error; cancelling something no longer pending is not an error (the answer
+//! it already got stands).
+
+use crate::server::session::Session;
+
+pub(super) fn apply(s: &Session, id: u64) {
+    s.broker.with_table(|t, now, out| t.cancel(now, s.id, id, out));
+}

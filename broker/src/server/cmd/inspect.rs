@@ -1,0 +1,52 @@
+//! `Inspect`: reports holders (session, fence, mode, remaining TTL), waiter count and any
+//! lock-delay block of a key. An idle key answers with no holders.
+
+use bytes::Bytes;
+use lockbroker_proto::{ErrorCode, Frame, HolderInfo, LockInfo, Mode};
+
+use super::wire_mode;
+use crate::server::policy::Op;
+use crate::server::session::Session;
+use crate::server::state::duration_ms;
+
+pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
+    let key = match s
+        .broker
+        .policy
+        .decide(&s.broker.cfg, &s.principal, &key, Mode::Shared, 0, Op::Inspect)
+        .await
+    {
+        Ok(d) => d.key,
+        Err(reason) => return s.reply(Frame::error(id, ErrorCode::Denied, reason)),
+    };
+    let info = s.broker.read_table(|t, now| {
+        let Some(info) = t.inspect(now, &key) else {
+            return LockInfo {
+                id,
+                key: key.clone(),
+                holders: Vec::new(),
+                waiters: 0,
+                blocked_ms: 0,
+            };
+        };
+        LockInfo {
+            id,
+            key: info.key,
+            holders: info
+                .holders
+                .iter()
+                .map(|h| HolderInfo {
+                    session: h.session,
+                    fence: h.fence,
+                    mode: wire_mode(h.mode),
+                    remaining_ms: duration_ms(h.deadline.saturating_duration_since(now)),
+                })
+                .collect(),
+            waiters: u32::try_from(info.waiters).unwrap_or(u32::MAX),
+            blocked_ms: info
+                .blocked_until
+                .map_or(0, |b| duration_ms(b.saturating_duration_since(now))),
+        }
+    });
+    s.reply(Frame::LockInfo(info));
+}

@@ -1,0 +1,21 @@
+//! `Release`: gives a lease back; the next waiter(s) are granted in the same step. Answers
+//! `Ok` or an error when `ack` is set; fire-and-forget releases are answered with nothing.
+
+use lockbroker_proto::{Frame, Release};
+
+use crate::server::errors::error_frame;
+use crate::server::session::Session;
+
+pub(super) fn apply(s: &Session, r: Release) {
+    let result = s
+        .broker
+        .with_table(|t, now, out| t.release(now, s.id, &r.key, r.fence, out));
+    match (result, r.ack) {
+        (Ok(()), true) => s.reply(Frame::Ok { id: r.id }),
+        (Err(e), true) => s.reply(error_frame(r.id, &e)),
+        (Ok(()), false) => {}
+        (Err(e), false) => {
+            tracing::debug!(session = s.id, fence = r.fence, "fire-and-forget release failed: {e}")
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The QUIC server: endpoint and TLS setup, the accept loop (one task per connection, one
+//! session per connection), the expiry task, and graceful shutdown.
+
+mod cmd;
+mod errors;
+mod outbox;
+pub mod policy;
+mod session;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use session::{CLOSE_CLEAN, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
+pub use state::Broker;
+
+use crate::config::Config;
+use crate::tls;
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot bind {addr}/udp: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the data dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("QUIC setup failed: {0}")]
+    Quic(String),
+}
+
+/// A bound, not yet serving broker.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    broker: Arc<Broker>,
+    /// The PEM file clients pass as `--ca` when the dev certificate is in use.
+    pub dev_ca: Option<std::path::PathBuf>,
+    /// True when this start generated the dev certificate.
+    pub generated_cert: bool,
+}
+
+impl Server {
+    /// Prepares the data dir (epoch, certificate) and binds the UDP socket.
+    pub fn bind(cfg: Config, policy: policy::Policy) -> Result<Server, ServerError> {
+        let data_dir = cfg.data_dir.clone();
+        let epoch = crate::epoch::bump(&data_dir).map_err(|source| ServerError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let identity = tls::server_identity(&cfg.tls, &data_dir)?;
+        let dev_ca = identity.dev_ca.clone();
+        let generated_cert = identity.generated;
+        let tls = tls::server_config(identity, &cfg.tls)?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| ServerError::Quic(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(Duration::from_millis(cfg.quic.idle_timeout_ms))
+                    .map_err(|e| ServerError::Quic(e.to_string()))?,
+            ))
+            .keep_alive_interval(Some(Duration::from_millis(cfg.quic.keep_alive_ms)))
+            .max_concurrent_bidi_streams(1u32.into())
+            .max_concurrent_uni_streams(0u32.into());
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server_config, cfg.listen).map_err(|source| {
+            ServerError::Bind {
+                addr: cfg.listen,
+                source,
+            }
+        })?;
+        Ok(Server {
+            endpoint,
+            broker: Broker::new(cfg, epoch, policy),
+            dev_ca,
+            generated_cert,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The shared broker state.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting, tells
+    /// every session, releases connected sessions' leases, and waits for connections to close.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let broker = self.broker.clone();
+        let expiry = tokio::spawn(broker.clone().run_expiry());
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let broker = broker.clone();
+                    tasks.spawn(async move {
+                        match incoming.await {
+                            Ok(conn) => {
+                                let principal = peer_principal(&conn);
+                                session::serve(broker, conn, principal).await;
+                            }
+                            Err(e) => tracing::debug!("handshake failed: {e}"),
+                        }
+                    });
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        tracing::info!(sessions = broker.session_count(), "shutting down");
+        self.endpoint.set_server_config(None);
+        broker.begin_shutdown();
+        let grace = Duration::from_millis(broker.cfg.quic.shutdown_grace_ms);
+        let drained = tokio::time::timeout(grace * 2, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("sessions did not end within the grace period; closing them");
+            tasks.abort_all();
+        }
+        self.endpoint.close(CLOSE_SHUTDOWN.into(), b"broker shutting down");
+        let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+        expiry.abort();
+    }
+}
+
+/// The principal named by the client certificate, when the client presented one.
+fn peer_principal(conn: &quinn::Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().and_then(tls::principal_from_cert)
+}

@@ -1,0 +1,217 @@
+//! One session = one QUIC connection: the handshake (`Hello` → `Welcome`), the read loop that
+//! decodes frames from the control stream and hands each to its command, and the end of the
+//! session (clean close releases leases; a lost connection leaves them to their TTL).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use lockbroker_proto::{DecodeError, ErrorCode, Frame, Welcome, decode};
+use tokio::io::AsyncReadExt;
+
+use super::cmd;
+use super::state::{Broker, SessionHandle};
+use crate::table::SessionId;
+
+/// Application close code of a client that ends its session on purpose.
+pub const CLOSE_CLEAN: u32 = 0;
+/// Close code the broker uses after a protocol error.
+pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
+/// Close code the broker uses when it shuts down.
+pub const CLOSE_SHUTDOWN: u32 = 2;
+
+/// A running session, as its commands see it.
+pub struct Session {
+    pub broker: Arc<Broker>,
+    pub id: SessionId,
+    pub handle: Arc<SessionHandle>,
+    pub principal: String,
+}
+
+impl Session {
+    /// Queues a frame for this session's client.
+    pub fn reply(&self, frame: Frame) {
+        self.handle.outbox.push(&frame);
+    }
+}
+
+/// How the read loop ended.
+enum End {
+    /// The client closed the connection or finished its stream: release its leases now.
+    Clean,
+    /// The connection was lost (timeout, reset): leases run to their TTL.
+    Lost,
+    /// The client broke the protocol: it was told why; treated as lost.
+    ProtocolError,
+    /// The broker is shutting down: release leases (the client is connected and told).
+    Shutdown,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve(broker: Arc<Broker>, conn: quinn::Connection, cert_principal: Option<String>) {
+    let remote = conn.remote_address();
+    let (send, mut recv) = match conn.accept_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%remote, "connection ended before its control stream: {e}");
+            return;
+        }
+    };
+    let limits = broker.cfg.proto_limits();
+    let grace = Duration::from_millis(broker.cfg.quic.shutdown_grace_ms);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+
+    // Handshake: the first frame must be Hello.
+    let hello = match read_frame(&mut recv, &mut buf, &limits).await {
+        Ok(Some(Frame::Hello(h))) => h,
+        Ok(Some(other)) => {
+            return refuse(conn, send, ErrorCode::ProtocolOrder, &format!("expected Hello, got frame for request {}", other.id()), grace).await;
+        }
+        Ok(None) => return,
+        Err(ReadError::Decode(e)) => return refuse(conn, send, e.code(), &e.to_string(), grace).await,
+        Err(ReadError::Io) => return,
+    };
+    let principal = match authenticate(&broker, hello.token.as_deref(), cert_principal) {
+        Ok(p) => p,
+        Err(msg) => return refuse(conn, send, ErrorCode::Unauthenticated, &msg, grace).await,
+    };
+    let (id, handle) = broker.open_session();
+    tracing::debug!(%remote, session = id, %principal, client = %hello.client, "session opened");
+    handle.outbox.push(&Frame::Welcome(Welcome {
+        session: id,
+        epoch: broker.epoch,
+        max_frame: u32::try_from(limits.max_frame).unwrap_or(u32::MAX),
+        max_key: u32::try_from(limits.max_key).unwrap_or(u32::MAX),
+        default_ttl_ms: broker.cfg.locks.default_ttl_ms,
+        principal: principal.clone(),
+    }));
+    let writer = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.outbox.run_writer(send, grace).await })
+    };
+    let session = Session {
+        broker: broker.clone(),
+        id,
+        handle: handle.clone(),
+        principal,
+    };
+
+    let end = read_loop(&session, &conn, &mut recv, &mut buf, &limits).await;
+    let clean = matches!(end, End::Clean | End::Shutdown);
+    broker.close_session(id, clean);
+    handle.outbox.close();
+    let _ = tokio::time::timeout(grace, writer).await;
+    match end {
+        End::ProtocolError => conn.close(CLOSE_PROTOCOL_ERROR.into(), b"protocol error"),
+        End::Shutdown => conn.close(CLOSE_SHUTDOWN.into(), b"broker shutting down"),
+        End::Clean | End::Lost => conn.close(CLOSE_CLEAN.into(), b"bye"),
+    }
+    tracing::debug!(session = id, clean, "session closed");
+}
+
+async fn read_loop(
+    session: &Session,
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+    limits: &lockbroker_proto::Limits,
+) -> End {
+    let mut shutdown = session.broker.shutdown_signal();
+    loop {
+        // Handle every whole frame already buffered.
+        loop {
+            match decode(buf, limits) {
+                Ok(Some((frame, n))) => {
+                    buf.advance(n);
+                    if let Err(e) = cmd::apply(session, frame).await {
+                        session.reply(Frame::error(0, e.0, e.1));
+                        return End::ProtocolError;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(session = session.id, "closing session after bad frame: {e}");
+                    session.reply(Frame::error(0, e.code(), e.to_string()));
+                    return End::ProtocolError;
+                }
+            }
+        }
+        tokio::select! {
+            read = recv.read_buf(buf) => match read {
+                Ok(0) => return End::Clean,
+                Ok(_) => {}
+                Err(_) => return classify_close(conn),
+            },
+            _ = shutdown.changed() => {
+                session.reply(Frame::error(0, ErrorCode::ShuttingDown, "broker shutting down"));
+                return End::Shutdown;
+            }
+        }
+    }
+}
+
+/// Decides from the connection's close reason whether the client left on purpose.
+fn classify_close(conn: &quinn::Connection) -> End {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code == quinn::VarInt::from_u32(CLOSE_CLEAN) =>
+        {
+            End::Clean
+        }
+        _ => End::Lost,
+    }
+}
+
+enum ReadError {
+    Decode(DecodeError),
+    Io,
+}
+
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+    limits: &lockbroker_proto::Limits,
+) -> Result<Option<Frame>, ReadError> {
+    loop {
+        if let Some((frame, n)) = decode(buf, limits).map_err(ReadError::Decode)? {
+            buf.advance(n);
+            return Ok(Some(frame));
+        }
+        match recv.read_buf(buf).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(_) => return Err(ReadError::Io),
+        }
+    }
+}
+
+/// Sends one fatal error on the control stream and closes the connection.
+async fn refuse(conn: quinn::Connection, send: quinn::SendStream, code: ErrorCode, msg: &str, grace: Duration) {
+    tracing::info!(remote = %conn.remote_address(), "refusing connection: {msg}");
+    let outbox = super::outbox::Outbox::default();
+    outbox.push(&Frame::error(0, code, msg));
+    outbox.close();
+    outbox.run_writer(send, grace).await;
+    conn.close(CLOSE_PROTOCOL_ERROR.into(), b"refused");
+}
+
+/// Names the session's principal: client certificate subject, else the name bound to the
+/// token, else `anonymous` (unless the config requires authentication).
+fn authenticate(
+    broker: &Broker,
+    token: Option<&str>,
+    cert_principal: Option<String>,
+) -> Result<String, String> {
+    if let Some(p) = cert_principal {
+        return Ok(p);
+    }
+    let auth = &broker.cfg.auth;
+    match token {
+        Some(t) => match auth.tokens.get(t) {
+            Some(name) => Ok(name.clone()),
+            None => Err("unknown auth token".to_owned()),
+        },
+        None if auth.require => Err("authentication required: send a token or a client certificate".to_owned()),
+        None => Ok("anonymous".to_owned()),
+    }
+}
