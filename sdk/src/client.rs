@@ -1,0 +1,530 @@
+//! `Client` and `ClientBuilder`: configuration, connecting (to the first reachable of a list
+//! of broker addresses) and reconnecting lazily when the connection is gone.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lockbroker_proto::{Frame, WaitSpec};
+
+use crate::conn::Conn;
+use crate::inspect::LockInfo;
+use crate::lock::LockRequest;
+use crate::tls::{ClientIdentity, Trust, client_config, read_file};
+use crate::{Error, Result, UnlockOutcome};
+
+/// Builds a [`Client`].
+///
+/// ```no_run
+/// # async fn demo() -> lockbroker_sdk::Result<()> {
+/// use std::time::Duration;
+/// let client = lockbroker_sdk::Client::builder()
+///     .broker("quic://127.0.0.1:7420")
+///     .ca_file(".lockbroker/dev-cert.pem")
+///     .connect_timeout(Duration::from_secs(2))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    urls: Vec<String>,
+    trust: Option<Trust>,
+    ca_error: Option<String>,
+    identity: Option<ClientIdentity>,
+    token: Option<String>,
+    name: String,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    keep_alive: Duration,
+    idle_timeout: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            urls: Vec::new(),
+            trust: None,
+            ca_error: None,
+            identity: None,
+            token: None,
+            name: format!("lockbroker-sdk/{}", env!("CARGO_PKG_VERSION")),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Adds a broker address (`quic://host:port`). Several may be given: the client connects
+    /// to the first that answers, in order, and moves on when one fails.
+    pub fn broker(mut self, url: impl Into<String>) -> Self {
+        self.urls.push(url.into());
+        self
+    }
+
+    /// Trusts the CA certificate(s) in this PEM file (e.g. the broker's dev certificate).
+    pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        match read_file(path.as_ref(), "CA file") {
+            Ok(pem) => self.trust = Some(Trust::Pem(pem)),
+            Err(e) => self.ca_error = Some(e.to_string()),
+        }
+        self
+    }
+
+    /// Trusts the CA certificate(s) in this PEM text.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.trust = Some(Trust::Pem(pem.into()));
+        self
+    }
+
+    /// Accepts any broker certificate. For development against a local broker only: anyone
+    /// on the path can impersonate the broker. Must be asked for explicitly.
+    pub fn insecure_dev_mode(mut self) -> Self {
+        self.trust = Some(Trust::Insecure);
+        self
+    }
+
+    /// Presents a client certificate (mTLS); the broker names the session by its subject.
+    pub fn client_cert(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.identity = Some(ClientIdentity {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        });
+        self
+    }
+
+    /// Sends an auth token; the broker names the session by the principal bound to it.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// A name for this client in the broker's logs.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// How long connecting to one address may take (default 5 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// How long a request that does not wait for a lock may take (default 10 s).
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+
+    /// QUIC idle timeout (default 10 s) — a connection silent this long is considered lost.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Connects to the first reachable broker.
+    pub async fn connect(self) -> Result<Client> {
+        if let Some(e) = self.ca_error {
+            return Err(Error::Invalid(e));
+        }
+        if self.urls.is_empty() {
+            return Err(Error::Invalid("no broker address given".into()));
+        }
+        let mut targets = Vec::new();
+        for url in &self.urls {
+            targets.push(parse_url(url)?);
+        }
+        let trust = match self.trust {
+            Some(t) => t,
+            None => match std::env::var_os("LOCKBROKER_CA") {
+                Some(path) => Trust::Pem(read_file(Path::new(&path), "CA file")?),
+                None => {
+                    return Err(Error::Invalid(
+                        "no CA configured: use ca_file(..) (e.g. the broker's .lockbroker/dev-cert.pem), set LOCKBROKER_CA, or opt into insecure_dev_mode()".into(),
+                    ));
+                }
+            },
+        };
+        let tls = client_config(&trust, self.identity.as_ref())?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(self.keep_alive))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(self.idle_timeout)
+                    .map_err(|e| Error::Invalid(e.to_string()))?,
+            ));
+        config.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if targets.iter().all(|t| t.1.is_ipv6()) {
+            "[::]:0".parse().map_err(|_| Error::Invalid("bind".into()))?
+        } else {
+            "0.0.0.0:0".parse().map_err(|_| Error::Invalid("bind".into()))?
+        };
+        let mut endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| Error::Connect(format!("cannot open a UDP socket: {e}")))?;
+        endpoint.set_default_client_config(config);
+        let client = Client {
+            inner: Arc::new(Inner {
+                endpoint,
+                targets,
+                token: self.token,
+                name: self.name,
+                connect_timeout: self.connect_timeout,
+                request_timeout: self.request_timeout,
+                current: Mutex::new(None),
+                reconnect: tokio::sync::Mutex::new(()),
+            }),
+        };
+        client.conn().await?;
+        Ok(client)
+    }
+}
+
+/// Parses `quic://host:port` (the scheme and the port are optional) into a TLS server name
+/// and a socket address.
+fn parse_url(url: &str) -> Result<(String, SocketAddr)> {
+    let rest = url.strip_prefix("quic://").unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !p.contains(']') => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| Error::Invalid(format!("bad port in broker URL {url:?}")))?,
+        ),
+        _ => (rest, lockbroker_proto::DEFAULT_PORT),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(Error::Invalid(format!("no host in broker URL {url:?}")));
+    }
+    let addr = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(|e| Error::Invalid(format!("cannot resolve {host}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::Invalid(format!("{host} has no address")))?,
+    };
+    Ok((host.to_owned(), addr))
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    targets: Vec<(String, SocketAddr)>,
+    token: Option<String>,
+    name: String,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    current: Mutex<Option<Arc<Conn>>>,
+    reconnect: tokio::sync::Mutex<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(conn) = self.current.get_mut().ok().and_then(|c| c.take()) {
+            conn.close();
+        }
+    }
+}
+
+/// A connection to a lockbroker (cheap to clone; clones share the connection).
+///
+/// ```no_run
+/// # async fn demo() -> lockbroker_sdk::Result<()> {
+/// use std::time::Duration;
+/// let client = lockbroker_sdk::Client::builder()
+///     .broker("quic://127.0.0.1:7420")
+///     .ca_file(".lockbroker/dev-cert.pem")
+///     .connect()
+///     .await?;
+/// let guard = client
+///     .lock("jobs/nightly")
+///     .ttl(Duration::from_secs(30))
+///     .wait(Duration::from_secs(5))
+///     .await?;
+/// println!("holding {} with fencing token {}", guard.key_str(), guard.fence());
+/// guard.unlock().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("brokers", &self.inner.targets)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to one broker URL, trusting the CA named by `LOCKBROKER_CA`.
+    pub async fn connect(url: &str) -> Result<Client> {
+        Client::builder().broker(url).connect().await
+    }
+
+    /// A builder for every option.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// An exclusive lock on `key`; configure and `.await` it. Waits forever unless told otherwise.
+    pub fn lock(&self, key: impl Into<Bytes>) -> LockRequest {
+        LockRequest::new(self.clone(), key.into(), lockbroker_proto::Mode::Exclusive)
+    }
+
+    /// An exclusive lock that fails at once with [`Error::Busy`] when held.
+    pub fn try_lock(&self, key: impl Into<Bytes>) -> LockRequest {
+        self.lock(key).no_wait()
+    }
+
+    /// A shared (read) lock: many readers at once, never with a writer.
+    pub fn read_lock(&self, key: impl Into<Bytes>) -> LockRequest {
+        LockRequest::new(self.clone(), key.into(), lockbroker_proto::Mode::Shared)
+    }
+
+    /// One of `permits` slots of a counting semaphore on `key`.
+    pub fn semaphore(&self, key: impl Into<Bytes>, permits: u32) -> LockRequest {
+        LockRequest::new(
+            self.clone(),
+            key.into(),
+            lockbroker_proto::Mode::Semaphore(permits),
+        )
+    }
+
+    /// Holders, fencing tokens, remaining TTLs and waiters of `key`.
+    pub async fn inspect(&self, key: impl Into<Bytes>) -> Result<LockInfo> {
+        let key = key.into();
+        let reply = self
+            .round_trip(&key, |id| Frame::Inspect {
+                id,
+                key: key.clone(),
+            })
+            .await?;
+        match reply {
+            Frame::LockInfo(info) => Ok(LockInfo::from_wire(info)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits until nobody holds `key`; tells whether the last holder released it or its lease
+    /// expired. Returns at once with `Released` when the key is free.
+    pub async fn wait_until_unlocked(&self, key: impl Into<Bytes>) -> Result<UnlockOutcome> {
+        self.wait_unlocked(key.into(), WaitSpec::Forever).await
+    }
+
+    /// Like [`Client::wait_until_unlocked`], failing with [`Error::Timeout`] after `timeout`.
+    pub async fn wait_until_unlocked_for(
+        &self,
+        key: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<UnlockOutcome> {
+        self.wait_unlocked(key.into(), WaitSpec::Millis(millis(timeout)))
+            .await
+    }
+
+    async fn wait_unlocked(&self, key: Bytes, wait: WaitSpec) -> Result<UnlockOutcome> {
+        let conn = self.conn().await?;
+        conn.check_key(&key)?;
+        let (id, rx) = conn.request(|id| Frame::WaitUnlocked {
+            id,
+            key: key.clone(),
+            wait,
+        })?;
+        let cancel = CancelOnDrop::new(&conn, id, None);
+        let reply = rx.await.map_err(|_| conn.disconnected())?;
+        cancel.disarm();
+        match reply {
+            Frame::Unlocked { outcome, .. } => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The broker's session id for the current connection.
+    pub async fn session_id(&self) -> Result<u64> {
+        Ok(self.conn().await?.welcome().session)
+    }
+
+    /// The principal the broker identified this client as.
+    pub async fn principal(&self) -> Result<String> {
+        Ok(self.conn().await?.welcome().principal.clone())
+    }
+
+    /// Closes the connection cleanly: the broker releases every lease of this client at once.
+    pub async fn close(&self) {
+        let conn = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(conn) = conn {
+            conn.close();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
+    /// The live connection, reconnecting if it is gone.
+    pub(crate) async fn conn(&self) -> Result<Arc<Conn>> {
+        if let Some(c) = self.current_conn() {
+            return Ok(c);
+        }
+        let _one_at_a_time = self.inner.reconnect.lock().await;
+        if let Some(c) = self.current_conn() {
+            return Ok(c);
+        }
+        let mut last_error = Error::Connect("no broker address".into());
+        for (name, addr) in &self.inner.targets {
+            match self.connect_to(name, *addr).await {
+                Ok(conn) => {
+                    *self
+                        .inner
+                        .current
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Err(e @ Error::Denied(_)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(%addr, "connect failed: {e}");
+                    last_error = e;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// The live connection if there is one (no reconnect; usable from `Drop`).
+    pub(crate) fn current_conn(&self) -> Option<Arc<Conn>> {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|c| !c.is_closed())
+            .cloned()
+    }
+
+    async fn connect_to(&self, name: &str, addr: SocketAddr) -> Result<Arc<Conn>> {
+        let attempt = async {
+            let connecting = self
+                .inner
+                .endpoint
+                .connect(addr, name)
+                .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
+            let quic = connecting
+                .await
+                .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
+            Conn::open(quic, self.inner.token.clone(), self.inner.name.clone()).await
+        };
+        tokio::time::timeout(self.inner.connect_timeout, attempt)
+            .await
+            .map_err(|_| Error::Connect(format!("{addr}: timed out")))?
+    }
+
+    /// Sends one request that answers at once and waits (bounded) for the answer.
+    pub(crate) async fn round_trip(&self, key: &[u8], build: impl FnOnce(u64) -> Frame) -> Result<Frame> {
+        let conn = self.conn().await?;
+        conn.check_key(key)?;
+        round_trip_on(&conn, self.inner.request_timeout, build).await
+    }
+}
+
+/// Sends one request on `conn` and waits up to `timeout` for its answer; `Error` frames
+/// become errors.
+pub(crate) async fn round_trip_on(
+    conn: &Arc<Conn>,
+    timeout: Duration,
+    build: impl FnOnce(u64) -> Frame,
+) -> Result<Frame> {
+    let (id, rx) = conn.request(build)?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Frame::Error { code, message, .. })) => Err(Error::from_wire(code, message)),
+        Ok(Ok(frame)) => Ok(frame),
+        Ok(Err(_)) => Err(conn.disconnected()),
+        Err(_) => {
+            conn.forget(id);
+            Err(Error::Timeout)
+        }
+    }
+}
+
+/// Cancels a pending request on the broker if the future awaiting it is dropped.
+pub(crate) struct CancelOnDrop {
+    conn: Arc<Conn>,
+    id: u64,
+    key: Option<Bytes>,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    pub(crate) fn new(conn: &Arc<Conn>, id: u64, key: Option<Bytes>) -> Self {
+        CancelOnDrop {
+            conn: conn.clone(),
+            id,
+            key,
+            armed: true,
+        }
+    }
+
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            match self.key.take() {
+                Some(key) => self.conn.abandon(self.id, key),
+                None => {
+                    self.conn.forget(self.id);
+                    self.conn.send(&Frame::Cancel { id: self.id });
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn unexpected(frame: Frame) -> Error {
+    match frame {
+        Frame::Error { code, message, .. } => Error::from_wire(code, message),
+        other => Error::Protocol(format!("unexpected answer {other:?}")),
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn urls_parse_with_and_without_scheme_and_port() {
+        let (h, a) = parse_url("quic://127.0.0.1:7421").unwrap();
+        assert_eq!((h.as_str(), a.port()), ("127.0.0.1", 7421));
+        let (_, a) = parse_url("127.0.0.1").unwrap();
+        assert_eq!(a.port(), 7420);
+        let (h, a) = parse_url("quic://[::1]:9000/").unwrap();
+        assert_eq!((h.as_str(), a.port()), ("::1", 9000));
+        let (h, _) = parse_url("quic://localhost:7420").unwrap();
+        assert_eq!(h, "localhost");
+        assert!(parse_url("quic://127.0.0.1:notaport").is_err());
+        assert!(parse_url("quic://").is_err());
+    }
+}

@@ -1,0 +1,286 @@
+//! One live connection to a broker: the control stream, a writer that coalesces every frame
+//! queued at once into one write, a reader that routes answers and pushed grants to the
+//! requests waiting for them, and the table of pending requests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, Bytes, BytesMut};
+use lockbroker_proto::{Frame, Hello, Limits, Release, Welcome, decode, encode};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Notify, oneshot};
+
+use crate::Error;
+
+/// Application close code for a deliberate, clean close (the broker releases our leases).
+pub(crate) const CLOSE_CLEAN: u32 = 0;
+
+enum Pending {
+    /// Someone awaits the answer.
+    Waiting(oneshot::Sender<Frame>),
+    /// The caller gave up (dropped the future) on an acquire of this key: a grant that still
+    /// arrives is released at once, the `Cancelled` answer is swallowed.
+    Abandoned(Bytes),
+}
+
+/// A connection and its control stream.
+pub(crate) struct Conn {
+    quic: quinn::Connection,
+    welcome: Welcome,
+    limits: Limits,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    out: Mutex<Vec<u8>>,
+    out_ready: Notify,
+    closed: AtomicBool,
+    closed_notify: Notify,
+}
+
+impl Conn {
+    /// Opens the control stream, says Hello and waits for Welcome.
+    pub(crate) async fn open(
+        quic: quinn::Connection,
+        token: Option<String>,
+        client_name: String,
+    ) -> Result<Arc<Conn>, Error> {
+        let (mut send, mut recv) = quic
+            .open_bi()
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let mut hello = Vec::new();
+        encode(
+            &Frame::Hello(Hello {
+                token,
+                client: client_name,
+            }),
+            &mut hello,
+        );
+        send.write_all(&hello)
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let limits = Limits::default();
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let welcome = loop {
+            match decode(&buf, &limits) {
+                Ok(Some((Frame::Welcome(w), n))) => {
+                    buf.advance(n);
+                    break w;
+                }
+                Ok(Some((Frame::Error { code, message, .. }, _))) => {
+                    return Err(match Error::from_wire(code, message) {
+                        Error::Denied(m) => Error::Denied(m),
+                        other => Error::Connect(other.to_string()),
+                    });
+                }
+                Ok(Some((other, _))) => {
+                    return Err(Error::Protocol(format!("expected Welcome, got {other:?}")));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Error::Protocol(e.to_string())),
+            }
+            match recv.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    return Err(Error::Connect(
+                        quic.close_reason()
+                            .map_or("broker closed the stream".to_owned(), |r| r.to_string()),
+                    ));
+                }
+                Ok(_) => {}
+            }
+        };
+        let limits = Limits {
+            max_frame: welcome.max_frame as usize,
+            max_key: welcome.max_key as usize,
+        };
+        let conn = Arc::new(Conn {
+            quic,
+            welcome,
+            limits,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            out: Mutex::new(Vec::with_capacity(4096)),
+            out_ready: Notify::new(),
+            closed: AtomicBool::new(false),
+            closed_notify: Notify::new(),
+        });
+        tokio::spawn(conn.clone().write_loop(send));
+        tokio::spawn(conn.clone().read_loop(recv, buf));
+        Ok(conn)
+    }
+
+    pub(crate) fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the connection has ended.
+    pub(crate) async fn closed(&self) {
+        let notified = self.closed_notify.notified();
+        if self.is_closed() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Checks a key against the broker's limit before it is sent.
+    pub(crate) fn check_key(&self, key: &[u8]) -> Result<(), Error> {
+        if key.len() > self.limits.max_key {
+            return Err(Error::Invalid(format!(
+                "key of {} bytes exceeds the broker's limit of {} bytes",
+                key.len(),
+                self.limits.max_key
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends a request built around a fresh id and returns the id and its answer.
+    pub(crate) fn request(
+        &self,
+        build: impl FnOnce(u64) -> Frame,
+    ) -> Result<(u64, oneshot::Receiver<Frame>), Error> {
+        if self.is_closed() {
+            return Err(self.disconnected());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Pending::Waiting(tx));
+        self.send(&build(id));
+        Ok((id, rx))
+    }
+
+    /// A fresh id for a frame that gets no answer.
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a frame; the writer flushes everything queued together.
+    pub(crate) fn send(&self, frame: &Frame) {
+        encode(frame, &mut self.out.lock().unwrap_or_else(|e| e.into_inner()));
+        self.out_ready.notify_one();
+    }
+
+    /// Gives up on acquire `id` for `key`: cancel it on the broker and release a grant that
+    /// crosses the cancel on the wire.
+    pub(crate) fn abandon(&self, id: u64, key: Bytes) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = pending.get_mut(&id) {
+            *slot = Pending::Abandoned(key);
+            drop(pending);
+            self.send(&Frame::Cancel { id });
+        }
+    }
+
+    /// Forgets a pending request whose caller stopped waiting (non-acquire requests).
+    pub(crate) fn forget(&self, id: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Closes the connection on purpose: the broker releases this session's leases at once.
+    pub(crate) fn close(&self) {
+        self.quic.close(CLOSE_CLEAN.into(), b"bye");
+    }
+
+    pub(crate) fn disconnected(&self) -> Error {
+        Error::Disconnected(
+            self.quic
+                .close_reason()
+                .map_or_else(|| "connection closed".to_owned(), |r| r.to_string()),
+        )
+    }
+
+    async fn write_loop(self: Arc<Self>, mut send: quinn::SendStream) {
+        let mut spare = Vec::with_capacity(4096);
+        loop {
+            tokio::select! {
+                () = self.out_ready.notified() => {}
+                () = self.closed() => return,
+            }
+            // Let frames produced in the same burst join this write.
+            tokio::task::yield_now().await;
+            std::mem::swap(
+                &mut *self.out.lock().unwrap_or_else(|e| e.into_inner()),
+                &mut spare,
+            );
+            if spare.is_empty() {
+                continue;
+            }
+            if send.write_all(&spare).await.is_err() {
+                return;
+            }
+            spare.clear();
+        }
+    }
+
+    async fn read_loop(self: Arc<Self>, mut recv: quinn::RecvStream, mut buf: BytesMut) {
+        'read: loop {
+            loop {
+                match decode(&buf, &self.limits) {
+                    Ok(Some((frame, n))) => {
+                        buf.advance(n);
+                        self.route(frame);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("broker sent a bad frame: {e}");
+                        self.quic.close(1u32.into(), b"bad frame");
+                        break 'read;
+                    }
+                }
+            }
+            match recv.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        self.closed.store(true, Ordering::Release);
+        // Dropping every waiting sender wakes its request with "disconnected".
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.closed_notify.notify_waiters();
+    }
+
+    fn route(&self, frame: Frame) {
+        let id = frame.id();
+        if id == 0 {
+            if let Frame::Error { code, message, .. } = &frame {
+                tracing::warn!("broker: {code:?}: {message}");
+            }
+            return;
+        }
+        let entry = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match entry {
+            Some(Pending::Waiting(tx)) => {
+                let _ = tx.send(frame);
+            }
+            Some(Pending::Abandoned(key)) => {
+                if let Frame::Granted(g) = frame {
+                    let key = g.rewritten.unwrap_or(key);
+                    self.send(&Frame::Release(Release {
+                        id: self.fresh_id(),
+                        key,
+                        fence: g.fence,
+                        ack: false,
+                    }));
+                }
+            }
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! `LockRequest`: the options of one acquire (mode, TTL, how long to wait), awaited through
+//! `IntoFuture`. Dropping the future before it resolves cancels the wait on the broker.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lockbroker_proto::{Acquire, Frame, Mode, WaitSpec};
+
+use crate::client::{CancelOnDrop, millis, unexpected};
+use crate::guard::Guard;
+use crate::{Client, Error, Result};
+
+/// An acquire being configured. `.await` it to get a [`Guard`].
+#[must_use = "a lock request does nothing until awaited"]
+pub struct LockRequest {
+    client: Client,
+    key: Bytes,
+    mode: Mode,
+    ttl: Option<Duration>,
+    wait: WaitSpec,
+    renew: bool,
+}
+
+impl LockRequest {
+    pub(crate) fn new(client: Client, key: Bytes, mode: Mode) -> Self {
+        LockRequest {
+            client,
+            key,
+            mode,
+            ttl: None,
+            wait: WaitSpec::Forever,
+            renew: true,
+        }
+    }
+
+    /// Lease TTL (default: the broker's, 30 s unless configured). The guard renews the lease
+    /// in the background, so the TTL bounds how long a crashed holder blocks others.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Wait up to `d` for the lock, then fail with [`Error::Timeout`].
+    pub fn wait(mut self, d: Duration) -> Self {
+        self.wait = WaitSpec::Millis(millis(d));
+        self
+    }
+
+    /// Wait until granted (the default).
+    pub fn wait_forever(mut self) -> Self {
+        self.wait = WaitSpec::Forever;
+        self
+    }
+
+    /// Do not wait: fail with [`Error::Busy`] if the lock is held.
+    pub fn no_wait(mut self) -> Self {
+        self.wait = WaitSpec::NoWait;
+        self
+    }
+
+    /// Do not renew the lease in the background: it ends at its TTL unless extended by hand.
+    pub fn no_renew(mut self) -> Self {
+        self.renew = false;
+        self
+    }
+
+    async fn run(self) -> Result<Guard> {
+        let conn = self.client.conn().await?;
+        conn.check_key(&self.key)?;
+        if let Mode::Semaphore(0) = self.mode {
+            return Err(Error::Invalid("a semaphore needs at least one permit".into()));
+        }
+        let ttl_ms = self.ttl.map_or(0, millis);
+        let (id, rx) = conn.request(|id| {
+            Frame::Acquire(Acquire {
+                id,
+                key: self.key.clone(),
+                mode: self.mode,
+                ttl_ms,
+                wait: self.wait,
+            })
+        })?;
+        let cancel = CancelOnDrop::new(&conn, id, Some(self.key.clone()));
+        // The broker times the wait; the client adds the request timeout for a broker that
+        // stopped answering.
+        let reply = match self.wait {
+            WaitSpec::Forever => rx.await.map_err(|_| conn.disconnected())?,
+            WaitSpec::NoWait | WaitSpec::Millis(_) => {
+                let limit = match self.wait {
+                    WaitSpec::Millis(ms) => Duration::from_millis(ms),
+                    _ => Duration::ZERO,
+                } + self.client.request_timeout();
+                match tokio::time::timeout(limit, rx).await {
+                    Ok(r) => r.map_err(|_| conn.disconnected())?,
+                    Err(_) => return Err(Error::Timeout),
+                }
+            }
+        };
+        cancel.disarm();
+        match reply {
+            Frame::Granted(g) => Ok(Guard::new(
+                self.client.clone(),
+                conn,
+                g.rewritten.unwrap_or(self.key),
+                g.fence,
+                self.mode,
+                Duration::from_millis(g.ttl_ms),
+                self.renew,
+            )),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl IntoFuture for LockRequest {
+    type Output = Result<Guard>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Guard>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
