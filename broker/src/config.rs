@@ -171,8 +171,7 @@ impl Config {
         if self.locks.default_ttl_ms == 0 || self.locks.max_ttl_ms < self.locks.default_ttl_ms {
             return bad("locks.default_ttl_ms must be > 0 and <= locks.max_ttl_ms");
         }
-        if self.quic.idle_timeout_ms == 0 || self.quic.keep_alive_ms >= self.quic.idle_timeout_ms
-        {
+        if self.quic.idle_timeout_ms == 0 || self.quic.keep_alive_ms >= self.quic.idle_timeout_ms {
             return bad("quic.keep_alive_ms must be below quic.idle_timeout_ms");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

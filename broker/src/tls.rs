@@ -121,8 +121,10 @@ pub fn server_config(
                     .add(c)
                     .map_err(|e| TlsError::Rustls(format!("client_ca {}: {e}", ca.display())))?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
             let verifier = if cfg.require_client_cert {
                 verifier
             } else {

@@ -90,7 +90,11 @@ impl ClientBuilder {
     }
 
     /// Presents a client certificate (mTLS); the broker names the session by its subject.
-    pub fn client_cert(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+    pub fn client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
         self.identity = Some(ClientIdentity {
             cert_pem: cert_pem.into(),
             key_pem: key_pem.into(),
@@ -164,9 +168,13 @@ impl ClientBuilder {
             ));
         config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if targets.iter().all(|t| t.1.is_ipv6()) {
-            "[::]:0".parse().map_err(|_| Error::Invalid("bind".into()))?
+            "[::]:0"
+                .parse()
+                .map_err(|_| Error::Invalid("bind".into()))?
         } else {
-            "0.0.0.0:0".parse().map_err(|_| Error::Invalid("bind".into()))?
+            "0.0.0.0:0"
+                .parse()
+                .map_err(|_| Error::Invalid("bind".into()))?
         };
         let mut endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| Error::Connect(format!("cannot open a UDP socket: {e}")))?;
@@ -390,11 +398,8 @@ impl Client {
         for (name, addr) in &self.inner.targets {
             match self.connect_to(name, *addr).await {
                 Ok(conn) => {
-                    *self
-                        .inner
-                        .current
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                    *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(conn.clone());
                     return Ok(conn);
                 }
                 Err(e @ Error::Denied(_)) => return Err(e),
@@ -436,7 +441,11 @@ impl Client {
     }
 
     /// Sends one request that answers at once and waits (bounded) for the answer.
-    pub(crate) async fn round_trip(&self, key: &[u8], build: impl FnOnce(u64) -> Frame) -> Result<Frame> {
+    pub(crate) async fn round_trip(
+        &self,
+        key: &[u8],
+        build: impl FnOnce(u64) -> Frame,
+    ) -> Result<Frame> {
         let conn = self.conn().await?;
         conn.check_key(key)?;
         round_trip_on(&conn, self.inner.request_timeout, build).await

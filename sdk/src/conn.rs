@@ -163,7 +163,10 @@ impl Conn {
 
     /// Queues a frame; the writer flushes everything queued together.
     pub(crate) fn send(&self, frame: &Frame) {
-        encode(frame, &mut self.out.lock().unwrap_or_else(|e| e.into_inner()));
+        encode(
+            frame,
+            &mut self.out.lock().unwrap_or_else(|e| e.into_inner()),
+        );
         self.out_ready.notify_one();
     }
 

@@ -183,7 +183,11 @@ impl Drop for Guard {
 /// The connection whose session owns the lease; after a reconnect, reclaims the lease onto
 /// the new connection first.
 async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
-    let owner = lease.owner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let owner = lease
+        .owner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     if !owner.is_closed() {
         return Ok(owner);
     }
@@ -249,9 +253,9 @@ async fn renew_loop(lease: Arc<Lease>) {
                     break;
                 }
                 Ok(Err(e @ (Error::NotOwner | Error::NotLocked | Error::Denied(_)))) => {
-                    let _ = lease
-                        .lost
-                        .send(Some(Error::Lost(format!("the broker no longer holds the lease: {e}"))));
+                    let _ = lease.lost.send(Some(Error::Lost(format!(
+                        "the broker no longer holds the lease: {e}"
+                    ))));
                     return;
                 }
                 Ok(Err(e)) => {

@@ -70,7 +70,9 @@ impl LockRequest {
         let conn = self.client.conn().await?;
         conn.check_key(&self.key)?;
         if let Mode::Semaphore(0) = self.mode {
-            return Err(Error::Invalid("a semaphore needs at least one permit".into()));
+            return Err(Error::Invalid(
+                "a semaphore needs at least one permit".into(),
+            ));
         }
         let ttl_ms = self.ttl.map_or(0, millis);
         let (id, rx) = conn.request(|id| {

@@ -134,7 +134,8 @@ impl Server {
             tracing::warn!("sessions did not end within the grace period; closing them");
             tasks.abort_all();
         }
-        self.endpoint.close(CLOSE_SHUTDOWN.into(), b"broker shutting down");
+        self.endpoint
+            .close(CLOSE_SHUTDOWN.into(), b"broker shutting down");
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
         expiry.abort();
     }

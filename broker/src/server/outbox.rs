@@ -53,7 +53,8 @@ impl Outbox {
                 spare.clear();
             }
             if self.closing.load(Ordering::Acquire) {
-                let pending = std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()));
+                let pending =
+                    std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()));
                 if !pending.is_empty() && send.write_all(&pending).await.is_err() {
                     return;
                 }

@@ -65,10 +65,19 @@ pub async fn serve(broker: Arc<Broker>, conn: quinn::Connection, cert_principal:
     let hello = match read_frame(&mut recv, &mut buf, &limits).await {
         Ok(Some(Frame::Hello(h))) => h,
         Ok(Some(other)) => {
-            return refuse(conn, send, ErrorCode::ProtocolOrder, &format!("expected Hello, got frame for request {}", other.id()), grace).await;
+            return refuse(
+                conn,
+                send,
+                ErrorCode::ProtocolOrder,
+                &format!("expected Hello, got frame for request {}", other.id()),
+                grace,
+            )
+            .await;
         }
         Ok(None) => return,
-        Err(ReadError::Decode(e)) => return refuse(conn, send, e.code(), &e.to_string(), grace).await,
+        Err(ReadError::Decode(e)) => {
+            return refuse(conn, send, e.code(), &e.to_string(), grace).await;
+        }
         Err(ReadError::Io) => return,
     };
     let principal = match authenticate(&broker, hello.token.as_deref(), cert_principal) {
@@ -186,7 +195,13 @@ async fn read_frame(
 }
 
 /// Sends one fatal error on the control stream and closes the connection.
-async fn refuse(conn: quinn::Connection, send: quinn::SendStream, code: ErrorCode, msg: &str, grace: Duration) {
+async fn refuse(
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    code: ErrorCode,
+    msg: &str,
+    grace: Duration,
+) {
     tracing::info!(remote = %conn.remote_address(), "refusing connection: {msg}");
     let outbox = super::outbox::Outbox::default();
     outbox.push(&Frame::error(0, code, msg));
@@ -211,7 +226,9 @@ fn authenticate(
             Some(name) => Ok(name.clone()),
             None => Err("unknown auth token".to_owned()),
         },
-        None if auth.require => Err("authentication required: send a token or a client certificate".to_owned()),
+        None if auth.require => {
+            Err("authentication required: send a token or a client certificate".to_owned())
+        }
         None => Ok("anonymous".to_owned()),
     }
 }

@@ -4,9 +4,9 @@
 use lockbroker_proto::{Acquire, ErrorCode, Frame, Granted};
 
 use super::{table_mode, table_wait};
+use crate::server::errors::error_frame;
 use crate::server::policy::Op;
 use crate::server::session::Session;
-use crate::server::errors::error_frame;
 use crate::server::state::duration_ms;
 use crate::table::AcquireRequest;
 
@@ -14,7 +14,14 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
     let decided = match s
         .broker
         .policy
-        .decide(&s.broker.cfg, &s.principal, &a.key, a.mode, a.ttl_ms, Op::Acquire)
+        .decide(
+            &s.broker.cfg,
+            &s.principal,
+            &a.key,
+            a.mode,
+            a.ttl_ms,
+            Op::Acquire,
+        )
         .await
     {
         Ok(d) => d,

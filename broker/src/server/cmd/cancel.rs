@@ -5,5 +5,6 @@
 use crate::server::session::Session;
 
 pub(super) fn apply(s: &Session, id: u64) {
-    s.broker.with_table(|t, now, out| t.cancel(now, s.id, id, out));
+    s.broker
+        .with_table(|t, now, out| t.cancel(now, s.id, id, out));
 }

@@ -13,7 +13,14 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
     let key = match s
         .broker
         .policy
-        .decide(&s.broker.cfg, &s.principal, &key, Mode::Shared, 0, Op::Inspect)
+        .decide(
+            &s.broker.cfg,
+            &s.principal,
+            &key,
+            Mode::Shared,
+            0,
+            Op::Inspect,
+        )
         .await
     {
         Ok(d) => d.key,

@@ -36,7 +36,10 @@ pub async fn apply(s: &Session, frame: Frame) -> Result<(), Fatal> {
         other => {
             return Err(Fatal(
                 ErrorCode::ProtocolOrder,
-                format!("frame for request {} is one only the broker sends", other.id()),
+                format!(
+                    "frame for request {} is one only the broker sends",
+                    other.id()
+                ),
             ));
         }
     }

@@ -15,7 +15,11 @@ pub(super) fn apply(s: &Session, r: Release) {
         (Err(e), true) => s.reply(error_frame(r.id, &e)),
         (Ok(()), false) => {}
         (Err(e), false) => {
-            tracing::debug!(session = s.id, fence = r.fence, "fire-and-forget release failed: {e}")
+            tracing::debug!(
+                session = s.id,
+                fence = r.fence,
+                "fire-and-forget release failed: {e}"
+            )
         }
     }
 }

@@ -1,0 +1,42 @@
+//! `lockbroker inspect KEY`: prints holders (session, fence, mode, remaining TTL), waiters and
+//! lock-delay of a key.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::Connection;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// The key to inspect.
+    key: String,
+}
+
+pub async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.connect().await?;
+    let info = client.inspect(args.key.clone()).await?;
+    println!("key: {}", String::from_utf8_lossy(&info.key));
+    if info.holders.is_empty() {
+        println!("state: unlocked");
+    } else {
+        println!("state: locked");
+        for h in &info.holders {
+            println!(
+                "holder: session={} fence={} mode={:?} remaining={}ms",
+                h.session,
+                h.fence,
+                h.mode,
+                h.remaining.as_millis()
+            );
+        }
+    }
+    println!("waiters: {}", info.waiters);
+    if !info.blocked_for.is_zero() {
+        println!("blocked-by-lock-delay: {}ms", info.blocked_for.as_millis());
+    }
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
+}

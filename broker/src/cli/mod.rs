@@ -1,0 +1,90 @@
+//! Command-line interface: argument definitions and dispatch to one file per subcommand.
+
+mod inspect;
+mod lock;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// lockbroker: a lock service over QUIC with leases, fencing tokens, fair queues and plugins.
+#[derive(Parser, Debug)]
+#[command(name = "lockbroker", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker (memory only; a dev certificate is generated on first start).
+    Serve(serve::ServeArgs),
+    /// Hold a lock while a command runs; exit with the command's status.
+    Lock(lock::LockArgs),
+    /// Show holders, fencing tokens, remaining TTL and waiters of a key.
+    Inspect(inspect::InspectArgs),
+}
+
+/// How a client subcommand reaches the broker.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// Broker URL (repeat for a list of brokers, tried in order).
+    #[arg(
+        long = "broker",
+        env = "LOCKBROKER_URL",
+        value_delimiter = ',',
+        default_value = "quic://127.0.0.1:7420"
+    )]
+    brokers: Vec<String>,
+    /// PEM file of the CA (or dev certificate) to trust.
+    #[arg(long, env = "LOCKBROKER_CA")]
+    ca: Option<PathBuf>,
+    /// Accept any broker certificate (development only).
+    #[arg(long)]
+    insecure: bool,
+    /// Auth token bound to a principal in the broker config.
+    #[arg(long, env = "LOCKBROKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Connection {
+    async fn connect(&self) -> anyhow::Result<lockbroker_sdk::Client> {
+        let mut b = lockbroker_sdk::Client::builder().name("lockbroker-cli");
+        for url in &self.brokers {
+            b = b.broker(url.clone());
+        }
+        if let Some(ca) = &self.ca {
+            b = b.ca_file(ca);
+        } else if self.insecure {
+            b = b.insecure_dev_mode();
+        } else {
+            anyhow::bail!(
+                "no CA given: pass --ca FILE (the broker prints it on start, e.g. .lockbroker/dev-cert.pem) or set LOCKBROKER_CA, or --insecure for development"
+            );
+        }
+        if let Some(t) = &self.token {
+            b = b.token(t.clone());
+        }
+        Ok(b.connect().await?)
+    }
+}
+
+/// Parses "30s", "1500ms", "2m" (humantime); a bare number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+/// Runs the chosen subcommand.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(a) => serve::run(a).await,
+        Command::Lock(a) => lock::run(a).await,
+        Command::Inspect(a) => inspect::run(a).await,
+    }
+}
