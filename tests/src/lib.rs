@@ -1,1 +1,223 @@
-//! e2e test support
+//! End-to-end test support: start the real `lockbroker` binary on an ephemeral UDP port with
+//! its own data dir, connect SDK clients or raw QUIC connections to it, and stop it by handle.
+
+pub mod raw;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use lockbroker_sdk::Client;
+
+/// The `lockbroker` binary of this build, built on first use if missing.
+pub fn lockbroker_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test-exe> → target/<profile>/lockbroker
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test exe lives in target/<profile>/deps")
+            .to_path_buf();
+        let bin = profile_dir.join("lockbroker");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "lockbroker", "--bin", "lockbroker"]);
+        if release {
+            cmd.arg("--release");
+        }
+        // Always ask cargo: it is a no-op when the binary is fresh, and rebuilds it when the
+        // broker changed since the last `cargo build`.
+        let status = cmd.status().expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build of the lockbroker binary failed"
+        );
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lockbroker-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running broker process.
+pub struct Broker {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: TempDir,
+    /// Everything the broker printed on stdout up to "listening".
+    pub banner: Vec<String>,
+}
+
+impl Broker {
+    /// Starts a broker with default settings on an ephemeral port.
+    pub fn start() -> Broker {
+        Broker::start_with_config("")
+    }
+
+    /// Starts a broker with this TOML config (listen/data_dir are set by the harness).
+    pub fn start_with_config(toml: &str) -> Broker {
+        let data_dir = TempDir::new("broker");
+        Broker::start_in(data_dir, toml)
+    }
+
+    /// Starts a broker on an existing data dir (e.g. to restart one).
+    pub fn start_in(data_dir: TempDir, toml: &str) -> Broker {
+        let mut cmd = Command::new(lockbroker_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir.path());
+        if !toml.is_empty() {
+            let cfg = data_dir.path().join("broker.toml");
+            std::fs::write(&cfg, toml).expect("write config");
+            cmd.arg("--config").arg(cfg);
+        }
+        cmd.env(
+            "LOCKBROKER_LOG",
+            std::env::var("LOCKBROKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn lockbroker serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut banner = Vec::new();
+            let mut sent = false;
+            while let Some(Ok(line)) = lines.next() {
+                if !sent {
+                    banner.push(line.clone());
+                    if line.starts_with("  lockbroker lock") {
+                        let _ = tx.send(std::mem::take(&mut banner));
+                        sent = true;
+                    }
+                }
+            }
+            if !sent {
+                let _ = tx.send(banner);
+            }
+        });
+        let banner = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("broker did not print its banner within 60 s");
+        let addr = banner
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("lockbroker listening on ")
+                    .and_then(|r| r.split('/').next())
+                    .and_then(|a| a.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no listen address in banner {banner:?}"));
+        Broker {
+            child,
+            addr,
+            data_dir,
+            banner,
+        }
+    }
+
+    /// The broker URL.
+    pub fn url(&self) -> String {
+        format!("quic://{}", self.addr)
+    }
+
+    /// The dev certificate clients pin.
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir.path().join("dev-cert.pem")
+    }
+
+    /// A client builder pointed at this broker and trusting its dev certificate.
+    pub fn client_builder(&self) -> lockbroker_sdk::ClientBuilder {
+        Client::builder().broker(self.url()).ca_file(self.ca())
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        self.client_builder()
+            .connect()
+            .await
+            .expect("connect to broker")
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (by number) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Kills the process (SIGKILL) and gives back its data dir, e.g. to restart on it.
+    pub fn kill(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = TempDir(self.data_dir.0.clone());
+        // Keep the directory alive past our Drop.
+        self.data_dir.0 = PathBuf::new();
+        dir
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `lockbroker <args>` against `broker` with LOCKBROKER_URL/CA set.
+pub fn cli(broker: &Broker) -> Command {
+    let mut cmd = Command::new(lockbroker_bin());
+    cmd.env("LOCKBROKER_URL", broker.url())
+        .env("LOCKBROKER_CA", broker.ca());
+    cmd
+}

@@ -1,0 +1,107 @@
+//! A raw QUIC connection to the broker that sends arbitrary bytes on the control stream, for
+//! malformed-input tests and for measuring the transport floor.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockbroker_proto::{Frame, Hello, Limits, decode, encode};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// A QUIC client endpoint trusting `ca` and speaking the broker's ALPN.
+pub fn client_endpoint(ca: &Path) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("read ca") {
+        roots.add(c.expect("cert")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![lockbroker_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+/// A raw control stream.
+pub struct RawConn {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    /// Connects and opens the control stream (no Hello sent).
+    pub async fn connect(addr: SocketAddr, ca: &Path) -> RawConn {
+        let endpoint = client_endpoint(ca);
+        let conn = endpoint
+            .connect(addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (send, recv) = conn.open_bi().await.expect("open stream");
+        RawConn {
+            conn,
+            send,
+            recv,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects and completes Hello/Welcome.
+    pub async fn hello(addr: SocketAddr, ca: &Path) -> RawConn {
+        let mut c = RawConn::connect(addr, ca).await;
+        c.send_frame(&Frame::Hello(Hello {
+            token: None,
+            client: "raw".into(),
+        }))
+        .await;
+        match c.next_frame(Duration::from_secs(5)).await {
+            Some(Frame::Welcome(_)) => c,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn send_bytes(&mut self, b: &[u8]) {
+        self.send.write_all(b).await.expect("write");
+    }
+
+    pub async fn send_frame(&mut self, f: &Frame) {
+        let mut b = Vec::new();
+        encode(f, &mut b);
+        self.send_bytes(&b).await;
+    }
+
+    /// The next frame, or None if the stream ended / nothing came within `limit`.
+    pub async fn next_frame(&mut self, limit: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let limits = Limits {
+                max_frame: 1 << 20,
+                max_key: 1 << 20,
+            };
+            if let Ok(Some((f, n))) = decode(&self.buf, &limits) {
+                self.buf.drain(..n);
+                return Some(f);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.recv.read(&mut chunk)).await {
+                Ok(Ok(Some(n))) => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits (bounded) for the broker to close the connection; returns its reason.
+    pub async fn closed(&self, limit: Duration) -> Option<quinn::ConnectionError> {
+        tokio::time::timeout(limit, self.conn.closed()).await.ok()
+    }
+}
