@@ -1,0 +1,112 @@
+//! The deadline queue: a min-heap of (instant, what) with lazy deletion.
+//!
+//! Items are never removed when a lease is released or a waiter leaves; the table validates each
+//! popped item against its state and drops stale ones. To bound memory under release-heavy
+//! workloads the table rebuilds the heap from its live state whenever it has grown past
+//! `2 * (size after the last rebuild) + 1024` items (amortised O(1) per push).
+//!
+//! At equal instants lease expiries come first, then lock-delay ends, then waiter timeouts, so a
+//! waiter whose deadline equals a lease's deadline is granted rather than timed out.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+use super::types::{Fence, Key};
+
+/// What an item refers to. Waiters and watchers are identified by their queue sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    Lease(Fence),
+    Unblock,
+    Waiter(u64),
+    Watcher(u64),
+}
+
+impl Due {
+    fn rank(self) -> (u8, u64) {
+        match self {
+            Due::Lease(f) => (0, f),
+            Due::Unblock => (1, 0),
+            Due::Waiter(s) => (2, s),
+            Due::Watcher(s) => (2, s),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Item {
+    pub(crate) at: Instant,
+    pub(crate) key: Key,
+    pub(crate) due: Due,
+}
+
+impl Ord for Item {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.due.rank()).cmp(&(other.at, other.due.rank()))
+    }
+}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl PartialEq for Item {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Item {}
+
+const SLACK: usize = 1024;
+
+#[derive(Debug)]
+pub(crate) struct Deadlines {
+    heap: BinaryHeap<Reverse<Item>>,
+    rebuild_at: usize,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            rebuild_at: SLACK,
+        }
+    }
+}
+
+impl Deadlines {
+    pub(crate) fn push(&mut self, at: Instant, key: Key, due: Due) {
+        self.heap.push(Reverse(Item { at, key, due }));
+    }
+
+    /// Earliest queued instant; may belong to a stale item (early, never late).
+    pub(crate) fn peek(&self) -> Option<Instant> {
+        self.heap.peek().map(|r| r.0.at)
+    }
+
+    /// Pops the earliest item if it is due at or before `now`.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Item> {
+        if self.heap.peek()?.0.at > now {
+            return None;
+        }
+        self.heap.pop().map(|r| r.0)
+    }
+
+    /// True when stale items may dominate and the owner should call [`Deadlines::rebuild`].
+    pub(crate) fn needs_rebuild(&self) -> bool {
+        self.heap.len() > self.rebuild_at
+    }
+
+    /// Replaces the contents with exactly the live items.
+    pub(crate) fn rebuild(&mut self, live: Vec<Item>) {
+        let v: Vec<Reverse<Item>> = live.into_iter().map(Reverse).collect();
+        self.heap = BinaryHeap::from(v);
+        self.rebuild_at = 2 * self.heap.len() + SLACK;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
