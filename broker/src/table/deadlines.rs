@@ -109,4 +109,9 @@ impl Deadlines {
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }
+
+    #[cfg(test)]
+    pub(crate) fn items(&self) -> impl Iterator<Item = &Item> {
+        self.heap.iter().map(|r| &r.0)
+    }
 }

@@ -188,7 +188,7 @@ impl Entry {
     }
 
     /// Whether the current holders admit one more holder in `mode` (family already checked).
-    fn admits(&self, mode: Mode) -> bool {
+    pub(crate) fn admits(&self, mode: Mode) -> bool {
         let hs = self.holders.as_slice();
         match mode {
             Mode::Exclusive => hs.is_empty(),

@@ -1,1 +1,146 @@
+//! Test-only consistency check of the table's internal state (entries ↔ session index ↔
+//! deadline heap). Called after every step of the property tests.
 
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::Table;
+use super::deadlines::Due;
+use super::sessions::Role;
+use super::types::{Fence, Key, Mode};
+
+impl Table {
+    /// Panics with a description of the first broken internal invariant.
+    pub(crate) fn check_invariants(&self) {
+        let items: HashSet<(Instant, Key, DueKey)> = self
+            .deadlines
+            .items()
+            .map(|i| (i.at, i.key.clone(), DueKey::from(i.due)))
+            .collect();
+        for (k, e) in &self.keys {
+            assert!(!e.is_idle(), "idle entry kept for {k:?}");
+            let hs = e.holders.as_slice();
+            let fam = hs
+                .first()
+                .map(|h| h.mode)
+                .or(e.waiters.front().map(|w| w.mode));
+            let modes = hs
+                .iter()
+                .map(|h| h.mode)
+                .chain(e.waiters.iter().map(|w| w.mode));
+            for m in modes {
+                match (fam, m) {
+                    (Some(Mode::Semaphore(a)), Mode::Semaphore(b)) => assert_eq!(a, b, "{k:?}"),
+                    (Some(Mode::Semaphore(_)), _) | (_, Mode::Semaphore(_)) => {
+                        panic!("mode family mix on {k:?}")
+                    }
+                    _ => {}
+                }
+            }
+            if hs.iter().any(|h| h.mode == Mode::Exclusive) {
+                assert_eq!(hs.len(), 1, "exclusive holder not alone on {k:?}");
+            }
+            if let Some(Mode::Semaphore(n)) = hs.first().map(|h| h.mode) {
+                assert!(hs.len() <= n as usize, "semaphore over {n} on {k:?}");
+            }
+            let fences: HashSet<Fence> = hs.iter().map(|h| h.fence).collect();
+            assert_eq!(fences.len(), hs.len(), "duplicate fence on {k:?}");
+            if e.blocked_until.is_none()
+                && let Some(w) = e.waiters.front()
+            {
+                assert!(!e.admits(w.mode), "grantable head left queued on {k:?}");
+            }
+            if !e.watchers.is_empty() {
+                assert!(!hs.is_empty(), "watchers on unheld key {k:?}");
+            }
+            assert!(
+                e.waiters
+                    .iter()
+                    .zip(e.waiters.iter().skip(1))
+                    .all(|(a, b)| a.seq < b.seq)
+            );
+            assert!(e.watchers.windows(2).all(|w| w[0].seq < w[1].seq));
+            // Every live deadline is in the heap.
+            for h in hs {
+                assert!(items.contains(&(h.deadline, k.clone(), DueKey::Lease(h.fence))));
+                if !h.orphan {
+                    let s = self.sessions.get(h.session).expect("holder session exists");
+                    assert_eq!(s.keys.get(k), Some(&Role::Holds(h.fence)), "{k:?}");
+                }
+            }
+            if let Some(at) = e.blocked_until {
+                assert!(items.contains(&(at, k.clone(), DueKey::Unblock)));
+            }
+            for w in &e.waiters {
+                if let Some(at) = w.deadline {
+                    assert!(items.contains(&(at, k.clone(), DueKey::Waiter(w.seq))));
+                }
+                let s = self.sessions.get(w.session).expect("waiter session exists");
+                assert_eq!(s.keys.get(k), Some(&Role::Waits(w.req)));
+                let p = s.pending.get(&w.req).expect("waiter pending");
+                assert!(!p.watch && p.seq == w.seq && p.key == *k);
+            }
+            for w in &e.watchers {
+                if let Some(at) = w.deadline {
+                    assert!(items.contains(&(at, k.clone(), DueKey::Watcher(w.seq))));
+                }
+                let s = self
+                    .sessions
+                    .get(w.session)
+                    .expect("watcher session exists");
+                let p = s.pending.get(&w.req).expect("watcher pending");
+                assert!(p.watch && p.seq == w.seq && p.key == *k);
+            }
+        }
+        for (id, s) in self.sessions.iter() {
+            let mut held = 0;
+            for (k, r) in &s.keys {
+                let e = self.keys.get(k).expect("session role on live key");
+                match *r {
+                    Role::Holds(f) => {
+                        held += 1;
+                        let h = e.holders.get(f).expect("held lease exists");
+                        assert!(h.session == *id && !h.orphan);
+                    }
+                    Role::Waits(req) => {
+                        let p = s.pending.get(&req).expect("waits is pending");
+                        assert!(!p.watch);
+                        assert!(e.find_waiter(p.seq).is_some());
+                    }
+                }
+            }
+            assert_eq!(held, s.held, "held count of session {id}");
+            assert!(s.held <= self.cfg.max_leases_per_session);
+            assert!(s.pending.len() <= self.cfg.max_waiters_per_session);
+            for (req, p) in &s.pending {
+                let e = self.keys.get(&p.key).expect("pending on live key");
+                if p.watch {
+                    let i = e.find_watcher(p.seq).expect("watcher queued");
+                    assert_eq!(e.watchers[i].req, *req);
+                } else {
+                    let i = e.find_waiter(p.seq).expect("waiter queued");
+                    assert_eq!(e.waiters[i].req, *req);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum DueKey {
+    Lease(Fence),
+    Unblock,
+    Waiter(u64),
+    Watcher(u64),
+}
+
+impl From<Due> for DueKey {
+    fn from(d: Due) -> Self {
+        match d {
+            Due::Lease(f) => DueKey::Lease(f),
+            Due::Unblock => DueKey::Unblock,
+            Due::Waiter(s) => DueKey::Waiter(s),
+            Due::Watcher(s) => DueKey::Watcher(s),
+        }
+    }
+}

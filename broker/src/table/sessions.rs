@@ -52,6 +52,11 @@ impl Sessions {
         self.map.entry(id).or_default()
     }
 
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
+        self.map.iter()
+    }
+
     pub(crate) fn remove(&mut self, id: SessionId) -> Option<Session> {
         self.map.remove(&id)
     }
