@@ -18,6 +18,8 @@ mod sessions;
 mod types;
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod invariants;
 #[cfg(test)]
 mod proptests;
