@@ -12,7 +12,8 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-use super::types::{Fence, Key};
+use super::keys::EntryId;
+use super::types::Fence;
 
 /// What an item refers to. Waiters and watchers are identified by their queue sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +38,9 @@ impl Due {
 #[derive(Debug)]
 pub(crate) struct Item {
     pub(crate) at: Instant,
-    pub(crate) key: Key,
+    /// The entry (slab id and generation) the item belongs to.
+    pub(crate) id: EntryId,
+    pub(crate) generation: u32,
     pub(crate) due: Due,
 }
 
@@ -76,8 +79,13 @@ impl Default for Deadlines {
 }
 
 impl Deadlines {
-    pub(crate) fn push(&mut self, at: Instant, key: Key, due: Due) {
-        self.heap.push(Reverse(Item { at, key, due }));
+    pub(crate) fn push(&mut self, at: Instant, id: EntryId, generation: u32, due: Due) {
+        self.heap.push(Reverse(Item {
+            at,
+            id,
+            generation,
+            due,
+        }));
     }
 
     /// Earliest queued instant; may belong to a stale item (early, never late).

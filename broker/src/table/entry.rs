@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::deadlines::{Deadlines, Due};
 use super::fences::FenceGen;
+use super::keys::EntryId;
 use super::sessions::{Role, Sessions};
 use super::types::{
     Effect, Fence, Grant, Key, LockEvent, Mode, ReqId, SessionId, TableConfig, TableError,
@@ -149,6 +150,10 @@ pub(crate) struct Watcher {
 /// The state of one live key.
 #[derive(Debug, Default)]
 pub(crate) struct Entry {
+    pub(crate) key: Key,
+    /// Slab id and generation, set by `Keys::insert`.
+    pub(crate) id: EntryId,
+    pub(crate) generation: u32,
     pub(crate) holders: Holders,
     pub(crate) waiters: VecDeque<Waiter>,
     pub(crate) watchers: Vec<Watcher>,
@@ -156,6 +161,13 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    pub(crate) fn new(key: Key) -> Self {
+        Self {
+            key,
+            ..Self::default()
+        }
+    }
+
     /// No holder, no waiter, no watcher, no block: the key must be freed.
     pub(crate) fn is_idle(&self) -> bool {
         self.holders.is_empty()
@@ -225,23 +237,22 @@ impl Entry {
     /// orphans on expiry, then watchers and next grants.
     pub(crate) fn end_lease(
         &mut self,
-        key: &Key,
         fence: Fence,
         outcome: UnlockOutcome,
         cx: &mut Cx<'_>,
     ) -> Option<HolderRec> {
         let h = self.holders.remove(fence)?;
         if !h.orphan {
-            cx.sessions.drop_hold(h.session, key);
+            cx.sessions.drop_hold(h.session, self.id);
         }
         let ev = match outcome {
             UnlockOutcome::Released => LockEvent::Released {
-                key: key.clone(),
+                key: self.key.clone(),
                 session: h.session,
                 fence,
             },
             UnlockOutcome::Expired => LockEvent::Expired {
-                key: key.clone(),
+                key: self.key.clone(),
                 session: h.session,
                 fence,
             },
@@ -251,13 +262,14 @@ impl Entry {
             let until = deadline_after(h.deadline, cx.cfg.lock_delay);
             if self.blocked_until.is_none_or(|b| b < until) {
                 self.blocked_until = Some(until);
-                cx.deadlines.push(until, key.clone(), Due::Unblock);
+                cx.deadlines
+                    .push(until, self.id, self.generation, Due::Unblock);
             }
         }
         if self.holders.is_empty() {
             self.resolve_watchers(outcome, cx);
         }
-        self.grant_waiters(key, cx);
+        self.grant_waiters(cx);
         Some(h)
     }
 
@@ -275,7 +287,7 @@ impl Entry {
 
     /// Grants queued acquires from the head while the head is compatible (FIFO; a run of Shared
     /// waiters is granted together, stopping at the first Exclusive).
-    pub(crate) fn grant_waiters(&mut self, key: &Key, cx: &mut Cx<'_>) {
+    pub(crate) fn grant_waiters(&mut self, cx: &mut Cx<'_>) {
         while self.blocked_until.is_none() {
             match self.waiters.front() {
                 Some(w) if self.admits(w.mode) => {}
@@ -284,7 +296,7 @@ impl Entry {
             let Some(w) = self.waiters.pop_front() else {
                 break;
             };
-            match new_lease(key, w.session, w.mode, w.ttl, cx) {
+            match self.new_lease(w.session, w.mode, w.ttl, cx) {
                 Ok(h) => {
                     // `new_lease` replaced the session's `Waits` role with `Holds`.
                     if let Some(s) = cx.sessions.get_mut(w.session) {
@@ -293,7 +305,7 @@ impl Entry {
                     cx.out.push(Effect::Granted {
                         session: w.session,
                         req: w.req,
-                        grant: h.grant(key),
+                        grant: h.grant(&self.key),
                     });
                     self.holders.push(h);
                 }
@@ -310,48 +322,49 @@ impl Entry {
     }
 
     /// Lifts the lock-delay block if it ends at `at`, then grants waiters.
-    pub(crate) fn unblock(&mut self, key: &Key, at: Instant, cx: &mut Cx<'_>) {
+    pub(crate) fn unblock(&mut self, at: Instant, cx: &mut Cx<'_>) {
         if self.blocked_until == Some(at) {
             self.blocked_until = None;
-            self.grant_waiters(key, cx);
+            self.grant_waiters(cx);
         }
     }
-}
 
-/// Creates a lease for `session` (which must have a session record): checks the session's lease
-/// limit, allocates a fence, indexes it, schedules its expiry and emits `Acquired`.
-/// The caller adds the returned holder to the entry.
-pub(crate) fn new_lease(
-    key: &Key,
-    session: SessionId,
-    mode: Mode,
-    ttl: Duration,
-    cx: &mut Cx<'_>,
-) -> Result<HolderRec, TableError> {
-    let Some(s) = cx.sessions.get_mut(session) else {
-        return Err(TableError::Cancelled);
-    };
-    if s.held >= cx.cfg.max_leases_per_session {
-        return Err(TableError::LimitExceeded("held leases"));
+    /// Creates a lease on this key for `session` (which must have a session record): checks the
+    /// session's lease limit, allocates a fence, indexes it, schedules its expiry and emits
+    /// `Acquired`. The caller adds the returned holder to `holders`.
+    pub(crate) fn new_lease(
+        &self,
+        session: SessionId,
+        mode: Mode,
+        ttl: Duration,
+        cx: &mut Cx<'_>,
+    ) -> Result<HolderRec, TableError> {
+        let Some(s) = cx.sessions.get_mut(session) else {
+            return Err(TableError::Cancelled);
+        };
+        if s.held >= cx.cfg.max_leases_per_session {
+            return Err(TableError::LimitExceeded("held leases"));
+        }
+        let fence = cx.fences.alloc()?;
+        s.held += 1;
+        s.keys.insert(self.id, Role::Holds(fence));
+        let deadline = deadline_after(cx.now, ttl);
+        cx.deadlines
+            .push(deadline, self.id, self.generation, Due::Lease(fence));
+        cx.out.push(Effect::Event(LockEvent::Acquired {
+            key: self.key.clone(),
+            session,
+            fence,
+            mode,
+            deadline,
+        }));
+        Ok(HolderRec {
+            session,
+            fence,
+            mode,
+            ttl,
+            deadline,
+            orphan: false,
+        })
     }
-    let fence = cx.fences.alloc()?;
-    s.held += 1;
-    s.keys.insert(key.clone(), Role::Holds(fence));
-    let deadline = deadline_after(cx.now, ttl);
-    cx.deadlines.push(deadline, key.clone(), Due::Lease(fence));
-    cx.out.push(Effect::Event(LockEvent::Acquired {
-        key: key.clone(),
-        session,
-        fence,
-        mode,
-        deadline,
-    }));
-    Ok(HolderRec {
-        session,
-        fence,
-        mode,
-        ttl,
-        deadline,
-        orphan: false,
-    })
 }

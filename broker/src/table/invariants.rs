@@ -6,18 +6,25 @@ use std::time::Instant;
 
 use super::Table;
 use super::deadlines::Due;
+use super::keys::EntryId;
 use super::sessions::Role;
-use super::types::{Fence, Key, Mode};
+use super::types::{Fence, Mode};
 
 impl Table {
     /// Panics with a description of the first broken internal invariant.
     pub(crate) fn check_invariants(&self) {
-        let items: HashSet<(Instant, Key, DueKey)> = self
+        let items: HashSet<(Instant, EntryId, u32, DueKey)> = self
             .deadlines
             .items()
-            .map(|i| (i.at, i.key.clone(), DueKey::from(i.due)))
+            .map(|i| (i.at, i.id, i.generation, DueKey::from(i.due)))
             .collect();
-        for (k, e) in &self.keys {
+        let mut live = 0;
+        for e in self.keys.iter() {
+            live += 1;
+            let k = &e.key;
+            let id = e.id;
+            assert_eq!(self.keys.find(k), Some(id), "key index points at {k:?}");
+            let at = |t: Instant, d: DueKey| (t, id, e.generation, d);
             assert!(!e.is_idle(), "idle entry kept for {k:?}");
             let hs = e.holders.as_slice();
             let fam = hs
@@ -62,45 +69,46 @@ impl Table {
             assert!(e.watchers.windows(2).all(|w| w[0].seq < w[1].seq));
             // Every live deadline is in the heap.
             for h in hs {
-                assert!(items.contains(&(h.deadline, k.clone(), DueKey::Lease(h.fence))));
+                assert!(items.contains(&at(h.deadline, DueKey::Lease(h.fence))));
                 if !h.orphan {
                     let s = self.sessions.get(h.session).expect("holder session exists");
-                    assert_eq!(s.keys.get(k), Some(&Role::Holds(h.fence)), "{k:?}");
+                    assert_eq!(s.keys.get(&id), Some(&Role::Holds(h.fence)), "{k:?}");
                 }
             }
-            if let Some(at) = e.blocked_until {
-                assert!(items.contains(&(at, k.clone(), DueKey::Unblock)));
+            if let Some(t) = e.blocked_until {
+                assert!(items.contains(&at(t, DueKey::Unblock)));
             }
             for w in &e.waiters {
-                if let Some(at) = w.deadline {
-                    assert!(items.contains(&(at, k.clone(), DueKey::Waiter(w.seq))));
+                if let Some(t) = w.deadline {
+                    assert!(items.contains(&at(t, DueKey::Waiter(w.seq))));
                 }
                 let s = self.sessions.get(w.session).expect("waiter session exists");
-                assert_eq!(s.keys.get(k), Some(&Role::Waits(w.req)));
+                assert_eq!(s.keys.get(&id), Some(&Role::Waits(w.req)));
                 let p = s.pending.get(&w.req).expect("waiter pending");
-                assert!(!p.watch && p.seq == w.seq && p.key == *k);
+                assert!(!p.watch && p.seq == w.seq && p.entry == id);
             }
             for w in &e.watchers {
-                if let Some(at) = w.deadline {
-                    assert!(items.contains(&(at, k.clone(), DueKey::Watcher(w.seq))));
+                if let Some(t) = w.deadline {
+                    assert!(items.contains(&at(t, DueKey::Watcher(w.seq))));
                 }
                 let s = self
                     .sessions
                     .get(w.session)
                     .expect("watcher session exists");
                 let p = s.pending.get(&w.req).expect("watcher pending");
-                assert!(p.watch && p.seq == w.seq && p.key == *k);
+                assert!(p.watch && p.seq == w.seq && p.entry == id);
             }
         }
-        for (id, s) in self.sessions.iter() {
+        assert_eq!(live, self.keys.len(), "slab and key index agree");
+        for (sid, s) in self.sessions.iter() {
             let mut held = 0;
-            for (k, r) in &s.keys {
-                let e = self.keys.get(k).expect("session role on live key");
+            for (id, r) in &s.keys {
+                let e = self.keys.get(*id).expect("session role on live key");
                 match *r {
                     Role::Holds(f) => {
                         held += 1;
                         let h = e.holders.get(f).expect("held lease exists");
-                        assert!(h.session == *id && !h.orphan);
+                        assert!(h.session == *sid && !h.orphan);
                     }
                     Role::Waits(req) => {
                         let p = s.pending.get(&req).expect("waits is pending");
@@ -109,11 +117,11 @@ impl Table {
                     }
                 }
             }
-            assert_eq!(held, s.held, "held count of session {id}");
+            assert_eq!(held, s.held, "held count of session {sid}");
             assert!(s.held <= self.cfg.max_leases_per_session);
             assert!(s.pending.len() <= self.cfg.max_waiters_per_session);
             for (req, p) in &s.pending {
-                let e = self.keys.get(&p.key).expect("pending on live key");
+                let e = self.keys.get(p.entry).expect("pending on live key");
                 if p.watch {
                     let i = e.find_watcher(p.seq).expect("watcher queued");
                     assert_eq!(e.watchers[i].req, *req);

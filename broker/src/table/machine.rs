@@ -6,12 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use hashbrown::hash_map::EntryRef;
-
 use super::deadlines::{Deadlines, Due, Item};
-use super::entry::{Cx, Entry, HolderRec, Holders, Waiter, Watcher, new_lease};
+use super::entry::{Cx, Entry, HolderRec, Holders, Waiter, Watcher};
 use super::fences::FenceGen;
-use super::sessions::{Map, Pending, Role, Sessions};
+use super::keys::{EntryId, Keys};
+use super::sessions::{Pending, Role, Sessions};
 use super::types::{
     AcquireRequest, Effect, Fence, Grant, Holder, Key, LockEvent, LockInfo, Mode, RESTORED_SESSION,
     ReqId, SessionId, TableConfig, TableError, UnlockOutcome, Wait, deadline_after,
@@ -21,7 +20,7 @@ use super::types::{
 #[derive(Debug)]
 pub struct Table {
     pub(crate) cfg: TableConfig,
-    pub(crate) keys: Map<Key, Entry>,
+    pub(crate) keys: Keys,
     pub(crate) sessions: Sessions,
     pub(crate) deadlines: Deadlines,
     fences: FenceGen,
@@ -67,7 +66,7 @@ impl Table {
         Self {
             fences: FenceGen::new(cfg.epoch),
             cfg,
-            keys: Map::default(),
+            keys: Keys::default(),
             sessions: Sessions::default(),
             deadlines: Deadlines::default(),
             seq: 0,
@@ -95,11 +94,12 @@ impl Table {
             wait,
         } = req;
         check_mode(mode)?;
+        let id = self.keys.find(&key);
         let s = self.sessions.entry(session);
         if s.pending.contains_key(&req) {
             return Err(TableError::DuplicateRequest);
         }
-        if s.keys.contains_key(&key[..]) {
+        if id.is_some_and(|id| s.keys.contains_key(&id)) {
             return Err(TableError::AlreadyHeld);
         }
         if s.held >= self.cfg.max_leases_per_session {
@@ -107,58 +107,60 @@ impl Table {
         }
         let waiting = s.pending.len();
         let mut cx = cx!(self, now, out);
-        let result = match self.keys.entry_ref(&key[..]) {
-            EntryRef::Vacant(v) => {
-                let h = new_lease(&key, session, mode, ttl, &mut cx)?;
-                let grant = h.grant(&key);
-                v.insert_with_key(
-                    key.clone(),
-                    Entry {
-                        holders: Holders::One(h),
-                        ..Entry::default()
-                    },
-                );
-                Some(grant)
-            }
-            EntryRef::Occupied(mut o) => {
-                let e = o.get_mut();
-                e.check_family(mode)?;
-                if e.grantable_now(mode) {
-                    let h = new_lease(&key, session, mode, ttl, &mut cx)?;
-                    let grant = h.grant(&key);
-                    e.holders.push(h);
-                    Some(grant)
-                } else {
-                    let until = queue_deadline(now, wait)?;
-                    if waiting >= self.cfg.max_waiters_per_session {
-                        return Err(TableError::LimitExceeded("pending waiters"));
-                    }
-                    let seq = self.seq;
-                    self.seq += 1;
-                    e.waiters.push_back(Waiter {
-                        seq,
-                        session,
-                        req,
-                        mode,
-                        ttl,
-                        deadline: until,
-                    });
-                    if let Some(t) = until {
-                        cx.deadlines.push(t, key.clone(), Due::Waiter(seq));
-                    }
-                    let s = cx.sessions.entry(session);
-                    s.pending.insert(
-                        req,
-                        Pending {
-                            key: key.clone(),
-                            seq,
-                            watch: false,
-                        },
-                    );
-                    s.keys.insert(key, Role::Waits(req));
-                    None
+        let Some(id) = id else {
+            // Idle key: granted at once. Allocate the fence before the entry so a failure
+            // leaves nothing behind.
+            let id = self.keys.insert(Entry::new(key));
+            let e = self.keys.get_mut(id).ok_or(TableError::NotLocked)?;
+            let lease = e.new_lease(session, mode, ttl, &mut cx);
+            let result = match lease {
+                Ok(h) => {
+                    let grant = h.grant(&e.key);
+                    e.holders = Holders::One(h);
+                    Ok(Some(grant))
                 }
+                Err(err) => Err(err),
+            };
+            self.keys.free_if_idle(id);
+            self.maybe_compact();
+            return result;
+        };
+        let e = self.keys.get_mut(id).ok_or(TableError::NotLocked)?;
+        e.check_family(mode)?;
+        let result = if e.grantable_now(mode) {
+            let h = e.new_lease(session, mode, ttl, &mut cx)?;
+            let grant = h.grant(&e.key);
+            e.holders.push(h);
+            Some(grant)
+        } else {
+            let until = queue_deadline(now, wait)?;
+            if waiting >= self.cfg.max_waiters_per_session {
+                return Err(TableError::LimitExceeded("pending waiters"));
             }
+            let seq = self.seq;
+            self.seq += 1;
+            e.waiters.push_back(Waiter {
+                seq,
+                session,
+                req,
+                mode,
+                ttl,
+                deadline: until,
+            });
+            if let Some(t) = until {
+                cx.deadlines.push(t, id, e.generation, Due::Waiter(seq));
+            }
+            let s = cx.sessions.entry(session);
+            s.pending.insert(
+                req,
+                Pending {
+                    entry: id,
+                    seq,
+                    watch: false,
+                },
+            );
+            s.keys.insert(id, Role::Waits(req));
+            None
         };
         self.maybe_compact();
         Ok(result)
@@ -174,11 +176,8 @@ impl Table {
         fence: Fence,
         out: &mut Vec<Effect>,
     ) -> Result<(), TableError> {
-        let EntryRef::Occupied(mut o) = self.keys.entry_ref(key) else {
-            return Err(TableError::NotLocked);
-        };
-        let k = o.key().clone();
-        let e = o.get_mut();
+        let id = self.keys.find(key).ok_or(TableError::NotLocked)?;
+        let e = self.keys.get_mut(id).ok_or(TableError::NotLocked)?;
         if e.holders.is_empty() {
             return Err(TableError::NotLocked);
         }
@@ -187,10 +186,8 @@ impl Table {
             _ => return Err(TableError::NotOwner),
         }
         let mut cx = cx!(self, now, out);
-        e.end_lease(&k, fence, UnlockOutcome::Released, &mut cx);
-        if e.is_idle() {
-            o.remove();
-        }
+        e.end_lease(fence, UnlockOutcome::Released, &mut cx);
+        self.keys.free_if_idle(id);
         self.maybe_compact();
         Ok(())
     }
@@ -205,12 +202,12 @@ impl Table {
         ttl: Duration,
         out: &mut Vec<Effect>,
     ) -> Result<Instant, TableError> {
-        let Some((k, e)) = self.keys.get_key_value_mut(key) else {
-            return Err(TableError::NotLocked);
-        };
+        let id = self.keys.find(key).ok_or(TableError::NotLocked)?;
+        let e = self.keys.get_mut(id).ok_or(TableError::NotLocked)?;
         if e.holders.is_empty() {
             return Err(TableError::NotLocked);
         }
+        let generation = e.generation;
         let h = match e.holders.get_mut(fence) {
             Some(h) if h.session == session && !h.orphan => h,
             _ => return Err(TableError::NotOwner),
@@ -218,9 +215,10 @@ impl Table {
         let deadline = deadline_after(now, ttl);
         h.deadline = deadline;
         h.ttl = ttl;
-        self.deadlines.push(deadline, k.clone(), Due::Lease(fence));
+        self.deadlines
+            .push(deadline, id, generation, Due::Lease(fence));
         out.push(Effect::Event(LockEvent::Extended {
-            key: k.clone(),
+            key: e.key.clone(),
             session,
             fence,
             deadline,
@@ -261,9 +259,9 @@ impl Table {
     ) {
         if let Some(s) = self.sessions.get_mut(session)
             && !p.watch
-            && s.keys.get(&p.key[..]) == Some(&Role::Waits(req))
+            && s.keys.get(&p.entry) == Some(&Role::Waits(req))
         {
-            s.keys.remove(&p.key[..]);
+            s.keys.remove(&p.entry);
         }
         if let Some(error) = error {
             out.push(if p.watch {
@@ -280,28 +278,25 @@ impl Table {
                 }
             });
         }
-        let EntryRef::Occupied(mut o) = self.keys.entry_ref(&p.key[..]) else {
+        let Some(e) = self.keys.get_mut(p.entry) else {
             return;
         };
-        let e = o.get_mut();
         if p.watch {
             e.remove_watcher(p.seq);
         } else {
             e.remove_waiter(p.seq);
             let mut cx = cx!(self, now, out);
-            e.grant_waiters(&p.key, &mut cx);
+            e.grant_waiters(&mut cx);
         }
-        if e.is_idle() {
-            o.remove();
-        }
+        self.keys.free_if_idle(p.entry);
     }
 
     /// Snapshot of `key`, or `None` when the key is idle. Reports state as stored: call
     /// [`Table::expire`] first for leases past their deadline to be gone.
     pub fn inspect(&self, _now: Instant, key: &[u8]) -> Option<LockInfo> {
-        let (k, e) = self.keys.get_key_value(key)?;
+        let e = self.keys.get(self.keys.find(key)?)?;
         Some(LockInfo {
-            key: k.clone(),
+            key: e.key.clone(),
             holders: e
                 .holders
                 .as_slice()
@@ -320,7 +315,10 @@ impl Table {
 
     /// Whether `key` has at least one holder (a key only blocked by lock delay is not locked).
     pub fn is_locked(&self, key: &[u8]) -> bool {
-        self.keys.get(key).is_some_and(|e| !e.holders.is_empty())
+        self.keys
+            .find(key)
+            .and_then(|id| self.keys.get(id))
+            .is_some_and(|e| !e.holders.is_empty())
     }
 
     /// Resolves when `key` has no holder: `Ok(Some(Released))` at once if it has none now; else
@@ -342,7 +340,10 @@ impl Table {
             return Err(TableError::DuplicateRequest);
         }
         let waiting = s.pending.len();
-        let e = match self.keys.get_mut(&key[..]) {
+        let Some(id) = self.keys.find(&key) else {
+            return Ok(Some(UnlockOutcome::Released));
+        };
+        let e = match self.keys.get_mut(id) {
             Some(e) if !e.holders.is_empty() => e,
             _ => return Ok(Some(UnlockOutcome::Released)),
         };
@@ -359,12 +360,12 @@ impl Table {
             deadline: until,
         });
         if let Some(t) = until {
-            self.deadlines.push(t, key.clone(), Due::Watcher(seq));
+            self.deadlines.push(t, id, e.generation, Due::Watcher(seq));
         }
         self.sessions.entry(session).pending.insert(
             req,
             Pending {
-                key,
+                entry: id,
                 seq,
                 watch: true,
             },
@@ -392,29 +393,26 @@ impl Table {
         for (req, p) in pending {
             self.detach(now, session, req, p, None, out);
         }
-        let mut held: Vec<(Fence, Key)> = s
+        let mut held: Vec<(Fence, EntryId)> = s
             .keys
             .into_iter()
-            .filter_map(|(k, r)| match r {
-                Role::Holds(f) => Some((f, k)),
+            .filter_map(|(id, r)| match r {
+                Role::Holds(f) => Some((f, id)),
                 Role::Waits(_) => None,
             })
             .collect();
         held.sort_unstable_by_key(|(f, _)| *f);
-        for (fence, key) in held {
-            let EntryRef::Occupied(mut o) = self.keys.entry_ref(&key[..]) else {
+        for (fence, id) in held {
+            let Some(e) = self.keys.get_mut(id) else {
                 continue;
             };
-            let e = o.get_mut();
             if clean {
                 let mut cx = cx!(self, now, out);
-                e.end_lease(&key, fence, UnlockOutcome::Released, &mut cx);
+                e.end_lease(fence, UnlockOutcome::Released, &mut cx);
             } else if let Some(h) = e.holders.get_mut(fence) {
                 h.orphan = true;
             }
-            if e.is_idle() {
-                o.remove();
-            }
+            self.keys.free_if_idle(id);
         }
         self.maybe_compact();
     }
@@ -433,12 +431,12 @@ impl Table {
         out: &mut Vec<Effect>,
     ) -> Result<Grant, TableError> {
         let _ = out;
-        let Some((k, e)) = self.keys.get_key_value_mut(key) else {
-            return Err(TableError::NotLocked);
-        };
+        let id = self.keys.find(key).ok_or(TableError::NotLocked)?;
+        let e = self.keys.get_mut(id).ok_or(TableError::NotLocked)?;
         if e.holders.is_empty() {
             return Err(TableError::NotLocked);
         }
+        let k = &e.key;
         let Some(h) = e.holders.get_mut(fence) else {
             return Err(TableError::NotOwner);
         };
@@ -446,20 +444,20 @@ impl Table {
             return Ok(h.grant(k));
         }
         let s = self.sessions.entry(session);
-        if s.keys.contains_key(key) {
+        if s.keys.contains_key(&id) {
             return Err(TableError::AlreadyHeld);
         }
         if s.held >= self.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
-        s.keys.insert(k.clone(), Role::Holds(fence));
+        s.keys.insert(id, Role::Holds(fence));
         s.held += 1;
         let (prev, was_orphan) = (h.session, h.orphan);
         h.session = session;
         h.orphan = false;
         let grant = h.grant(k);
         if !was_orphan {
-            self.sessions.drop_hold(prev, key);
+            self.sessions.drop_hold(prev, id);
         }
         Ok(grant)
     }
@@ -486,28 +484,26 @@ impl Table {
             deadline,
             orphan: true,
         };
-        match self.keys.entry_ref(&key[..]) {
-            EntryRef::Vacant(v) => {
-                v.insert_with_key(
-                    key.clone(),
-                    Entry {
-                        holders: Holders::One(h),
-                        ..Entry::default()
-                    },
-                );
-            }
-            EntryRef::Occupied(mut o) => {
-                let e = o.get_mut();
+        let id = match self.keys.find(&key) {
+            None => self.keys.insert(Entry::new(key)),
+            Some(id) => {
+                let e = self.keys.get_mut(id).ok_or(TableError::NotLocked)?;
                 e.check_family(mode)?;
                 if e.holders.is_empty() || e.holders.get(fence).is_some() || !e.grantable_now(mode)
                 {
                     return Err(TableError::AlreadyHeld);
                 }
-                e.holders.push(h);
+                id
             }
-        }
+        };
+        let Some(e) = self.keys.get_mut(id) else {
+            return Err(TableError::NotLocked);
+        };
+        e.holders.push(h);
+        let generation = e.generation;
         self.fences.raise_floor(fence);
-        self.deadlines.push(deadline, key, Due::Lease(fence));
+        self.deadlines
+            .push(deadline, id, generation, Due::Lease(fence));
         Ok(())
     }
 
@@ -526,19 +522,24 @@ impl Table {
     /// (`Event(Expired)`, watchers `Unlocked{Expired}`, next grants unless lock delay applies),
     /// waiter timeouts (`AcquireFailed`/`WaitFailed { Timeout }`), lock-delay ends.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Effect>) {
-        while let Some(Item { at, key, due }) = self.deadlines.pop_due(now) {
-            let EntryRef::Occupied(mut o) = self.keys.entry_ref(&key[..]) else {
+        while let Some(Item {
+            at,
+            id,
+            generation,
+            due,
+        }) = self.deadlines.pop_due(now)
+        {
+            let Some(e) = self.keys.get_gen_mut(id, generation) else {
                 continue;
             };
-            let e = o.get_mut();
             let mut cx = cx!(self, now, out);
             match due {
                 Due::Lease(fence) => {
                     if e.holders.get(fence).is_some_and(|h| h.deadline == at) {
-                        e.end_lease(&key, fence, UnlockOutcome::Expired, &mut cx);
+                        e.end_lease(fence, UnlockOutcome::Expired, &mut cx);
                     }
                 }
-                Due::Unblock => e.unblock(&key, at, &mut cx),
+                Due::Unblock => e.unblock(at, &mut cx),
                 Due::Waiter(seq) => {
                     if let Some(i) = e.find_waiter(seq)
                         && e.waiters[i].deadline == Some(at)
@@ -550,7 +551,7 @@ impl Table {
                             req: w.req,
                             error: TableError::Timeout,
                         });
-                        e.grant_waiters(&key, &mut cx);
+                        e.grant_waiters(&mut cx);
                     }
                 }
                 Due::Watcher(seq) => {
@@ -567,9 +568,7 @@ impl Table {
                     }
                 }
             }
-            if e.is_idle() {
-                o.remove();
-            }
+            self.keys.free_if_idle(id);
         }
         self.maybe_compact();
     }
@@ -592,37 +591,27 @@ impl Table {
             return;
         }
         let mut live = Vec::new();
-        for (k, e) in &self.keys {
+        for e in self.keys.iter() {
+            let item = |at, due| Item {
+                at,
+                id: e.id,
+                generation: e.generation,
+                due,
+            };
             for h in e.holders.as_slice() {
-                live.push(Item {
-                    at: h.deadline,
-                    key: k.clone(),
-                    due: Due::Lease(h.fence),
-                });
+                live.push(item(h.deadline, Due::Lease(h.fence)));
             }
             if let Some(at) = e.blocked_until {
-                live.push(Item {
-                    at,
-                    key: k.clone(),
-                    due: Due::Unblock,
-                });
+                live.push(item(at, Due::Unblock));
             }
             for w in &e.waiters {
                 if let Some(at) = w.deadline {
-                    live.push(Item {
-                        at,
-                        key: k.clone(),
-                        due: Due::Waiter(w.seq),
-                    });
+                    live.push(item(at, Due::Waiter(w.seq)));
                 }
             }
             for w in &e.watchers {
                 if let Some(at) = w.deadline {
-                    live.push(Item {
-                        at,
-                        key: k.clone(),
-                        due: Due::Watcher(w.seq),
-                    });
+                    live.push(item(at, Due::Watcher(w.seq)));
                 }
             }
         }

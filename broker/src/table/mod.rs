@@ -13,6 +13,7 @@
 mod deadlines;
 mod entry;
 mod fences;
+mod keys;
 mod machine;
 mod sessions;
 mod types;

@@ -3,7 +3,8 @@
 //! Used for `AlreadyHeld` / `DuplicateRequest` checks, per-session limits, `cancel` and
 //! `close_session`. Orphaned leases (lost sessions, restored leases) are in no session's index.
 
-use super::types::{Fence, Key, ReqId, SessionId};
+use super::keys::EntryId;
+use super::types::{Fence, ReqId, SessionId};
 
 /// hashbrown with its default hasher (foldhash, randomly seeded per process).
 pub(crate) type Map<K, V> = hashbrown::HashMap<K, V>;
@@ -19,7 +20,8 @@ pub(crate) enum Role {
 /// A pending request: a queued acquire or a `wait_until_unlocked` watcher.
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {
-    pub(crate) key: Key,
+    /// The key's entry (live while the request is pending).
+    pub(crate) entry: EntryId,
     /// Sequence number of the queue slot (sorted within each key's queue).
     pub(crate) seq: u64,
     pub(crate) watch: bool,
@@ -27,7 +29,8 @@ pub(crate) struct Pending {
 
 #[derive(Debug, Default)]
 pub(crate) struct Session {
-    pub(crate) keys: Map<Key, Role>,
+    /// Role per key entry.
+    pub(crate) keys: Map<EntryId, Role>,
     pub(crate) pending: Map<ReqId, Pending>,
     pub(crate) held: usize,
 }
@@ -61,12 +64,12 @@ impl Sessions {
         self.map.remove(&id)
     }
 
-    /// Forgets that `session` holds `key` (after release/expiry/transfer).
-    pub(crate) fn drop_hold(&mut self, session: SessionId, key: &[u8]) {
+    /// Forgets that `session` holds a lease on `entry` (after release/expiry/transfer).
+    pub(crate) fn drop_hold(&mut self, session: SessionId, entry: EntryId) {
         if let Some(s) = self.map.get_mut(&session)
-            && let Some(Role::Holds(_)) = s.keys.get(key)
+            && let Some(Role::Holds(_)) = s.keys.get(&entry)
         {
-            s.keys.remove(key);
+            s.keys.remove(&entry);
             s.held = s.held.saturating_sub(1);
         }
     }
@@ -76,9 +79,9 @@ impl Sessions {
         if let Some(s) = self.map.get_mut(&session)
             && let Some(p) = s.pending.remove(&req)
             && !p.watch
-            && s.keys.get(&p.key[..]) == Some(&Role::Waits(req))
+            && s.keys.get(&p.entry) == Some(&Role::Waits(req))
         {
-            s.keys.remove(&p.key[..]);
+            s.keys.remove(&p.entry);
         }
     }
 }
