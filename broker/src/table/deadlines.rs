@@ -106,11 +106,18 @@ impl Deadlines {
         self.heap.len() > self.rebuild_at
     }
 
-    /// Replaces the contents with exactly the live items.
-    pub(crate) fn rebuild(&mut self, live: Vec<Item>) {
-        let v: Vec<Reverse<Item>> = live.into_iter().map(Reverse).collect();
+    /// Replaces the contents with exactly the live items, reusing the heap's buffer unless it
+    /// has become much larger than needed.
+    pub(crate) fn rebuild(&mut self, live: impl Iterator<Item = Item>) {
+        let mut v = std::mem::take(&mut self.heap).into_vec();
+        v.clear();
+        v.extend(live.map(Reverse));
+        let target = 2 * v.len() + SLACK;
+        if v.capacity() > 2 * target {
+            v.shrink_to(target);
+        }
         self.heap = BinaryHeap::from(v);
-        self.rebuild_at = 2 * self.heap.len() + SLACK;
+        self.rebuild_at = target;
     }
 
     #[cfg(test)]

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::deadlines::{Deadlines, Due};
+use super::deadlines::{Deadlines, Due, Item};
 use super::fences::FenceGen;
 use super::keys::EntryId;
 use super::sessions::{Role, Sessions};
@@ -154,6 +154,8 @@ pub(crate) struct Entry {
     /// Slab id and generation, set by `Keys::insert`.
     pub(crate) id: EntryId,
     pub(crate) generation: u32,
+    /// Hash of `key` in the key index.
+    pub(crate) hash: u64,
     pub(crate) holders: Holders,
     pub(crate) waiters: VecDeque<Waiter>,
     pub(crate) watchers: Vec<Watcher>,
@@ -166,6 +168,32 @@ impl Entry {
             key,
             ..Self::default()
         }
+    }
+
+    /// Every live deadline of this key (for rebuilding the deadline heap).
+    pub(crate) fn deadline_items(&self) -> impl Iterator<Item = Item> + '_ {
+        let (id, generation) = (self.id, self.generation);
+        let item = move |at, due| Item {
+            at,
+            id,
+            generation,
+            due,
+        };
+        let holders = self
+            .holders
+            .as_slice()
+            .iter()
+            .map(move |h| item(h.deadline, Due::Lease(h.fence)));
+        let block = self.blocked_until.map(|at| item(at, Due::Unblock));
+        let waiters = self
+            .waiters
+            .iter()
+            .filter_map(move |w| Some(item(w.deadline?, Due::Waiter(w.seq))));
+        let watchers = self
+            .watchers
+            .iter()
+            .filter_map(move |w| Some(item(w.deadline?, Due::Watcher(w.seq))));
+        holders.chain(block).chain(waiters).chain(watchers)
     }
 
     /// No holder, no waiter, no watcher, no block: the key must be freed.

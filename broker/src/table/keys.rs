@@ -30,12 +30,20 @@ impl Keys {
 
     /// The id of `key`'s entry, if the key is live.
     pub(crate) fn find(&self, key: &[u8]) -> Option<EntryId> {
+        self.find_hashed(key).1
+    }
+
+    /// Like [`Keys::find`], also returning the key's hash for a following [`Keys::insert`].
+    pub(crate) fn find_hashed(&self, key: &[u8]) -> (u64, Option<EntryId>) {
         let slots = &self.slots;
-        self.index
-            .find(self.hash(key), |&id| {
+        let hash = self.hash(key);
+        let id = self
+            .index
+            .find(hash, |&id| {
                 slot(slots, id).is_some_and(|e| &e.key[..] == key)
             })
-            .copied()
+            .copied();
+        (hash, id)
     }
 
     pub(crate) fn get(&self, id: EntryId) -> Option<&Entry> {
@@ -51,8 +59,9 @@ impl Keys {
         self.get_mut(id).filter(|e| e.generation == generation)
     }
 
-    /// Stores a new entry (its key must not be live) and returns its id; sets `id`/`generation`.
-    pub(crate) fn insert(&mut self, mut entry: Entry) -> EntryId {
+    /// Stores a new entry (its key must not be live, `hash` from [`Keys::find_hashed`]) and
+    /// returns its id; sets the entry's `id`, `generation` and `hash`.
+    pub(crate) fn insert(&mut self, hash: u64, mut entry: Entry) -> EntryId {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -62,28 +71,27 @@ impl Keys {
         };
         entry.id = id;
         entry.generation = self.next_gen;
+        entry.hash = hash;
         self.next_gen = self.next_gen.wrapping_add(1);
-        let hash = self.hash(&entry.key);
         if let Some(s) = self.slots.get_mut(id as usize) {
             *s = Some(entry);
         }
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index.insert_unique(hash, id, |&i| {
-            slot(slots, i).map_or(0, |e| hasher.hash_one(&e.key[..]))
-        });
+        let slots = &self.slots;
+        self.index
+            .insert_unique(hash, id, |&i| slot(slots, i).map_or(0, |e| e.hash));
         id
     }
 
     /// Frees `id`'s entry if it has become idle. Returns true if it was freed.
     pub(crate) fn free_if_idle(&mut self, id: EntryId) -> bool {
-        match self.get(id) {
-            Some(e) if e.is_idle() => {}
-            _ => return false,
-        }
-        let Some(entry) = self.slots.get_mut(id as usize).and_then(Option::take) else {
+        let Some(s) = self.slots.get_mut(id as usize) else {
             return false;
         };
-        let hash = self.hash(&entry.key);
+        let hash = match s {
+            Some(e) if e.is_idle() => e.hash,
+            _ => return false,
+        };
+        *s = None;
         if let Ok(o) = self.index.find_entry(hash, |&i| i == id) {
             o.remove();
         }

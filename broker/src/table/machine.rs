@@ -94,7 +94,7 @@ impl Table {
             wait,
         } = req;
         check_mode(mode)?;
-        let id = self.keys.find(&key);
+        let (hash, id) = self.keys.find_hashed(&key);
         let s = self.sessions.entry(session);
         if s.pending.contains_key(&req) {
             return Err(TableError::DuplicateRequest);
@@ -110,7 +110,7 @@ impl Table {
         let Some(id) = id else {
             // Idle key: granted at once. Allocate the fence before the entry so a failure
             // leaves nothing behind.
-            let id = self.keys.insert(Entry::new(key));
+            let id = self.keys.insert(hash, Entry::new(key));
             let e = self.keys.get_mut(id).ok_or(TableError::NotLocked)?;
             let lease = e.new_lease(session, mode, ttl, &mut cx);
             let result = match lease {
@@ -484,9 +484,9 @@ impl Table {
             deadline,
             orphan: true,
         };
-        let id = match self.keys.find(&key) {
-            None => self.keys.insert(Entry::new(key)),
-            Some(id) => {
+        let id = match self.keys.find_hashed(&key) {
+            (hash, None) => self.keys.insert(hash, Entry::new(key)),
+            (_, Some(id)) => {
                 let e = self.keys.get_mut(id).ok_or(TableError::NotLocked)?;
                 e.check_family(mode)?;
                 if e.holders.is_empty() || e.holders.get(fence).is_some() || !e.grantable_now(mode)
@@ -590,31 +590,7 @@ impl Table {
         if !self.deadlines.needs_rebuild() {
             return;
         }
-        let mut live = Vec::new();
-        for e in self.keys.iter() {
-            let item = |at, due| Item {
-                at,
-                id: e.id,
-                generation: e.generation,
-                due,
-            };
-            for h in e.holders.as_slice() {
-                live.push(item(h.deadline, Due::Lease(h.fence)));
-            }
-            if let Some(at) = e.blocked_until {
-                live.push(item(at, Due::Unblock));
-            }
-            for w in &e.waiters {
-                if let Some(at) = w.deadline {
-                    live.push(item(at, Due::Waiter(w.seq)));
-                }
-            }
-            for w in &e.watchers {
-                if let Some(at) = w.deadline {
-                    live.push(item(at, Due::Watcher(w.seq)));
-                }
-            }
-        }
+        let live = self.keys.iter().flat_map(Entry::deadline_items);
         self.deadlines.rebuild(live);
     }
 }
