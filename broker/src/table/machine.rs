@@ -542,7 +542,7 @@ impl Table {
                 Due::Unblock => e.unblock(at, &mut cx),
                 Due::Waiter(seq) => {
                     if let Some(i) = e.find_waiter(seq)
-                        && e.waiters[i].deadline == Some(at)
+                        && e.waiters.get(i).is_some_and(|w| w.deadline == Some(at))
                         && let Some(w) = e.waiters.remove(i)
                     {
                         cx.sessions.drop_pending(w.session, w.req);
@@ -556,7 +556,7 @@ impl Table {
                 }
                 Due::Watcher(seq) => {
                     if let Some(i) = e.find_watcher(seq)
-                        && e.watchers[i].deadline == Some(at)
+                        && e.watchers.get(i).is_some_and(|w| w.deadline == Some(at))
                     {
                         let w = e.watchers.remove(i);
                         cx.sessions.drop_pending(w.session, w.req);
