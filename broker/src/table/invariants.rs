@@ -1,0 +1,154 @@
+//! Test-only consistency check of the table's internal state (entries ↔ session index ↔
+//! deadline heap). Called after every step of the property tests.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::Table;
+use super::deadlines::Due;
+use super::keys::EntryId;
+use super::sessions::Role;
+use super::types::{Fence, Mode};
+
+impl Table {
+    /// Panics with a description of the first broken internal invariant.
+    pub(crate) fn check_invariants(&self) {
+        let items: HashSet<(Instant, EntryId, u32, DueKey)> = self
+            .deadlines
+            .items()
+            .map(|i| (i.at, i.id, i.generation, DueKey::from(i.due)))
+            .collect();
+        let mut live = 0;
+        for e in self.keys.iter() {
+            live += 1;
+            let k = &e.key;
+            let id = e.id;
+            assert_eq!(self.keys.find(k), Some(id), "key index points at {k:?}");
+            let at = |t: Instant, d: DueKey| (t, id, e.generation, d);
+            assert!(!e.is_idle(), "idle entry kept for {k:?}");
+            let hs = e.holders.as_slice();
+            let fam = hs
+                .first()
+                .map(|h| h.mode)
+                .or(e.waiters.front().map(|w| w.mode));
+            let modes = hs
+                .iter()
+                .map(|h| h.mode)
+                .chain(e.waiters.iter().map(|w| w.mode));
+            for m in modes {
+                match (fam, m) {
+                    (Some(Mode::Semaphore(a)), Mode::Semaphore(b)) => assert_eq!(a, b, "{k:?}"),
+                    (Some(Mode::Semaphore(_)), _) | (_, Mode::Semaphore(_)) => {
+                        panic!("mode family mix on {k:?}")
+                    }
+                    _ => {}
+                }
+            }
+            if hs.iter().any(|h| h.mode == Mode::Exclusive) {
+                assert_eq!(hs.len(), 1, "exclusive holder not alone on {k:?}");
+            }
+            if let Some(Mode::Semaphore(n)) = hs.first().map(|h| h.mode) {
+                assert!(hs.len() <= n as usize, "semaphore over {n} on {k:?}");
+            }
+            let fences: HashSet<Fence> = hs.iter().map(|h| h.fence).collect();
+            assert_eq!(fences.len(), hs.len(), "duplicate fence on {k:?}");
+            if e.blocked_until.is_none()
+                && let Some(w) = e.waiters.front()
+            {
+                assert!(!e.admits(w.mode), "grantable head left queued on {k:?}");
+            }
+            if !e.watchers.is_empty() {
+                assert!(!hs.is_empty(), "watchers on unheld key {k:?}");
+            }
+            assert!(
+                e.waiters
+                    .iter()
+                    .zip(e.waiters.iter().skip(1))
+                    .all(|(a, b)| a.seq < b.seq)
+            );
+            assert!(e.watchers.windows(2).all(|w| w[0].seq < w[1].seq));
+            // Every live deadline is in the heap.
+            for h in hs {
+                assert!(items.contains(&at(h.deadline, DueKey::Lease(h.fence))));
+                if !h.orphan {
+                    let s = self.sessions.get(h.session).expect("holder session exists");
+                    assert_eq!(s.keys.get(&id), Some(&Role::Holds(h.fence)), "{k:?}");
+                }
+            }
+            if let Some(t) = e.blocked_until {
+                assert!(items.contains(&at(t, DueKey::Unblock)));
+            }
+            for w in &e.waiters {
+                if let Some(t) = w.deadline {
+                    assert!(items.contains(&at(t, DueKey::Waiter(w.seq))));
+                }
+                let s = self.sessions.get(w.session).expect("waiter session exists");
+                assert_eq!(s.keys.get(&id), Some(&Role::Waits(w.req)));
+                let p = s.pending.get(&w.req).expect("waiter pending");
+                assert!(!p.watch && p.seq == w.seq && p.entry == id);
+            }
+            for w in &e.watchers {
+                if let Some(t) = w.deadline {
+                    assert!(items.contains(&at(t, DueKey::Watcher(w.seq))));
+                }
+                let s = self
+                    .sessions
+                    .get(w.session)
+                    .expect("watcher session exists");
+                let p = s.pending.get(&w.req).expect("watcher pending");
+                assert!(p.watch && p.seq == w.seq && p.entry == id);
+            }
+        }
+        assert_eq!(live, self.keys.len(), "slab and key index agree");
+        for (sid, s) in self.sessions.iter() {
+            let mut held = 0;
+            for (id, r) in &s.keys {
+                let e = self.keys.get(*id).expect("session role on live key");
+                match *r {
+                    Role::Holds(f) => {
+                        held += 1;
+                        let h = e.holders.get(f).expect("held lease exists");
+                        assert!(h.session == *sid && !h.orphan);
+                    }
+                    Role::Waits(req) => {
+                        let p = s.pending.get(&req).expect("waits is pending");
+                        assert!(!p.watch);
+                        assert!(e.find_waiter(p.seq).is_some());
+                    }
+                }
+            }
+            assert_eq!(held, s.held, "held count of session {sid}");
+            assert!(s.held <= self.cfg.max_leases_per_session);
+            assert!(s.pending.len() <= self.cfg.max_waiters_per_session);
+            for (req, p) in &s.pending {
+                let e = self.keys.get(p.entry).expect("pending on live key");
+                if p.watch {
+                    let i = e.find_watcher(p.seq).expect("watcher queued");
+                    assert_eq!(e.watchers[i].req, *req);
+                } else {
+                    let i = e.find_waiter(p.seq).expect("waiter queued");
+                    assert_eq!(e.waiters[i].req, *req);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum DueKey {
+    Lease(Fence),
+    Unblock,
+    Waiter(u64),
+    Watcher(u64),
+}
+
+impl From<Due> for DueKey {
+    fn from(d: Due) -> Self {
+        match d {
+            Due::Lease(f) => DueKey::Lease(f),
+            Due::Unblock => DueKey::Unblock,
+            Due::Waiter(s) => DueKey::Waiter(s),
+            Due::Watcher(s) => DueKey::Watcher(s),
+        }
+    }
+}

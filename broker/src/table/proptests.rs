@@ -1,0 +1,658 @@
+//! Property tests: random operation sequences against a model that is built only from what the
+//! table reports (return values and effects). After every step the model's safety invariants
+//! (mode exclusion, semaphore bound, fence monotonicity, deadlines honoured) and the table's
+//! internal invariants are checked; at the end, time runs out and every waiter must have been
+//! resolved and every key freed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+
+const KEYS: [&[u8]; 3] = [b"a", b"b", b"c"];
+const SLOTS: u8 = 3;
+const MAX_LEASES: usize = 3;
+const MAX_WAITERS: usize = 3;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Acquire {
+        slot: u8,
+        key: usize,
+        mode: Mode,
+        ttl: u64,
+        wait: W,
+    },
+    DupAcquire {
+        slot: u8,
+        key: usize,
+    },
+    WaitUnlocked {
+        slot: u8,
+        key: usize,
+        wait: W,
+    },
+    Release {
+        pick: usize,
+        by: Option<u8>,
+    },
+    ReleaseIdle {
+        slot: u8,
+        key: usize,
+    },
+    Extend {
+        pick: usize,
+        by: Option<u8>,
+        ttl: u64,
+    },
+    Cancel {
+        slot: u8,
+        pick: usize,
+    },
+    Close {
+        slot: u8,
+        clean: bool,
+    },
+    Reclaim {
+        slot: u8,
+        pick: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum W {
+    No,
+    Until(u64),
+    Forever,
+}
+
+fn mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![
+        3 => Just(Mode::Exclusive),
+        3 => Just(Mode::Shared),
+        2 => Just(Mode::Semaphore(2)),
+        1 => (0u32..4).prop_map(Mode::Semaphore),
+    ]
+}
+
+fn wait() -> impl Strategy<Value = W> {
+    prop_oneof![
+        1 => Just(W::No),
+        2 => (0u64..60).prop_map(W::Until),
+        2 => Just(W::Forever),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let slot = 0..SLOTS;
+    let key = 0..KEYS.len();
+    prop_oneof![
+        8 => (slot.clone(), key.clone(), mode(), 1u64..80, wait())
+            .prop_map(|(slot, key, mode, ttl, wait)| Op::Acquire { slot, key, mode, ttl, wait }),
+        1 => (slot.clone(), key.clone()).prop_map(|(slot, key)| Op::DupAcquire { slot, key }),
+        2 => (slot.clone(), key.clone(), wait())
+            .prop_map(|(slot, key, wait)| Op::WaitUnlocked { slot, key, wait }),
+        4 => (any::<usize>(), proptest::option::weighted(0.2, slot.clone()))
+            .prop_map(|(pick, by)| Op::Release { pick, by }),
+        1 => (slot.clone(), key.clone()).prop_map(|(slot, key)| Op::ReleaseIdle { slot, key }),
+        2 => (any::<usize>(), proptest::option::weighted(0.2, slot.clone()), 1u64..80)
+            .prop_map(|(pick, by, ttl)| Op::Extend { pick, by, ttl }),
+        2 => (slot.clone(), any::<usize>()).prop_map(|(slot, pick)| Op::Cancel { slot, pick }),
+        1 => (slot.clone(), any::<bool>()).prop_map(|(slot, clean)| Op::Close { slot, clean }),
+        1 => (slot.clone(), any::<usize>()).prop_map(|(slot, pick)| Op::Reclaim { slot, pick }),
+        4 => (0u64..40).prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Lease {
+    key: Bytes,
+    session: SessionId,
+    mode: Mode,
+    deadline: Instant,
+    orphan: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Pend {
+    key: Bytes,
+    watch: bool,
+    deadline: Option<Instant>,
+}
+
+/// What the table has told us, and the harness around it.
+struct Model {
+    t: Table,
+    now: Instant,
+    slots: [SessionId; SLOTS as usize],
+    next_session: SessionId,
+    next_req: ReqId,
+    leases: BTreeMap<Fence, Lease>,
+    pending: BTreeMap<(SessionId, ReqId), Pend>,
+    last_fence: HashMap<Bytes, Fence>,
+}
+
+impl Model {
+    fn new(cfg: TableConfig) -> Self {
+        Self {
+            t: Table::new(cfg),
+            now: Instant::now(),
+            slots: [1, 2, 3],
+            next_session: 4,
+            next_req: 0,
+            leases: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            last_fence: HashMap::new(),
+        }
+    }
+
+    fn instant(&self, w: W) -> Wait {
+        match w {
+            W::No => Wait::No,
+            W::Until(ms) => Wait::Until(self.now + Duration::from_millis(ms)),
+            W::Forever => Wait::Forever,
+        }
+    }
+
+    fn holds(&self, session: SessionId, key: &[u8]) -> bool {
+        self.leases
+            .values()
+            .any(|l| l.session == session && !l.orphan && l.key == key)
+    }
+
+    fn waits_acquire(&self, session: SessionId, key: &[u8]) -> bool {
+        self.pending
+            .iter()
+            .any(|((s, _), p)| *s == session && !p.watch && p.key == key)
+    }
+
+    fn locked(&self, key: &[u8]) -> bool {
+        self.leases.values().any(|l| l.key == key)
+    }
+
+    fn held_by(&self, session: SessionId) -> usize {
+        self.leases
+            .values()
+            .filter(|l| l.session == session && !l.orphan)
+            .count()
+    }
+
+    fn pending_of(&self, session: SessionId) -> Vec<ReqId> {
+        self.pending
+            .keys()
+            .filter(|(s, _)| *s == session)
+            .map(|(_, r)| *r)
+            .collect()
+    }
+
+    fn nth_lease(&self, pick: usize) -> Option<(Fence, Lease)> {
+        if self.leases.is_empty() {
+            return None;
+        }
+        self.leases
+            .iter()
+            .nth(pick % self.leases.len())
+            .map(|(f, l)| (*f, l.clone()))
+    }
+
+    /// Folds the table's effects into the model, checking each against what we know.
+    fn apply(&mut self, out: Vec<Effect>) {
+        for e in out {
+            match e {
+                Effect::Event(LockEvent::Acquired {
+                    key,
+                    session,
+                    fence,
+                    mode,
+                    deadline,
+                }) => {
+                    let last = self.last_fence.insert(key.clone(), fence);
+                    assert!(
+                        last.is_none_or(|l| l < fence),
+                        "fence not increasing on {key:?}"
+                    );
+                    assert!(deadline >= self.now);
+                    let prev = self.leases.insert(
+                        fence,
+                        Lease {
+                            key,
+                            session,
+                            mode,
+                            deadline,
+                            orphan: false,
+                        },
+                    );
+                    assert!(prev.is_none(), "fence reused");
+                }
+                Effect::Event(LockEvent::Released {
+                    key,
+                    session,
+                    fence,
+                }) => {
+                    let l = self.leases.remove(&fence).expect("released lease was held");
+                    assert_eq!((l.key, l.session), (key, session));
+                }
+                Effect::Event(LockEvent::Expired {
+                    key,
+                    session,
+                    fence,
+                }) => {
+                    let l = self.leases.remove(&fence).expect("expired lease was held");
+                    assert_eq!((l.key, l.session), (key, session));
+                    assert!(l.deadline <= self.now, "expired early");
+                }
+                Effect::Event(LockEvent::Extended {
+                    key,
+                    session,
+                    fence,
+                    deadline,
+                }) => {
+                    let l = self.leases.get_mut(&fence).expect("extended lease is held");
+                    assert_eq!((&l.key, l.session), (&key, session));
+                    l.deadline = deadline;
+                }
+                Effect::Granted {
+                    session,
+                    req,
+                    grant,
+                } => {
+                    let p = self
+                        .pending
+                        .remove(&(session, req))
+                        .expect("granted pending");
+                    assert!(!p.watch);
+                    assert_eq!(p.key, grant.key);
+                    let l = self.leases.get(&grant.fence).expect("Acquired came first");
+                    assert_eq!((l.session, l.mode), (session, grant.mode));
+                }
+                Effect::AcquireFailed {
+                    session,
+                    req,
+                    error,
+                } => {
+                    let p = self
+                        .pending
+                        .remove(&(session, req))
+                        .expect("failed pending");
+                    assert!(!p.watch);
+                    assert!(matches!(
+                        error,
+                        TableError::Timeout
+                            | TableError::Cancelled
+                            | TableError::LimitExceeded("held leases")
+                    ));
+                    if error == TableError::Timeout {
+                        assert!(p.deadline.is_some_and(|d| d <= self.now));
+                    }
+                }
+                Effect::Unlocked { session, req, .. } => {
+                    let p = self
+                        .pending
+                        .remove(&(session, req))
+                        .expect("unlocked pending");
+                    assert!(p.watch);
+                    assert!(!self.locked(&p.key), "Unlocked while a lease is held");
+                }
+                Effect::WaitFailed {
+                    session,
+                    req,
+                    error,
+                } => {
+                    let p = self.pending.remove(&(session, req)).expect("wait pending");
+                    assert!(p.watch);
+                    if error == TableError::Timeout {
+                        assert!(p.deadline.is_some_and(|d| d <= self.now));
+                    } else {
+                        assert_eq!(error, TableError::Cancelled);
+                    }
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, op: Op) {
+        let mut out = Vec::new();
+        let now = self.now;
+        match op {
+            Op::Acquire {
+                slot,
+                key,
+                mode,
+                ttl,
+                wait,
+            } => {
+                let s = self.slots[slot as usize];
+                self.next_req += 1;
+                let req = self.next_req;
+                let key = Bytes::from_static(KEYS[key]);
+                let wait = self.instant(wait);
+                let r = self.t.acquire(
+                    now,
+                    AcquireRequest {
+                        session: s,
+                        req,
+                        key: key.clone(),
+                        mode,
+                        ttl: Duration::from_millis(ttl),
+                        wait,
+                    },
+                    &mut out,
+                );
+                let already = self.holds(s, &key) || self.waits_acquire(s, &key);
+                let immediate = matches!(r, Ok(Some(_)));
+                if immediate {
+                    assert_eq!(out.len(), 1, "immediate grant pushes only Acquired");
+                }
+                self.apply(out);
+                match &r {
+                    Ok(Some(g)) => {
+                        assert!(!already);
+                        let l = &self.leases[&g.fence];
+                        assert_eq!((l.session, &l.key), (s, &key));
+                    }
+                    Ok(None) => {
+                        assert!(!already);
+                        assert!(!matches!(wait, Wait::No));
+                        let deadline = match wait {
+                            Wait::Until(t) => Some(t),
+                            _ => None,
+                        };
+                        self.pending.insert(
+                            (s, req),
+                            Pend {
+                                key: key.clone(),
+                                watch: false,
+                                deadline,
+                            },
+                        );
+                    }
+                    Err(TableError::AlreadyHeld) => assert!(already),
+                    Err(TableError::InvalidMode(_)) => {}
+                    Err(TableError::Busy) => assert!(!already),
+                    Err(TableError::LimitExceeded(_)) => {}
+                    Err(e) => panic!("unexpected acquire error {e:?}"),
+                }
+                if already && mode != Mode::Semaphore(0) {
+                    assert_eq!(r, Err(TableError::AlreadyHeld));
+                }
+            }
+            Op::DupAcquire { slot, key } => {
+                let s = self.slots[slot as usize];
+                let Some(&req) = self.pending_of(s).first() else {
+                    return;
+                };
+                let r = self.t.acquire(
+                    now,
+                    AcquireRequest {
+                        session: s,
+                        req,
+                        key: Bytes::from_static(KEYS[key]),
+                        mode: Mode::Exclusive,
+                        ttl: Duration::from_millis(10),
+                        wait: Wait::Forever,
+                    },
+                    &mut out,
+                );
+                assert_eq!(r, Err(TableError::DuplicateRequest));
+                assert!(out.is_empty());
+            }
+            Op::WaitUnlocked { slot, key, wait } => {
+                let s = self.slots[slot as usize];
+                self.next_req += 1;
+                let req = self.next_req;
+                let key = Bytes::from_static(KEYS[key]);
+                let wait = self.instant(wait);
+                let r = self
+                    .t
+                    .wait_until_unlocked(now, s, req, key.clone(), wait, &mut out);
+                assert!(out.is_empty());
+                let locked = self.locked(&key);
+                match r {
+                    Ok(Some(UnlockOutcome::Released)) => assert!(!locked),
+                    Ok(None) => {
+                        assert!(locked);
+                        let deadline = match wait {
+                            Wait::Until(t) => Some(t),
+                            _ => None,
+                        };
+                        self.pending.insert(
+                            (s, req),
+                            Pend {
+                                key,
+                                watch: true,
+                                deadline,
+                            },
+                        );
+                    }
+                    Err(TableError::Busy) => assert!(locked),
+                    Err(TableError::LimitExceeded("pending waiters")) => {
+                        assert!(locked && self.pending_of(s).len() >= MAX_WAITERS)
+                    }
+                    other => panic!("unexpected wait result {other:?}"),
+                }
+            }
+            Op::Release { pick, by } => {
+                let Some((fence, l)) = self.nth_lease(pick) else {
+                    return;
+                };
+                let s = by.map_or(l.session, |b| self.slots[b as usize]);
+                let r = self.t.release(now, s, &l.key, fence, &mut out);
+                if s == l.session && !l.orphan {
+                    assert_eq!(r, Ok(()));
+                    assert!(matches!(
+                        out.first(),
+                        Some(Effect::Event(LockEvent::Released { .. }))
+                    ));
+                } else {
+                    assert_eq!(r, Err(TableError::NotOwner));
+                    assert!(out.is_empty());
+                }
+                self.apply(out);
+            }
+            Op::ReleaseIdle { slot, key } => {
+                let key = KEYS[key];
+                if self.locked(key) {
+                    return;
+                }
+                let s = self.slots[slot as usize];
+                let r = self.t.release(now, s, key, 1, &mut out);
+                assert_eq!(r, Err(TableError::NotLocked));
+                assert!(out.is_empty());
+            }
+            Op::Extend { pick, by, ttl } => {
+                let Some((fence, l)) = self.nth_lease(pick) else {
+                    return;
+                };
+                let s = by.map_or(l.session, |b| self.slots[b as usize]);
+                let r = self
+                    .t
+                    .extend(now, s, &l.key, fence, Duration::from_millis(ttl), &mut out);
+                if s == l.session && !l.orphan {
+                    assert_eq!(r, Ok(now + Duration::from_millis(ttl)));
+                } else {
+                    assert_eq!(r, Err(TableError::NotOwner));
+                }
+                self.apply(out);
+            }
+            Op::Cancel { slot, pick } => {
+                let s = self.slots[slot as usize];
+                let reqs = self.pending_of(s);
+                let req = if reqs.is_empty() || pick % 4 == 0 {
+                    u64::MAX - 1
+                } else {
+                    reqs[pick % reqs.len()]
+                };
+                let expected = self.pending.contains_key(&(s, req));
+                let r = self.t.cancel(now, s, req, &mut out);
+                assert_eq!(r, expected);
+                self.apply(out);
+                assert!(!self.pending.contains_key(&(s, req)));
+            }
+            Op::Close { slot, clean } => {
+                let s = self.slots[slot as usize];
+                self.t.close_session(now, s, clean, &mut out);
+                self.pending.retain(|(ps, _), _| *ps != s);
+                for l in self.leases.values_mut() {
+                    if l.session == s && !l.orphan && !clean {
+                        l.orphan = true;
+                    }
+                }
+                for e in &out {
+                    match e {
+                        Effect::Granted { session, .. }
+                        | Effect::AcquireFailed { session, .. }
+                        | Effect::Unlocked { session, .. }
+                        | Effect::WaitFailed { session, .. } => assert_ne!(*session, s),
+                        Effect::Event(_) => {}
+                    }
+                }
+                if !clean {
+                    assert!(
+                        out.is_empty()
+                            || out.iter().all(|e| matches!(
+                                e,
+                                Effect::Granted { .. } | Effect::Event(LockEvent::Acquired { .. })
+                            ))
+                    );
+                }
+                self.apply(out);
+                assert_eq!(self.held_by(s), 0, "clean close released everything");
+                self.slots[slot as usize] = self.next_session;
+                self.next_session += 1;
+            }
+            Op::Reclaim { slot, pick } => {
+                let Some((fence, l)) = self.nth_lease(pick) else {
+                    return;
+                };
+                let s = self.slots[slot as usize];
+                let r = self.t.reclaim(now, s, &l.key, fence, &mut out);
+                assert!(out.is_empty());
+                if l.session == s && !l.orphan {
+                    assert!(r.is_ok());
+                } else if self.holds(s, &l.key) || self.waits_acquire(s, &l.key) {
+                    assert_eq!(r, Err(TableError::AlreadyHeld));
+                } else if self.held_by(s) >= MAX_LEASES {
+                    assert_eq!(r, Err(TableError::LimitExceeded("held leases")));
+                } else {
+                    let g = r.expect("reclaim succeeds");
+                    assert_eq!((g.fence, g.deadline), (fence, l.deadline));
+                    let m = self.leases.get_mut(&fence).expect("lease");
+                    m.session = s;
+                    m.orphan = false;
+                }
+            }
+            Op::Advance { ms } => {
+                self.now += Duration::from_millis(ms);
+                let now = self.now;
+                self.t.expire(now, &mut out);
+                self.apply(out);
+                for l in self.leases.values() {
+                    assert!(l.deadline > now, "lease past its deadline survived expire");
+                }
+                for p in self.pending.values() {
+                    assert!(
+                        p.deadline.is_none_or(|d| d > now),
+                        "waiter past its deadline"
+                    );
+                }
+            }
+        }
+        self.check();
+    }
+
+    /// Safety invariants over the model, plus agreement with the table's own view.
+    fn check(&self) {
+        self.t.check_invariants();
+        for key in KEYS {
+            let hs: Vec<(&Fence, &Lease)> =
+                self.leases.iter().filter(|(_, l)| l.key == key).collect();
+            let excl = hs.iter().filter(|(_, l)| l.mode == Mode::Exclusive).count();
+            let shared = hs.iter().filter(|(_, l)| l.mode == Mode::Shared).count();
+            if excl > 0 {
+                assert_eq!(hs.len(), 1, "exclusive holder not alone");
+            }
+            if shared > 0 {
+                assert_eq!(shared, hs.len(), "shared mixed with other modes");
+            }
+            if let Some((_, first)) = hs.first()
+                && let Mode::Semaphore(n) = first.mode
+            {
+                assert!(hs.iter().all(|(_, l)| l.mode == Mode::Semaphore(n)));
+                assert!(hs.len() <= n as usize, "semaphore over its permits");
+            }
+            assert_eq!(self.t.is_locked(key), !hs.is_empty());
+            let info = self.t.inspect(self.now, key);
+            let mut fences: Vec<Fence> = info
+                .as_ref()
+                .map(|i| i.holders.iter().map(|h| h.fence).collect())
+                .unwrap_or_default();
+            fences.sort_unstable();
+            assert_eq!(fences, hs.iter().map(|(f, _)| **f).collect::<Vec<_>>());
+            let pend = self.pending.values().any(|p| p.key == key);
+            if hs.is_empty() && !pend {
+                assert!(
+                    info.is_none_or(|i| i.blocked_until.is_some()),
+                    "idle key kept"
+                );
+            }
+        }
+        for s in self.slots {
+            let expect = (self.held_by(s), self.pending_of(s).len());
+            assert_eq!(self.t.session_counts(s), expect, "session {s} counts");
+        }
+    }
+
+    /// Lets time run until nothing is due: every lease ends, every waiter resolves.
+    fn drain(&mut self) {
+        for _ in 0..10_000 {
+            let Some(d) = self.t.next_deadline() else {
+                break;
+            };
+            self.now = self.now.max(d);
+            let mut out = Vec::new();
+            self.t.expire(self.now, &mut out);
+            self.apply(out);
+            self.check();
+        }
+        assert_eq!(self.t.next_deadline(), None, "drain did not finish");
+        assert!(self.leases.is_empty(), "leases left: {:?}", self.leases);
+        assert!(self.pending.is_empty(), "waiters left: {:?}", self.pending);
+        assert_eq!(self.t.key_count(), 0);
+        for slot in 0..SLOTS as usize {
+            let mut out = Vec::new();
+            let now = self.now;
+            self.t.close_session(now, self.slots[slot], true, &mut out);
+            assert!(out.is_empty());
+        }
+        assert_eq!(self.t.key_count(), 0);
+        self.t.check_invariants();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_operations_keep_invariants(
+        ops in proptest::collection::vec(op(), 1..80),
+        lock_delay in prop_oneof![Just(0u64), 1u64..20],
+        epoch in 0u64..4,
+    ) {
+        let mut m = Model::new(TableConfig {
+            epoch,
+            lock_delay: Duration::from_millis(lock_delay),
+            max_leases_per_session: MAX_LEASES,
+            max_waiters_per_session: MAX_WAITERS,
+        });
+        for op in ops {
+            m.step(op);
+        }
+        m.drain();
+    }
+}

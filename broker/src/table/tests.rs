@@ -1,0 +1,964 @@
+//! Unit tests of the lock table, driving time by hand: one test per rule or error case.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+
+const K: &[u8] = b"k";
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A table plus a hand-driven clock and the effects of the last call(s).
+struct H {
+    t: Table,
+    t0: Instant,
+    now: Instant,
+    out: Vec<Effect>,
+    /// Request ids handed out by `lock` (kept clear of the small ids tests pick by hand).
+    next_req: ReqId,
+}
+
+impl H {
+    fn new() -> Self {
+        Self::with(TableConfig::default())
+    }
+
+    fn with(cfg: TableConfig) -> Self {
+        let t0 = Instant::now();
+        Self {
+            t: Table::new(cfg),
+            t0,
+            now: t0,
+            out: Vec::new(),
+            next_req: 1_000_000,
+        }
+    }
+
+    fn at(&self, n: u64) -> Instant {
+        self.t0 + ms(n)
+    }
+
+    /// Moves the clock to t0 + n ms and runs `expire`.
+    fn advance_to(&mut self, n: u64) {
+        self.now = self.at(n);
+        self.t.expire(self.now, &mut self.out);
+        self.t.check_invariants();
+    }
+
+    fn acq(
+        &mut self,
+        session: SessionId,
+        req: ReqId,
+        key: &'static [u8],
+        mode: Mode,
+        ttl_ms: u64,
+        wait: Wait,
+    ) -> Result<Option<Grant>, TableError> {
+        let r = self.t.acquire(
+            self.now,
+            AcquireRequest {
+                session,
+                req,
+                key: Bytes::from_static(key),
+                mode,
+                ttl: ms(ttl_ms),
+                wait,
+            },
+            &mut self.out,
+        );
+        self.t.check_invariants();
+        r
+    }
+
+    /// Acquire that must be granted at once; returns the fence.
+    fn lock(&mut self, session: SessionId, key: &'static [u8], mode: Mode, ttl_ms: u64) -> Fence {
+        let req = self.fresh_req();
+        match self.acq(session, req, key, mode, ttl_ms, Wait::No) {
+            Ok(Some(g)) => g.fence,
+            other => panic!("expected immediate grant, got {other:?}"),
+        }
+    }
+
+    /// Acquire that must be queued.
+    fn queue(
+        &mut self,
+        session: SessionId,
+        req: ReqId,
+        key: &'static [u8],
+        mode: Mode,
+        wait: Wait,
+    ) {
+        let r = self.acq(session, req, key, mode, 1000, wait);
+        assert_eq!(r, Ok(None), "expected queued");
+    }
+
+    fn fresh_req(&mut self) -> ReqId {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    fn release(&mut self, session: SessionId, key: &[u8], fence: Fence) -> Result<(), TableError> {
+        let r = self.t.release(self.now, session, key, fence, &mut self.out);
+        self.t.check_invariants();
+        r
+    }
+
+    fn take(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The (session, req, fence) of every `Granted` effect since the last `take`.
+    fn granted(&mut self) -> Vec<(SessionId, ReqId, Fence)> {
+        self.take()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Granted {
+                    session,
+                    req,
+                    grant,
+                } => Some((session, req, grant.fence)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn events(out: &[Effect]) -> Vec<&LockEvent> {
+    out.iter()
+        .filter_map(|e| match e {
+            Effect::Event(ev) => Some(ev),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn immediate_grant_pushes_only_acquired_event() {
+    let mut h = H::new();
+    let g = h
+        .acq(1, 1, K, Mode::Exclusive, 100, Wait::No)
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.key, Bytes::from_static(K));
+    assert_eq!(g.mode, Mode::Exclusive);
+    assert_eq!(g.ttl, ms(100));
+    assert_eq!(g.deadline, h.at(100));
+    assert_eq!(
+        h.take(),
+        vec![Effect::Event(LockEvent::Acquired {
+            key: Bytes::from_static(K),
+            session: 1,
+            fence: g.fence,
+            mode: Mode::Exclusive,
+            deadline: h.at(100),
+        })]
+    );
+    assert!(h.t.is_locked(K));
+    assert_eq!(h.t.key_count(), 1);
+    assert_eq!(h.t.session_counts(1), (1, 0));
+}
+
+#[test]
+fn fences_are_epoch_shifted_and_increase_across_keys() {
+    let mut h = H::with(TableConfig {
+        epoch: 3,
+        ..TableConfig::default()
+    });
+    let a = h.lock(1, b"a", Mode::Exclusive, 10);
+    let b = h.lock(1, b"b", Mode::Exclusive, 10);
+    assert_eq!(a, (3 << COUNTER_BITS) | 1);
+    assert_eq!(b, a + 1);
+    h.release(1, b"a", a).unwrap();
+    let a2 = h.lock(2, b"a", Mode::Exclusive, 10);
+    assert!(a2 > b);
+}
+
+#[test]
+fn busy_when_not_grantable_and_no_wait() {
+    let mut h = H::new();
+    h.lock(1, K, Mode::Exclusive, 100);
+    assert_eq!(
+        h.acq(2, 1, K, Mode::Exclusive, 100, Wait::No),
+        Err(TableError::Busy)
+    );
+    // A deadline at or before now behaves like Wait::No.
+    let now = h.now;
+    assert_eq!(
+        h.acq(2, 2, K, Mode::Shared, 100, Wait::Until(now)),
+        Err(TableError::Busy)
+    );
+    assert_eq!(h.t.session_counts(2), (0, 0));
+}
+
+#[test]
+fn already_held_when_holding_or_waiting() {
+    let mut h = H::new();
+    h.lock(1, K, Mode::Shared, 100);
+    assert_eq!(
+        h.acq(1, 2, K, Mode::Shared, 100, Wait::Forever),
+        Err(TableError::AlreadyHeld)
+    );
+    h.lock(2, b"x", Mode::Exclusive, 100);
+    h.queue(1, 3, b"x", Mode::Exclusive, Wait::Forever);
+    assert_eq!(
+        h.acq(1, 4, b"x", Mode::Exclusive, 100, Wait::No),
+        Err(TableError::AlreadyHeld)
+    );
+}
+
+#[test]
+fn duplicate_pending_request_id() {
+    let mut h = H::new();
+    h.lock(1, K, Mode::Exclusive, 100);
+    h.queue(2, 7, K, Mode::Exclusive, Wait::Forever);
+    assert_eq!(
+        h.acq(2, 7, b"other", Mode::Exclusive, 100, Wait::No),
+        Err(TableError::DuplicateRequest)
+    );
+    let now = h.now;
+    assert_eq!(
+        h.t.wait_until_unlocked(now, 2, 7, Bytes::from_static(K), Wait::Forever, &mut h.out),
+        Err(TableError::DuplicateRequest)
+    );
+    // Once resolved, the id may be reused.
+    assert!(h.t.cancel(now, 2, 7, &mut h.out));
+    assert!(
+        h.acq(2, 7, b"other", Mode::Exclusive, 100, Wait::No)
+            .is_ok()
+    );
+}
+
+#[test]
+fn release_errors() {
+    let mut h = H::new();
+    assert_eq!(h.release(1, K, 1), Err(TableError::NotLocked));
+    let f = h.lock(1, K, Mode::Exclusive, 100);
+    assert_eq!(h.release(2, K, f), Err(TableError::NotOwner));
+    assert_eq!(h.release(1, K, f + 1), Err(TableError::NotOwner));
+    let now = h.now;
+    assert_eq!(
+        h.t.extend(now, 2, K, f, ms(5), &mut h.out),
+        Err(TableError::NotOwner)
+    );
+    assert_eq!(
+        h.t.extend(now, 2, b"nope", f, ms(5), &mut h.out),
+        Err(TableError::NotLocked)
+    );
+    h.release(1, K, f).unwrap();
+    assert_eq!(h.release(1, K, f), Err(TableError::NotLocked));
+}
+
+#[test]
+fn idle_key_is_freed_at_once() {
+    let mut h = H::new();
+    let f = h.lock(1, K, Mode::Exclusive, 100);
+    assert_eq!(h.t.key_count(), 1);
+    h.release(1, K, f).unwrap();
+    assert_eq!(h.t.key_count(), 0);
+    assert_eq!(h.t.inspect(h.now, K), None);
+    assert!(!h.t.is_locked(K));
+    // Also after expiry, timeout and cancel.
+    h.lock(1, K, Mode::Exclusive, 10);
+    h.advance_to(10);
+    assert_eq!(h.t.key_count(), 0);
+    assert_eq!(h.t.session_counts(1), (0, 0));
+}
+
+#[test]
+fn waiters_are_granted_fifo() {
+    let mut h = H::new();
+    let mut f = h.lock(1, K, Mode::Exclusive, 1000);
+    for s in 2..=4 {
+        h.queue(s, 10 + s, K, Mode::Exclusive, Wait::Forever);
+    }
+    h.take();
+    let mut holder = 1;
+    for s in 2..=4 {
+        h.release(holder, K, f).unwrap();
+        let g = h.granted();
+        assert_eq!(g.len(), 1);
+        assert_eq!((g[0].0, g[0].1), (s, 10 + s));
+        assert!(g[0].2 > f, "fence increases");
+        f = g[0].2;
+        holder = s;
+    }
+    h.release(holder, K, f).unwrap();
+    assert_eq!(h.t.key_count(), 0);
+}
+
+#[test]
+fn release_grants_in_same_step_with_fresh_deadline() {
+    let mut h = H::new();
+    let f = h.lock(1, K, Mode::Exclusive, 1000);
+    h.queue(2, 1, K, Mode::Exclusive, Wait::Forever);
+    h.now = h.at(300);
+    h.take();
+    h.release(1, K, f).unwrap();
+    let out = h.take();
+    assert!(matches!(
+        &out[0],
+        Effect::Event(LockEvent::Released { session: 1, .. })
+    ));
+    assert!(matches!(
+        &out[1],
+        Effect::Event(LockEvent::Acquired { session: 2, .. })
+    ));
+    match &out[2] {
+        Effect::Granted {
+            session: 2,
+            req: 1,
+            grant,
+        } => {
+            assert_eq!(grant.deadline, h.at(1300));
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+    assert_eq!(out.len(), 3);
+}
+
+#[test]
+fn shared_readers_share_and_writer_is_not_starved() {
+    let mut h = H::new();
+    let r1 = h.lock(1, K, Mode::Shared, 1000);
+    let r2 = h.lock(2, K, Mode::Shared, 1000);
+    h.queue(3, 1, K, Mode::Exclusive, Wait::Forever);
+    // A new reader queues behind the waiting writer.
+    h.queue(4, 1, K, Mode::Shared, Wait::Forever);
+    assert_eq!(h.t.inspect(h.now, K).unwrap().waiters, 2);
+    h.take();
+    h.release(1, K, r1).unwrap();
+    assert!(h.granted().is_empty(), "writer waits for the last reader");
+    h.release(2, K, r2).unwrap();
+    let g = h.granted();
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0].0, 3);
+    h.release(3, K, g[0].2).unwrap();
+    assert_eq!(h.granted().iter().map(|g| g.0).collect::<Vec<_>>(), vec![4]);
+}
+
+#[test]
+fn consecutive_shared_waiters_are_granted_together() {
+    let mut h = H::new();
+    let w = h.lock(1, K, Mode::Exclusive, 1000);
+    h.queue(2, 1, K, Mode::Shared, Wait::Forever);
+    h.queue(3, 1, K, Mode::Shared, Wait::Forever);
+    h.queue(4, 1, K, Mode::Exclusive, Wait::Forever);
+    h.queue(5, 1, K, Mode::Shared, Wait::Forever);
+    h.take();
+    h.release(1, K, w).unwrap();
+    let g = h.granted();
+    assert_eq!(g.iter().map(|g| g.0).collect::<Vec<_>>(), vec![2, 3]);
+    let info = h.t.inspect(h.now, K).unwrap();
+    assert_eq!(info.holders.len(), 2);
+    assert_eq!(info.waiters, 2);
+}
+
+#[test]
+fn semaphore_admits_n_holders() {
+    let mut h = H::new();
+    let a = h.lock(1, K, Mode::Semaphore(2), 1000);
+    h.lock(2, K, Mode::Semaphore(2), 1000);
+    h.queue(3, 1, K, Mode::Semaphore(2), Wait::Forever);
+    assert_eq!(
+        h.acq(4, 1, K, Mode::Semaphore(3), 100, Wait::Forever),
+        Err(TableError::InvalidMode(
+            "semaphore permit count differs from the key's holders"
+        ))
+    );
+    assert!(matches!(
+        h.acq(4, 2, K, Mode::Exclusive, 100, Wait::Forever),
+        Err(TableError::InvalidMode(_))
+    ));
+    assert!(matches!(
+        h.acq(4, 3, K, Mode::Shared, 100, Wait::No),
+        Err(TableError::InvalidMode(_))
+    ));
+    h.take();
+    h.release(1, K, a).unwrap();
+    assert_eq!(h.granted().iter().map(|g| g.0).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(h.t.inspect(h.now, K).unwrap().holders.len(), 2);
+}
+
+#[test]
+fn invalid_modes() {
+    let mut h = H::new();
+    assert!(matches!(
+        h.acq(1, 1, K, Mode::Semaphore(0), 100, Wait::No),
+        Err(TableError::InvalidMode(_))
+    ));
+    h.lock(1, K, Mode::Shared, 100);
+    assert!(matches!(
+        h.acq(2, 1, K, Mode::Semaphore(1), 100, Wait::No),
+        Err(TableError::InvalidMode(_))
+    ));
+    // Exclusive vs Shared is not a mode error, just the readers–writer rule.
+    assert_eq!(
+        h.acq(2, 2, K, Mode::Exclusive, 100, Wait::No),
+        Err(TableError::Busy)
+    );
+    assert_eq!(h.t.key_count(), 1);
+}
+
+#[test]
+fn waiter_times_out() {
+    let mut h = H::new();
+    h.lock(1, K, Mode::Exclusive, 1000);
+    let until = h.at(50);
+    h.queue(2, 9, K, Mode::Exclusive, Wait::Until(until));
+    assert_eq!(h.t.session_counts(2), (0, 1));
+    assert_eq!(h.t.next_deadline(), Some(until));
+    h.take();
+    h.advance_to(49);
+    assert!(h.take().is_empty());
+    h.advance_to(50);
+    assert_eq!(
+        h.take(),
+        vec![Effect::AcquireFailed {
+            session: 2,
+            req: 9,
+            error: TableError::Timeout
+        }]
+    );
+    assert_eq!(h.t.session_counts(2), (0, 0));
+    assert_eq!(h.t.inspect(h.now, K).unwrap().waiters, 0);
+}
+
+#[test]
+fn waiter_deadline_equal_to_lease_deadline_is_granted() {
+    let mut h = H::new();
+    h.lock(1, K, Mode::Exclusive, 50);
+    let until = h.at(50);
+    h.queue(2, 1, K, Mode::Exclusive, Wait::Until(until));
+    h.take();
+    h.advance_to(50);
+    assert_eq!(h.granted().len(), 1);
+}
+
+#[test]
+fn cancel_pending_acquire() {
+    let mut h = H::new();
+    let f = h.lock(1, K, Mode::Exclusive, 1000);
+    h.queue(2, 5, K, Mode::Exclusive, Wait::Forever);
+    h.take();
+    let now = h.now;
+    assert!(h.t.cancel(now, 2, 5, &mut h.out));
+    assert_eq!(
+        h.take(),
+        vec![Effect::AcquireFailed {
+            session: 2,
+            req: 5,
+            error: TableError::Cancelled
+        }]
+    );
+    assert!(
+        !h.t.cancel(now, 2, 5, &mut h.out),
+        "nothing pending any more"
+    );
+    assert!(!h.t.cancel(now, 99, 5, &mut h.out), "unknown session");
+    h.release(1, K, f).unwrap();
+    assert!(h.granted().is_empty());
+    assert_eq!(h.t.key_count(), 0);
+    // Cancelling a request that was already granted is not an error, just false.
+    h.lock(1, K, Mode::Exclusive, 1000);
+    h.queue(2, 6, K, Mode::Exclusive, Wait::Forever);
+    let f = h.t.inspect(now, K).unwrap().holders[0].fence;
+    h.release(1, K, f).unwrap();
+    assert!(!h.t.cancel(now, 2, 6, &mut h.out));
+}
+
+#[test]
+fn cancelling_the_queued_writer_admits_readers_behind_it() {
+    let mut h = H::new();
+    h.lock(1, K, Mode::Shared, 1000);
+    h.queue(2, 1, K, Mode::Exclusive, Wait::Forever);
+    h.queue(3, 1, K, Mode::Shared, Wait::Forever);
+    h.take();
+    let now = h.now;
+    assert!(h.t.cancel(now, 2, 1, &mut h.out));
+    let g = h.granted();
+    assert_eq!(g.iter().map(|g| g.0).collect::<Vec<_>>(), vec![3]);
+}
+
+#[test]
+fn lease_expires_and_next_waiter_is_granted() {
+    let mut h = H::new();
+    let f = h.lock(1, K, Mode::Exclusive, 100);
+    h.queue(2, 1, K, Mode::Exclusive, Wait::Forever);
+    h.take();
+    h.advance_to(99);
+    assert!(h.take().is_empty());
+    h.advance_to(120);
+    let out = h.take();
+    assert_eq!(
+        out[0],
+        Effect::Event(LockEvent::Expired {
+            key: Bytes::from_static(K),
+            session: 1,
+            fence: f
+        })
+    );
+    match &out[2] {
+        Effect::Granted {
+            session: 2, grant, ..
+        } => assert_eq!(grant.deadline, h.at(1120)),
+        e => panic!("unexpected {e:?}"),
+    }
+    assert_eq!(h.t.session_counts(1), (0, 0));
+    assert_eq!(h.release(1, K, f), Err(TableError::NotOwner));
+}
+
+#[test]
+fn extend_renews_the_lease() {
+    let mut h = H::new();
+    let f = h.lock(1, K, Mode::Exclusive, 100);
+    h.take();
+    h.now = h.at(80);
+    let now = h.now;
+    let d = h.t.extend(now, 1, K, f, ms(100), &mut h.out).unwrap();
+    assert_eq!(d, h.at(180));
+    assert_eq!(
+        h.take(),
+        vec![Effect::Event(LockEvent::Extended {
+            key: Bytes::from_static(K),
+            session: 1,
+            fence: f,
+            deadline: d
+        })]
+    );
+    h.advance_to(150);
+    assert!(h.take().is_empty(), "old deadline is stale");
+    assert!(h.t.is_locked(K));
+    h.advance_to(180);
+    assert!(matches!(
+        h.take()[0],
+        Effect::Event(LockEvent::Expired { .. })
+    ));
+    assert_eq!(h.t.key_count(), 0);
+}
+
+#[test]
+fn wait_until_unlocked_outcomes() {
+    let mut h = H::new();
+    let key = Bytes::from_static(K);
+    let now = h.now;
+    assert_eq!(
+        h.t.wait_until_unlocked(now, 9, 1, key.clone(), Wait::Forever, &mut h.out),
+        Ok(Some(UnlockOutcome::Released))
+    );
+    // Released, even though a queued acquire is granted in the same step.
+    let f = h.lock(1, K, Mode::Exclusive, 100);
+    h.queue(2, 1, K, Mode::Exclusive, Wait::Forever);
+    assert_eq!(
+        h.t.wait_until_unlocked(now, 9, 2, key.clone(), Wait::Forever, &mut h.out),
+        Ok(None)
+    );
+    assert_eq!(h.t.session_counts(9), (0, 1));
+    h.take();
+    h.release(1, K, f).unwrap();
+    let out = h.take();
+    assert!(out.contains(&Effect::Unlocked {
+        session: 9,
+        req: 2,
+        outcome: UnlockOutcome::Released
+    }));
+    assert_eq!(h.t.session_counts(9), (0, 0));
+    // Expired: session 2's lease runs out.
+    assert_eq!(
+        h.t.wait_until_unlocked(now, 9, 3, key.clone(), Wait::Forever, &mut h.out),
+        Ok(None)
+    );
+    h.advance_to(1000);
+    assert!(h.take().contains(&Effect::Unlocked {
+        session: 9,
+        req: 3,
+        outcome: UnlockOutcome::Expired
+    }));
+    assert_eq!(h.t.key_count(), 0);
+}
+
+#[test]
+fn wait_until_unlocked_timeout_cancel_and_no_wait() {
+    let mut h = H::new();
+    let key = Bytes::from_static(K);
+    h.lock(1, K, Mode::Exclusive, 1000);
+    let now = h.now;
+    assert_eq!(
+        h.t.wait_until_unlocked(now, 9, 1, key.clone(), Wait::No, &mut h.out),
+        Err(TableError::Busy)
+    );
+    let until = h.at(10);
+    assert_eq!(
+        h.t.wait_until_unlocked(now, 9, 2, key.clone(), Wait::Until(until), &mut h.out),
+        Ok(None)
+    );
+    assert_eq!(
+        h.t.wait_until_unlocked(now, 9, 3, key.clone(), Wait::Forever, &mut h.out),
+        Ok(None)
+    );
+    h.take();
+    h.advance_to(10);
+    assert_eq!(
+        h.take(),
+        vec![Effect::WaitFailed {
+            session: 9,
+            req: 2,
+            error: TableError::Timeout
+        }]
+    );
+    let now = h.now;
+    assert!(h.t.cancel(now, 9, 3, &mut h.out));
+    assert_eq!(
+        h.take(),
+        vec![Effect::WaitFailed {
+            session: 9,
+            req: 3,
+            error: TableError::Cancelled
+        }]
+    );
+    assert_eq!(h.t.session_counts(9), (0, 0));
+}
+
+#[test]
+fn clean_close_releases_at_once_and_grants_next_waiter() {
+    let mut h = H::new();
+    let f = h.lock(1, K, Mode::Exclusive, 1000);
+    h.lock(2, b"other", Mode::Exclusive, 1000);
+    h.queue(1, 7, b"other", Mode::Exclusive, Wait::Forever);
+    h.queue(3, 1, K, Mode::Exclusive, Wait::Forever);
+    h.take();
+    let now = h.now;
+    h.t.close_session(now, 1, true, &mut h.out);
+    h.t.check_invariants();
+    let out = h.take();
+    assert!(out.contains(&Effect::Event(LockEvent::Released {
+        key: Bytes::from_static(K),
+        session: 1,
+        fence: f
+    })));
+    let granted: Vec<_> = out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Granted { session, .. } => Some(*session),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(granted, vec![3]);
+    // Session 1's queued acquire on "other" was dropped silently.
+    assert!(
+        out.iter()
+            .all(|e| !matches!(e, Effect::AcquireFailed { .. }))
+    );
+    assert_eq!(h.t.inspect(now, b"other").unwrap().waiters, 0);
+    assert_eq!(h.t.session_counts(1), (0, 0));
+}
+
+#[test]
+fn lost_session_keeps_lease_until_ttl_then_lock_delay() {
+    let mut h = H::with(TableConfig {
+        lock_delay: ms(50),
+        ..TableConfig::default()
+    });
+    let f = h.lock(1, K, Mode::Exclusive, 100);
+    h.queue(2, 1, K, Mode::Exclusive, Wait::Forever);
+    let now = h.now;
+    h.take();
+    h.t.close_session(now, 1, false, &mut h.out);
+    h.t.check_invariants();
+    assert!(h.take().is_empty());
+    assert!(h.t.is_locked(K));
+    assert_eq!(h.t.session_counts(1), (0, 0), "orphans count for nobody");
+    assert_eq!(h.release(1, K, f), Err(TableError::NotOwner));
+    h.advance_to(100);
+    let out = h.take();
+    assert_eq!(
+        events(&out),
+        vec![&LockEvent::Expired {
+            key: Bytes::from_static(K),
+            session: 1,
+            fence: f
+        }]
+    );
+    assert_eq!(out.len(), 1, "no grant during lock delay");
+    assert!(!h.t.is_locked(K));
+    let info = h.t.inspect(h.now, K).unwrap();
+    assert_eq!(info.blocked_until, Some(h.at(150)));
+    assert_eq!(info.waiters, 1);
+    assert_eq!(
+        h.acq(3, 1, K, Mode::Exclusive, 100, Wait::No),
+        Err(TableError::Busy)
+    );
+    h.advance_to(149);
+    assert!(h.granted().is_empty());
+    h.advance_to(150);
+    assert_eq!(h.granted().iter().map(|g| g.0).collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn lock_delay_without_waiters_keeps_key_until_it_ends() {
+    let mut h = H::with(TableConfig {
+        lock_delay: ms(50),
+        ..TableConfig::default()
+    });
+    h.lock(1, K, Mode::Exclusive, 100);
+    let now = h.now;
+    h.t.close_session(now, 1, false, &mut h.out);
+    h.advance_to(100);
+    assert_eq!(h.t.key_count(), 1);
+    h.advance_to(150);
+    assert_eq!(h.t.key_count(), 0);
+    assert_eq!(h.t.next_deadline(), None);
+}
+
+#[test]
+fn expired_lease_of_live_session_has_no_lock_delay() {
+    let mut h = H::with(TableConfig {
+        lock_delay: ms(50),
+        ..TableConfig::default()
+    });
+    h.lock(1, K, Mode::Exclusive, 100);
+    h.queue(2, 1, K, Mode::Exclusive, Wait::Forever);
+    h.take();
+    h.advance_to(100);
+    assert_eq!(h.granted().len(), 1);
+}
+
+#[test]
+fn reclaim_transfers_an_orphaned_lease() {
+    let mut h = H::with(TableConfig {
+        lock_delay: ms(50),
+        ..TableConfig::default()
+    });
+    let f = h.lock(1, K, Mode::Exclusive, 100);
+    let now = h.now;
+    h.t.close_session(now, 1, false, &mut h.out);
+    assert_eq!(
+        h.t.reclaim(now, 5, b"nope", f, &mut h.out),
+        Err(TableError::NotLocked)
+    );
+    assert_eq!(
+        h.t.reclaim(now, 5, K, f + 1, &mut h.out),
+        Err(TableError::NotOwner)
+    );
+    let g = h.t.reclaim(now, 5, K, f, &mut h.out).unwrap();
+    h.t.check_invariants();
+    assert_eq!((g.fence, g.deadline, g.ttl), (f, h.at(100), ms(100)));
+    assert_eq!(h.t.session_counts(5), (1, 0));
+    // Idempotent for the new owner.
+    assert_eq!(h.t.reclaim(now, 5, K, f, &mut h.out), Ok(g.clone()));
+    // No lock delay once reclaimed: the lease has a live owner again.
+    h.queue(6, 1, K, Mode::Exclusive, Wait::Forever);
+    h.take();
+    h.advance_to(100);
+    assert_eq!(h.granted().len(), 1);
+    assert_eq!(h.t.session_counts(5), (0, 0));
+}
+
+#[test]
+fn reclaim_from_live_session_and_conflicts() {
+    let mut h = H::with(TableConfig {
+        max_leases_per_session: 1,
+        ..TableConfig::default()
+    });
+    let f = h.lock(1, K, Mode::Shared, 100);
+    let f2 = h.lock(2, K, Mode::Shared, 100);
+    let now = h.now;
+    assert_eq!(
+        h.t.reclaim(now, 2, K, f, &mut h.out),
+        Err(TableError::AlreadyHeld)
+    );
+    h.lock(3, b"x", Mode::Exclusive, 100);
+    assert_eq!(
+        h.t.reclaim(now, 3, K, f, &mut h.out),
+        Err(TableError::LimitExceeded("held leases"))
+    );
+    h.t.reclaim(now, 4, K, f, &mut h.out).unwrap();
+    h.t.check_invariants();
+    assert_eq!(h.t.session_counts(1), (0, 0));
+    assert_eq!(h.t.session_counts(4), (1, 0));
+    assert_eq!(h.release(1, K, f), Err(TableError::NotOwner));
+    h.release(4, K, f).unwrap();
+    h.release(2, K, f2).unwrap();
+}
+
+#[test]
+fn restore_and_fence_floor() {
+    let mut h = H::with(TableConfig {
+        epoch: 2,
+        lock_delay: ms(10),
+        ..TableConfig::default()
+    });
+    let now = h.now;
+    let restored = (2 << COUNTER_BITS) | 500;
+    let dl = h.at(100);
+    h.t.restore(now, Bytes::from_static(K), restored, Mode::Exclusive, dl)
+        .unwrap();
+    h.t.check_invariants();
+    assert_eq!(
+        h.t.restore(
+            now,
+            Bytes::from_static(K),
+            restored + 1,
+            Mode::Exclusive,
+            dl
+        ),
+        Err(TableError::AlreadyHeld)
+    );
+    let info = h.t.inspect(now, K).unwrap();
+    assert_eq!(info.holders[0].session, RESTORED_SESSION);
+    assert_eq!(info.holders[0].fence, restored);
+    let f = h.lock(1, b"other", Mode::Exclusive, 100);
+    assert_eq!(f, restored + 1);
+    h.t.raise_fence_floor(restored + 1000);
+    let f = h.lock(1, b"third", Mode::Exclusive, 100);
+    assert_eq!(f, restored + 1001);
+    h.t.raise_fence_floor(5); // never lowers
+    assert_eq!(h.lock(1, b"fourth", Mode::Exclusive, 100), restored + 1002);
+    // Shared keys restore with several holders.
+    h.t.restore(now, Bytes::from_static(b"s"), 7, Mode::Shared, dl)
+        .unwrap();
+    h.t.restore(now, Bytes::from_static(b"s"), 8, Mode::Shared, dl)
+        .unwrap();
+    assert!(matches!(
+        h.t.restore(now, Bytes::from_static(b"s"), 9, Mode::Semaphore(2), dl),
+        Err(TableError::InvalidMode(_))
+    ));
+    // A restored lease expires like an orphan: lock delay applies.
+    h.queue(2, 1, K, Mode::Exclusive, Wait::Forever);
+    h.take();
+    h.advance_to(100);
+    assert!(h.granted().is_empty());
+    h.advance_to(110);
+    assert_eq!(h.granted().len(), 1);
+}
+
+#[test]
+fn per_session_limits() {
+    let mut h = H::with(TableConfig {
+        max_leases_per_session: 2,
+        max_waiters_per_session: 1,
+        ..TableConfig::default()
+    });
+    h.lock(1, b"a", Mode::Exclusive, 100);
+    h.lock(1, b"b", Mode::Exclusive, 100);
+    assert_eq!(
+        h.acq(1, 1, b"c", Mode::Exclusive, 100, Wait::No),
+        Err(TableError::LimitExceeded("held leases"))
+    );
+    h.queue(2, 1, b"a", Mode::Exclusive, Wait::Forever);
+    assert_eq!(
+        h.acq(2, 2, b"b", Mode::Exclusive, 100, Wait::Forever),
+        Err(TableError::LimitExceeded("pending waiters"))
+    );
+    let now = h.now;
+    assert_eq!(
+        h.t.wait_until_unlocked(
+            now,
+            2,
+            3,
+            Bytes::from_static(b"b"),
+            Wait::Forever,
+            &mut h.out
+        ),
+        Err(TableError::LimitExceeded("pending waiters"))
+    );
+}
+
+#[test]
+fn lease_limit_reached_while_queued_fails_the_waiter() {
+    let mut h = H::with(TableConfig {
+        max_leases_per_session: 1,
+        ..TableConfig::default()
+    });
+    let f = h.lock(1, K, Mode::Exclusive, 100);
+    h.queue(2, 1, K, Mode::Exclusive, Wait::Forever);
+    h.lock(2, b"x", Mode::Exclusive, 100);
+    h.take();
+    h.release(1, K, f).unwrap();
+    assert!(h.take().contains(&Effect::AcquireFailed {
+        session: 2,
+        req: 1,
+        error: TableError::LimitExceeded("held leases")
+    }));
+    assert_eq!(h.t.key_count(), 1);
+}
+
+#[test]
+fn deadline_heap_stays_bounded_under_release_churn() {
+    let mut h = H::new();
+    let now = h.now;
+    for req in 0..20_000 {
+        let r = AcquireRequest {
+            session: 1,
+            req,
+            key: Bytes::from_static(K),
+            mode: Mode::Exclusive,
+            ttl: ms(3_600_000),
+            wait: Wait::No,
+        };
+        let f = h.t.acquire(now, r, &mut h.out).unwrap().unwrap().fence;
+        h.t.release(now, 1, K, f, &mut h.out).unwrap();
+        h.out.clear();
+    }
+    h.t.check_invariants();
+    assert!(
+        h.t.deadlines.len() <= 1025,
+        "heap len {}",
+        h.t.deadlines.len()
+    );
+    assert_eq!(h.t.key_count(), 0);
+}
+
+#[test]
+fn next_deadline_tracks_the_earliest() {
+    let mut h = H::new();
+    assert_eq!(h.t.next_deadline(), None);
+    h.lock(1, b"a", Mode::Exclusive, 300);
+    h.lock(1, b"b", Mode::Exclusive, 100);
+    assert_eq!(h.t.next_deadline(), Some(h.at(100)));
+    h.advance_to(100);
+    assert_eq!(h.t.next_deadline(), Some(h.at(300)));
+    h.advance_to(300);
+    assert_eq!(h.t.next_deadline(), None);
+}
+
+#[test]
+fn huge_ttl_and_deadlines_do_not_panic() {
+    let mut h = H::new();
+    let now = h.now;
+    let g =
+        h.t.acquire(
+            now,
+            AcquireRequest {
+                session: 1,
+                req: 1,
+                key: Bytes::from_static(K),
+                mode: Mode::Exclusive,
+                ttl: Duration::MAX,
+                wait: Wait::No,
+            },
+            &mut h.out,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.deadline, now + MAX_TTL);
+    h.t.extend(now, 1, K, g.fence, Duration::MAX, &mut h.out)
+        .unwrap();
+    h.advance_to(1);
+    assert!(h.t.is_locked(K));
+}
+
+#[test]
+fn errors_have_messages() {
+    assert_eq!(
+        TableError::LimitExceeded("held leases").to_string(),
+        "limit exceeded: held leases"
+    );
+    assert_eq!(
+        TableError::NotOwner.to_string(),
+        "lease is not held by this session"
+    );
+}

@@ -1,0 +1,199 @@
+//! Public vocabulary of the lock table: ids, modes, requests, grants, effects, errors and config.
+//!
+//! Nothing here has behaviour beyond small helpers; the state machine lives in `machine.rs`.
+
+use std::time::{Duration, Instant};
+
+/// A client session (one QUIC connection). Session 0 is reserved for restored leases.
+pub type SessionId = u64;
+/// Client-chosen request id, unique per session while the request is pending.
+pub type ReqId = u64;
+/// A lock key (opaque bytes).
+pub type Key = bytes::Bytes;
+/// Fencing token == lease id: `(epoch << 40) | counter`, strictly increasing for the broker's life.
+pub type Fence = u64;
+
+/// The session id owning leases loaded by [`crate::table::Table::restore`].
+pub const RESTORED_SESSION: SessionId = 0;
+
+/// How a lease shares its key with other leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One holder at a time.
+    Exclusive,
+    /// Many readers; excludes `Exclusive` (readers–writer, writers are not starved).
+    Shared,
+    /// Up to `n` concurrent holders (`n >= 1`); all holders of a key use the same `n`.
+    Semaphore(u32),
+}
+
+/// How long an acquire (or `wait_until_unlocked`) may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Try once; fail with `Busy` if not grantable now.
+    No,
+    /// Queue until this instant at most (an instant `<= now` behaves like `No`).
+    Until(Instant),
+    /// Queue until granted or cancelled.
+    Forever,
+}
+
+/// An acquire request as the table sees it (after policy plugins ran).
+#[derive(Clone, Debug)]
+pub struct AcquireRequest {
+    pub session: SessionId,
+    pub req: ReqId,
+    pub key: Key,
+    pub mode: Mode,
+    pub ttl: Duration,
+    pub wait: Wait,
+}
+
+/// A granted lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub key: Key,
+    pub fence: Fence,
+    pub mode: Mode,
+    pub ttl: Duration,
+    pub deadline: Instant,
+}
+
+/// How a `wait_until_unlocked` resolved: the last holder released, or its lease expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnlockOutcome {
+    Released,
+    Expired,
+}
+
+/// Ordered lock transitions, for the mirror. Emitted for every lease that starts, ends or is renewed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockEvent {
+    Acquired {
+        key: Key,
+        session: SessionId,
+        fence: Fence,
+        mode: Mode,
+        deadline: Instant,
+    },
+    Released {
+        key: Key,
+        session: SessionId,
+        fence: Fence,
+    },
+    Expired {
+        key: Key,
+        session: SessionId,
+        fence: Fence,
+    },
+    Extended {
+        key: Key,
+        session: SessionId,
+        fence: Fence,
+        deadline: Instant,
+    },
+}
+
+/// Something the server must do as a result of a table operation (reply, push, mirror).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A queued acquire was granted.
+    Granted {
+        session: SessionId,
+        req: ReqId,
+        grant: Grant,
+    },
+    /// A queued acquire ended without a grant (`Timeout`, `Cancelled`, or a limit hit at grant time).
+    AcquireFailed {
+        session: SessionId,
+        req: ReqId,
+        error: TableError,
+    },
+    /// A queued `wait_until_unlocked` resolved.
+    Unlocked {
+        session: SessionId,
+        req: ReqId,
+        outcome: UnlockOutcome,
+    },
+    /// A queued `wait_until_unlocked` timed out or was cancelled.
+    WaitFailed {
+        session: SessionId,
+        req: ReqId,
+        error: TableError,
+    },
+    /// A lock transition for the mirror.
+    Event(LockEvent),
+}
+
+/// Errors of table operations.
+#[derive(thiserror::Error, Clone, Debug, PartialEq, Eq)]
+pub enum TableError {
+    #[error("lock is busy")]
+    Busy,
+    #[error("timed out waiting")]
+    Timeout,
+    #[error("request cancelled")]
+    Cancelled,
+    #[error("this session already holds or waits for this key")]
+    AlreadyHeld,
+    #[error("lease is not held by this session")]
+    NotOwner,
+    #[error("key is not locked")]
+    NotLocked,
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(&'static str),
+    #[error("invalid mode: {0}")]
+    InvalidMode(&'static str),
+    #[error("request id is already pending in this session")]
+    DuplicateRequest,
+}
+
+/// One current holder of a key, as reported by `inspect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub session: SessionId,
+    pub fence: Fence,
+    pub mode: Mode,
+    pub deadline: Instant,
+}
+
+/// A snapshot of one key, as reported by `inspect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockInfo {
+    pub key: Key,
+    pub holders: Vec<Holder>,
+    /// Queued acquires (not counting `wait_until_unlocked` watchers).
+    pub waiters: usize,
+    /// Set while the key is blocked by `lock_delay` after an orphaned lease expired.
+    pub blocked_until: Option<Instant>,
+}
+
+/// Table configuration.
+#[derive(Clone, Debug)]
+pub struct TableConfig {
+    /// Fencing tokens are `(epoch << 40) | counter`, counter starting at 1. Only the low 24 bits are used.
+    pub epoch: u64,
+    /// How long a key stays blocked after an orphaned (lost-session or restored) lease expired.
+    pub lock_delay: Duration,
+    pub max_leases_per_session: usize,
+    pub max_waiters_per_session: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            lock_delay: Duration::ZERO,
+            max_leases_per_session: 10_000,
+            max_waiters_per_session: 10_000,
+        }
+    }
+}
+
+/// Longest TTL / lock delay the table honours; longer values are clamped (keeps `Instant` math total).
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now + d`, clamped to [`MAX_TTL`]; never panics.
+pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(MAX_TTL)).unwrap_or(now)
+}
