@@ -196,3 +196,38 @@ impl Config {
         Duration::from_millis(self.locks.max_ttl_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker.example.toml");
+        let cfg = Config::load(&path).expect("example config loads");
+        let def = Config::default();
+        assert_eq!(cfg.listen, def.listen);
+        assert_eq!(cfg.data_dir, def.data_dir);
+        assert_eq!(cfg.limits.max_key_bytes, def.limits.max_key_bytes);
+        assert_eq!(cfg.locks.default_ttl_ms, def.locks.default_ttl_ms);
+        assert_eq!(cfg.quic.idle_timeout_ms, def.quic.idle_timeout_ms);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = std::env::temp_dir().join(format!("lb-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(&p, "listn = \"127.0.0.1:1\"\n").unwrap();
+        assert!(matches!(Config::load(&p), Err(ConfigError::Parse { .. })));
+        std::fs::write(&p, "[locks]\ndefault_ttl_ms = 0\n").unwrap();
+        assert!(matches!(Config::load(&p), Err(ConfigError::Invalid(_))));
+        std::fs::write(&p, "[tls]\ncert = \"a.pem\"\n").unwrap();
+        assert!(matches!(Config::load(&p), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            Config::load(&dir.join("missing.toml")),
+            Err(ConfigError::Read { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

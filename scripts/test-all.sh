@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every test of lockbroker on a fresh machine: installs what is missing (the wasm32-wasip2
+# target, redis-server, the Python redis client used by interop tests), builds the WASM
+# plugins, then runs formatting and lint checks and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: wasm32-wasip2 target"
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
+
+step "redis-server"
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q && apt-get install -y -q redis-server
+  else
+    sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
+  fi
+fi
+# The distro service is not needed: tests start their own servers on ephemeral ports.
+
+step "python redis client (interop tests)"
+if ! python3 -c 'import redis' >/dev/null 2>&1; then
+  python3 -m pip install --quiet 'redis>=5'
+fi
+
+if [ -x plugins/build.sh ]; then
+  step "plugins (wasm32-wasip2)"
+  plugins/build.sh
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build (binaries used by end-to-end tests)"
+cargo build --workspace --bins
+
+step "cargo test"
+cargo test --workspace -- --test-threads=2
+
+step "all tests passed"
