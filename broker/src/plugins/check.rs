@@ -11,6 +11,7 @@ use super::engine::{TickerGuard, engine};
 use super::error::PluginError;
 use super::host::linker;
 use super::plugin::LoadedPlugin;
+use super::pool::block_on;
 use super::request::{KeyDecision, LockMode, Operation, PolicyRequest};
 use super::settings::{PluginKind, PluginSettings};
 use super::stats::Counters;
@@ -140,12 +141,12 @@ pub fn check_file(path: &Path) -> Result<CheckReport, PluginError> {
     };
     let started = Instant::now();
     let result = match kind {
-        PluginKind::KeyPolicy => plugin.check(&req, req.key).map(|d| match d {
+        PluginKind::KeyPolicy => block_on(plugin.check(&req, req.key)).map(|d| match d {
             KeyDecision::Allow => "allow".to_string(),
             KeyDecision::Rewrite(k) => format!("rewrite to `{}`", String::from_utf8_lossy(&k)),
             KeyDecision::Deny(r) => format!("deny: {r}"),
         }),
-        _ => plugin.grant_ttl(&req, req.key, 0).map(|r| match r {
+        _ => block_on(plugin.grant_ttl(&req, req.key, 0)).map(|r| match r {
             Ok(ms) => format!("ttl {ms} ms"),
             Err(e) => format!("error: {e}"),
         }),

@@ -24,7 +24,13 @@ pub enum Fault {
 
 impl Fault {
     /// Classifies the error of a failed call on an instance whose state is `state`.
-    pub fn classify(err: &wasmtime::Error, state: &HostState, budget: Duration) -> Fault {
+    /// `stderr_mark` is the instance's stderr position before the call.
+    pub fn classify(
+        err: &wasmtime::Error,
+        state: &HostState,
+        budget: Duration,
+        stderr_mark: u64,
+    ) -> Fault {
         if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
             if *trap == wasmtime::Trap::Interrupt {
                 return Fault::Timeout(budget);
@@ -32,12 +38,16 @@ impl Fault {
             if state.limiter.hit {
                 return Fault::Memory(state.limiter.limit());
             }
-            return Fault::Trap(with_stderr(trap.to_string(), state));
+            return Fault::Trap(with_stderr(trap.to_string(), state, stderr_mark));
         }
         if state.limiter.hit {
             return Fault::Memory(state.limiter.limit());
         }
-        Fault::Trap(with_stderr(format!("{}", err.root_cause()), state))
+        Fault::Trap(with_stderr(
+            format!("{}", err.root_cause()),
+            state,
+            stderr_mark,
+        ))
     }
 
     /// The deny reason for plugin `name`.
@@ -46,23 +56,29 @@ impl Fault {
     }
 }
 
-/// Appends the last line the guest wrote to stderr (e.g. a panic message).
-fn with_stderr(mut msg: String, state: &HostState) -> String {
-    let text = state.stderr.text();
-    if let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) {
-        let mut last = last.trim().to_string();
-        if last.len() > 300 {
-            let mut cut = 300;
-            while !last.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            last.truncate(cut);
-            last.push('…');
-        }
-        msg.push_str(" (stderr: ");
-        msg.push_str(&last);
-        msg.push(')');
+/// Appends what the guest wrote to stderr during the call (e.g. a panic message), on one line,
+/// without Rust's "run with RUST_BACKTRACE" note, at most 300 bytes.
+fn with_stderr(mut msg: String, state: &HostState, mark: u64) -> String {
+    let text = state.stderr.text_since(mark);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    if lines.is_empty() {
+        return msg;
     }
+    let mut quoted = lines[lines.len().saturating_sub(2)..].join(" ");
+    if quoted.len() > 300 {
+        let mut cut = quoted.len() - 300;
+        while !quoted.is_char_boundary(cut) {
+            cut += 1;
+        }
+        quoted = format!("…{}", &quoted[cut..]);
+    }
+    msg.push_str(" (stderr: ");
+    msg.push_str(&quoted);
+    msg.push(')');
     msg
 }
 

@@ -28,7 +28,7 @@ pub(crate) fn linker() -> Result<&'static Linker<HostState>, PluginError> {
     LINKER
         .get_or_init(|| {
             let mut linker = Linker::new(engine);
-            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("{e:#}"))?;
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
             // Adds `lockbroker:plugin/host` (and `types`); the ttl-policy world imports the very
             // same interfaces, so this serves both worlds.
             KeyPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
@@ -169,18 +169,13 @@ impl PluginHost {
     ///
     /// A plugin that traps, runs out of its time budget or memory, or returns an invalid result
     /// (empty or oversize rewrite, TTL 0) denies the request with a reason naming the plugin
-    /// (or, with `on_error = "allow"`, is skipped for this request). The call runs on the
-    /// current thread and takes at most the plugins' time budgets; the `async` signature leaves
-    /// room for plugins that await host I/O.
+    /// (or, with `on_error = "allow"`, is skipped for this request). Plugin calls run on wasmtime
+    /// fibers and, as no host function the policy worlds import ever waits, each completes within
+    /// one poll, taking at most the plugin's time budget.
     pub async fn evaluate<'a>(
         &self,
         req: PolicyRequest<'a>,
     ) -> Result<PolicyOutcome<'a>, String> {
-        self.evaluate_now(req)
-    }
-
-    /// The synchronous body of [`PluginHost::evaluate`], for callers outside async code.
-    pub fn evaluate_now<'a>(&self, req: PolicyRequest<'a>) -> Result<PolicyOutcome<'a>, String> {
         if self.empty {
             return Ok(PolicyOutcome {
                 key: Cow::Borrowed(req.key),
@@ -189,10 +184,10 @@ impl PluginHost {
             });
         }
         // In-flight calls keep their generation alive across a concurrent reload.
-        let generation = self.current.load();
+        let generation = self.current.load_full();
         let mut key: Cow<'a, [u8]> = Cow::Borrowed(req.key);
         for plugin in &generation.key {
-            match plugin.check(&req, &key) {
+            match plugin.check(&req, &key).await {
                 Ok(KeyDecision::Allow) => {}
                 Ok(KeyDecision::Rewrite(new)) => key = Cow::Owned(new),
                 Ok(KeyDecision::Deny(reason)) => return Err(reason),
@@ -201,7 +196,7 @@ impl PluginHost {
         }
         let mut ttl_ms = millis(req.ttl);
         for plugin in &generation.ttl {
-            match plugin.grant_ttl(&req, &key, ttl_ms) {
+            match plugin.grant_ttl(&req, &key, ttl_ms).await {
                 Ok(Ok(granted)) => ttl_ms = granted,
                 Ok(Err(reason)) => return Err(reason),
                 Err(fault) => fail(plugin, &fault)?,

@@ -14,7 +14,8 @@ use super::cache::{self, Origin};
 use super::engine::deadline_ticks;
 use super::error::PluginError;
 use super::fault::Fault;
-use super::pool::{Exports, Instance, Pool, Pre};
+use super::bindings::types::LockRequest;
+use super::pool::{Exports, Pool, Pre, block_on};
 use super::request::{KeyDecision, MAX_KEY_LEN, PolicyRequest, millis, to_wit};
 use super::settings::{PluginKind, PluginSettings};
 use super::state::HostState;
@@ -127,7 +128,7 @@ impl LoadedPlugin {
             Origin::Compiled => Counters::bump(&counters.compiles),
         }
         let pool = Pool::new(engine, pre, settings.clone(), counters.clone(), max_idle());
-        let first = pool.instantiate().map_err(instantiate_err)?;
+        let first = block_on(pool.instantiate()).map_err(instantiate_err)?;
         pool.checkin(first);
         Ok(LoadedPlugin {
             deadline: deadline_ticks(settings.time_budget),
@@ -145,55 +146,58 @@ impl LoadedPlugin {
     }
 
     /// Runs the key policy on `key` (the request's key or a previous policy's rewrite).
-    pub fn check(&self, req: &PolicyRequest<'_>, key: &[u8]) -> Result<KeyDecision, Fault> {
-        let ttl_ms = millis(req.ttl);
-        self.call(
-            |instance| match &instance.exports {
-                Exports::Key(p) => p
-                    .call_check(&mut instance.store, &to_wit(req, key, ttl_ms))
-                    .map(KeyDecision::from),
-                Exports::Ttl(_) => Err(wasmtime::format_err!("not a key policy")),
-            },
-            |decision| match decision {
-                KeyDecision::Rewrite(new) if new.is_empty() => {
+    pub async fn check(&self, req: &PolicyRequest<'_>, key: &[u8]) -> Result<KeyDecision, Fault> {
+        let wit = to_wit(req, key, millis(req.ttl));
+        let result = self
+            .call(Call::Check(&wit), |ret| match ret {
+                Ret::Decision(KeyDecision::Rewrite(new)) if new.is_empty() => {
                     Some("rewrite to an empty key".to_string())
                 }
-                KeyDecision::Rewrite(new) if new.len() > MAX_KEY_LEN => Some(format!(
-                    "rewrite to a {}-byte key (the limit is {MAX_KEY_LEN})",
-                    new.len()
-                )),
+                Ret::Decision(KeyDecision::Rewrite(new)) if new.len() > MAX_KEY_LEN => {
+                    Some(format!(
+                        "rewrite to a {}-byte key (the limit is {MAX_KEY_LEN})",
+                        new.len()
+                    ))
+                }
                 _ => None,
-            },
-        )
+            })
+            .await?;
+        match result {
+            Ret::Decision(decision) => Ok(decision),
+            Ret::Ttl(_) => Err(Fault::Invalid("not a key policy".to_string())),
+        }
     }
 
     /// Runs the TTL policy with `ttl_ms` as the requested TTL. `Ok(Err(reason))` is the plugin's
     /// own refusal.
-    pub fn grant_ttl(
+    pub async fn grant_ttl(
         &self,
         req: &PolicyRequest<'_>,
         key: &[u8],
         ttl_ms: u64,
     ) -> Result<Result<u64, String>, Fault> {
-        self.call(
-            |instance| match &instance.exports {
-                Exports::Ttl(p) => p.call_grant_ttl(&mut instance.store, &to_wit(req, key, ttl_ms)),
-                Exports::Key(_) => Err(wasmtime::format_err!("not a TTL policy")),
-            },
-            |granted| (*granted == Ok(0)).then(|| "a TTL of 0 ms".to_string()),
-        )
+        let wit = to_wit(req, key, ttl_ms);
+        let result = self
+            .call(Call::GrantTtl(&wit), |ret| {
+                matches!(ret, Ret::Ttl(Ok(0))).then(|| "a TTL of 0 ms".to_string())
+            })
+            .await?;
+        match result {
+            Ret::Ttl(granted) => Ok(granted),
+            Ret::Decision(_) => Err(Fault::Invalid("not a TTL policy".to_string())),
+        }
     }
 
-    /// Checks out an instance, runs `f` under the time budget, checks the result with
+    /// Checks out an instance, makes the call under the time budget, checks the result with
     /// `invalid` (which names what is wrong with it, if anything), and checks the instance back
     /// in — or discards it (recycles) if the call failed in any way.
-    fn call<R>(
+    async fn call(
         &self,
-        f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
-        invalid: impl FnOnce(&R) -> Option<String>,
-    ) -> Result<R, Fault> {
+        call: Call<'_>,
+        invalid: impl FnOnce(&Ret) -> Option<String>,
+    ) -> Result<Ret, Fault> {
         Counters::bump(&self.counters.calls);
-        let mut instance = match self.pool.checkout() {
+        let mut instance = match self.pool.checkout().await {
             Ok(instance) => instance,
             Err(e) => {
                 Counters::bump(&self.counters.instantiate_failures);
@@ -203,12 +207,24 @@ impl LoadedPlugin {
             }
         };
         instance.store.data_mut().limiter.hit = false;
+        let stderr_mark = instance.store.data().stderr.mark();
         instance.store.set_epoch_deadline(self.deadline);
-        let fault = match f(&mut instance) {
-            Ok(result) => match invalid(&result) {
+        let store = &mut instance.store;
+        let result = match (&instance.exports, call) {
+            (Exports::Key(p), Call::Check(req)) => p
+                .call_check(store, req)
+                .await
+                .map(|d| Ret::Decision(d.into())),
+            (Exports::Ttl(p), Call::GrantTtl(req)) => {
+                p.call_grant_ttl(store, req).await.map(Ret::Ttl)
+            }
+            _ => Err(wasmtime::format_err!("the plugin does not export this function")),
+        };
+        let fault = match result {
+            Ok(ret) => match invalid(&ret) {
                 None => {
                     self.pool.checkin(instance);
-                    return Ok(result);
+                    return Ok(ret);
                 }
                 Some(detail) => {
                     Counters::bump(&self.counters.invalid_results);
@@ -222,7 +238,12 @@ impl LoadedPlugin {
                 }
             },
             Err(e) => {
-                let fault = Fault::classify(&e, instance.store.data(), self.settings.time_budget);
+                let fault = Fault::classify(
+                    &e,
+                    instance.store.data(),
+                    self.settings.time_budget,
+                    stderr_mark,
+                );
                 Counters::bump(match &fault {
                     Fault::Timeout(_) => &self.counters.timeouts,
                     Fault::Memory(_) => &self.counters.memory_exceeded,
@@ -241,7 +262,24 @@ impl LoadedPlugin {
         tracing::warn!(
             target: "lockbroker::plugin",
             plugin = %self.settings.name,
-            "{fault}; instance recycled ({error:?})"
+            "{fault} ({error:?})"
         );
     }
+}
+
+/// The export to call.
+#[derive(Clone, Copy)]
+enum Call<'r> {
+    /// `key-policy.check`.
+    Check(&'r LockRequest),
+    /// `ttl-policy.grant-ttl`.
+    GrantTtl(&'r LockRequest),
+}
+
+/// What an export returned.
+enum Ret {
+    /// From `check`.
+    Decision(KeyDecision),
+    /// From `grant-ttl`.
+    Ttl(Result<u64, String>),
 }

@@ -72,24 +72,25 @@ impl Pool {
     }
 
     /// Creates a new instance.
-    pub fn instantiate(&self) -> wasmtime::Result<Instance> {
+    pub async fn instantiate(&self) -> wasmtime::Result<Instance> {
         let mut store = Store::new(self.engine, HostState::new(self.settings.clone()));
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(deadline_ticks(INSTANTIATE_BUDGET.max(self.settings.time_budget)));
         let exports = match &self.pre {
-            Pre::Key(p) => Exports::Key(p.instantiate(&mut store)?),
-            Pre::Ttl(p) => Exports::Ttl(p.instantiate(&mut store)?),
+            Pre::Key(p) => Exports::Key(p.instantiate_async(&mut store).await?),
+            Pre::Ttl(p) => Exports::Ttl(p.instantiate_async(&mut store).await?),
         };
         Counters::bump(&self.counters.instances_created);
         Ok(Instance { store, exports })
     }
 
     /// An idle instance, or a new one.
-    pub fn checkout(&self) -> wasmtime::Result<Instance> {
-        if let Some(instance) = self.lock().pop() {
-            return Ok(instance);
+    pub async fn checkout(&self) -> wasmtime::Result<Instance> {
+        let idle = self.lock().pop();
+        match idle {
+            Some(instance) => Ok(instance),
+            None => self.instantiate().await,
         }
-        self.instantiate()
     }
 
     /// Returns a healthy instance to the pool (dropped if the pool is full).
@@ -107,5 +108,26 @@ impl Pool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Drives `future` to completion on the current thread (parking between polls). Used by the
+/// synchronous entry points (`PluginHost::load`, `check_file`) for instantiation and smoke
+/// calls, which never wait on I/O in the policy worlds.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct ThreadWaker(std::thread::Thread);
+    impl std::task::Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
     }
 }

@@ -6,6 +6,7 @@
 //! buffer whose content is quoted in the deny reason when the instance traps (panic messages).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -32,7 +33,14 @@ pub fn locked_down_ctx(stderr: &TailPipe) -> WasiCtx {
 
 /// An output stream that never fails and keeps only the last `STDERR_TAIL` bytes written.
 #[derive(Clone, Debug, Default)]
-pub struct TailPipe(Arc<Mutex<Vec<u8>>>);
+pub struct TailPipe(Arc<Tail>);
+
+#[derive(Debug, Default)]
+struct Tail {
+    buf: Mutex<Vec<u8>>,
+    /// Bytes ever written (lets a caller take only what one call wrote, without locking).
+    written: AtomicU64,
+}
 
 impl TailPipe {
     /// A new, empty tail.
@@ -41,7 +49,8 @@ impl TailPipe {
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut buf = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        self.0.written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let mut buf = self.0.buf.lock().unwrap_or_else(PoisonError::into_inner);
         let bytes = &bytes[bytes.len().saturating_sub(STDERR_TAIL)..];
         buf.extend_from_slice(bytes);
         if buf.len() > STDERR_TAIL {
@@ -50,10 +59,17 @@ impl TailPipe {
         }
     }
 
-    /// The retained text (lossy UTF-8), trimmed; empty when nothing was written.
-    pub fn text(&self) -> String {
-        let buf = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        String::from_utf8_lossy(&buf).trim().to_string()
+    /// A position to pass to [`TailPipe::text_since`] later.
+    pub fn mark(&self) -> u64 {
+        self.0.written.load(Ordering::Relaxed)
+    }
+
+    /// The retained text written after `mark` (lossy UTF-8, at most the tail size).
+    pub fn text_since(&self, mark: u64) -> String {
+        let buf = self.0.buf.lock().unwrap_or_else(PoisonError::into_inner);
+        let new = self.0.written.load(Ordering::Relaxed).saturating_sub(mark);
+        let new = usize::try_from(new).unwrap_or(usize::MAX).min(buf.len());
+        String::from_utf8_lossy(&buf[buf.len() - new..]).into_owned()
     }
 }
 
@@ -121,11 +137,14 @@ mod tests {
     fn keeps_the_tail() {
         let pipe = TailPipe::new();
         pipe.push(&[b'a'; 1000]);
+        let mark = pipe.mark();
         pipe.push(&[b'b'; 100]);
-        let text = pipe.text();
+        let text = pipe.text_since(0);
         assert_eq!(text.len(), STDERR_TAIL);
         assert!(text.ends_with(&"b".repeat(100)));
+        assert_eq!(pipe.text_since(mark), "b".repeat(100));
         pipe.push(&[b'c'; 5000]);
-        assert_eq!(pipe.text(), "c".repeat(STDERR_TAIL));
+        assert_eq!(pipe.text_since(mark), "c".repeat(STDERR_TAIL));
+        assert_eq!(pipe.text_since(pipe.mark()), "");
     }
 }

@@ -1,9 +1,11 @@
-//! TEST ONLY. A TTL policy that misbehaves on purpose, for the host's fault tests. Keys that
-//! don't start with `fault/` get the requested TTL (or 1000 ms when 0 was requested). Others:
+//! TEST ONLY. A TTL policy that misbehaves on purpose, for the host's fault tests:
 //!
-//! * `fault/zero`  — grants a TTL of 0 (garbage: a TTL must be > 0);
-//! * `fault/trap`  — executes `unreachable`;
-//! * `fault/error` — returns the error `fault: refused`.
+//! * `fault/ttl-zero`  — grants a TTL of 0 (garbage: a TTL must be > 0);
+//! * `fault/ttl-trap`  — executes `unreachable`;
+//! * `fault/ttl-error` — returns the error `fault: refused`.
+//!
+//! Every other key gets the requested TTL (1000 ms when 0, i.e. the default, was requested),
+//! so it also serves as a pass-through TTL policy in chaining tests.
 
 
 wit_bindgen::generate!({
@@ -15,12 +17,12 @@ struct FaultTtl;
 
 impl Guest for FaultTtl {
     fn grant_ttl(req: LockRequest) -> Result<u64, String> {
-        match req.key.strip_prefix(b"fault/") {
-            None if req.ttl_ms == 0 => Ok(1000),
-            None => Ok(req.ttl_ms),
-            Some(b"zero") => Ok(0),
-            Some(b"trap") => core::arch::wasm32::unreachable(),
-            Some(_) => Err("fault: refused".to_string()),
+        match req.key.as_slice() {
+            b"fault/ttl-zero" => Ok(0),
+            b"fault/ttl-trap" => core::arch::wasm32::unreachable(),
+            b"fault/ttl-error" => Err("fault: refused".to_string()),
+            _ if req.ttl_ms == 0 => Ok(1000),
+            _ => Ok(req.ttl_ms),
         }
     }
 }
