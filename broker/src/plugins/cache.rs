@@ -5,8 +5,8 @@
 //! the engine's compatibility hash (wasmtime version + every engine setting that affects code),
 //! so a different wasmtime or engine configuration never picks up a stale artifact. Files are
 //! written to a temporary name and renamed, so a crash never leaves a truncated artifact.
-//! Artifacts are native code loaded with `Component::deserialize_file`: the cache directory must
-//! be writable only by the broker (it lives in the broker's data dir).
+//! Artifacts are native code loaded with `Component::deserialize`: the cache directory must be
+//! writable only by the broker (it lives in the broker's data dir).
 
 use std::hash::{Hash, Hasher};
 use std::path::Path;
@@ -80,11 +80,13 @@ pub fn compile(
         });
     };
     let file = dir.join(cache_key(engine, &content_hash));
-    if file.is_file() {
+    // Read into memory rather than `deserialize_file`: that one mmaps the file, and anything
+    // truncating it in place later (an operator, a second broker) would crash us with SIGBUS.
+    if let Ok(artifact) = std::fs::read(&file) {
         // SAFETY: the file was written by `precompile_component` of an engine with the same
         // compatibility hash (it is part of the name), into the broker's own data dir; wasmtime
         // additionally checks the artifact header and refuses a mismatched one.
-        match unsafe { Component::deserialize_file(engine, &file) } {
+        match unsafe { Component::deserialize(engine, &artifact) } {
             Ok(component) => {
                 return Ok(Compiled {
                     component,

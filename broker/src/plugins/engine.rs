@@ -1,6 +1,13 @@
 //! The process-wide wasmtime `Engine` (one for all plugin hosts, so compiled code, the pooling
 //! allocator and the epoch ticker are shared) and the epoch ticker thread that enforces
 //! per-call time budgets.
+//!
+//! A budget is counted in epoch ticks *observed by the running call*: each store's deadline is
+//! one tick ahead, and on every tick its callback (`on_epoch_tick`) decrements the call's
+//! allowance and extends the deadline by one tick, until the allowance is spent and the call is
+//! interrupted. A call that spins is therefore stopped after about its budget of running time,
+//! while a call whose thread is descheduled by the OS (a busy machine) is charged one tick for
+//! the whole time it was off the CPU instead of failing spuriously.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,7 +60,21 @@ fn build() -> wasmtime::Result<Engine> {
     Engine::new(&config)
 }
 
-/// Deadline, in epoch ticks from now, for a call with the given time budget.
+/// The epoch-deadline callback of every plugin store: charge one tick to the running call and
+/// interrupt it (a `Trap::Interrupt`) once its allowance is spent.
+pub fn on_epoch_tick(
+    mut cx: wasmtime::StoreContextMut<'_, super::state::HostState>,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let state = cx.data_mut();
+    if state.ticks_left <= 1 {
+        state.ticks_left = 0;
+        return Ok(wasmtime::UpdateDeadline::Interrupt);
+    }
+    state.ticks_left -= 1;
+    Ok(wasmtime::UpdateDeadline::Continue(1))
+}
+
+/// Allowance, in epoch ticks observed, for a call with the given time budget.
 pub fn deadline_ticks(budget: Duration) -> u64 {
     let tick = TICK.as_nanos();
     let ticks = budget.as_nanos().div_ceil(tick);

@@ -208,7 +208,8 @@ impl LoadedPlugin {
         };
         instance.store.data_mut().limiter.hit = false;
         let stderr_mark = instance.store.data().stderr.mark();
-        instance.store.set_epoch_deadline(self.deadline);
+        instance.store.data_mut().ticks_left = self.deadline;
+        instance.store.set_epoch_deadline(1);
         let store = &mut instance.store;
         let result = match (&instance.exports, call) {
             (Exports::Key(p), Call::Check(req)) => p

@@ -10,7 +10,7 @@ use wasmtime::{Engine, Store};
 
 use super::bindings::key_policy::{KeyPolicy, KeyPolicyPre};
 use super::bindings::ttl_policy::{TtlPolicy, TtlPolicyPre};
-use super::engine::deadline_ticks;
+use super::engine::{deadline_ticks, on_epoch_tick};
 use super::settings::PluginSettings;
 use super::state::HostState;
 use super::stats::Counters;
@@ -75,7 +75,10 @@ impl Pool {
     pub async fn instantiate(&self) -> wasmtime::Result<Instance> {
         let mut store = Store::new(self.engine, HostState::new(self.settings.clone()));
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(deadline_ticks(INSTANTIATE_BUDGET.max(self.settings.time_budget)));
+        store.epoch_deadline_callback(on_epoch_tick);
+        store.data_mut().ticks_left =
+            deadline_ticks(INSTANTIATE_BUDGET.max(self.settings.time_budget));
+        store.set_epoch_deadline(1);
         let exports = match &self.pre {
             Pre::Key(p) => Exports::Key(p.instantiate_async(&mut store).await?),
             Pre::Ttl(p) => Exports::Ttl(p.instantiate_async(&mut store).await?),

@@ -23,6 +23,9 @@ pub struct HostState {
     pub limiter: MemoryCap,
     /// The instance's stderr (panic messages).
     pub stderr: TailPipe,
+    /// Epoch ticks the current call may still observe before it is interrupted (see
+    /// `engine::on_epoch_tick`).
+    pub ticks_left: u64,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -35,6 +38,7 @@ impl HostState {
             limiter: MemoryCap::new(settings.memory_limit),
             wasi: locked_down_ctx(&stderr),
             stderr,
+            ticks_left: 0,
             settings,
             table: ResourceTable::new(),
         }
