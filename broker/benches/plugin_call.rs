@@ -12,7 +12,9 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lockbroker::plugins::{LockMode, Operation, PluginHost, PluginKind, PluginSettings, PolicyRequest};
+use lockbroker::plugins::{
+    LockMode, Operation, PluginHost, PluginKind, PluginSettings, PolicyRequest,
+};
 
 fn dist(stem: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,7 +58,10 @@ fn measure(rt: &tokio::runtime::Runtime, label: &str, plugins: Vec<PluginSetting
         }
         println!("{label:<40} {best:>9.0} ns/evaluate (best of 5 x 100k)");
     });
-    assert_eq!(host.stats().plugins.iter().map(|p| p.errors).sum::<u64>(), 0);
+    assert_eq!(
+        host.stats().plugins.iter().map(|p| p.errors).sum::<u64>(),
+        0
+    );
 }
 
 fn main() {
@@ -77,13 +82,20 @@ fn main() {
     measure(
         &rt,
         "template key policy",
-        vec![PluginSettings::new("t", dist("template_key_policy"), PluginKind::KeyPolicy)],
+        vec![PluginSettings::new(
+            "t",
+            dist("template_key_policy"),
+            PluginKind::KeyPolicy,
+        )],
     );
     measure(&rt, "key-prefix-acl", vec![acl()]);
     measure(&rt, "ttl-clamp", vec![ttl()]);
     measure(
         &rt,
         "acl (rewrite) + ttl-clamp chained",
-        vec![acl().with_config("rewrite_prefix", "tenant/{principal}/"), ttl()],
+        vec![
+            acl().with_config("rewrite_prefix", "tenant/{principal}/"),
+            ttl(),
+        ],
     );
 }

@@ -33,15 +33,25 @@ async fn assert_denied(host: &PluginHost, key: &[u8], needles: &[&str]) {
         .evaluate(excl("svc", key))
         .await
         .expect_err("a faulting plugin must deny");
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     for needle in needles {
-        assert!(reason.contains(needle), "reason `{reason}` lacks `{needle}`");
+        assert!(
+            reason.contains(needle),
+            "reason `{reason}` lacks `{needle}`"
+        );
     }
 }
 
 async fn assert_still_serving(host: &PluginHost) {
     for _ in 0..3 {
-        let out = host.evaluate(excl("svc", b"orders/1")).await.expect("good requests pass");
+        let out = host
+            .evaluate(excl("svc", b"orders/1"))
+            .await
+            .expect("good requests pass");
         assert_eq!(&*out.key, b"orders/1");
     }
 }
@@ -50,11 +60,19 @@ async fn assert_still_serving(host: &PluginHost) {
 async fn trap_denies_recycles_and_keeps_serving() {
     let (host, _cache) = fault_host(OnError::Deny);
     assert_still_serving(&host).await;
-    assert_denied(&host, b"fault/trap", &["plugin `faulty` failed", "trapped", "unreachable"]).await;
+    assert_denied(
+        &host,
+        b"fault/trap",
+        &["plugin `faulty` failed", "trapped", "unreachable"],
+    )
+    .await;
     assert_still_serving(&host).await;
     let s = stat(&host, "faulty");
     assert_eq!((s.traps, s.recycled, s.errors), (1, 1, 1), "{s:?}");
-    assert!(s.instances_created >= 2, "a new instance replaced the trapped one: {s:?}");
+    assert!(
+        s.instances_created >= 2,
+        "a new instance replaced the trapped one: {s:?}"
+    );
 }
 
 #[tokio::test]
@@ -69,7 +87,12 @@ async fn panic_message_is_quoted_in_the_reason() {
 async fn infinite_loop_is_interrupted_at_the_time_budget() {
     let (host, _cache) = fault_host(OnError::Deny);
     let started = Instant::now();
-    assert_denied(&host, b"fault/spin", &["plugin `faulty` failed", "time budget of 1ms"]).await;
+    assert_denied(
+        &host,
+        b"fault/spin",
+        &["plugin `faulty` failed", "time budget of 1ms"],
+    )
+    .await;
     let took = started.elapsed();
     assert_still_serving(&host).await;
     let s = stat(&host, "faulty");
@@ -80,7 +103,12 @@ async fn infinite_loop_is_interrupted_at_the_time_budget() {
 #[tokio::test]
 async fn memory_bomb_hits_the_memory_limit() {
     let (host, _cache) = fault_host(OnError::Deny);
-    assert_denied(&host, b"fault/bomb", &["plugin `faulty` failed", "memory limit of 16384 KiB"]).await;
+    assert_denied(
+        &host,
+        b"fault/bomb",
+        &["plugin `faulty` failed", "memory limit of 16384 KiB"],
+    )
+    .await;
     assert_still_serving(&host).await;
     let s = stat(&host, "faulty");
     assert_eq!((s.memory_exceeded, s.recycled), (1, 1), "{s:?}");
@@ -91,7 +119,12 @@ async fn garbage_results_are_refused() {
     let (host, _cache) = fault_host(OnError::Deny);
     assert_denied(&host, b"fault/empty", &["invalid result", "empty key"]).await;
     assert_denied(&host, b"fault/huge", &["invalid result", "2048-byte key"]).await;
-    assert_denied(&host, b"fault/ttl-zero", &["plugin `faulty-ttl` failed", "TTL of 0 ms"]).await;
+    assert_denied(
+        &host,
+        b"fault/ttl-zero",
+        &["plugin `faulty-ttl` failed", "TTL of 0 ms"],
+    )
+    .await;
     assert_still_serving(&host).await;
     assert_eq!(stat(&host, "faulty").invalid_results, 2);
     assert_eq!(stat(&host, "faulty-ttl").invalid_results, 1);
@@ -101,7 +134,12 @@ async fn garbage_results_are_refused() {
 #[tokio::test]
 async fn ttl_policy_trap_and_refusal() {
     let (host, _cache) = fault_host(OnError::Deny);
-    assert_denied(&host, b"fault/ttl-trap", &["plugin `faulty-ttl` failed", "trapped"]).await;
+    assert_denied(
+        &host,
+        b"fault/ttl-trap",
+        &["plugin `faulty-ttl` failed", "trapped"],
+    )
+    .await;
     // a ttl policy's own error is a decision: denied with its reason, not counted as a fault
     assert_denied(&host, b"fault/ttl-error", &["fault: refused"]).await;
     let s = stat(&host, "faulty-ttl");
@@ -112,15 +150,33 @@ async fn ttl_policy_trap_and_refusal() {
 #[tokio::test]
 async fn on_error_allow_lets_requests_through() {
     let (host, _cache) = fault_host(OnError::Allow);
-    for key in [&b"fault/trap"[..], b"fault/spin", b"fault/bomb", b"fault/empty", b"fault/huge"] {
+    for key in [
+        &b"fault/trap"[..],
+        b"fault/spin",
+        b"fault/bomb",
+        b"fault/empty",
+        b"fault/huge",
+    ] {
         let out = host
             .evaluate(acquire("svc", key, LockMode::Exclusive, 0))
             .await
-            .unwrap_or_else(|e| panic!("{}: fail-open plugin denied: {e}", String::from_utf8_lossy(key)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: fail-open plugin denied: {e}",
+                    String::from_utf8_lossy(key)
+                )
+            });
         assert_eq!(&*out.key, key, "a failed rewrite is not applied");
     }
-    let out = host.evaluate(acquire("svc", b"fault/ttl-zero", LockMode::Exclusive, 2500)).await.unwrap();
-    assert_eq!(out.ttl, Duration::from_millis(2500), "failed ttl policy leaves the ttl as it was");
+    let out = host
+        .evaluate(acquire("svc", b"fault/ttl-zero", LockMode::Exclusive, 2500))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.ttl,
+        Duration::from_millis(2500),
+        "failed ttl policy leaves the ttl as it was"
+    );
     let s = stat(&host, "faulty");
     assert_eq!(s.failed_open, 5, "{s:?}");
     assert_eq!(s.errors, 5, "{s:?}");

@@ -17,7 +17,8 @@ const RULES: &str = "alice=orders/:rw,locks/:r; bob=reports/:r; default=home/{pr
 
 fn acl_host(extra: &[(&str, &str)]) -> (PluginHost, tempfile::TempDir) {
     let cache = tempdir();
-    let mut acl = settings("acl", "key_prefix_acl", PluginKind::KeyPolicy).with_config("rules", RULES);
+    let mut acl =
+        settings("acl", "key_prefix_acl", PluginKind::KeyPolicy).with_config("rules", RULES);
     for (k, v) in extra {
         acl = acl.with_config(*k, *v);
     }
@@ -30,30 +31,61 @@ async fn acl_allows_and_denies_by_principal_and_right() {
     let (host, _cache) = acl_host(&[]);
     assert!(!host.is_empty());
 
-    let out = host.evaluate(excl("alice", b"orders/42")).await.expect("alice may lock orders/");
+    let out = host
+        .evaluate(excl("alice", b"orders/42"))
+        .await
+        .expect("alice may lock orders/");
     assert_eq!(out.key, Cow::Borrowed(&b"orders/42"[..]));
     assert!(!out.rewritten);
-    assert!(matches!(out.key, Cow::Borrowed(_)), "unchanged key stays borrowed");
+    assert!(
+        matches!(out.key, Cow::Borrowed(_)),
+        "unchanged key stays borrowed"
+    );
 
     // alice has only `r` on locks/: shared ok, exclusive and semaphore denied, inspect/wait ok
-    assert!(host.evaluate(acquire("alice", b"locks/a", LockMode::Shared, 0)).await.is_ok());
+    assert!(
+        host.evaluate(acquire("alice", b"locks/a", LockMode::Shared, 0))
+            .await
+            .is_ok()
+    );
     let deny = host.evaluate(excl("alice", b"locks/a")).await.unwrap_err();
     assert!(deny.contains("alice") && deny.contains("locks/a"), "{deny}");
-    assert!(host.evaluate(acquire("alice", b"locks/a", LockMode::Semaphore(3), 0)).await.is_err());
+    assert!(
+        host.evaluate(acquire("alice", b"locks/a", LockMode::Semaphore(3), 0))
+            .await
+            .is_err()
+    );
     for op in [Operation::Inspect, Operation::Wait] {
-        let req = PolicyRequest { op, mode: LockMode::Shared, ..excl("alice", b"locks/a") };
+        let req = PolicyRequest {
+            op,
+            mode: LockMode::Shared,
+            ..excl("alice", b"locks/a")
+        };
         assert!(host.evaluate(req).await.is_ok(), "{op:?}");
     }
 
     // bob: reports/ read-only, nothing else
-    assert!(host.evaluate(acquire("bob", b"reports/q3", LockMode::Shared, 0)).await.is_ok());
+    assert!(
+        host.evaluate(acquire("bob", b"reports/q3", LockMode::Shared, 0))
+            .await
+            .is_ok()
+    );
     let deny = host.evaluate(excl("bob", b"orders/42")).await.unwrap_err();
-    assert!(deny.contains("`bob`") && deny.contains("orders/42"), "{deny}");
+    assert!(
+        deny.contains("`bob`") && deny.contains("orders/42"),
+        "{deny}"
+    );
 
     // anyone else: the `default` entry with {principal} expansion
     assert!(host.evaluate(excl("carol", b"home/carol/x")).await.is_ok());
-    let deny = host.evaluate(excl("carol", b"home/dave/x")).await.unwrap_err();
-    assert!(deny.contains("carol") && deny.contains("home/dave/x"), "{deny}");
+    let deny = host
+        .evaluate(excl("carol", b"home/dave/x"))
+        .await
+        .unwrap_err();
+    assert!(
+        deny.contains("carol") && deny.contains("home/dave/x"),
+        "{deny}"
+    );
 
     let stats = host.stats();
     let acl = stats.get("acl").unwrap();
@@ -64,13 +96,21 @@ async fn acl_allows_and_denies_by_principal_and_right() {
 #[tokio::test]
 async fn acl_without_default_denies_unknown_principals_and_bad_rules_fail_closed() {
     let cache = tempdir();
-    let strict = settings("strict", "key_prefix_acl", PluginKind::KeyPolicy).with_config("rules", "alice=:rw");
+    let strict = settings("strict", "key_prefix_acl", PluginKind::KeyPolicy)
+        .with_config("rules", "alice=:rw");
     let host = PluginHost::load(vec![strict], cache.path()).unwrap();
     assert!(host.evaluate(excl("alice", b"anything")).await.is_ok());
-    let deny = host.evaluate(excl("mallory", b"anything")).await.unwrap_err();
-    assert!(deny.contains("mallory") && deny.contains("no rule"), "{deny}");
+    let deny = host
+        .evaluate(excl("mallory", b"anything"))
+        .await
+        .unwrap_err();
+    assert!(
+        deny.contains("mallory") && deny.contains("no rule"),
+        "{deny}"
+    );
 
-    let broken = settings("broken", "key_prefix_acl", PluginKind::KeyPolicy).with_config("rules", "alice=orders/:x");
+    let broken = settings("broken", "key_prefix_acl", PluginKind::KeyPolicy)
+        .with_config("rules", "alice=orders/:x");
     let host = PluginHost::load(vec![broken], cache.path()).unwrap();
     let deny = host.evaluate(excl("alice", b"orders/1")).await.unwrap_err();
     assert!(deny.contains("bad `rules`"), "{deny}");
@@ -121,7 +161,10 @@ async fn ttl_clamp_defaults_and_clamps_per_prefix() {
     let bad = settings("bad", "ttl_clamp", PluginKind::TtlPolicy).with_config("min_ms", "nope");
     let host = PluginHost::load(vec![bad], cache.path()).unwrap();
     let deny = host.evaluate(excl("svc", b"k")).await.unwrap_err();
-    assert!(deny.contains("ttl-clamp") && deny.contains("min_ms"), "{deny}");
+    assert!(
+        deny.contains("ttl-clamp") && deny.contains("min_ms"),
+        "{deny}"
+    );
 }
 
 #[tokio::test]
@@ -145,13 +188,30 @@ async fn policies_chain_in_config_order() {
     let out = host.evaluate(excl("alice", b"orders/1")).await.unwrap();
     assert_eq!(&*out.key, b"tenant/alice/orders/1");
     assert!(out.rewritten);
-    assert_eq!(out.ttl, Duration::from_millis(7000), "ttl policy saw the rewritten key");
+    assert_eq!(
+        out.ttl,
+        Duration::from_millis(7000),
+        "ttl policy saw the rewritten key"
+    );
 
-    let out = host.evaluate(acquire("alice", b"orders/1", LockMode::Exclusive, 60_000)).await.unwrap();
-    assert_eq!(out.ttl, Duration::from_millis(8000), "clamped, then passed through");
+    let out = host
+        .evaluate(acquire("alice", b"orders/1", LockMode::Exclusive, 60_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.ttl,
+        Duration::from_millis(8000),
+        "clamped, then passed through"
+    );
 
-    let deny = host.evaluate(excl("alice", b"orders/secret/1")).await.unwrap_err();
-    assert!(deny.starts_with("template:"), "second key policy saw the rewrite: {deny}");
+    let deny = host
+        .evaluate(excl("alice", b"orders/secret/1"))
+        .await
+        .unwrap_err();
+    assert!(
+        deny.starts_with("template:"),
+        "second key policy saw the rewrite: {deny}"
+    );
 
     // the first policy's denial stops the chain: the template is not called
     let before = host.stats().get("template").unwrap().calls;
@@ -164,7 +224,10 @@ async fn empty_host_is_a_pass_through() {
     let cache = tempdir();
     let host = PluginHost::load(Vec::new(), cache.path()).unwrap();
     assert!(host.is_empty());
-    let out = host.evaluate(acquire("x", b"k", LockMode::Shared, 1234)).await.unwrap();
+    let out = host
+        .evaluate(acquire("x", b"k", LockMode::Shared, 1234))
+        .await
+        .unwrap();
     assert_eq!(&*out.key, b"k");
     assert_eq!(out.ttl, Duration::from_millis(1234));
     assert!(host.reload().unwrap().reloaded.is_empty());
@@ -197,7 +260,10 @@ async fn settings_from_toml_load_the_real_plugins() {
         ttl = plugin("ttl_clamp").display(),
     );
     let host = PluginHost::load(parse_plugin_tables(&toml).unwrap(), cache.path()).unwrap();
-    let out = host.evaluate(acquire("alice", b"orders/1", LockMode::Exclusive, 9000)).await.unwrap();
+    let out = host
+        .evaluate(acquire("alice", b"orders/1", LockMode::Exclusive, 9000))
+        .await
+        .unwrap();
     assert_eq!(out.ttl, Duration::from_millis(5000));
     assert!(host.evaluate(excl("bob", b"orders/1")).await.is_err());
 }
@@ -213,7 +279,12 @@ fn wrong_world_is_refused_naming_both() {
     .expect("a key policy is not a ttl policy");
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("key_prefix_acl.wasm") && msg.contains("`ttl-policy`") && msg.contains("`key-policy`"), "{msg}");
+    assert!(
+        msg.contains("key_prefix_acl.wasm")
+            && msg.contains("`ttl-policy`")
+            && msg.contains("`key-policy`"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -222,7 +293,11 @@ fn broken_and_missing_files_are_refused_naming_the_file() {
     let broken = dir.path().join("broken.wasm");
     std::fs::write(&broken, b"\0asm\x0d\0\x01\0garbage").unwrap();
     let err = PluginHost::load(
-        vec![lockbroker::plugins::PluginSettings::new("b", &broken, PluginKind::KeyPolicy)],
+        vec![lockbroker::plugins::PluginSettings::new(
+            "b",
+            &broken,
+            PluginKind::KeyPolicy,
+        )],
         dir.path(),
     )
     .err()
@@ -235,7 +310,11 @@ fn broken_and_missing_files_are_refused_naming_the_file() {
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let err = PluginHost::load(
-        vec![lockbroker::plugins::PluginSettings::new("c", &core, PluginKind::KeyPolicy)],
+        vec![lockbroker::plugins::PluginSettings::new(
+            "c",
+            &core,
+            PluginKind::KeyPolicy,
+        )],
         dir.path(),
     )
     .err()
@@ -244,7 +323,11 @@ fn broken_and_missing_files_are_refused_naming_the_file() {
 
     let missing = dir.path().join("missing.wasm");
     let err = PluginHost::load(
-        vec![lockbroker::plugins::PluginSettings::new("m", &missing, PluginKind::KeyPolicy)],
+        vec![lockbroker::plugins::PluginSettings::new(
+            "m",
+            &missing,
+            PluginKind::KeyPolicy,
+        )],
         dir.path(),
     )
     .err()
@@ -269,14 +352,19 @@ fn version_mismatch_is_refused_naming_both_versions() {
     assert!(msg.contains("version_mismatch.wasm"), "{msg}");
 
     let err = check_file(&plugin("version_mismatch")).unwrap_err();
-    assert!(err.to_string().contains("0.2.0") && err.to_string().contains("0.1.0"), "{err}");
+    assert!(
+        err.to_string().contains("0.2.0") && err.to_string().contains("0.1.0"),
+        "{err}"
+    );
 }
 
 #[test]
 fn duplicate_names_and_mirror_kind_are_refused() {
     let cache = tempdir();
     let a = settings("same", "template_key_policy", PluginKind::KeyPolicy);
-    let err = PluginHost::load(vec![a.clone(), a], cache.path()).err().unwrap();
+    let err = PluginHost::load(vec![a.clone(), a], cache.path())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("same"), "{err}");
     let m = settings("m", "template_key_policy", PluginKind::Mirror);
     let err = PluginHost::load(vec![m], cache.path()).err().unwrap();
@@ -290,15 +378,29 @@ fn check_file_reports_world_version_and_smoke_call() {
     assert_eq!(report.wit_version, "0.1.0");
     assert_eq!(report.smoke_result.as_deref(), Some("allow"));
     let text = report.to_string();
-    assert!(text.contains("key-policy") && text.contains("smoke call"), "{text}");
-    assert!(report.imports.iter().any(|i| i.starts_with("lockbroker:plugin/host@0.1.0")), "{text}");
+    assert!(
+        text.contains("key-policy") && text.contains("smoke call"),
+        "{text}"
+    );
+    assert!(
+        report
+            .imports
+            .iter()
+            .any(|i| i.starts_with("lockbroker:plugin/host@0.1.0")),
+        "{text}"
+    );
 
     let report = check_file(&plugin("ttl_clamp")).unwrap();
     assert_eq!(report.kind, PluginKind::TtlPolicy);
     assert_eq!(report.smoke_result.as_deref(), Some("ttl 30000 ms"));
 
     let report = check_file(&plugin("key_prefix_acl")).unwrap();
-    assert!(report.smoke_result.unwrap().contains("rules` setting is missing"));
+    assert!(
+        report
+            .smoke_result
+            .unwrap()
+            .contains("rules` setting is missing")
+    );
 
     let dir = tempdir();
     let junk = dir.path().join("junk.wasm");

@@ -38,7 +38,10 @@ async fn reload_under_load_has_zero_failed_evaluations() {
     let settings = reloadable(dir.path());
     let file = settings.path.clone();
     let host = Arc::new(PluginHost::load(vec![settings], &dir.path().join("cache")).unwrap());
-    assert!(host.evaluate(excl("bob", b"orders/1")).await.is_ok(), "template allows bob");
+    assert!(
+        host.evaluate(excl("bob", b"orders/1")).await.is_ok(),
+        "template allows bob"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -79,8 +82,14 @@ async fn reload_under_load_has_zero_failed_evaluations() {
         failures.extend(w.await.unwrap());
     }
     let total = done.load(Ordering::Relaxed);
-    assert!(failures.is_empty(), "failed evaluations during reload: {failures:?}");
-    assert!(total > before && before > 0, "workers ran before and after ({before}, {total})");
+    assert!(
+        failures.is_empty(),
+        "failed evaluations during reload: {failures:?}"
+    );
+    assert!(
+        total > before && before > 0,
+        "workers ran before and after ({before}, {total})"
+    );
     let s = host.stats();
     let p = s.get("p").unwrap();
     assert_eq!((p.errors, p.reloads), (0, 1), "{s}");
@@ -103,10 +112,16 @@ async fn bad_new_version_is_rejected_and_the_old_one_keeps_running() {
     swap_file(&plugin("version_mismatch"), &file);
     let err = host.reload().unwrap_err();
     assert!(matches!(err, PluginError::VersionMismatch { .. }), "{err}");
-    assert!(err.to_string().contains("p.wasm") && err.to_string().contains("0.2.0"), "{err}");
+    assert!(
+        err.to_string().contains("p.wasm") && err.to_string().contains("0.2.0"),
+        "{err}"
+    );
     // the template still answers
     assert!(host.evaluate(excl("bob", b"orders/1")).await.is_ok());
-    let deny = host.evaluate(excl("bob", b"forbidden/1")).await.unwrap_err();
+    let deny = host
+        .evaluate(excl("bob", b"forbidden/1"))
+        .await
+        .unwrap_err();
     assert!(deny.starts_with("template:"), "{deny}");
 
     // garbage, and a component of the wrong world
@@ -116,10 +131,17 @@ async fn bad_new_version_is_rejected_and_the_old_one_keeps_running() {
     swap_file(&plugin("ttl_clamp"), &file);
     let err = host.reload().unwrap_err();
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
-    assert!(host.evaluate(excl("bob", b"orders/1")).await.is_ok(), "old version still serving");
+    assert!(
+        host.evaluate(excl("bob", b"orders/1")).await.is_ok(),
+        "old version still serving"
+    );
 
     let p = host.stats().get("p").cloned().unwrap();
-    assert_eq!((p.rejected_reloads, p.reloads, p.errors), (3, 0, 0), "{p:?}");
+    assert_eq!(
+        (p.rejected_reloads, p.reloads, p.errors),
+        (3, 0, 0),
+        "{p:?}"
+    );
 
     // a good version afterwards is accepted
     swap_file(&plugin("key_prefix_acl"), &file);
@@ -139,7 +161,10 @@ async fn watcher_reloads_a_changed_file() {
     swap_file(&plugin("key_prefix_acl"), &file);
     let started = Instant::now();
     while host.evaluate(excl("bob", b"orders/1")).await.is_ok() {
-        assert!(started.elapsed() < Duration::from_secs(20), "watcher never reloaded");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "watcher never reloaded"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(host.stats().get("p").unwrap().reloads, 1);
@@ -165,7 +190,11 @@ fn second_load_uses_the_precompiled_cache() {
 
     let first = PluginHost::load(settings(), &cache).unwrap();
     for p in &first.stats().plugins {
-        assert_eq!((p.compiles, p.cache_hits, p.from_cache), (1, 0, false), "{p:?}");
+        assert_eq!(
+            (p.compiles, p.cache_hits, p.from_cache),
+            (1, 0, false),
+            "{p:?}"
+        );
     }
     for stem in ["key_prefix_acl", "ttl_clamp"] {
         let bytes = std::fs::read(plugin(stem)).unwrap();
@@ -176,7 +205,11 @@ fn second_load_uses_the_precompiled_cache() {
 
     let second = PluginHost::load(settings(), &cache).unwrap();
     for p in &second.stats().plugins {
-        assert_eq!((p.compiles, p.cache_hits, p.from_cache), (0, 1, true), "{p:?}");
+        assert_eq!(
+            (p.compiles, p.cache_hits, p.from_cache),
+            (0, 1, true),
+            "{p:?}"
+        );
     }
 
     // a corrupt artifact is discarded and recompiled, not trusted

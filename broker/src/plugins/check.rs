@@ -49,7 +49,11 @@ impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}: OK", self.path.display())?;
         writeln!(f, "  size:        {} bytes", self.size)?;
-        writeln!(f, "  world:       {WIT_PACKAGE}/{}@{}", self.kind, self.wit_version)?;
+        writeln!(
+            f,
+            "  world:       {WIT_PACKAGE}/{}@{}",
+            self.kind, self.wit_version
+        )?;
         writeln!(f, "  host:        {WIT_PACKAGE}@{WIT_VERSION} (compatible)")?;
         writeln!(f, "  compiled in: {:?}", self.compile_time)?;
         writeln!(f, "  imports:     {}", self.imports.join(", "))?;
@@ -57,9 +61,17 @@ impl fmt::Display for CheckReport {
         match &self.smoke_result {
             Some(result) => {
                 writeln!(f, "  smoke call:  {} -> {result}", self.smoke_request)?;
-                write!(f, "  call time:   {:?} (first call, no settings)", self.smoke_time)
+                write!(
+                    f,
+                    "  call time:   {:?} (first call, no settings)",
+                    self.smoke_time
+                )
             }
-            None => write!(f, "  smoke call:  skipped (no host for the `{}` world yet)", self.kind),
+            None => write!(
+                f,
+                "  smoke call:  skipped (no host for the `{}` world yet)",
+                self.kind
+            ),
         }
     }
 }
@@ -79,20 +91,21 @@ pub fn check_file(path: &Path) -> Result<CheckReport, PluginError> {
     })?;
     let engine = engine()?;
     let started = Instant::now();
-    let component = wasmtime::component::Component::new(engine, &bytes).map_err(|e| {
-        PluginError::Invalid {
+    let component =
+        wasmtime::component::Component::new(engine, &bytes).map_err(|e| PluginError::Invalid {
             name: name.clone(),
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
-        }
-    })?;
+        })?;
     let compile_time = started.elapsed();
     let shape = world::shape(engine, &component);
     let kind = shape.world.ok_or_else(|| PluginError::WrongWorld {
         name: name.clone(),
         path: path.to_path_buf(),
         expected: "key-policy, ttl-policy or mirror",
-        detail: shape.world_mismatch(PluginKind::KeyPolicy).unwrap_or_default(),
+        detail: shape
+            .world_mismatch(PluginKind::KeyPolicy)
+            .unwrap_or_default(),
     })?;
     let wit_version = shape.versions.first().cloned().unwrap_or_default();
     let mut report = CheckReport {

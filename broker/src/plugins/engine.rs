@@ -78,7 +78,9 @@ pub fn on_epoch_tick(
 pub fn deadline_ticks(budget: Duration) -> u64 {
     let tick = TICK.as_nanos();
     let ticks = budget.as_nanos().div_ceil(tick);
-    u64::try_from(ticks).unwrap_or(u64::MAX / 2).saturating_add(1)
+    u64::try_from(ticks)
+        .unwrap_or(u64::MAX / 2)
+        .saturating_add(1)
 }
 
 /// Keeps the epoch ticker running while alive; held by each `PluginHost`.
@@ -100,7 +102,9 @@ impl TickerGuard {
                     .map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker thread: {e}")))?;
+            .map_err(|e| {
+                PluginError::Engine(format!("cannot start the epoch ticker thread: {e}"))
+            })?;
         // wake it up if it is parked because no host was alive
         thread.unpark();
         Ok(guard)

@@ -172,10 +172,7 @@ impl PluginHost {
     /// (or, with `on_error = "allow"`, is skipped for this request). Plugin calls run on wasmtime
     /// fibers and, as no host function the policy worlds import ever waits, each completes within
     /// one poll, taking at most the plugin's time budget.
-    pub async fn evaluate<'a>(
-        &self,
-        req: PolicyRequest<'a>,
-    ) -> Result<PolicyOutcome<'a>, String> {
+    pub async fn evaluate<'a>(&self, req: PolicyRequest<'a>) -> Result<PolicyOutcome<'a>, String> {
         if self.empty {
             return Ok(PolicyOutcome {
                 key: Cow::Borrowed(req.key),
@@ -214,7 +211,10 @@ impl PluginHost {
     /// is bad, nothing is swapped: the running versions keep serving and the error names the
     /// file. Calls in flight finish on the generation they started on.
     pub fn reload(&self) -> Result<ReloadReport, PluginError> {
-        let _serialized = self.reload_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serialized = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.empty {
             return Ok(ReloadReport::default());
         }
@@ -223,7 +223,8 @@ impl PluginHost {
         let old = self.current.load_full();
         let mut next = Vec::with_capacity(old.all.len());
         let mut report = ReloadReport::default();
-        for ((settings, counters), running) in self.settings.iter().zip(&self.counters).zip(&old.all)
+        for ((settings, counters), running) in
+            self.settings.iter().zip(&self.counters).zip(&old.all)
         {
             let result = std::fs::read(&settings.path)
                 .map_err(|source| PluginError::Read {
@@ -328,3 +329,9 @@ fn fail(plugin: &LoadedPlugin, fault: &Fault) -> Result<(), String> {
         }
     }
 }
+
+/// `PluginHost` is shared across the server's tasks.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<PluginHost>();
+};

@@ -50,5 +50,8 @@ pub use watch::{watch, watch_every};
 /// The file name of the precompiled artifact `PluginHost::load` caches for `wasm_bytes` (in the
 /// `cache_dir` it was given). For tests and operators inspecting the cache.
 pub fn cache_file_name(wasm_bytes: &[u8]) -> Result<String, PluginError> {
-    Ok(cache::cache_key(engine::engine()?, &cache::content_hash(wasm_bytes)))
+    Ok(cache::cache_key(
+        engine::engine()?,
+        &cache::content_hash(wasm_bytes),
+    ))
 }

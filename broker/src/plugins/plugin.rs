@@ -9,12 +9,12 @@ use wasmtime::component::Linker;
 
 use super::bindings::key_policy::KeyPolicyPre;
 use super::bindings::ttl_policy::TtlPolicyPre;
+use super::bindings::types::LockRequest;
 use super::bindings::{WIT_PACKAGE, WIT_VERSION};
 use super::cache::{self, Origin};
 use super::engine::deadline_ticks;
 use super::error::PluginError;
 use super::fault::Fault;
-use super::bindings::types::LockRequest;
 use super::pool::{Exports, Pool, Pre, block_on};
 use super::request::{KeyDecision, MAX_KEY_LEN, PolicyRequest, millis, to_wit};
 use super::settings::{PluginKind, PluginSettings};
@@ -219,7 +219,9 @@ impl LoadedPlugin {
             (Exports::Ttl(p), Call::GrantTtl(req)) => {
                 p.call_grant_ttl(store, req).await.map(Ret::Ttl)
             }
-            _ => Err(wasmtime::format_err!("the plugin does not export this function")),
+            _ => Err(wasmtime::format_err!(
+                "the plugin does not export this function"
+            )),
         };
         let fault = match result {
             Ok(ret) => match invalid(&ret) {

@@ -49,7 +49,9 @@ impl TailPipe {
     }
 
     fn push(&self, bytes: &[u8]) {
-        self.0.written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.0
+            .written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let mut buf = self.0.buf.lock().unwrap_or_else(PoisonError::into_inner);
         let bytes = &bytes[bytes.len().saturating_sub(STDERR_TAIL)..];
         buf.extend_from_slice(bytes);

@@ -76,7 +76,12 @@ pub fn settings(name: &str, stem: &str, kind: PluginKind) -> PluginSettings {
 }
 
 /// An acquire request.
-pub fn acquire<'a>(principal: &'a str, key: &'a [u8], mode: LockMode, ttl_ms: u64) -> PolicyRequest<'a> {
+pub fn acquire<'a>(
+    principal: &'a str,
+    key: &'a [u8],
+    mode: LockMode,
+    ttl_ms: u64,
+) -> PolicyRequest<'a> {
     PolicyRequest {
         key,
         mode,

@@ -186,7 +186,10 @@ mod tests {
             rewrite("tenant/{principal}/", "alice", b"k"),
             Some(b"tenant/alice/k".to_vec())
         );
-        assert_eq!(rewrite("tenant/{principal}/", "alice", b"tenant/alice/k"), None);
+        assert_eq!(
+            rewrite("tenant/{principal}/", "alice", b"tenant/alice/k"),
+            None
+        );
         assert_eq!(rewrite("", "alice", b"k"), None);
     }
 }

@@ -1,19 +1,22 @@
 //! `template-key-policy`: the starting point for your own lockbroker key policy.
 //!
-//! Copy this folder (e.g. to `plugins/my-policy/`), rename the package in `Cargo.toml`, edit
-//! `check` below, then build with
+//! Copy this folder (e.g. to `plugins/my-policy/`), rename the package in its `Cargo.toml`, add
+//! it to `members` in `plugins/Cargo.toml`, edit `check` below, then build with
 //!
 //! ```sh
-//! cd plugins && cargo build --release --target wasm32-wasip2 -p my-policy
+//! plugins/build.sh        # or: cd plugins && cargo build --release --target wasm32-wasip2 -p my-policy
 //! ```
 //!
-//! and load `plugins/target/wasm32-wasip2/release/my_policy.wasm` with a `[[plugin]]` entry of
+//! and load `plugins/dist/my_policy.wasm` with a `[[plugin]]` entry of
 //! `kind = "key-policy"` (see plugins/README.md). Check it first with
 //! `lockbroker plugin check my_policy.wasm`.
 //!
 //! What this template does, as an example: it denies keys that start with the `deny_prefix`
 //! setting (default `forbidden/`) and keys with an empty path segment (`a//b`), and allows
 //! everything else. It logs its settings once through the host.
+
+// The code `wit_bindgen::generate!` emits trips this lint (8-argument export shims).
+#![allow(clippy::too_many_arguments)]
 
 use std::sync::OnceLock;
 
@@ -35,7 +38,10 @@ fn deny_prefix() -> &'static str {
     static PREFIX: OnceLock<String> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let prefix = host::config("deny_prefix").unwrap_or_else(|| "forbidden/".to_string());
-        host::log(LogLevel::Info, &format!("template: denying keys under `{prefix}`"));
+        host::log(
+            LogLevel::Info,
+            &format!("template: denying keys under `{prefix}`"),
+        );
         prefix
     })
 }

@@ -25,10 +25,12 @@ pub struct Clamp {
 pub const DEFAULT_TTL_MS: u64 = 30_000;
 
 fn num(field: &str, value: &str) -> Result<u64, String> {
-    value
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| format!("`{field}`: `{}` is not a number of milliseconds", value.trim()))
+    value.trim().parse::<u64>().map_err(|_| {
+        format!(
+            "`{field}`: `{}` is not a number of milliseconds",
+            value.trim()
+        )
+    })
 }
 
 /// Builds the clamp from the settings: `default_ms`, `min_ms`, `max_ms` (globals) and
@@ -110,7 +112,10 @@ impl Clamp {
         } else {
             requested_ms
         };
-        ttl.clamp(l.min_ms.unwrap_or(1).max(1), l.max_ms.unwrap_or(u64::MAX).max(1))
+        ttl.clamp(
+            l.min_ms.unwrap_or(1).max(1),
+            l.max_ms.unwrap_or(u64::MAX).max(1),
+        )
     }
 }
 
@@ -140,7 +145,10 @@ mod tests {
         let c = clamp(&[
             ("default_ms", "10000"),
             ("max_ms", "60000"),
-            ("rules", "jobs/=min:1000,default:5000; jobs/nightly/=max:3600000; cache/=max:2000"),
+            (
+                "rules",
+                "jobs/=min:1000,default:5000; jobs/nightly/=max:3600000; cache/=max:2000",
+            ),
         ])
         .unwrap();
         assert_eq!(c.grant(b"other", 0), 10_000);
