@@ -1,8 +1,10 @@
 //! lockbroker: the broker library behind the `lockbroker` binary — the lock table (pure
-//! state machine), the QUIC server, configuration, TLS material and the epoch file.
+//! state machine), the QUIC server, the WASM plugin host, configuration, TLS material and the
+//! epoch file.
 
 pub mod config;
 pub mod epoch;
+pub mod plugins;
 pub mod server;
 pub mod table;
 pub mod tls;

@@ -1,0 +1,337 @@
+//! `PluginHost`: the set of configured plugins as the server sees it — load at start, evaluate
+//! a request through the key and TTL policies, hot reload with an atomic swap, stats.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::bindings::key_policy::KeyPolicy;
+use super::engine::{TickerGuard, engine};
+use super::error::PluginError;
+use super::fault::Fault;
+use super::plugin::LoadedPlugin;
+use super::request::{KeyDecision, PolicyOutcome, PolicyRequest, millis};
+use super::settings::{OnError, PluginKind, PluginSettings};
+use super::state::HostState;
+use super::stats::{Counters, PluginStat, PluginStats};
+
+/// The linker shared by every plugin: WASI p2 (locked down per store) + the `host` interface.
+pub(crate) fn linker() -> Result<&'static Linker<HostState>, PluginError> {
+    static LINKER: OnceLock<Result<Linker<HostState>, String>> = OnceLock::new();
+    let engine = engine()?;
+    LINKER
+        .get_or_init(|| {
+            let mut linker = Linker::new(engine);
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
+            // Adds `lockbroker:plugin/host` (and `types`); the ttl-policy world imports the very
+            // same interfaces, so this serves both worlds.
+            KeyPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+                .map_err(|e| format!("{e:#}"))?;
+            Ok(linker)
+        })
+        .as_ref()
+        .map_err(|e| PluginError::Engine(format!("cannot build the plugin linker: {e}")))
+}
+
+/// One consistent set of loaded plugins; swapped as a whole by `reload`.
+struct Generation {
+    /// All plugins, in configuration order.
+    all: Vec<Arc<LoadedPlugin>>,
+    /// Key policies, in configuration order.
+    key: Vec<Arc<LoadedPlugin>>,
+    /// TTL policies, in configuration order.
+    ttl: Vec<Arc<LoadedPlugin>>,
+}
+
+impl Generation {
+    fn new(all: Vec<Arc<LoadedPlugin>>) -> Self {
+        let of = |kind| {
+            all.iter()
+                .filter(|p| p.settings.kind == kind)
+                .cloned()
+                .collect()
+        };
+        Generation {
+            key: of(PluginKind::KeyPolicy),
+            ttl: of(PluginKind::TtlPolicy),
+            all,
+        }
+    }
+}
+
+/// The plugin host. `Send + Sync`; share it with `Arc`.
+pub struct PluginHost {
+    current: ArcSwap<Generation>,
+    settings: Vec<Arc<PluginSettings>>,
+    counters: Vec<Arc<Counters>>,
+    cache_dir: PathBuf,
+    reload_lock: Mutex<()>,
+    empty: bool,
+    _ticker: Option<TickerGuard>,
+}
+
+/// What `reload` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Plugins whose file changed and were swapped in.
+    pub reloaded: Vec<String>,
+    /// Plugins whose file did not change.
+    pub unchanged: Vec<String>,
+}
+
+impl fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.reloaded.is_empty() {
+            write!(f, "no plugin changed")
+        } else {
+            write!(f, "reloaded: {}", self.reloaded.join(", "))
+        }
+    }
+}
+
+impl PluginHost {
+    /// Loads every configured plugin: reads, compiles (or takes the precompiled artifact from
+    /// `cache_dir`), checks the WIT version and world, pre-links, and creates a first instance.
+    /// Any failure refuses the whole set with an error naming the plugin, its file and the
+    /// reason. With no settings this is free (no engine is created).
+    pub fn load(settings: Vec<PluginSettings>, cache_dir: &Path) -> Result<Self, PluginError> {
+        let mut names = HashSet::new();
+        for s in &settings {
+            s.validate()?;
+            if !names.insert(s.name.as_str()) {
+                return Err(PluginError::Settings {
+                    name: s.name.clone(),
+                    reason: "two plugins have this name".to_string(),
+                });
+            }
+            if s.kind == PluginKind::Mirror {
+                return Err(PluginError::Unsupported {
+                    name: s.name.clone(),
+                    kind: s.kind.world(),
+                });
+            }
+        }
+        let settings: Vec<Arc<PluginSettings>> = settings.into_iter().map(Arc::new).collect();
+        let counters: Vec<Arc<Counters>> = settings.iter().map(|_| Arc::default()).collect();
+        if settings.is_empty() {
+            return Ok(PluginHost {
+                current: ArcSwap::from_pointee(Generation::new(Vec::new())),
+                settings,
+                counters,
+                cache_dir: cache_dir.to_path_buf(),
+                reload_lock: Mutex::new(()),
+                empty: true,
+                _ticker: None,
+            });
+        }
+        let engine = engine()?;
+        let linker = linker()?;
+        let ticker = TickerGuard::acquire(engine)?;
+        let mut loaded = Vec::with_capacity(settings.len());
+        for (s, c) in settings.iter().zip(&counters) {
+            let plugin = LoadedPlugin::load(engine, linker, s.clone(), Some(cache_dir), c.clone())?;
+            tracing::info!(
+                target: "lockbroker::plugin",
+                plugin = %s.name,
+                kind = %s.kind,
+                path = %s.path.display(),
+                cached = matches!(plugin.origin, super::cache::Origin::Cache),
+                "plugin loaded"
+            );
+            loaded.push(Arc::new(plugin));
+        }
+        Ok(PluginHost {
+            current: ArcSwap::from_pointee(Generation::new(loaded)),
+            settings,
+            counters,
+            cache_dir: cache_dir.to_path_buf(),
+            reload_lock: Mutex::new(()),
+            empty: false,
+            _ticker: Some(ticker),
+        })
+    }
+
+    /// True when no plugin is configured: the server can skip `evaluate` entirely.
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// Runs the key policies in configuration order (a rewrite feeds the next policy), then the
+    /// TTL policies in order (each gets the previous result as requested TTL, in ms). Returns the
+    /// final key (borrowed unless rewritten), whether it was rewritten, and the granted TTL; or
+    /// the deny reason.
+    ///
+    /// A plugin that traps, runs out of its time budget or memory, or returns an invalid result
+    /// (empty or oversize rewrite, TTL 0) denies the request with a reason naming the plugin
+    /// (or, with `on_error = "allow"`, is skipped for this request). Plugin calls run on wasmtime
+    /// fibers and, as no host function the policy worlds import ever waits, each completes within
+    /// one poll, taking at most the plugin's time budget.
+    pub async fn evaluate<'a>(&self, req: PolicyRequest<'a>) -> Result<PolicyOutcome<'a>, String> {
+        if self.empty {
+            return Ok(PolicyOutcome {
+                key: Cow::Borrowed(req.key),
+                rewritten: false,
+                ttl: req.ttl,
+            });
+        }
+        // In-flight calls keep their generation alive across a concurrent reload.
+        let generation = self.current.load_full();
+        let mut key: Cow<'a, [u8]> = Cow::Borrowed(req.key);
+        for plugin in &generation.key {
+            match plugin.check(&req, &key).await {
+                Ok(KeyDecision::Allow) => {}
+                Ok(KeyDecision::Rewrite(new)) => key = Cow::Owned(new),
+                Ok(KeyDecision::Deny(reason)) => return Err(reason),
+                Err(fault) => fail(plugin, &fault)?,
+            }
+        }
+        let mut ttl_ms = millis(req.ttl);
+        for plugin in &generation.ttl {
+            match plugin.grant_ttl(&req, &key, ttl_ms).await {
+                Ok(Ok(granted)) => ttl_ms = granted,
+                Ok(Err(reason)) => return Err(reason),
+                Err(fault) => fail(plugin, &fault)?,
+            }
+        }
+        Ok(PolicyOutcome {
+            rewritten: matches!(key, Cow::Owned(_)),
+            key,
+            ttl: Duration::from_millis(ttl_ms),
+        })
+    }
+
+    /// Re-reads every plugin file; files whose content changed are compiled (through the cache),
+    /// checked and pre-linked, then the whole set is swapped in atomically. If any changed file
+    /// is bad, nothing is swapped: the running versions keep serving and the error names the
+    /// file. Calls in flight finish on the generation they started on.
+    pub fn reload(&self) -> Result<ReloadReport, PluginError> {
+        let _serialized = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.empty {
+            return Ok(ReloadReport::default());
+        }
+        let engine = engine()?;
+        let linker = linker()?;
+        let old = self.current.load_full();
+        let mut next = Vec::with_capacity(old.all.len());
+        let mut report = ReloadReport::default();
+        for ((settings, counters), running) in
+            self.settings.iter().zip(&self.counters).zip(&old.all)
+        {
+            let result = std::fs::read(&settings.path)
+                .map_err(|source| PluginError::Read {
+                    name: settings.name.clone(),
+                    path: settings.path.clone(),
+                    source,
+                })
+                .and_then(|bytes| {
+                    if super::cache::content_hash(&bytes) == running.content_hash {
+                        return Ok(None);
+                    }
+                    LoadedPlugin::from_bytes(
+                        engine,
+                        linker,
+                        settings.clone(),
+                        &bytes,
+                        Some(&self.cache_dir),
+                        counters.clone(),
+                    )
+                    .map(Some)
+                });
+            match result {
+                Ok(None) => {
+                    report.unchanged.push(settings.name.clone());
+                    next.push(running.clone());
+                }
+                Ok(Some(plugin)) => {
+                    report.reloaded.push(settings.name.clone());
+                    next.push(Arc::new(plugin));
+                }
+                Err(e) => {
+                    Counters::bump(&counters.rejected_reloads);
+                    tracing::error!(
+                        target: "lockbroker::plugin",
+                        "reload rejected, previous plugins keep running: {e}"
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        if !report.reloaded.is_empty() {
+            for (plugin, counters) in report.reloaded.iter().filter_map(|name| {
+                let i = self.settings.iter().position(|s| &s.name == name)?;
+                Some((name, &self.counters[i]))
+            }) {
+                Counters::bump(&counters.reloads);
+                tracing::info!(target: "lockbroker::plugin", plugin = %plugin, "plugin reloaded");
+            }
+            self.current.store(Arc::new(Generation::new(next)));
+        }
+        Ok(report)
+    }
+
+    /// Counters of every plugin, in configuration order.
+    pub fn stats(&self) -> PluginStats {
+        let generation = self.current.load();
+        PluginStats {
+            plugins: self
+                .settings
+                .iter()
+                .zip(&self.counters)
+                .enumerate()
+                .map(|(i, (s, c))| {
+                    let running = generation.all.get(i);
+                    PluginStat::read(
+                        &s.name,
+                        s.kind,
+                        s.path.clone(),
+                        c,
+                        running.map_or(0, |p| p.idle_instances()),
+                        running.is_some_and(|p| matches!(p.origin, super::cache::Origin::Cache)),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The configured plugins.
+    pub fn settings(&self) -> impl Iterator<Item = &PluginSettings> {
+        self.settings.iter().map(|s| s.as_ref())
+    }
+
+    /// Modification time and length of every plugin file (`None` if unreadable), for watchers.
+    pub fn file_stamps(&self) -> Vec<Option<(SystemTime, u64)>> {
+        self.settings
+            .iter()
+            .map(|s| {
+                let meta = std::fs::metadata(&s.path).ok()?;
+                Some((meta.modified().ok()?, meta.len()))
+            })
+            .collect()
+    }
+}
+
+/// Handles a plugin fault: `Err(reason)` (deny) unless the plugin fails open.
+fn fail(plugin: &LoadedPlugin, fault: &Fault) -> Result<(), String> {
+    match plugin.settings.on_error {
+        OnError::Deny => Err(fault.reason(&plugin.settings.name)),
+        OnError::Allow => {
+            Counters::bump(&plugin.counters.failed_open);
+            Ok(())
+        }
+    }
+}
+
+/// `PluginHost` is shared across the server's tasks.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<PluginHost>();
+};

@@ -1,0 +1,57 @@
+//! The WebAssembly plugin host.
+//!
+//! Operators extend the broker with components implementing a world of the
+//! `lockbroker:plugin@0.1.0` WIT package (`wit/` at the repository root): `key-policy` (allow,
+//! rewrite or deny each request), `ttl-policy` (decide the granted TTL) and `mirror` (not hosted
+//! yet). The server builds one [`PluginHost`] from the `[[plugin]]` tables of its configuration
+//! ([`PluginSettings`]) and calls [`PluginHost::evaluate`] for each request.
+//!
+//! How it runs (see the module files, one job each):
+//! * one process-wide wasmtime `Engine` with the pooling allocator and epoch interruption;
+//!   an epoch ticker thread enforces each plugin's per-call time budget (`engine`);
+//! * compiled components are cached on disk, keyed by content + engine (`cache`);
+//! * at load the component's WIT version and world are checked (`world`);
+//! * each plugin keeps a pool of idle instances, each with its own `Store`, memory cap and
+//!   locked-down WASI context (`pool`, `state`, `wasi`);
+//! * a call that traps, times out, exceeds memory or returns garbage denies the request and
+//!   recycles the instance (`plugin`, `fault`); counters in `stats`;
+//! * [`PluginHost::reload`] swaps a new generation in atomically; [`watch`] calls it when a file
+//!   changes; [`check_file`] backs `lockbroker plugin check`.
+
+mod bindings;
+mod cache;
+mod check;
+mod engine;
+mod error;
+mod fault;
+mod host;
+mod plugin;
+mod pool;
+mod request;
+mod settings;
+mod state;
+mod stats;
+mod wasi;
+mod watch;
+mod world;
+
+pub use bindings::{WIT_PACKAGE, WIT_VERSION};
+pub use check::{CheckReport, check_file};
+pub use error::PluginError;
+pub use host::{PluginHost, ReloadReport};
+pub use request::{KeyDecision, LockMode, MAX_KEY_LEN, Operation, PolicyOutcome, PolicyRequest};
+pub use settings::{
+    DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_BUDGET, MAX_MEMORY_LIMIT, OnError, PluginKind,
+    PluginSettings, parse_plugin_tables,
+};
+pub use stats::{PluginStat, PluginStats};
+pub use watch::{watch, watch_every};
+
+/// The file name of the precompiled artifact `PluginHost::load` caches for `wasm_bytes` (in the
+/// `cache_dir` it was given). For tests and operators inspecting the cache.
+pub fn cache_file_name(wasm_bytes: &[u8]) -> Result<String, PluginError> {
+    Ok(cache::cache_key(
+        engine::engine()?,
+        &cache::content_hash(wasm_bytes),
+    ))
+}

@@ -1,0 +1,288 @@
+//! `LoadedPlugin`: one compiled, version-checked, pre-linked plugin file with its instance pool,
+//! and the guarded call path (time budget, memory cap, result validation, fault handling).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use super::bindings::key_policy::KeyPolicyPre;
+use super::bindings::ttl_policy::TtlPolicyPre;
+use super::bindings::types::LockRequest;
+use super::bindings::{WIT_PACKAGE, WIT_VERSION};
+use super::cache::{self, Origin};
+use super::engine::deadline_ticks;
+use super::error::PluginError;
+use super::fault::Fault;
+use super::pool::{Exports, Pool, Pre, block_on};
+use super::request::{KeyDecision, MAX_KEY_LEN, PolicyRequest, millis, to_wit};
+use super::settings::{PluginKind, PluginSettings};
+use super::state::HostState;
+use super::stats::Counters;
+use super::world;
+
+/// Idle instances kept per plugin: enough for every worker thread to have one.
+fn max_idle() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(4)
+        .clamp(2, 64)
+        * 2
+}
+
+/// A loaded plugin (one generation of one configured plugin).
+pub struct LoadedPlugin {
+    /// Its settings.
+    pub settings: Arc<PluginSettings>,
+    /// SHA-256 of the file it was loaded from (reload compares it).
+    pub content_hash: [u8; 32],
+    /// Cache hit or compiled.
+    pub origin: Origin,
+    /// Its counters (shared with other generations of the same plugin).
+    pub counters: Arc<Counters>,
+    pool: Pool,
+    deadline: u64,
+}
+
+impl LoadedPlugin {
+    /// Reads, compiles (through the cache), checks and pre-links `settings.path`, and creates
+    /// one instance (so instantiation problems show at load, and the first call is warm).
+    pub fn load(
+        engine: &'static Engine,
+        linker: &Linker<HostState>,
+        settings: Arc<PluginSettings>,
+        cache_dir: Option<&Path>,
+        counters: Arc<Counters>,
+    ) -> Result<Self, PluginError> {
+        let bytes = std::fs::read(&settings.path).map_err(|source| PluginError::Read {
+            name: settings.name.clone(),
+            path: settings.path.clone(),
+            source,
+        })?;
+        Self::from_bytes(engine, linker, settings, &bytes, cache_dir, counters)
+    }
+
+    /// Like [`LoadedPlugin::load`], from bytes already read.
+    pub fn from_bytes(
+        engine: &'static Engine,
+        linker: &Linker<HostState>,
+        settings: Arc<PluginSettings>,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+        counters: Arc<Counters>,
+    ) -> Result<Self, PluginError> {
+        let name = &settings.name;
+        let path = &settings.path;
+        let compiled =
+            cache::compile(engine, bytes, cache_dir).map_err(|e| PluginError::Invalid {
+                name: name.clone(),
+                path: path.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let shape = world::shape(engine, &compiled.component);
+        if let Some(found) = shape.incompatible_version() {
+            return Err(PluginError::VersionMismatch {
+                name: name.clone(),
+                path: path.clone(),
+                found: found.to_string(),
+                expected: WIT_VERSION.to_string(),
+            });
+        }
+        if let Some(detail) = shape.world_mismatch(settings.kind) {
+            return Err(PluginError::WrongWorld {
+                name: name.clone(),
+                path: path.clone(),
+                expected: settings.kind.world(),
+                detail,
+            });
+        }
+        if shape.versions.is_empty() {
+            return Err(PluginError::WrongWorld {
+                name: name.clone(),
+                path: path.clone(),
+                expected: settings.kind.world(),
+                detail: format!("the component uses no {WIT_PACKAGE} interface"),
+            });
+        }
+        let instantiate_err = |e: wasmtime::Error| PluginError::Instantiate {
+            name: name.clone(),
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = linker
+            .instantiate_pre(&compiled.component)
+            .map_err(instantiate_err)?;
+        let pre = match settings.kind {
+            PluginKind::KeyPolicy => Pre::Key(KeyPolicyPre::new(pre).map_err(instantiate_err)?),
+            PluginKind::TtlPolicy => Pre::Ttl(TtlPolicyPre::new(pre).map_err(instantiate_err)?),
+            PluginKind::Mirror => {
+                return Err(PluginError::Unsupported {
+                    name: name.clone(),
+                    kind: settings.kind.world(),
+                });
+            }
+        };
+        match compiled.origin {
+            Origin::Cache => Counters::bump(&counters.cache_hits),
+            Origin::Compiled => Counters::bump(&counters.compiles),
+        }
+        let pool = Pool::new(engine, pre, settings.clone(), counters.clone(), max_idle());
+        let first = block_on(pool.instantiate()).map_err(instantiate_err)?;
+        pool.checkin(first);
+        Ok(LoadedPlugin {
+            deadline: deadline_ticks(settings.time_budget),
+            settings,
+            content_hash: compiled.content_hash,
+            origin: compiled.origin,
+            counters,
+            pool,
+        })
+    }
+
+    /// Idle pooled instances.
+    pub fn idle_instances(&self) -> usize {
+        self.pool.idle()
+    }
+
+    /// Runs the key policy on `key` (the request's key or a previous policy's rewrite).
+    pub async fn check(&self, req: &PolicyRequest<'_>, key: &[u8]) -> Result<KeyDecision, Fault> {
+        let wit = to_wit(req, key, millis(req.ttl));
+        let result = self
+            .call(Call::Check(&wit), |ret| match ret {
+                Ret::Decision(KeyDecision::Rewrite(new)) if new.is_empty() => {
+                    Some("rewrite to an empty key".to_string())
+                }
+                Ret::Decision(KeyDecision::Rewrite(new)) if new.len() > MAX_KEY_LEN => {
+                    Some(format!(
+                        "rewrite to a {}-byte key (the limit is {MAX_KEY_LEN})",
+                        new.len()
+                    ))
+                }
+                _ => None,
+            })
+            .await?;
+        match result {
+            Ret::Decision(decision) => Ok(decision),
+            Ret::Ttl(_) => Err(Fault::Invalid("not a key policy".to_string())),
+        }
+    }
+
+    /// Runs the TTL policy with `ttl_ms` as the requested TTL. `Ok(Err(reason))` is the plugin's
+    /// own refusal.
+    pub async fn grant_ttl(
+        &self,
+        req: &PolicyRequest<'_>,
+        key: &[u8],
+        ttl_ms: u64,
+    ) -> Result<Result<u64, String>, Fault> {
+        let wit = to_wit(req, key, ttl_ms);
+        let result = self
+            .call(Call::GrantTtl(&wit), |ret| {
+                matches!(ret, Ret::Ttl(Ok(0))).then(|| "a TTL of 0 ms".to_string())
+            })
+            .await?;
+        match result {
+            Ret::Ttl(granted) => Ok(granted),
+            Ret::Decision(_) => Err(Fault::Invalid("not a TTL policy".to_string())),
+        }
+    }
+
+    /// Checks out an instance, makes the call under the time budget, checks the result with
+    /// `invalid` (which names what is wrong with it, if anything), and checks the instance back
+    /// in — or discards it (recycles) if the call failed in any way.
+    async fn call(
+        &self,
+        call: Call<'_>,
+        invalid: impl FnOnce(&Ret) -> Option<String>,
+    ) -> Result<Ret, Fault> {
+        Counters::bump(&self.counters.calls);
+        let mut instance = match self.pool.checkout().await {
+            Ok(instance) => instance,
+            Err(e) => {
+                Counters::bump(&self.counters.instantiate_failures);
+                let fault = Fault::Instantiate(format!("{}", e.root_cause()));
+                self.log_fault(&fault, &e);
+                return Err(fault);
+            }
+        };
+        instance.store.data_mut().limiter.hit = false;
+        let stderr_mark = instance.store.data().stderr.mark();
+        instance.store.data_mut().ticks_left = self.deadline;
+        instance.store.set_epoch_deadline(1);
+        let store = &mut instance.store;
+        let result = match (&instance.exports, call) {
+            (Exports::Key(p), Call::Check(req)) => p
+                .call_check(store, req)
+                .await
+                .map(|d| Ret::Decision(d.into())),
+            (Exports::Ttl(p), Call::GrantTtl(req)) => {
+                p.call_grant_ttl(store, req).await.map(Ret::Ttl)
+            }
+            _ => Err(wasmtime::format_err!(
+                "the plugin does not export this function"
+            )),
+        };
+        let fault = match result {
+            Ok(ret) => match invalid(&ret) {
+                None => {
+                    self.pool.checkin(instance);
+                    return Ok(ret);
+                }
+                Some(detail) => {
+                    Counters::bump(&self.counters.invalid_results);
+                    let fault = Fault::Invalid(detail);
+                    tracing::warn!(
+                        target: "lockbroker::plugin",
+                        plugin = %self.settings.name,
+                        "{fault}; instance recycled"
+                    );
+                    fault
+                }
+            },
+            Err(e) => {
+                let fault = Fault::classify(
+                    &e,
+                    instance.store.data(),
+                    self.settings.time_budget,
+                    stderr_mark,
+                );
+                Counters::bump(match &fault {
+                    Fault::Timeout(_) => &self.counters.timeouts,
+                    Fault::Memory(_) => &self.counters.memory_exceeded,
+                    _ => &self.counters.traps,
+                });
+                self.log_fault(&fault, &e);
+                fault
+            }
+        };
+        Counters::bump(&self.counters.recycled);
+        drop(instance);
+        Err(fault)
+    }
+
+    fn log_fault(&self, fault: &Fault, error: &wasmtime::Error) {
+        tracing::warn!(
+            target: "lockbroker::plugin",
+            plugin = %self.settings.name,
+            "{fault} ({error:?})"
+        );
+    }
+}
+
+/// The export to call.
+#[derive(Clone, Copy)]
+enum Call<'r> {
+    /// `key-policy.check`.
+    Check(&'r LockRequest),
+    /// `ttl-policy.grant-ttl`.
+    GrantTtl(&'r LockRequest),
+}
+
+/// What an export returned.
+enum Ret {
+    /// From `check`.
+    Decision(KeyDecision),
+    /// From `grant-ttl`.
+    Ttl(Result<u64, String>),
+}

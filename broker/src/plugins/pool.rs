@@ -1,0 +1,136 @@
+//! A plugin's pool of idle instances. A call checks an instance out (creating one from the
+//! `InstancePre` only when the pool is empty), uses it, and checks it back in; an instance whose
+//! call failed is dropped instead (recycled), so a trap never poisons later calls. In steady
+//! state no request instantiates anything.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use wasmtime::{Engine, Store};
+
+use super::bindings::key_policy::{KeyPolicy, KeyPolicyPre};
+use super::bindings::ttl_policy::{TtlPolicy, TtlPolicyPre};
+use super::engine::{deadline_ticks, on_epoch_tick};
+use super::settings::PluginSettings;
+use super::state::HostState;
+use super::stats::Counters;
+
+/// Time budget for creating an instance (runs the guest's initializers).
+const INSTANTIATE_BUDGET: Duration = Duration::from_millis(200);
+
+/// A pre-linked component of one world.
+pub enum Pre {
+    /// A key policy.
+    Key(KeyPolicyPre<HostState>),
+    /// A TTL policy.
+    Ttl(TtlPolicyPre<HostState>),
+}
+
+/// The exports of one instance.
+pub enum Exports {
+    /// A key policy.
+    Key(KeyPolicy),
+    /// A TTL policy.
+    Ttl(TtlPolicy),
+}
+
+/// One instance with its store.
+pub struct Instance {
+    /// The store (one per instance).
+    pub store: Store<HostState>,
+    /// The typed exports.
+    pub exports: Exports,
+}
+
+/// Idle instances of one plugin.
+pub struct Pool {
+    engine: &'static Engine,
+    pre: Pre,
+    settings: Arc<PluginSettings>,
+    counters: Arc<Counters>,
+    idle: Mutex<Vec<Instance>>,
+    max_idle: usize,
+}
+
+impl Pool {
+    /// An empty pool keeping at most `max_idle` idle instances.
+    pub fn new(
+        engine: &'static Engine,
+        pre: Pre,
+        settings: Arc<PluginSettings>,
+        counters: Arc<Counters>,
+        max_idle: usize,
+    ) -> Self {
+        Pool {
+            engine,
+            pre,
+            settings,
+            counters,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    /// Creates a new instance.
+    pub async fn instantiate(&self) -> wasmtime::Result<Instance> {
+        let mut store = Store::new(self.engine, HostState::new(self.settings.clone()));
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_callback(on_epoch_tick);
+        store.data_mut().ticks_left =
+            deadline_ticks(INSTANTIATE_BUDGET.max(self.settings.time_budget));
+        store.set_epoch_deadline(1);
+        let exports = match &self.pre {
+            Pre::Key(p) => Exports::Key(p.instantiate_async(&mut store).await?),
+            Pre::Ttl(p) => Exports::Ttl(p.instantiate_async(&mut store).await?),
+        };
+        Counters::bump(&self.counters.instances_created);
+        Ok(Instance { store, exports })
+    }
+
+    /// An idle instance, or a new one.
+    pub async fn checkout(&self) -> wasmtime::Result<Instance> {
+        let idle = self.lock().pop();
+        match idle {
+            Some(instance) => Ok(instance),
+            None => self.instantiate().await,
+        }
+    }
+
+    /// Returns a healthy instance to the pool (dropped if the pool is full).
+    pub fn checkin(&self, instance: Instance) {
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(instance);
+        }
+    }
+
+    /// Number of idle instances.
+    pub fn idle(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Drives `future` to completion on the current thread (parking between polls). Used by the
+/// synchronous entry points (`PluginHost::load`, `check_file`) for instantiation and smoke
+/// calls, which never wait on I/O in the policy worlds.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct ThreadWaker(std::thread::Thread);
+    impl std::task::Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}

@@ -1,0 +1,178 @@
+//! Per-plugin counters (lock-free, shared by every generation of a plugin across reloads) and
+//! the `PluginStats` snapshot returned by `PluginHost::stats`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::settings::PluginKind;
+
+/// Live counters of one configured plugin.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Calls into the plugin (excluding the smoke calls of `check_file`).
+    pub calls: AtomicU64,
+    /// Calls that trapped (other than timeouts and memory exhaustion).
+    pub traps: AtomicU64,
+    /// Calls interrupted at their time budget.
+    pub timeouts: AtomicU64,
+    /// Calls that hit the memory limit.
+    pub memory_exceeded: AtomicU64,
+    /// Calls that returned an invalid result (bad rewrite, TTL 0).
+    pub invalid_results: AtomicU64,
+    /// Failures to create an instance.
+    pub instantiate_failures: AtomicU64,
+    /// Instances discarded after a failure.
+    pub recycled: AtomicU64,
+    /// Instances created.
+    pub instances_created: AtomicU64,
+    /// Failures let through because of `on_error = "allow"`.
+    pub failed_open: AtomicU64,
+    /// Successful reloads of a changed file.
+    pub reloads: AtomicU64,
+    /// Reloads refused (bad new file); the previous version kept running.
+    pub rejected_reloads: AtomicU64,
+    /// Loads satisfied from the precompiled cache.
+    pub cache_hits: AtomicU64,
+    /// Loads that ran the compiler.
+    pub compiles: AtomicU64,
+}
+
+impl Counters {
+    /// `+1` on a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of every plugin's counters, in configuration order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PluginStats {
+    /// One entry per configured plugin.
+    pub plugins: Vec<PluginStat>,
+}
+
+impl PluginStats {
+    /// The entry of the plugin called `name`.
+    pub fn get(&self, name: &str) -> Option<&PluginStat> {
+        self.plugins.iter().find(|p| p.name == name)
+    }
+}
+
+/// The counters of one plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginStat {
+    /// Plugin name.
+    pub name: String,
+    /// Its kind.
+    pub kind: PluginKind,
+    /// Its file.
+    pub path: PathBuf,
+    /// Calls made.
+    pub calls: u64,
+    /// All failed calls: `traps + timeouts + memory_exceeded + invalid_results +
+    /// instantiate_failures`.
+    pub errors: u64,
+    /// Calls that trapped.
+    pub traps: u64,
+    /// Calls that ran out of time.
+    pub timeouts: u64,
+    /// Calls that ran out of memory.
+    pub memory_exceeded: u64,
+    /// Calls that returned garbage.
+    pub invalid_results: u64,
+    /// Instances that could not be created.
+    pub instantiate_failures: u64,
+    /// Instances discarded and replaced after a failure.
+    pub recycled: u64,
+    /// Instances created in total.
+    pub instances_created: u64,
+    /// Idle instances currently pooled.
+    pub idle_instances: usize,
+    /// Failures let through (`on_error = "allow"`).
+    pub failed_open: u64,
+    /// Successful reloads.
+    pub reloads: u64,
+    /// Rejected reloads.
+    pub rejected_reloads: u64,
+    /// Loads from the precompiled cache.
+    pub cache_hits: u64,
+    /// Loads that compiled.
+    pub compiles: u64,
+    /// Whether the running version came from the precompiled cache.
+    pub from_cache: bool,
+}
+
+impl PluginStat {
+    /// Reads `counters`.
+    pub fn read(
+        name: &str,
+        kind: PluginKind,
+        path: PathBuf,
+        c: &Counters,
+        idle_instances: usize,
+        from_cache: bool,
+    ) -> Self {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (traps, timeouts, memory, invalid, inst) = (
+            get(&c.traps),
+            get(&c.timeouts),
+            get(&c.memory_exceeded),
+            get(&c.invalid_results),
+            get(&c.instantiate_failures),
+        );
+        PluginStat {
+            name: name.to_string(),
+            kind,
+            path,
+            calls: get(&c.calls),
+            errors: traps + timeouts + memory + invalid + inst,
+            traps,
+            timeouts,
+            memory_exceeded: memory,
+            invalid_results: invalid,
+            instantiate_failures: inst,
+            recycled: get(&c.recycled),
+            instances_created: get(&c.instances_created),
+            idle_instances,
+            failed_open: get(&c.failed_open),
+            reloads: get(&c.reloads),
+            rejected_reloads: get(&c.rejected_reloads),
+            cache_hits: get(&c.cache_hits),
+            compiles: get(&c.compiles),
+            from_cache,
+        }
+    }
+}
+
+impl fmt::Display for PluginStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.plugins {
+            writeln!(
+                f,
+                "{} ({}, {}): calls={} errors={} (traps={} timeouts={} memory={} invalid={} \
+                 instantiate={}) recycled={} instances={} idle={} failed_open={} reloads={} \
+                 rejected_reloads={} cache_hits={} compiles={}",
+                p.name,
+                p.kind,
+                p.path.display(),
+                p.calls,
+                p.errors,
+                p.traps,
+                p.timeouts,
+                p.memory_exceeded,
+                p.invalid_results,
+                p.instantiate_failures,
+                p.recycled,
+                p.instances_created,
+                p.idle_instances,
+                p.failed_open,
+                p.reloads,
+                p.rejected_reloads,
+                p.cache_hits,
+                p.compiles
+            )?;
+        }
+        Ok(())
+    }
+}
