@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::plugins::PluginSettings;
+
 /// Errors reading or validating a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +40,27 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub locks: LocksConfig,
     pub quic: QuicConfig,
+    /// Plugins, in chain order (`[[plugin]]` tables).
+    pub plugin: Vec<PluginSettings>,
+    pub plugins: PluginsConfig,
+}
+
+/// Settings for the plugin set as a whole.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Reload plugins when their files change (checked every `watch_interval_ms`).
+    pub watch: bool,
+    pub watch_interval_ms: u64,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            watch: true,
+            watch_interval_ms: 500,
+        }
+    }
 }
 
 impl Default for Config {
@@ -50,6 +73,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             locks: LocksConfig::default(),
             quic: QuicConfig::default(),
+            plugin: Vec::new(),
+            plugins: PluginsConfig::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod inspect;
 mod lock;
+mod plugin;
 mod serve;
 
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ enum Command {
     Lock(lock::LockArgs),
     /// Show holders, fencing tokens, remaining TTL and waiters of a key.
     Inspect(inspect::InspectArgs),
+    /// Check a plugin file, or reload the plugins of a running broker.
+    Plugin(plugin::PluginArgs),
 }
 
 /// How a client subcommand reaches the broker.
@@ -86,5 +89,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(a).await,
         Command::Lock(a) => lock::run(a).await,
         Command::Inspect(a) => inspect::run(a).await,
+        Command::Plugin(a) => plugin::run(a).await,
     }
 }

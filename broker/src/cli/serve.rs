@@ -2,12 +2,15 @@
 //! until SIGINT/SIGTERM, then shut down gracefully and exit 0.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use lockbroker::config::Config;
+use lockbroker::plugins::{self, PluginHost};
 use lockbroker::server::Server;
 use lockbroker::server::policy::Policy;
 
@@ -45,7 +48,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cfg.data_dir = dir;
     }
     cfg.validate()?;
-    let server = Server::bind(cfg, Policy::default())?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", cfg.data_dir.display()))?;
+    let plugins = Arc::new(
+        PluginHost::load(cfg.plugin.clone(), &cfg.data_dir.join("plugin-cache"))
+            .context("cannot load plugins")?,
+    );
+    let _watcher = (cfg.plugins.watch && !plugins.is_empty()).then(|| {
+        plugins::watch_every(
+            plugins.clone(),
+            Duration::from_millis(cfg.plugins.watch_interval_ms),
+        )
+    });
+    let _reloader = (!plugins.is_empty()).then(|| tokio::spawn(reload_on_sighup(plugins.clone())));
+    let pid_file = PidFile::write(&cfg.data_dir)?;
+    let server = Server::bind(cfg, Policy::with_plugins(plugins))?;
     let addr = server.local_addr()?;
     println!(
         "lockbroker listening on {addr}/udp (epoch {})",
@@ -67,6 +84,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     server.run(shutdown_signal()).await;
+    drop(pid_file);
     println!("lockbroker stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -83,5 +101,45 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// Reloads the plugins on SIGHUP (also sent by `lockbroker plugin reload`). A bad new
+/// version is refused and the running one keeps serving.
+async fn reload_on_sighup(host: Arc<PluginHost>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; plugin reload by signal is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let host = host.clone();
+        match tokio::task::spawn_blocking(move || host.reload()).await {
+            Ok(Ok(report)) => tracing::info!("plugin reload (SIGHUP): {report}"),
+            Ok(Err(e)) => tracing::error!("plugin reload refused, old plugins keep running: {e}"),
+            Err(e) => tracing::error!("plugin reload task failed: {e}"),
+        }
+    }
+}
+
+/// `lockbroker.pid` in the data dir while the broker runs, so `lockbroker plugin reload`
+/// can find it. Removed on clean exit.
+pub struct PidFile(PathBuf);
+
+/// File name of the pid file inside the data dir.
+pub const PID_FILE: &str = "lockbroker.pid";
+
+impl PidFile {
+    fn write(data_dir: &Path) -> anyhow::Result<PidFile> {
+        let path = data_dir.join(PID_FILE);
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -1,11 +1,15 @@
 //! Request policy: turns what a client asked for (key, TTL) into what the table is asked to do.
-//! Applies the broker's TTL bounds and, when plugins are configured, the key and TTL policies.
+//! Runs the WASM key and TTL policies when plugins are configured, then applies the broker's
+//! TTL bounds (0 → default, capped at the maximum) and key limit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use lockbroker_proto::Mode;
 
 use crate::config::Config;
+use crate::plugins::{LockMode, Operation, PluginHost, PolicyRequest};
 
 /// What a request was allowed to do.
 pub struct Decided {
@@ -16,32 +20,76 @@ pub struct Decided {
 }
 
 /// The operation a policy is asked about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    Acquire,
-    Inspect,
-    Wait,
-}
+pub use crate::plugins::Operation as Op;
 
 /// The policy chain of one broker.
-#[derive(Default)]
-pub struct Policy {}
+#[derive(Default, Clone)]
+pub struct Policy {
+    plugins: Option<Arc<PluginHost>>,
+}
 
 impl Policy {
+    /// A policy that runs these plugins (none when the host is empty).
+    pub fn with_plugins(host: Arc<PluginHost>) -> Policy {
+        Policy {
+            plugins: (!host.is_empty()).then_some(host),
+        }
+    }
+
+    /// The plugin host, if plugins are configured.
+    pub fn plugins(&self) -> Option<&Arc<PluginHost>> {
+        self.plugins.as_ref()
+    }
+
     /// Decides a request: `Err(reason)` denies it.
     pub async fn decide(
         &self,
         cfg: &Config,
-        _principal: &str,
+        principal: &str,
         key: &Bytes,
-        _mode: lockbroker_proto::Mode,
+        mode: Mode,
         requested_ttl_ms: u64,
-        _op: Op,
+        op: Operation,
     ) -> Result<Decided, String> {
+        let Some(host) = &self.plugins else {
+            return Ok(Decided {
+                key: key.clone(),
+                rewritten: false,
+                ttl: clamp_ttl(cfg, requested_ttl_ms),
+            });
+        };
+        let outcome = host
+            .evaluate(PolicyRequest {
+                key,
+                mode: match mode {
+                    Mode::Exclusive => LockMode::Exclusive,
+                    Mode::Shared => LockMode::Shared,
+                    Mode::Semaphore(n) => LockMode::Semaphore(n),
+                },
+                ttl: Duration::from_millis(requested_ttl_ms),
+                principal,
+                op,
+            })
+            .await?;
+        let ttl = clamp_ttl(cfg, super::state::duration_ms(outcome.ttl));
+        if !outcome.rewritten {
+            return Ok(Decided {
+                key: key.clone(),
+                rewritten: false,
+                ttl,
+            });
+        }
+        if outcome.key.len() > cfg.limits.max_key_bytes {
+            return Err(format!(
+                "a key policy rewrote the key to {} bytes, over the broker's {}-byte limit",
+                outcome.key.len(),
+                cfg.limits.max_key_bytes
+            ));
+        }
         Ok(Decided {
-            key: key.clone(),
-            rewritten: false,
-            ttl: clamp_ttl(cfg, requested_ttl_ms),
+            key: Bytes::from(outcome.key.into_owned()),
+            rewritten: true,
+            ttl,
         })
     }
 }
