@@ -1,7 +1,10 @@
 //! End-to-end test support: start the real `lockbroker` binary on an ephemeral UDP port with
 //! its own data dir, connect SDK clients or raw QUIC connections to it, and stop it by handle.
 
+pub mod fencing;
+pub mod plugins;
 pub mod raw;
+pub mod util;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
