@@ -19,8 +19,6 @@ mod sessions;
 mod types;
 
 #[cfg(test)]
-mod bench;
-#[cfg(test)]
 mod invariants;
 #[cfg(test)]
 mod proptests;

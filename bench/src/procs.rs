@@ -1,0 +1,255 @@
+//! The processes a run compares: the release `lockbroker` binary (built here if needed) on an
+//! ephemeral UDP port with its own temp data dir, and a `redis-server` on an ephemeral TCP port
+//! with persistence off. Both are killed when their handle drops.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The workspace root (this crate lives in `<root>/bench`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Builds (a no-op when fresh) and returns the release `lockbroker` binary.
+pub fn build_broker() -> Result<PathBuf> {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "lockbroker",
+            "--bin",
+            "lockbroker",
+        ])
+        .status()
+        .context("run cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the lockbroker binary failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target = if target.is_relative() {
+        root.join(target)
+    } else {
+        target
+    };
+    let bin = target.join("release").join("lockbroker");
+    if !bin.exists() {
+        bail!("{} missing after build", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<TempDir> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("lockbroker-bench-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running broker process.
+pub struct Broker {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: TempDir,
+}
+
+impl Broker {
+    /// Starts `bin serve` on 127.0.0.1:0 with `toml` as its config.
+    pub fn start(bin: &Path, toml: &str) -> Result<Broker> {
+        let data_dir = TempDir::new("broker")?;
+        let cfg = data_dir.path().join("broker.toml");
+        std::fs::write(&cfg, toml)?;
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .arg("--config")
+            .arg(&cfg)
+            .env("LOCKBROKER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawn {} serve", bin.display()))?;
+        let stdout = child.stdout.take().context("broker stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent
+                    && let Some(addr) = line
+                        .strip_prefix("lockbroker listening on ")
+                        .and_then(|r| r.split('/').next())
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                {
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("the broker did not print its listen address within 60 s");
+            }
+        };
+        // The dev certificate is written before the banner; wait for it to be readable.
+        let ca = data_dir.path().join("dev-cert.pem");
+        let start = Instant::now();
+        while !ca.exists() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Broker {
+            child,
+            addr,
+            data_dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("quic://{}", self.addr)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir.path().join("dev-cert.pem")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in bytes (VmRSS of /proc/<pid>/status).
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS line")?;
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("VmRSS value")?
+            .parse()?;
+        Ok(kb * 1024)
+    }
+
+    /// The client builder every broker client of the run uses.
+    pub fn client_builder(&self) -> lockbroker_sdk::ClientBuilder {
+        lockbroker_sdk::Client::builder()
+            .broker(self.url())
+            .ca_file(self.ca())
+            .name("lockbroker-bench")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running redis-server.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    pub version: String,
+}
+
+impl Redis {
+    /// Starts `redis-server --port <ephemeral> --save "" --appendonly no`.
+    pub fn start() -> Result<Redis> {
+        let port = free_tcp_port()?;
+        let version = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .context(
+                "redis-server not found: install it (e.g. `apt-get install -y redis-server`)",
+            )?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawn redis-server")?;
+        let mut redis = Redis {
+            child,
+            port,
+            version,
+        };
+        let start = Instant::now();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = redis.child.try_wait() {
+                bail!("redis-server exited at start: {status}");
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("redis-server did not listen on port {port} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        redis.version = redis
+            .version
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("v="))
+            .unwrap_or(&redis.version)
+            .to_owned();
+        Ok(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_tcp_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}

@@ -1,0 +1,123 @@
+//! A raw QUIC control stream to the broker that pipelines `Acquire` frames, for the memory
+//! test (holding a million leases through the SDK would measure guards, not the broker).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use lockbroker_proto::{Acquire, Frame, Hello, Limits, Mode, WaitSpec, decode, encode};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::AsyncReadExt;
+
+/// A raw session holding leases; closing it (or dropping it) ends the session.
+pub struct RawSession {
+    _endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    _send: quinn::SendStream,
+}
+
+fn endpoint(ca: &Path) -> Result<quinn::Endpoint> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).context("read ca")? {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![lockbroker_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    config.transport_config(Arc::new(transport));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(config);
+    Ok(ep)
+}
+
+/// Opens a session and acquires every key of `keys` (exclusive, `ttl_ms`, no wait), writing
+/// `batch` frames per write; returns once every grant arrived.
+pub async fn hold(
+    addr: SocketAddr,
+    ca: &Path,
+    keys: Vec<Bytes>,
+    ttl_ms: u64,
+    batch: usize,
+) -> Result<RawSession> {
+    let ep = endpoint(ca)?;
+    let conn = ep.connect(addr, "localhost")?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut out = Vec::new();
+    encode(
+        &Frame::Hello(Hello {
+            token: None,
+            client: "lockbroker-bench raw".into(),
+        }),
+        &mut out,
+    );
+    send.write_all(&out).await?;
+    let n = keys.len();
+    let reader = tokio::spawn(async move {
+        let limits = Limits {
+            max_frame: 1 << 20,
+            max_key: 1 << 20,
+        };
+        let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+        let mut granted = 0usize;
+        let mut welcomed = false;
+        while granted < n {
+            while let Some((f, used)) = decode(&buf, &limits)? {
+                bytes::Buf::advance(&mut buf, used);
+                match f {
+                    Frame::Welcome(_) => welcomed = true,
+                    Frame::Granted(_) => granted += 1,
+                    other => bail!("memory test: unexpected answer {other:?}"),
+                }
+            }
+            if granted >= n {
+                break;
+            }
+            if recv.read_buf(&mut buf).await? == 0 {
+                bail!("memory test: broker closed the stream after {granted} grants");
+            }
+        }
+        anyhow::ensure!(welcomed, "no Welcome");
+        Ok(recv)
+    });
+    let mut id = 1u64;
+    for chunk in keys.chunks(batch) {
+        out.clear();
+        for key in chunk {
+            encode(
+                &Frame::Acquire(Acquire {
+                    id,
+                    key: key.clone(),
+                    mode: Mode::Exclusive,
+                    ttl_ms,
+                    wait: WaitSpec::NoWait,
+                }),
+                &mut out,
+            );
+            id += 1;
+        }
+        send.write_all(&out).await?;
+    }
+    let _recv = reader.await??;
+    Ok(RawSession {
+        _endpoint: ep,
+        conn,
+        _send: send,
+    })
+}
+
+impl RawSession {
+    /// Closes the session cleanly (the broker releases its leases).
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
