@@ -30,6 +30,23 @@ pub fn lockbroker_bin() -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "-p", "lockbroker", "--bin", "lockbroker"]);
+        // `cargo test` runs this process with the test package's CARGO_PKG_*/CARGO_MANIFEST_*
+        // variables set; build scripts that watch them (ring's does) would then see a changed
+        // environment and rebuild half the tree on every switch between `cargo build` and the
+        // tests. Build as a plain `cargo build` from a shell would.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || name.starts_with("CARGO_BIN_")
+                || matches!(
+                    &*name,
+                    "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(&*name);
+            }
+        }
         if release {
             cmd.arg("--release");
         }
