@@ -18,8 +18,12 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Builds (a no-op when fresh) and returns the release `lockbroker` binary.
+/// Builds (a no-op when fresh) and returns the release `lockbroker` binary; `LOCKBROKER_BIN`
+/// names a prebuilt one instead (for A/B comparisons of two builds).
 pub fn build_broker() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("LOCKBROKER_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     let root = workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
