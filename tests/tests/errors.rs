@@ -1,0 +1,111 @@
+//! The seeds' error cases over the wire: re-acquiring a held key (`AlreadyHeld`), releasing a
+//! lease that expired (`NotLocked`) or that someone else now holds (`NotOwner`), and the
+//! per-session lease limit (`LimitExceeded`).
+
+use std::time::Duration;
+
+use lockbroker_sdk::{Error, UnlockOutcome};
+use lockbroker_tests::Broker;
+use lockbroker_tests::util::{inspect, wait_for_waiters};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_client_locking_twice_is_already_held() {
+    let broker = Broker::start();
+    let a = broker.client().await;
+    let g = a.lock("ah/k").await.unwrap();
+    // Even a waiting acquire must not silently deadlock on itself.
+    let r = tokio::time::timeout(Duration::from_secs(10), a.lock("ah/k")).await;
+    assert_eq!(r.expect("answered").err(), Some(Error::AlreadyHeld));
+    assert_eq!(a.try_lock("ah/k").await.err(), Some(Error::AlreadyHeld));
+    assert!(matches!(
+        a.read_lock("ah/k").no_wait().await,
+        Err(Error::AlreadyHeld)
+    ));
+    // A clone of the client shares its connection (same session): still AlreadyHeld.
+    let a2 = a.clone();
+    assert_eq!(a2.try_lock("ah/k").await.err(), Some(Error::AlreadyHeld));
+    // Another client is merely Busy.
+    let b = broker.client().await;
+    assert_eq!(b.try_lock("ah/k").await.err(), Some(Error::Busy));
+    let info = inspect(&b, "ah/k").await;
+    assert_eq!(info.holders.len(), 1);
+    assert_eq!(info.waiters, 0);
+
+    // A client queued on a key is also refused a second acquire of it.
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock("ah/k").wait(Duration::from_secs(30)).await })
+    };
+    wait_for_waiters(&a, "ah/k", 1).await;
+    assert_eq!(b.try_lock("ah/k").await.err(), Some(Error::AlreadyHeld));
+    g.unlock().await.unwrap();
+    let gb = waiting.await.unwrap().expect("b granted");
+    gb.unlock().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlocking_an_expired_lease_is_not_locked() {
+    let broker = Broker::start();
+    let a = broker.client().await;
+    let g = a
+        .lock("nl/k")
+        .ttl(Duration::from_millis(300))
+        .no_renew()
+        .await
+        .unwrap();
+    let outcome = a
+        .wait_until_unlocked_for("nl/k", Duration::from_secs(10))
+        .await;
+    assert_eq!(outcome, Ok(UnlockOutcome::Expired));
+    assert_eq!(g.unlock().await, Err(Error::NotLocked));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlocking_a_lease_someone_else_now_holds_is_not_owner() {
+    let broker = Broker::start();
+    let a = broker.client().await;
+    let b = broker.client().await;
+    let ga = a
+        .lock("no/k")
+        .ttl(Duration::from_millis(300))
+        .no_renew()
+        .await
+        .unwrap();
+    // B waits and gets the key when A's lease runs out.
+    let gb = b
+        .lock("no/k")
+        .wait(Duration::from_secs(10))
+        .await
+        .expect("b granted after a's lease expired");
+    assert!(gb.fence() > ga.fence());
+    // Extending the dead lease fails the same way.
+    assert_eq!(ga.extend(Duration::from_secs(5)).await, Err(Error::NotOwner));
+    assert_eq!(ga.unlock().await, Err(Error::NotOwner));
+    // B's lease is untouched.
+    let info = inspect(&a, "no/k").await;
+    assert_eq!(info.owner(), Some(b.session_id().await.unwrap()));
+    assert_eq!(info.holders[0].fence, gb.fence());
+    gb.unlock().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_session_lease_limit() {
+    let broker = Broker::start_with_config("[limits]\nmax_leases_per_session = 2\n");
+    let a = broker.client().await;
+    let g1 = a.lock("lim/1").await.unwrap();
+    let g2 = a.lock("lim/2").await.unwrap();
+    let third = a.lock("lim/3").no_wait().await;
+    assert!(
+        matches!(third, Err(Error::LimitExceeded(_))),
+        "third lease: {third:?}"
+    );
+    let third = a.lock("lim/3").wait(Duration::from_millis(100)).await;
+    assert!(matches!(third, Err(Error::LimitExceeded(_))));
+    // The limit is per session: another client is not affected.
+    let b = broker.client().await;
+    let gb = b.lock("lim/3").no_wait().await.expect("other session");
+    // Releasing one lease makes room again.
+    g1.unlock().await.unwrap();
+    let g3 = a.lock("lim/4").no_wait().await.expect("room after release");
+    drop((g2, g3, gb));
+}
