@@ -181,6 +181,14 @@ impl Broker {
         Client::builder().broker(self.url()).ca_file(self.ca())
     }
 
+    /// A client builder pointed at this broker, trusting `ca` instead of its dev certificate.
+    pub fn client_builder_with_ca(&self, ca: &Path) -> lockbroker_sdk::ClientBuilder {
+        Client::builder()
+            .broker(self.url())
+            .ca_file(ca)
+            .connect_timeout(Duration::from_secs(5))
+    }
+
     /// A connected client.
     pub async fn client(&self) -> Client {
         self.client_builder()
