@@ -1,0 +1,280 @@
+//! The `lockbroker` command line against a real broker: `lock KEY -- CMD` excludes other CLIs,
+//! propagates the command's exit status, hands it LOCKBROKER_FENCE/LOCKBROKER_KEY, fails fast
+//! with `--wait 0`; `inspect KEY` prints holders and fences; connection mistakes are explained.
+
+use std::time::Duration;
+
+use lockbroker_tests::util::{run_bounded, wait_for_holder};
+use lockbroker_tests::{Broker, TempDir, cli, lockbroker_bin};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clis_on_one_key_never_interleave() {
+    let broker = Broker::start();
+    let dir = TempDir::new("cli-excl");
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo \"start $LOCKBROKER_FENCE\" >> '{0}'; sleep 0.3; echo \"end $LOCKBROKER_FENCE\" >> '{0}'",
+        log.display()
+    );
+    const CLIS: usize = 3;
+    const ROUNDS: usize = 2;
+    let mut tasks = Vec::new();
+    for _ in 0..CLIS {
+        let mut cmds = Vec::new();
+        for _ in 0..ROUNDS {
+            let mut cmd = cli(&broker);
+            cmd.args(["lock", "--ttl", "5s", "cli/excl", "--", "sh", "-c", &script]);
+            cmds.push(cmd);
+        }
+        tasks.push(tokio::spawn(async move {
+            for cmd in cmds {
+                let out = run_bounded(cmd, LIMIT).await;
+                assert!(
+                    out.status.success(),
+                    "lockbroker lock failed: {:?} {}",
+                    out.status,
+                    text(&out.stderr)
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("cli task");
+    }
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .expect("log written")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 2 * CLIS * ROUNDS, "log: {lines:#?}");
+    let mut last = 0u64;
+    for pair in lines.chunks(2) {
+        let start = pair[0]
+            .strip_prefix("start ")
+            .unwrap_or_else(|| panic!("interleaved critical sections: {lines:#?}"));
+        let end = pair[1]
+            .strip_prefix("end ")
+            .unwrap_or_else(|| panic!("interleaved critical sections: {lines:#?}"));
+        assert_eq!(start, end, "interleaved critical sections: {lines:#?}");
+        let fence: u64 = start.parse().expect("LOCKBROKER_FENCE is a number");
+        assert!(fence > last, "fences not increasing: {lines:#?}");
+        last = fence;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_zero_on_a_held_key_exits_1() {
+    let broker = Broker::start();
+    let holder = broker.client().await;
+    let g = holder.lock("cli/held").await.unwrap();
+    let dir = TempDir::new("cli-wait0");
+    let marker = dir.path().join("ran");
+
+    let mut cmd = cli(&broker);
+    cmd.args(["lock", "--wait", "0", "cli/held", "--", "touch"])
+        .arg(&marker);
+    let out = run_bounded(cmd, LIMIT).await;
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("could not lock") && err.contains("cli/held"),
+        "stderr should explain: {err}"
+    );
+    assert!(err.contains("busy"), "stderr should say the lock is busy: {err}");
+    assert!(!marker.exists(), "the command ran without the lock");
+
+    // A bounded wait times out the same way.
+    let mut cmd = cli(&broker);
+    cmd.args(["lock", "--wait", "300ms", "cli/held", "--", "touch"])
+        .arg(&marker);
+    let out = run_bounded(cmd, LIMIT).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("timed out"), "{}", text(&out.stderr));
+    assert!(!marker.exists());
+
+    // Once free, `--wait 0` runs the command.
+    g.unlock().await.unwrap();
+    let mut cmd = cli(&broker);
+    cmd.args(["lock", "--wait", "0", "cli/held", "--", "touch"])
+        .arg(&marker);
+    let out = run_bounded(cmd, LIMIT).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(marker.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_exit_status_is_propagated() {
+    let broker = Broker::start();
+    let mut cmd = cli(&broker);
+    cmd.args(["lock", "cli/exit", "--", "sh", "-c", "exit 7"]);
+    let out = run_bounded(cmd, LIMIT).await;
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
+
+    let mut cmd = cli(&broker);
+    cmd.args(["lock", "cli/exit", "--", "true"]);
+    assert_eq!(run_bounded(cmd, LIMIT).await.status.code(), Some(0));
+
+    // A child killed by a signal: 128 + signal, like a shell.
+    let mut cmd = cli(&broker);
+    cmd.args(["lock", "cli/exit", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(run_bounded(cmd, LIMIT).await.status.code(), Some(128 + 15));
+
+    // A command that cannot be started fails, and does not leave the lock held.
+    let mut cmd = cli(&broker);
+    cmd.args(["lock", "cli/exit", "--", "/nonexistent/program"]);
+    let out = run_bounded(cmd, LIMIT).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/program"),
+        "{}",
+        text(&out.stderr)
+    );
+    let c = broker.client().await;
+    let g = lockbroker_tests::util::eventually(
+        "the key free after a failed spawn",
+        Duration::from_secs(10),
+        || {
+            let c = c.clone();
+            async move { c.try_lock("cli/exit").await.ok() }
+        },
+    )
+    .await;
+    g.unlock().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_sees_its_fence_and_inspect_prints_the_holder() {
+    let broker = Broker::start();
+    let script = "echo \"fence=$LOCKBROKER_FENCE key=$LOCKBROKER_KEY\"; \"$LB_BIN\" inspect \"$LOCKBROKER_KEY\"";
+    let mut cmd = cli(&broker);
+    cmd.env("LB_BIN", lockbroker_bin())
+        .args(["lock", "cli/fence", "--", "sh", "-c", script]);
+    let out = run_bounded(cmd, LIMIT).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let first = stdout.lines().next().unwrap_or_default();
+    let fence: u64 = first
+        .strip_prefix("fence=")
+        .and_then(|r| r.strip_suffix(" key=cli/fence"))
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("child did not see LOCKBROKER_FENCE/KEY: {stdout}"));
+    assert!(fence > 0);
+    // `inspect` run by the child shows the CLI holding the key with that fence.
+    assert!(stdout.contains("key: cli/fence"), "{stdout}");
+    assert!(stdout.contains("state: locked"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("holder: session=")
+                && l.contains(&format!("fence={fence} "))
+                && l.contains("mode=Exclusive")),
+        "no holder line with fence {fence}: {stdout}"
+    );
+    assert!(stdout.contains("waiters: 0"), "{stdout}");
+
+    // The CLI released on exit: the next holder gets a larger fence.
+    let c = broker.client().await;
+    let g = c.try_lock("cli/fence").await.expect("released after the command");
+    assert!(g.fence() > fence);
+
+    // `inspect` of a key held by an SDK client, with a waiter.
+    let w = broker.client().await;
+    let waiting = tokio::spawn(async move { w.lock("cli/fence").wait(LIMIT).await });
+    lockbroker_tests::util::wait_for_waiters(&c, "cli/fence", 1).await;
+    let mut cmd = cli(&broker);
+    cmd.args(["inspect", "cli/fence"]);
+    let out = run_bounded(cmd, LIMIT).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let session = c.session_id().await.unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "holder: session={session} fence={} mode=Exclusive",
+            g.fence()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("waiters: 1"), "{stdout}");
+    g.unlock().await.unwrap();
+    waiting.await.unwrap().unwrap().unlock().await.unwrap();
+
+    // A free key.
+    let mut cmd = cli(&broker);
+    cmd.args(["inspect", "cli/free"]);
+    let out = run_bounded(cmd, LIMIT).await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("state: unlocked"), "{stdout}");
+    assert!(!stdout.contains("holder:"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_clis_hold_the_key_together() {
+    let broker = Broker::start();
+    let probe = broker.client().await;
+    // Two shared holders run at the same time: each waits to see the other's mark.
+    let dir = TempDir::new("cli-shared");
+    let mut tasks = Vec::new();
+    for me in ["a", "b"] {
+        let other = if me == "a" { "b" } else { "a" };
+        let script = format!(
+            "touch '{d}/{me}'; i=0; while [ ! -e '{d}/{other}' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -e '{d}/{other}' ]",
+            d = dir.path().display()
+        );
+        let mut cmd = cli(&broker);
+        cmd.args(["lock", "--shared", "cli/shared", "--", "sh", "-c", &script]);
+        tasks.push(tokio::spawn(run_bounded(cmd, LIMIT)));
+    }
+    wait_for_holder(&probe, "cli/shared", LIMIT).await;
+    for t in tasks {
+        let out = t.await.unwrap();
+        assert!(
+            out.status.success(),
+            "shared holders did not overlap: {:?} {}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_mistakes_are_explained() {
+    let broker = Broker::start();
+    let other = Broker::start();
+
+    // No CA at all.
+    let mut cmd = cli(&broker);
+    cmd.env_remove("LOCKBROKER_CA").args(["inspect", "k"]);
+    let out = run_bounded(cmd, LIMIT).await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--ca"), "{}", text(&out.stderr));
+
+    // Another broker's certificate.
+    let mut cmd = cli(&broker);
+    cmd.env("LOCKBROKER_CA", other.ca()).args(["inspect", "k"]);
+    let out = run_bounded(cmd, LIMIT).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).to_lowercase().contains("certificate"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Nothing listening: fails within the connect timeout, with an error.
+    let dead = {
+        let b = Broker::start();
+        let url = b.url();
+        drop(b);
+        url
+    };
+    let mut cmd = cli(&broker);
+    cmd.env("LOCKBROKER_URL", dead).args(["inspect", "k"]);
+    let out = run_bounded(cmd, LIMIT).await;
+    assert!(!out.status.success());
+    assert!(!out.stderr.is_empty());
+}
