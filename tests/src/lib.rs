@@ -41,7 +41,10 @@ pub fn lockbroker_bin() -> PathBuf {
                 || name.starts_with("CARGO_BIN_")
                 || matches!(
                     &*name,
-                    "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
                 )
             {
                 cmd.env_remove(&*name);

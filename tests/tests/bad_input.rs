@@ -129,7 +129,12 @@ async fn oversized_key_and_frame_and_unknown_version_are_refused() {
     encode(&Frame::Ping { id: 1 }, &mut b);
     b[4] = lockbroker_proto::PROTOCOL_VERSION + 1;
     raw.send_bytes(&b).await;
-    expect_fatal(&mut raw, &[ErrorCode::UnsupportedVersion], "version 2 frame").await;
+    expect_fatal(
+        &mut raw,
+        &[ErrorCode::UnsupportedVersion],
+        "version 2 frame",
+    )
+    .await;
 
     // A frame announcing 10 MB: refused from its length prefix, before it is buffered.
     let mut raw = RawConn::hello(broker.addr, &broker.ca()).await;
@@ -148,7 +153,11 @@ async fn oversized_key_and_frame_and_unknown_version_are_refused() {
         matches!(raw.next_frame(LIMIT).await, Some(Frame::Granted(g)) if g.id == 8),
         "a key of exactly 1 KiB is allowed"
     );
-    let g = good.lock("bad/fine").no_wait().await.expect("sdk client works");
+    let g = good
+        .lock("bad/fine")
+        .no_wait()
+        .await
+        .expect("sdk client works");
     g.unlock().await.unwrap();
 }
 
@@ -163,7 +172,12 @@ async fn frames_out_of_order_are_protocol_errors() {
 
     let mut raw = RawConn::connect(broker.addr, &broker.ca()).await;
     raw.send_frame(&acquire(1, b"k".to_vec())).await;
-    expect_fatal(&mut raw, &[ErrorCode::ProtocolOrder], "Acquire before Hello").await;
+    expect_fatal(
+        &mut raw,
+        &[ErrorCode::ProtocolOrder],
+        "Acquire before Hello",
+    )
+    .await;
 
     // Hello twice.
     let mut raw = RawConn::hello(broker.addr, &broker.ca()).await;
@@ -194,16 +208,27 @@ async fn sdk_refuses_oversized_keys_and_keeps_working() {
         c.lock(big.clone()).no_wait().await,
         Err(Error::Invalid(_))
     ));
-    assert!(matches!(c.inspect(big.clone()).await, Err(Error::Invalid(_))));
+    assert!(matches!(
+        c.inspect(big.clone()).await,
+        Err(Error::Invalid(_))
+    ));
     assert!(matches!(
         c.wait_until_unlocked(big.clone()).await,
         Err(Error::Invalid(_))
     ));
     // Same connection, still healthy.
     let session = c.session_id().await.unwrap();
-    let g = c.lock("sdk/ok").no_wait().await.expect("client still works");
+    let g = c
+        .lock("sdk/ok")
+        .no_wait()
+        .await
+        .expect("client still works");
     assert_eq!(inspect(&c, "sdk/ok").await.owner(), Some(session));
-    assert_eq!(c.session_id().await.unwrap(), session, "no reconnect needed");
+    assert_eq!(
+        c.session_id().await.unwrap(),
+        session,
+        "no reconnect needed"
+    );
     g.unlock().await.unwrap();
 
     // The SDK follows the limit the broker announces, not the protocol default.

@@ -86,7 +86,10 @@ async fn wait_zero_on_a_held_key_exits_1() {
         err.contains("could not lock") && err.contains("cli/held"),
         "stderr should explain: {err}"
     );
-    assert!(err.contains("busy"), "stderr should say the lock is busy: {err}");
+    assert!(
+        err.contains("busy"),
+        "stderr should say the lock is busy: {err}"
+    );
     assert!(!marker.exists(), "the command ran without the lock");
 
     // A bounded wait times out the same way.
@@ -95,7 +98,11 @@ async fn wait_zero_on_a_held_key_exits_1() {
         .arg(&marker);
     let out = run_bounded(cmd, LIMIT).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("timed out"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!marker.exists());
 
     // Once free, `--wait 0` runs the command.
@@ -169,18 +176,19 @@ async fn child_sees_its_fence_and_inspect_prints_the_holder() {
     assert!(stdout.contains("key: cli/fence"), "{stdout}");
     assert!(stdout.contains("state: locked"), "{stdout}");
     assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with("holder: session=")
-                && l.contains(&format!("fence={fence} "))
-                && l.contains("mode=Exclusive")),
+        stdout.lines().any(|l| l.starts_with("holder: session=")
+            && l.contains(&format!("fence={fence} "))
+            && l.contains("mode=Exclusive")),
         "no holder line with fence {fence}: {stdout}"
     );
     assert!(stdout.contains("waiters: 0"), "{stdout}");
 
     // The CLI released on exit: the next holder gets a larger fence.
     let c = broker.client().await;
-    let g = c.try_lock("cli/fence").await.expect("released after the command");
+    let g = c
+        .try_lock("cli/fence")
+        .await
+        .expect("released after the command");
     assert!(g.fence() > fence);
 
     // `inspect` of a key held by an SDK client, with a waiter.

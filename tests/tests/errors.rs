@@ -79,7 +79,10 @@ async fn unlocking_a_lease_someone_else_now_holds_is_not_owner() {
         .expect("b granted after a's lease expired");
     assert!(gb.fence() > ga.fence());
     // Extending the dead lease fails the same way.
-    assert_eq!(ga.extend(Duration::from_secs(5)).await, Err(Error::NotOwner));
+    assert_eq!(
+        ga.extend(Duration::from_secs(5)).await,
+        Err(Error::NotOwner)
+    );
     assert_eq!(ga.unlock().await, Err(Error::NotOwner));
     // B's lease is untouched.
     let info = inspect(&a, "no/k").await;

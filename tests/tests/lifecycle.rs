@@ -70,7 +70,10 @@ async fn sigterm_exits_0_and_ends_sessions() {
 
     let start = Instant::now();
     let (_broker, status) = terminate(broker).await;
-    assert!(status.success(), "broker exit status after SIGTERM: {status:?}");
+    assert!(
+        status.success(),
+        "broker exit status after SIGTERM: {status:?}"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(15),
         "shutdown took {:?}",
@@ -194,7 +197,10 @@ async fn banner_names_the_dev_cert_and_a_working_client_command() {
         .find_map(|l| l.trim().strip_prefix("lockbroker lock "))
         .unwrap_or_else(|| panic!("no client command line: {banner}"));
     assert!(line.contains(&format!("--ca {ca}")), "{line}");
-    assert!(line.contains(&format!("--broker {}", broker.url())), "{line}");
+    assert!(
+        line.contains(&format!("--broker {}", broker.url())),
+        "{line}"
+    );
 
     // The printed command works as printed (no LOCKBROKER_* environment needed).
     let mut cmd = std::process::Command::new(lockbroker_bin());

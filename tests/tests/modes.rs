@@ -47,7 +47,11 @@ async fn readers_share_and_a_waiting_writer_is_not_starved() {
     let reader3 = {
         let (r3, log) = (r3.clone(), log.clone());
         tokio::spawn(async move {
-            let g = r3.read_lock(key).wait(LONG).await.expect("reader 3 granted");
+            let g = r3
+                .read_lock(key)
+                .wait(LONG)
+                .await
+                .expect("reader 3 granted");
             log.lock().unwrap().push("reader3");
             g
         })
@@ -68,7 +72,10 @@ async fn readers_share_and_a_waiting_writer_is_not_starved() {
     assert_eq!(info.owner(), Some(w.session_id().await.unwrap()));
     assert_eq!(info.holders[0].mode, Mode::Exclusive);
     assert_eq!(info.waiters, 1);
-    assert!(!reader3.is_finished(), "reader granted alongside the writer");
+    assert!(
+        !reader3.is_finished(),
+        "reader granted alongside the writer"
+    );
 
     let writer_fence = wg.fence();
     wg.unlock().await.unwrap();
@@ -139,11 +146,17 @@ async fn mode_mismatch_is_invalid() {
         "exclusive lock on a semaphore key"
     );
     assert!(
-        matches!(b.read_lock("mm/sem").no_wait().await, Err(Error::Invalid(_))),
+        matches!(
+            b.read_lock("mm/sem").no_wait().await,
+            Err(Error::Invalid(_))
+        ),
         "shared lock on a semaphore key"
     );
     assert!(
-        matches!(b.semaphore("mm/sem", 3).no_wait().await, Err(Error::Invalid(_))),
+        matches!(
+            b.semaphore("mm/sem", 3).no_wait().await,
+            Err(Error::Invalid(_))
+        ),
         "semaphore with another permit count"
     );
     assert!(
@@ -152,13 +165,20 @@ async fn mode_mismatch_is_invalid() {
     );
     let x = a.lock("mm/excl").await.unwrap();
     assert!(
-        matches!(b.semaphore("mm/excl", 2).no_wait().await, Err(Error::Invalid(_))),
+        matches!(
+            b.semaphore("mm/excl", 2).no_wait().await,
+            Err(Error::Invalid(_))
+        ),
         "semaphore on an exclusively held key"
     );
     // The refused requests left nothing behind and the client still works.
     assert_eq!(inspect(&b, "mm/sem").await.holders.len(), 1);
     assert_eq!(inspect(&b, "mm/sem").await.waiters, 0);
-    let ok = b.semaphore("mm/sem", 2).no_wait().await.expect("matching mode");
+    let ok = b
+        .semaphore("mm/sem", 2)
+        .no_wait()
+        .await
+        .expect("matching mode");
     ok.unlock().await.unwrap();
     g.unlock().await.unwrap();
     x.unlock().await.unwrap();
