@@ -1,30 +1,90 @@
-//! A session's outbound queue: frames from any thread are encoded into one buffer and a
-//! single writer task flushes everything queued at once, so frames ready together share one
-//! write (and usually one QUIC packet).
+//! A session's outbound queue. A frame pushed while nothing is queued is written straight into
+//! the QUIC stream by the pushing task (no hand-off to another task: quinn buffers it and its
+//! connection driver packs everything written before it runs into as few packets as possible).
+//! Only when the stream is flow-control blocked do frames queue up in one buffer, which the
+//! writer task flushes in a single write as soon as the stream accepts data again.
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use lockbroker_proto::{Frame, encode};
 use tokio::sync::Notify;
 
+/// A queue that grew past this is given back to the allocator once drained.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
 /// Frames waiting to be written to one session's control stream.
 #[derive(Default)]
 pub struct Outbox {
-    buf: Mutex<Vec<u8>>,
+    inner: Mutex<Inner>,
     notify: Notify,
     closing: AtomicBool,
 }
 
-impl Outbox {
-    /// Queues a frame. Never blocks on I/O.
-    pub fn push(&self, frame: &Frame) {
-        {
-            let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-            encode(frame, &mut buf);
+#[derive(Default)]
+struct Inner {
+    /// Encoded frames not yet accepted by the stream, in order.
+    buf: Vec<u8>,
+    /// The control stream, once the writer runs (until it finishes the stream).
+    send: Option<quinn::SendStream>,
+    /// A write failed: the connection is gone, frames are dropped.
+    failed: bool,
+}
+
+impl Inner {
+    /// Writes as much of `buf` as the stream takes now. `Ready(Ok)` when `buf` is empty,
+    /// `Pending` when the stream is blocked (`cx` is woken when it is writable again).
+    fn flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let Some(send) = self.send.as_mut() else {
+            return Poll::Pending;
+        };
+        while !self.buf.is_empty() {
+            match Pin::new(&mut *send).poll_write(cx, &self.buf) {
+                Poll::Ready(Ok(n)) if n == self.buf.len() => self.buf.clear(),
+                Poll::Ready(Ok(n)) => {
+                    self.buf.drain(..n);
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!("control stream write failed: {e}");
+                    self.failed = true;
+                    self.buf.clear();
+                    return Poll::Ready(Err(()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        self.notify.notify_one();
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Outbox {
+    /// Queues a frame and, if nothing was queued before it, writes it into the stream at once.
+    /// Never blocks on I/O.
+    pub fn push(&self, frame: &Frame) {
+        let wake_writer = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.failed {
+                return;
+            }
+            let was_empty = inner.buf.is_empty();
+            encode(frame, &mut inner.buf);
+            // Frames queued before this one are the writer's: keep the order.
+            !(was_empty
+                && inner.send.is_some()
+                && inner
+                    .flush(&mut Context::from_waker(Waker::noop()))
+                    .is_ready())
+        };
+        if wake_writer {
+            self.notify.notify_one();
+        }
     }
 
     /// Asks the writer to flush what is queued, finish the stream and stop.
@@ -33,35 +93,43 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// The writer loop: runs until `close` (or a write error), then finishes the stream and
-    /// waits (bounded by `grace`) for the peer to have read everything.
-    pub async fn run_writer(&self, mut send: quinn::SendStream, grace: Duration) {
-        let mut spare = Vec::with_capacity(4096);
+    /// Writes whatever is queued, waiting for flow control as needed.
+    async fn drain(&self) -> Result<(), ()> {
+        poll_fn(|cx| {
+            self.inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .flush(cx)
+        })
+        .await
+    }
+
+    /// The writer loop: owns the stream's flow-control waits. Runs until `close` (or a write
+    /// error), then finishes the stream and waits (bounded by `grace`) for the peer to have
+    /// read everything.
+    pub async fn run_writer(&self, send: quinn::SendStream, grace: Duration) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).send = Some(send);
         loop {
-            self.notify.notified().await;
-            // Let other frames produced in the same burst join this write.
-            tokio::task::yield_now().await;
-            {
-                let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-                std::mem::swap(&mut *buf, &mut spare);
-            }
-            if !spare.is_empty() {
-                if let Err(e) = send.write_all(&spare).await {
-                    tracing::debug!("control stream write failed: {e}");
-                    return;
-                }
-                spare.clear();
-            }
-            if self.closing.load(Ordering::Acquire) {
-                let pending =
-                    std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()));
-                if !pending.is_empty() && send.write_all(&pending).await.is_err() {
-                    return;
-                }
-                let _ = send.finish();
-                let _ = tokio::time::timeout(grace, send.stopped()).await;
+            if self.drain().await.is_err() {
                 return;
             }
+            if self.closing.load(Ordering::Acquire) {
+                if self.drain().await.is_err() {
+                    return;
+                }
+                let send = self
+                    .inner
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .send
+                    .take();
+                if let Some(mut send) = send {
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(grace, send.stopped()).await;
+                }
+                return;
+            }
+            self.notify.notified().await;
         }
     }
 }
