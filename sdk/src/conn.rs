@@ -1,10 +1,15 @@
-//! One live connection to a broker: the control stream, a writer that coalesces every frame
-//! queued at once into one write, a reader that routes answers and pushed grants to the
+//! One live connection to a broker: the control stream, a writer path that writes a frame
+//! straight into the stream from the requesting task when nothing is queued (quinn packs every
+//! frame written before its driver runs into one packet) and otherwise queues it for a writer
+//! task that waits out flow control, a reader that routes answers and pushed grants to the
 //! requests waiting for them, and the table of pending requests.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use lockbroker_proto::{Frame, Hello, Limits, Release, Welcome, decode, encode};
@@ -24,6 +29,37 @@ enum Pending {
     Abandoned(Bytes),
 }
 
+/// Frames not yet accepted by the stream, and the stream.
+struct Out {
+    buf: Vec<u8>,
+    send: quinn::SendStream,
+    failed: bool,
+}
+
+impl Out {
+    /// Writes as much of `buf` as the stream takes now: `Ready` once `buf` is empty (or the
+    /// stream failed), `Pending` while flow control blocks it (`cx` is woken later).
+    fn flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.buf.is_empty() {
+            match Pin::new(&mut self.send).poll_write(cx, &self.buf) {
+                Poll::Ready(Ok(n)) if n == self.buf.len() => self.buf.clear(),
+                Poll::Ready(Ok(n)) => {
+                    self.buf.drain(..n);
+                }
+                Poll::Ready(Err(_)) => {
+                    self.failed = true;
+                    self.buf.clear();
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.buf.capacity() > 64 * 1024 {
+            self.buf = Vec::new();
+        }
+        Poll::Ready(())
+    }
+}
+
 /// A connection and its control stream.
 pub(crate) struct Conn {
     quic: quinn::Connection,
@@ -31,7 +67,7 @@ pub(crate) struct Conn {
     limits: Limits,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
-    out: Mutex<Vec<u8>>,
+    out: Mutex<Out>,
     out_ready: Notify,
     closed: AtomicBool,
     closed_notify: Notify,
@@ -99,12 +135,16 @@ impl Conn {
             limits,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            out: Mutex::new(Vec::with_capacity(4096)),
+            out: Mutex::new(Out {
+                buf: Vec::with_capacity(4096),
+                send,
+                failed: false,
+            }),
             out_ready: Notify::new(),
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
         });
-        tokio::spawn(conn.clone().write_loop(send));
+        tokio::spawn(conn.clone().write_loop());
         tokio::spawn(conn.clone().read_loop(recv, buf));
         Ok(conn)
     }
@@ -161,13 +201,24 @@ impl Conn {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Queues a frame; the writer flushes everything queued together.
+    /// Writes a frame into the stream now, or queues it behind frames still waiting for flow
+    /// control (the writer task flushes those).
     pub(crate) fn send(&self, frame: &Frame) {
-        encode(
-            frame,
-            &mut self.out.lock().unwrap_or_else(|e| e.into_inner()),
-        );
-        self.out_ready.notify_one();
+        let wake_writer = {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            if out.failed {
+                return;
+            }
+            let was_empty = out.buf.is_empty();
+            encode(frame, &mut out.buf);
+            !(was_empty
+                && out
+                    .flush(&mut Context::from_waker(Waker::noop()))
+                    .is_ready())
+        };
+        if wake_writer {
+            self.out_ready.notify_one();
+        }
     }
 
     /// Gives up on acquire `id` for `key`: cancel it on the broker and release a grant that
@@ -202,26 +253,17 @@ impl Conn {
         )
     }
 
-    async fn write_loop(self: Arc<Self>, mut send: quinn::SendStream) {
-        let mut spare = Vec::with_capacity(4096);
+    /// Flushes frames queued while the stream was flow-control blocked.
+    async fn write_loop(self: Arc<Self>) {
         loop {
             tokio::select! {
                 () = self.out_ready.notified() => {}
                 () = self.closed() => return,
             }
-            // Let frames produced in the same burst join this write.
-            tokio::task::yield_now().await;
-            std::mem::swap(
-                &mut *self.out.lock().unwrap_or_else(|e| e.into_inner()),
-                &mut spare,
-            );
-            if spare.is_empty() {
-                continue;
-            }
-            if send.write_all(&spare).await.is_err() {
+            poll_fn(|cx| self.out.lock().unwrap_or_else(|e| e.into_inner()).flush(cx)).await;
+            if self.out.lock().unwrap_or_else(|e| e.into_inner()).failed {
                 return;
             }
-            spare.clear();
         }
     }
 
