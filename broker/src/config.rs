@@ -43,6 +43,10 @@ pub struct Config {
     /// Plugins, in chain order (`[[plugin]]` tables).
     pub plugin: Vec<PluginSettings>,
     pub plugins: PluginsConfig,
+    /// Named Redis connections (`[[redis]]` tables), usable by the mirror plugin.
+    pub redis: Vec<crate::redis::RedisSettings>,
+    /// Mirroring of the lock table to Redis through a mirror plugin (off unless `path` is set).
+    pub mirror: crate::mirror::MirrorConfig,
 }
 
 /// Settings for the plugin set as a whole.
@@ -75,6 +79,8 @@ impl Default for Config {
             quic: QuicConfig::default(),
             plugin: Vec::new(),
             plugins: PluginsConfig::default(),
+            redis: Vec::new(),
+            mirror: crate::mirror::MirrorConfig::default(),
         }
     }
 }
@@ -202,6 +208,12 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key go together");
         }
+        for r in &self.redis {
+            r.validate().map_err(ConfigError::Invalid)?;
+        }
+        self.mirror
+            .validate(&self.redis)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

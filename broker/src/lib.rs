@@ -4,7 +4,9 @@
 
 pub mod config;
 pub mod epoch;
+pub mod mirror;
 pub mod plugins;
+pub mod redis;
 pub mod server;
 pub mod table;
 pub mod tls;

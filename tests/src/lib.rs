@@ -4,6 +4,7 @@
 pub mod fencing;
 pub mod plugins;
 pub mod raw;
+pub mod redis;
 pub mod util;
 
 use std::io::{BufRead, BufReader};
@@ -61,9 +62,36 @@ pub fn lockbroker_bin() -> PathBuf {
             "cargo build of the lockbroker binary failed"
         );
         assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
+        pin_binary(&profile_dir, &bin)
     })
     .clone()
+}
+
+/// Others build in the same target dir while tests run, and cargo replaces
+/// `target/<profile>/lockbroker` when they do. A hard link of our own keeps this test process
+/// on the binary it built, and never spawns from a path that is being replaced. Links left by
+/// test processes that are gone are removed (each pins a whole binary on disk).
+fn pin_binary(profile_dir: &Path, bin: &Path) -> PathBuf {
+    let dir = profile_dir.join("lockbroker-tests-bin");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let pid = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("lockbroker."))
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let pinned = dir.join(format!("lockbroker.{}", std::process::id()));
+    let _ = std::fs::remove_file(&pinned);
+    match std::fs::hard_link(bin, &pinned) {
+        Ok(()) => pinned,
+        Err(_) => bin.to_path_buf(),
+    }
 }
 
 /// A temporary directory removed on drop.

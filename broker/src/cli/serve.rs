@@ -63,6 +63,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _reloader = (!plugins.is_empty()).then(|| tokio::spawn(reload_on_sighup(plugins.clone())));
     let pid_file = PidFile::write(&cfg.data_dir)?;
     let server = Server::bind(cfg, Policy::with_plugins(plugins))?;
+    // Restore held locks from the mirror (if configured) before the first client is served.
+    server
+        .start_mirror()
+        .await
+        .context("cannot start the mirror")?;
     let addr = server.local_addr()?;
     println!(
         "lockbroker listening on {addr}/udp (epoch {})",

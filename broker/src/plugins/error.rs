@@ -83,8 +83,12 @@ pub enum PluginError {
         reason: String,
     },
 
-    /// The kind has no host implementation yet (the mirror world).
-    #[error("plugin `{name}`: the `{kind}` plugin kind is not supported by this broker yet")]
+    /// The kind cannot be configured here: a `mirror` plugin is configured in the `[mirror]`
+    /// section (it needs Redis connections and runs off the hot path), not as a `[[plugin]]`.
+    #[error(
+        "plugin `{name}`: a `{kind}` plugin is not a request policy; configure it in the \
+         [mirror] section (path = ...), not as a [[plugin]]"
+    )]
     Unsupported {
         /// Plugin name.
         name: String,

@@ -39,6 +39,27 @@ pub(crate) fn linker() -> Result<&'static Linker<HostState>, PluginError> {
         .map_err(|e| PluginError::Engine(format!("cannot build the plugin linker: {e}")))
 }
 
+/// The linker of mirror plugins: the policy linker's imports plus the `redis` capability.
+pub(crate) fn mirror_linker() -> Result<&'static Linker<HostState>, PluginError> {
+    static LINKER: OnceLock<Result<Linker<HostState>, String>> = OnceLock::new();
+    let engine = engine()?;
+    LINKER
+        .get_or_init(|| {
+            let mut linker = Linker::new(engine);
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
+            KeyPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+                .map_err(|e| format!("{e:#}"))?;
+            super::bindings::redis::add_to_linker::<HostState, HasSelf<HostState>>(
+                &mut linker,
+                |s| s,
+            )
+            .map_err(|e| format!("{e:#}"))?;
+            Ok(linker)
+        })
+        .as_ref()
+        .map_err(|e| PluginError::Engine(format!("cannot build the mirror linker: {e}")))
+}
+
 /// One consistent set of loaded plugins; swapped as a whole by `reload`.
 struct Generation {
     /// All plugins, in configuration order.

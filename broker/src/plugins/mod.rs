@@ -2,8 +2,9 @@
 //!
 //! Operators extend the broker with components implementing a world of the
 //! `lockbroker:plugin@0.1.0` WIT package (`wit/` at the repository root): `key-policy` (allow,
-//! rewrite or deny each request), `ttl-policy` (decide the granted TTL) and `mirror` (not hosted
-//! yet). The server builds one [`PluginHost`] from the `[[plugin]]` tables of its configuration
+//! rewrite or deny each request), `ttl-policy` (decide the granted TTL) and `mirror` (ship lock
+//! events to Redis through the host's `redis` capability; [`MirrorPlugin`], driven by
+//! `crate::mirror`). The server builds one [`PluginHost`] from the `[[plugin]]` tables of its configuration
 //! ([`PluginSettings`]) and calls [`PluginHost::evaluate`] for each request.
 //!
 //! How it runs (see the module files, one job each):
@@ -25,8 +26,10 @@ mod engine;
 mod error;
 mod fault;
 mod host;
+mod mirror_plugin;
 mod plugin;
 mod pool;
+mod redis_host;
 mod request;
 mod settings;
 mod state;
@@ -39,6 +42,14 @@ pub use bindings::{WIT_PACKAGE, WIT_VERSION};
 pub use check::{CheckReport, check_file};
 pub use error::PluginError;
 pub use host::{PluginHost, ReloadReport};
+pub use mirror_plugin::{MirrorCallError, MirrorPlugin};
+
+/// The WIT types a mirror plugin exchanges with the host (generated from `wit/plugin.wit`).
+pub mod wit {
+    pub use super::bindings::types::{
+        EventOutcome, HeldLock, LockEvent, LockEventKind, LockMode, RestoreState,
+    };
+}
 pub use request::{KeyDecision, LockMode, MAX_KEY_LEN, Operation, PolicyOutcome, PolicyRequest};
 pub use settings::{
     DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_BUDGET, MAX_MEMORY_LIMIT, OnError, PluginKind,

@@ -8,8 +8,9 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use super::bindings::key_policy::KeyPolicyPre;
+use super::bindings::mirror::MirrorPre;
 use super::bindings::ttl_policy::TtlPolicyPre;
-use super::bindings::types::LockRequest;
+use super::bindings::types::{EventOutcome, HeldLock, LockEvent, LockRequest, RestoreState};
 use super::bindings::{WIT_PACKAGE, WIT_VERSION};
 use super::cache::{self, Origin};
 use super::engine::deadline_ticks;
@@ -72,6 +73,22 @@ impl LoadedPlugin {
         cache_dir: Option<&Path>,
         counters: Arc<Counters>,
     ) -> Result<Self, PluginError> {
+        let redis = crate::redis::Connections::default();
+        Self::from_bytes_with(engine, linker, settings, bytes, cache_dir, counters, redis)
+    }
+
+    /// Like [`LoadedPlugin::from_bytes`], giving the plugin's instances these Redis
+    /// connections (mirror plugins).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_bytes_with(
+        engine: &'static Engine,
+        linker: &Linker<HostState>,
+        settings: Arc<PluginSettings>,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+        counters: Arc<Counters>,
+        redis: crate::redis::Connections,
+    ) -> Result<Self, PluginError> {
         let name = &settings.name;
         let path = &settings.path;
         let compiled =
@@ -116,18 +133,20 @@ impl LoadedPlugin {
         let pre = match settings.kind {
             PluginKind::KeyPolicy => Pre::Key(KeyPolicyPre::new(pre).map_err(instantiate_err)?),
             PluginKind::TtlPolicy => Pre::Ttl(TtlPolicyPre::new(pre).map_err(instantiate_err)?),
-            PluginKind::Mirror => {
-                return Err(PluginError::Unsupported {
-                    name: name.clone(),
-                    kind: settings.kind.world(),
-                });
-            }
+            PluginKind::Mirror => Pre::Mirror(MirrorPre::new(pre).map_err(instantiate_err)?),
         };
         match compiled.origin {
             Origin::Cache => Counters::bump(&counters.cache_hits),
             Origin::Compiled => Counters::bump(&counters.compiles),
         }
-        let pool = Pool::new(engine, pre, settings.clone(), counters.clone(), max_idle());
+        let pool = Pool::new(
+            engine,
+            pre,
+            settings.clone(),
+            counters.clone(),
+            max_idle(),
+            redis,
+        );
         let first = block_on(pool.instantiate()).map_err(instantiate_err)?;
         pool.checkin(first);
         Ok(LoadedPlugin {
@@ -164,7 +183,7 @@ impl LoadedPlugin {
             .await?;
         match result {
             Ret::Decision(decision) => Ok(decision),
-            Ret::Ttl(_) => Err(Fault::Invalid("not a key policy".to_string())),
+            _ => Err(Fault::Invalid("not a key policy".to_string())),
         }
     }
 
@@ -184,14 +203,14 @@ impl LoadedPlugin {
             .await?;
         match result {
             Ret::Ttl(granted) => Ok(granted),
-            Ret::Decision(_) => Err(Fault::Invalid("not a TTL policy".to_string())),
+            _ => Err(Fault::Invalid("not a TTL policy".to_string())),
         }
     }
 
     /// Checks out an instance, makes the call under the time budget, checks the result with
     /// `invalid` (which names what is wrong with it, if anything), and checks the instance back
     /// in — or discards it (recycles) if the call failed in any way.
-    async fn call(
+    pub(super) async fn call(
         &self,
         call: Call<'_>,
         invalid: impl FnOnce(&Ret) -> Option<String>,
@@ -219,6 +238,14 @@ impl LoadedPlugin {
             (Exports::Ttl(p), Call::GrantTtl(req)) => {
                 p.call_grant_ttl(store, req).await.map(Ret::Ttl)
             }
+            (Exports::Mirror(p), Call::OnEvents(events)) => {
+                p.call_on_events(store, events).await.map(Ret::Outcomes)
+            }
+            (Exports::Mirror(p), Call::Resync(holds, max_fence)) => p
+                .call_resync(store, holds, max_fence)
+                .await
+                .map(Ret::Outcomes),
+            (Exports::Mirror(p), Call::Restore) => p.call_restore(store).await.map(Ret::Restore),
             _ => Err(wasmtime::format_err!(
                 "the plugin does not export this function"
             )),
@@ -272,17 +299,27 @@ impl LoadedPlugin {
 
 /// The export to call.
 #[derive(Clone, Copy)]
-enum Call<'r> {
+pub(super) enum Call<'r> {
     /// `key-policy.check`.
     Check(&'r LockRequest),
     /// `ttl-policy.grant-ttl`.
     GrantTtl(&'r LockRequest),
+    /// `mirror.on-events`.
+    OnEvents(&'r [LockEvent]),
+    /// `mirror.resync`.
+    Resync(&'r [HeldLock], u64),
+    /// `mirror.restore`.
+    Restore,
 }
 
 /// What an export returned.
-enum Ret {
+pub(super) enum Ret {
     /// From `check`.
     Decision(KeyDecision),
     /// From `grant-ttl`.
     Ttl(Result<u64, String>),
+    /// From `on-events` and `resync`.
+    Outcomes(Result<Vec<EventOutcome>, String>),
+    /// From `restore`.
+    Restore(Result<RestoreState, String>),
 }

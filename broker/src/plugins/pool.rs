@@ -9,6 +9,7 @@ use std::time::Duration;
 use wasmtime::{Engine, Store};
 
 use super::bindings::key_policy::{KeyPolicy, KeyPolicyPre};
+use super::bindings::mirror::{Mirror, MirrorPre};
 use super::bindings::ttl_policy::{TtlPolicy, TtlPolicyPre};
 use super::engine::{deadline_ticks, on_epoch_tick};
 use super::settings::PluginSettings;
@@ -24,6 +25,8 @@ pub enum Pre {
     Key(KeyPolicyPre<HostState>),
     /// A TTL policy.
     Ttl(TtlPolicyPre<HostState>),
+    /// A mirror.
+    Mirror(MirrorPre<HostState>),
 }
 
 /// The exports of one instance.
@@ -32,6 +35,8 @@ pub enum Exports {
     Key(KeyPolicy),
     /// A TTL policy.
     Ttl(TtlPolicy),
+    /// A mirror.
+    Mirror(Mirror),
 }
 
 /// One instance with its store.
@@ -50,6 +55,7 @@ pub struct Pool {
     counters: Arc<Counters>,
     idle: Mutex<Vec<Instance>>,
     max_idle: usize,
+    redis: crate::redis::Connections,
 }
 
 impl Pool {
@@ -60,6 +66,7 @@ impl Pool {
         settings: Arc<PluginSettings>,
         counters: Arc<Counters>,
         max_idle: usize,
+        redis: crate::redis::Connections,
     ) -> Self {
         Pool {
             engine,
@@ -68,12 +75,16 @@ impl Pool {
             counters,
             idle: Mutex::new(Vec::new()),
             max_idle,
+            redis,
         }
     }
 
     /// Creates a new instance.
     pub async fn instantiate(&self) -> wasmtime::Result<Instance> {
-        let mut store = Store::new(self.engine, HostState::new(self.settings.clone()));
+        let mut store = Store::new(
+            self.engine,
+            HostState::new(self.settings.clone(), self.redis.clone()),
+        );
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_callback(on_epoch_tick);
         store.data_mut().ticks_left =
@@ -82,6 +93,7 @@ impl Pool {
         let exports = match &self.pre {
             Pre::Key(p) => Exports::Key(p.instantiate_async(&mut store).await?),
             Pre::Ttl(p) => Exports::Ttl(p.instantiate_async(&mut store).await?),
+            Pre::Mirror(p) => Exports::Mirror(p.instantiate_async(&mut store).await?),
         };
         Counters::bump(&self.counters.instances_created);
         Ok(Instance { store, exports })

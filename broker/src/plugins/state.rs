@@ -1,6 +1,6 @@
 //! The per-instance store data (`HostState`): the plugin's identity and settings, its memory
 //! limiter, its locked-down WASI context, and the implementation of the `host` interface
-//! (log, now-ms, config).
+//! (log, now-ms, config). The `redis` interface of mirror plugins is in `redis_host.rs`.
 
 use std::sync::Arc;
 
@@ -26,15 +26,18 @@ pub struct HostState {
     /// Epoch ticks the current call may still observe before it is interrupted (see
     /// `engine::on_epoch_tick`).
     pub ticks_left: u64,
+    /// The Redis connections this plugin may use (empty for policy plugins).
+    pub redis: crate::redis::Connections,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 impl HostState {
     /// Fresh state for a new instance of `settings`' plugin.
-    pub fn new(settings: Arc<PluginSettings>) -> Self {
+    pub fn new(settings: Arc<PluginSettings>, redis: crate::redis::Connections) -> Self {
         let stderr = TailPipe::new();
         HostState {
+            redis,
             limiter: MemoryCap::new(settings.memory_limit),
             wasi: locked_down_ctx(&stderr),
             stderr,

@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use errors::error_frame;
 pub use session::{CLOSE_CLEAN, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
 pub use state::Broker;
+pub(crate) use state::duration_ms;
 
 use crate::config::Config;
 use crate::tls;
@@ -91,6 +93,16 @@ impl Server {
         self.endpoint.local_addr()
     }
 
+    /// Starts the mirror when `[mirror]` is configured: loads its plugin, restores the held
+    /// locks it reports into the table (fences continue above the highest it saw), and starts
+    /// shipping lock events. Call before [`Server::run`]: no client is served before this
+    /// returns. A no-op without a mirror.
+    pub async fn start_mirror(&self) -> Result<(), crate::mirror::MirrorError> {
+        let cfg = self.broker.cfg.clone();
+        crate::mirror::Mirror::start(&cfg, &self.broker).await?;
+        Ok(())
+    }
+
     /// The shared broker state.
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
@@ -137,6 +149,10 @@ impl Server {
         self.endpoint
             .close(CLOSE_SHUTDOWN.into(), b"broker shutting down");
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+        if let Some(mirror) = broker.mirror() {
+            // Ship the releases of the sessions that just ended.
+            mirror.flush(grace).await;
+        }
         expiry.abort();
     }
 }

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -63,6 +63,11 @@ pub struct Broker {
     next_session: AtomicU64,
     shutdown: watch::Sender<bool>,
     pub(crate) policy: super::policy::Policy,
+    /// The mirror, once started (`crate::mirror`): lock events are queued to it under the
+    /// table lock, so it sees them in table order.
+    mirror: OnceLock<Arc<crate::mirror::Mirror>>,
+    /// This broker, for tasks spawned from `dispatch` (sync-mode grants).
+    me: Weak<Broker>,
 }
 
 thread_local! {
@@ -78,7 +83,7 @@ impl Broker {
             max_leases_per_session: cfg.limits.max_leases_per_session,
             max_waiters_per_session: cfg.limits.max_waiters_per_session,
         });
-        Arc::new(Broker {
+        Arc::new_cyclic(|me| Broker {
             cfg,
             epoch,
             core: Mutex::new(Core {
@@ -90,7 +95,24 @@ impl Broker {
             next_session: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             policy,
+            mirror: OnceLock::new(),
+            me: me.clone(),
         })
+    }
+
+    /// Attaches the mirror (once, at start, before serving).
+    pub fn attach_mirror(&self, mirror: Arc<crate::mirror::Mirror>) {
+        let _ = self.mirror.set(mirror);
+    }
+
+    /// The mirror, if one runs.
+    pub fn mirror(&self) -> Option<&Arc<crate::mirror::Mirror>> {
+        self.mirror.get()
+    }
+
+    /// A live session's handle.
+    pub(crate) fn session_handle(&self, id: SessionId) -> Option<Arc<SessionHandle>> {
+        self.sessions.get(&id).map(|h| h.clone())
     }
 
     /// Registers a new session and returns its id and handle.
@@ -130,6 +152,9 @@ impl Broker {
             let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             let result = op(&mut core.table, now, &mut effects);
+            if let Some(m) = self.mirror.get() {
+                m.push(&effects);
+            }
             let next = core.table.next_deadline();
             let wake = match (next, core.timer_at) {
                 (Some(n), Some(t)) => n < t,
@@ -164,6 +189,15 @@ impl Broker {
         let mut orphans = Vec::new();
         for effect in effects.drain(..) {
             match effect {
+                Effect::Granted {
+                    session,
+                    req,
+                    grant,
+                } if self.mirror.get().is_some_and(|m| m.is_sync()) => {
+                    if let Some(me) = self.me.upgrade() {
+                        crate::mirror::sync::confirm_grant(&me, session, req, grant, None);
+                    }
+                }
                 Effect::Granted {
                     session,
                     req,
@@ -205,7 +239,7 @@ impl Broker {
                         });
                     }
                 }
-                // Lock events feed the mirror; with no mirror configured they end here.
+                // Lock events were queued to the mirror (if any) under the table lock.
                 Effect::Event(_) => {}
             }
         }

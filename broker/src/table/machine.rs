@@ -573,6 +573,28 @@ impl Table {
         self.maybe_compact();
     }
 
+    /// Every current lease as (key, holder), in no particular order: the snapshot a mirror
+    /// resynchronizes from. Leases past their deadline that `expire` has not processed yet are
+    /// included. O(live keys).
+    pub fn holds(&self) -> Vec<(Key, Holder)> {
+        self.keys
+            .iter()
+            .flat_map(|e| {
+                e.holders.as_slice().iter().map(|h| {
+                    (
+                        e.key.clone(),
+                        Holder {
+                            session: h.session,
+                            fence: h.fence,
+                            mode: h.mode,
+                            deadline: h.deadline,
+                        },
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Number of live keys (held, queued on, or blocked by lock delay).
     pub fn key_count(&self) -> usize {
         self.keys.len()

@@ -962,3 +962,35 @@ fn errors_have_messages() {
         "lease is not held by this session"
     );
 }
+
+#[test]
+fn holds_lists_every_current_lease() {
+    let mut h = H::new();
+    assert!(h.t.holds().is_empty());
+    let a = h.lock(1, b"a", Mode::Exclusive, 100);
+    let r1 = h.lock(1, b"r", Mode::Shared, 100);
+    let r2 = h.lock(2, b"r", Mode::Shared, 200);
+    h.queue(3, 7, b"a", Mode::Exclusive, Wait::Forever);
+    let mut holds: Vec<(Bytes, SessionId, Fence, Mode)> =
+        h.t.holds()
+            .into_iter()
+            .map(|(k, hd)| (k, hd.session, hd.fence, hd.mode))
+            .collect();
+    holds.sort_by_key(|x| x.2);
+    assert_eq!(
+        holds,
+        vec![
+            (Bytes::from_static(b"a"), 1, a, Mode::Exclusive),
+            (Bytes::from_static(b"r"), 1, r1, Mode::Shared),
+            (Bytes::from_static(b"r"), 2, r2, Mode::Shared),
+        ]
+    );
+    h.release(1, b"a", a).unwrap();
+    let holders: Vec<SessionId> =
+        h.t.holds()
+            .into_iter()
+            .filter(|(k, _)| k.as_ref() == b"a")
+            .map(|(_, hd)| hd.session)
+            .collect();
+    assert_eq!(holders, vec![3], "the waiter now holds `a`");
+}

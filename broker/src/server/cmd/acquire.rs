@@ -42,6 +42,16 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
         t.acquire(now, request, out)
     });
     match result {
+        // Sync mirror: answered once the mirror (Redis) has the hold (crate::mirror::sync).
+        Ok(Some(grant)) if s.broker.mirror().is_some_and(|m| m.is_sync()) => {
+            let retry = crate::mirror::sync::Retry {
+                key: decided.key.clone(),
+                mode: table_mode(a.mode),
+                ttl: decided.ttl,
+                wait: table_wait(a.wait, std::time::Instant::now()),
+            };
+            crate::mirror::sync::confirm_grant(&s.broker, s.id, a.id, grant, Some(retry));
+        }
         Ok(Some(grant)) => s.reply(Frame::Granted(Granted {
             id: a.id,
             fence: grant.fence,

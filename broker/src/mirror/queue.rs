@@ -1,0 +1,190 @@
+//! The bounded event queue between the lock table and the mirror task.
+//!
+//! `push` runs *under the table mutex* (from `Broker::with_table`), so events enter the queue
+//! in exactly the table's order; it never blocks: when the queue is full, events are dropped
+//! and a resync is requested. In `sync` mode every `Acquired` event carries a one-shot channel
+//! on which the mirror task reports whether the hold reached the mirror; the grant path takes
+//! the receiver by fence (`take_confirmation`) and answers the client only then.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{Notify, oneshot};
+
+use super::stats::Counters;
+use crate::table::{Effect, Fence, LockEvent};
+
+/// What became of one hold in the mirror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored.
+    Ok,
+    /// Refused: someone else holds the key in Redis.
+    Conflict(String),
+    /// Not stored (mirror unavailable).
+    Failed(String),
+}
+
+/// One queued event.
+pub struct Item {
+    pub event: LockEvent,
+    /// Sync mode, `Acquired` only: where to report the outcome.
+    pub confirm: Option<oneshot::Sender<Outcome>>,
+}
+
+struct Inner {
+    items: VecDeque<Item>,
+    /// Events were lost: the mirror must be rebuilt from a table snapshot.
+    resync: bool,
+}
+
+/// The queue.
+pub struct Queue {
+    inner: Mutex<Inner>,
+    pending: Mutex<HashMap<Fence, oneshot::Receiver<Outcome>>>,
+    pub(super) notify: Notify,
+    capacity: usize,
+    sync: bool,
+    /// Largest fence seen in any event (shipped or dropped).
+    pub(super) max_fence: AtomicU64,
+    stats: Arc<Counters>,
+}
+
+impl Queue {
+    pub fn new(capacity: usize, sync: bool, stats: Arc<Counters>) -> Queue {
+        Queue {
+            inner: Mutex::new(Inner {
+                items: VecDeque::new(),
+                resync: false,
+            }),
+            pending: Mutex::new(HashMap::new()),
+            notify: Notify::new(),
+            capacity,
+            sync,
+            max_fence: AtomicU64::new(0),
+            stats,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues the lock events among `effects` (which keep them). Called under the table lock.
+    pub fn push(&self, effects: &[Effect]) {
+        let mut pushed = false;
+        let mut inner = None;
+        for effect in effects {
+            let Effect::Event(event) = effect else {
+                continue;
+            };
+            let inner = inner.get_or_insert_with(|| self.lock());
+            let fence = fence_of(event);
+            self.max_fence.fetch_max(fence, Ordering::Relaxed);
+            let acquired = matches!(event, LockEvent::Acquired { .. });
+            let confirm = (self.sync && acquired).then(|| {
+                let (tx, rx) = oneshot::channel();
+                self.pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(fence, rx);
+                tx
+            });
+            // While a resync is pending, plain events are superseded by the coming snapshot;
+            // confirmations still go through so the grant path gets an answer.
+            if inner.items.len() >= self.capacity || (inner.resync && confirm.is_none()) {
+                if !inner.resync {
+                    tracing::warn!(
+                        target: "lockbroker::mirror",
+                        capacity = self.capacity,
+                        "mirror queue full: dropping events until a full resync"
+                    );
+                }
+                inner.resync = true;
+                Counters::add(&self.stats.dropped, 1);
+                if let Some(tx) = confirm {
+                    let _ = tx.send(Outcome::Failed("mirror queue is full".into()));
+                }
+                continue;
+            }
+            inner.items.push_back(Item {
+                event: event.clone(),
+                confirm,
+            });
+            pushed = true;
+        }
+        drop(inner);
+        if pushed {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The receiver of the outcome of the hold with this fence (sync mode).
+    pub fn take_confirmation(&self, fence: Fence) -> Option<oneshot::Receiver<Outcome>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&fence)
+    }
+
+    /// Up to `max` items from the front.
+    pub fn take_batch(&self, max: usize) -> Vec<Item> {
+        let mut inner = self.lock();
+        let n = inner.items.len().min(max);
+        inner.items.drain(..n).collect()
+    }
+
+    /// Everything queued, and whether a resync was requested (the flag is cleared). Call under
+    /// the table lock to pair it with a consistent snapshot.
+    pub fn take_all_for_resync(&self) -> (Vec<Item>, bool) {
+        let mut inner = self.lock();
+        let resync = std::mem::take(&mut inner.resync);
+        (inner.items.drain(..).collect(), resync)
+    }
+
+    /// While the mirror is down and waiting to retry: answers every queued confirmation with
+    /// `Failed(why)` and drops the plain events (the pending resync supersedes them).
+    pub fn drain_failing(&self, why: &str) {
+        let items: Vec<Item> = self.lock().items.drain(..).collect();
+        for item in items {
+            match item.confirm {
+                Some(tx) => {
+                    let _ = tx.send(Outcome::Failed(why.to_string()));
+                }
+                None => Counters::add(&self.stats.dropped, 1),
+            }
+        }
+    }
+
+    /// Requests a resync (after a failed write).
+    pub fn request_resync(&self) {
+        self.lock().resync = true;
+        self.notify.notify_one();
+    }
+
+    /// Whether a resync is pending.
+    pub fn resync_pending(&self) -> bool {
+        self.lock().resync
+    }
+
+    /// Queued items.
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The fence of an event.
+pub fn fence_of(e: &LockEvent) -> Fence {
+    match e {
+        LockEvent::Acquired { fence, .. }
+        | LockEvent::Released { fence, .. }
+        | LockEvent::Expired { fence, .. }
+        | LockEvent::Extended { fence, .. } => *fence,
+    }
+}
