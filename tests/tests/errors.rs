@@ -112,3 +112,27 @@ async fn per_session_lease_limit() {
     let g3 = a.lock("lim/4").no_wait().await.expect("room after release");
     drop((g2, g3, gb));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_session_waiter_limit() {
+    let broker = Broker::start_with_config("[limits]\nmax_waiters_per_session = 1\n");
+    let holder = broker.client().await;
+    let a = broker.client().await;
+    let g1 = holder.lock("wl/1").await.unwrap();
+    let g2 = holder.lock("wl/2").await.unwrap();
+    let first = {
+        let a = a.clone();
+        tokio::spawn(async move { a.lock("wl/1").wait(Duration::from_secs(30)).await })
+    };
+    wait_for_waiters(&holder, "wl/1", 1).await;
+    let second = a.lock("wl/2").wait(Duration::from_secs(5)).await;
+    assert!(
+        matches!(second, Err(Error::LimitExceeded(_))),
+        "second waiter: {second:?}"
+    );
+    // A try-lock does not wait, so the waiter limit does not apply to it.
+    assert_eq!(a.try_lock("wl/2").await.err(), Some(Error::Busy));
+    g1.unlock().await.unwrap();
+    let ga = first.await.unwrap().expect("first waiter granted");
+    drop((ga, g2));
+}

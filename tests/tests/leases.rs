@@ -205,3 +205,67 @@ async fn wait_until_unlocked_reports_released_and_expired() {
     })
     .await;
 }
+
+/// A holder whose connection is lost (not closed) keeps its lease until the TTL; then the key
+/// stays blocked for `lock_delay` before the next grant (Chubby's lock-delay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_holder_expires_then_lock_delay_blocks_the_key() {
+    let broker = Broker::start_with_config(
+        "[quic]\nidle_timeout_ms = 1500\nkeep_alive_ms = 300\n\n[locks]\nlock_delay_ms = 3000\n",
+    );
+    let key = "delay/k";
+    let observer = broker.client().await;
+    let mut holder = cli(&broker)
+        .args(["lock", "--ttl", "5s", key, "--", "sleep", "60"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn lockbroker lock");
+    let fence = wait_for_holder(&observer, key, Duration::from_secs(60))
+        .await
+        .holders[0]
+        .fence;
+    let grandchildren = child_pids(holder.id());
+    holder.kill().expect("SIGKILL the holder");
+    let _ = holder.wait();
+    for p in grandchildren {
+        sigkill(p);
+    }
+    let waiter = {
+        let c = broker.client().await;
+        tokio::spawn(async move {
+            let g = c.lock(key).wait(Duration::from_secs(30)).await;
+            (g, Instant::now(), c)
+        })
+    };
+    wait_for_waiters(&observer, key, 1).await;
+
+    let outcome = observer
+        .wait_until_unlocked_for(key, Duration::from_secs(15))
+        .await
+        .expect("the lost holder's lease expires");
+    let expired_at = Instant::now();
+    assert_eq!(outcome, UnlockOutcome::Expired);
+    // Expired, but the key is held back for the lock delay: nobody is granted yet.
+    let info = inspect(&observer, key).await;
+    assert!(!info.is_locked(), "{info:?}");
+    assert!(
+        info.blocked_for > Duration::ZERO,
+        "no lock-delay block after a lost holder's lease expired: {info:?}"
+    );
+    assert!(info.blocked_for <= Duration::from_secs(3));
+    assert_eq!(info.waiters, 1);
+    assert!(!waiter.is_finished(), "granted during the lock delay");
+
+    let (g, granted_at, _c) = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("waiter granted after the lock delay")
+        .unwrap();
+    let g = g.expect("waiter granted");
+    assert!(g.fence() > fence);
+    let gap = granted_at - expired_at;
+    assert!(
+        gap >= Duration::from_millis(1500),
+        "granted {gap:?} after expiry, lock delay is 3 s"
+    );
+    g.unlock().await.unwrap();
+}
