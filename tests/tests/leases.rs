@@ -40,15 +40,11 @@ async fn sigkilled_holder_keeps_the_lock_until_its_ttl() {
     let check_at = killed_at + Duration::from_millis(800);
     tokio::time::sleep_until(check_at.into()).await;
     let busy = observer.try_lock(key).await;
+    let checked_after = killed_at.elapsed();
     assert_eq!(
         busy.as_ref().err(),
         Some(&Error::Busy),
-        "the key was free 0.8 s after the holder died"
-    );
-    assert!(
-        Instant::now() - killed_at < Duration::from_millis(1300),
-        "the busy check itself ran late ({:?} after the kill); the machine is too loaded",
-        killed_at.elapsed()
+        "the key was free {checked_after:?} after the holder died (TTL 2 s, renewed every ttl/3)"
     );
 
     let outcome = observer
