@@ -348,10 +348,7 @@ impl Client {
             key: key.clone(),
             wait,
         })?;
-        let cancel = CancelOnDrop::new(&conn, id, None);
-        let reply = rx.await.map_err(|_| conn.disconnected())?;
-        cancel.disarm();
-        match reply {
+        match PendingReply::new(&conn, id, None, rx).recv().await? {
             Frame::Unlocked { outcome, .. } => Ok(outcome),
             other => Err(unexpected(other)),
         }
@@ -471,39 +468,47 @@ pub(crate) async fn round_trip_on(
     }
 }
 
-/// Cancels a pending request on the broker if the future awaiting it is dropped.
-pub(crate) struct CancelOnDrop {
+/// The answer to one waiting request (acquire or wait-for-unlock). Dropped before the answer
+/// was taken — a timeout, a `select!` — it gives the request up: cancelled on the broker if
+/// still pending, and a grant that already arrived (or crosses the cancel) is released.
+pub(crate) struct PendingReply {
     conn: Arc<Conn>,
     id: u64,
+    /// The key of an acquire (a grant for it must be released if given up); `None` otherwise.
     key: Option<Bytes>,
-    armed: bool,
+    rx: Option<tokio::sync::oneshot::Receiver<Frame>>,
 }
 
-impl CancelOnDrop {
-    pub(crate) fn new(conn: &Arc<Conn>, id: u64, key: Option<Bytes>) -> Self {
-        CancelOnDrop {
+impl PendingReply {
+    pub(crate) fn new(
+        conn: &Arc<Conn>,
+        id: u64,
+        key: Option<Bytes>,
+        rx: tokio::sync::oneshot::Receiver<Frame>,
+    ) -> Self {
+        PendingReply {
             conn: conn.clone(),
             id,
             key,
-            armed: true,
+            rx: Some(rx),
         }
     }
 
-    pub(crate) fn disarm(mut self) {
-        self.armed = false;
+    /// Waits for the answer.
+    pub(crate) async fn recv(&mut self) -> Result<Frame> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(Error::Protocol("answer already taken".into()));
+        };
+        let reply = rx.await.map_err(|_| self.conn.disconnected());
+        self.rx = None;
+        reply
     }
 }
 
-impl Drop for CancelOnDrop {
+impl Drop for PendingReply {
     fn drop(&mut self) {
-        if self.armed {
-            match self.key.take() {
-                Some(key) => self.conn.abandon(self.id, key),
-                None => {
-                    self.conn.forget(self.id);
-                    self.conn.send(&Frame::Cancel { id: self.id });
-                }
-            }
+        if let Some(rx) = self.rx.take() {
+            self.conn.give_up(self.id, self.key.take(), rx);
         }
     }
 }

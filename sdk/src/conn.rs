@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -71,6 +71,9 @@ pub(crate) struct Conn {
     out_ready: Notify,
     closed: AtomicBool,
     closed_notify: Notify,
+    /// Abandoned acquires not yet resolved by the broker, and a signal when one resolves.
+    abandoned: AtomicUsize,
+    abandoned_settled: Notify,
 }
 
 impl Conn {
@@ -143,6 +146,8 @@ impl Conn {
             out_ready: Notify::new(),
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
+            abandoned: AtomicUsize::new(0),
+            abandoned_settled: Notify::new(),
         });
         tokio::spawn(conn.clone().write_loop());
         tokio::spawn(conn.clone().read_loop(recv, buf));
@@ -221,14 +226,59 @@ impl Conn {
         }
     }
 
-    /// Gives up on acquire `id` for `key`: cancel it on the broker and release a grant that
-    /// crosses the cancel on the wire.
-    pub(crate) fn abandon(&self, id: u64, key: Bytes) {
+    /// Gives up on request `id`, whose answer would come on `rx`. Still pending: cancel it on
+    /// the broker; for an acquire (`key` set), a grant that crosses the cancel is released when
+    /// it arrives. Already answered with a grant: release it now.
+    pub(crate) fn give_up(&self, id: u64, key: Option<Bytes>, mut rx: oneshot::Receiver<Frame>) {
+        // `route` answers under the same lock, so the answer is either still pending here or
+        // already in `rx`.
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = pending.get_mut(&id) {
-            *slot = Pending::Abandoned(key);
+            match key {
+                Some(key) => {
+                    *slot = Pending::Abandoned(key);
+                    self.abandoned.fetch_add(1, Ordering::AcqRel);
+                }
+                None => {
+                    pending.remove(&id);
+                }
+            }
             drop(pending);
             self.send(&Frame::Cancel { id });
+            return;
+        }
+        drop(pending);
+        if let (Ok(Frame::Granted(g)), Some(key)) = (rx.try_recv(), key) {
+            self.release_unwanted(g.rewritten.unwrap_or(key), g.fence);
+        }
+    }
+
+    /// Releases (fire-and-forget) a lease nobody is waiting for any more.
+    fn release_unwanted(&self, key: Bytes, fence: u64) {
+        self.send(&Frame::Release(Release {
+            id: self.fresh_id(),
+            key,
+            fence,
+            ack: false,
+        }));
+    }
+
+    /// Waits until no abandoned acquire of `key` is unresolved on the broker. The broker may
+    /// have granted it before reading our `Cancel`; that grant is released when it arrives, and
+    /// a new acquire of the key sent before then would be refused with `AlreadyHeld`.
+    pub(crate) async fn settle_abandoned(&self, key: &[u8]) {
+        while self.abandoned.load(Ordering::Acquire) > 0 {
+            let settled = self.abandoned_settled.notified();
+            let outstanding = self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|p| matches!(p, Pending::Abandoned(k) if k[..] == *key));
+            if !outstanding || self.is_closed() {
+                return;
+            }
+            settled.await;
         }
     }
 
@@ -295,6 +345,7 @@ impl Conn {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.closed_notify.notify_waiters();
+        self.abandoned_settled.notify_waiters();
     }
 
     fn route(&self, frame: Frame) {
@@ -305,25 +356,21 @@ impl Conn {
             }
             return;
         }
-        let entry = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        match entry {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match pending.remove(&id) {
             Some(Pending::Waiting(tx)) => {
+                // Answered under the lock: see `give_up`.
                 let _ = tx.send(frame);
             }
             Some(Pending::Abandoned(key)) => {
+                // Queue the release before the entry is seen gone (`settle_abandoned` reads
+                // under this lock), so it precedes any new acquire of the key on the stream.
                 if let Frame::Granted(g) = frame {
-                    let key = g.rewritten.unwrap_or(key);
-                    self.send(&Frame::Release(Release {
-                        id: self.fresh_id(),
-                        key,
-                        fence: g.fence,
-                        ack: false,
-                    }));
+                    self.release_unwanted(g.rewritten.unwrap_or(key), g.fence);
                 }
+                self.abandoned.fetch_sub(1, Ordering::AcqRel);
+                drop(pending);
+                self.abandoned_settled.notify_waiters();
             }
             None => {}
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use lockbroker_proto::{Acquire, Frame, Mode, WaitSpec};
 
-use crate::client::{CancelOnDrop, millis, unexpected};
+use crate::client::{PendingReply, millis, unexpected};
 use crate::guard::Guard;
 use crate::{Client, Error, Result};
 
@@ -69,6 +69,7 @@ impl LockRequest {
     async fn run(self) -> Result<Guard> {
         let conn = self.client.conn().await?;
         conn.check_key(&self.key)?;
+        conn.settle_abandoned(&self.key).await;
         if let Mode::Semaphore(0) = self.mode {
             return Err(Error::Invalid(
                 "a semaphore needs at least one permit".into(),
@@ -84,23 +85,22 @@ impl LockRequest {
                 wait: self.wait,
             })
         })?;
-        let cancel = CancelOnDrop::new(&conn, id, Some(self.key.clone()));
+        let mut pending = PendingReply::new(&conn, id, Some(self.key.clone()), rx);
         // The broker times the wait; the client adds the request timeout for a broker that
         // stopped answering.
         let reply = match self.wait {
-            WaitSpec::Forever => rx.await.map_err(|_| conn.disconnected())?,
+            WaitSpec::Forever => pending.recv().await?,
             WaitSpec::NoWait | WaitSpec::Millis(_) => {
                 let limit = match self.wait {
                     WaitSpec::Millis(ms) => Duration::from_millis(ms),
                     _ => Duration::ZERO,
                 } + self.client.request_timeout();
-                match tokio::time::timeout(limit, rx).await {
-                    Ok(r) => r.map_err(|_| conn.disconnected())?,
+                match tokio::time::timeout(limit, pending.recv()).await {
+                    Ok(r) => r?,
                     Err(_) => return Err(Error::Timeout),
                 }
             }
         };
-        cancel.disarm();
         match reply {
             Frame::Granted(g) => Ok(Guard::new(
                 self.client.clone(),

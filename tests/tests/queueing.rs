@@ -174,13 +174,9 @@ async fn dropped_acquire_frees_its_queue_slot() {
 
 /// Giving up on an acquire and asking again at once must work, even when the broker granted
 /// the first acquire before it saw the cancel (the grant "crosses" the cancel on the wire).
-///
-/// BUG (reported): the second acquire fails with `AlreadyHeld`. The broker granted the
-/// abandoned request, its `Cancel` found nothing pending, and the new `Acquire` reached the
-/// broker before the SDK's fire-and-forget `Release` of the crossed grant (which the SDK only
-/// sends once the `Granted` frame arrives).
+/// The SDK holds a new acquire of the key until the abandoned one is resolved (its crossed
+/// grant released), so the broker never sees the session holding the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: re-acquire after an abandoned acquire whose grant crossed the cancel is AlreadyHeld"]
 async fn acquire_again_right_after_abandoning_one() {
     let broker = Broker::start();
     let c = broker.client().await;
@@ -188,9 +184,10 @@ async fn acquire_again_right_after_abandoning_one() {
         // Poll the acquire once (so it is sent), then drop it: on a free key the broker grants
         // it before it reads the cancel.
         let mut acquire = c.lock("abandon/k").into_future();
-        let first =
+        // (On a loaded machine the grant can arrive before the first poll ends: then the
+        // guard is dropped here, a fire-and-forget release, and the round still must work.)
+        let _pending =
             std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx).is_pending())).await;
-        assert!(first, "round {i}: the acquire resolved on its first poll");
         drop(acquire);
         let again = c.lock("abandon/k").wait(Duration::from_secs(10)).await;
         let g = again.unwrap_or_else(|e| panic!("round {i}: acquire after abandoning: {e}"));
