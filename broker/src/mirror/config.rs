@@ -8,6 +8,7 @@
 //! connections = ["main"]                    # [[redis]] names the plugin may use (default: all)
 //! queue_capacity = 65536                    # events buffered before drop-and-resync
 //! batch_max = 1024                          # events per plugin call / Redis pipeline
+//! linger_ms = 10                            # async: how long a batch may fill (mirror lag)
 //! retry_ms = 250                            # pause after a failure before the next resync
 //! restore_timeout_ms = 10000                # how long start-up waits for Redis to restore
 //! time_budget_ms = 1000                     # guest execution per call (Redis waits excluded)
@@ -49,6 +50,9 @@ pub struct MirrorConfig {
     pub connections: Vec<String>,
     pub queue_capacity: usize,
     pub batch_max: usize,
+    /// Async mode: how long the task lets a batch fill before shipping it (0 = ship at once).
+    /// Bounds the mirror's lag behind the table (plus one Redis round trip).
+    pub linger_ms: u64,
     pub retry_ms: u64,
     pub restore_timeout_ms: u64,
     pub time_budget_ms: u64,
@@ -65,6 +69,7 @@ impl Default for MirrorConfig {
             connections: Vec::new(),
             queue_capacity: 65_536,
             batch_max: 1_024,
+            linger_ms: 10,
             retry_ms: 250,
             restore_timeout_ms: 10_000,
             time_budget_ms: 1_000,

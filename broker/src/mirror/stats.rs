@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct Counters {
     pub events: AtomicU64,
+    pub coalesced: AtomicU64,
     pub batches: AtomicU64,
     pub errors: AtomicU64,
     pub dropped: AtomicU64,
@@ -21,6 +22,8 @@ pub struct Counters {
 pub struct MirrorStats {
     /// Events shipped to the plugin (in batches that returned outcomes).
     pub events: u64,
+    /// Events not shipped because their lease started and ended within one batch.
+    pub coalesced: u64,
     /// Plugin calls (`on-events`) that returned.
     pub batches: u64,
     /// Failed calls or events (Redis down, plugin fault, error replies).
@@ -48,6 +51,7 @@ impl Counters {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MirrorStats {
             events: r(&self.events),
+            coalesced: r(&self.coalesced),
             batches: r(&self.batches),
             errors: r(&self.errors),
             dropped: r(&self.dropped),

@@ -3,7 +3,7 @@
 //! mirror from a table snapshot (`resync`), retrying every `retry_ms` while it fails. Lock
 //! traffic never waits for it (except sync-mode grants, which wait for their own outcome).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -86,6 +86,11 @@ pub async fn run(m: Arc<Mirror>, broker: Arc<Broker>, mut modes: Modes) {
             }
             continue;
         }
+        // Async mode: let a batch fill for `linger_ms` — fewer, larger plugin calls and
+        // pipelines, and more leases that start and end inside one batch (never shipped).
+        if !m.is_sync() && m.cfg.linger_ms > 0 && m.queue.len() < m.cfg.batch_max {
+            tokio::time::sleep(Duration::from_millis(m.cfg.linger_ms)).await;
+        }
         let batch = m.queue.take_batch(m.cfg.batch_max);
         if let Err(e) = ship(&m, batch, &mut modes).await {
             fail(&m, &mut health, e);
@@ -115,6 +120,7 @@ async fn ship(m: &Mirror, batch: Vec<Item>, modes: &mut Modes) -> Result<(), Str
     if batch.is_empty() {
         return Ok(());
     }
+    let batch = coalesce(batch, &m.stats);
     let now = Instant::now();
     let at = convert::unix_ms();
     let events: Vec<wit::LockEvent> = batch
@@ -159,6 +165,46 @@ async fn ship(m: &Mirror, batch: Vec<Item>, modes: &mut Modes) -> Result<(), Str
         Some(why) => Err(why),
         None => Ok(()),
     }
+}
+
+/// Drops, from one batch, the leases that start and end inside it (their `Acquired`, any
+/// `Extended` and the `Released`/`Expired`): the mirror holds current state, and such a lease
+/// is not held by the end of the batch. Sync-mode acquisitions (with a confirmation) are kept,
+/// and so is the lease with the batch's highest fence, so the stored max fence keeps up.
+fn coalesce(batch: Vec<Item>, stats: &Counters) -> Vec<Item> {
+    use crate::table::LockEvent as E;
+    let ended: HashSet<Fence> = batch
+        .iter()
+        .filter(|i| matches!(i.event, E::Released { .. } | E::Expired { .. }))
+        .map(|i| fence_of(&i.event))
+        .collect();
+    if ended.is_empty() {
+        return batch;
+    }
+    let mut gone: HashSet<Fence> = batch
+        .iter()
+        .filter(|i| matches!(i.event, E::Acquired { .. }) && i.confirm.is_none())
+        .map(|i| fence_of(&i.event))
+        .filter(|f| ended.contains(f))
+        .collect();
+    if let Some(top) = batch
+        .iter()
+        .filter(|i| matches!(i.event, E::Acquired { .. }))
+        .map(|i| fence_of(&i.event))
+        .max()
+    {
+        gone.remove(&top);
+    }
+    if gone.is_empty() {
+        return batch;
+    }
+    let before = batch.len();
+    let kept: Vec<Item> = batch
+        .into_iter()
+        .filter(|i| !gone.contains(&fence_of(&i.event)))
+        .collect();
+    Counters::add(&stats.coalesced, (before - kept.len()) as u64);
+    kept
 }
 
 /// Rebuilds the mirror from a snapshot of the table. Returns the number of holds written.

@@ -8,7 +8,7 @@ use crate::lockbroker::plugin::redis::{self, RedisScalar, RedisValue};
 use crate::lockbroker::plugin::types::{
     EventOutcome, HeldLock, LockEvent, LockEventKind, LockMode, RestoreState,
 };
-use crate::scripts::{self, CLAIM, MAX_FENCE, RELEASE, describe, evalsha};
+use crate::scripts::{self, Script, describe, evalsha};
 
 /// The plugin's settings.
 pub struct Settings {
@@ -41,18 +41,22 @@ fn claim_cmd(s: &Settings, key: &[u8], fence: u64, mode: LockMode, ttl_ms: u64) 
     let tok = token(fence, mode);
     let name = redis_key(&s.prefix, key, &tok, mode);
     let ttl = ttl_ms.max(1).to_string().into_bytes();
-    evalsha(CLAIM, name, vec![tok, ttl, fence.to_string().into_bytes()])
+    evalsha(
+        Script::Claim,
+        name,
+        vec![tok, ttl, fence.to_string().into_bytes()],
+    )
 }
 
 fn release_cmd(s: &Settings, key: &[u8], fence: u64, mode: LockMode) -> Vec<Vec<u8>> {
     let tok = token(fence, mode);
     let name = redis_key(&s.prefix, key, &tok, mode);
-    evalsha(RELEASE, name, vec![tok])
+    evalsha(Script::Release, name, vec![tok])
 }
 
 fn fence_cmd(s: &Settings, fence: u64) -> Vec<Vec<u8>> {
     evalsha(
-        MAX_FENCE,
+        Script::MaxFence,
         s.fence_key.clone(),
         vec![fence.to_string().into_bytes()],
     )
@@ -144,7 +148,7 @@ pub fn resync(
     scan(s, |name, value| {
         if !wanted.contains(&(name.to_vec(), value.to_vec())) {
             stale.push(scripts::evalsha(
-                RELEASE,
+                Script::Release,
                 name.to_vec(),
                 vec![value.to_vec()],
             ));

@@ -47,16 +47,28 @@ return 0
 
 const ALL: [&str; 3] = [CLAIM, RELEASE, MAX_FENCE];
 
-/// SHA-1 (hex) of a script, as EVALSHA wants it.
-pub fn sha(script: &str) -> String {
-    sha1_smol::Sha1::from(script).digest().to_string()
+/// One of the scripts.
+#[derive(Clone, Copy)]
+pub enum Script {
+    Claim = 0,
+    Release = 1,
+    MaxFence = 2,
+}
+
+impl Script {
+    /// SHA-1 (hex) of the script, as EVALSHA wants it (computed once).
+    pub fn sha(self) -> &'static [u8] {
+        static SHAS: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+        let shas = SHAS.get_or_init(|| ALL.map(|s| sha1_smol::Sha1::from(s).digest().to_string()));
+        shas[self as usize].as_bytes()
+    }
 }
 
 /// `EVALSHA <sha> 1 <key> <args...>`.
-pub fn evalsha(script: &str, key: Vec<u8>, args: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+pub fn evalsha(script: Script, key: Vec<u8>, args: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let mut cmd = Vec::with_capacity(4 + args.len());
     cmd.push(b"EVALSHA".to_vec());
-    cmd.push(sha(script).into_bytes());
+    cmd.push(script.sha().to_vec());
     cmd.push(b"1".to_vec());
     cmd.push(key);
     cmd.extend(args);
