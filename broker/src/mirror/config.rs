@@ -132,3 +132,50 @@ impl MirrorConfig {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Config {
+        toml::from_str(text).expect("parses")
+    }
+
+    #[test]
+    fn mirror_tables_parse_and_validate() {
+        let cfg = parse(
+            r#"
+            [[redis]]
+            name = "main"
+            url = "rediss://user:pw@127.0.0.1:6380/2"
+            command_timeout_ms = 250
+            [mirror]
+            path = "m.wasm"
+            mode = "sync"
+            connections = ["main"]
+            [mirror.config]
+            prefix = "lk:"
+            scan_count = 500
+            "#,
+        );
+        cfg.validate().expect("valid");
+        assert_eq!(cfg.mirror.mode, super::MirrorMode::Sync);
+        let s = cfg.mirror.plugin_settings();
+        assert_eq!(s.config["prefix"], "lk:");
+        assert_eq!(s.config["scan_count"], "500");
+        assert_eq!(cfg.redis[0].command_timeout_ms, 250);
+    }
+
+    #[test]
+    fn a_mirror_needs_known_connections() {
+        let no_redis = parse("[mirror]\npath = \"m.wasm\"\n");
+        assert!(no_redis.validate().is_err());
+        let unknown = parse(
+            "[[redis]]\nname = \"a\"\nurl = \"redis://x\"\n[mirror]\npath = \"m.wasm\"\nconnections = [\"b\"]\n",
+        );
+        assert!(unknown.validate().is_err());
+        let bad_url = parse("[[redis]]\nname = \"a\"\nurl = \"http://x\"\n");
+        assert!(bad_url.validate().is_err());
+        assert!(toml::from_str::<Config>("[mirror]\nmode = \"maybe\"\n").is_err());
+    }
+}
