@@ -7,7 +7,7 @@
 //! mode = "async"                            # async | sync
 //! connections = ["main"]                    # [[redis]] names the plugin may use (default: all)
 //! queue_capacity = 65536                    # events buffered before drop-and-resync
-//! batch_max = 1024                          # events per plugin call / Redis pipeline
+//! batch_max = 8192                          # events per plugin call / Redis pipeline
 //! linger_ms = 10                            # async: how long a batch may fill (mirror lag)
 //! retry_ms = 250                            # pause after a failure before the next resync
 //! restore_timeout_ms = 10000                # how long start-up waits for Redis to restore
@@ -68,7 +68,7 @@ impl Default for MirrorConfig {
             mode: MirrorMode::Async,
             connections: Vec::new(),
             queue_capacity: 65_536,
-            batch_max: 1_024,
+            batch_max: 8_192,
             linger_ms: 10,
             retry_ms: 250,
             restore_timeout_ms: 10_000,
@@ -95,6 +95,12 @@ impl MirrorConfig {
         }
         if self.queue_capacity == 0 || self.batch_max == 0 {
             return Err("[mirror] queue_capacity and batch_max must be > 0".into());
+        }
+        if self.batch_max >= crate::redis::MAX_PIPELINE {
+            return Err(format!(
+                "[mirror] batch_max must be below {} (one pipeline per batch)",
+                crate::redis::MAX_PIPELINE
+            ));
         }
         self.plugin_settings()
             .validate()

@@ -108,11 +108,13 @@ impl Queue {
                 }
                 continue;
             }
+            // Wake the task only when the queue turns non-empty: otherwise it is awake already
+            // (or holds a wake-up permit).
+            pushed |= inner.items.is_empty();
             inner.items.push_back(Item {
                 event: event.clone(),
                 confirm,
             });
-            pushed = true;
         }
         drop(inner);
         if pushed {
