@@ -129,6 +129,11 @@ impl Broker {
         self.with_table(|t, now, out| t.close_session(now, id, clean, out));
     }
 
+    /// The policy chain (plugins) of this broker.
+    pub fn policy(&self) -> &super::policy::Policy {
+        &self.policy
+    }
+
     /// Number of live sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.len()

@@ -1,0 +1,100 @@
+//! What policy plugins cost on the lock path, side by side in one run (a plain timing
+//! program, `harness = false`; needs the plugins built):
+//!
+//! ```sh
+//! plugins/build.sh && cargo bench -p lockbroker --bench policy
+//! ```
+//!
+//! Starts two in-process brokers — no plugins, and both example plugins chained
+//! (`key-prefix-acl` then `ttl-clamp`) — and prints, in alternating rounds:
+//! 1. lock throughput (lock + acknowledged unlock cycles/s, 4 connections × 16 lockers), and the
+//!    ratio plugins / none (target ≥ 0.9×);
+//! 2. sequential acquire latency p50/p99 and the p50 difference (target ≤ +5 µs).
+//!
+//! `LB_BENCH_SECS` (default 3) sets the length of each throughput round.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lockbroker::config::Config;
+use lockbroker::plugins::{PluginHost, PluginKind, PluginSettings};
+use lockbroker::server::policy::Policy;
+use support::{acquire_latencies, median, pct, start_broker, throughput};
+
+fn plugin(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/dist/{name}.wasm"));
+    if !p.is_file() {
+        eprintln!("{} is missing: run plugins/build.sh first", p.display());
+        std::process::exit(2);
+    }
+    p
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let secs: f64 = std::env::var("LB_BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0);
+        let cache = tempfile::tempdir().expect("tempdir");
+        let host = PluginHost::load(
+            vec![
+                PluginSettings::new("acl", plugin("key_prefix_acl"), PluginKind::KeyPolicy)
+                    .with_config("rules", "default=bench/:rw,pol/:rw,w/:rw"),
+                PluginSettings::new("clamp", plugin("ttl_clamp"), PluginKind::TtlPolicy)
+                    .with_config("max_ms", "60000"),
+            ],
+            cache.path(),
+        )
+        .expect("load plugins");
+        let none = start_broker("none", Config::default(), Policy::default()).await;
+        let with = start_broker(
+            "plugins",
+            Config::default(),
+            Policy::with_plugins(Arc::new(host)),
+        )
+        .await;
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        println!(
+            "policy benchmark: {cores} cores, in-process brokers, 4 clients x 16 lockers, {secs} s rounds"
+        );
+        throughput(&none, 4, 16, 0.5, "w").await;
+        throughput(&with, 4, 16, 0.5, "w").await;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..3 {
+            a.push(throughput(&none, 4, 16, secs, &format!("bench/{round}")).await);
+            b.push(throughput(&with, 4, 16, secs, &format!("bench/{round}")).await);
+        }
+        let (n, w) = (median(&mut a), median(&mut b));
+        println!("throughput, lock+unlock cycles/s (median of 3 rounds):");
+        println!("  no plugins         {n:>10.0}   rounds {a:.0?}");
+        println!("  acl + ttl-clamp    {w:>10.0}   rounds {b:.0?}");
+        println!("  ratio              {:>10.2}×  (target >= 0.9)", w / n);
+
+        let samples = 3_000;
+        let (mut p50n, mut p50w) = (Vec::new(), Vec::new());
+        let (mut lat_n, mut lat_w) = (Vec::new(), Vec::new());
+        for round in 0..3 {
+            let ln = acquire_latencies(&none, samples, &format!("pol/{round}")).await;
+            let lw = acquire_latencies(&with, samples, &format!("pol/{round}")).await;
+            p50n.push(pct(&ln, 0.5));
+            p50w.push(pct(&lw, 0.5));
+            lat_n = ln;
+            lat_w = lw;
+        }
+        let (mn, mw) = (median(&mut p50n), median(&mut p50w));
+        println!("acquire latency, one client, sequential ({samples} samples x 3 rounds), µs:");
+        println!("  no plugins         p50 {mn:>7.1}  p99 {:>7.1} (last round)", pct(&lat_n, 0.99));
+        println!("  acl + ttl-clamp    p50 {mw:>7.1}  p99 {:>7.1} (last round)", pct(&lat_w, 0.99));
+        println!("  p50 difference     {:>+7.1} µs  (target <= +5)", mw - mn);
+        if let Some(h) = with.broker.policy().plugins() {
+            println!("  plugin stats: {:?}", h.stats());
+        }
+    });
+}
