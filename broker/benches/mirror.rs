@@ -14,18 +14,17 @@
 //!
 //! `LB_BENCH_SECS` (default 3) sets the length of each throughput round.
 
+mod support;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lockbroker::config::Config;
 use lockbroker::mirror::MirrorMode;
 use lockbroker::redis::RedisSettings;
-use lockbroker::server::Server;
 use lockbroker::server::policy::Policy;
-use lockbroker_sdk::Client;
+use support::{InProcessBroker, acquire_latencies, median, pct, start_broker, throughput};
 
 struct Redis(Child, u16);
 
@@ -65,23 +64,9 @@ fn start_redis() -> Redis {
     }
 }
 
-/// An in-process broker; returns a client factory's (url, ca).
-async fn start_broker(
-    tag: &str,
-    redis_port: u16,
-    mode: Option<MirrorMode>,
-) -> (
-    String,
-    std::path::PathBuf,
-    (tempfile::TempDir, Arc<lockbroker::server::Broker>),
-) {
-    let dir = tempfile::Builder::new()
-        .prefix(tag)
-        .tempdir()
-        .expect("tempdir");
+/// An in-process broker, mirroring to Redis when `mode` is set.
+async fn mirrored_broker(tag: &str, redis_port: u16, mode: Option<MirrorMode>) -> InProcessBroker {
     let mut cfg = Config::default();
-    cfg.listen = "127.0.0.1:0".parse().expect("addr");
-    cfg.data_dir = dir.path().to_path_buf();
     if let Some(mode) = mode {
         let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../plugins/dist/redis_mirror.wasm");
@@ -99,69 +84,12 @@ async fn start_broker(
             .config
             .insert("prefix".into(), toml::Value::String(format!("{tag}:")));
     }
-    let server = Server::bind(cfg, Policy::default()).expect("bind");
-    server.start_mirror().await.expect("mirror");
-    let addr = server.local_addr().expect("addr");
-    let ca = server.dev_ca.clone().expect("dev ca");
-    let broker = server.broker().clone();
-    tokio::spawn(server.run(std::future::pending()));
-    (format!("quic://{addr}"), ca, (dir, broker))
-}
-
-async fn client(url: &str, ca: &std::path::Path) -> Client {
-    Client::builder()
-        .broker(url)
-        .ca_file(ca)
-        .connect()
-        .await
-        .expect("connect")
-}
-
-/// Lock + unlock cycles per second with `clients` × `tasks` concurrent lockers.
-async fn throughput(url: &str, ca: &std::path::Path, secs: f64, tag: &str) -> f64 {
-    let (clients, tasks) = (4, 16);
-    let done = Arc::new(AtomicU64::new(0));
-    let until = Instant::now() + Duration::from_secs_f64(secs);
-    let mut handles = Vec::new();
-    for c in 0..clients {
-        let cl = client(url, ca).await;
-        for t in 0..tasks {
-            let cl = cl.clone();
-            let done = done.clone();
-            let tag = tag.to_string();
-            handles.push(tokio::spawn(async move {
-                let key = format!("{tag}/{c}/{t}");
-                while Instant::now() < until {
-                    let g = cl.lock(key.clone()).no_renew().await.expect("lock");
-                    g.unlock().await.expect("unlock");
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
-        }
-    }
-    for h in handles {
-        h.await.expect("task");
-    }
-    done.load(Ordering::Relaxed) as f64 / secs
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
+    start_broker(tag, cfg, Policy::default()).await
 }
 
 /// Acquire latency (µs p50, p99): sequential lock (timed) + unlock (untimed).
-async fn acquire_latency(url: &str, ca: &std::path::Path, n: usize, tag: &str) -> (f64, f64) {
-    let cl = client(url, ca).await;
-    let mut lat = Vec::with_capacity(n);
-    for i in 0..n {
-        let key = format!("{tag}/lat/{}", i % 64);
-        let t = Instant::now();
-        let g = cl.lock(key).no_renew().await.expect("lock");
-        lat.push(t.elapsed());
-        g.unlock().await.expect("unlock");
-    }
-    lat.sort();
+async fn acquire_latency(b: &InProcessBroker, n: usize, tag: &str) -> (f64, f64) {
+    let lat = acquire_latencies(b, n, tag).await;
     (pct(&lat, 0.5), pct(&lat, 0.99))
 }
 
@@ -221,37 +149,33 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(3.0);
         let redis = start_redis();
-        let (none_url, none_ca, _d1) = start_broker("none", redis.1, None).await;
-        let (async_url, async_ca, _d2) = start_broker("async", redis.1, Some(MirrorMode::Async)).await;
-        let (sync_url, sync_ca, _d3) = start_broker("sync", redis.1, Some(MirrorMode::Sync)).await;
+        let none_b = mirrored_broker("none", redis.1, None).await;
+        let async_b = mirrored_broker("async", redis.1, Some(MirrorMode::Async)).await;
+        let sync_b = mirrored_broker("sync", redis.1, Some(MirrorMode::Sync)).await;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
         println!("mirror benchmark: {cores} cores, in-process brokers, 4 clients x 16 lockers, {secs} s rounds");
 
         // Warm up both, then alternate rounds.
-        throughput(&none_url, &none_ca, 0.5, "w").await;
-        throughput(&async_url, &async_ca, 0.5, "w").await;
+        throughput(&none_b, 4, 16, 0.5, "w").await;
+        throughput(&async_b, 4, 16, 0.5, "w").await;
         let (mut none, mut asy) = (Vec::new(), Vec::new());
         for round in 0..3 {
-            none.push(throughput(&none_url, &none_ca, secs, &format!("r{round}")).await);
-            asy.push(throughput(&async_url, &async_ca, secs, &format!("r{round}")).await);
+            none.push(throughput(&none_b, 4, 16, secs, &format!("r{round}")).await);
+            asy.push(throughput(&async_b, 4, 16, secs, &format!("r{round}")).await);
         }
-        let med = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2]
-        };
-        let (n, a) = (med(&mut none), med(&mut asy));
+        let (n, a) = (median(&mut none), median(&mut asy));
         println!("throughput, lock+unlock cycles/s (median of 3 rounds):");
         println!("  no mirror      {n:>10.0}   rounds {none:.0?}");
         println!("  async mirror   {a:>10.0}   rounds {asy:.0?}");
         println!("  async overhead {:>9.1} %", (1.0 - a / n) * 100.0);
-        if let Some(m) = _d2.1.mirror() {
+        if let Some(m) = async_b.broker.mirror() {
             println!("  async mirror counters: {:?}", m.stats());
         }
 
         let samples = 2_000;
-        let (np50, np99) = acquire_latency(&none_url, &none_ca, samples, "lat").await;
-        let (ap50, ap99) = acquire_latency(&async_url, &async_ca, samples, "lat").await;
-        let (sp50, sp99) = acquire_latency(&sync_url, &sync_ca, samples, "lat").await;
+        let (np50, np99) = acquire_latency(&none_b, samples, "lat").await;
+        let (ap50, ap99) = acquire_latency(&async_b, samples, "lat").await;
+        let (sp50, sp99) = acquire_latency(&sync_b, samples, "lat").await;
         let (r50, r99, c50, c99) = redis_lock(redis.1, samples).await;
         println!("acquire latency, one client, sequential ({samples} samples), µs p50 / p99:");
         println!("  broker, no mirror      {np50:>8.0} / {np99:>8.0}");

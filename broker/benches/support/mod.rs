@@ -30,6 +30,7 @@ pub async fn start_broker(tag: &str, mut cfg: Config, policy: Policy) -> InProce
     cfg.listen = "127.0.0.1:0".parse().expect("addr");
     cfg.data_dir = dir.path().to_path_buf();
     let server = Server::bind(cfg, policy).expect("bind");
+    server.start_mirror().await.expect("mirror");
     let addr = server.local_addr().expect("addr");
     let ca = server.dev_ca.clone().expect("dev ca");
     let broker = server.broker().clone();
