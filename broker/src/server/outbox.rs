@@ -3,6 +3,10 @@
 //! connection driver packs everything written before it runs into as few packets as possible).
 //! Only when the stream is flow-control blocked do frames queue up in one buffer, which the
 //! writer task flushes in a single write as soon as the stream accepts data again.
+//!
+//! While the session's read loop handles a burst of frames that arrived together it opens a
+//! *batch*: every frame pushed meanwhile (its own replies and grants pushed by other sessions)
+//! is only appended, and the batch's end writes them all with one stream write.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -33,9 +37,17 @@ struct Inner {
     send: Option<quinn::SendStream>,
     /// A write failed: the connection is gone, frames are dropped.
     failed: bool,
+    /// The read loop is handling a burst: append only, [`Outbox::end_batch`] writes.
+    batching: bool,
 }
 
 impl Inner {
+    /// Writes what the stream takes without waiting: true when nothing is left queued.
+    fn try_flush(&mut self) -> bool {
+        self.flush(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    }
+
     /// Writes as much of `buf` as the stream takes now. `Ready(Ok)` when `buf` is empty,
     /// `Pending` when the stream is blocked (`cx` is woken when it is writable again).
     fn flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
@@ -75,12 +87,32 @@ impl Outbox {
             }
             let was_empty = inner.buf.is_empty();
             encode(frame, &mut inner.buf);
+            if inner.batching {
+                return;
+            }
             // Frames queued before this one are the writer's: keep the order.
-            !(was_empty
-                && inner.send.is_some()
-                && inner
-                    .flush(&mut Context::from_waker(Waker::noop()))
-                    .is_ready())
+            !(was_empty && inner.send.is_some() && inner.try_flush())
+        };
+        if wake_writer {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Starts a batch: frames pushed until [`Outbox::end_batch`] are only appended.
+    pub fn begin_batch(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .batching = true;
+    }
+
+    /// Ends a batch: writes everything it appended in one write (or leaves it to the writer
+    /// task when flow control blocks the stream).
+    pub fn end_batch(&self) {
+        let wake_writer = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.batching = false;
+            !inner.buf.is_empty() && !(inner.send.is_some() && inner.try_flush())
         };
         if wake_writer {
             self.notify.notify_one();

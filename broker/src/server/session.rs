@@ -127,23 +127,28 @@ async fn read_loop(
 ) -> End {
     let mut shutdown = session.broker.shutdown_signal();
     loop {
-        // Handle every whole frame already buffered.
-        loop {
+        // Handle every whole frame already buffered; their answers leave in one write.
+        session.handle.outbox.begin_batch();
+        let failed = loop {
             match decode(buf, limits) {
                 Ok(Some((frame, n))) => {
                     buf.advance(n);
                     if let Err(e) = cmd::apply(session, frame).await {
                         session.reply(Frame::error(0, e.0, e.1));
-                        return End::ProtocolError;
+                        break true;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => break false,
                 Err(e) => {
                     tracing::info!(session = session.id, "closing session after bad frame: {e}");
                     session.reply(Frame::error(0, e.code(), e.to_string()));
-                    return End::ProtocolError;
+                    break true;
                 }
             }
+        };
+        session.handle.outbox.end_batch();
+        if failed {
+            return End::ProtocolError;
         }
         tokio::select! {
             read = recv.read_buf(buf) => match read {
