@@ -216,7 +216,10 @@ impl Conn {
             }
             let was_empty = out.buf.is_empty();
             encode(frame, &mut out.buf);
+            // Alone on the connection: write now (latency). With other requests in flight,
+            // let the writer task gather the burst into one write (throughput).
             !(was_empty
+                && !self.busy()
                 && out
                     .flush(&mut Context::from_waker(Waker::noop()))
                     .is_ready())
@@ -224,6 +227,11 @@ impl Conn {
         if wake_writer {
             self.out_ready.notify_one();
         }
+    }
+
+    /// More than one request awaits an answer.
+    fn busy(&self) -> bool {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len() > 1
     }
 
     /// Gives up on request `id`, whose answer would come on `rx`. Still pending: cancel it on
@@ -303,13 +311,16 @@ impl Conn {
         )
     }
 
-    /// Flushes frames queued while the stream was flow-control blocked.
+    /// Flushes frames queued while the stream was flow-control blocked or while other
+    /// requests were in flight.
     async fn write_loop(self: Arc<Self>) {
         loop {
             tokio::select! {
                 () = self.out_ready.notified() => {}
                 () = self.closed() => return,
             }
+            // Let frames produced in the same burst join this write.
+            tokio::task::yield_now().await;
             poll_fn(|cx| self.out.lock().unwrap_or_else(|e| e.into_inner()).flush(cx)).await;
             if self.out.lock().unwrap_or_else(|e| e.into_inner()).failed {
                 return;
