@@ -112,7 +112,8 @@ impl Outbox {
         let wake_writer = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             inner.batching = false;
-            !inner.buf.is_empty() && !(inner.send.is_some() && inner.try_flush())
+            let flushed = inner.send.is_some() && inner.try_flush();
+            !inner.buf.is_empty() && !flushed
         };
         if wake_writer {
             self.notify.notify_one();
