@@ -94,13 +94,15 @@ impl Drop for RedisServer {
 
 /// A broker config with one `[[redis]]` connection named `main` and the mirror plugin.
 pub fn config(redis_url: &str, data_dir: &std::path::Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.listen = "127.0.0.1:0".parse().expect("addr");
-    cfg.data_dir = data_dir.to_path_buf();
     let mut r = RedisSettings::new("main", redis_url);
     r.connect_timeout_ms = 200;
     r.command_timeout_ms = 300;
-    cfg.redis = vec![r];
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data_dir.to_path_buf(),
+        redis: vec![r],
+        ..Config::default()
+    };
     cfg.mirror.path = Some(mirror_wasm());
     cfg.mirror.retry_ms = 50;
     cfg.mirror.restore_timeout_ms = 2_000;
