@@ -24,7 +24,9 @@ use lockbroker::config::Config;
 use lockbroker::mirror::MirrorMode;
 use lockbroker::redis::RedisSettings;
 use lockbroker::server::policy::Policy;
-use support::{InProcessBroker, acquire_latencies, median, pct, start_broker, throughput};
+use support::{
+    InProcessBroker, acquire_latencies, alternate_throughput, median, pct, start_broker,
+};
 
 struct Redis(Child, u16);
 
@@ -155,14 +157,7 @@ fn main() {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
         println!("mirror benchmark: {cores} cores, in-process brokers, 4 clients x 16 lockers, {secs} s rounds");
 
-        // Warm up both, then alternate rounds.
-        throughput(&none_b, 4, 16, 0.5, "w").await;
-        throughput(&async_b, 4, 16, 0.5, "w").await;
-        let (mut none, mut asy) = (Vec::new(), Vec::new());
-        for round in 0..3 {
-            none.push(throughput(&none_b, 4, 16, secs, &format!("r{round}")).await);
-            asy.push(throughput(&async_b, 4, 16, secs, &format!("r{round}")).await);
-        }
+        let (mut none, mut asy) = alternate_throughput(&none_b, &async_b, secs, "r").await;
         let (n, a) = (median(&mut none), median(&mut asy));
         println!("throughput, lock+unlock cycles/s (median of 3 rounds):");
         println!("  no mirror      {n:>10.0}   rounds {none:.0?}");

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use lockbroker::config::Config;
 use lockbroker::plugins::{PluginHost, PluginKind, PluginSettings};
 use lockbroker::server::policy::Policy;
-use support::{acquire_latencies, median, pct, start_broker, throughput};
+use support::{acquire_latencies, alternate_throughput, median, pct, start_broker};
 
 fn plugin(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/dist/{name}.wasm"));
@@ -46,7 +46,7 @@ fn main() {
         let host = PluginHost::load(
             vec![
                 PluginSettings::new("acl", plugin("key_prefix_acl"), PluginKind::KeyPolicy)
-                    .with_config("rules", "default=bench/:rw,pol/:rw,w/:rw"),
+                    .with_config("rules", "default=bench/:rw,pol/:rw,warmup/:rw"),
                 PluginSettings::new("clamp", plugin("ttl_clamp"), PluginKind::TtlPolicy)
                     .with_config("max_ms", "60000"),
             ],
@@ -64,13 +64,7 @@ fn main() {
         println!(
             "policy benchmark: {cores} cores, in-process brokers, 4 clients x 16 lockers, {secs} s rounds"
         );
-        throughput(&none, 4, 16, 0.5, "w").await;
-        throughput(&with, 4, 16, 0.5, "w").await;
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for round in 0..3 {
-            a.push(throughput(&none, 4, 16, secs, &format!("bench/{round}")).await);
-            b.push(throughput(&with, 4, 16, secs, &format!("bench/{round}")).await);
-        }
+        let (mut a, mut b) = alternate_throughput(&none, &with, secs, "bench/").await;
         let (n, w) = (median(&mut a), median(&mut b));
         println!("throughput, lock+unlock cycles/s (median of 3 rounds):");
         println!("  no plugins         {n:>10.0}   rounds {a:.0?}");

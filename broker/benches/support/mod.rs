@@ -86,6 +86,24 @@ pub async fn throughput(
     done.load(Ordering::Relaxed) as f64 / secs
 }
 
+/// Throughput of two brokers side by side: a warm-up each, then three alternating rounds of
+/// `secs` (4 connections × 16 lockers, keys under `prefix`). Returns each broker's rounds.
+pub async fn alternate_throughput(
+    a: &InProcessBroker,
+    b: &InProcessBroker,
+    secs: f64,
+    prefix: &str,
+) -> (Vec<f64>, Vec<f64>) {
+    throughput(a, 4, 16, 0.5, "warmup").await;
+    throughput(b, 4, 16, 0.5, "warmup").await;
+    let (mut ra, mut rb) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        ra.push(throughput(a, 4, 16, secs, &format!("{prefix}{round}")).await);
+        rb.push(throughput(b, 4, 16, secs, &format!("{prefix}{round}")).await);
+    }
+    (ra, rb)
+}
+
 /// Sequential acquire latencies (the lock timed, the unlock not), sorted.
 pub async fn acquire_latencies(b: &InProcessBroker, n: usize, prefix: &str) -> Vec<Duration> {
     let cl = b.client().await;
