@@ -32,6 +32,10 @@ pub struct LockArgs {
 }
 
 pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
+    let (program, rest) = args
+        .command
+        .split_first()
+        .context("no command given after --")?;
     let client = args.conn.connect().await?;
     let request = if args.shared {
         client.read_lock(args.key.clone())
@@ -52,17 +56,23 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let (program, rest) = args
-        .command
-        .split_first()
-        .context("no command given after --")?;
-    let mut child = tokio::process::Command::new(program)
+    let spawned = tokio::process::Command::new(program)
         .args(rest)
         .env("LOCKBROKER_FENCE", guard.fence().to_string())
         .env("LOCKBROKER_KEY", &args.key)
         .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot run {program:?}"))?;
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            // Release with an acknowledgement and close cleanly before exiting: a
+            // fire-and-forget release from Drop could be lost with the process, leaving
+            // the key blocked until its TTL.
+            release(guard, &args.key).await;
+            client.close().await;
+            return Err(e).with_context(|| format!("cannot run {program:?}"));
+        }
+    };
     let code = tokio::select! {
         status = child.wait() => {
             let status = status.context("waiting for the command")?;
@@ -74,11 +84,15 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         }
     };
-    if let Err(e) = guard.unlock().await {
-        eprintln!("lockbroker: releasing {:?}: {e}", args.key);
-    }
+    release(guard, &args.key).await;
     client.close().await;
     Ok(code)
+}
+
+async fn release(guard: lockbroker_sdk::Guard, key: &str) {
+    if let Err(e) = guard.unlock().await {
+        eprintln!("lockbroker: releasing {key:?}: {e}");
+    }
 }
 
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {
