@@ -209,6 +209,12 @@ impl Conn {
     /// Writes a frame into the stream now, or queues it behind frames still waiting for flow
     /// control (the writer task flushes those).
     pub(crate) fn send(&self, frame: &Frame) {
+        self.send_as(frame, self.busy());
+    }
+
+    /// [`Conn::send`] with `busy` (more than one request in flight) already known: callers
+    /// holding the `pending` lock must not take it again. Lock order: `pending`, then `out`.
+    fn send_as(&self, frame: &Frame, busy: bool) {
         let wake_writer = {
             let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
             if out.failed {
@@ -219,7 +225,7 @@ impl Conn {
             // Alone on the connection: write now (latency). With other requests in flight,
             // let the writer task gather the burst into one write (throughput).
             !(was_empty
-                && !self.busy()
+                && !busy
                 && out
                     .flush(&mut Context::from_waker(Waker::noop()))
                     .is_ready())
@@ -257,18 +263,19 @@ impl Conn {
         }
         drop(pending);
         if let (Ok(Frame::Granted(g)), Some(key)) = (rx.try_recv(), key) {
-            self.release_unwanted(g.rewritten.unwrap_or(key), g.fence);
+            self.release_unwanted(g.rewritten.unwrap_or(key), g.fence, self.busy());
         }
     }
 
     /// Releases (fire-and-forget) a lease nobody is waiting for any more.
-    fn release_unwanted(&self, key: Bytes, fence: u64) {
-        self.send(&Frame::Release(Release {
+    fn release_unwanted(&self, key: Bytes, fence: u64, busy: bool) {
+        let release = Frame::Release(Release {
             id: self.fresh_id(),
             key,
             fence,
             ack: false,
-        }));
+        });
+        self.send_as(&release, busy);
     }
 
     /// Waits until no abandoned acquire of `key` is unresolved on the broker. The broker may
@@ -377,7 +384,9 @@ impl Conn {
                 // Queue the release before the entry is seen gone (`settle_abandoned` reads
                 // under this lock), so it precedes any new acquire of the key on the stream.
                 if let Frame::Granted(g) = frame {
-                    self.release_unwanted(g.rewritten.unwrap_or(key), g.fence);
+                    // `pending` is held: pass what `busy()` would read instead of locking again.
+                    let busy = pending.len() > 1;
+                    self.release_unwanted(g.rewritten.unwrap_or(key), g.fence, busy);
                 }
                 self.abandoned.fetch_sub(1, Ordering::AcqRel);
                 drop(pending);
