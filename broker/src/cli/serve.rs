@@ -1,6 +1,15 @@
 //! `lockbroker serve`: load the config (or defaults), bind, print how clients connect, serve
 //! until SIGINT/SIGTERM, then shut down gracefully and exit 0.
 
+/// `println!` that never panics: a closed stdout (the reading side went away) must not bring
+/// the broker down, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -69,28 +78,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot start the mirror")?;
     let addr = server.local_addr()?;
-    println!(
+    say!(
         "lockbroker listening on {addr}/udp (epoch {})",
         server.broker().epoch
     );
     if let Some(ca) = &server.dev_ca {
         let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.clone());
         if server.generated_cert {
-            println!("generated a self-signed dev certificate: {}", ca.display());
+            say!("generated a self-signed dev certificate: {}", ca.display());
         }
-        println!("clients trust it with:");
-        println!(
+        say!("clients trust it with:");
+        say!(
             "  export LOCKBROKER_URL=quic://{addr} LOCKBROKER_CA={}",
             ca.display()
         );
-        println!(
+        say!(
             "  lockbroker lock --broker quic://{addr} --ca {} my-key -- echo locked",
             ca.display()
         );
     }
     server.run(shutdown_signal()).await;
     drop(pid_file);
-    println!("lockbroker stopped");
+    say!("lockbroker stopped");
     Ok(ExitCode::SUCCESS)
 }
 
