@@ -23,14 +23,18 @@ use super::state::HostState;
 use super::stats::Counters;
 use super::world;
 
-/// Idle instances kept per plugin: enough for every worker thread to have one.
-fn max_idle() -> usize {
+/// Pool shards per plugin: two per core (the broker's runtime has one worker per core; threads
+/// take shards round-robin, so twice as many shards makes two workers sharing one unlikely).
+fn pool_shards() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(4)
-        .clamp(2, 64)
+        .clamp(1, 64)
         * 2
 }
+
+/// Idle instances kept per shard: one for the running call's thread and one spare.
+const MAX_IDLE_PER_SHARD: usize = 2;
 
 /// A loaded plugin (one generation of one configured plugin).
 pub struct LoadedPlugin {
@@ -144,7 +148,8 @@ impl LoadedPlugin {
             pre,
             settings.clone(),
             counters.clone(),
-            max_idle(),
+            pool_shards(),
+            MAX_IDLE_PER_SHARD,
             redis,
         );
         let first = block_on(pool.instantiate()).map_err(instantiate_err)?;

@@ -1,7 +1,9 @@
-//! A plugin's pool of idle instances. A call checks an instance out (creating one from the
-//! `InstancePre` only when the pool is empty), uses it, and checks it back in; an instance whose
-//! call failed is dropped instead (recycled), so a trap never poisons later calls. In steady
-//! state no request instantiates anything.
+//! A plugin's pool of idle instances, one shard per worker thread. A call checks an instance
+//! out of its thread's shard (taking one from another shard, and creating one from the
+//! `InstancePre` only when every shard is empty), uses it, and checks it back into its thread's
+//! shard; an instance whose call failed is dropped instead (recycled), so a trap never poisons
+//! later calls. In steady state no request instantiates anything, and a worker thread keeps
+//! reusing the instances it last ran (warm caches, no contention on one lock).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -53,18 +55,21 @@ pub struct Pool {
     pre: Pre,
     settings: Arc<PluginSettings>,
     counters: Arc<Counters>,
-    idle: Mutex<Vec<Instance>>,
+    /// Idle instances, one shard per worker thread (see [`shard_index`]).
+    shards: Box<[Mutex<Vec<Instance>>]>,
+    /// Idle instances kept per shard.
     max_idle: usize,
     redis: crate::redis::Connections,
 }
 
 impl Pool {
-    /// An empty pool keeping at most `max_idle` idle instances.
+    /// An empty pool keeping at most `max_idle` idle instances in each of `shards` shards.
     pub fn new(
         engine: &'static Engine,
         pre: Pre,
         settings: Arc<PluginSettings>,
         counters: Arc<Counters>,
+        shards: usize,
         max_idle: usize,
         redis: crate::redis::Connections,
     ) -> Self {
@@ -73,7 +78,7 @@ impl Pool {
             pre,
             settings,
             counters,
-            idle: Mutex::new(Vec::new()),
+            shards: (0..shards.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             max_idle,
             redis,
         }
@@ -99,18 +104,20 @@ impl Pool {
         Ok(Instance { store, exports })
     }
 
-    /// An idle instance, or a new one.
+    /// An idle instance (this thread's shard first, then the others), or a new one.
     pub async fn checkout(&self) -> wasmtime::Result<Instance> {
-        let idle = self.lock().pop();
+        let home = shard_index(self.shards.len());
+        let n = self.shards.len();
+        let idle = (0..n).find_map(|i| self.lock((home + i) % n).pop());
         match idle {
             Some(instance) => Ok(instance),
             None => self.instantiate().await,
         }
     }
 
-    /// Returns a healthy instance to the pool (dropped if the pool is full).
+    /// Returns a healthy instance to this thread's shard (dropped if the shard is full).
     pub fn checkin(&self, instance: Instance) {
-        let mut idle = self.lock();
+        let mut idle = self.lock(shard_index(self.shards.len()));
         if idle.len() < self.max_idle {
             idle.push(instance);
         }
@@ -118,12 +125,25 @@ impl Pool {
 
     /// Number of idle instances.
     pub fn idle(&self) -> usize {
-        self.lock().len()
+        (0..self.shards.len()).map(|i| self.lock(i).len()).sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+        self.shards[shard % self.shards.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The shard of the calling thread: each thread gets the next index the first time it asks,
+/// so the runtime's worker threads spread over the shards.
+fn shard_index(shards: usize) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i) % shards.max(1)
 }
 
 /// Drives `future` to completion on the current thread (parking between polls). Used by the
