@@ -141,15 +141,8 @@ async fn redis_lock(port: u16, n: usize) -> (f64, f64, f64, f64) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (rt, secs) = support::runtime_and_round_secs();
     rt.block_on(async {
-        let secs: f64 = std::env::var("LB_BENCH_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3.0);
         let redis = start_redis();
         let none_b = mirrored_broker("none", redis.1, None).await;
         let async_b = mirrored_broker("async", redis.1, Some(MirrorMode::Async)).await;

@@ -33,15 +33,8 @@ fn plugin(name: &str) -> PathBuf {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (rt, secs) = support::runtime_and_round_secs();
     rt.block_on(async {
-        let secs: f64 = std::env::var("LB_BENCH_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3.0);
         let cache = tempfile::tempdir().expect("tempdir");
         let host = PluginHost::load(
             vec![

@@ -130,3 +130,17 @@ pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+/// The benches' multi-thread runtime and the length of a throughput round in seconds
+/// (`LB_BENCH_SECS`, default 3).
+pub fn runtime_and_round_secs() -> (tokio::runtime::Runtime, f64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let secs = std::env::var("LB_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    (rt, secs)
+}

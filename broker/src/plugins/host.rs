@@ -24,40 +24,39 @@ use super::stats::{Counters, PluginStat, PluginStats};
 /// The linker shared by every plugin: WASI p2 (locked down per store) + the `host` interface.
 pub(crate) fn linker() -> Result<&'static Linker<HostState>, PluginError> {
     static LINKER: OnceLock<Result<Linker<HostState>, String>> = OnceLock::new();
-    let engine = engine()?;
-    LINKER
-        .get_or_init(|| {
-            let mut linker = Linker::new(engine);
-            wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
-            // Adds `lockbroker:plugin/host` (and `types`); the ttl-policy world imports the very
-            // same interfaces, so this serves both worlds.
-            KeyPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-                .map_err(|e| format!("{e:#}"))?;
-            Ok(linker)
-        })
-        .as_ref()
-        .map_err(|e| PluginError::Engine(format!("cannot build the plugin linker: {e}")))
+    cached_linker(&LINKER, false, "plugin")
 }
 
 /// The linker of mirror plugins: the policy linker's imports plus the `redis` capability.
 pub(crate) fn mirror_linker() -> Result<&'static Linker<HostState>, PluginError> {
     static LINKER: OnceLock<Result<Linker<HostState>, String>> = OnceLock::new();
+    cached_linker(&LINKER, true, "mirror")
+}
+
+fn cached_linker(
+    cell: &'static OnceLock<Result<Linker<HostState>, String>>,
+    with_redis: bool,
+    what: &str,
+) -> Result<&'static Linker<HostState>, PluginError> {
     let engine = engine()?;
-    LINKER
-        .get_or_init(|| {
-            let mut linker = Linker::new(engine);
-            wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
-            KeyPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-                .map_err(|e| format!("{e:#}"))?;
-            super::bindings::redis::add_to_linker::<HostState, HasSelf<HostState>>(
-                &mut linker,
-                |s| s,
-            )
-            .map_err(|e| format!("{e:#}"))?;
-            Ok(linker)
-        })
+    cell.get_or_init(|| build_linker(engine, with_redis).map_err(|e| format!("{e:#}")))
         .as_ref()
-        .map_err(|e| PluginError::Engine(format!("cannot build the mirror linker: {e}")))
+        .map_err(|e| PluginError::Engine(format!("cannot build the {what} linker: {e}")))
+}
+
+fn build_linker(
+    engine: &wasmtime::Engine,
+    with_redis: bool,
+) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // Adds `lockbroker:plugin/host` (and `types`); the ttl-policy and mirror worlds import the
+    // very same interfaces, so this serves every world.
+    KeyPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    if with_redis {
+        super::bindings::redis::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    }
+    Ok(linker)
 }
 
 /// One consistent set of loaded plugins; swapped as a whole by `reload`.
