@@ -85,6 +85,30 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A client endpoint on 127.0.0.1:0 with the SDK's TLS 1.3 (rustls/ring) setup and ALPN,
+/// trusting `roots`; keep-alive every 2 s and, if given, this idle timeout (else quinn's).
+pub fn client_endpoint(
+    roots: rustls::RootCertStore,
+    idle_timeout: Option<Duration>,
+) -> Result<quinn::Endpoint> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![lockbroker_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    if let Some(idle) = idle_timeout {
+        transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle)?));
+    }
+    config.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
 /// Starts the echo server on 127.0.0.1:0 on a thread with a 2-worker runtime (like the broker).
 pub fn start_server() -> Result<EchoServer> {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
@@ -177,20 +201,7 @@ impl EchoClient {
     pub async fn connect(server: &EchoServer) -> Result<EchoClient> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(server.cert.clone())?;
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![lockbroker_proto::ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(Duration::from_secs(2)))
-            .max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(10))?));
-        config.transport_config(Arc::new(transport));
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        endpoint.set_default_client_config(config);
+        let endpoint = client_endpoint(roots, Some(Duration::from_secs(10)))?;
         let conn = endpoint.connect(server.addr, "localhost")?.await?;
         let (send, recv) = conn.open_bi().await?;
         let mut c = EchoClient {

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -24,20 +23,7 @@ fn endpoint(ca: &Path) -> Result<quinn::Endpoint> {
     for c in CertificateDer::pem_file_iter(ca).context("read ca")? {
         roots.add(c?)?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![lockbroker_proto::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
-    config.transport_config(Arc::new(transport));
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    ep.set_default_client_config(config);
-    Ok(ep)
+    crate::echo::client_endpoint(roots, None)
 }
 
 /// Opens a session and acquires every key of `keys` (exclusive, `ttl_ms`, no wait), writing
