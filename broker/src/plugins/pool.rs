@@ -1,4 +1,4 @@
-//! A plugin's pool of idle instances, one shard per worker thread. A call checks an instance
+//! A plugin's pool of idle instances, sharded by thread. A call checks an instance
 //! out of its thread's shard (taking one from another shard, and creating one from the
 //! `InstancePre` only when every shard is empty), uses it, and checks it back into its thread's
 //! shard; an instance whose call failed is dropped instead (recycled), so a trap never poisons
@@ -55,7 +55,7 @@ pub struct Pool {
     pre: Pre,
     settings: Arc<PluginSettings>,
     counters: Arc<Counters>,
-    /// Idle instances, one shard per worker thread (see [`shard_index`]).
+    /// Idle instances, sharded by thread (see [`shard_index`]).
     shards: Box<[Mutex<Vec<Instance>>]>,
     /// Idle instances kept per shard.
     max_idle: usize,
@@ -129,7 +129,7 @@ impl Pool {
     }
 
     fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<Instance>> {
-        self.shards[shard % self.shards.len()]
+        self.shards[shard]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
