@@ -156,7 +156,7 @@ fn main() {
         println!("  no mirror      {n:>10.0}   rounds {none:.0?}");
         println!("  async mirror   {a:>10.0}   rounds {asy:.0?}");
         println!("  async overhead {:>9.1} %", (1.0 - a / n) * 100.0);
-        if let Some(m) = async_b.broker.mirror() {
+        if let Some(m) = &async_b.mirror {
             println!("  async mirror counters: {:?}", m.stats());
         }
 

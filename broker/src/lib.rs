@@ -2,6 +2,7 @@
 //! state machine), the QUIC server, the WASM plugin host, configuration, TLS material and the
 //! epoch file.
 
+pub mod broker;
 pub mod config;
 pub mod epoch;
 pub mod mirror;

@@ -147,9 +147,8 @@ async fn redis_down_drops_and_resyncs_without_blocking_lock_traffic() {
     let mut cfg = config(&redis.url(), dir.path());
     cfg.mirror.queue_capacity = 8;
     cfg.mirror.mode = MirrorMode::Async;
-    let server = server(cfg).await;
+    let (server, mirror) = server(cfg).await;
     let broker = server.broker().clone();
-    let mirror = broker.mirror().expect("mirror").clone();
     let (session, _handle) = broker.open_session();
     let port = redis.kill();
 

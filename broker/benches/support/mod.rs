@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use lockbroker::broker::Broker;
 use lockbroker::config::Config;
+use lockbroker::mirror::Mirror;
 use lockbroker::server::Server;
 use lockbroker::server::policy::Policy;
 use lockbroker_sdk::Client;
@@ -17,7 +19,9 @@ use lockbroker_sdk::Client;
 pub struct InProcessBroker {
     pub url: String,
     pub ca: PathBuf,
-    pub broker: Arc<lockbroker::server::Broker>,
+    pub broker: Arc<Broker>,
+    /// The mirror, when the config has one.
+    pub mirror: Option<Arc<Mirror>>,
     _dir: tempfile::TempDir,
 }
 
@@ -29,8 +33,11 @@ pub async fn start_broker(tag: &str, mut cfg: Config, policy: Policy) -> InProce
         .expect("tempdir");
     cfg.listen = "127.0.0.1:0".parse().expect("addr");
     cfg.data_dir = dir.path().to_path_buf();
+    let (mc, redis) = (cfg.mirror.clone(), cfg.redis.clone());
     let server = Server::bind(cfg, policy).expect("bind");
-    server.start_mirror().await.expect("mirror");
+    let mirror = Mirror::start(&mc, &redis, dir.path(), server.broker())
+        .await
+        .expect("mirror");
     let addr = server.local_addr().expect("addr");
     let ca = server.dev_ca.clone().expect("dev ca");
     let broker = server.broker().clone();
@@ -39,6 +46,7 @@ pub async fn start_broker(tag: &str, mut cfg: Config, policy: Policy) -> InProce
         url: format!("quic://{addr}"),
         ca,
         broker,
+        mirror,
         _dir: dir,
     }
 }

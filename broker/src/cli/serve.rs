@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use lockbroker::config::Config;
+use lockbroker::mirror::Mirror;
 use lockbroker::plugins::{self, PluginHost};
 use lockbroker::server::Server;
 use lockbroker::server::policy::Policy;
@@ -71,12 +72,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     let _reloader = (!plugins.is_empty()).then(|| tokio::spawn(reload_on_sighup(plugins.clone())));
     let pid_file = PidFile::write(&cfg.data_dir)?;
+    let mirror_cfg = (cfg.mirror.clone(), cfg.redis.clone(), cfg.data_dir.clone());
     let server = Server::bind(cfg, Policy::with_plugins(plugins))?;
-    // Restore held locks from the mirror (if configured) before the first client is served.
-    server
-        .start_mirror()
+    // The mirror (if configured) restores held locks and becomes the broker's grant gate
+    // before the first client is served.
+    let (mc, redis, data_dir) = mirror_cfg;
+    let mirror = Mirror::start(&mc, &redis, &data_dir, server.broker())
         .await
         .context("cannot start the mirror")?;
+    let grace = Duration::from_millis(server.broker().cfg.quic.shutdown_grace_ms);
     let addr = server.local_addr()?;
     say!(
         "lockbroker listening on {addr}/udp (epoch {})",
@@ -98,6 +102,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     server.run(shutdown_signal()).await;
+    if let Some(mirror) = mirror {
+        // Ship the releases of the sessions that just ended.
+        mirror.flush(grace).await;
+    }
     drop(pid_file);
     say!("lockbroker stopped");
     Ok(ExitCode::SUCCESS)

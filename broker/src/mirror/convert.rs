@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::broker::wire::{millis, millis_until};
 use crate::plugins::wit;
 use crate::table::{Fence, LockEvent, Mode};
 
@@ -28,29 +29,28 @@ impl Modes {
 pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(millis)
         .unwrap_or(0)
 }
 
-pub fn wit_mode(m: Mode) -> wit::LockMode {
-    match m {
-        Mode::Exclusive => wit::LockMode::Exclusive,
-        Mode::Shared => wit::LockMode::Shared,
-        Mode::Semaphore(n) => wit::LockMode::Semaphore(n),
+impl From<Mode> for wit::LockMode {
+    fn from(m: Mode) -> wit::LockMode {
+        match m {
+            Mode::Exclusive => wit::LockMode::Exclusive,
+            Mode::Shared => wit::LockMode::Shared,
+            Mode::Semaphore(n) => wit::LockMode::Semaphore(n),
+        }
     }
 }
 
-pub fn table_mode(m: wit::LockMode) -> Mode {
-    match m {
-        wit::LockMode::Exclusive => Mode::Exclusive,
-        wit::LockMode::Shared => Mode::Shared,
-        wit::LockMode::Semaphore(n) => Mode::Semaphore(n),
+impl From<wit::LockMode> for Mode {
+    fn from(m: wit::LockMode) -> Mode {
+        match m {
+            wit::LockMode::Exclusive => Mode::Exclusive,
+            wit::LockMode::Shared => Mode::Shared,
+            wit::LockMode::Semaphore(n) => Mode::Semaphore(n),
+        }
     }
-}
-
-/// Milliseconds from `now` to `deadline` (0 if past).
-pub fn remaining_ms(deadline: Instant, now: Instant) -> u64 {
-    u64::try_from(deadline.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Converts one event, updating `modes`.
@@ -71,7 +71,7 @@ pub fn event(e: &LockEvent, modes: &mut Modes, now: Instant, at: u64) -> wit::Lo
                 *session,
                 *fence,
                 *mode,
-                remaining_ms(*deadline, now),
+                millis_until(*deadline, now),
             )
         }
         LockEvent::Extended {
@@ -87,7 +87,7 @@ pub fn event(e: &LockEvent, modes: &mut Modes, now: Instant, at: u64) -> wit::Lo
                 *session,
                 *fence,
                 mode,
-                remaining_ms(*deadline, now),
+                millis_until(*deadline, now),
             )
         }
         LockEvent::Released {
@@ -110,7 +110,7 @@ pub fn event(e: &LockEvent, modes: &mut Modes, now: Instant, at: u64) -> wit::Lo
     wit::LockEvent {
         kind,
         key: key.to_vec(),
-        mode: wit_mode(mode),
+        mode: mode.into(),
         owner_session: session,
         fence,
         ttl_ms,

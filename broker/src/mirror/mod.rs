@@ -5,32 +5,37 @@
 //!                                     │ full/failed → resync from a table snapshot
 //! grant path (sync mode) ◀── outcome per Acquired event (Ok / Conflict / Failed)
 //! ```
-//! * `config.rs`: the `[mirror]` table; `queue.rs`: the bounded, ordered event queue and the
-//!   sync-mode confirmations; `task.rs`: batching, shipping, resync, retry; `convert.rs`: table
-//!   events → WIT events; `sync.rs`: answering grants in `sync` mode; `restore.rs`: reloading
-//!   held locks at start; `stats.rs`: counters.
-//! * Start-up: [`Mirror::start`] (from `Server::start_mirror`) loads the plugin with the
-//!   `[[redis]]` connections it may use, restores held locks into the table, then starts the
-//!   task — all before the first client is served.
+//! * `queue.rs`: the bounded, ordered event queue and the sync-mode confirmations;
+//!   `task.rs`: batching, shipping, resync, retry; `convert.rs`: table events → WIT events;
+//!   `restore.rs`: reloading held locks at start; `stats.rs`: counters. The `[mirror]`
+//!   settings live in `crate::config` (`MirrorConfig`).
+//! * The mirror is the broker's [`GrantGate`]: it sees every effect batch under the table lock
+//!   (`record` queues the lock events) and, in `sync` mode, holds each grant until Redis
+//!   confirmed it (`hold`); the broker core answers the client (`crate::broker`).
+//! * Start-up: [`Mirror::start`] (wired by `lockbroker serve`) loads the plugin with the
+//!   `[[redis]]` connections it may use, restores held locks into the table, attaches itself
+//!   to the broker and starts the task — all before the first client is served.
+//!
+//! Layering: imports the broker core, the plugins host and `config`; never the server.
 
-mod config;
 mod convert;
 mod queue;
 mod restore;
 mod stats;
-pub(crate) mod sync;
 mod task;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-pub use config::{MirrorConfig, MirrorMode};
+pub use crate::config::{MirrorConfig, MirrorMode};
 pub use stats::MirrorStats;
 
-use crate::config::Config;
+use crate::broker::{Broker, Confirmation, GrantGate, Pending};
 use crate::plugins::{MirrorPlugin, PluginError};
-use crate::server::Broker;
+use crate::redis::RedisSettings;
+use crate::table::{Effect, Grant};
 
 /// Why the mirror could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,26 +61,25 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Loads the plugin, restores held locks into `broker`'s table, attaches the mirror to the
-    /// broker and starts its task. `Ok(None)` when no mirror is configured.
+    /// Loads the plugin (`mc`, on the `redis` connections it names; compiled artifacts cached
+    /// under `data_dir`), restores held locks into `broker`'s table, attaches the mirror to the
+    /// broker as its grant gate and starts its task. `Ok(None)` when no mirror is configured.
     pub async fn start(
-        cfg: &Config,
+        mc: &MirrorConfig,
+        redis: &[RedisSettings],
+        data_dir: &Path,
         broker: &Arc<Broker>,
     ) -> Result<Option<Arc<Mirror>>, MirrorError> {
-        let mc = &cfg.mirror;
         if mc.path.is_none() {
             return Ok(None);
         }
-        mc.validate(&cfg.redis).map_err(MirrorError::Config)?;
-        let all = crate::redis::Connections::new(&cfg.redis).map_err(MirrorError::Config)?;
+        mc.validate(redis).map_err(MirrorError::Config)?;
+        let all = crate::redis::Connections::new(redis).map_err(MirrorError::Config)?;
         let conns = all
-            .only(&mc.connection_names(&cfg.redis))
+            .only(&mc.connection_names(redis))
             .map_err(MirrorError::Config)?;
-        let plugin = MirrorPlugin::load(
-            mc.plugin_settings(),
-            &cfg.data_dir.join("plugin-cache"),
-            conns,
-        )?;
+        let plugin =
+            MirrorPlugin::load(mc.plugin_settings(), &data_dir.join("plugin-cache"), conns)?;
         let state = restore::fetch(&plugin, Duration::from_millis(mc.restore_timeout_ms)).await?;
         let modes = restore::install(broker, &state);
         let counters = Arc::new(stats::Counters::default());
@@ -91,7 +95,11 @@ impl Mirror {
             stopping: AtomicBool::new(false),
             idle: AtomicBool::new(true),
         });
-        broker.attach_mirror(mirror.clone());
+        if broker.attach_gate(mirror.clone()).is_err() {
+            return Err(MirrorError::Config(
+                "the broker already has a grant gate".into(),
+            ));
+        }
         tokio::spawn(task::run(mirror.clone(), broker.clone(), modes));
         tracing::info!(
             target: "lockbroker::mirror",
@@ -115,11 +123,6 @@ impl Mirror {
     /// Counters.
     pub fn stats(&self) -> MirrorStats {
         self.stats.snapshot()
-    }
-
-    /// Queues the lock events among `effects`. Called by the broker under the table lock.
-    pub(crate) fn push(&self, effects: &[crate::table::Effect]) {
-        self.queue.push(effects);
     }
 
     /// Waits (at most `limit`) until everything queued has been shipped, then stops the task.
@@ -149,5 +152,36 @@ impl Mirror {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
+    }
+}
+
+impl GrantGate for Mirror {
+    /// Queues the lock events among `effects` (under the table lock, in table order).
+    fn record(&self, effects: &[Effect]) {
+        self.queue.push(effects);
+    }
+
+    /// In `sync` mode a grant waits until the mirror stored its `Acquired` event.
+    fn hold(&self, grant: &Grant) -> Option<Pending> {
+        if !self.is_sync() {
+            return None;
+        }
+        let rx = self.queue.take_confirmation(grant.fence);
+        let stats = self.stats.clone();
+        Some(Box::pin(async move {
+            let c = match rx {
+                Some(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| Confirmation::Failed("the mirror stopped".into())),
+                None => Confirmation::Failed("the grant was not queued for the mirror".into()),
+            };
+            let counter = match &c {
+                Confirmation::Ok => &stats.confirmed,
+                Confirmation::Conflict(_) => &stats.refused,
+                Confirmation::Failed(_) => &stats.unavailable,
+            };
+            stats::Counters::add(counter, 1);
+            c
+        }))
     }
 }

@@ -13,24 +13,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{Notify, oneshot};
 
 use super::stats::Counters;
+use crate::broker::Confirmation;
 use crate::table::{Effect, Fence, LockEvent};
-
-/// What became of one hold in the mirror.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Stored.
-    Ok,
-    /// Refused: someone else holds the key in Redis.
-    Conflict(String),
-    /// Not stored (mirror unavailable).
-    Failed(String),
-}
 
 /// One queued event.
 pub struct Item {
     pub event: LockEvent,
     /// Sync mode, `Acquired` only: where to report the outcome.
-    pub confirm: Option<oneshot::Sender<Outcome>>,
+    pub confirm: Option<oneshot::Sender<Confirmation>>,
 }
 
 struct Inner {
@@ -42,7 +32,7 @@ struct Inner {
 /// The queue.
 pub struct Queue {
     inner: Mutex<Inner>,
-    pending: Mutex<HashMap<Fence, oneshot::Receiver<Outcome>>>,
+    pending: Mutex<HashMap<Fence, oneshot::Receiver<Confirmation>>>,
     pub(super) notify: Notify,
     capacity: usize,
     sync: bool,
@@ -104,7 +94,7 @@ impl Queue {
                 inner.resync = true;
                 Counters::add(&self.stats.dropped, 1);
                 if let Some(tx) = confirm {
-                    let _ = tx.send(Outcome::Failed("mirror queue is full".into()));
+                    let _ = tx.send(Confirmation::Failed("mirror queue is full".into()));
                 }
                 continue;
             }
@@ -123,7 +113,7 @@ impl Queue {
     }
 
     /// The receiver of the outcome of the hold with this fence (sync mode).
-    pub fn take_confirmation(&self, fence: Fence) -> Option<oneshot::Receiver<Outcome>> {
+    pub fn take_confirmation(&self, fence: Fence) -> Option<oneshot::Receiver<Confirmation>> {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -152,7 +142,7 @@ impl Queue {
         for item in items {
             match item.confirm {
                 Some(tx) => {
-                    let _ = tx.send(Outcome::Failed(why.to_string()));
+                    let _ = tx.send(Confirmation::Failed(why.to_string()));
                 }
                 None => Counters::add(&self.stats.dropped, 1),
             }

@@ -3,12 +3,14 @@
 //! leases of session 0 with their fence and remaining TTL, and raises the fence floor above the
 //! largest fence ever handed out. Runs before the first client is served.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::MirrorError;
-use super::convert::{Modes, table_mode};
+use super::convert::Modes;
+use crate::broker::Broker;
 use crate::plugins::{MirrorPlugin, wit};
-use crate::server::Broker;
+use crate::table::Mode;
 
 /// Fetches the restore state, retrying while the plugin fails.
 pub async fn fetch(
@@ -29,12 +31,12 @@ pub async fn fetch(
 }
 
 /// Installs `state` in the table; returns the modes of the restored leases by fence.
-pub fn install(broker: &Broker, state: &wit::RestoreState) -> Modes {
+pub fn install(broker: &Arc<Broker>, state: &wit::RestoreState) -> Modes {
     let mut modes = Modes::default();
     let (restored, skipped) = broker.with_table(|t, now, _out| {
         let (mut restored, mut skipped) = (0usize, 0usize);
         for l in &state.locks {
-            let mode = table_mode(l.mode);
+            let mode = Mode::from(l.mode);
             let ttl = Duration::from_millis(l.remaining_ttl_ms).min(crate::table::MAX_TTL);
             let deadline = now.checked_add(ttl).unwrap_or(now);
             match t.restore(

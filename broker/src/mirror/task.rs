@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use super::Mirror;
 use super::convert::{self, Modes};
-use super::queue::{Item, Outcome, fence_of};
+use super::queue::{Item, fence_of};
 use super::stats::Counters;
+use crate::broker::wire::millis_until;
+use crate::broker::{Broker, Confirmation};
 use crate::plugins::wit;
-use crate::server::Broker;
 use crate::table::Fence;
 
 /// Health, for logging transitions only once.
@@ -133,7 +134,7 @@ async fn ship(m: &Mirror, batch: Vec<Item>, modes: &mut Modes) -> Result<(), Str
             let why = e.to_string();
             for item in batch {
                 if let Some(tx) = item.confirm {
-                    let _ = tx.send(Outcome::Failed(why.clone()));
+                    let _ = tx.send(Confirmation::Failed(why.clone()));
                 }
             }
             return Err(why);
@@ -145,8 +146,8 @@ async fn ship(m: &Mirror, batch: Vec<Item>, modes: &mut Modes) -> Result<(), Str
     for (item, outcome) in batch.into_iter().zip(outcomes) {
         let outcome = outcome_of(outcome);
         match &outcome {
-            Outcome::Ok => {}
-            Outcome::Conflict(why) if item.confirm.is_none() => {
+            Confirmation::Ok => {}
+            Confirmation::Conflict(why) if item.confirm.is_none() => {
                 Counters::add(&m.stats.conflicts, 1);
                 tracing::warn!(
                     target: "lockbroker::mirror",
@@ -154,8 +155,8 @@ async fn ship(m: &Mirror, batch: Vec<Item>, modes: &mut Modes) -> Result<(), Str
                     "mirror refused a hold: {why}"
                 );
             }
-            Outcome::Conflict(_) => {}
-            Outcome::Failed(why) => failed = Some(why.clone()),
+            Confirmation::Conflict(_) => {}
+            Confirmation::Failed(why) => failed = Some(why.clone()),
         }
         if let Some(tx) = item.confirm {
             let _ = tx.send(outcome);
@@ -208,7 +209,7 @@ fn coalesce(batch: Vec<Item>, stats: &Counters) -> Vec<Item> {
 }
 
 /// Rebuilds the mirror from a snapshot of the table. Returns the number of holds written.
-async fn resync_now(m: &Mirror, broker: &Broker, modes: &mut Modes) -> Result<usize, String> {
+async fn resync_now(m: &Mirror, broker: &Arc<Broker>, modes: &mut Modes) -> Result<usize, String> {
     let (holds, items) = broker.with_table(|t, _now, _out| {
         let holds = t.holds();
         let (items, _) = m.queue.take_all_for_resync();
@@ -220,10 +221,10 @@ async fn resync_now(m: &Mirror, broker: &Broker, modes: &mut Modes) -> Result<us
         .filter(|(_, h)| h.deadline > now)
         .map(|(key, h)| wit::HeldLock {
             key: key.to_vec(),
-            mode: convert::wit_mode(h.mode),
+            mode: h.mode.into(),
             owner_session: h.session,
             fence: h.fence,
-            remaining_ttl_ms: convert::remaining_ms(h.deadline, now),
+            remaining_ttl_ms: millis_until(h.deadline, now),
         })
         .collect();
     let max_fence = snapshot
@@ -239,14 +240,14 @@ async fn resync_now(m: &Mirror, broker: &Broker, modes: &mut Modes) -> Result<us
             let why = e.to_string();
             for item in items {
                 if let Some(tx) = item.confirm {
-                    let _ = tx.send(Outcome::Failed(why.clone()));
+                    let _ = tx.send(Confirmation::Failed(why.clone()));
                 }
             }
             return Err(why);
         }
     };
     Counters::add(&m.stats.resyncs, 1);
-    let mut by_fence: HashMap<Fence, Outcome> = HashMap::with_capacity(snapshot.len());
+    let mut by_fence: HashMap<Fence, Confirmation> = HashMap::with_capacity(snapshot.len());
     for (h, o) in snapshot.iter().zip(outcomes) {
         by_fence.insert(h.fence, outcome_of(o));
     }
@@ -256,13 +257,13 @@ async fn resync_now(m: &Mirror, broker: &Broker, modes: &mut Modes) -> Result<us
             let fence = fence_of(&item.event);
             confirmed.insert(fence);
             let o = by_fence.get(&fence).cloned().unwrap_or_else(|| {
-                Outcome::Failed("the lease ended before it was mirrored".into())
+                Confirmation::Failed("the lease ended before it was mirrored".into())
             });
             let _ = tx.send(o);
         }
     }
     for (fence, o) in &by_fence {
-        if let Outcome::Conflict(why) = o
+        if let Confirmation::Conflict(why) = o
             && !confirmed.contains(fence)
         {
             Counters::add(&m.stats.conflicts, 1);
@@ -272,10 +273,10 @@ async fn resync_now(m: &Mirror, broker: &Broker, modes: &mut Modes) -> Result<us
     Ok(snapshot.len())
 }
 
-fn outcome_of(o: wit::EventOutcome) -> Outcome {
+fn outcome_of(o: wit::EventOutcome) -> Confirmation {
     match o {
-        wit::EventOutcome::Ok => Outcome::Ok,
-        wit::EventOutcome::Conflict(w) => Outcome::Conflict(w),
-        wit::EventOutcome::Failed(w) => Outcome::Failed(w),
+        wit::EventOutcome::Ok => Confirmation::Ok,
+        wit::EventOutcome::Conflict(w) => Confirmation::Conflict(w),
+        wit::EventOutcome::Failed(w) => Confirmation::Failed(w),
     }
 }

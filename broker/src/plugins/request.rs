@@ -31,6 +31,16 @@ pub enum LockMode {
     Semaphore(u32),
 }
 
+impl From<lockbroker_proto::Mode> for LockMode {
+    fn from(m: lockbroker_proto::Mode) -> LockMode {
+        match m {
+            lockbroker_proto::Mode::Exclusive => LockMode::Exclusive,
+            lockbroker_proto::Mode::Shared => LockMode::Shared,
+            lockbroker_proto::Mode::Semaphore(n) => LockMode::Semaphore(n),
+        }
+    }
+}
+
 /// A request submitted to the policy plugins.
 #[derive(Clone, Copy, Debug)]
 pub struct PolicyRequest<'a> {

@@ -2,21 +2,16 @@
 //! session per connection), the expiry task, and graceful shutdown.
 
 mod cmd;
-mod errors;
-mod outbox;
 pub mod policy;
 mod session;
-mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use errors::error_frame;
 pub use session::{CLOSE_CLEAN, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
-pub use state::Broker;
-pub(crate) use state::duration_ms;
 
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::tls;
 
@@ -43,6 +38,7 @@ pub enum ServerError {
 pub struct Server {
     endpoint: quinn::Endpoint,
     broker: Arc<Broker>,
+    policy: Arc<policy::Policy>,
     /// The PEM file clients pass as `--ca` when the dev certificate is in use.
     pub dev_ca: Option<std::path::PathBuf>,
     /// True when this start generated the dev certificate.
@@ -82,7 +78,8 @@ impl Server {
         })?;
         Ok(Server {
             endpoint,
-            broker: Broker::new(cfg, epoch, policy),
+            broker: Broker::new(cfg, epoch),
+            policy: Arc::new(policy),
             dev_ca,
             generated_cert,
         })
@@ -93,16 +90,6 @@ impl Server {
         self.endpoint.local_addr()
     }
 
-    /// Starts the mirror when `[mirror]` is configured: loads its plugin, restores the held
-    /// locks it reports into the table (fences continue above the highest it saw), and starts
-    /// shipping lock events. Call before [`Server::run`]: no client is served before this
-    /// returns. A no-op without a mirror.
-    pub async fn start_mirror(&self) -> Result<(), crate::mirror::MirrorError> {
-        let cfg = self.broker.cfg.clone();
-        crate::mirror::Mirror::start(&cfg, &self.broker).await?;
-        Ok(())
-    }
-
     /// The shared broker state.
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
@@ -110,6 +97,7 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting, tells
     /// every session, releases connected sessions' leases, and waits for connections to close.
+    /// A grant gate (the mirror) attached to the broker is flushed by whoever attached it.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let broker = self.broker.clone();
         let expiry = tokio::spawn(broker.clone().run_expiry());
@@ -120,11 +108,12 @@ impl Server {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let broker = broker.clone();
+                    let policy = self.policy.clone();
                     tasks.spawn(async move {
                         match incoming.await {
                             Ok(conn) => {
                                 let principal = peer_principal(&conn);
-                                session::serve(broker, conn, principal).await;
+                                session::serve(broker, policy, conn, principal).await;
                             }
                             Err(e) => tracing::debug!("handshake failed: {e}"),
                         }
@@ -149,10 +138,6 @@ impl Server {
         self.endpoint
             .close(CLOSE_SHUTDOWN.into(), b"broker shutting down");
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
-        if let Some(mirror) = broker.mirror() {
-            // Ship the releases of the sessions that just ended.
-            mirror.flush(grace).await;
-        }
         expiry.abort();
     }
 }

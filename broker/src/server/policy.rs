@@ -9,7 +9,7 @@ use bytes::Bytes;
 use lockbroker_proto::Mode;
 
 use crate::config::Config;
-use crate::plugins::{LockMode, Operation, PluginHost, PolicyRequest};
+use crate::plugins::{Operation, PluginHost, PolicyRequest};
 
 /// What a request was allowed to do.
 pub struct Decided {
@@ -61,17 +61,13 @@ impl Policy {
         let outcome = host
             .evaluate(PolicyRequest {
                 key,
-                mode: match mode {
-                    Mode::Exclusive => LockMode::Exclusive,
-                    Mode::Shared => LockMode::Shared,
-                    Mode::Semaphore(n) => LockMode::Semaphore(n),
-                },
+                mode: mode.into(),
                 ttl: Duration::from_millis(requested_ttl_ms),
                 principal,
                 op,
             })
             .await?;
-        let ttl = clamp_ttl(cfg, super::state::duration_ms(outcome.ttl));
+        let ttl = clamp_ttl(cfg, crate::broker::wire::millis(outcome.ttl));
         if !outcome.rewritten {
             return Ok(Decided {
                 key: key.clone(),

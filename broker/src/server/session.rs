@@ -10,7 +10,8 @@ use lockbroker_proto::{DecodeError, ErrorCode, Frame, Welcome, decode};
 use tokio::io::AsyncReadExt;
 
 use super::cmd;
-use super::state::{Broker, SessionHandle};
+use super::policy::Policy;
+use crate::broker::{Broker, SessionHandle};
 use crate::table::SessionId;
 
 /// Application close code of a client that ends its session on purpose.
@@ -23,15 +24,21 @@ pub const CLOSE_SHUTDOWN: u32 = 2;
 /// A running session, as its commands see it.
 pub struct Session {
     pub broker: Arc<Broker>,
+    pub policy: Arc<Policy>,
     pub id: SessionId,
     pub handle: Arc<SessionHandle>,
     pub principal: String,
 }
 
 impl Session {
-    /// Queues a frame for this session's client.
+    /// Answers with a frame that is neither a grant nor an error (`Ok`, `Extended`, ...).
     pub fn reply(&self, frame: Frame) {
-        self.handle.outbox.push(&frame);
+        self.handle.answer(&frame);
+    }
+
+    /// Answers request `id` (0: the session as a whole) with an error.
+    pub fn fail(&self, id: u64, code: ErrorCode, message: impl Into<String>) {
+        self.handle.answer_error(id, code, message);
     }
 }
 
@@ -48,7 +55,12 @@ enum End {
 }
 
 /// Serves one accepted connection until it ends.
-pub async fn serve(broker: Arc<Broker>, conn: quinn::Connection, cert_principal: Option<String>) {
+pub async fn serve(
+    broker: Arc<Broker>,
+    policy: Arc<Policy>,
+    conn: quinn::Connection,
+    cert_principal: Option<String>,
+) {
     let remote = conn.remote_address();
     let (send, mut recv) = match conn.accept_bi().await {
         Ok(s) => s,
@@ -86,7 +98,7 @@ pub async fn serve(broker: Arc<Broker>, conn: quinn::Connection, cert_principal:
     };
     let (id, handle) = broker.open_session();
     tracing::debug!(%remote, session = id, %principal, client = %hello.client, "session opened");
-    handle.outbox.push(&Frame::Welcome(Welcome {
+    handle.answer(&Frame::Welcome(Welcome {
         session: id,
         epoch: broker.epoch,
         max_frame: u32::try_from(limits.max_frame).unwrap_or(u32::MAX),
@@ -100,6 +112,7 @@ pub async fn serve(broker: Arc<Broker>, conn: quinn::Connection, cert_principal:
     };
     let session = Session {
         broker: broker.clone(),
+        policy,
         id,
         handle: handle.clone(),
         principal,
@@ -134,14 +147,14 @@ async fn read_loop(
                 Ok(Some((frame, n))) => {
                     buf.advance(n);
                     if let Err(e) = cmd::apply(session, frame).await {
-                        session.reply(Frame::error(0, e.0, e.1));
+                        session.fail(0, e.0, e.1);
                         break true;
                     }
                 }
                 Ok(None) => break false,
                 Err(e) => {
                     tracing::info!(session = session.id, "closing session after bad frame: {e}");
-                    session.reply(Frame::error(0, e.code(), e.to_string()));
+                    session.fail(0, e.code(), e.to_string());
                     break true;
                 }
             }
@@ -157,7 +170,7 @@ async fn read_loop(
                 Err(_) => return classify_close(conn),
             },
             _ = shutdown.changed() => {
-                session.reply(Frame::error(0, ErrorCode::ShuttingDown, "broker shutting down"));
+                session.fail(0, ErrorCode::ShuttingDown, "broker shutting down");
                 return End::Shutdown;
             }
         }
@@ -208,10 +221,10 @@ async fn refuse(
     grace: Duration,
 ) {
     tracing::info!(remote = %conn.remote_address(), "refusing connection: {msg}");
-    let outbox = super::outbox::Outbox::default();
-    outbox.push(&Frame::error(0, code, msg));
-    outbox.close();
-    outbox.run_writer(send, grace).await;
+    let handle = SessionHandle::default();
+    handle.answer_error(0, code, msg);
+    handle.outbox.close();
+    handle.outbox.run_writer(send, grace).await;
     conn.close(CLOSE_PROTOCOL_ERROR.into(), b"refused");
 }
 

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
+use lockbroker::broker::Broker;
 use lockbroker::config::Config;
+use lockbroker::mirror::Mirror;
 use lockbroker::redis::RedisSettings;
 use lockbroker::server::Server;
 use lockbroker::server::policy::Policy;
@@ -37,15 +39,19 @@ pub fn config(redis_url: &str, data_dir: &std::path::Path) -> Config {
     cfg
 }
 
-/// Binds an in-process server and starts its mirror.
-pub async fn server(cfg: Config) -> Server {
+/// Binds an in-process server and starts its mirror (wired as `lockbroker serve` does).
+pub async fn server(cfg: Config) -> (Server, Arc<Mirror>) {
     std::fs::create_dir_all(&cfg.data_dir).expect("data dir");
+    let (mc, redis, dir) = (cfg.mirror.clone(), cfg.redis.clone(), cfg.data_dir.clone());
     let server = Server::bind(cfg, Policy::default()).expect("bind");
-    server.start_mirror().await.expect("start mirror");
-    server
+    let mirror = Mirror::start(&mc, &redis, &dir, server.broker())
+        .await
+        .expect("start mirror")
+        .expect("a mirror is configured");
+    (server, mirror)
 }
 
 /// The broker of a server.
-pub fn broker(s: &Server) -> &Arc<lockbroker::server::Broker> {
+pub fn broker(s: &Server) -> &Arc<Broker> {
     s.broker()
 }

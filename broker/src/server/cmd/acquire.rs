@@ -1,18 +1,15 @@
-//! `Acquire`: policy (key, TTL), then the table; answers `Granted` now, later (pushed when a
-//! waiter's turn comes), or an error.
+//! `Acquire`: policy (key, TTL), then the table. The grant — now, or pushed when a waiter's
+//! turn comes — is delivered by the broker core (which holds it for the grant gate, if any).
 
-use lockbroker_proto::{Acquire, ErrorCode, Frame, Granted};
+use lockbroker_proto::{Acquire, ErrorCode};
 
-use super::{table_mode, table_wait};
-use crate::server::errors::error_frame;
+use crate::broker::wire::wait_from;
 use crate::server::policy::Op;
 use crate::server::session::Session;
-use crate::server::state::duration_ms;
 use crate::table::AcquireRequest;
 
 pub(super) async fn apply(s: &Session, a: Acquire) {
     let decided = match s
-        .broker
         .policy
         .decide(
             &s.broker.cfg,
@@ -25,43 +22,31 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
         .await
     {
         Ok(d) => d,
-        Err(reason) => return s.reply(Frame::error(a.id, ErrorCode::Denied, reason)),
+        Err(reason) => return s.fail(a.id, ErrorCode::Denied, reason),
     };
     if decided.rewritten {
         s.handle.note_rewrite(a.id, decided.key.clone());
     }
+    // The request is kept only when a grant gate may refuse the grant and it must retry.
+    let gated = s.broker.has_gate();
+    let mut request = None;
     let result = s.broker.with_table(|t, now, out| {
-        let request = AcquireRequest {
+        let r = AcquireRequest {
             session: s.id,
             req: a.id,
-            key: decided.key.clone(),
-            mode: table_mode(a.mode),
+            key: decided.key,
+            mode: a.mode.into(),
             ttl: decided.ttl,
-            wait: table_wait(a.wait, now),
+            wait: wait_from(a.wait, now),
         };
-        t.acquire(now, request, out)
+        if gated {
+            request = Some(r.clone());
+        }
+        t.acquire(now, r, out)
     });
     match result {
-        // Sync mirror: answered once the mirror (Redis) has the hold (crate::mirror::sync).
-        Ok(Some(grant)) if s.broker.mirror().is_some_and(|m| m.is_sync()) => {
-            let retry = crate::mirror::sync::Retry {
-                key: decided.key.clone(),
-                mode: table_mode(a.mode),
-                ttl: decided.ttl,
-                wait: table_wait(a.wait, std::time::Instant::now()),
-            };
-            crate::mirror::sync::confirm_grant(&s.broker, s.id, a.id, grant, Some(retry));
-        }
-        Ok(Some(grant)) => s.reply(Frame::Granted(Granted {
-            id: a.id,
-            fence: grant.fence,
-            ttl_ms: duration_ms(grant.ttl),
-            rewritten: s.handle.take_rewrite(a.id),
-        })),
+        Ok(Some(grant)) => s.broker.deliver_grant(s.id, a.id, grant, request),
         Ok(None) => {}
-        Err(e) => {
-            s.handle.take_rewrite(a.id);
-            s.reply(error_frame(a.id, &e));
-        }
+        Err(e) => s.handle.answer_table_error(a.id, &e),
     }
 }

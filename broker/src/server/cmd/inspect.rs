@@ -4,14 +4,12 @@
 use bytes::Bytes;
 use lockbroker_proto::{ErrorCode, Frame, HolderInfo, LockInfo, Mode};
 
-use super::wire_mode;
+use crate::broker::wire::millis_until;
 use crate::server::policy::Op;
 use crate::server::session::Session;
-use crate::server::state::duration_ms;
 
 pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
     let key = match s
-        .broker
         .policy
         .decide(
             &s.broker.cfg,
@@ -24,7 +22,7 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
         .await
     {
         Ok(d) => d.key,
-        Err(reason) => return s.reply(Frame::error(id, ErrorCode::Denied, reason)),
+        Err(reason) => return s.fail(id, ErrorCode::Denied, reason),
     };
     let info = s.broker.read_table(|t, now| {
         let Some(info) = t.inspect(now, &key) else {
@@ -45,14 +43,12 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
                 .map(|h| HolderInfo {
                     session: h.session,
                     fence: h.fence,
-                    mode: wire_mode(h.mode),
-                    remaining_ms: duration_ms(h.deadline.saturating_duration_since(now)),
+                    mode: h.mode.into(),
+                    remaining_ms: millis_until(h.deadline, now),
                 })
                 .collect(),
             waiters: u32::try_from(info.waiters).unwrap_or(u32::MAX),
-            blocked_ms: info
-                .blocked_until
-                .map_or(0, |b| duration_ms(b.saturating_duration_since(now))),
+            blocked_ms: info.blocked_until.map_or(0, |b| millis_until(b, now)),
         }
     });
     s.reply(Frame::LockInfo(info));

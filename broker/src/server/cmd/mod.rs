@@ -9,12 +9,9 @@ mod reclaim;
 mod release;
 mod wait_unlocked;
 
-use std::time::{Duration, Instant};
-
-use lockbroker_proto::{ErrorCode, Frame, Mode, UnlockOutcome as WireOutcome, WaitSpec};
+use lockbroker_proto::{ErrorCode, Frame};
 
 use super::session::Session;
-use crate::table::{self, UnlockOutcome, Wait};
 
 /// A protocol violation: the session is closed after telling the client this.
 pub struct Fatal(pub ErrorCode, pub String);
@@ -44,42 +41,4 @@ pub async fn apply(s: &Session, frame: Frame) -> Result<(), Fatal> {
         }
     }
     Ok(())
-}
-
-/// The table's view of a wire mode.
-pub(crate) fn table_mode(m: Mode) -> table::Mode {
-    match m {
-        Mode::Exclusive => table::Mode::Exclusive,
-        Mode::Shared => table::Mode::Shared,
-        Mode::Semaphore(n) => table::Mode::Semaphore(n),
-    }
-}
-
-/// The wire view of a table mode.
-pub(crate) fn wire_mode(m: table::Mode) -> Mode {
-    match m {
-        table::Mode::Exclusive => Mode::Exclusive,
-        table::Mode::Shared => Mode::Shared,
-        table::Mode::Semaphore(n) => Mode::Semaphore(n),
-    }
-}
-
-/// The table's view of a wait spec, relative to `now`. A deadline past the end of time is forever.
-pub(crate) fn table_wait(w: WaitSpec, now: Instant) -> Wait {
-    match w {
-        WaitSpec::NoWait => Wait::No,
-        WaitSpec::Forever => Wait::Forever,
-        WaitSpec::Millis(ms) => match now.checked_add(Duration::from_millis(ms)) {
-            Some(at) => Wait::Until(at),
-            None => Wait::Forever,
-        },
-    }
-}
-
-/// The wire view of an unlock outcome.
-pub(crate) fn wire_outcome(o: UnlockOutcome) -> WireOutcome {
-    match o {
-        UnlockOutcome::Released => WireOutcome::Released,
-        UnlockOutcome::Expired => WireOutcome::Expired,
-    }
 }

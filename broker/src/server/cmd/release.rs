@@ -3,7 +3,6 @@
 
 use lockbroker_proto::{Frame, Release};
 
-use crate::server::errors::error_frame;
 use crate::server::session::Session;
 
 pub(super) fn apply(s: &Session, r: Release) {
@@ -12,7 +11,7 @@ pub(super) fn apply(s: &Session, r: Release) {
         .with_table(|t, now, out| t.release(now, s.id, &r.key, r.fence, out));
     match (result, r.ack) {
         (Ok(()), true) => s.reply(Frame::Ok { id: r.id }),
-        (Err(e), true) => s.reply(error_frame(r.id, &e)),
+        (Err(e), true) => s.handle.answer_table_error(r.id, &e),
         (Ok(()), false) => {}
         (Err(e), false) => {
             tracing::debug!(

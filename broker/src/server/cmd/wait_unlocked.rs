@@ -4,30 +4,28 @@
 use bytes::Bytes;
 use lockbroker_proto::{ErrorCode, Frame, Mode, WaitSpec};
 
-use super::{table_wait, wire_outcome};
-use crate::server::errors::error_frame;
+use crate::broker::wire::wait_from;
 use crate::server::policy::Op;
 use crate::server::session::Session;
 
 pub(super) async fn apply(s: &Session, id: u64, key: Bytes, wait: WaitSpec) {
     let key = match s
-        .broker
         .policy
         .decide(&s.broker.cfg, &s.principal, &key, Mode::Shared, 0, Op::Wait)
         .await
     {
         Ok(d) => d.key,
-        Err(reason) => return s.reply(Frame::error(id, ErrorCode::Denied, reason)),
+        Err(reason) => return s.fail(id, ErrorCode::Denied, reason),
     };
     let result = s.broker.with_table(|t, now, out| {
-        t.wait_until_unlocked(now, s.id, id, key, table_wait(wait, now), out)
+        t.wait_until_unlocked(now, s.id, id, key, wait_from(wait, now), out)
     });
     match result {
         Ok(Some(outcome)) => s.reply(Frame::Unlocked {
             id,
-            outcome: wire_outcome(outcome),
+            outcome: outcome.into(),
         }),
         Ok(None) => {}
-        Err(e) => s.reply(error_frame(id, &e)),
+        Err(e) => s.handle.answer_table_error(id, &e),
     }
 }

@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use crate::plugins::PluginSettings;
 
+mod mirror;
+
+pub use mirror::{MirrorConfig, MirrorMode};
+
 /// Errors reading or validating a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -46,7 +50,7 @@ pub struct Config {
     /// Named Redis connections (`[[redis]]` tables), usable by the mirror plugin.
     pub redis: Vec<crate::redis::RedisSettings>,
     /// Mirroring of the lock table to Redis through a mirror plugin (off unless `path` is set).
-    pub mirror: crate::mirror::MirrorConfig,
+    pub mirror: MirrorConfig,
 }
 
 /// Settings for the plugin set as a whole.
@@ -80,7 +84,7 @@ impl Default for Config {
             plugin: Vec::new(),
             plugins: PluginsConfig::default(),
             redis: Vec::new(),
-            mirror: crate::mirror::MirrorConfig::default(),
+            mirror: MirrorConfig::default(),
         }
     }
 }

@@ -1,0 +1,113 @@
+//! Answers to clients: the only builders of `Granted` and error frames (each final answer
+//! also drops the request's rewrite note), and `dispatch`, which turns table effects into
+//! answers on the sessions they address.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockbroker_proto::{ErrorCode, Frame, Granted};
+
+use super::session::SessionHandle;
+use super::wire::millis;
+use super::{Broker, confirm};
+use crate::table::{AcquireRequest, Effect, Fence, Grant, ReqId, SessionId, TableError};
+
+impl SessionHandle {
+    /// Answers request `req` with a granted lease (`fence`, `ttl`), naming the key it got
+    /// when a policy rewrote it.
+    pub fn answer_granted(&self, req: ReqId, fence: Fence, ttl: Duration) {
+        self.outbox.push(&Frame::Granted(Granted {
+            id: req,
+            fence,
+            ttl_ms: millis(ttl),
+            rewritten: self.take_rewrite(req),
+        }));
+    }
+
+    /// Answers request `req` (0: the session as a whole) with an error.
+    pub fn answer_error(&self, req: ReqId, code: ErrorCode, message: impl Into<String>) {
+        self.take_rewrite(req);
+        self.outbox.push(&Frame::error(req, code, message));
+    }
+
+    /// Answers request `req` with a table error.
+    pub fn answer_table_error(&self, req: ReqId, e: &TableError) {
+        self.answer_error(req, ErrorCode::from(e), e.to_string());
+    }
+
+    /// Answers request `req` with any other frame (`Ok`, `Extended`, `LockInfo`, ...).
+    pub fn answer(&self, frame: &Frame) {
+        self.outbox.push(frame);
+    }
+}
+
+impl Broker {
+    /// Delivers grant `grant` of request `req` of `session`: answered now, or — when the
+    /// grant gate holds it — once the gate confirms it. `retry` is the request itself when it
+    /// may still wait, so a grant the gate refuses as busy elsewhere can be tried again.
+    pub fn deliver_grant(
+        self: &Arc<Self>,
+        session: SessionId,
+        req: ReqId,
+        grant: Grant,
+        retry: Option<AcquireRequest>,
+    ) {
+        if let Some(pending) = self.gate.get().and_then(|g| g.hold(&grant)) {
+            confirm::spawn(self.clone(), session, req, grant, pending, retry);
+            return;
+        }
+        match self.session_handle(session) {
+            Some(h) => h.answer_granted(req, grant.fence, grant.ttl),
+            // The session closed between the grant and now: give the lease back.
+            None => self.release_lease(session, &grant),
+        }
+    }
+
+    /// Gives a lease back (its holder is gone or its grant was refused).
+    pub(super) fn release_lease(self: &Arc<Self>, session: SessionId, grant: &Grant) {
+        self.with_table(|t, now, out| {
+            let _ = t.release(now, session, &grant.key, grant.fence, out);
+        });
+    }
+
+    /// Routes effects to the sessions they address.
+    pub(super) fn dispatch(self: &Arc<Self>, effects: &mut Vec<Effect>) {
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Granted {
+                    session,
+                    req,
+                    grant,
+                } => self.deliver_grant(session, req, grant, None),
+                Effect::AcquireFailed {
+                    session,
+                    req,
+                    error,
+                }
+                | Effect::WaitFailed {
+                    session,
+                    req,
+                    error,
+                } => {
+                    if let Some(h) = self.sessions.get(&session) {
+                        h.answer_table_error(req, &error);
+                    }
+                }
+                Effect::Unlocked {
+                    session,
+                    req,
+                    outcome,
+                } => {
+                    if let Some(h) = self.sessions.get(&session) {
+                        h.answer(&Frame::Unlocked {
+                            id: req,
+                            outcome: outcome.into(),
+                        });
+                    }
+                }
+                // Lock events were shown to the gate (if any) under the table lock.
+                Effect::Event(_) => {}
+            }
+        }
+    }
+}

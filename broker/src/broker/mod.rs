@@ -1,0 +1,180 @@
+//! The broker core: the state every layer above shares, and the one place a table effect
+//! becomes an answer to a client.
+//!
+//! * [`Broker`] — the lock table behind one mutex ([`Broker::with_table`]: clock read once,
+//!   expiry task woken when the next deadline moved earlier, effects delivered outside the
+//!   lock), the registry of live sessions, the expiry driver (`expiry.rs`).
+//! * `session.rs` — [`SessionHandle`]: a live session as others see it (its outbox, the keys
+//!   a policy rewrote for its pending acquires).
+//! * `answer.rs` — the *only* builders of `Granted` and error answers (they own the rewrite
+//!   bookkeeping) and `dispatch`, which routes table effects to sessions.
+//! * `gate.rs` — [`GrantGate`]: an optional component (the sync mirror today, shard ownership
+//!   in cluster mode tomorrow) that sees every effect batch in table order and may hold a
+//!   grant until it confirms it. Like raft-rs's `Ready`, a grant is answered at once unless
+//!   the gate handed back a pending confirmation; `confirm.rs` waits for it.
+//! * `outbox.rs` — a session's outbound frames; `wire.rs` — table ↔ wire conversions.
+//!
+//! Layering: this module imports `table`, `config` and `proto` only. `server` (sessions,
+//! commands) and `mirror` (a gate) are built on it and never import each other.
+
+mod answer;
+mod confirm;
+mod expiry;
+mod gate;
+mod outbox;
+mod session;
+pub mod wire;
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::{Notify, watch};
+
+pub use gate::{Confirmation, GrantGate, Pending};
+pub use outbox::Outbox;
+pub use session::SessionHandle;
+
+use crate::config::Config;
+use crate::table::{Effect, SessionId, Table, TableConfig};
+
+/// The table and the instant the expiry task is armed for, under one mutex.
+struct Core {
+    table: Table,
+    /// When the expiry task is currently set to wake (None: not armed).
+    timer_at: Option<Instant>,
+}
+
+/// Shared state of one running broker.
+pub struct Broker {
+    pub cfg: Config,
+    pub epoch: u64,
+    core: Mutex<Core>,
+    timer: Notify,
+    sessions: DashMap<SessionId, Arc<SessionHandle>>,
+    next_session: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    /// The grant gate, once attached (before serving): it sees effects under the table lock,
+    /// so in table order.
+    gate: OnceLock<Arc<dyn GrantGate>>,
+}
+
+thread_local! {
+    /// Reused effect buffer, so a request allocates no effect vector.
+    static SCRATCH: RefCell<Vec<Effect>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Broker {
+    /// A broker with an empty table for `epoch`.
+    pub fn new(cfg: Config, epoch: u64) -> Arc<Broker> {
+        let table = Table::new(TableConfig {
+            epoch,
+            lock_delay: Duration::from_millis(cfg.locks.lock_delay_ms),
+            max_leases_per_session: cfg.limits.max_leases_per_session,
+            max_waiters_per_session: cfg.limits.max_waiters_per_session,
+        });
+        Arc::new(Broker {
+            cfg,
+            epoch,
+            core: Mutex::new(Core {
+                table,
+                timer_at: None,
+            }),
+            timer: Notify::new(),
+            sessions: DashMap::new(),
+            next_session: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+            gate: OnceLock::new(),
+        })
+    }
+
+    /// Attaches the grant gate (once, at start, before serving). A second gate is refused.
+    pub fn attach_gate(&self, gate: Arc<dyn GrantGate>) -> Result<(), Arc<dyn GrantGate>> {
+        self.gate.set(gate)
+    }
+
+    /// True when a grant gate is attached (grants may wait for its confirmation).
+    pub fn has_gate(&self) -> bool {
+        self.gate.get().is_some()
+    }
+
+    /// A live session's handle.
+    pub fn session_handle(&self, id: SessionId) -> Option<Arc<SessionHandle>> {
+        self.sessions.get(&id).map(|h| h.clone())
+    }
+
+    /// Registers a new session and returns its id and handle.
+    pub fn open_session(&self) -> (SessionId, Arc<SessionHandle>) {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(SessionHandle::default());
+        self.sessions.insert(id, handle.clone());
+        (id, handle)
+    }
+
+    /// Ends a session: `clean` releases its leases now, otherwise they run to their TTL.
+    pub fn close_session(self: &Arc<Self>, id: SessionId, clean: bool) {
+        self.sessions.remove(&id);
+        self.with_table(|t, now, out| t.close_session(now, id, clean, out));
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Subscribes to the shutdown signal.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Starts a graceful shutdown: sessions see it and end cleanly.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        self.timer.notify_one();
+    }
+
+    /// Runs one table operation at the current time and delivers its effects.
+    pub fn with_table<R>(
+        self: &Arc<Self>,
+        op: impl FnOnce(&mut Table, Instant, &mut Vec<Effect>) -> R,
+    ) -> R {
+        let mut effects = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        let (result, wake) = {
+            let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let result = op(&mut core.table, now, &mut effects);
+            if let Some(gate) = self.gate.get() {
+                gate.record(&effects);
+            }
+            let next = core.table.next_deadline();
+            let wake = match (next, core.timer_at) {
+                (Some(n), Some(t)) => n < t,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if wake {
+                core.timer_at = next;
+            }
+            (result, wake)
+        };
+        if wake {
+            self.timer.notify_one();
+        }
+        self.dispatch(&mut effects);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.capacity() < effects.capacity() {
+                *s = effects;
+            }
+        });
+        result
+    }
+
+    /// Reads the table without changing it.
+    pub fn read_table<R>(&self, op: impl FnOnce(&Table, Instant) -> R) -> R {
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        op(&core.table, Instant::now())
+    }
+}
