@@ -1,6 +1,6 @@
 //! Mirror faults end to end: in `sync` mode, with Redis down, acquires fail with a clear
 //! `Unavailable` and nothing is granted that is not in Redis; once Redis is back, grants resume
-//! and land in Redis. (Async mode with Redis down: see `mirror_async.rs`.)
+//! and land in Redis. (Async mode with Redis down: see `mirror_async`.)
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
-//! Shared helpers of the `plugins_*` integration tests: building the real plugins once, paths
-//! to them, settings and requests.
-#![allow(dead_code)] // each test file uses a different subset
+//! Helpers of the `plugins_*` tests (and of `support::mirror`): building the real plugins once,
+//! paths to them, settings and requests.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -3,8 +3,6 @@
 //! redis-mirror plugin's calls (events, conflicts, restore), and the pipeline's behaviour when
 //! Redis is down (bounded queue, drop-and-resync, counted, lock traffic never blocked).
 
-mod mirror_support;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +11,8 @@ use lockbroker::plugins::wit::{EventOutcome, LockEvent, LockEventKind, LockMode}
 use lockbroker::plugins::{MirrorPlugin, PluginError};
 use lockbroker::redis::{Connections, RedisError, RedisSettings};
 use lockbroker::table::{AcquireRequest, Mode, Wait};
-use mirror_support::{RedisServer, config, mirror_wasm, server};
+
+use crate::support::mirror::{RedisServer, config, mirror_wasm, server};
 
 fn cmd(parts: &[&str]) -> Vec<Vec<u8>> {
     parts.iter().map(|p| p.as_bytes().to_vec()).collect()

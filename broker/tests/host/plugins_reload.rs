@@ -2,8 +2,6 @@
 //! swaps behaviour with zero failed evaluations, a bad new file is rejected while the old one
 //! keeps running, the file watcher picks changes up, and a second load uses the cache.
 
-mod plugins_support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +10,8 @@ use std::time::{Duration, Instant};
 use lockbroker::plugins::{
     PluginError, PluginHost, PluginKind, PluginSettings, cache_file_name, watch_every,
 };
-use plugins_support::*;
+
+use crate::support::plugins::*;
 
 /// Replaces `dst` with `src` atomically (copy to a temporary name, then rename), as a deploy
 /// tool should.
@@ -35,7 +34,7 @@ fn reloadable(dir: &Path) -> PluginSettings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_has_zero_failed_evaluations() {
     let dir = tempdir();
-    // What this test checks is the swap, not the time budget (tests/plugins_faults.rs does):
+    // What this test checks is the swap, not the time budget (`plugins_faults` does):
     // on a 2-core CI machine the reload compiles the new version with cranelift, and another
     // test may compile in parallel, while two workers call the plugin; a worker preempted
     // across three 500 µs epoch ticks would exceed the default 1 ms budget and be denied for

@@ -350,7 +350,7 @@ name = "policy"
 path = "{}"
 kind = "key-policy"
 # the swap is under test, not the budget: keep CPU contention from the reload's compile on a
-# 2-core machine from denying a call (see broker/tests/plugins_reload.rs)
+# 2-core machine from denying a call (see broker/tests/host/plugins_reload.rs)
 time_budget_ms = 25
 [plugin.config]
 rules = "default=work/:rw"

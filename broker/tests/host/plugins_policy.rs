@@ -2,8 +2,6 @@
 //! TTL clamping, chaining, settings from TOML, and refusals at load (wrong world, broken file,
 //! WIT version mismatch) — plus `check_file`.
 
-mod plugins_support;
-
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -11,7 +9,8 @@ use lockbroker::plugins::{
     LockMode, Operation, PluginError, PluginHost, PluginKind, PolicyRequest, check_file,
     parse_plugin_tables,
 };
-use plugins_support::*;
+
+use crate::support::plugins::*;
 
 const RULES: &str = "alice=orders/:rw,locks/:r; bob=reports/:r; default=home/{principal}/:rw";
 

@@ -1,22 +1,17 @@
-//! Shared helpers of the `mirror_*` host-level tests: a real `redis-server` on a free port
-//! (stopped on drop), the compiled redis-mirror plugin, and an in-process broker with a mirror.
-#![allow(dead_code)] // each test file uses a different subset
+//! Helpers of the `mirror_host` tests: a real `redis-server` on a free port (stopped on drop),
+//! the compiled redis-mirror plugin, and an in-process broker with a mirror.
 
 use std::sync::Arc;
 
-use lockbroker::broker::Broker;
 use lockbroker::config::Config;
 use lockbroker::mirror::Mirror;
 use lockbroker::redis::RedisSettings;
 use lockbroker::server::Server;
 use lockbroker::server::policy::Policy;
 
-#[path = "../plugins_support/mod.rs"]
-mod plugins_support;
-
 /// The compiled redis-mirror plugin (plugins are built once per test process).
 pub fn mirror_wasm() -> std::path::PathBuf {
-    plugins_support::dist().join("redis_mirror.wasm")
+    super::plugins::dist().join("redis_mirror.wasm")
 }
 
 /// A running `redis-server` with no persistence (the end-to-end tests' helper).
@@ -49,9 +44,4 @@ pub async fn server(cfg: Config) -> (Server, Arc<Mirror>) {
         .expect("start mirror")
         .expect("a mirror is configured");
     (server, mirror)
-}
-
-/// The broker of a server.
-pub fn broker(s: &Server) -> &Arc<Broker> {
-    s.broker()
 }

@@ -3,13 +3,12 @@
 //! (fail closed), recycle the instance and bump a counter, while every other request keeps being
 //! served; `on_error = "allow"` lets such requests through instead.
 
-mod plugins_support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockbroker::plugins::{LockMode, OnError, PluginHost, PluginKind, PluginStat};
-use plugins_support::*;
+
+use crate::support::plugins::*;
 
 fn fault_host(on_error: OnError) -> (PluginHost, tempfile::TempDir) {
     let cache = tempdir();

@@ -1,0 +1,32 @@
+//! End-to-end tests: the real `lockbroker` binary on an ephemeral port, driven by SDK clients,
+//! the CLI and raw QUIC connections (and real `redis-server`s for the mirror). One test binary
+//! (`cargo test -p lockbroker-tests`) with a module per area:
+//!
+//! - [`bad_input`]: garbage, oversized and out-of-order frames; bad CA files.
+//! - [`cli`]: `lockbroker lock` and `lockbroker inspect` against a real broker.
+//! - [`errors`]: `AlreadyHeld`, `NotLocked`, `NotOwner` and the per-session limits.
+//! - [`leases`]: TTLs of crashed and lost holders, clean disconnects, renewal, lock delay.
+//! - [`lifecycle`]: SIGTERM, fences across restarts, the `serve` banner.
+//! - [`mirror_async`]: holds mirrored to Redis in redlock format; resync after an outage.
+//! - [`mirror_faults`]: `sync` mode refuses grants while Redis is down.
+//! - [`mirror_interop`]: exclusion with redis-py's `Lock`.
+//! - [`mirror_restore`]: locks and fences restored from Redis after a SIGKILL.
+//! - [`modes`]: shared locks, semaphores, mode mismatches.
+//! - [`mutual_exclusion`]: no overlapping holders and growing fences under contention.
+//! - [`plugins_e2e`]: policy plugins through the broker: ACLs, rewrite, TTL clamp, faults,
+//!   hot reload.
+//! - [`queueing`]: FIFO grants, try-lock and bounded waits, cancelled acquires.
+
+mod bad_input;
+mod cli;
+mod errors;
+mod leases;
+mod lifecycle;
+mod mirror_async;
+mod mirror_faults;
+mod mirror_interop;
+mod mirror_restore;
+mod modes;
+mod mutual_exclusion;
+mod plugins_e2e;
+mod queueing;
