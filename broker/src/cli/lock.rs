@@ -1,7 +1,15 @@
 //! `lockbroker lock KEY -- CMD`: hold a lock while CMD runs (like flock, `etcdctl lock`,
-//! `consul lock`). The child gets LOCKBROKER_FENCE and LOCKBROKER_KEY in its environment.
-//! Exits with CMD's status; exits 1 with a message if the lock could not be had in time;
-//! if the lease is lost while CMD runs, CMD is terminated and the exit status is 1.
+//! `consul lock`), supervising CMD. The child gets LOCKBROKER_FENCE and LOCKBROKER_KEY in its
+//! environment. Exits with CMD's status (128 + n if signal n ended it); exits 1 with a message
+//! if the lock could not be had in time.
+//!
+//! Signals: SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to `lock` are forwarded to CMD's process
+//! group (CMD runs in one of its own); `lock` then waits for CMD, releases the lease with an
+//! acknowledgement and exits with CMD's status, so the key is free at once. One received
+//! before CMD started (while connecting or waiting for the lock) gives up without running CMD
+//! and exits 128 + n. If `lock` is SIGKILLed, CMD is killed too (Linux). If the lease is lost
+//! while CMD runs, CMD's group gets SIGTERM, then SIGKILL after `--kill-grace`, and `lock`
+//! exits 1. See [`super::supervise`].
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::supervise::{self, Signals, Supervised};
 use super::{Connection, parse_duration};
 
 #[derive(Args, Debug)]
@@ -24,6 +33,10 @@ pub struct LockArgs {
     /// Take a shared (read) lock instead of an exclusive one.
     #[arg(long)]
     shared: bool,
+    /// If the lease is lost, how long CMD's process group has between SIGTERM and SIGKILL.
+    /// Keep it short: once the lease has expired the broker may grant the key to another.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    kill_grace: Duration,
     /// The key to lock.
     key: String,
     /// The command to run while holding the lock.
@@ -31,12 +44,24 @@ pub struct LockArgs {
     command: Vec<String>,
 }
 
+/// How CMD's run ended.
+enum Outcome {
+    Exited(std::process::ExitStatus),
+    Lost,
+}
+
 pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
     let (program, rest) = args
         .command
         .split_first()
         .context("no command given after --")?;
-    let client = args.conn.connect().await?;
+    // Before anything else: from here on a termination signal never just kills `lock`
+    // (which would leave CMD running and the lease held until its TTL).
+    let mut signals = Signals::install().context("installing signal handlers")?;
+    let client = tokio::select! {
+        client = args.conn.connect() => client?,
+        sig = signals.recv() => return Ok(gave_up(sig, "connecting")),
+    };
     let request = if args.shared {
         client.read_lock(args.key.clone())
     } else {
@@ -48,7 +73,16 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
         Some(d) if d.is_zero() => request.no_wait(),
         Some(d) => request.wait(d),
     };
-    let guard = match request.await {
+    let acquired = tokio::select! {
+        acquired = request => acquired,
+        sig = signals.recv() => {
+            // Dropping the request gives up the wait; closing releases anything the broker
+            // granted in the meantime.
+            client.close().await;
+            return Ok(gave_up(sig, &format!("waiting for {:?}", args.key)));
+        }
+    };
+    let guard = match acquired {
         Ok(g) => g,
         Err(e) => {
             eprintln!("lockbroker: could not lock {:?}: {e}", args.key);
@@ -56,13 +90,11 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let spawned = tokio::process::Command::new(program)
-        .args(rest)
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(rest)
         .env("LOCKBROKER_FENCE", guard.fence().to_string())
-        .env("LOCKBROKER_KEY", &args.key)
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match spawned {
+        .env("LOCKBROKER_KEY", &args.key);
+    let mut child = match Supervised::spawn(cmd) {
         Ok(child) => child,
         Err(e) => {
             // Release with an acknowledgement and close cleanly before exiting: a
@@ -73,20 +105,55 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
             return Err(e).with_context(|| format!("cannot run {program:?}"));
         }
     };
-    let code = tokio::select! {
-        status = child.wait() => {
-            let status = status.context("waiting for the command")?;
+    let outcome = loop {
+        tokio::select! {
+            status = child.wait() => match status {
+                Ok(status) => break Outcome::Exited(status),
+                Err(e) => {
+                    // Cannot tell whether CMD still runs: stop its group before releasing.
+                    eprintln!("lockbroker: waiting for {program:?}: {e}; stopping it");
+                    child.stop(args.kill_grace).await;
+                    drop(child);
+                    release(guard, &args.key).await;
+                    client.close().await;
+                    return Ok(ExitCode::from(1));
+                }
+            },
+            sig = signals.recv() => child.signal_group(sig),
+            lost = guard.lost() => {
+                eprintln!(
+                    "lockbroker: {lost}; stopping {program:?} (SIGTERM, then SIGKILL after {})",
+                    humantime::format_duration(args.kill_grace)
+                );
+                child.stop(args.kill_grace).await;
+                break Outcome::Lost;
+            }
+        }
+    };
+    drop(child);
+    let code = match outcome {
+        Outcome::Exited(status) => {
+            release(guard, &args.key).await;
             exit_code(status)
         }
-        lost = guard.lost() => {
-            eprintln!("lockbroker: {lost}; terminating {program:?}");
-            terminate(&mut child).await;
+        Outcome::Lost => {
+            // Nothing to release with an acknowledgement: dropping the guard sends a
+            // best-effort release, and closing the client ends its session at the broker.
+            drop(guard);
             ExitCode::from(1)
         }
     };
-    release(guard, &args.key).await;
     client.close().await;
     Ok(code)
+}
+
+/// A signal arrived before CMD started: exit as if it had ended `lock`, without running CMD.
+fn gave_up(sig: libc::c_int, while_: &str) -> ExitCode {
+    eprintln!(
+        "lockbroker: {} while {while_}; not running the command",
+        supervise::name(sig)
+    );
+    ExitCode::from(supervise::signal_exit_code(sig))
 }
 
 async fn release(guard: lockbroker_sdk::Guard, key: &str) {
@@ -99,25 +166,7 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
-        (None, Some(sig)) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)),
+        (None, Some(sig)) => ExitCode::from(supervise::signal_exit_code(sig)),
         (None, None) => ExitCode::from(1),
     }
-}
-
-async fn terminate(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        // std only sends SIGKILL; ask politely first through kill(1), then force.
-        let _ = tokio::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await;
-        if tokio::time::timeout(Duration::from_secs(5), child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = child.kill().await;
 }

@@ -4,6 +4,7 @@ mod inspect;
 mod lock;
 mod plugin;
 mod serve;
+mod supervise;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
