@@ -4,6 +4,8 @@
 //!
 //! - [`bad_input`]: garbage, oversized and out-of-order frames; bad CA files.
 //! - [`cli`]: `lockbroker lock` and `lockbroker inspect` against a real broker.
+//! - [`cli_signals`]: `lock -- CMD` as a supervisor: signals forwarded to CMD's group, CMD
+//!   never outlives a SIGKILLed `lock`, lease loss stops the whole group.
 //! - [`errors`]: `AlreadyHeld`, `NotLocked`, `NotOwner` and the per-session limits.
 //! - [`leases`]: TTLs of crashed and lost holders, clean disconnects, renewal, lock delay.
 //! - [`lifecycle`]: SIGTERM, fences across restarts, the `serve` banner.
@@ -19,6 +21,7 @@
 
 mod bad_input;
 mod cli;
+mod cli_signals;
 mod errors;
 mod leases;
 mod lifecycle;
