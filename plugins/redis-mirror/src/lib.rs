@@ -8,7 +8,9 @@
 //! * `released` / `expired` → compare-and-delete (only our token is deleted);
 //! * every batch raises the stored maximum fencing token (`fence_key`);
 //! * `resync` rewrites every hold of a snapshot and deletes broker tokens not in it;
-//! * `restore` scans `<prefix>*` for broker tokens and returns them with their `PTTL`.
+//! * `restore` scans `<prefix>*` for broker tokens and returns them with their `PTTL`; values
+//!   that are not exactly a token the mirror writes (e.g. a hand-written `lb:5`) are skipped and
+//!   logged.
 //!
 //! Settings (`[mirror.config]`): `connection` (default `main`), `prefix` (default empty: lock
 //! keys are stored under their own name, as redlock clients do), `fence_key` (default

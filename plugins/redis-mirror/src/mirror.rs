@@ -2,7 +2,9 @@
 
 use std::collections::HashSet;
 
-use crate::format::{lock_key, match_pattern, parse_token, redis_key, token};
+use crate::format::{
+    lock_key, looks_like_token, match_pattern, parse_token, redis_key, show, token,
+};
 use crate::lockbroker::plugin::host::{self, LogLevel};
 use crate::lockbroker::plugin::redis::{self, RedisScalar, RedisValue};
 use crate::lockbroker::plugin::types::{
@@ -146,7 +148,7 @@ pub fn resync(
     // Delete broker tokens that are not in the snapshot (leases whose release was lost).
     let mut stale = Vec::new();
     scan(s, |name, value| {
-        if !wanted.contains(&(name.to_vec(), value.to_vec())) {
+        if parse_token(value).is_some() && !wanted.contains(&(name.to_vec(), value.to_vec())) {
             stale.push(scripts::evalsha(
                 Script::Release,
                 name.to_vec(),
@@ -168,11 +170,67 @@ pub fn resync(
     Ok(outcomes)
 }
 
+/// Skipped values named one by one in the log at most; the rest are only counted.
+const REPORT_MAX: usize = 20;
+
+/// Values the restore did not re-install, for the log.
+#[derive(Default)]
+struct Skipped {
+    /// Values in the broker's namespace (`lb:...`, or a token in the wrong place) that are not
+    /// exactly a lease the mirror writes: reported at `warn`.
+    suspicious: usize,
+    /// Values of other Redis clients (not starting with `lb:`): reported at `debug`.
+    foreign: usize,
+}
+
+impl Skipped {
+    fn suspicious(&mut self, name: &[u8], value: &[u8], why: &str) {
+        self.suspicious += 1;
+        if self.suspicious <= REPORT_MAX {
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "restore: skipped {} = {}: {why}; not restored",
+                    show(name),
+                    show(value)
+                ),
+            );
+        }
+    }
+
+    fn foreign(&mut self, name: &[u8], value: &[u8]) {
+        self.foreign += 1;
+        if self.foreign <= REPORT_MAX {
+            host::log(
+                LogLevel::Debug,
+                &format!(
+                    "restore: skipped {} = {}: not a broker token (another Redis client's value)",
+                    show(name),
+                    show(value)
+                ),
+            );
+        }
+    }
+}
+
+/// Scans the prefix and returns the leases held in Redis. Only exact broker tokens (see
+/// `parse_token`), stored where the mirror writes them and with an expiry (the mirror always
+/// sets one), are restored; every other value under the prefix is skipped and logged (`warn`
+/// for values that start like a broker token, `debug` for other clients' values, the first
+/// `REPORT_MAX` of each by name, then a count). `max-fence` is the stored maximum (a
+/// non-decimal stored value is reported and ignored) or the largest restored fence, whichever
+/// is larger. The broker validates fences further (ranges against its epoch).
 pub fn restore(s: &Settings) -> Result<RestoreState, String> {
     let mut found = Vec::new();
-    scan(s, |name, value| found.push((name.to_vec(), value.to_vec())))?;
+    scan(s, |name, value| {
+        // With an empty prefix the fence key is under it too; it is read below.
+        if name != s.fence_key.as_slice() {
+            found.push((name.to_vec(), value.to_vec()));
+        }
+    })?;
     let mut locks = Vec::new();
     let mut max_fence = 0;
+    let mut skipped = Skipped::default();
     for chunk in found.chunks(CHUNK) {
         let commands: Vec<Vec<Vec<u8>>> = chunk
             .iter()
@@ -181,52 +239,113 @@ pub fn restore(s: &Settings) -> Result<RestoreState, String> {
         let replies = scripts::pipeline(&s.conn, &commands).map_err(|e| describe(&e))?;
         for ((name, value), ttl) in chunk.iter().zip(replies) {
             let Some((fence, mode)) = parse_token(value) else {
+                if looks_like_token(value) {
+                    skipped.suspicious(
+                        name,
+                        value,
+                        "not a token the mirror writes (`lb:<fence>`, `lb:<fence>:s` or \
+                         `lb:<fence>:n<permits>`, fence >= 2^40, no sign or leading zeros)",
+                    );
+                } else {
+                    skipped.foreign(name, value);
+                }
                 continue;
             };
-            max_fence = max_fence.max(fence);
-            let Ok(RedisValue::Int(ms)) = ttl else {
+            let Some(key) = lock_key(&s.prefix, name, value, mode) else {
+                skipped.suspicious(
+                    name,
+                    value,
+                    "a broker token under a key the mirror does not write it to",
+                );
                 continue;
             };
-            // -2: gone since the scan; -1: no expiry (not written by us) — skip both.
-            let (Ok(ms), Some(key)) = (u64::try_from(ms), lock_key(&s.prefix, name, value, mode))
-            else {
-                continue;
+            let ms = match ttl {
+                Ok(RedisValue::Int(ms)) => ms,
+                Ok(other) => {
+                    skipped.suspicious(name, value, &format!("unexpected PTTL reply {other:?}"));
+                    continue;
+                }
+                Err(e) => {
+                    skipped.suspicious(name, value, &format!("PTTL failed: {e}"));
+                    continue;
+                }
             };
-            if ms == 0 {
-                continue;
+            match ms {
+                // Deleted since the scan, or expiring now: not held, but the fence was handed out.
+                -2 | 0 => max_fence = max_fence.max(fence),
+                -1 => skipped.suspicious(
+                    name,
+                    value,
+                    "the key has no expiry (the mirror always sets one)",
+                ),
+                ms => match u64::try_from(ms) {
+                    Ok(ms) => {
+                        max_fence = max_fence.max(fence);
+                        locks.push(HeldLock {
+                            key: key.to_vec(),
+                            mode,
+                            owner_session: 0,
+                            fence,
+                            remaining_ttl_ms: ms,
+                        });
+                    }
+                    Err(_) => skipped.suspicious(name, value, &format!("PTTL {ms}")),
+                },
             }
-            locks.push(HeldLock {
-                key: key.to_vec(),
-                mode,
-                owner_session: 0,
-                fence,
-                remaining_ttl_ms: ms,
-            });
         }
     }
     let stored = match redis::execute(&s.conn, &[b"GET".to_vec(), s.fence_key.clone()]) {
-        Ok(RedisValue::Bulk(b)) => std::str::from_utf8(&b)
+        Ok(RedisValue::Bulk(b)) => match std::str::from_utf8(&b)
             .ok()
+            .filter(|t| !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()))
             .and_then(|t| t.parse::<u64>().ok())
-            .unwrap_or(0),
+        {
+            Some(f) => f,
+            None => {
+                host::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "restore: stored max fence {} = {} is not a decimal u64; ignored",
+                        show(&s.fence_key),
+                        show(&b)
+                    ),
+                );
+                0
+            }
+        },
         Ok(_) => 0,
         Err(e) => return Err(describe(&e)),
     };
+    for (n, level, what) in [
+        (
+            skipped.suspicious,
+            LogLevel::Warn,
+            "malformed broker values",
+        ),
+        (skipped.foreign, LogLevel::Debug, "other clients' values"),
+    ] {
+        if n > REPORT_MAX {
+            host::log(
+                level,
+                &format!("restore: {} more {what} skipped", n - REPORT_MAX),
+            );
+        }
+    }
+    let max_fence = stored.max(max_fence);
     host::log(
         LogLevel::Info,
         &format!(
-            "restore: {} held locks, max fence {}",
+            "restore: {} held locks, max fence {max_fence} (stored {stored}); skipped {} \
+             malformed broker values, {} other clients' values",
             locks.len(),
-            stored.max(max_fence)
+            skipped.suspicious,
+            skipped.foreign
         ),
     );
-    Ok(RestoreState {
-        locks,
-        max_fence: stored.max(max_fence),
-    })
+    Ok(RestoreState { locks, max_fence })
 }
 
-/// Calls `f(name, value)` for every key under the prefix whose value is a broker token.
+/// Calls `f(name, value)` for every string key under the prefix (whatever its value).
 fn scan(s: &Settings, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), String> {
     let pattern = match_pattern(&s.prefix);
     let mut cursor = b"0".to_vec();
@@ -263,9 +382,7 @@ fn scan(s: &Settings, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), String> {
                 .collect();
             let values = redis::pipeline(&s.conn, &gets).map_err(|e| describe(&e))?;
             for (name, v) in names.iter().zip(values) {
-                if let Ok(RedisValue::Bulk(v)) = v
-                    && parse_token(&v).is_some()
-                {
+                if let Ok(RedisValue::Bulk(v)) = v {
                     f(name, &v);
                 }
             }
