@@ -17,6 +17,7 @@
 //! - [`mutual_exclusion`]: no overlapping holders and growing fences under contention.
 //! - [`plugins_e2e`]: policy plugins through the broker: ACLs, rewrite, TTL clamp, faults,
 //!   hot reload.
+//! - [`restore_validation`]: restore refuses an absurd max-fence and hand-written values.
 //! - [`queueing`]: FIFO grants, try-lock and bounded waits, cancelled acquires.
 
 mod bad_input;
@@ -33,3 +34,4 @@ mod modes;
 mod mutual_exclusion;
 mod plugins_e2e;
 mod queueing;
+mod restore_validation;
