@@ -30,7 +30,10 @@ pub fn lockbroker_bin() -> PathBuf {
         let bin = profile_dir.join("lockbroker");
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "lockbroker", "--bin", "lockbroker"]);
+        // Exactly the build `scripts/test-all.sh` runs before the tests (`--workspace --bins`):
+        // a different package selection unifies other features of shared dependencies and
+        // would rebuild them (and the broker) once more.
+        cmd.args(["build", "--workspace", "--bins"]);
         // `cargo test` runs this process with the test package's CARGO_PKG_*/CARGO_MANIFEST_*
         // variables set; build scripts that watch them (ring's does) would then see a changed
         // environment and rebuild half the tree on every switch between `cargo build` and the
