@@ -139,6 +139,13 @@ impl ClientBuilder {
         self
     }
 
+    /// How often the client pings a quiet connection (default 2 s), so the broker does not
+    /// time it out; keep it well under the idle timeouts. `Duration::ZERO` sends no pings.
+    pub fn keep_alive(mut self, d: Duration) -> Self {
+        self.keep_alive = d;
+        self
+    }
+
     /// Connects to the first reachable broker.
     pub async fn connect(self) -> Result<Client> {
         if let Some(e) = self.ca_error {
@@ -168,7 +175,7 @@ impl ClientBuilder {
         let mut quic_config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
-            .keep_alive_interval(Some(self.keep_alive))
+            .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(self.idle_timeout)
                     .map_err(|e| Error::Invalid(e.to_string()))?,
@@ -675,6 +682,39 @@ mod tests {
         assert_eq!(addrs, vec!["127.0.0.1:9".parse().unwrap()]);
         let addrs = target("::1", 9).resolve().await.unwrap();
         assert_eq!(addrs, vec!["[::1]:9".parse().unwrap()]);
+    }
+
+    #[test]
+    fn every_setter_reaches_the_builder() {
+        let b = ClientBuilder::default()
+            .broker("quic://a:1")
+            .broker("quic://b:2")
+            .ca_pem("pem")
+            .client_cert("cert", "key")
+            .token("t")
+            .name("n")
+            .connect_timeout(Duration::from_millis(1))
+            .request_timeout(Duration::from_millis(2))
+            .keep_alive(Duration::from_millis(3))
+            .idle_timeout(Duration::from_millis(4));
+        assert_eq!(b.urls, ["quic://a:1", "quic://b:2"]);
+        assert!(matches!(&b.trust, Some(crate::tls::Trust::Pem(p)) if p == b"pem"));
+        let id = b.identity.as_ref().unwrap();
+        assert_eq!(
+            (&id.cert_pem[..], &id.key_pem[..]),
+            (&b"cert"[..], &b"key"[..])
+        );
+        assert_eq!(b.token.as_deref(), Some("t"));
+        assert_eq!(b.name, "n");
+        assert_eq!(b.connect_timeout, Duration::from_millis(1));
+        assert_eq!(b.request_timeout, Duration::from_millis(2));
+        assert_eq!(b.keep_alive, Duration::from_millis(3));
+        assert_eq!(b.idle_timeout, Duration::from_millis(4));
+
+        let b = b.insecure_dev_mode();
+        assert!(matches!(b.trust, Some(crate::tls::Trust::Insecure)));
+        let b = b.ca_file("/nonexistent/ca.pem");
+        assert!(b.ca_error.as_deref().unwrap().contains("CA file"));
     }
 
     #[tokio::test]
