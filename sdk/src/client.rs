@@ -1,5 +1,12 @@
 //! `Client` and `ClientBuilder`: configuration, connecting (to the first reachable of a list
 //! of broker addresses) and reconnecting lazily when the connection is gone.
+//!
+//! Broker addresses are kept as host and port, not as socket addresses: every connect and
+//! every reconnect resolves them again with `tokio::net::lookup_host` (never a blocking call
+//! on the runtime), so a broker that moved to another address is found after a reconnect.
+//! Each address a host resolves to is tried in order. The UDP endpoint of an address family is
+//! opened the first time an address of that family is tried. The live connection itself is
+//! [`Conn`] (one mutex for all its state, see `conn.rs`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -132,6 +139,13 @@ impl ClientBuilder {
         self
     }
 
+    /// How often the client pings a quiet connection (default 2 s), so the broker does not
+    /// time it out; keep it well under the idle timeouts. `Duration::ZERO` sends no pings.
+    pub fn keep_alive(mut self, d: Duration) -> Self {
+        self.keep_alive = d;
+        self
+    }
+
     /// Connects to the first reachable broker.
     pub async fn connect(self) -> Result<Client> {
         if let Some(e) = self.ca_error {
@@ -158,30 +172,19 @@ impl ClientBuilder {
         let tls = client_config(&trust, self.identity.as_ref())?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut quic_config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
-            .keep_alive_interval(Some(self.keep_alive))
+            .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(self.idle_timeout)
                     .map_err(|e| Error::Invalid(e.to_string()))?,
             ));
-        config.transport_config(Arc::new(transport));
-        let bind: SocketAddr = if targets.iter().all(|t| t.1.is_ipv6()) {
-            "[::]:0"
-                .parse()
-                .map_err(|_| Error::Invalid("bind".into()))?
-        } else {
-            "0.0.0.0:0"
-                .parse()
-                .map_err(|_| Error::Invalid("bind".into()))?
-        };
-        let mut endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| Error::Connect(format!("cannot open a UDP socket: {e}")))?;
-        endpoint.set_default_client_config(config);
+        quic_config.transport_config(Arc::new(transport));
         let client = Client {
             inner: Arc::new(Inner {
-                endpoint,
+                quic_config,
+                endpoints: Mutex::new(Endpoints::default()),
                 targets,
                 token: self.token,
                 name: self.name,
@@ -196,9 +199,54 @@ impl ClientBuilder {
     }
 }
 
-/// Parses `quic://host:port` (the scheme and the port are optional) into a TLS server name
-/// and a socket address.
-fn parse_url(url: &str) -> Result<(String, SocketAddr)> {
+/// A broker address as configured: a host (name or IP literal, also the TLS server name) and
+/// a port. Resolved on every connect.
+#[derive(Clone, PartialEq, Eq)]
+struct Target {
+    host: String,
+    port: u16,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Target {
+    /// The socket addresses the host resolves to now, in the resolver's order, without
+    /// duplicates (IP literals resolve to themselves without a lookup).
+    async fn resolve(&self) -> Result<Vec<SocketAddr>> {
+        let found = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| Error::Connect(format!("cannot resolve {}: {e}", self.host)))?;
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in found {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        if addrs.is_empty() {
+            return Err(Error::Connect(format!("{} has no address", self.host)));
+        }
+        Ok(addrs)
+    }
+
+    /// [`Target::resolve`], failing after `limit`.
+    async fn resolve_within(&self, limit: Duration) -> Result<Vec<SocketAddr>> {
+        tokio::time::timeout(limit, self.resolve())
+            .await
+            .map_err(|_| Error::Connect(format!("{self:?}: resolving timed out")))?
+    }
+}
+
+/// Parses `quic://host:port` (the scheme and the port are optional) into a [`Target`]. Does
+/// not resolve the host.
+fn parse_url(url: &str) -> Result<Target> {
     let rest = url.strip_prefix("quic://").unwrap_or(url);
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
@@ -213,19 +261,23 @@ fn parse_url(url: &str) -> Result<(String, SocketAddr)> {
     if host.is_empty() {
         return Err(Error::Invalid(format!("no host in broker URL {url:?}")));
     }
-    let addr = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, port),
-        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
-            .map_err(|e| Error::Invalid(format!("cannot resolve {host}: {e}")))?
-            .next()
-            .ok_or_else(|| Error::Invalid(format!("{host} has no address")))?,
-    };
-    Ok((host.to_owned(), addr))
+    Ok(Target {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// The client's UDP endpoints, one per address family, opened on first use.
+#[derive(Default)]
+struct Endpoints {
+    v4: Option<quinn::Endpoint>,
+    v6: Option<quinn::Endpoint>,
 }
 
 struct Inner {
-    endpoint: quinn::Endpoint,
-    targets: Vec<(String, SocketAddr)>,
+    quic_config: quinn::ClientConfig,
+    endpoints: Mutex<Endpoints>,
+    targets: Vec<Target>,
     token: Option<String>,
     name: String,
     connect_timeout: Duration,
@@ -375,7 +427,20 @@ impl Client {
         if let Some(conn) = conn {
             conn.close();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        let endpoints: Vec<quinn::Endpoint> = {
+            let e = self
+                .inner
+                .endpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            e.v4.iter().chain(e.v6.iter()).cloned().collect()
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            for endpoint in &endpoints {
+                endpoint.wait_idle().await;
+            }
+        })
+        .await;
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -392,21 +457,53 @@ impl Client {
             return Ok(c);
         }
         let mut last_error = Error::Connect("no broker address".into());
-        for (name, addr) in &self.inner.targets {
-            match self.connect_to(name, *addr).await {
-                Ok(conn) => {
-                    *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(conn.clone());
-                    return Ok(conn);
-                }
-                Err(e @ Error::Denied(_)) => return Err(e),
+        for target in &self.inner.targets {
+            // Resolved again on every (re)connect: the broker may have moved.
+            let addrs = match target.resolve_within(self.inner.connect_timeout).await {
+                Ok(addrs) => addrs,
                 Err(e) => {
-                    tracing::debug!(%addr, "connect failed: {e}");
+                    tracing::debug!(?target, "{e}");
                     last_error = e;
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match self.connect_to(&target.host, addr).await {
+                    Ok(conn) => {
+                        *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(conn.clone());
+                        return Ok(conn);
+                    }
+                    Err(e @ Error::Denied(_)) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(%addr, "connect failed: {e}");
+                        last_error = e;
+                    }
                 }
             }
         }
         Err(last_error)
+    }
+
+    /// The UDP endpoint for `addr`'s address family, opened on first use.
+    fn endpoint_for(&self, addr: SocketAddr) -> Result<quinn::Endpoint> {
+        let mut endpoints = self
+            .inner
+            .endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (slot, bind) = if addr.is_ipv6() {
+            (&mut endpoints.v6, SocketAddr::from(([0u16; 8], 0)))
+        } else {
+            (&mut endpoints.v4, SocketAddr::from(([0u8; 4], 0)))
+        };
+        if let Some(endpoint) = slot {
+            return Ok(endpoint.clone());
+        }
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| Error::Connect(format!("{addr}: cannot open a UDP socket: {e}")))?;
+        *slot = Some(endpoint.clone());
+        Ok(endpoint)
     }
 
     /// The live connection if there is one (no reconnect; usable from `Drop`).
@@ -421,11 +518,10 @@ impl Client {
     }
 
     async fn connect_to(&self, name: &str, addr: SocketAddr) -> Result<Arc<Conn>> {
+        let endpoint = self.endpoint_for(addr)?;
         let attempt = async {
-            let connecting = self
-                .inner
-                .endpoint
-                .connect(addr, name)
+            let connecting = endpoint
+                .connect_with(self.inner.quic_config.clone(), addr, name)
                 .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
             let quic = connecting
                 .await
@@ -526,19 +622,129 @@ pub(crate) fn millis(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_url;
+    use std::time::Duration;
+
+    use super::{ClientBuilder, Target, parse_url};
+    use crate::Error;
+
+    fn target(host: &str, port: u16) -> Target {
+        Target {
+            host: host.to_owned(),
+            port,
+        }
+    }
 
     #[test]
     fn urls_parse_with_and_without_scheme_and_port() {
-        let (h, a) = parse_url("quic://127.0.0.1:7421").unwrap();
-        assert_eq!((h.as_str(), a.port()), ("127.0.0.1", 7421));
-        let (_, a) = parse_url("127.0.0.1").unwrap();
-        assert_eq!(a.port(), 7420);
-        let (h, a) = parse_url("quic://[::1]:9000/").unwrap();
-        assert_eq!((h.as_str(), a.port()), ("::1", 9000));
-        let (h, _) = parse_url("quic://localhost:7420").unwrap();
-        assert_eq!(h, "localhost");
+        assert_eq!(
+            parse_url("quic://127.0.0.1:7421").unwrap(),
+            target("127.0.0.1", 7421)
+        );
+        assert_eq!(parse_url("127.0.0.1").unwrap(), target("127.0.0.1", 7420));
+        assert_eq!(
+            parse_url("quic://[::1]:9000/").unwrap(),
+            target("::1", 9000)
+        );
+        assert_eq!(
+            parse_url("quic://localhost:7420").unwrap(),
+            target("localhost", 7420)
+        );
         assert!(parse_url("quic://127.0.0.1:notaport").is_err());
         assert!(parse_url("quic://").is_err());
+        assert_eq!(format!("{:?}", target("::1", 9000)), "[::1]:9000");
+    }
+
+    #[test]
+    fn parsing_does_not_resolve() {
+        // A name no resolver knows parses fine: it is looked up when connecting.
+        assert_eq!(
+            parse_url("quic://broker.invalid:7420").unwrap(),
+            target("broker.invalid", 7420)
+        );
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves_through_the_async_resolver() {
+        let addrs = target("localhost", 7421).resolve().await.unwrap();
+        assert!(!addrs.is_empty());
+        for a in &addrs {
+            assert!(a.ip().is_loopback(), "{a}");
+            assert_eq!(a.port(), 7421);
+        }
+        let mut unique = addrs.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), addrs.len());
+    }
+
+    #[tokio::test]
+    async fn ip_literals_resolve_to_themselves() {
+        let addrs = target("127.0.0.1", 9).resolve().await.unwrap();
+        assert_eq!(addrs, vec!["127.0.0.1:9".parse().unwrap()]);
+        let addrs = target("::1", 9).resolve().await.unwrap();
+        assert_eq!(addrs, vec!["[::1]:9".parse().unwrap()]);
+    }
+
+    #[test]
+    fn every_setter_reaches_the_builder() {
+        let b = ClientBuilder::default()
+            .broker("quic://a:1")
+            .broker("quic://b:2")
+            .ca_pem("pem")
+            .client_cert("cert", "key")
+            .token("t")
+            .name("n")
+            .connect_timeout(Duration::from_millis(1))
+            .request_timeout(Duration::from_millis(2))
+            .keep_alive(Duration::from_millis(3))
+            .idle_timeout(Duration::from_millis(4));
+        assert_eq!(b.urls, ["quic://a:1", "quic://b:2"]);
+        assert!(matches!(&b.trust, Some(crate::tls::Trust::Pem(p)) if p == b"pem"));
+        let id = b.identity.as_ref().unwrap();
+        assert_eq!(
+            (&id.cert_pem[..], &id.key_pem[..]),
+            (&b"cert"[..], &b"key"[..])
+        );
+        assert_eq!(b.token.as_deref(), Some("t"));
+        assert_eq!(b.name, "n");
+        assert_eq!(b.connect_timeout, Duration::from_millis(1));
+        assert_eq!(b.request_timeout, Duration::from_millis(2));
+        assert_eq!(b.keep_alive, Duration::from_millis(3));
+        assert_eq!(b.idle_timeout, Duration::from_millis(4));
+
+        let b = b.insecure_dev_mode();
+        assert!(matches!(b.trust, Some(crate::tls::Trust::Insecure)));
+        let b = b.ca_file("/nonexistent/ca.pem");
+        assert!(b.ca_error.as_deref().unwrap().contains("CA file"));
+    }
+
+    #[tokio::test]
+    async fn connecting_resolves_names_and_reports_the_address_tried() {
+        // Nothing listens there: the resolved address is tried and the attempt times out.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let r = ClientBuilder::default()
+            .broker(format!("quic://localhost:{port}"))
+            .insecure_dev_mode()
+            .connect_timeout(Duration::from_millis(200))
+            .connect()
+            .await;
+        match r {
+            Err(Error::Connect(m)) => assert!(m.contains(&port.to_string()), "message: {m}"),
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_host_fails_to_connect_not_to_build() {
+        let r = ClientBuilder::default()
+            .broker("quic://no-such-broker.invalid:7420")
+            .insecure_dev_mode()
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await;
+        assert!(matches!(r, Err(Error::Connect(_))), "{r:?}");
     }
 }

@@ -1,19 +1,32 @@
-//! One live connection to a broker: the control stream, a writer path that writes a frame
-//! straight into the stream from the requesting task when nothing is queued (quinn packs every
-//! frame written before its driver runs into one packet) and otherwise queues it for a writer
-//! task that waits out flow control, a reader that routes answers and pushed grants to the
-//! requests waiting for them, and the table of pending requests.
+//! One live connection to a broker: the control stream, the table of pending requests, a
+//! reader task that routes answers to the requests waiting for them, and a writer task.
+//!
+//! Everything mutable about the connection lives in one [`State`] behind one
+//! `std::sync::Mutex`, so there is no lock order to remember. The rules that keep it simple:
+//!
+//! * the lock is never held across an `.await`;
+//! * the lock is never re-entered: [`Conn`] methods take it once and call [`State`] methods,
+//!   which get `&mut State` and cannot reach the lock (they know nothing of `Conn`);
+//! * side effects on other tasks happen after the guard is dropped: `State` methods return
+//!   what to do ([`After`]: wake the writer, wake tasks waiting for an abandoned acquire to
+//!   settle, hand an answer to its requester), and the `Conn` method does it unlocked.
+//!
+//! Writing: a frame sent while nothing is queued and at most one request is in flight is
+//! written straight into the QUIC stream by the sending task (lowest latency; quinn packs what
+//! was written before its driver runs into one packet). With other requests in flight, or
+//! frames already queued, the frame is appended to the outbound buffer and the writer task,
+//! woken through the one `Notify`, gathers the burst into one write and waits out flow control.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use lockbroker_proto::{Frame, Hello, Limits, Release, Welcome, decode, encode};
 use tokio::io::AsyncReadExt;
+use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{Notify, oneshot};
 
 use crate::Error;
@@ -21,42 +34,262 @@ use crate::Error;
 /// Application close code for a deliberate, clean close (the broker releases our leases).
 pub(crate) const CLOSE_CLEAN: u32 = 0;
 
+/// The outbound buffer is given back to the allocator after a burst larger than this.
+const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+
 enum Pending {
     /// Someone awaits the answer.
     Waiting(oneshot::Sender<Frame>),
-    /// The caller gave up (dropped the future) on an acquire of this key: a grant that still
-    /// arrives is released at once, the `Cancelled` answer is swallowed.
-    Abandoned(Bytes),
+    /// The caller gave up (dropped the future) on an acquire of `key`: a grant that still
+    /// arrives is released at once, the `Cancelled` answer is swallowed. `settle` holds one
+    /// sender per task waiting for this entry to go (dropping them wakes those tasks).
+    Abandoned {
+        key: Bytes,
+        settle: Vec<oneshot::Sender<()>>,
+    },
 }
 
-/// Frames not yet accepted by the stream, and the stream.
-struct Out {
-    buf: Vec<u8>,
+/// The mutable state of a connection, behind [`Conn::state`].
+struct State {
+    /// Requests awaiting an answer, by request id.
+    pending: HashMap<u64, Pending>,
+    /// How many entries of `pending` are [`Pending::Abandoned`] (lets `settle_abandoned` skip
+    /// the scan in the common case).
+    abandoned: usize,
+    /// The next request id (0 is reserved for frames that answer nothing).
+    next_id: u64,
+    /// Encoded frames not yet accepted by the stream.
+    out: Vec<u8>,
     send: quinn::SendStream,
+    /// Writing to the stream failed: nothing more is written.
     failed: bool,
+    /// The reader has ended: the connection is gone, `pending` has been emptied.
+    closed: bool,
 }
 
-impl Out {
-    /// Writes as much of `buf` as the stream takes now: `Ready` once `buf` is empty (or the
+/// What a [`State`] method leaves to do once the lock is released.
+#[derive(Default)]
+#[must_use]
+struct After {
+    /// Frames are queued for the writer task.
+    wake_writer: bool,
+    /// Senders of tasks waiting in `settle_abandoned`; dropped, they wake those tasks.
+    settled: Vec<oneshot::Sender<()>>,
+}
+
+impl After {
+    fn writer(wake_writer: bool) -> After {
+        After {
+            wake_writer,
+            settled: Vec::new(),
+        }
+    }
+}
+
+/// Where `State::route` sends an answer.
+enum Routed {
+    /// Hand `frame` to the requester (outside the lock).
+    Deliver(oneshot::Sender<Frame>, Frame),
+    Done(After),
+}
+
+impl State {
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Queues `frame`, or writes it into the stream right away when nothing is queued and no
+    /// other request is in flight. Returns whether the writer task must be woken.
+    fn send(&mut self, frame: &Frame) -> bool {
+        if self.closed || self.failed {
+            return false;
+        }
+        let was_empty = self.out.is_empty();
+        encode(frame, &mut self.out);
+        // Alone on the connection: write now (latency). With other requests in flight, let
+        // the writer task gather the burst into one write (throughput). A direct write only
+        // happens with an empty buffer, so the writer task is never parked on the stream then
+        // (its waker is not overwritten by the no-op one).
+        let alone = self.pending.len() <= 1;
+        !(was_empty
+            && alone
+            && self
+                .flush(&mut Context::from_waker(Waker::noop()))
+                .is_ready())
+    }
+
+    /// Writes as much of `out` as the stream takes now: `Ready` once `out` is empty (or the
     /// stream failed), `Pending` while flow control blocks it (`cx` is woken later).
     fn flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while !self.buf.is_empty() {
-            match Pin::new(&mut self.send).poll_write(cx, &self.buf) {
-                Poll::Ready(Ok(n)) if n == self.buf.len() => self.buf.clear(),
+        while !self.out.is_empty() {
+            match Pin::new(&mut self.send).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(n)) if n == self.out.len() => self.out.clear(),
                 Poll::Ready(Ok(n)) => {
-                    self.buf.drain(..n);
+                    self.out.drain(..n);
                 }
                 Poll::Ready(Err(_)) => {
                     self.failed = true;
-                    self.buf.clear();
+                    self.out.clear();
                 }
                 Poll::Pending => return Poll::Pending,
             }
         }
-        if self.buf.capacity() > 64 * 1024 {
-            self.buf = Vec::new();
+        if self.out.capacity() > KEEP_OUT_CAPACITY {
+            self.out = Vec::new();
         }
         Poll::Ready(())
+    }
+
+    /// The writer task's flush: `Ready(true)` once everything queued is written, `Ready(false)`
+    /// when the connection is gone or the stream failed (the writer stops).
+    fn poll_writer(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.closed || self.failed {
+            return Poll::Ready(false);
+        }
+        self.flush(cx).map(|()| !self.failed)
+    }
+
+    /// Registers a request built around a fresh id and sends it. `None` when the connection
+    /// is gone.
+    fn request(
+        &mut self,
+        build: impl FnOnce(u64) -> Frame,
+        tx: oneshot::Sender<Frame>,
+    ) -> Option<(u64, After)> {
+        if self.closed {
+            return None;
+        }
+        let id = self.fresh_id();
+        let frame = build(id);
+        // Registered before sending, so the in-flight count the send sees includes it.
+        self.pending.insert(id, Pending::Waiting(tx));
+        Some((id, After::writer(self.send(&frame))))
+    }
+
+    /// See [`Conn::give_up`]. Runs with the lock held from closing `rx` to marking the request
+    /// abandoned, so that `Conn::route` (which hands answers over unlocked) finds the mark when
+    /// the hand-over fails.
+    fn give_up(&mut self, id: u64, key: Option<Bytes>, rx: &mut oneshot::Receiver<Frame>) -> After {
+        // From here on the answer can no longer be handed over (the sender sees the receiver
+        // closed, and dropping the sender wakes nobody).
+        rx.close();
+        if let Some(slot) = self.pending.get_mut(&id) {
+            // Still pending: cancel it on the broker.
+            match key {
+                Some(key) => {
+                    *slot = Pending::Abandoned {
+                        key,
+                        settle: Vec::new(),
+                    };
+                    self.abandoned += 1;
+                }
+                None => {
+                    self.pending.remove(&id);
+                }
+            }
+            return After::writer(self.send(&Frame::Cancel { id }));
+        }
+        let Some(key) = key else {
+            return After::default();
+        };
+        match rx.try_recv() {
+            // Answered with a grant before we gave up: release it now.
+            Ok(Frame::Granted(g)) => After::writer(self.release_unwanted(&key, g)),
+            // `route` took the answer out of `pending` and is handing it over: the hand-over
+            // fails now and `route` resolves this mark (releasing a grant) under the lock.
+            Err(TryRecvError::Empty) => {
+                self.pending.insert(
+                    id,
+                    Pending::Abandoned {
+                        key,
+                        settle: Vec::new(),
+                    },
+                );
+                self.abandoned += 1;
+                After::default()
+            }
+            // Any other answer needs nothing; `Closed`: the connection is gone.
+            Ok(_) | Err(TryRecvError::Closed) => After::default(),
+        }
+    }
+
+    /// Queues a fire-and-forget release of a lease nobody is waiting for any more.
+    fn release_unwanted(&mut self, key: &Bytes, grant: lockbroker_proto::Granted) -> bool {
+        let id = self.fresh_id();
+        self.send(&Frame::Release(Release {
+            id,
+            key: grant.rewritten.unwrap_or_else(|| key.clone()),
+            fence: grant.fence,
+            ack: false,
+        }))
+    }
+
+    /// Takes the pending entry answered by `frame`.
+    fn route(&mut self, id: u64, frame: Frame) -> Routed {
+        match self.pending.remove(&id) {
+            Some(Pending::Waiting(tx)) => Routed::Deliver(tx, frame),
+            Some(Pending::Abandoned { key, settle }) => {
+                Routed::Done(self.resolve_abandoned(&key, settle, frame))
+            }
+            None => Routed::Done(After::default()),
+        }
+    }
+
+    /// The answer to request `id` could not be handed over: its requester gave up meanwhile.
+    /// An acquire was marked abandoned by `give_up`: resolve it. Otherwise drop the answer.
+    fn undelivered(&mut self, id: u64, frame: Frame) -> After {
+        match self.pending.remove(&id) {
+            Some(Pending::Abandoned { key, settle }) => self.resolve_abandoned(&key, settle, frame),
+            // No mark: a non-acquire request that timed out (`forget`). A `Waiting` entry
+            // cannot be here (`route` took it and ids are not reused).
+            _ => After::default(),
+        }
+    }
+
+    /// The broker answered an abandoned acquire of `key`: a grant is released. The release is
+    /// queued in the same critical section that removes the entry, so it precedes on the
+    /// stream any new acquire of the key that `settle_abandoned` held back.
+    fn resolve_abandoned(
+        &mut self,
+        key: &Bytes,
+        settled: Vec<oneshot::Sender<()>>,
+        frame: Frame,
+    ) -> After {
+        self.abandoned -= 1;
+        let wake_writer = match frame {
+            Frame::Granted(g) => self.release_unwanted(key, g),
+            _ => false,
+        };
+        After {
+            wake_writer,
+            settled,
+        }
+    }
+
+    /// Registers interest in the abandoned acquire of `key`: the returned receiver resolves
+    /// when it is resolved (or the connection ends). `None` when there is none.
+    fn watch_abandoned(&mut self, key: &[u8]) -> Option<oneshot::Receiver<()>> {
+        if self.abandoned == 0 || self.closed {
+            return None;
+        }
+        let settle = self.pending.values_mut().find_map(|p| match p {
+            Pending::Abandoned { key: k, settle } if k[..] == *key => Some(settle),
+            _ => None,
+        })?;
+        let (tx, rx) = oneshot::channel();
+        settle.push(tx);
+        Some(rx)
+    }
+
+    /// The reader ended: marks the connection gone and returns the pending table, whose
+    /// dropped senders wake every waiting request with "disconnected".
+    fn close(&mut self) -> HashMap<u64, Pending> {
+        self.closed = true;
+        self.abandoned = 0;
+        self.out = Vec::new();
+        std::mem::take(&mut self.pending)
     }
 }
 
@@ -65,15 +298,9 @@ pub(crate) struct Conn {
     quic: quinn::Connection,
     welcome: Welcome,
     limits: Limits,
-    pending: Mutex<HashMap<u64, Pending>>,
-    next_id: AtomicU64,
-    out: Mutex<Out>,
-    out_ready: Notify,
-    closed: AtomicBool,
-    closed_notify: Notify,
-    /// Abandoned acquires not yet resolved by the broker, and a signal when one resolves.
-    abandoned: AtomicUsize,
-    abandoned_settled: Notify,
+    state: Mutex<State>,
+    /// Wakes the writer task: frames are queued, or the connection ended.
+    writer: Notify,
 }
 
 impl Conn {
@@ -136,22 +363,33 @@ impl Conn {
             quic,
             welcome,
             limits,
-            pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            out: Mutex::new(Out {
-                buf: Vec::with_capacity(4096),
+            state: Mutex::new(State {
+                pending: HashMap::new(),
+                abandoned: 0,
+                next_id: 1,
+                out: Vec::with_capacity(4096),
                 send,
                 failed: false,
+                closed: false,
             }),
-            out_ready: Notify::new(),
-            closed: AtomicBool::new(false),
-            closed_notify: Notify::new(),
-            abandoned: AtomicUsize::new(0),
-            abandoned_settled: Notify::new(),
+            writer: Notify::new(),
         });
         tokio::spawn(conn.clone().write_loop());
         tokio::spawn(conn.clone().read_loop(recv, buf));
         Ok(conn)
+    }
+
+    /// The state lock (poisoning is recovered: the state is valid between `State` calls).
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Does what a `State` method left to do; call with the lock released.
+    fn after(&self, after: After) {
+        if after.wake_writer {
+            self.writer.notify_one();
+        }
+        drop(after.settled);
     }
 
     pub(crate) fn welcome(&self) -> &Welcome {
@@ -159,16 +397,7 @@ impl Conn {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// Resolves when the connection has ended.
-    pub(crate) async fn closed(&self) {
-        let notified = self.closed_notify.notified();
-        if self.is_closed() {
-            return;
-        }
-        notified.await;
+        self.state().closed
     }
 
     /// Checks a key against the broker's limit before it is sent.
@@ -188,121 +417,53 @@ impl Conn {
         &self,
         build: impl FnOnce(u64) -> Frame,
     ) -> Result<(u64, oneshot::Receiver<Frame>), Error> {
-        if self.is_closed() {
-            return Err(self.disconnected());
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Pending::Waiting(tx));
-        self.send(&build(id));
-        Ok((id, rx))
-    }
-
-    /// A fresh id for a frame that gets no answer.
-    pub(crate) fn fresh_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Writes a frame into the stream now, or queues it behind frames still waiting for flow
-    /// control (the writer task flushes those).
-    pub(crate) fn send(&self, frame: &Frame) {
-        self.send_as(frame, self.busy());
-    }
-
-    /// [`Conn::send`] with `busy` (more than one request in flight) already known: callers
-    /// holding the `pending` lock must not take it again. Lock order: `pending`, then `out`.
-    fn send_as(&self, frame: &Frame, busy: bool) {
-        let wake_writer = {
-            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            if out.failed {
-                return;
+        let sent = self.state().request(build, tx);
+        match sent {
+            Some((id, after)) => {
+                self.after(after);
+                Ok((id, rx))
             }
-            let was_empty = out.buf.is_empty();
-            encode(frame, &mut out.buf);
-            // Alone on the connection: write now (latency). With other requests in flight,
-            // let the writer task gather the burst into one write (throughput).
-            !(was_empty
-                && !busy
-                && out
-                    .flush(&mut Context::from_waker(Waker::noop()))
-                    .is_ready())
-        };
-        if wake_writer {
-            self.out_ready.notify_one();
+            None => Err(self.disconnected()),
         }
     }
 
-    /// More than one request awaits an answer.
-    fn busy(&self) -> bool {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len() > 1
+    /// Sends a frame that gets no answer, built around a fresh id (nothing if the connection
+    /// is gone).
+    pub(crate) fn post(&self, build: impl FnOnce(u64) -> Frame) {
+        let wake_writer = {
+            let mut state = self.state();
+            let id = state.fresh_id();
+            state.send(&build(id))
+        };
+        self.after(After::writer(wake_writer));
     }
 
     /// Gives up on request `id`, whose answer would come on `rx`. Still pending: cancel it on
     /// the broker; for an acquire (`key` set), a grant that crosses the cancel is released when
     /// it arrives. Already answered with a grant: release it now.
     pub(crate) fn give_up(&self, id: u64, key: Option<Bytes>, mut rx: oneshot::Receiver<Frame>) {
-        // `route` answers under the same lock, so the answer is either still pending here or
-        // already in `rx`.
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = pending.get_mut(&id) {
-            match key {
-                Some(key) => {
-                    *slot = Pending::Abandoned(key);
-                    self.abandoned.fetch_add(1, Ordering::AcqRel);
-                }
-                None => {
-                    pending.remove(&id);
-                }
-            }
-            drop(pending);
-            self.send(&Frame::Cancel { id });
-            return;
-        }
-        drop(pending);
-        if let (Ok(Frame::Granted(g)), Some(key)) = (rx.try_recv(), key) {
-            self.release_unwanted(g.rewritten.unwrap_or(key), g.fence, self.busy());
-        }
-    }
-
-    /// Releases (fire-and-forget) a lease nobody is waiting for any more.
-    fn release_unwanted(&self, key: Bytes, fence: u64, busy: bool) {
-        let release = Frame::Release(Release {
-            id: self.fresh_id(),
-            key,
-            fence,
-            ack: false,
-        });
-        self.send_as(&release, busy);
+        let after = self.state().give_up(id, key, &mut rx);
+        self.after(after);
     }
 
     /// Waits until no abandoned acquire of `key` is unresolved on the broker. The broker may
     /// have granted it before reading our `Cancel`; that grant is released when it arrives, and
     /// a new acquire of the key sent before then would be refused with `AlreadyHeld`.
     pub(crate) async fn settle_abandoned(&self, key: &[u8]) {
-        while self.abandoned.load(Ordering::Acquire) > 0 {
-            let settled = self.abandoned_settled.notified();
-            let outstanding = self
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .any(|p| matches!(p, Pending::Abandoned(k) if k[..] == *key));
-            if !outstanding || self.is_closed() {
+        loop {
+            let Some(settled) = self.state().watch_abandoned(key) else {
                 return;
-            }
-            settled.await;
+            };
+            // Resolves with an error when the entry goes (its senders are dropped).
+            let _ = settled.await;
         }
     }
 
     /// Forgets a pending request whose caller stopped waiting (non-acquire requests).
     pub(crate) fn forget(&self, id: u64) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        // Bound so the entry is dropped after the guard.
+        let _entry = self.state().pending.remove(&id);
     }
 
     /// Closes the connection on purpose: the broker releases this session's leases at once.
@@ -319,17 +480,13 @@ impl Conn {
     }
 
     /// Flushes frames queued while the stream was flow-control blocked or while other
-    /// requests were in flight.
+    /// requests were in flight; ends with the connection.
     async fn write_loop(self: Arc<Self>) {
         loop {
-            tokio::select! {
-                () = self.out_ready.notified() => {}
-                () = self.closed() => return,
-            }
+            self.writer.notified().await;
             // Let frames produced in the same burst join this write.
             tokio::task::yield_now().await;
-            poll_fn(|cx| self.out.lock().unwrap_or_else(|e| e.into_inner()).flush(cx)).await;
-            if self.out.lock().unwrap_or_else(|e| e.into_inner()).failed {
+            if !poll_fn(|cx| self.state().poll_writer(cx)).await {
                 return;
             }
         }
@@ -356,14 +513,11 @@ impl Conn {
                 Ok(_) => {}
             }
         }
-        self.closed.store(true, Ordering::Release);
-        // Dropping every waiting sender wakes its request with "disconnected".
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.closed_notify.notify_waiters();
-        self.abandoned_settled.notify_waiters();
+        let pending = self.state().close();
+        self.writer.notify_one();
+        // Dropping every waiting sender wakes its request with "disconnected", and every
+        // abandoned entry's settle senders wake `settle_abandoned`.
+        drop(pending);
     }
 
     fn route(&self, frame: Frame) {
@@ -374,25 +528,16 @@ impl Conn {
             }
             return;
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        match pending.remove(&id) {
-            Some(Pending::Waiting(tx)) => {
-                // Answered under the lock: see `give_up`.
-                let _ = tx.send(frame);
-            }
-            Some(Pending::Abandoned(key)) => {
-                // Queue the release before the entry is seen gone (`settle_abandoned` reads
-                // under this lock), so it precedes any new acquire of the key on the stream.
-                if let Frame::Granted(g) = frame {
-                    // `pending` is held: pass what `busy()` would read instead of locking again.
-                    let busy = pending.len() > 1;
-                    self.release_unwanted(g.rewritten.unwrap_or(key), g.fence, busy);
+        let routed = self.state().route(id, frame);
+        match routed {
+            Routed::Deliver(tx, frame) => {
+                if let Err(frame) = tx.send(frame) {
+                    // The requester gave up between our taking the entry and this hand-over.
+                    let after = self.state().undelivered(id, frame);
+                    self.after(after);
                 }
-                self.abandoned.fetch_sub(1, Ordering::AcqRel);
-                drop(pending);
-                self.abandoned_settled.notify_waiters();
             }
-            None => {}
+            Routed::Done(after) => self.after(after),
         }
     }
 }

@@ -169,14 +169,14 @@ impl Drop for Guard {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if !conn.is_closed() {
-            conn.send(&Frame::Release(Release {
-                id: conn.fresh_id(),
+        conn.post(|id| {
+            Frame::Release(Release {
+                id,
                 key: self.lease.key.clone(),
                 fence: self.lease.fence,
                 ack: false,
-            }));
-        }
+            })
+        });
     }
 }
 

@@ -1,0 +1,368 @@
+//! The connection layer against a scripted in-process broker: answers routed by request id,
+//! cancel on a dropped acquire, a grant for an abandoned acquire released (and ordered before
+//! the next acquire of its key), requests woken when the connection ends, reconnecting.
+
+use std::future::{Future, IntoFuture, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use lockbroker_proto::{ErrorCode, Frame, Granted, Limits, LockInfo, Welcome, decode, encode};
+use lockbroker_sdk::{Client, Error};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+/// A self-signed certificate for `localhost` (the client runs in `insecure_dev_mode`).
+const CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBnDCCAUGgAwIBAgIUawtGO+D3r+P8pez+05pr7m5yUv8wCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyNTE2MDIwNFoYDzIxMjYxMTAx
+MTYwMjA0WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAARY8uHJ3sZ17cP5SsizQvoMH9TYWVVg923QJ0gI42C4zUS0t+L580UZ
+wUCjjW3V+MUzWdQKALIMr8r4Y3Gt8njjo28wbTAdBgNVHQ4EFgQUznk15dDoFl+3
+e6GOQ4pkzqYIcp4wHwYDVR0jBBgwFoAUznk15dDoFl+3e6GOQ4pkzqYIcp4wDwYD
+VR0TAQH/BAUwAwEB/zAaBgNVHREEEzARgglsb2NhbGhvc3SHBH8AAAEwCgYIKoZI
+zj0EAwIDSQAwRgIhAMv3m6EPCVcxl3eZvTA3fb/HWpFddbI0ozukFNjiQlV+AiEA
+qvLJY6uuo+AsMjRulIoF2N7SdH3YmNMm7kI9RTRoXqU=
+-----END CERTIFICATE-----
+";
+const KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgj/wQDZaDmmUkraI0
+LTriOMyU4/praoJarCjQPHQIjC6hRANCAARY8uHJ3sZ17cP5SsizQvoMH9TYWVVg
+923QJ0gI42C4zUS0t+L580UZwUCjjW3V+MUzWdQKALIMr8r4Y3Gt8njj
+-----END PRIVATE KEY-----
+";
+
+/// How long a scripted step may wait for the client.
+const STEP: Duration = Duration::from_secs(5);
+
+/// A broker that only says Welcome; each test scripts the rest through [`Session`]s.
+struct Fake {
+    addr: SocketAddr,
+    sessions: mpsc::UnboundedReceiver<Session>,
+    _endpoint: quinn::Endpoint,
+}
+
+/// One accepted client connection and its control stream.
+struct Session {
+    quic: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+}
+
+impl Fake {
+    async fn start() -> Fake {
+        let certs = CertificateDer::pem_slice_iter(CERT.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(KEY.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        tls.alpn_protocols = vec![lockbroker_proto::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let (tx, sessions) = mpsc::unbounded_channel();
+        let accepting = endpoint.clone();
+        tokio::spawn(async move {
+            let mut next_session = 1;
+            while let Some(incoming) = accepting.accept().await {
+                let Ok(quic) = incoming.await else { continue };
+                let Ok((send, recv)) = quic.accept_bi().await else {
+                    continue;
+                };
+                let mut s = Session {
+                    quic,
+                    send,
+                    recv,
+                    buf: BytesMut::new(),
+                };
+                assert!(matches!(s.next().await, Frame::Hello(_)));
+                s.send(Frame::Welcome(Welcome {
+                    session: next_session,
+                    epoch: 1,
+                    max_frame: 64 * 1024,
+                    max_key: 1024,
+                    default_ttl_ms: 30_000,
+                    principal: "anonymous".into(),
+                }))
+                .await;
+                next_session += 1;
+                if tx.send(s).is_err() {
+                    return;
+                }
+            }
+        });
+        Fake {
+            addr,
+            sessions,
+            _endpoint: endpoint,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        self.client_at(&format!("quic://{}", self.addr)).await
+    }
+
+    async fn client_at(&self, url: &str) -> Client {
+        Client::builder()
+            .broker(url)
+            .insecure_dev_mode()
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .expect("connect to the fake broker")
+    }
+
+    async fn session(&mut self) -> Session {
+        tokio::time::timeout(STEP, self.sessions.recv())
+            .await
+            .expect("a client connects")
+            .expect("the fake broker runs")
+    }
+}
+
+impl Session {
+    /// The next frame from the client.
+    async fn next(&mut self) -> Frame {
+        let limits = Limits::default();
+        loop {
+            if let Some((frame, n)) = decode(&self.buf, &limits).expect("a well-formed frame") {
+                self.buf.advance(n);
+                return frame;
+            }
+            let read = tokio::time::timeout(STEP, self.recv.read_buf(&mut self.buf))
+                .await
+                .expect("the client sends a frame in time");
+            assert!(read.expect("stream open") > 0, "client closed the stream");
+        }
+    }
+
+    /// Asserts the client sends nothing for `d`.
+    async fn quiet_for(&mut self, d: Duration) {
+        if let Ok(frame) = tokio::time::timeout(d, self.next()).await {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+
+    async fn send(&mut self, frame: Frame) {
+        let mut out = Vec::new();
+        encode(&frame, &mut out);
+        self.send.write_all(&out).await.unwrap();
+    }
+
+    async fn acquire(&mut self) -> lockbroker_proto::Acquire {
+        match self.next().await {
+            Frame::Acquire(a) => a,
+            other => panic!("expected Acquire, got {other:?}"),
+        }
+    }
+
+    async fn grant(&mut self, id: u64, fence: u64, rewritten: Option<&'static str>) {
+        self.send(Frame::Granted(Granted {
+            id,
+            fence,
+            ttl_ms: 30_000,
+            rewritten: rewritten.map(|k| Bytes::from_static(k.as_bytes())),
+        }))
+        .await;
+    }
+
+    /// Expects a fire-and-forget release of `key` with `fence`.
+    async fn released(&mut self, key: &str, fence: u64) {
+        match self.next().await {
+            Frame::Release(r) => {
+                assert_eq!((&r.key[..], r.fence, r.ack), (key.as_bytes(), fence, false));
+            }
+            other => panic!("expected Release of {key} fence {fence}, got {other:?}"),
+        }
+    }
+}
+
+type Acquiring =
+    Pin<Box<dyn Future<Output = lockbroker_sdk::Result<lockbroker_sdk::Guard>> + Send>>;
+
+/// Polls an acquire once, which sends it, and leaves it pending.
+async fn start(acquire: lockbroker_sdk::LockRequest) -> Acquiring {
+    let mut fut = acquire.into_future();
+    poll_fn(|cx| {
+        assert!(
+            fut.as_mut().poll(cx).is_pending(),
+            "answered without a broker answer"
+        );
+        Poll::Ready(())
+    })
+    .await;
+    fut
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_routed_by_request_id() {
+    let mut fake = Fake::start().await;
+    let client = fake.client().await;
+    let mut s = fake.session().await;
+    // A burst of concurrent requests (queued and coalesced by the writer task), answered in
+    // reverse order.
+    let asks: Vec<_> = (0..32)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(async move { c.inspect(format!("key/{i}")).await })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for _ in 0..32 {
+        match s.next().await {
+            Frame::Inspect { id, key } => seen.push((id, key)),
+            other => panic!("expected Inspect, got {other:?}"),
+        }
+    }
+    for (id, key) in seen.into_iter().rev() {
+        let waiters = key[4..].iter().fold(0, |n, d| n * 10 + u32::from(d - b'0'));
+        s.send(Frame::LockInfo(LockInfo {
+            id,
+            key,
+            holders: Vec::new(),
+            waiters,
+            blocked_ms: 0,
+        }))
+        .await;
+    }
+    for (i, ask) in asks.into_iter().enumerate() {
+        let info = ask.await.unwrap().unwrap();
+        assert_eq!(info.key, format!("key/{i}"));
+        assert_eq!(info.waiters, i as u32);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_crossing_the_cancel_is_released_before_the_next_acquire_of_the_key() {
+    let mut fake = Fake::start().await;
+    let client = fake.client().await;
+    let mut s = fake.session().await;
+
+    let first = start(client.lock("k")).await;
+    let a1 = s.acquire().await;
+    drop(first);
+    assert_eq!(s.next().await, Frame::Cancel { id: a1.id });
+
+    // Acquiring the key again is held back while the abandoned acquire is unresolved...
+    let again = tokio::spawn({
+        let c = client.clone();
+        async move { c.lock("k").await }
+    });
+    s.quiet_for(Duration::from_millis(200)).await;
+    // ...the broker granted it before reading the cancel: the grant is given back first.
+    s.grant(a1.id, 7, None).await;
+    s.released("k", 7).await;
+    let a2 = s.acquire().await;
+    assert_eq!(&a2.key[..], b"k");
+    s.grant(a2.id, 8, None).await;
+    let guard = again.await.unwrap().expect("second acquire granted");
+    assert_eq!(guard.fence(), 8);
+
+    // Dropping the guard releases fire-and-forget.
+    drop(guard);
+    s.released("k", 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_abandoned_acquire_lets_the_next_one_go_without_a_release() {
+    let mut fake = Fake::start().await;
+    let client = fake.client().await;
+    let mut s = fake.session().await;
+
+    let first = start(client.lock("k")).await;
+    let a1 = s.acquire().await;
+    drop(first);
+    assert_eq!(s.next().await, Frame::Cancel { id: a1.id });
+    let again = tokio::spawn({
+        let c = client.clone();
+        async move { c.lock("k").no_wait().await }
+    });
+    s.quiet_for(Duration::from_millis(100)).await;
+    s.send(Frame::Error {
+        id: a1.id,
+        code: ErrorCode::Cancelled,
+        message: "cancelled".into(),
+    })
+    .await;
+    let a2 = s.acquire().await;
+    s.send(Frame::Error {
+        id: a2.id,
+        code: ErrorCode::Busy,
+        message: "held".into(),
+    })
+    .await;
+    assert_eq!(again.await.unwrap().unwrap_err(), Error::Busy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_that_arrived_before_the_acquire_was_dropped_is_released() {
+    let mut fake = Fake::start().await;
+    let client = fake.client().await;
+    let mut s = fake.session().await;
+
+    let acquiring = start(client.lock("k")).await;
+    let a = s.acquire().await;
+    // Granted (under a policy-rewritten key) while nobody polls the acquire.
+    s.grant(a.id, 9, Some("tenant/k")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(acquiring);
+    s.released("tenant/k", 9).await;
+    // Answered: nothing to cancel.
+    s.quiet_for(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_the_connection_wakes_every_waiter_and_the_next_call_reconnects() {
+    let mut fake = Fake::start().await;
+    // By name: resolved again on the reconnect.
+    let client = fake
+        .client_at(&format!("quic://localhost:{}", fake.addr.port()))
+        .await;
+    let mut s = fake.session().await;
+    assert_eq!(client.session_id().await.unwrap(), 1);
+
+    let waiting = tokio::spawn({
+        let c = client.clone();
+        async move { c.lock("w").await }
+    });
+    s.acquire().await;
+    // An abandoned acquire holds back a new acquire of its key until the connection ends.
+    let abandoned = start(client.lock("k")).await;
+    let a = s.acquire().await;
+    drop(abandoned);
+    assert_eq!(s.next().await, Frame::Cancel { id: a.id });
+    let held_back = tokio::spawn({
+        let c = client.clone();
+        async move { c.lock("k").await }
+    });
+    s.quiet_for(Duration::from_millis(100)).await;
+
+    s.quic.close(0u32.into(), b"bye");
+    let woken = tokio::time::timeout(STEP, waiting).await.unwrap().unwrap();
+    assert!(matches!(woken, Err(Error::Disconnected(_))), "{woken:?}");
+    let woken = tokio::time::timeout(STEP, held_back)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(woken, Err(Error::Disconnected(_))), "{woken:?}");
+
+    let session = tokio::spawn({
+        let c = client.clone();
+        async move { c.session_id().await }
+    });
+    let _s2 = fake.session().await;
+    assert_eq!(session.await.unwrap().unwrap(), 2);
+}
