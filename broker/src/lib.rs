@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod config;
 pub mod epoch;
+pub mod identity;
 pub mod mirror;
 pub mod plugins;
 pub mod redis;

@@ -7,7 +7,9 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use lockbroker_proto::{Acquire, Frame, Granted, Limits, Mode, Release, WaitSpec, decode, encode};
+use lockbroker_proto::{
+    Acquire, Frame, Granted, LeaseSecret, Limits, Mode, Release, WaitSpec, decode, encode,
+};
 
 fn frames() -> Vec<(&'static str, Frame)> {
     let key = Bytes::from_static(b"jobs/nightly-report");
@@ -29,6 +31,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 fence: (7 << 40) | 123_456,
                 ttl_ms: 30_000,
                 rewritten: None,
+                secret: LeaseSecret([0x5a; 16]),
             }),
         ),
         (
@@ -38,6 +41,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 key,
                 fence: (7 << 40) | 123_456,
                 ack: false,
+                secret: LeaseSecret([0x5a; 16]),
             }),
         ),
     ]

@@ -3,7 +3,7 @@
 //! Layout: `len: u32 LE | version: u8 | kind: u8 | body`. `len` counts version, kind and body.
 //! Bodies are the frame's fields in declaration order; `Option<T>` is a `u8` tag (0/1) then T;
 //! `Mode` is a tag (0 exclusive, 1 shared, 2 semaphore + u32); `WaitSpec` is a tag (0 no wait,
-//! 1 millis + u64, 2 forever).
+//! 1 millis + u64, 2 forever); a `LeaseSecret` is its 16 bytes.
 
 use crate::frame::*;
 use crate::wire::{Reader, put_bytes, put_u8, put_u16, put_u32, put_u64};
@@ -46,6 +46,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Welcome(w) => {
             put_u8(out, kind::WELCOME);
             put_u64(out, w.session);
+            put_u64(out, w.broker_id);
             put_u64(out, w.epoch);
             put_u32(out, w.max_frame);
             put_u32(out, w.max_key);
@@ -72,6 +73,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                     put_bytes(out, k);
                 }
             }
+            out.extend_from_slice(&g.secret.0);
         }
         Frame::Release(r) => {
             put_u8(out, kind::RELEASE);
@@ -79,6 +81,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_bytes(out, &r.key);
             put_u64(out, r.fence);
             put_u8(out, u8::from(r.ack));
+            out.extend_from_slice(&r.secret.0);
         }
         Frame::Extend(e) => {
             put_u8(out, kind::EXTEND);
@@ -86,6 +89,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_bytes(out, &e.key);
             put_u64(out, e.fence);
             put_u64(out, e.ttl_ms);
+            out.extend_from_slice(&e.secret.0);
         }
         Frame::Extended { id, ttl_ms } => {
             put_u8(out, kind::EXTENDED);
@@ -98,6 +102,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_bytes(out, &r.key);
             put_u64(out, r.fence);
             put_u64(out, r.ttl_ms);
+            out.extend_from_slice(&r.secret.0);
         }
         Frame::Ok { id } => {
             put_u8(out, kind::OK);
@@ -204,6 +209,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
         }),
         kind::WELCOME => Frame::Welcome(Welcome {
             session: r.u64("session")?,
+            broker_id: r.u64("broker_id")?,
             epoch: r.u64("epoch")?,
             max_frame: r.u32("max_frame")?,
             max_key: r.u32("max_key")?,
@@ -226,18 +232,21 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             } else {
                 None
             },
+            secret: r.secret()?,
         }),
         kind::RELEASE => Frame::Release(Release {
             id: r.u64("id")?,
             key: r.key(max_key)?,
             fence: r.u64("fence")?,
             ack: r.bool("ack")?,
+            secret: r.secret()?,
         }),
         kind::EXTEND => Frame::Extend(Extend {
             id: r.u64("id")?,
             key: r.key(max_key)?,
             fence: r.u64("fence")?,
             ttl_ms: r.u64("ttl")?,
+            secret: r.secret()?,
         }),
         kind::EXTENDED => Frame::Extended {
             id: r.u64("id")?,
@@ -248,6 +257,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             key: r.key(max_key)?,
             fence: r.u64("fence")?,
             ttl_ms: r.u64("ttl")?,
+            secret: r.secret()?,
         }),
         kind::OK => Frame::Ok { id: r.u64("id")? },
         kind::INSPECT => Frame::Inspect {

@@ -38,6 +38,18 @@ pub enum UnlockOutcome {
     Expired,
 }
 
+/// The unguessable secret of one lease, bound by the broker to (key, fence, principal).
+/// `Release`, `Extend` and `Reclaim` of the lease must present it. Its `Debug` never shows the
+/// bytes, so it does not end up in logs.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaseSecret(pub [u8; 16]);
+
+impl std::fmt::Debug for LeaseSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseSecret(..)")
+    }
+}
+
 /// Client → broker, first frame on the control stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
@@ -51,6 +63,9 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Welcome {
     pub session: u64,
+    /// The broker's persistent identity (kept in its data dir): a client never carries a lease
+    /// over to a broker with another identity.
+    pub broker_id: u64,
     /// Broker epoch: the high bits of every fencing token issued by this broker run.
     pub epoch: u64,
     pub max_frame: u32,
@@ -82,6 +97,8 @@ pub struct Granted {
     pub ttl_ms: u64,
     /// Set when a key policy rewrote the key: the key the lock is actually held on.
     pub rewritten: Option<Bytes>,
+    /// The lease's secret: needed to release, extend or reclaim it.
+    pub secret: LeaseSecret,
 }
 
 /// Give a lease back.
@@ -92,6 +109,8 @@ pub struct Release {
     pub fence: u64,
     /// Answer with `Ok`/`Error` when true; when false the release is fire-and-forget.
     pub ack: bool,
+    /// The lease's secret, from its `Granted`.
+    pub secret: LeaseSecret,
 }
 
 /// Renew a lease: its deadline becomes now + ttl.
@@ -101,6 +120,8 @@ pub struct Extend {
     pub key: Bytes,
     pub fence: u64,
     pub ttl_ms: u64,
+    /// The lease's secret, from its `Granted`.
+    pub secret: LeaseSecret,
 }
 
 /// Take over a lease by id (fence) from a lost session or a restored lock.
@@ -110,6 +131,8 @@ pub struct Reclaim {
     pub key: Bytes,
     pub fence: u64,
     pub ttl_ms: u64,
+    /// The lease's secret, from its `Granted`.
+    pub secret: LeaseSecret,
 }
 
 /// One holder of a lock, as reported by `LockInfo`.

@@ -18,7 +18,8 @@ pub use frame::*;
 pub use limits::Limits;
 
 /// The protocol version this crate speaks. A frame carrying another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version 2: lease secrets in `Granted`, `Release`, `Extend`, `Reclaim`; broker id in `Welcome`.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The default UDP port of the broker.
 pub const DEFAULT_PORT: u16 = 7420;

@@ -46,6 +46,13 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
+    pub(crate) fn secret(&mut self) -> Result<crate::LeaseSecret, DecodeError> {
+        let b = self.take(16, "lease secret")?;
+        let mut out = [0u8; 16];
+        out.copy_from_slice(b);
+        Ok(crate::LeaseSecret(out))
+    }
+
     pub(crate) fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
         match self.u8(what)? {
             0 => Ok(false),

@@ -35,6 +35,7 @@ fn samples() -> Vec<Frame> {
         }),
         Frame::Welcome(Welcome {
             session: 7,
+            broker_id: 0x1234_5678_9abc_def0,
             epoch: 3,
             max_frame: 65536,
             max_key: 1024,
@@ -67,24 +68,28 @@ fn samples() -> Vec<Frame> {
             fence: u64::MAX,
             ttl_ms: 10,
             rewritten: None,
+            secret: LeaseSecret([0xab; 16]),
         }),
         Frame::Granted(Granted {
             id: 1,
             fence: 9,
             ttl_ms: 10,
             rewritten: Some(Bytes::from_static(b"tenant/a/jobs")),
+            secret: LeaseSecret([7; 16]),
         }),
         Frame::Release(Release {
             id: 4,
             key: key.clone(),
             fence: 9,
             ack: true,
+            secret: LeaseSecret([1; 16]),
         }),
         Frame::Extend(Extend {
             id: 5,
             key: key.clone(),
             fence: 9,
             ttl_ms: 100,
+            secret: LeaseSecret([2; 16]),
         }),
         Frame::Extended { id: 5, ttl_ms: 100 },
         Frame::Reclaim(Reclaim {
@@ -92,6 +97,7 @@ fn samples() -> Vec<Frame> {
             key: key.clone(),
             fence: 9,
             ttl_ms: 100,
+            secret: LeaseSecret([2; 16]),
         }),
         Frame::Ok { id: 4 },
         Frame::Inspect {
@@ -329,26 +335,38 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 ttl_ms,
                 wait
             })),
-        (any::<u64>(), arb_key(), any::<u64>(), any::<bool>()).prop_map(|(id, key, fence, ack)| {
-            Frame::Release(Release {
-                id,
-                key,
-                fence,
-                ack,
-            })
-        }),
+        (
+            any::<u64>(),
+            arb_key(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<[u8; 16]>()
+        )
+            .prop_map(|(id, key, fence, ack, secret)| {
+                Frame::Release(Release {
+                    id,
+                    key,
+                    fence,
+                    ack,
+                    secret: LeaseSecret(secret),
+                })
+            }),
         (
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
-            proptest::option::of(arb_key())
+            proptest::option::of(arb_key()),
+            any::<[u8; 16]>()
         )
-            .prop_map(|(id, fence, ttl_ms, rewritten)| Frame::Granted(Granted {
-                id,
-                fence,
-                ttl_ms,
-                rewritten
-            })),
+            .prop_map(
+                |(id, fence, ttl_ms, rewritten, secret)| Frame::Granted(Granted {
+                    id,
+                    fence,
+                    ttl_ms,
+                    rewritten,
+                    secret: LeaseSecret(secret),
+                })
+            ),
         (any::<u64>(), any::<u16>(), ".{0,40}").prop_map(|(id, c, m)| Frame::error(
             id,
             ErrorCode::from_u16(c),

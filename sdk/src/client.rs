@@ -47,6 +47,7 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     keep_alive: Duration,
     idle_timeout: Duration,
+    lease_margin: Duration,
 }
 
 impl Default for ClientBuilder {
@@ -62,9 +63,17 @@ impl Default for ClientBuilder {
             request_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
+            lease_margin: DEFAULT_LEASE_MARGIN,
         }
     }
 }
+
+/// Default fixed part of a guard's safety margin (see [`ClientBuilder::lease_margin`]).
+pub const DEFAULT_LEASE_MARGIN: Duration = Duration::from_millis(100);
+
+/// The clock-rate drift a guard allows for: its clocks may run this much slower than the
+/// broker's (1 %, far above the drift of real quartz clocks, ~0.01 %).
+pub const CLOCK_DRIFT: f64 = 0.01;
 
 impl ClientBuilder {
     /// Adds a broker address (`quic://host:port`). Several may be given: the client connects
@@ -133,6 +142,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The fixed part of a guard's safety margin (default 100 ms): [`crate::Guard::lost`]
+    /// fires this long, plus 1 % of the TTL for clock-rate drift, *before* the lease's local
+    /// deadline (counted from when the acquire or renewal was sent), whether or not the broker
+    /// said anything. Keep it above the time your work needs to stop after `lost()` fires.
+    pub fn lease_margin(mut self, d: Duration) -> Self {
+        self.lease_margin = d;
+        self
+    }
+
     /// QUIC idle timeout (default 10 s) — a connection silent this long is considered lost.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = d;
@@ -190,6 +208,7 @@ impl ClientBuilder {
                 name: self.name,
                 connect_timeout: self.connect_timeout,
                 request_timeout: self.request_timeout,
+                lease_margin: self.lease_margin,
                 current: Mutex::new(None),
                 reconnect: tokio::sync::Mutex::new(()),
             }),
@@ -282,6 +301,7 @@ struct Inner {
     name: String,
     connect_timeout: Duration,
     request_timeout: Duration,
+    lease_margin: Duration,
     current: Mutex<Option<Arc<Conn>>>,
     reconnect: tokio::sync::Mutex<()>,
 }
@@ -445,6 +465,12 @@ impl Client {
 
     pub(crate) fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
+    }
+
+    /// How long before its local deadline a lease of `ttl` is reported lost: the fixed margin
+    /// plus the clock drift over the TTL, at most half the TTL.
+    pub(crate) fn lease_margin(&self, ttl: Duration) -> Duration {
+        (self.inner.lease_margin + ttl.mul_f64(CLOCK_DRIFT)).min(ttl / 2)
     }
 
     /// The live connection, reconnecting if it is gone.
@@ -696,7 +722,9 @@ mod tests {
             .connect_timeout(Duration::from_millis(1))
             .request_timeout(Duration::from_millis(2))
             .keep_alive(Duration::from_millis(3))
-            .idle_timeout(Duration::from_millis(4));
+            .idle_timeout(Duration::from_millis(4))
+            .lease_margin(Duration::from_millis(5));
+        assert_eq!(b.lease_margin, Duration::from_millis(5));
         assert_eq!(b.urls, ["quic://a:1", "quic://b:2"]);
         assert!(matches!(&b.trust, Some(crate::tls::Trust::Pem(p)) if p == b"pem"));
         let id = b.identity.as_ref().unwrap();

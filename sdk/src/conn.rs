@@ -223,6 +223,7 @@ impl State {
             key: grant.rewritten.unwrap_or_else(|| key.clone()),
             fence: grant.fence,
             ack: false,
+            secret: grant.secret,
         }))
     }
 

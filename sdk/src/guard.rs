@@ -1,13 +1,21 @@
-//! `Guard`: a held lease. It renews the lease in the background (every third of its TTL),
-//! reclaims it on a new connection after a reconnect, and reports `Lost` if it could not be
-//! renewed before its deadline. `unlock().await` releases with an acknowledgement; dropping
-//! the guard releases fire-and-forget.
+//! `Guard`: a held lease, and its watchdog task.
+//!
+//! The guard keeps a *local deadline* for the lease, counted from when the acquire (or the
+//! last renewal) was *sent* — never later than the broker's own deadline, whatever the network
+//! did. The watchdog renews the lease every third of its TTL (each renewal's send time starts
+//! the next deadline), reclaims it on a new connection after a reconnect — only on a broker
+//! with the same identity — and resolves [`Guard::lost`] at the local deadline minus a safety
+//! margin for clock-rate drift (`ClientBuilder::lease_margin`), whether or not the broker
+//! answered. [`Guard::extend`] moves the deadline (shorter or longer). If the watchdog task
+//! itself ends, `lost()` resolves too. Release, extend and reclaim present the lease's secret.
+//! `unlock().await` releases with an acknowledgement; dropping the guard releases
+//! fire-and-forget.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_proto::{Extend, Frame, Mode, Reclaim, Release};
+use lockbroker_proto::{Extend, Frame, LeaseSecret, Mode, Reclaim, Release};
 use tokio::sync::watch;
 
 use crate::client::{millis, round_trip_on};
@@ -20,21 +28,42 @@ use crate::{Client, Error, Result};
 #[must_use = "dropping a guard releases the lock at once"]
 pub struct Guard {
     lease: Arc<Lease>,
-    renewer: Option<tokio::task::JoinHandle<()>>,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
     lost: watch::Receiver<Option<Error>>,
     released: bool,
 }
 
-/// What the guard and its renewal task share.
+/// The TTL in force and the lease's local deadline.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    ttl: Duration,
+    /// Send time of the acquire or renewal that set it, plus the TTL granted.
+    deadline: Instant,
+}
+
+/// What the guard and its watchdog share.
 struct Lease {
     client: Client,
     key: Bytes,
     fence: u64,
+    secret: LeaseSecret,
+    /// The identity of the broker that granted the lease: it is never carried to another.
+    broker_id: u64,
     mode: Mode,
-    ttl: Mutex<Duration>,
+    timing: watch::Sender<Timing>,
     /// The connection whose session holds the lease.
     owner: Mutex<Arc<Conn>>,
-    lost: watch::Sender<Option<Error>>,
+}
+
+/// A granted lease as `LockRequest` hands it to [`Guard::new`].
+pub(crate) struct Granted {
+    pub key: Bytes,
+    pub fence: u64,
+    pub secret: LeaseSecret,
+    pub mode: Mode,
+    pub ttl: Duration,
+    /// When the acquire was sent: the lease's clock starts there.
+    pub sent: Instant,
 }
 
 impl std::fmt::Debug for Guard {
@@ -48,29 +77,26 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
-    pub(crate) fn new(
-        client: Client,
-        owner: Arc<Conn>,
-        key: Bytes,
-        fence: u64,
-        mode: Mode,
-        ttl: Duration,
-        renew: bool,
-    ) -> Guard {
+    pub(crate) fn new(client: Client, owner: Arc<Conn>, g: Granted, renew: bool) -> Guard {
         let (lost_tx, lost) = watch::channel(None);
+        let broker_id = owner.welcome().broker_id;
         let lease = Arc::new(Lease {
             client,
-            key,
-            fence,
-            mode,
-            ttl: Mutex::new(ttl),
+            key: g.key,
+            fence: g.fence,
+            secret: g.secret,
+            broker_id,
+            mode: g.mode,
+            timing: watch::Sender::new(Timing {
+                ttl: g.ttl,
+                deadline: g.sent + g.ttl,
+            }),
             owner: Mutex::new(owner),
-            lost: lost_tx,
         });
-        let renewer = renew.then(|| tokio::spawn(renew_loop(lease.clone())));
+        let watchdog = Some(tokio::spawn(watchdog(lease.clone(), lost_tx, renew)));
         Guard {
             lease,
-            renewer,
+            watchdog,
             lost,
             released: false,
         }
@@ -79,6 +105,12 @@ impl Guard {
     /// The fencing token: strictly increasing per key across the broker's life.
     pub fn fence(&self) -> u64 {
         self.lease.fence
+    }
+
+    /// The lease's secret. Whoever has it — and is the same principal — can release, extend or
+    /// reclaim the lease (e.g. after a restart of the holding process), so keep it secret.
+    pub fn secret(&self) -> LeaseSecret {
+        self.lease.secret
     }
 
     /// The key held (after any policy rewrite).
@@ -98,7 +130,13 @@ impl Guard {
 
     /// The lease TTL granted by the broker (after TTL policy); renewals use it.
     pub fn ttl(&self) -> Duration {
-        *self.lease.ttl.lock().unwrap_or_else(|e| e.into_inner())
+        self.lease.timing.borrow().ttl
+    }
+
+    /// The lease's local deadline: the send time of the acquire or last renewal plus the TTL.
+    /// [`Guard::lost`] fires a safety margin before it.
+    pub fn deadline(&self) -> Instant {
+        self.lease.timing.borrow().deadline
     }
 
     /// True once the lease is lost.
@@ -106,8 +144,10 @@ impl Guard {
         self.lost.borrow().is_some()
     }
 
-    /// Resolves with [`Error::Lost`] when the lease could not be renewed before its deadline
-    /// (or the broker no longer has it). Never resolves while the lease is safe.
+    /// Resolves with [`Error::Lost`] when the lease can no longer be guaranteed: it was not
+    /// renewed before its local deadline minus the safety margin, the broker no longer has it,
+    /// the client reconnected to a broker with another identity, or the watchdog task ended.
+    /// Never resolves while the lease is safe.
     pub async fn lost(&self) -> Error {
         let mut rx = self.lost.clone();
         loop {
@@ -115,24 +155,24 @@ impl Guard {
                 return e;
             }
             if rx.changed().await.is_err() {
-                // The guard's lease state is gone: only happens after release.
-                std::future::pending::<()>().await;
+                return rx.borrow().clone().unwrap_or_else(|| {
+                    Error::Lost("the lease watchdog stopped; the lease is not renewed".into())
+                });
             }
         }
     }
 
-    /// Renews the lease now with a new TTL.
+    /// Renews the lease now with a new TTL (shorter or longer): the local deadline becomes
+    /// the send time of this renewal plus the TTL granted, and renewals follow the new TTL.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
-        extend_once(&self.lease, ttl).await.map(|granted| {
-            *self.lease.ttl.lock().unwrap_or_else(|e| e.into_inner()) = granted;
-        })
+        renew_now(&self.lease, ttl).await.map(|_| ())
     }
 
     /// Releases the lock and waits for the broker to confirm.
     pub async fn unlock(mut self) -> Result<()> {
         self.released = true;
-        if let Some(r) = self.renewer.take() {
-            r.abort();
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
         }
         if let Some(e) = self.lost.borrow().clone() {
             return Err(e);
@@ -145,6 +185,7 @@ impl Guard {
                 key: lease.key.clone(),
                 fence: lease.fence,
                 ack: true,
+                secret: lease.secret,
             })
         })
         .await?;
@@ -157,8 +198,8 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(r) = self.renewer.take() {
-            r.abort();
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
         }
         if self.released {
             return;
@@ -175,6 +216,7 @@ impl Drop for Guard {
                 key: self.lease.key.clone(),
                 fence: self.lease.fence,
                 ack: false,
+                secret: self.lease.secret,
             })
         });
     }
@@ -192,13 +234,23 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
         return Ok(owner);
     }
     let conn = lease.client.conn().await?;
-    let ttl = *lease.ttl.lock().unwrap_or_else(|e| e.into_inner());
+    if conn.welcome().broker_id != lease.broker_id {
+        // Another broker (an independent lock table): the lease does not exist there, and
+        // the broker that has it may hand the key to someone else once it expires.
+        return Err(Error::Lost(format!(
+            "reconnected to another broker (id {:016x}, the lease is on {:016x})",
+            conn.welcome().broker_id,
+            lease.broker_id
+        )));
+    }
+    let ttl = lease.timing.borrow().ttl;
     let reply = round_trip_on(&conn, lease.client.request_timeout(), |id| {
         Frame::Reclaim(Reclaim {
             id,
             key: lease.key.clone(),
             fence: lease.fence,
             ttl_ms: millis(ttl),
+            secret: lease.secret,
         })
     })
     .await?;
@@ -212,8 +264,10 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
     }
 }
 
-/// One renewal: returns the TTL in force.
-async fn extend_once(lease: &Lease, ttl: Duration) -> Result<Duration> {
+/// One renewal with `ttl`: on success the local deadline becomes the send time plus the TTL
+/// granted (the watchdog sees the change). Returns the TTL granted.
+async fn renew_now(lease: &Lease, ttl: Duration) -> Result<Duration> {
+    let sent = Instant::now();
     let conn = owned_conn(lease).await?;
     let reply = round_trip_on(&conn, lease.client.request_timeout(), |id| {
         Frame::Extend(Extend {
@@ -221,48 +275,80 @@ async fn extend_once(lease: &Lease, ttl: Duration) -> Result<Duration> {
             key: lease.key.clone(),
             fence: lease.fence,
             ttl_ms: millis(ttl),
+            secret: lease.secret,
         })
     })
     .await?;
     match reply {
-        Frame::Extended { ttl_ms, .. } => Ok(Duration::from_millis(ttl_ms)),
+        Frame::Extended { ttl_ms, .. } => {
+            let granted = Duration::from_millis(ttl_ms);
+            lease.timing.send_replace(Timing {
+                ttl: granted,
+                deadline: sent + granted,
+            });
+            Ok(granted)
+        }
         other => Err(crate::client::unexpected(other)),
     }
 }
 
-/// Renews every third of the TTL; retries failed renewals until the lease deadline, then
-/// declares the lease lost.
-async fn renew_loop(lease: Arc<Lease>) {
-    let mut deadline = Instant::now() + *lease.ttl.lock().unwrap_or_else(|e| e.into_inner());
+/// Renews a lease that waited in a queue before its first use: its clock started when the
+/// acquire was sent, so after a long wait most of it may be spent. A renewal restarts it
+/// from now.
+pub(crate) async fn refresh(guard: &Guard) -> Result<()> {
+    let ttl = guard.ttl();
+    renew_now(&guard.lease, ttl).await.map(|_| ())
+}
+
+/// The lease's watchdog: renews every third of the TTL (when `renew`), retrying failed
+/// renewals, and declares the lease lost at its local deadline minus the safety margin —
+/// by its own clock, whether or not the broker answers.
+async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: bool) {
+    let declare = |why: String| {
+        let _ = lost.send(Some(Error::Lost(why)));
+    };
+    let mut timing = lease.timing.subscribe();
+    let mut next_renew = {
+        let t = *timing.borrow_and_update();
+        t.deadline - (t.ttl - t.ttl / 3)
+    };
     loop {
-        let ttl = *lease.ttl.lock().unwrap_or_else(|e| e.into_inner());
-        tokio::time::sleep(ttl / 3).await;
-        loop {
-            let sent = Instant::now();
-            if sent >= deadline {
-                let _ = lease.lost.send(Some(Error::Lost(
-                    "the lease could not be renewed before its deadline".into(),
-                )));
+        let t = *timing.borrow_and_update();
+        let margin = lease.client.lease_margin(t.ttl);
+        let lost_at = t.deadline.checked_sub(margin).unwrap_or(t.deadline);
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(lost_at.into()) => {
+                declare(format!(
+                    "the lease was not renewed before its local deadline minus the {margin:?} \
+                     safety margin"
+                ));
                 return;
             }
-            let attempt = tokio::time::timeout(deadline - sent, extend_once(&lease, ttl)).await;
-            match attempt {
-                Ok(Ok(granted)) => {
-                    *lease.ttl.lock().unwrap_or_else(|e| e.into_inner()) = granted;
-                    deadline = sent + granted;
-                    break;
-                }
-                Ok(Err(e @ (Error::NotOwner | Error::NotLocked | Error::Denied(_)))) => {
-                    let _ = lease.lost.send(Some(Error::Lost(format!(
-                        "the broker no longer holds the lease: {e}"
-                    ))));
+            changed = timing.changed() => {
+                if changed.is_err() {
                     return;
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(fence = lease.fence, "renewal failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(100).min(ttl / 10)).await;
+                let t = *timing.borrow();
+                next_renew = t.deadline - (t.ttl - t.ttl / 3);
+            }
+            () = tokio::time::sleep_until(next_renew.into()), if renew => {
+                match tokio::time::timeout_at(lost_at.into(), renew_now(&lease, t.ttl)).await {
+                    Ok(Ok(_)) => {} // the timing changed: the next turn re-arms
+                    Ok(Err(e @ (Error::NotOwner | Error::NotLocked | Error::Denied(_)))) => {
+                        declare(format!("the broker no longer holds the lease: {e}"));
+                        return;
+                    }
+                    Ok(Err(Error::Lost(why))) => {
+                        declare(why);
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(fence = lease.fence, "renewal failed, retrying: {e}");
+                        next_renew = Instant::now() + Duration::from_millis(100).min(t.ttl / 10);
+                    }
+                    Err(_) => {} // past the margin: the next turn declares it lost
                 }
-                Err(_) => {}
             }
         }
     }

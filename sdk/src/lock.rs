@@ -3,7 +3,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lockbroker_proto::{Acquire, Frame, Mode, WaitSpec};
@@ -76,6 +76,8 @@ impl LockRequest {
             ));
         }
         let ttl_ms = self.ttl.map_or(0, millis);
+        // The lease's clock starts here: the broker cannot have granted it earlier.
+        let sent = Instant::now();
         let (id, rx) = conn.request(|id| {
             Frame::Acquire(Acquire {
                 id,
@@ -102,15 +104,29 @@ impl LockRequest {
             }
         };
         match reply {
-            Frame::Granted(g) => Ok(Guard::new(
-                self.client.clone(),
-                conn,
-                g.rewritten.unwrap_or(self.key),
-                g.fence,
-                self.mode,
-                Duration::from_millis(g.ttl_ms),
-                self.renew,
-            )),
+            Frame::Granted(g) => {
+                let ttl = Duration::from_millis(g.ttl_ms);
+                let guard = Guard::new(
+                    self.client.clone(),
+                    conn,
+                    crate::guard::Granted {
+                        key: g.rewritten.unwrap_or(self.key),
+                        fence: g.fence,
+                        secret: g.secret,
+                        mode: self.mode,
+                        ttl,
+                        sent,
+                    },
+                    self.renew,
+                );
+                // Queued for a while: the lease may be mostly spent by the local clock (which
+                // started at the send). Renew before handing it out, so the caller's work
+                // starts on a full, safely bounded lease.
+                if sent.elapsed() > ttl / 4 {
+                    crate::guard::refresh(&guard).await?;
+                }
+                Ok(guard)
+            }
             other => Err(unexpected(other)),
         }
     }

@@ -91,6 +91,7 @@ impl Fake {
                 assert!(matches!(s.next().await, Frame::Hello(_)));
                 s.send(Frame::Welcome(Welcome {
                     session: next_session,
+                    broker_id: 1,
                     epoch: 1,
                     max_frame: 64 * 1024,
                     max_key: 1024,
@@ -175,6 +176,7 @@ impl Session {
             fence,
             ttl_ms: 30_000,
             rewritten: rewritten.map(|k| Bytes::from_static(k.as_bytes())),
+            secret: Default::default(),
         }))
         .await;
     }

@@ -12,18 +12,30 @@ use super::wire::millis;
 use super::{Broker, confirm};
 use crate::table::{AcquireRequest, Effect, Fence, Grant, ReqId, SessionId, TableError};
 
-impl SessionHandle {
-    /// Answers request `req` with a granted lease (`fence`, `ttl`), naming the key it got
-    /// when a policy rewrote it.
-    pub fn answer_granted(&self, req: ReqId, fence: Fence, ttl: Duration) {
-        self.outbox.push(&Frame::Granted(Granted {
+impl Broker {
+    /// Answers request `req` of session `to` with the granted lease (`key`, `fence`) for
+    /// `ttl`: its secret, bound to the session's principal, and the key it got when a policy
+    /// rewrote it. The only place a `Granted` frame is built.
+    pub fn answer_granted(
+        &self,
+        to: &SessionHandle,
+        req: ReqId,
+        key: &[u8],
+        fence: Fence,
+        ttl: Duration,
+    ) {
+        let secret = self.identity.lease_secret(key, fence, &to.principal);
+        to.outbox.push(&Frame::Granted(Granted {
             id: req,
             fence,
             ttl_ms: millis(ttl),
-            rewritten: self.take_rewrite(req),
+            rewritten: to.take_rewrite(req),
+            secret,
         }));
     }
+}
 
+impl SessionHandle {
     /// Answers request `req` (0: the session as a whole) with an error.
     pub fn answer_error(&self, req: ReqId, code: ErrorCode, message: impl Into<String>) {
         self.take_rewrite(req);
@@ -57,7 +69,7 @@ impl Broker {
             return;
         }
         match self.session_handle(session) {
-            Some(h) => h.answer_granted(req, grant.fence, grant.ttl),
+            Some(h) => self.answer_granted(&h, req, &grant.key, grant.fence, grant.ttl),
             // The session closed between the grant and now: give the lease back.
             None => self.release_lease(session, &grant),
         }

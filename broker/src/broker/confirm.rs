@@ -40,7 +40,7 @@ pub(super) fn spawn(
             };
             let why = match confirmation {
                 Confirmation::Ok => {
-                    handle.answer_granted(req, grant.fence, grant.ttl);
+                    broker.answer_granted(&handle, req, &grant.key, grant.fence, grant.ttl);
                     return;
                 }
                 Confirmation::Failed(why) => {
@@ -75,7 +75,7 @@ pub(super) fn spawn(
                         pending = p;
                     }
                     None => {
-                        handle.answer_granted(req, g.fence, g.ttl);
+                        broker.answer_granted(&handle, req, &g.key, g.fence, g.ttl);
                         return;
                     }
                 },

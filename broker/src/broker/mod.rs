@@ -38,6 +38,7 @@ pub use outbox::Outbox;
 pub use session::SessionHandle;
 
 use crate::config::Config;
+use crate::identity::Identity;
 use crate::table::{Effect, SessionId, Table, TableConfig};
 
 /// The table and the instant the expiry task is armed for, under one mutex.
@@ -51,6 +52,8 @@ struct Core {
 pub struct Broker {
     pub cfg: Config,
     pub epoch: u64,
+    /// Persistent identity: the broker id and the key of lease secrets.
+    pub identity: Identity,
     core: Mutex<Core>,
     timer: Notify,
     sessions: DashMap<SessionId, Arc<SessionHandle>>,
@@ -68,7 +71,7 @@ thread_local! {
 
 impl Broker {
     /// A broker with an empty table for `epoch`.
-    pub fn new(cfg: Config, epoch: u64) -> Arc<Broker> {
+    pub fn new(cfg: Config, epoch: u64, identity: Identity) -> Arc<Broker> {
         let table = Table::new(TableConfig {
             epoch,
             lock_delay: Duration::from_millis(cfg.locks.lock_delay_ms),
@@ -78,6 +81,7 @@ impl Broker {
         Arc::new(Broker {
             cfg,
             epoch,
+            identity,
             core: Mutex::new(Core {
                 table,
                 timer_at: None,
@@ -105,10 +109,10 @@ impl Broker {
         self.sessions.get(&id).map(|h| h.clone())
     }
 
-    /// Registers a new session and returns its id and handle.
-    pub fn open_session(&self) -> (SessionId, Arc<SessionHandle>) {
+    /// Registers a new session of `principal` and returns its id and handle.
+    pub fn open_session(&self, principal: &str) -> (SessionId, Arc<SessionHandle>) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(SessionHandle::default());
+        let handle = Arc::new(SessionHandle::new(principal));
         self.sessions.insert(id, handle.clone());
         (id, handle)
     }

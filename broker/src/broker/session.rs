@@ -13,11 +13,21 @@ use crate::table::ReqId;
 #[derive(Default)]
 pub struct SessionHandle {
     pub outbox: Outbox,
+    /// Who the session authenticated as: lease secrets are bound to it.
+    pub principal: String,
     /// Pending acquires whose key a policy rewrote: the grant must tell the client the new key.
     rewritten: Mutex<HashMap<ReqId, Bytes>>,
 }
 
 impl SessionHandle {
+    /// A handle for a session of `principal`.
+    pub fn new(principal: &str) -> SessionHandle {
+        SessionHandle {
+            principal: principal.to_owned(),
+            ..SessionHandle::default()
+        }
+    }
+
     /// Remembers that acquire `req` was rewritten to `key`, for its grant.
     pub fn note_rewrite(&self, req: ReqId, key: Bytes) {
         self.rewritten

@@ -53,6 +53,13 @@ impl Server {
             path: data_dir.clone(),
             source,
         })?;
+        let broker_identity =
+            crate::identity::Identity::load_or_create(&data_dir).map_err(|source| {
+                ServerError::DataDir {
+                    path: data_dir.join(crate::identity::KEY_FILE),
+                    source,
+                }
+            })?;
         let identity = tls::server_identity(&cfg.tls, &data_dir)?;
         let dev_ca = identity.dev_ca.clone();
         let generated_cert = identity.generated;
@@ -78,7 +85,7 @@ impl Server {
         })?;
         Ok(Server {
             endpoint,
-            broker: Broker::new(cfg, epoch),
+            broker: Broker::new(cfg, epoch, broker_identity),
             policy: Arc::new(policy),
             dev_ca,
             generated_cert,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use lockbroker_proto::{DecodeError, ErrorCode, Frame, Welcome, decode};
+use lockbroker_proto::{DecodeError, ErrorCode, Frame, LeaseSecret, Welcome, decode};
 use tokio::io::AsyncReadExt;
 
 use super::cmd;
@@ -34,6 +34,33 @@ impl Session {
     /// Answers with a frame that is neither a grant nor an error (`Ok`, `Extended`, ...).
     pub fn reply(&self, frame: Frame) {
         self.handle.answer(&frame);
+    }
+
+    /// Whether `secret` is the secret of lease (`key`, `fence`) granted to this session's
+    /// principal. When not, request `id` is answered `NotOwner` (if `answer`) and false returned.
+    pub fn owns(
+        &self,
+        id: u64,
+        key: &[u8],
+        fence: u64,
+        secret: &LeaseSecret,
+        answer: bool,
+    ) -> bool {
+        if self
+            .broker
+            .identity
+            .verify(key, fence, &self.principal, secret)
+        {
+            return true;
+        }
+        if answer {
+            self.fail(
+                id,
+                ErrorCode::NotOwner,
+                "the lease secret does not match: not a lease of this principal",
+            );
+        }
+        false
     }
 
     /// Answers request `id` (0: the session as a whole) with an error.
@@ -96,10 +123,11 @@ pub async fn serve(
         Ok(p) => p,
         Err(msg) => return refuse(conn, send, ErrorCode::Unauthenticated, &msg, grace).await,
     };
-    let (id, handle) = broker.open_session();
+    let (id, handle) = broker.open_session(&principal);
     tracing::debug!(%remote, session = id, %principal, client = %hello.client, "session opened");
     handle.answer(&Frame::Welcome(Welcome {
         session: id,
+        broker_id: broker.identity.id(),
         epoch: broker.epoch,
         max_frame: u32::try_from(limits.max_frame).unwrap_or(u32::MAX),
         max_key: u32::try_from(limits.max_key).unwrap_or(u32::MAX),

@@ -148,7 +148,7 @@ async fn redis_down_drops_and_resyncs_without_blocking_lock_traffic() {
     cfg.mirror.mode = MirrorMode::Async;
     let (server, mirror) = server(cfg).await;
     let broker = server.broker().clone();
-    let (session, _handle) = broker.open_session();
+    let (session, _handle) = broker.open_session("test");
     let port = redis.kill();
 
     let mut slowest = Duration::ZERO;

@@ -26,7 +26,7 @@ async fn acknowledged_locks_survive_sigkill_with_their_fences() {
             .no_renew()
             .await
             .expect("lock");
-        held.push((format!("jobs/{i}"), g.fence()));
+        held.push((format!("jobs/{i}"), g.fence(), g.secret()));
         std::mem::forget(g); // no release: the broker dies holding it
     }
     let short = client
@@ -42,7 +42,7 @@ async fn acknowledged_locks_survive_sigkill_with_their_fences() {
     let dir = broker.kill();
     let broker = Broker::start_in(dir, &config);
     let client = broker.client().await;
-    for (key, fence) in &held {
+    for (key, fence, _) in &held {
         let info = inspect(&client, key).await;
         assert_eq!(info.holders.len(), 1, "{key} restored");
         assert_eq!(info.holders[0].fence, *fence, "{key} keeps its fence");
@@ -67,14 +67,16 @@ async fn acknowledged_locks_survive_sigkill_with_their_fences() {
         .expect("short expires");
     assert!(next.fence() > max_before);
 
-    // The holder reclaims its lease by (key, fence) on a new connection.
-    let (key, fence) = held[3].clone();
+    // The holder reclaims its lease by (key, fence, secret) on a new connection: the secret
+    // was issued before the crash and still verifies (same data dir, same broker key).
+    let (key, fence, secret) = held[3].clone();
     let mut raw = RawConn::hello(broker.addr, &broker.ca()).await;
     raw.send_frame(&Frame::Reclaim(Reclaim {
         id: 1,
         key: key.clone().into(),
         fence,
         ttl_ms: 5_000,
+        secret,
     }))
     .await;
     match raw.next_frame(Duration::from_secs(5)).await {

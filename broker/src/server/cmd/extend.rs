@@ -1,4 +1,5 @@
-//! `Extend`: renews a lease (deadline = now + ttl, ttl bounded like an acquire's).
+//! `Extend`: renews a lease (deadline = now + ttl, ttl bounded like an acquire's). The
+//! lease's secret must match (else `NotOwner`).
 
 use lockbroker_proto::{Extend, Frame};
 
@@ -7,6 +8,9 @@ use crate::server::policy::clamp_ttl;
 use crate::server::session::Session;
 
 pub(super) fn apply(s: &Session, e: Extend) {
+    if !s.owns(e.id, &e.key, e.fence, &e.secret, true) {
+        return;
+    }
     let ttl = clamp_ttl(&s.broker.cfg, e.ttl_ms);
     let result = s
         .broker

@@ -1,11 +1,15 @@
 //! `Release`: gives a lease back; the next waiter(s) are granted in the same step. Answers
 //! `Ok` or an error when `ack` is set; fire-and-forget releases are answered with nothing.
+//! The lease's secret must match (else `NotOwner`).
 
 use lockbroker_proto::{Frame, Release};
 
 use crate::server::session::Session;
 
 pub(super) fn apply(s: &Session, r: Release) {
+    if !s.owns(r.id, &r.key, r.fence, &r.secret, r.ack) {
+        return;
+    }
     let result = s
         .broker
         .with_table(|t, now, out| t.release(now, s.id, &r.key, r.fence, out));
