@@ -7,6 +7,8 @@
 //! - [`cli_signals`]: `lock -- CMD` as a supervisor: signals forwarded to CMD's group, CMD
 //!   never outlives a SIGKILLed `lock`, lease loss stops the whole group.
 //! - [`errors`]: `AlreadyHeld`, `NotLocked`, `NotOwner` and the per-session limits.
+//! - [`exclusion`]: lease secrets and reclaim by principal, honest guards (`extend`, `lost`
+//!   by the local clock), no carry-over of a guard to an independent broker.
 //! - [`leases`]: TTLs of crashed and lost holders, clean disconnects, renewal, lock delay.
 //! - [`lifecycle`]: SIGTERM, fences across restarts, the `serve` banner.
 //! - [`mirror_async`]: holds mirrored to Redis in redlock format; resync after an outage.
@@ -24,6 +26,7 @@ mod bad_input;
 mod cli;
 mod cli_signals;
 mod errors;
+mod exclusion;
 mod leases;
 mod lifecycle;
 mod mirror_async;

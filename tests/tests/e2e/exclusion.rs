@@ -1,0 +1,246 @@
+//! Exclusion under misuse and faults (issue 11): lease secrets and reclaim by principal,
+//! `Guard::extend` to a shorter TTL, guards that report `lost` by their own clock, and no
+//! silent carry-over of a guard to an independent broker.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lockbroker_proto::{ErrorCode, Frame, Hello, LeaseSecret, Reclaim, Release};
+use lockbroker_sdk::Error;
+use lockbroker_tests::Broker;
+use lockbroker_tests::raw::RawConn;
+
+const TOKENS: &str = r#"
+[auth]
+tokens = { "alice-token" = "alice", "bob-token" = "bob" }
+"#;
+
+/// A raw session authenticated with `token` (or anonymous).
+async fn raw_session(broker: &Broker, token: Option<&str>) -> RawConn {
+    let mut c = RawConn::connect(broker.addr, &broker.ca()).await;
+    c.send_frame(&Frame::Hello(Hello {
+        token: token.map(str::to_owned),
+        client: "exclusion-test".into(),
+    }))
+    .await;
+    match c.next_frame(Duration::from_secs(5)).await {
+        Some(Frame::Welcome(_)) => c,
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+async fn reclaim(c: &mut RawConn, id: u64, key: &str, fence: u64, secret: LeaseSecret) -> Frame {
+    c.send_frame(&Frame::Reclaim(Reclaim {
+        id,
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        fence,
+        ttl_ms: 3_600_000,
+        secret,
+    }))
+    .await;
+    c.next_frame(Duration::from_secs(5))
+        .await
+        .expect("an answer to Reclaim")
+}
+
+fn is_not_owner(f: &Frame) -> bool {
+    matches!(
+        f,
+        Frame::Error {
+            code: ErrorCode::NotOwner,
+            ..
+        }
+    )
+}
+
+/// Finding 2: a second principal (or an anonymous session) guessing the holder's fence took
+/// the lease over through `Reclaim`; now a reclaim needs the lease's secret, which is bound to
+/// the principal it was granted to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reclaim_needs_the_lease_secret_of_the_same_principal() {
+    let broker = Broker::start_with_config(TOKENS);
+    let alice = broker
+        .client_builder()
+        .token("alice-token")
+        .connect()
+        .await
+        .expect("alice connects");
+    let guard = alice
+        .lock("jobs/report")
+        .ttl(Duration::from_secs(60))
+        .no_renew()
+        .await
+        .expect("alice locks");
+    let (fence, secret) = (guard.fence(), guard.secret());
+
+    let mut bob = raw_session(&broker, Some("bob-token")).await;
+    let guessed = reclaim(&mut bob, 1, "jobs/report", fence, LeaseSecret::default()).await;
+    assert!(
+        is_not_owner(&guessed),
+        "bob guessing the fence: {guessed:?}"
+    );
+    let stolen = reclaim(&mut bob, 2, "jobs/report", fence, secret).await;
+    assert!(is_not_owner(&stolen), "bob with alice's secret: {stolen:?}");
+
+    let mut anon = raw_session(&broker, None).await;
+    let anon_try = reclaim(&mut anon, 1, "jobs/report", fence, secret).await;
+    assert!(
+        is_not_owner(&anon_try),
+        "anonymous with the secret: {anon_try:?}"
+    );
+    anon.send_frame(&Frame::Release(Release {
+        id: 2,
+        key: Bytes::from_static(b"jobs/report"),
+        fence,
+        ack: true,
+        secret: LeaseSecret::default(),
+    }))
+    .await;
+    let released = anon
+        .next_frame(Duration::from_secs(5))
+        .await
+        .expect("answer");
+    assert!(
+        is_not_owner(&released),
+        "release without the secret: {released:?}"
+    );
+
+    // The holder is untouched: it still renews.
+    guard
+        .extend(Duration::from_secs(60))
+        .await
+        .expect("alice still holds her lease");
+    assert!(!guard.is_lost());
+
+    // Alice herself, on a second connection, may take the lease over with its secret.
+    let mut alice_raw = raw_session(&broker, Some("alice-token")).await;
+    match reclaim(&mut alice_raw, 1, "jobs/report", fence, secret).await {
+        Frame::Granted(g) => {
+            assert_eq!(g.fence, fence);
+            assert_eq!(g.secret, secret, "the same lease keeps its secret");
+        }
+        other => panic!("alice's reclaim: {other:?}"),
+    }
+}
+
+/// Finding 3: `extend` to a shorter TTL left the renewer on the old schedule and deadline:
+/// another client got the key at 1.02 s, the guard said `lost` at 9.8 s. Now the renewer
+/// follows the new TTL, so the lease stays held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_to_a_shorter_ttl_is_followed_by_the_renewer() {
+    let broker = Broker::start();
+    let a = broker.client().await;
+    let b = broker.client().await;
+    let guard = a
+        .lock("shrink")
+        .ttl(Duration::from_secs(30))
+        .await
+        .expect("lock");
+    let before = guard.deadline();
+    guard.extend(Duration::from_secs(1)).await.expect("extend");
+    assert_eq!(guard.ttl(), Duration::from_secs(1));
+    assert!(guard.deadline() < before, "the local deadline moved in");
+    let until = Instant::now() + Duration::from_millis(3_000);
+    while Instant::now() < until {
+        match b.try_lock("shrink").await {
+            Err(Error::Busy) => {}
+            Ok(g) => panic!(
+                "another client was granted the key (fence {}) while the guard renews; lost = {}",
+                g.fence(),
+                guard.is_lost()
+            ),
+            Err(e) => panic!("try_lock: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!guard.is_lost());
+}
+
+/// Finding 3, without renewal: after `extend` to 1 s the guard must say `lost` before the
+/// broker can hand the key to anyone else — by its own clock, with the safety margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_reports_lost_before_anyone_else_is_granted() {
+    let broker = Broker::start();
+    // A margin well above scheduling hiccups of a loaded 2-core CI machine.
+    let a = broker
+        .client_builder()
+        .lease_margin(Duration::from_millis(400))
+        .connect()
+        .await
+        .expect("connect");
+    let b = broker.client().await;
+    let guard = a
+        .lock("expiring")
+        .ttl(Duration::from_secs(30))
+        .no_renew()
+        .await
+        .expect("lock");
+    guard.extend(Duration::from_secs(1)).await.expect("extend");
+    let waiter = tokio::spawn(async move {
+        let g = b
+            .lock("expiring")
+            .wait(Duration::from_secs(10))
+            .await
+            .expect("the waiter is granted after the expiry");
+        (Instant::now(), g.fence())
+    });
+    let lost = tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .expect("lost() resolves");
+    let lost_at = Instant::now();
+    assert!(matches!(lost, Error::Lost(_)), "{lost:?}");
+    let (granted_at, fence) = waiter.await.expect("waiter");
+    assert!(fence > guard.fence());
+    assert!(
+        lost_at <= granted_at,
+        "the holder was told lost ({lost_at:?}) only after the next grant ({granted_at:?})"
+    );
+}
+
+/// Finding 9: clients given `[b1, b2]` (independent brokers) held one key at once with the
+/// same fence: after b1 died, the guard reclaimed (key, fence) on b2 — where another client
+/// held a lease with that very fence. Now the guard never moves to a broker with another
+/// identity (and b2 would refuse the reclaim: the secret is not its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_is_never_carried_to_an_independent_broker() {
+    let b1 = Broker::start();
+    let b2 = Broker::start();
+    let other = b2.client().await;
+    let theirs = other
+        .lock("one/k")
+        .ttl(Duration::from_secs(30))
+        .await
+        .expect("lock on b2");
+    let client = b1
+        .client_builder()
+        .broker(b2.url())
+        .connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_secs(1))
+        .idle_timeout(Duration::from_secs(1))
+        .keep_alive(Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("connect");
+    let mine = client
+        .lock("one/k")
+        .ttl(Duration::from_secs(6))
+        .await
+        .expect("lock on b1");
+    drop(b1.kill());
+    let lost = tokio::time::timeout(Duration::from_secs(10), mine.lost())
+        .await
+        .expect("lost() resolves");
+    match &lost {
+        Error::Lost(why) => assert!(why.contains("another broker"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // b2's holder keeps its lease: nothing was carried over.
+    theirs
+        .extend(Duration::from_secs(30))
+        .await
+        .expect("b2's holder still holds its lease");
+    assert!(!theirs.is_lost());
+    let info = other.inspect("one/k").await.expect("inspect on b2");
+    assert_eq!(info.holders.len(), 1, "{info:?}");
+    assert_eq!(info.holders[0].fence, theirs.fence());
+}
