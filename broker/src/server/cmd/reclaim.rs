@@ -12,7 +12,7 @@ use crate::server::state::duration_ms;
 pub(super) fn apply(s: &Session, r: Reclaim) {
     let ttl = clamp_ttl(&s.broker.cfg, r.ttl_ms);
     let result = s.broker.with_table(|t, now, out| {
-        t.reclaim(now, s.id, &r.key, r.fence, out)?;
+        t.reclaim(s.id, &r.key, r.fence)?;
         t.extend(now, s.id, &r.key, r.fence, ttl, out)
     });
     s.reply(match result {

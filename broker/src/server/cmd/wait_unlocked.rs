@@ -19,8 +19,8 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes, wait: WaitSpec) {
         Ok(d) => d.key,
         Err(reason) => return s.reply(Frame::error(id, ErrorCode::Denied, reason)),
     };
-    let result = s.broker.with_table(|t, now, out| {
-        t.wait_until_unlocked(now, s.id, id, key, table_wait(wait, now), out)
+    let result = s.broker.with_table(|t, now, _out| {
+        t.wait_until_unlocked(now, s.id, id, &key, table_wait(wait, now))
     });
     match result {
         Ok(Some(outcome)) => s.reply(Frame::Unlocked {
