@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 use super::MirrorError;
 use super::convert::Modes;
 use crate::broker::Broker;
+use crate::epoch::COUNTER_BITS;
 use crate::plugins::{MirrorPlugin, wit};
-use crate::table::{COUNTER_BITS, Fence, Mode};
+use crate::table::{Fence, Mode};
 
 /// How many epochs above the newest epoch the broker knows of a restored fence may lie.
 pub const EPOCH_LEAD: u64 = 1 << 20;

@@ -5,7 +5,7 @@
 //! workloads the table rebuilds the heap from its live state whenever it has grown past
 //! `2 * (size after the last rebuild) + 1024` items (amortised O(1) per push).
 //!
-//! At equal instants lease expiries come first, then lock-delay ends, then waiter timeouts, so a
+//! At equal instants lease expiries come first, then lock-delay ends, then queue timeouts, so a
 //! waiter whose deadline equals a lease's deadline is granted rather than timed out.
 
 use std::cmp::{Ordering, Reverse};
@@ -13,15 +13,17 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 use super::keys::EntryId;
+use super::queue::PendingKind;
 use super::types::Fence;
 
-/// What an item refers to. Waiters and watchers are identified by their queue sequence number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What an item refers to, i.e. which timer of its entry fires: a lease's expiry, the end of a
+/// lock delay, or a queued request's timeout (waiters and watchers are identified by their
+/// queue sequence number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Due {
     Lease(Fence),
     Unblock,
-    Waiter(u64),
-    Watcher(u64),
+    Queued(PendingKind, u64),
 }
 
 impl Due {
@@ -29,8 +31,7 @@ impl Due {
         match self {
             Due::Lease(f) => (0, f),
             Due::Unblock => (1, 0),
-            Due::Waiter(s) => (2, s),
-            Due::Watcher(s) => (2, s),
+            Due::Queued(_, s) => (2, s),
         }
     }
 }

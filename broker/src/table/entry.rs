@@ -1,7 +1,10 @@
-//! Per-key state and its transitions: holders, the FIFO acquire queue, `wait_until_unlocked`
-//! watchers and the lock-delay block; mode compatibility and the grant rule.
+//! Per-key state: the `Entry` of one live key, the mode rules, and the lock-delay timer.
 //!
-//! Invariants kept here (checked by the tests):
+//! An entry's holders live in `lease.rs` and its queues in `queue.rs` (both `impl Entry`); each
+//! of the entry's timers is handled by its owner: lease expiry (`Entry::expire_lease`), queue
+//! timeouts (`Entry::time_out`) and the end of a lock delay (`Entry::unblock`, here).
+//!
+//! Invariants kept by the entry (checked by the tests):
 //! - holders are either exactly one `Exclusive`, or all `Shared`, or all `Semaphore(n)` with the
 //!   same `n` and at most `n` of them; queued acquires are of the same family as the holders;
 //! - the queue head is never grantable while the key is unblocked (it would have been granted);
@@ -9,16 +12,16 @@
 //! - waiters and watchers are sorted by their sequence number (binary-searchable).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::deadlines::{Deadlines, Due, Item};
+use super::faults::Faults;
 use super::fences::FenceGen;
 use super::keys::EntryId;
-use super::sessions::{Role, Sessions};
-use super::types::{
-    Effect, Fence, Grant, Key, LockEvent, Mode, ReqId, SessionId, TableConfig, TableError,
-    UnlockOutcome, deadline_after,
-};
+use super::lease::Holders;
+use super::queue::{PendingKind, Waiter, Watcher};
+use super::sessions::Sessions;
+use super::types::{Effect, Key, Mode, TableConfig, TableError, deadline_after};
 
 /// Everything an entry transition may touch besides the entry itself.
 pub(crate) struct Cx<'a> {
@@ -27,124 +30,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) sessions: &'a mut Sessions,
     pub(crate) deadlines: &'a mut Deadlines,
     pub(crate) fences: &'a mut FenceGen,
+    pub(crate) faults: &'a mut Faults,
     pub(crate) out: &'a mut Vec<Effect>,
-}
-
-/// One lease on a key.
-#[derive(Clone, Debug)]
-pub(crate) struct HolderRec {
-    pub(crate) session: SessionId,
-    pub(crate) fence: Fence,
-    pub(crate) mode: Mode,
-    pub(crate) ttl: Duration,
-    pub(crate) deadline: Instant,
-    /// Owner session is gone (lost connection) or the lease was restored: in no session index.
-    pub(crate) orphan: bool,
-}
-
-impl HolderRec {
-    pub(crate) fn grant(&self, key: &Key) -> Grant {
-        Grant {
-            key: key.clone(),
-            fence: self.fence,
-            mode: self.mode,
-            ttl: self.ttl,
-            deadline: self.deadline,
-        }
-    }
-}
-
-/// The holders of a key, inline for the common single-holder case.
-#[derive(Debug, Default)]
-pub(crate) enum Holders {
-    #[default]
-    Empty,
-    One(HolderRec),
-    Many(Vec<HolderRec>),
-}
-
-impl Holders {
-    pub(crate) fn as_slice(&self) -> &[HolderRec] {
-        match self {
-            Holders::Empty => &[],
-            Holders::One(h) => std::slice::from_ref(h),
-            Holders::Many(v) => v,
-        }
-    }
-
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [HolderRec] {
-        match self {
-            Holders::Empty => &mut [],
-            Holders::One(h) => std::slice::from_mut(h),
-            Holders::Many(v) => v,
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub(crate) fn push(&mut self, h: HolderRec) {
-        match std::mem::take(self) {
-            Holders::Empty => *self = Holders::One(h),
-            Holders::One(first) => *self = Holders::Many(vec![first, h]),
-            Holders::Many(mut v) => {
-                v.push(h);
-                *self = Holders::Many(v);
-            }
-        }
-    }
-
-    pub(crate) fn remove(&mut self, fence: Fence) -> Option<HolderRec> {
-        match self {
-            Holders::Empty => None,
-            Holders::One(h) if h.fence == fence => match std::mem::take(self) {
-                Holders::One(h) => Some(h),
-                _ => None,
-            },
-            Holders::One(_) => None,
-            Holders::Many(v) => {
-                let i = v.iter().position(|h| h.fence == fence)?;
-                let h = v.swap_remove(i);
-                if v.is_empty() {
-                    *self = Holders::Empty;
-                }
-                Some(h)
-            }
-        }
-    }
-
-    pub(crate) fn get(&self, fence: Fence) -> Option<&HolderRec> {
-        self.as_slice().iter().find(|h| h.fence == fence)
-    }
-
-    pub(crate) fn get_mut(&mut self, fence: Fence) -> Option<&mut HolderRec> {
-        self.as_mut_slice().iter_mut().find(|h| h.fence == fence)
-    }
-}
-
-/// A queued acquire.
-#[derive(Clone, Debug)]
-pub(crate) struct Waiter {
-    pub(crate) seq: u64,
-    pub(crate) session: SessionId,
-    pub(crate) req: ReqId,
-    pub(crate) mode: Mode,
-    pub(crate) ttl: Duration,
-    pub(crate) deadline: Option<Instant>,
-}
-
-/// A queued `wait_until_unlocked`.
-#[derive(Clone, Debug)]
-pub(crate) struct Watcher {
-    pub(crate) seq: u64,
-    pub(crate) session: SessionId,
-    pub(crate) req: ReqId,
-    pub(crate) deadline: Option<Instant>,
 }
 
 /// The state of one live key.
@@ -160,6 +47,16 @@ pub(crate) struct Entry {
     pub(crate) waiters: VecDeque<Waiter>,
     pub(crate) watchers: Vec<Watcher>,
     pub(crate) blocked_until: Option<Instant>,
+}
+
+/// `Err(InvalidMode)` for a mode no key admits.
+pub(crate) fn check_mode(mode: Mode) -> Result<(), TableError> {
+    if mode == Mode::Semaphore(0) {
+        return Err(TableError::InvalidMode(
+            "a semaphore needs at least one permit",
+        ));
+    }
+    Ok(())
 }
 
 impl Entry {
@@ -188,11 +85,11 @@ impl Entry {
         let waiters = self
             .waiters
             .iter()
-            .filter_map(move |w| Some(item(w.deadline?, Due::Waiter(w.seq))));
+            .filter_map(move |w| Some(item(w.deadline?, Due::Queued(PendingKind::Acquire, w.seq))));
         let watchers = self
             .watchers
             .iter()
-            .filter_map(move |w| Some(item(w.deadline?, Due::Watcher(w.seq))));
+            .filter_map(move |w| Some(item(w.deadline?, Due::Queued(PendingKind::Watch, w.seq))));
         holders.chain(block).chain(waiters).chain(watchers)
     }
 
@@ -243,156 +140,26 @@ impl Entry {
         self.blocked_until.is_none() && self.waiters.is_empty() && self.admits(mode)
     }
 
-    pub(crate) fn find_waiter(&self, seq: u64) -> Option<usize> {
-        self.waiters.binary_search_by_key(&seq, |w| w.seq).ok()
-    }
-
-    pub(crate) fn remove_waiter(&mut self, seq: u64) -> Option<Waiter> {
-        let i = self.find_waiter(seq)?;
-        self.waiters.remove(i)
-    }
-
-    pub(crate) fn find_watcher(&self, seq: u64) -> Option<usize> {
-        self.watchers.binary_search_by_key(&seq, |w| w.seq).ok()
-    }
-
-    pub(crate) fn remove_watcher(&mut self, seq: u64) -> Option<Watcher> {
-        let i = self.find_watcher(seq)?;
-        Some(self.watchers.remove(i))
-    }
-
-    /// Ends the lease `fence` (released or expired): session index, mirror event, lock delay for
-    /// orphans on expiry, then watchers and next grants.
-    pub(crate) fn end_lease(
-        &mut self,
-        fence: Fence,
-        outcome: UnlockOutcome,
-        cx: &mut Cx<'_>,
-    ) -> Option<HolderRec> {
-        let h = self.holders.remove(fence)?;
-        if !h.orphan {
-            cx.sessions.drop_hold(h.session, self.id);
+    /// Blocks the key for `lock_delay` after an orphaned lease that was due at `deadline`
+    /// expired (its owner may still believe it holds the lock), keeping any later block.
+    pub(crate) fn block_after(&mut self, deadline: Instant, cx: &mut Cx<'_>) {
+        if cx.cfg.lock_delay.is_zero() {
+            return;
         }
-        let ev = match outcome {
-            UnlockOutcome::Released => LockEvent::Released {
-                key: self.key.clone(),
-                session: h.session,
-                fence,
-            },
-            UnlockOutcome::Expired => LockEvent::Expired {
-                key: self.key.clone(),
-                session: h.session,
-                fence,
-            },
-        };
-        cx.out.push(Effect::Event(ev));
-        if outcome == UnlockOutcome::Expired && h.orphan && !cx.cfg.lock_delay.is_zero() {
-            let until = deadline_after(h.deadline, cx.cfg.lock_delay);
-            if self.blocked_until.is_none_or(|b| b < until) {
-                self.blocked_until = Some(until);
-                cx.deadlines
-                    .push(until, self.id, self.generation, Due::Unblock);
-            }
-        }
-        if self.holders.is_empty() {
-            self.resolve_watchers(outcome, cx);
-        }
-        self.grant_waiters(cx);
-        Some(h)
-    }
-
-    /// Resolves every watcher with `outcome` (the key just lost its last holder).
-    fn resolve_watchers(&mut self, outcome: UnlockOutcome, cx: &mut Cx<'_>) {
-        for w in self.watchers.drain(..) {
-            cx.sessions.drop_pending(w.session, w.req);
-            cx.out.push(Effect::Unlocked {
-                session: w.session,
-                req: w.req,
-                outcome,
-            });
+        let until = deadline_after(deadline, cx.cfg.lock_delay);
+        if self.blocked_until.is_none_or(|b| b < until) {
+            self.blocked_until = Some(until);
+            cx.deadlines
+                .push(until, self.id, self.generation, Due::Unblock);
         }
     }
 
-    /// Grants queued acquires from the head while the head is compatible (FIFO; a run of Shared
-    /// waiters is granted together, stopping at the first Exclusive).
-    pub(crate) fn grant_waiters(&mut self, cx: &mut Cx<'_>) {
-        while self.blocked_until.is_none() {
-            match self.waiters.front() {
-                Some(w) if self.admits(w.mode) => {}
-                _ => break,
-            }
-            let Some(w) = self.waiters.pop_front() else {
-                break;
-            };
-            match self.new_lease(w.session, w.mode, w.ttl, cx) {
-                Ok(h) => {
-                    // `new_lease` replaced the session's `Waits` role with `Holds`.
-                    if let Some(s) = cx.sessions.get_mut(w.session) {
-                        s.pending.remove(&w.req);
-                    }
-                    cx.out.push(Effect::Granted {
-                        session: w.session,
-                        req: w.req,
-                        grant: h.grant(&self.key),
-                    });
-                    self.holders.push(h);
-                }
-                Err(error) => {
-                    cx.sessions.drop_pending(w.session, w.req);
-                    cx.out.push(Effect::AcquireFailed {
-                        session: w.session,
-                        req: w.req,
-                        error,
-                    });
-                }
-            }
-        }
-    }
-
-    /// Lifts the lock-delay block if it ends at `at`, then grants waiters.
+    /// Lock-delay timer: lifts the block if it ends at `at` (else the item is stale), then
+    /// grants waiters.
     pub(crate) fn unblock(&mut self, at: Instant, cx: &mut Cx<'_>) {
         if self.blocked_until == Some(at) {
             self.blocked_until = None;
             self.grant_waiters(cx);
         }
-    }
-
-    /// Creates a lease on this key for `session` (which must have a session record): checks the
-    /// session's lease limit, allocates a fence, indexes it, schedules its expiry and emits
-    /// `Acquired`. The caller adds the returned holder to `holders`.
-    pub(crate) fn new_lease(
-        &self,
-        session: SessionId,
-        mode: Mode,
-        ttl: Duration,
-        cx: &mut Cx<'_>,
-    ) -> Result<HolderRec, TableError> {
-        let Some(s) = cx.sessions.get_mut(session) else {
-            return Err(TableError::Cancelled);
-        };
-        if s.held >= cx.cfg.max_leases_per_session {
-            return Err(TableError::LimitExceeded("held leases"));
-        }
-        let fence = cx.fences.alloc()?;
-        s.held += 1;
-        s.keys.insert(self.id, Role::Holds(fence));
-        let deadline = deadline_after(cx.now, ttl);
-        cx.deadlines
-            .push(deadline, self.id, self.generation, Due::Lease(fence));
-        cx.out.push(Effect::Event(LockEvent::Acquired {
-            key: self.key.clone(),
-            session,
-            fence,
-            mode,
-            deadline,
-        }));
-        Ok(HolderRec {
-            session,
-            fence,
-            mode,
-            ttl,
-            deadline,
-            orphan: false,
-        })
     }
 }

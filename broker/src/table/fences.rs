@@ -4,11 +4,12 @@
 //! 40-bit counter of an epoch is used up the count carries into the epoch bits, which keeps tokens
 //! increasing (a restart must then restore the max token, see `raise_floor`). At `u64::MAX` the
 //! allocator is exhausted and reports `LimitExceeded("fencing tokens")`.
+//!
+//! The epoch/counter split (`COUNTER_BITS`) is defined once, with the epoch file.
 
 use super::types::{Fence, TableError};
+use crate::epoch::COUNTER_BITS;
 
-/// Bits of a token used by the per-epoch counter.
-pub const COUNTER_BITS: u32 = 40;
 const EPOCH_MASK: u64 = (1 << (64 - COUNTER_BITS)) - 1;
 
 #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! Test-only consistency check of the table's internal state (entries ↔ session index ↔
-//! deadline heap). Called after every step of the property tests.
+//! deadline heap, and no internal fault recorded). Called after every step of the property
+//! tests.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -7,24 +8,30 @@ use std::time::Instant;
 use super::Table;
 use super::deadlines::Due;
 use super::keys::EntryId;
+use super::queue::PendingKind;
 use super::sessions::Role;
 use super::types::{Fence, Mode};
 
 impl Table {
     /// Panics with a description of the first broken internal invariant.
     pub(crate) fn check_invariants(&self) {
-        let items: HashSet<(Instant, EntryId, u32, DueKey)> = self
+        assert_eq!(self.faults.count(), 0, "internal faults were recorded");
+        let items: HashSet<(Instant, EntryId, u32, Due)> = self
             .deadlines
             .items()
-            .map(|i| (i.at, i.id, i.generation, DueKey::from(i.due)))
+            .map(|i| (i.at, i.id, i.generation, i.due))
             .collect();
         let mut live = 0;
         for e in self.keys.iter() {
             live += 1;
             let k = &e.key;
             let id = e.id;
-            assert_eq!(self.keys.find(k), Some(id), "key index points at {k:?}");
-            let at = |t: Instant, d: DueKey| (t, id, e.generation, d);
+            assert_eq!(
+                self.keys.find(k).map(|e| e.id),
+                Some(id),
+                "key index points at {k:?}"
+            );
+            let at = |t: Instant, d: Due| (t, id, e.generation, d);
             assert!(!e.is_idle(), "idle entry kept for {k:?}");
             let hs = e.holders.as_slice();
             let fam = hs
@@ -69,34 +76,34 @@ impl Table {
             assert!(e.watchers.windows(2).all(|w| w[0].seq < w[1].seq));
             // Every live deadline is in the heap.
             for h in hs {
-                assert!(items.contains(&at(h.deadline, DueKey::Lease(h.fence))));
+                assert!(items.contains(&at(h.deadline, Due::Lease(h.fence))));
                 if !h.orphan {
                     let s = self.sessions.get(h.session).expect("holder session exists");
                     assert_eq!(s.keys.get(&id), Some(&Role::Holds(h.fence)), "{k:?}");
                 }
             }
             if let Some(t) = e.blocked_until {
-                assert!(items.contains(&at(t, DueKey::Unblock)));
+                assert!(items.contains(&at(t, Due::Unblock)));
             }
             for w in &e.waiters {
                 if let Some(t) = w.deadline {
-                    assert!(items.contains(&at(t, DueKey::Waiter(w.seq))));
+                    assert!(items.contains(&at(t, Due::Queued(PendingKind::Acquire, w.seq))));
                 }
                 let s = self.sessions.get(w.session).expect("waiter session exists");
                 assert_eq!(s.keys.get(&id), Some(&Role::Waits(w.req)));
                 let p = s.pending.get(&w.req).expect("waiter pending");
-                assert!(!p.watch && p.seq == w.seq && p.entry == id);
+                assert!(p.kind == PendingKind::Acquire && p.seq == w.seq && p.entry == id);
             }
             for w in &e.watchers {
                 if let Some(t) = w.deadline {
-                    assert!(items.contains(&at(t, DueKey::Watcher(w.seq))));
+                    assert!(items.contains(&at(t, Due::Queued(PendingKind::Watch, w.seq))));
                 }
                 let s = self
                     .sessions
                     .get(w.session)
                     .expect("watcher session exists");
                 let p = s.pending.get(&w.req).expect("watcher pending");
-                assert!(p.watch && p.seq == w.seq && p.entry == id);
+                assert!(p.kind == PendingKind::Watch && p.seq == w.seq && p.entry == id);
             }
         }
         assert_eq!(live, self.keys.len(), "slab and key index agree");
@@ -112,7 +119,7 @@ impl Table {
                     }
                     Role::Waits(req) => {
                         let p = s.pending.get(&req).expect("waits is pending");
-                        assert!(!p.watch);
+                        assert_eq!(p.kind, PendingKind::Acquire);
                         assert!(e.find_waiter(p.seq).is_some());
                     }
                 }
@@ -122,33 +129,17 @@ impl Table {
             assert!(s.pending.len() <= self.cfg.max_waiters_per_session);
             for (req, p) in &s.pending {
                 let e = self.keys.get(p.entry).expect("pending on live key");
-                if p.watch {
-                    let i = e.find_watcher(p.seq).expect("watcher queued");
-                    assert_eq!(e.watchers[i].req, *req);
-                } else {
-                    let i = e.find_waiter(p.seq).expect("waiter queued");
-                    assert_eq!(e.waiters[i].req, *req);
+                match p.kind {
+                    PendingKind::Watch => {
+                        let i = e.find_watcher(p.seq).expect("watcher queued");
+                        assert_eq!(e.watchers[i].req, *req);
+                    }
+                    PendingKind::Acquire => {
+                        let i = e.find_waiter(p.seq).expect("waiter queued");
+                        assert_eq!(e.waiters[i].req, *req);
+                    }
                 }
             }
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum DueKey {
-    Lease(Fence),
-    Unblock,
-    Waiter(u64),
-    Watcher(u64),
-}
-
-impl From<Due> for DueKey {
-    fn from(d: Due) -> Self {
-        match d {
-            Due::Lease(f) => DueKey::Lease(f),
-            Due::Unblock => DueKey::Unblock,
-            Due::Waiter(s) => DueKey::Waiter(s),
-            Due::Watcher(s) => DueKey::Watcher(s),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The key index: live entries in a slab, found by key through a `HashTable` of slab ids.
 //!
 //! Each key's bytes are stored once, in its entry; the hash table holds only a `u32` slab id and
-//! hashes/compares through the slab. Sessions and deadline items refer to an entry by
+//! hashes/compares through the slab. Lookups by key return the entry itself, so a key that is
+//! found is always live (no second, fallible lookup by id). Sessions and deadline items refer to an entry by
 //! (id, generation) instead of cloning the key. A freed slot is reused with a new generation,
 //! so stale deadline items never match a later entry in the same slot.
 
@@ -28,24 +29,35 @@ impl Keys {
         self.hasher.hash_one(key)
     }
 
-    /// The id of `key`'s entry, if the key is live.
-    pub(crate) fn find(&self, key: &[u8]) -> Option<EntryId> {
-        self.find_hashed(key).1
-    }
-
-    /// Like [`Keys::find`], also returning the key's hash for a following [`Keys::insert`].
-    pub(crate) fn find_hashed(&self, key: &[u8]) -> (u64, Option<EntryId>) {
+    /// The id of `key`'s entry (hash `hash`), if the key is live.
+    fn find_id(&self, hash: u64, key: &[u8]) -> Option<EntryId> {
         let slots = &self.slots;
-        let hash = self.hash(key);
-        let id = self
-            .index
+        self.index
             .find(hash, |&id| {
                 slot(slots, id).is_some_and(|e| &e.key[..] == key)
             })
-            .copied();
-        (hash, id)
+            .copied()
     }
 
+    /// `key`'s entry, if the key is live.
+    pub(crate) fn find(&self, key: &[u8]) -> Option<&Entry> {
+        slot(&self.slots, self.find_id(self.hash(key), key)?)
+    }
+
+    pub(crate) fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        self.lookup(key).ok()
+    }
+
+    /// `key`'s live entry, or else the key's hash for a following [`Keys::insert`].
+    pub(crate) fn lookup(&mut self, key: &[u8]) -> Result<&mut Entry, u64> {
+        let hash = self.hash(key);
+        match self.find_id(hash, key) {
+            Some(id) => self.get_mut(id).ok_or(hash),
+            None => Err(hash),
+        }
+    }
+
+    #[cfg(test)]
     pub(crate) fn get(&self, id: EntryId) -> Option<&Entry> {
         slot(&self.slots, id)
     }
@@ -59,27 +71,27 @@ impl Keys {
         self.get_mut(id).filter(|e| e.generation == generation)
     }
 
-    /// Stores a new entry (its key must not be live, `hash` from [`Keys::find_hashed`]) and
-    /// returns its id; sets the entry's `id`, `generation` and `hash`.
-    pub(crate) fn insert(&mut self, hash: u64, mut entry: Entry) -> EntryId {
+    /// Stores a new entry for a key that is not live (`hash` from [`Keys::lookup`]), sets the
+    /// entry's `id`, `generation` and `hash`, and returns it. `None` only when the slab has no
+    /// id left (2^32 live keys).
+    pub(crate) fn insert(&mut self, hash: u64, mut entry: Entry) -> Option<&mut Entry> {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
+                let id = EntryId::try_from(self.slots.len()).ok()?;
                 self.slots.push(None);
-                EntryId::try_from(self.slots.len() - 1).unwrap_or(EntryId::MAX)
+                id
             }
         };
         entry.id = id;
         entry.generation = self.next_gen;
         entry.hash = hash;
         self.next_gen = self.next_gen.wrapping_add(1);
-        if let Some(s) = self.slots.get_mut(id as usize) {
-            *s = Some(entry);
-        }
+        *self.slots.get_mut(id as usize)? = Some(entry);
         let slots = &self.slots;
         self.index
             .insert_unique(hash, id, |&i| slot(slots, i).map_or(0, |e| e.hash));
-        id
+        self.get_mut(id)
     }
 
     /// Frees `id`'s entry if it has become idle. Returns true if it was freed.
@@ -99,6 +111,7 @@ impl Keys {
         true
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.index.len()
     }

@@ -1,23 +1,69 @@
-//! The lock table: a pure, sans-I/O state machine over keyed leases.
+//! The lock table: a sans-I/O state machine over keyed leases, driven the way quinn-proto's
+//! `Connection` is.
 //!
-//! Time is passed in (`Instant`), consequences come out as [`Effect`]s appended to a caller's
-//! vector; there are no clocks, no I/O and no locks inside (the server wraps one [`Table`] in a
-//! mutex). Layout:
-//! - `types.rs`: public vocabulary (ids, modes, requests, grants, effects, errors, config);
-//! - `machine.rs`: [`Table`] and its operations;
-//! - `entry.rs`: per-key state, mode compatibility and the grant rule;
+//! # Driver contract
+//!
+//! [`Table`] owns no clock, socket, task or lock (the server keeps one table behind a mutex).
+//! Whoever drives it — the server's `Broker::with_table`, the mirror's restore, the benches —
+//! does four things:
+//!
+//! 1. **Passes time in.** Every operation that can start, end or time something takes
+//!    `now: Instant`; the table never reads a clock. `now` is the current time and does not go
+//!    backwards from one call to the next.
+//! 2. **Dispatches effects.** Mutations append [`Effect`]s to the caller's `out` vector (the
+//!    table never clears it). The return value answers the request being made; effects are the
+//!    consequences for everybody else, and the caller must dispatch all of them, in order:
+//!    - `Granted` / `AcquireFailed`: resolves an acquire that was queued earlier (the return
+//!      value was `Ok(None)`), addressed by (session, request id);
+//!    - `Unlocked` / `WaitFailed`: resolves a `wait_until_unlocked` that was queued earlier;
+//!    - `Event(LockEvent)`: a lease started, ended or was renewed — the ordered stream the mirror
+//!      replicates. An immediate grant pushes only its `Acquired` event.
+//! 3. **Drives time.** After any call, `next_deadline()` is the earliest instant at which
+//!    `expire(now)` may have work (possibly early, never late). The driver sleeps until then —
+//!    re-arming when a call moves it earlier — and calls `expire(now)`, which processes
+//!    everything due at or before `now`: lease expiries, queue timeouts, lock-delay ends.
+//!    Nothing ends by itself between calls; queries report state as stored.
+//! 4. **Ends sessions.** Session ids are the driver's (0 is reserved for restored leases); the
+//!    table creates a session's record on first use and forgets it in `close_session`, which the
+//!    driver calls when a connection ends, clean or not.
+//!
+//! # Method groups
+//!
+//! - construction (here): [`Table::new`];
+//! - client requests (`mutations.rs`): [`Table::acquire`], [`Table::release`], `extend`,
+//!   `reclaim`, `wait_until_unlocked`, `cancel`, `close_session`;
+//! - time (`time.rs`): `next_deadline`, `expire`;
+//! - queries (`queries.rs`): `inspect`, `holds` (the mirror's resync snapshot);
+//! - start-up (`restore.rs`): `restore`, `raise_fence_floor`.
+//!
+//! Only construction, `acquire` and `release` are public beyond the crate (benches, tests).
+//!
+//! # Layout below the facade
+//!
+//! - `types.rs`: the vocabulary (ids, modes, requests, grants, effects, errors, config);
+//! - `entry.rs`: per-key state, the mode rules and the lock-delay timer;
+//! - `lease.rs`: holders, the one grant path, lease end and the lease-expiry timer;
+//! - `queue.rs`: queued acquires and watchers, grants from the queue head, queue timeouts;
 //! - `sessions.rs`: per-session index (held keys, pending requests, limits);
-//! - `deadlines.rs`: deadline min-heap with lazy deletion and compaction;
-//! - `fences.rs`: fencing-token allocation.
+//! - `keys.rs`: key → entry slab; `deadlines.rs`: deadline heap; `fences.rs`: fencing tokens;
+//! - `faults.rs`: broken internal invariants, logged and skipped instead of reaching clients.
 
 mod deadlines;
 mod entry;
+mod faults;
 mod fences;
 mod keys;
-mod machine;
+mod lease;
+mod mutations;
+mod queries;
+mod queue;
+mod restore;
 mod sessions;
+mod time;
 mod types;
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod invariants;
 #[cfg(test)]
@@ -25,9 +71,57 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use fences::COUNTER_BITS;
-pub use machine::Table;
+pub(crate) use types::MAX_TTL;
 pub use types::{
-    AcquireRequest, Effect, Fence, Grant, Holder, Key, LockEvent, LockInfo, MAX_TTL, Mode,
-    RESTORED_SESSION, ReqId, SessionId, TableConfig, TableError, UnlockOutcome, Wait,
+    AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId, SessionId, TableConfig,
+    TableError, UnlockOutcome, Wait,
 };
+
+use deadlines::Deadlines;
+use faults::Faults;
+use fences::FenceGen;
+use keys::Keys;
+use sessions::Sessions;
+
+/// The lock table. Not thread-safe by itself: the server wraps it in a mutex.
+#[derive(Debug)]
+pub struct Table {
+    cfg: TableConfig,
+    keys: Keys,
+    sessions: Sessions,
+    deadlines: Deadlines,
+    fences: FenceGen,
+    faults: Faults,
+    /// Next queue sequence number (waiters and watchers share it).
+    seq: u64,
+}
+
+/// Borrows the parts of `Table` an entry transition needs (an `entry::Cx`), leaving `keys` free.
+macro_rules! cx {
+    ($t:ident, $now:expr, $out:expr) => {
+        $crate::table::entry::Cx {
+            now: $now,
+            cfg: &$t.cfg,
+            sessions: &mut $t.sessions,
+            deadlines: &mut $t.deadlines,
+            fences: &mut $t.fences,
+            faults: &mut $t.faults,
+            out: $out,
+        }
+    };
+}
+use cx;
+
+impl Table {
+    pub fn new(cfg: TableConfig) -> Self {
+        Self {
+            fences: FenceGen::new(cfg.epoch),
+            cfg,
+            keys: Keys::default(),
+            sessions: Sessions::default(),
+            deadlines: Deadlines::default(),
+            faults: Faults::default(),
+            seq: 0,
+        }
+    }
+}

@@ -408,10 +408,7 @@ impl Model {
                 let req = self.next_req;
                 let key = Bytes::from_static(KEYS[key]);
                 let wait = self.instant(wait);
-                let r = self
-                    .t
-                    .wait_until_unlocked(now, s, req, key.clone(), wait, &mut out);
-                assert!(out.is_empty());
+                let r = self.t.wait_until_unlocked(now, s, req, &key, wait);
                 let locked = self.locked(&key);
                 match r {
                     Ok(Some(UnlockOutcome::Released)) => assert!(!locked),
@@ -531,8 +528,7 @@ impl Model {
                     return;
                 };
                 let s = self.slots[slot as usize];
-                let r = self.t.reclaim(now, s, &l.key, fence, &mut out);
-                assert!(out.is_empty());
+                let r = self.t.reclaim(s, &l.key, fence);
                 if l.session == s && !l.orphan {
                     assert!(r.is_ok());
                 } else if self.holds(s, &l.key) || self.waits_acquire(s, &l.key) {
@@ -587,7 +583,7 @@ impl Model {
                 assert!(hs.len() <= n as usize, "semaphore over its permits");
             }
             assert_eq!(self.t.is_locked(key), !hs.is_empty());
-            let info = self.t.inspect(self.now, key);
+            let info = self.t.inspect(key);
             let mut fences: Vec<Fence> = info
                 .as_ref()
                 .map(|i| i.holders.iter().map(|h| h.fence).collect())

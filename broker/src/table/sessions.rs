@@ -4,6 +4,7 @@
 //! `close_session`. Orphaned leases (lost sessions, restored leases) are in no session's index.
 
 use super::keys::EntryId;
+use super::queue::PendingKind;
 use super::types::{Fence, ReqId, SessionId};
 
 /// hashbrown with its default hasher (foldhash, randomly seeded per process).
@@ -24,7 +25,7 @@ pub(crate) struct Pending {
     pub(crate) entry: EntryId,
     /// Sequence number of the queue slot (sorted within each key's queue).
     pub(crate) seq: u64,
-    pub(crate) watch: bool,
+    pub(crate) kind: PendingKind,
 }
 
 #[derive(Debug, Default)]
@@ -41,10 +42,12 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
+    #[cfg(test)]
     pub(crate) fn get(&self, id: SessionId) -> Option<&Session> {
         self.map.get(&id)
     }
 
+    #[cfg(test)]
     pub(crate) fn get_mut(&mut self, id: SessionId) -> Option<&mut Session> {
         self.map.get_mut(&id)
     }
@@ -74,14 +77,28 @@ impl Sessions {
         }
     }
 
-    /// Forgets a pending request that ended (granted, failed, resolved).
-    pub(crate) fn drop_pending(&mut self, session: SessionId, req: ReqId) {
-        if let Some(s) = self.map.get_mut(&session)
-            && let Some(p) = s.pending.remove(&req)
-            && !p.watch
-            && s.keys.get(&p.entry) == Some(&Role::Waits(req))
-        {
+    /// Indexes a newly queued request; an acquire also takes the `Waits` role on its key.
+    pub(crate) fn add_pending(&mut self, session: SessionId, req: ReqId, p: Pending) {
+        let s = self.entry(session);
+        if p.kind == PendingKind::Acquire {
+            s.keys.insert(p.entry, Role::Waits(req));
+        }
+        s.pending.insert(req, p);
+    }
+
+    /// Takes pending request `req` out of `session`'s index (and its `Waits` role, if it is an
+    /// acquire that still has it), returning it.
+    pub(crate) fn take_pending(&mut self, session: SessionId, req: ReqId) -> Option<Pending> {
+        let s = self.map.get_mut(&session)?;
+        let p = s.pending.remove(&req)?;
+        if p.kind == PendingKind::Acquire && s.keys.get(&p.entry) == Some(&Role::Waits(req)) {
             s.keys.remove(&p.entry);
         }
+        Some(p)
+    }
+
+    /// Forgets a pending request that ended (granted, failed, resolved).
+    pub(crate) fn drop_pending(&mut self, session: SessionId, req: ReqId) {
+        self.take_pending(session, req);
     }
 }

@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::types::{MAX_TTL, RESTORED_SESSION};
 use super::*;
+use crate::epoch::COUNTER_BITS;
 
 const K: &[u8] = b"k";
 
@@ -221,7 +223,7 @@ fn duplicate_pending_request_id() {
     );
     let now = h.now;
     assert_eq!(
-        h.t.wait_until_unlocked(now, 2, 7, Bytes::from_static(K), Wait::Forever, &mut h.out),
+        h.t.wait_until_unlocked(now, 2, 7, K, Wait::Forever),
         Err(TableError::DuplicateRequest)
     );
     // Once resolved, the id may be reused.
@@ -259,7 +261,7 @@ fn idle_key_is_freed_at_once() {
     assert_eq!(h.t.key_count(), 1);
     h.release(1, K, f).unwrap();
     assert_eq!(h.t.key_count(), 0);
-    assert_eq!(h.t.inspect(h.now, K), None);
+    assert_eq!(h.t.inspect(K), None);
     assert!(!h.t.is_locked(K));
     // Also after expiry, timeout and cancel.
     h.lock(1, K, Mode::Exclusive, 10);
@@ -328,7 +330,7 @@ fn shared_readers_share_and_writer_is_not_starved() {
     h.queue(3, 1, K, Mode::Exclusive, Wait::Forever);
     // A new reader queues behind the waiting writer.
     h.queue(4, 1, K, Mode::Shared, Wait::Forever);
-    assert_eq!(h.t.inspect(h.now, K).unwrap().waiters, 2);
+    assert_eq!(h.t.inspect(K).unwrap().waiters, 2);
     h.take();
     h.release(1, K, r1).unwrap();
     assert!(h.granted().is_empty(), "writer waits for the last reader");
@@ -352,7 +354,7 @@ fn consecutive_shared_waiters_are_granted_together() {
     h.release(1, K, w).unwrap();
     let g = h.granted();
     assert_eq!(g.iter().map(|g| g.0).collect::<Vec<_>>(), vec![2, 3]);
-    let info = h.t.inspect(h.now, K).unwrap();
+    let info = h.t.inspect(K).unwrap();
     assert_eq!(info.holders.len(), 2);
     assert_eq!(info.waiters, 2);
 }
@@ -380,7 +382,7 @@ fn semaphore_admits_n_holders() {
     h.take();
     h.release(1, K, a).unwrap();
     assert_eq!(h.granted().iter().map(|g| g.0).collect::<Vec<_>>(), vec![3]);
-    assert_eq!(h.t.inspect(h.now, K).unwrap().holders.len(), 2);
+    assert_eq!(h.t.inspect(K).unwrap().holders.len(), 2);
 }
 
 #[test]
@@ -424,7 +426,7 @@ fn waiter_times_out() {
         }]
     );
     assert_eq!(h.t.session_counts(2), (0, 0));
-    assert_eq!(h.t.inspect(h.now, K).unwrap().waiters, 0);
+    assert_eq!(h.t.inspect(K).unwrap().waiters, 0);
 }
 
 #[test]
@@ -465,7 +467,7 @@ fn cancel_pending_acquire() {
     // Cancelling a request that was already granted is not an error, just false.
     h.lock(1, K, Mode::Exclusive, 1000);
     h.queue(2, 6, K, Mode::Exclusive, Wait::Forever);
-    let f = h.t.inspect(now, K).unwrap().holders[0].fence;
+    let f = h.t.inspect(K).unwrap().holders[0].fence;
     h.release(1, K, f).unwrap();
     assert!(!h.t.cancel(now, 2, 6, &mut h.out));
 }
@@ -546,14 +548,14 @@ fn wait_until_unlocked_outcomes() {
     let key = Bytes::from_static(K);
     let now = h.now;
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 1, key.clone(), Wait::Forever, &mut h.out),
+        h.t.wait_until_unlocked(now, 9, 1, &key, Wait::Forever),
         Ok(Some(UnlockOutcome::Released))
     );
     // Released, even though a queued acquire is granted in the same step.
     let f = h.lock(1, K, Mode::Exclusive, 100);
     h.queue(2, 1, K, Mode::Exclusive, Wait::Forever);
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 2, key.clone(), Wait::Forever, &mut h.out),
+        h.t.wait_until_unlocked(now, 9, 2, &key, Wait::Forever),
         Ok(None)
     );
     assert_eq!(h.t.session_counts(9), (0, 1));
@@ -568,7 +570,7 @@ fn wait_until_unlocked_outcomes() {
     assert_eq!(h.t.session_counts(9), (0, 0));
     // Expired: session 2's lease runs out.
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 3, key.clone(), Wait::Forever, &mut h.out),
+        h.t.wait_until_unlocked(now, 9, 3, &key, Wait::Forever),
         Ok(None)
     );
     h.advance_to(1000);
@@ -587,16 +589,16 @@ fn wait_until_unlocked_timeout_cancel_and_no_wait() {
     h.lock(1, K, Mode::Exclusive, 1000);
     let now = h.now;
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 1, key.clone(), Wait::No, &mut h.out),
+        h.t.wait_until_unlocked(now, 9, 1, &key, Wait::No),
         Err(TableError::Busy)
     );
     let until = h.at(10);
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 2, key.clone(), Wait::Until(until), &mut h.out),
+        h.t.wait_until_unlocked(now, 9, 2, &key, Wait::Until(until)),
         Ok(None)
     );
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 3, key.clone(), Wait::Forever, &mut h.out),
+        h.t.wait_until_unlocked(now, 9, 3, &key, Wait::Forever),
         Ok(None)
     );
     h.take();
@@ -652,7 +654,7 @@ fn clean_close_releases_at_once_and_grants_next_waiter() {
         out.iter()
             .all(|e| !matches!(e, Effect::AcquireFailed { .. }))
     );
-    assert_eq!(h.t.inspect(now, b"other").unwrap().waiters, 0);
+    assert_eq!(h.t.inspect(b"other").unwrap().waiters, 0);
     assert_eq!(h.t.session_counts(1), (0, 0));
 }
 
@@ -684,7 +686,7 @@ fn lost_session_keeps_lease_until_ttl_then_lock_delay() {
     );
     assert_eq!(out.len(), 1, "no grant during lock delay");
     assert!(!h.t.is_locked(K));
-    let info = h.t.inspect(h.now, K).unwrap();
+    let info = h.t.inspect(K).unwrap();
     assert_eq!(info.blocked_until, Some(h.at(150)));
     assert_eq!(info.waiters, 1);
     assert_eq!(
@@ -735,20 +737,14 @@ fn reclaim_transfers_an_orphaned_lease() {
     let f = h.lock(1, K, Mode::Exclusive, 100);
     let now = h.now;
     h.t.close_session(now, 1, false, &mut h.out);
-    assert_eq!(
-        h.t.reclaim(now, 5, b"nope", f, &mut h.out),
-        Err(TableError::NotLocked)
-    );
-    assert_eq!(
-        h.t.reclaim(now, 5, K, f + 1, &mut h.out),
-        Err(TableError::NotOwner)
-    );
-    let g = h.t.reclaim(now, 5, K, f, &mut h.out).unwrap();
+    assert_eq!(h.t.reclaim(5, b"nope", f), Err(TableError::NotLocked));
+    assert_eq!(h.t.reclaim(5, K, f + 1), Err(TableError::NotOwner));
+    let g = h.t.reclaim(5, K, f).unwrap();
     h.t.check_invariants();
     assert_eq!((g.fence, g.deadline, g.ttl), (f, h.at(100), ms(100)));
     assert_eq!(h.t.session_counts(5), (1, 0));
     // Idempotent for the new owner.
-    assert_eq!(h.t.reclaim(now, 5, K, f, &mut h.out), Ok(g.clone()));
+    assert_eq!(h.t.reclaim(5, K, f), Ok(g.clone()));
     // No lock delay once reclaimed: the lease has a live owner again.
     h.queue(6, 1, K, Mode::Exclusive, Wait::Forever);
     h.take();
@@ -765,17 +761,13 @@ fn reclaim_from_live_session_and_conflicts() {
     });
     let f = h.lock(1, K, Mode::Shared, 100);
     let f2 = h.lock(2, K, Mode::Shared, 100);
-    let now = h.now;
-    assert_eq!(
-        h.t.reclaim(now, 2, K, f, &mut h.out),
-        Err(TableError::AlreadyHeld)
-    );
+    assert_eq!(h.t.reclaim(2, K, f), Err(TableError::AlreadyHeld));
     h.lock(3, b"x", Mode::Exclusive, 100);
     assert_eq!(
-        h.t.reclaim(now, 3, K, f, &mut h.out),
+        h.t.reclaim(3, K, f),
         Err(TableError::LimitExceeded("held leases"))
     );
-    h.t.reclaim(now, 4, K, f, &mut h.out).unwrap();
+    h.t.reclaim(4, K, f).unwrap();
     h.t.check_invariants();
     assert_eq!(h.t.session_counts(1), (0, 0));
     assert_eq!(h.t.session_counts(4), (1, 0));
@@ -807,7 +799,7 @@ fn restore_and_fence_floor() {
         ),
         Err(TableError::AlreadyHeld)
     );
-    let info = h.t.inspect(now, K).unwrap();
+    let info = h.t.inspect(K).unwrap();
     assert_eq!(info.holders[0].session, RESTORED_SESSION);
     assert_eq!(info.holders[0].fence, restored);
     let f = h.lock(1, b"other", Mode::Exclusive, 100);
@@ -855,14 +847,7 @@ fn per_session_limits() {
     );
     let now = h.now;
     assert_eq!(
-        h.t.wait_until_unlocked(
-            now,
-            2,
-            3,
-            Bytes::from_static(b"b"),
-            Wait::Forever,
-            &mut h.out
-        ),
+        h.t.wait_until_unlocked(now, 2, 3, b"b", Wait::Forever),
         Err(TableError::LimitExceeded("pending waiters"))
     );
 }

@@ -1,6 +1,6 @@
 //! Public vocabulary of the lock table: ids, modes, requests, grants, effects, errors and config.
 //!
-//! Nothing here has behaviour beyond small helpers; the state machine lives in `machine.rs`.
+//! Nothing here has behaviour beyond small helpers; the state machine is [`super::Table`].
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,8 @@ pub type Key = bytes::Bytes;
 /// Fencing token == lease id: `(epoch << 40) | counter`, strictly increasing for the broker's life.
 pub type Fence = u64;
 
-/// The session id owning leases loaded by [`crate::table::Table::restore`].
-pub const RESTORED_SESSION: SessionId = 0;
+/// The session id owning leases loaded by `Table::restore`.
+pub(crate) const RESTORED_SESSION: SessionId = 0;
 
 /// How a lease shares its key with other leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,9 +148,9 @@ pub enum TableError {
     DuplicateRequest,
 }
 
-/// One current holder of a key, as reported by `inspect`.
+/// One current holder of a key, as reported by `inspect` and `holds`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
+pub(crate) struct Holder {
     pub session: SessionId,
     pub fence: Fence,
     pub mode: Mode,
@@ -159,7 +159,7 @@ pub struct Holder {
 
 /// A snapshot of one key, as reported by `inspect`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LockInfo {
+pub(crate) struct LockInfo {
     pub key: Key,
     pub holders: Vec<Holder>,
     /// Queued acquires (not counting `wait_until_unlocked` watchers).
@@ -191,7 +191,7 @@ impl Default for TableConfig {
 }
 
 /// Longest TTL / lock delay the table honours; longer values are clamped (keeps `Instant` math total).
-pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// `now + d`, clamped to [`MAX_TTL`]; never panics.
 pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {

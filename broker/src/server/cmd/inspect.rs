@@ -25,7 +25,7 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
         Err(reason) => return s.fail(id, ErrorCode::Denied, reason),
     };
     let info = s.broker.read_table(|t, now| {
-        let Some(info) = t.inspect(now, &key) else {
+        let Some(info) = t.inspect(&key) else {
             return LockInfo {
                 id,
                 key: key.clone(),

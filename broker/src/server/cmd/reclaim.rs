@@ -30,7 +30,7 @@ pub(super) async fn apply(s: &Session, r: Reclaim) {
     };
     let ttl = decided.ttl;
     let result = s.broker.with_table(|t, now, out| {
-        t.reclaim(now, s.id, &r.key, r.fence, out)?;
+        t.reclaim(s.id, &r.key, r.fence)?;
         t.extend(now, s.id, &r.key, r.fence, ttl, out)
     });
     match result {

@@ -17,8 +17,8 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes, wait: WaitSpec) {
         Ok(d) => d.key,
         Err(reason) => return s.fail(id, ErrorCode::Denied, reason),
     };
-    let result = s.broker.with_table(|t, now, out| {
-        t.wait_until_unlocked(now, s.id, id, key, wait_from(wait, now), out)
+    let result = s.broker.with_table(|t, now, _out| {
+        t.wait_until_unlocked(now, s.id, id, &key, wait_from(wait, now))
     });
     match result {
         Ok(Some(outcome)) => s.reply(Frame::Unlocked {

@@ -1,0 +1,144 @@
+//! Tests of the paths that must never be reached while the invariants hold: the state is
+//! corrupted by hand, and the table must skip the step, record a fault and keep answering
+//! clients truthfully (no made-up error, no panic). Also resource exhaustion on the grant path.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+
+const K: &[u8] = b"k";
+
+fn req(session: SessionId, req: ReqId, wait: Wait) -> AcquireRequest {
+    AcquireRequest {
+        session,
+        req,
+        key: Bytes::from_static(K),
+        mode: Mode::Exclusive,
+        ttl: Duration::from_millis(100),
+        wait,
+    }
+}
+
+/// A table where session 1 holds `K` (returned fence) and session 2 queues on it as request 5.
+fn held_and_queued(now: Instant, out: &mut Vec<Effect>) -> (Table, Fence) {
+    let mut t = Table::new(TableConfig::default());
+    let f = t
+        .acquire(now, req(1, 1, Wait::No), out)
+        .unwrap()
+        .unwrap()
+        .fence;
+    assert_eq!(t.acquire(now, req(2, 5, Wait::Forever), out), Ok(None));
+    out.clear();
+    t.check_invariants();
+    (t, f)
+}
+
+#[test]
+fn a_waiter_whose_session_vanished_is_dropped_not_failed() {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let (mut t, f) = held_and_queued(now, &mut out);
+    assert_eq!(t.acquire(now, req(3, 6, Wait::Forever), &mut out), Ok(None));
+    t.sessions.remove(2);
+    t.release(now, 1, K, f, &mut out).unwrap();
+    // Session 2's waiter is skipped without a made-up `AcquireFailed { Cancelled }`; the next
+    // waiter is granted.
+    assert!(
+        out.iter()
+            .all(|e| !matches!(e, Effect::AcquireFailed { .. }))
+    );
+    assert!(matches!(
+        out.last(),
+        Some(Effect::Granted {
+            session: 3,
+            req: 6,
+            ..
+        })
+    ));
+    assert_eq!(t.faults.count(), 1);
+}
+
+#[test]
+fn cancel_answers_even_if_the_request_left_its_queue() {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let (mut t, _) = held_and_queued(now, &mut out);
+    t.keys.find_mut(K).unwrap().waiters.clear();
+    assert!(t.cancel(now, 2, 5, &mut out));
+    assert_eq!(
+        out,
+        vec![Effect::AcquireFailed {
+            session: 2,
+            req: 5,
+            error: TableError::Cancelled
+        }]
+    );
+    assert_eq!(t.faults.count(), 1);
+    assert_eq!(t.session_counts(2), (0, 0));
+}
+
+#[test]
+fn cancel_answers_even_if_the_requests_key_is_gone() {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let (mut t, _) = held_and_queued(now, &mut out);
+    let s = t.sessions.get_mut(2).unwrap();
+    s.pending.get_mut(&5).unwrap().entry = 999;
+    assert!(t.cancel(now, 2, 5, &mut out));
+    assert_eq!(out.len(), 1);
+    assert_eq!(t.faults.count(), 1);
+}
+
+#[test]
+fn close_session_skips_a_lease_missing_from_its_key() {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let (mut t, f) = held_and_queued(now, &mut out);
+    t.keys.find_mut(K).unwrap().holders.remove(f);
+    t.close_session(now, 1, true, &mut out);
+    assert!(
+        out.iter()
+            .all(|e| !matches!(e, Effect::Event(LockEvent::Released { .. }))),
+        "no event for a lease the key does not have"
+    );
+    assert_eq!(t.faults.count(), 1);
+    assert_eq!(t.session_counts(1), (0, 0));
+}
+
+#[test]
+fn exhausted_fences_fail_a_new_key_and_leave_nothing_behind() {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut t = Table::new(TableConfig::default());
+    t.raise_fence_floor(u64::MAX - 1);
+    assert_eq!(
+        t.acquire(now, req(1, 1, Wait::Forever), &mut out),
+        Err(TableError::LimitExceeded("fencing tokens"))
+    );
+    assert!(out.is_empty());
+    assert_eq!(t.key_count(), 0);
+    assert_eq!(t.next_deadline(), None);
+    assert_eq!(t.session_counts(1), (0, 0));
+    t.check_invariants();
+}
+
+#[test]
+fn exhausted_fences_fail_a_queued_acquire_at_grant_time() {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let (mut t, f) = held_and_queued(now, &mut out);
+    t.raise_fence_floor(u64::MAX - 1);
+    t.release(now, 1, K, f, &mut out).unwrap();
+    assert_eq!(
+        out.last(),
+        Some(&Effect::AcquireFailed {
+            session: 2,
+            req: 5,
+            error: TableError::LimitExceeded("fencing tokens")
+        })
+    );
+    assert_eq!(t.key_count(), 0);
+    t.check_invariants();
+}

@@ -1,0 +1,230 @@
+//! Leases: the holders of a key, the one path by which a lease is granted, how a lease ends,
+//! and the lease-expiry timer.
+
+use std::time::{Duration, Instant};
+
+use super::deadlines::Due;
+use super::entry::{Cx, Entry};
+use super::sessions::Role;
+use super::types::{
+    Effect, Fence, Grant, Key, LockEvent, Mode, SessionId, TableError, UnlockOutcome,
+    deadline_after,
+};
+
+/// One lease on a key.
+#[derive(Clone, Debug)]
+pub(crate) struct HolderRec {
+    pub(crate) session: SessionId,
+    pub(crate) fence: Fence,
+    pub(crate) mode: Mode,
+    pub(crate) ttl: Duration,
+    pub(crate) deadline: Instant,
+    /// Owner session is gone (lost connection) or the lease was restored: in no session index.
+    pub(crate) orphan: bool,
+}
+
+impl HolderRec {
+    /// A live (non-orphan) lease of `session`: the only leases `release` and `extend` accept.
+    pub(crate) fn owned_by(&self, session: SessionId) -> bool {
+        self.session == session && !self.orphan
+    }
+
+    pub(crate) fn grant(&self, key: &Key) -> Grant {
+        Grant {
+            key: key.clone(),
+            fence: self.fence,
+            mode: self.mode,
+            ttl: self.ttl,
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// The holders of a key, inline for the common single-holder case.
+#[derive(Debug, Default)]
+pub(crate) enum Holders {
+    #[default]
+    Empty,
+    One(HolderRec),
+    Many(Vec<HolderRec>),
+}
+
+impl Holders {
+    pub(crate) fn as_slice(&self) -> &[HolderRec] {
+        match self {
+            Holders::Empty => &[],
+            Holders::One(h) => std::slice::from_ref(h),
+            Holders::Many(v) => v,
+        }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [HolderRec] {
+        match self {
+            Holders::Empty => &mut [],
+            Holders::One(h) => std::slice::from_mut(h),
+            Holders::Many(v) => v,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn push(&mut self, h: HolderRec) {
+        match std::mem::take(self) {
+            Holders::Empty => *self = Holders::One(h),
+            Holders::One(first) => *self = Holders::Many(vec![first, h]),
+            Holders::Many(mut v) => {
+                v.push(h);
+                *self = Holders::Many(v);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, fence: Fence) -> Option<HolderRec> {
+        match self {
+            Holders::Empty => None,
+            Holders::One(h) if h.fence == fence => match std::mem::take(self) {
+                Holders::One(h) => Some(h),
+                _ => None,
+            },
+            Holders::One(_) => None,
+            Holders::Many(v) => {
+                let i = v.iter().position(|h| h.fence == fence)?;
+                let h = v.swap_remove(i);
+                if v.is_empty() {
+                    *self = Holders::Empty;
+                }
+                Some(h)
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, fence: Fence) -> Option<&HolderRec> {
+        self.as_slice().iter().find(|h| h.fence == fence)
+    }
+
+    pub(crate) fn get_mut(&mut self, fence: Fence) -> Option<&mut HolderRec> {
+        self.as_mut_slice().iter_mut().find(|h| h.fence == fence)
+    }
+}
+
+impl Entry {
+    /// Grants a new lease on this key to `session` — the one grant path, for immediate acquires
+    /// and queue heads alike. The caller checked the mode rules; this checks the session's lease
+    /// limit, allocates a fence, indexes the lease in the session, schedules its expiry, emits
+    /// `Acquired` and adds the holder. `session` must be live: `acquire` creates its record and
+    /// `grant_waiters` checks it first.
+    pub(crate) fn grant_lease(
+        &mut self,
+        session: SessionId,
+        mode: Mode,
+        ttl: Duration,
+        cx: &mut Cx<'_>,
+    ) -> Result<Grant, TableError> {
+        let s = cx.sessions.entry(session);
+        if s.held >= cx.cfg.max_leases_per_session {
+            return Err(TableError::LimitExceeded("held leases"));
+        }
+        let fence = cx.fences.alloc()?;
+        s.held += 1;
+        s.keys.insert(self.id, Role::Holds(fence));
+        let deadline = deadline_after(cx.now, ttl);
+        cx.deadlines
+            .push(deadline, self.id, self.generation, Due::Lease(fence));
+        cx.out.push(Effect::Event(LockEvent::Acquired {
+            key: self.key.clone(),
+            session,
+            fence,
+            mode,
+            deadline,
+        }));
+        let h = HolderRec {
+            session,
+            fence,
+            mode,
+            ttl,
+            deadline,
+            orphan: false,
+        };
+        let grant = h.grant(&self.key);
+        self.holders.push(h);
+        Ok(grant)
+    }
+
+    /// Ends the lease `fence` (released or expired): session index, mirror event, lock delay for
+    /// orphans on expiry, then watchers and next grants. `false` if there is no such lease.
+    pub(crate) fn end_lease(
+        &mut self,
+        fence: Fence,
+        outcome: UnlockOutcome,
+        cx: &mut Cx<'_>,
+    ) -> bool {
+        let Some(h) = self.holders.remove(fence) else {
+            return false;
+        };
+        if !h.orphan {
+            cx.sessions.drop_hold(h.session, self.id);
+        }
+        let (key, session) = (self.key.clone(), h.session);
+        cx.out.push(Effect::Event(match outcome {
+            UnlockOutcome::Released => LockEvent::Released {
+                key,
+                session,
+                fence,
+            },
+            UnlockOutcome::Expired => LockEvent::Expired {
+                key,
+                session,
+                fence,
+            },
+        }));
+        if outcome == UnlockOutcome::Expired && h.orphan {
+            self.block_after(h.deadline, cx);
+        }
+        if self.holders.is_empty() {
+            self.resolve_watchers(outcome, cx);
+        }
+        self.grant_waiters(cx);
+        true
+    }
+
+    /// Lease-expiry timer: ends lease `fence` as expired if its deadline is still `at` (else the
+    /// item is stale: the lease was renewed or has ended).
+    pub(crate) fn expire_lease(&mut self, fence: Fence, at: Instant, cx: &mut Cx<'_>) {
+        if self.holders.get(fence).is_some_and(|h| h.deadline == at) {
+            self.end_lease(fence, UnlockOutcome::Expired, cx);
+        }
+    }
+
+    /// Renews lease `fence` of `session` to `now + ttl`, emitting `Extended`. `NotOwner` unless
+    /// `session` owns that lease.
+    pub(crate) fn renew_lease(
+        &mut self,
+        session: SessionId,
+        fence: Fence,
+        ttl: Duration,
+        cx: &mut Cx<'_>,
+    ) -> Result<Instant, TableError> {
+        let h = match self.holders.get_mut(fence) {
+            Some(h) if h.owned_by(session) => h,
+            _ => return Err(TableError::NotOwner),
+        };
+        let deadline = deadline_after(cx.now, ttl);
+        h.deadline = deadline;
+        h.ttl = ttl;
+        cx.deadlines
+            .push(deadline, self.id, self.generation, Due::Lease(fence));
+        cx.out.push(Effect::Event(LockEvent::Extended {
+            key: self.key.clone(),
+            session,
+            fence,
+            deadline,
+        }));
+        Ok(deadline)
+    }
+}

@@ -1,0 +1,299 @@
+//! Client requests: acquire, release, extend, reclaim, wait-until-unlocked, cancel and
+//! close-session. Each routes to the key's entry (`entry.rs`, `lease.rs`, `queue.rs`), keeps the
+//! session index and the deadline heap in step, and frees the key once it is idle.
+
+use std::time::{Duration, Instant};
+
+use super::entry::{Entry, check_mode};
+use super::keys::{EntryId, Keys};
+use super::queue::{Waiter, Watcher};
+use super::sessions::{Pending, Role};
+use super::types::{
+    AcquireRequest, Effect, Fence, Grant, ReqId, SessionId, TableError, UnlockOutcome, Wait,
+};
+use super::{Table, cx};
+
+/// `key`'s entry if someone holds it, else `NotLocked`.
+fn held_entry<'a>(keys: &'a mut Keys, key: &[u8]) -> Result<&'a mut Entry, TableError> {
+    keys.find_mut(key)
+        .filter(|e| !e.holders.is_empty())
+        .ok_or(TableError::NotLocked)
+}
+
+/// Admits a request to a queue: `Busy` if `wait` does not allow queueing at `now`,
+/// `LimitExceeded` if its session already has `waiting >= limit` pending requests. Returns the
+/// request's sequence number and timeout (`None`: waits forever).
+fn admit_to_queue(
+    now: Instant,
+    wait: Wait,
+    waiting: usize,
+    limit: usize,
+    next_seq: &mut u64,
+) -> Result<(u64, Option<Instant>), TableError> {
+    let deadline = match wait {
+        Wait::No => return Err(TableError::Busy),
+        Wait::Until(t) if t <= now => return Err(TableError::Busy),
+        Wait::Until(t) => Some(t),
+        Wait::Forever => None,
+    };
+    if waiting >= limit {
+        return Err(TableError::LimitExceeded("pending waiters"));
+    }
+    let seq = *next_seq;
+    *next_seq += 1;
+    Ok((seq, deadline))
+}
+
+impl Table {
+    /// Acquires `req.key` for `req.session`.
+    ///
+    /// `Ok(Some(grant))`: granted now (only `Event(Acquired)` is pushed for it). `Ok(None)`: queued;
+    /// a later `Effect::Granted` or `Effect::AcquireFailed` resolves it. Errors: `Busy` (not
+    /// grantable and `Wait::No` or a past `Wait::Until`), `AlreadyHeld` (the session holds or
+    /// queues on this key), `LimitExceeded`, `InvalidMode`, `DuplicateRequest`.
+    pub fn acquire(
+        &mut self,
+        now: Instant,
+        req: AcquireRequest,
+        out: &mut Vec<Effect>,
+    ) -> Result<Option<Grant>, TableError> {
+        let AcquireRequest {
+            session,
+            req,
+            key,
+            mode,
+            ttl,
+            wait,
+        } = req;
+        check_mode(mode)?;
+        let found = self.keys.lookup(&key);
+        let s = self.sessions.entry(session);
+        if s.pending.contains_key(&req) {
+            return Err(TableError::DuplicateRequest);
+        }
+        if found.as_ref().is_ok_and(|e| s.keys.contains_key(&e.id)) {
+            return Err(TableError::AlreadyHeld);
+        }
+        if s.held >= self.cfg.max_leases_per_session {
+            return Err(TableError::LimitExceeded("held leases"));
+        }
+        let waiting = s.pending.len();
+        let e = match found {
+            Ok(e) => e,
+            Err(hash) => self
+                .keys
+                .insert(hash, Entry::new(key))
+                .ok_or(TableError::LimitExceeded("live keys"))?,
+        };
+        let id = e.id;
+        let mut cx = cx!(self, now, out);
+        let result = e.check_family(mode).and_then(|()| {
+            if e.grantable_now(mode) {
+                return e.grant_lease(session, mode, ttl, &mut cx).map(Some);
+            }
+            let limit = cx.cfg.max_waiters_per_session;
+            let (seq, deadline) = admit_to_queue(now, wait, waiting, limit, &mut self.seq)?;
+            let w = Waiter {
+                seq,
+                session,
+                req,
+                mode,
+                ttl,
+                deadline,
+            };
+            e.enqueue_waiter(w, cx.sessions, cx.deadlines);
+            Ok(None)
+        });
+        // A key created above whose grant failed is idle again.
+        self.keys.free_if_idle(id);
+        self.maybe_compact();
+        result
+    }
+
+    /// Releases lease `fence` on `key` held by `session`, granting the next waiter(s) at once.
+    /// `NotLocked` if nobody holds `key`; `NotOwner` if it is held, but not as (session, fence).
+    pub fn release(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        key: &[u8],
+        fence: Fence,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), TableError> {
+        let e = held_entry(&mut self.keys, key)?;
+        if !e.holders.get(fence).is_some_and(|h| h.owned_by(session)) {
+            return Err(TableError::NotOwner);
+        }
+        let id = e.id;
+        e.end_lease(fence, UnlockOutcome::Released, &mut cx!(self, now, out));
+        self.keys.free_if_idle(id);
+        self.maybe_compact();
+        Ok(())
+    }
+
+    /// Renews lease `fence`: new deadline = `now + ttl`. Same errors as [`Table::release`].
+    pub(crate) fn extend(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        key: &[u8],
+        fence: Fence,
+        ttl: Duration,
+        out: &mut Vec<Effect>,
+    ) -> Result<Instant, TableError> {
+        let e = held_entry(&mut self.keys, key)?;
+        let deadline = e.renew_lease(session, fence, ttl, &mut cx!(self, now, out))?;
+        self.maybe_compact();
+        Ok(deadline)
+    }
+
+    /// Transfers lease (key, fence) to `session`, keeping its fence and deadline (reclaim after
+    /// reconnect, or of a restored lease). Idempotent for the current owner. Errors: `NotLocked`,
+    /// `NotOwner` (no such lease), `AlreadyHeld` (the session holds another lease on, or queues
+    /// on, this key), `LimitExceeded("held leases")`. Pushes no effect: the mirrored state
+    /// (key, fence, deadline) does not change.
+    pub(crate) fn reclaim(
+        &mut self,
+        session: SessionId,
+        key: &[u8],
+        fence: Fence,
+    ) -> Result<Grant, TableError> {
+        let e = held_entry(&mut self.keys, key)?;
+        let (id, k) = (e.id, &e.key);
+        let h = e.holders.get_mut(fence).ok_or(TableError::NotOwner)?;
+        if h.owned_by(session) {
+            return Ok(h.grant(k));
+        }
+        let s = self.sessions.entry(session);
+        if s.keys.contains_key(&id) {
+            return Err(TableError::AlreadyHeld);
+        }
+        if s.held >= self.cfg.max_leases_per_session {
+            return Err(TableError::LimitExceeded("held leases"));
+        }
+        s.keys.insert(id, Role::Holds(fence));
+        s.held += 1;
+        let (prev, was_orphan) = (h.session, h.orphan);
+        h.session = session;
+        h.orphan = false;
+        if !was_orphan {
+            self.sessions.drop_hold(prev, id);
+        }
+        Ok(h.grant(k))
+    }
+
+    /// Resolves when `key` has no holder: `Ok(Some(Released))` at once if it has none now; else
+    /// queued and resolved by `Effect::Unlocked` (Released / Expired, by how the last holder
+    /// left) or `Effect::WaitFailed { Timeout }`. `Wait::No` (or a past `Until`) on a locked key:
+    /// `Err(Busy)`. Also `DuplicateRequest`, `LimitExceeded("pending waiters")`. Pushes no effect
+    /// itself.
+    pub(crate) fn wait_until_unlocked(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        req: ReqId,
+        key: &[u8],
+        wait: Wait,
+    ) -> Result<Option<UnlockOutcome>, TableError> {
+        let s = self.sessions.entry(session);
+        if s.pending.contains_key(&req) {
+            return Err(TableError::DuplicateRequest);
+        }
+        let waiting = s.pending.len();
+        let Ok(e) = held_entry(&mut self.keys, key) else {
+            return Ok(Some(UnlockOutcome::Released));
+        };
+        let limit = self.cfg.max_waiters_per_session;
+        let (seq, deadline) = admit_to_queue(now, wait, waiting, limit, &mut self.seq)?;
+        let w = Watcher {
+            seq,
+            session,
+            req,
+            deadline,
+        };
+        e.enqueue_watcher(w, &mut self.sessions, &mut self.deadlines);
+        self.maybe_compact();
+        Ok(None)
+    }
+
+    /// Cancels a pending acquire or `wait_until_unlocked` with this request id, pushing
+    /// `AcquireFailed`/`WaitFailed { Cancelled }`. `false` if nothing is pending under `req`.
+    pub(crate) fn cancel(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        req: ReqId,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let Some(p) = self.sessions.take_pending(session, req) else {
+            return false;
+        };
+        out.push(p.kind.failed(session, req, TableError::Cancelled));
+        self.detach(now, p, out);
+        true
+    }
+
+    /// Ends a session. Its pending requests are dropped silently. `clean`: its leases are
+    /// released now (events pushed, waiters granted). Not clean (connection lost): its leases
+    /// become orphans that live until their deadline; when one expires the key stays blocked
+    /// for `lock_delay`.
+    pub(crate) fn close_session(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        clean: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(s) = self.sessions.remove(session) else {
+            return;
+        };
+        let mut pending: Vec<Pending> = s.pending.into_values().collect();
+        pending.sort_unstable_by_key(|p| p.seq);
+        for p in pending {
+            self.detach(now, p, out);
+        }
+        let mut held: Vec<(Fence, EntryId)> = s
+            .keys
+            .into_iter()
+            .filter_map(|(id, r)| match r {
+                Role::Holds(f) => Some((f, id)),
+                Role::Waits(_) => None,
+            })
+            .collect();
+        held.sort_unstable_by_key(|(f, _)| *f);
+        for (fence, id) in held {
+            let Some(e) = self.keys.get_mut(id) else {
+                self.faults.record("close_session: a held key is not live");
+                continue;
+            };
+            let found = if clean {
+                e.end_lease(fence, UnlockOutcome::Released, &mut cx!(self, now, out))
+            } else if let Some(h) = e.holders.get_mut(fence) {
+                h.orphan = true;
+                true
+            } else {
+                false
+            };
+            if !found {
+                self.faults
+                    .record("close_session: a held lease is not on its key");
+            }
+            self.keys.free_if_idle(id);
+        }
+        self.maybe_compact();
+    }
+
+    /// Takes a pending request, already out of its session's index, out of its key's queue
+    /// (granting whoever is now at the head) and frees the key if that left it idle.
+    fn detach(&mut self, now: Instant, p: Pending, out: &mut Vec<Effect>) {
+        let Some(e) = self.keys.get_mut(p.entry) else {
+            self.faults.record("a pending request's key is not live");
+            return;
+        };
+        if !e.leave_queue(p.kind, p.seq, &mut cx!(self, now, out)) {
+            self.faults
+                .record("a pending request is not in its key's queue");
+        }
+        self.keys.free_if_idle(p.entry);
+    }
+}

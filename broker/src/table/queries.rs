@@ -1,0 +1,65 @@
+//! Read-only queries: a key's snapshot for `Inspect`, and every lease for the mirror's resync.
+//! None of them expires anything: they report state as stored (call `expire` first).
+
+use super::Table;
+use super::lease::HolderRec;
+use super::types::{Holder, Key, LockInfo};
+
+impl HolderRec {
+    fn holder(&self) -> Holder {
+        Holder {
+            session: self.session,
+            fence: self.fence,
+            mode: self.mode,
+            deadline: self.deadline,
+        }
+    }
+}
+
+impl Table {
+    /// Snapshot of `key`, or `None` when the key is idle.
+    pub(crate) fn inspect(&self, key: &[u8]) -> Option<LockInfo> {
+        let e = self.keys.find(key)?;
+        Some(LockInfo {
+            key: e.key.clone(),
+            holders: e.holders.as_slice().iter().map(HolderRec::holder).collect(),
+            waiters: e.waiters.len(),
+            blocked_until: e.blocked_until,
+        })
+    }
+
+    /// Every current lease as (key, holder), in no particular order: the snapshot a mirror
+    /// resynchronizes from. Leases past their deadline that `expire` has not processed yet are
+    /// included. O(live keys).
+    pub(crate) fn holds(&self) -> Vec<(Key, Holder)> {
+        self.keys
+            .iter()
+            .flat_map(|e| {
+                e.holders
+                    .as_slice()
+                    .iter()
+                    .map(|h| (e.key.clone(), h.holder()))
+            })
+            .collect()
+    }
+
+    /// Whether `key` has at least one holder (a key only blocked by lock delay is not locked).
+    #[cfg(test)]
+    pub(crate) fn is_locked(&self, key: &[u8]) -> bool {
+        self.keys.find(key).is_some_and(|e| !e.holders.is_empty())
+    }
+
+    /// Number of live keys (held, queued on, or blocked by lock delay).
+    #[cfg(test)]
+    pub(crate) fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// (held leases, pending requests) of a live session; orphaned leases count for nobody.
+    #[cfg(test)]
+    pub(crate) fn session_counts(&self, session: super::SessionId) -> (usize, usize) {
+        self.sessions
+            .get(session)
+            .map_or((0, 0), |s| (s.held, s.pending.len()))
+    }
+}

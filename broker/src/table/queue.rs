@@ -1,0 +1,209 @@
+//! A key's queues: acquires waiting for a grant (FIFO) and `wait_until_unlocked` watchers; how
+//! requests join and leave them, grants from the queue head, and the queue-timeout timer.
+//!
+//! Both kinds share one sequence-number space (a request's `seq` is unique in the table) and one
+//! deadline kind (`Due::Queued`); [`PendingKind`] says which queue a request is in.
+
+use std::time::{Duration, Instant};
+
+use super::deadlines::{Deadlines, Due};
+use super::entry::{Cx, Entry};
+use super::sessions::{Pending, Sessions};
+use super::types::{Effect, Mode, ReqId, SessionId, TableError, UnlockOutcome};
+
+/// What a pending request waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum PendingKind {
+    /// A queued acquire (in `Entry::waiters`): resolved by `Granted` / `AcquireFailed`.
+    Acquire,
+    /// A `wait_until_unlocked` (in `Entry::watchers`): resolved by `Unlocked` / `WaitFailed`.
+    Watch,
+}
+
+impl PendingKind {
+    /// The effect that ends a pending request of this kind with `error`.
+    pub(crate) fn failed(self, session: SessionId, req: ReqId, error: TableError) -> Effect {
+        match self {
+            PendingKind::Acquire => Effect::AcquireFailed {
+                session,
+                req,
+                error,
+            },
+            PendingKind::Watch => Effect::WaitFailed {
+                session,
+                req,
+                error,
+            },
+        }
+    }
+}
+
+/// A queued acquire.
+#[derive(Clone, Debug)]
+pub(crate) struct Waiter {
+    pub(crate) seq: u64,
+    pub(crate) session: SessionId,
+    pub(crate) req: ReqId,
+    pub(crate) mode: Mode,
+    pub(crate) ttl: Duration,
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// A queued `wait_until_unlocked`.
+#[derive(Clone, Debug)]
+pub(crate) struct Watcher {
+    pub(crate) seq: u64,
+    pub(crate) session: SessionId,
+    pub(crate) req: ReqId,
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl Entry {
+    pub(crate) fn find_waiter(&self, seq: u64) -> Option<usize> {
+        self.waiters.binary_search_by_key(&seq, |w| w.seq).ok()
+    }
+
+    pub(crate) fn find_watcher(&self, seq: u64) -> Option<usize> {
+        self.watchers.binary_search_by_key(&seq, |w| w.seq).ok()
+    }
+
+    /// Queues an acquire (its `seq` is the largest yet): schedules its timeout and indexes it in
+    /// its session.
+    pub(crate) fn enqueue_waiter(
+        &mut self,
+        w: Waiter,
+        sessions: &mut Sessions,
+        deadlines: &mut Deadlines,
+    ) {
+        let (session, req) = (w.session, w.req);
+        let p = self.track(PendingKind::Acquire, w.seq, w.deadline, deadlines);
+        sessions.add_pending(session, req, p);
+        self.waiters.push_back(w);
+    }
+
+    /// Queues a watcher (its `seq` is the largest yet): schedules its timeout and indexes it in
+    /// its session.
+    pub(crate) fn enqueue_watcher(
+        &mut self,
+        w: Watcher,
+        sessions: &mut Sessions,
+        deadlines: &mut Deadlines,
+    ) {
+        let (session, req) = (w.session, w.req);
+        let p = self.track(PendingKind::Watch, w.seq, w.deadline, deadlines);
+        sessions.add_pending(session, req, p);
+        self.watchers.push(w);
+    }
+
+    /// Schedules the timeout of queued request `seq` and returns its session-index record.
+    fn track(
+        &self,
+        kind: PendingKind,
+        seq: u64,
+        deadline: Option<Instant>,
+        deadlines: &mut Deadlines,
+    ) -> Pending {
+        if let Some(t) = deadline {
+            deadlines.push(t, self.id, self.generation, Due::Queued(kind, seq));
+        }
+        Pending {
+            entry: self.id,
+            seq,
+            kind,
+        }
+    }
+
+    /// (session, request, deadline) of queued request `seq`.
+    fn queued(&self, kind: PendingKind, seq: u64) -> Option<(SessionId, ReqId, Option<Instant>)> {
+        match kind {
+            PendingKind::Acquire => {
+                let w = self.waiters.get(self.find_waiter(seq)?)?;
+                Some((w.session, w.req, w.deadline))
+            }
+            PendingKind::Watch => {
+                let w = self.watchers.get(self.find_watcher(seq)?)?;
+                Some((w.session, w.req, w.deadline))
+            }
+        }
+    }
+
+    /// Takes queued request `seq` out of its queue; when an acquire leaves, grants whoever is now
+    /// at the head. The caller reports the request's end and updates its session. `false` if no
+    /// such request is queued.
+    pub(crate) fn leave_queue(&mut self, kind: PendingKind, seq: u64, cx: &mut Cx<'_>) -> bool {
+        match kind {
+            PendingKind::Acquire => {
+                let Some(i) = self.find_waiter(seq) else {
+                    return false;
+                };
+                self.waiters.remove(i);
+                self.grant_waiters(cx);
+            }
+            PendingKind::Watch => {
+                let Some(i) = self.find_watcher(seq) else {
+                    return false;
+                };
+                self.watchers.remove(i);
+            }
+        }
+        true
+    }
+
+    /// Queue-timeout timer: fails queued request `seq` with `Timeout` if its deadline is `at`
+    /// (else the item is stale: the request was granted, resolved or cancelled).
+    pub(crate) fn time_out(&mut self, kind: PendingKind, seq: u64, at: Instant, cx: &mut Cx<'_>) {
+        let Some((session, req, deadline)) = self.queued(kind, seq) else {
+            return;
+        };
+        if deadline != Some(at) {
+            return;
+        }
+        cx.sessions.drop_pending(session, req);
+        cx.out.push(kind.failed(session, req, TableError::Timeout));
+        self.leave_queue(kind, seq, cx);
+    }
+
+    /// Resolves every watcher with `outcome` (the key just lost its last holder).
+    pub(crate) fn resolve_watchers(&mut self, outcome: UnlockOutcome, cx: &mut Cx<'_>) {
+        for w in self.watchers.drain(..) {
+            cx.sessions.drop_pending(w.session, w.req);
+            cx.out.push(Effect::Unlocked {
+                session: w.session,
+                req: w.req,
+                outcome,
+            });
+        }
+    }
+
+    /// Grants queued acquires from the head while the head is compatible (FIFO; a run of Shared
+    /// waiters is granted together, stopping at the first Exclusive). A head whose grant fails
+    /// (lease limit, fences exhausted) gets `AcquireFailed` and the next one is tried.
+    pub(crate) fn grant_waiters(&mut self, cx: &mut Cx<'_>) {
+        while self.blocked_until.is_none() {
+            match self.waiters.front() {
+                Some(w) if self.admits(w.mode) => {}
+                _ => break,
+            }
+            let Some(w) = self.waiters.pop_front() else {
+                break;
+            };
+            // The request leaves its session's index whatever the grant's outcome. A queued
+            // acquire is always pending there (`close_session` takes its waiters out of their
+            // queues before forgetting the session).
+            if cx.sessions.take_pending(w.session, w.req).is_none() {
+                cx.faults
+                    .record("a queued acquire is not pending in its session");
+                continue;
+            }
+            let effect = match self.grant_lease(w.session, w.mode, w.ttl, cx) {
+                Ok(grant) => Effect::Granted {
+                    session: w.session,
+                    req: w.req,
+                    grant,
+                },
+                Err(error) => PendingKind::Acquire.failed(w.session, w.req, error),
+            };
+            cx.out.push(effect);
+        }
+    }
+}

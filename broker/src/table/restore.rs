@@ -1,0 +1,58 @@
+//! Start-up: loading the leases the mirror still holds, and the fence floor.
+
+use std::time::Instant;
+
+use super::Table;
+use super::deadlines::Due;
+use super::entry::{Entry, check_mode};
+use super::lease::HolderRec;
+use super::types::{Fence, Key, Mode, RESTORED_SESSION, TableError};
+
+impl Table {
+    /// Inserts an already-held lease at startup (restore from the mirror). Owner is session 0
+    /// (an orphan: lock delay applies when it expires); the fence is kept and the fence floor
+    /// raised past it. Errors: `InvalidMode`; `AlreadyHeld` if the key is held in a way that
+    /// does not admit this lease (another Shared / same-size Semaphore holder is admitted, so
+    /// multi-holder keys can be restored) or the fence is already there.
+    pub(crate) fn restore(
+        &mut self,
+        now: Instant,
+        key: Key,
+        fence: Fence,
+        mode: Mode,
+        deadline: Instant,
+    ) -> Result<(), TableError> {
+        check_mode(mode)?;
+        let e = match self.keys.lookup(&key) {
+            Ok(e) => {
+                e.check_family(mode)?;
+                if e.holders.is_empty() || e.holders.get(fence).is_some() || !e.grantable_now(mode)
+                {
+                    return Err(TableError::AlreadyHeld);
+                }
+                e
+            }
+            Err(hash) => self
+                .keys
+                .insert(hash, Entry::new(key))
+                .ok_or(TableError::LimitExceeded("live keys"))?,
+        };
+        e.holders.push(HolderRec {
+            session: RESTORED_SESSION,
+            fence,
+            mode,
+            ttl: deadline.saturating_duration_since(now),
+            deadline,
+            orphan: true,
+        });
+        self.fences.raise_floor(fence);
+        self.deadlines
+            .push(deadline, e.id, e.generation, Due::Lease(fence));
+        Ok(())
+    }
+
+    /// Makes every future fence `> fence`.
+    pub(crate) fn raise_fence_floor(&mut self, fence: Fence) {
+        self.fences.raise_floor(fence);
+    }
+}

@@ -1,0 +1,54 @@
+//! Driving time: `next_deadline` tells the driver when to call `expire(now)`, which fires every
+//! timer due by then — each handled by its owner in the entry — and keeps the deadline heap
+//! compact.
+
+use std::time::Instant;
+
+use super::Table;
+use super::cx;
+use super::deadlines::{Due, Item};
+use super::entry::Entry;
+use super::types::Effect;
+
+impl Table {
+    /// The earliest instant `expire` may have work. May be early (a stale, already-satisfied
+    /// deadline), never late.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek()
+    }
+
+    /// Processes everything due at or before `now`, in deadline order: lease expiries
+    /// (`Event(Expired)`, watchers `Unlocked{Expired}`, next grants unless lock delay applies),
+    /// lock-delay ends (next grants), queue timeouts (`AcquireFailed`/`WaitFailed { Timeout }`).
+    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        while let Some(Item {
+            at,
+            id,
+            generation,
+            due,
+        }) = self.deadlines.pop_due(now)
+        {
+            // A freed (or freed and reused) slot: whatever the item timed has ended.
+            let Some(e) = self.keys.get_gen_mut(id, generation) else {
+                continue;
+            };
+            let cx = &mut cx!(self, now, out);
+            match due {
+                Due::Lease(fence) => e.expire_lease(fence, at, cx),
+                Due::Unblock => e.unblock(at, cx),
+                Due::Queued(kind, seq) => e.time_out(kind, seq, at, cx),
+            }
+            self.keys.free_if_idle(id);
+        }
+        self.maybe_compact();
+    }
+
+    /// Rebuilds the deadline heap from live state once stale items may dominate it.
+    pub(super) fn maybe_compact(&mut self) {
+        if !self.deadlines.needs_rebuild() {
+            return;
+        }
+        let live = self.keys.iter().flat_map(Entry::deadline_items);
+        self.deadlines.rebuild(live);
+    }
+}
