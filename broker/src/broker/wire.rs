@@ -91,10 +91,14 @@ mod tests {
     }
 
     #[test]
-    fn wait_past_the_end_of_time_is_forever() {
+    fn wait_specs_map_to_table_waits() {
         let now = Instant::now();
-        assert_eq!(wait_from(WaitSpec::Millis(u64::MAX), now), Wait::Forever);
+        assert_eq!(wait_from(WaitSpec::Forever, now), Wait::Forever);
         assert_eq!(wait_from(WaitSpec::NoWait, now), Wait::No);
+        assert_eq!(
+            wait_from(WaitSpec::Millis(1500), now),
+            Wait::Until(now + Duration::from_millis(1500))
+        );
         assert_eq!(millis(Duration::MAX), u64::MAX);
     }
 }
