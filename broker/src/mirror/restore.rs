@@ -135,8 +135,7 @@ pub fn install(broker: &Arc<Broker>, state: &wit::RestoreState) -> Modes {
         let (mut restored, mut skipped, mut newest) = (0usize, 0usize, 0);
         for l in &state.locks {
             let key = String::from_utf8_lossy(&l.key);
-            if let Err(why) = check_lease(epoch, max_key, l) {
-                skipped += 1;
+            let skip = |why: &dyn std::fmt::Display| {
                 tracing::warn!(
                     target: "lockbroker::mirror",
                     key = %key,
@@ -144,6 +143,10 @@ pub fn install(broker: &Arc<Broker>, state: &wit::RestoreState) -> Modes {
                     "mirror restore: lease {key} (fence {}) skipped: {why}",
                     l.fence
                 );
+            };
+            if let Err(why) = check_lease(epoch, max_key, l) {
+                skipped += 1;
+                skip(&why);
                 continue;
             }
             let mode = Mode::from(l.mode);
@@ -175,13 +178,7 @@ pub fn install(broker: &Arc<Broker>, state: &wit::RestoreState) -> Modes {
                 }
                 Err(e) => {
                     skipped += 1;
-                    tracing::warn!(
-                        target: "lockbroker::mirror",
-                        key = %key,
-                        fence = l.fence,
-                        "mirror restore: lease {key} (fence {}) skipped: {e}",
-                        l.fence
-                    );
+                    skip(&e);
                 }
             }
         }
