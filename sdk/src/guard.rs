@@ -174,9 +174,9 @@ impl Guard {
         if let Some(w) = self.watchdog.take() {
             w.abort();
         }
-        if let Some(e) = self.lost.borrow().clone() {
-            return Err(e);
-        }
+        // Even a lease the guard reported lost is released: the broker may still have it (the
+        // guard's deadline is conservative), and its answer says what became of it
+        // (`NotLocked`: it ended; `NotOwner`: someone else holds the key now).
         let conn = owned_conn(&self.lease).await?;
         let lease = &self.lease;
         let reply = round_trip_on(&conn, lease.client.request_timeout(), |id| {

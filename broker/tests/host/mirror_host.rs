@@ -81,6 +81,8 @@ fn event(kind: LockEventKind, key: &str, fence: u64) -> LockEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_plugin_writes_refuses_and_restores() {
+    // Fences of epoch 1, as a broker issues them (the plugin restores nothing below 2^40).
+    const E: u64 = 1 << 40;
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&redis.url(), dir.path());
@@ -97,10 +99,10 @@ async fn mirror_plugin_writes_refuses_and_restores() {
 
     let out = plugin
         .on_events(&[
-            event(LockEventKind::Acquired, "a", 5),
-            event(LockEventKind::Acquired, "b", 6),
-            event(LockEventKind::Acquired, "x", 7),
-            event(LockEventKind::Released, "a", 5),
+            event(LockEventKind::Acquired, "a", E | 5),
+            event(LockEventKind::Acquired, "b", E | 6),
+            event(LockEventKind::Acquired, "x", E | 7),
+            event(LockEventKind::Released, "a", E | 5),
         ])
         .await
         .unwrap();
@@ -109,7 +111,10 @@ async fn mirror_plugin_writes_refuses_and_restores() {
     assert!(matches!(out[2], EventOutcome::Conflict(_)), "{out:?}");
     assert!(matches!(out[3], EventOutcome::Ok), "{out:?}");
     assert_eq!(redis.get("a"), None);
-    assert_eq!(redis.get("b").as_deref(), Some("lb:6"));
+    assert_eq!(
+        redis.get("b").as_deref(),
+        Some(format!("lb:{}", E | 6).as_str())
+    );
     assert_eq!(
         redis.get("x").as_deref(),
         Some("theirs"),
@@ -117,23 +122,26 @@ async fn mirror_plugin_writes_refuses_and_restores() {
     );
     // Compare-and-delete: releasing with a wrong fence leaves the key alone.
     plugin
-        .on_events(&[event(LockEventKind::Released, "b", 99)])
+        .on_events(&[event(LockEventKind::Released, "b", E | 99)])
         .await
         .unwrap();
-    assert_eq!(redis.get("b").as_deref(), Some("lb:6"));
+    assert_eq!(
+        redis.get("b").as_deref(),
+        Some(format!("lb:{}", E | 6).as_str())
+    );
 
     let state = plugin.restore().await.unwrap();
     assert_eq!(state.locks.len(), 1, "only broker tokens are restored");
     assert_eq!(state.locks[0].key, b"b");
-    assert_eq!(state.locks[0].fence, 6);
+    assert_eq!(state.locks[0].fence, E | 6);
     assert!(state.locks[0].remaining_ttl_ms > 5_000);
-    assert_eq!(state.max_fence, 7);
+    assert_eq!(state.max_fence, E | 7);
 
     // Redis down: the batch fails as a whole, the plugin does not crash.
     drop(redis);
     assert!(
         plugin
-            .on_events(&[event(LockEventKind::Acquired, "c", 8)])
+            .on_events(&[event(LockEventKind::Acquired, "c", E | 8)])
             .await
             .is_err()
     );

@@ -55,12 +55,12 @@ async fn garbage_gets_an_error_frame_and_a_close_while_others_carry_on() {
     let cases: &[(&str, &[u8], &[ErrorCode])] = &[
         (
             "unknown frame kind",
-            b"\x03\x00\x00\x00\x01\xc8\x07",
+            b"\x03\x00\x00\x00\x02\xc8\x07",
             &[ErrorCode::Malformed],
         ),
         (
             "length shorter than a header",
-            b"\x01\x00\x00\x00\x01",
+            b"\x01\x00\x00\x00\x02",
             &[ErrorCode::Malformed],
         ),
         (

@@ -211,8 +211,12 @@ async fn a_guard_is_never_carried_to_an_independent_broker() {
         .ttl(Duration::from_secs(30))
         .await
         .expect("lock on b2");
+    // Trust both brokers' dev certificates, so the reconnect to b2 itself succeeds.
+    let mut both = std::fs::read(b1.ca()).expect("b1 ca");
+    both.extend(std::fs::read(b2.ca()).expect("b2 ca"));
     let client = b1
         .client_builder()
+        .ca_pem(both)
         .broker(b2.url())
         .connect_timeout(Duration::from_millis(500))
         .request_timeout(Duration::from_secs(1))
