@@ -3,7 +3,8 @@
 //! * `Ok` → `Granted` (or, if the session is gone, the lease is released);
 //! * `Conflict` (the key is held outside the broker) → the lease is released; an acquire that
 //!   may still wait (it came with its request) tries again every [`POLL`] until its wait
-//!   deadline; otherwise it is answered `Busy`;
+//!   deadline — a `Cancel` from the client stops it at the next turn (answered `Cancelled`);
+//!   otherwise it is answered `Busy`;
 //! * `Failed` → the lease is released and the client gets `Unavailable`.
 //!
 //! Nothing is answered `Granted` that the gate did not confirm.
@@ -15,7 +16,7 @@ use lockbroker_proto::ErrorCode;
 
 use super::Broker;
 use super::gate::{Confirmation, Pending};
-use crate::table::{AcquireRequest, Grant, ReqId, SessionId, Wait};
+use crate::table::{AcquireRequest, Grant, ReqId, SessionId, TableError, Wait};
 
 /// How often an acquire whose key is held outside the broker re-checks.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -30,62 +31,86 @@ pub(super) fn spawn(
     retry: Option<AcquireRequest>,
 ) {
     tokio::spawn(async move {
-        let mut grant = grant;
-        let mut pending = pending;
-        loop {
-            let confirmation = pending.await;
-            let Some(handle) = broker.session_handle(session) else {
-                broker.release_lease(session, &grant);
-                return;
-            };
-            let why = match confirmation {
-                Confirmation::Ok => {
-                    broker.answer_granted(&handle, req, &grant.key, grant.fence, grant.ttl);
-                    return;
-                }
-                Confirmation::Failed(why) => {
-                    broker.release_lease(session, &grant);
-                    handle.answer_error(
-                        req,
-                        ErrorCode::Unavailable,
-                        format!("the lock mirror (Redis) is unavailable: {why}"),
-                    );
-                    return;
-                }
-                Confirmation::Conflict(why) => why,
-            };
-            broker.release_lease(session, &grant);
-            let may_wait = match retry.as_ref().map(|r| r.wait) {
-                Some(Wait::Forever) => true,
-                Some(Wait::Until(t)) => Instant::now() + POLL < t,
-                _ => false,
-            };
-            let Some(request) = retry.clone().filter(|_| may_wait) else {
-                handle.answer_error(req, ErrorCode::Busy, format!("lock is busy: {why}"));
-                return;
-            };
-            tokio::time::sleep(POLL).await;
-            if broker.session_handle(session).is_none() {
-                return;
-            }
-            match broker.with_table(|t, now, out| t.acquire(now, request, out)) {
-                Ok(Some(g)) => match broker.gate.get().and_then(|gate| gate.hold(&g)) {
-                    Some(p) => {
-                        grant = g;
-                        pending = p;
-                    }
-                    None => {
-                        broker.answer_granted(&handle, req, &g.key, g.fence, g.ttl);
-                        return;
-                    }
-                },
-                // Queued behind a broker holder: the later grant is delivered by `dispatch`.
-                Ok(None) => return,
-                Err(e) => {
-                    handle.answer_table_error(req, &e);
-                    return;
-                }
-            }
+        answer_when_confirmed(&broker, session, req, grant, pending, retry).await;
+        if let Some(handle) = broker.session_handle(session) {
+            handle.end_poll(req);
         }
     });
+}
+
+async fn answer_when_confirmed(
+    broker: &Arc<Broker>,
+    session: SessionId,
+    req: ReqId,
+    mut grant: Grant,
+    mut pending: Pending,
+    retry: Option<AcquireRequest>,
+) {
+    loop {
+        let confirmation = pending.await;
+        let Some(handle) = broker.session_handle(session) else {
+            broker.release_lease(session, &grant);
+            return;
+        };
+        let why = match confirmation {
+            Confirmation::Ok => {
+                broker.answer_granted(&handle, req, &grant.key, grant.fence, grant.ttl);
+                return;
+            }
+            Confirmation::Failed(why) => {
+                broker.release_lease(session, &grant);
+                handle.answer_error(
+                    req,
+                    ErrorCode::Unavailable,
+                    format!("the lock mirror (Redis) is unavailable: {why}"),
+                );
+                return;
+            }
+            Confirmation::Conflict(why) => why,
+        };
+        broker.release_lease(session, &grant);
+        let may_wait = match retry.as_ref().map(|r| r.wait) {
+            Some(Wait::Forever) => true,
+            Some(Wait::Until(t)) => Instant::now() + POLL < t,
+            _ => false,
+        };
+        let Some(request) = retry.clone().filter(|_| may_wait) else {
+            handle.answer_error(req, ErrorCode::Busy, format!("lock is busy: {why}"));
+            return;
+        };
+        // Retrying outside the table: a `Cancel` finds it here.
+        handle.begin_poll(req);
+        tokio::time::sleep(POLL).await;
+        if broker.session_handle(session).is_none() {
+            return;
+        }
+        if handle.poll_cancelled(req) {
+            handle.answer_table_error(req, &TableError::Cancelled);
+            return;
+        }
+        match broker.with_table(|t, now, out| t.acquire(now, request, out)) {
+            Ok(Some(g)) => match broker.gate.get().and_then(|gate| gate.hold(&g)) {
+                Some(p) => {
+                    grant = g;
+                    pending = p;
+                }
+                None => {
+                    broker.answer_granted(&handle, req, &g.key, g.fence, g.ttl);
+                    return;
+                }
+            },
+            // Queued behind a broker holder: the later grant is delivered by `dispatch`. A
+            // cancel that came in meanwhile found the poll mark: hand it to the table.
+            Ok(None) => {
+                if handle.end_poll(req) {
+                    broker.with_table(|t, now, out| t.cancel(now, session, req, out));
+                }
+                return;
+            }
+            Err(e) => {
+                handle.answer_table_error(req, &e);
+                return;
+            }
+        }
+    }
 }

@@ -17,6 +17,9 @@ pub struct SessionHandle {
     pub principal: String,
     /// Pending acquires whose key a policy rewrote: the grant must tell the client the new key.
     rewritten: Mutex<HashMap<ReqId, Bytes>>,
+    /// Acquires a grant gate refused as busy elsewhere that retry outside the table (the sync
+    /// mirror's polling), with whether the client cancelled them.
+    polls: Mutex<HashMap<ReqId, bool>>,
 }
 
 impl SessionHandle {
@@ -34,6 +37,51 @@ impl SessionHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(req, key);
+    }
+
+    /// Marks acquire `req` as retrying outside the table.
+    pub(super) fn begin_poll(&self, req: ReqId) {
+        self.polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(req)
+            .or_insert(false);
+    }
+
+    /// Ends the retrying of `req`; true if the client cancelled it meanwhile.
+    pub(super) fn end_poll(&self, req: ReqId) -> bool {
+        self.polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&req)
+            .unwrap_or(false)
+    }
+
+    /// Whether the client cancelled retrying acquire `req`.
+    pub(super) fn poll_cancelled(&self, req: ReqId) -> bool {
+        self.polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&req)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// A `Cancel` for `req`: if it is retrying outside the table, it stops at its next turn
+    /// (answered `Cancelled` then). True if it was.
+    pub fn cancel_poll(&self, req: ReqId) -> bool {
+        match self
+            .polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&req)
+        {
+            Some(cancelled) => {
+                *cancelled = true;
+                true
+            }
+            None => false,
+        }
     }
 
     /// The rewritten key of `req`, forgetting it (a request is answered once).

@@ -248,3 +248,60 @@ async fn a_guard_is_never_carried_to_an_independent_broker() {
     assert_eq!(info.holders.len(), 1, "{info:?}");
     assert_eq!(info.holders[0].fence, theirs.fence());
 }
+
+/// Finding 5: in sync-mirror mode a `Cancel` for an acquire that polls Redis (the key is held
+/// there by another client) was ignored; the `Granted` came seconds later. Now the poll stops
+/// at its next turn and the acquire is answered `Cancelled`; nothing is granted afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_an_acquire_polling_the_sync_mirror() {
+    use lockbroker_proto::{Acquire, Mode, WaitSpec};
+    use lockbroker_tests::redis::{RedisServer, mirror_config};
+
+    let redis = RedisServer::start();
+    let broker = Broker::start_with_config(&mirror_config(&redis.url(), "sync", ""));
+    redis::cmd("SET")
+        .arg("sync/k")
+        .arg("theirs")
+        .arg("PX")
+        .arg(30_000)
+        .exec(&mut redis.conn())
+        .expect("a Redis client holds the key");
+    let mut raw = raw_session(&broker, None).await;
+    raw.send_frame(&Frame::Acquire(Acquire {
+        id: 7,
+        key: Bytes::from_static(b"sync/k"),
+        mode: Mode::Exclusive,
+        ttl_ms: 5_000,
+        wait: WaitSpec::Millis(20_000),
+    }))
+    .await;
+    // Polling Redis: nothing comes yet.
+    assert_eq!(raw.next_frame(Duration::from_millis(300)).await, None);
+    raw.send_frame(&Frame::Cancel { id: 7 }).await;
+    match raw.next_frame(Duration::from_secs(2)).await {
+        Some(Frame::Error {
+            id: 7,
+            code: ErrorCode::Cancelled,
+            ..
+        }) => {}
+        other => panic!("a cancelled poll is answered Cancelled: {other:?}"),
+    }
+    // The Redis holder lets go: a poll still running would now be granted.
+    redis::cmd("DEL")
+        .arg("sync/k")
+        .exec(&mut redis.conn())
+        .expect("DEL");
+    assert_eq!(
+        raw.next_frame(Duration::from_millis(600)).await,
+        None,
+        "nothing is granted after the cancel"
+    );
+    let client = broker.client().await;
+    let info = client.inspect("sync/k").await.expect("inspect");
+    assert!(info.holders.is_empty(), "{info:?}");
+    assert_eq!(
+        redis.get("sync/k"),
+        None,
+        "the broker took nothing in Redis"
+    );
+}

@@ -8,7 +8,8 @@
 //!   never outlives a SIGKILLed `lock`, lease loss stops the whole group.
 //! - [`errors`]: `AlreadyHeld`, `NotLocked`, `NotOwner` and the per-session limits.
 //! - [`exclusion`]: lease secrets and reclaim by principal, honest guards (`extend`, `lost`
-//!   by the local clock), no carry-over of a guard to an independent broker.
+//!   by the local clock), no carry-over of a guard to an independent broker, `Cancel` of an
+//!   acquire polling the sync mirror.
 //! - [`leases`]: TTLs of crashed and lost holders, clean disconnects, renewal, lock delay.
 //! - [`lifecycle`]: SIGTERM, fences across restarts, the `serve` banner.
 //! - [`mirror_async`]: holds mirrored to Redis in redlock format; resync after an outage.

@@ -5,6 +5,10 @@
 use crate::server::session::Session;
 
 pub(super) fn apply(s: &Session, id: u64) {
+    // An acquire the grant gate refused as busy elsewhere retries outside the table.
+    if s.handle.cancel_poll(id) {
+        return;
+    }
     s.broker
         .with_table(|t, now, out| t.cancel(now, s.id, id, out));
 }
