@@ -80,6 +80,7 @@ impl Default for Deadlines {
 }
 
 impl Deadlines {
+    #[inline]
     pub(crate) fn push(&mut self, at: Instant, id: EntryId, generation: u32, due: Due) {
         self.heap.push(Reverse(Item {
             at,
@@ -90,11 +91,13 @@ impl Deadlines {
     }
 
     /// Earliest queued instant; may belong to a stale item (early, never late).
+    #[inline]
     pub(crate) fn peek(&self) -> Option<Instant> {
         self.heap.peek().map(|r| r.0.at)
     }
 
     /// Pops the earliest item if it is due at or before `now`.
+    #[inline]
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Item> {
         if self.heap.peek()?.0.at > now {
             return None;
@@ -103,6 +106,7 @@ impl Deadlines {
     }
 
     /// True when stale items may dominate and the owner should call [`Deadlines::rebuild`].
+    #[inline]
     pub(crate) fn needs_rebuild(&self) -> bool {
         self.heap.len() > self.rebuild_at
     }

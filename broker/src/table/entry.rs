@@ -50,6 +50,7 @@ pub(crate) struct Entry {
 }
 
 /// `Err(InvalidMode)` for a mode no key admits.
+#[inline]
 pub(crate) fn check_mode(mode: Mode) -> Result<(), TableError> {
     if mode == Mode::Semaphore(0) {
         return Err(TableError::InvalidMode(
@@ -94,6 +95,7 @@ impl Entry {
     }
 
     /// No holder, no waiter, no watcher, no block: the key must be freed.
+    #[inline]
     pub(crate) fn is_idle(&self) -> bool {
         self.holders.is_empty()
             && self.waiters.is_empty()
@@ -102,6 +104,7 @@ impl Entry {
     }
 
     /// The mode family currently in force on the key (first holder, else queue head).
+    #[inline]
     fn current_mode(&self) -> Option<Mode> {
         self.holders
             .as_slice()
@@ -111,6 +114,7 @@ impl Entry {
     }
 
     /// `Err(InvalidMode)` if `mode` cannot coexist with the key's holders/waiters.
+    #[inline]
     pub(crate) fn check_family(&self, mode: Mode) -> Result<(), TableError> {
         match (self.current_mode(), mode) {
             (Some(Mode::Semaphore(a)), Mode::Semaphore(b)) if a != b => Err(
@@ -125,6 +129,7 @@ impl Entry {
     }
 
     /// Whether the current holders admit one more holder in `mode` (family already checked).
+    #[inline]
     pub(crate) fn admits(&self, mode: Mode) -> bool {
         let hs = self.holders.as_slice();
         match mode {
@@ -136,6 +141,7 @@ impl Entry {
     }
 
     /// A new request may be granted at once: unblocked, nobody queued ahead, compatible.
+    #[inline]
     pub(crate) fn grantable_now(&self, mode: Mode) -> bool {
         self.blocked_until.is_none() && self.waiters.is_empty() && self.admits(mode)
     }

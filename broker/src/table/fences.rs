@@ -25,6 +25,7 @@ impl FenceGen {
     }
 
     /// Hands out the next token.
+    #[inline]
     pub(crate) fn alloc(&mut self) -> Result<Fence, TableError> {
         if self.next == u64::MAX {
             return Err(TableError::LimitExceeded("fencing tokens"));

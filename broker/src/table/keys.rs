@@ -25,11 +25,13 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
+    #[inline]
     fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
     /// The id of `key`'s entry (hash `hash`), if the key is live.
+    #[inline]
     fn find_id(&self, hash: u64, key: &[u8]) -> Option<EntryId> {
         let slots = &self.slots;
         self.index
@@ -40,15 +42,18 @@ impl Keys {
     }
 
     /// `key`'s entry, if the key is live.
+    #[inline]
     pub(crate) fn find(&self, key: &[u8]) -> Option<&Entry> {
         slot(&self.slots, self.find_id(self.hash(key), key)?)
     }
 
+    #[inline]
     pub(crate) fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         self.lookup(key).ok()
     }
 
     /// `key`'s live entry, or else the key's hash for a following [`Keys::insert`].
+    #[inline]
     pub(crate) fn lookup(&mut self, key: &[u8]) -> Result<&mut Entry, u64> {
         let hash = self.hash(key);
         match self.find_id(hash, key) {
@@ -62,11 +67,13 @@ impl Keys {
         slot(&self.slots, id)
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, id: EntryId) -> Option<&mut Entry> {
         self.slots.get_mut(id as usize).and_then(Option::as_mut)
     }
 
     /// The entry in slot `id` if it is still generation `generation`.
+    #[inline]
     pub(crate) fn get_gen_mut(&mut self, id: EntryId, generation: u32) -> Option<&mut Entry> {
         self.get_mut(id).filter(|e| e.generation == generation)
     }
@@ -95,6 +102,7 @@ impl Keys {
     }
 
     /// Frees `id`'s entry if it has become idle. Returns true if it was freed.
+    #[inline]
     pub(crate) fn free_if_idle(&mut self, id: EntryId) -> bool {
         let Some(s) = self.slots.get_mut(id as usize) else {
             return false;

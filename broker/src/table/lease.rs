@@ -25,10 +25,12 @@ pub(crate) struct HolderRec {
 
 impl HolderRec {
     /// A live (non-orphan) lease of `session`: the only leases `release` and `extend` accept.
+    #[inline]
     pub(crate) fn owned_by(&self, session: SessionId) -> bool {
         self.session == session && !self.orphan
     }
 
+    #[inline]
     pub(crate) fn grant(&self, key: &Key) -> Grant {
         Grant {
             key: key.clone(),
@@ -50,6 +52,7 @@ pub(crate) enum Holders {
 }
 
 impl Holders {
+    #[inline]
     pub(crate) fn as_slice(&self) -> &[HolderRec] {
         match self {
             Holders::Empty => &[],
@@ -58,6 +61,7 @@ impl Holders {
         }
     }
 
+    #[inline]
     pub(crate) fn as_mut_slice(&mut self) -> &mut [HolderRec] {
         match self {
             Holders::Empty => &mut [],
@@ -66,25 +70,30 @@ impl Holders {
         }
     }
 
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.as_slice().len()
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, h: HolderRec) {
-        match std::mem::take(self) {
+        match self {
             Holders::Empty => *self = Holders::One(h),
-            Holders::One(first) => *self = Holders::Many(vec![first, h]),
-            Holders::Many(mut v) => {
-                v.push(h);
-                *self = Holders::Many(v);
+            Holders::Many(v) => v.push(h),
+            Holders::One(_) => {
+                if let Holders::One(first) = std::mem::take(self) {
+                    *self = Holders::Many(vec![first, h]);
+                }
             }
         }
     }
 
+    #[inline]
     pub(crate) fn remove(&mut self, fence: Fence) -> Option<HolderRec> {
         match self {
             Holders::Empty => None,
@@ -104,10 +113,12 @@ impl Holders {
         }
     }
 
+    #[inline]
     pub(crate) fn get(&self, fence: Fence) -> Option<&HolderRec> {
         self.as_slice().iter().find(|h| h.fence == fence)
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, fence: Fence) -> Option<&mut HolderRec> {
         self.as_mut_slice().iter_mut().find(|h| h.fence == fence)
     }

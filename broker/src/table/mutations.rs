@@ -14,6 +14,7 @@ use super::types::{
 use super::{Table, cx};
 
 /// `key`'s entry if someone holds it, else `NotLocked`.
+#[inline]
 fn held_entry<'a>(keys: &'a mut Keys, key: &[u8]) -> Result<&'a mut Entry, TableError> {
     keys.find_mut(key)
         .filter(|e| !e.holders.is_empty())
@@ -104,8 +105,10 @@ impl Table {
             e.enqueue_waiter(w, cx.sessions, cx.deadlines);
             Ok(None)
         });
-        // A key created above whose grant failed is idle again.
-        self.keys.free_if_idle(id);
+        if result.is_err() {
+            // A key created above for a grant that failed is idle again.
+            self.keys.free_if_idle(id);
+        }
         self.maybe_compact();
         result
     }

@@ -164,6 +164,7 @@ impl Entry {
     }
 
     /// Resolves every watcher with `outcome` (the key just lost its last holder).
+    #[inline]
     pub(crate) fn resolve_watchers(&mut self, outcome: UnlockOutcome, cx: &mut Cx<'_>) {
         for w in self.watchers.drain(..) {
             cx.sessions.drop_pending(w.session, w.req);
@@ -178,7 +179,14 @@ impl Entry {
     /// Grants queued acquires from the head while the head is compatible (FIFO; a run of Shared
     /// waiters is granted together, stopping at the first Exclusive). A head whose grant fails
     /// (lease limit, fences exhausted) gets `AcquireFailed` and the next one is tried.
+    #[inline]
     pub(crate) fn grant_waiters(&mut self, cx: &mut Cx<'_>) {
+        if !self.waiters.is_empty() {
+            self.grant_heads(cx);
+        }
+    }
+
+    fn grant_heads(&mut self, cx: &mut Cx<'_>) {
         while self.blocked_until.is_none() {
             match self.waiters.front() {
                 Some(w) if self.admits(w.mode) => {}

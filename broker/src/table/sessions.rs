@@ -54,6 +54,7 @@ impl Sessions {
 
     /// The session's record, created on first use. Kept until `remove` (close_session) so that
     /// steady lock/unlock traffic does not reallocate its maps.
+    #[inline]
     pub(crate) fn entry(&mut self, id: SessionId) -> &mut Session {
         self.map.entry(id).or_default()
     }
@@ -68,6 +69,7 @@ impl Sessions {
     }
 
     /// Forgets that `session` holds a lease on `entry` (after release/expiry/transfer).
+    #[inline]
     pub(crate) fn drop_hold(&mut self, session: SessionId, entry: EntryId) {
         if let Some(s) = self.map.get_mut(&session)
             && let Some(Role::Holds(_)) = s.keys.get(&entry)
@@ -78,6 +80,7 @@ impl Sessions {
     }
 
     /// Indexes a newly queued request; an acquire also takes the `Waits` role on its key.
+    #[inline]
     pub(crate) fn add_pending(&mut self, session: SessionId, req: ReqId, p: Pending) {
         let s = self.entry(session);
         if p.kind == PendingKind::Acquire {
@@ -88,6 +91,7 @@ impl Sessions {
 
     /// Takes pending request `req` out of `session`'s index (and its `Waits` role, if it is an
     /// acquire that still has it), returning it.
+    #[inline]
     pub(crate) fn take_pending(&mut self, session: SessionId, req: ReqId) -> Option<Pending> {
         let s = self.map.get_mut(&session)?;
         let p = s.pending.remove(&req)?;
@@ -98,6 +102,7 @@ impl Sessions {
     }
 
     /// Forgets a pending request that ended (granted, failed, resolved).
+    #[inline]
     pub(crate) fn drop_pending(&mut self, session: SessionId, req: ReqId) {
         self.take_pending(session, req);
     }

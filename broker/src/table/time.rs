@@ -44,10 +44,14 @@ impl Table {
     }
 
     /// Rebuilds the deadline heap from live state once stale items may dominate it.
+    #[inline]
     pub(super) fn maybe_compact(&mut self) {
-        if !self.deadlines.needs_rebuild() {
-            return;
+        if self.deadlines.needs_rebuild() {
+            self.compact();
         }
+    }
+
+    fn compact(&mut self) {
         let live = self.keys.iter().flat_map(Entry::deadline_items);
         self.deadlines.rebuild(live);
     }
