@@ -34,7 +34,9 @@ pub struct LockArgs {
     #[arg(long)]
     shared: bool,
     /// If the lease is lost, how long CMD's process group has between SIGTERM and SIGKILL.
-    /// Keep it short: once the lease has expired the broker may grant the key to another.
+    /// The guard reports the loss this long (plus 250 ms and 1 % of the TTL) before the lease's
+    /// deadline, so CMD is gone before the broker can grant the key to another; at most
+    /// half the TTL.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     kill_grace: Duration,
     /// The key to lock.
@@ -43,6 +45,10 @@ pub struct LockArgs {
     #[arg(last = true, required = true)]
     command: Vec<String>,
 }
+
+/// Time allowed, beyond `--kill-grace`, between the guard saying `lost` and CMD's group being
+/// gone (signal delivery, reaping).
+const STOP_SLACK: Duration = Duration::from_millis(250);
 
 /// How CMD's run ended.
 enum Outcome {
@@ -58,8 +64,22 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
     // Before anything else: from here on a termination signal never just kills `lock`
     // (which would leave CMD running and the lease held until its TTL).
     let mut signals = Signals::install().context("installing signal handlers")?;
+    // The guard reports the lease lost this long before its local deadline, so CMD's group is
+    // stopped (SIGTERM, then SIGKILL after --kill-grace) before the broker can grant the key
+    // to anyone else.
+    let margin = args.kill_grace + STOP_SLACK;
+    if margin > args.ttl / 2 {
+        anyhow::bail!(
+            "--kill-grace {} is too long for --ttl {}: CMD must be stopped within half the TTL \
+             (grace + {} ms <= TTL / 2)",
+            humantime::format_duration(args.kill_grace),
+            humantime::format_duration(args.ttl),
+            STOP_SLACK.as_millis()
+        );
+    }
+    let builder = args.conn.builder()?.lease_margin(margin);
     let client = tokio::select! {
-        client = args.conn.connect() => client?,
+        client = builder.connect() => client?,
         sig = signals.recv() => return Ok(gave_up(sig, "connecting")),
     };
     let request = if args.shared {

@@ -56,6 +56,11 @@ pub struct Connection {
 
 impl Connection {
     async fn connect(&self) -> anyhow::Result<lockbroker_sdk::Client> {
+        Ok(self.builder()?.connect().await?)
+    }
+
+    /// The client builder for these options (brokers, CA, token).
+    fn builder(&self) -> anyhow::Result<lockbroker_sdk::ClientBuilder> {
         let mut b = lockbroker_sdk::Client::builder().name("lockbroker-cli");
         for url in &self.brokers {
             b = b.broker(url.clone());
@@ -72,7 +77,7 @@ impl Connection {
         if let Some(t) = &self.token {
             b = b.token(t.clone());
         }
-        Ok(b.connect().await?)
+        Ok(b)
     }
 }
 
