@@ -36,9 +36,9 @@ pub struct LockArgs {
     /// If the lease is lost, how long CMD's process group has between SIGTERM and SIGKILL.
     /// The guard reports the loss this long (plus 250 ms and 1 % of the TTL) before the lease's
     /// deadline, so CMD is gone before the broker can grant the key to another; at most
-    /// half the TTL.
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
-    kill_grace: Duration,
+    /// half the TTL. [default: 2s, or less when half the TTL leaves less]
+    #[arg(long, value_parser = parse_duration)]
+    kill_grace: Option<Duration>,
     /// The key to lock.
     key: String,
     /// The command to run while holding the lock.
@@ -49,6 +49,9 @@ pub struct LockArgs {
 /// Time allowed, beyond `--kill-grace`, between the guard saying `lost` and CMD's group being
 /// gone (signal delivery, reaping).
 const STOP_SLACK: Duration = Duration::from_millis(250);
+
+/// `--kill-grace` when not given (shortened for short TTLs).
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// How CMD's run ended.
 enum Outcome {
@@ -67,16 +70,18 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
     // The guard reports the lease lost this long before its local deadline, so CMD's group is
     // stopped (SIGTERM, then SIGKILL after --kill-grace) before the broker can grant the key
     // to anyone else.
-    let margin = args.kill_grace + STOP_SLACK;
-    if margin > args.ttl / 2 {
-        anyhow::bail!(
+    let kill_grace = match args.kill_grace {
+        Some(g) if g + STOP_SLACK > args.ttl / 2 => anyhow::bail!(
             "--kill-grace {} is too long for --ttl {}: CMD must be stopped within half the TTL \
              (grace + {} ms <= TTL / 2)",
-            humantime::format_duration(args.kill_grace),
+            humantime::format_duration(g),
             humantime::format_duration(args.ttl),
             STOP_SLACK.as_millis()
-        );
-    }
+        ),
+        Some(g) => g,
+        None => DEFAULT_KILL_GRACE.min((args.ttl / 2).saturating_sub(STOP_SLACK)),
+    };
+    let margin = kill_grace + STOP_SLACK;
     let builder = args.conn.builder()?.lease_margin(margin);
     let client = tokio::select! {
         client = builder.connect() => client?,
@@ -132,7 +137,7 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     // Cannot tell whether CMD still runs: stop its group before releasing.
                     eprintln!("lockbroker: waiting for {program:?}: {e}; stopping it");
-                    child.stop(args.kill_grace).await;
+                    child.stop(kill_grace).await;
                     drop(child);
                     release(guard, &args.key).await;
                     client.close().await;
@@ -143,9 +148,9 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
             lost = guard.lost() => {
                 eprintln!(
                     "lockbroker: {lost}; stopping {program:?} (SIGTERM, then SIGKILL after {})",
-                    humantime::format_duration(args.kill_grace)
+                    humantime::format_duration(kill_grace)
                 );
-                child.stop(args.kill_grace).await;
+                child.stop(kill_grace).await;
                 break Outcome::Lost;
             }
         }
