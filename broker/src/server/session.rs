@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use lockbroker_proto::{DecodeError, ErrorCode, Frame, LeaseSecret, Welcome, decode};
+use bytes::{Buf, Bytes, BytesMut};
+use lockbroker_proto::{DecodeError, ErrorCode, Frame, LeaseSecret, Mode, Welcome, decode};
 use tokio::io::AsyncReadExt;
 
 use super::cmd;
-use super::policy::Policy;
+use super::policy::{Decided, Op, Policy};
 use crate::broker::{Broker, SessionHandle};
 use crate::table::SessionId;
 
@@ -26,8 +26,8 @@ pub struct Session {
     pub broker: Arc<Broker>,
     pub policy: Arc<Policy>,
     pub id: SessionId,
+    /// Also who the session authenticated as (`handle.principal`).
     pub handle: Arc<SessionHandle>,
-    pub principal: String,
 }
 
 impl Session {
@@ -49,7 +49,7 @@ impl Session {
         if self
             .broker
             .identity
-            .verify(key, fence, &self.principal, secret)
+            .verify(key, fence, &self.handle.principal, secret)
         {
             return true;
         }
@@ -61,6 +61,36 @@ impl Session {
             );
         }
         false
+    }
+
+    /// Runs the policy chain for request `id` on `key`; a denial is answered (`Denied`) here
+    /// and gives `None`.
+    pub async fn decide(
+        &self,
+        id: u64,
+        key: &Bytes,
+        mode: Mode,
+        requested_ttl_ms: u64,
+        op: Op,
+    ) -> Option<Decided> {
+        let decided = self
+            .policy
+            .decide(
+                &self.broker.cfg,
+                &self.handle.principal,
+                key,
+                mode,
+                requested_ttl_ms,
+                op,
+            )
+            .await;
+        match decided {
+            Ok(d) => Some(d),
+            Err(reason) => {
+                self.fail(id, ErrorCode::Denied, reason);
+                None
+            }
+        }
     }
 
     /// Answers request `id` (0: the session as a whole) with an error.
@@ -132,7 +162,7 @@ pub async fn serve(
         max_frame: u32::try_from(limits.max_frame).unwrap_or(u32::MAX),
         max_key: u32::try_from(limits.max_key).unwrap_or(u32::MAX),
         default_ttl_ms: broker.cfg.locks.default_ttl_ms,
-        principal: principal.clone(),
+        principal,
     }));
     let writer = {
         let handle = handle.clone();
@@ -143,7 +173,6 @@ pub async fn serve(
         policy,
         id,
         handle: handle.clone(),
-        principal,
     };
 
     let end = read_loop(&session, &conn, &mut recv, &mut buf, &limits).await;

@@ -1,7 +1,7 @@
 //! `Acquire`: policy (key, TTL), then the table. The grant — now, or pushed when a waiter's
 //! turn comes — is delivered by the broker core (which holds it for the grant gate, if any).
 
-use lockbroker_proto::{Acquire, ErrorCode};
+use lockbroker_proto::Acquire;
 
 use crate::broker::wire::wait_from;
 use crate::server::policy::Op;
@@ -9,20 +9,8 @@ use crate::server::session::Session;
 use crate::table::AcquireRequest;
 
 pub(super) async fn apply(s: &Session, a: Acquire) {
-    let decided = match s
-        .policy
-        .decide(
-            &s.broker.cfg,
-            &s.principal,
-            &a.key,
-            a.mode,
-            a.ttl_ms,
-            Op::Acquire,
-        )
-        .await
-    {
-        Ok(d) => d,
-        Err(reason) => return s.fail(a.id, ErrorCode::Denied, reason),
+    let Some(decided) = s.decide(a.id, &a.key, a.mode, a.ttl_ms, Op::Acquire).await else {
+        return;
     };
     if decided.rewritten {
         s.handle.note_rewrite(a.id, decided.key.clone());

@@ -2,28 +2,17 @@
 //! lock-delay block of a key. An idle key answers with no holders.
 
 use bytes::Bytes;
-use lockbroker_proto::{ErrorCode, Frame, HolderInfo, LockInfo, Mode};
+use lockbroker_proto::{Frame, HolderInfo, LockInfo, Mode};
 
 use crate::broker::wire::millis_until;
 use crate::server::policy::Op;
 use crate::server::session::Session;
 
 pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
-    let key = match s
-        .policy
-        .decide(
-            &s.broker.cfg,
-            &s.principal,
-            &key,
-            Mode::Shared,
-            0,
-            Op::Inspect,
-        )
-        .await
-    {
-        Ok(d) => d.key,
-        Err(reason) => return s.fail(id, ErrorCode::Denied, reason),
+    let Some(decided) = s.decide(id, &key, Mode::Shared, 0, Op::Inspect).await else {
+        return;
     };
+    let key = decided.key;
     let info = s.broker.read_table(|t, now| {
         let Some(info) = t.inspect(&key) else {
             return LockInfo {

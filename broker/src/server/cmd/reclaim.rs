@@ -4,7 +4,7 @@
 //! to can take it over), and the key and TTL policies run as for an acquire. The lease keeps its
 //! fence and gets a fresh TTL.
 
-use lockbroker_proto::{ErrorCode, Mode, Reclaim};
+use lockbroker_proto::{Mode, Reclaim};
 
 use crate::server::policy::Op;
 use crate::server::session::Session;
@@ -13,20 +13,11 @@ pub(super) async fn apply(s: &Session, r: Reclaim) {
     if !s.owns(r.id, &r.key, r.fence, &r.secret, true) {
         return;
     }
-    let decided = match s
-        .policy
-        .decide(
-            &s.broker.cfg,
-            &s.principal,
-            &r.key,
-            Mode::Exclusive,
-            r.ttl_ms,
-            Op::Acquire,
-        )
+    let Some(decided) = s
+        .decide(r.id, &r.key, Mode::Exclusive, r.ttl_ms, Op::Acquire)
         .await
-    {
-        Ok(d) => d,
-        Err(reason) => return s.fail(r.id, ErrorCode::Denied, reason),
+    else {
+        return;
     };
     let ttl = decided.ttl;
     let result = s.broker.with_table(|t, now, out| {

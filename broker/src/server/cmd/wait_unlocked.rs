@@ -2,21 +2,17 @@
 //! it is free, or pushed later; fails with `Timeout` at the wait deadline.
 
 use bytes::Bytes;
-use lockbroker_proto::{ErrorCode, Frame, Mode, WaitSpec};
+use lockbroker_proto::{Frame, Mode, WaitSpec};
 
 use crate::broker::wire::wait_from;
 use crate::server::policy::Op;
 use crate::server::session::Session;
 
 pub(super) async fn apply(s: &Session, id: u64, key: Bytes, wait: WaitSpec) {
-    let key = match s
-        .policy
-        .decide(&s.broker.cfg, &s.principal, &key, Mode::Shared, 0, Op::Wait)
-        .await
-    {
-        Ok(d) => d.key,
-        Err(reason) => return s.fail(id, ErrorCode::Denied, reason),
+    let Some(decided) = s.decide(id, &key, Mode::Shared, 0, Op::Wait).await else {
+        return;
     };
+    let key = decided.key;
     let result = s.broker.with_table(|t, now, _out| {
         t.wait_until_unlocked(now, s.id, id, &key, wait_from(wait, now))
     });
