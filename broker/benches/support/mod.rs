@@ -33,9 +33,9 @@ pub async fn start_broker(tag: &str, mut cfg: Config, policy: Policy) -> InProce
         .expect("tempdir");
     cfg.listen = "127.0.0.1:0".parse().expect("addr");
     cfg.data_dir = dir.path().to_path_buf();
-    let (mc, redis) = (cfg.mirror.clone(), cfg.redis.clone());
     let server = Server::bind(cfg, policy).expect("bind");
-    let mirror = Mirror::start(&mc, &redis, dir.path(), server.broker())
+    let cfg = &server.broker().cfg;
+    let mirror = Mirror::start(&cfg.mirror, &cfg.redis, &cfg.data_dir, server.broker())
         .await
         .expect("mirror");
     let addr = server.local_addr().expect("addr");

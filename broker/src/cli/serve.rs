@@ -72,15 +72,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     let _reloader = (!plugins.is_empty()).then(|| tokio::spawn(reload_on_sighup(plugins.clone())));
     let pid_file = PidFile::write(&cfg.data_dir)?;
-    let mirror_cfg = (cfg.mirror.clone(), cfg.redis.clone(), cfg.data_dir.clone());
     let server = Server::bind(cfg, Policy::with_plugins(plugins))?;
     // The mirror (if configured) restores held locks and becomes the broker's grant gate
     // before the first client is served.
-    let (mc, redis, data_dir) = mirror_cfg;
-    let mirror = Mirror::start(&mc, &redis, &data_dir, server.broker())
+    let cfg = &server.broker().cfg;
+    let mirror = Mirror::start(&cfg.mirror, &cfg.redis, &cfg.data_dir, server.broker())
         .await
         .context("cannot start the mirror")?;
-    let grace = Duration::from_millis(server.broker().cfg.quic.shutdown_grace_ms);
+    let grace = Duration::from_millis(cfg.quic.shutdown_grace_ms);
     let addr = server.local_addr()?;
     say!(
         "lockbroker listening on {addr}/udp (epoch {})",

@@ -37,9 +37,9 @@ pub fn config(redis_url: &str, data_dir: &std::path::Path) -> Config {
 /// Binds an in-process server and starts its mirror (wired as `lockbroker serve` does).
 pub async fn server(cfg: Config) -> (Server, Arc<Mirror>) {
     std::fs::create_dir_all(&cfg.data_dir).expect("data dir");
-    let (mc, redis, dir) = (cfg.mirror.clone(), cfg.redis.clone(), cfg.data_dir.clone());
     let server = Server::bind(cfg, Policy::default()).expect("bind");
-    let mirror = Mirror::start(&mc, &redis, &dir, server.broker())
+    let cfg = &server.broker().cfg;
+    let mirror = Mirror::start(&cfg.mirror, &cfg.redis, &cfg.data_dir, server.broker())
         .await
         .expect("start mirror")
         .expect("a mirror is configured");
