@@ -41,6 +41,13 @@ struct Timing {
     deadline: Instant,
 }
 
+impl Timing {
+    /// When the watchdog renews: a third of the TTL after the send that set the deadline.
+    fn renew_at(&self) -> Instant {
+        self.deadline - (self.ttl - self.ttl / 3)
+    }
+}
+
 /// What the guard and its watchdog share.
 struct Lease {
     client: Client,
@@ -308,10 +315,7 @@ async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: 
         let _ = lost.send(Some(Error::Lost(why)));
     };
     let mut timing = lease.timing.subscribe();
-    let mut next_renew = {
-        let t = *timing.borrow_and_update();
-        t.deadline - (t.ttl - t.ttl / 3)
-    };
+    let mut next_renew = timing.borrow_and_update().renew_at();
     loop {
         let t = *timing.borrow_and_update();
         let margin = lease.client.lease_margin(t.ttl);
@@ -329,8 +333,7 @@ async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: 
                 if changed.is_err() {
                     return;
                 }
-                let t = *timing.borrow();
-                next_renew = t.deadline - (t.ttl - t.ttl / 3);
+                next_renew = timing.borrow().renew_at();
             }
             () = tokio::time::sleep_until(next_renew.into()), if renew => {
                 match tokio::time::timeout_at(lost_at.into(), renew_now(&lease, t.ttl)).await {
