@@ -199,7 +199,8 @@ impl State {
             Ok(Frame::Granted(g)) => After::writer(self.release_unwanted(&key, g)),
             // `route` took the answer out of `pending` and is handing it over: the hand-over
             // fails now and `route` resolves this mark (releasing a grant) under the lock.
-            Err(TryRecvError::Empty) => {
+            // (After `close`, tokio reports a value not yet sent as `Closed`, not `Empty`.)
+            Err(TryRecvError::Empty | TryRecvError::Closed) if !self.closed => {
                 self.pending.insert(
                     id,
                     Pending::Abandoned {
@@ -210,8 +211,8 @@ impl State {
                 self.abandoned += 1;
                 After::default()
             }
-            // Any other answer needs nothing; `Closed`: the connection is gone.
-            Ok(_) | Err(TryRecvError::Closed) => After::default(),
+            // Any other answer needs nothing; or the connection is gone.
+            Ok(_) | Err(_) => After::default(),
         }
     }
 
