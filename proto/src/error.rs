@@ -45,6 +45,8 @@ pub enum ErrorCode {
     Cancelled,
     NotOwner,
     NotLocked,
+    /// Protocol v1 only (a session already held or waited for the key). Since v2 ownership is
+    /// per lease and a broker no longer sends it; the code stays reserved.
     AlreadyHeld,
     Denied,
     LimitExceeded,

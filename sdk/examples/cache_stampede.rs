@@ -56,7 +56,7 @@ async fn main() -> Result<(), Error> {
     let cache: Cache = Arc::default();
     let mut tasks = Vec::new();
     // One client per worker, as if each were its own process: one session holds a key once
-    // (a second acquire of a held key in the same session is `AlreadyHeld`, not a deadlock).
+    // (a client may also be shared by many tasks: each lock is its own lease and waits its turn).
     for worker in 0..8 {
         let client = Client::connect(&url).await?;
         let cache = cache.clone();

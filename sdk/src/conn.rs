@@ -8,8 +8,8 @@
 //! * the lock is never re-entered: [`Conn`] methods take it once and call [`State`] methods,
 //!   which get `&mut State` and cannot reach the lock (they know nothing of `Conn`);
 //! * side effects on other tasks happen after the guard is dropped: `State` methods return
-//!   what to do ([`After`]: wake the writer, wake tasks waiting for an abandoned acquire to
-//!   settle, hand an answer to its requester), and the `Conn` method does it unlocked.
+//!   what to do ([`After`]: wake the writer, hand an answer to its requester), and the `Conn`
+//!   method does it unlocked.
 //!
 //! Writing: a frame sent while nothing is queued and at most one request is in flight is
 //! written straight into the QUIC stream by the sending task (lowest latency; quinn packs what
@@ -41,21 +41,15 @@ enum Pending {
     /// Someone awaits the answer.
     Waiting(oneshot::Sender<Frame>),
     /// The caller gave up (dropped the future) on an acquire of `key`: a grant that still
-    /// arrives is released at once, the `Cancelled` answer is swallowed. `settle` holds one
-    /// sender per task waiting for this entry to go (dropping them wakes those tasks).
-    Abandoned {
-        key: Bytes,
-        settle: Vec<oneshot::Sender<()>>,
-    },
+    /// arrives is released at once, the `Cancelled` answer is swallowed. A new acquire of the
+    /// key need not wait for this: ownership is per lease, so it simply queues.
+    Abandoned { key: Bytes },
 }
 
 /// The mutable state of a connection, behind [`Conn::state`].
 struct State {
     /// Requests awaiting an answer, by request id.
     pending: HashMap<u64, Pending>,
-    /// How many entries of `pending` are [`Pending::Abandoned`] (lets `settle_abandoned` skip
-    /// the scan in the common case).
-    abandoned: usize,
     /// The next request id (0 is reserved for frames that answer nothing).
     next_id: u64,
     /// Encoded frames not yet accepted by the stream.
@@ -73,16 +67,11 @@ struct State {
 struct After {
     /// Frames are queued for the writer task.
     wake_writer: bool,
-    /// Senders of tasks waiting in `settle_abandoned`; dropped, they wake those tasks.
-    settled: Vec<oneshot::Sender<()>>,
 }
 
 impl After {
     fn writer(wake_writer: bool) -> After {
-        After {
-            wake_writer,
-            settled: Vec::new(),
-        }
+        After { wake_writer }
     }
 }
 
@@ -178,13 +167,7 @@ impl State {
         if let Some(slot) = self.pending.get_mut(&id) {
             // Still pending: cancel it on the broker.
             match key {
-                Some(key) => {
-                    *slot = Pending::Abandoned {
-                        key,
-                        settle: Vec::new(),
-                    };
-                    self.abandoned += 1;
-                }
+                Some(key) => *slot = Pending::Abandoned { key },
                 None => {
                     self.pending.remove(&id);
                 }
@@ -201,14 +184,7 @@ impl State {
             // fails now and `route` resolves this mark (releasing a grant) under the lock.
             // (After `close`, tokio reports a value not yet sent as `Closed`, not `Empty`.)
             Err(TryRecvError::Empty | TryRecvError::Closed) if !self.closed => {
-                self.pending.insert(
-                    id,
-                    Pending::Abandoned {
-                        key,
-                        settle: Vec::new(),
-                    },
-                );
-                self.abandoned += 1;
+                self.pending.insert(id, Pending::Abandoned { key });
                 After::default()
             }
             // Any other answer needs nothing; or the connection is gone.
@@ -232,9 +208,7 @@ impl State {
     fn route(&mut self, id: u64, frame: Frame) -> Routed {
         match self.pending.remove(&id) {
             Some(Pending::Waiting(tx)) => Routed::Deliver(tx, frame),
-            Some(Pending::Abandoned { key, settle }) => {
-                Routed::Done(self.resolve_abandoned(&key, settle, frame))
-            }
+            Some(Pending::Abandoned { key }) => Routed::Done(self.resolve_abandoned(&key, frame)),
             None => Routed::Done(After::default()),
         }
     }
@@ -243,53 +217,26 @@ impl State {
     /// An acquire was marked abandoned by `give_up`: resolve it. Otherwise drop the answer.
     fn undelivered(&mut self, id: u64, frame: Frame) -> After {
         match self.pending.remove(&id) {
-            Some(Pending::Abandoned { key, settle }) => self.resolve_abandoned(&key, settle, frame),
+            Some(Pending::Abandoned { key }) => self.resolve_abandoned(&key, frame),
             // No mark: a non-acquire request that timed out (`forget`). A `Waiting` entry
             // cannot be here (`route` took it and ids are not reused).
             _ => After::default(),
         }
     }
 
-    /// The broker answered an abandoned acquire of `key`: a grant is released. The release is
-    /// queued in the same critical section that removes the entry, so it precedes on the
-    /// stream any new acquire of the key that `settle_abandoned` held back.
-    fn resolve_abandoned(
-        &mut self,
-        key: &Bytes,
-        settled: Vec<oneshot::Sender<()>>,
-        frame: Frame,
-    ) -> After {
-        self.abandoned -= 1;
+    /// The broker answered an abandoned acquire of `key`: a grant is released at once.
+    fn resolve_abandoned(&mut self, key: &Bytes, frame: Frame) -> After {
         let wake_writer = match frame {
             Frame::Granted(g) => self.release_unwanted(key, g),
             _ => false,
         };
-        After {
-            wake_writer,
-            settled,
-        }
-    }
-
-    /// Registers interest in the abandoned acquire of `key`: the returned receiver resolves
-    /// when it is resolved (or the connection ends). `None` when there is none.
-    fn watch_abandoned(&mut self, key: &[u8]) -> Option<oneshot::Receiver<()>> {
-        if self.abandoned == 0 || self.closed {
-            return None;
-        }
-        let settle = self.pending.values_mut().find_map(|p| match p {
-            Pending::Abandoned { key: k, settle } if k[..] == *key => Some(settle),
-            _ => None,
-        })?;
-        let (tx, rx) = oneshot::channel();
-        settle.push(tx);
-        Some(rx)
+        After { wake_writer }
     }
 
     /// The reader ended: marks the connection gone and returns the pending table, whose
     /// dropped senders wake every waiting request with "disconnected".
     fn close(&mut self) -> HashMap<u64, Pending> {
         self.closed = true;
-        self.abandoned = 0;
         self.out = Vec::new();
         std::mem::take(&mut self.pending)
     }
@@ -367,7 +314,6 @@ impl Conn {
             limits,
             state: Mutex::new(State {
                 pending: HashMap::new(),
-                abandoned: 0,
                 next_id: 1,
                 out: Vec::with_capacity(4096),
                 send,
@@ -391,7 +337,6 @@ impl Conn {
         if after.wake_writer {
             self.writer.notify_one();
         }
-        drop(after.settled);
     }
 
     pub(crate) fn welcome(&self) -> &Welcome {
@@ -449,19 +394,6 @@ impl Conn {
         self.after(after);
     }
 
-    /// Waits until no abandoned acquire of `key` is unresolved on the broker. The broker may
-    /// have granted it before reading our `Cancel`; that grant is released when it arrives, and
-    /// a new acquire of the key sent before then would be refused with `AlreadyHeld`.
-    pub(crate) async fn settle_abandoned(&self, key: &[u8]) {
-        loop {
-            let Some(settled) = self.state().watch_abandoned(key) else {
-                return;
-            };
-            // Resolves with an error when the entry goes (its senders are dropped).
-            let _ = settled.await;
-        }
-    }
-
     /// Forgets a pending request whose caller stopped waiting (non-acquire requests).
     pub(crate) fn forget(&self, id: u64) {
         // Bound so the entry is dropped after the guard.
@@ -517,8 +449,7 @@ impl Conn {
         }
         let pending = self.state().close();
         self.writer.notify_one();
-        // Dropping every waiting sender wakes its request with "disconnected", and every
-        // abandoned entry's settle senders wake `settle_abandoned`.
+        // Dropping every waiting sender wakes its request with "disconnected".
         drop(pending);
     }
 

@@ -17,9 +17,6 @@ pub enum Error {
     /// Nobody holds the key.
     #[error("key is not locked")]
     NotLocked,
-    /// This client already holds or waits for the key (re-acquiring would deadlock).
-    #[error("this client already holds or waits for this key")]
-    AlreadyHeld,
     /// A broker policy refused the request.
     #[error("denied by policy: {0}")]
     Denied(String),
@@ -54,7 +51,6 @@ impl Error {
             ErrorCode::Timeout => Error::Timeout,
             ErrorCode::NotOwner => Error::NotOwner,
             ErrorCode::NotLocked => Error::NotLocked,
-            ErrorCode::AlreadyHeld => Error::AlreadyHeld,
             ErrorCode::Denied => Error::Denied(message),
             ErrorCode::LimitExceeded => Error::LimitExceeded(message),
             ErrorCode::InvalidMode | ErrorCode::KeyTooLarge => Error::Invalid(message),

@@ -69,7 +69,6 @@ impl LockRequest {
     async fn run(self) -> Result<Guard> {
         let conn = self.client.conn().await?;
         conn.check_key(&self.key)?;
-        conn.settle_abandoned(&self.key).await;
         if let Mode::Semaphore(0) = self.mode {
             return Err(Error::Invalid(
                 "a semaphore needs at least one permit".into(),

@@ -65,7 +65,7 @@ impl From<&TableError> for ErrorCode {
             TableError::Busy => ErrorCode::Busy,
             TableError::Timeout => ErrorCode::Timeout,
             TableError::Cancelled => ErrorCode::Cancelled,
-            TableError::AlreadyHeld => ErrorCode::AlreadyHeld,
+            TableError::RestoreConflict => ErrorCode::AlreadyHeld,
             TableError::NotOwner => ErrorCode::NotOwner,
             TableError::NotLocked => ErrorCode::NotLocked,
             TableError::LimitExceeded(_) => ErrorCode::LimitExceeded,

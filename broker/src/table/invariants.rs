@@ -9,7 +9,6 @@ use super::Table;
 use super::deadlines::Due;
 use super::keys::EntryId;
 use super::queue::PendingKind;
-use super::sessions::Role;
 use super::types::{Fence, Mode};
 
 impl Table {
@@ -79,7 +78,7 @@ impl Table {
                 assert!(items.contains(&at(h.deadline, Due::Lease(h.fence))));
                 if !h.orphan {
                     let s = self.sessions.get(h.session).expect("holder session exists");
-                    assert_eq!(s.keys.get(&id), Some(&Role::Holds(h.fence)), "{k:?}");
+                    assert_eq!(s.leases.get(&h.fence), Some(&id), "{k:?}");
                 }
             }
             if let Some(t) = e.blocked_until {
@@ -90,7 +89,6 @@ impl Table {
                     assert!(items.contains(&at(t, Due::Queued(PendingKind::Acquire, w.seq))));
                 }
                 let s = self.sessions.get(w.session).expect("waiter session exists");
-                assert_eq!(s.keys.get(&id), Some(&Role::Waits(w.req)));
                 let p = s.pending.get(&w.req).expect("waiter pending");
                 assert!(p.kind == PendingKind::Acquire && p.seq == w.seq && p.entry == id);
             }
@@ -108,24 +106,12 @@ impl Table {
         }
         assert_eq!(live, self.keys.len(), "slab and key index agree");
         for (sid, s) in self.sessions.iter() {
-            let mut held = 0;
-            for (id, r) in &s.keys {
-                let e = self.keys.get(*id).expect("session role on live key");
-                match *r {
-                    Role::Holds(f) => {
-                        held += 1;
-                        let h = e.holders.get(f).expect("held lease exists");
-                        assert!(h.session == *sid && !h.orphan);
-                    }
-                    Role::Waits(req) => {
-                        let p = s.pending.get(&req).expect("waits is pending");
-                        assert_eq!(p.kind, PendingKind::Acquire);
-                        assert!(e.find_waiter(p.seq).is_some());
-                    }
-                }
+            for (f, id) in &s.leases {
+                let e = self.keys.get(*id).expect("session lease on live key");
+                let h = e.holders.get(*f).expect("held lease exists");
+                assert!(h.session == *sid && !h.orphan);
             }
-            assert_eq!(held, s.held, "held count of session {sid}");
-            assert!(s.held <= self.cfg.max_leases_per_session);
+            assert!(s.leases.len() <= self.cfg.max_leases_per_session);
             assert!(s.pending.len() <= self.cfg.max_waiters_per_session);
             for (req, p) in &s.pending {
                 let e = self.keys.get(p.entry).expect("pending on live key");

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use super::deadlines::Due;
 use super::entry::{Cx, Entry};
-use super::sessions::Role;
 use super::types::{
     Effect, Fence, Grant, Key, LockEvent, Mode, SessionId, TableError, UnlockOutcome,
     deadline_after,
@@ -138,12 +137,11 @@ impl Entry {
         cx: &mut Cx<'_>,
     ) -> Result<Grant, TableError> {
         let s = cx.sessions.entry(session);
-        if s.held >= cx.cfg.max_leases_per_session {
+        if s.leases.len() >= cx.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let fence = cx.fences.alloc()?;
-        s.held += 1;
-        s.keys.insert(self.id, Role::Holds(fence));
+        s.leases.insert(fence, self.id);
         let deadline = deadline_after(cx.now, ttl);
         cx.deadlines
             .push(deadline, self.id, self.generation, Due::Lease(fence));
@@ -179,7 +177,7 @@ impl Entry {
             return false;
         };
         if !h.orphan {
-            cx.sessions.drop_hold(h.session, self.id);
+            cx.sessions.drop_hold(h.session, fence);
         }
         let (key, session) = (self.key.clone(), h.session);
         cx.out.push(Effect::Event(match outcome {

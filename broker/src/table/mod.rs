@@ -44,7 +44,7 @@
 //! - `entry.rs`: per-key state, the mode rules and the lock-delay timer;
 //! - `lease.rs`: holders, the one grant path, lease end and the lease-expiry timer;
 //! - `queue.rs`: queued acquires and watchers, grants from the queue head, queue timeouts;
-//! - `sessions.rs`: per-session index (held keys, pending requests, limits);
+//! - `sessions.rs`: per-session index (held leases by fence, pending requests, limits);
 //! - `keys.rs`: key → entry slab; `deadlines.rs`: deadline heap; `fences.rs`: fencing tokens;
 //! - `faults.rs`: broken internal invariants, logged and skipped instead of reaching clients.
 

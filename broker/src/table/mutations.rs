@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::entry::{Entry, check_mode};
 use super::keys::{EntryId, Keys};
 use super::queue::{Waiter, Watcher};
-use super::sessions::{Pending, Role};
+use super::sessions::Pending;
 use super::types::{
     AcquireRequest, Effect, Fence, Grant, ReqId, SessionId, TableError, UnlockOutcome, Wait,
 };
@@ -50,8 +50,9 @@ impl Table {
     ///
     /// `Ok(Some(grant))`: granted now (only `Event(Acquired)` is pushed for it). `Ok(None)`: queued;
     /// a later `Effect::Granted` or `Effect::AcquireFailed` resolves it. Errors: `Busy` (not
-    /// grantable and `Wait::No` or a past `Wait::Until`), `AlreadyHeld` (the session holds or
-    /// queues on this key), `LimitExceeded`, `InvalidMode`, `DuplicateRequest`.
+    /// grantable and `Wait::No` or a past `Wait::Until`), `LimitExceeded`, `InvalidMode`,
+    /// `DuplicateRequest`. Locks are not re-entrant: an acquire of a key the session already
+    /// holds queues behind that lease like anyone else's (each grant is its own lease).
     pub fn acquire(
         &mut self,
         now: Instant,
@@ -72,10 +73,7 @@ impl Table {
         if s.pending.contains_key(&req) {
             return Err(TableError::DuplicateRequest);
         }
-        if found.as_ref().is_ok_and(|e| s.keys.contains_key(&e.id)) {
-            return Err(TableError::AlreadyHeld);
-        }
-        if s.held >= self.cfg.max_leases_per_session {
+        if s.leases.len() >= self.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let waiting = s.pending.len();
@@ -152,8 +150,7 @@ impl Table {
 
     /// Transfers lease (key, fence) to `session`, keeping its fence and deadline (reclaim after
     /// reconnect, or of a restored lease). Idempotent for the current owner. Errors: `NotLocked`,
-    /// `NotOwner` (no such lease), `AlreadyHeld` (the session holds another lease on, or queues
-    /// on, this key), `LimitExceeded("held leases")`. Pushes no effect: the mirrored state
+    /// `NotOwner` (no such lease), `LimitExceeded("held leases")`. Pushes no effect: the mirrored state
     /// (key, fence, deadline) does not change.
     pub(crate) fn reclaim(
         &mut self,
@@ -168,19 +165,15 @@ impl Table {
             return Ok(h.grant(k));
         }
         let s = self.sessions.entry(session);
-        if s.keys.contains_key(&id) {
-            return Err(TableError::AlreadyHeld);
-        }
-        if s.held >= self.cfg.max_leases_per_session {
+        if s.leases.len() >= self.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
-        s.keys.insert(id, Role::Holds(fence));
-        s.held += 1;
+        s.leases.insert(fence, id);
         let (prev, was_orphan) = (h.session, h.orphan);
         h.session = session;
         h.orphan = false;
         if !was_orphan {
-            self.sessions.drop_hold(prev, id);
+            self.sessions.drop_hold(prev, fence);
         }
         Ok(h.grant(k))
     }
@@ -250,19 +243,27 @@ impl Table {
         let Some(s) = self.sessions.remove(session) else {
             return;
         };
+        // All of the session's requests leave their queues before anyone is granted: it may
+        // queue several acquires on one key, and must not be granted one of them as it goes.
         let mut pending: Vec<Pending> = s.pending.into_values().collect();
         pending.sort_unstable_by_key(|p| p.seq);
+        let mut touched: Vec<EntryId> = Vec::with_capacity(pending.len());
         for p in pending {
-            self.detach(now, p, out);
+            match self.keys.get_mut(p.entry).map(|e| e.unqueue(p.kind, p.seq)) {
+                Some(true) => touched.push(p.entry),
+                Some(false) => self
+                    .faults
+                    .record("a pending request is not in its key's queue"),
+                None => self.faults.record("a pending request's key is not live"),
+            }
         }
-        let mut held: Vec<(Fence, EntryId)> = s
-            .keys
-            .into_iter()
-            .filter_map(|(id, r)| match r {
-                Role::Holds(f) => Some((f, id)),
-                Role::Waits(_) => None,
-            })
-            .collect();
+        for id in touched {
+            if let Some(e) = self.keys.get_mut(id) {
+                e.grant_waiters(&mut cx!(self, now, out));
+            }
+            self.keys.free_if_idle(id);
+        }
+        let mut held: Vec<(Fence, EntryId)> = s.leases.into_iter().collect();
         held.sort_unstable_by_key(|(f, _)| *f);
         for (fence, id) in held {
             let Some(e) = self.keys.get_mut(id) else {

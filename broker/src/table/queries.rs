@@ -60,6 +60,6 @@ impl Table {
     pub(crate) fn session_counts(&self, session: super::SessionId) -> (usize, usize) {
         self.sessions
             .get(session)
-            .map_or((0, 0), |s| (s.held, s.pending.len()))
+            .map_or((0, 0), |s| (s.leases.len(), s.pending.len()))
     }
 }

@@ -131,22 +131,28 @@ impl Entry {
     /// at the head. The caller reports the request's end and updates its session. `false` if no
     /// such request is queued.
     pub(crate) fn leave_queue(&mut self, kind: PendingKind, seq: u64, cx: &mut Cx<'_>) -> bool {
-        match kind {
-            PendingKind::Acquire => {
-                let Some(i) = self.find_waiter(seq) else {
-                    return false;
-                };
-                self.waiters.remove(i);
-                self.grant_waiters(cx);
-            }
-            PendingKind::Watch => {
-                let Some(i) = self.find_watcher(seq) else {
-                    return false;
-                };
-                self.watchers.remove(i);
-            }
+        if !self.unqueue(kind, seq) {
+            return false;
+        }
+        if kind == PendingKind::Acquire {
+            self.grant_waiters(cx);
         }
         true
+    }
+
+    /// Takes queued request `seq` out of its queue and grants nobody (the caller does, once
+    /// every request of a closing session is out). `false` if no such request is queued.
+    pub(crate) fn unqueue(&mut self, kind: PendingKind, seq: u64) -> bool {
+        match kind {
+            PendingKind::Acquire => self
+                .find_waiter(seq)
+                .and_then(|i| self.waiters.remove(i))
+                .is_some(),
+            PendingKind::Watch => self
+                .find_watcher(seq)
+                .map(|i| self.watchers.remove(i))
+                .is_some(),
+        }
     }
 
     /// Queue-timeout timer: fails queued request `seq` with `Timeout` if its deadline is `at`

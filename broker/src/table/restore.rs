@@ -11,7 +11,7 @@ use super::types::{Fence, Key, Mode, RESTORED_SESSION, TableError};
 impl Table {
     /// Inserts an already-held lease at startup (restore from the mirror). Owner is session 0
     /// (an orphan: lock delay applies when it expires); the fence is kept and the fence floor
-    /// raised past it. Errors: `InvalidMode`; `AlreadyHeld` if the key is held in a way that
+    /// raised past it. Errors: `InvalidMode`; `RestoreConflict` if the key is held in a way that
     /// does not admit this lease (another Shared / same-size Semaphore holder is admitted, so
     /// multi-holder keys can be restored) or the fence is already there.
     pub(crate) fn restore(
@@ -28,7 +28,7 @@ impl Table {
                 e.check_family(mode)?;
                 if e.holders.is_empty() || e.holders.get(fence).is_some() || !e.grantable_now(mode)
                 {
-                    return Err(TableError::AlreadyHeld);
+                    return Err(TableError::RestoreConflict);
                 }
                 e
             }

@@ -1,6 +1,8 @@
-//! Per-session index: which keys a session holds or queues on, and its pending request ids.
+//! Per-session index: the leases a session holds and its pending requests.
 //!
-//! Used for `AlreadyHeld` / `DuplicateRequest` checks, per-session limits, `cancel` and
+//! Ownership is per lease, not per key: a session may hold several leases on one key (shared,
+//! semaphore) and queue any number of acquires on a key it holds — each grant is its own lease
+//! with its own fence. Used for `DuplicateRequest` checks, per-session limits, `cancel` and
 //! `close_session`. Orphaned leases (lost sessions, restored leases) are in no session's index.
 
 use super::keys::EntryId;
@@ -9,14 +11,6 @@ use super::types::{Fence, ReqId, SessionId};
 
 /// hashbrown with its default hasher (foldhash, randomly seeded per process).
 pub(crate) type Map<K, V> = hashbrown::HashMap<K, V>;
-
-/// A session's relation to one key. A session holds at most one lease per key, or has at most one
-/// acquire queued on it (never both).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
-    Holds(Fence),
-    Waits(ReqId),
-}
 
 /// A pending request: a queued acquire or a `wait_until_unlocked` watcher.
 #[derive(Clone, Debug)]
@@ -30,10 +24,9 @@ pub(crate) struct Pending {
 
 #[derive(Debug, Default)]
 pub(crate) struct Session {
-    /// Role per key entry.
-    pub(crate) keys: Map<EntryId, Role>,
+    /// The leases the session holds: fence → the key's entry.
+    pub(crate) leases: Map<Fence, EntryId>,
     pub(crate) pending: Map<ReqId, Pending>,
-    pub(crate) held: usize,
 }
 
 #[derive(Debug, Default)]
@@ -68,37 +61,24 @@ impl Sessions {
         self.map.remove(&id)
     }
 
-    /// Forgets that `session` holds a lease on `entry` (after release/expiry/transfer).
+    /// Forgets that `session` holds lease `fence` (after release/expiry/transfer).
     #[inline]
-    pub(crate) fn drop_hold(&mut self, session: SessionId, entry: EntryId) {
-        if let Some(s) = self.map.get_mut(&session)
-            && let Some(Role::Holds(_)) = s.keys.get(&entry)
-        {
-            s.keys.remove(&entry);
-            s.held = s.held.saturating_sub(1);
+    pub(crate) fn drop_hold(&mut self, session: SessionId, fence: Fence) {
+        if let Some(s) = self.map.get_mut(&session) {
+            s.leases.remove(&fence);
         }
     }
 
-    /// Indexes a newly queued request; an acquire also takes the `Waits` role on its key.
+    /// Indexes a newly queued request.
     #[inline]
     pub(crate) fn add_pending(&mut self, session: SessionId, req: ReqId, p: Pending) {
-        let s = self.entry(session);
-        if p.kind == PendingKind::Acquire {
-            s.keys.insert(p.entry, Role::Waits(req));
-        }
-        s.pending.insert(req, p);
+        self.entry(session).pending.insert(req, p);
     }
 
-    /// Takes pending request `req` out of `session`'s index (and its `Waits` role, if it is an
-    /// acquire that still has it), returning it.
+    /// Takes pending request `req` out of `session`'s index, returning it.
     #[inline]
     pub(crate) fn take_pending(&mut self, session: SessionId, req: ReqId) -> Option<Pending> {
-        let s = self.map.get_mut(&session)?;
-        let p = s.pending.remove(&req)?;
-        if p.kind == PendingKind::Acquire && s.keys.get(&p.entry) == Some(&Role::Waits(req)) {
-            s.keys.remove(&p.entry);
-        }
-        Some(p)
+        self.map.get_mut(&session)?.pending.remove(&req)
     }
 
     /// Forgets a pending request that ended (granted, failed, resolved).

@@ -197,19 +197,36 @@ fn busy_when_not_grantable_and_no_wait() {
 }
 
 #[test]
-fn already_held_when_holding_or_waiting() {
+fn a_session_may_hold_and_queue_on_one_key_many_times() {
+    // Ownership is per lease: a second shared lease of the same session is its own lease.
     let mut h = H::new();
-    h.lock(1, K, Mode::Shared, 100);
+    let f1 = h.lock(1, K, Mode::Shared, 100);
+    let f2 = h.lock(1, K, Mode::Shared, 100);
+    assert_ne!(f1, f2);
+    assert_eq!(h.t.session_counts(1), (2, 0));
+    h.t.check_invariants();
+    // Not re-entrant: an exclusive acquire of a key the session holds is merely busy, and
+    // queues FIFO with everyone else's.
+    let fx = h.lock(1, b"x2", Mode::Exclusive, 100);
     assert_eq!(
-        h.acq(1, 2, K, Mode::Shared, 100, Wait::Forever),
-        Err(TableError::AlreadyHeld)
+        h.acq(1, 4, b"x2", Mode::Exclusive, 100, Wait::No),
+        Err(TableError::Busy)
     );
-    h.lock(2, b"x", Mode::Exclusive, 100);
-    h.queue(1, 3, b"x", Mode::Exclusive, Wait::Forever);
-    assert_eq!(
-        h.acq(1, 4, b"x", Mode::Exclusive, 100, Wait::No),
-        Err(TableError::AlreadyHeld)
-    );
+    h.queue(1, 5, b"x2", Mode::Exclusive, Wait::Forever);
+    h.queue(2, 6, b"x2", Mode::Exclusive, Wait::Forever);
+    h.queue(1, 7, b"x2", Mode::Exclusive, Wait::Forever);
+    h.t.check_invariants();
+    h.take();
+    h.release(1, b"x2", fx).unwrap();
+    let g = h.granted();
+    assert_eq!(g.len(), 1);
+    assert_eq!((g[0].0, g[0].1), (1, 5));
+    assert_ne!(g[0].2, fx);
+    // Cancelling one of the session's queued acquires leaves the others queued.
+    assert!(h.t.cancel(h.now, 1, 7, &mut h.out));
+    h.t.check_invariants();
+    assert_eq!(h.t.session_counts(1), (3, 0));
+    assert_eq!(h.t.session_counts(2), (0, 1));
 }
 
 #[test]
@@ -761,7 +778,6 @@ fn reclaim_from_live_session_and_conflicts() {
     });
     let f = h.lock(1, K, Mode::Shared, 100);
     let f2 = h.lock(2, K, Mode::Shared, 100);
-    assert_eq!(h.t.reclaim(2, K, f), Err(TableError::AlreadyHeld));
     h.lock(3, b"x", Mode::Exclusive, 100);
     assert_eq!(
         h.t.reclaim(3, K, f),
@@ -797,7 +813,7 @@ fn restore_and_fence_floor() {
             Mode::Exclusive,
             dl
         ),
-        Err(TableError::AlreadyHeld)
+        Err(TableError::RestoreConflict)
     );
     let info = h.t.inspect(K).unwrap();
     assert_eq!(info.holders[0].session, RESTORED_SESSION);

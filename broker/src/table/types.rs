@@ -134,8 +134,8 @@ pub enum TableError {
     Timeout,
     #[error("request cancelled")]
     Cancelled,
-    #[error("this session already holds or waits for this key")]
-    AlreadyHeld,
+    #[error("the key is already held in a way that does not admit this lease")]
+    RestoreConflict,
     #[error("lease is not held by this session")]
     NotOwner,
     #[error("key is not locked")]

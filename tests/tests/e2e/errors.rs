@@ -1,4 +1,4 @@
-//! The seeds' error cases over the wire: re-acquiring a held key (`AlreadyHeld`), releasing a
+//! The seeds' error cases over the wire: re-locking a held key (waits: not re-entrant), releasing a
 //! lease that expired (`NotLocked`) or that someone else now holds (`NotOwner`), and the
 //! per-session lease limit (`LimitExceeded`).
 
@@ -8,39 +8,56 @@ use lockbroker_sdk::{Error, UnlockOutcome};
 use lockbroker_tests::Broker;
 use lockbroker_tests::util::{inspect, wait_for_waiters};
 
+/// Locks are not re-entrant, and ownership is per lease: a client locking a key it holds waits
+/// its turn like anyone else (a `wait` deadline bounds it), and gets its own lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_client_locking_twice_is_already_held() {
+async fn same_client_locking_twice_waits_its_turn() {
     let broker = Broker::start();
     let a = broker.client().await;
     let g = a.lock("ah/k").await.unwrap();
-    // Even a waiting acquire must not silently deadlock on itself.
-    let r = tokio::time::timeout(Duration::from_secs(10), a.lock("ah/k")).await;
-    assert_eq!(r.expect("answered").err(), Some(Error::AlreadyHeld));
-    assert_eq!(a.try_lock("ah/k").await.err(), Some(Error::AlreadyHeld));
+    assert_eq!(a.try_lock("ah/k").await.err(), Some(Error::Busy));
+    let r = a.lock("ah/k").wait(Duration::from_millis(200)).await;
+    assert_eq!(r.err(), Some(Error::Timeout));
     assert!(matches!(
         a.read_lock("ah/k").no_wait().await,
-        Err(Error::AlreadyHeld)
+        Err(Error::Busy)
     ));
-    // A clone of the client shares its connection (same session): still AlreadyHeld.
-    let a2 = a.clone();
-    assert_eq!(a2.try_lock("ah/k").await.err(), Some(Error::AlreadyHeld));
-    // Another client is merely Busy.
+    // Another client is Busy alike.
     let b = broker.client().await;
     assert_eq!(b.try_lock("ah/k").await.err(), Some(Error::Busy));
-    let info = inspect(&b, "ah/k").await;
-    assert_eq!(info.holders.len(), 1);
-    assert_eq!(info.waiters, 0);
 
-    // A client queued on a key is also refused a second acquire of it.
-    let waiting = {
+    // Two acquires of the same client queue FIFO with the other client's.
+    let second = {
+        let a = a.clone();
+        tokio::spawn(async move { a.lock("ah/k").wait(Duration::from_secs(30)).await })
+    };
+    wait_for_waiters(&b, "ah/k", 1).await;
+    let third = {
         let b = b.clone();
         tokio::spawn(async move { b.lock("ah/k").wait(Duration::from_secs(30)).await })
     };
-    wait_for_waiters(&a, "ah/k", 1).await;
-    assert_eq!(b.try_lock("ah/k").await.err(), Some(Error::AlreadyHeld));
+    wait_for_waiters(&b, "ah/k", 2).await;
+    let first_fence = g.fence();
     g.unlock().await.unwrap();
-    let gb = waiting.await.unwrap().expect("b granted");
-    gb.unlock().await.unwrap();
+    let g2 = second.await.unwrap().expect("a's second acquire granted");
+    assert_ne!(g2.fence(), first_fence);
+    assert_eq!(inspect(&b, "ah/k").await.waiters, 1);
+    g2.unlock().await.unwrap();
+    let g3 = third
+        .await
+        .unwrap()
+        .expect("b granted after a's two leases");
+    assert!(g3.fence() > first_fence);
+    g3.unlock().await.unwrap();
+
+    // Shared: the same client holds two read leases at once, each released by its own guard.
+    let r1 = a.read_lock("ah/s").await.unwrap();
+    let r2 = a.read_lock("ah/s").await.unwrap();
+    assert_ne!(r1.fence(), r2.fence());
+    assert_eq!(inspect(&b, "ah/s").await.holders.len(), 2);
+    r1.unlock().await.unwrap();
+    assert_eq!(inspect(&b, "ah/s").await.holders.len(), 1);
+    r2.unlock().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
