@@ -146,9 +146,16 @@ impl Guard {
         self.lease.timing.borrow().deadline
     }
 
-    /// True once the lease is lost.
+    /// True once the lease is lost — also read from the clock, so a process that was paused
+    /// (SIGSTOP, a long GC-like stall) past the local deadline minus the safety margin sees
+    /// `true` at once, before its watchdog task has had a chance to run.
     pub fn is_lost(&self) -> bool {
-        self.lost.borrow().is_some()
+        self.lost.borrow().is_some() || Instant::now() >= self.lost_at()
+    }
+
+    /// When [`Guard::lost`] fires by the clock: the local deadline minus the safety margin.
+    pub fn lost_at(&self) -> Instant {
+        lost_at(&self.lease, *self.lease.timing.borrow())
     }
 
     /// Resolves with [`Error::Lost`] when the lease can no longer be guaranteed: it was not
@@ -307,6 +314,12 @@ pub(crate) async fn refresh(guard: &Guard) -> Result<()> {
     renew_now(&guard.lease, ttl).await.map(|_| ())
 }
 
+/// The local deadline of `t` minus the client's safety margin for its TTL.
+fn lost_at(lease: &Lease, t: Timing) -> Instant {
+    let margin = lease.client.lease_margin(t.ttl);
+    t.deadline.checked_sub(margin).unwrap_or(t.deadline)
+}
+
 /// The lease's watchdog: renews every third of the TTL (when `renew`), retrying failed
 /// renewals, and declares the lease lost at its local deadline minus the safety margin —
 /// by its own clock, whether or not the broker answers.
@@ -319,7 +332,7 @@ async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: 
     loop {
         let t = *timing.borrow_and_update();
         let margin = lease.client.lease_margin(t.ttl);
-        let lost_at = t.deadline.checked_sub(margin).unwrap_or(t.deadline);
+        let lost_at = lost_at(&lease, t);
         tokio::select! {
             biased;
             () = tokio::time::sleep_until(lost_at.into()) => {
