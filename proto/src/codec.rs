@@ -101,6 +101,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_u64(out, r.id);
             put_bytes(out, &r.key);
             put_u64(out, r.fence);
+            put_mode(out, r.mode);
             put_u64(out, r.ttl_ms);
             out.extend_from_slice(&r.secret.0);
         }
@@ -256,6 +257,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             id: r.u64("id")?,
             key: r.key(max_key)?,
             fence: r.u64("fence")?,
+            mode: mode(r)?,
             ttl_ms: r.u64("ttl")?,
             secret: r.secret()?,
         }),

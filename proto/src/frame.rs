@@ -124,12 +124,15 @@ pub struct Extend {
     pub secret: LeaseSecret,
 }
 
-/// Take over a lease by id (fence) from a lost session or a restored lock.
+/// Take over a lease by id (fence) from a lost session or a restored lock — or, during a
+/// restarted broker's grace period, get back a lease its previous run granted (then `mode`
+/// says how it was held; otherwise the lease keeps its own mode).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reclaim {
     pub id: u64,
     pub key: Bytes,
     pub fence: u64,
+    pub mode: Mode,
     pub ttl_ms: u64,
     /// The lease's secret, from its `Granted`.
     pub secret: LeaseSecret,

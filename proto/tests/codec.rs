@@ -96,6 +96,7 @@ fn samples() -> Vec<Frame> {
             id: 6,
             key: key.clone(),
             fence: 9,
+            mode: Mode::Semaphore(3),
             ttl_ms: 100,
             secret: LeaseSecret([2; 16]),
         }),

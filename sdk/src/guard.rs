@@ -263,6 +263,7 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
             id,
             key: lease.key.clone(),
             fence: lease.fence,
+            mode: lease.mode,
             ttl_ms: millis(ttl),
             secret: lease.secret,
         })

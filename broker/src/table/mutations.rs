@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::entry::{Entry, check_mode};
+use super::grace::hold_during_grace;
 use super::keys::{EntryId, Keys};
 use super::queue::{Waiter, Watcher};
 use super::sessions::Pending;
@@ -85,6 +86,7 @@ impl Table {
                 .ok_or(TableError::LimitExceeded("live keys"))?,
         };
         let id = e.id;
+        hold_during_grace(&mut self.grace_until, now, e, &mut self.deadlines);
         let mut cx = cx!(self, now, out);
         let result = e.check_family(mode).and_then(|()| {
             if e.grantable_now(mode) {

@@ -35,6 +35,7 @@ async fn reclaim(c: &mut RawConn, id: u64, key: &str, fence: u64, secret: LeaseS
         id,
         key: Bytes::copy_from_slice(key.as_bytes()),
         fence,
+        mode: lockbroker_proto::Mode::Exclusive,
         ttl_ms: 3_600_000,
         secret,
     }))
@@ -274,6 +275,13 @@ async fn a_guard_is_never_carried_to_an_independent_broker() {
         .ttl(Duration::from_secs(6))
         .await
         .expect("lock on b1");
+    // Independent brokers hand out disjoint fences (each fresh data dir draws its first epoch
+    // from its identity): the same first grant on each no longer has the same fence.
+    assert_ne!(
+        mine.fence(),
+        theirs.fence(),
+        "independent brokers' fences collide"
+    );
     drop(b1.kill());
     let lost = tokio::time::timeout(Duration::from_secs(10), mine.lost())
         .await
