@@ -30,6 +30,7 @@ mod kind {
     pub const PING: u8 = 15;
     pub const PONG: u8 = 16;
     pub const ERROR: u8 = 17;
+    pub const LEASE_ENDED: u8 = 18;
 }
 
 /// Appends the encoding of `frame` to `out`.
@@ -150,6 +151,24 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Pong { id } => {
             put_u8(out, kind::PONG);
             put_u64(out, *id);
+        }
+        Frame::LeaseEnded {
+            key,
+            fence,
+            reason,
+            message,
+        } => {
+            put_u8(out, kind::LEASE_ENDED);
+            put_bytes(out, key);
+            put_u64(out, *fence);
+            put_u8(
+                out,
+                match reason {
+                    EndReason::Expired => 0,
+                    EndReason::Mirror => 1,
+                },
+            );
+            put_bytes(out, message.as_bytes());
         }
         Frame::Error { id, code, message } => {
             put_u8(out, kind::ERROR);
@@ -310,6 +329,16 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
         kind::ERROR => Frame::Error {
             id: r.u64("id")?,
             code: ErrorCode::from_u16(r.u16("code")?),
+            message: r.string("message")?,
+        },
+        kind::LEASE_ENDED => Frame::LeaseEnded {
+            key: r.key(max_key)?,
+            fence: r.u64("fence")?,
+            reason: match r.u8("reason")? {
+                0 => EndReason::Expired,
+                1 => EndReason::Mirror,
+                _ => return Err(DecodeError::Malformed("reason")),
+            },
             message: r.string("message")?,
         },
         other => return Err(DecodeError::UnknownKind(other)),

@@ -38,6 +38,16 @@ pub enum UnlockOutcome {
     Expired,
 }
 
+/// Why a lease ended without its holder releasing it (pushed in [`Frame::LeaseEnded`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its TTL ran out before a renewal reached the broker.
+    Expired,
+    /// The sync mirror could not keep it in Redis (the key is held there by someone else, or
+    /// Redis did not confirm a renewal): the broker ended it so that both sides stay exclusive.
+    Mirror,
+}
+
 /// The unguessable secret of one lease, bound by the broker to (key, fence, principal).
 /// `Release`, `Extend` and `Reclaim` of the lease must present it. Its `Debug` never shows the
 /// bytes, so it does not end up in logs.
@@ -202,6 +212,14 @@ pub enum Frame {
     Pong {
         id: u64,
     },
+    /// Broker → holder, unsolicited: lease (`key`, `fence`) has ended although its holder did
+    /// not release it. The holder must stop at once (the SDK's `Guard::lost` resolves).
+    LeaseEnded {
+        key: Bytes,
+        fence: u64,
+        reason: EndReason,
+        message: String,
+    },
     /// A request failed (`id` ≠ 0), or the connection is about to close (`id` = 0, fatal codes).
     Error {
         id: u64,
@@ -211,10 +229,10 @@ pub enum Frame {
 }
 
 impl Frame {
-    /// The request id this frame belongs to (0 for `Hello`/`Welcome`).
+    /// The request id this frame belongs to (0 for `Hello`/`Welcome`/`LeaseEnded`).
     pub fn id(&self) -> u64 {
         match self {
-            Frame::Hello(_) | Frame::Welcome(_) => 0,
+            Frame::Hello(_) | Frame::Welcome(_) | Frame::LeaseEnded { .. } => 0,
             Frame::Acquire(f) => f.id,
             Frame::Granted(f) => f.id,
             Frame::Release(f) => f.id,

@@ -3,6 +3,7 @@
 
 pub mod fencing;
 pub mod plugins;
+pub mod proxy;
 pub mod raw;
 pub mod redis;
 pub mod util;

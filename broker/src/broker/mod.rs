@@ -12,6 +12,8 @@
 //!   in cluster mode tomorrow) that sees every effect batch in table order and may hold a
 //!   grant until it confirms it. Like raft-rs's `Ready`, a grant is answered at once unless
 //!   the gate handed back a pending confirmation; `confirm.rs` waits for it.
+//! * `renewal.rs` — renewals the gate confirms before they are answered, and leases the
+//!   broker ends itself (`revoke`, pushed to the holder as `LeaseEnded`).
 //! * `outbox.rs` — a session's outbound frames; `wire.rs` — table ↔ wire conversions.
 //!
 //! Layering: this module imports `table`, `config` and `proto` only. `server` (sessions,
@@ -22,6 +24,7 @@ mod confirm;
 mod expiry;
 mod gate;
 mod outbox;
+mod renewal;
 mod session;
 pub mod wire;
 
@@ -35,6 +38,7 @@ use tokio::sync::{Notify, watch};
 
 pub use gate::{Confirmation, GrantGate, Pending};
 pub use outbox::Outbox;
+pub use renewal::Renewed;
 pub use session::SessionHandle;
 
 use crate::config::Config;

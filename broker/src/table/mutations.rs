@@ -134,6 +134,25 @@ impl Table {
         Ok(())
     }
 
+    /// Ends lease `fence` on `key` although its holder did not release it (the broker revoked
+    /// it: its mirror could not keep it). Pushes `Released` (watchers resolve, waiters are
+    /// granted). Returns the holder's session, `None` if there is no such lease.
+    pub(crate) fn revoke(
+        &mut self,
+        now: Instant,
+        key: &[u8],
+        fence: Fence,
+        out: &mut Vec<Effect>,
+    ) -> Option<SessionId> {
+        let e = held_entry(&mut self.keys, key).ok()?;
+        let session = e.holders.get(fence)?.session;
+        let id = e.id;
+        e.end_lease(fence, UnlockOutcome::Released, &mut cx!(self, now, out));
+        self.keys.free_if_idle(id);
+        self.maybe_compact();
+        Some(session)
+    }
+
     /// Renews lease `fence`: new deadline = `now + ttl`. Same errors as [`Table::release`].
     pub(crate) fn extend(
         &mut self,

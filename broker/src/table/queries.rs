@@ -62,6 +62,11 @@ impl Table {
         self.keys.len()
     }
 
+    /// Pending requests (queued acquires and watchers) of a session.
+    pub(crate) fn pending_of(&self, session: super::SessionId) -> usize {
+        self.sessions.pending_of(session)
+    }
+
     /// (held leases, pending requests) of a live session; orphaned leases count for nobody.
     #[cfg(test)]
     pub(crate) fn session_counts(&self, session: super::SessionId) -> (usize, usize) {

@@ -10,6 +10,7 @@
 
 use lockbroker_proto::Reclaim;
 
+use crate::broker::Renewed;
 use crate::server::policy::Op;
 use crate::server::session::Session;
 use crate::table::{PreviousLease, TableError};
@@ -41,7 +42,7 @@ pub(super) async fn apply(s: &Session, r: Reclaim) {
     match result {
         Ok(_) => s
             .broker
-            .answer_granted(&s.handle, r.id, &r.key, r.fence, ttl),
+            .answer_renewed(&s.handle, r.id, &r.key, r.fence, Renewed::Reclaimed(ttl)),
         Err(e) => s.handle.answer_table_error(r.id, &e),
     }
 }
