@@ -31,6 +31,7 @@ mod kind {
     pub const PONG: u8 = 16;
     pub const ERROR: u8 = 17;
     pub const LEASE_ENDED: u8 = 18;
+    pub const SHARD_MAP: u8 = 19;
 }
 
 /// Appends the encoding of `frame` to `out`.
@@ -169,6 +170,16 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                 },
             );
             put_bytes(out, message.as_bytes());
+        }
+        Frame::ShardMap(m) => {
+            put_u8(out, kind::SHARD_MAP);
+            put_u64(out, m.version);
+            put_u32(out, m.shards);
+            put_u32(out, u32::try_from(m.owners.len()).unwrap_or(u32::MAX));
+            for o in &m.owners {
+                put_u32(out, o.shard);
+                put_bytes(out, o.url.as_bytes());
+            }
         }
         Frame::Error { id, code, message } => {
             put_u8(out, kind::ERROR);
@@ -341,6 +352,26 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             },
             message: r.string("message")?,
         },
+        kind::SHARD_MAP => {
+            let version = r.u64("version")?;
+            let shards = r.u32("shards")?;
+            let n = r.u32("owners")?;
+            if n > shards {
+                return Err(DecodeError::Malformed("more owners than shards"));
+            }
+            let mut owners = Vec::with_capacity((n as usize).min(1024));
+            for _ in 0..n {
+                owners.push(ShardOwner {
+                    shard: r.u32("shard")?,
+                    url: r.string("url")?,
+                });
+            }
+            Frame::ShardMap(ShardMap {
+                version,
+                shards,
+                owners,
+            })
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }

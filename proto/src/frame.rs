@@ -168,6 +168,24 @@ pub struct LockInfo {
     pub blocked_ms: u64,
 }
 
+/// One shard's owner in a [`ShardMap`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardOwner {
+    pub shard: u32,
+    /// The owner's URL (`quic://host:port`).
+    pub url: String,
+}
+
+/// Cluster mode: which broker owns which shard (see [`crate::shard_of`]). Pushed after
+/// `Welcome` and whenever it changes; shards missing from `owners` have no owner right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardMap {
+    /// Grows with every change (an etcd revision): a client keeps the newest map it saw.
+    pub version: u64,
+    pub shards: u32,
+    pub owners: Vec<ShardOwner>,
+}
+
 /// Every frame of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -220,6 +238,8 @@ pub enum Frame {
         reason: EndReason,
         message: String,
     },
+    /// Broker → client, unsolicited, cluster mode only: the shard map.
+    ShardMap(ShardMap),
     /// A request failed (`id` ≠ 0), or the connection is about to close (`id` = 0, fatal codes).
     Error {
         id: u64,
@@ -229,10 +249,12 @@ pub enum Frame {
 }
 
 impl Frame {
-    /// The request id this frame belongs to (0 for `Hello`/`Welcome`/`LeaseEnded`).
+    /// The request id this frame belongs to (0 for `Hello`/`Welcome` and pushes).
     pub fn id(&self) -> u64 {
         match self {
-            Frame::Hello(_) | Frame::Welcome(_) | Frame::LeaseEnded { .. } => 0,
+            Frame::Hello(_) | Frame::Welcome(_) | Frame::LeaseEnded { .. } | Frame::ShardMap(_) => {
+                0
+            }
             Frame::Acquire(f) => f.id,
             Frame::Granted(f) => f.id,
             Frame::Release(f) => f.id,
