@@ -7,8 +7,8 @@
 //!   the file promises, the file is rewritten durably (temp file, fsync, rename) with the
 //!   deadline plus [`SLACK`], so steady traffic rewrites it about once per `SLACK`.
 //! * Once the table is empty the broker writes `clean` (checked every `SLACK`).
-//! * A clean shutdown writes `clean` when no lease is left (connected sessions' leases were
-//!   released), or the latest remaining deadline otherwise.
+//! * A clean shutdown writes `clean` when no lease is left, or the latest remaining deadline
+//!   otherwise (a shutdown does not release its sessions' leases).
 //! * At start [`read_previous`] tells what the last run left: `clean`, a horizon, or nothing
 //!   usable (a crash before the first write, a corrupt file, a data dir that ran before this
 //!   file existed) — then the safe answer is the longest lease the broker grants.

@@ -32,6 +32,9 @@ mod tests {
         for i in 0..16_000 {
             counts[shard_of(format!("key/{i}").as_bytes(), 16) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

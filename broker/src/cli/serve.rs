@@ -115,8 +115,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Ship the releases of the sessions that just ended.
         mirror.flush(shutdown_grace).await;
     }
-    // Connected sessions released their leases: the next start needs no grace unless lost
-    // sessions' leases are still running.
+    // The next start waits out the leases still running (sessions' leases are not released at
+    // shutdown: a paused holder could not be told), or needs no grace if none is left.
     broker.close_horizon();
     drop(pid_file);
     say!("lockbroker stopped");

@@ -107,7 +107,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting, tells
-    /// every session, releases connected sessions' leases, and waits for connections to close.
+    /// every session (whose leases run on to their TTL), and waits for connections to close.
     /// A grant gate (the mirror) attached to the broker is flushed by whoever attached it.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let broker = self.broker.clone();
