@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use lockbroker_sdk::{Error, UnlockOutcome};
+use lockbroker_sdk::Error;
 use lockbroker_tests::util::{run_bounded, wait_for_waiters};
 use lockbroker_tests::{Broker, lockbroker_bin};
 
