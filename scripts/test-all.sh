@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of lockbroker on a fresh machine: installs what is missing (the wasm32-wasip2
-# target, redis-server, the Python redis client used by interop tests), builds the WASM
+# target, redis-server, etcd-server, protobuf-compiler, the Python redis client used by interop
+# tests), builds the WASM
 # plugins, then runs formatting and lint checks and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,16 +13,22 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-step "redis-server"
-if ! command -v redis-server >/dev/null 2>&1; then
+# Debian packages the tests need: redis-server (mirror tests), etcd-server (cluster tests)
+# and protobuf-compiler (etcd-client compiles etcd's protobufs at build time).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+step "apt packages: ${missing[*]:-none missing}"
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q && apt-get install -y -q redis-server
+    apt-get update -q && apt-get install -y -q "${missing[@]}"
   else
-    sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
+    sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
   fi
 fi
-# The distro service is not needed: tests start their own servers on ephemeral ports.
+# The distro services are not needed: tests start their own servers on ephemeral ports.
 
 step "python redis client (interop tests)"
 if ! python3 -c 'import redis' >/dev/null 2>&1; then

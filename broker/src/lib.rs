@@ -3,6 +3,7 @@
 //! epoch file.
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod epoch;
 pub mod horizon;

@@ -167,6 +167,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                 match reason {
                     EndReason::Expired => 0,
                     EndReason::Mirror => 1,
+                    EndReason::Moved => 2,
                 },
             );
             put_bytes(out, message.as_bytes());
@@ -348,6 +349,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             reason: match r.u8("reason")? {
                 0 => EndReason::Expired,
                 1 => EndReason::Mirror,
+                2 => EndReason::Moved,
                 _ => return Err(DecodeError::Malformed("reason")),
             },
             message: r.string("message")?,

@@ -46,6 +46,9 @@ pub enum EndReason {
     /// The sync mirror could not keep it in Redis (the key is held there by someone else, or
     /// Redis did not confirm a renewal): the broker ended it so that both sides stay exclusive.
     Mirror,
+    /// Cluster mode: the broker no longer serves the key's shard (it lost its etcd lease, or
+    /// another broker owns the shard now). The lease may be adopted at the new owner.
+    Moved,
 }
 
 /// The unguessable secret of one lease, bound by the broker to (key, fence, principal).

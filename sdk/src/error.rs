@@ -57,6 +57,9 @@ impl Error {
             ErrorCode::Unavailable | ErrorCode::ShuttingDown => Error::Unavailable(message),
             ErrorCode::Cancelled => Error::Disconnected(format!("request cancelled: {message}")),
             ErrorCode::Unauthenticated => Error::Denied(message),
+            ErrorCode::Moved => Error::Unavailable(format!(
+                "the key's shard is served by another broker of the cluster ({message})"
+            )),
             other => Error::Protocol(format!("{other:?}: {message}")),
         }
     }

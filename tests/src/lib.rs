@@ -1,6 +1,7 @@
 //! End-to-end test support: start the real `lockbroker` binary on an ephemeral UDP port with
 //! its own data dir, connect SDK clients or raw QUIC connections to it, and stop it by handle.
 
+pub mod etcd;
 pub mod fencing;
 pub mod plugins;
 pub mod proxy;
@@ -114,11 +115,18 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// A handle owning nothing (removes nothing on drop).
+    pub fn empty() -> TempDir {
+        TempDir(PathBuf::new())
+    }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 

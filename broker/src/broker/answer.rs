@@ -9,7 +9,7 @@ use lockbroker_proto::{EndReason, ErrorCode, Frame, Granted};
 
 use super::session::SessionHandle;
 use super::wire::millis;
-use super::{Broker, confirm};
+use super::{Broker, Route, confirm};
 use crate::table::{AcquireRequest, Effect, Fence, Grant, LockEvent, ReqId, SessionId, TableError};
 
 impl Broker {
@@ -64,6 +64,30 @@ impl Broker {
         grant: Grant,
         retry: Option<AcquireRequest>,
     ) {
+        // Cluster mode: nothing leaves for a shard this broker cannot vouch for right now.
+        if let Some(router) = self.router.get() {
+            let refusal = match router.route(&grant.key) {
+                Route::Local { grace_until: None } => None,
+                Route::Local {
+                    grace_until: Some(_),
+                } => Some((
+                    ErrorCode::Unavailable,
+                    "the key's shard is in its takeover grace; retry".to_string(),
+                )),
+                Route::Moved(url) => Some((ErrorCode::Moved, url)),
+                Route::Unavailable => Some((
+                    ErrorCode::Unavailable,
+                    "this broker cannot vouch for its shard ownership now".to_string(),
+                )),
+            };
+            if let Some((code, message)) = refusal {
+                self.release_lease(session, &grant);
+                if let Some(h) = self.session_handle(session) {
+                    h.answer_error(req, code, message);
+                }
+                return;
+            }
+        }
         if let Some(pending) = self.gate.get().and_then(|g| g.hold(&grant)) {
             confirm::spawn(self.clone(), session, req, grant, pending, retry);
             return;

@@ -12,6 +12,8 @@
 //!   in cluster mode tomorrow) that sees every effect batch in table order and may hold a
 //!   grant until it confirms it. Like raft-rs's `Ready`, a grant is answered at once unless
 //!   the gate handed back a pending confirmation; `confirm.rs` waits for it.
+//! * `router.rs` — [`KeyRouter`]: an optional component (cluster mode) that says which broker
+//!   serves a key; commands ask it first, and `deliver_grant` asks again before a grant leaves.
 //! * `renewal.rs` — renewals the gate confirms before they are answered, and leases the
 //!   broker ends itself (`revoke`, pushed to the holder as `LeaseEnded`).
 //! * `outbox.rs` — a session's outbound frames; `wire.rs` — table ↔ wire conversions.
@@ -25,6 +27,7 @@ mod expiry;
 mod gate;
 mod outbox;
 mod renewal;
+mod router;
 mod session;
 pub mod wire;
 
@@ -39,6 +42,7 @@ use tokio::sync::{Notify, watch};
 pub use gate::{Confirmation, GrantGate, Pending};
 pub use outbox::Outbox;
 pub use renewal::Renewed;
+pub use router::{KeyRouter, Route};
 pub use session::SessionHandle;
 
 use crate::config::Config;
@@ -71,6 +75,8 @@ pub struct Broker {
     /// The grant gate, once attached (before serving): it sees effects under the table lock,
     /// so in table order.
     gate: OnceLock<Arc<dyn GrantGate>>,
+    /// The key router, once attached (cluster mode).
+    router: OnceLock<Arc<dyn KeyRouter>>,
 }
 
 thread_local! {
@@ -82,8 +88,9 @@ impl Broker {
     /// A broker with an empty table for `epoch`; `previous_run` is what the data dir's last
     /// run left (see [`Broker::begin_grace`]).
     pub fn new(cfg: Config, epoch: u64, identity: Identity, previous_run: Previous) -> Arc<Broker> {
+        // Cluster mode: fences come from etcd revisions (raised per shard claim), not the epoch.
         let table = Table::new(TableConfig {
-            epoch,
+            epoch: if cfg.cluster.enabled() { 0 } else { epoch },
             lock_delay: Duration::from_millis(cfg.locks.lock_delay_ms),
             max_leases_per_session: cfg.limits.max_leases_per_session,
             max_waiters_per_session: cfg.limits.max_waiters_per_session,
@@ -104,12 +111,32 @@ impl Broker {
             next_session: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             gate: OnceLock::new(),
+            router: OnceLock::new(),
         })
     }
 
     /// Attaches the grant gate (once, at start, before serving). A second gate is refused.
     pub fn attach_gate(&self, gate: Arc<dyn GrantGate>) -> Result<(), Arc<dyn GrantGate>> {
         self.gate.set(gate)
+    }
+
+    /// Attaches the key router (once, at start, before serving).
+    pub fn attach_router(&self, router: Arc<dyn KeyRouter>) -> Result<(), Arc<dyn KeyRouter>> {
+        self.router.set(router)
+    }
+
+    /// Where a request for `key` goes (always here without a router).
+    pub fn route(&self, key: &[u8]) -> Route {
+        match self.router.get() {
+            Some(r) => r.route(key),
+            None => Route::Local { grace_until: None },
+        }
+    }
+
+    /// Whether the holder of lease (`key`, `fence`) from an earlier owner of the key's shard
+    /// may have it back here now (cluster takeover grace).
+    pub fn may_adopt(&self, key: &[u8], fence: u64) -> bool {
+        self.router.get().is_some_and(|r| r.may_adopt(key, fence))
     }
 
     /// True when a grant gate is attached (grants may wait for its confirmation).

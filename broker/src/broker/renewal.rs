@@ -86,7 +86,7 @@ impl Broker {
     }
 
     /// Pushes `LeaseEnded` to `session`, if it is connected.
-    pub(super) fn tell_lease_ended(
+    pub fn tell_lease_ended(
         &self,
         session: SessionId,
         key: &[u8],

@@ -71,6 +71,7 @@ impl From<&TableError> for ErrorCode {
             TableError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             TableError::InvalidMode(_) => ErrorCode::InvalidMode,
             TableError::DuplicateRequest => ErrorCode::DuplicateRequest,
+            TableError::Moved => ErrorCode::Moved,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch to one file per subcommand.
 
+mod cluster;
 mod inspect;
 mod lock;
 mod plugin;
@@ -30,6 +31,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Check a plugin file, or reload the plugins of a running broker.
     Plugin(plugin::PluginArgs),
+    /// Cluster mode: members, shard owners, epochs and grace, from etcd.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// How a client subcommand reaches the broker.
@@ -96,5 +99,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock(a) => lock::run(a).await,
         Command::Inspect(a) => inspect::run(a).await,
         Command::Plugin(a) => plugin::run(a).await,
+        Command::Cluster(a) => cluster::run(a).await,
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use lockbroker::cluster::{self, Cluster};
 use lockbroker::config::Config;
 use lockbroker::mirror::Mirror;
 use lockbroker::plugins::{self, PluginHost};
@@ -72,7 +73,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     let _reloader = (!plugins.is_empty()).then(|| tokio::spawn(reload_on_sighup(plugins.clone())));
     let pid_file = PidFile::write(&cfg.data_dir)?;
-    let server = Server::bind(cfg, Policy::with_plugins(plugins))?;
+    // Cluster mode: every broker signs and verifies lease secrets with the cluster's key.
+    let cluster_key = if cfg.cluster.enabled() {
+        Some(
+            cluster::fetch_secret(&cfg.cluster)
+                .await
+                .context("cannot reach etcd for the cluster key")?,
+        )
+    } else {
+        None
+    };
+    let server = Server::bind_with(
+        cfg,
+        Policy::with_plugins(plugins),
+        cluster_key.as_ref().map(|k| &k[..]),
+    )?;
     // The mirror (if configured) restores held locks and becomes the broker's grant gate
     // before the first client is served.
     let cfg = &server.broker().cfg;
@@ -83,7 +98,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The sync mirror restored every lease the previous run acknowledged; otherwise hold new
     // grants until the previous run's leases may have ended.
     let broker = server.broker().clone();
-    let restart_grace = broker.begin_grace(mirror.as_ref().is_some_and(|m| m.is_sync()));
+    // In cluster mode each shard taken over has its own grace (the cluster driver's).
+    let restored_all = mirror.as_ref().is_some_and(|m| m.is_sync()) || cfg.cluster.enabled();
+    let restart_grace = broker.begin_grace(restored_all);
+    let _cluster = if cfg.cluster.enabled() {
+        Some(Cluster::start(&cfg.cluster, &broker).context("cannot start cluster mode")?)
+    } else {
+        None
+    };
     let addr = server.local_addr()?;
     say!(
         "lockbroker listening on {addr}/udp (epoch {})",

@@ -10,8 +10,10 @@ use serde::Deserialize;
 
 use crate::plugins::PluginSettings;
 
+mod cluster;
 mod mirror;
 
+pub use cluster::ClusterConfig;
 pub use mirror::{MirrorConfig, MirrorMode};
 
 /// Errors reading or validating a config file.
@@ -51,6 +53,8 @@ pub struct Config {
     pub redis: Vec<crate::redis::RedisSettings>,
     /// Mirroring of the lock table to Redis through a mirror plugin (off unless `path` is set).
     pub mirror: MirrorConfig,
+    /// Cluster mode on etcd (off unless `etcd` is set).
+    pub cluster: ClusterConfig,
 }
 
 /// Settings for the plugin set as a whole.
@@ -85,6 +89,7 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             redis: Vec::new(),
             mirror: MirrorConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -218,6 +223,7 @@ impl Config {
         self.mirror
             .validate(&self.redis)
             .map_err(ConfigError::Invalid)?;
+        self.cluster.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -233,8 +239,14 @@ impl Config {
         Duration::from_millis(self.locks.default_ttl_ms)
     }
 
+    /// The longest TTL granted: `locks.max_ttl_ms`, capped by `cluster.max_ttl_ms` in cluster
+    /// mode.
     pub(crate) fn max_ttl(&self) -> Duration {
-        Duration::from_millis(self.locks.max_ttl_ms)
+        let mut ms = self.locks.max_ttl_ms;
+        if self.cluster.enabled() {
+            ms = ms.min(self.cluster.max_ttl_ms);
+        }
+        Duration::from_millis(ms)
     }
 }
 

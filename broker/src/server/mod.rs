@@ -48,6 +48,16 @@ pub struct Server {
 impl Server {
     /// Prepares the data dir (epoch, certificate) and binds the UDP socket.
     pub fn bind(cfg: Config, policy: policy::Policy) -> Result<Server, ServerError> {
+        Server::bind_with(cfg, policy, None)
+    }
+
+    /// [`Server::bind`], with the lease-secret key given (cluster mode: the cluster's key, so
+    /// every broker verifies every lease) instead of the data dir's own.
+    pub fn bind_with(
+        cfg: Config,
+        policy: policy::Policy,
+        cluster_key: Option<&[u8]>,
+    ) -> Result<Server, ServerError> {
         let data_dir = cfg.data_dir.clone();
         let broker_identity =
             crate::identity::Identity::load_or_create(&data_dir).map_err(|source| {
@@ -56,6 +66,10 @@ impl Server {
                     source,
                 }
             })?;
+        let broker_identity = match cluster_key {
+            Some(key) => crate::identity::Identity::from_bytes(key),
+            None => broker_identity,
+        };
         let first = crate::epoch::first_epoch(broker_identity.id());
         let fresh = !data_dir.join("epoch").exists();
         let previous_run = crate::horizon::read_previous(&data_dir, fresh);

@@ -4,7 +4,7 @@
 //! shutdown leaves them to their TTL).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use lockbroker_proto::{DecodeError, ErrorCode, Frame, LeaseSecret, Mode, Welcome, decode};
@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 
 use super::cmd;
 use super::policy::{Decided, Op, Policy};
-use crate::broker::{Broker, SessionHandle};
+use crate::broker::{Broker, Route, SessionHandle};
 use crate::table::SessionId;
 
 /// Application close code of a client that ends its session on purpose.
@@ -94,6 +94,27 @@ impl Session {
         }
     }
 
+    /// Whether this broker serves `key` (always, outside cluster mode). When not, request `id`
+    /// is answered `Moved` (with the owner's URL) or `Unavailable` here and `None` returned;
+    /// else the end of the key's takeover grace, if one runs.
+    pub fn local(&self, id: u64, key: &[u8]) -> Option<Option<Instant>> {
+        match self.broker.route(key) {
+            Route::Local { grace_until } => Some(grace_until),
+            Route::Moved(url) => {
+                self.fail(id, ErrorCode::Moved, url);
+                None
+            }
+            Route::Unavailable => {
+                self.fail(
+                    id,
+                    ErrorCode::Unavailable,
+                    "this broker cannot vouch for its shard ownership now (etcd unreachable)",
+                );
+                None
+            }
+        }
+    }
+
     /// Answers request `id` (0: the session as a whole) with an error.
     pub fn fail(&self, id: u64, code: ErrorCode, message: impl Into<String>) {
         self.handle.answer_error(id, code, message);
@@ -108,7 +129,7 @@ enum End {
     Lost,
     /// The client broke the protocol: it was told why; treated as lost.
     ProtocolError,
-    /// The broker is shutting down: release leases (the client is connected and told).
+    /// The broker is shutting down: the client is told; its leases run to their TTL.
     Shutdown,
 }
 

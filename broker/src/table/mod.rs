@@ -53,6 +53,7 @@ mod entry;
 mod faults;
 mod fences;
 mod grace;
+mod handover;
 mod keys;
 mod lease;
 mod mutations;
@@ -72,7 +73,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use grace::PreviousLease;
+pub(crate) use handover::PreviousLease;
 pub(crate) use types::MAX_TTL;
 pub use types::{
     AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId, SessionId, TableConfig,

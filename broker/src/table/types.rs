@@ -146,6 +146,8 @@ pub enum TableError {
     InvalidMode(&'static str),
     #[error("request id is already pending in this session")]
     DuplicateRequest,
+    #[error("the key's shard is served by another broker now")]
+    Moved,
 }
 
 /// One current holder of a key, as reported by `inspect` and `holds`.

@@ -6,6 +6,8 @@
 //! - [`cli`]: `lockbroker lock` and `lockbroker inspect` against a real broker.
 //! - [`cli_signals`]: `lock -- CMD` as a supervisor: signals forwarded to CMD's group, CMD
 //!   never outlives a SIGKILLed `lock`, lease loss stops the whole group.
+//! - [`cluster`]: cluster mode on a real etcd: shard ownership, `Moved`, failover with grace
+//!   and lease adoption, self-fencing without etcd.
 //! - [`errors`]: re-locking (not re-entrant), `NotLocked`, `NotOwner` and the per-session
 //!   limits.
 //! - [`exclusion`]: lease secrets and reclaim by principal, honest guards (`extend`, `lost`
@@ -29,6 +31,7 @@
 mod bad_input;
 mod cli;
 mod cli_signals;
+mod cluster;
 mod errors;
 mod exclusion;
 mod leases;

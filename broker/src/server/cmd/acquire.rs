@@ -14,6 +14,9 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
     let Some(decided) = s.decide(a.id, &a.key, a.mode, a.ttl_ms, Op::Acquire).await else {
         return;
     };
+    let Some(grace_until) = s.local(a.id, &decided.key) else {
+        return;
+    };
     if decided.rewritten {
         s.handle.note_rewrite(a.id, decided.key.clone());
     }
@@ -31,6 +34,10 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
         let may_queue = a.wait != lockbroker_proto::WaitSpec::NoWait;
         if polling > 0 && may_queue && t.pending_of(s.id) + polling >= limit {
             return Err(TableError::LimitExceeded("pending waiters"));
+        }
+        // Cluster takeover grace: the key waits like everyone else's in the shard.
+        if let Some(until) = grace_until {
+            t.hold_key_until(&decided.key, until)?;
         }
         let r = AcquireRequest {
             session: s.id,

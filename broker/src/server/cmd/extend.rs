@@ -9,7 +9,7 @@ use crate::server::policy::clamp_ttl;
 use crate::server::session::Session;
 
 pub(super) fn apply(s: &Session, e: Extend) {
-    if !s.owns(e.id, &e.key, e.fence, &e.secret, true) {
+    if !s.owns(e.id, &e.key, e.fence, &e.secret, true) || s.local(e.id, &e.key).is_none() {
         return;
     }
     let ttl = clamp_ttl(&s.broker.cfg, e.ttl_ms);

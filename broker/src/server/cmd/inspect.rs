@@ -13,6 +13,9 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
         return;
     };
     let key = decided.key;
+    if s.local(id, &key).is_none() {
+        return;
+    }
     let info = s.broker.read_table(|t, now| {
         let Some(info) = t.inspect(&key) else {
             return LockInfo {

@@ -22,11 +22,24 @@ pub(super) async fn apply(s: &Session, r: Reclaim) {
     let Some(decided) = s.decide(r.id, &r.key, r.mode, r.ttl_ms, Op::Acquire).await else {
         return;
     };
+    if s.local(r.id, &r.key).is_none() {
+        return;
+    }
     let ttl = decided.ttl;
+    let adoptable = s.broker.may_adopt(&r.key, r.fence);
     let result = s
         .broker
         .with_table(|t, now, out| match t.reclaim(s.id, &r.key, r.fence) {
             Ok(_) => t.extend(now, s.id, &r.key, r.fence, ttl, out),
+            Err(TableError::NotLocked | TableError::NotOwner) if adoptable => {
+                let lease = PreviousLease {
+                    key: &r.key,
+                    fence: r.fence,
+                    mode: r.mode.into(),
+                    ttl,
+                };
+                t.adopt(now, s.id, lease, out).map(|g| g.deadline)
+            }
             Err(TableError::NotLocked | TableError::NotOwner) if t.grace_until(now).is_some() => {
                 let lease = PreviousLease {
                     key: &r.key,

@@ -7,7 +7,7 @@ use lockbroker_proto::{Frame, Release};
 use crate::server::session::Session;
 
 pub(super) fn apply(s: &Session, r: Release) {
-    if !s.owns(r.id, &r.key, r.fence, &r.secret, r.ack) {
+    if !s.owns(r.id, &r.key, r.fence, &r.secret, r.ack) || s.local(r.id, &r.key).is_none() {
         return;
     }
     let result = s

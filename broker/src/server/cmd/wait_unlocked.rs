@@ -13,6 +13,9 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes, wait: WaitSpec) {
         return;
     };
     let key = decided.key;
+    if s.local(id, &key).is_none() {
+        return;
+    }
     let result = s.broker.with_table(|t, now, _out| {
         t.wait_until_unlocked(now, s.id, id, &key, wait_from(wait, now))
     });

@@ -1,0 +1,27 @@
+//! The key router: an optional component (cluster mode) that says which broker serves a key.
+//! Commands ask it before they touch the table; `deliver_grant` asks it again before a grant
+//! leaves, so nothing is granted on a shard this broker cannot vouch for (self-fencing).
+
+use std::time::Instant;
+
+/// Where a request for a key goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Served here; new grants wait until `grace_until` if set (a takeover grace: the previous
+    /// owner's leases may still run, and their holders may reclaim them meanwhile).
+    Local { grace_until: Option<Instant> },
+    /// Another broker serves it (its URL), or nobody does right now (empty: retry shortly).
+    Moved(String),
+    /// Served here, but this broker cannot vouch for its ownership now (self-fenced).
+    Unavailable,
+}
+
+/// Decides, per key, whether this broker serves it.
+pub trait KeyRouter: Send + Sync {
+    /// Where `key` goes now.
+    fn route(&self, key: &[u8]) -> Route;
+
+    /// Whether a lease of `fence` on `key` may be adopted by its holder here now (a takeover
+    /// grace runs and the fence comes from an earlier owner of the key's shard).
+    fn may_adopt(&self, key: &[u8], fence: u64) -> bool;
+}

@@ -1,0 +1,412 @@
+//! The etcd driver: one etcd lease per "session" of this broker in the cluster, its keep-alive,
+//! the membership key, a watch on the cluster's keys, shard claims, and self-fencing. What to
+//! do is decided by [`ClusterState`] (sans-I/O); this file only talks to etcd and the table.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+use lockbroker_proto::{EndReason, shard_of};
+
+use super::state::ClusterState;
+use super::validity::Validity;
+use crate::broker::{Broker, KeyRouter, Route};
+use crate::config::ClusterConfig;
+
+/// Why the cluster driver could not start or lost its session.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("etcd: {0}")]
+    Etcd(String),
+}
+
+impl From<etcd_client::Error> for ClusterError {
+    fn from(e: etcd_client::Error) -> Self {
+        ClusterError::Etcd(e.to_string())
+    }
+}
+
+/// The etcd key prefix of the cluster: `/lockbroker/<name>/`.
+pub(super) fn prefix(cfg: &ClusterConfig) -> String {
+    format!("/lockbroker/{}/", cfg.name)
+}
+
+/// A connection to the configured etcd endpoints.
+pub(super) async fn connect(cfg: &ClusterConfig) -> Result<Client, ClusterError> {
+    // No per-request timeout on the channel: it would cut the watch and keep-alive streams.
+    // Unary calls are bounded one by one (`bounded`).
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1));
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        opts = opts.with_user(u.clone(), p.clone());
+    }
+    Ok(Client::connect(&cfg.etcd, Some(opts)).await?)
+}
+
+/// Runs one unary etcd call with the retry timeout of Patroni's rule (`Validity`).
+async fn bounded<T>(
+    cfg: &ClusterConfig,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, ClusterError> {
+    let limit = Validity::new(cfg.ownership_ttl(), Duration::ZERO).request_timeout();
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ClusterError::Etcd("etcd did not answer in time".into())),
+    }
+}
+
+/// This broker's part in the cluster; the broker's [`KeyRouter`].
+pub struct Cluster {
+    cfg: ClusterConfig,
+    prefix: String,
+    /// This broker's client URL, as registered.
+    url: String,
+    state: Mutex<ClusterState>,
+    validity: Mutex<Validity>,
+    /// How long a taken-over shard grants nothing new.
+    grace: Duration,
+    broker: Arc<Broker>,
+}
+
+impl Cluster {
+    /// Starts the driver for `broker` (attached as its key router) and returns at once; shards
+    /// are claimed in the background (until then requests are answered `Moved`).
+    pub fn start(cfg: &ClusterConfig, broker: &Arc<Broker>) -> Result<Arc<Cluster>, ClusterError> {
+        let advertise = cfg.advertise.unwrap_or(broker.cfg.listen);
+        let url = format!("quic://{advertise}");
+        let me = cfg.broker.clone().unwrap_or_else(|| advertise.to_string());
+        let ttl = cfg.ownership_ttl();
+        let grace = Duration::from_millis(
+            cfg.max_ttl_ms
+                .saturating_add(broker.cfg.locks.lock_delay_ms),
+        );
+        let cluster = Arc::new(Cluster {
+            prefix: prefix(cfg),
+            cfg: cfg.clone(),
+            url,
+            state: Mutex::new(ClusterState::new(me, cfg.shards)),
+            validity: Mutex::new(Validity::new(ttl, Duration::from_millis(200))),
+            grace,
+            broker: broker.clone(),
+        });
+        if broker.attach_router(cluster.clone()).is_err() {
+            return Err(ClusterError::Etcd(
+                "the broker already has a key router".into(),
+            ));
+        }
+        tokio::spawn(cluster.clone().run());
+        Ok(cluster)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ClusterState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn validity(&self) -> std::sync::MutexGuard<'_, Validity> {
+        self.validity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sessions with etcd, one after another, until the broker shuts down.
+    async fn run(self: Arc<Self>) {
+        let mut shutdown = self.broker.shutdown_signal();
+        loop {
+            let session = self.session();
+            let why = tokio::select! {
+                r = session => match r {
+                    Ok(()) => "the etcd session ended".to_string(),
+                    Err(e) => e.to_string(),
+                },
+                _ = shutdown.changed() => {
+                    self.fence_off("the broker is shutting down");
+                    return;
+                }
+            };
+            tracing::warn!(target: "lockbroker::cluster", "{why}; serving no shard until a new etcd session");
+            self.fence_off(&why);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Stops serving every shard: ends their leases (holders are told) and fails their
+    /// queued requests with `Moved`.
+    fn fence_off(&self, why: &str) {
+        self.validity().lost();
+        let lost = self.state().drop_all_mine();
+        self.evict_shards(&lost, why);
+    }
+
+    /// Clears every key of `shards` from the table.
+    fn evict_shards(&self, shards: &[u32], why: &str) {
+        if shards.is_empty() {
+            return;
+        }
+        let count = self.cfg.shards;
+        let keys = self
+            .broker
+            .read_table(|t, _| t.keys_where(|k| shards.contains(&shard_of(k, count))));
+        for key in keys {
+            let ended = self
+                .broker
+                .with_table(|t, now, out| t.evict(now, &key, out));
+            for (session, fence) in ended {
+                self.broker.tell_lease_ended(
+                    session,
+                    &key,
+                    fence,
+                    EndReason::Moved,
+                    &format!("this broker no longer serves the key's shard: {why}"),
+                );
+            }
+        }
+    }
+
+    /// One etcd session: lease, registration, initial load, then keep-alives, watch events and
+    /// claims until something fails or the validity lapses.
+    async fn session(&self) -> Result<(), ClusterError> {
+        let mut client = connect(&self.cfg).await?;
+        let ttl_s = i64::try_from(self.cfg.ownership_ttl().as_secs()).unwrap_or(i64::MAX);
+        let sent = Instant::now();
+        let lease = bounded(&self.cfg, client.lease_grant(ttl_s, None)).await?;
+        let lease_id = lease.id();
+        self.validity()
+            .confirmed(sent, Duration::from_secs(lease.ttl().max(0) as u64));
+        let me = self.state().me().to_string();
+        let member = format!("{}members/{me}", self.prefix);
+        let opts = PutOptions::new().with_lease(lease_id);
+        bounded(&self.cfg, client.put(member, self.url.clone(), Some(opts))).await?;
+        let everything = Some(GetOptions::new().with_prefix());
+        let all = bounded(&self.cfg, client.get(self.prefix.clone(), everything)).await?;
+        let revision = all.header().map_or(0, |h| h.revision());
+        {
+            let mut state = self.state();
+            for kv in all.kvs() {
+                self.apply(&mut state, kv.key(), Some(kv.value()));
+            }
+            state.revision = revision.max(0) as u64;
+        }
+        let mut watch = client
+            .watch(
+                self.prefix.clone(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await?;
+        let (mut keeper, mut keep_alives) = client.lease_keep_alive(lease_id).await?;
+        self.claim(&mut client, lease_id).await?;
+        let renew_every = self.validity().renew_every();
+        let mut renew = tokio::time::interval(renew_every);
+        let mut check = tokio::time::interval(Duration::from_millis(50));
+        let mut in_flight: VecDeque<Instant> = VecDeque::new();
+        loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    in_flight.push_back(Instant::now());
+                    if in_flight.len() > 8 {
+                        in_flight.pop_front();
+                    }
+                    keeper.keep_alive().await?;
+                }
+                msg = keep_alives.message() => match msg? {
+                    Some(r) if r.ttl() > 0 => {
+                        if let Some(sent) = in_flight.pop_front() {
+                            self.validity().confirmed(sent, Duration::from_secs(r.ttl() as u64));
+                        }
+                    }
+                    _ => return Err(ClusterError::Etcd("the etcd lease expired".into())),
+                },
+                msg = watch.message() => {
+                    let Some(resp) = msg? else {
+                        return Err(ClusterError::Etcd("the watch ended".into()));
+                    };
+                    let mut lost = Vec::new();
+                    {
+                        let mut state = self.state();
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            let value = (ev.event_type() == EventType::Put).then(|| kv.value());
+                            if let Some(shard) = self.apply(&mut state, kv.key(), value) {
+                                lost.push(shard);
+                            }
+                            state.revision = state.revision.max(kv.mod_revision().max(0) as u64);
+                        }
+                    }
+                    self.evict_shards(&lost, "etcd shows another owner");
+                    self.claim(&mut client, lease_id).await?;
+                }
+                _ = check.tick() => {
+                    if !self.validity().valid_at(Instant::now()) {
+                        return Err(ClusterError::Etcd(
+                            "keep-alives went unconfirmed too long: self-fenced".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one cluster key (`value` None: deleted) to the view. Returns a shard this broker
+    /// served and no longer does.
+    fn apply(&self, state: &mut ClusterState, key: &[u8], value: Option<&[u8]>) -> Option<u32> {
+        let key = std::str::from_utf8(key).ok()?.strip_prefix(&self.prefix)?;
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        if let Some(name) = key.strip_prefix("members/") {
+            match value {
+                Some(url) => state.member_up(name.to_string(), text(url)),
+                None => state.member_down(name),
+            }
+            return None;
+        }
+        let shard: u32 = key.strip_prefix("shards/")?.parse().ok()?;
+        let owner = value.map(|v| owner_name(&text(v)));
+        state.set_owner(shard, owner).then_some(shard)
+    }
+
+    /// Hands over every shard whose preferred owner is another live member (it joined): stop
+    /// serving it, end its leases (holders are told `Moved` and adopt them at the new owner,
+    /// whose takeover grace honours them), then delete the ownership key.
+    async fn release(&self, client: &mut Client, lease_id: i64) -> Result<(), ClusterError> {
+        let to_release = self.state().to_release();
+        for shard in to_release {
+            self.state().release(shard);
+            self.evict_shards(&[shard], "the shard moves to a member that joined");
+            let key = format!("{}shards/{shard}", self.prefix);
+            let txn = Txn::new()
+                .when([Compare::lease(key.clone(), CompareOp::Equal, lease_id)])
+                .and_then([TxnOp::delete(key, None)]);
+            bounded(&self.cfg, client.txn(txn)).await?;
+            tracing::info!(target: "lockbroker::cluster", shard, "handed over shard");
+        }
+        Ok(())
+    }
+
+    /// Claims every unowned shard this broker is the preferred owner of, after handing over
+    /// the shards another member is preferred for.
+    async fn claim(&self, client: &mut Client, lease_id: i64) -> Result<(), ClusterError> {
+        self.release(client, lease_id).await?;
+        let to_claim = self.state().to_claim();
+        let me = self.state().me().to_string();
+        for shard in to_claim {
+            let owner_key = format!("{}shards/{shard}", self.prefix);
+            let owned_before = format!("{}owned/{shard}", self.prefix);
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    owner_key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([
+                    TxnOp::get(owned_before.clone(), None),
+                    TxnOp::put(
+                        owner_key,
+                        format!("{me} {now_ms}"),
+                        Some(PutOptions::new().with_lease(lease_id)),
+                    ),
+                    TxnOp::put(owned_before, me.clone(), None),
+                ]);
+            let resp = bounded(&self.cfg, client.txn(txn)).await?;
+            if !resp.succeeded() {
+                continue;
+            }
+            let revision = resp.header().map_or(0, |h| h.revision()).max(0) as u64;
+            let had_owner = resp.op_responses().iter().any(|r| match r {
+                TxnOpResponse::Get(g) => !g.kvs().is_empty(),
+                _ => false,
+            });
+            // Fences of this term are above everything earlier owners of the shard issued.
+            self.broker
+                .with_table(|t, _, _| t.raise_fence_floor(revision << 32));
+            let grace_until = had_owner.then(|| Instant::now() + self.grace);
+            self.state().claimed(shard, revision, grace_until);
+            if had_owner {
+                // Record the grace for `cluster status` (the epoch, the key's create
+                // revision, does not change).
+                let grace_end = now_ms + self.grace.as_millis();
+                let key = format!("{}shards/{shard}", self.prefix);
+                let value = format!("{me} {now_ms} {grace_end}");
+                let opts = PutOptions::new().with_lease(lease_id);
+                bounded(&self.cfg, client.put(key, value, Some(opts))).await?;
+            }
+            tracing::info!(
+                target: "lockbroker::cluster",
+                shard,
+                epoch = revision,
+                grace = had_owner,
+                "claimed shard"
+            );
+        }
+        Ok(())
+    }
+
+    /// The shard map clients route by (pushed to them in a later step).
+    pub fn shard_map(&self) -> lockbroker_proto::ShardMap {
+        self.state().shard_map()
+    }
+
+    /// Members and shard owners as this broker sees them: for `cluster status` and tests.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let state = self.state();
+        let now = Instant::now();
+        let mut out = String::new();
+        let valid = self.validity().valid_at(now);
+        let _ = writeln!(out, "broker {} (serving: {valid})", state.me());
+        for (name, url) in state.members() {
+            let _ = writeln!(out, "member {name} {url}");
+        }
+        for (shard, owner, term) in state.owners() {
+            let owner = owner.unwrap_or("-");
+            match term {
+                Some(t) => {
+                    let grace = t
+                        .grace_until
+                        .map_or(0, |g| g.saturating_duration_since(now).as_millis());
+                    let _ = writeln!(
+                        out,
+                        "shard {shard} {owner} epoch {} grace_ms {grace}",
+                        t.epoch
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "shard {shard} {owner}");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The owner name in a shard key's value (`"<name> <claimed-at-unix-ms>"`).
+pub(crate) fn owner_name(value: &str) -> String {
+    value.split(' ').next().unwrap_or_default().to_string()
+}
+
+impl KeyRouter for Cluster {
+    fn route(&self, key: &[u8]) -> Route {
+        let now = Instant::now();
+        let valid = self.validity().valid_at(now);
+        self.state().route(key, valid, now)
+    }
+
+    fn may_adopt(&self, key: &[u8], fence: u64) -> bool {
+        let now = Instant::now();
+        if !self.validity().valid_at(now) {
+            return false;
+        }
+        let state = self.state();
+        let shard = shard_of(key, state.shards());
+        state
+            .term(shard)
+            .is_some_and(|t| t.grace_until.is_some_and(|g| now < g) && fence < (t.epoch << 32))
+    }
+}

@@ -1,0 +1,33 @@
+//! Cluster mode: several brokers forming one lock service on etcd.
+//!
+//! * Keys map to a fixed number of shards (`lockbroker_proto::shard_of`). Each shard has one
+//!   owner at a time: the broker that created `/lockbroker/<cluster>/shards/<n>` under its etcd
+//!   lease. Brokers register under the same lease (`members/<name>` = their client URL);
+//!   unowned shards are claimed by their preferred owner (rendezvous hashing over the live
+//!   members, `rendezvous.rs`), so shards spread evenly and move only when an owner goes.
+//! * Self-fencing (`validity.rs`): a broker serves its shards only while it can vouch for its
+//!   lease — until the last confirmed keep-alive's *send* time + TTL, minus drift and margin —
+//!   so a paused or partitioned broker has stopped before etcd lets another take over.
+//! * Fences: a shard's ownership term has the etcd revision that created its key as epoch;
+//!   on a claim the table's fence floor rises to `revision << 32`, so every fence the new
+//!   owner issues is above every fence any earlier owner of the shard issued.
+//! * Failover grace: a claimed shard that had an owner before grants nothing new for the
+//!   longest TTL a broker grants in cluster mode (`cluster.max_ttl_ms`) plus lock delay, while
+//!   the earlier owner's holders adopt their leases with their lease secret (the secret key is
+//!   shared by the cluster through etcd, `secret.rs`).
+//! * `state.rs` is the sans-I/O view (members, owners, terms, routing); `driver.rs` talks to
+//!   etcd and carries out what the view decides; the broker core asks the cluster through
+//!   [`KeyRouter`](crate::broker::KeyRouter).
+//!
+//! Layering: imports the broker core, `config` and `table` types; never the server or mirror.
+
+mod driver;
+mod rendezvous;
+mod secret;
+mod state;
+mod status;
+mod validity;
+
+pub use driver::{Cluster, ClusterError};
+pub use secret::fetch_secret;
+pub use status::status;

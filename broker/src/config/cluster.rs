@@ -1,0 +1,90 @@
+//! `[cluster]`: several brokers forming one lock service on etcd (off unless `etcd` is set).
+//!
+//! ```toml
+//! [cluster]
+//! etcd = ["http://127.0.0.1:2379"]   # etcd endpoints; unset = single broker (the default)
+//! name = "lockbroker"                # cluster name: the etcd key prefix /lockbroker/<name>/
+//! broker = "b1"                      # this broker's name (default: its advertised address)
+//! advertise = "127.0.0.1:7420"       # the address clients reach it at (default: listen)
+//! shards = 64                        # fixed for the life of the cluster
+//! ownership_ttl_ms = 6000            # etcd lease of this broker's membership and shards
+//! max_ttl_ms = 30000                 # lease TTL cap in cluster mode (bounds failover grace)
+//! username = ""                      # etcd auth (optional)
+//! password = ""
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The `[cluster]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd endpoints (`http://host:port`). Empty: no cluster.
+    pub etcd: Vec<String>,
+    pub name: String,
+    /// This broker's name among the members (default: its advertised address).
+    pub broker: Option<String>,
+    /// The address clients reach this broker at (default: `listen`).
+    pub advertise: Option<SocketAddr>,
+    pub shards: u32,
+    pub ownership_ttl_ms: u64,
+    /// The longest lease TTL granted in cluster mode: a new shard owner waits this (plus lock
+    /// delay) for the previous owner's leases before granting anew.
+    pub max_ttl_ms: u64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            etcd: Vec::new(),
+            name: "lockbroker".into(),
+            broker: None,
+            advertise: None,
+            shards: 64,
+            ownership_ttl_ms: 6000,
+            max_ttl_ms: 30_000,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// True when cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.etcd.is_empty()
+    }
+
+    /// The etcd lease TTL of this broker's membership and shard ownerships.
+    pub fn ownership_ttl(&self) -> Duration {
+        Duration::from_millis(self.ownership_ttl_ms)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.shards == 0 || self.shards > 65_536 {
+            return Err("cluster.shards must be in 1..=65536".into());
+        }
+        if self.ownership_ttl_ms < 2000 || !self.ownership_ttl_ms.is_multiple_of(1000) {
+            return Err("cluster.ownership_ttl_ms must be whole seconds, at least 2000".into());
+        }
+        if self.max_ttl_ms == 0 {
+            return Err("cluster.max_ttl_ms must be > 0".into());
+        }
+        if self.name.is_empty() || self.name.contains('/') {
+            return Err("cluster.name must be non-empty and contain no '/'".into());
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err("cluster.username and cluster.password go together".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! Leases changing hands between broker runs or cluster members: `adopt` re-creates a lease a
+//! previous run (or a previous owner of the key's shard) granted, for the holder that presents
+//! it; `hold_key_until` blocks a key while such leases may still be out there; `evict` clears
+//! a key whose shard this broker no longer owns.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::deadlines::Due;
+use super::entry::{Entry, check_mode};
+use super::lease::HolderRec;
+use super::types::{
+    Effect, Fence, Grant, LockEvent, Mode, SessionId, TableError, UnlockOutcome, deadline_after,
+};
+use super::{Table, cx};
+
+/// A lease of a previous run or owner, as its holder presents it again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PreviousLease<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) fence: Fence,
+    pub(crate) mode: Mode,
+    /// The fresh TTL it gets.
+    pub(crate) ttl: Duration,
+}
+
+impl Table {
+    /// Re-creates lease `l` for `session` with a fresh deadline of `l.ttl`, ahead of anyone
+    /// queued and regardless of a block on the key. The caller decided it may (grace, secret).
+    /// Errors: `NotOwner` if the key is held in a way that does not admit it (the fence is
+    /// already there, or another holder excludes it); `InvalidMode`; `LimitExceeded`.
+    pub(crate) fn adopt(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        l: PreviousLease<'_>,
+        out: &mut Vec<Effect>,
+    ) -> Result<Grant, TableError> {
+        let PreviousLease {
+            key,
+            fence,
+            mode,
+            ttl,
+        } = l;
+        check_mode(mode)?;
+        if self.sessions.entry(session).leases.len() >= self.cfg.max_leases_per_session {
+            return Err(TableError::LimitExceeded("held leases"));
+        }
+        let e = match self.keys.lookup(key) {
+            Ok(e) => e,
+            Err(hash) => self
+                .keys
+                .insert(hash, Entry::new(Bytes::copy_from_slice(key)))
+                .ok_or(TableError::LimitExceeded("live keys"))?,
+        };
+        let id = e.id;
+        let admitted =
+            e.check_family(mode).is_ok() && e.holders.get(fence).is_none() && e.admits(mode);
+        if !admitted {
+            self.keys.free_if_idle(id);
+            return Err(TableError::NotOwner);
+        }
+        let cx = cx!(self, now, out);
+        let deadline = deadline_after(now, ttl);
+        cx.sessions.entry(session).leases.insert(fence, id);
+        cx.deadlines
+            .push(deadline, id, e.generation, Due::Lease(fence));
+        cx.out.push(Effect::Event(LockEvent::Acquired {
+            key: e.key.clone(),
+            session,
+            fence,
+            mode,
+            deadline,
+        }));
+        let h = HolderRec {
+            session,
+            fence,
+            mode,
+            ttl,
+            deadline,
+            orphan: false,
+        };
+        let grant = h.grant(&e.key);
+        e.holders.push(h);
+        Ok(grant)
+    }
+
+    /// Blocks `key` until `until` (a takeover grace): acquires queue (or are `Busy`), leases
+    /// may still be adopted.
+    pub(crate) fn hold_key_until(&mut self, key: &[u8], until: Instant) -> Result<(), TableError> {
+        let e = match self.keys.lookup(key) {
+            Ok(e) => e,
+            Err(hash) => self
+                .keys
+                .insert(hash, Entry::new(Bytes::copy_from_slice(key)))
+                .ok_or(TableError::LimitExceeded("live keys"))?,
+        };
+        e.block_until(until, &mut self.deadlines);
+        Ok(())
+    }
+
+    /// Every live key `pick` selects (e.g. the keys of one shard).
+    pub(crate) fn keys_where(&self, mut pick: impl FnMut(&[u8]) -> bool) -> Vec<Bytes> {
+        self.keys
+            .iter()
+            .filter(|e| pick(&e.key))
+            .map(|e| e.key.clone())
+            .collect()
+    }
+
+    /// Clears `key` because another broker serves it now: every queued acquire and watcher
+    /// fails with `Moved`, then every lease ends (`Released` events). Returns the (session,
+    /// fence) of the leases that ended, so their holders can be told.
+    pub(crate) fn evict(
+        &mut self,
+        now: Instant,
+        key: &[u8],
+        out: &mut Vec<Effect>,
+    ) -> Vec<(SessionId, Fence)> {
+        let Some(e) = self.keys.find_mut(key) else {
+            return Vec::new();
+        };
+        let id = e.id;
+        let waiters: Vec<_> = e.waiters.drain(..).map(|w| (w.session, w.req)).collect();
+        let watchers: Vec<_> = e.watchers.drain(..).map(|w| (w.session, w.req)).collect();
+        e.blocked_until = None;
+        let leases: Vec<(SessionId, Fence)> = e
+            .holders
+            .as_slice()
+            .iter()
+            .map(|h| (h.session, h.fence))
+            .collect();
+        for (kind, list) in [
+            (super::queue::PendingKind::Acquire, waiters),
+            (super::queue::PendingKind::Watch, watchers),
+        ] {
+            for (session, req) in list {
+                self.sessions.drop_pending(session, req);
+                out.push(kind.failed(session, req, TableError::Moved));
+            }
+        }
+        if let Some(e) = self.keys.get_mut(id) {
+            for (_, fence) in &leases {
+                e.end_lease(*fence, UnlockOutcome::Released, &mut cx!(self, now, out));
+            }
+        }
+        self.keys.free_if_idle(id);
+        self.maybe_compact();
+        leases
+    }
+}
