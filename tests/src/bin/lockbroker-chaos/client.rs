@@ -185,6 +185,11 @@ impl ClientLoop {
                 .name(format!("chaos-client/{}", std::process::id()))
                 .connect_timeout(Duration::from_secs(1))
                 .request_timeout((self.args.ttl * 2).max(Duration::from_secs(1)))
+                // A SIGKILLed broker's connections are only noticed at the idle timeout (the
+                // restarted broker cannot reset them): 10 s by default, far longer than the
+                // faults. 3× TTL still outlasts a broker paused for 2× TTL.
+                .idle_timeout((self.args.ttl * 3).max(Duration::from_secs(1)))
+                .keep_alive((self.args.ttl / 2).max(Duration::from_millis(100)))
                 .connect()
                 .await;
             match attempt {

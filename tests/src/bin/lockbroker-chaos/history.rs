@@ -145,13 +145,22 @@ pub struct History {
     pub lost_reports: u64,
     /// Failed calls by kind.
     pub errors: BTreeMap<String, u64>,
-    /// A few messages of errors that are not expected under faults.
-    pub unexpected_errors: Vec<String>,
+    /// Errors of kinds not in [`EXPECTED_ERROR_KINDS`] (the first 10 000).
+    pub unusual_errors: Vec<UnusualError>,
     /// Lines that did not parse or did not fit (e.g. `ok` for a lease never granted).
     pub malformed: Vec<String>,
 }
 
-/// Error kinds that faults explain (timeouts, a broker or mirror that is down or gone).
+/// A failed call of a kind not in [`EXPECTED_ERROR_KINDS`].
+#[derive(Debug, Clone)]
+pub struct UnusualError {
+    pub client: usize,
+    pub kind: String,
+    pub t: u64,
+    pub message: String,
+}
+
+/// Error kinds any fault explains (timeouts, a broker or mirror that is down or gone).
 pub const EXPECTED_ERROR_KINDS: &[&str] = &[
     "timeout",
     "unavailable",
@@ -196,12 +205,16 @@ impl History {
                 },
                 Entry::Lost { .. } => self.lost_reports += 1,
                 Entry::Stale { .. } => self.stale_writes += 1,
-                Entry::Err { kind, message, .. } => {
+                Entry::Err { kind, t, message } => {
                     if !EXPECTED_ERROR_KINDS.contains(&kind.as_str())
-                        && self.unexpected_errors.len() < 20
+                        && self.unusual_errors.len() < 10_000
                     {
-                        self.unexpected_errors
-                            .push(format!("client {client}: {kind}: {message}"));
+                        self.unusual_errors.push(UnusualError {
+                            client,
+                            kind: kind.clone(),
+                            t,
+                            message,
+                        });
                     }
                     *self.errors.entry(kind).or_default() += 1;
                 }
