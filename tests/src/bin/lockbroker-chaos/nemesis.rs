@@ -1,7 +1,10 @@
 //! The nemesis: every 1–3 s (seeded) it injects one fault into the cluster and schedules its
 //! undo (SIGCONT, respawn, restart, unstall). At most one broker-side fault (pause, kill,
 //! stalled Redis) is active at a time; client faults overlap freely with everything. At the
-//! end of a phase every pending undo runs at once, so the next phase starts whole.
+//! end of a phase the broker-side faults are undone at once, so the broker is whole when it is
+//! restarted with the next phase's config; client faults carry on across that restart (a
+//! client may be stopped through it, as it could be through any planned restart). At the end
+//! of the run every fault is undone.
 
 use std::time::{Duration, Instant};
 
@@ -63,16 +66,16 @@ impl Nemesis {
         self.ttl.mul_f64(self.rng.random_range(lo..=hi))
     }
 
-    /// Injects faults until `end`, then undoes every fault still active.
+    /// Injects faults until `end`, then undoes the broker-side faults still active.
     ///
     /// Bounded: every pass sleeps until the next due time or acts on one, no fault starts at
-    /// or after `end`, and at `end` the pending undos run without waiting.
+    /// or after `end`, and at `end` the pending broker-side undos run without waiting.
     pub async fn run_until(&mut self, cluster: &mut Cluster, end: Instant) -> anyhow::Result<()> {
         let mut next_fault = Instant::now() + self.gap();
         loop {
             let now = Instant::now();
             if now >= end {
-                return self.undo_all(cluster).await;
+                return self.undo_now(cluster, Undo::is_broker_side).await;
             }
             let mut wake = next_fault.min(end).min(now + Duration::from_millis(100));
             if let Some(due) = self.pending.iter().map(|p| p.due).min() {
@@ -178,10 +181,23 @@ impl Nemesis {
         Ok(())
     }
 
-    /// Undoes every active fault now (end of a phase or of the run).
-    async fn undo_all(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
+    /// Undoes every active fault now (end of the run).
+    pub async fn undo_all(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
+        self.undo_now(cluster, |_| true).await
+    }
+
+    /// Undoes the active faults `which` selects now, in the order they were due.
+    async fn undo_now(
+        &mut self,
+        cluster: &mut Cluster,
+        which: fn(Undo) -> bool,
+    ) -> anyhow::Result<()> {
         self.pending.sort_by_key(|p| p.due);
-        for p in std::mem::take(&mut self.pending) {
+        let (now, later) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition::<Vec<_>, _>(|p| which(p.undo));
+        self.pending = later;
+        for p in now {
             self.undo(cluster, p).await?;
         }
         Ok(())

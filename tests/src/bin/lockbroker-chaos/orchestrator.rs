@@ -176,6 +176,7 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
             .await?;
         windows.push((phase.name(), from, mono_ns()));
     }
+    nemesis.undo_all(&mut cluster).await?;
     cluster.clients.kill_all().await;
     cluster.stop_broker().await;
 
