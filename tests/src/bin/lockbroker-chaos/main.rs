@@ -6,6 +6,7 @@
 //! histories and the fencing store: mutual exclusion, strictly increasing accepted fences, no
 //! fence issued twice. `client` is one of those client processes.
 
+mod analysis;
 mod broker;
 mod checks;
 mod client;

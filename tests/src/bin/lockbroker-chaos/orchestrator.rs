@@ -1,6 +1,6 @@
 //! `lockbroker-chaos run`: sets up redis-server, the stallable proxy, the broker and the client
 //! processes; runs the phases with the nemesis; stops everything; reads the histories and the
-//! fencing store; runs the checks and prints the summary. Non-zero exit on any violation.
+//! fencing store, has them analysed and prints the summary. Non-zero exit on any violation.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -10,17 +10,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 
+use crate::analysis::{self, Record};
 use crate::broker::{self, BrokerProcess, BrokerSpec, PhaseConfig};
-use crate::checks::{self, Violation};
 use crate::clients::{ClientPool, ClientSpec};
 use crate::clock::mono_ns;
 use crate::cluster::Cluster;
-use crate::faults::{FaultKind, FaultLog};
+use crate::faults::FaultKind;
 use crate::history::History;
 use crate::nemesis::Nemesis;
 use crate::proxy::StallableProxy;
 use crate::redis_server::RedisServer;
-use crate::report::{PhaseSummary, Summary, ViolationReport};
+use crate::report::Summary;
 use crate::store::FenceStore;
 use crate::{Phases, RunArgs};
 
@@ -203,54 +203,17 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
             .read_client_log(i, &path)
             .with_context(|| format!("read {}", path.display()))?;
     }
-    let grants = history.leases.len() as u64;
-    let mut violations = checks::exclusion(&history.leases);
-    violations.extend(checks::fence_logs(&fence_logs));
-    violations.extend(checks::unique_fences(&history.leases));
-    violations.extend(checks::min_grants(grants, args.min_grants));
-
-    let summary = Summary {
+    let summary = analysis::summarize(Record {
+        args: &args,
         seed,
-        settings: format!(
-            "clients={} keys={} ttl={} duration={} phases={:?} start_ns={start_ns}",
-            args.clients,
-            args.keys,
-            humantime::format_duration(args.ttl),
-            humantime::format_duration(args.duration),
-            args.phases
-        ),
-        phases: windows
-            .iter()
-            .map(|&(name, from, to)| PhaseSummary {
-                name,
-                seconds: (to - from) as f64 / 1e9,
-                grants: history
-                    .leases
-                    .iter()
-                    .filter(|l| (from..to).contains(&l.grant_ns))
-                    .count() as u64,
-            })
-            .collect(),
-        grants,
-        min_grants: args.min_grants,
-        faults: nemesis
-            .log
-            .counts()
-            .into_iter()
-            .map(|(k, n)| (k.name(), n))
-            .collect(),
-        stale_writes: history.stale_writes,
-        lost_reports: history.lost_reports,
-        client_processes: cluster.clients.incarnations(),
-        client_errors: history.errors.clone(),
-        anomalies: anomalies(&cluster, &history, &nemesis.log, args.ttl),
-        violations: violations
-            .into_iter()
-            .map(|v| annotate(v, &nemesis.log, args.ttl))
-            .collect(),
-        work_dir_kept: false,
+        start_ns,
+        phases: &windows,
+        history: &history,
+        fence_logs: &fence_logs,
+        faults: &nemesis.log,
+        cluster: &cluster,
         work_dir,
-    };
+    });
     let keep = args.keep || !summary.passed();
     let summary = Summary {
         work_dir_kept: keep,
@@ -270,78 +233,4 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Findings that are not violations: crashes, errors faults do not obviously explain (with
-/// the faults around them), torn log lines.
-fn anomalies(
-    cluster: &Cluster,
-    history: &History,
-    faults: &FaultLog,
-    ttl: Duration,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    for status in &cluster.unexpected_broker_exits {
-        out.push(format!("the broker exited by itself: {status}"));
-    }
-    for (slot, status) in &cluster.clients.unexpected_exits {
-        out.push(format!("client {slot} exited by itself: {status}"));
-    }
-    // An unusual error right after a fault of that client or of the broker is explained
-    // (e.g. a grant that arrived while the client was stopped, refreshed too late: NotOwner).
-    let slack = 2 * ttl.as_nanos() as u64;
-    let client_target = |c: usize| format!("client {c}");
-    let mut explained = 0;
-    let mut unexplained = Vec::new();
-    for e in &history.unusual_errors {
-        let around = faults.around(e.t.saturating_sub(slack), e.t, 0);
-        let target = client_target(e.client);
-        if around
-            .iter()
-            .any(|f| f.target == target || !f.target.starts_with("client"))
-        {
-            explained += 1;
-        } else {
-            unexplained.push(e);
-        }
-    }
-    if explained > 0 {
-        out.push(format!(
-            "{explained} client error(s) of unusual kinds, each within 2x TTL after a fault \
-             of that client or of the broker"
-        ));
-    }
-    for e in unexplained.iter().take(10) {
-        out.push(format!(
-            "client {} got {} at {} with no fault of its own or of the broker before: {}",
-            e.client, e.kind, e.t, e.message
-        ));
-    }
-    if unexplained.len() > 10 {
-        out.push(format!(
-            "... and {} more unexplained errors",
-            unexplained.len() - 10
-        ));
-    }
-    for m in history.malformed.iter().take(5) {
-        out.push(format!("malformed log line: {m}"));
-    }
-    out
-}
-
-/// Names the faults active around a violation (up to 2×TTL before it).
-fn annotate(v: Violation, faults: &FaultLog, ttl: Duration) -> ViolationReport {
-    let faults_around = match v.window {
-        Some((from, to)) => faults
-            .around(from, to, 2 * ttl.as_nanos() as u64)
-            .into_iter()
-            .map(|f| f.to_string())
-            .collect(),
-        None => Vec::new(),
-    };
-    ViolationReport {
-        check: v.check,
-        detail: v.detail,
-        faults_around,
-    }
 }
