@@ -28,6 +28,8 @@ fn describe(l: &Lease) -> String {
 }
 
 /// Exclusion: no lease granted while an earlier lease of the key was still believed held.
+/// One violation per such earlier lease, naming the first lease granted over it and how many
+/// were.
 pub fn exclusion(leases: &[Lease]) -> Vec<Violation> {
     let mut by_key: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
     for l in leases.iter().filter(|l| l.last_ok_ns.is_some()) {
@@ -36,27 +38,40 @@ pub fn exclusion(leases: &[Lease]) -> Vec<Violation> {
     let mut violations = Vec::new();
     for (key, mut ls) in by_key {
         ls.sort_by_key(|l| (l.grant_ns, l.fence));
-        // The earlier lease believed held the longest so far, and until when.
+        // The earlier lease believed held the longest so far, until when, and the leases
+        // granted over it: (first, count).
         let mut longest: Option<(&Lease, u64)> = None;
+        let mut overlapped: Vec<(&Lease, u64, &Lease, usize)> = Vec::new();
         for l in ls {
             let last_ok = l.last_ok_ns.unwrap_or(l.grant_ns);
             if let Some((earlier, until)) = longest
                 && until > l.grant_ns
             {
-                violations.push(Violation {
-                    check: "exclusion",
-                    detail: format!(
-                        "{key}: {} while {} still logged ok at {until} ({:.1} ms later)",
-                        describe(l),
-                        describe(earlier),
-                        (until - l.grant_ns) as f64 / 1e6
-                    ),
-                    window: Some((earlier.grant_ns, until)),
-                });
+                match overlapped.last_mut() {
+                    Some((e, _, _, n)) if std::ptr::eq(*e, earlier) => *n += 1,
+                    _ => overlapped.push((earlier, until, l, 1)),
+                }
             }
             if longest.is_none_or(|(_, until)| last_ok > until) {
                 longest = Some((l, last_ok));
             }
+        }
+        for (earlier, until, first, n) in overlapped {
+            let others = if n > 1 {
+                format!(" (and {} more after it)", n - 1)
+            } else {
+                String::new()
+            };
+            violations.push(Violation {
+                check: "exclusion",
+                detail: format!(
+                    "{key}: {}{others} while {} still logged ok at {until} ({:.1} ms later)",
+                    describe(first),
+                    describe(earlier),
+                    (until - first.grant_ns) as f64 / 1e6
+                ),
+                window: Some((earlier.grant_ns, until)),
+            });
         }
     }
     violations
@@ -161,9 +176,16 @@ mod tests {
             lease(2, "k", 5, 35, Some(36)),
         ];
         let v = exclusion(&bad);
-        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].detail.contains("fence 2"), "{v:?}");
-        assert!(v[1].detail.contains("fence 5"), "{v:?}");
+        assert!(v[0].detail.contains("1 more"), "{v:?}");
+        assert!(v[0].detail.contains("fence 1 granted at 10"), "{v:?}");
+        let two = [
+            lease(0, "k", 1, 10, Some(25)),
+            lease(1, "k", 2, 20, Some(40)),
+            lease(2, "k", 3, 30, Some(50)),
+        ];
+        assert_eq!(exclusion(&two).len(), 2);
     }
 
     #[test]
