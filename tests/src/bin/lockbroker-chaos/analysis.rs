@@ -18,8 +18,8 @@ pub struct Record<'a> {
     pub args: &'a RunArgs,
     pub seed: u64,
     pub start_ns: u64,
-    /// (name, start, end) of each phase.
-    pub phases: &'a [(&'static str, u64, u64)],
+    /// (name, seconds under the nemesis, first ns its grants may carry) of each phase.
+    pub phases: &'a [(&'static str, f64, u64)],
     pub history: &'a History,
     pub fence_logs: &'a BTreeMap<String, Vec<Result<u64, String>>>,
     pub faults: &'a FaultLog,
@@ -49,14 +49,18 @@ pub fn summarize(r: Record<'_>) -> Summary {
         phases: r
             .phases
             .iter()
-            .map(|&(name, from, to)| PhaseSummary {
-                name,
-                seconds: (to - from) as f64 / 1e9,
-                grants: history
-                    .leases
-                    .iter()
-                    .filter(|l| (from..to).contains(&l.grant_ns))
-                    .count() as u64,
+            .enumerate()
+            .map(|(i, &(name, seconds, from))| {
+                let to = r.phases.get(i + 1).map_or(u64::MAX, |next| next.2);
+                PhaseSummary {
+                    name,
+                    seconds,
+                    grants: history
+                        .leases
+                        .iter()
+                        .filter(|l| (from..to).contains(&l.grant_ns))
+                        .count() as u64,
+                }
             })
             .collect(),
         grants,

@@ -156,13 +156,17 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let start_ns = mono_ns();
     let mut nemesis = Nemesis::new(seed, args.ttl);
-    let mut windows = Vec::new();
+    // Per phase: (name, seconds under the nemesis, first ns its grants may carry). A phase's
+    // grants are those from the start of its broker's (re)start to the next phase's.
+    let mut windows: Vec<(&'static str, f64, u64)> = Vec::new();
     for (i, (phase, length)) in phases.iter().enumerate() {
+        let mut grants_from = 0;
         if i > 0 {
+            grants_from = mono_ns();
             let switch = nemesis.log.start(
                 FaultKind::PhaseSwitch,
                 format!("broker -> {}", phase.name()),
-                mono_ns(),
+                grants_from,
             );
             cluster.stop_broker().await;
             cluster.phase = phase.clone();
@@ -170,11 +174,9 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
             nemesis.log.end(switch, mono_ns());
         }
         println!("lockbroker-chaos: phase {} for {length:?}", phase.name());
-        let from = mono_ns();
-        nemesis
-            .run_until(&mut cluster, Instant::now() + *length)
-            .await?;
-        windows.push((phase.name(), from, mono_ns()));
+        let from = Instant::now();
+        nemesis.run_until(&mut cluster, from + *length).await?;
+        windows.push((phase.name(), from.elapsed().as_secs_f64(), grants_from));
     }
     nemesis.undo_all(&mut cluster).await?;
     cluster.clients.kill_all().await;
