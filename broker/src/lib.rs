@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod config;
 pub mod epoch;
+pub mod horizon;
 pub mod identity;
 pub mod mirror;
 pub mod plugins;

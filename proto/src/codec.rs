@@ -30,6 +30,8 @@ mod kind {
     pub const PING: u8 = 15;
     pub const PONG: u8 = 16;
     pub const ERROR: u8 = 17;
+    pub const LEASE_ENDED: u8 = 18;
+    pub const SHARD_MAP: u8 = 19;
 }
 
 /// Appends the encoding of `frame` to `out`.
@@ -101,6 +103,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_u64(out, r.id);
             put_bytes(out, &r.key);
             put_u64(out, r.fence);
+            put_mode(out, r.mode);
             put_u64(out, r.ttl_ms);
             out.extend_from_slice(&r.secret.0);
         }
@@ -149,6 +152,34 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Pong { id } => {
             put_u8(out, kind::PONG);
             put_u64(out, *id);
+        }
+        Frame::LeaseEnded {
+            key,
+            fence,
+            reason,
+            message,
+        } => {
+            put_u8(out, kind::LEASE_ENDED);
+            put_bytes(out, key);
+            put_u64(out, *fence);
+            put_u8(
+                out,
+                match reason {
+                    EndReason::Expired => 0,
+                    EndReason::Mirror => 1,
+                },
+            );
+            put_bytes(out, message.as_bytes());
+        }
+        Frame::ShardMap(m) => {
+            put_u8(out, kind::SHARD_MAP);
+            put_u64(out, m.version);
+            put_u32(out, m.shards);
+            put_u32(out, u32::try_from(m.owners.len()).unwrap_or(u32::MAX));
+            for o in &m.owners {
+                put_u32(out, o.shard);
+                put_bytes(out, o.url.as_bytes());
+            }
         }
         Frame::Error { id, code, message } => {
             put_u8(out, kind::ERROR);
@@ -256,6 +287,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             id: r.u64("id")?,
             key: r.key(max_key)?,
             fence: r.u64("fence")?,
+            mode: mode(r)?,
             ttl_ms: r.u64("ttl")?,
             secret: r.secret()?,
         }),
@@ -310,6 +342,36 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             code: ErrorCode::from_u16(r.u16("code")?),
             message: r.string("message")?,
         },
+        kind::LEASE_ENDED => Frame::LeaseEnded {
+            key: r.key(max_key)?,
+            fence: r.u64("fence")?,
+            reason: match r.u8("reason")? {
+                0 => EndReason::Expired,
+                1 => EndReason::Mirror,
+                _ => return Err(DecodeError::Malformed("reason")),
+            },
+            message: r.string("message")?,
+        },
+        kind::SHARD_MAP => {
+            let version = r.u64("version")?;
+            let shards = r.u32("shards")?;
+            let n = r.u32("owners")?;
+            if n > shards {
+                return Err(DecodeError::Malformed("more owners than shards"));
+            }
+            let mut owners = Vec::with_capacity((n as usize).min(1024));
+            for _ in 0..n {
+                owners.push(ShardOwner {
+                    shard: r.u32("shard")?,
+                    url: r.string("url")?,
+                });
+            }
+            Frame::ShardMap(ShardMap {
+                version,
+                shards,
+                owners,
+            })
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }

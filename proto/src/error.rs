@@ -55,6 +55,9 @@ pub enum ErrorCode {
     ShuttingDown,
     DuplicateRequest,
     Unauthenticated,
+    /// Cluster mode: the key's shard is owned by another broker. The message is that broker's
+    /// URL (`quic://host:port`), or empty while the shard has no owner (retry shortly).
+    Moved,
     Internal,
     /// A code this version does not know (sent by a newer peer).
     Unknown(u16),
@@ -82,6 +85,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => 20,
             ErrorCode::DuplicateRequest => 21,
             ErrorCode::Unauthenticated => 22,
+            ErrorCode::Moved => 23,
             ErrorCode::Internal => 99,
             ErrorCode::Unknown(v) => v,
         }
@@ -108,6 +112,7 @@ impl ErrorCode {
             20 => ErrorCode::ShuttingDown,
             21 => ErrorCode::DuplicateRequest,
             22 => ErrorCode::Unauthenticated,
+            23 => ErrorCode::Moved,
             99 => ErrorCode::Internal,
             other => ErrorCode::Unknown(other),
         }

@@ -38,6 +38,16 @@ pub enum UnlockOutcome {
     Expired,
 }
 
+/// Why a lease ended without its holder releasing it (pushed in [`Frame::LeaseEnded`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its TTL ran out before a renewal reached the broker.
+    Expired,
+    /// The sync mirror could not keep it in Redis (the key is held there by someone else, or
+    /// Redis did not confirm a renewal): the broker ended it so that both sides stay exclusive.
+    Mirror,
+}
+
 /// The unguessable secret of one lease, bound by the broker to (key, fence, principal).
 /// `Release`, `Extend` and `Reclaim` of the lease must present it. Its `Debug` never shows the
 /// bytes, so it does not end up in logs.
@@ -124,12 +134,15 @@ pub struct Extend {
     pub secret: LeaseSecret,
 }
 
-/// Take over a lease by id (fence) from a lost session or a restored lock.
+/// Take over a lease by id (fence) from a lost session or a restored lock — or, during a
+/// restarted broker's grace period, get back a lease its previous run granted (then `mode`
+/// says how it was held; otherwise the lease keeps its own mode).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reclaim {
     pub id: u64,
     pub key: Bytes,
     pub fence: u64,
+    pub mode: Mode,
     pub ttl_ms: u64,
     /// The lease's secret, from its `Granted`.
     pub secret: LeaseSecret,
@@ -153,6 +166,24 @@ pub struct LockInfo {
     pub waiters: u32,
     /// Milliseconds the key stays blocked by lock-delay after a lost holder's lease expired.
     pub blocked_ms: u64,
+}
+
+/// One shard's owner in a [`ShardMap`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardOwner {
+    pub shard: u32,
+    /// The owner's URL (`quic://host:port`).
+    pub url: String,
+}
+
+/// Cluster mode: which broker owns which shard (see [`crate::shard_of`]). Pushed after
+/// `Welcome` and whenever it changes; shards missing from `owners` have no owner right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardMap {
+    /// Grows with every change (an etcd revision): a client keeps the newest map it saw.
+    pub version: u64,
+    pub shards: u32,
+    pub owners: Vec<ShardOwner>,
 }
 
 /// Every frame of the protocol.
@@ -199,6 +230,16 @@ pub enum Frame {
     Pong {
         id: u64,
     },
+    /// Broker → holder, unsolicited: lease (`key`, `fence`) has ended although its holder did
+    /// not release it. The holder must stop at once (the SDK's `Guard::lost` resolves).
+    LeaseEnded {
+        key: Bytes,
+        fence: u64,
+        reason: EndReason,
+        message: String,
+    },
+    /// Broker → client, unsolicited, cluster mode only: the shard map.
+    ShardMap(ShardMap),
     /// A request failed (`id` ≠ 0), or the connection is about to close (`id` = 0, fatal codes).
     Error {
         id: u64,
@@ -208,10 +249,12 @@ pub enum Frame {
 }
 
 impl Frame {
-    /// The request id this frame belongs to (0 for `Hello`/`Welcome`).
+    /// The request id this frame belongs to (0 for `Hello`/`Welcome` and pushes).
     pub fn id(&self) -> u64 {
         match self {
-            Frame::Hello(_) | Frame::Welcome(_) => 0,
+            Frame::Hello(_) | Frame::Welcome(_) | Frame::LeaseEnded { .. } | Frame::ShardMap(_) => {
+                0
+            }
             Frame::Acquire(f) => f.id,
             Frame::Granted(f) => f.id,
             Frame::Release(f) => f.id,

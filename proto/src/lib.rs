@@ -10,12 +10,14 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod limits;
+pub mod shard;
 mod wire;
 
 pub use codec::{decode, encode};
 pub use error::{DecodeError, ErrorCode};
 pub use frame::*;
 pub use limits::Limits;
+pub use shard::shard_of;
 
 /// The protocol version this crate speaks. A frame carrying another version is refused.
 /// Version 2: lease secrets in `Granted`, `Release`, `Extend`, `Reclaim`; broker id in `Welcome`.

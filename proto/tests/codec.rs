@@ -96,6 +96,7 @@ fn samples() -> Vec<Frame> {
             id: 6,
             key: key.clone(),
             fence: 9,
+            mode: Mode::Semaphore(3),
             ttl_ms: 100,
             secret: LeaseSecret([2; 16]),
         }),
@@ -142,6 +143,33 @@ fn samples() -> Vec<Frame> {
         Frame::Pong { id: 11 },
         Frame::error(12, ErrorCode::NotOwner, "lease 9 is not yours"),
         Frame::error(0, ErrorCode::Unknown(777), "from the future"),
+        Frame::error(13, ErrorCode::Moved, "quic://127.0.0.1:7421"),
+        Frame::LeaseEnded {
+            key: Bytes::from_static(b"jobs/nightly"),
+            fence: 9,
+            reason: EndReason::Mirror,
+            message: "held in Redis".into(),
+        },
+        Frame::LeaseEnded {
+            key: Bytes::from_static(b"k"),
+            fence: 10,
+            reason: EndReason::Expired,
+            message: String::new(),
+        },
+        Frame::ShardMap(ShardMap {
+            version: 42,
+            shards: 64,
+            owners: vec![
+                ShardOwner {
+                    shard: 0,
+                    url: "quic://127.0.0.1:7420".into(),
+                },
+                ShardOwner {
+                    shard: 63,
+                    url: "quic://[::1]:7421".into(),
+                },
+            ],
+        }),
     ]
 }
 

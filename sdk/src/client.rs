@@ -209,6 +209,7 @@ impl ClientBuilder {
                 connect_timeout: self.connect_timeout,
                 request_timeout: self.request_timeout,
                 lease_margin: self.lease_margin,
+                lease_ended: tokio::sync::broadcast::channel(256).0,
                 current: Mutex::new(None),
                 reconnect: tokio::sync::Mutex::new(()),
             }),
@@ -302,6 +303,9 @@ struct Inner {
     connect_timeout: Duration,
     request_timeout: Duration,
     lease_margin: Duration,
+    /// `LeaseEnded` pushes of every connection of this client: (fence, why). Guards'
+    /// watchdogs subscribe.
+    lease_ended: tokio::sync::broadcast::Sender<(u64, String)>,
     current: Mutex<Option<Arc<Conn>>>,
     reconnect: tokio::sync::Mutex<()>,
 }
@@ -469,6 +473,11 @@ impl Client {
 
     /// How long before its local deadline a lease of `ttl` is reported lost: the fixed margin
     /// plus the clock drift over the TTL, at most half the TTL.
+    /// Subscribes to the broker's `LeaseEnded` pushes: (fence, why).
+    pub(crate) fn lease_ended(&self) -> tokio::sync::broadcast::Receiver<(u64, String)> {
+        self.inner.lease_ended.subscribe()
+    }
+
     pub(crate) fn lease_margin(&self, ttl: Duration) -> Duration {
         (self.inner.lease_margin + ttl.mul_f64(CLOCK_DRIFT)).min(ttl / 2)
     }
@@ -552,7 +561,14 @@ impl Client {
             let quic = connecting
                 .await
                 .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
-            Conn::open(quic, self.inner.token.clone(), self.inner.name.clone()).await
+            let ended = self.inner.lease_ended.clone();
+            Conn::open(
+                quic,
+                self.inner.token.clone(),
+                self.inner.name.clone(),
+                ended,
+            )
+            .await
         };
         tokio::time::timeout(self.inner.connect_timeout, attempt)
             .await

@@ -27,7 +27,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use lockbroker_proto::{Frame, Hello, Limits, Release, Welcome, decode, encode};
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot::error::TryRecvError;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::Error;
 
@@ -250,6 +250,8 @@ pub(crate) struct Conn {
     state: Mutex<State>,
     /// Wakes the writer task: frames are queued, or the connection ended.
     writer: Notify,
+    /// Where `LeaseEnded` pushes go: (fence, why), to the guards' watchdogs.
+    lease_ended: broadcast::Sender<(u64, String)>,
 }
 
 impl Conn {
@@ -258,6 +260,7 @@ impl Conn {
         quic: quinn::Connection,
         token: Option<String>,
         client_name: String,
+        lease_ended: broadcast::Sender<(u64, String)>,
     ) -> Result<Arc<Conn>, Error> {
         let (mut send, mut recv) = quic
             .open_bi()
@@ -321,6 +324,7 @@ impl Conn {
                 closed: false,
             }),
             writer: Notify::new(),
+            lease_ended,
         });
         tokio::spawn(conn.clone().write_loop());
         tokio::spawn(conn.clone().read_loop(recv, buf));
@@ -456,8 +460,23 @@ impl Conn {
     fn route(&self, frame: Frame) {
         let id = frame.id();
         if id == 0 {
-            if let Frame::Error { code, message, .. } = &frame {
-                tracing::warn!("broker: {code:?}: {message}");
+            match frame {
+                Frame::Error { code, message, .. } => {
+                    tracing::warn!("broker: {code:?}: {message}");
+                }
+                Frame::LeaseEnded {
+                    fence,
+                    reason,
+                    message,
+                    ..
+                } => {
+                    // No receiver: no guard is alive to care.
+                    let _ = self.lease_ended.send((
+                        fence,
+                        format!("the broker ended the lease ({reason:?}): {message}"),
+                    ));
+                }
+                _ => {}
             }
             return;
         }

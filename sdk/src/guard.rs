@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lockbroker_proto::{Extend, Frame, LeaseSecret, Mode, Reclaim, Release};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::client::{millis, round_trip_on};
 use crate::conn::Conn;
@@ -263,6 +263,7 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
             id,
             key: lease.key.clone(),
             fence: lease.fence,
+            mode: lease.mode,
             ttl_ms: millis(ttl),
             secret: lease.secret,
         })
@@ -329,6 +330,8 @@ async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: 
     };
     let mut timing = lease.timing.subscribe();
     let mut next_renew = timing.borrow_and_update().renew_at();
+    let mut ended = lease.client.lease_ended();
+    let mut ended_open = true;
     loop {
         let t = *timing.borrow_and_update();
         let margin = lease.client.lease_margin(t.ttl);
@@ -348,6 +351,17 @@ async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: 
                 }
                 next_renew = timing.borrow().renew_at();
             }
+            // The broker says the lease ended (expired, or its mirror lost it): lost at once.
+            pushed = ended.recv(), if ended_open => match pushed {
+                Ok((fence, why)) if fence == lease.fence => {
+                    declare(why);
+                    return;
+                }
+                Ok(_) => {}
+                // Missed pushes: ask the broker now, by renewing.
+                Err(broadcast::error::RecvError::Lagged(_)) => next_renew = Instant::now(),
+                Err(broadcast::error::RecvError::Closed) => ended_open = false,
+            },
             () = tokio::time::sleep_until(next_renew.into()), if renew => {
                 match tokio::time::timeout_at(lost_at.into(), renew_now(&lease, t.ttl)).await {
                     Ok(Ok(_)) => {} // the timing changed: the next turn re-arms

@@ -369,3 +369,47 @@ async fn the_end_of_the_connection_wakes_every_waiter_and_the_next_call_reconnec
     let _s2 = fake.session().await;
     assert_eq!(session.await.unwrap().unwrap(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_ended_push_makes_its_guard_lost_at_once() {
+    let mut fake = Fake::start().await;
+    let client = fake.client().await;
+    let mut s = fake.session().await;
+    let (first, second) = (
+        tokio::spawn({
+            let c = client.clone();
+            async move { c.lock("a").no_renew().await }
+        }),
+        tokio::spawn({
+            let c = client.clone();
+            async move { c.lock("b").no_renew().await }
+        }),
+    );
+    let (x, y) = (s.acquire().await, s.acquire().await);
+    let (ida, idb) = if &x.key[..] == b"a" {
+        (x.id, y.id)
+    } else {
+        (y.id, x.id)
+    };
+    s.grant(ida, 7, None).await;
+    s.grant(idb, 8, None).await;
+    let a = first.await.unwrap().expect("a granted");
+    let b = second.await.unwrap().expect("b granted");
+    // 30 s leases: only the push can end `a` now, and it must not touch `b`.
+    s.send(Frame::LeaseEnded {
+        key: Bytes::from_static(b"a"),
+        fence: 7,
+        reason: lockbroker_proto::EndReason::Mirror,
+        message: "held in Redis by someone else".into(),
+    })
+    .await;
+    let lost = tokio::time::timeout(STEP, a.lost())
+        .await
+        .expect("a lost at once");
+    assert!(
+        matches!(&lost, Error::Lost(why) if why.contains("Redis")),
+        "{lost:?}"
+    );
+    assert!(a.is_lost());
+    assert!(!b.is_lost());
+}

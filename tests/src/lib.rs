@@ -3,6 +3,7 @@
 
 pub mod fencing;
 pub mod plugins;
+pub mod proxy;
 pub mod raw;
 pub mod redis;
 pub mod util;
@@ -144,10 +145,16 @@ impl Broker {
 
     /// Starts a broker on an existing data dir (e.g. to restart one).
     pub fn start_in(data_dir: TempDir, toml: &str) -> Broker {
+        Broker::start_at(data_dir, toml, "127.0.0.1:0".parse().expect("an address"))
+    }
+
+    /// Starts a broker on an existing data dir and a given address (to restart one where its
+    /// clients will reconnect).
+    pub fn start_at(data_dir: TempDir, toml: &str, listen: SocketAddr) -> Broker {
         let mut cmd = Command::new(lockbroker_bin());
         cmd.arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen.to_string())
             .arg("--data-dir")
             .arg(data_dir.path());
         if !toml.is_empty() {

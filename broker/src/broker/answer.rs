@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockbroker_proto::{ErrorCode, Frame, Granted};
+use lockbroker_proto::{EndReason, ErrorCode, Frame, Granted};
 
 use super::session::SessionHandle;
 use super::wire::millis;
 use super::{Broker, confirm};
-use crate::table::{AcquireRequest, Effect, Fence, Grant, ReqId, SessionId, TableError};
+use crate::table::{AcquireRequest, Effect, Fence, Grant, LockEvent, ReqId, SessionId, TableError};
 
 impl Broker {
     /// Answers request `req` of session `to` with the granted lease (`key`, `fence`) for
@@ -117,7 +117,20 @@ impl Broker {
                         });
                     }
                 }
-                // Lock events were shown to the gate (if any) under the table lock.
+                // A lease ran out while its holder is still connected: tell it now rather
+                // than at its next renewal.
+                Effect::Event(LockEvent::Expired {
+                    key,
+                    session,
+                    fence,
+                }) => self.tell_lease_ended(
+                    session,
+                    &key,
+                    fence,
+                    EndReason::Expired,
+                    "the lease expired before a renewal reached the broker",
+                ),
+                // Other lock events were shown to the gate (if any) under the table lock.
                 Effect::Event(_) => {}
             }
         }

@@ -1,8 +1,10 @@
 //! The expiry driver: one task that sleeps until the table's next deadline, expires what is
 //! due, and re-arms; `with_table` wakes it early when an operation adds an earlier deadline.
+//! Beside it, the horizon keeper: once the table is empty, the lease-horizon file is set back
+//! to `clean`, so a crash after the last lease ended needs no restart grace.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Broker;
 
@@ -24,6 +26,22 @@ impl Broker {
                 () = sleep => self.with_table(|t, now, out| t.expire(now, out)),
                 () = self.timer.notified() => {}
                 _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Runs until the broker shuts down: every `horizon::SLACK`, an empty table (no lease, no
+    /// waiter, no block) marks the horizon file `clean`.
+    pub async fn run_horizon_keeper(self: Arc<Self>) {
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(crate::horizon::SLACK) => {}
+                _ = shutdown.changed() => return,
+            }
+            let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+            if core.table.key_count() == 0 && core.table.grace_until(Instant::now()).is_none() {
+                core.horizon.mark_clean();
             }
         }
     }

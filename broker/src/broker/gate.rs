@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::table::{Effect, Grant};
+use crate::table::{Effect, Fence, Grant};
 
 /// How a gate answered for one grant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,4 +36,12 @@ pub trait GrantGate: Send + Sync {
     /// Outside the table lock, for each grant: `None` answers it now; `Some` holds the answer
     /// until the confirmation resolves.
     fn hold(&self, grant: &Grant) -> Option<Pending>;
+
+    /// Outside the table lock, for each renewal (extend, reclaim) of lease `fence`: `None`
+    /// answers it now; `Some` holds the answer until the confirmation resolves, and anything
+    /// but `Ok` ends the lease.
+    fn hold_renewal(&self, fence: Fence) -> Option<Pending> {
+        let _ = fence;
+        None
+    }
 }

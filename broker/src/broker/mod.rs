@@ -12,6 +12,8 @@
 //!   in cluster mode tomorrow) that sees every effect batch in table order and may hold a
 //!   grant until it confirms it. Like raft-rs's `Ready`, a grant is answered at once unless
 //!   the gate handed back a pending confirmation; `confirm.rs` waits for it.
+//! * `renewal.rs` — renewals the gate confirms before they are answered, and leases the
+//!   broker ends itself (`revoke`, pushed to the holder as `LeaseEnded`).
 //! * `outbox.rs` — a session's outbound frames; `wire.rs` — table ↔ wire conversions.
 //!
 //! Layering: this module imports `table`, `config` and `proto` only. `server` (sessions,
@@ -22,6 +24,7 @@ mod confirm;
 mod expiry;
 mod gate;
 mod outbox;
+mod renewal;
 mod session;
 pub mod wire;
 
@@ -35,17 +38,21 @@ use tokio::sync::{Notify, watch};
 
 pub use gate::{Confirmation, GrantGate, Pending};
 pub use outbox::Outbox;
+pub use renewal::Renewed;
 pub use session::SessionHandle;
 
 use crate::config::Config;
+use crate::horizon::{HorizonWriter, Previous};
 use crate::identity::Identity;
-use crate::table::{Effect, SessionId, Table, TableConfig};
+use crate::table::{Effect, LockEvent, SessionId, Table, TableConfig};
 
-/// The table and the instant the expiry task is armed for, under one mutex.
+/// The table, the instant the expiry task is armed for, and the lease horizon file, under one
+/// mutex (the horizon covers a deadline before its lease is answered).
 struct Core {
     table: Table,
     /// When the expiry task is currently set to wake (None: not armed).
     timer_at: Option<Instant>,
+    horizon: HorizonWriter,
 }
 
 /// Shared state of one running broker.
@@ -54,6 +61,8 @@ pub struct Broker {
     pub epoch: u64,
     /// Persistent identity: the broker id and the key of lease secrets.
     pub identity: Identity,
+    /// What the previous run of the data dir left (for the restart grace).
+    previous_run: Previous,
     core: Mutex<Core>,
     timer: Notify,
     sessions: DashMap<SessionId, Arc<SessionHandle>>,
@@ -70,21 +79,25 @@ thread_local! {
 }
 
 impl Broker {
-    /// A broker with an empty table for `epoch`.
-    pub fn new(cfg: Config, epoch: u64, identity: Identity) -> Arc<Broker> {
+    /// A broker with an empty table for `epoch`; `previous_run` is what the data dir's last
+    /// run left (see [`Broker::begin_grace`]).
+    pub fn new(cfg: Config, epoch: u64, identity: Identity, previous_run: Previous) -> Arc<Broker> {
         let table = Table::new(TableConfig {
             epoch,
             lock_delay: Duration::from_millis(cfg.locks.lock_delay_ms),
             max_leases_per_session: cfg.limits.max_leases_per_session,
             max_waiters_per_session: cfg.limits.max_waiters_per_session,
         });
+        let horizon = HorizonWriter::new(&cfg.data_dir);
         Arc::new(Broker {
             cfg,
             epoch,
             identity,
+            previous_run,
             core: Mutex::new(Core {
                 table,
                 timer_at: None,
+                horizon,
             }),
             timer: Notify::new(),
             sessions: DashMap::new(),
@@ -149,6 +162,9 @@ impl Broker {
             let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             let result = op(&mut core.table, now, &mut effects);
+            if let Some(latest) = latest_deadline(&effects) {
+                core.horizon.cover(now, latest);
+            }
             if let Some(gate) = self.gate.get() {
                 gate.record(&effects);
             }
@@ -176,9 +192,74 @@ impl Broker {
         result
     }
 
+    /// Starts serving after a restart: unless every lease of the previous run was restored
+    /// (`restored_all`: the sync mirror answered), grants nothing new until the previous run's
+    /// leases may have ended (see `horizon.rs`), while reclaims of them are honoured. Rewrites
+    /// the horizon file for this run (covering restored leases and the grace itself). Returns
+    /// the grace (zero: none).
+    pub fn begin_grace(self: &Arc<Self>, restored_all: bool) -> Duration {
+        let longest = Duration::from_millis(
+            self.cfg
+                .locks
+                .max_ttl_ms
+                .saturating_add(self.cfg.locks.lock_delay_ms),
+        );
+        let lock_delay = Duration::from_millis(self.cfg.locks.lock_delay_ms);
+        let grace = if restored_all {
+            Duration::ZERO
+        } else {
+            self.previous_run
+                .grace(std::time::SystemTime::now(), lock_delay, longest)
+        };
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut latest = core.table.holds().iter().map(|(_, h)| h.deadline).max();
+        if !grace.is_zero() {
+            core.table.begin_grace(now + grace);
+            // Should this run crash during the grace, the next one still waits it out.
+            latest = latest.max(Some(now + grace));
+        }
+        // From here the file speaks for this run: `clean` until its first lease.
+        core.horizon.close(now, latest);
+        grace
+    }
+
+    /// The end of the restart grace, while it runs.
+    pub fn grace_until(&self) -> Option<Instant> {
+        self.read_table(|t, now| t.grace_until(now))
+    }
+
+    /// At a clean shutdown (after the sessions ended): records in the horizon file that no
+    /// lease is left, or until when the remaining ones (lost sessions') may run.
+    pub fn close_horizon(&self) {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let latest = core
+            .table
+            .holds()
+            .iter()
+            .map(|(_, h)| h.deadline)
+            .filter(|d| *d > now)
+            .max();
+        core.horizon.close(now, latest);
+    }
+
     /// Reads the table without changing it.
     pub fn read_table<R>(&self, op: impl FnOnce(&Table, Instant) -> R) -> R {
         let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         op(&core.table, Instant::now())
     }
+}
+
+/// The latest lease deadline a batch of effects sets (grants and renewals), if any.
+fn latest_deadline(effects: &[Effect]) -> Option<Instant> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Event(
+                LockEvent::Acquired { deadline, .. } | LockEvent::Extended { deadline, .. },
+            ) => Some(*deadline),
+            _ => None,
+        })
+        .max()
 }

@@ -39,6 +39,20 @@ impl SessionHandle {
             .insert(req, key);
     }
 
+    /// Acquires of this session retrying outside the table (polling the sync mirror): they
+    /// count toward its limit of pending requests, and their ids stay taken.
+    pub fn polls(&self) -> usize {
+        self.polls.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether acquire `req` is retrying outside the table.
+    pub fn is_polling(&self, req: ReqId) -> bool {
+        self.polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&req)
+    }
+
     /// Marks acquire `req` as retrying outside the table.
     pub(super) fn begin_poll(&self, req: ReqId) {
         self.polls

@@ -79,12 +79,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mirror = Mirror::start(&cfg.mirror, &cfg.redis, &cfg.data_dir, server.broker())
         .await
         .context("cannot start the mirror")?;
-    let grace = Duration::from_millis(cfg.quic.shutdown_grace_ms);
+    let shutdown_grace = Duration::from_millis(cfg.quic.shutdown_grace_ms);
+    // The sync mirror restored every lease the previous run acknowledged; otherwise hold new
+    // grants until the previous run's leases may have ended.
+    let broker = server.broker().clone();
+    let restart_grace = broker.begin_grace(mirror.as_ref().is_some_and(|m| m.is_sync()));
     let addr = server.local_addr()?;
     say!(
         "lockbroker listening on {addr}/udp (epoch {})",
-        server.broker().epoch
+        broker.epoch
     );
+    if !restart_grace.is_zero() {
+        say!(
+            "restart grace: no new grants for {:.1}s (leases of the previous run may still be              held; their holders can reclaim them meanwhile)",
+            restart_grace.as_secs_f64()
+        );
+    }
     if let Some(ca) = &server.dev_ca {
         let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.clone());
         if server.generated_cert {
@@ -103,8 +113,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     server.run(shutdown_signal()).await;
     if let Some(mirror) = mirror {
         // Ship the releases of the sessions that just ended.
-        mirror.flush(grace).await;
+        mirror.flush(shutdown_grace).await;
     }
+    // The next start waits out the leases still running (sessions' leases are not released at
+    // shutdown: a paused holder could not be told), or needs no grace if none is left.
+    broker.close_horizon();
     drop(pid_file);
     say!("lockbroker stopped");
     Ok(ExitCode::SUCCESS)

@@ -10,8 +10,10 @@
 //!   `restore.rs`: reloading held locks at start; `stats.rs`: counters. The `[mirror]`
 //!   settings live in `crate::config` (`MirrorConfig`).
 //! * The mirror is the broker's [`GrantGate`]: it sees every effect batch under the table lock
-//!   (`record` queues the lock events) and, in `sync` mode, holds each grant until Redis
-//!   confirmed it (`hold`); the broker core answers the client (`crate::broker`).
+//!   (`record` queues the lock events) and, in `sync` mode, holds each grant and each renewal
+//!   until Redis confirmed it (`hold`, `hold_renewal`); the broker core answers the client
+//!   (`crate::broker`) or, for a renewal Redis refused, ends the lease. A resync that finds a
+//!   lease held in Redis by someone else ends it too (sync mode).
 //! * Start-up: [`Mirror::start`] (wired by `lockbroker serve`) loads the plugin with the
 //!   `[[redis]]` connections it may use, restores held locks into the table, attaches itself
 //!   to the broker and starts the task — all before the first client is served.
@@ -35,7 +37,8 @@ pub use stats::MirrorStats;
 use crate::broker::{Broker, Confirmation, GrantGate, Pending};
 use crate::plugins::{MirrorPlugin, PluginError};
 use crate::redis::RedisSettings;
-use crate::table::{Effect, Grant};
+use crate::table::{Effect, Fence, Grant};
+use queue::Confirming;
 
 /// Why the mirror could not start.
 #[derive(Debug, thiserror::Error)]
@@ -155,25 +158,20 @@ impl Mirror {
     }
 }
 
-impl GrantGate for Mirror {
-    /// Queues the lock events among `effects` (under the table lock, in table order).
-    fn record(&self, effects: &[Effect]) {
-        self.queue.push(effects);
-    }
-
-    /// In `sync` mode a grant waits until the mirror stored its `Acquired` event.
-    fn hold(&self, grant: &Grant) -> Option<Pending> {
+impl Mirror {
+    /// The confirmation of the oldest untaken grant or renewal of lease `fence` (sync mode).
+    fn confirmation(&self, fence: Fence, what: Confirming) -> Option<Pending> {
         if !self.is_sync() {
             return None;
         }
-        let rx = self.queue.take_confirmation(grant.fence);
+        let rx = self.queue.take_confirmation(fence, what);
         let stats = self.stats.clone();
         Some(Box::pin(async move {
             let c = match rx {
                 Some(rx) => rx
                     .await
                     .unwrap_or_else(|_| Confirmation::Failed("the mirror stopped".into())),
-                None => Confirmation::Failed("the grant was not queued for the mirror".into()),
+                None => Confirmation::Failed("the event was not queued for the mirror".into()),
             };
             let counter = match &c {
                 Confirmation::Ok => &stats.confirmed,
@@ -183,5 +181,22 @@ impl GrantGate for Mirror {
             stats::Counters::add(counter, 1);
             c
         }))
+    }
+}
+
+impl GrantGate for Mirror {
+    /// Queues the lock events among `effects` (under the table lock, in table order).
+    fn record(&self, effects: &[Effect]) {
+        self.queue.push(effects);
+    }
+
+    /// In `sync` mode a grant waits until the mirror stored its `Acquired` event.
+    fn hold(&self, grant: &Grant) -> Option<Pending> {
+        self.confirmation(grant.fence, Confirming::Grant)
+    }
+
+    /// In `sync` mode a renewal waits until the mirror stored its `Extended` event.
+    fn hold_renewal(&self, fence: Fence) -> Option<Pending> {
+        self.confirmation(fence, Confirming::Renewal)
     }
 }

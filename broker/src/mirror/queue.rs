@@ -2,9 +2,10 @@
 //!
 //! `push` runs *under the table mutex* (from `Broker::with_table`), so events enter the queue
 //! in exactly the table's order; it never blocks: when the queue is full, events are dropped
-//! and a resync is requested. In `sync` mode every `Acquired` event carries a one-shot channel
-//! on which the mirror task reports whether the hold reached the mirror; the grant path takes
-//! the receiver by fence (`take_confirmation`) and answers the client only then.
+//! and a resync is requested. In `sync` mode every `Acquired` and `Extended` event carries a
+//! one-shot channel on which the mirror task reports whether the hold (or its new deadline)
+//! reached the mirror; the grant and renewal paths take the receiver by fence
+//! (`take_confirmation`) and answer the client only then.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,9 +20,20 @@ use crate::table::{Effect, Fence, LockEvent};
 /// One queued event.
 pub struct Item {
     pub event: LockEvent,
-    /// Sync mode, `Acquired` only: where to report the outcome.
+    /// Sync mode, `Acquired` and `Extended`: where to report the outcome.
     pub confirm: Option<oneshot::Sender<Confirmation>>,
 }
+
+/// What a sync-mode confirmation is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Confirming {
+    Grant,
+    Renewal,
+}
+
+/// Receivers of confirmations not yet taken, by lease and kind, oldest first (two renewals of
+/// one lease may be in flight).
+type Waiting = HashMap<(Fence, Confirming), VecDeque<oneshot::Receiver<Confirmation>>>;
 
 struct Inner {
     items: VecDeque<Item>,
@@ -32,7 +44,7 @@ struct Inner {
 /// The queue.
 pub struct Queue {
     inner: Mutex<Inner>,
-    pending: Mutex<HashMap<Fence, oneshot::Receiver<Confirmation>>>,
+    pending: Mutex<Waiting>,
     pub(super) notify: Notify,
     capacity: usize,
     sync: bool,
@@ -72,13 +84,19 @@ impl Queue {
             let inner = inner.get_or_insert_with(|| self.lock());
             let fence = fence_of(event);
             self.max_fence.fetch_max(fence, Ordering::Relaxed);
-            let acquired = matches!(event, LockEvent::Acquired { .. });
-            let confirm = (self.sync && acquired).then(|| {
+            let confirming = match event {
+                LockEvent::Acquired { .. } => Some(Confirming::Grant),
+                LockEvent::Extended { .. } => Some(Confirming::Renewal),
+                _ => None,
+            };
+            let confirm = confirming.filter(|_| self.sync).map(|what| {
                 let (tx, rx) = oneshot::channel();
                 self.pending
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(fence, rx);
+                    .entry((fence, what))
+                    .or_default()
+                    .push_back(rx);
                 tx
             });
             // While a resync is pending, plain events are superseded by the coming snapshot;
@@ -112,12 +130,20 @@ impl Queue {
         }
     }
 
-    /// The receiver of the outcome of the hold with this fence (sync mode).
-    pub fn take_confirmation(&self, fence: Fence) -> Option<oneshot::Receiver<Confirmation>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&fence)
+    /// The receiver of the outcome of the oldest grant or renewal of lease `fence` not taken
+    /// yet (sync mode).
+    pub fn take_confirmation(
+        &self,
+        fence: Fence,
+        what: Confirming,
+    ) -> Option<oneshot::Receiver<Confirmation>> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = pending.get_mut(&(fence, what))?;
+        let rx = queue.pop_front();
+        if queue.is_empty() {
+            pending.remove(&(fence, what));
+        }
+        rx
     }
 
     /// Up to `max` items from the front.

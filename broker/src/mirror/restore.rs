@@ -18,10 +18,11 @@
 //!   then not applied: fences continue from the broker's own floor (its epoch and the accepted
 //!   leases), so the broker keeps granting. Accepted leases are honoured either way.
 //!
-//! `EPOCH_LEAD` (2^20 epochs) is how far above what the broker knows of a restored fence may
+//! `EPOCH_LEAD` (2^22 epochs) is how far above what the broker knows of a restored fence may
 //! lie: a mirror written by this data dir's earlier lives has epochs below `E`, and a mirror
-//! that outlived its data dir (a fresh data dir restarts at epoch 1) is accepted up to a million
-//! restarts ahead. `MAX_RESTORED_EPOCH` keeps the top 2^20 epochs (2^60 tokens) free, so an
+//! that outlived its data dir (a fresh data dir draws its first epoch from `1..=2^21`) is
+//! accepted up to two million restarts ahead. `MAX_RESTORED_EPOCH` keeps the top 2^20 epochs
+//! (2^60 tokens) free, so an
 //! accepted floor always leaves the broker at least 2^60 fences to hand out. A stored
 //! `max-fence` of `u64::MAX - 2` (epoch part 2^24 - 1) is refused by both rules.
 
@@ -35,15 +36,17 @@ use crate::epoch::COUNTER_BITS;
 use crate::plugins::{MirrorPlugin, wit};
 use crate::table::{Fence, Mode};
 
-/// How many epochs above the newest epoch the broker knows of a restored fence may lie.
-pub const EPOCH_LEAD: u64 = 1 << 20;
+/// How many epochs above the newest epoch the broker knows of a restored fence may lie (twice
+/// the range a fresh data dir draws its first epoch from, so a mirror that outlived its data
+/// dir is still accepted).
+pub const EPOCH_LEAD: u64 = 2 * crate::epoch::FIRST_EPOCH_RANGE;
 
 /// The largest epoch part a fence has (`u64::MAX >> 40`).
 const MAX_EPOCH: u64 = u64::MAX >> COUNTER_BITS;
 
-/// The largest epoch part a restored fence may have: the top `EPOCH_LEAD` epochs (2^60 tokens)
-/// stay free, so a restored fence floor never leaves the broker short of fences.
-pub const MAX_RESTORED_EPOCH: u64 = MAX_EPOCH - EPOCH_LEAD;
+/// The largest epoch part a restored fence may have: the top 2^20 epochs (2^60 tokens) stay
+/// free, so a restored fence floor never leaves the broker short of fences.
+pub const MAX_RESTORED_EPOCH: u64 = MAX_EPOCH - (1 << 20);
 
 /// The epoch part of a fence.
 fn epoch_of(fence: Fence) -> u64 {

@@ -16,6 +16,7 @@ use crate::broker::wire::millis_until;
 use crate::broker::{Broker, Confirmation};
 use crate::plugins::wit;
 use crate::table::Fence;
+use lockbroker_proto::EndReason;
 
 /// Health, for logging transitions only once.
 struct Health {
@@ -262,12 +263,18 @@ async fn resync_now(m: &Mirror, broker: &Arc<Broker>, modes: &mut Modes) -> Resu
             let _ = tx.send(o);
         }
     }
-    for (fence, o) in &by_fence {
-        if let Confirmation::Conflict(why) = o
-            && !confirmed.contains(fence)
+    for h in &snapshot {
+        if let Some(Confirmation::Conflict(why)) = by_fence.get(&h.fence)
+            && !confirmed.contains(&h.fence)
         {
             Counters::add(&m.stats.conflicts, 1);
-            tracing::warn!(target: "lockbroker::mirror", fence, "resync: mirror refused a hold: {why}");
+            tracing::warn!(target: "lockbroker::mirror", fence = h.fence, "resync: mirror refused a hold: {why}");
+            // Sync mode promises exclusion in both directions: a lease Redis gave to someone
+            // else while the link was down ends here, and its holder is told.
+            if m.is_sync() {
+                let why = format!("the key is held in Redis by someone else: {why}");
+                broker.revoke(&h.key, h.fence, EndReason::Mirror, &why);
+            }
         }
     }
     Ok(snapshot.len())

@@ -49,16 +49,20 @@ impl Server {
     /// Prepares the data dir (epoch, certificate) and binds the UDP socket.
     pub fn bind(cfg: Config, policy: policy::Policy) -> Result<Server, ServerError> {
         let data_dir = cfg.data_dir.clone();
-        let epoch = crate::epoch::bump(&data_dir).map_err(|source| ServerError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
         let broker_identity =
             crate::identity::Identity::load_or_create(&data_dir).map_err(|source| {
                 ServerError::DataDir {
                     path: data_dir.join(crate::identity::KEY_FILE),
                     source,
                 }
+            })?;
+        let first = crate::epoch::first_epoch(broker_identity.id());
+        let fresh = !data_dir.join("epoch").exists();
+        let previous_run = crate::horizon::read_previous(&data_dir, fresh);
+        let epoch =
+            crate::epoch::bump(&data_dir, first).map_err(|source| ServerError::DataDir {
+                path: data_dir.clone(),
+                source,
             })?;
         let identity = tls::server_identity(&cfg.tls, &data_dir)?;
         let dev_ca = identity.dev_ca.clone();
@@ -85,7 +89,7 @@ impl Server {
         })?;
         Ok(Server {
             endpoint,
-            broker: Broker::new(cfg, epoch, broker_identity),
+            broker: Broker::new(cfg, epoch, broker_identity, previous_run),
             policy: Arc::new(policy),
             dev_ca,
             generated_cert,
@@ -103,11 +107,12 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting, tells
-    /// every session, releases connected sessions' leases, and waits for connections to close.
+    /// every session (whose leases run on to their TTL), and waits for connections to close.
     /// A grant gate (the mirror) attached to the broker is flushed by whoever attached it.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let broker = self.broker.clone();
         let expiry = tokio::spawn(broker.clone().run_expiry());
+        let _horizon_keeper = tokio::spawn(broker.clone().run_horizon_keeper());
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {

@@ -1,6 +1,7 @@
 //! One session = one QUIC connection: the handshake (`Hello` → `Welcome`), the read loop that
 //! decodes frames from the control stream and hands each to its command, and the end of the
-//! session (clean close releases leases; a lost connection leaves them to their TTL).
+//! session (the client's clean close releases its leases; a lost connection or a broker
+//! shutdown leaves them to their TTL).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,7 +177,10 @@ pub async fn serve(
     };
 
     let end = read_loop(&session, &conn, &mut recv, &mut buf, &limits).await;
-    let clean = matches!(end, End::Clean | End::Shutdown);
+    // Only the client's own clean close releases its leases. At a broker shutdown the holder
+    // may be paused or cut off and cannot be told in time: its leases run to their TTL, the
+    // lease horizon keeps them, and the next start waits them out (or their holders reclaim).
+    let clean = matches!(end, End::Clean);
     broker.close_session(id, clean);
     handle.outbox.close();
     let _ = tokio::time::timeout(grace, writer).await;

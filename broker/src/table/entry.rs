@@ -152,11 +152,14 @@ impl Entry {
         if cx.cfg.lock_delay.is_zero() {
             return;
         }
-        let until = deadline_after(deadline, cx.cfg.lock_delay);
+        self.block_until(deadline_after(deadline, cx.cfg.lock_delay), cx.deadlines);
+    }
+
+    /// Blocks the key until `until` (lock delay, restart grace), keeping any later block.
+    pub(crate) fn block_until(&mut self, until: Instant, deadlines: &mut Deadlines) {
         if self.blocked_until.is_none_or(|b| b < until) {
             self.blocked_until = Some(until);
-            cx.deadlines
-                .push(until, self.id, self.generation, Due::Unblock);
+            deadlines.push(until, self.id, self.generation, Due::Unblock);
         }
     }
 

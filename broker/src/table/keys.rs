@@ -119,7 +119,6 @@ impl Keys {
         true
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.index.len()
     }

@@ -52,6 +52,7 @@ mod deadlines;
 mod entry;
 mod faults;
 mod fences;
+mod grace;
 mod keys;
 mod lease;
 mod mutations;
@@ -71,11 +72,14 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use grace::PreviousLease;
 pub(crate) use types::MAX_TTL;
 pub use types::{
     AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId, SessionId, TableConfig,
     TableError, UnlockOutcome, Wait,
 };
+
+use std::time::Instant;
 
 use deadlines::Deadlines;
 use faults::Faults;
@@ -94,6 +98,8 @@ pub struct Table {
     faults: Faults,
     /// Next queue sequence number (waiters and watchers share it).
     seq: u64,
+    /// End of the restart grace (`grace.rs`), while it may still run.
+    grace_until: Option<Instant>,
 }
 
 /// Borrows the parts of `Table` an entry transition needs (an `entry::Cx`), leaving `keys` free.
@@ -122,6 +128,7 @@ impl Table {
             deadlines: Deadlines::default(),
             faults: Faults::default(),
             seq: 0,
+            grace_until: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::entry::{Entry, check_mode};
+use super::grace::hold_during_grace;
 use super::keys::{EntryId, Keys};
 use super::queue::{Waiter, Watcher};
 use super::sessions::Pending;
@@ -85,6 +86,7 @@ impl Table {
                 .ok_or(TableError::LimitExceeded("live keys"))?,
         };
         let id = e.id;
+        hold_during_grace(&mut self.grace_until, now, e, &mut self.deadlines);
         let mut cx = cx!(self, now, out);
         let result = e.check_family(mode).and_then(|()| {
             if e.grantable_now(mode) {
@@ -130,6 +132,25 @@ impl Table {
         self.keys.free_if_idle(id);
         self.maybe_compact();
         Ok(())
+    }
+
+    /// Ends lease `fence` on `key` although its holder did not release it (the broker revoked
+    /// it: its mirror could not keep it). Pushes `Released` (watchers resolve, waiters are
+    /// granted). Returns the holder's session, `None` if there is no such lease.
+    pub(crate) fn revoke(
+        &mut self,
+        now: Instant,
+        key: &[u8],
+        fence: Fence,
+        out: &mut Vec<Effect>,
+    ) -> Option<SessionId> {
+        let e = held_entry(&mut self.keys, key).ok()?;
+        let session = e.holders.get(fence)?.session;
+        let id = e.id;
+        e.end_lease(fence, UnlockOutcome::Released, &mut cx!(self, now, out));
+        self.keys.free_if_idle(id);
+        self.maybe_compact();
+        Some(session)
     }
 
     /// Renews lease `fence`: new deadline = `now + ttl`. Same errors as [`Table::release`].

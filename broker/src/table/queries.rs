@@ -17,9 +17,17 @@ impl HolderRec {
 }
 
 impl Table {
-    /// Snapshot of `key`, or `None` when the key is idle.
+    /// Snapshot of `key`, or `None` when the key is idle (and no restart grace may run).
     pub(crate) fn inspect(&self, key: &[u8]) -> Option<LockInfo> {
-        let e = self.keys.find(key)?;
+        let Some(e) = self.keys.find(key) else {
+            // An idle key during the restart grace: blocked until it ends.
+            return self.grace_until.map(|g| LockInfo {
+                key: bytes::Bytes::copy_from_slice(key),
+                holders: Vec::new(),
+                waiters: 0,
+                blocked_until: Some(g),
+            });
+        };
         Some(LockInfo {
             key: e.key.clone(),
             holders: e.holders.as_slice().iter().map(HolderRec::holder).collect(),
@@ -50,9 +58,13 @@ impl Table {
     }
 
     /// Number of live keys (held, queued on, or blocked by lock delay).
-    #[cfg(test)]
     pub(crate) fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Pending requests (queued acquires and watchers) of a session.
+    pub(crate) fn pending_of(&self, session: super::SessionId) -> usize {
+        self.sessions.pending_of(session)
     }
 
     /// (held leases, pending requests) of a live session; orphaned leases count for nobody.

@@ -61,6 +61,11 @@ impl Sessions {
         self.map.remove(&id)
     }
 
+    /// Number of pending requests of `session`.
+    pub(crate) fn pending_of(&self, session: SessionId) -> usize {
+        self.map.get(&session).map_or(0, |s| s.pending.len())
+    }
+
     /// Forgets that `session` holds lease `fence` (after release/expiry/transfer).
     #[inline]
     pub(crate) fn drop_hold(&mut self, session: SessionId, fence: Fence) {

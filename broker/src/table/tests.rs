@@ -995,3 +995,72 @@ fn holds_lists_every_current_lease() {
             .collect();
     assert_eq!(holders, vec![3], "the waiter now holds `a`");
 }
+
+#[test]
+fn restart_grace_holds_new_grants_and_honours_leases_of_the_previous_run() {
+    let mut h = H::with(TableConfig {
+        epoch: 5,
+        ..TableConfig::default()
+    });
+    let until = h.at(1000);
+    h.t.begin_grace(until);
+    // Nothing new is granted during the grace: try-locks are busy, waits queue.
+    assert_eq!(
+        h.acq(1, 1, K, Mode::Exclusive, 100, Wait::No),
+        Err(TableError::Busy)
+    );
+    h.queue(1, 2, K, Mode::Exclusive, Wait::Forever);
+    assert!(
+        h.t.inspect(b"idle")
+            .is_some_and(|i| i.blocked_until == Some(until))
+    );
+    // A lease of an earlier epoch is re-created for its holder at once, ahead of the queue.
+    let old = (4 << COUNTER_BITS) | 17;
+    let lease = |fence| PreviousLease {
+        key: K,
+        fence,
+        mode: Mode::Exclusive,
+        ttl: ms(500),
+    };
+    let now = h.now;
+    let g =
+        h.t.reclaim_from_previous_run(now, 2, lease(old), &mut h.out);
+    assert_eq!(g.map(|g| g.fence), Ok(old));
+    h.t.check_invariants();
+    // A second exclusive lease on the key is refused, and so is a fence of this run.
+    let other = (4 << COUNTER_BITS) | 18;
+    let r =
+        h.t.reclaim_from_previous_run(now, 3, lease(other), &mut h.out);
+    assert_eq!(r, Err(TableError::NotOwner));
+    let mine = (5 << COUNTER_BITS) | 1;
+    let r = h.t.reclaim_from_previous_run(
+        now,
+        3,
+        PreviousLease {
+            key: b"x",
+            ..lease(mine)
+        },
+        &mut h.out,
+    );
+    assert_eq!(r, Err(TableError::NotLocked));
+    h.take();
+    // The holder releases during the grace: the waiter still waits for its end.
+    h.release(2, K, old).unwrap();
+    assert!(h.granted().is_empty());
+    h.advance_to(1000);
+    let g = h.granted();
+    assert_eq!((g.len(), g[0].0, g[0].1), (1, 1, 2));
+    // After the grace, grants are immediate and reclaims of old leases are plain NotLocked.
+    let now = h.now;
+    let r = h.t.reclaim_from_previous_run(
+        now,
+        3,
+        PreviousLease {
+            key: b"y",
+            ..lease(other)
+        },
+        &mut h.out,
+    );
+    assert_eq!(r, Err(TableError::NotLocked));
+    h.lock(3, b"z", Mode::Exclusive, 100);
+}

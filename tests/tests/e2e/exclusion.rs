@@ -35,6 +35,7 @@ async fn reclaim(c: &mut RawConn, id: u64, key: &str, fence: u64, secret: LeaseS
         id,
         key: Bytes::copy_from_slice(key.as_bytes()),
         fence,
+        mode: lockbroker_proto::Mode::Exclusive,
         ttl_ms: 3_600_000,
         secret,
     }))
@@ -274,6 +275,13 @@ async fn a_guard_is_never_carried_to_an_independent_broker() {
         .ttl(Duration::from_secs(6))
         .await
         .expect("lock on b1");
+    // Independent brokers hand out disjoint fences (each fresh data dir draws its first epoch
+    // from its identity): the same first grant on each no longer has the same fence.
+    assert_ne!(
+        mine.fence(),
+        theirs.fence(),
+        "independent brokers' fences collide"
+    );
     drop(b1.kill());
     let lost = tokio::time::timeout(Duration::from_secs(10), mine.lost())
         .await
@@ -302,7 +310,9 @@ async fn cancel_stops_an_acquire_polling_the_sync_mirror() {
     use lockbroker_tests::redis::{RedisServer, mirror_config};
 
     let redis = RedisServer::start();
-    let broker = Broker::start_with_config(&mirror_config(&redis.url(), "sync", ""));
+    let config =
+        mirror_config(&redis.url(), "sync", "") + "\n[limits]\nmax_waiters_per_session = 2\n";
+    let broker = Broker::start_with_config(&config);
     redis::cmd("SET")
         .arg("sync/k")
         .arg("theirs")
@@ -321,6 +331,46 @@ async fn cancel_stops_an_acquire_polling_the_sync_mirror() {
     .await;
     // Polling Redis: nothing comes yet.
     assert_eq!(raw.next_frame(Duration::from_millis(300)).await, None);
+    // Polls count toward the session's limit of pending requests (2 here), and their ids
+    // stay taken.
+    let acquire = |id| {
+        Frame::Acquire(Acquire {
+            id,
+            key: Bytes::from_static(b"sync/k"),
+            mode: Mode::Exclusive,
+            ttl_ms: 5_000,
+            wait: WaitSpec::Millis(20_000),
+        })
+    };
+    raw.send_frame(&acquire(7)).await;
+    match raw.next_frame(Duration::from_secs(2)).await {
+        Some(Frame::Error {
+            id: 7,
+            code: ErrorCode::DuplicateRequest,
+            ..
+        }) => {}
+        other => panic!("a polling acquire's id is taken: {other:?}"),
+    }
+    raw.send_frame(&acquire(8)).await;
+    assert_eq!(raw.next_frame(Duration::from_millis(300)).await, None);
+    raw.send_frame(&acquire(9)).await;
+    match raw.next_frame(Duration::from_secs(2)).await {
+        Some(Frame::Error {
+            id: 9,
+            code: ErrorCode::LimitExceeded,
+            ..
+        }) => {}
+        other => panic!("two polls fill a limit of two: {other:?}"),
+    }
+    raw.send_frame(&Frame::Cancel { id: 8 }).await;
+    match raw.next_frame(Duration::from_secs(2)).await {
+        Some(Frame::Error {
+            id: 8,
+            code: ErrorCode::Cancelled,
+            ..
+        }) => {}
+        other => panic!("a cancelled poll is answered Cancelled: {other:?}"),
+    }
     raw.send_frame(&Frame::Cancel { id: 7 }).await;
     match raw.next_frame(Duration::from_secs(2)).await {
         Some(Frame::Error {
@@ -348,4 +398,35 @@ async fn cancel_stops_an_acquire_polling_the_sync_mirror() {
         None,
         "the broker took nothing in Redis"
     );
+}
+
+/// A lease that runs out while its holder is still connected is pushed to the holder as
+/// `LeaseEnded` (rather than found out at the next renewal), and the SDK's guard reports
+/// `lost` on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_expires_is_pushed_to_its_holder() {
+    use lockbroker_proto::{Acquire, EndReason, Mode, WaitSpec};
+    let broker = Broker::start();
+    let mut c = raw_session(&broker, None).await;
+    c.send_frame(&Frame::Acquire(Acquire {
+        id: 1,
+        key: Bytes::from_static(b"ended/k"),
+        mode: Mode::Exclusive,
+        ttl_ms: 300,
+        wait: WaitSpec::NoWait,
+    }))
+    .await;
+    let fence = match c.next_frame(Duration::from_secs(5)).await {
+        Some(Frame::Granted(g)) => g.fence,
+        other => panic!("expected Granted, got {other:?}"),
+    };
+    match c.next_frame(Duration::from_secs(5)).await {
+        Some(Frame::LeaseEnded {
+            key,
+            fence: f,
+            reason: EndReason::Expired,
+            ..
+        }) => assert_eq!((&key[..], f), (&b"ended/k"[..], fence)),
+        other => panic!("expected LeaseEnded, got {other:?}"),
+    }
 }

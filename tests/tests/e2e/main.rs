@@ -6,7 +6,8 @@
 //! - [`cli`]: `lockbroker lock` and `lockbroker inspect` against a real broker.
 //! - [`cli_signals`]: `lock -- CMD` as a supervisor: signals forwarded to CMD's group, CMD
 //!   never outlives a SIGKILLed `lock`, lease loss stops the whole group.
-//! - [`errors`]: `AlreadyHeld`, `NotLocked`, `NotOwner` and the per-session limits.
+//! - [`errors`]: re-locking (not re-entrant), `NotLocked`, `NotOwner` and the per-session
+//!   limits.
 //! - [`exclusion`]: lease secrets and reclaim by principal, honest guards (`extend`, `lost`
 //!   by the local clock), no carry-over of a guard to an independent broker, `Cancel` of an
 //!   acquire polling the sync mirror.
@@ -22,6 +23,8 @@
 //!   hot reload.
 //! - [`restart_exclusion`]: a frozen (SIGSTOP-like) holder's key across broker restarts;
 //!   findings of `lockbroker-chaos`, the failing ones `#[ignore]`d until fixed.
+//! - [`restart_grace`]: a broker restarted without its leases grants nothing its previous run
+//!   may still hold, while that run's holders reclaim theirs.
 //! - [`restore_validation`]: restore refuses an absurd max-fence and hand-written values.
 //! - [`queueing`]: FIFO grants, try-lock and bounded waits, cancelled acquires.
 
@@ -41,4 +44,5 @@ mod mutual_exclusion;
 mod plugins_e2e;
 mod queueing;
 mod restart_exclusion;
+mod restart_grace;
 mod restore_validation;

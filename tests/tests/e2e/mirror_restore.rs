@@ -75,6 +75,7 @@ async fn acknowledged_locks_survive_sigkill_with_their_fences() {
         id: 1,
         key: key.clone().into(),
         fence,
+        mode: lockbroker_proto::Mode::Exclusive,
         ttl_ms: 5_000,
         secret,
     }))

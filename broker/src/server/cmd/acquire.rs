@@ -1,12 +1,14 @@
 //! `Acquire`: policy (key, TTL), then the table. The grant — now, or pushed when a waiter's
 //! turn comes — is delivered by the broker core (which holds it for the grant gate, if any).
+//! Acquires polling the sync mirror outside the table count toward the session's limit of
+//! pending requests, and their ids stay taken.
 
 use lockbroker_proto::Acquire;
 
 use crate::broker::wire::wait_from;
 use crate::server::policy::Op;
 use crate::server::session::Session;
-use crate::table::AcquireRequest;
+use crate::table::{AcquireRequest, TableError};
 
 pub(super) async fn apply(s: &Session, a: Acquire) {
     let Some(decided) = s.decide(a.id, &a.key, a.mode, a.ttl_ms, Op::Acquire).await else {
@@ -18,7 +20,18 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
     // The request is kept only when a grant gate may refuse the grant and it must retry.
     let gated = s.broker.has_gate();
     let mut request = None;
+    let polling = s.handle.polls();
+    if polling > 0 && s.handle.is_polling(a.id) {
+        s.handle
+            .answer_table_error(a.id, &TableError::DuplicateRequest);
+        return;
+    }
+    let limit = s.broker.cfg.limits.max_waiters_per_session;
     let result = s.broker.with_table(|t, now, out| {
+        let may_queue = a.wait != lockbroker_proto::WaitSpec::NoWait;
+        if polling > 0 && may_queue && t.pending_of(s.id) + polling >= limit {
+            return Err(TableError::LimitExceeded("pending waiters"));
+        }
         let r = AcquireRequest {
             session: s.id,
             req: a.id,

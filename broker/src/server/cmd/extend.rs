@@ -1,9 +1,10 @@
 //! `Extend`: renews a lease (deadline = now + ttl, ttl bounded like an acquire's). The
-//! lease's secret must match (else `NotOwner`).
+//! lease's secret must match (else `NotOwner`). With a sync mirror the answer waits until
+//! Redis has the new deadline; if it cannot, the lease ends (`Broker::answer_renewed`).
 
-use lockbroker_proto::{Extend, Frame};
+use lockbroker_proto::Extend;
 
-use crate::broker::wire::millis;
+use crate::broker::Renewed;
 use crate::server::policy::clamp_ttl;
 use crate::server::session::Session;
 
@@ -16,10 +17,9 @@ pub(super) fn apply(s: &Session, e: Extend) {
         .broker
         .with_table(|t, now, out| t.extend(now, s.id, &e.key, e.fence, ttl, out));
     match result {
-        Ok(_) => s.reply(Frame::Extended {
-            id: e.id,
-            ttl_ms: millis(ttl),
-        }),
+        Ok(_) => s
+            .broker
+            .answer_renewed(&s.handle, e.id, &e.key, e.fence, Renewed::Extended(ttl)),
         Err(err) => s.handle.answer_table_error(e.id, &err),
     }
 }

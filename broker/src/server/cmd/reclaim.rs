@@ -3,31 +3,46 @@
 //! The secret must match this session's principal (so only the principal the lease was granted
 //! to can take it over), and the key and TTL policies run as for an acquire. The lease keeps its
 //! fence and gets a fresh TTL.
+//!
+//! During a restarted broker's grace period a lease of its previous run that the table does
+//! not know (nothing was restored) is re-created for its holder in the mode the reclaim names,
+//! if the key admits it (`Table::reclaim_from_previous_run`).
 
-use lockbroker_proto::{Mode, Reclaim};
+use lockbroker_proto::Reclaim;
 
+use crate::broker::Renewed;
 use crate::server::policy::Op;
 use crate::server::session::Session;
+use crate::table::{PreviousLease, TableError};
 
 pub(super) async fn apply(s: &Session, r: Reclaim) {
     if !s.owns(r.id, &r.key, r.fence, &r.secret, true) {
         return;
     }
-    let Some(decided) = s
-        .decide(r.id, &r.key, Mode::Exclusive, r.ttl_ms, Op::Acquire)
-        .await
-    else {
+    let Some(decided) = s.decide(r.id, &r.key, r.mode, r.ttl_ms, Op::Acquire).await else {
         return;
     };
     let ttl = decided.ttl;
-    let result = s.broker.with_table(|t, now, out| {
-        t.reclaim(s.id, &r.key, r.fence)?;
-        t.extend(now, s.id, &r.key, r.fence, ttl, out)
-    });
+    let result = s
+        .broker
+        .with_table(|t, now, out| match t.reclaim(s.id, &r.key, r.fence) {
+            Ok(_) => t.extend(now, s.id, &r.key, r.fence, ttl, out),
+            Err(TableError::NotLocked | TableError::NotOwner) if t.grace_until(now).is_some() => {
+                let lease = PreviousLease {
+                    key: &r.key,
+                    fence: r.fence,
+                    mode: r.mode.into(),
+                    ttl,
+                };
+                t.reclaim_from_previous_run(now, s.id, lease, out)
+                    .map(|g| g.deadline)
+            }
+            Err(e) => Err(e),
+        });
     match result {
         Ok(_) => s
             .broker
-            .answer_granted(&s.handle, r.id, &r.key, r.fence, ttl),
+            .answer_renewed(&s.handle, r.id, &r.key, r.fence, Renewed::Reclaimed(ttl)),
         Err(e) => s.handle.answer_table_error(r.id, &e),
     }
 }

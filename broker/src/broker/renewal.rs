@@ -1,0 +1,106 @@
+//! Renewals the grant gate must confirm, and leases the broker ends itself.
+//!
+//! * [`Broker::answer_renewed`]: after an `Extend` or `Reclaim` changed the table, the answer
+//!   leaves only once the gate (the sync mirror) confirmed the new deadline — else the lease
+//!   is ended, its holder told, and the request answered `NotLocked`.
+//! * [`Broker::revoke`]: ends a lease its holder did not release (the mirror lost it) and
+//!   pushes `LeaseEnded` to the holder, so its guard reports `lost` at once.
+//! * Table expiry of a lease whose session is still connected is pushed as `LeaseEnded` too
+//!   (`dispatch`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lockbroker_proto::{EndReason, ErrorCode, Frame};
+
+use super::Broker;
+use super::gate::Confirmation;
+use super::session::SessionHandle;
+use super::wire::millis;
+use crate::table::{Fence, ReqId, SessionId};
+
+/// What a confirmed renewal is answered with.
+#[derive(Clone, Copy, Debug)]
+pub enum Renewed {
+    /// `Extended { ttl }` (an `Extend`).
+    Extended(Duration),
+    /// `Granted` for the lease (a `Reclaim`).
+    Reclaimed(Duration),
+}
+
+impl Broker {
+    /// Answers request `req` of `session`, which renewed lease (`key`, `fence`), once the grant
+    /// gate confirmed the renewal (at once without a gate, or when it holds nothing).
+    pub fn answer_renewed(
+        self: &Arc<Self>,
+        handle: &Arc<SessionHandle>,
+        req: ReqId,
+        key: &Bytes,
+        fence: Fence,
+        renewed: Renewed,
+    ) {
+        let Some(pending) = self.gate.get().and_then(|g| g.hold_renewal(fence)) else {
+            self.answer_renewal(handle, req, key, fence, renewed);
+            return;
+        };
+        let (broker, handle, key) = (self.clone(), handle.clone(), key.clone());
+        tokio::spawn(async move {
+            match pending.await {
+                Confirmation::Ok => broker.answer_renewal(&handle, req, &key, fence, renewed),
+                Confirmation::Conflict(why) | Confirmation::Failed(why) => {
+                    let why = format!("the lock mirror did not confirm the renewal: {why}");
+                    broker.revoke(&key, fence, EndReason::Mirror, &why);
+                    handle.answer_error(req, ErrorCode::NotLocked, format!("{why}; lease ended"));
+                }
+            }
+        });
+    }
+
+    fn answer_renewal(
+        &self,
+        handle: &SessionHandle,
+        req: ReqId,
+        key: &[u8],
+        fence: Fence,
+        renewed: Renewed,
+    ) {
+        match renewed {
+            Renewed::Extended(ttl) => handle.answer(&Frame::Extended {
+                id: req,
+                ttl_ms: millis(ttl),
+            }),
+            Renewed::Reclaimed(ttl) => self.answer_granted(handle, req, key, fence, ttl),
+        }
+    }
+
+    /// Ends lease (`key`, `fence`) although its holder did not release it, and tells the
+    /// holder (if connected) with `LeaseEnded`. Nothing happens if the lease is gone already.
+    pub fn revoke(self: &Arc<Self>, key: &[u8], fence: Fence, reason: EndReason, why: &str) {
+        let holder = self.with_table(|t, now, out| t.revoke(now, key, fence, out));
+        let Some(session) = holder else {
+            return;
+        };
+        tracing::warn!(fence, session, "lease ended by the broker: {why}");
+        self.tell_lease_ended(session, key, fence, reason, why);
+    }
+
+    /// Pushes `LeaseEnded` to `session`, if it is connected.
+    pub(super) fn tell_lease_ended(
+        &self,
+        session: SessionId,
+        key: &[u8],
+        fence: Fence,
+        reason: EndReason,
+        why: &str,
+    ) {
+        if let Some(h) = self.session_handle(session) {
+            h.answer(&Frame::LeaseEnded {
+                key: Bytes::copy_from_slice(key),
+                fence,
+                reason,
+                message: why.to_string(),
+            });
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Restart grace (issue 11 finding 8): a broker restarted after a crash without restoring its
+//! leases (memory only) used to hand out every key at once, beside holders of its previous run
+//! that were still working. Now it grants nothing new until those leases may have ended, while
+//! their holders reclaim them at once. A shutdown keeps held leases too; an idle broker needs
+//! no grace.
+
+use std::time::{Duration, Instant};
+
+use lockbroker_sdk::Error;
+use lockbroker_tests::Broker;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_broker_grants_nothing_its_previous_run_may_still_hold() {
+    let broker = Broker::start();
+    let addr = broker.addr;
+    let a = broker
+        .client_builder()
+        .keep_alive(Duration::from_millis(200))
+        .idle_timeout(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connect");
+    let held = a
+        .lock("rs/k")
+        .ttl(Duration::from_secs(4))
+        .await
+        .expect("lock");
+    let crashed_at = Instant::now();
+    let broker = Broker::start_at(broker.kill(), "", addr);
+    let banner = broker.banner.join("\n");
+    assert!(banner.contains("restart grace"), "{banner}");
+
+    // Another client, 0.5 s after the restart: nothing is granted — neither the held key nor
+    // any other, since the broker does not know what its previous run handed out.
+    let b = broker.client().await;
+    assert_eq!(b.try_lock("rs/k").await.err(), Some(Error::Busy));
+    assert_eq!(b.try_lock("rs/other").await.err(), Some(Error::Busy));
+    let info = b.inspect("rs/other").await.expect("inspect");
+    assert!(
+        info.blocked_for > Duration::from_secs(1),
+        "inspect shows the grace: {info:?}"
+    );
+
+    // The holder's guard reconnects (once its client noticed the old connection is gone) and
+    // reclaims its lease at once: it never loses it.
+    let mut extended = Err(Error::Timeout);
+    for _ in 0..30 {
+        extended = held.extend(Duration::from_secs(4)).await;
+        if extended.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    extended.expect("the holder keeps its lease across the restart");
+    assert!(!held.is_lost());
+    let info = b.inspect("rs/k").await.expect("inspect");
+    assert_eq!(info.holders.len(), 1, "{info:?}");
+    assert_eq!(info.holders[0].fence, held.fence());
+
+    // A waiting acquire of another key is granted once the grace is over (the previous lease
+    // ran 4 s plus the horizon's slack), not before.
+    let other = b
+        .lock("rs/other")
+        .wait(Duration::from_secs(20))
+        .await
+        .expect("granted after the grace");
+    assert!(
+        crashed_at.elapsed() >= Duration::from_secs(4),
+        "granted {:?} after the crash, inside the old lease's TTL",
+        crashed_at.elapsed()
+    );
+    other.unlock().await.expect("unlock");
+    held.unlock().await.expect("unlock");
+    let g = b
+        .try_lock("rs/k")
+        .await
+        .expect("free after the holder released");
+    g.unlock().await.expect("unlock");
+}
+
+/// A shutdown does not release connected holders' leases (a paused holder could not be told
+/// in time): the restart waits them out, and their holders reclaim them meanwhile. With nothing
+/// held at the shutdown, or after a crash once the table had been empty, there is no grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_keeps_held_leases_and_an_idle_broker_needs_no_grace() {
+    let broker = Broker::start();
+    let addr = broker.addr;
+    let holder = broker
+        .client_builder()
+        .keep_alive(Duration::from_millis(200))
+        .request_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connect");
+    let g = holder
+        .lock("cs/k")
+        .ttl(Duration::from_secs(4))
+        .await
+        .expect("lock");
+    broker.signal("TERM");
+    let mut broker = broker;
+    assert!(broker.wait_exit(Duration::from_secs(20)).is_some(), "exits");
+    let broker = Broker::start_at(broker.kill(), "", addr);
+    let banner = broker.banner.join("\n");
+    assert!(banner.contains("restart grace"), "{banner}");
+    let other = broker.client().await;
+    assert_eq!(other.try_lock("cs/k").await.err(), Some(Error::Busy));
+    let mut extended = Err(Error::Timeout);
+    for _ in 0..30 {
+        extended = g.extend(Duration::from_secs(4)).await;
+        if extended.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    extended.expect("the holder reclaims its lease after the restart");
+    g.unlock().await.expect("unlock");
+    other.close().await;
+    holder.close().await;
+
+    // Nothing held at the shutdown: no grace.
+    broker.signal("TERM");
+    let mut broker = broker;
+    assert!(broker.wait_exit(Duration::from_secs(20)).is_some(), "exits");
+    let broker = Broker::start_at(broker.kill(), "", addr);
+    let banner = broker.banner.join("\n");
+    assert!(!banner.contains("restart grace"), "{banner}");
+    let c = broker.client().await;
+    let g = c.try_lock("cs/k").await.expect("granted at once");
+    g.unlock().await.expect("unlock");
+    c.close().await;
+
+    // A crash once every lease has ended (the table was empty for a while) needs none either.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let broker = Broker::start_at(broker.kill(), "", addr);
+    let banner = broker.banner.join("\n");
+    assert!(!banner.contains("restart grace"), "{banner}");
+    let c = broker.client().await;
+    c.try_lock("cs/k")
+        .await
+        .expect("granted at once")
+        .unlock()
+        .await
+        .expect("unlock");
+}
