@@ -1,4 +1,4 @@
-//! Exclusion across broker restarts with a *frozen* holder (findings of `lockbroker-chaos`):
+//! Exclusion across broker restarts with a *frozen* holder (found with `lockbroker-chaos`):
 //! the holder's whole runtime is blocked — as under SIGSTOP or a long GC pause — while the
 //! broker restarts and another client asks for the key; right after it resumes, the holder asks
 //! `is_lost()` (which reads the clock, so it needs no task to run). Its lease's TTL has not run
@@ -112,27 +112,24 @@ async fn sync_mirror_sigkill_restart_keeps_a_frozen_holders_lease() {
     frozen_holder_survives_restart(false, &config).await;
 }
 
-/// The known gap: a memory-only broker restarted after SIGKILL grants at once keys its
-/// previous run granted (no grace period yet).
+/// A memory-only broker restarted after SIGKILL used to grant at once keys its previous run
+/// had granted (fixed by the restart grace).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: a restarted memory-only broker does not hold back grants for a TTL"]
 async fn memory_sigkill_restart_keeps_a_frozen_holders_key() {
     frozen_holder_survives_restart(false, "").await;
 }
 
-/// Finding: a graceful shutdown releases every connected session's leases without their
-/// holders knowing (a frozen holder cannot read the close), so the restarted broker grants them
-/// at once.
+/// A graceful shutdown used to release every connected session's leases without their
+/// holders knowing (a frozen holder cannot read the close), so the restarted broker granted
+/// them at once (fixed: a shutdown leaves leases to their TTL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: graceful shutdown releases leases their (frozen) holders still hold"]
 async fn memory_graceful_restart_keeps_a_frozen_holders_key() {
     frozen_holder_survives_restart(true, "").await;
 }
 
-/// Finding: the same with the sync mirror: the released leases are flushed to Redis at
-/// shutdown, so nothing is restored.
+/// The same with the sync mirror: the released leases used to be flushed to Redis at
+/// shutdown, so nothing was restored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: graceful shutdown releases leases their (frozen) holders still hold"]
 async fn sync_mirror_graceful_restart_keeps_a_frozen_holders_key() {
     let redis = RedisServer::start();
     let config = mirror_config(&redis.url(), "sync", "");
