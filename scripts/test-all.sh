@@ -52,4 +52,7 @@ cargo build --workspace --bins
 step "cargo test"
 cargo test --workspace -- --test-threads=2
 
+step "fault-injection checker"
+"${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --duration 60s --min-grants 20000
+
 step "all tests passed"

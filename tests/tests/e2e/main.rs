@@ -23,6 +23,8 @@
 //! - [`mutual_exclusion`]: no overlapping holders and growing fences under contention.
 //! - [`plugins_e2e`]: policy plugins through the broker: ACLs, rewrite, TTL clamp, faults,
 //!   hot reload.
+//! - [`restart_exclusion`]: a frozen (SIGSTOP-like) holder's key across graceful and SIGKILL
+//!   restarts, memory only and with the sync mirror (found with `lockbroker-chaos`).
 //! - [`restart_grace`]: a broker restarted without its leases grants nothing its previous run
 //!   may still hold, while that run's holders reclaim theirs.
 //! - [`restore_validation`]: restore refuses an absurd max-fence and hand-written values.
@@ -44,5 +46,6 @@ mod modes;
 mod mutual_exclusion;
 mod plugins_e2e;
 mod queueing;
+mod restart_exclusion;
 mod restart_grace;
 mod restore_validation;
