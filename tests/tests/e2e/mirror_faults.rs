@@ -64,15 +64,17 @@ async fn sync_mode_refuses_grants_while_redis_is_down() {
 /// confirmed the lease ends and its holder is told — before the key can expire in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_link_ends_the_lease_before_redis_can_give_the_key_away() {
-    use lockbroker_tests::proxy::StallProxy;
+    use lockbroker_tests::proxy::StallableProxy;
     let redis = RedisServer::start();
     let target = redis
         .url()
         .trim_start_matches("redis://")
         .trim_end_matches("/0")
         .parse();
-    let proxy = StallProxy::start(target.expect("redis addr")).await;
-    let broker = Broker::start_with_config(&mirror_config(&proxy.redis_url(), "sync", ""));
+    let proxy = StallableProxy::start(target.expect("redis addr"))
+        .await
+        .expect("proxy");
+    let broker = Broker::start_with_config(&mirror_config(&proxy.url(), "sync", ""));
     let a = broker.client().await;
     let held = a
         .lock("sync/k")
@@ -80,7 +82,7 @@ async fn a_stalled_redis_link_ends_the_lease_before_redis_can_give_the_key_away(
         .await
         .expect("lock with Redis up");
     assert!(redis.pttl("sync/k") > 0, "the hold is in Redis");
-    proxy.stall(true);
+    proxy.set_stalled(true);
     // A Redis client tries the key every 20 ms, as a redlock client would.
     let taken = tokio::task::spawn_blocking({
         let redis_url = redis.url();
@@ -115,7 +117,7 @@ async fn a_stalled_redis_link_ends_the_lease_before_redis_can_give_the_key_away(
         "the holder was told {:?} after a Redis client took the key",
         lost_at - taken_at
     );
-    proxy.stall(false);
+    proxy.set_stalled(false);
     // The broker does not list A any more (its lease ended), and sees the key held in Redis.
     assert!(!inspect(&a, "sync/k").await.is_locked());
     assert_eq!(a.try_lock("sync/k").await.err(), Some(Error::Busy));

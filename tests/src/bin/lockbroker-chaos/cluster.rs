@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::broker::{BrokerProcess, BrokerSpec, PhaseConfig};
 use crate::clients::ClientPool;
-use crate::proxy::StallableProxy;
+use lockbroker_tests::proxy::StallableProxy;
 
 pub struct Cluster {
     pub spec: BrokerSpec,

@@ -18,7 +18,6 @@ mod history;
 mod nemesis;
 mod orchestrator;
 mod process;
-mod proxy;
 mod redis_server;
 mod report;
 mod store;

@@ -18,7 +18,7 @@ use crate::cluster::Cluster;
 use crate::faults::FaultKind;
 use crate::history::History;
 use crate::nemesis::Nemesis;
-use crate::proxy::StallableProxy;
+use lockbroker_tests::proxy::StallableProxy;
 use crate::redis_server::RedisServer;
 use crate::report::Summary;
 use crate::store::FenceStore;
