@@ -18,11 +18,11 @@ use crate::cluster::Cluster;
 use crate::faults::FaultKind;
 use crate::history::History;
 use crate::nemesis::Nemesis;
-use lockbroker_tests::proxy::StallableProxy;
 use crate::redis_server::RedisServer;
 use crate::report::Summary;
 use crate::store::FenceStore;
 use crate::{Phases, RunArgs};
+use lockbroker_tests::proxy::StallableProxy;
 
 /// Runs the experiment on a current-thread runtime: every child process is spawned from the
 /// main thread, so their parent-death signal fires only when this process ends.
