@@ -59,6 +59,24 @@ impl Identity {
         }
     }
 
+    /// The key of QUIC stateless resets, derived from the broker key: a broker restarted on
+    /// the same data dir can then reset the connections its previous run had (clients notice
+    /// at once and reconnect) instead of leaving them to their idle timeout.
+    pub fn stateless_reset_key(&self) -> hmac::Key {
+        let derived = hmac::sign(&self.key, b"lockbroker quic stateless reset");
+        hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+    }
+
+    /// The key of the connection-id generator, derived from the broker key: a restarted broker
+    /// recognises the connection ids of its previous run as its own (and answers them with a
+    /// stateless reset instead of dropping them as invalid).
+    pub fn connection_id_key(&self) -> u64 {
+        let derived = hmac::sign(&self.key, b"lockbroker quic connection ids");
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&derived.as_ref()[..8]);
+        u64::from_le_bytes(k)
+    }
+
     /// The broker id announced in `Welcome`.
     pub fn id(&self) -> u64 {
         self.id

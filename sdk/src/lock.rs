@@ -122,7 +122,19 @@ impl LockRequest {
                 // started at the send). Renew before handing it out, so the caller's work
                 // starts on a full, safely bounded lease.
                 if sent.elapsed() > ttl / 4 {
-                    crate::guard::refresh(&guard).await?;
+                    match crate::guard::refresh(&guard).await {
+                        Ok(()) => {}
+                        // The lease ran out before the renewal reached the broker (e.g. this
+                        // process was paused between the grant and now): it was granted, then
+                        // lost — say so, rather than a puzzling `NotOwner`/`NotLocked`.
+                        Err(Error::NotOwner | Error::NotLocked) => {
+                            return Err(Error::Lost(
+                                "the lease ended before its first renewal reached the broker"
+                                    .into(),
+                            ));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Ok(guard)
             }

@@ -413,3 +413,39 @@ async fn a_lease_ended_push_makes_its_guard_lost_at_once() {
     assert!(a.is_lost());
     assert!(!b.is_lost());
 }
+
+/// A grant after a long wait is renewed before it is handed out; if the broker no longer has
+/// the lease by then (the process was paused between the grant and the renewal), `lock()`
+/// says `Lost` — it used to return a puzzling `NotLocked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_gone_before_its_first_renewal_is_reported_lost() {
+    let mut fake = Fake::start().await;
+    let client = fake.client().await;
+    let mut s = fake.session().await;
+    let locking = tokio::spawn({
+        let c = client.clone();
+        async move { c.lock("k").ttl(Duration::from_millis(1000)).await }
+    });
+    let a = s.acquire().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.send(Frame::Granted(Granted {
+        id: a.id,
+        fence: 3,
+        ttl_ms: 1000,
+        rewritten: None,
+        secret: Default::default(),
+    }))
+    .await;
+    let extend = match s.next().await {
+        Frame::Extend(e) => e,
+        other => panic!("expected the first renewal, got {other:?}"),
+    };
+    s.send(Frame::Error {
+        id: extend.id,
+        code: ErrorCode::NotLocked,
+        message: "key is not locked".into(),
+    })
+    .await;
+    let r = locking.await.unwrap();
+    assert!(matches!(&r, Err(Error::Lost(_))), "{:?}", r.err());
+}

@@ -66,6 +66,14 @@ impl Server {
                     source,
                 }
             })?;
+        // Stateless resets and connection ids keyed by the broker key, so a broker restarted on
+        // the same data dir resets the connections of its previous run at once.
+        let mut endpoint_config =
+            quinn::EndpointConfig::new(Arc::new(broker_identity.stateless_reset_key()));
+        let cid_key = broker_identity.connection_id_key();
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let broker_identity = match cluster_key {
             Some(key) => crate::identity::Identity::from_bytes(key),
             None => broker_identity,
@@ -95,12 +103,18 @@ impl Server {
             .max_concurrent_bidi_streams(1u32.into())
             .max_concurrent_uni_streams(0u32.into());
         server_config.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server_config, cfg.listen).map_err(|source| {
-            ServerError::Bind {
-                addr: cfg.listen,
-                source,
-            }
-        })?;
+        let bind_error = |source| ServerError::Bind {
+            addr: cfg.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(cfg.listen).map_err(bind_error)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         Ok(Server {
             endpoint,
             broker: Broker::new(cfg, epoch, broker_identity, previous_run),

@@ -144,3 +144,30 @@ async fn a_shutdown_keeps_held_leases_and_an_idle_broker_needs_no_grace() {
         .await
         .expect("unlock");
 }
+
+/// A broker restarted on the same address and data dir resets the QUIC connections of its
+/// previous run (its stateless-reset key comes from the broker key), so clients notice at once
+/// and reconnect — they used to wait for their idle timeout (10 s by default), failing every
+/// request meanwhile (found by the chaos checker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_restarted_broker_reconnect_without_waiting_for_the_idle_timeout() {
+    let broker = Broker::start();
+    let addr = broker.addr;
+    // Default idle timeout (10 s) and keep-alive (2 s).
+    let c = broker.client().await;
+    c.inspect("rr/k").await.expect("inspect");
+    let broker = Broker::start_at(broker.kill(), "", addr);
+    let restarted = Instant::now();
+    loop {
+        if c.inspect("rr/k").await.is_ok() {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(8),
+            "still cut off {:?} after the restart",
+            restarted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(broker);
+}
