@@ -267,6 +267,26 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_cluster_table_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker.example.toml");
+        let text = std::fs::read_to_string(path).expect("example");
+        let table: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# [cluster]"))
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        assert!(table.contains("etcd"), "{table}");
+        let cfg: Config = toml::from_str(&table).expect("the documented [cluster] table parses");
+        cfg.validate().expect("and validates");
+        assert!(cfg.cluster.enabled());
+        assert_eq!(cfg.max_ttl(), Duration::from_millis(cfg.cluster.max_ttl_ms));
+        let mut bad = cfg.clone();
+        bad.cluster.ownership_ttl_ms = 2500;
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let dir = std::env::temp_dir().join(format!("lb-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
