@@ -8,17 +8,19 @@
 //! opened the first time an address of that family is tried. The live connection itself is
 //! [`Conn`] (one mutex for all its state, see `conn.rs`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use lockbroker_proto::{Frame, WaitSpec};
+use lockbroker_proto::{ErrorCode, Frame, WaitSpec};
 
 use crate::conn::Conn;
 use crate::inspect::LockInfo;
 use crate::lock::LockRequest;
+use crate::routing::{Pushes, Routes};
 use crate::tls::{ClientIdentity, Trust, client_config, read_file};
 use crate::{Error, Result, UnlockOutcome};
 
@@ -209,8 +211,12 @@ impl ClientBuilder {
                 connect_timeout: self.connect_timeout,
                 request_timeout: self.request_timeout,
                 lease_margin: self.lease_margin,
-                lease_ended: tokio::sync::broadcast::channel(256).0,
+                pushes: Pushes {
+                    lease_ended: tokio::sync::broadcast::channel(256).0,
+                    routes: Arc::new(Routes::default()),
+                },
                 current: Mutex::new(None),
+                routed: Mutex::new(HashMap::new()),
                 reconnect: tokio::sync::Mutex::new(()),
             }),
         };
@@ -303,10 +309,12 @@ struct Inner {
     connect_timeout: Duration,
     request_timeout: Duration,
     lease_margin: Duration,
-    /// `LeaseEnded` pushes of every connection of this client: (fence, why). Guards'
-    /// watchdogs subscribe.
-    lease_ended: tokio::sync::broadcast::Sender<(u64, String)>,
+    /// Where every connection of this client passes the broker's pushes: `LeaseEnded` (guards'
+    /// watchdogs subscribe) and the cluster's shard map.
+    pushes: Pushes,
     current: Mutex<Option<Arc<Conn>>>,
+    /// Cluster mode: connections to the brokers that own the shards of the keys used, by URL.
+    routed: Mutex<HashMap<String, Arc<Conn>>>,
     reconnect: tokio::sync::Mutex<()>,
 }
 
@@ -417,7 +425,8 @@ impl Client {
     }
 
     async fn wait_unlocked(&self, key: Bytes, wait: WaitSpec) -> Result<UnlockOutcome> {
-        let conn = self.conn().await?;
+        // Routed to the key's broker by the shard map (a `Moved` answer is not followed here).
+        let conn = self.conn_for(&key).await?;
         conn.check_key(&key)?;
         let (id, rx) = conn.request(|id| Frame::WaitUnlocked {
             id,
@@ -473,9 +482,77 @@ impl Client {
 
     /// How long before its local deadline a lease of `ttl` is reported lost: the fixed margin
     /// plus the clock drift over the TTL, at most half the TTL.
-    /// Subscribes to the broker's `LeaseEnded` pushes: (fence, why).
-    pub(crate) fn lease_ended(&self) -> tokio::sync::broadcast::Receiver<(u64, String)> {
-        self.inner.lease_ended.subscribe()
+    /// Subscribes to the broker's `LeaseEnded` pushes: (fence, reason, why).
+    pub(crate) fn lease_ended(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<(u64, lockbroker_proto::EndReason, String)> {
+        self.inner.pushes.lease_ended.subscribe()
+    }
+
+    /// The connection for requests on `key`: in cluster mode, to the broker the shard map says
+    /// serves it (connected on first use); otherwise — or if that broker cannot be reached —
+    /// the client's one connection.
+    pub(crate) async fn conn_for(&self, key: &[u8]) -> Result<Arc<Conn>> {
+        let Some(url) = self.inner.pushes.routes.owner(key) else {
+            return self.conn().await;
+        };
+        if let Some(c) = self.routed_conn(&url) {
+            return Ok(c);
+        }
+        let _one_at_a_time = self.inner.reconnect.lock().await;
+        if let Some(c) = self.routed_conn(&url) {
+            return Ok(c);
+        }
+        match self.connect_url(&url).await {
+            Ok(conn) => {
+                self.inner
+                    .routed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(url, conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                // Forget that owner until a broker names one again: the default connection's
+                // broker answers `Moved` with the shard's real owner (or none, during a
+                // takeover) instead of every request waiting out a connect timeout here.
+                tracing::debug!(%url, "cannot reach the shard's owner: {e}");
+                self.inner.pushes.routes.moved(key, "");
+                drop(_one_at_a_time);
+                self.conn().await
+            }
+        }
+    }
+
+    /// A live routed connection to `url`.
+    fn routed_conn(&self, url: &str) -> Option<Arc<Conn>> {
+        let mut routed = self.inner.routed.lock().unwrap_or_else(|e| e.into_inner());
+        match routed.get(url) {
+            Some(c) if !c.is_closed() => Some(c.clone()),
+            Some(_) => {
+                routed.remove(url);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Connects to the broker at `url` (`quic://host:port`).
+    async fn connect_url(&self, url: &str) -> Result<Arc<Conn>> {
+        let target = parse_url(url)?;
+        let mut last_error = Error::Connect(format!("{url}: no address"));
+        for addr in target.resolve_within(self.inner.connect_timeout).await? {
+            match self.connect_to(&target.host, addr).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// A broker answered `Moved` for `key`: remember where its shard is served now.
+    pub(crate) fn note_moved(&self, key: &[u8], url: &str) {
+        self.inner.pushes.routes.moved(key, url);
     }
 
     pub(crate) fn lease_margin(&self, ttl: Duration) -> Duration {
@@ -561,12 +638,12 @@ impl Client {
             let quic = connecting
                 .await
                 .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
-            let ended = self.inner.lease_ended.clone();
+            let pushes = self.inner.pushes.clone();
             Conn::open(
                 quic,
                 self.inner.token.clone(),
                 self.inner.name.clone(),
-                ended,
+                pushes,
             )
             .await
         };
@@ -575,17 +652,46 @@ impl Client {
             .map_err(|_| Error::Connect(format!("{addr}: timed out")))?
     }
 
-    /// Sends one request that answers at once and waits (bounded) for the answer.
+    /// Sends one request on `key` that answers at once and waits (bounded) for the answer, at
+    /// the broker that serves the key (following `Moved` answers a few times).
     pub(crate) async fn round_trip(
         &self,
         key: &[u8],
-        build: impl FnOnce(u64) -> Frame,
+        build: impl Fn(u64) -> Frame,
     ) -> Result<Frame> {
-        let conn = self.conn().await?;
-        conn.check_key(key)?;
-        round_trip_on(&conn, self.inner.request_timeout, build).await
+        for _ in 0..MAX_MOVES {
+            let conn = self.conn_for(key).await?;
+            conn.check_key(key)?;
+            match round_trip_raw(&conn, self.inner.request_timeout, &build).await? {
+                Frame::Error {
+                    code: ErrorCode::Moved,
+                    message,
+                    ..
+                } => self.follow_moved(key, &message).await,
+                Frame::Error { code, message, .. } => return Err(Error::from_wire(code, message)),
+                frame => return Ok(frame),
+            }
+        }
+        Err(Error::Unavailable(
+            "the key's shard keeps moving between brokers".into(),
+        ))
+    }
+
+    /// After a `Moved` answer for `key`: note the new owner; with none yet (a takeover under
+    /// way), pause briefly before the next try.
+    pub(crate) async fn follow_moved(&self, key: &[u8], url: &str) {
+        self.note_moved(key, url);
+        if url.is_empty() {
+            tokio::time::sleep(MOVE_PAUSE).await;
+        }
     }
 }
+
+/// How many `Moved` answers one request follows before it gives up.
+pub(crate) const MAX_MOVES: usize = 8;
+
+/// The pause before retrying a key whose shard has no owner right now.
+pub(crate) const MOVE_PAUSE: Duration = Duration::from_millis(100);
 
 /// Sends one request on `conn` and waits up to `timeout` for its answer; `Error` frames
 /// become errors.
@@ -594,9 +700,20 @@ pub(crate) async fn round_trip_on(
     timeout: Duration,
     build: impl FnOnce(u64) -> Frame,
 ) -> Result<Frame> {
+    match round_trip_raw(conn, timeout, build).await? {
+        Frame::Error { code, message, .. } => Err(Error::from_wire(code, message)),
+        frame => Ok(frame),
+    }
+}
+
+/// [`round_trip_on`], with `Error` frames handed back as frames.
+pub(crate) async fn round_trip_raw(
+    conn: &Arc<Conn>,
+    timeout: Duration,
+    build: impl FnOnce(u64) -> Frame,
+) -> Result<Frame> {
     let (id, rx) = conn.request(build)?;
     match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(Frame::Error { code, message, .. })) => Err(Error::from_wire(code, message)),
         Ok(Ok(frame)) => Ok(frame),
         Ok(Err(_)) => Err(conn.disconnected()),
         Err(_) => {

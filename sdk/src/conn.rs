@@ -27,9 +27,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use lockbroker_proto::{Frame, Hello, Limits, Release, Welcome, decode, encode};
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot::error::TryRecvError;
-use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use crate::Error;
+use crate::routing::Pushes;
 
 /// Application close code for a deliberate, clean close (the broker releases our leases).
 pub(crate) const CLOSE_CLEAN: u32 = 0;
@@ -250,8 +251,8 @@ pub(crate) struct Conn {
     state: Mutex<State>,
     /// Wakes the writer task: frames are queued, or the connection ended.
     writer: Notify,
-    /// Where `LeaseEnded` pushes go: (fence, why), to the guards' watchdogs.
-    lease_ended: broadcast::Sender<(u64, String)>,
+    /// Where the broker's pushes go (`LeaseEnded`, `ShardMap`).
+    pushes: Pushes,
 }
 
 impl Conn {
@@ -260,7 +261,7 @@ impl Conn {
         quic: quinn::Connection,
         token: Option<String>,
         client_name: String,
-        lease_ended: broadcast::Sender<(u64, String)>,
+        pushes: Pushes,
     ) -> Result<Arc<Conn>, Error> {
         let (mut send, mut recv) = quic
             .open_bi()
@@ -324,7 +325,7 @@ impl Conn {
                 closed: false,
             }),
             writer: Notify::new(),
-            lease_ended,
+            pushes,
         });
         tokio::spawn(conn.clone().write_loop());
         tokio::spawn(conn.clone().read_loop(recv, buf));
@@ -471,11 +472,10 @@ impl Conn {
                     ..
                 } => {
                     // No receiver: no guard is alive to care.
-                    let _ = self.lease_ended.send((
-                        fence,
-                        format!("the broker ended the lease ({reason:?}): {message}"),
-                    ));
+                    let why = format!("the broker ended the lease ({reason:?}): {message}");
+                    let _ = self.pushes.lease_ended.send((fence, reason, why));
                 }
+                Frame::ShardMap(m) => self.pushes.routes.update(m),
                 _ => {}
             }
             return;

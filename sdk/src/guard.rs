@@ -11,14 +11,15 @@
 //! `unlock().await` releases with an acknowledgement; dropping the guard releases
 //! fire-and-forget.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_proto::{Extend, Frame, LeaseSecret, Mode, Reclaim, Release};
+use lockbroker_proto::{EndReason, ErrorCode, Extend, Frame, LeaseSecret, Mode, Reclaim, Release};
 use tokio::sync::{broadcast, watch};
 
-use crate::client::{millis, round_trip_on};
+use crate::client::{millis, round_trip_on, round_trip_raw};
 use crate::conn::Conn;
 use crate::{Client, Error, Result};
 
@@ -60,6 +61,9 @@ struct Lease {
     timing: watch::Sender<Timing>,
     /// The connection whose session holds the lease.
     owner: Mutex<Arc<Conn>>,
+    /// Cluster mode: the broker said the key's shard moved (`LeaseEnded` with `Moved`); the
+    /// lease is reclaimed at the shard's new owner before its next use.
+    moved: AtomicBool,
 }
 
 /// A granted lease as `LockRequest` hands it to [`Guard::new`].
@@ -99,6 +103,7 @@ impl Guard {
                 deadline: g.sent + g.ttl,
             }),
             owner: Mutex::new(owner),
+            moved: AtomicBool::new(false),
         });
         let watchdog = Some(tokio::spawn(watchdog(lease.clone(), lost_tx, renew)));
         Guard {
@@ -244,10 +249,13 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    if !owner.is_closed() {
+    let moved = lease.moved.load(Ordering::Acquire);
+    if !owner.is_closed() && !moved {
         return Ok(owner);
     }
-    let conn = lease.client.conn().await?;
+    // Reclaimed where the key is served now: the same broker after a reconnect, or — in
+    // cluster mode — the shard's new owner (during its takeover grace).
+    let conn = lease.client.conn_for(&lease.key).await?;
     if conn.welcome().broker_id != lease.broker_id {
         // Another broker (an independent lock table): the lease does not exist there, and
         // the broker that has it may hand the key to someone else once it expires.
@@ -258,7 +266,7 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
         )));
     }
     let ttl = lease.timing.borrow().ttl;
-    let reply = round_trip_on(&conn, lease.client.request_timeout(), |id| {
+    let reply = round_trip_raw(&conn, lease.client.request_timeout(), |id| {
         Frame::Reclaim(Reclaim {
             id,
             key: lease.key.clone(),
@@ -273,8 +281,21 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
         Frame::Granted(_) => {
             tracing::debug!(fence = lease.fence, "lease reclaimed after reconnect");
             *lease.owner.lock().unwrap_or_else(|e| e.into_inner()) = conn.clone();
+            lease.moved.store(false, Ordering::Release);
             Ok(conn)
         }
+        // Not served there (any more): note where, and let the watchdog try again.
+        Frame::Error {
+            code: ErrorCode::Moved,
+            message,
+            ..
+        } => {
+            lease.client.follow_moved(&lease.key, &message).await;
+            Err(Error::Unavailable(format!(
+                "the key's shard is moving (to {message:?}); reclaiming there"
+            )))
+        }
+        Frame::Error { code, message, .. } => Err(Error::from_wire(code, message)),
         other => Err(crate::client::unexpected(other)),
     }
 }
@@ -353,7 +374,13 @@ async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: 
             }
             // The broker says the lease ended (expired, or its mirror lost it): lost at once.
             pushed = ended.recv(), if ended_open => match pushed {
-                Ok((fence, why)) if fence == lease.fence => {
+                // Cluster mode: the shard moved. Reclaim at its new owner now; the lease is
+                // lost only if that fails until the local deadline (or is refused).
+                Ok((fence, EndReason::Moved, _)) if fence == lease.fence => {
+                    lease.moved.store(true, Ordering::Release);
+                    next_renew = Instant::now();
+                }
+                Ok((fence, _, why)) if fence == lease.fence => {
                     declare(why);
                     return;
                 }

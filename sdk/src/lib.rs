@@ -47,6 +47,7 @@ mod error;
 mod guard;
 mod inspect;
 mod lock;
+mod routing;
 mod tls;
 
 pub use client::{Client, ClientBuilder};

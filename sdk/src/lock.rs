@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_proto::{Acquire, Frame, Mode, WaitSpec};
+use lockbroker_proto::{Acquire, ErrorCode, Frame, Mode, WaitSpec};
 
-use crate::client::{PendingReply, millis, unexpected};
+use crate::client::{MAX_MOVES, PendingReply, millis, unexpected};
 use crate::guard::Guard;
 use crate::{Client, Error, Result};
 
@@ -66,14 +66,50 @@ impl LockRequest {
         self
     }
 
+    /// Asks the broker that serves the key; in cluster mode follows `Moved` answers to the
+    /// shard's owner (at most `MAX_MOVES` brokers in a row; while the shard has no owner, it
+    /// retries until the wait deadline).
     async fn run(self) -> Result<Guard> {
-        let conn = self.client.conn().await?;
-        conn.check_key(&self.key)?;
         if let Mode::Semaphore(0) = self.mode {
             return Err(Error::Invalid(
                 "a semaphore needs at least one permit".into(),
             ));
         }
+        let deadline = match self.wait {
+            WaitSpec::Millis(ms) => Some(Instant::now() + Duration::from_millis(ms)),
+            WaitSpec::NoWait => Some(Instant::now() + self.client.request_timeout()),
+            WaitSpec::Forever => None,
+        };
+        let mut moves = 0;
+        loop {
+            let wait = match (self.wait, deadline) {
+                (WaitSpec::Millis(_), Some(d)) => {
+                    WaitSpec::Millis(millis(d.saturating_duration_since(Instant::now())))
+                }
+                (w, _) => w,
+            };
+            match self.attempt(wait).await? {
+                Attempt::Granted(guard) => return Ok(guard),
+                Attempt::Moved(url) => {
+                    if !url.is_empty() {
+                        moves += 1;
+                    }
+                    let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+                    if moves >= MAX_MOVES || out_of_time {
+                        return Err(Error::Unavailable(format!(
+                            "the key's shard is not served by a broker that answers (last: {url:?})"
+                        )));
+                    }
+                    self.client.follow_moved(&self.key, &url).await;
+                }
+            }
+        }
+    }
+
+    /// One acquire at the broker the client believes serves the key.
+    async fn attempt(&self, wait: WaitSpec) -> Result<Attempt> {
+        let conn = self.client.conn_for(&self.key).await?;
+        conn.check_key(&self.key)?;
         let ttl_ms = self.ttl.map_or(0, millis);
         // The lease's clock starts here: the broker cannot have granted it earlier.
         let sent = Instant::now();
@@ -83,16 +119,16 @@ impl LockRequest {
                 key: self.key.clone(),
                 mode: self.mode,
                 ttl_ms,
-                wait: self.wait,
+                wait,
             })
         })?;
         let mut pending = PendingReply::new(&conn, id, Some(self.key.clone()), rx);
         // The broker times the wait; the client adds the request timeout for a broker that
         // stopped answering.
-        let reply = match self.wait {
+        let reply = match wait {
             WaitSpec::Forever => pending.recv().await?,
             WaitSpec::NoWait | WaitSpec::Millis(_) => {
-                let limit = match self.wait {
+                let limit = match wait {
                     WaitSpec::Millis(ms) => Duration::from_millis(ms),
                     _ => Duration::ZERO,
                 } + self.client.request_timeout();
@@ -103,13 +139,18 @@ impl LockRequest {
             }
         };
         match reply {
+            Frame::Error {
+                code: ErrorCode::Moved,
+                message,
+                ..
+            } => Ok(Attempt::Moved(message)),
             Frame::Granted(g) => {
                 let ttl = Duration::from_millis(g.ttl_ms);
                 let guard = Guard::new(
                     self.client.clone(),
                     conn,
                     crate::guard::Granted {
-                        key: g.rewritten.unwrap_or(self.key),
+                        key: g.rewritten.unwrap_or_else(|| self.key.clone()),
                         fence: g.fence,
                         secret: g.secret,
                         mode: self.mode,
@@ -136,11 +177,19 @@ impl LockRequest {
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(guard)
+                Ok(Attempt::Granted(guard))
             }
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// How one acquire attempt ended, short of an error.
+enum Attempt {
+    Granted(Guard),
+    /// The broker does not serve the key: its shard is served at this URL (empty: nowhere
+    /// right now).
+    Moved(String),
 }
 
 impl IntoFuture for LockRequest {

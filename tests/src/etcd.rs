@@ -98,12 +98,13 @@ pub fn free_udp_addr() -> SocketAddr {
         .expect("bind udp 127.0.0.1:0")
 }
 
-/// A broker config for cluster mode on `etcd` as `name` advertising `addr`.
-pub fn cluster_config(etcd: &str, name: &str, addr: SocketAddr, extra: &str) -> String {
+/// A broker config for cluster mode on `etcd` as `name` advertising `addr`, with a 2 s
+/// ownership lease and `max_ttl_ms` as the TTL cap (and takeover grace).
+pub fn cluster_config(etcd: &str, name: &str, addr: SocketAddr, max_ttl_ms: u64) -> String {
     format!(
         r#"
 [locks]
-default_ttl_ms = 3000
+default_ttl_ms = {max_ttl_ms}
 [cluster]
 etcd = ["{etcd}"]
 name = "test"
@@ -111,8 +112,7 @@ broker = "{name}"
 advertise = "{addr}"
 shards = 8
 ownership_ttl_ms = 2000
-max_ttl_ms = 3000
-{extra}
+max_ttl_ms = {max_ttl_ms}
 "#
     )
 }

@@ -133,6 +133,18 @@ impl Broker {
         }
     }
 
+    /// The cluster's shard map (cluster mode only).
+    pub fn shard_map(&self) -> Option<lockbroker_proto::ShardMap> {
+        self.router.get().and_then(|r| r.shard_map())
+    }
+
+    /// Pushes `frame` to every live session (e.g. a changed shard map).
+    pub fn broadcast(&self, frame: &lockbroker_proto::Frame) {
+        for s in self.sessions.iter() {
+            s.answer(frame);
+        }
+    }
+
     /// Whether the holder of lease (`key`, `fence`) from an earlier owner of the key's shard
     /// may have it back here now (cluster takeover grace).
     pub fn may_adopt(&self, key: &[u8], fence: u64) -> bool {

@@ -24,4 +24,9 @@ pub trait KeyRouter: Send + Sync {
     /// Whether a lease of `fence` on `key` may be adopted by its holder here now (a takeover
     /// grace runs and the fence comes from an earlier owner of the key's shard).
     fn may_adopt(&self, key: &[u8], fence: u64) -> bool;
+
+    /// The shard map clients route by (pushed after `Welcome` and on change).
+    fn shard_map(&self) -> Option<lockbroker_proto::ShardMap> {
+        None
+    }
 }

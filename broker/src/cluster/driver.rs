@@ -68,6 +68,8 @@ pub struct Cluster {
     url: String,
     state: Mutex<ClusterState>,
     validity: Mutex<Validity>,
+    /// The owners in the last shard map pushed to clients.
+    published: Mutex<Vec<lockbroker_proto::ShardOwner>>,
     /// How long a taken-over shard grants nothing new.
     grace: Duration,
     broker: Arc<Broker>,
@@ -91,6 +93,7 @@ impl Cluster {
             url,
             state: Mutex::new(ClusterState::new(me, cfg.shards)),
             validity: Mutex::new(Validity::new(ttl, Duration::from_millis(200))),
+            published: Mutex::new(Vec::new()),
             grace,
             broker: broker.clone(),
         });
@@ -138,6 +141,7 @@ impl Cluster {
         self.validity().lost();
         let lost = self.state().drop_all_mine();
         self.evict_shards(&lost, why);
+        self.publish();
     }
 
     /// Clears every key of `shards` from the table.
@@ -201,6 +205,7 @@ impl Cluster {
             .await?;
         let (mut keeper, mut keep_alives) = client.lease_keep_alive(lease_id).await?;
         self.claim(&mut client, lease_id).await?;
+        self.publish();
         let renew_every = self.validity().renew_every();
         let mut renew = tokio::time::interval(renew_every);
         let mut check = tokio::time::interval(Duration::from_millis(50));
@@ -240,6 +245,7 @@ impl Cluster {
                     }
                     self.evict_shards(&lost, "etcd shows another owner");
                     self.claim(&mut client, lease_id).await?;
+                    self.publish();
                 }
                 _ = check.tick() => {
                     if !self.validity().valid_at(Instant::now()) {
@@ -348,9 +354,19 @@ impl Cluster {
         Ok(())
     }
 
-    /// The shard map clients route by (pushed to them in a later step).
-    pub fn shard_map(&self) -> lockbroker_proto::ShardMap {
-        self.state().shard_map()
+    /// Pushes the shard map to every connected client if who owns what changed since the
+    /// last push.
+    fn publish(&self) {
+        let map = self.state().shard_map();
+        {
+            let mut last = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            if *last == map.owners {
+                return;
+            }
+            last.clone_from(&map.owners);
+        }
+        self.broker
+            .broadcast(&lockbroker_proto::Frame::ShardMap(map));
     }
 
     /// Members and shard owners as this broker sees them: for `cluster status` and tests.
@@ -392,6 +408,10 @@ pub(crate) fn owner_name(value: &str) -> String {
 }
 
 impl KeyRouter for Cluster {
+    fn shard_map(&self) -> Option<lockbroker_proto::ShardMap> {
+        Some(self.state().shard_map())
+    }
+
     fn route(&self, key: &[u8]) -> Route {
         let now = Instant::now();
         let valid = self.validity().valid_at(now);

@@ -186,6 +186,10 @@ pub async fn serve(
         default_ttl_ms: broker.cfg.locks.default_ttl_ms,
         principal,
     }));
+    // Cluster mode: where every shard is served, so the client routes keys itself.
+    if let Some(map) = broker.shard_map() {
+        handle.answer(&Frame::ShardMap(map));
+    }
     let writer = {
         let handle = handle.clone();
         tokio::spawn(async move { handle.outbox.run_writer(send, grace).await })

@@ -1,0 +1,95 @@
+//! Cluster routing: the shard map brokers push (`ShardMap`, cluster mode only), corrected by
+//! `Moved` answers, and what a connection hands to the client when the broker pushes something
+//! (`Pushes`). With no map — a single broker — every key goes to the client's one connection.
+
+use std::sync::{Arc, Mutex};
+
+use lockbroker_proto::{EndReason, ShardMap, ShardOwner, shard_of};
+use tokio::sync::broadcast;
+
+/// The newest shard map seen, with corrections learnt from `Moved` answers.
+#[derive(Default)]
+pub(crate) struct Routes {
+    map: Mutex<Option<ShardMap>>,
+}
+
+impl Routes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ShardMap>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A pushed map: kept if it is at least as new as the one we have.
+    pub(crate) fn update(&self, m: ShardMap) {
+        let mut map = self.lock();
+        if map.as_ref().is_none_or(|old| old.version <= m.version) {
+            *map = Some(m);
+        }
+    }
+
+    /// The URL of the broker that serves `key`, if the map names one.
+    pub(crate) fn owner(&self, key: &[u8]) -> Option<String> {
+        let map = self.lock();
+        let m = map.as_ref()?;
+        let shard = shard_of(key, m.shards);
+        m.owners
+            .iter()
+            .find(|o| o.shard == shard)
+            .map(|o| o.url.clone())
+    }
+
+    /// A broker answered `Moved` for `key`: its shard is served at `url` (empty: by nobody
+    /// right now). Corrects the map until the next push.
+    pub(crate) fn moved(&self, key: &[u8], url: &str) {
+        let mut map = self.lock();
+        let Some(m) = map.as_mut() else {
+            return;
+        };
+        let shard = shard_of(key, m.shards);
+        m.owners.retain(|o| o.shard != shard);
+        if !url.is_empty() {
+            m.owners.push(ShardOwner {
+                shard,
+                url: url.to_string(),
+            });
+        }
+    }
+}
+
+/// What a connection passes on when its broker pushes something.
+#[derive(Clone)]
+pub(crate) struct Pushes {
+    /// `LeaseEnded`: (fence, why it ended, message), to the guards' watchdogs.
+    pub(crate) lease_ended: broadcast::Sender<(u64, EndReason, String)>,
+    /// `ShardMap`.
+    pub(crate) routes: Arc<Routes>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_map_wins_and_moved_corrects_it() {
+        let r = Routes::default();
+        assert_eq!(r.owner(b"k"), None);
+        let shard = shard_of(b"k", 4);
+        let map = |version, url: &str| ShardMap {
+            version,
+            shards: 4,
+            owners: vec![ShardOwner {
+                shard,
+                url: url.into(),
+            }],
+        };
+        r.update(map(5, "quic://a"));
+        assert_eq!(r.owner(b"k").as_deref(), Some("quic://a"));
+        r.update(map(3, "quic://old"));
+        assert_eq!(r.owner(b"k").as_deref(), Some("quic://a"));
+        r.moved(b"k", "quic://b");
+        assert_eq!(r.owner(b"k").as_deref(), Some("quic://b"));
+        r.moved(b"k", "");
+        assert_eq!(r.owner(b"k"), None);
+        r.update(map(6, "quic://c"));
+        assert_eq!(r.owner(b"k").as_deref(), Some("quic://c"));
+    }
+}
