@@ -90,6 +90,138 @@ impl Drop for EtcdServer {
     }
 }
 
+/// A running three-member etcd cluster on loopback.
+pub struct EtcdCluster {
+    members: Vec<Option<Child>>,
+    names: Vec<String>,
+    client_ports: Vec<u16>,
+    peer_ports: Vec<u16>,
+    data: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts three members and waits until every one accepts clients.
+    pub fn start() -> EtcdCluster {
+        let data = TempDir::new("etcd3");
+        let names: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
+        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut c = EtcdCluster {
+            members: (0..3).map(|_| None).collect(),
+            names,
+            client_ports,
+            peer_ports,
+            data,
+        };
+        for i in 0..3 {
+            c.start_member(i);
+        }
+        for i in 0..3 {
+            wait_port(c.client_ports[i]);
+        }
+        c.wait_writable();
+        c
+    }
+
+    /// Waits (bounded) until the cluster has a leader and takes a write.
+    pub fn wait_writable(&self) {
+        let start = Instant::now();
+        loop {
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg("--endpoints")
+                .arg(self.endpoints().join(","))
+                .arg("--command-timeout=1s")
+                .args(["put", "/lockbroker-test/probe", "1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the etcd cluster never took a write"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let initial: Vec<String> = (0..3)
+            .map(|j| format!("{}=http://127.0.0.1:{}", self.names[j], self.peer_ports[j]))
+            .collect();
+        let client = format!("http://127.0.0.1:{}", self.client_ports[i]);
+        let peer = format!("http://127.0.0.1:{}", self.peer_ports[i]);
+        let child = Command::new("etcd")
+            .arg("--name")
+            .arg(&self.names[i])
+            .arg("--data-dir")
+            .arg(self.data.path().join(&self.names[i]))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(initial.join(","))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        self.members[i] = Some(child);
+    }
+
+    /// The client endpoints of all members.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.client_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Stops member `i` (SIGKILL); its data stays for [`EtcdCluster::restart`].
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped member again (it rejoins with its data).
+    pub fn restart(&mut self, i: usize) {
+        self.start_member(i);
+        wait_port(self.client_ports[i]);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.stop(i);
+        }
+    }
+}
+
+/// Waits (bounded) until a loopback TCP port accepts connections.
+fn wait_port(port: u16) {
+    let start = Instant::now();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "etcd on port {port} did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A free UDP port on 127.0.0.1, for a broker that must keep its address across restarts
 /// (its advertised cluster URL).
 pub fn free_udp_addr() -> SocketAddr {
@@ -98,15 +230,17 @@ pub fn free_udp_addr() -> SocketAddr {
         .expect("bind udp 127.0.0.1:0")
 }
 
-/// A broker config for cluster mode on `etcd` as `name` advertising `addr`, with a 2 s
-/// ownership lease and `max_ttl_ms` as the TTL cap (and takeover grace).
-pub fn cluster_config(etcd: &str, name: &str, addr: SocketAddr, max_ttl_ms: u64) -> String {
+/// A broker config for cluster mode on the `etcd` endpoints as `name` advertising `addr`, with
+/// a 2 s ownership lease and `max_ttl_ms` as the TTL cap (and takeover grace).
+pub fn cluster_config(etcd: &[String], name: &str, addr: SocketAddr, max_ttl_ms: u64) -> String {
+    let etcd: Vec<String> = etcd.iter().map(|e| format!("{e:?}")).collect();
+    let etcd = etcd.join(", ");
     format!(
         r#"
 [locks]
 default_ttl_ms = {max_ttl_ms}
 [cluster]
-etcd = ["{etcd}"]
+etcd = [{etcd}]
 name = "test"
 broker = "{name}"
 advertise = "{addr}"

@@ -45,7 +45,20 @@ pub(super) async fn connect(cfg: &ClusterConfig) -> Result<Client, ClusterError>
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         opts = opts.with_user(u.clone(), p.clone());
     }
-    Ok(Client::connect(&cfg.etcd, Some(opts)).await?)
+    // One endpoint at a time, starting at a different one each call: a channel over all of
+    // them fails to connect while any member is down.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let first = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let n = cfg.etcd.len().max(1);
+    let mut last = ClusterError::Etcd("no etcd endpoint configured".into());
+    for i in 0..cfg.etcd.len() {
+        let endpoint = &cfg.etcd[(first + i) % n];
+        match Client::connect([endpoint], Some(opts.clone())).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = ClusterError::Etcd(format!("{endpoint}: {e}")),
+        }
+    }
+    Err(last)
 }
 
 /// Runs one unary etcd call with the retry timeout of Patroni's rule (`Validity`).

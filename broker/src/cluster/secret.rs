@@ -11,8 +11,26 @@ use crate::config::ClusterConfig;
 /// Length of the key.
 pub const SECRET_LEN: usize = 32;
 
-/// The cluster's secret key, created on first use.
+/// How long start-up keeps trying to reach etcd for the key.
+const FETCH_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The cluster's secret key, created on first use. Retries (for up to 15 s) while etcd cannot
+/// answer yet — e.g. a cluster still electing its leader.
 pub async fn fetch_secret(cfg: &ClusterConfig) -> Result<[u8; SECRET_LEN], ClusterError> {
+    let until = std::time::Instant::now() + FETCH_FOR;
+    loop {
+        match fetch_once(cfg).await {
+            Ok(key) => return Ok(key),
+            Err(e) if std::time::Instant::now() < until => {
+                tracing::warn!(target: "lockbroker::cluster", "cluster key: {e}; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn fetch_once(cfg: &ClusterConfig) -> Result<[u8; SECRET_LEN], ClusterError> {
     let mut client = connect(cfg).await?;
     let key = format!("{}secret", prefix(cfg));
     let mut fresh = [0u8; SECRET_LEN];

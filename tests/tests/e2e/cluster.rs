@@ -21,7 +21,7 @@ fn start_member(etcd: &EtcdServer, name: &str, addr: SocketAddr) -> Broker {
 
 /// [`start_member`] with a TTL cap (and takeover grace) of `max_ttl_ms`.
 fn start_member_with(etcd: &EtcdServer, name: &str, addr: SocketAddr, max_ttl_ms: u64) -> Broker {
-    let toml = cluster_config(&etcd.endpoint(), name, addr, max_ttl_ms);
+    let toml = cluster_config(&[etcd.endpoint()], name, addr, max_ttl_ms);
     Broker::start_at(TempDir::new(name), &toml, addr)
 }
 
@@ -429,4 +429,64 @@ async fn a_paused_owner_stops_serving_before_another_takes_over() {
     };
     assert!(back.fence() > interim, "{} after {interim}", back.fence());
     back.unlock().await.expect("unlock");
+}
+
+/// etcd loses quorum (two of three members stopped): the broker fails closed — it stops
+/// granting within its ownership lease — and resumes once quorum is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_etcd_quorum_fails_closed_and_quorum_back_resumes() {
+    let mut etcd = lockbroker_tests::etcd::EtcdCluster::start();
+    let addr = free_udp_addr();
+    let toml = cluster_config(&etcd.endpoints(), "q1", addr, 3000);
+    let b = Broker::start_at(TempDir::new("q1"), &toml, addr);
+    let c = client_of(&b).await;
+    let start = Instant::now();
+    while serves(&c, "q/k").await != Some(true) {
+        assert!(start.elapsed() < Duration::from_secs(40), "never claimed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    etcd.stop(1);
+    etcd.stop(2);
+    let cut_at = Instant::now();
+    let refused_after = loop {
+        match c.try_lock("q/k").await {
+            Ok(g) => {
+                // The leader may confirm keep-alives until it notices it lost quorum (its
+                // election timeout, 1 s); from its last confirmation the broker serves at most
+                // one ownership TTL (2 s). No other broker can take a shard meanwhile: etcd
+                // without quorum changes nothing, and renews every lease on a new leader.
+                let at = cut_at.elapsed();
+                assert!(
+                    at < Duration::from_secs(3),
+                    "granted {at:?} after quorum was lost"
+                );
+                g.unlock().await.ok();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(Error::Unavailable(_)) => break cut_at.elapsed(),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(cut_at.elapsed() < Duration::from_secs(10), "never refused");
+    };
+    assert!(refused_after < Duration::from_secs(4), "{refused_after:?}");
+    // Still refusing a while later: no quorum, no grants.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(matches!(
+        c.try_lock("q/k").await,
+        Err(Error::Unavailable(_))
+    ));
+    etcd.restart(1);
+    let start = Instant::now();
+    loop {
+        match c.lock("q/k").wait(Duration::from_secs(10)).await {
+            Ok(g) => {
+                g.unlock().await.ok();
+                break;
+            }
+            Err(_) => {
+                assert!(start.elapsed() < Duration::from_secs(60), "never resumed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
