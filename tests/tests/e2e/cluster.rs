@@ -490,3 +490,95 @@ async fn losing_etcd_quorum_fails_closed_and_quorum_back_resumes() {
         }
     }
 }
+
+/// A broker joins a running cluster: the shards rendezvous hashing now gives it are handed
+/// over by their owner (planned move). A guard held across the move is told its shard moved and
+/// adopts its lease at the new owner (during its grace) without being lost, and the one client
+/// keeps locking keys of every shard throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_broker_takes_its_shards_and_held_leases_follow() {
+    let etcd = EtcdServer::start();
+    let (a1, a2) = (free_udp_addr(), free_udp_addr());
+    let b1 = start_member_with(&etcd, "b1", a1, 5000);
+    // b2's certificate must be trusted before it exists: start it once to create its data dir
+    // and dev certificate, then stop it until the join.
+    let b2_dir = TempDir::new("b2-join");
+    let b2 = Broker::start_at(
+        b2_dir,
+        &cluster_config(&[etcd.endpoint()], "b2", a2, 5000),
+        a2,
+    );
+    let mut cas = std::fs::read(b1.ca()).expect("b1 ca");
+    cas.extend(std::fs::read(b2.ca()).expect("b2 ca"));
+    let b2_dir = b2.kill();
+    let client = Client::builder()
+        .broker(b1.url())
+        .ca_pem(cas)
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_millis(500))
+        .idle_timeout(Duration::from_secs(1))
+        .keep_alive(Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("connect");
+    let keys: Vec<String> = (0..24).map(|i| format!("join/{i}")).collect();
+    // Wait until b1 alone serves every key (b2's first run has left the cluster).
+    let start = Instant::now();
+    'alone: loop {
+        for k in &keys {
+            if client.try_lock(k.clone()).await.map(|g| drop(g)).is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(40),
+                    "b1 never served {k}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue 'alone;
+            }
+        }
+        break;
+    }
+    let held: Vec<_> = {
+        let mut v = Vec::new();
+        for k in keys.iter().take(8) {
+            v.push(
+                client
+                    .lock(k.clone())
+                    .ttl(Duration::from_secs(5))
+                    .await
+                    .expect("lock before the join"),
+            );
+        }
+        v
+    };
+    let b2 = Broker::start_at(
+        b2_dir,
+        &cluster_config(&[etcd.endpoint()], "b2", a2, 5000),
+        a2,
+    );
+    // Keep the held leases renewed across the move; none may be lost.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(8) {
+        for g in &held {
+            assert!(!g.is_lost(), "{} lost across the move", g.key_str());
+            let _ = g.extend(Duration::from_secs(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for g in held {
+        assert!(!g.is_lost(), "{} lost across the move", g.key_str());
+        g.unlock().await.expect("unlock where the lease lives now");
+    }
+    // Both brokers serve shards now, and the one client locks every key.
+    let c1 = client_of(&b1).await;
+    let c2 = client_of(&b2).await;
+    let on_b1 = settled(&c1, &c2, &keys).await;
+    assert!(on_b1.iter().any(|x| !*x), "b2 took no shard");
+    for k in &keys {
+        let g = client
+            .lock(k.clone())
+            .wait(Duration::from_secs(15))
+            .await
+            .expect("every key is granted after the move");
+        g.unlock().await.expect("unlock");
+    }
+}
