@@ -526,7 +526,7 @@ async fn a_joining_broker_takes_its_shards_and_held_leases_follow() {
     let start = Instant::now();
     'alone: loop {
         for k in &keys {
-            if client.try_lock(k.clone()).await.map(|g| drop(g)).is_err() {
+            if client.try_lock(k.clone()).await.map(drop).is_err() {
                 assert!(
                     start.elapsed() < Duration::from_secs(40),
                     "b1 never served {k}"
