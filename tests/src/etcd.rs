@@ -25,42 +25,21 @@ impl EtcdServer {
     }
 
     fn start_with(data: TempDir, client_port: u16, peer_port: u16) -> EtcdServer {
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new("etcd")
-            .arg("--name")
-            .arg("test")
-            .arg("--data-dir")
-            .arg(data.path().join("member"))
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(&client)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("test={peer}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd (is it installed? scripts/test-all.sh installs etcd-server)");
+        let initial = format!("test=http://127.0.0.1:{peer_port}");
+        let child = spawn_member(
+            "test",
+            &data.path().join("member"),
+            client_port,
+            peer_port,
+            &initial,
+        );
         let server = EtcdServer {
             child,
             client_port,
             peer_port,
             data,
         };
-        let start = Instant::now();
-        let addr = SocketAddr::from(([127, 0, 0, 1], client_port));
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "etcd on port {client_port} did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_port(client_port);
         server
     }
 
@@ -152,29 +131,9 @@ impl EtcdCluster {
         let initial: Vec<String> = (0..3)
             .map(|j| format!("{}=http://127.0.0.1:{}", self.names[j], self.peer_ports[j]))
             .collect();
-        let client = format!("http://127.0.0.1:{}", self.client_ports[i]);
-        let peer = format!("http://127.0.0.1:{}", self.peer_ports[i]);
-        let child = Command::new("etcd")
-            .arg("--name")
-            .arg(&self.names[i])
-            .arg("--data-dir")
-            .arg(self.data.path().join(&self.names[i]))
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(&client)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(initial.join(","))
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
+        let data = self.data.path().join(&self.names[i]);
+        let (client, peer) = (self.client_ports[i], self.peer_ports[i]);
+        let child = spawn_member(&self.names[i], &data, client, peer, &initial.join(","));
         self.members[i] = Some(child);
     }
 
@@ -207,6 +166,39 @@ impl Drop for EtcdCluster {
             self.stop(i);
         }
     }
+}
+
+/// Starts one etcd member on loopback ports.
+fn spawn_member(
+    name: &str,
+    data: &std::path::Path,
+    client_port: u16,
+    peer_port: u16,
+    initial_cluster: &str,
+) -> Child {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    Command::new("etcd")
+        .arg("--name")
+        .arg(name)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--listen-client-urls")
+        .arg(&client)
+        .arg("--advertise-client-urls")
+        .arg(&client)
+        .arg("--listen-peer-urls")
+        .arg(&peer)
+        .arg("--initial-advertise-peer-urls")
+        .arg(&peer)
+        .arg("--initial-cluster")
+        .arg(initial_cluster)
+        .arg("--initial-cluster-state")
+        .arg("new")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn etcd (is it installed? scripts/test-all.sh installs etcd-server)")
 }
 
 /// Waits (bounded) until a loopback TCP port accepts connections.

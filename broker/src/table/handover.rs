@@ -7,12 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::deadlines::Due;
 use super::entry::{Entry, check_mode};
-use super::lease::HolderRec;
-use super::types::{
-    Effect, Fence, Grant, LockEvent, Mode, SessionId, TableError, UnlockOutcome, deadline_after,
-};
+use super::keys::EntryId;
+use super::types::{Effect, Fence, Grant, Mode, SessionId, TableError, UnlockOutcome};
 use super::{Table, cx};
 
 /// A lease of a previous run or owner, as its holder presents it again.
@@ -47,56 +44,42 @@ impl Table {
         if self.sessions.entry(session).leases.len() >= self.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
-        let e = match self.keys.lookup(key) {
-            Ok(e) => e,
-            Err(hash) => self
-                .keys
-                .insert(hash, Entry::new(Bytes::copy_from_slice(key)))
-                .ok_or(TableError::LimitExceeded("live keys"))?,
+        let id = self.entry_or_insert(key)?;
+        let Some(e) = self.keys.get_mut(id) else {
+            return Err(TableError::NotLocked);
         };
-        let id = e.id;
         let admitted =
             e.check_family(mode).is_ok() && e.holders.get(fence).is_none() && e.admits(mode);
         if !admitted {
             self.keys.free_if_idle(id);
             return Err(TableError::NotOwner);
         }
-        let cx = cx!(self, now, out);
-        let deadline = deadline_after(now, ttl);
-        cx.sessions.entry(session).leases.insert(fence, id);
-        cx.deadlines
-            .push(deadline, id, e.generation, Due::Lease(fence));
-        cx.out.push(Effect::Event(LockEvent::Acquired {
-            key: e.key.clone(),
-            session,
-            fence,
-            mode,
-            deadline,
-        }));
-        let h = HolderRec {
-            session,
-            fence,
-            mode,
-            ttl,
-            deadline,
-            orphan: false,
+        let Some(e) = self.keys.get_mut(id) else {
+            return Err(TableError::NotLocked);
         };
-        let grant = h.grant(&e.key);
-        e.holders.push(h);
-        Ok(grant)
+        Ok(e.install_lease(session, fence, mode, ttl, &mut cx!(self, now, out)))
+    }
+
+    /// The id of `key`'s entry, created (idle) if there is none. `LimitExceeded("live keys")`
+    /// when the table is full.
+    fn entry_or_insert(&mut self, key: &[u8]) -> Result<EntryId, TableError> {
+        match self.keys.lookup(key) {
+            Ok(e) => Ok(e.id),
+            Err(hash) => self
+                .keys
+                .insert(hash, Entry::new(Bytes::copy_from_slice(key)))
+                .map(|e| e.id)
+                .ok_or(TableError::LimitExceeded("live keys")),
+        }
     }
 
     /// Blocks `key` until `until` (a takeover grace): acquires queue (or are `Busy`), leases
     /// may still be adopted.
     pub(crate) fn hold_key_until(&mut self, key: &[u8], until: Instant) -> Result<(), TableError> {
-        let e = match self.keys.lookup(key) {
-            Ok(e) => e,
-            Err(hash) => self
-                .keys
-                .insert(hash, Entry::new(Bytes::copy_from_slice(key)))
-                .ok_or(TableError::LimitExceeded("live keys"))?,
-        };
-        e.block_until(until, &mut self.deadlines);
+        let id = self.entry_or_insert(key)?;
+        if let Some(e) = self.keys.get_mut(id) {
+            e.block_until(until, &mut self.deadlines);
+        }
         Ok(())
     }
 

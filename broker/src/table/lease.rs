@@ -141,7 +141,21 @@ impl Entry {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let fence = cx.fences.alloc()?;
-        s.leases.insert(fence, self.id);
+        Ok(self.install_lease(session, fence, mode, ttl, cx))
+    }
+
+    /// Adds lease `fence` of `session` (live) with a deadline of `now + ttl`: indexes it in the
+    /// session, schedules its expiry, emits `Acquired`. The caller checked the mode rules and
+    /// the session's lease limit. Shared by new grants and adopted leases (`handover.rs`).
+    pub(crate) fn install_lease(
+        &mut self,
+        session: SessionId,
+        fence: Fence,
+        mode: Mode,
+        ttl: Duration,
+        cx: &mut Cx<'_>,
+    ) -> Grant {
+        cx.sessions.entry(session).leases.insert(fence, self.id);
         let deadline = deadline_after(cx.now, ttl);
         cx.deadlines
             .push(deadline, self.id, self.generation, Due::Lease(fence));
@@ -162,7 +176,7 @@ impl Entry {
         };
         let grant = h.grant(&self.key);
         self.holders.push(h);
-        Ok(grant)
+        grant
     }
 
     /// Ends the lease `fence` (released or expired): session index, mirror event, lock delay for

@@ -61,6 +61,21 @@ async fn serves(c: &Client, key: &str) -> Option<bool> {
     }
 }
 
+/// Locks `key` through `c`, retrying (bounded by `limit`) while the cluster cannot grant it yet
+/// (a shard without owner, a takeover grace, etcd coming back).
+async fn lock_eventually(c: &Client, key: &str, limit: Duration) -> lockbroker_sdk::Guard {
+    let start = Instant::now();
+    loop {
+        match c.lock(key.to_string()).wait(Duration::from_secs(10)).await {
+            Ok(g) => return g,
+            Err(e) => {
+                assert!(start.elapsed() < limit, "{key} never granted: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// Waits until every one of `keys` is served by exactly one of the two clients; returns, per
 /// key, whether the first serves it.
 async fn settled(a: &Client, b: &Client, keys: &[String]) -> Vec<bool> {
@@ -138,18 +153,7 @@ async fn failover_waits_out_the_grace_and_fences_only_grow() {
     let waiter = {
         let c2 = c2.clone();
         let k1 = k1.clone();
-        tokio::spawn(async move {
-            let start = Instant::now();
-            loop {
-                match c2.lock(k1.clone()).wait(Duration::from_secs(10)).await {
-                    Ok(g) => return g,
-                    Err(e) => {
-                        assert!(start.elapsed() < Duration::from_secs(30), "{e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        })
+        tokio::spawn(async move { lock_eventually(&c2, &k1, Duration::from_secs(30)).await })
     };
     // Meanwhile the holder adopts its lease on b2 with its secret (same cluster key).
     let mut adopted = None;
@@ -253,19 +257,11 @@ async fn a_broker_without_etcd_stops_granting_within_its_ownership_lease() {
     assert!(refused_after < Duration::from_secs(3), "{refused_after:?}");
     // etcd back: the broker claims its shards again and grants after the grace.
     let _etcd = EtcdServer::restart(killed);
-    let start = Instant::now();
-    loop {
-        match c.lock("solo/k").wait(Duration::from_secs(10)).await {
-            Ok(g) => {
-                g.unlock().await.ok();
-                break;
-            }
-            Err(_) => {
-                assert!(start.elapsed() < Duration::from_secs(40), "never resumed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    lock_eventually(&c, "solo/k", Duration::from_secs(40))
+        .await
+        .unlock()
+        .await
+        .ok();
 }
 
 /// One SDK client for the whole cluster: given the brokers' list it routes every key to its
@@ -381,18 +377,7 @@ async fn a_paused_owner_stops_serving_before_another_takes_over() {
 
     b1.signal("STOP");
     let paused_at = Instant::now();
-    let taken = {
-        let start = Instant::now();
-        loop {
-            match c2.lock(k1.clone()).wait(Duration::from_secs(20)).await {
-                Ok(g) => break g,
-                Err(e) => {
-                    assert!(start.elapsed() < Duration::from_secs(40), "{e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    };
+    let taken = lock_eventually(&c2, &k1, Duration::from_secs(40)).await;
     let granted_after = paused_at.elapsed();
     assert!(
         g1.is_lost(),
@@ -416,17 +401,7 @@ async fn a_paused_owner_stops_serving_before_another_takes_over() {
     // covers it either way.
     drop(taken);
     // It rejoins: its preferred shards come back to it (after a grace), fences still growing.
-    let start = Instant::now();
-    let back = loop {
-        if let Ok(g) = c1.lock(k1.clone()).wait(Duration::from_secs(10)).await {
-            break g;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "b1 never served again"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let back = lock_eventually(&c1, &k1, Duration::from_secs(40)).await;
     assert!(back.fence() > interim, "{} after {interim}", back.fence());
     back.unlock().await.expect("unlock");
 }
@@ -476,19 +451,11 @@ async fn losing_etcd_quorum_fails_closed_and_quorum_back_resumes() {
         Err(Error::Unavailable(_))
     ));
     etcd.restart(1);
-    let start = Instant::now();
-    loop {
-        match c.lock("q/k").wait(Duration::from_secs(10)).await {
-            Ok(g) => {
-                g.unlock().await.ok();
-                break;
-            }
-            Err(_) => {
-                assert!(start.elapsed() < Duration::from_secs(60), "never resumed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    lock_eventually(&c, "q/k", Duration::from_secs(60))
+        .await
+        .unlock()
+        .await
+        .ok();
 }
 
 /// A broker joins a running cluster: the shards rendezvous hashing now gives it are handed
