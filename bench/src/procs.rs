@@ -91,13 +91,24 @@ pub struct Broker {
 impl Broker {
     /// Starts `bin serve` on 127.0.0.1:0 with `toml` as its config.
     pub fn start(bin: &Path, toml: &str) -> Result<Broker> {
-        let data_dir = TempDir::new("broker")?;
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        Broker::start_at(bin, toml, listen, TempDir::new("broker")?)
+    }
+
+    /// Starts `bin serve` on `listen` with `toml` as its config and `data_dir` (a restart
+    /// keeps both).
+    pub fn start_at(
+        bin: &Path,
+        toml: &str,
+        listen: SocketAddr,
+        data_dir: TempDir,
+    ) -> Result<Broker> {
         let cfg = data_dir.path().join("broker.toml");
         std::fs::write(&cfg, toml)?;
         let mut child = Command::new(bin)
             .arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen.to_string())
             .arg("--data-dir")
             .arg(data_dir.path())
             .arg("--config")
@@ -180,6 +191,15 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// SIGKILLs the broker and gives its data dir back (to restart it).
+    pub fn kill(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.data_dir, TempDir(PathBuf::new()))
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -253,7 +273,7 @@ impl Drop for Redis {
     }
 }
 
-fn free_tcp_port() -> Result<u16> {
+pub fn free_tcp_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }

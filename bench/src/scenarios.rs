@@ -37,7 +37,7 @@ struct Row {
 }
 
 #[derive(Clone, Copy)]
-enum Target {
+pub(crate) enum Target {
     AtMost(f64),
     AtLeast(f64),
 }
@@ -59,12 +59,12 @@ impl Target {
 }
 
 #[derive(Default)]
-struct Report {
+pub(crate) struct Report {
     rows: Vec<Row>,
 }
 
 impl Report {
-    fn row(
+    pub(crate) fn row(
         &mut self,
         figure: impl Into<String>,
         broker: impl Into<String>,
@@ -153,6 +153,9 @@ pub async fn run_all(opts: &Opts, bin: &Path) -> Result<()> {
     }
     if opts.runs("table") {
         table(opts, &mut report);
+    }
+    if opts.runs("cluster") {
+        crate::cluster::cluster(opts, bin, &broker, &mut report).await?;
     }
     report.print();
     Ok(())
