@@ -209,15 +209,24 @@ fn sigterm_is_forwarded_and_lock_exits_with_the_command_status() {
 
 #[test]
 fn sigint_ends_the_command_and_lock_exits_130() {
-    assert!(
-        !ignored(2),
-        "this test process ignores SIGINT, so lockbroker lock would too: run it without that"
-    );
     let broker = Broker::start();
     let dir = TempDir::new("sig-int");
     let pidfile = dir.path().join("pids");
     let script = format!("echo $$ > '{}'; exec sleep 30", pidfile.display());
     let mut cmd = cli(&broker);
+    // A test run started in the background of a non-interactive shell inherits SIGINT
+    // ignored, and `lock` (rightly) keeps an ignored signal ignored: give `lock` the default
+    // disposition, as an interactive shell would.
+    if ignored(2) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: `signal` is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+    }
     cmd.args(["lock", "sig/int", "--", "sh", "-c", &script]);
     let mut lock = Running::spawn(cmd, pidfile);
     let pids = lock.command_pids(1);
