@@ -76,26 +76,40 @@ async fn lock_eventually(c: &Client, key: &str, limit: Duration) -> lockbroker_s
     }
 }
 
-/// Waits until every one of `keys` is served by exactly one of the two clients; returns, per
-/// key, whether the first serves it.
+/// Every one of `keys` served by exactly one of the two clients: per key, whether the first
+/// serves it. `None` while some key is served by neither or both (a claim or hand-over).
+async fn assignment(a: &Client, b: &Client, keys: &[String]) -> Option<Vec<bool>> {
+    let mut owners = Vec::new();
+    for k in keys {
+        match (serves(a, k).await, serves(b, k).await) {
+            (Some(x), Some(y)) if x != y => owners.push(x),
+            _ => return None,
+        }
+    }
+    Some(owners)
+}
+
+/// Waits until the assignment of `keys` to the two brokers is complete and stable (the same
+/// twice, a second apart, with both brokers serving some: the second broker's arrival may make
+/// the first hand shards over); returns, per key, whether the first serves it.
 async fn settled(a: &Client, b: &Client, keys: &[String]) -> Vec<bool> {
     let start = Instant::now();
+    let mut last: Option<Vec<bool>> = None;
     loop {
-        let mut owners = Vec::new();
-        for k in keys {
-            match (serves(a, k).await, serves(b, k).await) {
-                (Some(x), Some(y)) if x != y => owners.push(x),
-                _ => break,
-            }
+        let now = assignment(a, b, keys).await;
+        if let Some(owners) = &now
+            && last.as_ref() == Some(owners)
+            && owners.iter().any(|x| *x)
+            && owners.iter().any(|x| !*x)
+        {
+            return owners.clone();
         }
-        if owners.len() == keys.len() {
-            return owners;
-        }
+        last = now;
         assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "shards were not all claimed within 30 s"
+            start.elapsed() < Duration::from_secs(40),
+            "shards did not settle within 40 s"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
