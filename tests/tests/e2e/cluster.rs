@@ -61,6 +61,30 @@ async fn serves(c: &Client, key: &str) -> Option<bool> {
     }
 }
 
+/// After etcd was cut off at `cut_at`: try-locks `key` until the broker refuses
+/// (`Unavailable`), asserting no grant came later than `grants_until` after the cut; returns
+/// when it refused.
+async fn refused_after_cut(
+    c: &Client,
+    key: &str,
+    cut_at: Instant,
+    grants_until: Duration,
+) -> Duration {
+    loop {
+        match c.try_lock(key.to_string()).await {
+            Ok(g) => {
+                let at = cut_at.elapsed();
+                assert!(at < grants_until, "granted {at:?} after etcd was cut off");
+                g.unlock().await.ok();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(Error::Unavailable(_)) => return cut_at.elapsed(),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(cut_at.elapsed() < Duration::from_secs(10), "never refused");
+    }
+}
+
 /// Locks `key` through `c`, retrying (bounded by `limit`) while the cluster cannot grant it yet
 /// (a shard without owner, a takeover grace, etcd coming back).
 async fn lock_eventually(c: &Client, key: &str, limit: Duration) -> lockbroker_sdk::Guard {
@@ -253,21 +277,7 @@ async fn a_broker_without_etcd_stops_granting_within_its_ownership_lease() {
     let cut_at = Instant::now();
     // Nothing is granted once etcd may have expired the broker's ownership lease (2 s after
     // its last keep-alive, so at most 2 s after the cut), and the broker refuses soon after.
-    let refused_after = loop {
-        match c.try_lock("solo/k").await {
-            Ok(g) => {
-                let granted_at = cut_at.elapsed();
-                assert!(
-                    granted_at < Duration::from_secs(2),
-                    "granted {granted_at:?} after the cut"
-                );
-                g.unlock().await.ok();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(Error::Unavailable(_)) => break cut_at.elapsed(),
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let refused_after = refused_after_cut(&c, "solo/k", cut_at, Duration::from_secs(2)).await;
     assert!(refused_after < Duration::from_secs(3), "{refused_after:?}");
     // etcd back: the broker claims its shards again and grants after the grace.
     let _etcd = EtcdServer::restart(killed);
@@ -437,26 +447,11 @@ async fn losing_etcd_quorum_fails_closed_and_quorum_back_resumes() {
     etcd.stop(1);
     etcd.stop(2);
     let cut_at = Instant::now();
-    let refused_after = loop {
-        match c.try_lock("q/k").await {
-            Ok(g) => {
-                // The leader may confirm keep-alives until it notices it lost quorum (its
-                // election timeout, 1 s); from its last confirmation the broker serves at most
-                // one ownership TTL (2 s). No other broker can take a shard meanwhile: etcd
-                // without quorum changes nothing, and renews every lease on a new leader.
-                let at = cut_at.elapsed();
-                assert!(
-                    at < Duration::from_secs(3),
-                    "granted {at:?} after quorum was lost"
-                );
-                g.unlock().await.ok();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(Error::Unavailable(_)) => break cut_at.elapsed(),
-            Err(e) => panic!("{e}"),
-        }
-        assert!(cut_at.elapsed() < Duration::from_secs(10), "never refused");
-    };
+    // The leader may confirm keep-alives until it notices it lost quorum (its election
+    // timeout, 1 s); from its last confirmation the broker serves at most one ownership TTL
+    // (2 s). No other broker can take a shard meanwhile: etcd without quorum changes nothing,
+    // and renews every lease on a new leader.
+    let refused_after = refused_after_cut(&c, "q/k", cut_at, Duration::from_secs(3)).await;
     assert!(refused_after < Duration::from_secs(4), "{refused_after:?}");
     // Still refusing a while later: no quorum, no grants.
     tokio::time::sleep(Duration::from_secs(2)).await;
