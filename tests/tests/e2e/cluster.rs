@@ -558,3 +558,41 @@ async fn a_joining_broker_takes_its_shards_and_held_leases_follow() {
         g.unlock().await.expect("unlock");
     }
 }
+
+/// `lockbroker cluster status` prints the members and, per shard, its owner and the epoch of
+/// its ownership (read from etcd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_lists_members_owners_and_epochs() {
+    let etcd = EtcdServer::start();
+    let addr = free_udp_addr();
+    let b = start_member(&etcd, "st1", addr);
+    let c = client_of(&b).await;
+    let start = Instant::now();
+    while serves(&c, "st/k").await != Some(true) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never claimed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let config = b.data_dir.path().join("broker.toml");
+    let out = std::process::Command::new(lockbroker_tests::lockbroker_bin())
+        .args(["cluster", "status", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run lockbroker cluster status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("member st1 quic://{addr}")),
+        "{text}"
+    );
+    assert!(text.contains("shards owned: 8/8"), "{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("shard "))
+            .all(|l| l.contains("owner st1 epoch ")),
+        "{text}"
+    );
+}
