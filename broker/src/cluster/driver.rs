@@ -283,6 +283,10 @@ impl Cluster {
             }
             return None;
         }
+        if let Some(name) = key.strip_prefix("drained/") {
+            state.set_drained(name, value.is_some());
+            return None;
+        }
         let shard: u32 = key.strip_prefix("shards/")?.parse().ok()?;
         let owner = value.map(|v| owner_name(&text(v)));
         state.set_owner(shard, owner).then_some(shard)

@@ -30,4 +30,4 @@ mod validity;
 
 pub use driver::{Cluster, ClusterError};
 pub use secret::fetch_secret;
-pub use status::status;
+pub use status::{drain, status};

@@ -2,7 +2,7 @@
 //! of every shard, and the shards this broker serves with their ownership term. The etcd
 //! driver (`driver.rs`) feeds it what etcd says and carries out what it decides.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use lockbroker_proto::{ShardMap, ShardOwner, shard_of};
@@ -27,6 +27,8 @@ pub struct ClusterState {
     shards: u32,
     /// Live members: name → client URL.
     members: BTreeMap<String, String>,
+    /// Members being drained (`lockbroker cluster drain`): no shard prefers them.
+    drained: BTreeSet<String>,
     /// Owner (member name) of every shard, as etcd says.
     owners: Vec<Option<String>>,
     /// Shards served here.
@@ -41,6 +43,7 @@ impl ClusterState {
             me,
             shards,
             members: BTreeMap::new(),
+            drained: BTreeSet::new(),
             owners: vec![None; shards as usize],
             mine: vec![None; shards as usize],
             revision: 0,
@@ -58,6 +61,25 @@ impl ClusterState {
     /// A member registered (or changed its URL).
     pub fn member_up(&mut self, name: String, url: String) {
         self.members.insert(name, url);
+    }
+
+    /// Marks a member drained (or not): drained members are preferred for no shard, so their
+    /// shards are handed over and they claim nothing.
+    pub fn set_drained(&mut self, name: &str, drained: bool) {
+        if drained {
+            self.drained.insert(name.to_string());
+        } else {
+            self.drained.remove(name);
+        }
+    }
+
+    /// The members shards may prefer: live and not drained.
+    fn candidates(&self) -> Vec<String> {
+        self.members
+            .keys()
+            .filter(|m| !self.drained.contains(*m))
+            .cloned()
+            .collect()
     }
 
     /// A member's registration is gone.
@@ -82,7 +104,7 @@ impl ClusterState {
 
     /// Shards without an owner that this broker is the preferred owner of: to claim.
     pub fn to_claim(&self) -> Vec<u32> {
-        let names: Vec<String> = self.members.keys().cloned().collect();
+        let names = self.candidates();
         (0..self.shards)
             .filter(|&s| self.owners[s as usize].is_none())
             .filter(|&s| preferred_owner(s, &names) == Some(self.me.as_str()))
@@ -92,7 +114,7 @@ impl ClusterState {
     /// Shards served here whose preferred owner is another live member (it joined): to hand
     /// over (planned move).
     pub fn to_release(&self) -> Vec<u32> {
-        let names: Vec<String> = self.members.keys().cloned().collect();
+        let names = self.candidates();
         (0..self.shards)
             .filter(|&s| self.mine[s as usize].is_some())
             .filter(|&s| preferred_owner(s, &names).is_some_and(|p| p != self.me))

@@ -68,3 +68,43 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
     }
     Ok(out)
 }
+
+/// `lockbroker cluster drain`: marks member `name` drained (`/lockbroker/<cluster>/drained/<name>`,
+/// kept until `undrain`). Every broker then prefers other members for all shards: the drained
+/// broker hands its shards over (holders adopt their leases at the new owners during their
+/// grace) and claims none. Waits (up to `limit`) until etcd shows it owning no shard; returns
+/// how many it still owns.
+pub async fn drain(
+    cfg: &ClusterConfig,
+    name: &str,
+    on: bool,
+    limit: std::time::Duration,
+) -> Result<usize, ClusterError> {
+    let mut client = connect(cfg).await?;
+    let prefix = prefix(cfg);
+    let key = format!("{prefix}drained/{name}");
+    if on {
+        client.put(key, "1", None).await?;
+    } else {
+        client.delete(key, None).await?;
+        return Ok(0);
+    }
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let shards = client
+            .get(
+                format!("{prefix}shards/"),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let owned = shards
+            .kvs()
+            .iter()
+            .filter(|kv| String::from_utf8_lossy(kv.value()).split(' ').next() == Some(name))
+            .count();
+        if owned == 0 || std::time::Instant::now() >= until {
+            return Ok(owned);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

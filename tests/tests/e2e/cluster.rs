@@ -596,3 +596,94 @@ async fn cluster_status_lists_members_owners_and_epochs() {
         "{text}"
     );
 }
+
+/// `lockbroker cluster drain` moves every shard off a broker: a guard held there adopts its
+/// lease at the new owner without being lost, the drained broker serves nothing, and
+/// `undrain` lets it own shards again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_every_shard_off_a_broker_and_holders_keep_their_leases() {
+    let etcd = EtcdServer::start();
+    let (a1, a2) = (free_udp_addr(), free_udp_addr());
+    let b1 = start_member_with(&etcd, "d1", a1, 5000);
+    let b2 = start_member_with(&etcd, "d2", a2, 5000);
+    let mut cas = std::fs::read(b1.ca()).expect("d1 ca");
+    cas.extend(std::fs::read(b2.ca()).expect("d2 ca"));
+    let client = Client::builder()
+        .broker(b1.url())
+        .broker(b2.url())
+        .ca_pem(cas)
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_millis(500))
+        .idle_timeout(Duration::from_secs(1))
+        .keep_alive(Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("connect");
+    let c1 = client_of(&b1).await;
+    let c2 = client_of(&b2).await;
+    let keys: Vec<String> = (0..24).map(|i| format!("drain/{i}")).collect();
+    let on_b1 = settled(&c1, &c2, &keys).await;
+    let k1 = keys[on_b1.iter().position(|x| *x).expect("d1 owns a key")].clone();
+    let g = client
+        .lock(k1.clone())
+        .ttl(Duration::from_secs(5))
+        .await
+        .expect("lock at d1");
+
+    let config = b1.data_dir.path().join("broker.toml");
+    let drain = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(lockbroker_tests::lockbroker_bin())
+            .args(["cluster", "drain", "--wait", "30s", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run lockbroker cluster drain")
+    });
+    // Keep the guard renewed across the hand-over; it must never be lost.
+    let start = Instant::now();
+    while !drain.is_finished() {
+        assert!(!g.is_lost(), "the guard lost its lease during the drain");
+        let _ = g.extend(Duration::from_secs(5)).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "drain never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out = drain.await.expect("drain task");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("d1 is drained"), "{text}");
+    // The guard now lives at d2.
+    let start = Instant::now();
+    while g.extend(Duration::from_secs(5)).await.is_err() {
+        assert!(!g.is_lost(), "the guard lost its lease after the drain");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never reclaimed at d2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!g.is_lost());
+    for k in &keys {
+        assert_eq!(
+            serves(&c1, k).await,
+            Some(false),
+            "drained d1 still serves {k}"
+        );
+    }
+    g.unlock().await.expect("unlock at d2");
+
+    // Undrained, d1 owns shards again.
+    let config = b1.data_dir.path().join("broker.toml");
+    let out = std::process::Command::new(lockbroker_tests::lockbroker_bin())
+        .args(["cluster", "undrain", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run lockbroker cluster undrain");
+    assert!(out.status.success());
+    settled(&c1, &c2, &keys).await;
+}
