@@ -291,13 +291,14 @@ async fn a_broker_without_etcd_stops_granting_within_its_ownership_lease() {
 /// One SDK client for the whole cluster: given the brokers' list it routes every key to its
 /// shard's owner (the shard map is pushed in `Welcome`'s wake), and when the broker it first
 /// connected to dies, it carries on with the other — its guard on a key of the dead broker's
-/// shard adopts the lease at the new owner during the takeover grace and is never lost.
+/// shard adopts the lease at the new owner during the takeover grace and is never lost (its
+/// 8 s TTL leaves room for the 2 s ownership lease to run out, the reconnect and the claim).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() {
     let etcd = EtcdServer::start();
     let (a1, a2) = (free_udp_addr(), free_udp_addr());
-    let b1 = start_member_with(&etcd, "b1", a1, 5000);
-    let b2 = start_member_with(&etcd, "b2", a2, 5000);
+    let b1 = start_member_with(&etcd, "b1", a1, 8000);
+    let b2 = start_member_with(&etcd, "b2", a2, 8000);
     let mut cas = std::fs::read(b1.ca()).expect("b1 ca");
     cas.extend(std::fs::read(b2.ca()).expect("b2 ca"));
     let client = Client::builder()
@@ -336,12 +337,12 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
     drop((c1, c2));
     let g1 = client
         .lock(k1.clone())
-        .ttl(Duration::from_secs(5))
+        .ttl(Duration::from_secs(8))
         .await
         .expect("lock on b1's shard");
     let g2 = client
         .lock(k2.clone())
-        .ttl(Duration::from_secs(5))
+        .ttl(Duration::from_secs(8))
         .await
         .expect("lock on b2's shard");
 
@@ -349,7 +350,7 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
     // The guard on b1's shard reclaims at b2 once b2 took the shard over, before it is lost.
     let start = Instant::now();
     loop {
-        if g1.extend(Duration::from_secs(5)).await.is_ok() {
+        if g1.extend(Duration::from_secs(8)).await.is_ok() {
             break;
         }
         assert!(
@@ -360,7 +361,7 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!g1.is_lost());
-    g2.extend(Duration::from_secs(5))
+    g2.extend(Duration::from_secs(8))
         .await
         .expect("b2's lease is untouched");
     // The key stays exclusive: another lock of it waits until the guard lets go.
@@ -369,7 +370,7 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
     g1.unlock().await.expect("unlock at the new owner");
     let next = client
         .lock(k1.clone())
-        .wait(Duration::from_secs(15))
+        .wait(Duration::from_secs(20))
         .await
         .expect("granted after the grace");
     assert!(next.fence() > fence, "{} after {fence}", next.fence());
