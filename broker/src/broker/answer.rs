@@ -67,18 +67,13 @@ impl Broker {
         // Cluster mode: nothing leaves for a shard this broker cannot vouch for right now.
         if let Some(router) = self.router.get() {
             let refusal = match router.route(&grant.key) {
-                Route::Local { grace_until: None } => None,
                 Route::Local {
                     grace_until: Some(_),
                 } => Some((
                     ErrorCode::Unavailable,
                     "the key's shard is in its takeover grace; retry".to_string(),
                 )),
-                Route::Moved(url) => Some((ErrorCode::Moved, url)),
-                Route::Unavailable => Some((
-                    ErrorCode::Unavailable,
-                    "this broker cannot vouch for its shard ownership now".to_string(),
-                )),
+                route => route.refusal(),
             };
             if let Some((code, message)) = refusal {
                 self.release_lease(session, &grant);

@@ -252,7 +252,7 @@ impl Broker {
         };
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let mut latest = core.table.holds().iter().map(|(_, h)| h.deadline).max();
+        let mut latest = core.table.latest_deadline();
         if !grace.is_zero() {
             core.table.begin_grace(now + grace);
             // Should this run crash during the grace, the next one still waits it out.
@@ -263,23 +263,12 @@ impl Broker {
         grace
     }
 
-    /// The end of the restart grace, while it runs.
-    pub fn grace_until(&self) -> Option<Instant> {
-        self.read_table(|t, now| t.grace_until(now))
-    }
-
     /// At a clean shutdown (after the sessions ended): records in the horizon file that no
     /// lease is left, or until when the remaining ones (lost sessions') may run.
     pub fn close_horizon(&self) {
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let latest = core
-            .table
-            .holds()
-            .iter()
-            .map(|(_, h)| h.deadline)
-            .filter(|d| *d > now)
-            .max();
+        let latest = core.table.latest_deadline().filter(|d| *d > now);
         core.horizon.close(now, latest);
     }
 

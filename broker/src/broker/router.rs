@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use lockbroker_proto::ErrorCode;
+
 /// Where a request for a key goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -14,6 +16,21 @@ pub enum Route {
     Moved(String),
     /// Served here, but this broker cannot vouch for its ownership now (self-fenced).
     Unavailable,
+}
+
+impl Route {
+    /// What a request for a key that is not served here is answered with; `None` when it is
+    /// served here (a takeover grace aside: the caller decides what it means for it).
+    pub fn refusal(&self) -> Option<(ErrorCode, String)> {
+        match self {
+            Route::Local { .. } => None,
+            Route::Moved(url) => Some((ErrorCode::Moved, url.clone())),
+            Route::Unavailable => Some((
+                ErrorCode::Unavailable,
+                "this broker cannot vouch for its shard ownership now (etcd unreachable)".into(),
+            )),
+        }
+    }
 }
 
 /// Decides, per key, whether this broker serves it.

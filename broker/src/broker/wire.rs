@@ -12,6 +12,14 @@ pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 for a clock before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}
+
 /// Milliseconds from `now` until `deadline` (0 once it passed).
 pub fn millis_until(deadline: Instant, now: Instant) -> u64 {
     millis(deadline.saturating_duration_since(now))

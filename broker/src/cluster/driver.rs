@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
@@ -14,6 +14,7 @@ use lockbroker_proto::{EndReason, shard_of};
 
 use super::state::ClusterState;
 use super::validity::Validity;
+use crate::broker::wire::{millis, unix_ms};
 use crate::broker::{Broker, KeyRouter, Route};
 use crate::config::ClusterConfig;
 
@@ -288,7 +289,7 @@ impl Cluster {
             return None;
         }
         let shard: u32 = key.strip_prefix("shards/")?.parse().ok()?;
-        let owner = value.map(|v| owner_name(&text(v)));
+        let owner = value.map(|v| OwnerValue::parse(&text(v)).name.to_string());
         state.set_owner(shard, owner).then_some(shard)
     }
 
@@ -319,9 +320,11 @@ impl Cluster {
         for shard in to_claim {
             let owner_key = format!("{}shards/{shard}", self.prefix);
             let owned_before = format!("{}owned/{shard}", self.prefix);
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis());
+            let mut value = OwnerValue {
+                name: &me,
+                claimed_ms: unix_ms(),
+                grace_end_ms: 0,
+            };
             let txn = Txn::new()
                 .when([Compare::create_revision(
                     owner_key.clone(),
@@ -331,8 +334,8 @@ impl Cluster {
                 .and_then([
                     TxnOp::get(owned_before.clone(), None),
                     TxnOp::put(
-                        owner_key,
-                        format!("{me} {now_ms}"),
+                        owner_key.clone(),
+                        value.render(),
                         Some(PutOptions::new().with_lease(lease_id)),
                     ),
                     TxnOp::put(owned_before, me.clone(), None),
@@ -354,11 +357,9 @@ impl Cluster {
             if had_owner {
                 // Record the grace for `cluster status` (the epoch, the key's create
                 // revision, does not change).
-                let grace_end = now_ms + self.grace.as_millis();
-                let key = format!("{}shards/{shard}", self.prefix);
-                let value = format!("{me} {now_ms} {grace_end}");
+                value.grace_end_ms = value.claimed_ms + millis(self.grace);
                 let opts = PutOptions::new().with_lease(lease_id);
-                bounded(&self.cfg, client.put(key, value, Some(opts))).await?;
+                bounded(&self.cfg, client.put(owner_key, value.render(), Some(opts))).await?;
             }
             tracing::info!(
                 target: "lockbroker::cluster",
@@ -385,43 +386,34 @@ impl Cluster {
         self.broker
             .broadcast(&lockbroker_proto::Frame::ShardMap(map));
     }
-
-    /// Members and shard owners as this broker sees them: for `cluster status` and tests.
-    pub fn describe(&self) -> String {
-        use std::fmt::Write;
-        let state = self.state();
-        let now = Instant::now();
-        let mut out = String::new();
-        let valid = self.validity().valid_at(now);
-        let _ = writeln!(out, "broker {} (serving: {valid})", state.me());
-        for (name, url) in state.members() {
-            let _ = writeln!(out, "member {name} {url}");
-        }
-        for (shard, owner, term) in state.owners() {
-            let owner = owner.unwrap_or("-");
-            match term {
-                Some(t) => {
-                    let grace = t
-                        .grace_until
-                        .map_or(0, |g| g.saturating_duration_since(now).as_millis());
-                    let _ = writeln!(
-                        out,
-                        "shard {shard} {owner} epoch {} grace_ms {grace}",
-                        t.epoch
-                    );
-                }
-                None => {
-                    let _ = writeln!(out, "shard {shard} {owner}");
-                }
-            }
-        }
-        out
-    }
 }
 
-/// The owner name in a shard key's value (`"<name> <claimed-at-unix-ms>"`).
-pub(crate) fn owner_name(value: &str) -> String {
-    value.split(' ').next().unwrap_or_default().to_string()
+/// A shard ownership key's value: `"<name> <claimed-at-unix-ms>[ <grace-end-unix-ms>]"`.
+pub(super) struct OwnerValue<'a> {
+    pub(super) name: &'a str,
+    pub(super) claimed_ms: u64,
+    /// 0 when the claim had no grace.
+    pub(super) grace_end_ms: u64,
+}
+
+impl<'a> OwnerValue<'a> {
+    pub(super) fn parse(value: &'a str) -> OwnerValue<'a> {
+        let mut parts = value.split(' ');
+        let name = parts.next().unwrap_or_default();
+        let mut ms = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        OwnerValue {
+            name,
+            claimed_ms: ms(),
+            grace_end_ms: ms(),
+        }
+    }
+
+    fn render(&self) -> String {
+        match self.grace_end_ms {
+            0 => format!("{} {}", self.name, self.claimed_ms),
+            end => format!("{} {} {end}", self.name, self.claimed_ms),
+        }
+    }
 }
 
 impl KeyRouter for Cluster {

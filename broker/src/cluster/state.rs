@@ -197,20 +197,6 @@ impl ClusterState {
             owners,
         }
     }
-
-    /// (shard, owner name, served here with its term) for every shard: `cluster status`.
-    pub fn owners(&self) -> impl Iterator<Item = (u32, Option<&str>, Option<Term>)> + '_ {
-        self.owners
-            .iter()
-            .zip(&self.mine)
-            .enumerate()
-            .map(|(s, (o, t))| (s as u32, o.as_deref(), *t))
-    }
-
-    /// Live members: (name, URL).
-    pub fn members(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.members.iter().map(|(n, u)| (n.as_str(), u.as_str()))
-    }
 }
 
 #[cfg(test)]

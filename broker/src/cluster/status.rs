@@ -3,11 +3,11 @@
 //! high bits of its fences) and the grace left after a takeover.
 
 use std::fmt::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use etcd_client::GetOptions;
 
-use super::driver::{ClusterError, connect, prefix};
+use super::driver::{ClusterError, OwnerValue, connect, prefix};
+use crate::broker::wire::unix_ms;
 use crate::config::ClusterConfig;
 
 /// The report, one line per member and per shard.
@@ -17,9 +17,7 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
     let all = client
         .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
         .await?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let now_ms = unix_ms();
     let mut members = Vec::new();
     let mut shards = vec![None; cfg.shards as usize];
     for kv in all.kvs() {
@@ -37,11 +35,13 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
             .and_then(|n| n.parse::<usize>().ok())
             && n < shards.len()
         {
-            let mut parts = value.split(' ');
-            let owner = parts.next().unwrap_or_default().to_string();
-            let claimed: u128 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-            let grace_end: u128 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-            shards[n] = Some((owner, kv.create_revision(), claimed, grace_end));
+            let v = OwnerValue::parse(&value);
+            shards[n] = Some((
+                v.name.to_string(),
+                kv.create_revision(),
+                v.claimed_ms,
+                v.grace_end_ms,
+            ));
         }
     }
     let mut out = String::new();
@@ -100,7 +100,7 @@ pub async fn drain(
         let owned = shards
             .kvs()
             .iter()
-            .filter(|kv| String::from_utf8_lossy(kv.value()).split(' ').next() == Some(name))
+            .filter(|kv| OwnerValue::parse(&String::from_utf8_lossy(kv.value())).name == name)
             .count();
         if owned == 0 || std::time::Instant::now() >= until {
             return Ok(owned);

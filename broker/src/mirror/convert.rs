@@ -3,9 +3,9 @@
 //! fence (`Modes`), fed by `Acquired` events, the restore and each resync snapshot.
 
 use std::collections::HashMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use crate::broker::wire::{millis, millis_until};
+use crate::broker::wire::millis_until;
 use crate::plugins::wit;
 use crate::table::{Fence, LockEvent, Mode};
 
@@ -23,14 +23,6 @@ impl Modes {
     pub fn insert(&mut self, fence: Fence, mode: Mode) {
         self.0.insert(fence, mode);
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(millis)
-        .unwrap_or(0)
 }
 
 impl From<Mode> for wit::LockMode {

@@ -124,7 +124,7 @@ async fn ship(m: &Mirror, batch: Vec<Item>, modes: &mut Modes) -> Result<(), Str
     }
     let batch = coalesce(batch, &m.stats);
     let now = Instant::now();
-    let at = convert::unix_ms();
+    let at = crate::broker::wire::unix_ms();
     let events: Vec<wit::LockEvent> = batch
         .iter()
         .map(|i| convert::event(&i.event, modes, now, at))

@@ -98,20 +98,14 @@ impl Session {
     /// is answered `Moved` (with the owner's URL) or `Unavailable` here and `None` returned;
     /// else the end of the key's takeover grace, if one runs.
     pub fn local(&self, id: u64, key: &[u8]) -> Option<Option<Instant>> {
-        match self.broker.route(key) {
+        let route = self.broker.route(key);
+        if let Some((code, message)) = route.refusal() {
+            self.fail(id, code, message);
+            return None;
+        }
+        match route {
             Route::Local { grace_until } => Some(grace_until),
-            Route::Moved(url) => {
-                self.fail(id, ErrorCode::Moved, url);
-                None
-            }
-            Route::Unavailable => {
-                self.fail(
-                    id,
-                    ErrorCode::Unavailable,
-                    "this broker cannot vouch for its shard ownership now (etcd unreachable)",
-                );
-                None
-            }
+            Route::Moved(_) | Route::Unavailable => None,
         }
     }
 

@@ -51,6 +51,15 @@ impl Table {
             .collect()
     }
 
+    /// The latest deadline of any current lease (the lease horizon's input at start and
+    /// shutdown). O(live keys), clones nothing.
+    pub(crate) fn latest_deadline(&self) -> Option<std::time::Instant> {
+        self.keys
+            .iter()
+            .flat_map(|e| e.holders.as_slice().iter().map(|h| h.deadline))
+            .max()
+    }
+
     /// Whether `key` has at least one holder (a key only blocked by lock delay is not locked).
     #[cfg(test)]
     pub(crate) fn is_locked(&self, key: &[u8]) -> bool {
