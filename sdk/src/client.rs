@@ -539,12 +539,21 @@ impl Client {
 
     /// Connects to the broker at `url` (`quic://host:port`).
     async fn connect_url(&self, url: &str) -> Result<Arc<Conn>> {
-        let target = parse_url(url)?;
-        let mut last_error = Error::Connect(format!("{url}: no address"));
+        self.connect_target(&parse_url(url)?).await
+    }
+
+    /// Resolves `target` (again on every call: the broker may have moved) and connects to the
+    /// first of its addresses that answers. A refusal by the broker (`Denied`) ends the try.
+    async fn connect_target(&self, target: &Target) -> Result<Arc<Conn>> {
+        let mut last_error = Error::Connect(format!("{target:?}: no address"));
         for addr in target.resolve_within(self.inner.connect_timeout).await? {
             match self.connect_to(&target.host, addr).await {
                 Ok(conn) => return Ok(conn),
-                Err(e) => last_error = e,
+                Err(e @ Error::Denied(_)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(%addr, "connect failed: {e}");
+                    last_error = e;
+                }
             }
         }
         Err(last_error)
@@ -570,27 +579,16 @@ impl Client {
         }
         let mut last_error = Error::Connect("no broker address".into());
         for target in &self.inner.targets {
-            // Resolved again on every (re)connect: the broker may have moved.
-            let addrs = match target.resolve_within(self.inner.connect_timeout).await {
-                Ok(addrs) => addrs,
+            match self.connect_target(target).await {
+                Ok(conn) => {
+                    *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(conn.clone());
+                    return Ok(conn);
+                }
+                Err(e @ Error::Denied(_)) => return Err(e),
                 Err(e) => {
                     tracing::debug!(?target, "{e}");
                     last_error = e;
-                    continue;
-                }
-            };
-            for addr in addrs {
-                match self.connect_to(&target.host, addr).await {
-                    Ok(conn) => {
-                        *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(conn.clone());
-                        return Ok(conn);
-                    }
-                    Err(e @ Error::Denied(_)) => return Err(e),
-                    Err(e) => {
-                        tracing::debug!(%addr, "connect failed: {e}");
-                        last_error = e;
-                    }
                 }
             }
         }
