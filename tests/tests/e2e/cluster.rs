@@ -25,6 +25,29 @@ fn start_member_with(etcd: &EtcdServer, name: &str, addr: SocketAddr, max_ttl_ms
     Broker::start_at(TempDir::new(name), &toml, addr)
 }
 
+/// The dev certificates of `brokers`, one PEM after the other (a client trusting them all).
+fn cas_of(brokers: &[&Broker]) -> Vec<u8> {
+    brokers
+        .iter()
+        .flat_map(|b| std::fs::read(b.ca()).expect("dev certificate"))
+        .collect()
+}
+
+/// One client for the cluster: `urls` tried in order, trusting `cas`, with timeouts short
+/// enough that a dead broker is noticed and left within a failover.
+async fn cluster_client(urls: &[String], cas: Vec<u8>) -> Client {
+    let mut builder = Client::builder()
+        .ca_pem(cas)
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_millis(500))
+        .idle_timeout(Duration::from_secs(1))
+        .keep_alive(Duration::from_millis(200));
+    for url in urls {
+        builder = builder.broker(url.clone());
+    }
+    builder.connect().await.expect("connect")
+}
+
 /// The next frame on a raw connection that is not a pushed shard map.
 async fn next_answer(raw: &mut RawConn) -> Option<Frame> {
     for _ in 0..100 {
@@ -97,6 +120,15 @@ async fn lock_eventually(c: &Client, key: &str, limit: Duration) -> lockbroker_s
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// Waits (bounded by `limit`) until the broker of `c` serves `key` (its shard is claimed).
+async fn wait_served(c: &Client, key: &str, limit: Duration) {
+    let start = Instant::now();
+    while serves(c, key).await != Some(true) {
+        assert!(start.elapsed() < limit, "{key}: never claimed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -268,11 +300,7 @@ async fn a_broker_without_etcd_stops_granting_within_its_ownership_lease() {
     let addr = free_udp_addr();
     let b = start_member(&etcd, "solo", addr);
     let c = client_of(&b).await;
-    let start = Instant::now();
-    while serves(&c, "solo/k").await != Some(true) {
-        assert!(start.elapsed() < Duration::from_secs(30), "never claimed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_served(&c, "solo/k", Duration::from_secs(30)).await;
     let killed = etcd.kill();
     let cut_at = Instant::now();
     // Nothing is granted once etcd may have expired the broker's ownership lease (2 s after
@@ -299,19 +327,7 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
     let (a1, a2) = (free_udp_addr(), free_udp_addr());
     let b1 = start_member_with(&etcd, "b1", a1, 8000);
     let b2 = start_member_with(&etcd, "b2", a2, 8000);
-    let mut cas = std::fs::read(b1.ca()).expect("b1 ca");
-    cas.extend(std::fs::read(b2.ca()).expect("b2 ca"));
-    let client = Client::builder()
-        .broker(b1.url())
-        .broker(b2.url())
-        .ca_pem(cas)
-        .request_timeout(Duration::from_secs(2))
-        .connect_timeout(Duration::from_millis(500))
-        .idle_timeout(Duration::from_secs(1))
-        .keep_alive(Duration::from_millis(200))
-        .connect()
-        .await
-        .expect("connect");
+    let client = cluster_client(&[b1.url(), b2.url()], cas_of(&[&b1, &b2])).await;
     // Every key of every shard is granted through the one client, once all are owned.
     let keys: Vec<String> = (0..24).map(|i| format!("one/{i}")).collect();
     let start = Instant::now();
@@ -440,11 +456,7 @@ async fn losing_etcd_quorum_fails_closed_and_quorum_back_resumes() {
     let toml = cluster_config(&etcd.endpoints(), "q1", addr, 3000);
     let b = Broker::start_at(TempDir::new("q1"), &toml, addr);
     let c = client_of(&b).await;
-    let start = Instant::now();
-    while serves(&c, "q/k").await != Some(true) {
-        assert!(start.elapsed() < Duration::from_secs(40), "never claimed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_served(&c, "q/k", Duration::from_secs(40)).await;
     etcd.stop(1);
     etcd.stop(2);
     let cut_at = Instant::now();
@@ -485,19 +497,9 @@ async fn a_joining_broker_takes_its_shards_and_held_leases_follow() {
         &cluster_config(&[etcd.endpoint()], "b2", a2, 5000),
         a2,
     );
-    let mut cas = std::fs::read(b1.ca()).expect("b1 ca");
-    cas.extend(std::fs::read(b2.ca()).expect("b2 ca"));
+    let cas = cas_of(&[&b1, &b2]);
     let b2_dir = b2.kill();
-    let client = Client::builder()
-        .broker(b1.url())
-        .ca_pem(cas)
-        .request_timeout(Duration::from_secs(2))
-        .connect_timeout(Duration::from_millis(500))
-        .idle_timeout(Duration::from_secs(1))
-        .keep_alive(Duration::from_millis(200))
-        .connect()
-        .await
-        .expect("connect");
+    let client = cluster_client(&[b1.url()], cas).await;
     let keys: Vec<String> = (0..24).map(|i| format!("join/{i}")).collect();
     // Wait until b1 alone serves every key (b2's first run has left the cluster).
     let start = Instant::now();
@@ -568,11 +570,7 @@ async fn cluster_status_lists_members_owners_and_epochs() {
     let addr = free_udp_addr();
     let b = start_member(&etcd, "st1", addr);
     let c = client_of(&b).await;
-    let start = Instant::now();
-    while serves(&c, "st/k").await != Some(true) {
-        assert!(start.elapsed() < Duration::from_secs(30), "never claimed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_served(&c, "st/k", Duration::from_secs(30)).await;
     let config = b.data_dir.path().join("broker.toml");
     let out = std::process::Command::new(lockbroker_tests::lockbroker_bin())
         .args(["cluster", "status", "--config"])
@@ -607,19 +605,7 @@ async fn drain_moves_every_shard_off_a_broker_and_holders_keep_their_leases() {
     let (a1, a2) = (free_udp_addr(), free_udp_addr());
     let b1 = start_member_with(&etcd, "d1", a1, 5000);
     let b2 = start_member_with(&etcd, "d2", a2, 5000);
-    let mut cas = std::fs::read(b1.ca()).expect("d1 ca");
-    cas.extend(std::fs::read(b2.ca()).expect("d2 ca"));
-    let client = Client::builder()
-        .broker(b1.url())
-        .broker(b2.url())
-        .ca_pem(cas)
-        .request_timeout(Duration::from_secs(2))
-        .connect_timeout(Duration::from_millis(500))
-        .idle_timeout(Duration::from_secs(1))
-        .keep_alive(Duration::from_millis(200))
-        .connect()
-        .await
-        .expect("connect");
+    let client = cluster_client(&[b1.url(), b2.url()], cas_of(&[&b1, &b2])).await;
     let c1 = client_of(&b1).await;
     let c2 = client_of(&b2).await;
     let keys: Vec<String> = (0..24).map(|i| format!("drain/{i}")).collect();
