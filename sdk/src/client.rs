@@ -560,6 +560,11 @@ impl Client {
     }
 
     /// A broker answered `Moved` for `key`: remember where its shard is served now.
+    /// True once a broker pushed a shard map: this client talks to a cluster.
+    pub(crate) fn is_clustered(&self) -> bool {
+        self.inner.pushes.routes.is_known()
+    }
+
     pub(crate) fn note_moved(&self, key: &[u8], url: &str) {
         self.inner.pushes.routes.moved(key, url);
     }

@@ -88,7 +88,17 @@ impl LockRequest {
                 }
                 (w, _) => w,
             };
-            match self.attempt(wait).await? {
+            let attempt = match self.attempt(wait).await {
+                // Cluster mode: the broker asked went away (killed, or left and closed the
+                // connection before answering). The key's shard is being taken over; ask again
+                // wherever it is served next. A grant the lost broker may have sent is
+                // harmless: the new owner's takeover grace outlasts it.
+                Err(Error::Disconnected(_) | Error::Connect(_)) if self.client.is_clustered() => {
+                    Attempt::Moved(String::new())
+                }
+                other => other?,
+            };
+            match attempt {
                 Attempt::Granted(guard) => return Ok(guard),
                 Attempt::Moved(url) => {
                     if !url.is_empty() {

@@ -27,6 +27,11 @@ impl Routes {
     }
 
     /// The URL of the broker that serves `key`, if the map names one.
+    /// Whether a shard map was ever received (cluster mode).
+    pub(crate) fn is_known(&self) -> bool {
+        self.lock().is_some()
+    }
+
     pub(crate) fn owner(&self, key: &[u8]) -> Option<String> {
         let map = self.lock();
         let m = map.as_ref()?;

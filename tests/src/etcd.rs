@@ -1,13 +1,15 @@
 //! Real `etcd` servers for cluster tests: a single member on free loopback ports with a data
-//! dir of its own, stopped by handle on drop (and startable again on the same ports and data).
+//! dir of its own (in memory: etcd's fsyncs would otherwise make it answer slowly under a full
+//! test run's load, and the brokers' 2 s ownership leases self-fence on slow answers), stopped by handle on drop (and startable again on the same ports and data).
 //! Broker configs for cluster mode, and free UDP ports for brokers that must keep their address.
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::TempDir;
-use crate::redis::free_port;
+use crate::ports::free_port;
+pub use crate::ports::free_udp_addr;
 
 /// A running single-member etcd.
 pub struct EtcdServer {
@@ -20,7 +22,7 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts a member on free ports.
     pub fn start() -> EtcdServer {
-        let data = TempDir::new("etcd");
+        let data = TempDir::in_memory("etcd");
         EtcdServer::start_with(data, free_port(), free_port())
     }
 
@@ -81,7 +83,7 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts three members and waits until every one accepts clients.
     pub fn start() -> EtcdCluster {
-        let data = TempDir::new("etcd3");
+        let data = TempDir::in_memory("etcd3");
         let names: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
         let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -212,14 +214,6 @@ fn wait_port(port: u16) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A free UDP port on 127.0.0.1, for a broker that must keep its address across restarts
-/// (its advertised cluster URL).
-pub fn free_udp_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("bind udp 127.0.0.1:0")
 }
 
 /// A broker config for cluster mode on the `etcd` endpoints as `name` advertising `addr`, with

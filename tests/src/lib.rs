@@ -4,6 +4,7 @@
 pub mod etcd;
 pub mod fencing;
 pub mod plugins;
+pub mod ports;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
@@ -104,9 +105,25 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A temporary directory in memory (`/dev/shm` where it exists): for servers whose fsyncs
+    /// would otherwise set their pace under load (etcd), when the test needs no durability
+    /// beyond a process restart.
+    pub fn in_memory(tag: &str) -> TempDir {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            TempDir::new_in(shm, tag)
+        } else {
+            TempDir::new(tag)
+        }
+    }
+
+    fn new_in(parent: &Path, tag: &str) -> TempDir {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("lockbroker-{tag}-{}-{n}", std::process::id()));
+        let dir = parent.join(format!("lockbroker-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)

@@ -3,7 +3,7 @@
 //! a small synchronous Redis client for assertions; broker configs with a mirror; and the
 //! redis-py `Lock` (an independent redlock-style client) driven through `python3`.
 
-use std::net::TcpListener;
+use crate::ports::free_port;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,14 +13,6 @@ use crate::plugins::plugin;
 pub struct RedisServer {
     child: Child,
     pub port: u16,
-}
-
-/// A free TCP port on 127.0.0.1 (bind :0, read the port, drop the listener).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 impl RedisServer {

@@ -101,7 +101,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // In cluster mode each shard taken over has its own grace (the cluster driver's).
     let restored_all = mirror.as_ref().is_some_and(|m| m.is_sync()) || cfg.cluster.enabled();
     let restart_grace = broker.begin_grace(restored_all);
-    let _cluster = if cfg.cluster.enabled() {
+    let cluster = if cfg.cluster.enabled() {
         Some(Cluster::start(&cfg.cluster, &broker).context("cannot start cluster mode")?)
     } else {
         None
@@ -132,7 +132,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ca.display()
         );
     }
-    server.run(shutdown_signal()).await;
+    // A cluster member leaves first (its shards move, their clients are told), then the
+    // sessions close.
+    let shutdown = async {
+        shutdown_signal().await;
+        if let Some(cluster) = &cluster {
+            cluster.leave().await;
+        }
+    };
+    server.run(shutdown).await;
     if let Some(mirror) = mirror {
         // Ship the releases of the sessions that just ended.
         mirror.flush(shutdown_grace).await;

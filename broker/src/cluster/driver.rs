@@ -86,6 +86,8 @@ pub struct Cluster {
     published: Mutex<Vec<lockbroker_proto::ShardOwner>>,
     /// How long a taken-over shard grants nothing new.
     grace: Duration,
+    /// The current etcd session's client and lease (to revoke it when leaving).
+    session_lease: Mutex<Option<(Client, i64)>>,
     broker: Arc<Broker>,
 }
 
@@ -109,6 +111,7 @@ impl Cluster {
             validity: Mutex::new(Validity::new(ttl, Duration::from_millis(200))),
             published: Mutex::new(Vec::new()),
             grace,
+            session_lease: Mutex::new(None),
             broker: broker.clone(),
         });
         if broker.attach_router(cluster.clone()).is_err() {
@@ -146,6 +149,31 @@ impl Cluster {
             tracing::warn!(target: "lockbroker::cluster", "{why}; serving no shard until a new etcd session");
             self.fence_off(&why);
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Leaves the cluster (graceful shutdown), before the broker's sessions close: claims
+    /// nothing more, stops serving every shard — its holders are told `Moved` and its queued
+    /// requests answered `Moved`, so clients follow the shards rather than see a closed
+    /// connection — then revokes the etcd lease, which deletes this broker's ownership keys at
+    /// once: the new owners need not wait for the lease to run out.
+    pub async fn leave(&self) {
+        let me = self.state().me().to_string();
+        self.state().set_drained(&me, true);
+        self.fence_off("the broker is leaving the cluster");
+        let session = self
+            .session_lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((mut client, lease_id)) = session {
+            match bounded(&self.cfg, client.lease_revoke(lease_id)).await {
+                Ok(_) => tracing::info!(target: "lockbroker::cluster", "left the cluster"),
+                Err(e) => tracing::warn!(
+                    target: "lockbroker::cluster",
+                    "could not revoke the etcd lease ({e}); its shards move when it expires"
+                ),
+            }
         }
     }
 
@@ -191,6 +219,8 @@ impl Cluster {
         let sent = Instant::now();
         let lease = bounded(&self.cfg, client.lease_grant(ttl_s, None)).await?;
         let lease_id = lease.id();
+        *self.session_lease.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((client.clone(), lease_id));
         self.validity()
             .confirmed(sent, Duration::from_secs(lease.ttl().max(0) as u64));
         let me = self.state().me().to_string();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::RunArgs;
 use crate::checks::{self, Violation};
 use crate::cluster::Cluster;
+use crate::failover;
 use crate::faults::FaultLog;
 use crate::history::History;
 use crate::report::{PhaseSummary, Summary, ViolationReport};
@@ -75,6 +76,7 @@ pub fn summarize(r: Record<'_>) -> Summary {
         lost_reports: history.lost_reports,
         client_processes: r.cluster.clients.incarnations(),
         client_errors: history.errors.clone(),
+        failovers: failover::times(&history.leases, r.faults),
         anomalies: anomalies(r.cluster, history, r.faults, args.ttl),
         violations: violations
             .into_iter()
@@ -95,7 +97,7 @@ fn anomalies(
 ) -> Vec<String> {
     let mut out = Vec::new();
     for status in &cluster.unexpected_broker_exits {
-        out.push(format!("the broker exited by itself: {status}"));
+        out.push(format!("a broker exited by itself: {status}"));
     }
     for (slot, status) in &cluster.clients.unexpected_exits {
         out.push(format!("client {slot} exited by itself: {status}"));

@@ -1,6 +1,6 @@
-//! The real `lockbroker serve` process: its config for each phase (memory only, or the sync
-//! Redis mirror through the stallable proxy), starting it on the run's fixed port and data dir
-//! and waiting for its banner, pausing, killing and stopping it.
+//! The real `lockbroker serve` process: its config for each phase (memory only, the sync Redis
+//! mirror through the stallable proxy, or one member of a cluster on etcd), starting it on the
+//! run's fixed port and data dir and waiting for its banner, pausing, killing and stopping it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,8 @@ pub enum PhaseConfig {
     Memory,
     /// `[mirror] mode = "sync"` with the redis-mirror plugin, Redis reached at `redis_url`.
     SyncMirror { redis_url: String, plugin: PathBuf },
+    /// In memory, one member of a cluster on the etcd at `etcd` (`http://127.0.0.1:PORT`).
+    Cluster { etcd: String },
 }
 
 impl PhaseConfig {
@@ -27,12 +29,15 @@ impl PhaseConfig {
         match self {
             PhaseConfig::Memory => "memory",
             PhaseConfig::SyncMirror { .. } => "sync",
+            PhaseConfig::Cluster { .. } => "cluster",
         }
     }
 }
 
 /// What stays the same across every start of the broker in a run.
 pub struct BrokerSpec {
+    /// "broker" alone, "broker 0".."broker N-1" in a cluster (also its cluster member name).
+    pub name: String,
     pub bin: PathBuf,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -40,6 +45,13 @@ pub struct BrokerSpec {
     /// Where configs and the broker's stderr (appended across starts) go.
     pub work_dir: PathBuf,
 }
+
+/// The ownership lease of a chaos cluster's brokers (the shortest allowed: faults then move
+/// shards often).
+pub const OWNERSHIP_TTL: Duration = Duration::from_secs(2);
+
+/// Shards of a chaos cluster: enough that every broker owns several.
+const SHARDS: u32 = 8;
 
 impl BrokerSpec {
     /// `quic://127.0.0.1:PORT`.
@@ -67,7 +79,22 @@ impl BrokerSpec {
                 plugin.display()
             ));
         }
+        if let PhaseConfig::Cluster { etcd } = phase {
+            toml.push_str(&format!(
+                "\n[cluster]\netcd = [\"{etcd}\"]\nname = \"chaos\"\nbroker = \"{}\"\n\
+                 advertise = \"{}\"\nshards = {SHARDS}\nownership_ttl_ms = {}\n\
+                 max_ttl_ms = {ttl_ms}\n",
+                self.name.replace(' ', "-"),
+                self.listen,
+                OWNERSHIP_TTL.as_millis()
+            ));
+        }
         toml
+    }
+
+    /// This broker's file name part ("broker", "broker-1").
+    fn file_stem(&self) -> String {
+        self.name.replace(' ', "-")
     }
 }
 
@@ -82,14 +109,15 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 impl BrokerProcess {
     /// Starts the broker and waits until it listens.
     pub async fn start(spec: &BrokerSpec, phase: &PhaseConfig) -> anyhow::Result<BrokerProcess> {
-        let config = spec.work_dir.join(format!("broker-{}.toml", phase.name()));
+        let stem = spec.file_stem();
+        let config = spec.work_dir.join(format!("{stem}-{}.toml", phase.name()));
         std::fs::write(&config, spec.config_toml(phase))
             .with_context(|| format!("write {}", config.display()))?;
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(spec.work_dir.join("broker.log"))
-            .context("open broker.log")?;
+            .open(spec.work_dir.join(format!("{stem}.log")))
+            .with_context(|| format!("open {stem}.log"))?;
         let mut cmd = Command::new(&spec.bin);
         cmd.arg("serve")
             .arg("--listen")
@@ -113,13 +141,14 @@ impl BrokerProcess {
             Ok(Err(e)) => {
                 kill_and_reap(&mut child).await;
                 Err(e.context(format!(
-                    "the broker did not start; see {}",
-                    spec.work_dir.join("broker.log").display()
+                    "{} did not start; see {}",
+                    spec.name,
+                    spec.work_dir.join(format!("{stem}.log")).display()
                 )))
             }
             Err(_) => {
                 kill_and_reap(&mut child).await;
-                bail!("the broker did not listen within {START_LIMIT:?}")
+                bail!("{} did not listen within {START_LIMIT:?}", spec.name)
             }
         }
     }

@@ -179,8 +179,11 @@ impl ClientLoop {
     /// Connects to the broker, retrying until the deadline (it may be down or paused).
     async fn connect_broker(&mut self) -> anyhow::Result<Client> {
         while Instant::now() < self.deadline {
-            let attempt = Client::builder()
-                .broker(self.args.broker.clone())
+            let mut builder = Client::builder();
+            for url in &self.args.broker {
+                builder = builder.broker(url.clone());
+            }
+            let attempt = builder
                 .ca_file(&self.args.ca)
                 .name(format!("chaos-client/{}", std::process::id()))
                 .connect_timeout(Duration::from_secs(1))

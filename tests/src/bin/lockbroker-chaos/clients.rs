@@ -14,7 +14,8 @@ use crate::process::{die_with_parent, kill_and_reap, signal};
 /// What every client is started with.
 pub struct ClientSpec {
     pub exe: PathBuf,
-    pub broker_url: String,
+    /// Every broker's URL (one, or the members of a cluster).
+    pub broker_urls: Vec<String>,
     pub ca: PathBuf,
     /// The fencing store (redis-server itself, not the proxy).
     pub store_url: String,
@@ -101,10 +102,11 @@ impl ClientPool {
             .wrapping_add((i as u64) << 20)
             .wrapping_add(slot.incarnations);
         let mut cmd = Command::new(&self.spec.exe);
-        cmd.arg("client")
-            .arg("--broker")
-            .arg(&self.spec.broker_url)
-            .arg("--ca")
+        cmd.arg("client");
+        for url in &self.spec.broker_urls {
+            cmd.arg("--broker").arg(url);
+        }
+        cmd.arg("--ca")
             .arg(&self.spec.ca)
             .arg("--redis")
             .arg(&self.spec.store_url)

@@ -1,5 +1,6 @@
-//! The system under test as the orchestrator and the nemesis drive it: the broker process (its
-//! spec and the current phase's config), the client pool and the broker↔Redis proxy.
+//! The system under test as the orchestrator and the nemesis drive it: the broker processes
+//! (one, or the members of a cluster on etcd; each with its spec) and the current phase's
+//! config, the client pool, the broker↔Redis proxy and, in cluster mode, etcd.
 
 use std::time::Duration;
 
@@ -7,28 +8,36 @@ use anyhow::Context;
 
 use crate::broker::{BrokerProcess, BrokerSpec, PhaseConfig};
 use crate::clients::ClientPool;
+use lockbroker_tests::etcd::EtcdServer;
 use lockbroker_tests::proxy::StallableProxy;
 
-pub struct Cluster {
+/// One broker: what it is started with, and its process while it runs.
+pub struct BrokerSlot {
     pub spec: BrokerSpec,
+    /// `None` while the broker is down (killed, left, between phases).
+    pub process: Option<BrokerProcess>,
+}
+
+pub struct Cluster {
+    pub brokers: Vec<BrokerSlot>,
     pub phase: PhaseConfig,
-    /// `None` while the broker is down (killed, between phases).
-    pub broker: Option<BrokerProcess>,
     pub clients: ClientPool,
     pub proxy: StallableProxy,
-    /// Broker exits we did not cause (status), a finding in itself.
+    /// The etcd of cluster mode (kept alive for the run).
+    pub etcd: Option<EtcdServer>,
+    /// Broker exits we did not cause (broker, status), a finding in itself.
     pub unexpected_broker_exits: Vec<String>,
 }
 
 impl Cluster {
-    /// Starts the broker with the current phase's config; a failed start is retried (3 times
+    /// Starts broker `i` with the current phase's config; a failed start is retried (3 times
     /// in all), since a port just freed by a killed broker may take a moment.
-    pub async fn start_broker(&mut self) -> anyhow::Result<()> {
+    pub async fn start_broker(&mut self, i: usize) -> anyhow::Result<()> {
         let mut last = None;
         for _ in 0..3 {
-            match BrokerProcess::start(&self.spec, &self.phase).await {
+            match BrokerProcess::start(&self.brokers[i].spec, &self.phase).await {
                 Ok(b) => {
-                    self.broker = Some(b);
+                    self.brokers[i].process = Some(b);
                     return Ok(());
                 }
                 Err(e) => last = Some(e),
@@ -37,39 +46,70 @@ impl Cluster {
         }
         Err(last
             .unwrap_or_else(|| anyhow::anyhow!("no attempt"))
-            .context("cannot (re)start the broker"))
+            .context(format!("cannot (re)start {}", self.brokers[i].spec.name)))
     }
 
-    /// SIGKILLs the broker.
-    pub async fn kill_broker(&mut self) {
-        if let Some(b) = self.broker.take() {
+    /// Starts every broker that is down.
+    pub async fn start_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.brokers.len() {
+            if self.brokers[i].process.is_none() {
+                self.start_broker(i).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brokers that are running (maybe paused).
+    pub fn up(&self) -> Vec<usize> {
+        (0..self.brokers.len())
+            .filter(|&i| self.brokers[i].process.is_some())
+            .collect()
+    }
+
+    /// SIGKILLs broker `i`.
+    pub async fn kill_broker(&mut self, i: usize) {
+        if let Some(b) = self.brokers[i].process.take() {
             b.kill().await;
         }
     }
 
-    /// Stops the broker gracefully (SIGTERM).
-    pub async fn stop_broker(&mut self) {
-        if let Some(b) = self.broker.take() {
+    /// Stops broker `i` gracefully (SIGTERM; in a cluster it hands its shards over).
+    pub async fn stop_broker(&mut self, i: usize) {
+        if let Some(b) = self.brokers[i].process.take() {
             b.stop().await;
         }
     }
 
-    pub fn pause_broker(&self) -> bool {
-        self.broker.as_ref().is_some_and(BrokerProcess::pause)
+    /// Stops every broker gracefully.
+    pub async fn stop_all(&mut self) {
+        for i in 0..self.brokers.len() {
+            self.stop_broker(i).await;
+        }
     }
 
-    pub fn resume_broker(&self) {
-        if let Some(b) = &self.broker {
+    pub fn pause_broker(&self, i: usize) -> bool {
+        self.brokers[i]
+            .process
+            .as_ref()
+            .is_some_and(BrokerProcess::pause)
+    }
+
+    pub fn resume_broker(&self, i: usize) {
+        if let Some(b) = &self.brokers[i].process {
             b.resume();
         }
     }
 
-    /// Restarts a broker or clients that ended on their own, recording it.
+    /// Restarts brokers or clients that ended on their own, recording it.
     pub async fn heal_crashes(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.broker.as_mut().and_then(BrokerProcess::exited) {
-            self.unexpected_broker_exits.push(status.to_string());
-            self.broker = None;
-            self.start_broker().await?;
+        for i in 0..self.brokers.len() {
+            let slot = &mut self.brokers[i];
+            if let Some(status) = slot.process.as_mut().and_then(BrokerProcess::exited) {
+                self.unexpected_broker_exits
+                    .push(format!("{}: {status}", slot.spec.name));
+                slot.process = None;
+                self.start_broker(i).await?;
+            }
         }
         self.clients
             .respawn_exited()

@@ -13,10 +13,15 @@ pub enum FaultKind {
     KillClient,
     /// SIGSTOP a client for 0.5–3× TTL, then SIGCONT.
     PauseClient,
-    /// SIGSTOP the broker for 1.5–2× TTL, then SIGCONT.
+    /// SIGSTOP a broker for 1.5–2× TTL (in a cluster: 1.25–2× its ownership lease, so its
+    /// shards move meanwhile), then SIGCONT.
     PauseBroker,
-    /// SIGKILL the broker, restart it (same port, data dir and config).
+    /// SIGKILL a broker, restart it (same port, data dir and config): at once alone, after
+    /// 1.5–3× the ownership lease in a cluster (its shards fail over meanwhile).
     KillBroker,
+    /// Cluster only: SIGTERM a broker (it leaves, handing its shards over), start it again
+    /// (it joins) 1–2.5× the ownership lease later.
+    LeaveBroker,
     /// Stall the broker↔Redis proxy for 1–3× TTL (sync phase only).
     StallRedis,
     /// Not a fault: the graceful restart of the broker with the next phase's config.
@@ -30,6 +35,7 @@ impl FaultKind {
             FaultKind::PauseClient => "pause-client",
             FaultKind::PauseBroker => "pause-broker",
             FaultKind::KillBroker => "kill-broker",
+            FaultKind::LeaveBroker => "leave-broker",
             FaultKind::StallRedis => "stall-redis",
             FaultKind::PhaseSwitch => "phase-switch",
         }
@@ -40,7 +46,7 @@ impl FaultKind {
 #[derive(Clone, Debug)]
 pub struct FaultEvent {
     pub kind: FaultKind,
-    /// e.g. "client 3" or "broker".
+    /// e.g. "client 3", "broker" or "broker 1".
     pub target: String,
     pub start_ns: u64,
     /// When it was undone (resumed, respawned, restarted); `None` while active.
@@ -90,6 +96,11 @@ impl FaultLog {
         if let Some(e) = self.events.get_mut(index) {
             e.end_ns = Some(now_ns);
         }
+    }
+
+    /// Every fault, in the order injected.
+    pub fn events(&self) -> &[FaultEvent] {
+        &self.events
     }
 
     /// Faults injected, by kind (phase switches are not counted).

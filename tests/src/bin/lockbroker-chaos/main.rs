@@ -1,10 +1,12 @@
 //! `lockbroker-chaos`: a Jepsen-style fault-injection checker for lockbroker.
 //!
 //! `run` starts its own `redis-server`, a stallable TCP proxy to it, the real `lockbroker
-//! serve` binary and client processes (this binary's `client` subcommand), injects faults
-//! (SIGKILL/SIGSTOP of clients and broker, stalled Redis) for a while, then checks the clients'
-//! histories and the fencing store: mutual exclusion, strictly increasing accepted fences, no
-//! fence issued twice. `client` is one of those client processes.
+//! serve` binary (or, with `--phases cluster`, an etcd and several brokers forming one cluster)
+//! and client processes (this binary's `client` subcommand), injects faults (SIGKILL/SIGSTOP of
+//! clients and brokers, stalled Redis, brokers leaving and joining) for a while, then checks
+//! the clients' histories and the fencing store: mutual exclusion, strictly increasing accepted
+//! fences, no fence issued twice; in cluster mode it also measures failover times. `client` is
+//! one of those client processes.
 
 mod analysis;
 mod broker;
@@ -13,6 +15,7 @@ mod client;
 mod clients;
 mod clock;
 mod cluster;
+mod failover;
 mod faults;
 mod history;
 mod nemesis;
@@ -55,6 +58,8 @@ pub enum Phases {
     None,
     /// The sync Redis mirror for the whole run.
     Sync,
+    /// `--brokers` brokers forming one cluster on etcd (memory only) for the whole run.
+    Cluster,
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,9 +83,12 @@ pub struct RunArgs {
     /// Fewer grants than this fails the run.
     #[arg(long, default_value_t = 20_000)]
     pub min_grants: u64,
-    /// Broker configurations: both (sync mirror, then memory only), none, sync.
+    /// Broker configurations: both (sync mirror, then memory only), none, sync, cluster.
     #[arg(long, value_enum, default_value_t = Phases::Both)]
     pub phases: Phases,
+    /// Brokers of the cluster (`--phases cluster`).
+    #[arg(long, default_value_t = 3)]
+    pub brokers: usize,
     /// Also write the summary to this file (key=value lines).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -97,10 +105,10 @@ pub struct RunArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ClientArgs {
-    /// Broker URL, quic://127.0.0.1:PORT.
-    #[arg(long)]
-    pub broker: String,
-    /// The broker's (dev) certificate to trust.
+    /// Broker URL, quic://127.0.0.1:PORT; repeated for the members of a cluster.
+    #[arg(long, required = true)]
+    pub broker: Vec<String>,
+    /// The brokers' (dev) certificates to trust (one PEM file).
     #[arg(long)]
     pub ca: PathBuf,
     /// The fencing store, redis://127.0.0.1:PORT/0.

@@ -1,6 +1,6 @@
 //! The nemesis: every 1–3 s (seeded) it injects one fault into the cluster and schedules its
 //! undo (SIGCONT, respawn, restart, unstall). At most one broker-side fault (pause, kill,
-//! stalled Redis) is active at a time; client faults overlap freely with everything. At the
+//! leave, stalled Redis) is active at a time — in a cluster, so a majority of brokers stays; client faults overlap freely with everything. At the
 //! end of a phase the broker-side faults are undone at once, so the broker is whole when it is
 //! restarted with the next phase's config; client faults carry on across that restart (a
 //! client may be stopped through it, as it could be through any planned restart). At the end
@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::broker::PhaseConfig;
+use crate::broker::{OWNERSHIP_TTL, PhaseConfig};
 use crate::clients::SlotState;
 use crate::clock::mono_ns;
 use crate::cluster::Cluster;
@@ -23,8 +23,8 @@ use crate::faults::{FaultKind, FaultLog};
 enum Undo {
     RespawnClient(usize),
     ResumeClient(usize),
-    ResumeBroker,
-    RestartBroker,
+    ResumeBroker(usize),
+    RestartBroker(usize),
     Unstall,
 }
 
@@ -32,7 +32,7 @@ impl Undo {
     fn is_broker_side(self) -> bool {
         matches!(
             self,
-            Undo::ResumeBroker | Undo::RestartBroker | Undo::Unstall
+            Undo::ResumeBroker(_) | Undo::RestartBroker(_) | Undo::Unstall
         )
     }
 }
@@ -64,6 +64,11 @@ impl Nemesis {
     /// A random duration between `lo` and `hi` times the TTL.
     fn ttl_times(&mut self, lo: f64, hi: f64) -> Duration {
         self.ttl.mul_f64(self.rng.random_range(lo..=hi))
+    }
+
+    /// A random duration between `lo` and `hi` times the cluster's ownership lease.
+    fn ownership_times(&mut self, lo: f64, hi: f64) -> Duration {
+        OWNERSHIP_TTL.mul_f64(self.rng.random_range(lo..=hi))
     }
 
     /// Injects faults until `end`, then undoes the broker-side faults still active.
@@ -119,20 +124,26 @@ impl Nemesis {
         let running: Vec<usize> = (0..cluster.clients.len())
             .filter(|&i| cluster.clients.state(i) == SlotState::Running)
             .collect();
+        let clustered = matches!(cluster.phase, PhaseConfig::Cluster { .. });
+        let up = cluster.up();
         let mut kinds = Vec::new();
         if !running.is_empty() {
             kinds.extend([FaultKind::KillClient, FaultKind::PauseClient]);
         }
-        if !self.broker_side_active() && cluster.broker.is_some() {
+        if !self.broker_side_active() && !up.is_empty() {
             kinds.extend([FaultKind::PauseBroker, FaultKind::KillBroker]);
-            if matches!(cluster.phase, PhaseConfig::SyncMirror { .. }) {
-                kinds.push(FaultKind::StallRedis);
+            match cluster.phase {
+                PhaseConfig::SyncMirror { .. } => kinds.push(FaultKind::StallRedis),
+                PhaseConfig::Cluster { .. } => kinds.push(FaultKind::LeaveBroker),
+                PhaseConfig::Memory => {}
             }
         }
         let Some(&kind) = kinds.choose(&mut self.rng) else {
             return Ok(());
         };
         let client = running.choose(&mut self.rng).copied().unwrap_or(0);
+        let broker = up.choose(&mut self.rng).copied().unwrap_or(0);
+        let broker_name = cluster.brokers[broker].spec.name.clone();
         match kind {
             FaultKind::KillClient => {
                 let fault = self.log.start(kind, format!("client {client}"), mono_ns());
@@ -147,16 +158,30 @@ impl Nemesis {
                 self.schedule(pause, Undo::ResumeClient(client), fault);
             }
             FaultKind::PauseBroker => {
-                let fault = self.log.start(kind, "broker".into(), mono_ns());
-                cluster.pause_broker();
-                let pause = self.ttl_times(1.5, 2.0);
-                self.schedule(pause, Undo::ResumeBroker, fault);
+                let fault = self.log.start(kind, broker_name, mono_ns());
+                cluster.pause_broker(broker);
+                let pause = if clustered {
+                    self.ownership_times(1.25, 2.0)
+                } else {
+                    self.ttl_times(1.5, 2.0)
+                };
+                self.schedule(pause, Undo::ResumeBroker(broker), fault);
             }
             FaultKind::KillBroker => {
-                let fault = self.log.start(kind, "broker".into(), mono_ns());
-                cluster.kill_broker().await;
-                let down = Duration::from_millis(self.rng.random_range(0..=300));
-                self.schedule(down, Undo::RestartBroker, fault);
+                let fault = self.log.start(kind, broker_name, mono_ns());
+                cluster.kill_broker(broker).await;
+                let down = if clustered {
+                    self.ownership_times(1.5, 3.0)
+                } else {
+                    Duration::from_millis(self.rng.random_range(0..=300))
+                };
+                self.schedule(down, Undo::RestartBroker(broker), fault);
+            }
+            FaultKind::LeaveBroker => {
+                let fault = self.log.start(kind, broker_name, mono_ns());
+                cluster.stop_broker(broker).await;
+                let down = self.ownership_times(1.0, 2.5);
+                self.schedule(down, Undo::RestartBroker(broker), fault);
             }
             FaultKind::StallRedis => {
                 let fault = self.log.start(kind, "broker<->redis".into(), mono_ns());
@@ -173,8 +198,8 @@ impl Nemesis {
         match p.undo {
             Undo::RespawnClient(i) => cluster.clients.spawn(i)?,
             Undo::ResumeClient(i) => cluster.clients.resume(i),
-            Undo::ResumeBroker => cluster.resume_broker(),
-            Undo::RestartBroker => cluster.start_broker().await?,
+            Undo::ResumeBroker(i) => cluster.resume_broker(i),
+            Undo::RestartBroker(i) => cluster.start_broker(i).await?,
             Undo::Unstall => cluster.proxy.set_stalled(false),
         }
         self.log.end(p.fault, mono_ns());

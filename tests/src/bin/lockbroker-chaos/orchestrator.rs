@@ -1,10 +1,9 @@
-//! `lockbroker-chaos run`: sets up redis-server, the stallable proxy, the broker and the client
-//! processes; runs the phases with the nemesis; stops everything; reads the histories and the
+//! `lockbroker-chaos run`: sets up redis-server, the stallable proxy, the broker (or etcd and
+//! the brokers of a cluster) and the client processes; runs the phases with the nemesis; stops everything; reads the histories and the
 //! fencing store, has them analysed and prints the summary. Non-zero exit on any violation.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use crate::analysis::{self, Record};
 use crate::broker::{self, BrokerProcess, BrokerSpec, PhaseConfig};
 use crate::clients::{ClientPool, ClientSpec};
 use crate::clock::mono_ns;
-use crate::cluster::Cluster;
+use crate::cluster::{BrokerSlot, Cluster};
 use crate::faults::FaultKind;
 use crate::history::History;
 use crate::nemesis::Nemesis;
@@ -22,6 +21,7 @@ use crate::redis_server::RedisServer;
 use crate::report::Summary;
 use crate::store::FenceStore;
 use crate::{Phases, RunArgs};
+use lockbroker_tests::etcd::EtcdServer;
 use lockbroker_tests::proxy::StallableProxy;
 
 /// Runs the experiment on a current-thread runtime: every child process is spawned from the
@@ -29,6 +29,7 @@ use lockbroker_tests::proxy::StallableProxy;
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     ensure!(args.clients > 0, "--clients must be at least 1");
     ensure!(args.keys > 0, "--keys must be at least 1");
+    ensure!(args.brokers > 0, "--brokers must be at least 1");
     ensure!(
         args.ttl >= Duration::from_millis(200),
         "--ttl must be at least 200ms (the SDK's safety margin is 100 ms)"
@@ -42,8 +43,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The phases of the run and how long each lasts.
-fn plan(args: &RunArgs, sync: &PhaseConfig) -> Vec<(PhaseConfig, Duration)> {
+fn plan(args: &RunArgs, sync: &PhaseConfig, etcd: Option<String>) -> Vec<(PhaseConfig, Duration)> {
     match args.phases {
+        Phases::Cluster => vec![(
+            PhaseConfig::Cluster {
+                etcd: etcd.unwrap_or_default(),
+            },
+            args.duration,
+        )],
         Phases::Sync => vec![(sync.clone(), args.duration)],
         Phases::None => vec![(PhaseConfig::Memory, args.duration)],
         Phases::Both => {
@@ -56,10 +63,16 @@ fn plan(args: &RunArgs, sync: &PhaseConfig) -> Vec<(PhaseConfig, Duration)> {
     }
 }
 
-/// A free UDP port on 127.0.0.1 for the broker (the same for every start in the run).
-fn free_udp_addr() -> anyhow::Result<SocketAddr> {
-    let socket = UdpSocket::bind("127.0.0.1:0").context("bind udp 127.0.0.1:0")?;
-    Ok(socket.local_addr()?)
+/// One PEM file with every broker's dev certificate, for the clients to trust.
+fn trust_all(brokers: &[BrokerSlot], work_dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut pem = Vec::new();
+    for b in brokers {
+        let ca = b.spec.ca();
+        pem.extend(std::fs::read(&ca).with_context(|| format!("read {}", ca.display()))?);
+    }
+    let path = work_dir.join("brokers-ca.pem");
+    std::fs::write(&path, pem).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
 }
 
 fn mirror_plugin(args: &RunArgs) -> anyhow::Result<PathBuf> {
@@ -94,7 +107,7 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
          (or pass --broker-bin)",
         broker_bin.display()
     );
-    let plugin = if args.phases == Phases::None {
+    let plugin = if matches!(args.phases, Phases::None | Phases::Cluster) {
         PathBuf::new()
     } else {
         mirror_plugin(&args)?
@@ -122,21 +135,41 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
         redis_url: proxy.url(),
         plugin,
     };
-    let phases = plan(&args, &sync);
-    let spec = BrokerSpec {
-        bin: broker_bin,
-        listen: free_udp_addr()?,
-        data_dir: work_dir.join("broker-data"),
-        ttl: args.ttl,
-        work_dir: work_dir.clone(),
-    };
+    let etcd = (args.phases == Phases::Cluster).then(EtcdServer::start);
+    let phases = plan(&args, &sync, etcd.as_ref().map(EtcdServer::endpoint));
+    let count = if etcd.is_some() { args.brokers } else { 1 };
+    let brokers: Vec<BrokerSlot> = (0..count)
+        .map(|i| {
+            let name = if etcd.is_some() {
+                format!("broker {i}")
+            } else {
+                "broker".to_owned()
+            };
+            let spec = BrokerSpec {
+                data_dir: work_dir.join(format!("{}-data", name.replace(' ', "-"))),
+                name,
+                bin: broker_bin.clone(),
+                listen: lockbroker_tests::ports::free_udp_addr(),
+                ttl: args.ttl,
+                work_dir: work_dir.clone(),
+            };
+            BrokerSlot {
+                spec,
+                process: None,
+            }
+        })
+        .collect();
     let first_phase = phases[0].0.clone();
-    let first_broker = BrokerProcess::start(&spec, &first_phase).await?;
+    let mut started = Vec::new();
+    for b in &brokers {
+        started.push(BrokerProcess::start(&b.spec, &first_phase).await?);
+    }
+    let ca = trust_all(&brokers, &work_dir)?;
     let clients = ClientPool::start(
         ClientSpec {
             exe: std::env::current_exe().context("locate this executable")?,
-            broker_url: spec.url(),
-            ca: spec.ca(),
+            broker_urls: brokers.iter().map(|b| b.spec.url()).collect(),
+            ca,
             store_url: redis.url(),
             keys: args.keys,
             ttl: args.ttl,
@@ -146,13 +179,16 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.clients,
     )?;
     let mut cluster = Cluster {
-        spec,
+        brokers,
         phase: first_phase,
-        broker: Some(first_broker),
         clients,
         proxy,
+        etcd,
         unexpected_broker_exits: Vec::new(),
     };
+    for (slot, process) in cluster.brokers.iter_mut().zip(started) {
+        slot.process = Some(process);
+    }
 
     let start_ns = mono_ns();
     let mut nemesis = Nemesis::new(seed, args.ttl);
@@ -168,9 +204,9 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
                 format!("broker -> {}", phase.name()),
                 grants_from,
             );
-            cluster.stop_broker().await;
+            cluster.stop_all().await;
             cluster.phase = phase.clone();
-            cluster.start_broker().await?;
+            cluster.start_all().await?;
             nemesis.log.end(switch, mono_ns());
         }
         println!("lockbroker-chaos: phase {} for {length:?}", phase.name());
@@ -180,7 +216,8 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     nemesis.undo_all(&mut cluster).await?;
     cluster.clients.kill_all().await;
-    cluster.stop_broker().await;
+    cluster.stop_all().await;
+    drop(cluster.etcd.take());
 
     let mut fence_logs = BTreeMap::new();
     let mut store = FenceStore::connect(&redis.url())

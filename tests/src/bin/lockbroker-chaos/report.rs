@@ -32,11 +32,23 @@ pub struct Summary {
     pub lost_reports: u64,
     pub client_processes: u64,
     pub client_errors: BTreeMap<String, u64>,
+    /// Cluster mode: per broker fault kind, the failover times (seconds, sorted) of the faults
+    /// that moved shards (see `failover.rs`).
+    pub failovers: BTreeMap<&'static str, Vec<f64>>,
     /// Findings that are not violations but deserve a look (crashes, unexpected errors).
     pub anomalies: Vec<String>,
     pub violations: Vec<ViolationReport>,
     pub work_dir: PathBuf,
     pub work_dir_kept: bool,
+}
+
+/// The `q` quantile (nearest rank) of sorted `v`; 0 when empty.
+fn percentile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let rank = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
 }
 
 impl Summary {
@@ -80,6 +92,16 @@ impl Summary {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         let _ = writeln!(s, "  client call failures: {}", errors.join(" "));
+        for (kind, times) in &self.failovers {
+            let _ = writeln!(
+                s,
+                "  failover after {kind}: {} faults moved shards; fault -> first grant on every \
+                 moved key p50 {:.2} s, max {:.2} s",
+                times.len(),
+                percentile(times, 0.5),
+                percentile(times, 1.0)
+            );
+        }
         for a in &self.anomalies {
             let _ = writeln!(s, "  anomaly: {a}");
         }
@@ -133,6 +155,11 @@ impl Summary {
         let _ = writeln!(s, "client_processes={}", self.client_processes);
         for (kind, n) in &self.client_errors {
             let _ = writeln!(s, "client_errors.{kind}={n}");
+        }
+        for (kind, times) in &self.failovers {
+            let _ = writeln!(s, "failover.{kind}.count={}", times.len());
+            let _ = writeln!(s, "failover.{kind}.p50_s={:.3}", percentile(times, 0.5));
+            let _ = writeln!(s, "failover.{kind}.max_s={:.3}", percentile(times, 1.0));
         }
         let _ = writeln!(s, "anomalies={}", self.anomalies.len());
         let _ = writeln!(s, "violations={}", self.violations.len());
