@@ -55,4 +55,8 @@ cargo test --workspace -- --test-threads=2
 step "fault-injection checker"
 "${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --duration 60s --min-grants 20000
 
+step "fault-injection checker, cluster mode (etcd + 3 brokers, 16 clients)"
+"${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --phases cluster --brokers 3 \
+  --clients 16 --keys 16 --duration 60s --min-grants 10000
+
 step "all tests passed"

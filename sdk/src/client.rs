@@ -696,20 +696,8 @@ pub(crate) const MAX_MOVES: usize = 8;
 /// The pause before retrying a key whose shard has no owner right now.
 pub(crate) const MOVE_PAUSE: Duration = Duration::from_millis(100);
 
-/// Sends one request on `conn` and waits up to `timeout` for its answer; `Error` frames
-/// become errors.
-pub(crate) async fn round_trip_on(
-    conn: &Arc<Conn>,
-    timeout: Duration,
-    build: impl FnOnce(u64) -> Frame,
-) -> Result<Frame> {
-    match round_trip_raw(conn, timeout, build).await? {
-        Frame::Error { code, message, .. } => Err(Error::from_wire(code, message)),
-        frame => Ok(frame),
-    }
-}
-
-/// [`round_trip_on`], with `Error` frames handed back as frames.
+/// One request on `conn` and its answer (`Error` frames handed back as frames), bounded by
+/// `timeout`.
 pub(crate) async fn round_trip_raw(
     conn: &Arc<Conn>,
     timeout: Duration,

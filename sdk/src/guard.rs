@@ -19,7 +19,7 @@ use bytes::Bytes;
 use lockbroker_proto::{EndReason, ErrorCode, Extend, Frame, LeaseSecret, Mode, Reclaim, Release};
 use tokio::sync::{broadcast, watch};
 
-use crate::client::{millis, round_trip_on, round_trip_raw};
+use crate::client::{MOVE_PAUSE, millis, round_trip_raw};
 use crate::conn::Conn;
 use crate::{Client, Error, Result};
 
@@ -183,11 +183,20 @@ impl Guard {
 
     /// Renews the lease now with a new TTL (shorter or longer): the local deadline becomes
     /// the send time of this renewal plus the TTL granted, and renewals follow the new TTL.
+    ///
+    /// In cluster mode, while the key's shard moves to another broker (the lease is being
+    /// adopted there), it tries again until the lease's local deadline.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
-        renew_now(&self.lease, ttl).await.map(|_| ())
+        let lease = &self.lease;
+        while_moving(lease, || renew_now(lease, ttl))
+            .await
+            .map(|_| ())
     }
 
     /// Releases the lock and waits for the broker to confirm.
+    ///
+    /// In cluster mode, while the key's shard moves to another broker, it tries again (at the
+    /// new owner) until the lease's local deadline.
     pub async fn unlock(mut self) -> Result<()> {
         self.released = true;
         if let Some(w) = self.watchdog.take() {
@@ -196,21 +205,70 @@ impl Guard {
         // Even a lease the guard reported lost is released: the broker may still have it (the
         // guard's deadline is conservative), and its answer says what became of it
         // (`NotLocked`: it ended; `NotOwner`: someone else holds the key now).
-        let conn = owned_conn(&self.lease).await?;
         let lease = &self.lease;
-        let reply = round_trip_on(&conn, lease.client.request_timeout(), |id| {
-            Frame::Release(Release {
-                id,
-                key: lease.key.clone(),
-                fence: lease.fence,
-                ack: true,
-                secret: lease.secret,
-            })
+        while_moving(lease, || release_now(lease)).await
+    }
+}
+
+/// One acknowledged release of the lease where it lives.
+async fn release_now(lease: &Lease) -> Result<()> {
+    let conn = owned_conn(lease).await?;
+    let reply = round_trip_lease(lease, &conn, |id| {
+        Frame::Release(Release {
+            id,
+            key: lease.key.clone(),
+            fence: lease.fence,
+            ack: true,
+            secret: lease.secret,
         })
-        .await?;
-        match reply {
-            Frame::Ok { .. } => Ok(()),
-            other => Err(crate::client::unexpected(other)),
+    })
+    .await?;
+    match reply {
+        Frame::Ok { .. } => Ok(()),
+        other => Err(crate::client::unexpected(other)),
+    }
+}
+
+/// One request about the lease on `conn`. A `Moved` answer (cluster mode: the shard moved
+/// before the broker could tell us) marks the lease moved, so the next attempt adopts it at
+/// the shard's new owner.
+async fn round_trip_lease(
+    lease: &Lease,
+    conn: &Arc<Conn>,
+    build: impl FnOnce(u64) -> Frame,
+) -> Result<Frame> {
+    match round_trip_raw(conn, lease.client.request_timeout(), build).await? {
+        Frame::Error {
+            code: ErrorCode::Moved,
+            message,
+            ..
+        } => {
+            lease.moved.store(true, Ordering::Release);
+            lease.client.follow_moved(&lease.key, &message).await;
+            Err(Error::from_wire(ErrorCode::Moved, message))
+        }
+        Frame::Error { code, message, .. } => Err(Error::from_wire(code, message)),
+        frame => Ok(frame),
+    }
+}
+
+/// Runs `op` on the lease; in cluster mode, while it fails because the key's shard is moving
+/// (being adopted at its new owner, or its broker went away), runs it again every
+/// [`MOVE_PAUSE`] until the lease's local deadline.
+async fn while_moving<T, F, Fut>(lease: &Lease, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    loop {
+        match op().await {
+            Err(Error::Unavailable(_) | Error::Disconnected(_) | Error::Connect(_))
+                if lease.client.is_clustered()
+                    && Instant::now() + MOVE_PAUSE < lost_at(lease, *lease.timing.borrow()) =>
+            {
+                tokio::time::sleep(MOVE_PAUSE).await;
+            }
+            other => return other,
         }
     }
 }
@@ -305,7 +363,7 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
 async fn renew_now(lease: &Lease, ttl: Duration) -> Result<Duration> {
     let sent = Instant::now();
     let conn = owned_conn(lease).await?;
-    let reply = round_trip_on(&conn, lease.client.request_timeout(), |id| {
+    let reply = round_trip_lease(lease, &conn, |id| {
         Frame::Extend(Extend {
             id,
             key: lease.key.clone(),

@@ -4,6 +4,7 @@
 //! Broker configs for cluster mode, and free UDP ports for brokers that must keep their address.
 
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ pub struct EtcdServer {
     pub client_port: u16,
     peer_port: u16,
     data: TempDir,
+    /// "http", or "https" for [`EtcdServer::start_tls`].
+    scheme: &'static str,
 }
 
 impl EtcdServer {
@@ -24,6 +27,38 @@ impl EtcdServer {
     pub fn start() -> EtcdServer {
         let data = TempDir::in_memory("etcd");
         EtcdServer::start_with(data, free_port(), free_port())
+    }
+
+    /// Starts a member serving clients over TLS only (`https://`) with `cert`/`key`, and
+    /// accepting only clients with a certificate `cert` verifies (`--client-cert-auth`).
+    pub fn start_tls(cert: &Path, key: &Path) -> EtcdServer {
+        let data = TempDir::in_memory("etcd-tls");
+        let (client_port, peer_port) = (free_port(), free_port());
+        let initial = format!("test=http://127.0.0.1:{peer_port}");
+        let mut cmd = member_command(
+            "test",
+            &data.path().join("member"),
+            &format!("https://127.0.0.1:{client_port}"),
+            peer_port,
+            &initial,
+        );
+        cmd.arg("--cert-file")
+            .arg(cert)
+            .arg("--key-file")
+            .arg(key)
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(cert);
+        let child = cmd.spawn().expect("spawn etcd");
+        let server = EtcdServer {
+            child,
+            client_port,
+            peer_port,
+            data,
+            scheme: "https",
+        };
+        wait_port(client_port);
+        server
     }
 
     fn start_with(data: TempDir, client_port: u16, peer_port: u16) -> EtcdServer {
@@ -40,14 +75,15 @@ impl EtcdServer {
             client_port,
             peer_port,
             data,
+            scheme: "http",
         };
         wait_port(client_port);
         server
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` over TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     /// Kills the member (SIGKILL), keeping its data and ports for [`EtcdServer::restart`].
@@ -173,22 +209,35 @@ impl Drop for EtcdCluster {
 /// Starts one etcd member on loopback ports.
 fn spawn_member(
     name: &str,
-    data: &std::path::Path,
+    data: &Path,
     client_port: u16,
     peer_port: u16,
     initial_cluster: &str,
 ) -> Child {
     let client = format!("http://127.0.0.1:{client_port}");
+    member_command(name, data, &client, peer_port, initial_cluster)
+        .spawn()
+        .expect("spawn etcd (is it installed? scripts/test-all.sh installs etcd-server)")
+}
+
+/// The command line of one etcd member serving clients at `client_url`.
+fn member_command(
+    name: &str,
+    data: &Path,
+    client_url: &str,
+    peer_port: u16,
+    initial_cluster: &str,
+) -> Command {
     let peer = format!("http://127.0.0.1:{peer_port}");
-    Command::new("etcd")
-        .arg("--name")
+    let mut cmd = Command::new("etcd");
+    cmd.arg("--name")
         .arg(name)
         .arg("--data-dir")
         .arg(data)
         .arg("--listen-client-urls")
-        .arg(&client)
+        .arg(client_url)
         .arg("--advertise-client-urls")
-        .arg(&client)
+        .arg(client_url)
         .arg("--listen-peer-urls")
         .arg(&peer)
         .arg("--initial-advertise-peer-urls")
@@ -198,9 +247,8 @@ fn spawn_member(
         .arg("--initial-cluster-state")
         .arg("new")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn etcd (is it installed? scripts/test-all.sh installs etcd-server)")
+        .stderr(Stdio::null());
+    cmd
 }
 
 /// Waits (bounded) until a loopback TCP port accepts connections.

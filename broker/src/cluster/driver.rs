@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use lockbroker_proto::{EndReason, shard_of};
 
@@ -46,6 +46,9 @@ pub(super) async fn connect(cfg: &ClusterConfig) -> Result<Client, ClusterError>
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         opts = opts.with_user(u.clone(), p.clone());
     }
+    if let Some(tls) = tls_options(cfg)? {
+        opts = opts.with_tls(tls);
+    }
     // One endpoint at a time, starting at a different one each call: a channel over all of
     // them fails to connect while any member is down.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -60,6 +63,33 @@ pub(super) async fn connect(cfg: &ClusterConfig) -> Result<Client, ClusterError>
         }
     }
     Err(last)
+}
+
+/// TLS to etcd when the endpoints are `https://`: the configured CA (else the system's
+/// roots are not consulted: etcd clusters use their own CA) and an optional client identity.
+fn tls_options(cfg: &ClusterConfig) -> Result<Option<TlsOptions>, ClusterError> {
+    if !cfg.etcd.iter().any(|e| e.starts_with("https://")) {
+        return Ok(None);
+    }
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ClusterError::Etcd(format!("cannot read {what} {}: {e}", path.display())))
+    };
+    let mut tls = TlsOptions::new();
+    match &cfg.etcd_ca {
+        Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read("cluster.etcd_ca", ca)?)),
+        None => {
+            return Err(ClusterError::Etcd(
+                "https:// etcd endpoints need cluster.etcd_ca".into(),
+            ));
+        }
+    }
+    if let (Some(cert), Some(key)) = (&cfg.etcd_cert, &cfg.etcd_key) {
+        let cert = read("cluster.etcd_cert", cert)?;
+        let key = read("cluster.etcd_key", key)?;
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Ok(Some(tls))
 }
 
 /// Runs one unary etcd call with the retry timeout of Patroni's rule (`Validity`).

@@ -11,9 +11,13 @@
 //! max_ttl_ms = 30000                 # lease TTL cap in cluster mode (bounds failover grace)
 //! username = ""                      # etcd auth (optional)
 //! password = ""
+//! etcd_ca = "etcd-ca.pem"            # TLS to etcd (https:// endpoints): CA to trust
+//! etcd_cert = "client.pem"           # client certificate for etcd's --client-cert-auth
+//! etcd_key = "client-key.pem"        # ... and its key (optional, with etcd_cert)
 //! ```
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -36,6 +40,12 @@ pub struct ClusterConfig {
     pub max_ttl_ms: u64,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS to etcd: the CA certificate(s) (PEM) the `https://` endpoints are verified with.
+    pub etcd_ca: Option<PathBuf>,
+    /// TLS client certificate (PEM) for an etcd started with `--client-cert-auth`.
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of `etcd_cert` (PEM).
+    pub etcd_key: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -50,6 +60,9 @@ impl Default for ClusterConfig {
             max_ttl_ms: 30_000,
             username: None,
             password: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
         }
     }
 }
@@ -84,6 +97,20 @@ impl ClusterConfig {
         }
         if self.username.is_some() != self.password.is_some() {
             return Err("cluster.username and cluster.password go together".into());
+        }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return Err("cluster.etcd_cert and cluster.etcd_key go together".into());
+        }
+        let https = self
+            .etcd
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https != 0 && https != self.etcd.len() {
+            return Err("cluster.etcd endpoints are all https:// or none".into());
+        }
+        if https == 0 && (self.etcd_ca.is_some() || self.etcd_cert.is_some()) {
+            return Err("cluster.etcd_ca / etcd_cert need https:// etcd endpoints".into());
         }
         Ok(())
     }

@@ -815,3 +815,36 @@ async fn brokers_joining_and_leaving_under_load_fail_no_request() {
     let on_b2 = settled(&c2, &c3, &keys).await;
     assert!(on_b2.iter().any(|x| !*x), "l3 took no shard");
 }
+
+/// etcd over TLS: `https://` endpoints verified with `cluster.etcd_ca`, and a client
+/// certificate (`etcd_cert`/`etcd_key`) for an etcd that requires one. A broker's dev
+/// certificate (self-signed for 127.0.0.1) serves as etcd's certificate, its CA and the
+/// brokers' client certificate. Without the client certificate etcd turns the broker away and
+/// it serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_reaches_etcd_over_tls_with_a_client_certificate() {
+    let certs = Broker::start().kill();
+    let (cert, key) = (
+        certs.path().join("dev-cert.pem"),
+        certs.path().join("dev-key.pem"),
+    );
+    let etcd = EtcdServer::start_tls(&cert, &key);
+    assert!(etcd.endpoint().starts_with("https://"));
+    let tls = format!("etcd_ca = {cert:?}\netcd_cert = {cert:?}\netcd_key = {key:?}\n",);
+    let addr = free_udp_addr();
+    let toml = cluster_config(&[etcd.endpoint()], "tls1", addr, 3000) + &tls;
+    let b = Broker::start_at(TempDir::new("tls1"), &toml, addr);
+    let c = client_of(&b).await;
+    wait_served(&c, "tls/k", Duration::from_secs(30)).await;
+
+    // The CA alone is not enough for this etcd: no client certificate, no cluster.
+    let addr2 = free_udp_addr();
+    let toml2 =
+        cluster_config(&[etcd.endpoint()], "tls2", addr2, 3000) + &format!("etcd_ca = {cert:?}\n");
+    let outcome =
+        std::panic::catch_unwind(|| Broker::start_at(TempDir::new("tls2"), &toml2, addr2));
+    assert!(
+        outcome.is_err(),
+        "a broker without a client certificate started in cluster mode"
+    );
+}
