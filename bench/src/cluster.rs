@@ -197,12 +197,45 @@ pub async fn cluster(opts: &Opts, bin: &Path, single: &Broker, report: &mut Repo
         lock_when_possible(&routed, k, Duration::from_secs(60)).await?;
     }
 
-    // The acknowledged lock cycle: routed through the cluster vs the single broker vs etcd.
+    // The acknowledged lock cycle: routed through the cluster vs the single broker vs etcd,
+    // interleaved in rounds so that drift of the machine's load hits all alike.
     let window = opts.seq_window * opts.seq_rounds as u32;
+    let rounds = 6u32;
     let single_client = single.client_builder().connect().await?;
-    let one = lock_cycles(&single_client, &keys, window).await?;
-    let three = lock_cycles(&routed, &keys, window).await?;
+    // Where the overhead comes from: one member's own keys through a client of that member
+    // only (no SDK routing; the broker's cluster checks) and through the routed client.
+    let mut own_keys = Vec::new();
+    for k in &keys {
+        if owner_of(&members, k).await == Some(0) {
+            own_keys.push(k.clone());
+        }
+    }
+    if own_keys.is_empty() {
+        bail!("member b0 owns none of the bench keys");
+    }
+    let (mut one, mut three, mut direct, mut routed_own) =
+        (Lat::default(), Lat::default(), Lat::default(), Lat::default());
+    for _ in 0..rounds {
+        one.merge(&lock_cycles(&single_client, &keys, window / rounds).await?);
+        three.merge(&lock_cycles(&routed, &keys, window / rounds).await?);
+        direct.merge(&lock_cycles(&members[0].1, &own_keys, window / rounds).await?);
+        routed_own.merge(&lock_cycles(&routed, &own_keys, window / rounds).await?);
+    }
     let etcd_lock = etcd_cycles(&etcd.endpoint, &keys, window).await?;
+    report.row(
+        "cluster: acked lock cycle p50, one member's keys, client of that member only vs 1 broker",
+        format!("{:.1} µs", direct.p50()),
+        format!("{:.1} µs (1 broker)", one.p50()),
+        Some(direct.p50() / one.p50()),
+        None,
+    );
+    report.row(
+        "cluster: acked lock cycle p50, one member's keys, routed client vs client of the member",
+        format!("{:.1} µs", routed_own.p50()),
+        format!("{:.1} µs (member's own client)", direct.p50()),
+        Some(routed_own.p50() / direct.p50()),
+        None,
+    );
     report.row(
         "cluster: acked lock cycle p50 (3 brokers routed vs 1 broker)",
         format!("{:.1} µs", three.p50()),
