@@ -213,8 +213,12 @@ pub async fn cluster(opts: &Opts, bin: &Path, single: &Broker, report: &mut Repo
     if own_keys.is_empty() {
         bail!("member b0 owns none of the bench keys");
     }
-    let (mut one, mut three, mut direct, mut routed_own) =
-        (Lat::default(), Lat::default(), Lat::default(), Lat::default());
+    let (mut one, mut three, mut direct, mut routed_own) = (
+        Lat::default(),
+        Lat::default(),
+        Lat::default(),
+        Lat::default(),
+    );
     for _ in 0..rounds {
         one.merge(&lock_cycles(&single_client, &keys, window / rounds).await?);
         three.merge(&lock_cycles(&routed, &keys, window / rounds).await?);

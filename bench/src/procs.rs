@@ -113,7 +113,10 @@ impl Broker {
             .arg(data_dir.path())
             .arg("--config")
             .arg(&cfg)
-            .env("LOCKBROKER_LOG", "warn")
+            .env(
+                "LOCKBROKER_LOG",
+                std::env::var("LOCKBROKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

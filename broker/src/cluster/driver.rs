@@ -188,8 +188,7 @@ impl Cluster {
     /// connection — then revokes the etcd lease, which deletes this broker's ownership keys at
     /// once: the new owners need not wait for the lease to run out.
     pub async fn leave(&self) {
-        let me = self.state().me().to_string();
-        self.state().set_drained(&me, true);
+        self.state().leave();
         self.fence_off("the broker is leaving the cluster");
         let session = self
             .session_lease
@@ -262,6 +261,7 @@ impl Cluster {
         let revision = all.header().map_or(0, |h| h.revision());
         {
             let mut state = self.state();
+            state.reset_view();
             for kv in all.kvs() {
                 self.apply(&mut state, kv.key(), Some(kv.value()));
             }

@@ -35,6 +35,8 @@ pub struct ClusterState {
     mine: Vec<Option<Term>>,
     /// The newest etcd revision applied.
     pub revision: u64,
+    /// This broker is leaving the cluster (graceful shutdown): it claims nothing more.
+    leaving: bool,
 }
 
 impl ClusterState {
@@ -47,7 +49,25 @@ impl ClusterState {
             owners: vec![None; shards as usize],
             mine: vec![None; shards as usize],
             revision: 0,
+            leaving: false,
         }
+    }
+
+    /// A new etcd session starts: forget what etcd said before (members, owners, drains). It
+    /// is read again in full, and whatever changed while no session watched — a member gone,
+    /// a shard freed — must not linger as a stale view that nobody claims. Serves nothing
+    /// until its own claims succeed again.
+    pub fn reset_view(&mut self) {
+        self.members.clear();
+        self.drained.clear();
+        self.owners.iter_mut().for_each(|o| *o = None);
+        self.mine.iter_mut().for_each(|t| *t = None);
+        self.revision = 0;
+    }
+
+    /// This broker leaves the cluster: it is preferred for no shard from now on.
+    pub fn leave(&mut self) {
+        self.leaving = true;
     }
 
     pub fn shards(&self) -> u32 {
@@ -78,6 +98,7 @@ impl ClusterState {
         self.members
             .keys()
             .filter(|m| !self.drained.contains(*m))
+            .filter(|m| !(self.leaving && **m == self.me))
             .cloned()
             .collect()
     }
@@ -247,5 +268,40 @@ mod tests {
         a.claimed(s, 30, None);
         assert_eq!(a.drop_all_mine(), vec![s]);
         assert_eq!(a.route(&k, true, now), Route::Moved(String::new()));
+    }
+
+    /// A new etcd session starts from a clean view: what changed while no session watched
+    /// (here: member b left and freed its shards) must not keep a stale owner that blocks the
+    /// claims. Before the reset, `a` would route b's shards to the departed b and never claim
+    /// them.
+    #[test]
+    fn a_new_session_forgets_the_stale_view() {
+        let mut a = ClusterState::new("a".into(), 8);
+        a.member_up("a".into(), "quic://a".into());
+        a.member_up("b".into(), "quic://b".into());
+        for s in 0..8 {
+            let owner = if a.to_claim().contains(&s) { "a" } else { "b" };
+            a.set_owner(s, Some(owner.into()));
+        }
+        assert!(a.to_claim().is_empty());
+        // The session ends; b leaves meanwhile. The new session reads only a's registration.
+        a.drop_all_mine();
+        a.reset_view();
+        a.member_up("a".into(), "quic://a".into());
+        assert_eq!(a.to_claim(), (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_leaving_broker_claims_nothing_and_releases_everything() {
+        let mut a = ClusterState::new("a".into(), 4);
+        a.member_up("a".into(), "quic://a".into());
+        a.member_up("b".into(), "quic://b".into());
+        let mine = a.to_claim();
+        for &s in &mine {
+            a.claimed(s, 5, None);
+        }
+        a.leave();
+        assert!(a.to_claim().is_empty());
+        assert_eq!(a.to_release(), mine);
     }
 }
