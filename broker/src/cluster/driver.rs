@@ -144,6 +144,8 @@ impl Cluster {
             session_lease: Mutex::new(None),
             broker: broker.clone(),
         });
+        // No fence before the first claim tells us an etcd revision (fences.rs).
+        broker.with_table(|t, _, _| t.bound_fences());
         if broker.attach_router(cluster.clone()).is_err() {
             return Err(ClusterError::Etcd(
                 "the broker already has a key router".into(),
@@ -180,6 +182,44 @@ impl Cluster {
             self.fence_off(&why);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// etcd's store has reached `revision`: fences may use epochs up to it. Every later claim
+    /// of any shard gets a higher revision, so its fences start above every fence this broker
+    /// can issue under the ceiling (`table/fences.rs`).
+    fn learn_revision(&self, revision: i64) {
+        let Ok(r) = u64::try_from(revision) else {
+            return;
+        };
+        if r == 0 || r >= u64::from(u32::MAX) {
+            return;
+        }
+        self.broker
+            .with_table(|t, _, _| t.raise_fence_ceiling(((r + 1) << 32) - 1));
+    }
+
+    /// When fewer than 2^31 fences are left under the ceiling (2^31 grants since the last
+    /// claim), writes a key to get a newer etcd revision and moves the fence floor up to it: the
+    /// counter never runs into epochs no etcd revision vouches for.
+    async fn renew_fence_epoch(
+        &self,
+        client: &mut Client,
+        lease_id: i64,
+    ) -> Result<(), ClusterError> {
+        if self.broker.read_table(|t, _| t.fence_headroom()) >= 1 << 31 {
+            return Ok(());
+        }
+        let key = format!("{}fence-epochs/{}", self.prefix, self.state().me());
+        let opts = PutOptions::new().with_lease(lease_id);
+        let resp = bounded(&self.cfg, client.put(key, Vec::new(), Some(opts))).await?;
+        if let Some(h) = resp.header() {
+            let r = h.revision().max(0) as u64;
+            self.broker
+                .with_table(|t, _, _| t.raise_fence_floor(r << 32));
+            self.learn_revision(h.revision());
+            tracing::info!(target: "lockbroker::cluster", revision = r, "fence epoch renewed");
+        }
+        Ok(())
     }
 
     /// Leaves the cluster (graceful shutdown), before the broker's sessions close: claims
@@ -298,6 +338,10 @@ impl Cluster {
                         if let Some(sent) = in_flight.pop_front() {
                             self.validity().confirmed(sent, Duration::from_secs(r.ttl() as u64));
                         }
+                        if let Some(h) = r.header() {
+                            self.learn_revision(h.revision());
+                        }
+                        self.renew_fence_epoch(&mut client, lease_id).await?;
                     }
                     _ => return Err(ClusterError::Etcd("the etcd lease expired".into())),
                 },
@@ -305,6 +349,9 @@ impl Cluster {
                     let Some(resp) = msg? else {
                         return Err(ClusterError::Etcd("the watch ended".into()));
                     };
+                    if let Some(h) = resp.header() {
+                        self.learn_revision(h.revision());
+                    }
                     let mut lost = Vec::new();
                     {
                         let mut state = self.state();
@@ -412,6 +459,7 @@ impl Cluster {
             // Fences of this term are above everything earlier owners of the shard issued.
             self.broker
                 .with_table(|t, _, _| t.raise_fence_floor(revision << 32));
+            self.learn_revision(revision as i64);
             let grace_until = had_owner.then(|| Instant::now() + self.grace);
             self.state().claimed(shard, revision, grace_until);
             if had_owner {

@@ -220,6 +220,15 @@ impl Config {
         for r in &self.redis {
             r.validate().map_err(ConfigError::Invalid)?;
         }
+        if self.cluster.enabled() && self.mirror.path.is_some() {
+            // A broker restores its mirrored leases at start, whichever shards they are in; in
+            // a cluster another member may own those shards by then. Failover is protected by
+            // the takeover grace instead (README "Run a cluster").
+            return bad(
+                "[mirror] and [cluster] do not combine: cluster mode keeps locks in memory, \
+                 failover is covered by the takeover grace",
+            );
+        }
         self.mirror
             .validate(&self.redis)
             .map_err(ConfigError::Invalid)?;
@@ -282,6 +291,11 @@ mod tests {
         assert!(cfg.cluster.enabled());
         assert_eq!(cfg.max_ttl(), Duration::from_millis(cfg.cluster.max_ttl_ms));
         let mut bad = cfg.clone();
+        let mut mirrored = cfg.clone();
+        mirrored.mirror.path = Some("m.wasm".into());
+        assert!(
+            matches!(mirrored.validate(), Err(ConfigError::Invalid(m)) if m.contains("[mirror] and [cluster]"))
+        );
         bad.cluster.ownership_ttl_ms = 2500;
         assert!(bad.validate().is_err());
     }

@@ -142,3 +142,38 @@ fn exhausted_fences_fail_a_queued_acquire_at_grant_time() {
     assert_eq!(t.key_count(), 0);
     t.check_invariants();
 }
+
+/// Cluster mode: fences stop at the ceiling (the newest etcd revision known) rather than run
+/// into the range a later owner of a shard will start from; a higher ceiling lets them go on.
+#[test]
+fn fences_stop_at_the_ceiling_until_it_is_raised() {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut t = Table::new(TableConfig {
+        epoch: 0,
+        ..TableConfig::default()
+    });
+    t.bound_fences();
+    assert_eq!(t.fence_headroom(), 0);
+    assert_eq!(
+        t.acquire(now, req(1, 1, Wait::Forever), &mut out),
+        Err(TableError::LimitExceeded("fencing tokens"))
+    );
+    // A claim at revision 7: floor 7 << 32, ceiling the last fence of epoch 7.
+    t.raise_fence_floor(7 << 32);
+    t.raise_fence_ceiling((8 << 32) - 1);
+    t.raise_fence_ceiling(5); // never lowers
+    assert_eq!(t.fence_headroom(), (1 << 32) - 1);
+    t.acquire(now, req(1, 2, Wait::Forever), &mut out)
+        .expect("granted under the ceiling");
+    assert_eq!(t.fence_headroom(), (1 << 32) - 2);
+    t.raise_fence_floor((8 << 32) - 1);
+    assert_eq!(t.fence_headroom(), 0);
+    let mut other = req(1, 3, Wait::Forever);
+    other.key = Bytes::from_static(b"other");
+    assert_eq!(
+        t.acquire(now, other, &mut out),
+        Err(TableError::LimitExceeded("fencing tokens"))
+    );
+    t.check_invariants();
+}

@@ -3,7 +3,9 @@
 //! Tokens never repeat and never go down: `raise_floor` only moves the counter forward. When the
 //! 40-bit counter of an epoch is used up the count carries into the epoch bits, which keeps tokens
 //! increasing (a restart must then restore the max token, see `raise_floor`). At `u64::MAX` the
-//! allocator is exhausted and reports `LimitExceeded("fencing tokens")`.
+//! allocator is exhausted and reports `LimitExceeded("fencing tokens")`. Cluster mode also sets
+//! a ceiling (the newest etcd revision known, `<< 32`, plus the counter space): past it the
+//! allocator refuses until the cluster driver learns a newer revision.
 //!
 //! The epoch/counter split (`COUNTER_BITS`) is defined once, with the epoch file.
 
@@ -15,24 +17,44 @@ const EPOCH_MASK: u64 = (1 << (64 - COUNTER_BITS)) - 1;
 #[derive(Debug)]
 pub(crate) struct FenceGen {
     next: Fence,
+    /// The highest token that may be handed out (cluster mode: the epoch bits may not pass the
+    /// newest etcd revision this broker knows, so a later claim of any shard is above every
+    /// token issued here). `u64::MAX - 1` when unbounded.
+    ceiling: Fence,
 }
 
 impl FenceGen {
     pub(crate) fn new(epoch: u64) -> Self {
         Self {
             next: ((epoch & EPOCH_MASK) << COUNTER_BITS) | 1,
+            ceiling: u64::MAX - 1,
         }
     }
 
     /// Hands out the next token.
     #[inline]
     pub(crate) fn alloc(&mut self) -> Result<Fence, TableError> {
-        if self.next == u64::MAX {
+        if self.next > self.ceiling {
             return Err(TableError::LimitExceeded("fencing tokens"));
         }
         let f = self.next;
         self.next += 1;
         Ok(f)
+    }
+
+    /// Cluster mode starts with no token allowed, until the first ceiling is learnt.
+    pub(crate) fn bound(&mut self) {
+        self.ceiling = 0;
+    }
+
+    /// Raises the highest token that may be handed out (never lowers it).
+    pub(crate) fn raise_ceiling(&mut self, ceiling: Fence) {
+        self.ceiling = self.ceiling.max(ceiling.min(u64::MAX - 1));
+    }
+
+    /// Tokens left below the ceiling.
+    pub(crate) fn headroom(&self) -> u64 {
+        (self.ceiling + 1).saturating_sub(self.next)
     }
 
     /// Makes every future token `> fence`.

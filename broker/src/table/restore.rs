@@ -55,4 +55,20 @@ impl Table {
     pub(crate) fn raise_fence_floor(&mut self, fence: Fence) {
         self.fences.raise_floor(fence);
     }
+
+    /// Cluster mode: no fence is handed out (`LimitExceeded("fencing tokens")`) above a
+    /// ceiling, zero until [`Table::raise_fence_ceiling`].
+    pub(crate) fn bound_fences(&mut self) {
+        self.fences.bound();
+    }
+
+    /// Raises the fence ceiling (never lowers it).
+    pub(crate) fn raise_fence_ceiling(&mut self, ceiling: Fence) {
+        self.fences.raise_ceiling(ceiling);
+    }
+
+    /// Fences left below the ceiling.
+    pub(crate) fn fence_headroom(&self) -> u64 {
+        self.fences.headroom()
+    }
 }
