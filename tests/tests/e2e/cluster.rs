@@ -123,6 +123,25 @@ async fn lock_eventually(c: &Client, key: &str, limit: Duration) -> lockbroker_s
     }
 }
 
+/// Waits (bounded, 40 s) until the routed client `c` is granted every one of `keys` in a row
+/// (every shard has an owner that grants).
+async fn all_served(c: &Client, keys: &[String]) {
+    let start = Instant::now();
+    'again: loop {
+        for k in keys {
+            match c.try_lock(k.clone()).await {
+                Ok(g) => g.unlock().await.expect("unlock"),
+                Err(e) => {
+                    assert!(start.elapsed() < Duration::from_secs(40), "{k}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'again;
+                }
+            }
+        }
+        return;
+    }
+}
+
 /// Waits (bounded by `limit`) until the broker of `c` serves `key` (its shard is claimed).
 async fn wait_served(c: &Client, key: &str, limit: Duration) {
     let start = Instant::now();
@@ -337,20 +356,7 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
     let client = cluster_client(&[b1.url(), b2.url()], cas_of(&[&b1, &b2])).await;
     // Every key of every shard is granted through the one client, once all are owned.
     let keys: Vec<String> = (0..24).map(|i| format!("one/{i}")).collect();
-    let start = Instant::now();
-    'settle: loop {
-        for k in &keys {
-            match client.try_lock(k.clone()).await {
-                Ok(g) => g.unlock().await.expect("unlock"),
-                Err(e) => {
-                    assert!(start.elapsed() < Duration::from_secs(30), "{k}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue 'settle;
-                }
-            }
-        }
-        break;
-    }
+    all_served(&client, &keys).await;
     // Which broker serves which key, seen from single-broker clients.
     let c1 = client_of(&b1).await;
     let c2 = client_of(&b2).await;
@@ -523,20 +529,7 @@ async fn a_joining_broker_takes_its_shards_and_held_leases_follow() {
     let client = cluster_client(&[b1.url()], cas).await;
     let keys: Vec<String> = (0..24).map(|i| format!("join/{i}")).collect();
     // Wait until b1 alone serves every key (b2's first run has left the cluster).
-    let start = Instant::now();
-    'alone: loop {
-        for k in &keys {
-            if client.try_lock(k.clone()).await.map(drop).is_err() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(40),
-                    "b1 never served {k}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue 'alone;
-            }
-        }
-        break;
-    }
+    all_served(&client, &keys).await;
     let held: Vec<_> = {
         let mut v = Vec::new();
         for k in keys.iter().take(8) {
@@ -721,20 +714,7 @@ async fn brokers_joining_and_leaving_under_load_fail_no_request() {
     let b3_dir = b3.kill();
     let client = cluster_client(&[b1.url(), b2.url()], cas).await;
     let keys: Vec<String> = (0..24).map(|i| format!("move/{i}")).collect();
-    let start = Instant::now();
-    'served: loop {
-        for k in &keys {
-            if client.try_lock(k.clone()).await.map(drop).is_err() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(40),
-                    "{k} never served"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue 'served;
-            }
-        }
-        break;
-    }
+    all_served(&client, &keys).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
