@@ -10,6 +10,7 @@ pub mod horizon;
 pub mod identity;
 pub mod mirror;
 pub mod plugins;
+pub mod private_files;
 pub mod redis;
 pub mod server;
 pub mod table;

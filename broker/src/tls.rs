@@ -60,16 +60,22 @@ pub fn server_identity(cfg: &TlsConfig, data_dir: &Path) -> Result<ServerIdentit
             "::1".to_owned(),
         ])
         .map_err(|e| TlsError::Generate(e.to_string()))?;
-        let write = |p: &Path, s: String| {
+        let write = |p: &Path, s: String, private: bool| {
             std::fs::create_dir_all(data_dir)
-                .and_then(|()| std::fs::write(p, s))
+                .and_then(|()| {
+                    if private {
+                        crate::private_files::write_private(p, s.as_bytes())
+                    } else {
+                        std::fs::write(p, s)
+                    }
+                })
                 .map_err(|source| TlsError::Write {
                     path: p.to_owned(),
                     source,
                 })
         };
-        write(&key_path, ck.signing_key.serialize_pem())?;
-        write(&cert_path, ck.cert.pem())?;
+        write(&key_path, ck.signing_key.serialize_pem(), true)?;
+        write(&cert_path, ck.cert.pem(), false)?;
         generated = true;
     }
     Ok(ServerIdentity {

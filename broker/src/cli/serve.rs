@@ -59,8 +59,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cfg.data_dir = dir;
     }
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create the data dir {}", cfg.data_dir.display()))?;
+    // The data dir holds the broker key, the dev key and precompiled plugin code: owner only.
+    let tightened = lockbroker::private_files::ensure_private_dir(&cfg.data_dir)
+        .with_context(|| format!("cannot use the data dir {}", cfg.data_dir.display()))?;
+    if tightened {
+        tracing::warn!(
+            dir = %cfg.data_dir.display(),
+            "the data dir was open to other users; its mode is now 0700"
+        );
+    }
     let plugins = Arc::new(
         PluginHost::load(cfg.plugin.clone(), &cfg.data_dir.join("plugin-cache"))
             .context("cannot load plugins")?,
@@ -111,6 +118,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "lockbroker listening on {addr}/udp (epoch {})",
         broker.epoch
     );
+    if let Some(warning) = exposure_warning(&cfg, addr) {
+        tracing::warn!("{warning}");
+        say!("{warning}");
+    }
     if !restart_grace.is_zero() {
         say!(
             "restart grace: no new grants for {:.1}s (leases of the previous run may still be              held; their holders can reclaim them meanwhile)",
@@ -151,6 +162,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     drop(pid_file);
     say!("lockbroker stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A warning when anonymous clients are accepted on an address others can reach.
+fn exposure_warning(cfg: &Config, addr: std::net::SocketAddr) -> Option<String> {
+    let anonymous = !cfg.auth.require && !cfg.tls.require_client_cert;
+    (anonymous && !addr.ip().is_loopback()).then(|| {
+        format!(
+            "warning: anonymous access is on and {addr} is not a loopback address: anyone who \
+             reaches it may take and hold any lock (set [auth] require = true with tokens, or \
+             [tls] require_client_cert = true)"
+        )
+    })
 }
 
 async fn shutdown_signal() {
@@ -205,5 +228,21 @@ impl PidFile {
 impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_access_beyond_loopback_is_warned_about() {
+        let mut cfg = Config::default();
+        let any: std::net::SocketAddr = "0.0.0.0:7420".parse().expect("addr");
+        let lo: std::net::SocketAddr = "127.0.0.1:7420".parse().expect("addr");
+        assert!(exposure_warning(&cfg, any).is_some_and(|w| w.contains("anonymous")));
+        assert!(exposure_warning(&cfg, lo).is_none());
+        cfg.auth.require = true;
+        assert!(exposure_warning(&cfg, any).is_none());
     }
 }

@@ -5,8 +5,9 @@
 //! the engine's compatibility hash (wasmtime version + every engine setting that affects code),
 //! so a different wasmtime or engine configuration never picks up a stale artifact. Files are
 //! written to a temporary name and renamed, so a crash never leaves a truncated artifact.
-//! Artifacts are native code loaded with `Component::deserialize`: the cache directory must be
-//! writable only by the broker (it lives in the broker's data dir).
+//! Artifacts are native code loaded with `Component::deserialize`: they are written 0600 into a
+//! 0700 directory, and one that another user owns or could have written (the file or its
+//! directory group/world-writable) is not loaded — it is compiled again and replaced.
 
 use std::hash::{Hash, Hasher};
 use std::path::Path;
@@ -82,7 +83,18 @@ pub fn compile(
     let file = dir.join(cache_key(engine, &content_hash));
     // Read into memory rather than `deserialize_file`: that one mmaps the file, and anything
     // truncating it in place later (an operator, a second broker) would crash us with SIGBUS.
-    if let Ok(artifact) = std::fs::read(&file) {
+    let trusted = match crate::private_files::untrusted(&file) {
+        None => true,
+        Some(why) if file.exists() => {
+            tracing::warn!(
+                file = %file.display(),
+                "plugin cache: refusing to load an artifact others could have written: {why}"
+            );
+            false
+        }
+        Some(_) => false,
+    };
+    if let Some(artifact) = trusted.then(|| std::fs::read(&file).ok()).flatten() {
         // SAFETY: the file was written by `precompile_component` of an engine with the same
         // compatibility hash (it is part of the name), into the broker's own data dir; wasmtime
         // additionally checks the artifact header and refuses a mismatched one.
@@ -114,11 +126,11 @@ pub fn compile(
 }
 
 fn store_atomically(dir: &Path, file: &Path, artifact: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    crate::private_files::ensure_private_dir(dir)?;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = file.with_extension(format!("tmp{}-{seq}", std::process::id()));
-    std::fs::write(&tmp, artifact)?;
+    crate::private_files::write_private(&tmp, artifact)?;
     std::fs::rename(&tmp, file).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })

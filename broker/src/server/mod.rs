@@ -1,6 +1,7 @@
 //! The QUIC server: endpoint and TLS setup, the accept loop (one task per connection, one
 //! session per connection), the expiry task, and graceful shutdown.
 
+mod auth;
 mod cmd;
 pub mod policy;
 mod session;

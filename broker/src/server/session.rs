@@ -165,7 +165,8 @@ pub async fn serve(
         }
         Err(ReadError::Io) => return,
     };
-    let principal = match authenticate(&broker, hello.token.as_deref(), cert_principal) {
+    let principal = match super::auth::authenticate(&broker, hello.token.as_deref(), cert_principal)
+    {
         Ok(p) => p,
         Err(msg) => return refuse(conn, send, ErrorCode::Unauthenticated, &msg, grace).await,
     };
@@ -306,27 +307,4 @@ async fn refuse(
     handle.outbox.close();
     handle.outbox.run_writer(send, grace).await;
     conn.close(CLOSE_PROTOCOL_ERROR.into(), b"refused");
-}
-
-/// Names the session's principal: client certificate subject, else the name bound to the
-/// token, else `anonymous` (unless the config requires authentication).
-fn authenticate(
-    broker: &Broker,
-    token: Option<&str>,
-    cert_principal: Option<String>,
-) -> Result<String, String> {
-    if let Some(p) = cert_principal {
-        return Ok(p);
-    }
-    let auth = &broker.cfg.auth;
-    match token {
-        Some(t) => match auth.tokens.get(t) {
-            Some(name) => Ok(name.clone()),
-            None => Err("unknown auth token".to_owned()),
-        },
-        None if auth.require => {
-            Err("authentication required: send a token or a client certificate".to_owned())
-        }
-        None => Ok("anonymous".to_owned()),
-    }
 }

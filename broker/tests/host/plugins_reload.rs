@@ -230,3 +230,37 @@ fn second_load_uses_the_precompiled_cache() {
     let host = PluginHost::load(settings(), &not_a_dir).expect("loads without a usable cache");
     assert_eq!(host.stats().get("acl").unwrap().compiles, 1);
 }
+
+/// The cache holds native code the broker runs: an artifact that others could have written
+/// (world-writable, or in a world-writable directory) is compiled again rather than loaded, and
+/// the fresh artifact is written 0600 into a 0700 directory.
+#[test]
+fn a_cache_artifact_others_could_write_is_not_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let cache = dir.path().join("cache");
+    let settings = || vec![settings("ttl", "ttl_clamp", PluginKind::TtlPolicy)];
+    drop(PluginHost::load(settings(), &cache).unwrap());
+    let bytes = std::fs::read(plugin("ttl_clamp")).unwrap();
+    let artifact = cache.join(cache_file_name(&bytes).unwrap());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&artifact), 0o600);
+    assert_eq!(mode(&cache), 0o700);
+
+    std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let host = PluginHost::load(settings(), &cache).unwrap();
+    let ttl = host.stats().get("ttl").cloned().unwrap();
+    assert_eq!((ttl.compiles, ttl.from_cache), (1, false), "{ttl:?}");
+    assert_eq!(mode(&artifact), 0o600, "replaced by a private artifact");
+    drop(host);
+
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let host = PluginHost::load(settings(), &cache).unwrap();
+    let ttl = host.stats().get("ttl").cloned().unwrap();
+    assert_eq!((ttl.compiles, ttl.from_cache), (1, false), "{ttl:?}");
+    assert_eq!(mode(&cache), 0o700, "the directory is made private again");
+    drop(host);
+
+    let host = PluginHost::load(settings(), &cache).unwrap();
+    assert!(host.stats().get("ttl").unwrap().from_cache);
+}

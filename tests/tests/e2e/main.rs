@@ -13,6 +13,7 @@
 //! - [`exclusion`]: lease secrets and reclaim by principal, honest guards (`extend`, `lost`
 //!   by the local clock), no carry-over of a guard to an independent broker, `Cancel` of an
 //!   acquire polling the sync mirror.
+//! - [`hostile`]: what an unfriendly neighbour could do: files and secrets others could read.
 //! - [`leases`]: TTLs of crashed and lost holders, clean disconnects, renewal, lock delay.
 //! - [`lifecycle`]: SIGTERM, fences across restarts, the `serve` banner.
 //! - [`mirror_async`]: holds mirrored to Redis in redlock format; resync after an outage.
@@ -36,6 +37,7 @@ mod cli_signals;
 mod cluster;
 mod errors;
 mod exclusion;
+mod hostile;
 mod leases;
 mod lifecycle;
 mod mirror_async;
