@@ -118,7 +118,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "lockbroker listening on {addr}/udp (epoch {})",
         broker.epoch
     );
-    if let Some(warning) = exposure_warning(&cfg, addr) {
+    if let Some(warning) = exposure_warning(cfg, addr) {
         tracing::warn!("{warning}");
         say!("{warning}");
     }
