@@ -127,6 +127,10 @@ pub struct LimitsConfig {
     pub max_key_bytes: usize,
     pub max_leases_per_session: usize,
     pub max_waiters_per_session: usize,
+    /// A connection must open its stream and send `Hello` within this (ms), else it is closed.
+    pub hello_timeout_ms: u64,
+    /// Largest `Hello` frame accepted (bytes): checked before authentication.
+    pub max_hello_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -136,6 +140,8 @@ impl Default for LimitsConfig {
             max_key_bytes: lockbroker_proto::Limits::DEFAULT_MAX_KEY,
             max_leases_per_session: 10_000,
             max_waiters_per_session: 10_000,
+            hello_timeout_ms: 5_000,
+            max_hello_bytes: 4_096,
         }
     }
 }
@@ -213,6 +219,12 @@ impl Config {
         }
         if self.quic.idle_timeout_ms == 0 || self.quic.keep_alive_ms >= self.quic.idle_timeout_ms {
             return bad("quic.keep_alive_ms must be below quic.idle_timeout_ms");
+        }
+        if self.limits.hello_timeout_ms == 0 {
+            return bad("limits.hello_timeout_ms must be > 0");
+        }
+        if self.limits.max_hello_bytes < 64 {
+            return bad("limits.max_hello_bytes must be at least 64");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key go together");

@@ -151,7 +151,14 @@ impl Server {
                     let broker = broker.clone();
                     let policy = self.policy.clone();
                     tasks.spawn(async move {
-                        match incoming.await {
+                        // A shutdown abandons connections still in their handshake: they have
+                        // no session to end, and would hold the shutdown up to their timeout.
+                        let mut shutdown = broker.shutdown_signal();
+                        let handshake = tokio::select! {
+                            r = incoming => r,
+                            _ = shutdown.wait_for(|s| *s) => return,
+                        };
+                        match handshake {
                             Ok(conn) => {
                                 let principal = peer_principal(&conn);
                                 session::serve(broker, policy, conn, principal).await;

@@ -135,10 +135,22 @@ pub async fn serve(
     cert_principal: Option<String>,
 ) {
     let remote = conn.remote_address();
-    let (send, mut recv) = match conn.accept_bi().await {
-        Ok(s) => s,
-        Err(e) => {
+    let hello_timeout = Duration::from_millis(broker.cfg.limits.hello_timeout_ms);
+    let hello_deadline = tokio::time::Instant::now() + hello_timeout;
+    let mut shutdown = broker.shutdown_signal();
+    let stream = tokio::select! {
+        s = tokio::time::timeout_at(hello_deadline, conn.accept_bi()) => s,
+        _ = shutdown.wait_for(|s| *s) => return,
+    };
+    let (send, mut recv) = match stream {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             tracing::debug!(%remote, "connection ended before its control stream: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "no control stream within {hello_timeout:?}");
+            conn.close(CLOSE_PROTOCOL_ERROR.into(), b"no Hello in time");
             return;
         }
     };
@@ -146,8 +158,20 @@ pub async fn serve(
     let grace = Duration::from_millis(broker.cfg.quic.shutdown_grace_ms);
     let mut buf = BytesMut::with_capacity(8 * 1024);
 
-    // Handshake: the first frame must be Hello.
-    let hello = match read_frame(&mut recv, &mut buf, &limits).await {
+    // Handshake: the first frame must be Hello, small, and soon — all before authentication.
+    let hello_limits = lockbroker_proto::Limits {
+        max_frame: limits.max_frame.min(broker.cfg.limits.max_hello_bytes),
+        ..limits
+    };
+    let first = tokio::select! {
+        r = tokio::time::timeout_at(hello_deadline, read_frame(&mut recv, &mut buf, &hello_limits)) => r,
+        _ = shutdown.wait_for(|s| *s) => return,
+    };
+    let Ok(first) = first else {
+        let msg = format!("no Hello within {} ms", hello_timeout.as_millis());
+        return refuse(conn, send, ErrorCode::ProtocolOrder, &msg, grace).await;
+    };
+    let hello = match first {
         Ok(Some(Frame::Hello(h))) => h,
         Ok(Some(other)) => {
             return refuse(
@@ -246,7 +270,17 @@ async fn read_loop(
         }
         tokio::select! {
             read = recv.read_buf(buf) => match read {
-                Ok(0) => return End::Clean,
+                Ok(0) if buf.is_empty() => return End::Clean,
+                // The stream ended inside a frame: not a clean goodbye but a broken client
+                // (or a cut connection) — told so, and its leases run to their TTL.
+                Ok(0) => {
+                    session.fail(
+                        0,
+                        ErrorCode::Malformed,
+                        format!("the stream ended inside a frame ({} bytes of it)", buf.len()),
+                    );
+                    return End::ProtocolError;
+                }
                 Ok(_) => {}
                 Err(_) => return classify_close(conn),
             },

@@ -1,8 +1,13 @@
 //! What an unfriendly neighbour or client could do, against the real binary (issue 13):
-//! files and secrets others could read or plant.
+//! files and secrets others could read or plant; connections that never say `Hello` or send a
+//! huge one; streams cut inside a frame; idle connections at shutdown.
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use lockbroker_proto::{Acquire, ErrorCode, Frame, Hello, Mode, WaitSpec, encode};
+use lockbroker_tests::raw::RawConn;
 use lockbroker_tests::{Broker, TempDir};
 
 fn mode(p: &std::path::Path) -> u32 {
@@ -25,4 +30,100 @@ fn the_data_dir_and_its_keys_are_owner_only() {
     assert_eq!(mode(data), 0o700, "data dir");
     assert_eq!(mode(&data.join("dev-key.pem")), 0o600, "dev key");
     assert_eq!(mode(&data.join("broker.key")), 0o600, "broker key");
+}
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A connection that opens its stream but never sends `Hello` is told and closed at the Hello
+/// deadline — before authentication, it may not hold broker memory indefinitely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_hello_is_closed_at_the_deadline() {
+    let b = Broker::start_with_config("[limits]\nhello_timeout_ms = 500\n");
+    let mut raw = RawConn::connect(b.addr, &b.ca()).await;
+    raw.send_bytes(&[0, 0]).await; // opens the stream, half a length prefix
+    match raw.next_frame(LIMIT).await {
+        Some(Frame::Error { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::ProtocolOrder, "{message}");
+            assert!(message.contains("no Hello within 500 ms"), "{message}");
+        }
+        other => panic!("expected the Hello deadline error, got {other:?}"),
+    }
+    assert!(raw.closed(LIMIT).await.is_some(), "not closed");
+}
+
+/// `Hello` is bounded (4 KiB by default) before any authentication: a 60 KB one is refused
+/// with `FrameTooLarge` as soon as its length prefix arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_hello_is_refused_before_authentication() {
+    let b = Broker::start();
+    let mut raw = RawConn::connect(b.addr, &b.ca()).await;
+    raw.send_frame(&Frame::Hello(Hello {
+        token: Some("t".repeat(60_000)),
+        client: "big".into(),
+    }))
+    .await;
+    match raw.next_frame(LIMIT).await {
+        Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::FrameTooLarge),
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert!(raw.closed(LIMIT).await.is_some(), "not closed");
+}
+
+/// A stream that ends inside a frame is a broken client, not a goodbye: it gets an error frame
+/// and its leases run to their TTL (a clean close would release them at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ending_inside_a_frame_is_a_protocol_error_not_a_clean_close() {
+    let b = Broker::start();
+    let mut raw = RawConn::hello(b.addr, &b.ca()).await;
+    raw.send_frame(&Frame::Acquire(Acquire {
+        id: 1,
+        key: Bytes::from_static(b"trunc/k"),
+        mode: Mode::Exclusive,
+        ttl_ms: 30_000,
+        wait: WaitSpec::NoWait,
+    }))
+    .await;
+    assert!(matches!(
+        raw.next_frame(LIMIT).await,
+        Some(Frame::Granted(_))
+    ));
+    let mut next = Vec::new();
+    encode(&Frame::Ping { id: 2 }, &mut next);
+    raw.send_bytes(&next[..next.len() / 2]).await;
+    raw.send.finish().expect("finish");
+    match raw.next_frame(LIMIT).await {
+        Some(Frame::Error { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::Malformed, "{message}");
+            assert!(message.contains("inside a frame"), "{message}");
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+    // Not released: another client finds the key still held.
+    let c = b.client().await;
+    assert!(matches!(
+        c.try_lock("trunc/k").await,
+        Err(lockbroker_sdk::Error::Busy)
+    ));
+}
+
+/// A broker shutting down does not wait for connections that never got as far as `Hello`.
+#[test]
+fn shutdown_does_not_wait_for_connections_without_a_session() {
+    let mut b = Broker::start_with_config("[quic]\nshutdown_grace_ms = 3000\n");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let _raw = rt.block_on(async {
+        let mut raw = RawConn::connect(b.addr, &b.ca()).await;
+        raw.send_bytes(&[0]).await;
+        raw
+    });
+    let start = Instant::now();
+    b.signal("TERM");
+    let status = b.wait_exit(Duration::from_secs(20)).expect("exited");
+    assert!(status.success(), "{status}");
+    // Before: the idle connection held the shutdown for twice the grace (6 s).
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
 }
