@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use session::{CLOSE_CLEAN, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
+pub use session::{CLOSE_CLEAN, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_SLOW_READER};
 
 use crate::broker::Broker;
 use crate::config::Config;

@@ -127,3 +127,76 @@ fn shutdown_does_not_wait_for_connections_without_a_session() {
         start.elapsed()
     );
 }
+
+/// Resident memory of a process (kB), from /proc.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A client that sends requests and never reads the answers — here `Inspect`s of a key with 200
+/// holders, each ~40× larger than its request — costs the broker at most its outbox cap
+/// (1 MiB) plus a constant: past the cap the broker stops reading, QUIC flow control stops the
+/// client, and after `outbox_stall_ms` the connection is closed with its own close code.
+/// Meanwhile other clients are served. (Without the cap the broker grew by 690 MB in these 4 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_costs_at_most_its_outbox_cap() {
+    let b = Broker::start_with_config("[limits]\noutbox_stall_ms = 3000\n");
+    let holder = b.client().await;
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(
+            holder
+                .semaphore("wide/k", 200)
+                .ttl(Duration::from_secs(60))
+                .await
+                .expect("a permit"),
+        );
+    }
+    let mut raw = RawConn::hello(b.addr, &b.ca()).await;
+    let mut batch = Vec::new();
+    for id in 0..1000u64 {
+        encode(
+            &Frame::Inspect {
+                id: id + 10,
+                key: Bytes::from_static(b"wide/k"),
+            },
+            &mut batch,
+        );
+    }
+    let before = rss_kb(b.pid());
+    // Flood for 4 s (the writes block once the broker stops reading).
+    let flood = async {
+        loop {
+            if raw.send.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(4), flood).await;
+    let grown_kb = rss_kb(b.pid()).saturating_sub(before);
+    // A bystander is served meanwhile.
+    let other = b.client().await;
+    other
+        .lock("bystander/k")
+        .await
+        .expect("bystander lock")
+        .unlock()
+        .await
+        .expect("unlock");
+    // 1 MiB cap + QUIC buffers and allocator slack.
+    assert!(grown_kb < 48 * 1024, "the broker grew by {grown_kb} kB");
+    // Still not reading: closed with the slow-reader code.
+    match raw.closed(Duration::from_secs(15)).await {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+            // CLOSE_SLOW_READER in broker/src/server/session.rs.
+            assert_eq!(c.error_code, quinn::VarInt::from_u32(3), "{c}");
+        }
+        other => panic!("expected the slow-reader close, got {other:?}"),
+    }
+    drop(held);
+}
