@@ -177,3 +177,51 @@ fn fences_stop_at_the_ceiling_until_it_is_raised() {
     );
     t.check_invariants();
 }
+
+/// The table-wide limits (issue 13): live keys, queued requests per key and in total — each
+/// refused with its own named error, nothing left behind.
+#[test]
+fn keys_and_queues_are_bounded_per_key_and_in_total() {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut t = Table::new(TableConfig {
+        max_keys: 2,
+        max_queued_per_key: 2,
+        max_queued_total: 3,
+        ..TableConfig::default()
+    });
+    let on = |session: SessionId, id: ReqId, key: &'static [u8]| {
+        let mut r = req(session, id, Wait::Forever);
+        r.key = Bytes::from_static(key);
+        r
+    };
+    t.acquire(now, on(1, 1, b"a"), &mut out).expect("a");
+    t.acquire(now, on(1, 2, b"b"), &mut out).expect("b");
+    assert_eq!(
+        t.acquire(now, on(1, 3, b"c"), &mut out),
+        Err(TableError::LimitExceeded("live keys"))
+    );
+    assert_eq!(t.key_count(), 2);
+    // Two queue on "a" (one an acquire, one a watcher), a third is refused for the key.
+    assert_eq!(t.acquire(now, on(2, 1, b"a"), &mut out), Ok(None));
+    assert_eq!(
+        t.wait_until_unlocked(now, 3, 1, b"a", Wait::Forever),
+        Ok(None)
+    );
+    assert_eq!(
+        t.acquire(now, on(4, 1, b"a"), &mut out),
+        Err(TableError::LimitExceeded("queued requests on this key"))
+    );
+    // One more on "b" reaches the total of 3; the next anywhere is refused.
+    assert_eq!(t.acquire(now, on(2, 2, b"b"), &mut out), Ok(None));
+    assert_eq!(
+        t.wait_until_unlocked(now, 4, 2, b"b", Wait::Forever),
+        Err(TableError::LimitExceeded("queued requests in total"))
+    );
+    t.check_invariants();
+    // A session closing frees its queue slots.
+    t.close_session(now, 2, true, &mut out);
+    t.check_invariants();
+    assert_eq!(t.acquire(now, on(4, 3, b"a"), &mut out), Ok(None));
+    t.check_invariants();
+}

@@ -105,6 +105,9 @@ impl Table {
             }
         }
         assert_eq!(live, self.keys.len(), "slab and key index agree");
+        let pending: usize = self.sessions.iter().map(|(_, s)| s.pending.len()).sum();
+        assert_eq!(pending, self.sessions.pending_total(), "pending total");
+        assert!(self.keys.len() <= self.cfg.max_keys);
         for (sid, s) in self.sessions.iter() {
             for (f, id) in &s.leases {
                 let e = self.keys.get(*id).expect("session lease on live key");

@@ -200,3 +200,36 @@ async fn a_client_that_never_reads_costs_at_most_its_outbox_cap() {
     }
     drop(held);
 }
+
+/// Connections are limited in all and per source IP: past the limit a client is told
+/// `LimitExceeded` naming the limit (not left hanging), and a closed connection frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_past_the_limit_is_told_which_limit() {
+    let b = Broker::start_with_config("[limits]\nmax_connections_per_ip = 2\n");
+    let c1 = b.client().await;
+    let c2 = b.client().await;
+    c1.inspect("conn/k").await.expect("c1");
+    c2.inspect("conn/k").await.expect("c2");
+    match b.client_builder().connect().await {
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("max_connections_per_ip"), "{text}");
+        }
+        Ok(_) => panic!("a third connection from 127.0.0.1 was admitted"),
+    }
+    drop(c2);
+    // The closed connection's place is freed (bounded wait: the broker sees the close).
+    let start = Instant::now();
+    loop {
+        match b.client_builder().connect().await {
+            Ok(c) => {
+                c.inspect("conn/k").await.expect("inspect");
+                break;
+            }
+            Err(e) => {
+                assert!(start.elapsed() < LIMIT, "never admitted again: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
