@@ -225,3 +225,46 @@ fn keys_and_queues_are_bounded_per_key_and_in_total() {
     assert_eq!(t.acquire(now, on(4, 3, b"a"), &mut out), Ok(None));
     t.check_invariants();
 }
+
+/// A storm of 20k watchers timing out at once is handled in bounded slices (the driver lets
+/// other requests take the table in between), and each timeout leaves its queue in O(log n):
+/// the queue is a sequence-ordered map, not a vector shifted on every removal.
+#[test]
+fn a_watcher_timeout_storm_is_expired_in_bounded_slices() {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut t = Table::new(TableConfig {
+        max_waiters_per_session: usize::MAX,
+        ..TableConfig::default()
+    });
+    let mut holder = req(1, 1, Wait::Forever);
+    holder.ttl = Duration::from_secs(60);
+    t.acquire(now, holder, &mut out).expect("held");
+    let due = now + Duration::from_millis(10);
+    for r in 0..20_000u64 {
+        assert_eq!(
+            t.wait_until_unlocked(now, 2, r + 10, K, Wait::Until(due)),
+            Ok(None)
+        );
+    }
+    out.clear();
+    let later = due + Duration::from_millis(1);
+    let started = std::time::Instant::now();
+    let mut slices = 0;
+    while t.expire_some(later, 1024, &mut out) {
+        slices += 1;
+        assert!(
+            out.len() <= 1024 * slices,
+            "a slice did more than its share"
+        );
+    }
+    eprintln!(
+        "20k watcher timeouts in {} slices, {:?}",
+        slices + 1,
+        started.elapsed()
+    );
+    assert_eq!(slices + 1, 20, "20 slices of at most 1024");
+    assert_eq!(out.len(), 20_000);
+    assert_eq!(t.session_counts(2), (0, 0));
+    t.check_invariants();
+}

@@ -107,8 +107,8 @@ impl Table {
             return Vec::new();
         };
         let id = e.id;
-        let waiters: Vec<_> = e.waiters.drain(..).map(|w| (w.session, w.req)).collect();
-        let watchers: Vec<_> = e.watchers.drain(..).map(|w| (w.session, w.req)).collect();
+        let waiters: Vec<_> = e.waiters.take_all().map(|w| (w.session, w.req)).collect();
+        let watchers: Vec<_> = e.watchers.take_all().map(|w| (w.session, w.req)).collect();
         e.blocked_until = None;
         let leases: Vec<(SessionId, Fence)> = e
             .holders
