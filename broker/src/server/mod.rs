@@ -4,6 +4,8 @@
 mod admission;
 mod auth;
 mod cmd;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod policy;
 mod session;
 

@@ -37,7 +37,7 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn get(&self, id: SessionId) -> Option<&Session> {
         self.map.get(&id)
     }
@@ -54,7 +54,7 @@ impl Sessions {
         self.map.entry(id).or_default()
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
         self.map.iter()
     }
