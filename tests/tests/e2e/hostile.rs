@@ -188,6 +188,7 @@ async fn a_client_that_never_reads_costs_at_most_its_outbox_cap() {
         .unlock()
         .await
         .expect("unlock");
+    eprintln!("never-reading client: the broker grew by {grown_kb} kB during the flood");
     // 1 MiB cap + QUIC buffers and allocator slack.
     assert!(grown_kb < 48 * 1024, "the broker grew by {grown_kb} kB");
     // Still not reading: closed with the slow-reader code.
