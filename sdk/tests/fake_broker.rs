@@ -235,6 +235,7 @@ async fn answers_are_routed_by_request_id() {
             id,
             key,
             holders: Vec::new(),
+            holders_total: 0,
             waiters,
             blocked_ms: 0,
         }))
