@@ -52,6 +52,13 @@ cargo build --workspace --bins
 step "cargo test"
 cargo test --workspace -- --test-threads=2
 
+step "fuzz smoke (cargo fuzz: frame decoder and in-process sessions, 30 s each)"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# Stable toolchain: --sanitizer none needs no -Z flags. Its own target dir: other RUSTFLAGS.
+(cd fuzz && for t in frame_decoder session; do
+  CARGO_TARGET_DIR="$PWD/target" cargo fuzz run --sanitizer none -O "$t" -- -max_total_time=30
+done)
+
 step "fault-injection checker"
 "${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --duration 60s --min-grants 20000
 

@@ -1,5 +1,5 @@
 //! The expiry driver: one task that sleeps until the table's next deadline, expires what is
-//! due, and re-arms; `with_table` wakes it early when an operation adds an earlier deadline.
+//! due (in slices of [`EXPIRY_SLICE`], yielding between them), and re-arms; `with_table` wakes it early when an operation adds an earlier deadline.
 //! Beside it, the horizon keeper: once the table is empty, the lease-horizon file is set back
 //! to `clean`, so a crash after the last lease ended needs no restart grace.
 
@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Broker;
+
+/// Deadlines handled per hold of the table lock.
+const EXPIRY_SLICE: usize = 1024;
 
 impl Broker {
     /// Runs until the broker shuts down.
@@ -23,7 +26,13 @@ impl Broker {
                 None => tokio::time::sleep(Duration::from_secs(3600)),
             };
             tokio::select! {
-                () = sleep => self.with_table(|t, now, out| t.expire(now, out)),
+                () = sleep => {
+                    // A storm of timeouts due at once is handled in slices, letting other
+                    // requests take the table in between.
+                    while self.with_table(|t, now, out| t.expire_some(now, EXPIRY_SLICE, out)) {
+                        tokio::task::yield_now().await;
+                    }
+                }
                 () = self.timer.notified() => {}
                 _ = shutdown.changed() => return,
             }

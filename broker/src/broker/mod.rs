@@ -94,6 +94,9 @@ impl Broker {
             lock_delay: Duration::from_millis(cfg.locks.lock_delay_ms),
             max_leases_per_session: cfg.limits.max_leases_per_session,
             max_waiters_per_session: cfg.limits.max_waiters_per_session,
+            max_keys: cfg.limits.max_keys,
+            max_queued_per_key: cfg.limits.max_queued_per_key,
+            max_queued_total: cfg.limits.max_queued_total,
         });
         let horizon = HorizonWriter::new(&cfg.data_dir);
         Arc::new(Broker {

@@ -7,6 +7,10 @@
 //! While the session's read loop handles a burst of frames that arrived together it opens a
 //! *batch*: every frame pushed meanwhile (its own replies and grants pushed by other sessions)
 //! is only appended, and the batch's end writes them all with one stream write.
+//!
+//! Backpressure: the read loop checks [`Outbox::queued`] before handling each frame; past the
+//! session's cap it stops reading (so QUIC flow control pushes back on the client) and waits,
+//! bounded, in [`Outbox::wait_below`] for the writer to drain it.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -26,6 +30,8 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 pub struct Outbox {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Woken whenever the stream took queued bytes (for [`Outbox::wait_below`]).
+    drained: Notify,
     closing: AtomicBool,
 }
 
@@ -129,12 +135,40 @@ impl Outbox {
     /// Writes whatever is queued, waiting for flow control as needed.
     async fn drain(&self) -> Result<(), ()> {
         poll_fn(|cx| {
-            self.inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .flush(cx)
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let before = inner.buf.len();
+            let r = inner.flush(cx);
+            if inner.buf.len() < before {
+                self.drained.notify_waiters();
+            }
+            r
         })
         .await
+    }
+
+    /// Bytes queued and not yet taken by the stream.
+    pub fn queued(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .buf
+            .len()
+    }
+
+    /// Resolves once at most `limit` bytes are queued (or the connection failed).
+    pub async fn wait_below(&self, limit: usize) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                if inner.failed || inner.buf.len() <= limit {
+                    return;
+                }
+            }
+            drained.await;
+        }
     }
 
     /// The writer loop: owns the stream's flow-control waits. Runs until `close` (or a write

@@ -131,6 +131,21 @@ pub struct LimitsConfig {
     pub hello_timeout_ms: u64,
     /// Largest `Hello` frame accepted (bytes): checked before authentication.
     pub max_hello_bytes: usize,
+    /// Answers queued for a session beyond this (bytes) stop the broker reading its requests,
+    /// so QUIC flow control pushes back on a client that does not read.
+    pub max_outbox_bytes: usize,
+    /// A session whose answers stayed over `max_outbox_bytes` this long (ms) is closed.
+    pub outbox_stall_ms: u64,
+    /// Live keys (held, queued or blocked by lock delay) in the table.
+    pub max_keys: usize,
+    /// Queued acquires and `wait_until_unlocked` watchers on one key.
+    pub max_queued_per_key: usize,
+    /// Queued acquires and watchers in the whole broker.
+    pub max_queued_total: usize,
+    /// QUIC connections at once (handshaking included).
+    pub max_connections: usize,
+    /// QUIC connections at once from one IP address.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
@@ -142,6 +157,13 @@ impl Default for LimitsConfig {
             max_waiters_per_session: 10_000,
             hello_timeout_ms: 5_000,
             max_hello_bytes: 4_096,
+            max_outbox_bytes: 1 << 20,
+            outbox_stall_ms: 10_000,
+            max_keys: 1_000_000,
+            max_queued_per_key: 10_000,
+            max_queued_total: 100_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
         }
     }
 }
@@ -225,6 +247,19 @@ impl Config {
         }
         if self.limits.max_hello_bytes < 64 {
             return bad("limits.max_hello_bytes must be at least 64");
+        }
+        if self.limits.max_outbox_bytes < self.limits.max_frame_bytes {
+            return bad("limits.max_outbox_bytes must be at least limits.max_frame_bytes");
+        }
+        if self.limits.outbox_stall_ms == 0 {
+            return bad("limits.outbox_stall_ms must be > 0");
+        }
+        let l = &self.limits;
+        if [l.max_keys, l.max_queued_per_key, l.max_queued_total].contains(&0)
+            || l.max_connections == 0
+            || l.max_connections_per_ip == 0
+        {
+            return bad("limits.max_keys, max_queued_*, max_connections* must be > 0");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key go together");

@@ -25,7 +25,7 @@ pub const TICK: Duration = Duration::from_micros(500);
 /// Component instances the pooling allocator has slots for, across all plugin hosts of the
 /// process (idle pooled instances + calls in flight + instances of older generations still
 /// draining after a reload).
-const POOL_COMPONENT_INSTANCES: u32 = 512;
+pub(super) const POOL_COMPONENT_INSTANCES: u32 = 512;
 
 /// Number of live `PluginHost`s; the ticker sleeps while there are none.
 static LIVE_HOSTS: AtomicUsize = AtomicUsize::new(0);

@@ -20,6 +20,9 @@ pub enum Fault {
     Invalid(String),
     /// No instance could be created.
     Instantiate(String),
+    /// Every instance the plugin may have was busy for the whole time budget. Overload, not a
+    /// plugin fault: the request is refused whatever `on_error` says.
+    Overloaded(usize),
 }
 
 impl Fault {
@@ -87,6 +90,10 @@ impl fmt::Display for Fault {
         match self {
             Fault::Trap(detail) => write!(f, "trapped: {detail}"),
             Fault::Timeout(budget) => write!(f, "exceeded its time budget of {budget:?}"),
+            Fault::Overloaded(n) => write!(
+                f,
+                "overloaded: all {n} instances were busy for the whole time budget"
+            ),
             Fault::Memory(limit) => {
                 write!(f, "exceeded its memory limit of {} KiB", limit / 1024)
             }

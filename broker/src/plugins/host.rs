@@ -122,6 +122,19 @@ impl PluginHost {
     /// reason. With no settings this is free (no engine is created).
     pub fn load(settings: Vec<PluginSettings>, cache_dir: &Path) -> Result<Self, PluginError> {
         let mut names = HashSet::new();
+        // Every plugin's instances come from the engine's one pool; keep half of it free for
+        // the instances of a previous generation still draining after a reload.
+        let wanted: usize = settings.iter().map(|s| s.max_instances).sum();
+        if wanted * 2 > super::engine::POOL_COMPONENT_INSTANCES as usize {
+            return Err(PluginError::Settings {
+                name: settings.last().map(|s| s.name.clone()).unwrap_or_default(),
+                reason: format!(
+                    "the plugins' max_instances add up to {wanted}; at most {} fit the \
+                     engine's instance pool",
+                    super::engine::POOL_COMPONENT_INSTANCES / 2
+                ),
+            });
+        }
         for s in &settings {
             s.validate()?;
             if !names.insert(s.name.as_str()) {
@@ -341,6 +354,11 @@ impl PluginHost {
 
 /// Handles a plugin fault: `Err(reason)` (deny) unless the plugin fails open.
 fn fail(plugin: &LoadedPlugin, fault: &Fault) -> Result<(), String> {
+    // `on_error = "allow"` lets requests past a broken plugin, never past a busy one: overload
+    // must not turn an ACL off.
+    if matches!(fault, Fault::Overloaded(_)) {
+        return Err(fault.reason(&plugin.settings.name));
+    }
     match plugin.settings.on_error {
         OnError::Deny => Err(fault.reason(&plugin.settings.name)),
         OnError::Allow => {

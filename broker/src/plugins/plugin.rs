@@ -48,6 +48,8 @@ pub struct LoadedPlugin {
     pub counters: Arc<Counters>,
     pool: Pool,
     deadline: u64,
+    /// One permit per call in flight (`settings.max_instances`).
+    permits: tokio::sync::Semaphore,
 }
 
 impl LoadedPlugin {
@@ -156,6 +158,7 @@ impl LoadedPlugin {
         pool.checkin(first);
         Ok(LoadedPlugin {
             deadline: deadline_ticks(settings.time_budget),
+            permits: tokio::sync::Semaphore::new(settings.max_instances),
             settings,
             content_hash: compiled.content_hash,
             origin: compiled.origin,
@@ -221,6 +224,32 @@ impl LoadedPlugin {
         invalid: impl FnOnce(&Ret) -> Option<String>,
     ) -> Result<Ret, Fault> {
         Counters::bump(&self.counters.calls);
+        let budget = self.settings.time_budget;
+        // Outside a tokio runtime (`plugin check`'s smoke call runs on `block_on`) there are
+        // no timers: no wait for an instance, no wall-clock bound (the epoch budget stays).
+        let timers = tokio::runtime::Handle::try_current().is_ok();
+        // Wait for a free instance within the budget; then refuse (overload, never fail open).
+        let permit = if timers {
+            tokio::time::timeout(budget, self.permits.acquire())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            self.permits.try_acquire().ok()
+        };
+        let Some(_permit) = permit else {
+            Counters::bump(&self.counters.overloads);
+            let fault = Fault::Overloaded(self.settings.max_instances);
+            tracing::warn!(target: "lockbroker::plugin", plugin = %self.settings.name, "{fault}");
+            return Err(fault);
+        };
+        // Policy calls are bounded in wall-clock time too: the epoch budget counts only guest
+        // execution, not waits inside WASI (a guest sleeping on a clock). Mirror calls are not:
+        // their Redis I/O is bounded by the connections' own timeouts.
+        let wall_limit = match call {
+            Call::Check(_) | Call::GrantTtl(_) if timers => Some(budget + 2 * super::engine::TICK),
+            _ => None,
+        };
         let mut instance = match self.pool.checkout().await {
             Ok(instance) => instance,
             Err(e) => {
@@ -235,25 +264,47 @@ impl LoadedPlugin {
         instance.store.data_mut().ticks_left = self.deadline;
         instance.store.set_epoch_deadline(1);
         let store = &mut instance.store;
-        let result = match (&instance.exports, call) {
-            (Exports::Key(p), Call::Check(req)) => p
-                .call_check(store, req)
-                .await
-                .map(|d| Ret::Decision(d.into())),
-            (Exports::Ttl(p), Call::GrantTtl(req)) => {
-                p.call_grant_ttl(store, req).await.map(Ret::Ttl)
+        let guest = async {
+            match (&instance.exports, call) {
+                (Exports::Key(p), Call::Check(req)) => p
+                    .call_check(store, req)
+                    .await
+                    .map(|d| Ret::Decision(d.into())),
+                (Exports::Ttl(p), Call::GrantTtl(req)) => {
+                    p.call_grant_ttl(store, req).await.map(Ret::Ttl)
+                }
+                (Exports::Mirror(p), Call::OnEvents(events)) => {
+                    p.call_on_events(store, events).await.map(Ret::Outcomes)
+                }
+                (Exports::Mirror(p), Call::Resync(holds, max_fence)) => p
+                    .call_resync(store, holds, max_fence)
+                    .await
+                    .map(Ret::Outcomes),
+                (Exports::Mirror(p), Call::Restore) => {
+                    p.call_restore(store).await.map(Ret::Restore)
+                }
+                _ => Err(wasmtime::format_err!(
+                    "the plugin does not export this function"
+                )),
             }
-            (Exports::Mirror(p), Call::OnEvents(events)) => {
-                p.call_on_events(store, events).await.map(Ret::Outcomes)
-            }
-            (Exports::Mirror(p), Call::Resync(holds, max_fence)) => p
-                .call_resync(store, holds, max_fence)
-                .await
-                .map(Ret::Outcomes),
-            (Exports::Mirror(p), Call::Restore) => p.call_restore(store).await.map(Ret::Restore),
-            _ => Err(wasmtime::format_err!(
-                "the plugin does not export this function"
-            )),
+        };
+        let result = match wall_limit {
+            None => guest.await,
+            Some(limit) => match tokio::time::timeout(limit, guest).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Cut while waiting in the host: the instance is dropped mid-call.
+                    Counters::bump(&self.counters.timeouts);
+                    Counters::bump(&self.counters.recycled);
+                    let fault = Fault::Timeout(budget);
+                    tracing::warn!(
+                        target: "lockbroker::plugin",
+                        plugin = %self.settings.name,
+                        "{fault} (waiting in WASI)"
+                    );
+                    return Err(fault);
+                }
+            },
         };
         let fault = match result {
             Ok(ret) => match invalid(&ret) {

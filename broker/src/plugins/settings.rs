@@ -14,6 +14,10 @@ use super::error::PluginError;
 pub const DEFAULT_TIME_BUDGET: Duration = Duration::from_millis(1);
 /// Default linear-memory cap per plugin instance.
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+/// Default calls in flight at once per plugin.
+pub const DEFAULT_MAX_INSTANCES: usize = 32;
+/// Most calls in flight at once one plugin may be given (the engine's instance pool is shared).
+pub const MAX_INSTANCES: usize = 128;
 /// Largest memory cap an operator may configure (the engine's pooling allocator is sized for it).
 pub const MAX_MEMORY_LIMIT: usize = 256 << 20;
 /// Largest time budget an operator may configure for a hot-path policy call.
@@ -71,6 +75,7 @@ pub enum OnError {
 /// on_error = "deny"          # deny (default) | allow
 /// time_budget_ms = 1         # default 1
 /// memory_limit_mb = 16       # default 16
+/// max_instances = 32         # calls at once (instances); default 32, at most 128
 /// [plugin.config]            # the plugin's own settings, served by host.config(name)
 /// rules = "alice=orders/:rw;bob=reports/:r"
 /// ```
@@ -89,6 +94,9 @@ pub struct PluginSettings {
     pub time_budget: Duration,
     /// Linear-memory cap per instance in bytes (default 16 MiB).
     pub memory_limit: usize,
+    /// Calls in flight at once (each on its own instance). A call waits for a free one within
+    /// its time budget, then is refused as overload — never let through, whatever `on_error`.
+    pub max_instances: usize,
     /// The plugin's own settings, served by `host.config(name)`.
     pub config: BTreeMap<String, String>,
 }
@@ -103,6 +111,7 @@ impl PluginSettings {
             on_error: OnError::Deny,
             time_budget: DEFAULT_TIME_BUDGET,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            max_instances: DEFAULT_MAX_INSTANCES,
             config: BTreeMap::new(),
         }
     }
@@ -137,6 +146,12 @@ impl PluginSettings {
                 MAX_MEMORY_LIMIT >> 20
             ));
         }
+        if self.max_instances == 0 || self.max_instances > MAX_INSTANCES {
+            return bad(format!(
+                "max_instances = {} must be between 1 and {MAX_INSTANCES}",
+                self.max_instances
+            ));
+        }
         Ok(())
     }
 }
@@ -153,6 +168,7 @@ struct RawSettings {
     time_budget_ms: Option<u64>,
     time_budget_us: Option<u64>,
     memory_limit_mb: Option<u64>,
+    max_instances: Option<usize>,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
 }
@@ -206,6 +222,7 @@ impl TryFrom<RawSettings> for PluginSettings {
             on_error: raw.on_error,
             time_budget,
             memory_limit,
+            max_instances: raw.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES),
             config,
         };
         settings.validate()?;

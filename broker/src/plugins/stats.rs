@@ -28,6 +28,8 @@ pub struct Counters {
     pub instances_created: AtomicU64,
     /// Failures let through because of `on_error = "allow"`.
     pub failed_open: AtomicU64,
+    /// Calls refused because every instance stayed busy for the time budget.
+    pub overloads: AtomicU64,
     /// Successful reloads of a changed file.
     pub reloads: AtomicU64,
     /// Reloads refused (bad new file); the previous version kept running.

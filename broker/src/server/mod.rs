@@ -1,8 +1,11 @@
 //! The QUIC server: endpoint and TLS setup, the accept loop (one task per connection, one
 //! session per connection), the expiry task, and graceful shutdown.
 
+mod admission;
 mod auth;
 mod cmd;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod policy;
 mod session;
 
@@ -10,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use session::{CLOSE_CLEAN, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
+pub use session::{CLOSE_CLEAN, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_SLOW_READER};
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -143,6 +146,9 @@ impl Server {
         let expiry = tokio::spawn(broker.clone().run_expiry());
         let _horizon_keeper = tokio::spawn(broker.clone().run_horizon_keeper());
         let mut tasks = tokio::task::JoinSet::new();
+        let limits = &broker.cfg.limits;
+        let admission =
+            admission::Admission::new(limits.max_connections, limits.max_connections_per_ip);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -150,6 +156,13 @@ impl Server {
                     let Some(incoming) = incoming else { break };
                     let broker = broker.clone();
                     let policy = self.policy.clone();
+                    let ip = incoming.remote_address().ip();
+                    let slot = admission.admit(ip);
+                    if slot.is_err() && admission.open() >= 2 * broker.cfg.limits.max_connections {
+                        // Far past the limit: not even a handshake to say why.
+                        incoming.refuse();
+                        continue;
+                    }
                     tasks.spawn(async move {
                         // A shutdown abandons connections still in their handshake: they have
                         // no session to end, and would hold the shutdown up to their timeout.
@@ -158,12 +171,13 @@ impl Server {
                             r = incoming => r,
                             _ = shutdown.wait_for(|s| *s) => return,
                         };
-                        match handshake {
-                            Ok(conn) => {
+                        match (handshake, slot) {
+                            (Ok(conn), Ok(_slot)) => {
                                 let principal = peer_principal(&conn);
                                 session::serve(broker, policy, conn, principal).await;
                             }
-                            Err(e) => tracing::debug!("handshake failed: {e}"),
+                            (Ok(conn), Err(why)) => session::turn_away(&broker, conn, &why).await,
+                            (Err(e), _) => tracing::debug!("handshake failed: {e}"),
                         }
                     });
                 }

@@ -21,6 +21,8 @@ pub const CLOSE_CLEAN: u32 = 0;
 pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
 /// Close code the broker uses when it shuts down.
 pub const CLOSE_SHUTDOWN: u32 = 2;
+/// QUIC application close code: the client did not read its answers (outbox cap, deadline).
+pub const CLOSE_SLOW_READER: u32 = 3;
 
 /// A running session, as its commands see it.
 pub struct Session {
@@ -125,6 +127,8 @@ enum End {
     ProtocolError,
     /// The broker is shutting down: the client is told; its leases run to their TTL.
     Shutdown,
+    /// The client did not read its answers within the outbox deadline; treated as lost.
+    SlowReader,
 }
 
 /// Serves one accepted connection until it ends.
@@ -230,6 +234,7 @@ pub async fn serve(
     let _ = tokio::time::timeout(grace, writer).await;
     match end {
         End::ProtocolError => conn.close(CLOSE_PROTOCOL_ERROR.into(), b"protocol error"),
+        End::SlowReader => conn.close(CLOSE_SLOW_READER.into(), b"not reading its answers"),
         End::Shutdown => conn.close(CLOSE_SHUTDOWN.into(), b"broker shutting down"),
         End::Clean | End::Lost => conn.close(CLOSE_CLEAN.into(), b"bye"),
     }
@@ -244,10 +249,16 @@ async fn read_loop(
     limits: &lockbroker_proto::Limits,
 ) -> End {
     let mut shutdown = session.broker.shutdown_signal();
+    let outbox = &session.handle.outbox;
+    let cap = session.broker.cfg.limits.max_outbox_bytes;
+    let stall = Duration::from_millis(session.broker.cfg.limits.outbox_stall_ms);
     loop {
         // Handle every whole frame already buffered; their answers leave in one write.
-        session.handle.outbox.begin_batch();
+        outbox.begin_batch();
         let failed = loop {
+            if outbox.queued() > cap {
+                break false;
+            }
             match decode(buf, limits) {
                 Ok(Some((frame, n))) => {
                     buf.advance(n);
@@ -264,9 +275,30 @@ async fn read_loop(
                 }
             }
         };
-        session.handle.outbox.end_batch();
+        outbox.end_batch();
         if failed {
             return End::ProtocolError;
+        }
+        // Backpressure: answers pile up because the client does not read them. Read nothing
+        // more until they drain (QUIC flow control then holds the client's requests back).
+        if outbox.queued() > cap {
+            tokio::select! {
+                drained = tokio::time::timeout(stall, outbox.wait_below(cap / 2)) => {
+                    if drained.is_err() {
+                        tracing::warn!(
+                            session = session.id,
+                            queued = outbox.queued(),
+                            "closing a session that did not read its answers for {stall:?}"
+                        );
+                        return End::SlowReader;
+                    }
+                    continue;
+                }
+                _ = shutdown.changed() => {
+                    session.fail(0, ErrorCode::ShuttingDown, "broker shutting down");
+                    return End::Shutdown;
+                }
+            }
         }
         tokio::select! {
             read = recv.read_buf(buf) => match read {
@@ -324,6 +356,17 @@ async fn read_frame(
             Ok(_) => {}
             Err(_) => return Err(ReadError::Io),
         }
+    }
+}
+
+/// A connection over a connection limit: told `LimitExceeded` with `why` on its control stream
+/// (if it opens one before the Hello deadline), then closed.
+pub(super) async fn turn_away(broker: &Broker, conn: quinn::Connection, why: &str) {
+    let wait = Duration::from_millis(broker.cfg.limits.hello_timeout_ms);
+    let grace = Duration::from_millis(broker.cfg.quic.shutdown_grace_ms);
+    match tokio::time::timeout(wait, conn.accept_bi()).await {
+        Ok(Ok((send, _recv))) => refuse(conn, send, ErrorCode::LimitExceeded, why, grace).await,
+        _ => conn.close(CLOSE_PROTOCOL_ERROR.into(), why.as_bytes()),
     }
 }
 

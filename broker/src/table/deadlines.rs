@@ -130,7 +130,7 @@ impl Deadlines {
         self.heap.len()
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn items(&self) -> impl Iterator<Item = &Item> {
         self.heap.iter().map(|r| &r.0)
     }

@@ -11,7 +11,6 @@
 //! - watchers exist only while the key has holders;
 //! - waiters and watchers are sorted by their sequence number (binary-searchable).
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::deadlines::{Deadlines, Due, Item};
@@ -19,7 +18,7 @@ use super::faults::Faults;
 use super::fences::FenceGen;
 use super::keys::EntryId;
 use super::lease::Holders;
-use super::queue::{PendingKind, Waiter, Watcher};
+use super::queue::{PendingKind, Queue, Waiter, Watcher};
 use super::sessions::Sessions;
 use super::types::{Effect, Key, Mode, TableConfig, TableError, deadline_after};
 
@@ -44,8 +43,8 @@ pub(crate) struct Entry {
     /// Hash of `key` in the key index.
     pub(crate) hash: u64,
     pub(crate) holders: Holders,
-    pub(crate) waiters: VecDeque<Waiter>,
-    pub(crate) watchers: Vec<Watcher>,
+    pub(crate) waiters: Queue<Waiter>,
+    pub(crate) watchers: Queue<Watcher>,
     pub(crate) blocked_until: Option<Instant>,
 }
 

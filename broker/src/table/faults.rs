@@ -22,7 +22,7 @@ impl Faults {
         );
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn count(&self) -> u64 {
         self.count
     }

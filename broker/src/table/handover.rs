@@ -63,8 +63,10 @@ impl Table {
     /// The id of `key`'s entry, created (idle) if there is none. `LimitExceeded("live keys")`
     /// when the table is full.
     fn entry_or_insert(&mut self, key: &[u8]) -> Result<EntryId, TableError> {
+        let full = self.keys.len() >= self.cfg.max_keys;
         match self.keys.lookup(key) {
             Ok(e) => Ok(e.id),
+            Err(_) if full => Err(TableError::LimitExceeded("live keys")),
             Err(hash) => self
                 .keys
                 .insert(hash, Entry::new(Bytes::copy_from_slice(key)))
@@ -105,8 +107,8 @@ impl Table {
             return Vec::new();
         };
         let id = e.id;
-        let waiters: Vec<_> = e.waiters.drain(..).map(|w| (w.session, w.req)).collect();
-        let watchers: Vec<_> = e.watchers.drain(..).map(|w| (w.session, w.req)).collect();
+        let waiters: Vec<_> = e.waiters.take_all().map(|w| (w.session, w.req)).collect();
+        let watchers: Vec<_> = e.watchers.take_all().map(|w| (w.session, w.req)).collect();
         e.blocked_until = None;
         let leases: Vec<(SessionId, Fence)> = e
             .holders

@@ -72,7 +72,12 @@ impl Table {
                     .zip(e.waiters.iter().skip(1))
                     .all(|(a, b)| a.seq < b.seq)
             );
-            assert!(e.watchers.windows(2).all(|w| w[0].seq < w[1].seq));
+            assert!(
+                e.watchers
+                    .iter()
+                    .zip(e.watchers.iter().skip(1))
+                    .all(|(a, b)| a.seq < b.seq)
+            );
             // Every live deadline is in the heap.
             for h in hs {
                 assert!(items.contains(&at(h.deadline, Due::Lease(h.fence))));
@@ -105,6 +110,9 @@ impl Table {
             }
         }
         assert_eq!(live, self.keys.len(), "slab and key index agree");
+        let pending: usize = self.sessions.iter().map(|(_, s)| s.pending.len()).sum();
+        assert_eq!(pending, self.sessions.pending_total(), "pending total");
+        assert!(self.keys.len() <= self.cfg.max_keys);
         for (sid, s) in self.sessions.iter() {
             for (f, id) in &s.leases {
                 let e = self.keys.get(*id).expect("session lease on live key");
@@ -117,12 +125,12 @@ impl Table {
                 let e = self.keys.get(p.entry).expect("pending on live key");
                 match p.kind {
                     PendingKind::Watch => {
-                        let i = e.find_watcher(p.seq).expect("watcher queued");
-                        assert_eq!(e.watchers[i].req, *req);
+                        let w = e.watchers.get(p.seq).expect("watcher queued");
+                        assert_eq!(w.req, *req);
                     }
                     PendingKind::Acquire => {
-                        let i = e.find_waiter(p.seq).expect("waiter queued");
-                        assert_eq!(e.waiters[i].req, *req);
+                        let w = e.waiters.get(p.seq).expect("waiter queued");
+                        assert_eq!(w.req, *req);
                     }
                 }
             }

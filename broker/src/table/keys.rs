@@ -62,7 +62,7 @@ impl Keys {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn get(&self, id: EntryId) -> Option<&Entry> {
         slot(&self.slots, id)
     }

@@ -66,7 +66,7 @@ mod types;
 
 #[cfg(test)]
 mod fault_tests;
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 mod invariants;
 #[cfg(test)]
 mod proptests;

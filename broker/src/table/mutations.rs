@@ -25,11 +25,18 @@ fn held_entry<'a>(keys: &'a mut Keys, key: &[u8]) -> Result<&'a mut Entry, Table
 /// Admits a request to a queue: `Busy` if `wait` does not allow queueing at `now`,
 /// `LimitExceeded` if its session already has `waiting >= limit` pending requests. Returns the
 /// request's sequence number and timeout (`None`: waits forever).
+/// How many requests are queued already: by the session, on the key, in the whole table.
+struct QueueLoad {
+    session: usize,
+    key: usize,
+    total: usize,
+}
+
 fn admit_to_queue(
     now: Instant,
     wait: Wait,
-    waiting: usize,
-    limit: usize,
+    load: QueueLoad,
+    cfg: &super::TableConfig,
     next_seq: &mut u64,
 ) -> Result<(u64, Option<Instant>), TableError> {
     let deadline = match wait {
@@ -38,8 +45,14 @@ fn admit_to_queue(
         Wait::Until(t) => Some(t),
         Wait::Forever => None,
     };
-    if waiting >= limit {
+    if load.session >= cfg.max_waiters_per_session {
         return Err(TableError::LimitExceeded("pending waiters"));
+    }
+    if load.key >= cfg.max_queued_per_key {
+        return Err(TableError::LimitExceeded("queued requests on this key"));
+    }
+    if load.total >= cfg.max_queued_total {
+        return Err(TableError::LimitExceeded("queued requests in total"));
     }
     let seq = *next_seq;
     *next_seq += 1;
@@ -69,6 +82,7 @@ impl Table {
             wait,
         } = req;
         check_mode(mode)?;
+        let full = self.keys.len() >= self.cfg.max_keys;
         let found = self.keys.lookup(&key);
         let s = self.sessions.entry(session);
         if s.pending.contains_key(&req) {
@@ -78,8 +92,10 @@ impl Table {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let waiting = s.pending.len();
+        let total = self.sessions.pending_total();
         let e = match found {
             Ok(e) => e,
+            Err(_) if full => return Err(TableError::LimitExceeded("live keys")),
             Err(hash) => self
                 .keys
                 .insert(hash, Entry::new(key))
@@ -92,8 +108,12 @@ impl Table {
             if e.grantable_now(mode) {
                 return e.grant_lease(session, mode, ttl, &mut cx).map(Some);
             }
-            let limit = cx.cfg.max_waiters_per_session;
-            let (seq, deadline) = admit_to_queue(now, wait, waiting, limit, &mut self.seq)?;
+            let load = QueueLoad {
+                session: waiting,
+                key: e.waiters.len() + e.watchers.len(),
+                total,
+            };
+            let (seq, deadline) = admit_to_queue(now, wait, load, cx.cfg, &mut self.seq)?;
             let w = Waiter {
                 seq,
                 session,
@@ -217,11 +237,16 @@ impl Table {
             return Err(TableError::DuplicateRequest);
         }
         let waiting = s.pending.len();
+        let total = self.sessions.pending_total();
         let Ok(e) = held_entry(&mut self.keys, key) else {
             return Ok(Some(UnlockOutcome::Released));
         };
-        let limit = self.cfg.max_waiters_per_session;
-        let (seq, deadline) = admit_to_queue(now, wait, waiting, limit, &mut self.seq)?;
+        let load = QueueLoad {
+            session: waiting,
+            key: e.waiters.len() + e.watchers.len(),
+            total,
+        };
+        let (seq, deadline) = admit_to_queue(now, wait, load, &self.cfg, &mut self.seq)?;
         let w = Watcher {
             seq,
             session,

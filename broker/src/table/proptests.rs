@@ -623,6 +623,7 @@ proptest! {
             lock_delay: Duration::from_millis(lock_delay),
             max_leases_per_session: MAX_LEASES,
             max_waiters_per_session: MAX_WAITERS,
+            ..TableConfig::default()
         });
         for op in ops {
             m.step(op);

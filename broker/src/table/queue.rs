@@ -4,6 +4,7 @@
 //! Both kinds share one sequence-number space (a request's `seq` is unique in the table) and one
 //! deadline kind (`Due::Queued`); [`PendingKind`] says which queue a request is in.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::deadlines::{Deadlines, Due};
@@ -58,15 +59,90 @@ pub(crate) struct Watcher {
     pub(crate) deadline: Option<Instant>,
 }
 
+/// Something queued on a key, identified by its sequence number.
+pub(crate) trait Queued {
+    fn seq(&self) -> u64;
+}
+
+impl Queued for Waiter {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Queued for Watcher {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// A key's queue in sequence order (FIFO: sequence numbers only grow). Any element leaves in
+/// O(log n) — a timeout or cancel deep in a queue of 100k costs no more than at its head, so no
+/// single request holds the table for long.
+#[derive(Debug)]
+pub(crate) struct Queue<T>(BTreeMap<u64, T>);
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue(BTreeMap::new())
+    }
+}
+
+impl<T: Queued> Queue<T> {
+    /// Appends `t` (its `seq` is the largest yet).
+    pub(crate) fn push_back(&mut self, t: T) {
+        self.0.insert(t.seq(), t);
+    }
+
+    pub(crate) fn front(&self) -> Option<&T> {
+        self.0.first_key_value().map(|(_, t)| t)
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<T> {
+        self.0.pop_first().map(|(_, t)| t)
+    }
+
+    pub(crate) fn get(&self, seq: u64) -> Option<&T> {
+        self.0.get(&seq)
+    }
+
+    pub(crate) fn remove(&mut self, seq: u64) -> Option<T> {
+        self.0.remove(&seq)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.values()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Empties the queue, yielding everything in order.
+    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = T> + use<T> {
+        std::mem::take(&mut self.0).into_values()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Queue<T> {
+    type Item = &'a T;
+    type IntoIter = std::collections::btree_map::Values<'a, u64, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.values()
+    }
+}
+
 impl Entry {
-    pub(crate) fn find_waiter(&self, seq: u64) -> Option<usize> {
-        self.waiters.binary_search_by_key(&seq, |w| w.seq).ok()
-    }
-
-    pub(crate) fn find_watcher(&self, seq: u64) -> Option<usize> {
-        self.watchers.binary_search_by_key(&seq, |w| w.seq).ok()
-    }
-
     /// Queues an acquire (its `seq` is the largest yet): schedules its timeout and indexes it in
     /// its session.
     pub(crate) fn enqueue_waiter(
@@ -92,7 +168,7 @@ impl Entry {
         let (session, req) = (w.session, w.req);
         let p = self.track(PendingKind::Watch, w.seq, w.deadline, deadlines);
         sessions.add_pending(session, req, p);
-        self.watchers.push(w);
+        self.watchers.push_back(w);
     }
 
     /// Schedules the timeout of queued request `seq` and returns its session-index record.
@@ -117,11 +193,11 @@ impl Entry {
     fn queued(&self, kind: PendingKind, seq: u64) -> Option<(SessionId, ReqId, Option<Instant>)> {
         match kind {
             PendingKind::Acquire => {
-                let w = self.waiters.get(self.find_waiter(seq)?)?;
+                let w = self.waiters.get(seq)?;
                 Some((w.session, w.req, w.deadline))
             }
             PendingKind::Watch => {
-                let w = self.watchers.get(self.find_watcher(seq)?)?;
+                let w = self.watchers.get(seq)?;
                 Some((w.session, w.req, w.deadline))
             }
         }
@@ -144,14 +220,8 @@ impl Entry {
     /// every request of a closing session is out). `false` if no such request is queued.
     pub(crate) fn unqueue(&mut self, kind: PendingKind, seq: u64) -> bool {
         match kind {
-            PendingKind::Acquire => self
-                .find_waiter(seq)
-                .and_then(|i| self.waiters.remove(i))
-                .is_some(),
-            PendingKind::Watch => self
-                .find_watcher(seq)
-                .map(|i| self.watchers.remove(i))
-                .is_some(),
+            PendingKind::Acquire => self.waiters.remove(seq).is_some(),
+            PendingKind::Watch => self.watchers.remove(seq).is_some(),
         }
     }
 
@@ -172,7 +242,7 @@ impl Entry {
     /// Resolves every watcher with `outcome` (the key just lost its last holder).
     #[inline]
     pub(crate) fn resolve_watchers(&mut self, outcome: UnlockOutcome, cx: &mut Cx<'_>) {
-        for w in self.watchers.drain(..) {
+        for w in self.watchers.take_all() {
             cx.sessions.drop_pending(w.session, w.req);
             cx.out.push(Effect::Unlocked {
                 session: w.session,

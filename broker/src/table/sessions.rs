@@ -32,10 +32,12 @@ pub(crate) struct Session {
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     map: Map<SessionId, Session>,
+    /// Pending requests of all sessions (for the table-wide queue limit).
+    pending_total: usize,
 }
 
 impl Sessions {
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn get(&self, id: SessionId) -> Option<&Session> {
         self.map.get(&id)
     }
@@ -52,13 +54,20 @@ impl Sessions {
         self.map.entry(id).or_default()
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
         self.map.iter()
     }
 
     pub(crate) fn remove(&mut self, id: SessionId) -> Option<Session> {
-        self.map.remove(&id)
+        let s = self.map.remove(&id)?;
+        self.pending_total -= s.pending.len();
+        Some(s)
+    }
+
+    /// Pending requests of all sessions.
+    pub(crate) fn pending_total(&self) -> usize {
+        self.pending_total
     }
 
     /// Number of pending requests of `session`.
@@ -77,13 +86,17 @@ impl Sessions {
     /// Indexes a newly queued request.
     #[inline]
     pub(crate) fn add_pending(&mut self, session: SessionId, req: ReqId, p: Pending) {
-        self.entry(session).pending.insert(req, p);
+        if self.entry(session).pending.insert(req, p).is_none() {
+            self.pending_total += 1;
+        }
     }
 
     /// Takes pending request `req` out of `session`'s index, returning it.
     #[inline]
     pub(crate) fn take_pending(&mut self, session: SessionId, req: ReqId) -> Option<Pending> {
-        self.map.get_mut(&session)?.pending.remove(&req)
+        let p = self.map.get_mut(&session)?.pending.remove(&req)?;
+        self.pending_total -= 1;
+        Some(p)
     }
 
     /// Forgets a pending request that ended (granted, failed, resolved).

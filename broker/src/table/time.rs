@@ -10,6 +10,10 @@ use super::deadlines::{Due, Item};
 use super::entry::Entry;
 use super::types::Effect;
 
+/// Deadlines handled per slice by [`Table::expire`].
+#[cfg(test)]
+const EXPIRE_SLICE: usize = 1024;
+
 impl Table {
     /// The earliest instant `expire` may have work. May be early (a stale, already-satisfied
     /// deadline), never late.
@@ -20,14 +24,31 @@ impl Table {
     /// Processes everything due at or before `now`, in deadline order: lease expiries
     /// (`Event(Expired)`, watchers `Unlocked{Expired}`, next grants unless lock delay applies),
     /// lock-delay ends (next grants), queue timeouts (`AcquireFailed`/`WaitFailed { Timeout }`).
+    #[cfg(test)]
     pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Effect>) {
-        while let Some(Item {
-            at,
-            id,
-            generation,
-            due,
-        }) = self.deadlines.pop_due(now)
-        {
+        while self.expire_some(now, EXPIRE_SLICE, out) {}
+    }
+
+    /// Handles at most `limit` due deadlines (so a driver can let other work take the table
+    /// between slices when a storm of timeouts falls due at once). Returns whether more are
+    /// due.
+    pub(crate) fn expire_some(
+        &mut self,
+        now: Instant,
+        limit: usize,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        for _ in 0..limit {
+            let Some(Item {
+                at,
+                id,
+                generation,
+                due,
+            }) = self.deadlines.pop_due(now)
+            else {
+                self.maybe_compact();
+                return false;
+            };
             // A freed (or freed and reused) slot: whatever the item timed has ended.
             let Some(e) = self.keys.get_gen_mut(id, generation) else {
                 continue;
@@ -41,6 +62,7 @@ impl Table {
             self.keys.free_if_idle(id);
         }
         self.maybe_compact();
+        self.next_deadline().is_some_and(|t| t <= now)
     }
 
     /// Rebuilds the deadline heap from live state once stale items may dominate it.

@@ -179,6 +179,12 @@ pub struct TableConfig {
     pub lock_delay: Duration,
     pub max_leases_per_session: usize,
     pub max_waiters_per_session: usize,
+    /// Live keys in the table; a new key past it → `LimitExceeded("live keys")`.
+    pub max_keys: usize,
+    /// Queued acquires and watchers on one key → `LimitExceeded("queued requests on this key")`.
+    pub max_queued_per_key: usize,
+    /// Queued acquires and watchers in all → `LimitExceeded("queued requests in total")`.
+    pub max_queued_total: usize,
 }
 
 impl Default for TableConfig {
@@ -188,6 +194,9 @@ impl Default for TableConfig {
             lock_delay: Duration::ZERO,
             max_leases_per_session: 10_000,
             max_waiters_per_session: 10_000,
+            max_keys: usize::MAX,
+            max_queued_per_key: usize::MAX,
+            max_queued_total: usize::MAX,
         }
     }
 }

@@ -219,3 +219,58 @@ async fn faults_under_concurrency_never_affect_good_requests() {
     assert_eq!(s.errors, 4 * 40, "{s:?}");
     assert_eq!(s.recycled, s.errors, "{s:?}");
 }
+
+/// The time budget is a wall-clock bound for policy plugins: a guest sleeping in WASI (a wait
+/// in the host, where the epoch interruption cannot stop it) is cut at its budget, not after
+/// its 5 s sleep (before: 5.0 s with a 1 ms budget).
+#[tokio::test]
+async fn a_plugin_sleeping_in_wasi_is_cut_at_its_budget() {
+    let (host, _cache) = fault_host(OnError::Deny);
+    let started = Instant::now();
+    assert_denied(
+        &host,
+        b"fault/sleep",
+        &["plugin `faulty` failed", "time budget of 1ms"],
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_still_serving(&host).await;
+    assert_eq!(stat(&host, "faulty").timeouts, 1);
+}
+
+/// A plugin's calls in flight are bounded by its `max_instances`; past it a call waits within
+/// its budget and is then refused as overload — even with `on_error = "allow"`, which lets
+/// requests past a broken plugin but never past a busy one (before: pool exhaustion failed
+/// open and skipped the ACL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_and_never_fails_open() {
+    let dir = tempdir();
+    // Each call takes 250 ms of its 300 ms budget, one at a time: of six at once, the later
+    // ones cannot get an instance within their budget.
+    let mut s = settings("busy", "fault_key", PluginKind::KeyPolicy).with_config("slow_ms", "250");
+    s.on_error = OnError::Allow;
+    s.time_budget = Duration::from_millis(300);
+    s.max_instances = 1;
+    let host = Arc::new(PluginHost::load(vec![s], &dir.path().join("cache")).unwrap());
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let host = host.clone();
+        calls.push(tokio::spawn(async move {
+            host.evaluate(excl("svc", b"fault/slow")).await.map(|_| ())
+        }));
+    }
+    let mut refused = 0;
+    for c in calls {
+        match c.await.expect("task") {
+            Ok(()) => {}
+            Err(reason) => {
+                assert!(reason.contains("overloaded"), "{reason}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 1, "no call was refused as overload");
+    let st = stat(&host, "busy");
+    assert_eq!(st.failed_open, 0, "{st:?}");
+}

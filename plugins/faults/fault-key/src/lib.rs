@@ -8,7 +8,9 @@
 //!   it reserves 1 MiB blocks without touching them, so it hits the limit in microseconds;
 //! * `fault/empty` — rewrites the key to an empty key (garbage);
 //! * `fault/huge`  — rewrites the key to a 2 KiB key (garbage: keys are at most 1 KiB);
-//! * `fault/slow`  — busy-waits `host.config("slow_ms")` ms (default 0) then allows.
+//! * `fault/slow`  — busy-waits `host.config("slow_ms")` ms (default 0) then allows;
+//! * `fault/sleep` — sleeps 5 s in WASI (`std::thread::sleep`: a wait in the host, where no
+//!   guest code runs for the epoch interruption to stop) then allows.
 //!
 //! Any other key (including other `fault/...` keys, e.g. those of `fault-ttl`) is allowed.
 
@@ -43,6 +45,10 @@ impl Guest for FaultKey {
                 loop {
                     hoard.push(std::hint::black_box(Vec::with_capacity(1 << 20)));
                 }
+            }
+            b"sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                KeyDecision::Allow
             }
             b"empty" => KeyDecision::Rewrite(Vec::new()),
             b"huge" => KeyDecision::Rewrite(vec![b'x'; 2048]),
