@@ -196,6 +196,7 @@ async fn inspecting_thousands_of_shared_holders_is_bounded_and_disconnects_no_on
         .await
         .expect("the holder's connection survived the big answer");
     assert_eq!(holder.session_id().await.expect("session"), session);
+}
 
 /// Resident memory of a process (kB), from /proc.
 fn rss_kb(pid: u32) -> u64 {
