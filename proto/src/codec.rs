@@ -3,7 +3,16 @@
 //! Layout: `len: u32 LE | version: u8 | kind: u8 | body`. `len` counts version, kind and body.
 //! Bodies are the frame's fields in declaration order; `Option<T>` is a `u8` tag (0/1) then T;
 //! `Mode` is a tag (0 exclusive, 1 shared, 2 semaphore + u32); `WaitSpec` is a tag (0 no wait,
-//! 1 millis + u64, 2 forever); a `LeaseSecret` is its 16 bytes.
+//! 1 millis + u64, 2 forever); a `LeaseSecret` is its 16 bytes. A list is a `u32` count then
+//! its items.
+//!
+//! `LockInfo` (since protocol version 3): `id: u64 | key | holders | holders_total: u32 |
+//! waiters: u32 | blocked_ms: u64`, each holder `session: u64 | fence: u64 | mode |
+//! remaining_ms: u64`. A sender keeps the frame within the peer's `max_frame` with
+//! [`LockInfo::truncate_to`]; a decoder refuses a `holders_total` below the holders listed.
+//!
+//! A reader that meets a frame it cannot decode may step over it with [`frame_head`] (its
+//! length, and the request it answers) instead of giving up on the whole stream.
 
 use crate::frame::*;
 use crate::wire::{Reader, put_bytes, put_u8, put_u16, put_u32, put_u64};
@@ -127,6 +136,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                 put_mode(out, h.mode);
                 put_u64(out, h.remaining_ms);
             }
+            put_u32(out, i.holders_total);
             put_u32(out, i.waiters);
             put_u64(out, i.blocked_ms);
         }
@@ -232,6 +242,111 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, Dec
     Ok(Some((frame, total)))
 }
 
+/// What can be read of the frame at the front of `buf` without decoding it: what a reader
+/// needs to step over a frame that does not decode (too large, malformed, unknown kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHead {
+    /// The frame's length as its prefix announces it, prefix included.
+    pub total: usize,
+    /// The request the frame answers, when it is of this protocol version, of a kind that
+    /// carries a request id (every kind but `Hello`, `Welcome`, `LeaseEnded` and `ShardMap`)
+    /// and long enough to hold one. `Some(0)` is a frame addressed to no request.
+    pub id: Option<u64>,
+}
+
+/// The head of the frame at the front of `buf`, read without checking limits or the body.
+///
+/// `None` until the bytes it needs are buffered: the length prefix, and — for a frame that
+/// announces room for them — the version, kind and id (at most [`FRAME_HEAD_LEN`] bytes).
+/// Never reads past the frame's announced length.
+pub fn frame_head(buf: &[u8]) -> Option<FrameHead> {
+    let prefix = buf.get(..4)?;
+    let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    let total = len.saturating_add(4);
+    let head = buf.get(..total.min(FRAME_HEAD_LEN))?;
+    let id = match head {
+        [_, _, _, _, PROTOCOL_VERSION, kind, id @ ..] if id.len() == 8 && has_id(*kind) => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(id);
+            Some(u64::from_le_bytes(a))
+        }
+        _ => None,
+    };
+    Some(FrameHead { total, id })
+}
+
+/// Bytes [`frame_head`] reads at most: length prefix, version, kind, request id.
+pub const FRAME_HEAD_LEN: usize = HEADER_LEN + 8;
+
+/// Whether a frame of `kind` starts its body with a request id.
+fn has_id(kind: u8) -> bool {
+    matches!(
+        kind,
+        kind::ACQUIRE
+            | kind::GRANTED
+            | kind::RELEASE
+            | kind::EXTEND
+            | kind::EXTENDED
+            | kind::RECLAIM
+            | kind::OK
+            | kind::INSPECT
+            | kind::LOCK_INFO
+            | kind::WAIT_UNLOCKED
+            | kind::UNLOCKED
+            | kind::CANCEL
+            | kind::PING
+            | kind::PONG
+            | kind::ERROR
+    )
+}
+
+/// Encoded size of a `LockInfo` without its key and holders, length prefix included.
+const LOCK_INFO_FIXED: usize = HEADER_LEN + 8 + 4 + 4 + 4 + 4 + 8;
+
+impl HolderInfo {
+    /// Bytes this holder takes in a `LockInfo` frame.
+    pub fn encoded_len(&self) -> usize {
+        8 + 8 + mode_len(self.mode) + 8
+    }
+}
+
+impl LockInfo {
+    /// Bytes of this frame's encoding, length prefix included.
+    pub fn encoded_len(&self) -> usize {
+        LOCK_INFO_FIXED
+            + self.key.len()
+            + self
+                .holders
+                .iter()
+                .map(HolderInfo::encoded_len)
+                .sum::<usize>()
+    }
+
+    /// Keeps the longest prefix of `holders` for which the frame's encoding takes at most
+    /// `max_frame` bytes, dropping the rest; `holders_total` is left as it is (set it to the
+    /// full count first). Returns false when the frame does not fit even without holders (a
+    /// key too long for `max_frame`): then `holders` is empty and the frame still too large.
+    pub fn truncate_to(&mut self, max_frame: usize) -> bool {
+        let Some(mut budget) = max_frame.checked_sub(LOCK_INFO_FIXED + self.key.len()) else {
+            self.holders.clear();
+            return false;
+        };
+        let keep = self
+            .holders
+            .iter()
+            .position(|h| match budget.checked_sub(h.encoded_len()) {
+                Some(left) => {
+                    budget = left;
+                    false
+                }
+                None => true,
+            })
+            .unwrap_or(self.holders.len());
+        self.holders.truncate(keep);
+        true
+    }
+}
+
 fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, DecodeError> {
     let max_key = limits.max_key;
     Ok(match kind {
@@ -314,10 +429,17 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
                     remaining_ms: r.u64("remaining")?,
                 });
             }
+            let holders_total = r.u32("holders total")?;
+            if (holders_total as usize) < holders.len() {
+                return Err(DecodeError::Malformed(
+                    "holders total below the holders listed",
+                ));
+            }
             Frame::LockInfo(LockInfo {
                 id,
                 key,
                 holders,
+                holders_total,
                 waiters: r.u32("waiters")?,
                 blocked_ms: r.u64("blocked")?,
             })
@@ -404,6 +526,13 @@ fn put_mode(out: &mut Vec<u8>, m: Mode) {
             put_u8(out, 2);
             put_u32(out, n);
         }
+    }
+}
+
+fn mode_len(m: Mode) -> usize {
+    match m {
+        Mode::Exclusive | Mode::Shared => 1,
+        Mode::Semaphore(_) => 1 + 4,
     }
 }
 

@@ -2,8 +2,9 @@
 
 use thiserror::Error;
 
-/// Why a byte sequence is not a valid frame. Any of these closes the connection after an
-/// `Error` frame with [`DecodeError::code`].
+/// Why a byte sequence is not a valid frame. From a client, any of these makes the broker close
+/// the connection after an `Error` frame with [`DecodeError::code`]; the SDK steps over a bad
+/// frame from the broker (see [`crate::frame_head`]) and fails only the request it answered.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]

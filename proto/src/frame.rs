@@ -161,11 +161,19 @@ pub struct HolderInfo {
 }
 
 /// Answer to `Inspect`.
+///
+/// A key may have more holders than one frame can list (thousands of shared holders): the
+/// broker then lists only the first holders in fence order (the oldest leases) and
+/// `holders_total` says how many there are. See [`LockInfo::truncate_to`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockInfo {
     pub id: u64,
     pub key: Bytes,
+    /// The holders listed: all of them, or the first ones when the list was truncated.
     pub holders: Vec<HolderInfo>,
+    /// How many holders the key has; at least `holders.len()`, more when the list was
+    /// truncated to fit the frame limit.
+    pub holders_total: u32,
     pub waiters: u32,
     /// Milliseconds the key stays blocked by lock-delay after a lost holder's lease expired.
     pub blocked_ms: u64,

@@ -13,7 +13,7 @@ pub mod limits;
 pub mod shard;
 mod wire;
 
-pub use codec::{decode, encode};
+pub use codec::{FRAME_HEAD_LEN, FrameHead, decode, encode, frame_head};
 pub use error::{DecodeError, ErrorCode};
 pub use frame::*;
 pub use limits::Limits;
@@ -21,7 +21,9 @@ pub use shard::shard_of;
 
 /// The protocol version this crate speaks. A frame carrying another version is refused.
 /// Version 2: lease secrets in `Granted`, `Release`, `Extend`, `Reclaim`; broker id in `Welcome`.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// Version 3: `LockInfo` carries `holders_total` (its holders list may be truncated to fit
+/// the frame limit).
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// The default UDP port of the broker.
 pub const DEFAULT_PORT: u16 = 7420;

@@ -122,8 +122,23 @@ fn samples() -> Vec<Frame> {
                     remaining_ms: 6,
                 },
             ],
+            holders_total: 2,
             waiters: 3,
             blocked_ms: 0,
+        }),
+        // A truncated list: more holders than listed.
+        Frame::LockInfo(LockInfo {
+            id: 8,
+            key: key.clone(),
+            holders: vec![HolderInfo {
+                session: 1,
+                fence: 2,
+                mode: Mode::Shared,
+                remaining_ms: 3,
+            }],
+            holders_total: 3000,
+            waiters: 0,
+            blocked_ms: 7,
         }),
         Frame::WaitUnlocked {
             id: 9,
@@ -290,16 +305,39 @@ fn lying_counts_and_bad_tags_are_malformed() {
             id: 1,
             key: Bytes::from_static(b"k"),
             holders: vec![],
+            holders_total: 0,
             waiters: 0,
             blocked_ms: 0,
         }),
         &mut buf,
     );
     // Holder count sits after len(4) ver(1) kind(1) id(8) keylen(4) key(1).
-    buf[19..23].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut lying = buf.clone();
+    lying[19..23].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        decode(&lying, &limits),
+        Err(DecodeError::Malformed("holder count"))
+    );
+    // A total below the holders listed: one holder, total 0.
+    let mut buf = Vec::new();
+    encode(
+        &Frame::LockInfo(LockInfo {
+            id: 1,
+            key: Bytes::from_static(b"k"),
+            holders: vec![holder(1, Mode::Exclusive)],
+            holders_total: 1,
+            waiters: 0,
+            blocked_ms: 0,
+        }),
+        &mut buf,
+    );
+    // Holders total sits after the holder count(4) and one 25-byte holder.
+    buf[48..52].copy_from_slice(&0u32.to_le_bytes());
     assert_eq!(
         decode(&buf, &limits),
-        Err(DecodeError::Malformed("holder count"))
+        Err(DecodeError::Malformed(
+            "holders total below the holders listed"
+        ))
     );
 
     let mut buf = Vec::new();
@@ -315,6 +353,162 @@ fn lying_counts_and_bad_tags_are_malformed() {
     );
     buf[19] = 7; // mode tag
     assert_eq!(decode(&buf, &limits), Err(DecodeError::Malformed("mode")));
+}
+
+fn holder(fence: u64, mode: Mode) -> HolderInfo {
+    HolderInfo {
+        session: fence % 7,
+        fence,
+        mode,
+        remaining_ms: 30_000,
+    }
+}
+
+/// 3,000 holders of mixed modes (semaphore holders take 4 bytes more) on a 40-byte key.
+fn wide_lock_info() -> LockInfo {
+    let holders: Vec<HolderInfo> = (1..=3000)
+        .map(|f| {
+            let mode = if f % 3 == 0 {
+                Mode::Semaphore(5000)
+            } else {
+                Mode::Shared
+            };
+            holder(f, mode)
+        })
+        .collect();
+    LockInfo {
+        id: 42,
+        key: Bytes::from(vec![b'w'; 40]),
+        holders_total: holders.len() as u32,
+        holders,
+        waiters: 9,
+        blocked_ms: 0,
+    }
+}
+
+fn encoded(f: &Frame) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode(f, &mut buf);
+    buf
+}
+
+#[test]
+fn lock_info_knows_its_encoded_length() {
+    let mut info = wide_lock_info();
+    for n in [3000, 17, 1, 0] {
+        info.holders.truncate(n);
+        assert_eq!(
+            info.encoded_len(),
+            encoded(&Frame::LockInfo(info.clone())).len(),
+            "{n} holders"
+        );
+    }
+}
+
+#[test]
+fn a_lock_info_too_large_for_the_frame_limit_is_truncated_to_fit_with_its_total() {
+    let limits = Limits::default();
+    let full = wide_lock_info();
+    // Untruncated, it is over the limit and refused.
+    assert!(full.encoded_len() > limits.max_frame);
+    assert!(matches!(
+        decode(&encoded(&Frame::LockInfo(full.clone())), &limits),
+        Err(DecodeError::FrameTooLarge { .. })
+    ));
+    // A larger limit takes it whole.
+    let wide = Limits {
+        max_frame: 1 << 20,
+        ..limits
+    };
+    let mut whole = full.clone();
+    assert!(whole.truncate_to(wide.max_frame));
+    assert_eq!(whole, full);
+    let (back, _) = decode(&encoded(&Frame::LockInfo(whole.clone())), &wide)
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, Frame::LockInfo(whole));
+
+    // Truncated: the longest prefix that fits, the total kept, and it round-trips.
+    let mut cut = full.clone();
+    assert!(cut.truncate_to(limits.max_frame));
+    let n = cut.holders.len();
+    assert!(n > 0 && n < full.holders.len(), "{n}");
+    assert_eq!(cut.holders[..], full.holders[..n]);
+    assert_eq!(cut.holders_total, 3000);
+    assert!(cut.encoded_len() <= limits.max_frame);
+    assert!(cut.encoded_len() + full.holders[n].encoded_len() > limits.max_frame);
+    let bytes = encoded(&Frame::LockInfo(cut.clone()));
+    assert!(bytes.len() <= limits.max_frame);
+    let (back, used) = decode(&bytes, &limits).unwrap().unwrap();
+    assert_eq!(used, bytes.len());
+    assert_eq!(back, Frame::LockInfo(cut));
+}
+
+#[test]
+fn a_lock_info_whose_key_alone_is_too_large_does_not_fit() {
+    let mut info = wide_lock_info();
+    assert!(!info.truncate_to(50));
+    assert!(info.holders.is_empty());
+    assert_eq!(info.holders_total, 3000);
+    // Exactly the fixed part and the key: fits, with no holders.
+    let mut info = wide_lock_info();
+    info.holders.clear();
+    let bare = info.encoded_len();
+    let mut info = wide_lock_info();
+    assert!(info.truncate_to(bare));
+    assert!(info.holders.is_empty());
+}
+
+#[test]
+fn frame_head_reads_the_length_and_the_request_id_without_decoding() {
+    // An oversized answer: its head is there long before its body.
+    let big = encoded(&Frame::error(77, ErrorCode::Busy, "x".repeat(70_000)));
+    let head = FrameHead {
+        total: big.len(),
+        id: Some(77),
+    };
+    for cut in 0..FRAME_HEAD_LEN {
+        assert_eq!(frame_head(&big[..cut]), None, "{cut} bytes");
+    }
+    assert_eq!(frame_head(&big[..FRAME_HEAD_LEN]), Some(head));
+    assert_eq!(frame_head(&big), Some(head));
+    // Every answer kind has its id up front.
+    for f in samples() {
+        let bytes = encoded(&f);
+        let id = match f {
+            Frame::Hello(_) | Frame::Welcome(_) | Frame::LeaseEnded { .. } | Frame::ShardMap(_) => {
+                None
+            }
+            ref other => Some(other.id()),
+        };
+        assert_eq!(
+            frame_head(&bytes),
+            Some(FrameHead {
+                total: bytes.len(),
+                id
+            }),
+            "{f:?}"
+        );
+    }
+    // No id: an unknown kind, another version, a frame too short to hold one.
+    assert_eq!(
+        frame_head(&[10, 0, 0, 0, PROTOCOL_VERSION, 200, 1, 0, 0, 0, 0, 0, 0, 0]),
+        Some(FrameHead {
+            total: 14,
+            id: None
+        })
+    );
+    let mut other_version = encoded(&Frame::Ping { id: 3 });
+    other_version[4] = PROTOCOL_VERSION + 1;
+    assert_eq!(frame_head(&other_version).and_then(|h| h.id), None);
+    assert_eq!(
+        frame_head(&[0, 0, 0, 0]),
+        Some(FrameHead { total: 4, id: None })
+    );
+    assert_eq!(
+        frame_head(&[5, 0, 0, 0, PROTOCOL_VERSION, 15, 1, 2, 3]),
+        Some(FrameHead { total: 9, id: None })
+    );
 }
 
 #[test]
@@ -405,13 +599,72 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             key,
             wait
         }),
+        arb_lock_info().prop_map(Frame::LockInfo),
     ]
+}
+
+fn arb_lock_info() -> impl Strategy<Value = LockInfo> {
+    (
+        any::<u64>(),
+        arb_key(),
+        proptest::collection::vec(
+            (any::<u64>(), any::<u64>(), arb_mode(), any::<u64>()),
+            0..64,
+        ),
+        any::<u32>(),
+        any::<u64>(),
+    )
+        .prop_map(|(id, key, holders, waiters, blocked_ms)| {
+            let holders: Vec<HolderInfo> = holders
+                .into_iter()
+                .map(|(session, fence, mode, remaining_ms)| HolderInfo {
+                    session,
+                    fence,
+                    mode,
+                    remaining_ms,
+                })
+                .collect();
+            LockInfo {
+                id,
+                key,
+                holders_total: holders.len() as u32,
+                holders,
+                waiters,
+                blocked_ms,
+            }
+        })
 }
 
 proptest! {
     #[test]
     fn arbitrary_frames_round_trip(f in arb_frame()) {
         roundtrip(&f);
+    }
+
+    #[test]
+    fn a_truncated_lock_info_fits_its_limit_and_round_trips(
+        info in arb_lock_info(),
+        max_frame in 0usize..2500,
+    ) {
+        let total = info.holders_total;
+        let mut cut = info.clone();
+        let fits = cut.truncate_to(max_frame);
+        prop_assert_eq!(cut.holders_total, total);
+        prop_assert_eq!(&cut.holders[..], &info.holders[..cut.holders.len()]);
+        let bytes = encoded(&Frame::LockInfo(cut.clone()));
+        prop_assert_eq!(bytes.len(), cut.encoded_len());
+        if fits {
+            prop_assert!(bytes.len() <= max_frame);
+            if let Some(next) = info.holders.get(cut.holders.len()) {
+                prop_assert!(bytes.len() + next.encoded_len() > max_frame);
+            }
+            let limits = Limits { max_frame, max_key: 64 };
+            let (back, _) = decode(&bytes, &limits).unwrap().unwrap();
+            prop_assert_eq!(back, Frame::LockInfo(cut));
+        } else {
+            prop_assert!(cut.holders.is_empty());
+            prop_assert!(bytes.len() > max_frame);
+        }
     }
 
     #[test]

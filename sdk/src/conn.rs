@@ -16,6 +16,13 @@
 //! was written before its driver runs into one packet). With other requests in flight, or
 //! frames already queued, the frame is appended to the outbound buffer and the writer task,
 //! woken through the one `Notify`, gathers the burst into one write and waits out flow control.
+//!
+//! Reading: one answer the client cannot read (larger than the frame limit the broker
+//! announced, malformed, of an unknown kind) does not end the connection — that would orphan
+//! every lease of the session until its TTL. [`Inbound`] steps over such a frame by its length
+//! prefix and the request it answered, if its id can be read, fails with [`Error::Protocol`];
+//! the other requests and the leases carry on. Only a length prefix beyond [`MAX_SKIP`], which
+//! no broker sends, makes the stream impossible to follow and ends the connection.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -24,7 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use lockbroker_proto::{Frame, Hello, Limits, Release, Welcome, decode, encode};
+use lockbroker_proto::{
+    DecodeError, Frame, Hello, Limits, Release, Welcome, decode, encode, frame_head,
+};
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{Notify, oneshot};
@@ -37,6 +46,10 @@ pub(crate) const CLOSE_CLEAN: u32 = 0;
 
 /// The outbound buffer is given back to the allocator after a burst larger than this.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+
+/// A frame from the broker announced larger than this cannot be stepped over: the stream is
+/// taken to be out of step (no broker sends such a frame) and the connection ends.
+const MAX_SKIP: usize = 16 * 1024 * 1024;
 
 enum Pending {
     /// Someone awaits the answer.
@@ -243,6 +256,63 @@ impl State {
     }
 }
 
+/// The broker's side of the control stream, cut into frames. A frame that does not decode is
+/// stepped over by its length prefix (its bytes dropped as they arrive, never buffered whole)
+/// rather than taken for the end of the stream.
+struct Inbound {
+    buf: BytesMut,
+    /// Bytes of a frame being stepped over that have not arrived yet.
+    skip: usize,
+}
+
+/// What [`Inbound::next`] found at the front of the stream.
+enum Next {
+    Frame(Frame),
+    /// A frame that does not decode (`error`) was stepped over, or is being stepped over as its
+    /// bytes arrive; `id` is the request it answered, when that could be read.
+    Skipped {
+        id: Option<u64>,
+        error: DecodeError,
+    },
+    /// More bytes are needed.
+    More,
+    /// The stream cannot be followed any further.
+    Lost(DecodeError),
+}
+
+impl Inbound {
+    fn next(&mut self, limits: &Limits) -> Next {
+        if self.skip > 0 {
+            let n = self.skip.min(self.buf.len());
+            self.buf.advance(n);
+            self.skip -= n;
+            if self.skip > 0 {
+                return Next::More;
+            }
+        }
+        let error = match decode(&self.buf, limits) {
+            Ok(Some((frame, n))) => {
+                self.buf.advance(n);
+                return Next::Frame(frame);
+            }
+            Ok(None) => return Next::More,
+            Err(e) => e,
+        };
+        // Any other decode error is of a frame no longer than the limit.
+        if matches!(error, DecodeError::FrameTooLarge { size, .. } if size > MAX_SKIP) {
+            return Next::Lost(error);
+        }
+        // Waits for the frame's id (if it has one) before stepping over it.
+        let Some(head) = frame_head(&self.buf) else {
+            return Next::More;
+        };
+        let n = head.total.min(self.buf.len());
+        self.buf.advance(n);
+        self.skip = head.total - n;
+        Next::Skipped { id: head.id, error }
+    }
+}
+
 /// A connection and its control stream.
 pub(crate) struct Conn {
     quic: quinn::Connection,
@@ -431,23 +501,22 @@ impl Conn {
         }
     }
 
-    async fn read_loop(self: Arc<Self>, mut recv: quinn::RecvStream, mut buf: BytesMut) {
+    async fn read_loop(self: Arc<Self>, mut recv: quinn::RecvStream, buf: BytesMut) {
+        let mut inbound = Inbound { buf, skip: 0 };
         'read: loop {
             loop {
-                match decode(&buf, &self.limits) {
-                    Ok(Some((frame, n))) => {
-                        buf.advance(n);
-                        self.route(frame);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!("broker sent a bad frame: {e}");
+                match inbound.next(&self.limits) {
+                    Next::Frame(frame) => self.route(frame),
+                    Next::Skipped { id, error } => self.skipped(id, &error),
+                    Next::More => break,
+                    Next::Lost(e) => {
+                        tracing::warn!("broker sent a frame that cannot be stepped over: {e}");
                         self.quic.close(1u32.into(), b"bad frame");
                         break 'read;
                     }
                 }
             }
-            match recv.read_buf(&mut buf).await {
+            match recv.read_buf(&mut inbound.buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -456,6 +525,30 @@ impl Conn {
         self.writer.notify_one();
         // Dropping every waiting sender wakes its request with "disconnected".
         drop(pending);
+    }
+
+    /// A frame from the broker that does not decode was stepped over: the request it answered
+    /// (if its id could be read) fails with the decode error; the connection carries on.
+    fn skipped(&self, id: Option<u64>, error: &DecodeError) {
+        match id {
+            Some(id) if id != 0 => {
+                tracing::warn!(
+                    request = id,
+                    "skipped an unreadable answer from the broker: {error}"
+                );
+                // Handed to the requester like an error answer (`Error::Protocol`).
+                self.route(Frame::Error {
+                    id,
+                    code: error.code(),
+                    message: format!(
+                        "the broker's answer could not be read and was skipped: {error}"
+                    ),
+                });
+            }
+            _ => tracing::warn!(
+                "skipped an unreadable frame from the broker (no request to fail): {error}"
+            ),
+        }
     }
 
     fn route(&self, frame: Frame) {
@@ -491,5 +584,98 @@ impl Conn {
             }
             Routed::Done(after) => self.after(after),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use lockbroker_proto::{DecodeError, ErrorCode, Frame, Limits, encode};
+
+    use super::{Inbound, MAX_SKIP, Next};
+
+    fn bytes(f: &Frame) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(f, &mut out);
+        out
+    }
+
+    /// Feeds `input` to an `Inbound` in `chunk`-byte pieces and collects what it finds.
+    fn read_in_chunks(input: &[u8], chunk: usize, limits: &Limits) -> Vec<String> {
+        let mut inbound = Inbound {
+            buf: BytesMut::new(),
+            skip: 0,
+        };
+        let mut seen = Vec::new();
+        for piece in input.chunks(chunk) {
+            inbound.buf.extend_from_slice(piece);
+            loop {
+                match inbound.next(limits) {
+                    Next::Frame(f) => seen.push(format!("{f:?}")),
+                    Next::Skipped { id, error } => seen.push(format!("skipped {id:?}: {error}")),
+                    Next::More => break,
+                    Next::Lost(e) => {
+                        seen.push(format!("lost: {e}"));
+                        return seen;
+                    }
+                }
+            }
+            // Never more than one chunk plus a frame's head buffered while stepping over.
+            assert!(inbound.buf.len() <= limits.max_frame + chunk);
+        }
+        seen
+    }
+
+    #[test]
+    fn an_unreadable_frame_is_stepped_over_however_its_bytes_arrive() {
+        let limits = Limits::default();
+        let mut input = bytes(&Frame::Pong { id: 1 });
+        // Too large (70 KB), answering request 2.
+        input.extend(bytes(&Frame::error(2, ErrorCode::Busy, "x".repeat(70_000))));
+        // Malformed (a byte too many), answering request 3.
+        let mut bad = bytes(&Frame::Pong { id: 3 });
+        bad.push(0);
+        bad[0] += 1;
+        input.extend(bad);
+        // An unknown kind: no request to name.
+        input.extend([2, 0, 0, 0, lockbroker_proto::PROTOCOL_VERSION, 200]);
+        input.extend(bytes(&Frame::Pong { id: 4 }));
+        for chunk in [1, 7, 13, 1000, 100_000] {
+            let seen = read_in_chunks(&input, chunk, &limits);
+            assert_eq!(seen.len(), 5, "chunk {chunk}: {seen:?}");
+            assert_eq!(seen[0], "Pong { id: 1 }");
+            assert!(
+                seen[1].starts_with("skipped Some(2): frame of 70"),
+                "{seen:?}"
+            );
+            assert_eq!(
+                seen[2],
+                format!(
+                    "skipped Some(3): {}",
+                    DecodeError::Malformed("trailing bytes")
+                )
+            );
+            assert_eq!(seen[3], "skipped None: unknown frame kind 200");
+            assert_eq!(seen[4], "Pong { id: 4 }");
+        }
+    }
+
+    #[test]
+    fn a_length_beyond_the_skip_bound_loses_the_stream() {
+        let limits = Limits::default();
+        let too_far = u32::try_from(MAX_SKIP).unwrap_or(u32::MAX).to_le_bytes();
+        let seen = read_in_chunks(&too_far, 4, &limits);
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].starts_with("lost: frame of"), "{seen:?}");
+        // Exactly at the bound it is still stepped over (once its head is in).
+        let at = u32::try_from(MAX_SKIP - 4)
+            .unwrap_or(u32::MAX)
+            .to_le_bytes();
+        let mut input = at.to_vec();
+        input.extend([lockbroker_proto::PROTOCOL_VERSION, 15]);
+        input.extend(9u64.to_le_bytes());
+        let seen = read_in_chunks(&input, 3, &limits);
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].starts_with("skipped Some(9): frame of"), "{seen:?}");
     }
 }

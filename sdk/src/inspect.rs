@@ -18,11 +18,19 @@ pub struct Holder {
 }
 
 /// The state of one key.
+///
+/// The holders list may be truncated: a key can have more holders (thousands of readers)
+/// than one answer of the broker can carry. The broker then lists the oldest leases (lowest
+/// fences) first, as many as fit, and [`LockInfo::holders_total`] counts them all
+/// ([`LockInfo::is_truncated`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockInfo {
     /// The key inspected (after any policy rewrite).
     pub key: Bytes,
+    /// The holders, in fence order; possibly only the first of them (see `holders_total`).
     pub holders: Vec<Holder>,
+    /// How many holders the key has: `holders.len()`, or more when the list was truncated.
+    pub holders_total: usize,
     /// Requests queued for the key.
     pub waiters: u32,
     /// How long the key stays blocked by lock-delay after a lost holder's lease expired.
@@ -45,6 +53,7 @@ impl LockInfo {
                     remaining: Duration::from_millis(h.remaining_ms),
                 })
                 .collect(),
+            holders_total: w.holders_total as usize,
             waiters: w.waiters,
             blocked_for: Duration::from_millis(w.blocked_ms),
             observed_at: Instant::now(),
@@ -53,18 +62,24 @@ impl LockInfo {
 
     /// True when someone holds the key.
     pub fn is_locked(&self) -> bool {
-        !self.holders.is_empty()
+        self.holders_total > 0
+    }
+
+    /// True when the broker listed only some of the holders (`holders_total` counts them all).
+    pub fn is_truncated(&self) -> bool {
+        self.holders_total > self.holders.len()
     }
 
     /// The exclusive owner's session, if the key is held exclusively.
     pub fn owner(&self) -> Option<u64> {
         match self.holders.as_slice() {
-            [h] if h.mode == Mode::Exclusive => Some(h.session),
+            [h] if h.mode == Mode::Exclusive && self.holders_total == 1 => Some(h.session),
             _ => None,
         }
     }
 
-    /// When the last current lease ends unless renewed (`None` when not locked).
+    /// When the last lease listed ends unless renewed (`None` when none is listed). With a
+    /// truncated list, holders not listed may hold the key longer.
     pub fn locked_until(&self) -> Option<Instant> {
         self.holders
             .iter()

@@ -1,6 +1,7 @@
 //! The connection layer against a scripted in-process broker: answers routed by request id,
 //! cancel on a dropped acquire, a grant for an abandoned acquire released (and ordered before
-//! the next acquire of its key), requests woken when the connection ends, reconnecting.
+//! the next acquire of its key), requests woken when the connection ends, reconnecting; an
+//! answer the client cannot read (too large, malformed) fails its request, not the connection.
 
 use std::future::{Future, IntoFuture, poll_fn};
 use std::net::SocketAddr;
@@ -163,6 +164,19 @@ impl Session {
         self.send.write_all(&out).await.unwrap();
     }
 
+    /// Writes raw bytes (a frame the client may not be able to read).
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    /// Expects an `Inspect`; returns its request id.
+    async fn inspect(&mut self) -> u64 {
+        match self.next().await {
+            Frame::Inspect { id, .. } => id,
+            other => panic!("expected Inspect, got {other:?}"),
+        }
+    }
+
     async fn acquire(&mut self) -> lockbroker_proto::Acquire {
         match self.next().await {
             Frame::Acquire(a) => a,
@@ -235,6 +249,7 @@ async fn answers_are_routed_by_request_id() {
             id,
             key,
             holders: Vec::new(),
+            holders_total: 0,
             waiters,
             blocked_ms: 0,
         }))
@@ -457,4 +472,133 @@ async fn a_lease_gone_before_its_first_renewal_is_reported_lost() {
         }
     };
     assert!(matches!(&r, Err(Error::Lost(_))), "{:?}", r.err());
+}
+
+/// One answer the client cannot read — larger than the frame limit the broker announced, or
+/// malformed — fails the request it answers, and only that: the connection, and with it the
+/// leases of its session, stay. (It used to end the connection, orphaning every lease of the
+/// session until its TTL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_answer_fails_its_request_not_the_connection() {
+    let mut fake = Fake::start().await;
+    let client = fake.client().await;
+    let mut s = fake.session().await;
+    // A lease of this session, which must outlive the bad answers.
+    let locking = tokio::spawn({
+        let c = client.clone();
+        async move { c.lock("held").no_renew().await }
+    });
+    let a = s.acquire().await;
+    s.grant(a.id, 5, None).await;
+    let guard = locking.await.unwrap().expect("granted");
+
+    // Oversized: a well-formed answer of 70 KB, beyond the 64 KiB the Welcome announced.
+    let asking = tokio::spawn({
+        let c = client.clone();
+        async move { c.inspect("big").await }
+    });
+    let id = s.inspect().await;
+    s.send(Frame::error(id, ErrorCode::Denied, "x".repeat(70_000)))
+        .await;
+    let err = tokio::time::timeout(STEP, asking)
+        .await
+        .expect("the request fails in time")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(m) if m.contains("exceeds the limit of 65536 bytes")),
+        "{err:?}"
+    );
+
+    // Malformed: an answer with one byte too many.
+    let asking = tokio::spawn({
+        let c = client.clone();
+        async move { c.inspect("bad").await }
+    });
+    let id = s.inspect().await;
+    let mut bad = Vec::new();
+    encode(&Frame::Pong { id }, &mut bad);
+    bad.push(0);
+    bad[0] += 1;
+    s.send_bytes(&bad).await;
+    let err = tokio::time::timeout(STEP, asking)
+        .await
+        .expect("the request fails in time")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(m) if m.contains("trailing bytes")),
+        "{err:?}"
+    );
+
+    // A frame of an unknown kind names no request: skipped, and nothing fails.
+    s.send_bytes(&[2, 0, 0, 0, lockbroker_proto::PROTOCOL_VERSION, 200])
+        .await;
+
+    // The same connection still carries requests: the lease is renewed on it.
+    let (renewed, ()) = tokio::join!(guard.extend(Duration::from_secs(30)), async {
+        match s.next().await {
+            Frame::Extend(e) => {
+                assert_eq!(e.fence, 5);
+                s.send(Frame::Extended {
+                    id: e.id,
+                    ttl_ms: 30_000,
+                })
+                .await;
+            }
+            other => panic!("expected Extend, got {other:?}"),
+        }
+    });
+    renewed.expect("renewed on the same connection");
+    assert!(!guard.is_lost());
+    // ...and answers: a truncated holders list says how many holders there are.
+    let asking = tokio::spawn({
+        let c = client.clone();
+        async move { c.inspect("wide").await }
+    });
+    let id = s.inspect().await;
+    s.send(Frame::LockInfo(LockInfo {
+        id,
+        key: Bytes::from_static(b"wide"),
+        holders: vec![lockbroker_proto::HolderInfo {
+            session: 9,
+            fence: 11,
+            mode: lockbroker_proto::Mode::Shared,
+            remaining_ms: 1000,
+        }],
+        holders_total: 3000,
+        waiters: 0,
+        blocked_ms: 0,
+    }))
+    .await;
+    let info = asking.await.unwrap().expect("inspect answered");
+    assert_eq!((info.holders.len(), info.holders_total), (1, 3000));
+    assert!(info.is_locked() && info.is_truncated());
+    assert_eq!(info.owner(), None);
+    assert_eq!(client.session_id().await.unwrap(), 1, "no reconnect");
+    assert!(fake.sessions.try_recv().is_err(), "no second connection");
+}
+
+/// A length prefix no answer could have (beyond the SDK's resynchronisation bound) means the
+/// stream cannot be followed any further: the connection ends and its requests are woken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_length_prefix_ends_the_connection() {
+    let mut fake = Fake::start().await;
+    let client = fake.client().await;
+    let mut s = fake.session().await;
+    let asking = tokio::spawn({
+        let c = client.clone();
+        async move { c.inspect("k").await }
+    });
+    let id = s.inspect().await;
+    let mut bytes = u32::MAX.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[lockbroker_proto::PROTOCOL_VERSION, 17]);
+    bytes.extend_from_slice(&id.to_le_bytes());
+    s.send_bytes(&bytes).await;
+    let err = tokio::time::timeout(STEP, asking)
+        .await
+        .expect("the request ends in time")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Disconnected(_)), "{err:?}");
 }

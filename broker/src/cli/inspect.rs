@@ -1,5 +1,6 @@
 //! `lockbroker inspect KEY`: prints holders (session, fence, mode, remaining TTL), waiters and
-//! lock-delay of a key.
+//! lock-delay of a key. A key with more holders than one answer carries lists the oldest ones,
+//! then `(showing N of M holders)`.
 
 use std::process::ExitCode;
 
@@ -19,7 +20,7 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.connect().await?;
     let info = client.inspect(args.key.clone()).await?;
     println!("key: {}", String::from_utf8_lossy(&info.key));
-    if info.holders.is_empty() {
+    if !info.is_locked() {
         println!("state: unlocked");
     } else {
         println!("state: locked");
@@ -30,6 +31,13 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 h.fence,
                 h.mode,
                 h.remaining.as_millis()
+            );
+        }
+        if info.is_truncated() {
+            println!(
+                "(showing {} of {} holders)",
+                info.holders.len(),
+                info.holders_total
             );
         }
     }

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lockbroker_proto::{Acquire, ErrorCode, Frame, Hello, Mode, WaitSpec, encode};
+use lockbroker_proto::{
+    Acquire, ErrorCode, Frame, Hello, Mode, PROTOCOL_VERSION, WaitSpec, encode,
+};
 use lockbroker_sdk::Error;
 use lockbroker_tests::Broker;
 use lockbroker_tests::raw::RawConn;
@@ -55,12 +57,12 @@ async fn garbage_gets_an_error_frame_and_a_close_while_others_carry_on() {
     let cases: &[(&str, &[u8], &[ErrorCode])] = &[
         (
             "unknown frame kind",
-            b"\x03\x00\x00\x00\x02\xc8\x07",
+            &[3, 0, 0, 0, PROTOCOL_VERSION, 0xc8, 7],
             &[ErrorCode::Malformed],
         ),
         (
             "length shorter than a header",
-            b"\x01\x00\x00\x00\x02",
+            &[1, 0, 0, 0, PROTOCOL_VERSION],
             &[ErrorCode::Malformed],
         ),
         (
@@ -132,7 +134,7 @@ async fn oversized_key_and_frame_and_unknown_version_are_refused() {
     expect_fatal(
         &mut raw,
         &[ErrorCode::UnsupportedVersion],
-        "version 2 frame",
+        "next-version frame",
     )
     .await;
 

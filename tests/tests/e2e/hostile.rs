@@ -128,6 +128,76 @@ fn shutdown_does_not_wait_for_connections_without_a_session() {
     );
 }
 
+/// Thousands of shared holders on one key: an `Inspect` of it used to build a `LockInfo`
+/// larger than the client's frame limit, and the SDK dropped its connection over that one
+/// answer — orphaning its own leases until their TTL. The broker now lists the oldest holders
+/// that fit and says how many there are; the connection (and its leases) stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspecting_thousands_of_shared_holders_is_bounded_and_disconnects_no_one() {
+    const HOLDERS: usize = 3_000;
+    const KEY: &str = "wide/shared";
+    let b = Broker::start();
+    let holder = b.client().await;
+    let observer = b.client().await;
+    let session = holder.session_id().await.expect("session");
+    let mut guards = Vec::with_capacity(HOLDERS);
+    for _ in 0..HOLDERS / 500 {
+        let batch: Vec<_> = (0..500)
+            .map(|_| {
+                let c = holder.clone();
+                tokio::spawn(async move {
+                    c.read_lock(KEY)
+                        .ttl(Duration::from_secs(120))
+                        .no_renew()
+                        .await
+                })
+            })
+            .collect();
+        for t in batch {
+            guards.push(t.await.expect("task").expect("shared lock"));
+        }
+    }
+
+    let info = observer.inspect(KEY).await.expect("inspect answers");
+    assert!(info.is_locked());
+    assert!(
+        !info.holders.is_empty() && info.holders.len() < HOLDERS,
+        "{} holders listed",
+        info.holders.len()
+    );
+    assert_eq!(info.holders_total, HOLDERS);
+    assert!(info.is_truncated());
+    // The oldest leases, in fence order.
+    let mut fences: Vec<u64> = guards.iter().map(|g| g.fence()).collect();
+    fences.sort_unstable();
+    let listed: Vec<u64> = info.holders.iter().map(|h| h.fence).collect();
+    assert_eq!(listed[..], fences[..listed.len()]);
+
+    // The CLI says it shows only some of them.
+    let mut cmd = lockbroker_tests::cli(&b);
+    cmd.args(["inspect", KEY]);
+    let out = lockbroker_tests::util::run_bounded(cmd, LIMIT).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("(showing {} of {HOLDERS} holders)", listed.len())),
+        "{stdout}"
+    );
+
+    // The holder's own connection survives its own inspect of the key, and still renews.
+    let own = holder.inspect(KEY).await.expect("the holder's inspect");
+    assert_eq!(own.holders.len(), info.holders.len());
+    guards[0]
+        .extend(Duration::from_secs(120))
+        .await
+        .expect("the holder's connection survived the big answer");
+    assert_eq!(holder.session_id().await.expect("session"), session);
+}
+
 /// Resident memory of a process (kB), from /proc.
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
