@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release -p lockbroker-bench` (add `-- --quick` for a short run).
 
+mod attack;
 mod cluster;
 mod echo;
 mod procs;
@@ -53,7 +54,7 @@ impl Opts {
                 "--only" => only = args.next(),
                 "-h" | "--help" => {
                     println!(
-                        "lockbroker-bench [--quick] [--mem-locks N] [--only seq|throughput|contention|memory|expiry|table|cluster]\n\
+                        "lockbroker-bench [--quick] [--mem-locks N] [--only seq|throughput|contention|memory|expiry|table|cluster|attack]\n\
                          Starts redis-server and a release lockbroker on ephemeral ports and prints\n\
                          lockbroker's figures next to Redis's and a raw QUIC echo's, as ratios."
                     );

@@ -18,7 +18,7 @@ pub struct RawSession {
     _send: quinn::SendStream,
 }
 
-fn endpoint(ca: &Path) -> Result<quinn::Endpoint> {
+pub fn endpoint(ca: &Path) -> Result<quinn::Endpoint> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).context("read ca")? {
         roots.add(c?)?;

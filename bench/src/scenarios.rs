@@ -157,6 +157,9 @@ pub async fn run_all(opts: &Opts, bin: &Path) -> Result<()> {
     if opts.runs("cluster") {
         crate::cluster::cluster(opts, bin, &broker, &mut report).await?;
     }
+    if opts.runs("attack") {
+        crate::attack::attack(opts, bin, &mut report).await?;
+    }
     report.print();
     Ok(())
 }

@@ -1,0 +1,153 @@
+//! Bystander latency under attack (issue 13): one well-behaved SDK client's acknowledged lock
+//! cycle (lock, then `unlock().await`) with no attack, and while each attack runs alone against
+//! the same broker: a slow reader (floods `Inspect`s of a key with 200 holders and never reads
+//! the answers), a watcher storm (50,000 `wait_until_unlocked` on one key, all timing out in the
+//! window) and a connection flood (raw QUIC connections opened without ever saying `Hello`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bytes::Bytes;
+use lockbroker_proto::{Frame, Hello, WaitSpec, encode};
+use lockbroker_sdk::Client;
+
+use crate::Opts;
+use crate::procs::Broker;
+use crate::scenarios::Report;
+use crate::stats::Lat;
+
+/// Lock cycles of the bystander on its own key for `window`.
+async fn bystander(client: &Client, window: Duration) -> Result<Lat> {
+    let mut lat = Lat::default();
+    let until = Instant::now() + window;
+    while Instant::now() < until {
+        let t = Instant::now();
+        client.lock("bystander/k").await?.unlock().await?;
+        lat.record(t.elapsed());
+    }
+    Ok(lat)
+}
+
+/// A raw session that has said `Hello`: its send stream, kept with its connection.
+async fn raw_session(
+    b: &Broker,
+) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream)> {
+    let ep = crate::raw::endpoint(&b.ca())?;
+    let conn = ep.connect(b.addr, "localhost")?.await?;
+    let (mut send, _recv) = conn.open_bi().await?;
+    let mut out = Vec::new();
+    encode(
+        &Frame::Hello(Hello {
+            token: None,
+            client: "lockbroker-bench attacker".into(),
+        }),
+        &mut out,
+    );
+    send.write_all(&out).await?;
+    Ok((ep, conn, send))
+}
+
+fn frames(n: u64, frame: impl Fn(u64) -> Frame) -> Vec<u8> {
+    let mut out = Vec::new();
+    for id in 1..=n {
+        encode(&frame(id), &mut out);
+    }
+    out
+}
+
+pub async fn attack(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
+    let b = Broker::start(
+        bin,
+        "[limits]\nmax_queued_per_key = 100000\nmax_queued_total = 200000\n\
+         max_waiters_per_session = 20000\noutbox_stall_ms = 60000\n",
+    )?;
+    let window = if opts.quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(4)
+    };
+    let client = b.client_builder().connect().await?;
+    bystander(&client, Duration::from_millis(500)).await?; // warm up
+    let quiet = bystander(&client, window).await?;
+
+    // Slow reader: 200 holders make every Inspect answer ~40× its request.
+    let holder = b.client_builder().connect().await?;
+    let mut permits = Vec::new();
+    for _ in 0..200 {
+        permits.push(
+            holder
+                .semaphore("wide/k", 200)
+                .ttl(Duration::from_secs(600))
+                .await?,
+        );
+    }
+    let (_ep, conn, mut send) = raw_session(&b).await?;
+    let flood = frames(1000, |id| Frame::Inspect {
+        id,
+        key: Bytes::from_static(b"wide/k"),
+    });
+    let reader = tokio::spawn(async move { while send.write_all(&flood).await.is_ok() {} });
+    let slow = bystander(&client, window).await?;
+    reader.abort();
+    conn.close(0u32.into(), b"bye");
+    drop(permits);
+
+    // Watcher storm: 5 sessions × 10,000 watchers on a held key, all timing out mid-window.
+    let _held = holder.lock("storm/k").ttl(Duration::from_secs(600)).await?;
+    let mut storm = Vec::new();
+    for s in 0..5u64 {
+        let (ep, conn, mut send) = raw_session(&b).await?;
+        let batch = frames(10_000, |id| Frame::WaitUnlocked {
+            id: s * 100_000 + id,
+            key: Bytes::from_static(b"storm/k"),
+            wait: WaitSpec::Millis(window.as_millis() as u64 / 2 + 500),
+        });
+        send.write_all(&batch).await?;
+        storm.push((ep, conn, send));
+    }
+    let stormy = bystander(&client, window).await?;
+    drop(storm);
+
+    // Connection flood: new connections that never say Hello, as fast as they handshake.
+    let ca = b.ca();
+    let addr = b.addr;
+    let flooding = tokio::spawn(async move {
+        let mut open = Vec::new();
+        loop {
+            let Ok(ep) = crate::raw::endpoint(&ca) else {
+                break;
+            };
+            let Ok(connecting) = ep.connect(addr, "localhost") else {
+                break;
+            };
+            if let Ok(c) = connecting.await {
+                open.push((ep, c));
+            }
+        }
+    });
+    let flooded = bystander(&client, window).await?;
+    flooding.abort();
+
+    for (name, lat) in [
+        ("a slow reader (Inspect flood, never reads)", &slow),
+        ("a watcher storm (50k timeouts at once)", &stormy),
+        ("a connection flood (no Hello)", &flooded),
+    ] {
+        report.row(
+            format!("bystander lock cycle p50 under {name} vs no attack"),
+            format!("{:.1} µs", lat.p50()),
+            format!("{:.1} µs (no attack)", quiet.p50()),
+            Some(lat.p50() / quiet.p50()),
+            None,
+        );
+        report.row(
+            format!("bystander lock cycle p99 under {name} vs no attack"),
+            format!("{:.1} µs", lat.p99()),
+            format!("{:.1} µs (no attack)", quiet.p99()),
+            Some(lat.p99() / quiet.p99()),
+            None,
+        );
+    }
+    Ok(())
+}
