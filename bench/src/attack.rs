@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
-use lockbroker_proto::{Frame, Hello, WaitSpec, encode};
+use lockbroker_proto::{Frame, WaitSpec, encode};
 use lockbroker_sdk::Client;
 
 use crate::Opts;
@@ -33,18 +33,8 @@ async fn bystander(client: &Client, window: Duration) -> Result<Lat> {
 async fn raw_session(
     b: &Broker,
 ) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream)> {
-    let ep = crate::raw::endpoint(&b.ca())?;
-    let conn = ep.connect(b.addr, "localhost")?.await?;
-    let (mut send, _recv) = conn.open_bi().await?;
-    let mut out = Vec::new();
-    encode(
-        &Frame::Hello(Hello {
-            token: None,
-            client: "lockbroker-bench attacker".into(),
-        }),
-        &mut out,
-    );
-    send.write_all(&out).await?;
+    let (ep, conn, send, _recv) =
+        crate::raw::open(b.addr, &b.ca(), "lockbroker-bench attacker").await?;
     Ok((ep, conn, send))
 }
 

@@ -26,6 +26,33 @@ pub fn endpoint(ca: &Path) -> Result<quinn::Endpoint> {
     crate::echo::client_endpoint(roots, None)
 }
 
+/// A raw connection whose control stream has sent `Hello` as `client` (the answer is left
+/// to the caller to read, or not).
+pub async fn open(
+    addr: SocketAddr,
+    ca: &Path,
+    client: &str,
+) -> Result<(
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+)> {
+    let ep = endpoint(ca)?;
+    let conn = ep.connect(addr, "localhost")?.await?;
+    let (mut send, recv) = conn.open_bi().await?;
+    let mut out = Vec::new();
+    encode(
+        &Frame::Hello(Hello {
+            token: None,
+            client: client.into(),
+        }),
+        &mut out,
+    );
+    send.write_all(&out).await?;
+    Ok((ep, conn, send, recv))
+}
+
 /// Opens a session and acquires every key of `keys` (exclusive, `ttl_ms`, no wait), writing
 /// `batch` frames per write; returns once every grant arrived.
 pub async fn hold(
@@ -35,18 +62,8 @@ pub async fn hold(
     ttl_ms: u64,
     batch: usize,
 ) -> Result<RawSession> {
-    let ep = endpoint(ca)?;
-    let conn = ep.connect(addr, "localhost")?.await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
+    let (ep, conn, mut send, mut recv) = open(addr, ca, "lockbroker-bench raw").await?;
     let mut out = Vec::new();
-    encode(
-        &Frame::Hello(Hello {
-            token: None,
-            client: "lockbroker-bench raw".into(),
-        }),
-        &mut out,
-    );
-    send.write_all(&out).await?;
     let n = keys.len();
     let reader = tokio::spawn(async move {
         let limits = Limits {
