@@ -1,12 +1,17 @@
-//! The deadline queue: a min-heap of (instant, what) with lazy deletion.
+//! The deadline queue: min-heaps of (instant, what) with lazy deletion.
 //!
 //! Items are never removed when a lease is released or a waiter leaves; the table validates each
 //! popped item against its state and drops stale ones. To bound memory under release-heavy
-//! workloads the table rebuilds the heap from its live state whenever it has grown past
+//! workloads the table rebuilds the heaps from its live state whenever they have grown past
 //! `2 * (size after the last rebuild) + 1024` items (amortised O(1) per push).
 //!
 //! At equal instants lease expiries come first, then lock-delay ends, then queue timeouts, so a
 //! waiter whose deadline equals a lease's deadline is granted rather than timed out.
+//!
+//! Memory: every held lease has an item, so those are kept small. Lease and lock-delay items
+//! ([`Timer`], 24 bytes) name only the entry and the kind — the entry then ends every lease due
+//! at that instant —; queue timeouts ([`QueuedTimer`]) also carry the request's sequence number
+//! and live in a heap of their own.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -14,29 +19,22 @@ use std::time::Instant;
 
 use super::keys::EntryId;
 use super::queue::PendingKind;
-use super::types::Fence;
 
-/// What an item refers to, i.e. which timer of its entry fires: a lease's expiry, the end of a
-/// lock delay, or a queued request's timeout (waiters and watchers are identified by their
-/// queue sequence number).
+/// Entry generations use 31 bits, so a [`Timer`] can keep its kind in the 32nd.
+pub(crate) const GENERATION_MASK: u32 = u32::MAX >> 1;
+
+/// What an item refers to, i.e. which timer of its entry fires: the expiry of the leases due at
+/// that instant, the end of a lock delay, or a queued request's timeout (waiters and watchers
+/// are identified by their queue sequence number).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Due {
-    Lease(Fence),
+    Lease,
     Unblock,
     Queued(PendingKind, u64),
 }
 
-impl Due {
-    fn rank(self) -> (u8, u64) {
-        match self {
-            Due::Lease(f) => (0, f),
-            Due::Unblock => (1, 0),
-            Due::Queued(_, s) => (2, s),
-        }
-    }
-}
-
-#[derive(Debug)]
+/// A deadline as the table pushes and pops it.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Item {
     pub(crate) at: Instant,
     /// The entry (slab id and generation) the item belongs to.
@@ -45,36 +43,119 @@ pub(crate) struct Item {
     pub(crate) due: Due,
 }
 
-impl Ord for Item {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.due.rank()).cmp(&(other.at, other.due.rank()))
+/// A lease expiry or lock-delay end, as stored.
+#[derive(Debug, PartialEq, Eq)]
+struct Timer {
+    at: Instant,
+    id: EntryId,
+    /// Generation (31 bits) and, in the top bit, 1 for `Unblock`.
+    tag: u32,
+}
+
+impl Timer {
+    const UNBLOCK: u32 = 1 << 31;
+
+    fn due(&self) -> Due {
+        if self.tag & Self::UNBLOCK == 0 {
+            Due::Lease
+        } else {
+            Due::Unblock
+        }
+    }
+
+    fn item(&self) -> Item {
+        Item {
+            at: self.at,
+            id: self.id,
+            generation: self.tag & GENERATION_MASK,
+            due: self.due(),
+        }
     }
 }
-impl PartialOrd for Item {
+
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.tag & Self::UNBLOCK, self.id).cmp(&(
+            other.at,
+            other.tag & Self::UNBLOCK,
+            other.id,
+        ))
+    }
+}
+impl PartialOrd for Timer {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl PartialEq for Item {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+
+/// A queue timeout, as stored.
+#[derive(Debug, PartialEq, Eq)]
+struct QueuedTimer {
+    at: Instant,
+    seq: u64,
+    id: EntryId,
+    generation: u32,
+    kind: PendingKind,
+}
+
+impl Ord for QueuedTimer {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
     }
 }
-impl Eq for Item {}
+impl PartialOrd for QueuedTimer {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 const SLACK: usize = 1024;
 
 #[derive(Debug)]
 pub(crate) struct Deadlines {
-    heap: BinaryHeap<Reverse<Item>>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    queued: BinaryHeap<Reverse<QueuedTimer>>,
     rebuild_at: usize,
 }
 
 impl Default for Deadlines {
     fn default() -> Self {
         Self {
-            heap: BinaryHeap::new(),
+            timers: BinaryHeap::new(),
+            queued: BinaryHeap::new(),
             rebuild_at: SLACK,
+        }
+    }
+}
+
+/// An item in its stored form.
+enum Stored {
+    Timer(Timer),
+    Queued(QueuedTimer),
+}
+
+impl Stored {
+    #[inline]
+    fn new(at: Instant, id: EntryId, generation: u32, due: Due) -> Self {
+        let generation = generation & GENERATION_MASK;
+        match due {
+            Due::Lease => Stored::Timer(Timer {
+                at,
+                id,
+                tag: generation,
+            }),
+            Due::Unblock => Stored::Timer(Timer {
+                at,
+                id,
+                tag: generation | Timer::UNBLOCK,
+            }),
+            Due::Queued(kind, seq) => Stored::Queued(QueuedTimer {
+                at,
+                seq,
+                id,
+                generation,
+                kind,
+            }),
         }
     }
 }
@@ -82,56 +163,94 @@ impl Default for Deadlines {
 impl Deadlines {
     #[inline]
     pub(crate) fn push(&mut self, at: Instant, id: EntryId, generation: u32, due: Due) {
-        self.heap.push(Reverse(Item {
-            at,
-            id,
-            generation,
-            due,
-        }));
+        match Stored::new(at, id, generation, due) {
+            Stored::Timer(t) => self.timers.push(Reverse(t)),
+            Stored::Queued(q) => self.queued.push(Reverse(q)),
+        }
     }
 
     /// Earliest queued instant; may belong to a stale item (early, never late).
     #[inline]
     pub(crate) fn peek(&self) -> Option<Instant> {
-        self.heap.peek().map(|r| r.0.at)
+        let t = self.timers.peek().map(|r| r.0.at);
+        let q = self.queued.peek().map(|r| r.0.at);
+        match (t, q) {
+            (Some(t), Some(q)) => Some(t.min(q)),
+            (t, q) => t.or(q),
+        }
     }
 
-    /// Pops the earliest item if it is due at or before `now`.
+    /// Pops the earliest item if it is due at or before `now` (at equal instants a lease or
+    /// lock-delay item before a queue timeout).
     #[inline]
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Item> {
-        if self.heap.peek()?.0.at > now {
-            return None;
+        let t = self.timers.peek().map(|r| r.0.at).filter(|&t| t <= now);
+        let q = self.queued.peek().map(|r| r.0.at).filter(|&q| q <= now);
+        match (t, q) {
+            (Some(t), Some(q)) if q < t => self.pop_queued(),
+            (Some(_), _) => self.timers.pop().map(|r| r.0.item()),
+            (None, Some(_)) => self.pop_queued(),
+            (None, None) => None,
         }
-        self.heap.pop().map(|r| r.0)
+    }
+
+    fn pop_queued(&mut self) -> Option<Item> {
+        self.queued.pop().map(|Reverse(q)| Item {
+            at: q.at,
+            id: q.id,
+            generation: q.generation,
+            due: Due::Queued(q.kind, q.seq),
+        })
+    }
+
+    /// Items stored, stale ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.timers.len() + self.queued.len()
     }
 
     /// True when stale items may dominate and the owner should call [`Deadlines::rebuild`].
     #[inline]
     pub(crate) fn needs_rebuild(&self) -> bool {
-        self.heap.len() > self.rebuild_at
+        self.len() > self.rebuild_at
     }
 
-    /// Replaces the contents with exactly the live items, reusing the heap's buffer unless it
-    /// has become much larger than needed.
+    /// Replaces the contents with exactly the live items, reusing the heaps' buffers unless
+    /// they have become much larger than needed.
     pub(crate) fn rebuild(&mut self, live: impl Iterator<Item = Item>) {
-        let mut v = std::mem::take(&mut self.heap).into_vec();
-        v.clear();
-        v.extend(live.map(Reverse));
-        let target = 2 * v.len() + SLACK;
-        if v.capacity() > 2 * target {
-            v.shrink_to(target);
+        let mut timers = std::mem::take(&mut self.timers).into_vec();
+        let mut queued = std::mem::take(&mut self.queued).into_vec();
+        timers.clear();
+        queued.clear();
+        for i in live {
+            match Stored::new(i.at, i.id, i.generation, i.due) {
+                Stored::Timer(t) => timers.push(Reverse(t)),
+                Stored::Queued(q) => queued.push(Reverse(q)),
+            }
         }
-        self.heap = BinaryHeap::from(v);
+        let target = 2 * (timers.len() + queued.len()) + SLACK;
+        shrink(&mut timers, target);
+        shrink(&mut queued, target);
+        self.timers = BinaryHeap::from(timers);
+        self.queued = BinaryHeap::from(queued);
         self.rebuild_at = target;
     }
 
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.heap.len()
-    }
-
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn items(&self) -> impl Iterator<Item = &Item> {
-        self.heap.iter().map(|r| &r.0)
+    pub(crate) fn items(&self) -> impl Iterator<Item = Item> + '_ {
+        let timers = self.timers.iter().map(|r| r.0.item());
+        let queued = self.queued.iter().map(|Reverse(q)| Item {
+            at: q.at,
+            id: q.id,
+            generation: q.generation,
+            due: Due::Queued(q.kind, q.seq),
+        });
+        timers.chain(queued)
+    }
+}
+
+/// Gives memory back when a buffer is more than twice `target`.
+fn shrink<T>(v: &mut Vec<T>, target: usize) {
+    if v.capacity() > 2 * target {
+        v.shrink_to(target);
     }
 }

@@ -10,6 +10,10 @@
 //! - the queue head is never grantable while the key is unblocked (it would have been granted);
 //! - watchers exist only while the key has holders;
 //! - waiters and watchers are sorted by their sequence number (binary-searchable).
+//!
+//! Memory: most live keys have one holder and nothing else, so an entry keeps only the key
+//! (inline when short, `stored_key.rs`), its ids and its holders inline; the queues and the lock
+//! delay live in a boxed [`Rare`] part that exists only while one of them is in use.
 
 use std::time::Instant;
 
@@ -20,7 +24,8 @@ use super::keys::EntryId;
 use super::lease::Holders;
 use super::queue::{PendingKind, Queue, Waiter, Watcher};
 use super::sessions::Sessions;
-use super::types::{Effect, Key, Mode, TableConfig, TableError, deadline_after};
+use super::stored_key::StoredKey;
+use super::types::{Effect, Mode, TableConfig, TableError, deadline_after};
 
 /// Everything an entry transition may touch besides the entry itself.
 pub(crate) struct Cx<'a> {
@@ -36,17 +41,31 @@ pub(crate) struct Cx<'a> {
 /// The state of one live key.
 #[derive(Debug, Default)]
 pub(crate) struct Entry {
-    pub(crate) key: Key,
+    pub(crate) key: StoredKey,
     /// Slab id and generation, set by `Keys::insert`.
     pub(crate) id: EntryId,
     pub(crate) generation: u32,
-    /// Hash of `key` in the key index.
-    pub(crate) hash: u64,
     pub(crate) holders: Holders,
-    pub(crate) waiters: Queue<Waiter>,
-    pub(crate) watchers: Queue<Watcher>,
-    pub(crate) blocked_until: Option<Instant>,
+    /// Queues and lock delay; `None` while all are empty (see [`Entry::shed_rare`]).
+    rare: Option<Box<Rare>>,
 }
+
+/// The parts of an entry most keys never use.
+#[derive(Debug, Default)]
+struct Rare {
+    waiters: Queue<Waiter>,
+    watchers: Queue<Watcher>,
+    blocked_until: Option<Instant>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.waiters.is_empty() && self.watchers.is_empty() && self.blocked_until.is_none()
+    }
+}
+
+static NO_WAITERS: Queue<Waiter> = Queue::new();
+static NO_WATCHERS: Queue<Watcher> = Queue::new();
 
 /// `Err(InvalidMode)` for a mode no key admits.
 #[inline]
@@ -60,10 +79,70 @@ pub(crate) fn check_mode(mode: Mode) -> Result<(), TableError> {
 }
 
 impl Entry {
-    pub(crate) fn new(key: Key) -> Self {
+    pub(crate) fn new(key: &[u8]) -> Self {
         Self {
-            key,
+            key: StoredKey::new(key),
             ..Self::default()
+        }
+    }
+
+    /// Queued acquires, in order.
+    #[inline]
+    pub(crate) fn waiters(&self) -> &Queue<Waiter> {
+        self.rare.as_ref().map_or(&NO_WAITERS, |r| &r.waiters)
+    }
+
+    /// `wait_until_unlocked` watchers, in order.
+    #[inline]
+    pub(crate) fn watchers(&self) -> &Queue<Watcher> {
+        self.rare.as_ref().map_or(&NO_WATCHERS, |r| &r.watchers)
+    }
+
+    /// End of the key's lock delay (or grace), if it is blocked.
+    #[inline]
+    pub(crate) fn blocked_until(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.blocked_until)
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// The waiter queue, for adding (allocates the rare part).
+    pub(crate) fn waiters_mut(&mut self) -> &mut Queue<Waiter> {
+        &mut self.rare_mut().waiters
+    }
+
+    /// The watcher queue, for adding (allocates the rare part).
+    pub(crate) fn watchers_mut(&mut self) -> &mut Queue<Watcher> {
+        &mut self.rare_mut().watchers
+    }
+
+    /// The waiter queue if it may have anyone (for taking requests out).
+    #[inline]
+    pub(crate) fn queued_waiters(&mut self) -> Option<&mut Queue<Waiter>> {
+        self.rare.as_deref_mut().map(|r| &mut r.waiters)
+    }
+
+    /// The watcher queue if it may have anyone (for taking requests out).
+    #[inline]
+    pub(crate) fn queued_watchers(&mut self) -> Option<&mut Queue<Watcher>> {
+        self.rare.as_deref_mut().map(|r| &mut r.watchers)
+    }
+
+    pub(crate) fn set_blocked_until(&mut self, until: Option<Instant>) {
+        match (until, self.rare.as_deref_mut()) {
+            (None, None) => {}
+            (None, Some(r)) => r.blocked_until = None,
+            (Some(_), _) => self.rare_mut().blocked_until = until,
+        }
+    }
+
+    /// Frees the rare part once nothing uses it (called whenever an operation on the key ends).
+    #[inline]
+    pub(crate) fn shed_rare(&mut self) {
+        if self.rare.as_ref().is_some_and(|r| r.is_empty()) {
+            self.rare = None;
         }
     }
 
@@ -80,14 +159,14 @@ impl Entry {
             .holders
             .as_slice()
             .iter()
-            .map(move |h| item(h.deadline, Due::Lease(h.fence)));
-        let block = self.blocked_until.map(|at| item(at, Due::Unblock));
+            .map(move |h| item(h.deadline, Due::Lease));
+        let block = self.blocked_until().map(|at| item(at, Due::Unblock));
         let waiters = self
-            .waiters
+            .waiters()
             .iter()
             .filter_map(move |w| Some(item(w.deadline?, Due::Queued(PendingKind::Acquire, w.seq))));
         let watchers = self
-            .watchers
+            .watchers()
             .iter()
             .filter_map(move |w| Some(item(w.deadline?, Due::Queued(PendingKind::Watch, w.seq))));
         holders.chain(block).chain(waiters).chain(watchers)
@@ -96,10 +175,7 @@ impl Entry {
     /// No holder, no waiter, no watcher, no block: the key must be freed.
     #[inline]
     pub(crate) fn is_idle(&self) -> bool {
-        self.holders.is_empty()
-            && self.waiters.is_empty()
-            && self.watchers.is_empty()
-            && self.blocked_until.is_none()
+        self.holders.is_empty() && self.rare.as_ref().is_none_or(|r| r.is_empty())
     }
 
     /// The mode family currently in force on the key (first holder, else queue head).
@@ -109,7 +185,7 @@ impl Entry {
             .as_slice()
             .first()
             .map(|h| h.mode)
-            .or_else(|| self.waiters.front().map(|w| w.mode))
+            .or_else(|| self.waiters().front().map(|w| w.mode))
     }
 
     /// `Err(InvalidMode)` if `mode` cannot coexist with the key's holders/waiters.
@@ -142,7 +218,7 @@ impl Entry {
     /// A new request may be granted at once: unblocked, nobody queued ahead, compatible.
     #[inline]
     pub(crate) fn grantable_now(&self, mode: Mode) -> bool {
-        self.blocked_until.is_none() && self.waiters.is_empty() && self.admits(mode)
+        self.blocked_until().is_none() && self.waiters().is_empty() && self.admits(mode)
     }
 
     /// Blocks the key for `lock_delay` after an orphaned lease that was due at `deadline`
@@ -156,8 +232,8 @@ impl Entry {
 
     /// Blocks the key until `until` (lock delay, restart grace), keeping any later block.
     pub(crate) fn block_until(&mut self, until: Instant, deadlines: &mut Deadlines) {
-        if self.blocked_until.is_none_or(|b| b < until) {
-            self.blocked_until = Some(until);
+        if self.blocked_until().is_none_or(|b| b < until) {
+            self.set_blocked_until(Some(until));
             deadlines.push(until, self.id, self.generation, Due::Unblock);
         }
     }
@@ -165,8 +241,8 @@ impl Entry {
     /// Lock-delay timer: lifts the block if it ends at `at` (else the item is stale), then
     /// grants waiters.
     pub(crate) fn unblock(&mut self, at: Instant, cx: &mut Cx<'_>) {
-        if self.blocked_until == Some(at) {
-            self.blocked_until = None;
+        if self.blocked_until() == Some(at) {
+            self.set_blocked_until(None);
             self.grant_waiters(cx);
         }
     }

@@ -65,7 +65,7 @@ fn cancel_answers_even_if_the_request_left_its_queue() {
     let now = Instant::now();
     let mut out = Vec::new();
     let (mut t, _) = held_and_queued(now, &mut out);
-    t.keys.find_mut(K).unwrap().waiters.clear();
+    t.keys.find_mut(K).unwrap().waiters_mut().clear();
     assert!(t.cancel(now, 2, 5, &mut out));
     assert_eq!(
         out,

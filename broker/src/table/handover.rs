@@ -41,7 +41,7 @@ impl Table {
             ttl,
         } = l;
         check_mode(mode)?;
-        if self.sessions.entry(session).leases.len() >= self.cfg.max_leases_per_session {
+        if self.sessions.entry(session).lease_count() >= self.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let id = self.entry_or_insert(key)?;
@@ -57,7 +57,10 @@ impl Table {
         let Some(e) = self.keys.get_mut(id) else {
             return Err(TableError::NotLocked);
         };
-        Ok(e.install_lease(session, fence, mode, ttl, &mut cx!(self, now, out)))
+        let key = e.key.to_key();
+        let grant = e.install_lease(session, fence, mode, ttl, key, &mut cx!(self, now, out));
+        self.maybe_compact();
+        Ok(grant)
     }
 
     /// The id of `key`'s entry, created (idle) if there is none. `LimitExceeded("live keys")`
@@ -69,7 +72,7 @@ impl Table {
             Err(_) if full => Err(TableError::LimitExceeded("live keys")),
             Err(hash) => self
                 .keys
-                .insert(hash, Entry::new(Bytes::copy_from_slice(key)))
+                .insert(hash, Entry::new(key))
                 .map(|e| e.id)
                 .ok_or(TableError::LimitExceeded("live keys")),
         }
@@ -90,7 +93,7 @@ impl Table {
         self.keys
             .iter()
             .filter(|e| pick(&e.key))
-            .map(|e| e.key.clone())
+            .map(|e| e.key.to_key())
             .collect()
     }
 
@@ -107,9 +110,15 @@ impl Table {
             return Vec::new();
         };
         let id = e.id;
-        let waiters: Vec<_> = e.waiters.take_all().map(|w| (w.session, w.req)).collect();
-        let watchers: Vec<_> = e.watchers.take_all().map(|w| (w.session, w.req)).collect();
-        e.blocked_until = None;
+        let waiters: Vec<_> = e
+            .queued_waiters()
+            .map(|q| q.take_all().map(|w| (w.session, w.req)).collect())
+            .unwrap_or_default();
+        let watchers: Vec<_> = e
+            .queued_watchers()
+            .map(|q| q.take_all().map(|w| (w.session, w.req)).collect())
+            .unwrap_or_default();
+        e.set_blocked_until(None);
         let leases: Vec<(SessionId, Fence)> = e
             .holders
             .as_slice()

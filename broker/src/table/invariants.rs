@@ -2,7 +2,7 @@
 //! deadline heap, and no internal fault recorded). Called after every step of the property
 //! tests.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::Table;
@@ -21,6 +21,7 @@ impl Table {
             .map(|i| (i.at, i.id, i.generation, i.due))
             .collect();
         let mut live = 0;
+        let mut held: HashMap<u64, usize> = HashMap::new();
         for e in self.keys.iter() {
             live += 1;
             let k = &e.key;
@@ -36,11 +37,11 @@ impl Table {
             let fam = hs
                 .first()
                 .map(|h| h.mode)
-                .or(e.waiters.front().map(|w| w.mode));
+                .or(e.waiters().front().map(|w| w.mode));
             let modes = hs
                 .iter()
                 .map(|h| h.mode)
-                .chain(e.waiters.iter().map(|w| w.mode));
+                .chain(e.waiters().iter().map(|w| w.mode));
             for m in modes {
                 match (fam, m) {
                     (Some(Mode::Semaphore(a)), Mode::Semaphore(b)) => assert_eq!(a, b, "{k:?}"),
@@ -58,38 +59,39 @@ impl Table {
             }
             let fences: HashSet<Fence> = hs.iter().map(|h| h.fence).collect();
             assert_eq!(fences.len(), hs.len(), "duplicate fence on {k:?}");
-            if e.blocked_until.is_none()
-                && let Some(w) = e.waiters.front()
+            if e.blocked_until().is_none()
+                && let Some(w) = e.waiters().front()
             {
                 assert!(!e.admits(w.mode), "grantable head left queued on {k:?}");
             }
-            if !e.watchers.is_empty() {
+            if !e.watchers().is_empty() {
                 assert!(!hs.is_empty(), "watchers on unheld key {k:?}");
             }
             assert!(
-                e.waiters
+                e.waiters()
                     .iter()
-                    .zip(e.waiters.iter().skip(1))
+                    .zip(e.waiters().iter().skip(1))
                     .all(|(a, b)| a.seq < b.seq)
             );
             assert!(
-                e.watchers
+                e.watchers()
                     .iter()
-                    .zip(e.watchers.iter().skip(1))
+                    .zip(e.watchers().iter().skip(1))
                     .all(|(a, b)| a.seq < b.seq)
             );
             // Every live deadline is in the heap.
             for h in hs {
-                assert!(items.contains(&at(h.deadline, Due::Lease(h.fence))));
+                assert!(items.contains(&at(h.deadline, Due::Lease)));
                 if !h.orphan {
                     let s = self.sessions.get(h.session).expect("holder session exists");
-                    assert_eq!(s.leases.get(&h.fence), Some(&id), "{k:?}");
+                    assert!(s.held_on().contains(&id), "{k:?}");
+                    *held.entry(h.session).or_default() += 1;
                 }
             }
-            if let Some(t) = e.blocked_until {
+            if let Some(t) = e.blocked_until() {
                 assert!(items.contains(&at(t, Due::Unblock)));
             }
-            for w in &e.waiters {
+            for w in e.waiters() {
                 if let Some(t) = w.deadline {
                     assert!(items.contains(&at(t, Due::Queued(PendingKind::Acquire, w.seq))));
                 }
@@ -97,7 +99,7 @@ impl Table {
                 let p = s.pending.get(&w.req).expect("waiter pending");
                 assert!(p.kind == PendingKind::Acquire && p.seq == w.seq && p.entry == id);
             }
-            for w in &e.watchers {
+            for w in e.watchers() {
                 if let Some(t) = w.deadline {
                     assert!(items.contains(&at(t, Due::Queued(PendingKind::Watch, w.seq))));
                 }
@@ -114,22 +116,22 @@ impl Table {
         assert_eq!(pending, self.sessions.pending_total(), "pending total");
         assert!(self.keys.len() <= self.cfg.max_keys);
         for (sid, s) in self.sessions.iter() {
-            for (f, id) in &s.leases {
-                let e = self.keys.get(*id).expect("session lease on live key");
-                let h = e.holders.get(*f).expect("held lease exists");
-                assert!(h.session == *sid && !h.orphan);
-            }
-            assert!(s.leases.len() <= self.cfg.max_leases_per_session);
+            assert_eq!(
+                s.lease_count(),
+                held.get(sid).copied().unwrap_or(0),
+                "lease count of session {sid}"
+            );
+            assert!(s.lease_count() <= self.cfg.max_leases_per_session);
             assert!(s.pending.len() <= self.cfg.max_waiters_per_session);
             for (req, p) in &s.pending {
                 let e = self.keys.get(p.entry).expect("pending on live key");
                 match p.kind {
                     PendingKind::Watch => {
-                        let w = e.watchers.get(p.seq).expect("watcher queued");
+                        let w = e.watchers().get(p.seq).expect("watcher queued");
                         assert_eq!(w.req, *req);
                     }
                     PendingKind::Acquire => {
-                        let w = e.waiters.get(p.seq).expect("waiter queued");
+                        let w = e.waiters().get(p.seq).expect("waiter queued");
                         assert_eq!(w.req, *req);
                     }
                 }

@@ -10,6 +10,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
+use super::deadlines::GENERATION_MASK;
 use super::entry::Entry;
 
 /// Slab index of a live entry.
@@ -36,7 +37,7 @@ impl Keys {
         let slots = &self.slots;
         self.index
             .find(hash, |&id| {
-                slot(slots, id).is_some_and(|e| &e.key[..] == key)
+                slot(slots, id).is_some_and(|e| e.key.as_bytes() == key)
             })
             .copied()
     }
@@ -62,7 +63,6 @@ impl Keys {
         }
     }
 
-    #[cfg(any(test, fuzzing))]
     pub(crate) fn get(&self, id: EntryId) -> Option<&Entry> {
         slot(&self.slots, id)
     }
@@ -79,7 +79,7 @@ impl Keys {
     }
 
     /// Stores a new entry for a key that is not live (`hash` from [`Keys::lookup`]), sets the
-    /// entry's `id`, `generation` and `hash`, and returns it. `None` only when the slab has no
+    /// entry's `id` and `generation`, and returns it. `None` only when the slab has no
     /// id left (2^32 live keys).
     pub(crate) fn insert(&mut self, hash: u64, mut entry: Entry) -> Option<&mut Entry> {
         let id = match self.free.pop() {
@@ -92,24 +92,31 @@ impl Keys {
         };
         entry.id = id;
         entry.generation = self.next_gen;
-        entry.hash = hash;
-        self.next_gen = self.next_gen.wrapping_add(1);
+        // 31 bits: deadline items keep their kind in the 32nd (`deadlines.rs`).
+        self.next_gen = self.next_gen.wrapping_add(1) & GENERATION_MASK;
         *self.slots.get_mut(id as usize)? = Some(entry);
-        let slots = &self.slots;
-        self.index
-            .insert_unique(hash, id, |&i| slot(slots, i).map_or(0, |e| e.hash));
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        // Entries do not keep their hash (8 bytes a key): a resize hashes the keys again.
+        self.index.insert_unique(hash, id, |&i| {
+            slot(slots, i).map_or(0, |e| hasher.hash_one(e.key.as_bytes()))
+        });
         self.get_mut(id)
     }
 
-    /// Frees `id`'s entry if it has become idle. Returns true if it was freed.
+    /// Frees `id`'s entry if it has become idle (else drops its unused rare part). Returns true
+    /// if it was freed. Called whenever an operation on the key ends.
     #[inline]
     pub(crate) fn free_if_idle(&mut self, id: EntryId) -> bool {
         let Some(s) = self.slots.get_mut(id as usize) else {
             return false;
         };
         let hash = match s {
-            Some(e) if e.is_idle() => e.hash,
-            _ => return false,
+            Some(e) if e.is_idle() => self.hasher.hash_one(e.key.as_bytes()),
+            Some(e) => {
+                e.shed_rare();
+                return false;
+            }
+            None => return false,
         };
         *s = None;
         if let Ok(o) = self.index.find_entry(hash, |&i| i == id) {

@@ -16,13 +16,45 @@ pub(crate) struct HolderRec {
     pub(crate) session: SessionId,
     pub(crate) fence: Fence,
     pub(crate) mode: Mode,
-    pub(crate) ttl: Duration,
+    /// The lease's TTL in nanoseconds (a `Duration` would take twice the room); see `ttl()`.
+    ttl_ns: u64,
     pub(crate) deadline: Instant,
     /// Owner session is gone (lost connection) or the lease was restored: in no session index.
     pub(crate) orphan: bool,
 }
 
 impl HolderRec {
+    pub(crate) fn new(
+        session: SessionId,
+        fence: Fence,
+        mode: Mode,
+        ttl: Duration,
+        deadline: Instant,
+        orphan: bool,
+    ) -> Self {
+        let mut h = Self {
+            session,
+            fence,
+            mode,
+            ttl_ns: 0,
+            deadline,
+            orphan,
+        };
+        h.set_ttl(ttl);
+        h
+    }
+
+    /// The lease's TTL (saturating at about 584 years, far past `MAX_TTL`).
+    #[inline]
+    pub(crate) fn ttl(&self) -> Duration {
+        Duration::from_nanos(self.ttl_ns)
+    }
+
+    #[inline]
+    pub(crate) fn set_ttl(&mut self, ttl: Duration) {
+        self.ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+    }
+
     /// A live (non-orphan) lease of `session`: the only leases `release` and `extend` accept.
     #[inline]
     pub(crate) fn owned_by(&self, session: SessionId) -> bool {
@@ -30,12 +62,12 @@ impl HolderRec {
     }
 
     #[inline]
-    pub(crate) fn grant(&self, key: &Key) -> Grant {
+    pub(crate) fn grant(&self, key: Key) -> Grant {
         Grant {
-            key: key.clone(),
+            key,
             fence: self.fence,
             mode: self.mode,
-            ttl: self.ttl,
+            ttl: self.ttl(),
             deadline: self.deadline,
         }
     }
@@ -128,53 +160,50 @@ impl Entry {
     /// and queue heads alike. The caller checked the mode rules; this checks the session's lease
     /// limit, allocates a fence, indexes the lease in the session, schedules its expiry, emits
     /// `Acquired` and adds the holder. `session` must be live: `acquire` creates its record and
-    /// `grant_waiters` checks it first.
+    /// `grant_waiters` checks it first. `key` is this entry's key as the request carried it
+    /// (`None`: copied from the entry), for the grant and the event.
     pub(crate) fn grant_lease(
         &mut self,
         session: SessionId,
         mode: Mode,
         ttl: Duration,
+        key: Option<Key>,
         cx: &mut Cx<'_>,
     ) -> Result<Grant, TableError> {
-        let s = cx.sessions.entry(session);
-        if s.leases.len() >= cx.cfg.max_leases_per_session {
+        if cx.sessions.entry(session).lease_count() >= cx.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let fence = cx.fences.alloc()?;
-        Ok(self.install_lease(session, fence, mode, ttl, cx))
+        let key = key.unwrap_or_else(|| self.key.to_key());
+        Ok(self.install_lease(session, fence, mode, ttl, key, cx))
     }
 
     /// Adds lease `fence` of `session` (live) with a deadline of `now + ttl`: indexes it in the
     /// session, schedules its expiry, emits `Acquired`. The caller checked the mode rules and
     /// the session's lease limit. Shared by new grants and adopted leases (`handover.rs`).
+    /// `key` (this entry's key) goes into the event and the grant.
     pub(crate) fn install_lease(
         &mut self,
         session: SessionId,
         fence: Fence,
         mode: Mode,
         ttl: Duration,
+        key: Key,
         cx: &mut Cx<'_>,
     ) -> Grant {
-        cx.sessions.entry(session).leases.insert(fence, self.id);
+        cx.sessions.note_hold(session, self.id);
         let deadline = deadline_after(cx.now, ttl);
         cx.deadlines
-            .push(deadline, self.id, self.generation, Due::Lease(fence));
+            .push(deadline, self.id, self.generation, Due::Lease);
         cx.out.push(Effect::Event(LockEvent::Acquired {
-            key: self.key.clone(),
+            key: key.clone(),
             session,
             fence,
             mode,
             deadline,
         }));
-        let h = HolderRec {
-            session,
-            fence,
-            mode,
-            ttl,
-            deadline,
-            orphan: false,
-        };
-        let grant = h.grant(&self.key);
+        let h = HolderRec::new(session, fence, mode, ttl, deadline, false);
+        let grant = h.grant(key);
         self.holders.push(h);
         grant
     }
@@ -191,9 +220,9 @@ impl Entry {
             return false;
         };
         if !h.orphan {
-            cx.sessions.drop_hold(h.session, fence);
+            cx.sessions.drop_hold(h.session);
         }
-        let (key, session) = (self.key.clone(), h.session);
+        let (key, session) = (self.key.to_key(), h.session);
         cx.out.push(Effect::Event(match outcome {
             UnlockOutcome::Released => LockEvent::Released {
                 key,
@@ -216,10 +245,19 @@ impl Entry {
         true
     }
 
-    /// Lease-expiry timer: ends lease `fence` as expired if its deadline is still `at` (else the
-    /// item is stale: the lease was renewed or has ended).
-    pub(crate) fn expire_lease(&mut self, fence: Fence, at: Instant, cx: &mut Cx<'_>) {
-        if self.holders.get(fence).is_some_and(|h| h.deadline == at) {
+    /// Lease-expiry timer: ends, as expired and in fence order, every lease whose deadline is
+    /// `at` (none if the item is stale: those leases were renewed or have ended). Bounded: each
+    /// round ends a lease, and a lease granted meanwhile is due at `at` only with a zero TTL
+    /// taken from the key's queue.
+    pub(crate) fn expire_leases(&mut self, at: Instant, cx: &mut Cx<'_>) {
+        while let Some(fence) = self
+            .holders
+            .as_slice()
+            .iter()
+            .filter(|h| h.deadline == at)
+            .map(|h| h.fence)
+            .min()
+        {
             self.end_lease(fence, UnlockOutcome::Expired, cx);
         }
     }
@@ -239,11 +277,11 @@ impl Entry {
         };
         let deadline = deadline_after(cx.now, ttl);
         h.deadline = deadline;
-        h.ttl = ttl;
+        h.set_ttl(ttl);
         cx.deadlines
-            .push(deadline, self.id, self.generation, Due::Lease(fence));
+            .push(deadline, self.id, self.generation, Due::Lease);
         cx.out.push(Effect::Event(LockEvent::Extended {
-            key: self.key.clone(),
+            key: self.key.to_key(),
             session,
             fence,
             deadline,

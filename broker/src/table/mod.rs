@@ -45,7 +45,8 @@
 //! - `lease.rs`: holders, the one grant path, lease end and the lease-expiry timer;
 //! - `queue.rs`: queued acquires and watchers, grants from the queue head, queue timeouts;
 //! - `sessions.rs`: per-session index (held leases by fence, pending requests, limits);
-//! - `keys.rs`: key → entry slab; `deadlines.rs`: deadline heap; `fences.rs`: fencing tokens;
+//! - `keys.rs`: key → entry slab (`stored_key.rs`: keys inline when short); `deadlines.rs`:
+//!   deadline heap; `fences.rs`: fencing tokens;
 //! - `faults.rs`: broken internal invariants, logged and skipped instead of reaching clients.
 
 mod deadlines;
@@ -61,6 +62,7 @@ mod queries;
 mod queue;
 mod restore;
 mod sessions;
+mod stored_key;
 mod time;
 mod types;
 

@@ -88,7 +88,7 @@ impl Table {
         if s.pending.contains_key(&req) {
             return Err(TableError::DuplicateRequest);
         }
-        if s.leases.len() >= self.cfg.max_leases_per_session {
+        if s.lease_count() >= self.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let waiting = s.pending.len();
@@ -98,7 +98,7 @@ impl Table {
             Err(_) if full => return Err(TableError::LimitExceeded("live keys")),
             Err(hash) => self
                 .keys
-                .insert(hash, Entry::new(key))
+                .insert(hash, Entry::new(&key))
                 .ok_or(TableError::LimitExceeded("live keys"))?,
         };
         let id = e.id;
@@ -106,11 +106,13 @@ impl Table {
         let mut cx = cx!(self, now, out);
         let result = e.check_family(mode).and_then(|()| {
             if e.grantable_now(mode) {
-                return e.grant_lease(session, mode, ttl, &mut cx).map(Some);
+                return e
+                    .grant_lease(session, mode, ttl, Some(key), &mut cx)
+                    .map(Some);
             }
             let load = QueueLoad {
                 session: waiting,
-                key: e.waiters.len() + e.watchers.len(),
+                key: e.waiters().len() + e.watchers().len(),
                 total,
             };
             let (seq, deadline) = admit_to_queue(now, wait, load, cx.cfg, &mut self.seq)?;
@@ -200,23 +202,24 @@ impl Table {
         fence: Fence,
     ) -> Result<Grant, TableError> {
         let e = held_entry(&mut self.keys, key)?;
-        let (id, k) = (e.id, &e.key);
+        let id = e.id;
         let h = e.holders.get_mut(fence).ok_or(TableError::NotOwner)?;
         if h.owned_by(session) {
-            return Ok(h.grant(k));
+            return Ok(h.grant(e.key.to_key()));
         }
-        let s = self.sessions.entry(session);
-        if s.leases.len() >= self.cfg.max_leases_per_session {
+        if self.sessions.entry(session).lease_count() >= self.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
-        s.leases.insert(fence, id);
+        self.sessions.note_hold(session, id);
         let (prev, was_orphan) = (h.session, h.orphan);
         h.session = session;
         h.orphan = false;
         if !was_orphan {
-            self.sessions.drop_hold(prev, fence);
+            self.sessions.drop_hold(prev);
         }
-        Ok(h.grant(k))
+        let grant = h.grant(e.key.to_key());
+        self.maybe_compact();
+        Ok(grant)
     }
 
     /// Resolves when `key` has no holder: `Ok(Some(Released))` at once if it has none now; else
@@ -243,7 +246,7 @@ impl Table {
         };
         let load = QueueLoad {
             session: waiting,
-            key: e.waiters.len() + e.watchers.len(),
+            key: e.waiters().len() + e.watchers().len(),
             total,
         };
         let (seq, deadline) = admit_to_queue(now, wait, load, &self.cfg, &mut self.seq)?;
@@ -286,12 +289,12 @@ impl Table {
         clean: bool,
         out: &mut Vec<Effect>,
     ) {
-        let Some(s) = self.sessions.remove(session) else {
+        let Some(mut s) = self.sessions.remove(session) else {
             return;
         };
         // All of the session's requests leave their queues before anyone is granted: it may
         // queue several acquires on one key, and must not be granted one of them as it goes.
-        let mut pending: Vec<Pending> = s.pending.into_values().collect();
+        let mut pending: Vec<Pending> = std::mem::take(&mut s.pending).into_values().collect();
         pending.sort_unstable_by_key(|p| p.seq);
         let mut touched: Vec<EntryId> = Vec::with_capacity(pending.len());
         for p in pending {
@@ -309,7 +312,22 @@ impl Table {
             }
             self.keys.free_if_idle(id);
         }
-        let mut held: Vec<(Fence, EntryId)> = s.leases.into_iter().collect();
+        let mut held: Vec<(Fence, EntryId)> = Vec::with_capacity(s.lease_count());
+        for id in s.take_held_on() {
+            if let Some(e) = self.keys.get(id) {
+                held.extend(
+                    e.holders
+                        .as_slice()
+                        .iter()
+                        .filter(|h| h.owned_by(session))
+                        .map(|h| (h.fence, id)),
+                );
+            }
+        }
+        if held.len() != s.lease_count() {
+            self.faults
+                .record("close_session: the session's lease count is off");
+        }
         held.sort_unstable_by_key(|(f, _)| *f);
         for (fence, id) in held {
             let Some(e) = self.keys.get_mut(id) else {

@@ -29,10 +29,10 @@ impl Table {
             });
         };
         Some(LockInfo {
-            key: e.key.clone(),
+            key: e.key.to_key(),
             holders: e.holders.as_slice().iter().map(HolderRec::holder).collect(),
-            waiters: e.waiters.len(),
-            blocked_until: e.blocked_until,
+            waiters: e.waiters().len(),
+            blocked_until: e.blocked_until(),
         })
     }
 
@@ -46,7 +46,7 @@ impl Table {
                 e.holders
                     .as_slice()
                     .iter()
-                    .map(|h| (e.key.clone(), h.holder()))
+                    .map(|h| (e.key.to_key(), h.holder()))
             })
             .collect()
     }
@@ -81,6 +81,6 @@ impl Table {
     pub(crate) fn session_counts(&self, session: super::SessionId) -> (usize, usize) {
         self.sessions
             .get(session)
-            .map_or((0, 0), |s| (s.leases.len(), s.pending.len()))
+            .map_or((0, 0), |s| (s.lease_count(), s.pending.len()))
     }
 }

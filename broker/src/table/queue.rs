@@ -84,6 +84,12 @@ pub(crate) struct Queue<T>(BTreeMap<u64, T>);
 
 impl<T> Default for Queue<T> {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Queue<T> {
+    pub(crate) const fn new() -> Self {
         Queue(BTreeMap::new())
     }
 }
@@ -154,7 +160,7 @@ impl Entry {
         let (session, req) = (w.session, w.req);
         let p = self.track(PendingKind::Acquire, w.seq, w.deadline, deadlines);
         sessions.add_pending(session, req, p);
-        self.waiters.push_back(w);
+        self.waiters_mut().push_back(w);
     }
 
     /// Queues a watcher (its `seq` is the largest yet): schedules its timeout and indexes it in
@@ -168,7 +174,7 @@ impl Entry {
         let (session, req) = (w.session, w.req);
         let p = self.track(PendingKind::Watch, w.seq, w.deadline, deadlines);
         sessions.add_pending(session, req, p);
-        self.watchers.push_back(w);
+        self.watchers_mut().push_back(w);
     }
 
     /// Schedules the timeout of queued request `seq` and returns its session-index record.
@@ -193,11 +199,11 @@ impl Entry {
     fn queued(&self, kind: PendingKind, seq: u64) -> Option<(SessionId, ReqId, Option<Instant>)> {
         match kind {
             PendingKind::Acquire => {
-                let w = self.waiters.get(seq)?;
+                let w = self.waiters().get(seq)?;
                 Some((w.session, w.req, w.deadline))
             }
             PendingKind::Watch => {
-                let w = self.watchers.get(seq)?;
+                let w = self.watchers().get(seq)?;
                 Some((w.session, w.req, w.deadline))
             }
         }
@@ -220,8 +226,12 @@ impl Entry {
     /// every request of a closing session is out). `false` if no such request is queued.
     pub(crate) fn unqueue(&mut self, kind: PendingKind, seq: u64) -> bool {
         match kind {
-            PendingKind::Acquire => self.waiters.remove(seq).is_some(),
-            PendingKind::Watch => self.watchers.remove(seq).is_some(),
+            PendingKind::Acquire => self
+                .queued_waiters()
+                .is_some_and(|q| q.remove(seq).is_some()),
+            PendingKind::Watch => self
+                .queued_watchers()
+                .is_some_and(|q| q.remove(seq).is_some()),
         }
     }
 
@@ -242,7 +252,10 @@ impl Entry {
     /// Resolves every watcher with `outcome` (the key just lost its last holder).
     #[inline]
     pub(crate) fn resolve_watchers(&mut self, outcome: UnlockOutcome, cx: &mut Cx<'_>) {
-        for w in self.watchers.take_all() {
+        let Some(watchers) = self.queued_watchers() else {
+            return;
+        };
+        for w in watchers.take_all() {
             cx.sessions.drop_pending(w.session, w.req);
             cx.out.push(Effect::Unlocked {
                 session: w.session,
@@ -257,18 +270,18 @@ impl Entry {
     /// (lease limit, fences exhausted) gets `AcquireFailed` and the next one is tried.
     #[inline]
     pub(crate) fn grant_waiters(&mut self, cx: &mut Cx<'_>) {
-        if !self.waiters.is_empty() {
+        if !self.waiters().is_empty() {
             self.grant_heads(cx);
         }
     }
 
     fn grant_heads(&mut self, cx: &mut Cx<'_>) {
-        while self.blocked_until.is_none() {
-            match self.waiters.front() {
+        while self.blocked_until().is_none() {
+            match self.waiters().front() {
                 Some(w) if self.admits(w.mode) => {}
                 _ => break,
             }
-            let Some(w) = self.waiters.pop_front() else {
+            let Some(w) = self.queued_waiters().and_then(Queue::pop_front) else {
                 break;
             };
             // The request leaves its session's index whatever the grant's outcome. A queued
@@ -279,7 +292,7 @@ impl Entry {
                     .record("a queued acquire is not pending in its session");
                 continue;
             }
-            let effect = match self.grant_lease(w.session, w.mode, w.ttl, cx) {
+            let effect = match self.grant_lease(w.session, w.mode, w.ttl, None, cx) {
                 Ok(grant) => Effect::Granted {
                     session: w.session,
                     req: w.req,

@@ -34,20 +34,20 @@ impl Table {
             }
             Err(hash) => self
                 .keys
-                .insert(hash, Entry::new(key))
+                .insert(hash, Entry::new(&key))
                 .ok_or(TableError::LimitExceeded("live keys"))?,
         };
-        e.holders.push(HolderRec {
-            session: RESTORED_SESSION,
+        e.holders.push(HolderRec::new(
+            RESTORED_SESSION,
             fence,
             mode,
-            ttl: deadline.saturating_duration_since(now),
+            deadline.saturating_duration_since(now),
             deadline,
-            orphan: true,
-        });
+            true,
+        ));
         self.fences.raise_floor(fence);
         self.deadlines
-            .push(deadline, e.id, e.generation, Due::Lease(fence));
+            .push(deadline, e.id, e.generation, Due::Lease);
         Ok(())
     }
 

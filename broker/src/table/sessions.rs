@@ -4,10 +4,16 @@
 //! semaphore) and queue any number of acquires on a key it holds — each grant is its own lease
 //! with its own fence. Used for `DuplicateRequest` checks, per-session limits, `cancel` and
 //! `close_session`. Orphaned leases (lost sessions, restored leases) are in no session's index.
+//!
+//! Held leases are indexed by the entries they are on, not by fence: a session keeps a count
+//! and a list of entry ids that may name entries it no longer holds on (or one twice). Ending a
+//! lease only decrements the count; the list is pruned against the entries once it has grown
+//! past twice the count (`Table::prune_sessions`, amortised O(1) per grant). That is 4 bytes per
+//! lease instead of a hash-map slot.
 
 use super::keys::EntryId;
 use super::queue::PendingKind;
-use super::types::{Fence, ReqId, SessionId};
+use super::types::{ReqId, SessionId};
 
 /// hashbrown with its default hasher (foldhash, randomly seeded per process).
 pub(crate) type Map<K, V> = hashbrown::HashMap<K, V>;
@@ -24,9 +30,38 @@ pub(crate) struct Pending {
 
 #[derive(Debug, Default)]
 pub(crate) struct Session {
-    /// The leases the session holds: fence → the key's entry.
-    pub(crate) leases: Map<Fence, EntryId>,
+    /// Entries the session holds leases on, a superset (see the module doc).
+    held_on: Vec<EntryId>,
+    /// Leases the session holds (exact).
+    leases: usize,
+    /// Already listed for pruning.
+    untidy: bool,
     pub(crate) pending: Map<ReqId, Pending>,
+}
+
+/// A session's list may grow to `2 * leases + PRUNE_SLACK` entries before it is pruned.
+const PRUNE_SLACK: usize = 16;
+
+impl Session {
+    /// Leases the session holds.
+    #[inline]
+    pub(crate) fn lease_count(&self) -> usize {
+        self.leases
+    }
+
+    /// Entries the session may hold leases on (each at least once; some may be stale).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn held_on(&self) -> &[EntryId] {
+        &self.held_on
+    }
+
+    /// Takes the entry list out (for `close_session`): sorted, without repeats.
+    pub(crate) fn take_held_on(&mut self) -> Vec<EntryId> {
+        let mut v = std::mem::take(&mut self.held_on);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +69,8 @@ pub(crate) struct Sessions {
     map: Map<SessionId, Session>,
     /// Pending requests of all sessions (for the table-wide queue limit).
     pending_total: usize,
+    /// Sessions whose entry lists want pruning.
+    untidy: Vec<SessionId>,
 }
 
 impl Sessions {
@@ -75,11 +112,42 @@ impl Sessions {
         self.map.get(&session).map_or(0, |s| s.pending.len())
     }
 
-    /// Forgets that `session` holds lease `fence` (after release/expiry/transfer).
+    /// Records that `session` (live) now holds one more lease, on entry `id`.
     #[inline]
-    pub(crate) fn drop_hold(&mut self, session: SessionId, fence: Fence) {
+    pub(crate) fn note_hold(&mut self, session: SessionId, id: EntryId) {
+        let s = self.map.entry(session).or_default();
+        s.held_on.push(id);
+        s.leases += 1;
+        if !s.untidy && s.held_on.len() > 2 * s.leases + PRUNE_SLACK {
+            s.untidy = true;
+            self.untidy.push(session);
+        }
+    }
+
+    /// Forgets one lease of `session` (released, expired, transferred).
+    #[inline]
+    pub(crate) fn drop_hold(&mut self, session: SessionId) {
         if let Some(s) = self.map.get_mut(&session) {
-            s.leases.remove(&fence);
+            s.leases = s.leases.saturating_sub(1);
+        }
+    }
+
+    /// Takes the sessions whose entry lists should be pruned.
+    #[inline]
+    pub(crate) fn take_untidy(&mut self) -> Vec<SessionId> {
+        if self.untidy.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.untidy)
+    }
+
+    /// Keeps, in `session`'s entry list, the ids `holds` says it still holds a lease on.
+    pub(crate) fn prune(&mut self, session: SessionId, mut holds: impl FnMut(EntryId) -> bool) {
+        if let Some(s) = self.map.get_mut(&session) {
+            s.untidy = false;
+            s.held_on.sort_unstable();
+            s.held_on.dedup();
+            s.held_on.retain(|&id| holds(id));
         }
     }
 

@@ -55,7 +55,7 @@ impl Table {
             };
             let cx = &mut cx!(self, now, out);
             match due {
-                Due::Lease(fence) => e.expire_lease(fence, at, cx),
+                Due::Lease => e.expire_leases(at, cx),
                 Due::Unblock => e.unblock(at, cx),
                 Due::Queued(kind, seq) => e.time_out(kind, seq, at, cx),
             }
@@ -65,11 +65,20 @@ impl Table {
         self.next_deadline().is_some_and(|t| t <= now)
     }
 
-    /// Rebuilds the deadline heap from live state once stale items may dominate it.
+    /// Rebuilds the deadline heap from live state once stale items may dominate it, and prunes
+    /// the entry lists of sessions that have outgrown their leases (`sessions.rs`). Called at
+    /// the end of every mutation.
     #[inline]
     pub(super) fn maybe_compact(&mut self) {
         if self.deadlines.needs_rebuild() {
             self.compact();
+        }
+        for session in self.sessions.take_untidy() {
+            let keys = &self.keys;
+            self.sessions.prune(session, |id| {
+                keys.get(id)
+                    .is_some_and(|e| e.holders.as_slice().iter().any(|h| h.owned_by(session)))
+            });
         }
     }
 
