@@ -111,8 +111,14 @@ impl RedisLock {
         Ok(())
     }
 
-    pub async fn flushall(&mut self) -> Result<()> {
-        let _: () = redis::cmd("FLUSHALL").query_async(&mut self.con).await?;
+    /// Empties Redis. `background`: `FLUSHALL ASYNC` (freeing a million keys synchronously can
+    /// outlast the client's response timeout on a busy machine).
+    pub async fn flushall(&mut self, background: bool) -> Result<()> {
+        let mut cmd = redis::cmd("FLUSHALL");
+        if background {
+            cmd.arg("ASYNC");
+        }
+        let _: () = cmd.query_async(&mut self.con).await?;
         Ok(())
     }
 }

@@ -18,10 +18,15 @@ use crate::stats::{Lat, fmt_rate, fmt_us};
 /// Lease TTL of the uncontended and throughput cycles.
 const TTL: Duration = Duration::from_secs(30);
 
-/// The broker config of a run: per-session limits raised for the memory test.
+/// The broker config of a run: per-session limits raised for the memory test, whose raw
+/// sessions pipeline a million acquires and may fall behind reading the answers for a while on
+/// a busy machine (a longer slow-reader deadline than the default 10 s).
 fn broker_config(opts: &Opts) -> String {
     let per_session = opts.mem_locks.div_ceil(MEM_SESSIONS) + 1000;
-    format!("[limits]\nmax_leases_per_session = {per_session}\nmax_waiters_per_session = 100000\n")
+    format!(
+        "[limits]\nmax_leases_per_session = {per_session}\nmax_waiters_per_session = 100000\n\
+         outbox_stall_ms = 120000\n"
+    )
 }
 
 /// Raw sessions the memory test spreads its leases over.
@@ -770,7 +775,7 @@ async fn memory(opts: &Opts, broker: &Broker, redis: &Redis, report: &mut Report
     }
     // Redis: the same keys, redsync-length tokens, PX expiry.
     let mut rl = RedisLock::connect(&redis.url()).await?;
-    rl.flushall().await?;
+    rl.flushall(false).await?;
     let r_before = rl.used_memory().await?;
     rl.hold_many(&keys, 1000).await?;
     let r_after = rl.used_memory().await?;
@@ -780,7 +785,7 @@ async fn memory(opts: &Opts, broker: &Broker, redis: &Redis, report: &mut Report
         r_before >> 20,
         r_after >> 20
     );
-    rl.flushall().await?;
+    rl.flushall(true).await?;
     report.row(
         format!("memory per held lock, {n} held (bytes)"),
         format!("{b_per:.0}"),

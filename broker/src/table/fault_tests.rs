@@ -42,7 +42,8 @@ fn a_waiter_whose_session_vanished_is_dropped_not_failed() {
     let (mut t, f) = held_and_queued(now, &mut out);
     assert_eq!(t.acquire(now, req(3, 6, Wait::Forever), &mut out), Ok(None));
     t.sessions.remove(2);
-    t.release(now, 1, K, f, &mut out).unwrap();
+    t.release(now, 1, &Key::from_static(K), f, &mut out)
+        .unwrap();
     // Session 2's waiter is skipped without a made-up `AcquireFailed { Cancelled }`; the next
     // waiter is granted.
     assert!(
@@ -130,7 +131,8 @@ fn exhausted_fences_fail_a_queued_acquire_at_grant_time() {
     let mut out = Vec::new();
     let (mut t, f) = held_and_queued(now, &mut out);
     t.raise_fence_floor(u64::MAX - 1);
-    t.release(now, 1, K, f, &mut out).unwrap();
+    t.release(now, 1, &Key::from_static(K), f, &mut out)
+        .unwrap();
     assert_eq!(
         out.last(),
         Some(&Effect::AcquireFailed {

@@ -170,7 +170,7 @@ impl Entry {
         key: Option<Key>,
         cx: &mut Cx<'_>,
     ) -> Result<Grant, TableError> {
-        if cx.sessions.entry(session).lease_count() >= cx.cfg.max_leases_per_session {
+        if cx.sessions.lease_count(session) >= cx.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let fence = cx.fences.alloc()?;
@@ -216,13 +216,26 @@ impl Entry {
         outcome: UnlockOutcome,
         cx: &mut Cx<'_>,
     ) -> bool {
+        self.end_lease_keyed(fence, outcome, None, cx)
+    }
+
+    /// [`Entry::end_lease`], with this entry's key as a request carried it for the event
+    /// (`None`: copied from the entry).
+    pub(crate) fn end_lease_keyed(
+        &mut self,
+        fence: Fence,
+        outcome: UnlockOutcome,
+        key: Option<&Key>,
+        cx: &mut Cx<'_>,
+    ) -> bool {
         let Some(h) = self.holders.remove(fence) else {
             return false;
         };
         if !h.orphan {
             cx.sessions.drop_hold(h.session);
         }
-        let (key, session) = (self.key.to_key(), h.session);
+        let key = key.cloned().unwrap_or_else(|| self.key.to_key());
+        let session = h.session;
         cx.out.push(Effect::Event(match outcome {
             UnlockOutcome::Released => LockEvent::Released {
                 key,

@@ -10,7 +10,7 @@ use super::keys::{EntryId, Keys};
 use super::queue::{Waiter, Watcher};
 use super::sessions::Pending;
 use super::types::{
-    AcquireRequest, Effect, Fence, Grant, ReqId, SessionId, TableError, UnlockOutcome, Wait,
+    AcquireRequest, Effect, Fence, Grant, Key, ReqId, SessionId, TableError, UnlockOutcome, Wait,
 };
 use super::{Table, cx};
 
@@ -141,7 +141,7 @@ impl Table {
         &mut self,
         now: Instant,
         session: SessionId,
-        key: &[u8],
+        key: &Key,
         fence: Fence,
         out: &mut Vec<Effect>,
     ) -> Result<(), TableError> {
@@ -150,7 +150,8 @@ impl Table {
             return Err(TableError::NotOwner);
         }
         let id = e.id;
-        e.end_lease(fence, UnlockOutcome::Released, &mut cx!(self, now, out));
+        let cx = &mut cx!(self, now, out);
+        e.end_lease_keyed(fence, UnlockOutcome::Released, Some(key), cx);
         self.keys.free_if_idle(id);
         self.maybe_compact();
         Ok(())

@@ -438,7 +438,9 @@ impl Model {
                     return;
                 }
                 let s = self.slots[slot as usize];
-                let r = self.t.release(now, s, key, 1, &mut out);
+                let r = self
+                    .t
+                    .release(now, s, &Key::copy_from_slice(key), 1, &mut out);
                 assert_eq!(r, Err(TableError::NotLocked));
                 assert!(out.is_empty());
             }

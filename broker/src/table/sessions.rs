@@ -112,10 +112,19 @@ impl Sessions {
         self.map.get(&session).map_or(0, |s| s.pending.len())
     }
 
+    /// Leases `session` holds.
+    #[inline]
+    pub(crate) fn lease_count(&self, session: SessionId) -> usize {
+        self.map.get(&session).map_or(0, Session::lease_count)
+    }
+
     /// Records that `session` (live) now holds one more lease, on entry `id`.
     #[inline]
     pub(crate) fn note_hold(&mut self, session: SessionId, id: EntryId) {
-        let s = self.map.entry(session).or_default();
+        let s = match self.map.get_mut(&session) {
+            Some(s) => s,
+            None => self.map.entry(session).or_default(),
+        };
         s.held_on.push(id);
         s.leases += 1;
         if !s.untidy && s.held_on.len() > 2 * s.leases + PRUNE_SLACK {
@@ -132,12 +141,14 @@ impl Sessions {
         }
     }
 
-    /// Takes the sessions whose entry lists should be pruned.
+    /// Whether some session's entry list should be pruned.
     #[inline]
+    pub(crate) fn has_untidy(&self) -> bool {
+        !self.untidy.is_empty()
+    }
+
+    /// Takes the sessions whose entry lists should be pruned.
     pub(crate) fn take_untidy(&mut self) -> Vec<SessionId> {
-        if self.untidy.is_empty() {
-            return Vec::new();
-        }
         std::mem::take(&mut self.untidy)
     }
 

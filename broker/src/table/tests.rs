@@ -104,7 +104,10 @@ impl H {
     }
 
     fn release(&mut self, session: SessionId, key: &[u8], fence: Fence) -> Result<(), TableError> {
-        let r = self.t.release(self.now, session, key, fence, &mut self.out);
+        let key = crate::table::Key::copy_from_slice(key);
+        let r = self
+            .t
+            .release(self.now, session, &key, fence, &mut self.out);
         self.t.check_invariants();
         r
     }
@@ -901,7 +904,8 @@ fn deadline_heap_stays_bounded_under_release_churn() {
             wait: Wait::No,
         };
         let f = h.t.acquire(now, r, &mut h.out).unwrap().unwrap().fence;
-        h.t.release(now, 1, K, f, &mut h.out).unwrap();
+        h.t.release(now, 1, &Bytes::from_static(K), f, &mut h.out)
+            .unwrap();
         h.out.clear();
     }
     h.t.check_invariants();

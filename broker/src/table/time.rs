@@ -73,6 +73,9 @@ impl Table {
         if self.deadlines.needs_rebuild() {
             self.compact();
         }
+        if !self.sessions.has_untidy() {
+            return;
+        }
         for session in self.sessions.take_untidy() {
             let keys = &self.keys;
             self.sessions.prune(session, |id| {
