@@ -235,6 +235,10 @@ impl Deadlines {
         self.rebuild_at = target;
     }
 
+    /// Bytes a lease's or lock delay's item takes in its heap.
+    #[cfg(test)]
+    pub(crate) const TIMER_BYTES: usize = std::mem::size_of::<Reverse<Timer>>();
+
     #[cfg(any(test, fuzzing))]
     pub(crate) fn items(&self) -> impl Iterator<Item = Item> + '_ {
         let timers = self.timers.iter().map(|r| r.0.item());

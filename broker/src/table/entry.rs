@@ -138,6 +138,11 @@ impl Entry {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn has_rare_part(&self) -> bool {
+        self.rare.is_some()
+    }
+
     /// Frees the rare part once nothing uses it (called whenever an operation on the key ends).
     #[inline]
     pub(crate) fn shed_rare(&mut self) {

@@ -1068,3 +1068,53 @@ fn restart_grace_holds_new_grants_and_honours_leases_of_the_previous_run() {
     assert_eq!(r, Err(TableError::NotLocked));
     h.lock(3, b"z", Mode::Exclusive, 100);
 }
+
+/// Issue 13, finding 8 (351 B per held lock against Redis's 161 B): a held lock on a short key
+/// costs one slab slot with the key inline and no allocation of its own, one 24-byte timer and
+/// one 4-byte entry in its session's list; the queues and lock delay cost nothing until used,
+/// and are given back once empty.
+#[test]
+fn a_held_short_key_costs_a_slot_a_timer_and_no_allocation_of_its_own() {
+    use super::deadlines::Deadlines;
+    use super::entry::Entry;
+    assert!(std::mem::size_of::<Option<Entry>>() <= 96);
+    assert!(Deadlines::TIMER_BYTES <= 24);
+    let mut h = H::new();
+    let f = h.lock(1, b"bench/mem/00000001", Mode::Exclusive, 100);
+    let e = h.t.keys.find(b"bench/mem/00000001").expect("live");
+    assert!(matches!(e.key, super::stored_key::StoredKey::Inline { .. }));
+    assert!(!e.has_rare_part());
+    assert_eq!(h.t.sessions.get(1).map(|s| s.held_on().len()), Some(1));
+    // A waiter needs the queue; once it is granted and gone, the part is freed again.
+    h.queue(2, 7, b"bench/mem/00000001", Mode::Exclusive, Wait::Forever);
+    assert!(
+        h.t.keys
+            .find(b"bench/mem/00000001")
+            .expect("live")
+            .has_rare_part()
+    );
+    h.release(1, b"bench/mem/00000001", f).expect("release");
+    h.take();
+    assert!(
+        !h.t.keys
+            .find(b"bench/mem/00000001")
+            .expect("live")
+            .has_rare_part()
+    );
+}
+
+/// A session that cycles through many keys keeps a short entry list: released leases are
+/// pruned from it once it outgrows twice the leases held.
+#[test]
+fn a_session_cycling_keys_keeps_its_lease_list_short() {
+    let mut h = H::new();
+    for i in 0..10_000u32 {
+        let key: &'static [u8] = format!("cycle/{i}").into_bytes().leak();
+        let f = h.lock(1, key, Mode::Exclusive, 100);
+        h.release(1, key, f).expect("release");
+    }
+    let _keep = h.lock(1, b"kept", Mode::Exclusive, 100);
+    let listed = h.t.sessions.get(1).map_or(0, |s| s.held_on().len());
+    assert!(listed <= 2 + 16 + 1, "{listed} entries listed for 1 lease");
+    assert_eq!(h.t.session_counts(1), (1, 0));
+}
