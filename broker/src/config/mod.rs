@@ -146,6 +146,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// QUIC connections at once from one IP address.
     pub max_connections_per_ip: usize,
+    /// New connections a second from one IP address (after a burst of
+    /// `handshake_burst_per_ip`); faster attempts are refused before the TLS handshake.
+    pub handshake_rate_per_ip: u32,
+    pub handshake_burst_per_ip: u32,
 }
 
 impl Default for LimitsConfig {
@@ -164,6 +168,8 @@ impl Default for LimitsConfig {
             max_queued_total: 100_000,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
+            handshake_rate_per_ip: 200,
+            handshake_burst_per_ip: 1_000,
         }
     }
 }
@@ -258,8 +264,10 @@ impl Config {
         if [l.max_keys, l.max_queued_per_key, l.max_queued_total].contains(&0)
             || l.max_connections == 0
             || l.max_connections_per_ip == 0
+            || l.handshake_rate_per_ip == 0
+            || l.handshake_burst_per_ip == 0
         {
-            return bad("limits.max_keys, max_queued_*, max_connections* must be > 0");
+            return bad("limits.max_keys, max_queued_*, max_connections*, handshake_* must be > 0");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key go together");

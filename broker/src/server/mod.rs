@@ -6,6 +6,7 @@ mod auth;
 mod cmd;
 #[cfg(fuzzing)]
 pub mod fuzzing;
+mod handshake_rate;
 pub mod policy;
 mod session;
 
@@ -149,6 +150,10 @@ impl Server {
         let limits = &broker.cfg.limits;
         let admission =
             admission::Admission::new(limits.max_connections, limits.max_connections_per_ip);
+        let handshakes = handshake_rate::HandshakeRate::new(
+            limits.handshake_rate_per_ip,
+            limits.handshake_burst_per_ip,
+        );
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -157,6 +162,12 @@ impl Server {
                     let broker = broker.clone();
                     let policy = self.policy.clone();
                     let ip = incoming.remote_address().ip();
+                    if !handshakes.allow(ip, std::time::Instant::now()) {
+                        // Faster than its handshake rate: refused before any TLS work.
+                        tracing::debug!(%ip, "connection refused: limits.handshake_rate_per_ip");
+                        incoming.refuse();
+                        continue;
+                    }
                     let slot = admission.admit(ip);
                     if slot.is_err() && admission.open() >= 2 * broker.cfg.limits.max_connections {
                         // Far past the limit: not even a handshake to say why.

@@ -1078,7 +1078,7 @@ fn a_held_short_key_costs_a_slot_a_timer_and_no_allocation_of_its_own() {
     use super::deadlines::Deadlines;
     use super::entry::Entry;
     assert!(std::mem::size_of::<Option<Entry>>() <= 96);
-    assert!(Deadlines::TIMER_BYTES <= 24);
+    const { assert!(Deadlines::TIMER_BYTES <= 24) };
     let mut h = H::new();
     let f = h.lock(1, b"bench/mem/00000001", Mode::Exclusive, 100);
     let e = h.t.keys.find(b"bench/mem/00000001").expect("live");

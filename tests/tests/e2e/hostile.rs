@@ -362,3 +362,48 @@ async fn a_watcher_timeout_storm_does_not_stall_a_bystander() {
     assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
     drop(raws);
 }
+
+/// A connection flood from one address is refused before the TLS handshake once it passes its
+/// handshake rate (bystander p99 went to 6.5× under a flood): the attempt past the burst gets a
+/// clear refusal, another attempt succeeds once the bucket has refilled, and connections that
+/// were admitted are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_handshake_rate_are_refused_before_tls() {
+    let b = Broker::start_with_config(
+        "[limits]\nhandshake_rate_per_ip = 2\nhandshake_burst_per_ip = 3\n",
+    );
+    let mut admitted = Vec::new();
+    let mut refused = None;
+    // Bounded: the burst is 3, and at 2 a second at most a couple refill meanwhile.
+    for _ in 0..20 {
+        match b.client_builder().connect().await {
+            Ok(c) => admitted.push(c),
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("20 connections in a row were all admitted");
+    assert!(refused.to_lowercase().contains("refused"), "{refused}");
+    assert!(admitted.len() >= 3, "the burst of 3 was not admitted");
+    for c in &admitted {
+        c.inspect("rate/k")
+            .await
+            .expect("an admitted client still works");
+    }
+    // The bucket refills (2 a second): a new connection is admitted again.
+    let start = Instant::now();
+    loop {
+        match b.client_builder().connect().await {
+            Ok(c) => {
+                c.inspect("rate/k").await.expect("inspect");
+                break;
+            }
+            Err(e) => {
+                assert!(start.elapsed() < LIMIT, "never admitted again: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
