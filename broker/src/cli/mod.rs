@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch to one file per subcommand.
 
 mod cluster;
+mod completions;
 mod inspect;
 mod lock;
 mod plugin;
@@ -33,6 +34,8 @@ enum Command {
     Plugin(plugin::PluginArgs),
     /// Cluster mode: members, shard owners, epochs and grace, from etcd.
     Cluster(cluster::ClusterArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// How a client subcommand reaches the broker.
@@ -100,5 +103,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => inspect::run(a).await,
         Command::Plugin(a) => plugin::run(a).await,
         Command::Cluster(a) => cluster::run(a).await,
+        Command::Completions(a) => Ok(completions::run(a)),
     }
 }

@@ -39,15 +39,33 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "lockbroker=debug".
     #[arg(long, env = "LOCKBROKER_LOG", default_value = "info")]
     log: String,
+    /// Log lines as human-readable text, or as one JSON object per line (for log shippers).
+    #[arg(long, env = "LOCKBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written (to stderr).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global log subscriber: `filter` (EnvFilter syntax), text or JSON lines on stderr.
+fn init_logs(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("bad --log filter")?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    Ok(())
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(&args.log, args.log_format)?;
     let mut cfg = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),

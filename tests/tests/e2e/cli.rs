@@ -284,3 +284,86 @@ async fn connection_mistakes_are_explained() {
     assert!(!out.status.success());
     assert!(!out.stderr.is_empty());
 }
+
+/// `lockbroker completions SHELL` prints a script naming the subcommands, for each shell the
+/// README lists; an unknown shell is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_are_printed_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let mut cmd = std::process::Command::new(lockbroker_bin());
+        cmd.args(["completions", shell]);
+        let out = run_bounded(cmd, LIMIT).await;
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for sub in ["serve", "lock", "inspect", "cluster"] {
+            assert!(script.contains(sub), "{shell} script lacks {sub}");
+        }
+    }
+    let mut cmd = std::process::Command::new(lockbroker_bin());
+    cmd.args(["completions", "cmd.exe"]);
+    assert!(!run_bounded(cmd, LIMIT).await.status.success());
+}
+
+/// `serve --log-format json` writes each log line as one JSON object (for log shippers).
+#[test]
+fn serve_can_log_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("jsonlog");
+    let mut child = std::process::Command::new(lockbroker_bin())
+        .args(["serve", "--log-format", "json", "--log", "info", "--listen"])
+        .arg(lockbroker_tests::etcd::free_udp_addr().to_string())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let banner = tx.clone();
+    std::thread::spawn(move || {
+        let lines = BufReader::new(stdout.expect("stdout")).lines();
+        for line in lines.map_while(Result::ok) {
+            if line.starts_with("lockbroker listening on") {
+                let _ = banner.send(None);
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr.expect("stderr"))
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(Some(line));
+        }
+    });
+    // Serving (banner), then SIGTERM: the broker logs the signal and its shutdown.
+    let mut logs = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(None) => break,
+            Ok(Some(line)) => logs.push(line),
+            Err(e) => panic!("no banner within 60 s ({e}); logs: {logs:?}"),
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !logs.iter().any(|l| l.contains("SIGTERM")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Some(line)) => logs.push(line),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(logs.iter().any(|l| l.contains("SIGTERM")), "{logs:?}");
+    for line in &logs {
+        assert!(
+            line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":"),
+            "not a JSON log line: {line}"
+        );
+    }
+}
