@@ -48,7 +48,9 @@ pub async fn metrics_overhead(opts: &Opts, bin: &Path, report: &mut Report) -> R
     let base = broker_config(opts);
     let off = Broker::start(bin, &format!("{base}[admin]\nmetrics = false\n"))?;
     let on = Broker::start(bin, &base)?;
-    let admin = on.admin.context("the metrics broker printed no admin address")?;
+    let admin = on
+        .admin
+        .context("the metrics broker printed no admin address")?;
     let (off_clients, on_clients) = (clients(&off).await?, clients(&on).await?);
     let scraper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -68,7 +70,11 @@ pub async fn metrics_overhead(opts: &Opts, bin: &Path, report: &mut Report) -> R
             };
             for (metrics, c) in order {
                 let rate = run_throughput(sys, TASKS, c, &[], opts.tp_window).await?;
-                if metrics { r_on.push(rate) } else { r_off.push(rate) }
+                if metrics {
+                    r_on.push(rate)
+                } else {
+                    r_off.push(rate)
+                }
             }
         }
         let (m_off, m_on) = (median(&mut r_off), median(&mut r_on));

@@ -217,7 +217,10 @@ pub(super) async fn sessions(State(admin): State<Arc<Admin>>, Query(q): Query<Pa
         None => None,
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => {
-            return error(StatusCode::BAD_REQUEST, "cursor: a session id (from `next`)");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "cursor: a session id (from `next`)",
+            );
         }
     };
     let page = admin.broker.list_sessions(after, limit(q.limit));
@@ -270,9 +273,14 @@ pub(super) async fn release(
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
     };
     if req.key.is_empty() || req.key.len() > admin.broker.cfg.limits.max_key_bytes {
-        return error(StatusCode::BAD_REQUEST, "key: empty or over the key size limit");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "key: empty or over the key size limit",
+        );
     }
-    let revoked = admin.broker.revoke_key(req.key.as_bytes(), &who.to_string());
+    let revoked = admin
+        .broker
+        .revoke_key(req.key.as_bytes(), &who.to_string());
     let fences: Vec<u64> = revoked.iter().map(|r| r.fence).collect();
     tracing::info!(
         target: "lockbroker::audit",

@@ -48,7 +48,9 @@ pub fn authorize(
     authorization: Option<&str>,
     tokens: &BTreeMap<String, String>,
 ) -> Result<Who, Refusal> {
-    let bearer = authorization.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let bearer = authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
     if let Some(token) = bearer {
         return match crate::server::auth::lookup(tokens.iter(), token) {
             Some(name) => Ok(Who::Token {

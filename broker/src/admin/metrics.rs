@@ -43,7 +43,11 @@ pub(super) async fn sample_lag(admin: Arc<Admin>, mirror: Arc<Mirror>) {
     loop {
         tick.tick().await;
         if mirror.queue_depth() == 0 {
-            *admin.lag.last_empty.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            *admin
+                .lag
+                .last_empty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Instant::now();
         }
     }
 }
@@ -86,23 +90,73 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
     let mut reg = Registry::with_prefix("lockbroker");
     if let Some(m) = &admin.broker.metrics {
         reg.register("grants", "Leases granted", m.grants.clone());
-        reg.register("releases", "Leases released (by their holder, a clean close or an operator)", m.releases.clone());
-        reg.register("expiries", "Leases that ran out their TTL", m.expiries.clone());
-        reg.register("revocations", "Leases ended by the broker (operator release, mirror conflict)", m.revocations.clone());
-        reg.register("lost_sessions", "Sessions that ended without a clean close", m.lost_sessions.clone());
+        reg.register(
+            "releases",
+            "Leases released (by their holder, a clean close or an operator)",
+            m.releases.clone(),
+        );
+        reg.register(
+            "expiries",
+            "Leases that ran out their TTL",
+            m.expiries.clone(),
+        );
+        reg.register(
+            "revocations",
+            "Leases ended by the broker (operator release, mirror conflict)",
+            m.revocations.clone(),
+        );
+        reg.register(
+            "lost_sessions",
+            "Sessions that ended without a clean close",
+            m.lost_sessions.clone(),
+        );
         reg.register("denials", "Requests denied, by reason", m.denials.clone());
-        reg.register("limit_refusals", "Requests refused by a limit, by limit", m.limit_refusals.clone());
-        reg.register("connections", "QUIC connections open", m.connections.clone());
-        reg.register("acquire_wait_seconds", "From an acquire's arrival to its grant", m.acquire_wait.clone());
-        reg.register("hold_seconds", "From a grant to the lease's release or expiry", m.hold_time.clone());
-        reg.register("handoff_seconds", "From the release or expiry that freed a key to the next holder's grant", m.handoff.clone());
-        reg.register("policy_chain_seconds", "One request's policy plugin chain", m.policy_duration.clone());
+        reg.register(
+            "limit_refusals",
+            "Requests refused by a limit, by limit",
+            m.limit_refusals.clone(),
+        );
+        reg.register(
+            "connections",
+            "QUIC connections open",
+            m.connections.clone(),
+        );
+        reg.register(
+            "acquire_wait_seconds",
+            "From an acquire's arrival to its grant",
+            m.acquire_wait.clone(),
+        );
+        reg.register(
+            "hold_seconds",
+            "From a grant to the lease's release or expiry",
+            m.hold_time.clone(),
+        );
+        reg.register(
+            "handoff_seconds",
+            "From the release or expiry that freed a key to the next holder's grant",
+            m.handoff.clone(),
+        );
+        reg.register(
+            "policy_chain_seconds",
+            "One request's policy plugin chain",
+            m.policy_duration.clone(),
+        );
     }
     let t = admin.broker.totals();
-    gauge(&mut reg, "keys", "Live keys (held, queued on, or blocked)", t.keys as u64);
+    gauge(
+        &mut reg,
+        "keys",
+        "Live keys (held, queued on, or blocked)",
+        t.keys as u64,
+    );
     gauge(&mut reg, "held_leases", "Leases held", t.leases as u64);
     gauge(&mut reg, "waiters", "Queued acquires", t.waiters as u64);
-    gauge(&mut reg, "watchers", "Queued wait-until-unlocked watchers", t.watchers as u64);
+    gauge(
+        &mut reg,
+        "watchers",
+        "Queued wait-until-unlocked watchers",
+        t.watchers as u64,
+    );
     gauge(&mut reg, "sessions", "Live sessions", t.sessions as u64);
     if let Some(host) = &admin.plugins {
         let calls = Family::<Vec<(&'static str, String)>, Counter>::default();
@@ -113,7 +167,11 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
             faults.get_or_create(&labels).inc_by(p.errors);
         }
         reg.register("plugin_calls", "Calls into a plugin", calls);
-        reg.register("plugin_faults", "Plugin calls that trapped, timed out, ran out of memory or returned garbage", faults);
+        reg.register(
+            "plugin_faults",
+            "Plugin calls that trapped, timed out, ran out of memory or returned garbage",
+            faults,
+        );
     }
     if let Some(mirror) = &admin.mirror {
         let s = mirror.stats();
@@ -129,22 +187,82 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
                 .elapsed()
                 .as_secs_f64()
         };
-        gauge(&mut reg, "mirror_queue_depth", "Lock events queued for the mirror", depth as u64);
-        gauge_f64(&mut reg, "mirror_lag_seconds", "How long the mirror queue has been non-empty (sampled every 100 ms)", lag);
-        gauge(&mut reg, "mirror_healthy", "1 unless a mirror resync is pending", u64::from(mirror.healthy()));
-        counter(&mut reg, "mirror_batches", "Mirror plugin calls that returned", s.batches);
+        gauge(
+            &mut reg,
+            "mirror_queue_depth",
+            "Lock events queued for the mirror",
+            depth as u64,
+        );
+        gauge_f64(
+            &mut reg,
+            "mirror_lag_seconds",
+            "How long the mirror queue has been non-empty (sampled every 100 ms)",
+            lag,
+        );
+        gauge(
+            &mut reg,
+            "mirror_healthy",
+            "1 unless a mirror resync is pending",
+            u64::from(mirror.healthy()),
+        );
+        counter(
+            &mut reg,
+            "mirror_batches",
+            "Mirror plugin calls that returned",
+            s.batches,
+        );
         counter(&mut reg, "mirror_resyncs", "Full mirror resyncs", s.resyncs);
-        counter(&mut reg, "mirror_conflicts", "Holds the mirror refused (key held in Redis by someone else)", s.conflicts);
-        counter(&mut reg, "mirror_errors", "Failed mirror calls or events", s.errors);
-        counter(&mut reg, "mirror_dropped", "Lock events dropped (queue full or resync pending)", s.dropped);
+        counter(
+            &mut reg,
+            "mirror_conflicts",
+            "Holds the mirror refused (key held in Redis by someone else)",
+            s.conflicts,
+        );
+        counter(
+            &mut reg,
+            "mirror_errors",
+            "Failed mirror calls or events",
+            s.errors,
+        );
+        counter(
+            &mut reg,
+            "mirror_dropped",
+            "Lock events dropped (queue full or resync pending)",
+            s.dropped,
+        );
     }
     if let Some(cluster) = &admin.cluster {
         let (o, valid) = cluster.ownership();
-        gauge(&mut reg, "shards_owned", "Shards served by this broker", u64::from(o.owned));
-        gauge(&mut reg, "shards_in_grace", "Shards served here in their takeover grace", u64::from(o.in_grace));
-        gauge(&mut reg, "shards_missing", "Shards this broker should serve but does not", u64::from(o.missing));
-        gauge(&mut reg, "cluster_lease_valid", "1 while this broker can vouch for its etcd lease", u64::from(valid));
-        counter(&mut reg, "ownership_changes", "Shards this broker started or stopped serving", o.changes);
+        gauge(
+            &mut reg,
+            "shards_owned",
+            "Shards served by this broker",
+            u64::from(o.owned),
+        );
+        gauge(
+            &mut reg,
+            "shards_in_grace",
+            "Shards served here in their takeover grace",
+            u64::from(o.in_grace),
+        );
+        gauge(
+            &mut reg,
+            "shards_missing",
+            "Shards this broker should serve but does not",
+            u64::from(o.missing),
+        );
+        gauge(
+            &mut reg,
+            "cluster_lease_valid",
+            "1 while this broker can vouch for its etcd lease",
+            u64::from(valid),
+        );
+        counter(
+            &mut reg,
+            "ownership_changes",
+            "Shards this broker started or stopped serving",
+            o.changes,
+        );
     }
     let mut out = String::with_capacity(8 * 1024);
     prometheus_text::encode(&mut out, &reg)?;

@@ -34,7 +34,9 @@ pub use auth::{Refusal, Who, authorize};
 /// Errors starting the admin listener.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot bind the admin listener on {addr}/tcp: {source} (set [admin] listen, or enabled = false)")]
+    #[error(
+        "cannot bind the admin listener on {addr}/tcp: {source} (set [admin] listen, or enabled = false)"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

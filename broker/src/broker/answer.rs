@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use lockbroker_proto::{EndReason, ErrorCode, Frame, Granted};
 
+use super::metrics::Metrics;
 use super::session::SessionHandle;
 use super::wire::millis;
-use super::metrics::Metrics;
 use super::{Broker, Route, confirm};
 use crate::table::{AcquireRequest, Effect, Fence, Grant, LockEvent, ReqId, SessionId, TableError};
 

@@ -118,7 +118,9 @@ impl Metrics {
 
     /// Counts a denied request.
     pub fn deny(&self, why: Denial) {
-        self.denials.get_or_create(&vec![("reason", why.label())]).inc();
+        self.denials
+            .get_or_create(&vec![("reason", why.label())])
+            .inc();
     }
 
     /// Counts a request refused by a limit (`limit` names it, a fixed string).

@@ -70,13 +70,16 @@ impl SessionHandle {
 
     /// Acquire `req`, which arrived at `arrived`, was queued (metrics only).
     pub fn note_queued(&self, req: ReqId, arrived: Instant) {
-        self.queued.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            req,
-            Queued {
-                arrived,
-                handed: None,
-            },
-        );
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                req,
+                Queued {
+                    arrived,
+                    handed: None,
+                },
+            );
     }
 
     /// The table granted queued acquire `req` at `at` (metrics only).

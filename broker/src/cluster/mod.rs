@@ -29,6 +29,6 @@ mod status;
 mod validity;
 
 pub use driver::{Cluster, ClusterError};
-pub use state::Ownership;
 pub use secret::fetch_secret;
+pub use state::Ownership;
 pub use status::{drain, status};

@@ -49,7 +49,10 @@ async fn metrics_count_a_lock_and_its_hold_time() {
     let client = broker.client().await;
     let guard = client.lock("metrics/k").await.expect("lock");
     let during = http::get(addr, "/metrics").await.body;
-    assert_eq!(sample(&during, "lockbroker_grants_total"), Some(grants + 1.0));
+    assert_eq!(
+        sample(&during, "lockbroker_grants_total"),
+        Some(grants + 1.0)
+    );
     assert_eq!(sample(&during, "lockbroker_held_leases"), Some(1.0));
     assert_eq!(sample(&during, "lockbroker_sessions"), Some(1.0));
     assert!(sample(&during, "lockbroker_connections").is_some_and(|c| c >= 1.0));
@@ -59,7 +62,10 @@ async fn metrics_count_a_lock_and_its_hold_time() {
     assert_eq!(sample(&after, "lockbroker_held_leases"), Some(0.0));
     assert_eq!(sample(&after, "lockbroker_hold_seconds_count"), Some(1.0));
     assert!(sample(&after, "lockbroker_acquire_wait_seconds_count").is_some_and(|c| c >= 1.0));
-    assert!(!after.contains("metrics/k"), "a key leaked into the metrics");
+    assert!(
+        !after.contains("metrics/k"),
+        "a key leaked into the metrics"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +100,9 @@ async fn the_api_lists_locks_with_holders_and_waiters_and_pages() {
     assert_eq!(listed["next"], json!(null));
 
     // Paging: one key per page, following `next`.
-    let p1 = http::get(addr, "/api/locks?prefix=api/&limit=1").await.json();
+    let p1 = http::get(addr, "/api/locks?prefix=api/&limit=1")
+        .await
+        .json();
     assert_eq!(p1["locks"][0]["key"], json!("api/a"));
     assert_eq!(p1["next"], json!("api/a"));
     let p2 = http::get(addr, "/api/locks?prefix=api/&limit=1&cursor=api/a")
@@ -108,10 +116,21 @@ async fn the_api_lists_locks_with_holders_and_waiters_and_pages() {
     let sessions = http::get(addr, "/api/sessions").await.json();
     let list = sessions["sessions"].as_array().expect("sessions");
     assert_eq!(list.len(), 2, "{sessions}");
-    let holding = list.iter().find(|s| s["leases"] == json!(3)).expect("a's session");
+    let holding = list
+        .iter()
+        .find(|s| s["leases"] == json!(3))
+        .expect("a's session");
     assert_eq!(holding["principal"], json!("anonymous"));
-    assert!(holding["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")));
-    assert!(holding["connected_since_ms"].as_u64().is_some_and(|t| t > 0));
+    assert!(
+        holding["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:"))
+    );
+    assert!(
+        holding["connected_since_ms"]
+            .as_u64()
+            .is_some_and(|t| t > 0)
+    );
     assert!(list.iter().any(|s| s["waiting"] == json!(1)), "{sessions}");
     let first = http::get(addr, "/api/sessions?limit=1").await.json();
     assert_eq!(first["sessions"].as_array().map(Vec::len), Some(1));
