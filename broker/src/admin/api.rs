@@ -5,7 +5,8 @@
 //!   mode every shard this broker should own owned and its etcd lease valid, with the sync
 //!   mirror no resync pending; else 503. Both answer `{"ok": bool, "reason": "..."}`.
 //! * `GET /api/locks?prefix=&limit=&cursor=` — live keys in key order with their holders
-//!   (fence, mode, remaining TTL in ms, principal, owner label) and queue lengths; `next` is
+//!   (fence as a decimal string, mode, remaining TTL in ms, principal, owner label) and queue
+//!   lengths; `next` is
 //!   the cursor of the following page (null on the last).
 //! * `GET /api/sessions?limit=&cursor=` — live sessions by id.
 //! * `POST /api/release` `{"key": "..."}` — ends every lease on the key (holders told at
@@ -101,7 +102,9 @@ fn limit(l: Option<usize>) -> usize {
 #[derive(Serialize)]
 struct Holder {
     session: u64,
-    fence: u64,
+    /// A decimal string: fences pass 2^53, beyond what a JSON number keeps exactly in
+    /// JavaScript.
+    fence: String,
     mode: String,
     ttl_remaining_ms: u64,
     principal: Option<String>,
@@ -144,7 +147,7 @@ impl From<HolderView> for Holder {
     fn from(h: HolderView) -> Self {
         Holder {
             session: h.session,
-            fence: h.fence,
+            fence: h.fence.to_string(),
             mode: mode_name(h.mode),
             ttl_remaining_ms: u64::try_from(h.remaining.as_millis()).unwrap_or(u64::MAX),
             principal: h.principal,
@@ -242,7 +245,8 @@ pub(super) struct ReleaseRequest {
 
 #[derive(Serialize)]
 struct RevokedLease {
-    fence: u64,
+    /// A decimal string, as in `/api/locks`.
+    fence: String,
     session: u64,
     principal: Option<String>,
 }
@@ -256,7 +260,7 @@ struct Released {
 impl From<Revoked> for RevokedLease {
     fn from(r: Revoked) -> Self {
         RevokedLease {
-            fence: r.fence,
+            fence: r.fence.to_string(),
             session: r.session,
             principal: r.principal,
         }

@@ -100,3 +100,62 @@ impl Table {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::super::{AcquireRequest, Mode, TableConfig, Wait};
+    use super::*;
+
+    fn lock(t: &mut Table, now: Instant, session: SessionId, req: u64, key: &'static [u8]) {
+        let mut out = Vec::new();
+        let _ = t.acquire(
+            now,
+            AcquireRequest {
+                session,
+                req,
+                key: Key::from_static(key),
+                mode: Mode::Exclusive,
+                ttl: Duration::from_secs(10),
+                wait: Wait::Forever,
+            },
+            &mut out,
+        );
+    }
+
+    #[test]
+    fn keys_are_listed_by_prefix_in_order_and_paged() {
+        let mut t = Table::new(TableConfig::default());
+        let now = Instant::now();
+        lock(&mut t, now, 1, 1, b"jobs/b");
+        lock(&mut t, now, 1, 2, b"jobs/a");
+        lock(&mut t, now, 1, 3, b"other/x");
+        lock(&mut t, now, 2, 4, b"jobs/a"); // queued behind session 1
+        let (all, more) = t.list_keys(b"jobs/", None, 10);
+        assert!(!more);
+        let keys: Vec<_> = all.iter().map(|k| &k.key[..]).collect();
+        assert_eq!(keys, [&b"jobs/a"[..], b"jobs/b"]);
+        assert_eq!(all[0].holders.len(), 1);
+        assert_eq!(all[0].holders[0].session, 1);
+        assert_eq!(all[0].waiters, 1);
+        let (first, more) = t.list_keys(b"jobs/", None, 1);
+        assert!(more);
+        assert_eq!(&first[0].key[..], b"jobs/a");
+        let (second, more) = t.list_keys(b"jobs/", Some(b"jobs/a"), 1);
+        assert!(!more);
+        assert_eq!(&second[0].key[..], b"jobs/b");
+        assert_eq!(
+            t.totals(),
+            TableTotals {
+                keys: 3,
+                leases: 3,
+                waiters: 1,
+                watchers: 0
+            }
+        );
+        assert_eq!(t.leases_by_session().get(&1), Some(&3));
+        assert_eq!(t.fences_of(b"jobs/a").len(), 1);
+        assert!(t.fences_of(b"nope").is_empty());
+    }
+}

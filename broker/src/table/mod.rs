@@ -76,7 +76,6 @@ mod proptests;
 mod tests;
 
 pub(crate) use handover::PreviousLease;
-pub(crate) use listing::{KeyListing, TableTotals};
 pub(crate) use types::MAX_TTL;
 pub use types::{
     AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId, SessionId, TableConfig,

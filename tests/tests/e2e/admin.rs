@@ -92,7 +92,7 @@ async fn the_api_lists_locks_with_holders_and_waiters_and_pages() {
     assert_eq!(locks[0]["key"], json!("api/a"));
     assert_eq!(locks[1]["key"], json!("api/b"));
     let holder = &locks[0]["holders"][0];
-    assert_eq!(holder["fence"], json!(ga.fence()));
+    assert_eq!(holder["fence"], json!(ga.fence().to_string()));
     assert_eq!(holder["mode"], json!("exclusive"));
     assert_eq!(holder["principal"], json!("anonymous"));
     assert_eq!(holder["owner"], json!(null));
@@ -180,7 +180,11 @@ async fn a_forced_release_ends_the_lease_at_once_and_tells_the_holder() {
     .await;
     assert_eq!(released.status, 200, "{released:?}");
     let body = released.json();
-    assert_eq!(body["revoked"][0]["fence"], json!(fence), "{body}");
+    assert_eq!(
+        body["revoked"][0]["fence"],
+        json!(fence.to_string()),
+        "{body}"
+    );
     assert_eq!(body["revoked"][0]["principal"], json!("anonymous"));
     let why = tokio::time::timeout(Duration::from_secs(2), guard.lost())
         .await

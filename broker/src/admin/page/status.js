@@ -68,7 +68,8 @@ function drawHistogram(hold, wait) {
   for (let i = 0; i <= 4; i++) {
     const y = padT + (H - padT - padB) * (1 - i / 4);
     ctx.beginPath(); ctx.moveTo(padL, y); ctx.lineTo(W - 10, y); ctx.stroke();
-    ctx.fillText(String(Math.round((max * i) / 4)), 4, y + 4);
+    const tick = (max * i) / 4;
+    ctx.fillText(max < 4 ? tick.toFixed(2).replace(/\.?0+$/, "") : String(Math.round(tick)), 4, y + 4);
   }
   for (let i = 0; i < n; i++) {
     const x = padL + i * slot + 2;
