@@ -13,12 +13,14 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-# Debian packages the tests need: redis-server (mirror tests), etcd-server (cluster tests)
-# and protobuf-compiler (etcd-client compiles etcd's protobufs at build time).
+# Debian packages the tests need: redis-server (mirror tests), etcd-server (cluster tests),
+# protobuf-compiler (etcd-client compiles etcd's protobufs at build time), and chromium with
+# chromium-driver (the status page test drives headless Chromium through chromedriver).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium chromium-driver)
 step "apt packages: ${missing[*]:-none missing}"
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

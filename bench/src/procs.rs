@@ -86,6 +86,8 @@ pub struct Broker {
     child: Child,
     pub addr: SocketAddr,
     pub data_dir: TempDir,
+    /// The admin HTTP listener (when the banner names one).
+    pub admin: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -109,6 +111,7 @@ impl Broker {
             .arg("serve")
             .arg("--listen")
             .arg(listen.to_string())
+            .env("LOCKBROKER_ADMIN_LISTEN", "127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir.path())
             .arg("--config")
@@ -123,10 +126,18 @@ impl Broker {
             .with_context(|| format!("spawn {} serve", bin.display()))?;
         let stdout = child.stdout.take().context("broker stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let (admin_tx, admin_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(admin) = line
+                    .strip_prefix("admin listening on http://")
+                    .and_then(|r| r.split('/').next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                {
+                    let _ = admin_tx.send(admin);
+                }
                 if !sent
                     && let Some(addr) = line
                         .strip_prefix("lockbroker listening on ")
@@ -151,10 +162,13 @@ impl Broker {
         while !ca.exists() && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(10));
         }
+        // The admin line follows the listen line at once (none when admin is disabled).
+        let admin = admin_rx.recv_timeout(Duration::from_secs(2)).ok();
         Ok(Broker {
             child,
             addr,
             data_dir,
+            admin,
         })
     }
 

@@ -21,7 +21,7 @@ const TTL: Duration = Duration::from_secs(30);
 /// The broker config of a run: per-session limits raised for the memory test, whose raw
 /// sessions pipeline a million acquires and may fall behind reading the answers for a while on
 /// a busy machine (a longer slow-reader deadline than the default 10 s).
-fn broker_config(opts: &Opts) -> String {
+pub(crate) fn broker_config(opts: &Opts) -> String {
     let per_session = opts.mem_locks.div_ceil(MEM_SESSIONS) + 1000;
     format!(
         "[limits]\nmax_leases_per_session = {per_session}\nmax_waiters_per_session = 100000\n\
@@ -164,6 +164,9 @@ pub async fn run_all(opts: &Opts, bin: &Path) -> Result<()> {
     }
     if opts.runs("attack") {
         crate::attack::attack(opts, bin, &mut report).await?;
+    }
+    if opts.runs("metrics") {
+        crate::metrics_overhead::metrics_overhead(opts, bin, &mut report).await?;
     }
     report.print();
     Ok(())
@@ -345,7 +348,7 @@ async fn redis_cycle(rl: &mut RedisLock, d: Duration, lat: &mut Lat) -> Result<(
 // Throughput: N tasks, distinct keys, over 1 or 8 connections.
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum System {
+pub(crate) enum System {
     BrokerFf,
     BrokerAck,
     Redis,
@@ -402,7 +405,7 @@ async fn throughput(
     Ok(())
 }
 
-async fn run_throughput(
+pub(crate) async fn run_throughput(
     sys: System,
     tasks: usize,
     clients: &[Client],

@@ -2,6 +2,7 @@
 //! state machine), the QUIC server, the WASM plugin host, configuration, TLS material and the
 //! epoch file.
 
+pub mod admin;
 pub mod broker;
 pub mod cluster;
 pub mod config;

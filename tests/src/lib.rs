@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod fencing;
+pub mod http;
 pub mod plugins;
 pub mod ports;
 pub mod proxy;
@@ -154,6 +155,8 @@ pub struct Broker {
     pub data_dir: TempDir,
     /// Everything the broker printed on stdout up to "listening".
     pub banner: Vec<String>,
+    /// The admin HTTP listener's address (None when `[admin] enabled = false`).
+    pub admin: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -181,7 +184,10 @@ impl Broker {
             .arg("--listen")
             .arg(listen.to_string())
             .arg("--data-dir")
-            .arg(data_dir.path());
+            .arg(data_dir.path())
+            // Tests run many brokers at once: each gets its own ephemeral admin port.
+            .arg("--admin-listen")
+            .arg("127.0.0.1:0");
         if !toml.is_empty() {
             let cfg = data_dir.path().join("broker.toml");
             std::fs::write(&cfg, toml).expect("write config");
@@ -224,11 +230,17 @@ impl Broker {
                     .and_then(|a| a.parse().ok())
             })
             .unwrap_or_else(|| panic!("no listen address in banner {banner:?}"));
+        let admin = banner.iter().find_map(|l| {
+            l.strip_prefix("admin listening on http://")
+                .and_then(|r| r.split('/').next())
+                .and_then(|a| a.parse().ok())
+        });
         Broker {
             child,
             addr,
             data_dir,
             banner,
+            admin,
         }
     }
 

@@ -3,10 +3,11 @@
 //! answers on the sessions they address.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lockbroker_proto::{EndReason, ErrorCode, Frame, Granted};
 
+use super::metrics::Metrics;
 use super::session::SessionHandle;
 use super::wire::millis;
 use super::{Broker, Route, confirm};
@@ -24,6 +25,14 @@ impl Broker {
         fence: Fence,
         ttl: Duration,
     ) {
+        if let Some(m) = &self.metrics
+            && let Some(q) = to.take_queued(req)
+        {
+            Metrics::observe(&m.acquire_wait, q.arrived.elapsed());
+            if let Some(handed) = q.handed {
+                Metrics::observe(&m.handoff, handed.elapsed());
+            }
+        }
         let secret = self.identity.lease_secret(key, fence, &to.principal);
         to.outbox.push(&Frame::Granted(Granted {
             id: req,
@@ -102,20 +111,40 @@ impl Broker {
     }
 
     /// Routes effects to the sessions they address.
-    pub(super) fn dispatch(self: &Arc<Self>, effects: &mut Vec<Effect>) {
+    /// `now` is when the table produced them (the start of a handoff).
+    pub(super) fn dispatch(self: &Arc<Self>, effects: &mut Vec<Effect>, now: Instant) {
+        let metrics = self.metrics.as_deref();
         for effect in effects.drain(..) {
+            if let (Some(m), Effect::Event(e)) = (metrics, &effect) {
+                m.event(e);
+            }
             match effect {
                 Effect::Granted {
                     session,
                     req,
                     grant,
-                } => self.deliver_grant(session, req, grant, None),
+                } => {
+                    if metrics.is_some()
+                        && let Some(h) = self.sessions.get(&session)
+                    {
+                        h.note_handed(req, now);
+                    }
+                    self.deliver_grant(session, req, grant, None)
+                }
                 Effect::AcquireFailed {
                     session,
                     req,
                     error,
+                } => {
+                    if let Some(h) = self.sessions.get(&session) {
+                        if let Some(m) = metrics {
+                            h.take_queued(req);
+                            m.table_error(&error);
+                        }
+                        h.answer_table_error(req, &error);
+                    }
                 }
-                | Effect::WaitFailed {
+                Effect::WaitFailed {
                     session,
                     req,
                     error,

@@ -25,6 +25,8 @@ mod answer;
 mod confirm;
 mod expiry;
 mod gate;
+mod listing;
+pub mod metrics;
 mod outbox;
 mod renewal;
 mod router;
@@ -40,6 +42,8 @@ use dashmap::DashMap;
 use tokio::sync::{Notify, watch};
 
 pub use gate::{Confirmation, GrantGate, Pending};
+pub use listing::{HolderView, LockPage, LockView, Revoked, SessionPage, SessionView, Totals};
+pub use metrics::{Denial, Metrics};
 pub use outbox::Outbox;
 pub use renewal::Renewed;
 pub use router::{KeyRouter, Route};
@@ -77,6 +81,8 @@ pub struct Broker {
     gate: OnceLock<Arc<dyn GrantGate>>,
     /// The key router, once attached (cluster mode).
     router: OnceLock<Arc<dyn KeyRouter>>,
+    /// Lock metrics (None when `admin.metrics` is off).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 thread_local! {
@@ -99,7 +105,9 @@ impl Broker {
             max_queued_total: cfg.limits.max_queued_total,
         });
         let horizon = HorizonWriter::new(&cfg.data_dir);
+        let metrics = cfg.admin.metrics.then(|| Arc::new(Metrics::default()));
         Arc::new(Broker {
+            metrics,
             cfg,
             epoch,
             identity,
@@ -166,8 +174,21 @@ impl Broker {
 
     /// Registers a new session of `principal` and returns its id and handle.
     pub fn open_session(&self, principal: &str) -> (SessionId, Arc<SessionHandle>) {
+        self.register_session(SessionHandle::new(principal))
+    }
+
+    /// Registers a new session of `principal` connected from `peer`.
+    pub fn open_session_from(
+        &self,
+        principal: &str,
+        peer: std::net::SocketAddr,
+    ) -> (SessionId, Arc<SessionHandle>) {
+        self.register_session(SessionHandle::from_peer(principal, peer))
+    }
+
+    fn register_session(&self, handle: SessionHandle) -> (SessionId, Arc<SessionHandle>) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(SessionHandle::new(principal));
+        let handle = Arc::new(handle);
         self.sessions.insert(id, handle.clone());
         (id, handle)
     }
@@ -175,6 +196,9 @@ impl Broker {
     /// Ends a session: `clean` releases its leases now, otherwise they run to their TTL.
     pub fn close_session(self: &Arc<Self>, id: SessionId, clean: bool) {
         self.sessions.remove(&id);
+        if let (false, Some(m)) = (clean, &self.metrics) {
+            m.lost_sessions.inc();
+        }
         self.with_table(|t, now, out| t.close_session(now, id, clean, out));
     }
 
@@ -200,7 +224,7 @@ impl Broker {
         op: impl FnOnce(&mut Table, Instant, &mut Vec<Effect>) -> R,
     ) -> R {
         let mut effects = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        let (result, wake) = {
+        let (result, wake, now) = {
             let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             let result = op(&mut core.table, now, &mut effects);
@@ -219,12 +243,12 @@ impl Broker {
             if wake {
                 core.timer_at = next;
             }
-            (result, wake)
+            (result, wake, now)
         };
         if wake {
             self.timer.notify_one();
         }
-        self.dispatch(&mut effects);
+        self.dispatch(&mut effects, now);
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             if s.capacity() < effects.capacity() {

@@ -76,13 +76,21 @@ impl Broker {
 
     /// Ends lease (`key`, `fence`) although its holder did not release it, and tells the
     /// holder (if connected) with `LeaseEnded`. Nothing happens if the lease is gone already.
-    pub fn revoke(self: &Arc<Self>, key: &[u8], fence: Fence, reason: EndReason, why: &str) {
-        let holder = self.with_table(|t, now, out| t.revoke(now, key, fence, out));
-        let Some(session) = holder else {
-            return;
-        };
+    /// Returns the session that held it.
+    pub fn revoke(
+        self: &Arc<Self>,
+        key: &[u8],
+        fence: Fence,
+        reason: EndReason,
+        why: &str,
+    ) -> Option<SessionId> {
+        let session = self.with_table(|t, now, out| t.revoke(now, key, fence, out))?;
+        if let Some(m) = &self.metrics {
+            m.revocations.inc();
+        }
         tracing::warn!(fence, session, "lease ended by the broker: {why}");
         self.tell_lease_ended(session, key, fence, reason, why);
+        Some(session)
     }
 
     /// Pushes `LeaseEnded` to `session`, if it is connected.

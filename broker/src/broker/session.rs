@@ -2,7 +2,9 @@
 //! pending acquires a key policy rewrote (so the grant can tell the client the key it got).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -10,7 +12,6 @@ use super::outbox::Outbox;
 use crate::table::ReqId;
 
 /// A live session's outbound side. Answers are built by the methods in `answer.rs`.
-#[derive(Default)]
 pub struct SessionHandle {
     pub outbox: Outbox,
     /// Who the session authenticated as: lease secrets are bound to it.
@@ -20,6 +21,33 @@ pub struct SessionHandle {
     /// Acquires a grant gate refused as busy elsewhere that retry outside the table (the sync
     /// mirror's polling), with whether the client cancelled them.
     polls: Mutex<HashMap<ReqId, bool>>,
+    /// Where the session connects from (None: not a network session, e.g. a test's).
+    pub peer: Option<SocketAddr>,
+    /// When the session opened.
+    pub since: SystemTime,
+    /// Queued acquires (metrics on): when each arrived, and when the table handed it the key.
+    queued: Mutex<HashMap<ReqId, Queued>>,
+}
+
+/// A queued acquire's timestamps, for the wait-time and handoff histograms.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Queued {
+    pub(super) arrived: Instant,
+    pub(super) handed: Option<Instant>,
+}
+
+impl Default for SessionHandle {
+    fn default() -> Self {
+        SessionHandle {
+            outbox: Outbox::default(),
+            principal: String::new(),
+            rewritten: Mutex::default(),
+            polls: Mutex::default(),
+            peer: None,
+            since: SystemTime::now(),
+            queued: Mutex::default(),
+        }
+    }
 }
 
 impl SessionHandle {
@@ -28,6 +56,47 @@ impl SessionHandle {
         SessionHandle {
             principal: principal.to_owned(),
             ..SessionHandle::default()
+        }
+    }
+
+    /// A handle for a session of `principal` connected from `peer`.
+    pub fn from_peer(principal: &str, peer: SocketAddr) -> SessionHandle {
+        SessionHandle {
+            principal: principal.to_owned(),
+            peer: Some(peer),
+            ..SessionHandle::default()
+        }
+    }
+
+    /// Acquire `req`, which arrived at `arrived`, was queued (metrics only).
+    pub fn note_queued(&self, req: ReqId, arrived: Instant) {
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                req,
+                Queued {
+                    arrived,
+                    handed: None,
+                },
+            );
+    }
+
+    /// The table granted queued acquire `req` at `at` (metrics only).
+    pub(super) fn note_handed(&self, req: ReqId, at: Instant) {
+        let mut map = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = map.get_mut(&req) {
+            q.handed = Some(at);
+        }
+    }
+
+    /// Forgets queued acquire `req` (answered), returning its timestamps.
+    pub(super) fn take_queued(&self, req: ReqId) -> Option<Queued> {
+        let mut map = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if map.is_empty() {
+            None
+        } else {
+            map.remove(&req)
         }
     }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use lockbroker::admin::{Admin, Listener};
 use lockbroker::cluster::{self, Cluster};
 use lockbroker::config::Config;
 use lockbroker::mirror::Mirror;
@@ -36,6 +37,10 @@ pub struct ServeArgs {
     /// TOML config file (see broker.example.toml).
     #[arg(long, env = "LOCKBROKER_CONFIG")]
     config: Option<PathBuf>,
+    /// TCP address of the admin HTTP listener (metrics, health, API, status page)
+    /// [default: 127.0.0.1:7421, or the config's `[admin] listen`].
+    #[arg(long, env = "LOCKBROKER_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "lockbroker=debug".
     #[arg(long, env = "LOCKBROKER_LOG", default_value = "info")]
     log: String,
@@ -76,6 +81,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = args.data_dir {
         cfg.data_dir = dir;
     }
+    if let Some(admin) = args.admin_listen {
+        cfg.admin.listen = admin;
+    }
     cfg.validate()?;
     // The data dir holds the broker key, the dev key and precompiled plugin code: owner only.
     let tightened = lockbroker::private_files::ensure_private_dir(&cfg.data_dir)
@@ -108,6 +116,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let plugin_stats = (!plugins.is_empty()).then(|| plugins.clone());
     let server = Server::bind_with(
         cfg,
         Policy::with_plugins(plugins),
@@ -132,10 +141,38 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let addr = server.local_addr()?;
+    let admin = Admin::new(
+        broker.clone(),
+        plugin_stats,
+        mirror.clone(),
+        cluster.clone(),
+    );
+    let admin_listener = if cfg.admin.enabled {
+        Some(Listener::bind(cfg.admin.listen, admin.clone()).await?)
+    } else {
+        None
+    };
     say!(
         "lockbroker listening on {addr}/udp (epoch {})",
         broker.epoch
     );
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = match admin_listener {
+        Some(listener) => {
+            let admin_addr = listener.local_addr()?;
+            say!("admin listening on http://{admin_addr}/ (metrics, health, API, status page)");
+            if !admin_addr.ip().is_loopback() && cfg.admin.tokens.is_empty() {
+                tracing::warn!(
+                    "the admin listener {admin_addr} is not on loopback and [admin] tokens is \
+                     empty: only loopback peers can use it"
+                );
+            }
+            Some(tokio::spawn(listener.run(async move {
+                let _ = admin_stopped.await;
+            })))
+        }
+        None => None,
+    };
     if let Some(warning) = exposure_warning(cfg, addr) {
         tracing::warn!("{warning}");
         say!("{warning}");
@@ -169,7 +206,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             cluster.leave().await;
         }
     };
+    admin.set_serving();
     server.run(shutdown).await;
+    let _ = admin_stop.send(());
+    if let Some(task) = admin_task {
+        let _ = tokio::time::timeout(shutdown_grace, task).await;
+    }
     if let Some(mirror) = mirror {
         // Ship the releases of the sessions that just ended.
         mirror.flush(shutdown_grace).await;

@@ -159,6 +159,13 @@ impl Cluster {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// This broker's share of the shards, and whether it can vouch for its etcd lease now.
+    pub fn ownership(&self) -> (super::state::Ownership, bool) {
+        let now = Instant::now();
+        let valid = self.validity().valid_at(now);
+        (self.state().ownership(now), valid)
+    }
+
     fn validity(&self) -> std::sync::MutexGuard<'_, Validity> {
         self.validity.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -30,4 +30,5 @@ mod validity;
 
 pub use driver::{Cluster, ClusterError};
 pub use secret::fetch_secret;
+pub use state::Ownership;
 pub use status::{drain, status};

@@ -37,6 +37,21 @@ pub struct ClusterState {
     pub revision: u64,
     /// This broker is leaving the cluster (graceful shutdown): it claims nothing more.
     leaving: bool,
+    /// Shards this broker started or stopped serving, since start (a metric).
+    pub ownership_changes: u64,
+}
+
+/// This broker's share of the shards, for metrics and readiness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// Shards served here.
+    pub owned: u32,
+    /// Of them, shards in their takeover grace (granting nothing new yet).
+    pub in_grace: u32,
+    /// Shards this broker is the preferred owner of but does not serve.
+    pub missing: u32,
+    /// Shards it started or stopped serving since start.
+    pub changes: u64,
 }
 
 impl ClusterState {
@@ -50,6 +65,7 @@ impl ClusterState {
             mine: vec![None; shards as usize],
             revision: 0,
             leaving: false,
+            ownership_changes: 0,
         }
     }
 
@@ -119,6 +135,7 @@ impl ClusterState {
         let lost = !still_mine && self.mine[shard as usize].is_some();
         if lost {
             self.mine[shard as usize] = None;
+            self.ownership_changes += 1;
         }
         lost
     }
@@ -144,8 +161,10 @@ impl ClusterState {
 
     /// Stops serving `shard` (before its ownership key is deleted for a planned move).
     pub fn release(&mut self, shard: u32) {
-        if let Some(t) = self.mine.get_mut(shard as usize) {
-            *t = None;
+        if let Some(t) = self.mine.get_mut(shard as usize)
+            && t.take().is_some()
+        {
+            self.ownership_changes += 1;
         }
     }
 
@@ -154,6 +173,7 @@ impl ClusterState {
         if let Some(slot) = self.owners.get_mut(shard as usize) {
             *slot = Some(self.me.clone());
             self.mine[shard as usize] = Some(Term { epoch, grace_until });
+            self.ownership_changes += 1;
         }
     }
 
@@ -163,6 +183,7 @@ impl ClusterState {
         let mut lost = Vec::new();
         for (s, term) in self.mine.iter_mut().enumerate() {
             if term.take().is_some() {
+                self.ownership_changes += 1;
                 lost.push(s as u32);
                 if self.owners[s].as_deref() == Some(self.me.as_str()) {
                     self.owners[s] = None;
@@ -170,6 +191,28 @@ impl ClusterState {
             }
         }
         lost
+    }
+
+    /// This broker's share of the shards at `now`.
+    pub fn ownership(&self, now: Instant) -> Ownership {
+        let names = self.candidates();
+        let mut o = Ownership {
+            changes: self.ownership_changes,
+            ..Ownership::default()
+        };
+        for s in 0..self.shards {
+            match self.mine[s as usize] {
+                Some(term) => {
+                    o.owned += 1;
+                    if term.grace_until.is_some_and(|g| now < g) {
+                        o.in_grace += 1;
+                    }
+                }
+                None if preferred_owner(s, &names) == Some(self.me.as_str()) => o.missing += 1,
+                None => {}
+            }
+        }
+        o
     }
 
     /// The term of a shard served here.

@@ -10,9 +10,11 @@ use serde::Deserialize;
 
 use crate::plugins::PluginSettings;
 
+mod admin;
 mod cluster;
 mod mirror;
 
+pub use admin::{AdminConfig, DEFAULT_ADMIN_PORT};
 pub use cluster::ClusterConfig;
 pub use mirror::{MirrorConfig, MirrorMode};
 
@@ -55,6 +57,8 @@ pub struct Config {
     pub mirror: MirrorConfig,
     /// Cluster mode on etcd (off unless `etcd` is set).
     pub cluster: ClusterConfig,
+    /// The admin HTTP listener (on by default, loopback only).
+    pub admin: AdminConfig,
 }
 
 /// Settings for the plugin set as a whole.
@@ -90,6 +94,7 @@ impl Default for Config {
             redis: Vec::new(),
             mirror: MirrorConfig::default(),
             cluster: ClusterConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -288,6 +293,7 @@ impl Config {
             .validate(&self.redis)
             .map_err(ConfigError::Invalid)?;
         self.cluster.validate().map_err(ConfigError::Invalid)?;
+        self.admin.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -128,6 +128,16 @@ impl Mirror {
         self.stats.snapshot()
     }
 
+    /// Events queued for the plugin now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// False while a resync is pending (a batch failed: Redis or the plugin is in trouble).
+    pub fn healthy(&self) -> bool {
+        !self.queue.resync_pending()
+    }
+
     /// Waits (at most `limit`) until everything queued has been shipped, then stops the task.
     pub async fn flush(&self, limit: Duration) {
         let until = Instant::now() + limit;

@@ -34,7 +34,7 @@ pub(super) fn authenticate(
 
 /// The principal of `token` among `(token, principal)` pairs, in time independent of where
 /// and how much the token matches.
-fn lookup<'a>(
+pub(crate) fn lookup<'a>(
     tokens: impl Iterator<Item = (&'a String, &'a String)>,
     token: &str,
 ) -> Option<&'a str> {

@@ -2,7 +2,7 @@
 //! session per connection), the expiry task, and graceful shutdown.
 
 mod admission;
-mod auth;
+pub(crate) mod auth;
 mod cmd;
 #[cfg(fuzzing)]
 pub mod fuzzing;
@@ -169,12 +169,23 @@ impl Server {
                         continue;
                     }
                     let slot = admission.admit(ip);
+                    let metrics = broker.metrics.clone();
+                    if let Some(m) = &metrics {
+                        if slot.is_err() {
+                            m.refuse("connections");
+                        }
+                        m.connections.inc();
+                    }
                     if slot.is_err() && admission.open() >= 2 * broker.cfg.limits.max_connections {
                         // Far past the limit: not even a handshake to say why.
                         incoming.refuse();
+                        if let Some(m) = &metrics {
+                            m.connections.dec();
+                        }
                         continue;
                     }
                     tasks.spawn(async move {
+                        let _open = metrics.map(ConnectionGauge);
                         // A shutdown abandons connections still in their handshake: they have
                         // no session to end, and would hold the shutdown up to their timeout.
                         let mut shutdown = broker.shutdown_signal();
@@ -212,6 +223,15 @@ impl Server {
             .close(CLOSE_SHUTDOWN.into(), b"broker shutting down");
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
         expiry.abort();
+    }
+}
+
+/// Counts a connection as open until dropped (its task ends, or is aborted).
+struct ConnectionGauge(Arc<crate::broker::Metrics>);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.connections.dec();
     }
 }
 

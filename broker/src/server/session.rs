@@ -56,6 +56,9 @@ impl Session {
         {
             return true;
         }
+        if let Some(m) = &self.broker.metrics {
+            m.deny(crate::broker::Denial::NotOwner);
+        }
         if answer {
             self.fail(
                 id,
@@ -76,6 +79,7 @@ impl Session {
         requested_ttl_ms: u64,
         op: Op,
     ) -> Option<Decided> {
+        let started = self.broker.metrics.as_ref().map(|_| Instant::now());
         let decided = self
             .policy
             .decide(
@@ -87,9 +91,17 @@ impl Session {
                 op,
             )
             .await;
+        if let (Some(m), Some(started)) = (&self.broker.metrics, started)
+            && self.policy.plugins().is_some()
+        {
+            crate::broker::Metrics::observe(&m.policy_duration, started.elapsed());
+        }
         match decided {
             Ok(d) => Some(d),
             Err(reason) => {
+                if let Some(m) = &self.broker.metrics {
+                    m.deny(crate::broker::Denial::Policy);
+                }
                 self.fail(id, ErrorCode::Denied, reason);
                 None
             }
@@ -196,9 +208,14 @@ pub async fn serve(
     let principal = match super::auth::authenticate(&broker, hello.token.as_deref(), cert_principal)
     {
         Ok(p) => p,
-        Err(msg) => return refuse(conn, send, ErrorCode::Unauthenticated, &msg, grace).await,
+        Err(msg) => {
+            if let Some(m) = &broker.metrics {
+                m.deny(crate::broker::Denial::Unauthenticated);
+            }
+            return refuse(conn, send, ErrorCode::Unauthenticated, &msg, grace).await;
+        }
     };
-    let (id, handle) = broker.open_session(&principal);
+    let (id, handle) = broker.open_session_from(&principal, remote);
     tracing::debug!(%remote, session = id, %principal, client = %hello.client, "session opened");
     handle.answer(&Frame::Welcome(Welcome {
         session: id,

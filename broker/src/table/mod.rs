@@ -34,6 +34,7 @@
 //!   `reclaim`, `wait_until_unlocked`, `cancel`, `close_session`;
 //! - time (`time.rs`): `next_deadline`, `expire`;
 //! - queries (`queries.rs`): `inspect`, `holds` (the mirror's resync snapshot);
+//! - listings (`listing.rs`): `list_keys`, `totals`, `leases_by_session` (the admin API);
 //! - start-up (`restore.rs`): `restore`, `raise_fence_floor`.
 //!
 //! Only construction, `acquire` and `release` are public beyond the crate (benches, tests).
@@ -57,6 +58,7 @@ mod grace;
 mod handover;
 mod keys;
 mod lease;
+mod listing;
 mod mutations;
 mod queries;
 mod queue;

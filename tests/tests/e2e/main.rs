@@ -2,6 +2,8 @@
 //! the CLI and raw QUIC connections (and real `redis-server`s for the mirror). One test binary
 //! (`cargo test -p lockbroker-tests`) with a module per area:
 //!
+//! - [`admin`]: the admin HTTP listener: health probes, `/metrics`, the JSON API, forced
+//!   release and its token rule.
 //! - [`bad_input`]: garbage, oversized and out-of-order frames; bad CA files.
 //! - [`cli`]: `lockbroker lock` and `lockbroker inspect` against a real broker.
 //! - [`cli_signals`]: `lock -- CMD` as a supervisor: signals forwarded to CMD's group, CMD
@@ -28,10 +30,14 @@
 //!   restarts, memory only and with the sync mirror (found with `lockbroker-chaos`).
 //! - [`restart_grace`]: a broker restarted without its leases grants nothing its previous run
 //!   may still hold, while that run's holders reclaim theirs.
+//! - [`status_page`]: the status page in headless Chromium (chromedriver, `chromedriver.rs`):
+//!   a held key and its holder appear and vanish; a screenshot in `target/artifacts/`.
 //! - [`restore_validation`]: restore refuses an absurd max-fence and hand-written values.
 //! - [`queueing`]: FIFO grants, try-lock and bounded waits, cancelled acquires.
 
+mod admin;
 mod bad_input;
+mod chromedriver;
 mod cli;
 mod cli_signals;
 mod cluster;
@@ -51,3 +57,4 @@ mod queueing;
 mod restart_exclusion;
 mod restart_grace;
 mod restore_validation;
+mod status_page;

@@ -298,7 +298,14 @@ fn a_plugin_that_fails_to_load_stops_the_broker_naming_the_file() {
     )
     .unwrap();
     let out = std::process::Command::new(lockbroker_tests::lockbroker_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--config")
         .arg(&cfg)

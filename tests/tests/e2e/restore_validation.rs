@@ -43,6 +43,7 @@ impl LoggedBroker {
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .args(["--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.path())
             .arg("--config")

@@ -3,6 +3,8 @@
 //! Acquires polling the sync mirror outside the table count toward the session's limit of
 //! pending requests, and their ids stay taken.
 
+use std::time::Instant;
+
 use lockbroker_proto::Acquire;
 
 use crate::broker::wire::wait_from;
@@ -11,6 +13,7 @@ use crate::server::session::Session;
 use crate::table::{AcquireRequest, TableError};
 
 pub(super) async fn apply(s: &Session, a: Acquire) {
+    let arrived = Instant::now();
     let Some(decided) = s.decide(a.id, &a.key, a.mode, a.ttl_ms, Op::Acquire).await else {
         return;
     };
@@ -52,9 +55,24 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
         }
         t.acquire(now, r, out)
     });
+    let metrics = s.broker.metrics.as_deref();
     match result {
-        Ok(Some(grant)) => s.broker.deliver_grant(s.id, a.id, grant, request),
-        Ok(None) => {}
-        Err(e) => s.handle.answer_table_error(a.id, &e),
+        Ok(Some(grant)) => {
+            if let Some(m) = metrics {
+                crate::broker::Metrics::observe(&m.acquire_wait, arrived.elapsed());
+            }
+            s.broker.deliver_grant(s.id, a.id, grant, request)
+        }
+        Ok(None) => {
+            if metrics.is_some() {
+                s.handle.note_queued(a.id, arrived);
+            }
+        }
+        Err(e) => {
+            if let Some(m) = metrics {
+                m.table_error(&e);
+            }
+            s.handle.answer_table_error(a.id, &e)
+        }
     }
 }

@@ -127,6 +127,8 @@ impl BrokerProcess {
             .arg("--config")
             .arg(&config)
             .env("LOCKBROKER_LOG", "warn")
+            // Several brokers at once: each its own admin port.
+            .env("LOCKBROKER_ADMIN_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))

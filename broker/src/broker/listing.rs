@@ -1,0 +1,186 @@
+//! What the admin API shows and does: pages of live keys (holders with fence, mode,
+//! remaining TTL and principal; queue lengths), pages of live sessions, table-wide totals,
+//! and the forced release of every lease on a key (each holder told at once). Reads take the
+//! table lock once per call and look principals up after releasing it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use lockbroker_proto::EndReason;
+
+use super::Broker;
+use crate::table::{Fence, Mode, SessionId};
+
+/// One lease on a listed key.
+#[derive(Clone, Debug)]
+pub struct HolderView {
+    pub session: SessionId,
+    pub fence: Fence,
+    pub mode: Mode,
+    /// Time left until its deadline (zero when past it but not yet expired).
+    pub remaining: Duration,
+    /// Its session's principal while that session is connected.
+    pub principal: Option<String>,
+}
+
+/// One live key.
+#[derive(Clone, Debug)]
+pub struct LockView {
+    pub key: Bytes,
+    pub holders: Vec<HolderView>,
+    pub waiters: usize,
+    pub watchers: usize,
+}
+
+/// A page of live keys, in key order; `next` is the cursor of the following page.
+#[derive(Clone, Debug)]
+pub struct LockPage {
+    pub locks: Vec<LockView>,
+    pub next: Option<Bytes>,
+}
+
+/// One live session.
+#[derive(Clone, Debug)]
+pub struct SessionView {
+    pub id: SessionId,
+    pub principal: String,
+    pub peer: Option<SocketAddr>,
+    pub since: SystemTime,
+    /// Leases it holds.
+    pub leases: usize,
+    /// Its queued acquires and watchers.
+    pub waiting: usize,
+}
+
+/// A page of live sessions by id; `next` is the cursor of the following page.
+#[derive(Clone, Debug)]
+pub struct SessionPage {
+    pub sessions: Vec<SessionView>,
+    pub next: Option<SessionId>,
+}
+
+/// Table-wide gauges.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    pub keys: usize,
+    pub leases: usize,
+    pub waiters: usize,
+    pub watchers: usize,
+    pub sessions: usize,
+}
+
+/// A lease ended by [`Broker::revoke_key`].
+#[derive(Clone, Debug)]
+pub struct Revoked {
+    pub fence: Fence,
+    pub session: SessionId,
+    pub principal: Option<String>,
+}
+
+impl Broker {
+    fn principal_of(&self, session: SessionId) -> Option<String> {
+        self.sessions.get(&session).map(|h| h.principal.clone())
+    }
+
+    /// Live keys under `prefix` after cursor `after`, at most `limit`.
+    pub fn list_locks(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> LockPage {
+        let (page, more, now) = self.read_table(|t, now| {
+            let (page, more) = t.list_keys(prefix, after, limit);
+            (page, more, now)
+        });
+        let next = if more {
+            page.last().map(|k| k.key.clone())
+        } else {
+            None
+        };
+        let locks = page
+            .into_iter()
+            .map(|k| LockView {
+                holders: k
+                    .holders
+                    .iter()
+                    .map(|h| HolderView {
+                        session: h.session,
+                        fence: h.fence,
+                        mode: h.mode,
+                        remaining: h.deadline.saturating_duration_since(now),
+                        principal: self.principal_of(h.session),
+                    })
+                    .collect(),
+                key: k.key,
+                waiters: k.waiters,
+                watchers: k.watchers,
+            })
+            .collect();
+        LockPage { locks, next }
+    }
+
+    /// Live sessions with ids above `after`, at most `limit`, by id.
+    pub fn list_sessions(&self, after: Option<SessionId>, limit: usize) -> SessionPage {
+        let mut ids: Vec<(SessionId, Arc<super::SessionHandle>)> = self
+            .sessions
+            .iter()
+            .filter(|s| after.is_none_or(|a| *s.key() > a))
+            .map(|s| (*s.key(), s.value().clone()))
+            .collect();
+        ids.sort_unstable_by_key(|(id, _)| *id);
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let (leases, pending) = self.read_table(|t, _| {
+            let leases = t.leases_by_session();
+            let pending: Vec<usize> = ids.iter().map(|(id, _)| t.pending_of(*id)).collect();
+            (leases, pending)
+        });
+        let sessions: Vec<SessionView> = ids
+            .into_iter()
+            .zip(pending)
+            .map(|((id, h), waiting)| SessionView {
+                id,
+                principal: h.principal.clone(),
+                peer: h.peer,
+                since: h.since,
+                leases: leases.get(&id).copied().unwrap_or(0),
+                waiting: waiting + h.polls(),
+            })
+            .collect();
+        let next = if more {
+            sessions.last().map(|s| s.id)
+        } else {
+            None
+        };
+        SessionPage { sessions, next }
+    }
+
+    /// Counts over the table and the session registry.
+    pub fn totals(&self) -> Totals {
+        let t = self.read_table(|t, _| t.totals());
+        Totals {
+            keys: t.keys,
+            leases: t.leases,
+            waiters: t.waiters,
+            watchers: t.watchers,
+            sessions: self.session_count(),
+        }
+    }
+
+    /// Ends every lease on `key` at once (an operator's forced release, `who` did it) and
+    /// tells each holder with `LeaseEnded`; the next waiters are granted in the same step.
+    /// Returns what was revoked (nothing when the key is not held).
+    pub fn revoke_key(self: &Arc<Self>, key: &[u8], who: &str) -> Vec<Revoked> {
+        let fences = self.read_table(|t, _| t.fences_of(key));
+        let why = format!("released by an operator ({who}) through the admin API");
+        let mut revoked = Vec::new();
+        for fence in fences {
+            if let Some(session) = self.revoke(key, fence, EndReason::Expired, &why) {
+                revoked.push(Revoked {
+                    fence,
+                    session,
+                    principal: self.principal_of(session),
+                });
+            }
+        }
+        revoked
+    }
+}

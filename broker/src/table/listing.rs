@@ -1,0 +1,161 @@
+//! Read-only listings for operators (the admin API and status page): live keys under a
+//! prefix with their holders and queue lengths, table-wide totals, and per-session counts.
+//! Like `queries.rs`, nothing here expires anything: state is reported as stored. Every
+//! listing is O(live keys); the admin API calls them, the lock path never does.
+
+use std::collections::HashMap;
+
+use super::types::{Holder, Key};
+use super::{SessionId, Table};
+
+/// One live key as an operator sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyListing {
+    pub(crate) key: Key,
+    pub(crate) holders: Vec<Holder>,
+    /// Queued acquires.
+    pub(crate) waiters: usize,
+    /// Queued `wait_until_unlocked` watchers.
+    pub(crate) watchers: usize,
+}
+
+/// Table-wide counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TableTotals {
+    pub(crate) keys: usize,
+    pub(crate) leases: usize,
+    pub(crate) waiters: usize,
+    pub(crate) watchers: usize,
+}
+
+impl Table {
+    /// Live keys starting with `prefix` and sorting after `after` (a page's cursor), in key
+    /// order, at most `limit` of them; true when more follow.
+    pub(crate) fn list_keys(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> (Vec<KeyListing>, bool) {
+        let mut entries: Vec<_> = self
+            .keys
+            .iter()
+            .filter(|e| e.key.starts_with(prefix))
+            .filter(|e| after.is_none_or(|a| &e.key[..] > a))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let more = entries.len() > limit;
+        let page = entries
+            .into_iter()
+            .take(limit)
+            .map(|e| KeyListing {
+                key: e.key.to_key(),
+                holders: e
+                    .holders
+                    .as_slice()
+                    .iter()
+                    .map(|h| Holder {
+                        session: h.session,
+                        fence: h.fence,
+                        mode: h.mode,
+                        deadline: h.deadline,
+                    })
+                    .collect(),
+                waiters: e.waiters().len(),
+                watchers: e.watchers().len(),
+            })
+            .collect();
+        (page, more)
+    }
+
+    /// Counts over the whole table.
+    pub(crate) fn totals(&self) -> TableTotals {
+        let mut t = TableTotals::default();
+        for e in self.keys.iter() {
+            t.keys += 1;
+            t.leases += e.holders.as_slice().len();
+            t.waiters += e.waiters().len();
+            t.watchers += e.watchers().len();
+        }
+        t
+    }
+
+    /// Held leases per session (sessions holding none are absent).
+    pub(crate) fn leases_by_session(&self) -> HashMap<SessionId, usize> {
+        let mut m = HashMap::new();
+        for e in self.keys.iter() {
+            for h in e.holders.as_slice() {
+                *m.entry(h.session).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    /// Fences of every lease on `key` (none when idle).
+    pub(crate) fn fences_of(&self, key: &[u8]) -> Vec<super::Fence> {
+        self.keys
+            .iter()
+            .filter(|e| &e.key[..] == key)
+            .flat_map(|e| e.holders.as_slice().iter().map(|h| h.fence))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::super::{AcquireRequest, Mode, TableConfig, Wait};
+    use super::*;
+
+    fn lock(t: &mut Table, now: Instant, session: SessionId, req: u64, key: &'static [u8]) {
+        let mut out = Vec::new();
+        let _ = t.acquire(
+            now,
+            AcquireRequest {
+                session,
+                req,
+                key: Key::from_static(key),
+                mode: Mode::Exclusive,
+                ttl: Duration::from_secs(10),
+                wait: Wait::Forever,
+            },
+            &mut out,
+        );
+    }
+
+    #[test]
+    fn keys_are_listed_by_prefix_in_order_and_paged() {
+        let mut t = Table::new(TableConfig::default());
+        let now = Instant::now();
+        lock(&mut t, now, 1, 1, b"jobs/b");
+        lock(&mut t, now, 1, 2, b"jobs/a");
+        lock(&mut t, now, 1, 3, b"other/x");
+        lock(&mut t, now, 2, 4, b"jobs/a"); // queued behind session 1
+        let (all, more) = t.list_keys(b"jobs/", None, 10);
+        assert!(!more);
+        let keys: Vec<_> = all.iter().map(|k| &k.key[..]).collect();
+        assert_eq!(keys, [&b"jobs/a"[..], b"jobs/b"]);
+        assert_eq!(all[0].holders.len(), 1);
+        assert_eq!(all[0].holders[0].session, 1);
+        assert_eq!(all[0].waiters, 1);
+        let (first, more) = t.list_keys(b"jobs/", None, 1);
+        assert!(more);
+        assert_eq!(&first[0].key[..], b"jobs/a");
+        let (second, more) = t.list_keys(b"jobs/", Some(b"jobs/a"), 1);
+        assert!(!more);
+        assert_eq!(&second[0].key[..], b"jobs/b");
+        assert_eq!(
+            t.totals(),
+            TableTotals {
+                keys: 3,
+                leases: 3,
+                waiters: 1,
+                watchers: 0
+            }
+        );
+        assert_eq!(t.leases_by_session().get(&1), Some(&3));
+        assert_eq!(t.fences_of(b"jobs/a").len(), 1);
+        assert!(t.fences_of(b"nope").is_empty());
+    }
+}

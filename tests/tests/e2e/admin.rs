@@ -1,0 +1,219 @@
+//! The admin HTTP listener against the real binary: the address in the banner, `/healthz`
+//! and `/readyz`, `/metrics` counting a lock, `/api/locks` (holders, paging, waiters),
+//! `/api/sessions`, and `POST /api/release` ending a held lease at once (the guard's `lost()`
+//! fires) with the token rule. The token check for non-loopback peers is unit-tested in
+//! `broker/src/admin/auth.rs` (a test has no second interface to come from).
+
+use std::time::Duration;
+
+use lockbroker_tests::Broker;
+use lockbroker_tests::http::{self, sample};
+use lockbroker_tests::util::eventually;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn admin(broker: &Broker) -> std::net::SocketAddr {
+    broker
+        .admin
+        .unwrap_or_else(|| panic!("no admin address in the banner {:?}", broker.banner))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_answer_and_the_banner_names_the_admin_address() {
+    let broker = Broker::start();
+    let addr = admin(&broker);
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    let h = http::get(addr, "/healthz").await;
+    assert_eq!(h.status, 200, "{h:?}");
+    assert_eq!(h.json()["ok"], json!(true));
+    let ready = eventually("readyz 200", LIMIT, || async {
+        let r = http::get(addr, "/readyz").await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(ready.json()["reason"], json!("serving"));
+    let page = http::get(addr, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>lockbroker status</title>"));
+    assert_eq!(http::get(addr, "/status.js").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_lock_and_its_hold_time() {
+    let broker = Broker::start();
+    let addr = admin(&broker);
+    let before = http::get(addr, "/metrics").await;
+    assert_eq!(before.status, 200);
+    let grants = sample(&before.body, "lockbroker_grants_total").expect("grants counter");
+    let client = broker.client().await;
+    let guard = client.lock("metrics/k").await.expect("lock");
+    let during = http::get(addr, "/metrics").await.body;
+    assert_eq!(
+        sample(&during, "lockbroker_grants_total"),
+        Some(grants + 1.0)
+    );
+    assert_eq!(sample(&during, "lockbroker_held_leases"), Some(1.0));
+    assert_eq!(sample(&during, "lockbroker_sessions"), Some(1.0));
+    assert!(sample(&during, "lockbroker_connections").is_some_and(|c| c >= 1.0));
+    guard.unlock().await.expect("unlock");
+    let after = http::get(addr, "/metrics").await.body;
+    assert_eq!(sample(&after, "lockbroker_releases_total"), Some(1.0));
+    assert_eq!(sample(&after, "lockbroker_held_leases"), Some(0.0));
+    assert!(sample(&after, "lockbroker_acquire_wait_seconds_count").is_some_and(|c| c >= 1.0));
+    // Hold times are sampled on one lease in 16 (by fence): 32 more lock cycles have
+    // consecutive fences, so exactly two of them are measured.
+    for _ in 0..32 {
+        client
+            .lock("metrics/k")
+            .await
+            .expect("lock")
+            .unlock()
+            .await
+            .expect("unlock");
+    }
+    let sampled = http::get(addr, "/metrics").await.body;
+    let holds = sample(&sampled, "lockbroker_hold_seconds_count").expect("hold histogram");
+    assert!(
+        (2.0..=3.0).contains(&holds),
+        "{holds} hold times for 33 leases"
+    );
+    assert!(
+        !after.contains("metrics/k"),
+        "a key leaked into the metrics"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_lists_locks_with_holders_and_waiters_and_pages() {
+    let broker = Broker::start();
+    let addr = admin(&broker);
+    let a = broker.client().await;
+    let b = broker.client().await;
+    let ga = a.lock("api/a").await.expect("lock api/a");
+    let _gb = a.lock("api/b").await.expect("lock api/b");
+    let _gc = a.lock("other/c").await.expect("lock other/c");
+    // A second session waits on api/a.
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.lock("api/a").wait(Duration::from_secs(30)).await }
+    });
+    let listed = eventually("api/a shows its waiter", LIMIT, || async {
+        let r = http::get(addr, "/api/locks?prefix=api/").await.json();
+        (r["locks"][0]["waiters"] == json!(1)).then_some(r)
+    })
+    .await;
+    let locks = listed["locks"].as_array().expect("locks");
+    assert_eq!(locks.len(), 2, "{listed}");
+    assert_eq!(locks[0]["key"], json!("api/a"));
+    assert_eq!(locks[1]["key"], json!("api/b"));
+    let holder = &locks[0]["holders"][0];
+    assert_eq!(holder["fence"], json!(ga.fence().to_string()));
+    assert_eq!(holder["mode"], json!("exclusive"));
+    assert_eq!(holder["principal"], json!("anonymous"));
+    assert_eq!(holder["owner"], json!(null));
+    assert!(holder["ttl_remaining_ms"].as_u64().is_some_and(|t| t > 0));
+    assert_eq!(listed["next"], json!(null));
+
+    // Paging: one key per page, following `next`.
+    let p1 = http::get(addr, "/api/locks?prefix=api/&limit=1")
+        .await
+        .json();
+    assert_eq!(p1["locks"][0]["key"], json!("api/a"));
+    assert_eq!(p1["next"], json!("api/a"));
+    let p2 = http::get(addr, "/api/locks?prefix=api/&limit=1&cursor=api/a")
+        .await
+        .json();
+    assert_eq!(p2["locks"][0]["key"], json!("api/b"));
+    assert_eq!(p2["next"], json!(null));
+    let all = http::get(addr, "/api/locks").await.json();
+    assert_eq!(all["locks"].as_array().map(Vec::len), Some(3));
+
+    let sessions = http::get(addr, "/api/sessions").await.json();
+    let list = sessions["sessions"].as_array().expect("sessions");
+    assert_eq!(list.len(), 2, "{sessions}");
+    let holding = list
+        .iter()
+        .find(|s| s["leases"] == json!(3))
+        .expect("a's session");
+    assert_eq!(holding["principal"], json!("anonymous"));
+    assert!(
+        holding["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:"))
+    );
+    assert!(
+        holding["connected_since_ms"]
+            .as_u64()
+            .is_some_and(|t| t > 0)
+    );
+    assert!(list.iter().any(|s| s["waiting"] == json!(1)), "{sessions}");
+    let first = http::get(addr, "/api/sessions?limit=1").await.json();
+    assert_eq!(first["sessions"].as_array().map(Vec::len), Some(1));
+    assert!(first["next"].is_string(), "{first}");
+
+    ga.unlock().await.expect("unlock");
+    let g = waiter.await.expect("join").expect("the waiter got api/a");
+    drop(g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_release_ends_the_lease_at_once_and_tells_the_holder() {
+    let broker = Broker::start_with_config(
+        "[admin]\ntokens = { \"0123456789abcdef-ops\" = \"ops-alice\" }\n",
+    );
+    let addr = admin(&broker);
+    let holder = broker.client().await;
+    let other = broker.client().await;
+    let guard = holder
+        .lock("stuck/job")
+        .ttl(Duration::from_secs(60))
+        .await
+        .expect("lock");
+    let fence = guard.fence();
+
+    // A wrong token is refused, even from loopback, and nothing is released.
+    let refused = http::post_json(
+        addr,
+        "/api/release",
+        &[("Authorization", "Bearer not-a-known-token-000")],
+        &json!({ "key": "stuck/job" }),
+    )
+    .await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(!guard.is_lost());
+    // Bad bodies are refused.
+    let bad = http::post_json(addr, "/api/release", &[], &json!({ "nokey": 1 })).await;
+    assert_eq!(bad.status, 400, "{bad:?}");
+
+    // The right token.
+    let released = http::post_json(
+        addr,
+        "/api/release",
+        &[("Authorization", "Bearer 0123456789abcdef-ops")],
+        &json!({ "key": "stuck/job" }),
+    )
+    .await;
+    assert_eq!(released.status, 200, "{released:?}");
+    let body = released.json();
+    assert_eq!(
+        body["revoked"][0]["fence"],
+        json!(fence.to_string()),
+        "{body}"
+    );
+    assert_eq!(body["revoked"][0]["principal"], json!("anonymous"));
+    let why = tokio::time::timeout(Duration::from_secs(2), guard.lost())
+        .await
+        .expect("the holder was told within 2 s (TTL 60 s)");
+    assert!(why.to_string().contains("operator"), "{why}");
+    let taken = other.try_lock("stuck/job").await.expect("free at once");
+    assert!(taken.fence() > fence);
+    drop(taken);
+
+    // Loopback needs no token; releasing a free key revokes nothing.
+    let nothing = http::post_json(addr, "/api/release", &[], &json!({ "key": "free/key" })).await;
+    assert_eq!(nothing.status, 200);
+    assert_eq!(nothing.json()["revoked"], json!([]));
+    let m = http::get(addr, "/metrics").await.body;
+    assert_eq!(sample(&m, "lockbroker_revocations_total"), Some(1.0));
+}
