@@ -71,7 +71,7 @@ pub struct Metrics {
 const HOLD_SAMPLE: u64 = 16;
 
 fn sampled(fence: Fence) -> bool {
-    fence % HOLD_SAMPLE == 0
+    fence.is_multiple_of(HOLD_SAMPLE)
 }
 
 fn seconds_buckets() -> Histogram {
