@@ -125,13 +125,14 @@ impl PluginHost {
         // Every plugin's instances come from the engine's one pool; keep half of it free for
         // the instances of a previous generation still draining after a reload.
         let wanted: usize = settings.iter().map(|s| s.max_instances).sum();
-        if wanted * 2 > super::engine::POOL_COMPONENT_INSTANCES as usize {
+        let slots = super::engine::pool_slots();
+        if wanted * 2 > slots as usize {
             return Err(PluginError::Settings {
                 name: settings.last().map(|s| s.name.clone()).unwrap_or_default(),
                 reason: format!(
                     "the plugins' max_instances add up to {wanted}; at most {} fit the \
                      engine's instance pool",
-                    super::engine::POOL_COMPONENT_INSTANCES / 2
+                    slots / 2
                 ),
             });
         }
