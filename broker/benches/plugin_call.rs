@@ -122,6 +122,11 @@ fn main() {
     );
     measure(
         &rt,
+        "acl + ttl-clamp chained, decision cache (policy bench)",
+        vec![acl().with_decision_cache(64), ttl().with_decision_cache(64)],
+    );
+    measure(
+        &rt,
         "acl (rewrite) + ttl-clamp chained",
         vec![
             acl().with_config("rewrite_prefix", "tenant/{principal}/"),
