@@ -24,9 +24,12 @@ pub enum Decision {
     Ttl(Result<u64, String>),
 }
 
+/// One shard: encoded request → its answer.
+type Shard = HashMap<Box<[u8]>, Decision>;
+
 /// The decision cache of one plugin generation.
 pub struct DecisionCache {
-    shards: Box<[Mutex<HashMap<Box<[u8]>, Decision>>]>,
+    shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
 }
 
@@ -65,7 +68,7 @@ impl DecisionCache {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
-    fn shard(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Decision>> {
+    fn shard(&self) -> std::sync::MutexGuard<'_, Shard> {
         lock(&self.shards[super::pool::shard_index(self.shards.len())])
     }
 }
