@@ -22,6 +22,8 @@ impl Table {
             .collect();
         let mut live = 0;
         let mut held: HashMap<u64, usize> = HashMap::new();
+        // Each session's entry list as a set, built once per check (not a scan per holder).
+        let mut held_on: HashMap<u64, HashSet<EntryId>> = HashMap::new();
         for e in self.keys.iter() {
             live += 1;
             let k = &e.key;
@@ -84,7 +86,10 @@ impl Table {
                 assert!(items.contains(&at(h.deadline, Due::Lease)));
                 if !h.orphan {
                     let s = self.sessions.get(h.session).expect("holder session exists");
-                    assert!(s.held_on().contains(&id), "{k:?}");
+                    let listed = held_on
+                        .entry(h.session)
+                        .or_insert_with(|| s.held_on().iter().copied().collect());
+                    assert!(listed.contains(&id), "{k:?}");
                     *held.entry(h.session).or_default() += 1;
                 }
             }
