@@ -6,7 +6,19 @@
 //! ```
 //!
 //! Prints ns per `evaluate` for: no plugins (the fast path), the template key policy, the ACL
-//! key policy, ttl-clamp, and ACL (with rewrite) + ttl-clamp chained.
+//! key policy, ttl-clamp, ACL + ttl-clamp chained (the `policy` bench's chain), and ACL (with
+//! rewrite) + ttl-clamp chained.
+//!
+//! For instruction counts (callgrind), `LB_ONLY=<label substring>` runs only the matching
+//! measurements and `LB_CALLS=<n>` sets the calls per round (default 100000; one round then):
+//!
+//! ```sh
+//! LOCKBROKER_PLUGIN_POOL_SLOTS=16 LB_ONLY="policy bench" LB_CALLS=20000 \
+//!     valgrind --tool=callgrind target/release/deps/plugin_call-<hash>
+//! ```
+//!
+//! (valgrind cannot reserve the default instance pool's address space: the broker's
+//! `LOCKBROKER_PLUGIN_POOL_SLOTS` shrinks it, and each plugin then gets 2 instances.)
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -27,7 +39,16 @@ fn dist(stem: &str) -> PathBuf {
     path
 }
 
-fn measure(rt: &tokio::runtime::Runtime, label: &str, plugins: Vec<PluginSettings>) {
+fn measure(rt: &tokio::runtime::Runtime, label: &str, mut plugins: Vec<PluginSettings>) {
+    if std::env::var("LB_ONLY").is_ok_and(|only| !label.contains(&only)) {
+        return;
+    }
+    if std::env::var_os("LOCKBROKER_PLUGIN_POOL_SLOTS").is_some() {
+        for p in &mut plugins {
+            p.max_instances = 2;
+        }
+    }
+    let calls: Option<usize> = std::env::var("LB_CALLS").ok().and_then(|n| n.parse().ok());
     let cache = std::env::temp_dir().join("lockbroker-bench-cache");
     let host = match PluginHost::load(plugins, &cache) {
         Ok(host) => host,
@@ -48,15 +69,19 @@ fn measure(rt: &tokio::runtime::Runtime, label: &str, plugins: Vec<PluginSetting
             black_box(host.evaluate(req).await.ok());
         }
         let mut best = f64::MAX;
-        for _ in 0..5 {
-            let n = 100_000;
+        let rounds = if calls.is_some() { 1 } else { 5 };
+        for _ in 0..rounds {
+            let n = calls.unwrap_or(100_000);
             let started = Instant::now();
             for _ in 0..n {
                 black_box(host.evaluate(black_box(req)).await.ok());
             }
             best = best.min(started.elapsed().as_nanos() as f64 / n as f64);
         }
-        println!("{label:<40} {best:>9.0} ns/evaluate (best of 5 x 100k)");
+        println!(
+            "{label:<40} {best:>9.0} ns/evaluate (best of {rounds} x {})",
+            calls.unwrap_or(100_000)
+        );
     });
     assert_eq!(
         host.stats().plugins.iter().map(|p| p.errors).sum::<u64>(),
@@ -90,6 +115,16 @@ fn main() {
     );
     measure(&rt, "key-prefix-acl", vec![acl()]);
     measure(&rt, "ttl-clamp", vec![ttl()]);
+    measure(
+        &rt,
+        "acl + ttl-clamp chained (policy bench)",
+        vec![acl(), ttl()],
+    );
+    measure(
+        &rt,
+        "acl + ttl-clamp chained, decision cache (policy bench)",
+        vec![acl().with_decision_cache(64), ttl().with_decision_cache(64)],
+    );
     measure(
         &rt,
         "acl (rewrite) + ttl-clamp chained",

@@ -12,7 +12,7 @@ use super::error::PluginError;
 use super::host::linker;
 use super::plugin::LoadedPlugin;
 use super::pool::block_on;
-use super::request::{KeyDecision, LockMode, Operation, PolicyRequest};
+use super::request::{KeyDecision, LockMode, Operation, PolicyRequest, to_wit};
 use super::settings::{PluginKind, PluginSettings};
 use super::stats::Counters;
 use super::world;
@@ -152,14 +152,15 @@ pub fn check_file(path: &Path) -> Result<CheckReport, PluginError> {
         principal: "check",
         op: Operation::Acquire,
     };
+    let wit = to_wit(&req, req.key, 0);
     let started = Instant::now();
     let result = match kind {
-        PluginKind::KeyPolicy => block_on(plugin.check(&req, req.key)).map(|d| match d {
+        PluginKind::KeyPolicy => block_on(plugin.check(&wit)).map(|d| match d {
             KeyDecision::Allow => "allow".to_string(),
             KeyDecision::Rewrite(k) => format!("rewrite to `{}`", String::from_utf8_lossy(&k)),
             KeyDecision::Deny(r) => format!("deny: {r}"),
         }),
-        _ => block_on(plugin.grant_ttl(&req, req.key, 0)).map(|r| match r {
+        _ => block_on(plugin.grant_ttl(&wit)).map(|r| match r {
             Ok(ms) => format!("ttl {ms} ms"),
             Err(e) => format!("error: {e}"),
         }),

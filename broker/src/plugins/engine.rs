@@ -27,6 +27,25 @@ pub const TICK: Duration = Duration::from_micros(500);
 /// draining after a reload).
 pub(super) const POOL_COMPONENT_INSTANCES: u32 = 512;
 
+/// Environment variable that shrinks the pool (8 to 512 component instances) for tools that
+/// cannot reserve the default pool's address space (about 2 TiB of memory slots): valgrind
+/// (`BENCHMARKS.md`, callgrind). Not a configuration setting: production keeps the default.
+const POOL_SLOTS_ENV: &str = "LOCKBROKER_PLUGIN_POOL_SLOTS";
+
+/// Component instance slots of the engine's pool: `POOL_COMPONENT_INSTANCES` unless
+/// [`POOL_SLOTS_ENV`] says otherwise.
+pub(super) fn pool_slots() -> u32 {
+    static SLOTS: OnceLock<u32> = OnceLock::new();
+    *SLOTS.get_or_init(|| {
+        std::env::var(POOL_SLOTS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .map_or(POOL_COMPONENT_INSTANCES, |n| {
+                n.clamp(8, POOL_COMPONENT_INSTANCES)
+            })
+    })
+}
+
 /// Number of live `PluginHost`s; the ticker sleeps while there are none.
 static LIVE_HOSTS: AtomicUsize = AtomicUsize::new(0);
 
@@ -40,13 +59,14 @@ pub fn engine() -> Result<&'static Engine, PluginError> {
 }
 
 fn build() -> wasmtime::Result<Engine> {
+    let slots = pool_slots();
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(POOL_COMPONENT_INSTANCES)
+    pool.total_component_instances(slots)
         // a wasip2 component is a handful of core instances (main module + adapter shims)
-        .total_core_instances(POOL_COMPONENT_INSTANCES * 8)
-        .total_memories(POOL_COMPONENT_INSTANCES)
-        .total_tables(POOL_COMPONENT_INSTANCES * 4)
-        .total_stacks(POOL_COMPONENT_INSTANCES)
+        .total_core_instances(slots * 8)
+        .total_memories(slots)
+        .total_tables(slots * 4)
+        .total_stacks(slots)
         .max_memory_size(MAX_MEMORY_LIMIT)
         // keep a few idle slots warm so recycling an instance is cheap
         .max_unused_warm_slots(64);

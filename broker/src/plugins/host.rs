@@ -16,7 +16,7 @@ use super::engine::{TickerGuard, engine};
 use super::error::PluginError;
 use super::fault::Fault;
 use super::plugin::LoadedPlugin;
-use super::request::{KeyDecision, PolicyOutcome, PolicyRequest, millis};
+use super::request::{KeyDecision, PolicyOutcome, PolicyRequest, millis, to_wit};
 use super::settings::{OnError, PluginKind, PluginSettings};
 use super::state::HostState;
 use super::stats::{Counters, PluginStat, PluginStats};
@@ -125,13 +125,14 @@ impl PluginHost {
         // Every plugin's instances come from the engine's one pool; keep half of it free for
         // the instances of a previous generation still draining after a reload.
         let wanted: usize = settings.iter().map(|s| s.max_instances).sum();
-        if wanted * 2 > super::engine::POOL_COMPONENT_INSTANCES as usize {
+        let slots = super::engine::pool_slots();
+        if wanted * 2 > slots as usize {
             return Err(PluginError::Settings {
                 name: settings.last().map(|s| s.name.clone()).unwrap_or_default(),
                 reason: format!(
                     "the plugins' max_instances add up to {wanted}; at most {} fit the \
                      engine's instance pool",
-                    super::engine::POOL_COMPONENT_INSTANCES / 2
+                    slots / 2
                 ),
             });
         }
@@ -215,27 +216,35 @@ impl PluginHost {
         }
         // In-flight calls keep their generation alive across a concurrent reload.
         let generation = self.current.load_full();
-        let mut key: Cow<'a, [u8]> = Cow::Borrowed(req.key);
+        // One WIT request for the whole chain: its key follows rewrites, its TTL the grants.
+        let mut wit = to_wit(&req, req.key, millis(req.ttl));
+        let mut rewritten = false;
         for plugin in &generation.key {
-            match plugin.check(&req, &key).await {
+            match plugin.check(&wit).await {
                 Ok(KeyDecision::Allow) => {}
-                Ok(KeyDecision::Rewrite(new)) => key = Cow::Owned(new),
+                Ok(KeyDecision::Rewrite(new)) => {
+                    wit.key = new;
+                    rewritten = true;
+                }
                 Ok(KeyDecision::Deny(reason)) => return Err(reason),
                 Err(fault) => fail(plugin, &fault)?,
             }
         }
-        let mut ttl_ms = millis(req.ttl);
         for plugin in &generation.ttl {
-            match plugin.grant_ttl(&req, &key, ttl_ms).await {
-                Ok(Ok(granted)) => ttl_ms = granted,
+            match plugin.grant_ttl(&wit).await {
+                Ok(Ok(granted)) => wit.ttl_ms = granted,
                 Ok(Err(reason)) => return Err(reason),
                 Err(fault) => fail(plugin, &fault)?,
             }
         }
         Ok(PolicyOutcome {
-            rewritten: matches!(key, Cow::Owned(_)),
-            key,
-            ttl: Duration::from_millis(ttl_ms),
+            key: if rewritten {
+                Cow::Owned(wit.key)
+            } else {
+                Cow::Borrowed(req.key)
+            },
+            rewritten,
+            ttl: Duration::from_millis(wit.ttl_ms),
         })
     }
 

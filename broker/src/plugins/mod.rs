@@ -22,6 +22,7 @@
 mod bindings;
 mod cache;
 mod check;
+mod decisions;
 mod engine;
 mod error;
 mod fault;
@@ -52,8 +53,8 @@ pub mod wit {
 }
 pub use request::{KeyDecision, LockMode, MAX_KEY_LEN, Operation, PolicyOutcome, PolicyRequest};
 pub use settings::{
-    DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_BUDGET, MAX_MEMORY_LIMIT, OnError, PluginKind,
-    PluginSettings, parse_plugin_tables,
+    DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_BUDGET, MAX_DECISION_CACHE, MAX_MEMORY_LIMIT, OnError,
+    PluginKind, PluginSettings, parse_plugin_tables,
 };
 pub use stats::{PluginStat, PluginStats};
 pub use watch::{watch, watch_every};

@@ -13,11 +13,12 @@ use super::bindings::ttl_policy::TtlPolicyPre;
 use super::bindings::types::{EventOutcome, HeldLock, LockEvent, LockRequest, RestoreState};
 use super::bindings::{WIT_PACKAGE, WIT_VERSION};
 use super::cache::{self, Origin};
+use super::decisions::{Decision, DecisionCache};
 use super::engine::deadline_ticks;
 use super::error::PluginError;
 use super::fault::Fault;
 use super::pool::{Exports, Pool, Pre, block_on};
-use super::request::{KeyDecision, MAX_KEY_LEN, PolicyRequest, millis, to_wit};
+use super::request::{KeyDecision, MAX_KEY_LEN};
 use super::settings::{PluginKind, PluginSettings};
 use super::state::HostState;
 use super::stats::Counters;
@@ -50,6 +51,8 @@ pub struct LoadedPlugin {
     deadline: u64,
     /// One permit per call in flight (`settings.max_instances`).
     permits: tokio::sync::Semaphore,
+    /// Remembered decisions (`settings.decision_cache > 0`).
+    decisions: Option<DecisionCache>,
 }
 
 impl LoadedPlugin {
@@ -159,6 +162,7 @@ impl LoadedPlugin {
         Ok(LoadedPlugin {
             deadline: deadline_ticks(settings.time_budget),
             permits: tokio::sync::Semaphore::new(settings.max_instances),
+            decisions: DecisionCache::new(settings.decision_cache, pool_shards()),
             settings,
             content_hash: compiled.content_hash,
             origin: compiled.origin,
@@ -172,11 +176,13 @@ impl LoadedPlugin {
         self.pool.idle()
     }
 
-    /// Runs the key policy on `key` (the request's key or a previous policy's rewrite).
-    pub async fn check(&self, req: &PolicyRequest<'_>, key: &[u8]) -> Result<KeyDecision, Fault> {
-        let wit = to_wit(req, key, millis(req.ttl));
+    /// Runs the key policy on `req` (whose key is the client's or a previous policy's rewrite).
+    pub async fn check(&self, req: &LockRequest) -> Result<KeyDecision, Fault> {
+        if let Some(Decision::Key(decision)) = self.remembered(req) {
+            return Ok(decision);
+        }
         let result = self
-            .call(Call::Check(&wit), |ret| match ret {
+            .call(Call::Check(req), |ret| match ret {
                 Ret::Decision(KeyDecision::Rewrite(new)) if new.is_empty() => {
                     Some("rewrite to an empty key".to_string())
                 }
@@ -190,29 +196,43 @@ impl LoadedPlugin {
             })
             .await?;
         match result {
-            Ret::Decision(decision) => Ok(decision),
+            Ret::Decision(decision) => {
+                if let Some(cache) = &self.decisions {
+                    cache.put(req, Decision::Key(decision.clone()));
+                }
+                Ok(decision)
+            }
             _ => Err(Fault::Invalid("not a key policy".to_string())),
         }
     }
 
-    /// Runs the TTL policy with `ttl_ms` as the requested TTL. `Ok(Err(reason))` is the plugin's
-    /// own refusal.
-    pub async fn grant_ttl(
-        &self,
-        req: &PolicyRequest<'_>,
-        key: &[u8],
-        ttl_ms: u64,
-    ) -> Result<Result<u64, String>, Fault> {
-        let wit = to_wit(req, key, ttl_ms);
+    /// Runs the TTL policy on `req` (whose `ttl_ms` is the client's or the previous TTL
+    /// policy's grant). `Ok(Err(reason))` is the plugin's own refusal.
+    pub async fn grant_ttl(&self, req: &LockRequest) -> Result<Result<u64, String>, Fault> {
+        if let Some(Decision::Ttl(granted)) = self.remembered(req) {
+            return Ok(granted);
+        }
         let result = self
-            .call(Call::GrantTtl(&wit), |ret| {
+            .call(Call::GrantTtl(req), |ret| {
                 matches!(ret, Ret::Ttl(Ok(0))).then(|| "a TTL of 0 ms".to_string())
             })
             .await?;
         match result {
-            Ret::Ttl(granted) => Ok(granted),
+            Ret::Ttl(granted) => {
+                if let Some(cache) = &self.decisions {
+                    cache.put(req, Decision::Ttl(granted.clone()));
+                }
+                Ok(granted)
+            }
             _ => Err(Fault::Invalid("not a TTL policy".to_string())),
         }
+    }
+
+    /// The decision cache's answer for `req`, counted as a hit.
+    fn remembered(&self, req: &LockRequest) -> Option<Decision> {
+        let decision = self.decisions.as_ref()?.get(req)?;
+        Counters::bump(&self.counters.decision_cache_hits);
+        Some(decision)
     }
 
     /// Checks out an instance, makes the call under the time budget, checks the result with
@@ -229,13 +249,14 @@ impl LoadedPlugin {
         // no timers: no wait for an instance, no wall-clock bound (the epoch budget stays).
         let timers = tokio::runtime::Handle::try_current().is_ok();
         // Wait for a free instance within the budget; then refuse (overload, never fail open).
-        let permit = if timers {
-            tokio::time::timeout(budget, self.permits.acquire())
+        // A free permit is taken at once; only a call that has to wait sets up a timer.
+        let permit = match self.permits.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) if timers => tokio::time::timeout(budget, self.permits.acquire())
                 .await
                 .ok()
-                .and_then(Result::ok)
-        } else {
-            self.permits.try_acquire().ok()
+                .and_then(Result::ok),
+            Err(_) => None,
         };
         let Some(_permit) = permit else {
             Counters::bump(&self.counters.overloads);
@@ -263,48 +284,60 @@ impl LoadedPlugin {
         let stderr_mark = instance.store.data().stderr.mark();
         instance.store.data_mut().ticks_left = self.deadline;
         instance.store.set_epoch_deadline(1);
-        let store = &mut instance.store;
-        let guest = async {
-            match (&instance.exports, call) {
-                (Exports::Key(p), Call::Check(req)) => p
-                    .call_check(store, req)
-                    .await
-                    .map(|d| Ret::Decision(d.into())),
-                (Exports::Ttl(p), Call::GrantTtl(req)) => {
-                    p.call_grant_ttl(store, req).await.map(Ret::Ttl)
+        let result = {
+            let store = &mut instance.store;
+            let guest = async {
+                match (&instance.exports, call) {
+                    (Exports::Key(p), Call::Check(req)) => p
+                        .call_check(store, req)
+                        .await
+                        .map(|d| Ret::Decision(d.into())),
+                    (Exports::Ttl(p), Call::GrantTtl(req)) => {
+                        p.call_grant_ttl(store, req).await.map(Ret::Ttl)
+                    }
+                    (Exports::Mirror(p), Call::OnEvents(events)) => {
+                        p.call_on_events(store, events).await.map(Ret::Outcomes)
+                    }
+                    (Exports::Mirror(p), Call::Resync(holds, max_fence)) => p
+                        .call_resync(store, holds, max_fence)
+                        .await
+                        .map(Ret::Outcomes),
+                    (Exports::Mirror(p), Call::Restore) => {
+                        p.call_restore(store).await.map(Ret::Restore)
+                    }
+                    _ => Err(wasmtime::format_err!(
+                        "the plugin does not export this function"
+                    )),
                 }
-                (Exports::Mirror(p), Call::OnEvents(events)) => {
-                    p.call_on_events(store, events).await.map(Ret::Outcomes)
+            };
+            // The policy worlds import no host function that waits, so a call normally completes
+            // in its first poll: poll it once before arming the wall-clock timer (which then only
+            // guards a call that waits inside WASI), measured from the start of the call.
+            let started = wall_limit.map(|_| tokio::time::Instant::now());
+            let mut guest = std::pin::pin!(guest);
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(guest.as_mut().poll(cx))).await;
+            match (first, wall_limit.zip(started)) {
+                (std::task::Poll::Ready(r), _) => r,
+                (std::task::Poll::Pending, None) => guest.await,
+                (std::task::Poll::Pending, Some((limit, started))) => {
+                    match tokio::time::timeout_at(started + limit, guest).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            // Cut while waiting in the host: the instance is dropped mid-call.
+                            Counters::bump(&self.counters.timeouts);
+                            Counters::bump(&self.counters.recycled);
+                            let fault = Fault::Timeout(budget);
+                            tracing::warn!(
+                                target: "lockbroker::plugin",
+                                plugin = %self.settings.name,
+                                "{fault} (waiting in WASI)"
+                            );
+                            return Err(fault);
+                        }
+                    }
                 }
-                (Exports::Mirror(p), Call::Resync(holds, max_fence)) => p
-                    .call_resync(store, holds, max_fence)
-                    .await
-                    .map(Ret::Outcomes),
-                (Exports::Mirror(p), Call::Restore) => {
-                    p.call_restore(store).await.map(Ret::Restore)
-                }
-                _ => Err(wasmtime::format_err!(
-                    "the plugin does not export this function"
-                )),
             }
-        };
-        let result = match wall_limit {
-            None => guest.await,
-            Some(limit) => match tokio::time::timeout(limit, guest).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // Cut while waiting in the host: the instance is dropped mid-call.
-                    Counters::bump(&self.counters.timeouts);
-                    Counters::bump(&self.counters.recycled);
-                    let fault = Fault::Timeout(budget);
-                    tracing::warn!(
-                        target: "lockbroker::plugin",
-                        plugin = %self.settings.name,
-                        "{fault} (waiting in WASI)"
-                    );
-                    return Err(fault);
-                }
-            },
         };
         let fault = match result {
             Ok(ret) => match invalid(&ret) {

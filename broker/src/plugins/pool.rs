@@ -137,7 +137,7 @@ impl Pool {
 
 /// The shard of the calling thread: each thread gets the next index the first time it asks,
 /// so the runtime's worker threads spread over the shards.
-fn shard_index(shards: usize) -> usize {
+pub(super) fn shard_index(shards: usize) -> usize {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {

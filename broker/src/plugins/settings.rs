@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_INSTANCES: usize = 32;
 pub const MAX_INSTANCES: usize = 128;
 /// Largest memory cap an operator may configure (the engine's pooling allocator is sized for it).
 pub const MAX_MEMORY_LIMIT: usize = 256 << 20;
+/// Most decisions a policy plugin's decision cache may keep (`decision_cache`).
+pub const MAX_DECISION_CACHE: usize = 1 << 20;
 /// Largest time budget an operator may configure for a hot-path policy call.
 pub const MAX_TIME_BUDGET: Duration = Duration::from_secs(10);
 
@@ -76,6 +78,8 @@ pub enum OnError {
 /// time_budget_ms = 1         # default 1
 /// memory_limit_mb = 16       # default 16
 /// max_instances = 32         # calls at once (instances); default 32, at most 128
+/// decision_cache = 0         # decisions remembered (policies whose decision depends only on
+///                            # the request and [plugin.config]); default 0 = off
 /// [plugin.config]            # the plugin's own settings, served by host.config(name)
 /// rules = "alice=orders/:rw;bob=reports/:r"
 /// ```
@@ -97,6 +101,12 @@ pub struct PluginSettings {
     /// Calls in flight at once (each on its own instance). A call waits for a free one within
     /// its time budget, then is refused as overload — never let through, whatever `on_error`.
     pub max_instances: usize,
+    /// Decisions of a policy plugin to remember (0, the default: none). Only for plugins whose
+    /// decision depends on nothing but the request (key, mode, TTL, principal, operation) and
+    /// their `config` — e.g. the bundled `key-prefix-acl` and `ttl-clamp` — not on time,
+    /// randomness or outside state: a remembered decision is replayed without calling the
+    /// plugin. Faults are never remembered; a reload starts with an empty cache.
+    pub decision_cache: usize,
     /// The plugin's own settings, served by `host.config(name)`.
     pub config: BTreeMap<String, String>,
 }
@@ -112,8 +122,15 @@ impl PluginSettings {
             time_budget: DEFAULT_TIME_BUDGET,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             max_instances: DEFAULT_MAX_INSTANCES,
+            decision_cache: 0,
             config: BTreeMap::new(),
         }
+    }
+
+    /// Remembers up to `entries` decisions (builder style); see [`PluginSettings::decision_cache`].
+    pub fn with_decision_cache(mut self, entries: usize) -> Self {
+        self.decision_cache = entries;
+        self
     }
 
     /// Adds one `host.config` setting (builder style).
@@ -152,6 +169,15 @@ impl PluginSettings {
                 self.max_instances
             ));
         }
+        if self.decision_cache > MAX_DECISION_CACHE {
+            return bad(format!(
+                "decision_cache = {} must be at most {MAX_DECISION_CACHE}",
+                self.decision_cache
+            ));
+        }
+        if self.decision_cache > 0 && self.kind == PluginKind::Mirror {
+            return bad("decision_cache is for policy plugins, not mirrors".into());
+        }
         Ok(())
     }
 }
@@ -169,6 +195,8 @@ struct RawSettings {
     time_budget_us: Option<u64>,
     memory_limit_mb: Option<u64>,
     max_instances: Option<usize>,
+    #[serde(default)]
+    decision_cache: usize,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
 }
@@ -223,6 +251,7 @@ impl TryFrom<RawSettings> for PluginSettings {
             time_budget,
             memory_limit,
             max_instances: raw.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES),
+            decision_cache: raw.decision_cache,
             config,
         };
         settings.validate()?;

@@ -12,6 +12,8 @@ use super::settings::PluginKind;
 pub struct Counters {
     /// Calls into the plugin (excluding the smoke calls of `check_file`).
     pub calls: AtomicU64,
+    /// Requests answered from the decision cache, without a call.
+    pub decision_cache_hits: AtomicU64,
     /// Calls that trapped (other than timeouts and memory exhaustion).
     pub traps: AtomicU64,
     /// Calls interrupted at their time budget.
@@ -72,6 +74,8 @@ pub struct PluginStat {
     pub path: PathBuf,
     /// Calls made.
     pub calls: u64,
+    /// Requests answered from the decision cache (no call made).
+    pub decision_cache_hits: u64,
     /// All failed calls: `traps + timeouts + memory_exceeded + invalid_results +
     /// instantiate_failures`.
     pub errors: u64,
@@ -128,6 +132,7 @@ impl PluginStat {
             kind,
             path,
             calls: get(&c.calls),
+            decision_cache_hits: get(&c.decision_cache_hits),
             errors: traps + timeouts + memory + invalid + inst,
             traps,
             timeouts,
@@ -152,13 +157,14 @@ impl fmt::Display for PluginStats {
         for p in &self.plugins {
             writeln!(
                 f,
-                "{} ({}, {}): calls={} errors={} (traps={} timeouts={} memory={} invalid={} \
+                "{} ({}, {}): calls={} decision_cache_hits={} errors={} (traps={} timeouts={} memory={} invalid={} \
                  instantiate={}) recycled={} instances={} idle={} failed_open={} reloads={} \
                  rejected_reloads={} cache_hits={} compiles={}",
                 p.name,
                 p.kind,
                 p.path.display(),
                 p.calls,
+                p.decision_cache_hits,
                 p.errors,
                 p.traps,
                 p.timeouts,

@@ -220,6 +220,26 @@ async fn faults_under_concurrency_never_affect_good_requests() {
     assert_eq!(s.recycled, s.errors, "{s:?}");
 }
 
+/// The decision cache remembers answers, never faults: a trapping or sleeping request is
+/// called (and cut at its budget) every time, while a good request is called once.
+#[tokio::test]
+async fn decision_cache_never_remembers_faults() {
+    let cache = tempdir();
+    let key = settings("faulty", "fault_key", PluginKind::KeyPolicy).with_decision_cache(64);
+    let host = PluginHost::load(vec![key], cache.path()).expect("load fault plugin");
+    for _ in 0..3 {
+        assert_denied(&host, b"fault/trap", &["plugin `faulty` failed"]).await;
+        let started = Instant::now();
+        assert_denied(&host, b"fault/sleep", &["time budget of 1ms"]).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_still_serving(&host).await;
+    }
+    let s = stat(&host, "faulty");
+    assert_eq!((s.traps, s.timeouts), (3, 3), "{s:?}");
+    // 3 traps + 3 timeouts + the good request once; its 8 repetitions come from the cache
+    assert_eq!((s.calls, s.decision_cache_hits), (7, 8), "{s:?}");
+}
+
 /// The time budget is a wall-clock bound for policy plugins: a guest sleeping in WASI (a wait
 /// in the host, where the epoch interruption cannot stop it) is cut at its budget, not after
 /// its 5 s sleep (before: 5.0 s with a 1 ms budget).

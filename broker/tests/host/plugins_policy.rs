@@ -218,6 +218,72 @@ async fn policies_chain_in_config_order() {
     assert_eq!(host.stats().get("template").unwrap().calls, before);
 }
 
+/// `decision_cache = N`: a repeated request is answered from the cache without a call (allow,
+/// rewrite, deny and TTL grants alike), every field of the request is part of the cache key,
+/// the chain's rewrite feeds the next policy's cached decision, and the chain's answers are the
+/// same as without the cache.
+#[tokio::test]
+async fn decision_cache_replays_decisions_without_calls() {
+    let cache = tempdir();
+    let chain = |entries: usize| {
+        vec![
+            settings("acl", "key_prefix_acl", PluginKind::KeyPolicy)
+                .with_config("rules", RULES)
+                .with_config("rewrite_prefix", "tenant/{principal}/")
+                .with_decision_cache(entries),
+            settings("ttl", "ttl_clamp", PluginKind::TtlPolicy)
+                .with_config("rules", "tenant/alice/=default:7000,max:8000")
+                .with_decision_cache(entries),
+        ]
+    };
+    let cached = PluginHost::load(chain(64), cache.path()).unwrap();
+    let plain = PluginHost::load(chain(0), cache.path()).unwrap();
+    let requests = [
+        excl("alice", b"orders/1"),
+        acquire("alice", b"orders/1", LockMode::Exclusive, 60_000),
+        acquire("alice", b"orders/1", LockMode::Shared, 60_000),
+        excl("alice", b"orders/2"),
+        excl("bob", b"orders/1"),
+        excl("alic", b"eorders/1"),
+    ];
+    for round in 0..3 {
+        for req in requests {
+            assert_eq!(
+                cached.evaluate(req).await,
+                plain.evaluate(req).await,
+                "round {round}: {req:?}"
+            );
+        }
+    }
+    let acl = cached.stats().get("acl").unwrap().clone();
+    let ttl = cached.stats().get("ttl").unwrap().clone();
+    // six distinct requests: each called once, then replayed twice
+    assert_eq!((acl.calls, acl.decision_cache_hits), (6, 12), "{acl:?}");
+    // the TTL policy sees only the allowed ones (bob and alic are denied by the ACL)
+    assert_eq!((ttl.calls, ttl.decision_cache_hits), (4, 8), "{ttl:?}");
+    let plain_acl = plain.stats().get("acl").unwrap().clone();
+    assert_eq!((plain_acl.calls, plain_acl.decision_cache_hits), (18, 0));
+    assert_eq!(acl.errors + ttl.errors, 0);
+}
+
+#[test]
+fn decision_cache_settings_are_validated() {
+    let toml = r#"
+        [[plugin]]
+        name = "acl"
+        path = "acl.wasm"
+        kind = "key-policy"
+        decision_cache = 4096
+    "#;
+    assert_eq!(parse_plugin_tables(toml).unwrap()[0].decision_cache, 4096);
+    let too_big = toml.replace("4096", "100000000");
+    let err = parse_plugin_tables(&too_big).unwrap_err().to_string();
+    assert!(err.contains("decision_cache"), "{err}");
+    let mirror = toml.replace("key-policy", "mirror");
+    let err = parse_plugin_tables(&mirror).unwrap_err().to_string();
+    assert!(err.contains("decision_cache"), "{err}");
+}
+
 #[tokio::test]
 async fn empty_host_is_a_pass_through() {
     let cache = tempdir();
