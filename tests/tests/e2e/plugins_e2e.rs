@@ -10,6 +10,10 @@ use lockbroker_sdk::Error;
 use lockbroker_tests::plugins::{client_pki, plugin};
 use lockbroker_tests::{Broker, TempDir, cli};
 
+/// The ACL and TTL-clamp plugins for the policy tests. Their budget is raised from the 1 ms
+/// default to 25 ms: these tests check decisions, not budgets (the budget tests below use their
+/// own plugins), and a debug-build broker sharing 2 cores with the other tests' brokers sometimes
+/// spends more than a millisecond of wall time in one ACL call, mostly right after idling.
 fn acl_config(rules: &str, extra_acl: &str) -> String {
     format!(
         r#"
@@ -20,6 +24,7 @@ tokens = {{ "alice-token" = "alice", "bob-token" = "bob" }}
 name = "acl"
 path = "{acl}"
 kind = "key-policy"
+time_budget_ms = 25
 [plugin.config]
 rules = "{rules}"
 {extra_acl}
@@ -28,6 +33,7 @@ rules = "{rules}"
 name = "clamp"
 path = "{clamp}"
 kind = "ttl-policy"
+time_budget_ms = 25
 [plugin.config]
 default_ms = 4000
 min_ms = 1000
