@@ -1,9 +1,11 @@
 //! Command-line interface: argument definitions and dispatch to one file per subcommand.
 
+mod admin_http;
 mod cluster;
 mod completions;
 mod inspect;
 mod lock;
+mod operate;
 mod plugin;
 mod serve;
 mod supervise;
@@ -34,6 +36,13 @@ enum Command {
     Plugin(plugin::PluginArgs),
     /// Cluster mode: members, shard owners, epochs and grace, from etcd.
     Cluster(cluster::ClusterArgs),
+    /// Held keys with their holders (fence, mode, TTL left, principal) and waiters, from the
+    /// admin API.
+    Locks(operate::LocksArgs),
+    /// Connected sessions (principal, peer, leases, waiting requests), from the admin API.
+    Sessions(operate::SessionsArgs),
+    /// Operator: end every lease on a key now (`--force`); holders are told, the broker logs it.
+    Release(operate::ReleaseArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
 }
@@ -104,5 +113,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(a) => plugin::run(a).await,
         Command::Cluster(a) => cluster::run(a).await,
         Command::Completions(a) => Ok(completions::run(a)),
+        Command::Locks(a) => operate::locks(a).await,
+        Command::Sessions(a) => operate::sessions(a).await,
+        Command::Release(a) => operate::release(a).await,
     }
 }

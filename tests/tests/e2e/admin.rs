@@ -217,3 +217,79 @@ async fn a_forced_release_ends_the_lease_at_once_and_tells_the_holder() {
     let m = http::get(addr, "/metrics").await.body;
     assert_eq!(sample(&m, "lockbroker_revocations_total"), Some(1.0));
 }
+
+/// The operator commands against the real binary: `lockbroker locks` lists a key the SDK
+/// holds (fence, principal, waiters), `sessions` lists the holder's session, `release` without
+/// `--force` refuses, and `release --force` ends the lease at once (the guard's `lost()` fires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_sessions_and_release_force_from_the_cli() {
+    use lockbroker_tests::lockbroker_bin;
+    use lockbroker_tests::util::run_bounded;
+    let broker = Broker::start();
+    let url = format!("http://{}", admin(&broker));
+    let holder = broker.client().await;
+    let waiter = broker.client().await;
+    let guard = holder
+        .lock("ops/cli/job")
+        .ttl(Duration::from_secs(60))
+        .await
+        .expect("lock");
+    let queued = tokio::spawn(async move {
+        waiter
+            .lock("ops/cli/job")
+            .wait(Duration::from_secs(30))
+            .await
+            .map(|g| g.fence())
+    });
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(lockbroker_bin());
+        cmd.args(args).arg("--admin").arg(&url);
+        cmd
+    };
+    // The waiter is queued (bounded wait) before the listing.
+    eventually("the waiter queued", LIMIT, || async {
+        let out = run_bounded(cli(&["locks", "--prefix", "ops/cli/"]), LIMIT).await;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains("ops/cli/job") && l.trim_end().ends_with(" 1"))
+            .then_some(())
+    })
+    .await;
+    let out = run_bounded(cli(&["locks", "--prefix", "ops/"]), LIMIT).await;
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{listed}");
+    assert!(listed.contains("ops/cli/job"), "{listed}");
+    assert!(listed.contains(&guard.fence().to_string()), "{listed}");
+    assert!(listed.contains("anonymous"), "{listed}");
+    let out = run_bounded(cli(&["sessions"]), LIMIT).await;
+    let sessions = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && sessions.contains("anonymous"),
+        "{sessions}"
+    );
+    assert!(
+        sessions.lines().count() >= 3,
+        "two sessions and a header: {sessions}"
+    );
+    let out = run_bounded(cli(&["release", "ops/cli/job"]), LIMIT).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert!(!guard.is_lost());
+    let out = run_bounded(cli(&["release", "--force", "ops/cli/job"]), LIMIT).await;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(&guard.fence().to_string()), "{said}");
+    tokio::time::timeout(LIMIT, guard.lost())
+        .await
+        .expect("the holder was told at once");
+    let next = tokio::time::timeout(LIMIT, queued)
+        .await
+        .expect("the waiter is granted")
+        .expect("join")
+        .expect("granted");
+    assert!(next > guard.fence());
+}

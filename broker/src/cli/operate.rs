@@ -1,0 +1,194 @@
+//! Operator commands over the admin API: `locks` (held keys, holders, waiters), `sessions`,
+//! and `release --force KEY` (revokes every lease on the key; the holders are told at once and
+//! the broker writes an audit line naming who did it).
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Args;
+use serde_json::Value;
+
+use super::admin_http::{AdminConnection, query_escape};
+
+#[derive(Args, Debug)]
+pub struct LocksArgs {
+    #[command(flatten)]
+    admin: AdminConnection,
+    /// Only keys starting with this.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// At most this many keys.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    admin: AdminConnection,
+    /// At most this many sessions.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    admin: AdminConnection,
+    /// Required: this ends someone else's leases (they are told at once, their `lost()` fires).
+    #[arg(long)]
+    force: bool,
+    key: String,
+}
+
+fn text(v: &Value, field: &str) -> String {
+    match v.get(field) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Pages through `path` (a list endpoint) until `limit` items or the end.
+async fn collect(
+    admin: &AdminConnection,
+    path: &str,
+    list: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    // Bounded: each page brings at least one item or ends the loop.
+    while items.len() < limit {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut url = format!("{path}{sep}limit={}", (limit - items.len()).min(1000));
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={}", query_escape(c)));
+        }
+        let page = admin.get(&url).await?;
+        let got = page
+            .get(list)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if got.is_empty() {
+            break;
+        }
+        items.extend(got);
+        match page.get("next").and_then(Value::as_str) {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    items.truncate(limit);
+    Ok(items)
+}
+
+pub async fn locks(args: LocksArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/locks?prefix={}", query_escape(&args.prefix));
+    let locks = collect(&args.admin, &path, "locks", args.limit).await?;
+    println!(
+        "{:<32} {:<14} {:>20} {:>9} {:<16} {:<16} {:>7}",
+        "KEY", "MODE", "FENCE", "TTL LEFT", "PRINCIPAL", "OWNER", "WAITERS"
+    );
+    for l in &locks {
+        let key = text(l, "key");
+        let waiters = l.get("waiters").and_then(Value::as_u64).unwrap_or(0);
+        let holders = l
+            .get("holders")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if holders.is_empty() {
+            println!(
+                "{key:<32} {:<14} {:>20} {:>9} {:<16} {:<16} {waiters:>7}",
+                "(none)", "-", "-", "-", "-"
+            );
+        }
+        for h in &holders {
+            let left = h
+                .get("ttl_remaining_ms")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            println!(
+                "{key:<32} {:<14} {:>20} {:>8.1}s {:<16} {:<16} {waiters:>7}",
+                text(h, "mode"),
+                text(h, "fence"),
+                left as f64 / 1000.0,
+                text(h, "principal"),
+                text(h, "owner"),
+            );
+        }
+    }
+    if locks.is_empty() {
+        println!(
+            "(no keys held{})",
+            if args.prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" under {:?}", args.prefix)
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
+    let sessions = collect(&args.admin, "/api/sessions", "sessions", args.limit).await?;
+    println!(
+        "{:>8} {:<16} {:<24} {:>14} {:>7} {:>8}",
+        "SESSION", "PRINCIPAL", "PEER", "CONNECTED", "LEASES", "WAITING"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    for s in &sessions {
+        let since = s
+            .get("connected_since_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(now_ms);
+        println!(
+            "{:>8} {:<16} {:<24} {:>13.0}s {:>7} {:>8}",
+            text(s, "id"),
+            text(s, "principal"),
+            text(s, "peer"),
+            now_ms.saturating_sub(since) as f64 / 1000.0,
+            text(s, "leases"),
+            text(s, "waiting"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
+    if !args.force {
+        bail!(
+            "`release` ends the leases other clients hold on {:?}: pass --force to do it (their \
+             guards are told at once)",
+            args.key
+        );
+    }
+    let answer = args
+        .admin
+        .post("/api/release", &serde_json::json!({ "key": args.key }))
+        .await?;
+    let revoked = answer
+        .get("revoked")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if revoked.is_empty() {
+        println!("{:?} was not held: nothing released", args.key);
+        return Ok(ExitCode::from(1));
+    }
+    for r in &revoked {
+        println!(
+            "released {:?}: fence {} of session {} ({})",
+            args.key,
+            text(r, "fence"),
+            text(r, "session"),
+            text(r, "principal")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
