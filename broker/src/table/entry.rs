@@ -13,7 +13,8 @@
 //!
 //! Memory: most live keys have one holder and nothing else, so an entry keeps only the key
 //! (inline when short, `stored_key.rs`), its ids and its holders inline; the queues and the lock
-//! delay live in a boxed [`Rare`] part that exists only while one of them is in use.
+//! delay live in a boxed [`Rare`] part allocated when one of them is first used, and freed with
+//! the entry when the key goes idle.
 
 use std::time::Instant;
 
@@ -46,7 +47,7 @@ pub(crate) struct Entry {
     pub(crate) id: EntryId,
     pub(crate) generation: u32,
     pub(crate) holders: Holders,
-    /// Queues and lock delay; `None` while all are empty (see [`Entry::shed_rare`]).
+    /// Queues and lock delay; `None` until one is used (then kept until the key goes idle).
     rare: Option<Box<Rare>>,
 }
 
@@ -141,14 +142,6 @@ impl Entry {
     #[cfg(test)]
     pub(crate) fn has_rare_part(&self) -> bool {
         self.rare.is_some()
-    }
-
-    /// Frees the rare part once nothing uses it (called whenever an operation on the key ends).
-    #[inline]
-    pub(crate) fn shed_rare(&mut self) {
-        if self.rare.as_ref().is_some_and(|r| r.is_empty()) {
-            self.rare = None;
-        }
     }
 
     /// Every live deadline of this key (for rebuilding the deadline heap).

@@ -103,8 +103,9 @@ impl Keys {
         self.get_mut(id)
     }
 
-    /// Frees `id`'s entry if it has become idle (else drops its unused rare part). Returns true
-    /// if it was freed. Called whenever an operation on the key ends.
+    /// Frees `id`'s entry if it has become idle (its rare part with it: a key whose queue
+    /// drained keeps that box while it is held, so a hand-off does not allocate it again).
+    /// Returns true if it was freed. Called whenever an operation on the key ends.
     #[inline]
     pub(crate) fn free_if_idle(&mut self, id: EntryId) -> bool {
         let Some(s) = self.slots.get_mut(id as usize) else {
@@ -112,11 +113,7 @@ impl Keys {
         };
         let hash = match s {
             Some(e) if e.is_idle() => self.hasher.hash_one(e.key.as_bytes()),
-            Some(e) => {
-                e.shed_rare();
-                return false;
-            }
-            None => return false,
+            _ => return false,
         };
         *s = None;
         if let Ok(o) = self.index.find_entry(hash, |&i| i == id) {
