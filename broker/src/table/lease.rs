@@ -157,9 +157,10 @@ impl Holders {
 
 impl Entry {
     /// Grants a new lease on this key to `session` — the one grant path, for immediate acquires
-    /// and queue heads alike. The caller checked the mode rules; this checks the session's lease
-    /// limit, allocates a fence, indexes the lease in the session, schedules its expiry, emits
-    /// `Acquired` and adds the holder. `session` must be live: `acquire` creates its record and
+    /// and queue heads alike. The caller checked the mode rules and the session's lease limit
+    /// (`acquire` before deciding, `grant_heads` for a queued request); this allocates a fence,
+    /// indexes the lease in the session, schedules its expiry, emits `Acquired` and adds the
+    /// holder. `session` must be live: `acquire` creates its record and
     /// `grant_waiters` checks it first. `key` is this entry's key as the request carried it
     /// (`None`: copied from the entry), for the grant and the event.
     pub(crate) fn grant_lease(
@@ -170,9 +171,6 @@ impl Entry {
         key: Option<Key>,
         cx: &mut Cx<'_>,
     ) -> Result<Grant, TableError> {
-        if cx.sessions.lease_count(session) >= cx.cfg.max_leases_per_session {
-            return Err(TableError::LimitExceeded("held leases"));
-        }
         let fence = cx.fences.alloc()?;
         let key = key.unwrap_or_else(|| self.key.to_key());
         Ok(self.install_lease(session, fence, mode, ttl, key, cx))

@@ -292,7 +292,14 @@ impl Entry {
                     .record("a queued acquire is not pending in its session");
                 continue;
             }
-            let effect = match self.grant_lease(w.session, w.mode, w.ttl, None, cx) {
+            // The session may have reached its lease limit while this request waited (`acquire`
+            // checked it for an immediate grant).
+            let granted = if cx.sessions.lease_count(w.session) >= cx.cfg.max_leases_per_session {
+                Err(TableError::LimitExceeded("held leases"))
+            } else {
+                self.grant_lease(w.session, w.mode, w.ttl, None, cx)
+            };
+            let effect = match granted {
                 Ok(grant) => Effect::Granted {
                     session: w.session,
                     req: w.req,
