@@ -103,6 +103,7 @@ pub async fn hold(
                     mode: Mode::Exclusive,
                     ttl_ms,
                     wait: WaitSpec::NoWait,
+                    owner: Bytes::new(),
                 }),
                 &mut out,
             );

@@ -827,6 +827,7 @@ fn table(opts: &Opts, report: &mut Report) {
                         mode: Mode::Exclusive,
                         ttl: TTL,
                         wait: Wait::No,
+                        owner: None,
                     },
                     &mut out,
                 )

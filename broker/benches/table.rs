@@ -31,6 +31,7 @@ fn request(session: u64, req: u64, key: Bytes, wait: Wait) -> AcquireRequest {
         mode: Mode::Exclusive,
         ttl: TTL,
         wait,
+        owner: None,
     }
 }
 

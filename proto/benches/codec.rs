@@ -22,6 +22,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 mode: Mode::Exclusive,
                 ttl_ms: 30_000,
                 wait: WaitSpec::Millis(5_000),
+                owner: Bytes::new(),
             }),
         ),
         (

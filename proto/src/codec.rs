@@ -7,8 +7,9 @@
 //! its items.
 //!
 //! `LockInfo` (since protocol version 3): `id: u64 | key | holders | holders_total: u32 |
-//! waiters: u32 | blocked_ms: u64`, each holder `session: u64 | fence: u64 | mode |
-//! remaining_ms: u64`. A sender keeps the frame within the peer's `max_frame` with
+//! waiters: u32 | blocked_ms: u64 | position: u32` (position since version 4), each holder
+//! `session: u64 | fence: u64 | mode | remaining_ms: u64 | owner` (the owner label since
+//! version 4, empty for none). A sender keeps the frame within the peer's `max_frame` with
 //! [`LockInfo::truncate_to`]; a decoder refuses a `holders_total` below the holders listed.
 //!
 //! A reader that meets a frame it cannot decode may step over it with [`frame_head`] (its
@@ -71,6 +72,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_mode(out, a.mode);
             put_u64(out, a.ttl_ms);
             put_wait(out, a.wait);
+            put_bytes(out, &a.owner);
         }
         Frame::Granted(g) => {
             put_u8(out, kind::GRANTED);
@@ -115,6 +117,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_mode(out, r.mode);
             put_u64(out, r.ttl_ms);
             out.extend_from_slice(&r.secret.0);
+            put_bytes(out, &r.owner);
         }
         Frame::Ok { id } => {
             put_u8(out, kind::OK);
@@ -135,10 +138,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                 put_u64(out, h.fence);
                 put_mode(out, h.mode);
                 put_u64(out, h.remaining_ms);
+                put_bytes(out, &h.owner);
             }
             put_u32(out, i.holders_total);
             put_u32(out, i.waiters);
             put_u64(out, i.blocked_ms);
+            put_u32(out, i.position);
         }
         Frame::WaitUnlocked { id, key, wait } => {
             put_u8(out, kind::WAIT_UNLOCKED);
@@ -178,6 +183,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                     EndReason::Expired => 0,
                     EndReason::Mirror => 1,
                     EndReason::Moved => 2,
+                    EndReason::Revoked => 3,
                 },
             );
             put_bytes(out, message.as_bytes());
@@ -301,12 +307,12 @@ fn has_id(kind: u8) -> bool {
 }
 
 /// Encoded size of a `LockInfo` without its key and holders, length prefix included.
-const LOCK_INFO_FIXED: usize = HEADER_LEN + 8 + 4 + 4 + 4 + 4 + 8;
+const LOCK_INFO_FIXED: usize = HEADER_LEN + 8 + 4 + 4 + 4 + 4 + 8 + 4;
 
 impl HolderInfo {
     /// Bytes this holder takes in a `LockInfo` frame.
     pub fn encoded_len(&self) -> usize {
-        8 + 8 + mode_len(self.mode) + 8
+        8 + 8 + mode_len(self.mode) + 8 + 4 + self.owner.len()
     }
 }
 
@@ -369,6 +375,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             mode: mode(r)?,
             ttl_ms: r.u64("ttl")?,
             wait: wait(r)?,
+            owner: r.owner_label()?,
         }),
         kind::GRANTED => Frame::Granted(Granted {
             id: r.u64("id")?,
@@ -406,6 +413,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             mode: mode(r)?,
             ttl_ms: r.u64("ttl")?,
             secret: r.secret()?,
+            owner: r.owner_label()?,
         }),
         kind::OK => Frame::Ok { id: r.u64("id")? },
         kind::INSPECT => Frame::Inspect {
@@ -416,8 +424,8 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             let id = r.u64("id")?;
             let key = r.key(max_key)?;
             let count = r.u32("holder count")? as usize;
-            // Each holder takes at least 25 bytes: a count beyond what is left is a lie.
-            if count > r.remaining() / 25 {
+            // Each holder takes at least 29 bytes: a count beyond what is left is a lie.
+            if count > r.remaining() / 29 {
                 return Err(DecodeError::Malformed("holder count"));
             }
             let mut holders = Vec::with_capacity(count);
@@ -427,6 +435,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
                     fence: r.u64("fence")?,
                     mode: mode(r)?,
                     remaining_ms: r.u64("remaining")?,
+                    owner: r.owner_label()?,
                 });
             }
             let holders_total = r.u32("holders total")?;
@@ -442,6 +451,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
                 holders_total,
                 waiters: r.u32("waiters")?,
                 blocked_ms: r.u64("blocked")?,
+                position: r.u32("position")?,
             })
         }
         kind::WAIT_UNLOCKED => Frame::WaitUnlocked {
@@ -472,6 +482,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
                 0 => EndReason::Expired,
                 1 => EndReason::Mirror,
                 2 => EndReason::Moved,
+                3 => EndReason::Revoked,
                 _ => return Err(DecodeError::Malformed("reason")),
             },
             message: r.string("message")?,

@@ -49,6 +49,8 @@ pub enum EndReason {
     /// Cluster mode: the broker no longer serves the key's shard (it lost its etcd lease, or
     /// another broker owns the shard now). The lease may be adopted at the new owner.
     Moved,
+    /// An operator released it by force (`lockbroker release --force`, the admin API).
+    Revoked,
 }
 
 /// The unguessable secret of one lease, bound by the broker to (key, fence, principal).
@@ -98,7 +100,14 @@ pub struct Acquire {
     /// Requested lease TTL; 0 asks for the broker default. Policy may change it: the grant says what was given.
     pub ttl_ms: u64,
     pub wait: WaitSpec,
+    /// The owner label the lease is shown with (inspect, admin API, status page): who holds
+    /// it in the caller's own words, e.g. `worker-7@host-3`. Empty: none. At most
+    /// [`MAX_OWNER_LABEL`] bytes of UTF-8.
+    pub owner: Bytes,
 }
+
+/// Longest owner label accepted, in bytes.
+pub const MAX_OWNER_LABEL: usize = 128;
 
 /// A lease was granted (answer to `Acquire` or `Reclaim`, possibly pushed long after it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +158,9 @@ pub struct Reclaim {
     pub ttl_ms: u64,
     /// The lease's secret, from its `Granted`.
     pub secret: LeaseSecret,
+    /// The lease's owner label (as given with its acquire), so a broker adopting the lease
+    /// shows it too. Empty: none.
+    pub owner: Bytes,
 }
 
 /// One holder of a lock, as reported by `LockInfo`.
@@ -158,6 +170,8 @@ pub struct HolderInfo {
     pub fence: u64,
     pub mode: Mode,
     pub remaining_ms: u64,
+    /// The owner label given with the acquire (empty: none).
+    pub owner: Bytes,
 }
 
 /// Answer to `Inspect`.
@@ -177,6 +191,9 @@ pub struct LockInfo {
     pub waiters: u32,
     /// Milliseconds the key stays blocked by lock-delay after a lost holder's lease expired.
     pub blocked_ms: u64,
+    /// Where the asking session's first queued acquire of the key stands in its queue
+    /// (1: next to be granted); 0 when the session has none queued.
+    pub position: u32,
 }
 
 /// One shard's owner in a [`ShardMap`].

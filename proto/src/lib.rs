@@ -23,7 +23,9 @@ pub use shard::shard_of;
 /// Version 2: lease secrets in `Granted`, `Release`, `Extend`, `Reclaim`; broker id in `Welcome`.
 /// Version 3: `LockInfo` carries `holders_total` (its holders list may be truncated to fit
 /// the frame limit).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// Version 4: owner labels in `Acquire`, `Reclaim` and `LockInfo` holders; `Revoked` end reason;
+/// the asker's queue position in `LockInfo`.
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// The default UDP port of the broker.
 pub const DEFAULT_PORT: u16 = 7420;

@@ -85,6 +85,17 @@ impl<'a> Reader<'a> {
         Ok(Bytes::copy_from_slice(b))
     }
 
+    /// An owner label: at most [`crate::MAX_OWNER_LABEL`] bytes of UTF-8 (empty: none).
+    pub(crate) fn owner_label(&mut self) -> Result<Bytes, DecodeError> {
+        let b = self.bytes(crate::MAX_OWNER_LABEL, "owner label", |_| {
+            DecodeError::Malformed("owner label longer than 128 bytes")
+        })?;
+        if std::str::from_utf8(b).is_err() {
+            return Err(DecodeError::Malformed("owner label is not UTF-8"));
+        }
+        Ok(Bytes::copy_from_slice(b))
+    }
+
     /// A UTF-8 string bounded by the remaining frame.
     pub(crate) fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let b = self.bytes(usize::MAX, what, |_| DecodeError::Malformed(what))?;

@@ -48,6 +48,7 @@ fn samples() -> Vec<Frame> {
             mode: Mode::Exclusive,
             ttl_ms: 30_000,
             wait: WaitSpec::NoWait,
+            owner: Bytes::new(),
         }),
         Frame::Acquire(Acquire {
             id: 2,
@@ -55,6 +56,7 @@ fn samples() -> Vec<Frame> {
             mode: Mode::Semaphore(4),
             ttl_ms: 0,
             wait: WaitSpec::Millis(5000),
+            owner: Bytes::new(),
         }),
         Frame::Acquire(Acquire {
             id: 3,
@@ -62,6 +64,7 @@ fn samples() -> Vec<Frame> {
             mode: Mode::Shared,
             ttl_ms: 1,
             wait: WaitSpec::Forever,
+            owner: Bytes::new(),
         }),
         Frame::Granted(Granted {
             id: 1,
@@ -99,6 +102,7 @@ fn samples() -> Vec<Frame> {
             mode: Mode::Semaphore(3),
             ttl_ms: 100,
             secret: LeaseSecret([2; 16]),
+            owner: Bytes::new(),
         }),
         Frame::Ok { id: 4 },
         Frame::Inspect {
@@ -114,17 +118,20 @@ fn samples() -> Vec<Frame> {
                     fence: 2,
                     mode: Mode::Shared,
                     remaining_ms: 3,
+                    owner: Bytes::new(),
                 },
                 HolderInfo {
                     session: 4,
                     fence: 5,
                     mode: Mode::Semaphore(2),
                     remaining_ms: 6,
+                    owner: Bytes::new(),
                 },
             ],
             holders_total: 2,
             waiters: 3,
             blocked_ms: 0,
+            position: 0,
         }),
         // A truncated list: more holders than listed.
         Frame::LockInfo(LockInfo {
@@ -135,10 +142,12 @@ fn samples() -> Vec<Frame> {
                 fence: 2,
                 mode: Mode::Shared,
                 remaining_ms: 3,
+                owner: Bytes::new(),
             }],
             holders_total: 3000,
             waiters: 0,
             blocked_ms: 7,
+            position: 0,
         }),
         Frame::WaitUnlocked {
             id: 9,
@@ -235,6 +244,7 @@ fn oversized_key_is_refused() {
             mode: Mode::Exclusive,
             ttl_ms: 0,
             wait: WaitSpec::NoWait,
+            owner: Bytes::new(),
         }),
         &mut buf,
     );
@@ -308,6 +318,7 @@ fn lying_counts_and_bad_tags_are_malformed() {
             holders_total: 0,
             waiters: 0,
             blocked_ms: 0,
+            position: 0,
         }),
         &mut buf,
     );
@@ -328,11 +339,12 @@ fn lying_counts_and_bad_tags_are_malformed() {
             holders_total: 1,
             waiters: 0,
             blocked_ms: 0,
+            position: 0,
         }),
         &mut buf,
     );
-    // Holders total sits after the holder count(4) and one 25-byte holder.
-    buf[48..52].copy_from_slice(&0u32.to_le_bytes());
+    // Holders total sits after the holder count(4) and one 29-byte holder (no owner label).
+    buf[52..56].copy_from_slice(&0u32.to_le_bytes());
     assert_eq!(
         decode(&buf, &limits),
         Err(DecodeError::Malformed(
@@ -348,6 +360,7 @@ fn lying_counts_and_bad_tags_are_malformed() {
             mode: Mode::Exclusive,
             ttl_ms: 0,
             wait: WaitSpec::NoWait,
+            owner: Bytes::new(),
         }),
         &mut buf,
     );
@@ -361,6 +374,7 @@ fn holder(fence: u64, mode: Mode) -> HolderInfo {
         fence,
         mode,
         remaining_ms: 30_000,
+        owner: Bytes::new(),
     }
 }
 
@@ -383,6 +397,7 @@ fn wide_lock_info() -> LockInfo {
         holders,
         waiters: 9,
         blocked_ms: 0,
+        position: 0,
     }
 }
 
@@ -555,7 +570,8 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 key,
                 mode,
                 ttl_ms,
-                wait
+                wait,
+                owner: Bytes::new(),
             })),
         (
             any::<u64>(),
@@ -622,6 +638,7 @@ fn arb_lock_info() -> impl Strategy<Value = LockInfo> {
                     fence,
                     mode,
                     remaining_ms,
+                    owner: Bytes::new(),
                 })
                 .collect();
             LockInfo {
@@ -631,6 +648,7 @@ fn arb_lock_info() -> impl Strategy<Value = LockInfo> {
                 holders,
                 waiters,
                 blocked_ms,
+                position: 0,
             }
         })
 }
@@ -680,4 +698,54 @@ proptest! {
         buf[i] = b;
         let _ = decode(&buf, &Limits::default());
     }
+}
+
+/// Owner labels travel in `Acquire`, `Reclaim` and `LockInfo`; one longer than
+/// `MAX_OWNER_LABEL` or not UTF-8 is refused with a clear error.
+#[test]
+fn owner_labels_round_trip_and_are_bounded() {
+    let limits = Limits::default();
+    let acquire = |owner: &[u8]| {
+        Frame::Acquire(Acquire {
+            id: 3,
+            key: Bytes::from_static(b"k"),
+            mode: Mode::Exclusive,
+            ttl_ms: 0,
+            wait: WaitSpec::NoWait,
+            owner: Bytes::copy_from_slice(owner),
+        })
+    };
+    let mut buf = Vec::new();
+    let labelled = acquire(b"worker-7@host-3");
+    encode(&labelled, &mut buf);
+    assert_eq!(decode(&buf, &limits), Ok(Some((labelled, buf.len()))));
+    let mut info = LockInfo {
+        id: 1,
+        key: Bytes::from_static(b"k"),
+        holders: vec![holder(1, Mode::Exclusive)],
+        holders_total: 1,
+        waiters: 0,
+        blocked_ms: 0,
+        position: 0,
+    };
+    info.holders[0].owner = Bytes::from_static(b"api@10.0.0.7");
+    let mut buf = Vec::new();
+    encode(&Frame::LockInfo(info.clone()), &mut buf);
+    assert_eq!(buf.len(), info.encoded_len());
+    assert_eq!(
+        decode(&buf, &limits),
+        Ok(Some((Frame::LockInfo(info), buf.len())))
+    );
+    let mut buf = Vec::new();
+    encode(&acquire(&[b'x'; MAX_OWNER_LABEL + 1]), &mut buf);
+    assert_eq!(
+        decode(&buf, &limits),
+        Err(DecodeError::Malformed("owner label longer than 128 bytes"))
+    );
+    let mut buf = Vec::new();
+    encode(&acquire(&[0xff, 0xfe]), &mut buf);
+    assert_eq!(
+        decode(&buf, &limits),
+        Err(DecodeError::Malformed("owner label is not UTF-8"))
+    );
 }

@@ -45,6 +45,7 @@ pub struct ClientBuilder {
     identity: Option<ClientIdentity>,
     token: Option<String>,
     name: String,
+    owner: Bytes,
     connect_timeout: Duration,
     request_timeout: Duration,
     keep_alive: Duration,
@@ -61,6 +62,7 @@ impl Default for ClientBuilder {
             identity: None,
             token: None,
             name: format!("lockbroker-sdk/{}", env!("CARGO_PKG_VERSION")),
+            owner: Bytes::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
@@ -129,6 +131,14 @@ impl ClientBuilder {
     /// A name for this client in the broker's logs.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// The owner label every lock of this client is shown with unless the request gives its
+    /// own ([`LockRequest::owner`](crate::LockRequest::owner)), e.g. `"billing@host-3:4711"`.
+    /// Default: none.
+    pub fn owner(mut self, label: impl Into<String>) -> Self {
+        self.owner = Bytes::from(label.into());
         self
     }
 
@@ -208,6 +218,7 @@ impl ClientBuilder {
                 targets,
                 token: self.token,
                 name: self.name,
+                owner: self.owner,
                 connect_timeout: self.connect_timeout,
                 request_timeout: self.request_timeout,
                 lease_margin: self.lease_margin,
@@ -306,6 +317,8 @@ struct Inner {
     targets: Vec<Target>,
     token: Option<String>,
     name: String,
+    /// The default owner label of this client's locks.
+    owner: Bytes,
     connect_timeout: Duration,
     request_timeout: Duration,
     lease_margin: Duration,
@@ -474,6 +487,11 @@ impl Client {
             }
         })
         .await;
+    }
+
+    /// The default owner label of this client's locks (empty: none).
+    pub(crate) fn default_owner(&self) -> Bytes {
+        self.inner.owner.clone()
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {

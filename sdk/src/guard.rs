@@ -64,6 +64,8 @@ struct Lease {
     /// Cluster mode: the broker said the key's shard moved (`LeaseEnded` with `Moved`); the
     /// lease is reclaimed at the shard's new owner before its next use.
     moved: AtomicBool,
+    /// The owner label given with the acquire (empty: none), carried along on a reclaim.
+    label: Bytes,
 }
 
 /// A granted lease as `LockRequest` hands it to [`Guard::new`].
@@ -75,6 +77,8 @@ pub(crate) struct Granted {
     pub ttl: Duration,
     /// When the acquire was sent: the lease's clock starts there.
     pub sent: Instant,
+    /// The owner label given with the acquire (empty: none).
+    pub label: Bytes,
 }
 
 impl std::fmt::Debug for Guard {
@@ -104,6 +108,7 @@ impl Guard {
             }),
             owner: Mutex::new(owner),
             moved: AtomicBool::new(false),
+            label: g.label,
         });
         let watchdog = Some(tokio::spawn(watchdog(lease.clone(), lost_tx, renew)));
         Guard {
@@ -332,6 +337,7 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
             mode: lease.mode,
             ttl_ms: millis(ttl),
             secret: lease.secret,
+            owner: lease.label.clone(),
         })
     })
     .await?;
@@ -437,6 +443,10 @@ async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: 
                 Ok((fence, EndReason::Moved, _)) if fence == lease.fence => {
                     lease.moved.store(true, Ordering::Release);
                     next_renew = Instant::now();
+                }
+                Ok((fence, EndReason::Revoked, why)) if fence == lease.fence => {
+                    declare(format!("the lease was revoked: {why}"));
+                    return;
                 }
                 Ok((fence, _, why)) if fence == lease.fence => {
                     declare(why);

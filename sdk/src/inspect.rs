@@ -15,6 +15,8 @@ pub struct Holder {
     pub mode: Mode,
     /// Time left on the lease when the broker answered.
     pub remaining: Duration,
+    /// The owner label given with the acquire (`LockRequest::owner`), if any.
+    pub owner: Option<String>,
 }
 
 /// The state of one key.
@@ -37,6 +39,9 @@ pub struct LockInfo {
     pub blocked_for: Duration,
     /// When this answer arrived (remaining TTLs count from here).
     pub observed_at: Instant,
+    /// Where this client's first queued acquire of the key stands in the queue (1: next to be
+    /// granted), when it has one waiting at the broker that answered.
+    pub queue_position: Option<u32>,
 }
 
 impl LockInfo {
@@ -51,12 +56,15 @@ impl LockInfo {
                     fence: h.fence,
                     mode: h.mode,
                     remaining: Duration::from_millis(h.remaining_ms),
+                    owner: (!h.owner.is_empty())
+                        .then(|| String::from_utf8_lossy(&h.owner).into_owned()),
                 })
                 .collect(),
             holders_total: w.holders_total as usize,
             waiters: w.waiters,
             blocked_for: Duration::from_millis(w.blocked_ms),
             observed_at: Instant::now(),
+            queue_position: (w.position > 0).then_some(w.position),
         }
     }
 
@@ -74,6 +82,15 @@ impl LockInfo {
     pub fn owner(&self) -> Option<u64> {
         match self.holders.as_slice() {
             [h] if h.mode == Mode::Exclusive && self.holders_total == 1 => Some(h.session),
+            _ => None,
+        }
+    }
+
+    /// The exclusive owner's label, if the key is held exclusively by a lease that was given
+    /// one ([`LockRequest::owner`](crate::LockRequest::owner)).
+    pub fn owner_label(&self) -> Option<&str> {
+        match self.holders.as_slice() {
+            [h] if h.mode == Mode::Exclusive && self.holders_total == 1 => h.owner.as_deref(),
             _ => None,
         }
     }

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_proto::{Acquire, ErrorCode, Frame, Mode, WaitSpec};
+use lockbroker_proto::{Acquire, ErrorCode, Frame, MAX_OWNER_LABEL, Mode, WaitSpec};
 
 use crate::client::{MAX_MOVES, PendingReply, millis, unexpected};
 use crate::guard::Guard;
@@ -21,11 +21,13 @@ pub struct LockRequest {
     ttl: Option<Duration>,
     wait: WaitSpec,
     renew: bool,
+    owner: Bytes,
 }
 
 impl LockRequest {
     pub(crate) fn new(client: Client, key: Bytes, mode: Mode) -> Self {
         LockRequest {
+            owner: client.default_owner(),
             client,
             key,
             mode,
@@ -33,6 +35,15 @@ impl LockRequest {
             wait: WaitSpec::Forever,
             renew: true,
         }
+    }
+
+    /// The owner label the lease is shown with — by `inspect`, the broker's admin API, its
+    /// status page and `lockbroker locks` — e.g. `"worker-7@host-3"`: what Redis-lock
+    /// libraries call the owner id. At most 128 bytes. Default: the client's
+    /// [`ClientBuilder::owner`](crate::ClientBuilder::owner), if set.
+    pub fn owner(mut self, label: impl Into<String>) -> Self {
+        self.owner = Bytes::from(label.into());
+        self
     }
 
     /// Lease TTL (default: the broker's, 30 s unless configured). The guard renews the lease
@@ -74,6 +85,12 @@ impl LockRequest {
             return Err(Error::Invalid(
                 "a semaphore needs at least one permit".into(),
             ));
+        }
+        if self.owner.len() > MAX_OWNER_LABEL {
+            return Err(Error::Invalid(format!(
+                "an owner label is at most {MAX_OWNER_LABEL} bytes (this one has {})",
+                self.owner.len()
+            )));
         }
         let deadline = match self.wait {
             WaitSpec::Millis(ms) => Some(Instant::now() + Duration::from_millis(ms)),
@@ -130,6 +147,7 @@ impl LockRequest {
                 mode: self.mode,
                 ttl_ms,
                 wait,
+                owner: self.owner.clone(),
             })
         })?;
         let mut pending = PendingReply::new(&conn, id, Some(self.key.clone()), rx);
@@ -166,6 +184,7 @@ impl LockRequest {
                         mode: self.mode,
                         ttl,
                         sent,
+                        label: self.owner.clone(),
                     },
                     self.renew,
                 );

@@ -252,6 +252,7 @@ async fn answers_are_routed_by_request_id() {
             holders_total: 0,
             waiters,
             blocked_ms: 0,
+            position: 0,
         }))
         .await;
     }
@@ -565,10 +566,12 @@ async fn an_unreadable_answer_fails_its_request_not_the_connection() {
             fence: 11,
             mode: lockbroker_proto::Mode::Shared,
             remaining_ms: 1000,
+            owner: Bytes::new(),
         }],
         holders_total: 3000,
         waiters: 0,
         blocked_ms: 0,
+        position: 0,
     }))
     .await;
     let info = asking.await.unwrap().expect("inspect answered");

@@ -151,7 +151,7 @@ impl From<HolderView> for Holder {
             mode: mode_name(h.mode),
             ttl_remaining_ms: u64::try_from(h.remaining.as_millis()).unwrap_or(u64::MAX),
             principal: h.principal,
-            owner: None,
+            owner: h.owner,
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct HolderView {
     pub remaining: Duration,
     /// Its session's principal while that session is connected.
     pub principal: Option<String>,
+    /// The owner label given with the acquire.
+    pub owner: Option<String>,
 }
 
 /// One live key.
@@ -107,6 +109,10 @@ impl Broker {
                         mode: h.mode,
                         remaining: h.deadline.saturating_duration_since(now),
                         principal: self.principal_of(h.session),
+                        owner: h
+                            .owner
+                            .as_ref()
+                            .map(|o| String::from_utf8_lossy(o).into_owned()),
                     })
                     .collect(),
                 key: k.key,
@@ -173,7 +179,7 @@ impl Broker {
         let why = format!("released by an operator ({who}) through the admin API");
         let mut revoked = Vec::new();
         for fence in fences {
-            if let Some(session) = self.revoke(key, fence, EndReason::Expired, &why) {
+            if let Some(session) = self.revoke(key, fence, EndReason::Revoked, &why) {
                 revoked.push(Revoked {
                     fence,
                     session,

@@ -26,11 +26,15 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         println!("state: locked");
         for h in &info.holders {
             println!(
-                "holder: session={} fence={} mode={:?} remaining={}ms",
+                "holder: session={} fence={} mode={:?} remaining={}ms{}",
                 h.session,
                 h.fence,
                 h.mode,
-                h.remaining.as_millis()
+                h.remaining.as_millis(),
+                h.owner
+                    .as_deref()
+                    .map(|o| format!(" owner={o}"))
+                    .unwrap_or_default()
             );
         }
         if info.is_truncated() {

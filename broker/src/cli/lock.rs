@@ -9,7 +9,8 @@
 //! before CMD started (while connecting or waiting for the lock) gives up without running CMD
 //! and exits 128 + n. If `lock` is SIGKILLed, CMD is killed too (Linux). If the lease is lost
 //! while CMD runs, CMD's group gets SIGTERM, then SIGKILL after `--kill-grace`, and `lock`
-//! exits 1. See [`super::supervise`].
+//! exits 1. See [`super::supervise`]. While it waits on a terminal, a status line shows who
+//! holds the key and the request's place in the queue ([`super::waiting`]).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::supervise::{self, Signals, Supervised};
-use super::{Connection, parse_duration};
+use super::{Connection, parse_duration, waiting};
 
 #[derive(Args, Debug)]
 pub struct LockArgs {
@@ -33,6 +34,10 @@ pub struct LockArgs {
     /// Take a shared (read) lock instead of an exclusive one.
     #[arg(long)]
     shared: bool,
+    /// The owner label the lease is shown with (inspect, `lockbroker locks`, the status
+    /// page). [default: HOSTNAME:PID]
+    #[arg(long)]
+    owner: Option<String>,
     /// If the lease is lost, how long CMD's process group has between SIGTERM and SIGKILL.
     /// The guard reports the loss this long (plus 250 ms and 1 % of the TTL) before the lease's
     /// deadline, so CMD is gone before the broker can grant the key to another; at most
@@ -92,21 +97,28 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
     } else {
         client.lock(args.key.clone())
     }
-    .ttl(args.ttl);
+    .ttl(args.ttl)
+    .owner(args.owner.clone().unwrap_or_else(waiting::default_owner));
     let request = match args.wait {
         None => request.wait_forever(),
         Some(d) if d.is_zero() => request.no_wait(),
         Some(d) => request.wait(d),
     };
+    // On a terminal, while it waits: who holds the key and where this request stands.
+    let status = tokio::spawn(waiting::show(client.clone(), args.key.clone()));
     let acquired = tokio::select! {
         acquired = request => acquired,
         sig = signals.recv() => {
+            status.abort();
+            waiting::clear();
             // Dropping the request gives up the wait; closing releases anything the broker
             // granted in the meantime.
             client.close().await;
             return Ok(gave_up(sig, &format!("waiting for {:?}", args.key)));
         }
     };
+    status.abort();
+    waiting::clear();
     let guard = match acquired {
         Ok(g) => g,
         Err(e) => {

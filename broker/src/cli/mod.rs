@@ -9,6 +9,7 @@ mod operate;
 mod plugin;
 mod serve;
 mod supervise;
+mod waiting;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

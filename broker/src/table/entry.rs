@@ -23,6 +23,7 @@ use super::faults::Faults;
 use super::fences::FenceGen;
 use super::keys::EntryId;
 use super::lease::Holders;
+use super::owners::Owners;
 use super::queue::{PendingKind, Queue, Waiter, Watcher};
 use super::sessions::Sessions;
 use super::stored_key::StoredKey;
@@ -36,6 +37,7 @@ pub(crate) struct Cx<'a> {
     pub(crate) deadlines: &'a mut Deadlines,
     pub(crate) fences: &'a mut FenceGen,
     pub(crate) faults: &'a mut Faults,
+    pub(crate) owners: &'a mut Owners,
     pub(crate) out: &'a mut Vec<Effect>,
 }
 

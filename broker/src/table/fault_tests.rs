@@ -18,6 +18,7 @@ fn req(session: SessionId, req: ReqId, wait: Wait) -> AcquireRequest {
         mode: Mode::Exclusive,
         ttl: Duration::from_millis(100),
         wait,
+        owner: None,
     }
 }
 

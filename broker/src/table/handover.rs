@@ -20,6 +20,8 @@ pub(crate) struct PreviousLease<'a> {
     pub(crate) mode: Mode,
     /// The fresh TTL it gets.
     pub(crate) ttl: Duration,
+    /// Its owner label, as the client had it (empty: none).
+    pub(crate) owner: &'a [u8],
 }
 
 impl Table {
@@ -39,6 +41,7 @@ impl Table {
             fence,
             mode,
             ttl,
+            owner,
         } = l;
         check_mode(mode)?;
         if self.sessions.entry(session).lease_count() >= self.cfg.max_leases_per_session {
@@ -59,6 +62,10 @@ impl Table {
         };
         let key = e.key.to_key();
         let grant = e.install_lease(session, fence, mode, ttl, key, &mut cx!(self, now, out));
+        self.owners.set(
+            fence,
+            (!owner.is_empty()).then(|| Bytes::copy_from_slice(owner)),
+        );
         self.maybe_compact();
         Ok(grant)
     }

@@ -117,6 +117,15 @@ impl Table {
             }
         }
         assert_eq!(live, self.keys.len(), "slab and key index agree");
+        // Owner labels belong to live leases only (a lease end forgets its label).
+        let fences: HashSet<u64> = self
+            .keys
+            .iter()
+            .flat_map(|e| e.holders.as_slice().iter().map(|h| h.fence))
+            .collect();
+        for f in self.owners.fences() {
+            assert!(fences.contains(&f), "owner label kept for ended lease {f}");
+        }
         let pending: usize = self.sessions.iter().map(|(_, s)| s.pending.len()).sum();
         assert_eq!(pending, self.sessions.pending_total(), "pending total");
         assert!(self.keys.len() <= self.cfg.max_keys);

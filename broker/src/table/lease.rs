@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::deadlines::Due;
 use super::entry::{Cx, Entry};
 use super::types::{
@@ -169,17 +171,20 @@ impl Entry {
         mode: Mode,
         ttl: Duration,
         key: Option<Key>,
+        owner: Option<Bytes>,
         cx: &mut Cx<'_>,
     ) -> Result<Grant, TableError> {
         let fence = cx.fences.alloc()?;
         let key = key.unwrap_or_else(|| self.key.to_key());
+        cx.owners.set(fence, owner);
         Ok(self.install_lease(session, fence, mode, ttl, key, cx))
     }
 
     /// Adds lease `fence` of `session` (live) with a deadline of `now + ttl`: indexes it in the
     /// session, schedules its expiry, emits `Acquired`. The caller checked the mode rules and
     /// the session's lease limit. Shared by new grants and adopted leases (`handover.rs`).
-    /// `key` (this entry's key) goes into the event and the grant.
+    /// `key` (this entry's key) goes into the event and the grant. The caller labels the lease
+    /// (`cx.owners`) when it has an owner label.
     pub(crate) fn install_lease(
         &mut self,
         session: SessionId,
@@ -232,6 +237,7 @@ impl Entry {
         if !h.orphan {
             cx.sessions.drop_hold(h.session);
         }
+        cx.owners.forget(fence);
         let key = key.cloned().unwrap_or_else(|| self.key.to_key());
         let session = h.session;
         cx.out.push(Effect::Event(match outcome {

@@ -54,12 +54,7 @@ impl Table {
                     .holders
                     .as_slice()
                     .iter()
-                    .map(|h| Holder {
-                        session: h.session,
-                        fence: h.fence,
-                        mode: h.mode,
-                        deadline: h.deadline,
-                    })
+                    .map(|h| h.holder(&self.owners))
                     .collect(),
                 waiters: e.waiters().len(),
                 watchers: e.watchers().len(),
@@ -119,6 +114,7 @@ mod tests {
                 mode: Mode::Exclusive,
                 ttl: Duration::from_secs(10),
                 wait: Wait::Forever,
+                owner: None,
             },
             &mut out,
         );

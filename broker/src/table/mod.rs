@@ -60,6 +60,7 @@ mod keys;
 mod lease;
 mod listing;
 mod mutations;
+mod owners;
 mod queries;
 mod queue;
 mod restore;
@@ -90,6 +91,7 @@ use deadlines::Deadlines;
 use faults::Faults;
 use fences::FenceGen;
 use keys::Keys;
+use owners::Owners;
 use sessions::Sessions;
 
 /// The lock table. Not thread-safe by itself: the server wraps it in a mutex.
@@ -101,6 +103,8 @@ pub struct Table {
     deadlines: Deadlines,
     fences: FenceGen,
     faults: Faults,
+    /// Owner labels of the leases given one.
+    owners: Owners,
     /// Next queue sequence number (waiters and watchers share it).
     seq: u64,
     /// End of the restart grace (`grace.rs`), while it may still run.
@@ -117,6 +121,7 @@ macro_rules! cx {
             deadlines: &mut $t.deadlines,
             fences: &mut $t.fences,
             faults: &mut $t.faults,
+            owners: &mut $t.owners,
             out: $out,
         }
     };
@@ -132,6 +137,7 @@ impl Table {
             sessions: Sessions::default(),
             deadlines: Deadlines::default(),
             faults: Faults::default(),
+            owners: Owners::default(),
             seq: 0,
             grace_until: None,
         }

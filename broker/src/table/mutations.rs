@@ -80,6 +80,7 @@ impl Table {
             mode,
             ttl,
             wait,
+            owner,
         } = req;
         check_mode(mode)?;
         let full = self.keys.len() >= self.cfg.max_keys;
@@ -107,7 +108,7 @@ impl Table {
         let result = e.check_family(mode).and_then(|()| {
             if e.grantable_now(mode) {
                 return e
-                    .grant_lease(session, mode, ttl, Some(key), &mut cx)
+                    .grant_lease(session, mode, ttl, Some(key), owner, &mut cx)
                     .map(Some);
             }
             let load = QueueLoad {
@@ -123,6 +124,7 @@ impl Table {
                 mode,
                 ttl,
                 deadline,
+                owner,
             };
             e.enqueue_waiter(w, cx.sessions, cx.deadlines);
             Ok(None)

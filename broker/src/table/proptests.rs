@@ -329,6 +329,10 @@ impl Model {
                         mode,
                         ttl: Duration::from_millis(ttl),
                         wait,
+                        // Some leases carry an owner label: the labels must follow the leases.
+                        owner: req
+                            .is_multiple_of(3)
+                            .then(|| Bytes::from_static(b"worker@host")),
                     },
                     &mut out,
                 );
@@ -376,6 +380,7 @@ impl Model {
                         mode: Mode::Exclusive,
                         ttl: Duration::from_millis(10),
                         wait: Wait::Forever,
+                        owner: None,
                     },
                     &mut out,
                 );
@@ -496,8 +501,16 @@ impl Model {
                         out.is_empty()
                             || out.iter().all(|e| matches!(
                                 e,
-                                Effect::Granted { .. } | Effect::Event(LockEvent::Acquired { .. })
-                            ))
+                                // Another session's queued acquire reached the head while
+                                // that session was at its lease limit: refused, as at any grant.
+                                Effect::Granted { .. }
+                                    | Effect::Event(LockEvent::Acquired { .. })
+                                    | Effect::AcquireFailed {
+                                        error: TableError::LimitExceeded("held leases"),
+                                        ..
+                                    }
+                            )),
+                        "{out:?}"
                     );
                 }
                 self.apply(out);

@@ -3,15 +3,18 @@
 
 use super::Table;
 use super::lease::HolderRec;
+use super::owners::Owners;
 use super::types::{Holder, Key, LockInfo};
 
 impl HolderRec {
-    fn holder(&self) -> Holder {
+    /// This lease as reported, with its owner label from `owners`.
+    pub(super) fn holder(&self, owners: &Owners) -> Holder {
         Holder {
             session: self.session,
             fence: self.fence,
             mode: self.mode,
             deadline: self.deadline,
+            owner: owners.get(self.fence).cloned(),
         }
     }
 }
@@ -30,10 +33,25 @@ impl Table {
         };
         Some(LockInfo {
             key: e.key.to_key(),
-            holders: e.holders.as_slice().iter().map(HolderRec::holder).collect(),
+            holders: e
+                .holders
+                .as_slice()
+                .iter()
+                .map(|h| h.holder(&self.owners))
+                .collect(),
             waiters: e.waiters().len(),
             blocked_until: e.blocked_until(),
         })
+    }
+
+    /// Where `session`'s first queued acquire of `key` stands in the key's queue (1: next),
+    /// or `None` when it has none queued there. O(queue length), bounded by the per-key limit.
+    pub(crate) fn queue_position(&self, key: &[u8], session: super::SessionId) -> Option<usize> {
+        let e = self.keys.find(key)?;
+        e.waiters()
+            .iter()
+            .position(|w| w.session == session)
+            .map(|i| i + 1)
     }
 
     /// Every current lease as (key, holder), in no particular order: the snapshot a mirror
@@ -46,7 +64,7 @@ impl Table {
                 e.holders
                     .as_slice()
                     .iter()
-                    .map(|h| (e.key.to_key(), h.holder()))
+                    .map(|h| (e.key.to_key(), h.holder(&self.owners)))
             })
             .collect()
     }

@@ -48,6 +48,8 @@ pub(crate) struct Waiter {
     pub(crate) mode: Mode,
     pub(crate) ttl: Duration,
     pub(crate) deadline: Option<Instant>,
+    /// The owner label the lease will carry.
+    pub(crate) owner: Option<bytes::Bytes>,
 }
 
 /// A queued `wait_until_unlocked`.
@@ -297,7 +299,7 @@ impl Entry {
             let granted = if cx.sessions.lease_count(w.session) >= cx.cfg.max_leases_per_session {
                 Err(TableError::LimitExceeded("held leases"))
             } else {
-                self.grant_lease(w.session, w.mode, w.ttl, None, cx)
+                self.grant_lease(w.session, w.mode, w.ttl, None, w.owner.clone(), cx)
             };
             let effect = match granted {
                 Ok(grant) => Effect::Granted {

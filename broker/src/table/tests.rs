@@ -69,6 +69,7 @@ impl H {
                 mode,
                 ttl: ms(ttl_ms),
                 wait,
+                owner: None,
             },
             &mut self.out,
         );
@@ -902,6 +903,7 @@ fn deadline_heap_stays_bounded_under_release_churn() {
             mode: Mode::Exclusive,
             ttl: ms(3_600_000),
             wait: Wait::No,
+            owner: None,
         };
         let f = h.t.acquire(now, r, &mut h.out).unwrap().unwrap().fence;
         h.t.release(now, 1, &Bytes::from_static(K), f, &mut h.out)
@@ -944,6 +946,7 @@ fn huge_ttl_and_deadlines_do_not_panic() {
                 mode: Mode::Exclusive,
                 ttl: Duration::MAX,
                 wait: Wait::No,
+                owner: None,
             },
             &mut h.out,
         )
@@ -1025,6 +1028,7 @@ fn restart_grace_holds_new_grants_and_honours_leases_of_the_previous_run() {
         fence,
         mode: Mode::Exclusive,
         ttl: ms(500),
+        owner: &[],
     };
     let now = h.now;
     let g =
@@ -1117,4 +1121,54 @@ fn a_session_cycling_keys_keeps_its_lease_list_short() {
     let listed = h.t.sessions.get(1).map_or(0, |s| s.held_on().len());
     assert!(listed <= 2 + 16 + 1, "{listed} entries listed for 1 lease");
     assert_eq!(h.t.session_counts(1), (1, 0));
+}
+
+/// An owner label given with an acquire is shown with its lease — granted at once or from the
+/// queue — and forgotten when the lease ends; unlabelled leases report none.
+#[test]
+fn owner_labels_follow_their_leases() {
+    let mut h = H::new();
+    let labelled = |session, req, owner: &'static [u8], wait| AcquireRequest {
+        session,
+        req,
+        key: Bytes::from_static(b"k"),
+        mode: Mode::Exclusive,
+        ttl: ms(1000),
+        wait,
+        owner: Some(Bytes::from_static(owner)),
+    };
+    let now = h.now;
+    let g =
+        h.t.acquire(
+            now,
+            labelled(1, 1, b"worker-7@host-3", Wait::No),
+            &mut h.out,
+        )
+        .expect("granted")
+        .expect("at once");
+    let owners = |h: &H| -> Vec<Option<Bytes>> {
+        h.t.inspect(b"k")
+            .map(|i| i.holders.into_iter().map(|x| x.owner).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        owners(&h),
+        vec![Some(Bytes::from_static(b"worker-7@host-3"))]
+    );
+    let r = h.t.acquire(
+        now,
+        labelled(2, 2, b"api@host-9", Wait::Forever),
+        &mut h.out,
+    );
+    assert_eq!(r, Ok(None));
+    h.release(1, b"k", g.fence).expect("released");
+    assert_eq!(owners(&h), vec![Some(Bytes::from_static(b"api@host-9"))]);
+    h.t.check_invariants();
+    let next = h.granted();
+    let (_, _, fence) = next[0];
+    h.release(2, b"k", fence).expect("released");
+    let f = h.lock(3, b"k", Mode::Exclusive, 100);
+    assert_eq!(owners(&h), vec![None]);
+    h.release(3, b"k", f).expect("released");
+    assert_eq!(h.t.owners.fences().count(), 0, "every label forgotten");
 }

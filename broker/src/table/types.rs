@@ -47,6 +47,8 @@ pub struct AcquireRequest {
     pub mode: Mode,
     pub ttl: Duration,
     pub wait: Wait,
+    /// The owner label the lease is shown with (`None`: none).
+    pub owner: Option<Key>,
 }
 
 /// A granted lease.
@@ -157,6 +159,8 @@ pub(crate) struct Holder {
     pub fence: Fence,
     pub mode: Mode,
     pub deadline: Instant,
+    /// The owner label given with the acquire.
+    pub owner: Option<Key>,
 }
 
 /// A snapshot of one key, as reported by `inspect`.

@@ -173,6 +173,7 @@ async fn redis_down_drops_and_resyncs_without_blocking_lock_traffic() {
                         mode: Mode::Exclusive,
                         ttl: Duration::from_secs(30),
                         wait: Wait::No,
+                        owner: None,
                     },
                     out,
                 )
@@ -199,6 +200,7 @@ async fn redis_down_drops_and_resyncs_without_blocking_lock_traffic() {
                     mode: Mode::Exclusive,
                     ttl: Duration::from_secs(30),
                     wait: Wait::No,
+                    owner: None,
                 },
                 out,
             )

@@ -293,3 +293,97 @@ async fn locks_sessions_and_release_force_from_the_cli() {
         .expect("granted");
     assert!(next > guard.fence());
 }
+
+/// Owner labels: a lock taken with `.owner(…)` shows its label in the SDK's `inspect`, the
+/// admin API, `lockbroker locks` and `lockbroker inspect`; `lockbroker lock` labels its lease
+/// `HOSTNAME:PID` by default; a queued client's `inspect` tells its place in the queue; a
+/// forced release reaches the holder as revoked by an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_labels_and_queue_positions_are_shown_everywhere() {
+    use lockbroker_tests::util::run_bounded;
+    use lockbroker_tests::{cli, lockbroker_bin};
+    let broker = Broker::start();
+    let addr = admin(&broker);
+    let holder = broker.client().await;
+    let guard = holder
+        .lock("own/k")
+        .owner("worker-7@host-3")
+        .ttl(Duration::from_secs(60))
+        .await
+        .expect("lock");
+    let info = holder.inspect("own/k").await.expect("inspect");
+    assert_eq!(info.owner_label(), Some("worker-7@host-3"), "{info:?}");
+    assert_eq!(info.queue_position, None, "the holder is not queued");
+
+    // Two queued clients: each is told its own place.
+    let first = broker.client().await;
+    let second = broker.client().await;
+    let queue = |c: lockbroker_sdk::Client| {
+        tokio::spawn(async move {
+            c.lock("own/k")
+                .wait(Duration::from_secs(30))
+                .await
+                .map(|g| g.fence())
+        })
+    };
+    let q1 = queue(first.clone());
+    eventually("the first waiter queued", LIMIT, || async {
+        (first.inspect("own/k").await.ok()?.queue_position == Some(1)).then_some(())
+    })
+    .await;
+    let q2 = queue(second.clone());
+    eventually("the second waiter queued", LIMIT, || async {
+        (second.inspect("own/k").await.ok()?.queue_position == Some(2)).then_some(())
+    })
+    .await;
+
+    let locks = http::get(addr, "/api/locks?prefix=own/").await.json();
+    assert_eq!(
+        locks["locks"][0]["holders"][0]["owner"],
+        json!("worker-7@host-3"),
+        "{locks}"
+    );
+    let url = format!("http://{addr}");
+    let mut cmd = std::process::Command::new(lockbroker_bin());
+    cmd.args(["locks", "--prefix", "own/", "--admin", &url]);
+    let out = run_bounded(cmd, LIMIT).await;
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listed.contains("worker-7@host-3"), "{listed}");
+    let mut cmd = cli(&broker);
+    cmd.args(["inspect", "own/k"]);
+    let out = run_bounded(cmd, LIMIT).await;
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains("owner=worker-7@host-3"), "{shown}");
+    assert!(shown.contains("waiters: 2"), "{shown}");
+
+    // The CLI's default label: HOSTNAME:PID of the `lock` process.
+    let mut cmd = cli(&broker);
+    cmd.args(["lock", "own/cli", "--", "sleep", "5"]);
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run lockbroker lock");
+    let pid = child.id().expect("pid");
+    let label = eventually("the CLI's lease listed", LIMIT, || async {
+        let locks = http::get(addr, "/api/locks?prefix=own/cli").await.json();
+        locks["locks"][0]["holders"][0]["owner"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(label.ends_with(&format!(":{pid}")), "{label}");
+    let _ = child.kill().await;
+
+    // A forced release: the holder is told it was revoked, and the queue moves on in order.
+    let released = http::post_json(addr, "/api/release", &[], &json!({ "key": "own/k" })).await;
+    assert_eq!(released.status, 200, "{released:?}");
+    let why = tokio::time::timeout(LIMIT, guard.lost())
+        .await
+        .expect("told at once");
+    assert!(why.to_string().contains("revoked"), "{why}");
+    let f1 = q1.await.expect("join").expect("first granted");
+    assert!(f1 > guard.fence());
+    let _ = http::post_json(addr, "/api/release", &[], &json!({ "key": "own/k" })).await;
+    let f2 = q2.await.expect("join").expect("second granted");
+    assert!(f2 > f1);
+}

@@ -45,6 +45,7 @@ fn acquire(id: u64, key: Vec<u8>) -> Frame {
         mode: Mode::Exclusive,
         ttl_ms: 0,
         wait: WaitSpec::NoWait,
+        owner: Bytes::new(),
     })
 }
 

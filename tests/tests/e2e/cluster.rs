@@ -235,6 +235,7 @@ async fn failover_waits_out_the_grace_and_fences_only_grow() {
         mode: Mode::Exclusive,
         ttl_ms: 3000,
         wait: lockbroker_proto::WaitSpec::NoWait,
+        owner: Bytes::new(),
     }))
     .await;
     let held = match next_answer(&mut raw).await {
@@ -271,6 +272,7 @@ async fn failover_waits_out_the_grace_and_fences_only_grow() {
             mode: Mode::Exclusive,
             ttl_ms: 2000,
             secret: held.secret,
+            owner: Bytes::new(),
         }))
         .await;
         match next_answer(&mut raw2).await {

@@ -38,6 +38,7 @@ async fn reclaim(c: &mut RawConn, id: u64, key: &str, fence: u64, secret: LeaseS
         mode: lockbroker_proto::Mode::Exclusive,
         ttl_ms: 3_600_000,
         secret,
+        owner: Bytes::new(),
     }))
     .await;
     c.next_frame(Duration::from_secs(5))
@@ -327,6 +328,7 @@ async fn cancel_stops_an_acquire_polling_the_sync_mirror() {
         mode: Mode::Exclusive,
         ttl_ms: 5_000,
         wait: WaitSpec::Millis(20_000),
+        owner: Bytes::new(),
     }))
     .await;
     // Polling Redis: nothing comes yet.
@@ -340,6 +342,7 @@ async fn cancel_stops_an_acquire_polling_the_sync_mirror() {
             mode: Mode::Exclusive,
             ttl_ms: 5_000,
             wait: WaitSpec::Millis(20_000),
+            owner: Bytes::new(),
         })
     };
     raw.send_frame(&acquire(7)).await;
@@ -414,6 +417,7 @@ async fn a_lease_that_expires_is_pushed_to_its_holder() {
         mode: Mode::Exclusive,
         ttl_ms: 300,
         wait: WaitSpec::NoWait,
+        owner: Bytes::new(),
     }))
     .await;
     let fence = match c.next_frame(Duration::from_secs(5)).await {

@@ -78,6 +78,7 @@ async fn acknowledged_locks_survive_sigkill_with_their_fences() {
         mode: lockbroker_proto::Mode::Exclusive,
         ttl_ms: 5_000,
         secret,
+        owner: bytes::Bytes::new(),
     }))
     .await;
     match raw.next_frame(Duration::from_secs(5)).await {

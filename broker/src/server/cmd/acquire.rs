@@ -49,6 +49,7 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
             mode: a.mode.into(),
             ttl: decided.ttl,
             wait: wait_from(a.wait, now),
+            owner: (!a.owner.is_empty()).then(|| a.owner.clone()),
         };
         if gated {
             request = Some(r.clone());

@@ -30,6 +30,7 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
                 holders_total: 0,
                 waiters: 0,
                 blocked_ms: 0,
+                position: 0,
             };
         };
         LockInfo {
@@ -43,11 +44,15 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
                     fence: h.fence,
                     mode: h.mode.into(),
                     remaining_ms: millis_until(h.deadline, now),
+                    owner: h.owner.clone().unwrap_or_default(),
                 })
                 .collect(),
             holders_total: 0,
             waiters: u32::try_from(info.waiters).unwrap_or(u32::MAX),
             blocked_ms: info.blocked_until.map_or(0, |b| millis_until(b, now)),
+            position: t
+                .queue_position(&key, s.id)
+                .map_or(0, |p| u32::try_from(p).unwrap_or(u32::MAX)),
         }
     });
     // Outside the table lock: order, count and cut to the frame limit.

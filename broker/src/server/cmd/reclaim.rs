@@ -37,6 +37,7 @@ pub(super) async fn apply(s: &Session, r: Reclaim) {
                     fence: r.fence,
                     mode: r.mode.into(),
                     ttl,
+                    owner: &r.owner,
                 };
                 t.adopt(now, s.id, lease, out).map(|g| g.deadline)
             }
@@ -46,6 +47,7 @@ pub(super) async fn apply(s: &Session, r: Reclaim) {
                     fence: r.fence,
                     mode: r.mode.into(),
                     ttl,
+                    owner: &r.owner,
                 };
                 t.reclaim_from_previous_run(now, s.id, lease, out)
                     .map(|g| g.deadline)
