@@ -64,6 +64,8 @@ struct Lease {
     /// Cluster mode: the broker said the key's shard moved (`LeaseEnded` with `Moved`); the
     /// lease is reclaimed at the shard's new owner before its next use.
     moved: AtomicBool,
+    /// The hold-time clock (`crate::metrics`), started at the grant.
+    hold: crate::metrics::Hold,
 }
 
 /// A granted lease as `LockRequest` hands it to [`Guard::new`].
@@ -104,6 +106,7 @@ impl Guard {
             }),
             owner: Mutex::new(owner),
             moved: AtomicBool::new(false),
+            hold: crate::metrics::Hold::start(g.mode),
         });
         let watchdog = Some(tokio::spawn(watchdog(lease.clone(), lost_tx, renew)));
         Guard {
@@ -202,6 +205,7 @@ impl Guard {
         if let Some(w) = self.watchdog.take() {
             w.abort();
         }
+        self.lease.hold.end();
         // Even a lease the guard reported lost is released: the broker may still have it (the
         // guard's deadline is conservative), and its answer says what became of it
         // (`NotLocked`: it ended; `NotOwner`: someone else holds the key now).
@@ -278,6 +282,7 @@ impl Drop for Guard {
         if let Some(w) = self.watchdog.take() {
             w.abort();
         }
+        self.lease.hold.end();
         if self.released {
             return;
         }
@@ -405,6 +410,7 @@ fn lost_at(lease: &Lease, t: Timing) -> Instant {
 /// by its own clock, whether or not the broker answers.
 async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: bool) {
     let declare = |why: String| {
+        lease.hold.lost();
         let _ = lost.send(Some(Error::Lost(why)));
     };
     let mut timing = lease.timing.subscribe();
