@@ -66,6 +66,8 @@ struct Lease {
     moved: AtomicBool,
     /// The owner label given with the acquire (empty: none), carried along on a reclaim.
     label: Bytes,
+    /// The hold-time clock (`crate::metrics`), started at the grant.
+    hold: crate::metrics::Hold,
 }
 
 /// A granted lease as `LockRequest` hands it to [`Guard::new`].
@@ -109,6 +111,7 @@ impl Guard {
             owner: Mutex::new(owner),
             moved: AtomicBool::new(false),
             label: g.label,
+            hold: crate::metrics::Hold::start(g.mode),
         });
         let watchdog = Some(tokio::spawn(watchdog(lease.clone(), lost_tx, renew)));
         Guard {
@@ -207,6 +210,7 @@ impl Guard {
         if let Some(w) = self.watchdog.take() {
             w.abort();
         }
+        self.lease.hold.end();
         // Even a lease the guard reported lost is released: the broker may still have it (the
         // guard's deadline is conservative), and its answer says what became of it
         // (`NotLocked`: it ended; `NotOwner`: someone else holds the key now).
@@ -283,6 +287,7 @@ impl Drop for Guard {
         if let Some(w) = self.watchdog.take() {
             w.abort();
         }
+        self.lease.hold.end();
         if self.released {
             return;
         }
@@ -411,6 +416,7 @@ fn lost_at(lease: &Lease, t: Timing) -> Instant {
 /// by its own clock, whether or not the broker answers.
 async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: bool) {
     let declare = |why: String| {
+        lease.hold.lost();
         let _ = lost.send(Some(Error::Lost(why)));
     };
     let mut timing = lease.timing.subscribe();

@@ -40,6 +40,15 @@
 //!   broker, so the queue slot is freed.
 //! * If the connection drops, the next call reconnects (trying every configured broker
 //!   address), and live guards reclaim their leases on the new connection by fencing token.
+//!
+//! ## Metrics
+//!
+//! The SDK records client metrics through the [`metrics`](https://docs.rs/metrics) facade:
+//! `lockbroker_client_acquire_wait_seconds{mode,outcome}`, `lockbroker_client_hold_seconds{mode}`,
+//! `lockbroker_client_lost_leases_total{mode}` and `lockbroker_client_acquires_total{mode}`.
+//! Whatever `metrics` exporter the application installs picks them up (e.g.
+//! `metrics-exporter-prometheus`); with none installed they cost nothing. Labels never carry a
+//! key or a principal. The names, label values and what each measures are in [`metrics`].
 
 mod client;
 mod conn;
@@ -47,6 +56,7 @@ mod error;
 mod guard;
 mod inspect;
 mod lock;
+pub mod metrics;
 mod routing;
 mod tls;
 

@@ -226,6 +226,6 @@ impl IntoFuture for LockRequest {
     type IntoFuture = Pin<Box<dyn Future<Output = Result<Guard>> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
+        Box::pin(crate::metrics::timed_acquire(self.mode, self.run()))
     }
 }

@@ -1,8 +1,8 @@
 //! `GET /metrics`: the Prometheus text format (0.0.4) through `prometheus-client`. The
 //! core's lock metrics (`broker::metrics`: counters and histograms recorded on the lock path)
-//! are registered by handle; gauges and the plugin, mirror and cluster counters are read at
-//! scrape time into a fresh registry. Labels are fixed sets or configured plugin names —
-//! never a lock key or a principal.
+//! and the plugins' call-duration histograms are registered by handle; gauges and the plugin,
+//! mirror and cluster counters are read at scrape time into a fresh registry. Labels are fixed
+//! sets or configured plugin names — never a lock key or a principal.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -167,6 +167,11 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
             faults.get_or_create(&labels).inc_by(p.errors);
         }
         reg.register("plugin_calls", "Calls into a plugin", calls);
+        reg.register(
+            "plugin_call_duration_seconds",
+            "Wall time of each call into a plugin (faults and calls cut at their budget included)",
+            host.call_durations().clone(),
+        );
         reg.register(
             "plugin_faults",
             "Plugin calls that trapped, timed out, ran out of memory or returned garbage",

@@ -19,7 +19,9 @@ use super::plugin::LoadedPlugin;
 use super::request::{KeyDecision, PolicyOutcome, PolicyRequest, millis, to_wit};
 use super::settings::{OnError, PluginKind, PluginSettings};
 use super::state::HostState;
-use super::stats::{Counters, PluginStat, PluginStats};
+use super::stats::{
+    CallDuration, CallDurations, Counters, PluginStat, PluginStats, call_duration_histogram,
+};
 
 /// The linker shared by every plugin: WASI p2 (locked down per store) + the `host` interface.
 pub(crate) fn linker() -> Result<&'static Linker<HostState>, PluginError> {
@@ -90,6 +92,8 @@ pub struct PluginHost {
     current: ArcSwap<Generation>,
     settings: Vec<Arc<PluginSettings>>,
     counters: Vec<Arc<Counters>>,
+    /// Every plugin's call-duration histogram (each plugin's counters hold its own entry).
+    call_durations: CallDurations,
     cache_dir: PathBuf,
     reload_lock: Mutex<()>,
     empty: bool,
@@ -152,12 +156,22 @@ impl PluginHost {
             }
         }
         let settings: Vec<Arc<PluginSettings>> = settings.into_iter().map(Arc::new).collect();
-        let counters: Vec<Arc<Counters>> = settings.iter().map(|_| Arc::default()).collect();
+        let call_durations = CallDurations::new_with_constructor(call_duration_histogram);
+        let counters: Vec<Arc<Counters>> = settings
+            .iter()
+            .map(|s| {
+                Arc::new(Counters {
+                    call_duration: CallDuration::of(&call_durations, &s.name),
+                    ..Counters::default()
+                })
+            })
+            .collect();
         if settings.is_empty() {
             return Ok(PluginHost {
                 current: ArcSwap::from_pointee(Generation::new(Vec::new())),
                 settings,
                 counters,
+                call_durations,
                 cache_dir: cache_dir.to_path_buf(),
                 reload_lock: Mutex::new(()),
                 empty: true,
@@ -184,6 +198,7 @@ impl PluginHost {
             current: ArcSwap::from_pointee(Generation::new(loaded)),
             settings,
             counters,
+            call_durations,
             cache_dir: cache_dir.to_path_buf(),
             reload_lock: Mutex::new(()),
             empty: false,
@@ -342,6 +357,11 @@ impl PluginHost {
                 })
                 .collect(),
         }
+    }
+
+    /// The wall time of each plugin call, labelled `plugin` (for `/metrics`; clones share it).
+    pub fn call_durations(&self) -> &CallDurations {
+        &self.call_durations
     }
 
     /// The configured plugins.

@@ -244,6 +244,8 @@ impl LoadedPlugin {
         invalid: impl FnOnce(&Ret) -> Option<String>,
     ) -> Result<Ret, Fault> {
         Counters::bump(&self.counters.calls);
+        // Observed when the call ends, whichever way it ends.
+        let _timer = self.counters.call_duration.start();
         let budget = self.settings.time_budget;
         // Outside a tokio runtime (`plugin check`'s smoke call runs on `block_on`) there are
         // no timers: no wait for an instance, no wall-clock bound (the epoch budget stays).

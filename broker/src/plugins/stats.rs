@@ -1,11 +1,64 @@
-//! Per-plugin counters (lock-free, shared by every generation of a plugin across reloads) and
-//! the `PluginStats` snapshot returned by `PluginHost::stats`.
+//! Per-plugin counters (lock-free, shared by every generation of a plugin across reloads), the
+//! per-plugin call-duration histogram, and the `PluginStats` snapshot returned by
+//! `PluginHost::stats`.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use super::settings::PluginKind;
+
+/// The call-duration histograms of a host's plugins, labelled `plugin` (a configured name).
+pub type CallDurations = Family<Vec<(&'static str, String)>, Histogram>;
+
+/// A call-duration histogram: 1 µs … ~4 s.
+pub(super) fn call_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-6, 4.0, 12))
+}
+
+/// The wall time of each call into one plugin, seconds. A handle: clones share the histogram
+/// (the host's is the plugin's entry of its [`CallDurations`], created once at load, so a call
+/// neither allocates nor looks a label set up).
+#[derive(Clone, Debug)]
+pub struct CallDuration(Histogram);
+
+impl Default for CallDuration {
+    fn default() -> Self {
+        CallDuration(call_duration_histogram())
+    }
+}
+
+impl CallDuration {
+    /// The entry of `plugin` in `family`.
+    pub(super) fn of(family: &CallDurations, plugin: &str) -> Self {
+        CallDuration(family.get_or_create_owned(&vec![("plugin", plugin.to_string())]))
+    }
+
+    /// Starts timing one call; it is observed when the returned timer drops, however the call
+    /// ended (answer, fault, budget, overload, or the caller giving up).
+    pub(super) fn start(&self) -> CallTimer<'_> {
+        CallTimer {
+            histogram: &self.0,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// One call being timed (see [`CallDuration::start`]).
+pub(super) struct CallTimer<'a> {
+    histogram: &'a Histogram,
+    started: Instant,
+}
+
+impl Drop for CallTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
 
 /// Live counters of one configured plugin.
 #[derive(Debug, Default)]
@@ -40,6 +93,8 @@ pub struct Counters {
     pub cache_hits: AtomicU64,
     /// Loads that ran the compiler.
     pub compiles: AtomicU64,
+    /// Wall time of each call (`calls` counts them too).
+    pub call_duration: CallDuration,
 }
 
 impl Counters {

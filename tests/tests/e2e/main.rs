@@ -30,6 +30,8 @@
 //!   restarts, memory only and with the sync mirror (found with `lockbroker-chaos`).
 //! - [`restart_grace`]: a broker restarted without its leases grants nothing its previous run
 //!   may still hold, while that run's holders reclaim theirs.
+//! - [`sdk_metrics`]: the SDK's client metrics (`metrics` facade) read from a local
+//!   `DebuggingRecorder`: waits by outcome, hold times, a lease lost to a forced release.
 //! - [`status_page`]: the status page in headless Chromium (chromedriver, `chromedriver.rs`):
 //!   a held key and its holder appear and vanish; a screenshot in `target/artifacts/`.
 //! - [`restore_validation`]: restore refuses an absurd max-fence and hand-written values.
@@ -57,4 +59,5 @@ mod queueing;
 mod restart_exclusion;
 mod restart_grace;
 mod restore_validation;
+mod sdk_metrics;
 mod status_page;

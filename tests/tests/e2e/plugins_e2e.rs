@@ -1,12 +1,13 @@
 //! Plugins through the real broker: key-prefix ACL by principal (token and mTLS), key rewrite,
 //! TTL clamp seen by the SDK, chaining, faulty plugins denied within their budget while the
-//! broker stays healthy, and hot reload (SIGHUP) under continuous locking with zero failures.
+//! broker stays healthy (every call, faulty or not, timed in `/metrics`), and hot reload (SIGHUP) under continuous locking with zero failures.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lockbroker_sdk::Error;
+use lockbroker_tests::http::{self, sample};
 use lockbroker_tests::plugins::{client_pki, plugin};
 use lockbroker_tests::{Broker, TempDir, cli};
 
@@ -270,6 +271,27 @@ memory_limit_mb = 16
             .await
             .unwrap();
     }
+    // Every call is timed, the faulty ones and the one cut at its budget included.
+    let admin = broker.admin.expect("the banner names the admin address");
+    let metrics = http::get(admin, "/metrics").await.body;
+    let calls = sample(&metrics, "lockbroker_plugin_calls_total{plugin=\"faults\"}")
+        .expect("the plugin's call counter");
+    let timed = sample(
+        &metrics,
+        "lockbroker_plugin_call_duration_seconds_count{plugin=\"faults\"}",
+    )
+    .expect("the plugin's call-duration histogram");
+    assert!(calls >= 6.0, "{calls} calls for 6 faulty keys");
+    assert_eq!(timed, calls, "every call timed");
+    let spent = sample(
+        &metrics,
+        "lockbroker_plugin_call_duration_seconds_sum{plugin=\"faults\"}",
+    )
+    .expect("the histogram's sum");
+    assert!(
+        spent >= 0.001,
+        "{spent} s in all: the spinning call alone ran its 1 ms budget"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,161 @@
+//! Client metrics, recorded through the [`metrics`](https://docs.rs/metrics) facade: the SDK
+//! records, the application chooses the exporter (e.g. `metrics-exporter-prometheus`). With no
+//! recorder installed every call is a no-op.
+//!
+//! | name | kind | labels |
+//! | --- | --- | --- |
+//! | [`ACQUIRE_WAIT_SECONDS`] | histogram | `mode`, `outcome` |
+//! | [`HOLD_SECONDS`] | histogram | `mode` |
+//! | [`LOST_LEASES`] | counter | `mode` |
+//! | [`ACQUIRES`] | counter | `mode` |
+//!
+//! Labels take fixed values only — never a lock key or a principal: `mode` is `exclusive`,
+//! `shared` or `semaphore`; `outcome` is `granted`, `timeout` (the wait ran out, or a try-lock
+//! found the key held), `denied` (a broker policy or authentication refused it), `error`
+//! (anything else: connection, limit, invalid request) or `cancelled` (the acquire future was
+//! dropped before it resolved).
+//!
+//! The acquire wait runs from the start of an awaited [`LockRequest`](crate::LockRequest) —
+//! a reconnect it needs and any `Moved` hops included — to its answer. The hold time runs from
+//! the grant to whichever comes first: [`Guard::unlock`](crate::Guard::unlock), the guard's
+//! drop, or the loss of the lease ([`Guard::lost`](crate::Guard::lost) resolving, which also
+//! counts in [`LOST_LEASES`]).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use lockbroker_proto::Mode;
+
+use crate::{Error, Result};
+
+/// Histogram, seconds: from the start of an acquire to its answer (labels `mode`, `outcome`).
+pub const ACQUIRE_WAIT_SECONDS: &str = "lockbroker_client_acquire_wait_seconds";
+/// Histogram, seconds: from a grant to the unlock, drop or loss of its guard (label `mode`).
+pub const HOLD_SECONDS: &str = "lockbroker_client_hold_seconds";
+/// Counter: leases a guard reported lost (label `mode`).
+pub const LOST_LEASES: &str = "lockbroker_client_lost_leases_total";
+/// Counter: acquires started (label `mode`).
+pub const ACQUIRES: &str = "lockbroker_client_acquires_total";
+
+/// Registers the units and descriptions of the SDK's metrics with the installed recorder.
+/// Optional: call it once after installing an exporter so it can print help texts.
+pub fn describe() {
+    ::metrics::describe_histogram!(
+        ACQUIRE_WAIT_SECONDS,
+        ::metrics::Unit::Seconds,
+        "From the start of an acquire to its answer"
+    );
+    ::metrics::describe_histogram!(
+        HOLD_SECONDS,
+        ::metrics::Unit::Seconds,
+        "From a grant to the unlock, drop or loss of its guard"
+    );
+    ::metrics::describe_counter!(LOST_LEASES, "Leases a guard reported lost");
+    ::metrics::describe_counter!(ACQUIRES, "Acquires started");
+}
+
+fn mode_label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Exclusive => "exclusive",
+        Mode::Shared => "shared",
+        Mode::Semaphore(_) => "semaphore",
+    }
+}
+
+fn outcome_label<T>(result: &Result<T>) -> &'static str {
+    match result {
+        Ok(_) => "granted",
+        Err(Error::Timeout | Error::Busy) => "timeout",
+        Err(Error::Denied(_)) => "denied",
+        Err(_) => "error",
+    }
+}
+
+/// Counts the acquire `run` and observes its wait with its outcome when it resolves — or, as
+/// `cancelled`, when it is dropped before.
+pub(crate) async fn timed_acquire<T>(
+    mode: Mode,
+    run: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    /// Observes the wait when dropped, with the outcome known by then.
+    struct Wait {
+        mode: Mode,
+        started: Instant,
+        outcome: &'static str,
+    }
+    impl Drop for Wait {
+        fn drop(&mut self) {
+            ::metrics::histogram!(
+                ACQUIRE_WAIT_SECONDS,
+                "mode" => mode_label(self.mode),
+                "outcome" => self.outcome
+            )
+            .record(self.started.elapsed());
+        }
+    }
+    ::metrics::counter!(ACQUIRES, "mode" => mode_label(mode)).increment(1);
+    let mut wait = Wait {
+        mode,
+        started: Instant::now(),
+        outcome: "cancelled",
+    };
+    let result = run.await;
+    wait.outcome = outcome_label(&result);
+    result
+}
+
+/// A lease's hold time: started at the grant, observed once, at the first [`Hold::end`].
+#[derive(Debug)]
+pub(crate) struct Hold {
+    mode: Mode,
+    granted: Instant,
+    ended: AtomicBool,
+}
+
+impl Hold {
+    /// Starts the clock at the grant.
+    pub(crate) fn start(mode: Mode) -> Hold {
+        Hold {
+            mode,
+            granted: Instant::now(),
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    /// Ends the hold (unlock, drop or loss); later calls do nothing.
+    pub(crate) fn end(&self) {
+        if !self.ended.swap(true, Ordering::AcqRel) {
+            ::metrics::histogram!(HOLD_SECONDS, "mode" => mode_label(self.mode))
+                .record(self.granted.elapsed());
+        }
+    }
+
+    /// The guard reported the lease lost: counts it and ends the hold.
+    pub(crate) fn lost(&self) {
+        ::metrics::counter!(LOST_LEASES, "mode" => mode_label(self.mode)).increment(1);
+        self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_and_modes_are_fixed_labels() {
+        assert_eq!(outcome_label(&Ok(())), "granted");
+        assert_eq!(outcome_label::<()>(&Err(Error::Busy)), "timeout");
+        assert_eq!(outcome_label::<()>(&Err(Error::Timeout)), "timeout");
+        assert_eq!(
+            outcome_label::<()>(&Err(Error::Denied("no".into()))),
+            "denied"
+        );
+        assert_eq!(
+            outcome_label::<()>(&Err(Error::LimitExceeded("max".into()))),
+            "error"
+        );
+        assert_eq!(mode_label(Mode::Semaphore(3)), "semaphore");
+        assert_eq!(mode_label(Mode::Shared), "shared");
+    }
+}
