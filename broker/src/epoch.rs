@@ -10,8 +10,8 @@
 use std::io;
 use std::path::Path;
 
-/// Bits of a fencing token below the epoch.
-pub const COUNTER_BITS: u32 = 40;
+/// Bits of a fencing token below the epoch (defined by the lock table, which makes fences).
+pub use lockbroker_core::COUNTER_BITS;
 
 /// A fresh data dir's first epoch is in `1..=FIRST_EPOCH_RANGE` (2^21).
 pub const FIRST_EPOCH_RANGE: u64 = 1 << 21;

@@ -14,5 +14,7 @@ pub mod plugins;
 pub mod private_files;
 pub mod redis;
 pub mod server;
-pub mod table;
+/// The lock table lives in its own crate (`lockbroker-core`), shared with the SDK's embedded
+/// client; `lockbroker::table` keeps naming it.
+pub use lockbroker_core as table;
 pub mod tls;

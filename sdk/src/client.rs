@@ -18,6 +18,7 @@ use bytes::Bytes;
 use lockbroker_proto::{ErrorCode, Frame, WaitSpec};
 
 use crate::conn::Conn;
+use crate::embedded::Engine;
 use crate::inspect::LockInfo;
 use crate::lock::LockRequest;
 use crate::routing::{Pushes, Routes};
@@ -46,6 +47,7 @@ pub struct ClientBuilder {
     token: Option<String>,
     name: String,
     owner: Bytes,
+    embedded: bool,
     connect_timeout: Duration,
     request_timeout: Duration,
     keep_alive: Duration,
@@ -63,6 +65,7 @@ impl Default for ClientBuilder {
             token: None,
             name: format!("lockbroker-sdk/{}", env!("CARGO_PKG_VERSION")),
             owner: Bytes::new(),
+            embedded: false,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
@@ -142,6 +145,39 @@ impl ClientBuilder {
         self
     }
 
+    /// Build an embedded client ([`Client::embedded`]) with this builder's options (owner
+    /// label, lease margin, request timeout) instead of connecting to a broker.
+    pub fn embedded(mut self) -> Self {
+        self.embedded = true;
+        self
+    }
+
+    /// The embedded client this builder describes: a table of its own in this process.
+    fn build_embedded(self) -> Client {
+        let pushes = Pushes {
+            lease_ended: tokio::sync::broadcast::channel(256).0,
+            routes: Arc::new(Routes::default()),
+        };
+        let conn = Conn::open_local(Engine::new(), pushes.clone());
+        Client {
+            inner: Arc::new(Inner {
+                quic_config: None,
+                endpoints: Mutex::new(Endpoints::default()),
+                targets: Vec::new(),
+                token: None,
+                name: self.name,
+                owner: self.owner,
+                connect_timeout: self.connect_timeout,
+                request_timeout: self.request_timeout,
+                lease_margin: self.lease_margin,
+                pushes,
+                current: Mutex::new(Some(conn)),
+                routed: Mutex::new(HashMap::new()),
+                reconnect: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
     /// How long connecting to one address may take (default 5 s).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
@@ -178,6 +214,14 @@ impl ClientBuilder {
 
     /// Connects to the first reachable broker.
     pub async fn connect(self) -> Result<Client> {
+        if self.embedded {
+            if !self.urls.is_empty() {
+                return Err(Error::Invalid(
+                    "an embedded client takes no broker address".into(),
+                ));
+            }
+            return Ok(self.build_embedded());
+        }
         if let Some(e) = self.ca_error {
             return Err(Error::Invalid(e));
         }
@@ -213,7 +257,7 @@ impl ClientBuilder {
         quic_config.transport_config(Arc::new(transport));
         let client = Client {
             inner: Arc::new(Inner {
-                quic_config,
+                quic_config: Some(quic_config),
                 endpoints: Mutex::new(Endpoints::default()),
                 targets,
                 token: self.token,
@@ -312,7 +356,8 @@ struct Endpoints {
 }
 
 struct Inner {
-    quic_config: quinn::ClientConfig,
+    /// QUIC settings (`None` for an embedded client).
+    quic_config: Option<quinn::ClientConfig>,
     endpoints: Mutex<Endpoints>,
     targets: Vec<Target>,
     token: Option<String>,
@@ -378,6 +423,27 @@ impl Client {
     }
 
     /// A builder for every option.
+    /// A client with its own lock table in this process: the same `Client` — `lock`,
+    /// `try_lock`, `read_lock`, `semaphore`, `inspect`, `wait_until_unlocked`, guards with
+    /// fences, TTLs, renewals and `lost()`, FIFO queues, lock-delay — with no broker, network
+    /// or TLS. Clones share the table; another `Client::embedded()` has a table of its own.
+    /// For a monolith, tests and tools; code written against `Client` moves to a broker by
+    /// changing only how the client is built. Needs a tokio runtime when used (its timer runs
+    /// as a task).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> lockbroker_sdk::Result<()> {
+    /// let client = lockbroker_sdk::Client::embedded();
+    /// let guard = client.lock("accounts/42").await?;
+    /// assert!(client.try_lock("accounts/42").await.is_err());
+    /// guard.unlock().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn embedded() -> Client {
+        ClientBuilder::default().build_embedded()
+    }
+
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
@@ -654,7 +720,14 @@ impl Client {
         let endpoint = self.endpoint_for(addr)?;
         let attempt = async {
             let connecting = endpoint
-                .connect_with(self.inner.quic_config.clone(), addr, name)
+                .connect_with(
+                    self.inner
+                        .quic_config
+                        .clone()
+                        .ok_or_else(|| Error::Connect("an embedded client has no network".into()))?,
+                    addr,
+                    name,
+                )
                 .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
             let quic = connecting
                 .await

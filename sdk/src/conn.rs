@@ -17,6 +17,11 @@
 //! frames already queued, the frame is appended to the outbound buffer and the writer task,
 //! woken through the one `Notify`, gathers the burst into one write and waits out flow control.
 //!
+//! Embedded: a connection to the in-process table ([`crate::embedded`]) has no stream. Its
+//! frames are queued in the state unencoded and handed to the engine right after the lock is
+//! released (where a QUIC connection would wake its writer); the engine hands answers back
+//! through [`Conn::route`], like the reader task does.
+//!
 //! Reading: one answer the client cannot read (larger than the frame limit the broker
 //! announced, malformed, of an unknown kind) does not end the connection — that would orphan
 //! every lease of the session until its TTL. [`Inbound`] steps over such a frame by its length
@@ -39,6 +44,7 @@ use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{Notify, oneshot};
 
 use crate::Error;
+use crate::embedded::Engine;
 use crate::routing::Pushes;
 
 /// Application close code for a deliberate, clean close (the broker releases our leases).
@@ -68,11 +74,28 @@ struct State {
     next_id: u64,
     /// Encoded frames not yet accepted by the stream.
     out: Vec<u8>,
-    send: quinn::SendStream,
+    sink: Sink,
     /// Writing to the stream failed: nothing more is written.
     failed: bool,
     /// The reader has ended: the connection is gone, `pending` has been emptied.
     closed: bool,
+}
+
+/// Where a connection's frames go.
+enum Sink {
+    /// Encoded into `State::out`, written to the control stream.
+    Quic(quinn::SendStream),
+    /// Queued for the embedded engine (handed over after the lock is released).
+    Local(Vec<Frame>),
+}
+
+/// The other end of a connection.
+enum Link {
+    Quic(quinn::Connection),
+    Local {
+        engine: Arc<Engine>,
+        session: u64,
+    },
 }
 
 /// What a [`State`] method leaves to do once the lock is released.
@@ -105,12 +128,16 @@ impl State {
 
     /// Queues `frame`, or writes it into the stream right away when nothing is queued and no
     /// other request is in flight. Returns whether the writer task must be woken.
-    fn send(&mut self, frame: &Frame) -> bool {
+    fn send(&mut self, frame: Frame) -> bool {
         if self.closed || self.failed {
             return false;
         }
+        if let Sink::Local(queued) = &mut self.sink {
+            queued.push(frame);
+            return true;
+        }
         let was_empty = self.out.is_empty();
-        encode(frame, &mut self.out);
+        encode(&frame, &mut self.out);
         // Alone on the connection: write now (latency). With other requests in flight, let
         // the writer task gather the burst into one write (throughput). A direct write only
         // happens with an empty buffer, so the writer task is never parked on the stream then
@@ -126,8 +153,11 @@ impl State {
     /// Writes as much of `out` as the stream takes now: `Ready` once `out` is empty (or the
     /// stream failed), `Pending` while flow control blocks it (`cx` is woken later).
     fn flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Sink::Quic(send) = &mut self.sink else {
+            return Poll::Ready(());
+        };
         while !self.out.is_empty() {
-            match Pin::new(&mut self.send).poll_write(cx, &self.out) {
+            match Pin::new(&mut *send).poll_write(cx, &self.out) {
                 Poll::Ready(Ok(n)) if n == self.out.len() => self.out.clear(),
                 Poll::Ready(Ok(n)) => {
                     self.out.drain(..n);
@@ -168,7 +198,7 @@ impl State {
         let frame = build(id);
         // Registered before sending, so the in-flight count the send sees includes it.
         self.pending.insert(id, Pending::Waiting(tx));
-        Some((id, After::writer(self.send(&frame))))
+        Some((id, After::writer(self.send(frame))))
     }
 
     /// See [`Conn::give_up`]. Runs with the lock held from closing `rx` to marking the request
@@ -186,7 +216,7 @@ impl State {
                     self.pending.remove(&id);
                 }
             }
-            return After::writer(self.send(&Frame::Cancel { id }));
+            return After::writer(self.send(Frame::Cancel { id }));
         }
         let Some(key) = key else {
             return After::default();
@@ -209,7 +239,7 @@ impl State {
     /// Queues a fire-and-forget release of a lease nobody is waiting for any more.
     fn release_unwanted(&mut self, key: &Bytes, grant: lockbroker_proto::Granted) -> bool {
         let id = self.fresh_id();
-        self.send(&Frame::Release(Release {
+        self.send(Frame::Release(Release {
             id,
             key: grant.rewritten.unwrap_or_else(|| key.clone()),
             fence: grant.fence,
@@ -315,7 +345,7 @@ impl Inbound {
 
 /// A connection and its control stream.
 pub(crate) struct Conn {
-    quic: quinn::Connection,
+    link: Link,
     welcome: Welcome,
     limits: Limits,
     state: Mutex<State>,
@@ -383,14 +413,14 @@ impl Conn {
             max_key: welcome.max_key as usize,
         };
         let conn = Arc::new(Conn {
-            quic,
+            link: Link::Quic(quic),
             welcome,
             limits,
             state: Mutex::new(State {
                 pending: HashMap::new(),
                 next_id: 1,
                 out: Vec::with_capacity(4096),
-                send,
+                sink: Sink::Quic(send),
                 failed: false,
                 closed: false,
             }),
@@ -402,6 +432,32 @@ impl Conn {
         Ok(conn)
     }
 
+    /// A session of the in-process table `engine` (an embedded client's connection).
+    pub(crate) fn open_local(engine: Arc<Engine>, pushes: Pushes) -> Arc<Conn> {
+        let welcome = engine.open_session();
+        let session = welcome.session;
+        let conn = Arc::new(Conn {
+            link: Link::Local {
+                engine: engine.clone(),
+                session,
+            },
+            welcome,
+            limits: Limits::default(),
+            state: Mutex::new(State {
+                pending: HashMap::new(),
+                next_id: 1,
+                out: Vec::new(),
+                sink: Sink::Local(Vec::new()),
+                failed: false,
+                closed: false,
+            }),
+            writer: Notify::new(),
+            pushes,
+        });
+        engine.attach(session, &conn);
+        conn
+    }
+
     /// The state lock (poisoning is recovered: the state is valid between `State` calls).
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -409,8 +465,22 @@ impl Conn {
 
     /// Does what a `State` method left to do; call with the lock released.
     fn after(&self, after: After) {
-        if after.wake_writer {
-            self.writer.notify_one();
+        if !after.wake_writer {
+            return;
+        }
+        match &self.link {
+            Link::Quic(_) => self.writer.notify_one(),
+            // Hand the queued frames to the engine, in order, with the lock released (the
+            // engine may answer into this very connection).
+            Link::Local { engine, session } => {
+                let frames = match &mut self.state().sink {
+                    Sink::Local(queued) => std::mem::take(queued),
+                    Sink::Quic(_) => Vec::new(),
+                };
+                for frame in frames {
+                    engine.handle(*session, frame);
+                }
+            }
         }
     }
 
@@ -456,7 +526,7 @@ impl Conn {
         let wake_writer = {
             let mut state = self.state();
             let id = state.fresh_id();
-            state.send(&build(id))
+            state.send(build(id))
         };
         self.after(After::writer(wake_writer));
     }
@@ -477,15 +547,23 @@ impl Conn {
 
     /// Closes the connection on purpose: the broker releases this session's leases at once.
     pub(crate) fn close(&self) {
-        self.quic.close(CLOSE_CLEAN.into(), b"bye");
+        match &self.link {
+            Link::Quic(quic) => quic.close(CLOSE_CLEAN.into(), b"bye"),
+            Link::Local { engine, session } => {
+                engine.close_session(*session);
+                // Dropping every waiting sender wakes its request with "disconnected".
+                drop(self.state().close());
+            }
+        }
     }
 
     pub(crate) fn disconnected(&self) -> Error {
-        Error::Disconnected(
-            self.quic
+        Error::Disconnected(match &self.link {
+            Link::Quic(quic) => quic
                 .close_reason()
                 .map_or_else(|| "connection closed".to_owned(), |r| r.to_string()),
-        )
+            Link::Local { .. } => "the embedded client was closed".to_owned(),
+        })
     }
 
     /// Flushes frames queued while the stream was flow-control blocked or while other
@@ -511,7 +589,9 @@ impl Conn {
                     Next::More => break,
                     Next::Lost(e) => {
                         tracing::warn!("broker sent a frame that cannot be stepped over: {e}");
-                        self.quic.close(1u32.into(), b"bad frame");
+                        if let Link::Quic(quic) = &self.link {
+                            quic.close(1u32.into(), b"bad frame");
+                        }
                         break 'read;
                     }
                 }
@@ -551,7 +631,8 @@ impl Conn {
         }
     }
 
-    fn route(&self, frame: Frame) {
+    /// Hands a frame from the broker (or the embedded engine) to whoever waits for it.
+    pub(crate) fn route(&self, frame: Frame) {
         let id = frame.id();
         if id == 0 {
             match frame {

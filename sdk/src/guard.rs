@@ -133,6 +133,11 @@ impl Guard {
         self.lease.secret
     }
 
+    /// The client that holds the lease.
+    pub(crate) fn client(&self) -> &Client {
+        &self.lease.client
+    }
+
     /// The key held (after any policy rewrite).
     pub fn key(&self) -> &[u8] {
         &self.lease.key

@@ -52,6 +52,8 @@
 
 mod client;
 mod conn;
+mod election;
+mod embedded;
 mod error;
 mod guard;
 mod inspect;

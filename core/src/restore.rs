@@ -14,7 +14,7 @@ impl Table {
     /// raised past it. Errors: `InvalidMode`; `RestoreConflict` if the key is held in a way that
     /// does not admit this lease (another Shared / same-size Semaphore holder is admitted, so
     /// multi-holder keys can be restored) or the fence is already there.
-    pub(crate) fn restore(
+    pub fn restore(
         &mut self,
         now: Instant,
         key: Key,
@@ -52,23 +52,23 @@ impl Table {
     }
 
     /// Makes every future fence `> fence`.
-    pub(crate) fn raise_fence_floor(&mut self, fence: Fence) {
+    pub fn raise_fence_floor(&mut self, fence: Fence) {
         self.fences.raise_floor(fence);
     }
 
     /// Cluster mode: no fence is handed out (`LimitExceeded("fencing tokens")`) above a
     /// ceiling, zero until [`Table::raise_fence_ceiling`].
-    pub(crate) fn bound_fences(&mut self) {
+    pub fn bound_fences(&mut self) {
         self.fences.bound();
     }
 
     /// Raises the fence ceiling (never lowers it).
-    pub(crate) fn raise_fence_ceiling(&mut self, ceiling: Fence) {
+    pub fn raise_fence_ceiling(&mut self, ceiling: Fence) {
         self.fences.raise_ceiling(ceiling);
     }
 
     /// Fences left below the ceiling.
-    pub(crate) fn fence_headroom(&self) -> u64 {
+    pub fn fence_headroom(&self) -> u64 {
         self.fences.headroom()
     }
 }

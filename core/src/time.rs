@@ -17,7 +17,7 @@ const EXPIRE_SLICE: usize = 1024;
 impl Table {
     /// The earliest instant `expire` may have work. May be early (a stale, already-satisfied
     /// deadline), never late.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.peek()
     }
 
@@ -25,14 +25,14 @@ impl Table {
     /// (`Event(Expired)`, watchers `Unlocked{Expired}`, next grants unless lock delay applies),
     /// lock-delay ends (next grants), queue timeouts (`AcquireFailed`/`WaitFailed { Timeout }`).
     #[cfg(test)]
-    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Effect>) {
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<Effect>) {
         while self.expire_some(now, EXPIRE_SLICE, out) {}
     }
 
     /// Handles at most `limit` due deadlines (so a driver can let other work take the table
     /// between slices when a storm of timeouts falls due at once). Returns whether more are
     /// due.
-    pub(crate) fn expire_some(
+    pub fn expire_some(
         &mut self,
         now: Instant,
         limit: usize,

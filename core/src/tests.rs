@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::types::{MAX_TTL, RESTORED_SESSION};
 use super::*;
-use crate::epoch::COUNTER_BITS;
+use crate::COUNTER_BITS;
 
 const K: &[u8] = b"k";
 
@@ -105,7 +105,7 @@ impl H {
     }
 
     fn release(&mut self, session: SessionId, key: &[u8], fence: Fence) -> Result<(), TableError> {
-        let key = crate::table::Key::copy_from_slice(key);
+        let key = crate::Key::copy_from_slice(key);
         let r = self
             .t
             .release(self.now, session, &key, fence, &mut self.out);

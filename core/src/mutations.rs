@@ -162,7 +162,7 @@ impl Table {
     /// Ends lease `fence` on `key` although its holder did not release it (the broker revoked
     /// it: its mirror could not keep it). Pushes `Released` (watchers resolve, waiters are
     /// granted). Returns the holder's session, `None` if there is no such lease.
-    pub(crate) fn revoke(
+    pub fn revoke(
         &mut self,
         now: Instant,
         key: &[u8],
@@ -179,7 +179,7 @@ impl Table {
     }
 
     /// Renews lease `fence`: new deadline = `now + ttl`. Same errors as [`Table::release`].
-    pub(crate) fn extend(
+    pub fn extend(
         &mut self,
         now: Instant,
         session: SessionId,
@@ -198,7 +198,7 @@ impl Table {
     /// reconnect, or of a restored lease). Idempotent for the current owner. Errors: `NotLocked`,
     /// `NotOwner` (no such lease), `LimitExceeded("held leases")`. Pushes no effect: the mirrored state
     /// (key, fence, deadline) does not change.
-    pub(crate) fn reclaim(
+    pub fn reclaim(
         &mut self,
         session: SessionId,
         key: &[u8],
@@ -230,7 +230,7 @@ impl Table {
     /// left) or `Effect::WaitFailed { Timeout }`. `Wait::No` (or a past `Until`) on a locked key:
     /// `Err(Busy)`. Also `DuplicateRequest`, `LimitExceeded("pending waiters")`. Pushes no effect
     /// itself.
-    pub(crate) fn wait_until_unlocked(
+    pub fn wait_until_unlocked(
         &mut self,
         now: Instant,
         session: SessionId,
@@ -266,7 +266,7 @@ impl Table {
 
     /// Cancels a pending acquire or `wait_until_unlocked` with this request id, pushing
     /// `AcquireFailed`/`WaitFailed { Cancelled }`. `false` if nothing is pending under `req`.
-    pub(crate) fn cancel(
+    pub fn cancel(
         &mut self,
         now: Instant,
         session: SessionId,
@@ -285,7 +285,7 @@ impl Table {
     /// released now (events pushed, waiters granted). Not clean (connection lost): its leases
     /// become orphans that live until their deadline; when one expires the key stays blocked
     /// for `lock_delay`.
-    pub(crate) fn close_session(
+    pub fn close_session(
         &mut self,
         now: Instant,
         session: SessionId,

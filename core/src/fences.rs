@@ -10,12 +10,12 @@
 //! The epoch/counter split (`COUNTER_BITS`) is defined once, with the epoch file.
 
 use super::types::{Fence, TableError};
-use crate::epoch::COUNTER_BITS;
+use crate::COUNTER_BITS;
 
 const EPOCH_MASK: u64 = (1 << (64 - COUNTER_BITS)) - 1;
 
 #[derive(Debug)]
-pub(crate) struct FenceGen {
+pub struct FenceGen {
     next: Fence,
     /// The highest token that may be handed out (cluster mode: the epoch bits may not pass the
     /// newest etcd revision this broker knows, so a later claim of any shard is above every
@@ -24,7 +24,7 @@ pub(crate) struct FenceGen {
 }
 
 impl FenceGen {
-    pub(crate) fn new(epoch: u64) -> Self {
+    pub fn new(epoch: u64) -> Self {
         Self {
             next: ((epoch & EPOCH_MASK) << COUNTER_BITS) | 1,
             ceiling: u64::MAX - 1,
@@ -33,7 +33,7 @@ impl FenceGen {
 
     /// Hands out the next token.
     #[inline]
-    pub(crate) fn alloc(&mut self) -> Result<Fence, TableError> {
+    pub fn alloc(&mut self) -> Result<Fence, TableError> {
         if self.next > self.ceiling {
             return Err(TableError::LimitExceeded("fencing tokens"));
         }
@@ -43,22 +43,22 @@ impl FenceGen {
     }
 
     /// Cluster mode starts with no token allowed, until the first ceiling is learnt.
-    pub(crate) fn bound(&mut self) {
+    pub fn bound(&mut self) {
         self.ceiling = 0;
     }
 
     /// Raises the highest token that may be handed out (never lowers it).
-    pub(crate) fn raise_ceiling(&mut self, ceiling: Fence) {
+    pub fn raise_ceiling(&mut self, ceiling: Fence) {
         self.ceiling = self.ceiling.max(ceiling.min(u64::MAX - 1));
     }
 
     /// Tokens left below the ceiling.
-    pub(crate) fn headroom(&self) -> u64 {
+    pub fn headroom(&self) -> u64 {
         (self.ceiling + 1).saturating_sub(self.next)
     }
 
     /// Makes every future token `> fence`.
-    pub(crate) fn raise_floor(&mut self, fence: Fence) {
+    pub fn raise_floor(&mut self, fence: Fence) {
         self.next = self.next.max(fence.saturating_add(1));
     }
 }

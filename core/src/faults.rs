@@ -8,13 +8,13 @@
 
 /// Count of internal faults met (should stay 0).
 #[derive(Debug, Default)]
-pub(crate) struct Faults {
+pub struct Faults {
     count: u64,
 }
 
 impl Faults {
     /// Records that `what` was found inconsistent; the caller skips the step.
-    pub(crate) fn record(&mut self, what: &'static str) {
+    pub fn record(&mut self, what: &'static str) {
         self.count = self.count.saturating_add(1);
         tracing::error!(
             target: "lockbroker::table",
@@ -23,7 +23,7 @@ impl Faults {
     }
 
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn count(&self) -> u64 {
+    pub fn count(&self) -> u64 {
         self.count
     }
 }

@@ -10,28 +10,28 @@ use super::{SessionId, Table};
 
 /// One live key as an operator sees it.
 #[derive(Clone, Debug)]
-pub(crate) struct KeyListing {
-    pub(crate) key: Key,
-    pub(crate) holders: Vec<Holder>,
+pub struct KeyListing {
+    pub key: Key,
+    pub holders: Vec<Holder>,
     /// Queued acquires.
-    pub(crate) waiters: usize,
+    pub waiters: usize,
     /// Queued `wait_until_unlocked` watchers.
-    pub(crate) watchers: usize,
+    pub watchers: usize,
 }
 
 /// Table-wide counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct TableTotals {
-    pub(crate) keys: usize,
-    pub(crate) leases: usize,
-    pub(crate) waiters: usize,
-    pub(crate) watchers: usize,
+pub struct TableTotals {
+    pub keys: usize,
+    pub leases: usize,
+    pub waiters: usize,
+    pub watchers: usize,
 }
 
 impl Table {
     /// Live keys starting with `prefix` and sorting after `after` (a page's cursor), in key
     /// order, at most `limit` of them; true when more follow.
-    pub(crate) fn list_keys(
+    pub fn list_keys(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
@@ -64,7 +64,7 @@ impl Table {
     }
 
     /// Counts over the whole table.
-    pub(crate) fn totals(&self) -> TableTotals {
+    pub fn totals(&self) -> TableTotals {
         let mut t = TableTotals::default();
         for e in self.keys.iter() {
             t.keys += 1;
@@ -76,7 +76,7 @@ impl Table {
     }
 
     /// Held leases per session (sessions holding none are absent).
-    pub(crate) fn leases_by_session(&self) -> HashMap<SessionId, usize> {
+    pub fn leases_by_session(&self) -> HashMap<SessionId, usize> {
         let mut m = HashMap::new();
         for e in self.keys.iter() {
             for h in e.holders.as_slice() {
@@ -87,7 +87,7 @@ impl Table {
     }
 
     /// Fences of every lease on `key` (none when idle).
-    pub(crate) fn fences_of(&self, key: &[u8]) -> Vec<super::Fence> {
+    pub fn fences_of(&self, key: &[u8]) -> Vec<super::Fence> {
         self.keys
             .iter()
             .filter(|e| &e.key[..] == key)

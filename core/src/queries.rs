@@ -8,7 +8,7 @@ use super::types::{Holder, Key, LockInfo};
 
 impl HolderRec {
     /// This lease as reported, with its owner label from `owners`.
-    pub(super) fn holder(&self, owners: &Owners) -> Holder {
+    pub fn holder(&self, owners: &Owners) -> Holder {
         Holder {
             session: self.session,
             fence: self.fence,
@@ -21,7 +21,7 @@ impl HolderRec {
 
 impl Table {
     /// Snapshot of `key`, or `None` when the key is idle (and no restart grace may run).
-    pub(crate) fn inspect(&self, key: &[u8]) -> Option<LockInfo> {
+    pub fn inspect(&self, key: &[u8]) -> Option<LockInfo> {
         let Some(e) = self.keys.find(key) else {
             // An idle key during the restart grace: blocked until it ends.
             return self.grace_until.map(|g| LockInfo {
@@ -46,7 +46,7 @@ impl Table {
 
     /// Where `session`'s first queued acquire of `key` stands in the key's queue (1: next),
     /// or `None` when it has none queued there. O(queue length), bounded by the per-key limit.
-    pub(crate) fn queue_position(&self, key: &[u8], session: super::SessionId) -> Option<usize> {
+    pub fn queue_position(&self, key: &[u8], session: super::SessionId) -> Option<usize> {
         let e = self.keys.find(key)?;
         e.waiters()
             .iter()
@@ -57,7 +57,7 @@ impl Table {
     /// Every current lease as (key, holder), in no particular order: the snapshot a mirror
     /// resynchronizes from. Leases past their deadline that `expire` has not processed yet are
     /// included. O(live keys).
-    pub(crate) fn holds(&self) -> Vec<(Key, Holder)> {
+    pub fn holds(&self) -> Vec<(Key, Holder)> {
         self.keys
             .iter()
             .flat_map(|e| {
@@ -71,7 +71,7 @@ impl Table {
 
     /// The latest deadline of any current lease (the lease horizon's input at start and
     /// shutdown). O(live keys), clones nothing.
-    pub(crate) fn latest_deadline(&self) -> Option<std::time::Instant> {
+    pub fn latest_deadline(&self) -> Option<std::time::Instant> {
         self.keys
             .iter()
             .flat_map(|e| e.holders.as_slice().iter().map(|h| h.deadline))
@@ -80,23 +80,23 @@ impl Table {
 
     /// Whether `key` has at least one holder (a key only blocked by lock delay is not locked).
     #[cfg(test)]
-    pub(crate) fn is_locked(&self, key: &[u8]) -> bool {
+    pub fn is_locked(&self, key: &[u8]) -> bool {
         self.keys.find(key).is_some_and(|e| !e.holders.is_empty())
     }
 
     /// Number of live keys (held, queued on, or blocked by lock delay).
-    pub(crate) fn key_count(&self) -> usize {
+    pub fn key_count(&self) -> usize {
         self.keys.len()
     }
 
     /// Pending requests (queued acquires and watchers) of a session.
-    pub(crate) fn pending_of(&self, session: super::SessionId) -> usize {
+    pub fn pending_of(&self, session: super::SessionId) -> usize {
         self.sessions.pending_of(session)
     }
 
     /// (held leases, pending requests) of a live session; orphaned leases count for nobody.
     #[cfg(test)]
-    pub(crate) fn session_counts(&self, session: super::SessionId) -> (usize, usize) {
+    pub fn session_counts(&self, session: super::SessionId) -> (usize, usize) {
         self.sessions
             .get(session)
             .map_or((0, 0), |s| (s.lease_count(), s.pending.len()))

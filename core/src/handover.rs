@@ -14,14 +14,14 @@ use super::{Table, cx};
 
 /// A lease of a previous run or owner, as its holder presents it again.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct PreviousLease<'a> {
-    pub(crate) key: &'a [u8],
-    pub(crate) fence: Fence,
-    pub(crate) mode: Mode,
+pub struct PreviousLease<'a> {
+    pub key: &'a [u8],
+    pub fence: Fence,
+    pub mode: Mode,
     /// The fresh TTL it gets.
-    pub(crate) ttl: Duration,
+    pub ttl: Duration,
     /// Its owner label, as the client had it (empty: none).
-    pub(crate) owner: &'a [u8],
+    pub owner: &'a [u8],
 }
 
 impl Table {
@@ -29,7 +29,7 @@ impl Table {
     /// queued and regardless of a block on the key. The caller decided it may (grace, secret).
     /// Errors: `NotOwner` if the key is held in a way that does not admit it (the fence is
     /// already there, or another holder excludes it); `InvalidMode`; `LimitExceeded`.
-    pub(crate) fn adopt(
+    pub fn adopt(
         &mut self,
         now: Instant,
         session: SessionId,
@@ -87,7 +87,7 @@ impl Table {
 
     /// Blocks `key` until `until` (a takeover grace): acquires queue (or are `Busy`), leases
     /// may still be adopted.
-    pub(crate) fn hold_key_until(&mut self, key: &[u8], until: Instant) -> Result<(), TableError> {
+    pub fn hold_key_until(&mut self, key: &[u8], until: Instant) -> Result<(), TableError> {
         let id = self.entry_or_insert(key)?;
         if let Some(e) = self.keys.get_mut(id) {
             e.block_until(until, &mut self.deadlines);
@@ -96,7 +96,7 @@ impl Table {
     }
 
     /// Every live key `pick` selects (e.g. the keys of one shard).
-    pub(crate) fn keys_where(&self, mut pick: impl FnMut(&[u8]) -> bool) -> Vec<Bytes> {
+    pub fn keys_where(&self, mut pick: impl FnMut(&[u8]) -> bool) -> Vec<Bytes> {
         self.keys
             .iter()
             .filter(|e| pick(&e.key))
@@ -107,7 +107,7 @@ impl Table {
     /// Clears `key` because another broker serves it now: every queued acquire and watcher
     /// fails with `Moved`, then every lease ends (`Released` events). Returns the (session,
     /// fence) of the leases that ended, so their holders can be told.
-    pub(crate) fn evict(
+    pub fn evict(
         &mut self,
         now: Instant,
         key: &[u8],

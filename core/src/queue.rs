@@ -14,7 +14,7 @@ use super::types::{Effect, Mode, ReqId, SessionId, TableError, UnlockOutcome};
 
 /// What a pending request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum PendingKind {
+pub enum PendingKind {
     /// A queued acquire (in `Entry::waiters`): resolved by `Granted` / `AcquireFailed`.
     Acquire,
     /// A `wait_until_unlocked` (in `Entry::watchers`): resolved by `Unlocked` / `WaitFailed`.
@@ -23,7 +23,7 @@ pub(crate) enum PendingKind {
 
 impl PendingKind {
     /// The effect that ends a pending request of this kind with `error`.
-    pub(crate) fn failed(self, session: SessionId, req: ReqId, error: TableError) -> Effect {
+    pub fn failed(self, session: SessionId, req: ReqId, error: TableError) -> Effect {
         match self {
             PendingKind::Acquire => Effect::AcquireFailed {
                 session,
@@ -41,28 +41,28 @@ impl PendingKind {
 
 /// A queued acquire.
 #[derive(Clone, Debug)]
-pub(crate) struct Waiter {
-    pub(crate) seq: u64,
-    pub(crate) session: SessionId,
-    pub(crate) req: ReqId,
-    pub(crate) mode: Mode,
-    pub(crate) ttl: Duration,
-    pub(crate) deadline: Option<Instant>,
+pub struct Waiter {
+    pub seq: u64,
+    pub session: SessionId,
+    pub req: ReqId,
+    pub mode: Mode,
+    pub ttl: Duration,
+    pub deadline: Option<Instant>,
     /// The owner label the lease will carry.
-    pub(crate) owner: Option<bytes::Bytes>,
+    pub owner: Option<bytes::Bytes>,
 }
 
 /// A queued `wait_until_unlocked`.
 #[derive(Clone, Debug)]
-pub(crate) struct Watcher {
-    pub(crate) seq: u64,
-    pub(crate) session: SessionId,
-    pub(crate) req: ReqId,
-    pub(crate) deadline: Option<Instant>,
+pub struct Watcher {
+    pub seq: u64,
+    pub session: SessionId,
+    pub req: ReqId,
+    pub deadline: Option<Instant>,
 }
 
 /// Something queued on a key, identified by its sequence number.
-pub(crate) trait Queued {
+pub trait Queued {
     fn seq(&self) -> u64;
 }
 
@@ -82,7 +82,7 @@ impl Queued for Watcher {
 /// O(log n) — a timeout or cancel deep in a queue of 100k costs no more than at its head, so no
 /// single request holds the table for long.
 #[derive(Debug)]
-pub(crate) struct Queue<T>(BTreeMap<u64, T>);
+pub struct Queue<T>(BTreeMap<u64, T>);
 
 impl<T> Default for Queue<T> {
     fn default() -> Self {
@@ -91,52 +91,52 @@ impl<T> Default for Queue<T> {
 }
 
 impl<T> Queue<T> {
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         Queue(BTreeMap::new())
     }
 }
 
 impl<T: Queued> Queue<T> {
     /// Appends `t` (its `seq` is the largest yet).
-    pub(crate) fn push_back(&mut self, t: T) {
+    pub fn push_back(&mut self, t: T) {
         self.0.insert(t.seq(), t);
     }
 
-    pub(crate) fn front(&self) -> Option<&T> {
+    pub fn front(&self) -> Option<&T> {
         self.0.first_key_value().map(|(_, t)| t)
     }
 
-    pub(crate) fn pop_front(&mut self) -> Option<T> {
+    pub fn pop_front(&mut self) -> Option<T> {
         self.0.pop_first().map(|(_, t)| t)
     }
 
-    pub(crate) fn get(&self, seq: u64) -> Option<&T> {
+    pub fn get(&self, seq: u64) -> Option<&T> {
         self.0.get(&seq)
     }
 
-    pub(crate) fn remove(&mut self, seq: u64) -> Option<T> {
+    pub fn remove(&mut self, seq: u64) -> Option<T> {
         self.0.remove(&seq)
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.0.values()
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.0.len()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Empties the queue, yielding everything in order.
-    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = T> + use<T> {
+    pub fn take_all(&mut self) -> impl Iterator<Item = T> + use<T> {
         std::mem::take(&mut self.0).into_values()
     }
 
     #[cfg(test)]
-    pub(crate) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.0.clear();
     }
 }
@@ -153,7 +153,7 @@ impl<'a, T> IntoIterator for &'a Queue<T> {
 impl Entry {
     /// Queues an acquire (its `seq` is the largest yet): schedules its timeout and indexes it in
     /// its session.
-    pub(crate) fn enqueue_waiter(
+    pub fn enqueue_waiter(
         &mut self,
         w: Waiter,
         sessions: &mut Sessions,
@@ -167,7 +167,7 @@ impl Entry {
 
     /// Queues a watcher (its `seq` is the largest yet): schedules its timeout and indexes it in
     /// its session.
-    pub(crate) fn enqueue_watcher(
+    pub fn enqueue_watcher(
         &mut self,
         w: Watcher,
         sessions: &mut Sessions,
@@ -214,7 +214,7 @@ impl Entry {
     /// Takes queued request `seq` out of its queue; when an acquire leaves, grants whoever is now
     /// at the head. The caller reports the request's end and updates its session. `false` if no
     /// such request is queued.
-    pub(crate) fn leave_queue(&mut self, kind: PendingKind, seq: u64, cx: &mut Cx<'_>) -> bool {
+    pub fn leave_queue(&mut self, kind: PendingKind, seq: u64, cx: &mut Cx<'_>) -> bool {
         if !self.unqueue(kind, seq) {
             return false;
         }
@@ -226,7 +226,7 @@ impl Entry {
 
     /// Takes queued request `seq` out of its queue and grants nobody (the caller does, once
     /// every request of a closing session is out). `false` if no such request is queued.
-    pub(crate) fn unqueue(&mut self, kind: PendingKind, seq: u64) -> bool {
+    pub fn unqueue(&mut self, kind: PendingKind, seq: u64) -> bool {
         match kind {
             PendingKind::Acquire => self
                 .queued_waiters()
@@ -239,7 +239,7 @@ impl Entry {
 
     /// Queue-timeout timer: fails queued request `seq` with `Timeout` if its deadline is `at`
     /// (else the item is stale: the request was granted, resolved or cancelled).
-    pub(crate) fn time_out(&mut self, kind: PendingKind, seq: u64, at: Instant, cx: &mut Cx<'_>) {
+    pub fn time_out(&mut self, kind: PendingKind, seq: u64, at: Instant, cx: &mut Cx<'_>) {
         let Some((session, req, deadline)) = self.queued(kind, seq) else {
             return;
         };
@@ -253,7 +253,7 @@ impl Entry {
 
     /// Resolves every watcher with `outcome` (the key just lost its last holder).
     #[inline]
-    pub(crate) fn resolve_watchers(&mut self, outcome: UnlockOutcome, cx: &mut Cx<'_>) {
+    pub fn resolve_watchers(&mut self, outcome: UnlockOutcome, cx: &mut Cx<'_>) {
         let Some(watchers) = self.queued_watchers() else {
             return;
         };
@@ -271,7 +271,7 @@ impl Entry {
     /// waiters is granted together, stopping at the first Exclusive). A head whose grant fails
     /// (lease limit, fences exhausted) gets `AcquireFailed` and the next one is tried.
     #[inline]
-    pub(crate) fn grant_waiters(&mut self, cx: &mut Cx<'_>) {
+    pub fn grant_waiters(&mut self, cx: &mut Cx<'_>) {
         if !self.waiters().is_empty() {
             self.grant_heads(cx);
         }

@@ -14,7 +14,7 @@ pub type Key = bytes::Bytes;
 pub type Fence = u64;
 
 /// The session id owning leases loaded by `Table::restore`.
-pub(crate) const RESTORED_SESSION: SessionId = 0;
+pub const RESTORED_SESSION: SessionId = 0;
 
 /// How a lease shares its key with other leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +154,7 @@ pub enum TableError {
 
 /// One current holder of a key, as reported by `inspect` and `holds`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Holder {
+pub struct Holder {
     pub session: SessionId,
     pub fence: Fence,
     pub mode: Mode,
@@ -165,7 +165,7 @@ pub(crate) struct Holder {
 
 /// A snapshot of one key, as reported by `inspect`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct LockInfo {
+pub struct LockInfo {
     pub key: Key,
     pub holders: Vec<Holder>,
     /// Queued acquires (not counting `wait_until_unlocked` watchers).
@@ -206,9 +206,9 @@ impl Default for TableConfig {
 }
 
 /// Longest TTL / lock delay the table honours; longer values are clamped (keeps `Instant` math total).
-pub(crate) const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// `now + d`, clamped to [`MAX_TTL`]; never panics.
-pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
+pub fn deadline_after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d.min(MAX_TTL)).unwrap_or(now)
 }

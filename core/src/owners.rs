@@ -11,18 +11,18 @@ use super::types::Fence;
 
 /// Labels of live leases, by fence.
 #[derive(Debug, Default)]
-pub(crate) struct Owners(HashMap<Fence, Bytes>);
+pub struct Owners(HashMap<Fence, Bytes>);
 
 impl Owners {
     /// Labels lease `fence` (`None` or empty: no label).
-    pub(crate) fn set(&mut self, fence: Fence, owner: Option<Bytes>) {
+    pub fn set(&mut self, fence: Fence, owner: Option<Bytes>) {
         if let Some(label) = owner.filter(|l| !l.is_empty()) {
             self.0.insert(fence, label);
         }
     }
 
     /// The label of lease `fence`, if it has one.
-    pub(crate) fn get(&self, fence: Fence) -> Option<&Bytes> {
+    pub fn get(&self, fence: Fence) -> Option<&Bytes> {
         if self.0.is_empty() {
             return None;
         }
@@ -31,7 +31,7 @@ impl Owners {
 
     /// Forgets the label of lease `fence` (the lease ended).
     #[inline]
-    pub(crate) fn forget(&mut self, fence: Fence) {
+    pub fn forget(&mut self, fence: Fence) {
         if !self.0.is_empty() {
             self.0.remove(&fence);
         }
@@ -39,7 +39,7 @@ impl Owners {
 
     /// Labels kept (the invariant checks compare it with the live leases).
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn fences(&self) -> impl Iterator<Item = Fence> + '_ {
+    pub fn fences(&self) -> impl Iterator<Item = Fence> + '_ {
         self.0.keys().copied()
     }
 }

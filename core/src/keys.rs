@@ -14,10 +14,10 @@ use super::deadlines::GENERATION_MASK;
 use super::entry::Entry;
 
 /// Slab index of a live entry.
-pub(crate) type EntryId = u32;
+pub type EntryId = u32;
 
 #[derive(Debug, Default)]
-pub(crate) struct Keys {
+pub struct Keys {
     index: HashTable<EntryId>,
     slots: Vec<Option<Entry>>,
     free: Vec<EntryId>,
@@ -44,18 +44,18 @@ impl Keys {
 
     /// `key`'s entry, if the key is live.
     #[inline]
-    pub(crate) fn find(&self, key: &[u8]) -> Option<&Entry> {
+    pub fn find(&self, key: &[u8]) -> Option<&Entry> {
         slot(&self.slots, self.find_id(self.hash(key), key)?)
     }
 
     #[inline]
-    pub(crate) fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+    pub fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         self.lookup(key).ok()
     }
 
     /// `key`'s live entry, or else the key's hash for a following [`Keys::insert`].
     #[inline]
-    pub(crate) fn lookup(&mut self, key: &[u8]) -> Result<&mut Entry, u64> {
+    pub fn lookup(&mut self, key: &[u8]) -> Result<&mut Entry, u64> {
         let hash = self.hash(key);
         match self.find_id(hash, key) {
             Some(id) => self.get_mut(id).ok_or(hash),
@@ -63,25 +63,25 @@ impl Keys {
         }
     }
 
-    pub(crate) fn get(&self, id: EntryId) -> Option<&Entry> {
+    pub fn get(&self, id: EntryId) -> Option<&Entry> {
         slot(&self.slots, id)
     }
 
     #[inline]
-    pub(crate) fn get_mut(&mut self, id: EntryId) -> Option<&mut Entry> {
+    pub fn get_mut(&mut self, id: EntryId) -> Option<&mut Entry> {
         self.slots.get_mut(id as usize).and_then(Option::as_mut)
     }
 
     /// The entry in slot `id` if it is still generation `generation`.
     #[inline]
-    pub(crate) fn get_gen_mut(&mut self, id: EntryId, generation: u32) -> Option<&mut Entry> {
+    pub fn get_gen_mut(&mut self, id: EntryId, generation: u32) -> Option<&mut Entry> {
         self.get_mut(id).filter(|e| e.generation == generation)
     }
 
     /// Stores a new entry for a key that is not live (`hash` from [`Keys::lookup`]), sets the
     /// entry's `id` and `generation`, and returns it. `None` only when the slab has no
     /// id left (2^32 live keys).
-    pub(crate) fn insert(&mut self, hash: u64, mut entry: Entry) -> Option<&mut Entry> {
+    pub fn insert(&mut self, hash: u64, mut entry: Entry) -> Option<&mut Entry> {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -107,7 +107,7 @@ impl Keys {
     /// drained keeps that box while it is held, so a hand-off does not allocate it again).
     /// Returns true if it was freed. Called whenever an operation on the key ends.
     #[inline]
-    pub(crate) fn free_if_idle(&mut self, id: EntryId) -> bool {
+    pub fn free_if_idle(&mut self, id: EntryId) -> bool {
         let Some(s) = self.slots.get_mut(id as usize) else {
             return false;
         };
@@ -123,11 +123,11 @@ impl Keys {
         true
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.index.len()
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.slots.iter().filter_map(Option::as_ref)
     }
 }

@@ -30,25 +30,25 @@ use super::stored_key::StoredKey;
 use super::types::{Effect, Mode, TableConfig, TableError, deadline_after};
 
 /// Everything an entry transition may touch besides the entry itself.
-pub(crate) struct Cx<'a> {
-    pub(crate) now: Instant,
-    pub(crate) cfg: &'a TableConfig,
-    pub(crate) sessions: &'a mut Sessions,
-    pub(crate) deadlines: &'a mut Deadlines,
-    pub(crate) fences: &'a mut FenceGen,
-    pub(crate) faults: &'a mut Faults,
-    pub(crate) owners: &'a mut Owners,
-    pub(crate) out: &'a mut Vec<Effect>,
+pub struct Cx<'a> {
+    pub now: Instant,
+    pub cfg: &'a TableConfig,
+    pub sessions: &'a mut Sessions,
+    pub deadlines: &'a mut Deadlines,
+    pub fences: &'a mut FenceGen,
+    pub faults: &'a mut Faults,
+    pub owners: &'a mut Owners,
+    pub out: &'a mut Vec<Effect>,
 }
 
 /// The state of one live key.
 #[derive(Debug, Default)]
-pub(crate) struct Entry {
-    pub(crate) key: StoredKey,
+pub struct Entry {
+    pub key: StoredKey,
     /// Slab id and generation, set by `Keys::insert`.
-    pub(crate) id: EntryId,
-    pub(crate) generation: u32,
-    pub(crate) holders: Holders,
+    pub id: EntryId,
+    pub generation: u32,
+    pub holders: Holders,
     /// Queues and lock delay; `None` until one is used (then kept until the key goes idle).
     rare: Option<Box<Rare>>,
 }
@@ -72,7 +72,7 @@ static NO_WATCHERS: Queue<Watcher> = Queue::new();
 
 /// `Err(InvalidMode)` for a mode no key admits.
 #[inline]
-pub(crate) fn check_mode(mode: Mode) -> Result<(), TableError> {
+pub fn check_mode(mode: Mode) -> Result<(), TableError> {
     if mode == Mode::Semaphore(0) {
         return Err(TableError::InvalidMode(
             "a semaphore needs at least one permit",
@@ -82,7 +82,7 @@ pub(crate) fn check_mode(mode: Mode) -> Result<(), TableError> {
 }
 
 impl Entry {
-    pub(crate) fn new(key: &[u8]) -> Self {
+    pub fn new(key: &[u8]) -> Self {
         Self {
             key: StoredKey::new(key),
             ..Self::default()
@@ -91,19 +91,19 @@ impl Entry {
 
     /// Queued acquires, in order.
     #[inline]
-    pub(crate) fn waiters(&self) -> &Queue<Waiter> {
+    pub fn waiters(&self) -> &Queue<Waiter> {
         self.rare.as_ref().map_or(&NO_WAITERS, |r| &r.waiters)
     }
 
     /// `wait_until_unlocked` watchers, in order.
     #[inline]
-    pub(crate) fn watchers(&self) -> &Queue<Watcher> {
+    pub fn watchers(&self) -> &Queue<Watcher> {
         self.rare.as_ref().map_or(&NO_WATCHERS, |r| &r.watchers)
     }
 
     /// End of the key's lock delay (or grace), if it is blocked.
     #[inline]
-    pub(crate) fn blocked_until(&self) -> Option<Instant> {
+    pub fn blocked_until(&self) -> Option<Instant> {
         self.rare.as_ref().and_then(|r| r.blocked_until)
     }
 
@@ -112,28 +112,28 @@ impl Entry {
     }
 
     /// The waiter queue, for adding (allocates the rare part).
-    pub(crate) fn waiters_mut(&mut self) -> &mut Queue<Waiter> {
+    pub fn waiters_mut(&mut self) -> &mut Queue<Waiter> {
         &mut self.rare_mut().waiters
     }
 
     /// The watcher queue, for adding (allocates the rare part).
-    pub(crate) fn watchers_mut(&mut self) -> &mut Queue<Watcher> {
+    pub fn watchers_mut(&mut self) -> &mut Queue<Watcher> {
         &mut self.rare_mut().watchers
     }
 
     /// The waiter queue if it may have anyone (for taking requests out).
     #[inline]
-    pub(crate) fn queued_waiters(&mut self) -> Option<&mut Queue<Waiter>> {
+    pub fn queued_waiters(&mut self) -> Option<&mut Queue<Waiter>> {
         self.rare.as_deref_mut().map(|r| &mut r.waiters)
     }
 
     /// The watcher queue if it may have anyone (for taking requests out).
     #[inline]
-    pub(crate) fn queued_watchers(&mut self) -> Option<&mut Queue<Watcher>> {
+    pub fn queued_watchers(&mut self) -> Option<&mut Queue<Watcher>> {
         self.rare.as_deref_mut().map(|r| &mut r.watchers)
     }
 
-    pub(crate) fn set_blocked_until(&mut self, until: Option<Instant>) {
+    pub fn set_blocked_until(&mut self, until: Option<Instant>) {
         match (until, self.rare.as_deref_mut()) {
             (None, None) => {}
             (None, Some(r)) => r.blocked_until = None,
@@ -142,12 +142,12 @@ impl Entry {
     }
 
     #[cfg(test)]
-    pub(crate) fn has_rare_part(&self) -> bool {
+    pub fn has_rare_part(&self) -> bool {
         self.rare.is_some()
     }
 
     /// Every live deadline of this key (for rebuilding the deadline heap).
-    pub(crate) fn deadline_items(&self) -> impl Iterator<Item = Item> + '_ {
+    pub fn deadline_items(&self) -> impl Iterator<Item = Item> + '_ {
         let (id, generation) = (self.id, self.generation);
         let item = move |at, due| Item {
             at,
@@ -174,7 +174,7 @@ impl Entry {
 
     /// No holder, no waiter, no watcher, no block: the key must be freed.
     #[inline]
-    pub(crate) fn is_idle(&self) -> bool {
+    pub fn is_idle(&self) -> bool {
         self.holders.is_empty() && self.rare.as_ref().is_none_or(|r| r.is_empty())
     }
 
@@ -190,7 +190,7 @@ impl Entry {
 
     /// `Err(InvalidMode)` if `mode` cannot coexist with the key's holders/waiters.
     #[inline]
-    pub(crate) fn check_family(&self, mode: Mode) -> Result<(), TableError> {
+    pub fn check_family(&self, mode: Mode) -> Result<(), TableError> {
         match (self.current_mode(), mode) {
             (Some(Mode::Semaphore(a)), Mode::Semaphore(b)) if a != b => Err(
                 TableError::InvalidMode("semaphore permit count differs from the key's holders"),
@@ -205,7 +205,7 @@ impl Entry {
 
     /// Whether the current holders admit one more holder in `mode` (family already checked).
     #[inline]
-    pub(crate) fn admits(&self, mode: Mode) -> bool {
+    pub fn admits(&self, mode: Mode) -> bool {
         let hs = self.holders.as_slice();
         match mode {
             Mode::Exclusive => hs.is_empty(),
@@ -217,13 +217,13 @@ impl Entry {
 
     /// A new request may be granted at once: unblocked, nobody queued ahead, compatible.
     #[inline]
-    pub(crate) fn grantable_now(&self, mode: Mode) -> bool {
+    pub fn grantable_now(&self, mode: Mode) -> bool {
         self.blocked_until().is_none() && self.waiters().is_empty() && self.admits(mode)
     }
 
     /// Blocks the key for `lock_delay` after an orphaned lease that was due at `deadline`
     /// expired (its owner may still believe it holds the lock), keeping any later block.
-    pub(crate) fn block_after(&mut self, deadline: Instant, cx: &mut Cx<'_>) {
+    pub fn block_after(&mut self, deadline: Instant, cx: &mut Cx<'_>) {
         if cx.cfg.lock_delay.is_zero() {
             return;
         }
@@ -231,7 +231,7 @@ impl Entry {
     }
 
     /// Blocks the key until `until` (lock delay, restart grace), keeping any later block.
-    pub(crate) fn block_until(&mut self, until: Instant, deadlines: &mut Deadlines) {
+    pub fn block_until(&mut self, until: Instant, deadlines: &mut Deadlines) {
         if self.blocked_until().is_none_or(|b| b < until) {
             self.set_blocked_until(Some(until));
             deadlines.push(until, self.id, self.generation, Due::Unblock);
@@ -240,7 +240,7 @@ impl Entry {
 
     /// Lock-delay timer: lifts the block if it ends at `at` (else the item is stale), then
     /// grants waiters.
-    pub(crate) fn unblock(&mut self, at: Instant, cx: &mut Cx<'_>) {
+    pub fn unblock(&mut self, at: Instant, cx: &mut Cx<'_>) {
         if self.blocked_until() == Some(at) {
             self.set_blocked_until(None);
             self.grant_waiters(cx);

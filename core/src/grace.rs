@@ -39,19 +39,19 @@ pub(super) fn hold_during_grace(
 
 impl Table {
     /// Starts the restart grace: no new grant before `until`.
-    pub(crate) fn begin_grace(&mut self, until: Instant) {
+    pub fn begin_grace(&mut self, until: Instant) {
         self.grace_until = Some(until);
     }
 
     /// The end of the restart grace if it is still running at `now`.
-    pub(crate) fn grace_until(&self, now: Instant) -> Option<Instant> {
+    pub fn grace_until(&self, now: Instant) -> Option<Instant> {
         self.grace_until.filter(|g| now < *g)
     }
 
     /// Re-creates lease `l` of a previous run of this broker for `session` during the restart
     /// grace, with a fresh deadline of `l.ttl`. Errors: `NotLocked` outside the grace or for a
     /// fence of this run; otherwise those of [`Table::adopt`].
-    pub(crate) fn reclaim_from_previous_run(
+    pub fn reclaim_from_previous_run(
         &mut self,
         now: Instant,
         session: SessionId,

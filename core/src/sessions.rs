@@ -16,27 +16,27 @@ use super::queue::PendingKind;
 use super::types::{ReqId, SessionId};
 
 /// hashbrown with its default hasher (foldhash, randomly seeded per process).
-pub(crate) type Map<K, V> = hashbrown::HashMap<K, V>;
+pub type Map<K, V> = hashbrown::HashMap<K, V>;
 
 /// A pending request: a queued acquire or a `wait_until_unlocked` watcher.
 #[derive(Clone, Debug)]
-pub(crate) struct Pending {
+pub struct Pending {
     /// The key's entry (live while the request is pending).
-    pub(crate) entry: EntryId,
+    pub entry: EntryId,
     /// Sequence number of the queue slot (sorted within each key's queue).
-    pub(crate) seq: u64,
-    pub(crate) kind: PendingKind,
+    pub seq: u64,
+    pub kind: PendingKind,
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Session {
+pub struct Session {
     /// Entries the session holds leases on, a superset (see the module doc).
     held_on: Vec<EntryId>,
     /// Leases the session holds (exact).
     leases: usize,
     /// Already listed for pruning.
     untidy: bool,
-    pub(crate) pending: Map<ReqId, Pending>,
+    pub pending: Map<ReqId, Pending>,
 }
 
 /// A session's list may grow to `2 * leases + PRUNE_SLACK` entries before it is pruned.
@@ -45,18 +45,18 @@ const PRUNE_SLACK: usize = 16;
 impl Session {
     /// Leases the session holds.
     #[inline]
-    pub(crate) fn lease_count(&self) -> usize {
+    pub fn lease_count(&self) -> usize {
         self.leases
     }
 
     /// Entries the session may hold leases on (each at least once; some may be stale).
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn held_on(&self) -> &[EntryId] {
+    pub fn held_on(&self) -> &[EntryId] {
         &self.held_on
     }
 
     /// Takes the entry list out (for `close_session`): sorted, without repeats.
-    pub(crate) fn take_held_on(&mut self) -> Vec<EntryId> {
+    pub fn take_held_on(&mut self) -> Vec<EntryId> {
         let mut v = std::mem::take(&mut self.held_on);
         v.sort_unstable();
         v.dedup();
@@ -65,7 +65,7 @@ impl Session {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Sessions {
+pub struct Sessions {
     map: Map<SessionId, Session>,
     /// Pending requests of all sessions (for the table-wide queue limit).
     pending_total: usize,
@@ -75,52 +75,52 @@ pub(crate) struct Sessions {
 
 impl Sessions {
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn get(&self, id: SessionId) -> Option<&Session> {
+    pub fn get(&self, id: SessionId) -> Option<&Session> {
         self.map.get(&id)
     }
 
     #[cfg(test)]
-    pub(crate) fn get_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut Session> {
         self.map.get_mut(&id)
     }
 
     /// The session's record, created on first use. Kept until `remove` (close_session) so that
     /// steady lock/unlock traffic does not reallocate its maps.
     #[inline]
-    pub(crate) fn entry(&mut self, id: SessionId) -> &mut Session {
+    pub fn entry(&mut self, id: SessionId) -> &mut Session {
         self.map.entry(id).or_default()
     }
 
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
         self.map.iter()
     }
 
-    pub(crate) fn remove(&mut self, id: SessionId) -> Option<Session> {
+    pub fn remove(&mut self, id: SessionId) -> Option<Session> {
         let s = self.map.remove(&id)?;
         self.pending_total -= s.pending.len();
         Some(s)
     }
 
     /// Pending requests of all sessions.
-    pub(crate) fn pending_total(&self) -> usize {
+    pub fn pending_total(&self) -> usize {
         self.pending_total
     }
 
     /// Number of pending requests of `session`.
-    pub(crate) fn pending_of(&self, session: SessionId) -> usize {
+    pub fn pending_of(&self, session: SessionId) -> usize {
         self.map.get(&session).map_or(0, |s| s.pending.len())
     }
 
     /// Leases `session` holds.
     #[inline]
-    pub(crate) fn lease_count(&self, session: SessionId) -> usize {
+    pub fn lease_count(&self, session: SessionId) -> usize {
         self.map.get(&session).map_or(0, Session::lease_count)
     }
 
     /// Records that `session` (live) now holds one more lease, on entry `id`.
     #[inline]
-    pub(crate) fn note_hold(&mut self, session: SessionId, id: EntryId) {
+    pub fn note_hold(&mut self, session: SessionId, id: EntryId) {
         let s = match self.map.get_mut(&session) {
             Some(s) => s,
             None => self.map.entry(session).or_default(),
@@ -135,7 +135,7 @@ impl Sessions {
 
     /// Forgets one lease of `session` (released, expired, transferred).
     #[inline]
-    pub(crate) fn drop_hold(&mut self, session: SessionId) {
+    pub fn drop_hold(&mut self, session: SessionId) {
         if let Some(s) = self.map.get_mut(&session) {
             s.leases = s.leases.saturating_sub(1);
         }
@@ -143,17 +143,17 @@ impl Sessions {
 
     /// Whether some session's entry list should be pruned.
     #[inline]
-    pub(crate) fn has_untidy(&self) -> bool {
+    pub fn has_untidy(&self) -> bool {
         !self.untidy.is_empty()
     }
 
     /// Takes the sessions whose entry lists should be pruned.
-    pub(crate) fn take_untidy(&mut self) -> Vec<SessionId> {
+    pub fn take_untidy(&mut self) -> Vec<SessionId> {
         std::mem::take(&mut self.untidy)
     }
 
     /// Keeps, in `session`'s entry list, the ids `holds` says it still holds a lease on.
-    pub(crate) fn prune(&mut self, session: SessionId, mut holds: impl FnMut(EntryId) -> bool) {
+    pub fn prune(&mut self, session: SessionId, mut holds: impl FnMut(EntryId) -> bool) {
         if let Some(s) = self.map.get_mut(&session) {
             s.untidy = false;
             s.held_on.sort_unstable();
@@ -164,7 +164,7 @@ impl Sessions {
 
     /// Indexes a newly queued request.
     #[inline]
-    pub(crate) fn add_pending(&mut self, session: SessionId, req: ReqId, p: Pending) {
+    pub fn add_pending(&mut self, session: SessionId, req: ReqId, p: Pending) {
         if self.entry(session).pending.insert(req, p).is_none() {
             self.pending_total += 1;
         }
@@ -172,7 +172,7 @@ impl Sessions {
 
     /// Takes pending request `req` out of `session`'s index, returning it.
     #[inline]
-    pub(crate) fn take_pending(&mut self, session: SessionId, req: ReqId) -> Option<Pending> {
+    pub fn take_pending(&mut self, session: SessionId, req: ReqId) -> Option<Pending> {
         let p = self.map.get_mut(&session)?.pending.remove(&req)?;
         self.pending_total -= 1;
         Some(p)
@@ -180,7 +180,7 @@ impl Sessions {
 
     /// Forgets a pending request that ended (granted, failed, resolved).
     #[inline]
-    pub(crate) fn drop_pending(&mut self, session: SessionId, req: ReqId) {
+    pub fn drop_pending(&mut self, session: SessionId, req: ReqId) {
         self.take_pending(session, req);
     }
 }

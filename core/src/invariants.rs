@@ -13,7 +13,7 @@ use super::types::{Fence, Mode};
 
 impl Table {
     /// Panics with a description of the first broken internal invariant.
-    pub(crate) fn check_invariants(&self) {
+    pub fn check_invariants(&self) {
         assert_eq!(self.faults.count(), 0, "internal faults were recorded");
         let items: HashSet<(Instant, EntryId, u32, Due)> = self
             .deadlines

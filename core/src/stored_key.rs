@@ -10,10 +10,10 @@ use std::ops::Deref;
 use super::types::Key;
 
 /// Longest key stored inline (the enum is then 24 bytes, the size of the boxed form plus a tag).
-pub(crate) const INLINE: usize = 22;
+pub const INLINE: usize = 22;
 
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) enum StoredKey {
+pub enum StoredKey {
     Inline { len: u8, bytes: [u8; INLINE] },
     Boxed(Box<[u8]>),
 }
@@ -28,7 +28,7 @@ impl Default for StoredKey {
 }
 
 impl StoredKey {
-    pub(crate) fn new(key: &[u8]) -> Self {
+    pub fn new(key: &[u8]) -> Self {
         match u8::try_from(key.len()) {
             Ok(len) if key.len() <= INLINE => {
                 let mut bytes = [0; INLINE];
@@ -40,7 +40,7 @@ impl StoredKey {
     }
 
     #[inline]
-    pub(crate) fn as_bytes(&self) -> &[u8] {
+    pub fn as_bytes(&self) -> &[u8] {
         match self {
             StoredKey::Inline { len, bytes } => &bytes[..usize::from(*len).min(INLINE)],
             StoredKey::Boxed(b) => b,
@@ -49,7 +49,7 @@ impl StoredKey {
 
     /// A `Key` with the same bytes, for a grant or an event.
     #[inline]
-    pub(crate) fn to_key(&self) -> Key {
+    pub fn to_key(&self) -> Key {
         Key::copy_from_slice(self.as_bytes())
     }
 }

@@ -14,19 +14,19 @@ use super::types::{
 
 /// One lease on a key.
 #[derive(Clone, Debug)]
-pub(crate) struct HolderRec {
-    pub(crate) session: SessionId,
-    pub(crate) fence: Fence,
-    pub(crate) mode: Mode,
+pub struct HolderRec {
+    pub session: SessionId,
+    pub fence: Fence,
+    pub mode: Mode,
     /// The lease's TTL in nanoseconds (a `Duration` would take twice the room); see `ttl()`.
     ttl_ns: u64,
-    pub(crate) deadline: Instant,
+    pub deadline: Instant,
     /// Owner session is gone (lost connection) or the lease was restored: in no session index.
-    pub(crate) orphan: bool,
+    pub orphan: bool,
 }
 
 impl HolderRec {
-    pub(crate) fn new(
+    pub fn new(
         session: SessionId,
         fence: Fence,
         mode: Mode,
@@ -48,23 +48,23 @@ impl HolderRec {
 
     /// The lease's TTL (saturating at about 584 years, far past `MAX_TTL`).
     #[inline]
-    pub(crate) fn ttl(&self) -> Duration {
+    pub fn ttl(&self) -> Duration {
         Duration::from_nanos(self.ttl_ns)
     }
 
     #[inline]
-    pub(crate) fn set_ttl(&mut self, ttl: Duration) {
+    pub fn set_ttl(&mut self, ttl: Duration) {
         self.ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
     }
 
     /// A live (non-orphan) lease of `session`: the only leases `release` and `extend` accept.
     #[inline]
-    pub(crate) fn owned_by(&self, session: SessionId) -> bool {
+    pub fn owned_by(&self, session: SessionId) -> bool {
         self.session == session && !self.orphan
     }
 
     #[inline]
-    pub(crate) fn grant(&self, key: Key) -> Grant {
+    pub fn grant(&self, key: Key) -> Grant {
         Grant {
             key,
             fence: self.fence,
@@ -77,7 +77,7 @@ impl HolderRec {
 
 /// The holders of a key, inline for the common single-holder case.
 #[derive(Debug, Default)]
-pub(crate) enum Holders {
+pub enum Holders {
     #[default]
     Empty,
     One(HolderRec),
@@ -86,7 +86,7 @@ pub(crate) enum Holders {
 
 impl Holders {
     #[inline]
-    pub(crate) fn as_slice(&self) -> &[HolderRec] {
+    pub fn as_slice(&self) -> &[HolderRec] {
         match self {
             Holders::Empty => &[],
             Holders::One(h) => std::slice::from_ref(h),
@@ -95,7 +95,7 @@ impl Holders {
     }
 
     #[inline]
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [HolderRec] {
+    pub fn as_mut_slice(&mut self) -> &mut [HolderRec] {
         match self {
             Holders::Empty => &mut [],
             Holders::One(h) => std::slice::from_mut(h),
@@ -104,17 +104,17 @@ impl Holders {
     }
 
     #[inline]
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.as_slice().len()
     }
 
     #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     #[inline]
-    pub(crate) fn push(&mut self, h: HolderRec) {
+    pub fn push(&mut self, h: HolderRec) {
         match self {
             Holders::Empty => *self = Holders::One(h),
             Holders::Many(v) => v.push(h),
@@ -127,7 +127,7 @@ impl Holders {
     }
 
     #[inline]
-    pub(crate) fn remove(&mut self, fence: Fence) -> Option<HolderRec> {
+    pub fn remove(&mut self, fence: Fence) -> Option<HolderRec> {
         match self {
             Holders::Empty => None,
             Holders::One(h) if h.fence == fence => match std::mem::take(self) {
@@ -147,12 +147,12 @@ impl Holders {
     }
 
     #[inline]
-    pub(crate) fn get(&self, fence: Fence) -> Option<&HolderRec> {
+    pub fn get(&self, fence: Fence) -> Option<&HolderRec> {
         self.as_slice().iter().find(|h| h.fence == fence)
     }
 
     #[inline]
-    pub(crate) fn get_mut(&mut self, fence: Fence) -> Option<&mut HolderRec> {
+    pub fn get_mut(&mut self, fence: Fence) -> Option<&mut HolderRec> {
         self.as_mut_slice().iter_mut().find(|h| h.fence == fence)
     }
 }
@@ -165,7 +165,7 @@ impl Entry {
     /// holder. `session` must be live: `acquire` creates its record and
     /// `grant_waiters` checks it first. `key` is this entry's key as the request carried it
     /// (`None`: copied from the entry), for the grant and the event.
-    pub(crate) fn grant_lease(
+    pub fn grant_lease(
         &mut self,
         session: SessionId,
         mode: Mode,
@@ -185,7 +185,7 @@ impl Entry {
     /// the session's lease limit. Shared by new grants and adopted leases (`handover.rs`).
     /// `key` (this entry's key) goes into the event and the grant. The caller labels the lease
     /// (`cx.owners`) when it has an owner label.
-    pub(crate) fn install_lease(
+    pub fn install_lease(
         &mut self,
         session: SessionId,
         fence: Fence,
@@ -213,7 +213,7 @@ impl Entry {
 
     /// Ends the lease `fence` (released or expired): session index, mirror event, lock delay for
     /// orphans on expiry, then watchers and next grants. `false` if there is no such lease.
-    pub(crate) fn end_lease(
+    pub fn end_lease(
         &mut self,
         fence: Fence,
         outcome: UnlockOutcome,
@@ -224,7 +224,7 @@ impl Entry {
 
     /// [`Entry::end_lease`], with this entry's key as a request carried it for the event
     /// (`None`: copied from the entry).
-    pub(crate) fn end_lease_keyed(
+    pub fn end_lease_keyed(
         &mut self,
         fence: Fence,
         outcome: UnlockOutcome,
@@ -266,7 +266,7 @@ impl Entry {
     /// `at` (none if the item is stale: those leases were renewed or have ended). Bounded: each
     /// round ends a lease, and a lease granted meanwhile is due at `at` only with a zero TTL
     /// taken from the key's queue.
-    pub(crate) fn expire_leases(&mut self, at: Instant, cx: &mut Cx<'_>) {
+    pub fn expire_leases(&mut self, at: Instant, cx: &mut Cx<'_>) {
         while let Some(fence) = self
             .holders
             .as_slice()
@@ -281,7 +281,7 @@ impl Entry {
 
     /// Renews lease `fence` of `session` to `now + ttl`, emitting `Extended`. `NotOwner` unless
     /// `session` owns that lease.
-    pub(crate) fn renew_lease(
+    pub fn renew_lease(
         &mut self,
         session: SessionId,
         fence: Fence,

@@ -68,6 +68,7 @@ mod sessions;
 mod stored_key;
 mod time;
 mod types;
+pub mod wire;
 
 #[cfg(test)]
 mod fault_tests;
@@ -78,14 +79,18 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use handover::PreviousLease;
-pub(crate) use types::MAX_TTL;
+pub use handover::PreviousLease;
+pub use listing::{KeyListing, TableTotals};
+pub use types::{Holder, LockInfo, MAX_TTL};
 pub use types::{
     AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId, SessionId, TableConfig,
     TableError, UnlockOutcome, Wait,
 };
 
 use std::time::Instant;
+
+/// Bits of a fencing token below the epoch: fences are `(epoch << COUNTER_BITS) | counter`.
+pub const COUNTER_BITS: u32 = 40;
 
 use deadlines::Deadlines;
 use faults::Faults;
@@ -114,7 +119,7 @@ pub struct Table {
 /// Borrows the parts of `Table` an entry transition needs (an `entry::Cx`), leaving `keys` free.
 macro_rules! cx {
     ($t:ident, $now:expr, $out:expr) => {
-        $crate::table::entry::Cx {
+        $crate::entry::Cx {
             now: $now,
             cfg: &$t.cfg,
             sessions: &mut $t.sessions,

@@ -21,13 +21,13 @@ use super::keys::EntryId;
 use super::queue::PendingKind;
 
 /// Entry generations use 31 bits, so a [`Timer`] can keep its kind in the 32nd.
-pub(crate) const GENERATION_MASK: u32 = u32::MAX >> 1;
+pub const GENERATION_MASK: u32 = u32::MAX >> 1;
 
 /// What an item refers to, i.e. which timer of its entry fires: the expiry of the leases due at
 /// that instant, the end of a lock delay, or a queued request's timeout (waiters and watchers
 /// are identified by their queue sequence number).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Due {
+pub enum Due {
     Lease,
     Unblock,
     Queued(PendingKind, u64),
@@ -35,12 +35,12 @@ pub(crate) enum Due {
 
 /// A deadline as the table pushes and pops it.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Item {
-    pub(crate) at: Instant,
+pub struct Item {
+    pub at: Instant,
     /// The entry (slab id and generation) the item belongs to.
-    pub(crate) id: EntryId,
-    pub(crate) generation: u32,
-    pub(crate) due: Due,
+    pub id: EntryId,
+    pub generation: u32,
+    pub due: Due,
 }
 
 /// A lease expiry or lock-delay end, as stored.
@@ -112,7 +112,7 @@ impl PartialOrd for QueuedTimer {
 const SLACK: usize = 1024;
 
 #[derive(Debug)]
-pub(crate) struct Deadlines {
+pub struct Deadlines {
     timers: BinaryHeap<Reverse<Timer>>,
     queued: BinaryHeap<Reverse<QueuedTimer>>,
     rebuild_at: usize,
@@ -162,7 +162,7 @@ impl Stored {
 
 impl Deadlines {
     #[inline]
-    pub(crate) fn push(&mut self, at: Instant, id: EntryId, generation: u32, due: Due) {
+    pub fn push(&mut self, at: Instant, id: EntryId, generation: u32, due: Due) {
         match Stored::new(at, id, generation, due) {
             Stored::Timer(t) => self.timers.push(Reverse(t)),
             Stored::Queued(q) => self.queued.push(Reverse(q)),
@@ -171,7 +171,7 @@ impl Deadlines {
 
     /// Earliest queued instant; may belong to a stale item (early, never late).
     #[inline]
-    pub(crate) fn peek(&self) -> Option<Instant> {
+    pub fn peek(&self) -> Option<Instant> {
         let t = self.timers.peek().map(|r| r.0.at);
         let q = self.queued.peek().map(|r| r.0.at);
         match (t, q) {
@@ -183,7 +183,7 @@ impl Deadlines {
     /// Pops the earliest item if it is due at or before `now` (at equal instants a lease or
     /// lock-delay item before a queue timeout).
     #[inline]
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Item> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<Item> {
         let t = self.timers.peek().map(|r| r.0.at).filter(|&t| t <= now);
         let q = self.queued.peek().map(|r| r.0.at).filter(|&q| q <= now);
         match (t, q) {
@@ -204,19 +204,19 @@ impl Deadlines {
     }
 
     /// Items stored, stale ones included.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.timers.len() + self.queued.len()
     }
 
     /// True when stale items may dominate and the owner should call [`Deadlines::rebuild`].
     #[inline]
-    pub(crate) fn needs_rebuild(&self) -> bool {
+    pub fn needs_rebuild(&self) -> bool {
         self.len() > self.rebuild_at
     }
 
     /// Replaces the contents with exactly the live items, reusing the heaps' buffers unless
     /// they have become much larger than needed.
-    pub(crate) fn rebuild(&mut self, live: impl Iterator<Item = Item>) {
+    pub fn rebuild(&mut self, live: impl Iterator<Item = Item>) {
         let mut timers = std::mem::take(&mut self.timers).into_vec();
         let mut queued = std::mem::take(&mut self.queued).into_vec();
         timers.clear();
@@ -237,10 +237,10 @@ impl Deadlines {
 
     /// Bytes a lease's or lock delay's item takes in its heap.
     #[cfg(test)]
-    pub(crate) const TIMER_BYTES: usize = std::mem::size_of::<Reverse<Timer>>();
+    pub const TIMER_BYTES: usize = std::mem::size_of::<Reverse<Timer>>();
 
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn items(&self) -> impl Iterator<Item = Item> + '_ {
+    pub fn items(&self) -> impl Iterator<Item = Item> + '_ {
         let timers = self.timers.iter().map(|r| r.0.item());
         let queued = self.queued.iter().map(|Reverse(q)| Item {
             at: q.at,

@@ -1,0 +1,95 @@
+//! Conversions between the table's types and the wire protocol's (`lockbroker-proto`): one
+//! `From` impl per pair, the wire code of every table error, and a wire wait spec as a table
+//! wait. Shared by the broker's command layer and the SDK's embedded client.
+
+use std::time::{Duration, Instant};
+
+use lockbroker_proto::{ErrorCode, Mode as WireMode, UnlockOutcome as WireOutcome, WaitSpec};
+
+use crate::{Mode, TableError, UnlockOutcome, Wait};
+
+impl From<WireMode> for Mode {
+    fn from(m: WireMode) -> Mode {
+        match m {
+            WireMode::Exclusive => Mode::Exclusive,
+            WireMode::Shared => Mode::Shared,
+            WireMode::Semaphore(n) => Mode::Semaphore(n),
+        }
+    }
+}
+
+impl From<Mode> for WireMode {
+    fn from(m: Mode) -> WireMode {
+        match m {
+            Mode::Exclusive => WireMode::Exclusive,
+            Mode::Shared => WireMode::Shared,
+            Mode::Semaphore(n) => WireMode::Semaphore(n),
+        }
+    }
+}
+
+impl From<UnlockOutcome> for WireOutcome {
+    fn from(o: UnlockOutcome) -> WireOutcome {
+        match o {
+            UnlockOutcome::Released => WireOutcome::Released,
+            UnlockOutcome::Expired => WireOutcome::Expired,
+        }
+    }
+}
+
+/// The table's view of a wait spec, relative to `now`. A deadline past the end of time is
+/// forever.
+pub fn wait_from(w: WaitSpec, now: Instant) -> Wait {
+    match w {
+        WaitSpec::NoWait => Wait::No,
+        WaitSpec::Forever => Wait::Forever,
+        WaitSpec::Millis(ms) => match now.checked_add(Duration::from_millis(ms)) {
+            Some(at) => Wait::Until(at),
+            None => Wait::Forever,
+        },
+    }
+}
+
+impl From<&TableError> for ErrorCode {
+    fn from(e: &TableError) -> ErrorCode {
+        match e {
+            TableError::Busy => ErrorCode::Busy,
+            TableError::Timeout => ErrorCode::Timeout,
+            TableError::Cancelled => ErrorCode::Cancelled,
+            TableError::RestoreConflict => ErrorCode::AlreadyHeld,
+            TableError::NotOwner => ErrorCode::NotOwner,
+            TableError::NotLocked => ErrorCode::NotLocked,
+            TableError::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            TableError::InvalidMode(_) => ErrorCode::InvalidMode,
+            TableError::DuplicateRequest => ErrorCode::DuplicateRequest,
+            TableError::Moved => ErrorCode::Moved,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_round_trip() {
+        for m in [
+            WireMode::Exclusive,
+            WireMode::Shared,
+            WireMode::Semaphore(7),
+        ] {
+            assert_eq!(WireMode::from(Mode::from(m)), m);
+        }
+    }
+
+    #[test]
+    fn wait_specs_map_to_table_waits() {
+        let now = Instant::now();
+        assert_eq!(wait_from(WaitSpec::Forever, now), Wait::Forever);
+        assert_eq!(wait_from(WaitSpec::NoWait, now), Wait::No);
+        assert_eq!(
+            wait_from(WaitSpec::Millis(1500), now),
+            Wait::Until(now + Duration::from_millis(1500))
+        );
+    }
+}

@@ -1,0 +1,471 @@
+//! The embedded backend of [`Client::embedded`](crate::Client::embedded): the lock table of
+//! `lockbroker-core` in this process, speaking the same frames a broker does, so every SDK
+//! feature (guards, renewals, `lost()`, FIFO queues, fencing tokens, TTLs, lock-delay,
+//! semaphores, inspect, waits, cancellation) works unchanged and no code path differs between
+//! a monolith and a cluster.
+//!
+//! [`Engine`] is the in-process broker: `handle(session, frame)` applies one request frame to
+//! the table under its mutex and collects the answers — to the asking session or, for a grant
+//! handed over from a queue, to another — which are delivered with the mutex released
+//! ([`Conn::route`], the same routing the QUIC reader uses). One timer task sleeps until the
+//! table's next deadline and runs `expire`. There is no network, TLS, plugin, mirror or
+//! cluster: one principal (`embedded`), one epoch, the table's default limits.
+//!
+//! Lease secrets are keyed hashes of (key, fence) under two random keys drawn per engine:
+//! enough to keep one part of a process from releasing a lease another part holds by a guessed
+//! fence (code in the same process could read the guard's memory anyway).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lockbroker_core::wire::wait_from;
+use lockbroker_core::{
+    AcquireRequest, Effect, Grant, LockEvent, SessionId, Table, TableConfig, TableError,
+};
+use lockbroker_proto::{
+    EndReason, ErrorCode, Frame, Granted, HolderInfo, LeaseSecret, Limits, LockInfo, Welcome,
+};
+use tokio::sync::Notify;
+
+use crate::conn::Conn;
+
+/// The TTL of an acquire that asks for none (as a broker's default).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// Deadlines handled per table lock by the timer.
+const EXPIRE_SLICE: usize = 1024;
+
+/// The principal every embedded session has.
+const PRINCIPAL: &str = "embedded";
+
+/// The in-process broker behind embedded clients.
+pub(crate) struct Engine {
+    table: Mutex<Locked>,
+    /// Live sessions, by id: where their answers go.
+    sessions: Mutex<HashMap<SessionId, Weak<Conn>>>,
+    next_session: AtomicU64,
+    /// Wakes the timer task: a call moved the next deadline before the one it sleeps until,
+    /// or the engine is gone.
+    timer: Arc<Notify>,
+    timer_started: OnceLock<()>,
+    secrets: (RandomState, RandomState),
+    /// Stands in for a broker id: guards never carry a lease to another engine.
+    id: u64,
+}
+
+/// The table and the deadline the timer task sleeps until, under one mutex.
+struct Locked {
+    table: Table,
+    /// The deadline the timer task is armed for (`None`: it sleeps until woken).
+    armed: Option<Instant>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // The timer task sees the engine gone and ends.
+        self.timer.notify_one();
+    }
+}
+
+/// An answer to deliver once the table is unlocked.
+type Outgoing = Vec<(SessionId, Frame)>;
+
+impl Engine {
+    pub(crate) fn new() -> Arc<Engine> {
+        let secrets = (RandomState::new(), RandomState::new());
+        let id = secrets.0.hash_one(0xe1bedu64) | 1;
+        Arc::new(Engine {
+            table: Mutex::new(Locked {
+                table: Table::new(TableConfig {
+                    epoch: 1,
+                    ..TableConfig::default()
+                }),
+                armed: None,
+            }),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            timer: Arc::new(Notify::new()),
+            timer_started: OnceLock::new(),
+            secrets,
+            id,
+        })
+    }
+
+    /// A new session: its id and the `Welcome` a broker would send.
+    pub(crate) fn open_session(&self) -> Welcome {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let limits = Limits::default();
+        Welcome {
+            session,
+            broker_id: self.id,
+            epoch: 1,
+            max_frame: u32::try_from(limits.max_frame).unwrap_or(u32::MAX),
+            max_key: u32::try_from(limits.max_key).unwrap_or(u32::MAX),
+            default_ttl_ms: millis(DEFAULT_TTL),
+            principal: PRINCIPAL.to_owned(),
+        }
+    }
+
+    /// Routes the answers of `session` to `conn` from now on.
+    pub(crate) fn attach(&self, session: SessionId, conn: &Arc<Conn>) {
+        lock(&self.sessions).insert(session, Arc::downgrade(conn));
+    }
+
+    /// Ends `session` cleanly: its leases are released and its queued requests dropped.
+    pub(crate) fn close_session(self: &Arc<Self>, session: SessionId) {
+        lock(&self.sessions).remove(&session);
+        let mut out = Outgoing::new();
+        self.with_table(&mut out, |t, now, effects| {
+            t.close_session(now, session, true, effects)
+        });
+        self.deliver(out);
+    }
+
+    /// Applies one request frame of `session`.
+    pub(crate) fn handle(self: &Arc<Self>, session: SessionId, frame: Frame) {
+        self.start_timer();
+        let mut out = Outgoing::new();
+        match frame {
+            Frame::Acquire(a) => {
+                let id = a.id;
+                let ttl = if a.ttl_ms == 0 {
+                    DEFAULT_TTL
+                } else {
+                    Duration::from_millis(a.ttl_ms)
+                };
+                let key = a.key.clone();
+                let granted = self.with_table(&mut out, |t, now, effects| {
+                    t.acquire(
+                        now,
+                        AcquireRequest {
+                            session,
+                            req: id,
+                            key: a.key,
+                            mode: a.mode.into(),
+                            ttl,
+                            wait: wait_from(a.wait, now),
+                            owner: (!a.owner.is_empty()).then_some(a.owner),
+                        },
+                        effects,
+                    )
+                });
+                match granted {
+                    Ok(Some(g)) => out.push((session, self.granted(id, &key, g))),
+                    Ok(None) => {} // queued: a later effect answers
+                    Err(e) => out.push((session, error(id, &e))),
+                }
+            }
+            Frame::Release(r) => {
+                let result = if self.secret(&r.key, r.fence) == r.secret {
+                    self.with_table(&mut out, |t, now, effects| {
+                        t.release(now, session, &r.key, r.fence, effects)
+                    })
+                } else {
+                    Err(TableError::NotOwner)
+                };
+                if r.ack {
+                    out.push((
+                        session,
+                        match result {
+                            Ok(()) => Frame::Ok { id: r.id },
+                            Err(e) => error(r.id, &e),
+                        },
+                    ));
+                }
+            }
+            Frame::Extend(x) => {
+                let ttl = Duration::from_millis(x.ttl_ms);
+                let result = if self.secret(&x.key, x.fence) == x.secret {
+                    self.with_table(&mut out, |t, now, effects| {
+                        t.extend(now, session, &x.key, x.fence, ttl, effects)
+                    })
+                } else {
+                    Err(TableError::NotOwner)
+                };
+                out.push((
+                    session,
+                    match result {
+                        Ok(_) => Frame::Extended {
+                            id: x.id,
+                            ttl_ms: x.ttl_ms,
+                        },
+                        Err(e) => error(x.id, &e),
+                    },
+                ));
+            }
+            Frame::Reclaim(r) => {
+                // One process, one principal: the lease moves to this session if its secret
+                // matches (a guard reclaims only after its connection was replaced).
+                let result = if self.secret(&r.key, r.fence) == r.secret {
+                    self.with_table(&mut out, |t, _, _| t.reclaim(session, &r.key, r.fence))
+                } else {
+                    Err(TableError::NotOwner)
+                };
+                out.push((
+                    session,
+                    match result {
+                        Ok(g) => self.granted(r.id, &r.key, g),
+                        Err(e) => error(r.id, &e),
+                    },
+                ));
+            }
+            Frame::Inspect { id, key } => {
+                let info = self.inspect(session, id, key);
+                out.push((session, Frame::LockInfo(info)));
+            }
+            Frame::WaitUnlocked { id, key, wait } => {
+                let result = self.with_table(&mut out, |t, now, _| {
+                    t.wait_until_unlocked(now, session, id, &key, wait_from(wait, now))
+                });
+                match result {
+                    Ok(Some(outcome)) => out.push((
+                        session,
+                        Frame::Unlocked {
+                            id,
+                            outcome: outcome.into(),
+                        },
+                    )),
+                    Ok(None) => {}
+                    Err(e) => out.push((session, error(id, &e))),
+                }
+            }
+            Frame::Cancel { id } => {
+                self.with_table(&mut out, |t, now, effects| {
+                    t.cancel(now, session, id, effects)
+                });
+            }
+            Frame::Ping { id } => out.push((session, Frame::Pong { id })),
+            other => {
+                let id = other.id();
+                if id != 0 {
+                    out.push((
+                        session,
+                        Frame::error(id, ErrorCode::ProtocolOrder, "not a request"),
+                    ));
+                }
+            }
+        }
+        self.deliver(out);
+    }
+
+    /// Runs `op` on the table with the current time, turns the effects it pushed into
+    /// answers (into `out`), and wakes the timer: the next deadline may have moved.
+    fn with_table<T>(
+        &self,
+        out: &mut Outgoing,
+        op: impl FnOnce(&mut Table, Instant, &mut Vec<Effect>) -> T,
+    ) -> T {
+        let mut effects = Vec::new();
+        let (result, rearm) = {
+            let mut l = lock(&self.table);
+            let result = op(&mut l.table, Instant::now(), &mut effects);
+            let next = l.table.next_deadline();
+            // Wake the timer only when it would sleep past the new next deadline.
+            let rearm = matches!((next, l.armed), (Some(n), Some(a)) if n < a)
+                || (next.is_some() && l.armed.is_none());
+            if rearm {
+                l.armed = next;
+            }
+            (result, rearm)
+        };
+        self.answers(effects, out);
+        if rearm {
+            self.timer.notify_one();
+        }
+        result
+    }
+
+    /// The answers carried by table effects.
+    fn answers(&self, effects: Vec<Effect>, out: &mut Outgoing) {
+        for effect in effects {
+            match effect {
+                Effect::Granted {
+                    session,
+                    req,
+                    grant,
+                } => {
+                    let key = grant.key.clone();
+                    out.push((session, self.granted(req, &key, grant)));
+                }
+                Effect::AcquireFailed {
+                    session,
+                    req,
+                    error: e,
+                }
+                | Effect::WaitFailed {
+                    session,
+                    req,
+                    error: e,
+                } => out.push((session, error(req, &e))),
+                Effect::Unlocked {
+                    session,
+                    req,
+                    outcome,
+                } => out.push((
+                    session,
+                    Frame::Unlocked {
+                        id: req,
+                        outcome: outcome.into(),
+                    },
+                )),
+                Effect::Event(LockEvent::Expired {
+                    key,
+                    session,
+                    fence,
+                }) => out.push((
+                    session,
+                    Frame::LeaseEnded {
+                        key,
+                        fence,
+                        reason: EndReason::Expired,
+                        message: "the lease expired before a renewal reached the table".into(),
+                    },
+                )),
+                Effect::Event(_) => {}
+            }
+        }
+    }
+
+    /// Hands every answer to its session's connection (table unlocked).
+    fn deliver(&self, out: Outgoing) {
+        if out.is_empty() {
+            return;
+        }
+        for (session, frame) in out {
+            let conn = lock(&self.sessions).get(&session).and_then(Weak::upgrade);
+            if let Some(conn) = conn {
+                conn.route(frame);
+            }
+        }
+    }
+
+    fn granted(&self, id: u64, asked: &Bytes, g: Grant) -> Frame {
+        Frame::Granted(Granted {
+            id,
+            fence: g.fence,
+            ttl_ms: millis(g.ttl),
+            rewritten: (g.key != *asked).then(|| g.key.clone()),
+            secret: self.secret(&g.key, g.fence),
+        })
+    }
+
+    /// The secret of lease (`key`, `fence`).
+    fn secret(&self, key: &[u8], fence: u64) -> LeaseSecret {
+        let half = |s: &RandomState| {
+            let mut h = s.build_hasher();
+            h.write(key);
+            h.write_u64(fence);
+            h.finish().to_le_bytes()
+        };
+        let mut secret = [0u8; 16];
+        secret[..8].copy_from_slice(&half(&self.secrets.0));
+        secret[8..].copy_from_slice(&half(&self.secrets.1));
+        LeaseSecret(secret)
+    }
+
+    fn inspect(&self, session: SessionId, id: u64, key: Bytes) -> LockInfo {
+        let l = lock(&self.table);
+        let t = &l.table;
+        let now = Instant::now();
+        let position = t
+            .queue_position(&key, session)
+            .map_or(0, |p| u32::try_from(p).unwrap_or(u32::MAX));
+        let Some(info) = t.inspect(&key) else {
+            return LockInfo {
+                id,
+                key,
+                holders: Vec::new(),
+                holders_total: 0,
+                waiters: 0,
+                blocked_ms: 0,
+                position,
+            };
+        };
+        let mut holders: Vec<HolderInfo> = info
+            .holders
+            .iter()
+            .map(|h| HolderInfo {
+                session: h.session,
+                fence: h.fence,
+                mode: h.mode.into(),
+                remaining_ms: millis(h.deadline.saturating_duration_since(now)),
+                owner: h.owner.clone().unwrap_or_default(),
+            })
+            .collect();
+        holders.sort_unstable_by_key(|h| h.fence);
+        LockInfo {
+            id,
+            key: info.key,
+            holders_total: u32::try_from(holders.len()).unwrap_or(u32::MAX),
+            holders,
+            waiters: u32::try_from(info.waiters).unwrap_or(u32::MAX),
+            blocked_ms: info
+                .blocked_until
+                .map_or(0, |b| millis(b.saturating_duration_since(now))),
+            position,
+        }
+    }
+
+    /// Starts the timer task on first use (an embedded client may be built outside a runtime).
+    fn start_timer(self: &Arc<Self>) {
+        self.timer_started.get_or_init(|| {
+            tokio::spawn(run_timer(Arc::downgrade(self), self.timer.clone()));
+        });
+    }
+}
+
+/// Sleeps until the table's next deadline (woken earlier when a call moves it), runs
+/// `expire`, delivers what it produced; ends when the engine is gone.
+async fn run_timer(engine: Weak<Engine>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(e) = engine.upgrade() else { return };
+            let mut l = lock(&e.table);
+            let next = l.table.next_deadline();
+            l.armed = next;
+            next
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = wake.notified() => continue,
+                }
+            }
+            None => {
+                wake.notified().await;
+                continue;
+            }
+        }
+        let Some(e) = engine.upgrade() else { return };
+        // In slices, the table let go between them (a storm of timeouts stalls no one).
+        let now = Instant::now();
+        loop {
+            let mut out = Outgoing::new();
+            let more = e.with_table(&mut out, |t, _, effects| {
+                t.expire_some(now, EXPIRE_SLICE, effects)
+            });
+            e.deliver(out);
+            if !more {
+                break;
+            }
+        }
+    }
+}
+
+fn error(id: u64, e: &TableError) -> Frame {
+    Frame::error(id, ErrorCode::from(e), e.to_string())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A lock of the engine (poisoning is recovered: the table is valid between calls).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
