@@ -4,6 +4,9 @@
 //!
 //! - [`admin`]: the admin HTTP listener: health probes, `/metrics`, the JSON API, forced
 //!   release and its token rule.
+//! - [`backends`]: every SDK behaviour from one test body against `Client::embedded()` and a
+//!   real broker: locks, FIFO, modes, TTLs and renewal, inspect with owner labels and queue
+//!   positions, waits, cancellation, exclusion among tasks, leader election.
 //! - [`bad_input`]: garbage, oversized and out-of-order frames; bad CA files.
 //! - [`cli`]: `lockbroker lock` and `lockbroker inspect` against a real broker.
 //! - [`cli_signals`]: `lock -- CMD` as a supervisor: signals forwarded to CMD's group, CMD
@@ -38,6 +41,7 @@
 //! - [`queueing`]: FIFO grants, try-lock and bounded waits, cancelled acquires.
 
 mod admin;
+mod backends;
 mod bad_input;
 mod chromedriver;
 mod cli;
