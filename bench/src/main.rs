@@ -7,6 +7,7 @@
 mod attack;
 mod cluster;
 mod echo;
+mod embedded;
 mod metrics_overhead;
 mod procs;
 mod raw;
@@ -55,7 +56,7 @@ impl Opts {
                 "--only" => only = args.next(),
                 "-h" | "--help" => {
                     println!(
-                        "lockbroker-bench [--quick] [--mem-locks N] [--only seq|throughput|contention|memory|expiry|table|cluster|attack|metrics]\n\
+                        "lockbroker-bench [--quick] [--mem-locks N] [--only seq|throughput|contention|memory|expiry|table|cluster|attack|metrics|embedded]\n\
                          Starts redis-server and a release lockbroker on ephemeral ports and prints\n\
                          lockbroker's figures next to Redis's and a raw QUIC echo's, as ratios."
                     );

@@ -165,6 +165,9 @@ pub async fn run_all(opts: &Opts, bin: &Path) -> Result<()> {
     if opts.runs("attack") {
         crate::attack::attack(opts, bin, &mut report).await?;
     }
+    if opts.runs("embedded") {
+        crate::embedded::embedded(opts, &mut report).await?;
+    }
     if opts.runs("metrics") {
         crate::metrics_overhead::metrics_overhead(opts, bin, &mut report).await?;
     }
