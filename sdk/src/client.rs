@@ -19,6 +19,7 @@ use lockbroker_proto::{ErrorCode, Frame, WaitSpec};
 
 use crate::conn::Conn;
 use crate::embedded::Engine;
+use crate::watchdogs::Starter;
 use crate::inspect::LockInfo;
 use crate::lock::LockRequest;
 use crate::routing::{Pushes, Routes};
@@ -170,6 +171,7 @@ impl ClientBuilder {
                 connect_timeout: self.connect_timeout,
                 request_timeout: self.request_timeout,
                 lease_margin: self.lease_margin,
+                watchdogs: Starter::new(pushes.lease_ended.clone()),
                 pushes,
                 current: Mutex::new(Some(conn)),
                 routed: Mutex::new(HashMap::new()),
@@ -255,6 +257,7 @@ impl ClientBuilder {
                     .map_err(|e| Error::Invalid(e.to_string()))?,
             ));
         quic_config.transport_config(Arc::new(transport));
+        let lease_ended = tokio::sync::broadcast::channel(256).0;
         let client = Client {
             inner: Arc::new(Inner {
                 quic_config: Some(quic_config),
@@ -266,8 +269,9 @@ impl ClientBuilder {
                 connect_timeout: self.connect_timeout,
                 request_timeout: self.request_timeout,
                 lease_margin: self.lease_margin,
+                watchdogs: Starter::new(lease_ended.clone()),
                 pushes: Pushes {
-                    lease_ended: tokio::sync::broadcast::channel(256).0,
+                    lease_ended,
                     routes: Arc::new(Routes::default()),
                 },
                 current: Mutex::new(None),
@@ -370,6 +374,8 @@ struct Inner {
     /// Where every connection of this client passes the broker's pushes: `LeaseEnded` (guards'
     /// watchdogs subscribe) and the cluster's shard map.
     pushes: Pushes,
+    /// Starts guards' watchdogs when they first have work.
+    watchdogs: Arc<Starter>,
     current: Mutex<Option<Arc<Conn>>>,
     /// Cluster mode: connections to the brokers that own the shards of the keys used, by URL.
     routed: Mutex<HashMap<String, Arc<Conn>>>,
@@ -567,6 +573,11 @@ impl Client {
     /// How long before its local deadline a lease of `ttl` is reported lost: the fixed margin
     /// plus the clock drift over the TTL, at most half the TTL.
     /// Subscribes to the broker's `LeaseEnded` pushes: (fence, reason, why).
+    /// The client's watchdog starter (`watchdogs.rs`).
+    pub(crate) fn watchdogs(&self) -> &Arc<Starter> {
+        &self.inner.watchdogs
+    }
+
     pub(crate) fn lease_ended(
         &self,
     ) -> tokio::sync::broadcast::Receiver<(u64, lockbroker_proto::EndReason, String)> {

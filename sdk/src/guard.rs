@@ -7,7 +7,8 @@
 //! with the same identity — and resolves [`Guard::lost`] at the local deadline minus a safety
 //! margin for clock-rate drift (`ClientBuilder::lease_margin`), whether or not the broker
 //! answered. [`Guard::extend`] moves the deadline (shorter or longer). If the watchdog task
-//! itself ends, `lost()` resolves too. Release, extend and reclaim present the lease's secret.
+//! itself ends, `lost()` resolves too. The watchdog task starts lazily, when it first has work
+//! (`watchdogs.rs`). Release, extend and reclaim present the lease's secret.
 //! `unlock().await` releases with an acknowledgement; dropping the guard releases
 //! fire-and-forget.
 
@@ -21,6 +22,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::client::{MOVE_PAUSE, millis, round_trip_raw};
 use crate::conn::Conn;
+use crate::watchdogs::{Slot, Ticket};
 use crate::{Client, Error, Result};
 
 /// A held lock. Keep it alive while you work; check [`Guard::lost`] if the work must stop
@@ -29,7 +31,9 @@ use crate::{Client, Error, Result};
 #[must_use = "dropping a guard releases the lock at once"]
 pub struct Guard {
     lease: Arc<Lease>,
-    watchdog: Option<tokio::task::JoinHandle<()>>,
+    /// The lease's watchdog, started lazily (`watchdogs.rs`), and its place in the client's
+    /// starter while it waits to start.
+    watchdog: Option<(Arc<Slot>, Ticket)>,
     lost: watch::Receiver<Option<Error>>,
     released: bool,
 }
@@ -113,7 +117,15 @@ impl Guard {
             label: g.label,
             hold: crate::metrics::Hold::start(g.mode),
         });
-        let watchdog = Some(tokio::spawn(watchdog(lease.clone(), lost_tx, renew)));
+        // Subscribed now, so no push is missed while the watchdog waits to start.
+        let ended = lease.client.lease_ended();
+        let slot = Slot::new(g.fence, {
+            let lease = lease.clone();
+            Box::new(move || tokio::spawn(watchdog(lease, lost_tx, ended, renew)))
+        });
+        let first_renewal = lease.timing.borrow().renew_at();
+        let ticket = lease.client.watchdogs().schedule(first_renewal, &slot);
+        let watchdog = Some((slot, ticket));
         Guard {
             lease,
             watchdog,
@@ -200,6 +212,11 @@ impl Guard {
     /// In cluster mode, while the key's shard moves to another broker (the lease is being
     /// adopted there), it tries again until the lease's local deadline.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
+        // A shorter TTL may bring the first renewal forward: the watchdog runs from now.
+        if let Some((slot, ticket)) = &self.watchdog {
+            slot.start();
+            self.lease.client.watchdogs().cancel(*ticket);
+        }
         let lease = &self.lease;
         while_moving(lease, || renew_now(lease, ttl))
             .await
@@ -212,8 +229,9 @@ impl Guard {
     /// new owner) until the lease's local deadline.
     pub async fn unlock(mut self) -> Result<()> {
         self.released = true;
-        if let Some(w) = self.watchdog.take() {
-            w.abort();
+        if let Some((slot, ticket)) = self.watchdog.take() {
+            slot.end();
+            self.lease.client.watchdogs().cancel(ticket);
         }
         self.lease.hold.end();
         // Even a lease the guard reported lost is released: the broker may still have it (the
@@ -289,8 +307,9 @@ where
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(w) = self.watchdog.take() {
-            w.abort();
+        if let Some((slot, ticket)) = self.watchdog.take() {
+            slot.end();
+            self.lease.client.watchdogs().cancel(ticket);
         }
         self.lease.hold.end();
         if self.released {
@@ -419,14 +438,18 @@ fn lost_at(lease: &Lease, t: Timing) -> Instant {
 /// The lease's watchdog: renews every third of the TTL (when `renew`), retrying failed
 /// renewals, and declares the lease lost at its local deadline minus the safety margin —
 /// by its own clock, whether or not the broker answers.
-async fn watchdog(lease: Arc<Lease>, lost: watch::Sender<Option<Error>>, renew: bool) {
+async fn watchdog(
+    lease: Arc<Lease>,
+    lost: watch::Sender<Option<Error>>,
+    mut ended: broadcast::Receiver<(u64, EndReason, String)>,
+    renew: bool,
+) {
     let declare = |why: String| {
         lease.hold.lost();
         let _ = lost.send(Some(Error::Lost(why)));
     };
     let mut timing = lease.timing.subscribe();
     let mut next_renew = timing.borrow_and_update().renew_at();
-    let mut ended = lease.client.lease_ended();
     let mut ended_open = true;
     loop {
         let t = *timing.borrow_and_update();

@@ -61,6 +61,7 @@ mod lock;
 pub mod metrics;
 mod routing;
 mod tls;
+mod watchdogs;
 
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result};

@@ -1,0 +1,215 @@
+//! Lazy watchdogs. A guard's watchdog task (renewals, `lost()` by the clock, the broker's
+//! `LeaseEnded` pushes — see `guard.rs`) has nothing to do before the lease's first renewal, a
+//! third of its TTL after the grant; most locks are released long before. So a guard does not
+//! spawn its watchdog at once: it leaves it *scheduled* with the client's [`Starter`], one
+//! task per client that starts each watchdog when its first renewal falls due — or at once
+//! when the broker pushes `LeaseEnded` for that lease, or when the guard is extended. A lock
+//! released before then never had a task (spawning and aborting one cost more than the rest of
+//! an in-process lock cycle).
+//!
+//! Safety is unchanged: the watchdog starts no later than it would have first acted (its
+//! first renewal; `lost()` by the clock is later still: the local deadline minus a margin of
+//! at most half the TTL), `Guard::is_lost` reads the clock, and the guard subscribes to the
+//! pushes at the grant, so none is missed while the watchdog waits to start.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Instant;
+
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+
+use lockbroker_proto::EndReason;
+
+/// The pushes a client's connections pass on: (fence, why the lease ended, message).
+pub(crate) type Ended = broadcast::Sender<(u64, EndReason, String)>;
+
+/// Spawns a watchdog.
+type Spawn = Box<dyn FnOnce() -> JoinHandle<()> + Send>;
+
+/// One guard's watchdog: not started yet, running, or over.
+pub(crate) struct Slot {
+    fence: u64,
+    state: Mutex<SlotState>,
+}
+
+enum SlotState {
+    Scheduled(Spawn),
+    Running(JoinHandle<()>),
+    Ended,
+}
+
+impl Slot {
+    pub(crate) fn new(fence: u64, spawn: Spawn) -> Arc<Slot> {
+        Arc::new(Slot {
+            fence,
+            state: Mutex::new(SlotState::Scheduled(spawn)),
+        })
+    }
+
+    /// Starts the watchdog unless it runs or ended.
+    pub(crate) fn start(&self) {
+        let mut state = lock(&self.state);
+        if let SlotState::Scheduled(_) = &*state
+            && let SlotState::Scheduled(spawn) = std::mem::replace(&mut *state, SlotState::Ended)
+        {
+            *state = SlotState::Running(spawn());
+        }
+    }
+
+    /// Stops the watchdog (aborted if it runs; never started if it did not).
+    pub(crate) fn end(&self) {
+        if let SlotState::Running(task) = std::mem::replace(&mut *lock(&self.state), SlotState::Ended)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Where a scheduled slot sits in the starter (to take it out when the guard goes first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Ticket(Instant, u64);
+
+/// Starts a client's scheduled watchdogs when they fall due.
+pub(crate) struct Starter {
+    due: Mutex<Due>,
+    wake: Arc<Notify>,
+    task: OnceLock<()>,
+    ended: Ended,
+}
+
+#[derive(Default)]
+struct Due {
+    slots: BTreeMap<Ticket, Weak<Slot>>,
+    next_id: u64,
+    /// What the task sleeps until (`None`: until woken).
+    armed: Option<Instant>,
+}
+
+impl Drop for Starter {
+    fn drop(&mut self) {
+        // The task sees the starter gone and ends.
+        self.wake.notify_one();
+    }
+}
+
+impl Starter {
+    pub(crate) fn new(ended: Ended) -> Arc<Starter> {
+        Arc::new(Starter {
+            due: Mutex::new(Due::default()),
+            wake: Arc::new(Notify::new()),
+            task: OnceLock::new(),
+            ended,
+        })
+    }
+
+    /// Starts `slot`'s watchdog at `at` (unless the guard takes it out first).
+    pub(crate) fn schedule(self: &Arc<Self>, at: Instant, slot: &Arc<Slot>) -> Ticket {
+        self.task.get_or_init(|| {
+            tokio::spawn(run(
+                Arc::downgrade(self),
+                self.wake.clone(),
+                self.ended.subscribe(),
+            ));
+        });
+        let wake = {
+            let mut due = lock(&self.due);
+            let ticket = Ticket(at, due.next_id);
+            due.next_id += 1;
+            due.slots.insert(ticket, Arc::downgrade(slot));
+            let earlier = due.armed.is_none_or(|a| at < a);
+            if earlier {
+                due.armed = Some(at);
+            }
+            (ticket, earlier)
+        };
+        if wake.1 {
+            self.wake.notify_one();
+        }
+        wake.0
+    }
+
+    /// Takes a slot out (its guard went, or started it itself).
+    pub(crate) fn cancel(&self, ticket: Ticket) {
+        lock(&self.due).slots.remove(&ticket);
+    }
+
+    /// Starts, and takes out, every slot due by `now`.
+    fn start_due(&self, now: Instant) {
+        let started: Vec<Weak<Slot>> = {
+            let mut due = lock(&self.due);
+            let later = due.slots.split_off(&Ticket(now, u64::MAX));
+            std::mem::replace(&mut due.slots, later).into_values().collect()
+        };
+        for slot in started.iter().filter_map(Weak::upgrade) {
+            slot.start();
+        }
+    }
+
+    /// Starts the slots of lease `fence` (the broker pushed its end), or every slot (`None`:
+    /// pushes were missed).
+    fn start_pushed(&self, fence: Option<u64>) {
+        let started: Vec<Arc<Slot>> = {
+            let mut due = lock(&self.due);
+            let mut hit = Vec::new();
+            due.slots.retain(|_, weak| match weak.upgrade() {
+                Some(slot) if fence.is_none_or(|f| f == slot.fence) => {
+                    hit.push(slot);
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            });
+            hit
+        };
+        for slot in started {
+            slot.start();
+        }
+    }
+}
+
+/// The starter's task: sleeps until the earliest scheduled start (woken when an earlier one
+/// is scheduled), and starts at once the watchdog of a lease the broker says ended.
+async fn run(
+    starter: Weak<Starter>,
+    wake: Arc<Notify>,
+    mut ended: broadcast::Receiver<(u64, EndReason, String)>,
+) {
+    let mut pushes_open = true;
+    loop {
+        let next = {
+            let Some(s) = starter.upgrade() else { return };
+            let mut due = lock(&s.due);
+            let next = due.slots.keys().next().map(|t| t.0);
+            due.armed = next;
+            next
+        };
+        tokio::select! {
+            () = sleep_until(next) => {
+                let Some(s) = starter.upgrade() else { return };
+                s.start_due(Instant::now());
+            }
+            () = wake.notified() => {}
+            pushed = ended.recv(), if pushes_open => {
+                let Some(s) = starter.upgrade() else { return };
+                match pushed {
+                    Ok((fence, _, _)) => s.start_pushed(Some(fence)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => s.start_pushed(None),
+                    Err(broadcast::error::RecvError::Closed) => pushes_open = false,
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
