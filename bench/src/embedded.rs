@@ -104,6 +104,16 @@ pub async fn embedded(opts: &Opts, report: &mut Report) -> Result<()> {
     let n = if opts.quick { 50_000 } else { 300_000 };
     let d = Duration::from_secs(if opts.quick { 1 } else { 3 });
     println!("\n== embedded client vs in-process keyed mutexes ==");
+    if opts.runs("embedded-uncontended") {
+        uncontended(n, report).await?;
+    }
+    if opts.runs("embedded-contended") {
+        contention(d, report).await;
+    }
+    Ok(())
+}
+
+async fn uncontended(n: usize, report: &mut Report) -> Result<()> {
     // Warm-up, then the three side by side.
     uncontended_embedded(n / 10).await?;
     let emb = uncontended_embedded(n).await?;
@@ -121,7 +131,10 @@ pub async fn embedded(opts: &Opts, report: &mut Report) -> Result<()> {
         Some(emb / fastest),
         Some(Target::AtMost(1.5)),
     );
+    Ok(())
+}
 
+async fn contention(d: Duration, report: &mut Report) {
     let c = Client::embedded();
     let (emb_h, emb_spread) = contended(d, move || {
         let c = c.clone();
@@ -162,5 +175,4 @@ pub async fn embedded(opts: &Opts, report: &mut Report) -> Result<()> {
         Some(emb_h / best),
         Some(Target::AtMost(1.0)),
     );
-    Ok(())
 }

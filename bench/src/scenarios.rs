@@ -165,7 +165,7 @@ pub async fn run_all(opts: &Opts, bin: &Path) -> Result<()> {
     if opts.runs("attack") {
         crate::attack::attack(opts, bin, &mut report).await?;
     }
-    if opts.runs("embedded") {
+    if opts.runs("embedded-uncontended") || opts.runs("embedded-contended") {
         crate::embedded::embedded(opts, &mut report).await?;
     }
     if opts.runs("metrics") {
