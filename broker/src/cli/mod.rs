@@ -31,6 +31,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Hold a lock while a command runs; exit with the command's status.
     Lock(lock::LockArgs),
+    /// Leader election: run a command only while this process leads KEY (a lock that waits its
+    /// turn, labelled --owner, default HOSTNAME:PID; leadership lost → the command is stopped).
+    Elect(lock::LockArgs),
     /// Show holders, fencing tokens, remaining TTL and waiters of a key.
     Inspect(inspect::InspectArgs),
     /// Check a plugin file, or reload the plugins of a running broker.
@@ -109,7 +112,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(a) => serve::run(a).await,
-        Command::Lock(a) => lock::run(a).await,
+        Command::Lock(a) | Command::Elect(a) => lock::run(a).await,
         Command::Inspect(a) => inspect::run(a).await,
         Command::Plugin(a) => plugin::run(a).await,
         Command::Cluster(a) => cluster::run(a).await,

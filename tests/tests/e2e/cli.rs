@@ -365,3 +365,41 @@ fn serve_can_log_json_lines() {
         );
     }
 }
+
+/// `lockbroker elect KEY -- CMD`: the first candidate leads (its label is what
+/// `Client::leader` reports), the second waits and runs its command only after the first's
+/// ended — never both at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elect_runs_the_command_only_while_leading() {
+    let broker = Broker::start();
+    let dir = TempDir::new("cli-elect");
+    let log = dir.path().join("log");
+    let script = |name: &str, secs: &str| {
+        format!(
+            "echo \"start {name}\" >> '{0}'; sleep {secs}; echo \"end {name}\" >> '{0}'",
+            log.display()
+        )
+    };
+    let mut a = cli(&broker);
+    a.args(["elect", "--owner", "node-a", "svc/leader", "--", "sh", "-c"])
+        .arg(script("a", "1.5"));
+    let first = tokio::spawn(run_bounded(a, LIMIT));
+    let client = broker.client().await;
+    lockbroker_tests::util::eventually("node-a leads", LIMIT, || async {
+        (client.leader("svc/leader").await.ok()??.as_str() == "node-a").then_some(())
+    })
+    .await;
+    let mut b = cli(&broker);
+    b.args(["elect", "--owner", "node-b", "svc/leader", "--", "sh", "-c"])
+        .arg(script("b", "0.1"));
+    let second = tokio::spawn(run_bounded(b, LIMIT));
+    let (ra, rb) = (first.await.expect("join"), second.await.expect("join"));
+    assert!(ra.status.success() && rb.status.success(), "{ra:?} {rb:?}");
+    let lines = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(
+        lines.lines().collect::<Vec<_>>(),
+        vec!["start a", "end a", "start b", "end b"],
+        "{lines}"
+    );
+    assert_eq!(client.leader("svc/leader").await.expect("leader"), None);
+}
