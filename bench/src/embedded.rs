@@ -171,7 +171,9 @@ async fn contention(d: Duration, report: &mut Report) {
     report.row(
         "embedded contended hand-off (16 tasks)",
         format!("{emb_h:.0} ns, turns max/min {emb_spread:.2}"),
-        format!("{best:.0} ns (fastest keyed mutex; DashMap {dm_spread:.2}, lockable {lp_spread:.2})"),
+        format!(
+            "{best:.0} ns (fastest keyed mutex; DashMap {dm_spread:.2}, lockable {lp_spread:.2})"
+        ),
         Some(emb_h / best),
         Some(Target::AtMost(1.0)),
     );

@@ -81,11 +81,11 @@ mod tests;
 
 pub use handover::PreviousLease;
 pub use listing::{KeyListing, TableTotals};
-pub use types::{Holder, LockInfo, MAX_TTL};
 pub use types::{
     AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId, SessionId, TableConfig,
     TableError, UnlockOutcome, Wait,
 };
+pub use types::{Holder, LockInfo, MAX_TTL};
 
 use std::time::Instant;
 

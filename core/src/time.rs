@@ -32,12 +32,7 @@ impl Table {
     /// Handles at most `limit` due deadlines (so a driver can let other work take the table
     /// between slices when a storm of timeouts falls due at once). Returns whether more are
     /// due.
-    pub fn expire_some(
-        &mut self,
-        now: Instant,
-        limit: usize,
-        out: &mut Vec<Effect>,
-    ) -> bool {
+    pub fn expire_some(&mut self, now: Instant, limit: usize, out: &mut Vec<Effect>) -> bool {
         for _ in 0..limit {
             let Some(Item {
                 at,

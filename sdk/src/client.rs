@@ -19,11 +19,11 @@ use lockbroker_proto::{ErrorCode, Frame, WaitSpec};
 
 use crate::conn::Conn;
 use crate::embedded::Engine;
-use crate::watchdogs::Starter;
 use crate::inspect::LockInfo;
 use crate::lock::LockRequest;
 use crate::routing::{Pushes, Routes};
 use crate::tls::{ClientIdentity, Trust, client_config, read_file};
+use crate::watchdogs::Starter;
 use crate::{Error, Result, UnlockOutcome};
 
 /// Builds a [`Client`].
@@ -732,10 +732,9 @@ impl Client {
         let attempt = async {
             let connecting = endpoint
                 .connect_with(
-                    self.inner
-                        .quic_config
-                        .clone()
-                        .ok_or_else(|| Error::Connect("an embedded client has no network".into()))?,
+                    self.inner.quic_config.clone().ok_or_else(|| {
+                        Error::Connect("an embedded client has no network".into())
+                    })?,
                     addr,
                     name,
                 )

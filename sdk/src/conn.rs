@@ -92,10 +92,7 @@ enum Sink {
 /// The other end of a connection.
 enum Link {
     Quic(quinn::Connection),
-    Local {
-        engine: Arc<Engine>,
-        session: u64,
-    },
+    Local { engine: Arc<Engine>, session: u64 },
 }
 
 /// What a [`State`] method leaves to do once the lock is released.

@@ -59,7 +59,8 @@ impl Slot {
 
     /// Stops the watchdog (aborted if it runs; never started if it did not).
     pub(crate) fn end(&self) {
-        if let SlotState::Running(task) = std::mem::replace(&mut *lock(&self.state), SlotState::Ended)
+        if let SlotState::Running(task) =
+            std::mem::replace(&mut *lock(&self.state), SlotState::Ended)
         {
             task.abort();
         }
@@ -139,7 +140,9 @@ impl Starter {
         let started: Vec<Weak<Slot>> = {
             let mut due = lock(&self.due);
             let later = due.slots.split_off(&Ticket(now, u64::MAX));
-            std::mem::replace(&mut due.slots, later).into_values().collect()
+            std::mem::replace(&mut due.slots, later)
+                .into_values()
+                .collect()
         };
         for slot in started.iter().filter_map(Weak::upgrade) {
             slot.start();

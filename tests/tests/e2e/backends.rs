@@ -116,7 +116,11 @@ async fn modes_body(b: Backend) {
     assert_eq!(info.holders_total, 2);
     assert!(info.holders.iter().all(|h| h.mode == Mode::Shared));
     drop((r1, r2));
-    let w = c.lock("b/cfg").wait(LIMIT).await.expect("writer after readers");
+    let w = c
+        .lock("b/cfg")
+        .wait(LIMIT)
+        .await
+        .expect("writer after readers");
     drop(w);
     let s1 = c.semaphore("b/pool", 2).await.expect("permit 1");
     let s2 = c.semaphore("b/pool", 2).await.expect("permit 2");
@@ -133,7 +137,10 @@ async fn modes_body(b: Backend) {
     drop((s2, s3));
 }
 
-both!(a_lease_that_is_not_renewed_ends_and_its_guard_is_told, ttl_body);
+both!(
+    a_lease_that_is_not_renewed_ends_and_its_guard_is_told,
+    ttl_body
+);
 async fn ttl_body(b: Backend) {
     let c = b.client().await;
     let g = c
@@ -152,7 +159,10 @@ async fn ttl_body(b: Backend) {
     assert!(g.unlock().await.is_err());
 }
 
-both!(renewal_keeps_a_lock_past_its_ttl_and_extend_moves_it, renew_body);
+both!(
+    renewal_keeps_a_lock_past_its_ttl_and_extend_moves_it,
+    renew_body
+);
 async fn renew_body(b: Backend) {
     let c = b.client().await;
     let g = c
@@ -168,7 +178,10 @@ async fn renew_body(b: Backend) {
     g.unlock().await.expect("unlock");
 }
 
-both!(inspect_shows_owner_labels_waiters_and_queue_positions, inspect_body);
+both!(
+    inspect_shows_owner_labels_waiters_and_queue_positions,
+    inspect_body
+);
 async fn inspect_body(b: Backend) {
     let c = b.client().await;
     let g = c.lock("b/insp").owner("web-1:4711").await.expect("lock");
@@ -235,7 +248,10 @@ async fn cancel_body(b: Backend) {
     })
     .await;
     g.unlock().await.expect("unlock");
-    let again = c.try_lock("b/cancel").await.expect("free: nobody else took it");
+    let again = c
+        .try_lock("b/cancel")
+        .await
+        .expect("free: nobody else took it");
     drop(again);
 }
 
