@@ -213,12 +213,7 @@ impl Entry {
 
     /// Ends the lease `fence` (released or expired): session index, mirror event, lock delay for
     /// orphans on expiry, then watchers and next grants. `false` if there is no such lease.
-    pub fn end_lease(
-        &mut self,
-        fence: Fence,
-        outcome: UnlockOutcome,
-        cx: &mut Cx<'_>,
-    ) -> bool {
+    pub fn end_lease(&mut self, fence: Fence, outcome: UnlockOutcome, cx: &mut Cx<'_>) -> bool {
         self.end_lease_keyed(fence, outcome, None, cx)
     }
 
