@@ -55,6 +55,7 @@ mod entry;
 mod faults;
 mod fences;
 mod grace;
+mod groups;
 mod handover;
 mod keys;
 mod lease;
@@ -81,11 +82,11 @@ mod tests;
 
 pub use handover::PreviousLease;
 pub use listing::{KeyListing, TableTotals};
-pub use types::{Holder, LockInfo, MAX_TTL};
 pub use types::{
-    AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId, SessionId, TableConfig,
-    TableError, UnlockOutcome, Wait,
+    AcquireAllRequest, AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId,
+    SessionId, TableConfig, TableError, UnlockOutcome, Wait,
 };
+pub use types::{Holder, LockInfo, MAX_KEYS_PER_REQUEST, MAX_TTL};
 
 use std::time::Instant;
 
@@ -95,6 +96,7 @@ pub const COUNTER_BITS: u32 = 40;
 use deadlines::Deadlines;
 use faults::Faults;
 use fences::FenceGen;
+use groups::Groups;
 use keys::Keys;
 use owners::Owners;
 use sessions::Sessions;
@@ -110,6 +112,8 @@ pub struct Table {
     faults: Faults,
     /// Owner labels of the leases given one.
     owners: Owners,
+    /// Queued multi-key acquires (`groups.rs`).
+    groups: Groups,
     /// Next queue sequence number (waiters and watchers share it).
     seq: u64,
     /// End of the restart grace (`grace.rs`), while it may still run.
@@ -127,6 +131,7 @@ macro_rules! cx {
             fences: &mut $t.fences,
             faults: &mut $t.faults,
             owners: &mut $t.owners,
+            ready: &mut $t.groups.ready,
             out: $out,
         }
     };
@@ -143,6 +148,7 @@ impl Table {
             deadlines: Deadlines::default(),
             faults: Faults::default(),
             owners: Owners::default(),
+            groups: Groups::default(),
             seq: 0,
             grace_until: None,
         }
