@@ -76,6 +76,8 @@ mod fault_tests;
 #[cfg(any(test, fuzzing))]
 mod invariants;
 #[cfg(test)]
+mod multi_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
