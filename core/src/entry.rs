@@ -7,7 +7,9 @@
 //! Invariants kept by the entry (checked by the tests):
 //! - holders are either exactly one `Exclusive`, or all `Shared`, or all `Semaphore(n)` with the
 //!   same `n` and at most `n` of them; queued acquires are of the same family as the holders;
-//! - the queue head is never grantable while the key is unblocked (it would have been granted);
+//! - the queue head is never grantable while the key is unblocked (it would have been granted),
+//!   unless it is a member of a multi-key acquire that some other key of it does not admit yet
+//!   (`groups.rs`); requests behind it wait (FIFO);
 //! - watchers exist only while the key has holders;
 //! - waiters and watchers are sorted by their sequence number (binary-searchable).
 //!
