@@ -7,7 +7,9 @@
 //! Invariants kept by the entry (checked by the tests):
 //! - holders are either exactly one `Exclusive`, or all `Shared`, or all `Semaphore(n)` with the
 //!   same `n` and at most `n` of them; queued acquires are of the same family as the holders;
-//! - the queue head is never grantable while the key is unblocked (it would have been granted);
+//! - the queue head is never grantable while the key is unblocked (it would have been granted),
+//!   unless it is a member of a multi-key acquire that some other key of it does not admit yet
+//!   (`groups.rs`); requests behind it wait (FIFO);
 //! - watchers exist only while the key has holders;
 //! - waiters and watchers are sorted by their sequence number (binary-searchable).
 //!
@@ -38,6 +40,10 @@ pub struct Cx<'a> {
     pub fences: &'a mut FenceGen,
     pub faults: &'a mut Faults,
     pub owners: &'a mut Owners,
+    /// Multi-key acquires found at the head of a queue they are admitted to: the table, which
+    /// sees all their keys, decides whether to grant them once the entry is done
+    /// (`Table::settle_groups`). Empty unless some multi-key acquire is queued.
+    pub ready: &'a mut Vec<u64>,
     pub out: &'a mut Vec<Effect>,
 }
 
@@ -164,7 +170,7 @@ impl Entry {
         let waiters = self
             .waiters()
             .iter()
-            .filter_map(move |w| Some(item(w.deadline?, Due::Queued(PendingKind::Acquire, w.seq))));
+            .filter_map(move |w| Some(item(w.deadline?, Due::Queued(w.kind(), w.seq))));
         let watchers = self
             .watchers()
             .iter()
@@ -219,6 +225,15 @@ impl Entry {
     #[inline]
     pub fn grantable_now(&self, mode: Mode) -> bool {
         self.blocked_until().is_none() && self.waiters().is_empty() && self.admits(mode)
+    }
+
+    /// Whether the multi-key acquire `seq` may take this key now: unblocked, at the head of the
+    /// queue and no holder (it is exclusive).
+    #[inline]
+    pub fn admits_group(&self, seq: u64) -> bool {
+        self.blocked_until().is_none()
+            && self.holders.is_empty()
+            && self.waiters().front().is_some_and(|w| w.seq == seq)
     }
 
     /// Blocks the key for `lock_delay` after an orphaned lease that was due at `deadline`

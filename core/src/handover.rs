@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::entry::{Entry, check_mode};
 use super::keys::EntryId;
+use super::queue::PendingKind;
 use super::types::{Effect, Fence, Grant, Mode, SessionId, TableError, UnlockOutcome};
 use super::{Table, cx};
 
@@ -119,7 +120,11 @@ impl Table {
         let id = e.id;
         let waiters: Vec<_> = e
             .queued_waiters()
-            .map(|q| q.take_all().map(|w| (w.session, w.req)).collect())
+            .map(|q| {
+                q.take_all()
+                    .map(|w| (w.session, w.req, w.group.then_some(w.seq)))
+                    .collect()
+            })
             .unwrap_or_default();
         let watchers: Vec<_> = e
             .queued_watchers()
@@ -132,14 +137,19 @@ impl Table {
             .iter()
             .map(|h| (h.session, h.fence))
             .collect();
-        for (kind, list) in [
-            (super::queue::PendingKind::Acquire, waiters),
-            (super::queue::PendingKind::Watch, watchers),
-        ] {
-            for (session, req) in list {
-                self.sessions.drop_pending(session, req);
-                out.push(kind.failed(session, req, TableError::Moved));
+        // A multi-key acquire queued here fails as a whole: it leaves its other keys' queues
+        // too, and whoever is behind it there may be granted.
+        let mut behind = Vec::new();
+        for (session, req, group) in waiters {
+            self.sessions.drop_pending(session, req);
+            out.push(PendingKind::Acquire.failed(session, req, TableError::Moved));
+            if let Some(seq) = group {
+                behind.extend(self.take_group_out(seq, Some(id)));
             }
+        }
+        for (session, req) in watchers {
+            self.sessions.drop_pending(session, req);
+            out.push(PendingKind::Watch.failed(session, req, TableError::Moved));
         }
         if let Some(e) = self.keys.get_mut(id) {
             for (_, fence) in &leases {
@@ -147,6 +157,8 @@ impl Table {
             }
         }
         self.keys.free_if_idle(id);
+        self.grant_behind(now, &behind, out);
+        self.settle_groups(now, out);
         self.maybe_compact();
         leases
     }

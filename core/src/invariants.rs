@@ -1,6 +1,6 @@
 //! Test-only consistency check of the table's internal state (entries ↔ session index ↔
-//! deadline heap, and no internal fault recorded). Called after every step of the property
-//! tests.
+//! deadline heap ↔ queued multi-key groups, and no internal fault recorded). Called after every
+//! step of the property tests.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -15,6 +15,11 @@ impl Table {
     /// Panics with a description of the first broken internal invariant.
     pub fn check_invariants(&self) {
         assert_eq!(self.faults.count(), 0, "internal faults were recorded");
+        assert!(
+            self.groups.ready.is_empty(),
+            "groups noted as ready were left unsettled"
+        );
+        let mut records = 0;
         let items: HashSet<(Instant, EntryId, u32, Due)> = self
             .deadlines
             .items()
@@ -61,11 +66,21 @@ impl Table {
             }
             let fences: HashSet<Fence> = hs.iter().map(|h| h.fence).collect();
             assert_eq!(fences.len(), hs.len(), "duplicate fence on {k:?}");
+            // A head the key admits would have been granted — unless it is a multi-key group
+            // member, whose other keys do not all admit it yet (checked per group below).
             if e.blocked_until().is_none()
                 && let Some(w) = e.waiters().front()
             {
-                assert!(!e.admits(w.mode), "grantable head left queued on {k:?}");
+                assert!(
+                    !e.admits(w.mode) || w.group,
+                    "grantable head left queued on {k:?}"
+                );
             }
+            records += e.waiters().len() + e.watchers().len();
+            assert!(
+                e.waiters().len() + e.watchers().len() <= self.cfg.max_queued_per_key,
+                "queue limit passed on {k:?}"
+            );
             if !e.watchers().is_empty() {
                 assert!(!hs.is_empty(), "watchers on unheld key {k:?}");
             }
@@ -98,11 +113,27 @@ impl Table {
             }
             for w in e.waiters() {
                 if let Some(t) = w.deadline {
-                    assert!(items.contains(&at(t, Due::Queued(PendingKind::Acquire, w.seq))));
+                    assert!(items.contains(&at(t, Due::Queued(w.kind(), w.seq))));
                 }
                 let s = self.sessions.get(w.session).expect("waiter session exists");
                 let p = s.pending.get(&w.req).expect("waiter pending");
-                assert!(p.kind == PendingKind::Acquire && p.seq == w.seq && p.entry == id);
+                assert!(p.kind == w.kind() && p.seq == w.seq);
+                if w.group {
+                    // A member of a queued group: the group lists this key.
+                    let g = self
+                        .groups
+                        .get(w.seq)
+                        .expect("group member of a queued group");
+                    assert_eq!(
+                        (g.session, g.req, g.deadline),
+                        (w.session, w.req, w.deadline)
+                    );
+                    assert!(g.members.contains(&id), "group does not list {k:?}");
+                    assert_eq!(w.mode, Mode::Exclusive);
+                    assert_eq!(p.entry, g.members[0]);
+                } else {
+                    assert_eq!(p.entry, id);
+                }
             }
             for w in e.watchers() {
                 if let Some(t) = w.deadline {
@@ -117,6 +148,36 @@ impl Table {
             }
         }
         assert_eq!(live, self.keys.len(), "slab and key index agree");
+        assert_eq!(records, self.queued_total(), "queue records counted");
+        assert!(records <= self.cfg.max_queued_total, "queue total passed");
+        // Every queued group waits in the queue of each key it names (none half granted, none
+        // half gone), and is not grantable while left waiting.
+        for (&seq, g) in self.groups.iter() {
+            let distinct: HashSet<EntryId> = g.members.iter().copied().collect();
+            assert_eq!(
+                distinct.len(),
+                g.members.len(),
+                "group {seq} names a key twice"
+            );
+            assert!(!g.members.is_empty() && g.members.len() <= crate::MAX_KEYS_PER_REQUEST);
+            let mut ready = true;
+            for &id in &g.members {
+                let e = self.keys.get(id).expect("group member key live");
+                let w = e
+                    .waiters()
+                    .get(seq)
+                    .expect("group member queued on each key");
+                assert!(w.group && w.session == g.session && w.req == g.req);
+                ready &= e.admits_group(seq);
+            }
+            assert!(
+                !ready,
+                "group {seq} is grantable on all its keys but left waiting"
+            );
+            let s = self.sessions.get(g.session).expect("group session exists");
+            let p = s.pending.get(&g.req).expect("group pending in its session");
+            assert!(p.kind == PendingKind::Group && p.seq == seq);
+        }
         // Owner labels belong to live leases only (a lease end forgets its label).
         let fences: HashSet<u64> = self
             .keys
@@ -147,6 +208,13 @@ impl Table {
                     PendingKind::Acquire => {
                         let w = e.waiters().get(p.seq).expect("waiter queued");
                         assert_eq!(w.req, *req);
+                        assert!(!w.group);
+                    }
+                    PendingKind::Group => {
+                        let g = self.groups.get(p.seq).expect("group queued");
+                        assert_eq!((g.session, g.req), (*sid, *req));
+                        let w = e.waiters().get(p.seq).expect("group member queued");
+                        assert!(w.group);
                     }
                 }
             }

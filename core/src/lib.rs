@@ -15,9 +15,13 @@
 //!    consequences for everybody else, and the caller must dispatch all of them, in order:
 //!    - `Granted` / `AcquireFailed`: resolves an acquire that was queued earlier (the return
 //!      value was `Ok(None)`), addressed by (session, request id);
+//!    - `GrantedAll` / `AcquireFailed`: resolves an `acquire_all` that was queued earlier: every
+//!      key's lease at once, in the order the request named the keys (their `Acquired` events
+//!      come first in the same batch), or none;
 //!    - `Unlocked` / `WaitFailed`: resolves a `wait_until_unlocked` that was queued earlier;
 //!    - `Event(LockEvent)`: a lease started, ended or was renewed — the ordered stream the mirror
-//!      replicates. An immediate grant pushes only its `Acquired` event.
+//!      replicates. An immediate grant pushes only its `Acquired` event (one per key for
+//!      `acquire_all`).
 //! 3. **Drives time.** After any call, `next_deadline()` is the earliest instant at which
 //!    `expire(now)` may have work (possibly early, never late). The driver sleeps until then —
 //!    re-arming when a call moves it earlier — and calls `expire(now)`, which processes
@@ -32,12 +36,18 @@
 //! - construction (here): [`Table::new`];
 //! - client requests (`mutations.rs`): [`Table::acquire`], [`Table::release`], `extend`,
 //!   `reclaim`, `wait_until_unlocked`, `cancel`, `close_session`;
+//! - multi-key requests (`groups.rs`): [`Table::acquire_all`] — N distinct keys, exclusive,
+//!   all granted in one step or none held; strict FIFO per key across single- and multi-key
+//!   requests, which makes opposite key orders deadlock-free (`core/MULTI_KEY.md`). Each lease
+//!   of the group is then released, extended and expires on its own; `cancel` and
+//!   `close_session` take a queued group out of all its queues at once;
 //! - time (`time.rs`): `next_deadline`, `expire`;
 //! - queries (`queries.rs`): `inspect`, `holds` (the mirror's resync snapshot);
 //! - listings (`listing.rs`): `list_keys`, `totals`, `leases_by_session` (the admin API);
 //! - start-up (`restore.rs`): `restore`, `raise_fence_floor`.
 //!
-//! Only construction, `acquire` and `release` are public beyond the crate (benches, tests).
+//! Only construction, `acquire`, `acquire_all` and `release` are public beyond the crate
+//! (benches, tests).
 //!
 //! # Layout below the facade
 //!
@@ -45,6 +55,8 @@
 //! - `entry.rs`: per-key state, the mode rules and the lock-delay timer;
 //! - `lease.rs`: holders, the one grant path, lease end and the lease-expiry timer;
 //! - `queue.rs`: queued acquires and watchers, grants from the queue head, queue timeouts;
+//! - `groups.rs`: queued multi-key acquires, granted across entries by the table
+//!   (`settle_groups`) once a key's grant loop finds one at its head;
 //! - `sessions.rs`: per-session index (held leases by fence, pending requests, limits);
 //! - `keys.rs`: key → entry slab (`stored_key.rs`: keys inline when short); `deadlines.rs`:
 //!   deadline heap; `fences.rs`: fencing tokens;
@@ -55,6 +67,7 @@ mod entry;
 mod faults;
 mod fences;
 mod grace;
+mod groups;
 mod handover;
 mod keys;
 mod lease;
@@ -75,6 +88,8 @@ mod fault_tests;
 #[cfg(any(test, fuzzing))]
 mod invariants;
 #[cfg(test)]
+mod multi_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -82,10 +97,10 @@ mod tests;
 pub use handover::PreviousLease;
 pub use listing::{KeyListing, TableTotals};
 pub use types::{
-    AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId, SessionId, TableConfig,
-    TableError, UnlockOutcome, Wait,
+    AcquireAllRequest, AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId,
+    SessionId, TableConfig, TableError, UnlockOutcome, Wait,
 };
-pub use types::{Holder, LockInfo, MAX_TTL};
+pub use types::{Holder, LockInfo, MAX_KEYS_PER_REQUEST, MAX_TTL};
 
 use std::time::Instant;
 
@@ -95,6 +110,7 @@ pub const COUNTER_BITS: u32 = 40;
 use deadlines::Deadlines;
 use faults::Faults;
 use fences::FenceGen;
+use groups::Groups;
 use keys::Keys;
 use owners::Owners;
 use sessions::Sessions;
@@ -110,6 +126,8 @@ pub struct Table {
     faults: Faults,
     /// Owner labels of the leases given one.
     owners: Owners,
+    /// Queued multi-key acquires (`groups.rs`).
+    groups: Groups,
     /// Next queue sequence number (waiters and watchers share it).
     seq: u64,
     /// End of the restart grace (`grace.rs`), while it may still run.
@@ -127,6 +145,7 @@ macro_rules! cx {
             fences: &mut $t.fences,
             faults: &mut $t.faults,
             owners: &mut $t.owners,
+            ready: &mut $t.groups.ready,
             out: $out,
         }
     };
@@ -143,6 +162,7 @@ impl Table {
             deadlines: Deadlines::default(),
             faults: Faults::default(),
             owners: Owners::default(),
+            groups: Groups::default(),
             seq: 0,
             grace_until: None,
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::entry::{Entry, check_mode};
 use super::grace::hold_during_grace;
 use super::keys::{EntryId, Keys};
-use super::queue::{Waiter, Watcher};
+use super::queue::{PendingKind, Waiter, Watcher};
 use super::sessions::Pending;
 use super::types::{
     AcquireRequest, Effect, Fence, Grant, Key, ReqId, SessionId, TableError, UnlockOutcome, Wait,
@@ -22,17 +22,21 @@ fn held_entry<'a>(keys: &'a mut Keys, key: &[u8]) -> Result<&'a mut Entry, Table
         .ok_or(TableError::NotLocked)
 }
 
-/// Admits a request to a queue: `Busy` if `wait` does not allow queueing at `now`,
-/// `LimitExceeded` if its session already has `waiting >= limit` pending requests. Returns the
-/// request's sequence number and timeout (`None`: waits forever).
-/// How many requests are queued already: by the session, on the key, in the whole table.
-struct QueueLoad {
-    session: usize,
-    key: usize,
-    total: usize,
+/// How many requests are queued already: by the session, on the key (the busiest of a
+/// multi-key request's keys), in the whole table (queue records: a multi-key request has one
+/// per key); and how many records the new request adds (1, or its key count).
+pub(super) struct QueueLoad {
+    pub session: usize,
+    pub key: usize,
+    pub total: usize,
+    pub records: usize,
 }
 
-fn admit_to_queue(
+/// Admits a request to a queue: `Busy` if `wait` does not allow queueing at `now`,
+/// `LimitExceeded` if its session already has `waiting >= limit` pending requests, or a key or
+/// the table has no room for its queue records. Returns the request's sequence number and
+/// timeout (`None`: waits forever).
+pub(super) fn admit_to_queue(
     now: Instant,
     wait: Wait,
     load: QueueLoad,
@@ -51,7 +55,7 @@ fn admit_to_queue(
     if load.key >= cfg.max_queued_per_key {
         return Err(TableError::LimitExceeded("queued requests on this key"));
     }
-    if load.total >= cfg.max_queued_total {
+    if load.total.saturating_add(load.records) > cfg.max_queued_total {
         return Err(TableError::LimitExceeded("queued requests in total"));
     }
     let seq = *next_seq;
@@ -93,7 +97,7 @@ impl Table {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let waiting = s.pending.len();
-        let total = self.sessions.pending_total();
+        let total = self.sessions.pending_total() + self.groups.extra_records();
         let e = match found {
             Ok(e) => e,
             Err(_) if full => return Err(TableError::LimitExceeded("live keys")),
@@ -115,6 +119,7 @@ impl Table {
                 session: waiting,
                 key: e.waiters().len() + e.watchers().len(),
                 total,
+                records: 1,
             };
             let (seq, deadline) = admit_to_queue(now, wait, load, cx.cfg, &mut self.seq)?;
             let w = Waiter {
@@ -125,6 +130,7 @@ impl Table {
                 ttl,
                 deadline,
                 owner,
+                group: false,
             };
             e.enqueue_waiter(w, cx.sessions, cx.deadlines);
             Ok(None)
@@ -155,6 +161,7 @@ impl Table {
         let cx = &mut cx!(self, now, out);
         e.end_lease_keyed(fence, UnlockOutcome::Released, Some(key), cx);
         self.keys.free_if_idle(id);
+        self.settle_groups(now, out);
         self.maybe_compact();
         Ok(())
     }
@@ -174,6 +181,7 @@ impl Table {
         let id = e.id;
         e.end_lease(fence, UnlockOutcome::Released, &mut cx!(self, now, out));
         self.keys.free_if_idle(id);
+        self.settle_groups(now, out);
         self.maybe_compact();
         Some(session)
     }
@@ -243,7 +251,7 @@ impl Table {
             return Err(TableError::DuplicateRequest);
         }
         let waiting = s.pending.len();
-        let total = self.sessions.pending_total();
+        let total = self.queued_total();
         let Ok(e) = held_entry(&mut self.keys, key) else {
             return Ok(Some(UnlockOutcome::Released));
         };
@@ -251,6 +259,7 @@ impl Table {
             session: waiting,
             key: e.waiters().len() + e.watchers().len(),
             total,
+            records: 1,
         };
         let (seq, deadline) = admit_to_queue(now, wait, load, &self.cfg, &mut self.seq)?;
         let w = Watcher {
@@ -277,7 +286,13 @@ impl Table {
             return false;
         };
         out.push(p.kind.failed(session, req, TableError::Cancelled));
-        self.detach(now, p, out);
+        if p.kind == PendingKind::Group {
+            self.leave_group(now, p.seq, out);
+        } else {
+            self.detach(now, p, out);
+        }
+        self.settle_groups(now, out);
+        self.maybe_compact();
         true
     }
 
@@ -301,6 +316,10 @@ impl Table {
         pending.sort_unstable_by_key(|p| p.seq);
         let mut touched: Vec<EntryId> = Vec::with_capacity(pending.len());
         for p in pending {
+            if p.kind == PendingKind::Group {
+                touched.extend(self.take_group_out(p.seq, None));
+                continue;
+            }
             match self.keys.get_mut(p.entry).map(|e| e.unqueue(p.kind, p.seq)) {
                 Some(true) => touched.push(p.entry),
                 Some(false) => self
@@ -351,6 +370,7 @@ impl Table {
             }
             self.keys.free_if_idle(id);
         }
+        self.settle_groups(now, out);
         self.maybe_compact();
     }
 

@@ -3,8 +3,15 @@
 //! (mode exclusion, semaphore bound, fence monotonicity, deadlines honoured) and the table's
 //! internal invariants are checked; at the end, time runs out and every waiter must have been
 //! resolved and every key freed.
+//!
+//! Multi-key acquires (`AcquireAll`, keys in random order, sometimes a key twice) join the mix.
+//! The model also checks, from the effects alone: every `Acquired` event of a batch is claimed
+//! by exactly one grant (an immediate return, `Granted` or `GrantedAll`) — so no group is ever
+//! half granted —; a `GrantedAll` covers exactly the request's keys, in order; and grants are
+//! FIFO per key: nothing is granted a key while an acquire queued earlier on that key (single or
+//! multi-key) is still pending, and nothing is granted at once while anyone is queued on it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +30,12 @@ enum Op {
         slot: u8,
         key: usize,
         mode: Mode,
+        ttl: u64,
+        wait: W,
+    },
+    AcquireAll {
+        slot: u8,
+        keys: Vec<usize>,
         ttl: u64,
         wait: W,
     },
@@ -89,12 +102,23 @@ fn wait() -> impl Strategy<Value = W> {
     ]
 }
 
+/// Key lists for `AcquireAll`: mostly distinct keys in random order, sometimes with repeats.
+fn key_list() -> impl Strategy<Value = Vec<usize>> {
+    prop_oneof![
+        6 => proptest::sample::subsequence((0..KEYS.len()).collect::<Vec<_>>(), 1..=KEYS.len())
+            .prop_shuffle(),
+        1 => proptest::collection::vec(0..KEYS.len(), 1..=KEYS.len()),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let slot = 0..SLOTS;
     let key = 0..KEYS.len();
     prop_oneof![
         8 => (slot.clone(), key.clone(), mode(), 1u64..80, wait())
             .prop_map(|(slot, key, mode, ttl, wait)| Op::Acquire { slot, key, mode, ttl, wait }),
+        5 => (slot.clone(), key_list(), 1u64..80, wait())
+            .prop_map(|(slot, keys, ttl, wait)| Op::AcquireAll { slot, keys, ttl, wait }),
         1 => (slot.clone(), key.clone()).prop_map(|(slot, key)| Op::DupAcquire { slot, key }),
         2 => (slot.clone(), key.clone(), wait())
             .prop_map(|(slot, key, wait)| Op::WaitUnlocked { slot, key, wait }),
@@ -121,9 +145,13 @@ struct Lease {
 
 #[derive(Clone, Debug)]
 struct Pend {
-    key: Bytes,
+    /// The key (one), or a multi-key acquire's keys in request order.
+    keys: Vec<Bytes>,
     watch: bool,
+    group: bool,
     deadline: Option<Instant>,
+    /// Queue order (the model's own counter: only the relative order matters).
+    order: u64,
 }
 
 /// What the table has told us, and the harness around it.
@@ -136,6 +164,7 @@ struct Model {
     leases: BTreeMap<Fence, Lease>,
     pending: BTreeMap<(SessionId, ReqId), Pend>,
     last_fence: HashMap<Bytes, Fence>,
+    next_order: u64,
 }
 
 impl Model {
@@ -149,6 +178,7 @@ impl Model {
             leases: BTreeMap::new(),
             pending: BTreeMap::new(),
             last_fence: HashMap::new(),
+            next_order: 0,
         }
     }
 
@@ -158,6 +188,45 @@ impl Model {
             W::Until(ms) => Wait::Until(self.now + Duration::from_millis(ms)),
             W::Forever => Wait::Forever,
         }
+    }
+
+    /// Records a request the table queued.
+    fn enqueue(
+        &mut self,
+        s: SessionId,
+        req: ReqId,
+        keys: Vec<Bytes>,
+        watch: bool,
+        group: bool,
+        wait: Wait,
+    ) {
+        let deadline = match wait {
+            Wait::Until(t) => Some(t),
+            _ => None,
+        };
+        self.next_order += 1;
+        let order = self.next_order;
+        let p = Pend {
+            keys,
+            watch,
+            group,
+            deadline,
+            order,
+        };
+        assert!(
+            self.pending.insert((s, req), p).is_none(),
+            "request queued twice"
+        );
+    }
+
+    /// FIFO per key: no acquire queued on `key` before `order` is still pending.
+    fn assert_nobody_ahead(&self, key: &[u8], order: u64) {
+        let ahead = self
+            .pending
+            .values()
+            .filter(|p| !p.watch && p.order < order && p.keys.iter().any(|k| k == key))
+            .count();
+        assert_eq!(ahead, 0, "granted {key:?} past an earlier queued acquire");
     }
 
     fn locked(&self, key: &[u8]) -> bool {
@@ -189,8 +258,11 @@ impl Model {
             .map(|(f, l)| (*f, l.clone()))
     }
 
-    /// Folds the table's effects into the model, checking each against what we know.
-    fn apply(&mut self, out: Vec<Effect>) {
+    /// Folds the table's effects into the model, checking each against what we know. `claimed`:
+    /// the fences the call's own return value granted (an immediate grant).
+    fn apply(&mut self, out: Vec<Effect>, claimed: &[Fence]) {
+        // Fences of this batch's `Acquired` events not claimed by a grant yet.
+        let mut unclaimed = BTreeSet::new();
         for e in out {
             match e {
                 Effect::Event(LockEvent::Acquired {
@@ -217,6 +289,7 @@ impl Model {
                         },
                     );
                     assert!(prev.is_none(), "fence reused");
+                    unclaimed.insert(fence);
                 }
                 Effect::Event(LockEvent::Released {
                     key,
@@ -254,10 +327,32 @@ impl Model {
                         .pending
                         .remove(&(session, req))
                         .expect("granted pending");
-                    assert!(!p.watch);
-                    assert_eq!(p.key, grant.key);
+                    assert!(!p.watch && !p.group);
+                    assert_eq!(p.keys, std::slice::from_ref(&grant.key));
                     let l = self.leases.get(&grant.fence).expect("Acquired came first");
                     assert_eq!((l.session, l.mode), (session, grant.mode));
+                    assert!(unclaimed.remove(&grant.fence), "grant without its Acquired");
+                    self.assert_nobody_ahead(&grant.key, p.order);
+                }
+                Effect::GrantedAll {
+                    session,
+                    req,
+                    grants,
+                } => {
+                    let p = self
+                        .pending
+                        .remove(&(session, req))
+                        .expect("granted pending group");
+                    assert!(p.group && !p.watch);
+                    let keys: Vec<Bytes> = grants.iter().map(|g| g.key.clone()).collect();
+                    assert_eq!(keys, p.keys, "a group is granted all its keys, in order");
+                    for g in &grants {
+                        let l = self.leases.get(&g.fence).expect("Acquired came first");
+                        assert_eq!((l.session, l.mode), (session, Mode::Exclusive));
+                        assert_eq!(g.mode, Mode::Exclusive);
+                        assert!(unclaimed.remove(&g.fence), "grant without its Acquired");
+                        self.assert_nobody_ahead(&g.key, p.order);
+                    }
                 }
                 Effect::AcquireFailed {
                     session,
@@ -285,7 +380,7 @@ impl Model {
                         .remove(&(session, req))
                         .expect("unlocked pending");
                     assert!(p.watch);
-                    assert!(!self.locked(&p.key), "Unlocked while a lease is held");
+                    assert!(!self.locked(&p.keys[0]), "Unlocked while a lease is held");
                 }
                 Effect::WaitFailed {
                     session,
@@ -302,6 +397,13 @@ impl Model {
                 }
             }
         }
+        for f in claimed {
+            assert!(unclaimed.remove(f), "immediate grant without its Acquired");
+        }
+        assert!(
+            unclaimed.is_empty(),
+            "leases started without a grant (a half-granted group?): {unclaimed:?}"
+        );
     }
 
     fn step(&mut self, op: Op) {
@@ -320,6 +422,10 @@ impl Model {
                 let req = self.next_req;
                 let key = Bytes::from_static(KEYS[key]);
                 let wait = self.instant(wait);
+                let queued_on_key = self
+                    .pending
+                    .values()
+                    .any(|p| !p.watch && p.keys.contains(&key));
                 let r = self.t.acquire(
                     now,
                     AcquireRequest {
@@ -336,11 +442,15 @@ impl Model {
                     },
                     &mut out,
                 );
-                let immediate = matches!(r, Ok(Some(_)));
-                if immediate {
-                    assert_eq!(out.len(), 1, "immediate grant pushes only Acquired");
-                }
-                self.apply(out);
+                let claimed: Vec<Fence> = match &r {
+                    Ok(Some(g)) => {
+                        assert_eq!(out.len(), 1, "immediate grant pushes only Acquired");
+                        assert!(!queued_on_key, "granted at once past a queued acquire");
+                        vec![g.fence]
+                    }
+                    _ => Vec::new(),
+                };
+                self.apply(out, &claimed);
                 match &r {
                     Ok(Some(g)) => {
                         let l = &self.leases[&g.fence];
@@ -348,22 +458,89 @@ impl Model {
                     }
                     Ok(None) => {
                         assert!(!matches!(wait, Wait::No));
-                        let deadline = match wait {
-                            Wait::Until(t) => Some(t),
-                            _ => None,
-                        };
-                        self.pending.insert(
-                            (s, req),
-                            Pend {
-                                key: key.clone(),
-                                watch: false,
-                                deadline,
-                            },
-                        );
+                        self.enqueue(s, req, vec![key.clone()], false, false, wait);
                     }
                     Err(TableError::InvalidMode(_)) | Err(TableError::Busy) => {}
                     Err(TableError::LimitExceeded(_)) => {}
                     Err(e) => panic!("unexpected acquire error {e:?}"),
+                }
+            }
+            Op::AcquireAll {
+                slot,
+                keys,
+                ttl,
+                wait,
+            } => {
+                let s = self.slots[slot as usize];
+                self.next_req += 1;
+                let req = self.next_req;
+                let keys: Vec<Bytes> = keys.iter().map(|&k| Bytes::from_static(KEYS[k])).collect();
+                let distinct = keys.iter().collect::<BTreeSet<_>>().len() == keys.len();
+                let wait = self.instant(wait);
+                let queued_on_keys = self
+                    .pending
+                    .values()
+                    .any(|p| !p.watch && p.keys.iter().any(|k| keys.contains(k)));
+                let held_before = self.held_by(s);
+                let r = self.t.acquire_all(
+                    now,
+                    AcquireAllRequest {
+                        session: s,
+                        req,
+                        keys: keys.clone(),
+                        ttl: Duration::from_millis(ttl),
+                        wait,
+                        owner: req
+                            .is_multiple_of(2)
+                            .then(|| Bytes::from_static(b"transfer@host")),
+                    },
+                    &mut out,
+                );
+                if !distinct {
+                    assert_eq!(r, Err(TableError::InvalidKeys("a key is named twice")));
+                } else if held_before + keys.len() > MAX_LEASES {
+                    assert_eq!(r, Err(TableError::LimitExceeded("held leases")));
+                }
+                let claimed: Vec<Fence> = match &r {
+                    Ok(Some(grants)) => {
+                        assert_eq!(
+                            out.len(),
+                            keys.len(),
+                            "immediate grant pushes only Acquired"
+                        );
+                        assert!(!queued_on_keys, "granted at once past a queued acquire");
+                        assert!(keys.iter().all(|k| !self.locked(k)), "granted a held key");
+                        grants.iter().map(|g| g.fence).collect()
+                    }
+                    _ => {
+                        assert!(out.is_empty(), "a refused or queued group changes nothing");
+                        Vec::new()
+                    }
+                };
+                self.apply(out, &claimed);
+                match r {
+                    Ok(Some(grants)) => {
+                        let got: Vec<Bytes> = grants.iter().map(|g| g.key.clone()).collect();
+                        assert_eq!(got, keys, "one grant per key, in order");
+                        for g in &grants {
+                            let l = &self.leases[&g.fence];
+                            assert_eq!((l.session, l.mode), (s, Mode::Exclusive));
+                        }
+                    }
+                    Ok(None) => {
+                        assert!(!matches!(wait, Wait::No));
+                        self.enqueue(s, req, keys, false, true, wait);
+                    }
+                    Err(TableError::LimitExceeded("held leases")) => {
+                        assert!(held_before + keys.len() > MAX_LEASES)
+                    }
+                    Err(
+                        TableError::InvalidKeys(_)
+                        | TableError::InvalidMode(_)
+                        | TableError::Busy
+                        | TableError::LimitExceeded(_),
+                    ) => {}
+                    Err(e) => panic!("unexpected acquire_all error {e:?}"),
                 }
             }
             Op::DupAcquire { slot, key } => {
@@ -399,18 +576,7 @@ impl Model {
                     Ok(Some(UnlockOutcome::Released)) => assert!(!locked),
                     Ok(None) => {
                         assert!(locked);
-                        let deadline = match wait {
-                            Wait::Until(t) => Some(t),
-                            _ => None,
-                        };
-                        self.pending.insert(
-                            (s, req),
-                            Pend {
-                                key,
-                                watch: true,
-                                deadline,
-                            },
-                        );
+                        self.enqueue(s, req, vec![key], true, false, wait);
                     }
                     Err(TableError::Busy) => assert!(locked),
                     Err(TableError::LimitExceeded("pending waiters")) => {
@@ -435,7 +601,7 @@ impl Model {
                     assert_eq!(r, Err(TableError::NotOwner));
                     assert!(out.is_empty());
                 }
-                self.apply(out);
+                self.apply(out, &[]);
             }
             Op::ReleaseIdle { slot, key } => {
                 let key = KEYS[key];
@@ -462,7 +628,7 @@ impl Model {
                 } else {
                     assert_eq!(r, Err(TableError::NotOwner));
                 }
-                self.apply(out);
+                self.apply(out, &[]);
             }
             Op::Cancel { slot, pick } => {
                 let s = self.slots[slot as usize];
@@ -475,7 +641,7 @@ impl Model {
                 let expected = self.pending.contains_key(&(s, req));
                 let r = self.t.cancel(now, s, req, &mut out);
                 assert_eq!(r, expected);
-                self.apply(out);
+                self.apply(out, &[]);
                 assert!(!self.pending.contains_key(&(s, req)));
             }
             Op::Close { slot, clean } => {
@@ -490,6 +656,7 @@ impl Model {
                 for e in &out {
                     match e {
                         Effect::Granted { session, .. }
+                        | Effect::GrantedAll { session, .. }
                         | Effect::AcquireFailed { session, .. }
                         | Effect::Unlocked { session, .. }
                         | Effect::WaitFailed { session, .. } => assert_ne!(*session, s),
@@ -504,6 +671,7 @@ impl Model {
                                 // Another session's queued acquire reached the head while
                                 // that session was at its lease limit: refused, as at any grant.
                                 Effect::Granted { .. }
+                                    | Effect::GrantedAll { .. }
                                     | Effect::Event(LockEvent::Acquired { .. })
                                     | Effect::AcquireFailed {
                                         error: TableError::LimitExceeded("held leases"),
@@ -513,7 +681,7 @@ impl Model {
                         "{out:?}"
                     );
                 }
-                self.apply(out);
+                self.apply(out, &[]);
                 assert_eq!(self.held_by(s), 0, "clean close released everything");
                 self.slots[slot as usize] = self.next_session;
                 self.next_session += 1;
@@ -540,7 +708,7 @@ impl Model {
                 self.now += Duration::from_millis(ms);
                 let now = self.now;
                 self.t.expire(now, &mut out);
-                self.apply(out);
+                self.apply(out, &[]);
                 for l in self.leases.values() {
                     assert!(l.deadline > now, "lease past its deadline survived expire");
                 }
@@ -583,7 +751,10 @@ impl Model {
                 .unwrap_or_default();
             fences.sort_unstable();
             assert_eq!(fences, hs.iter().map(|(f, _)| **f).collect::<Vec<_>>());
-            let pend = self.pending.values().any(|p| p.key == key);
+            let pend = self
+                .pending
+                .values()
+                .any(|p| p.keys.iter().any(|k| k == key));
             if hs.is_empty() && !pend {
                 assert!(
                     info.is_none_or(|i| i.blocked_until.is_some()),
@@ -606,7 +777,7 @@ impl Model {
             self.now = self.now.max(d);
             let mut out = Vec::new();
             self.t.expire(self.now, &mut out);
-            self.apply(out);
+            self.apply(out, &[]);
             self.check();
         }
         assert_eq!(self.t.next_deadline(), None, "drain did not finish");

@@ -3,6 +3,15 @@
 //!
 //! Both kinds share one sequence-number space (a request's `seq` is unique in the table) and one
 //! deadline kind (`Due::Queued`); [`PendingKind`] says which queue a request is in.
+//!
+//! A multi-key acquire (`groups.rs`) has one [`Waiter`] in the queue of every key it names, all
+//! with the request's one `seq` and `group` set. The queues stay strictly FIFO by `seq` across
+//! single- and multi-key requests: `grant_heads` never grants past a group member at the head.
+//! When that member is admitted on this key, the entry cannot tell whether the group's other
+//! keys admit it too, so it stops and notes the group in `Cx::ready`; the table grants the
+//! group (all keys at once) or leaves it waiting after the entry is done
+//! (`Table::settle_groups`). Group timeouts are `Due::Queued(PendingKind::Group, seq)` items,
+//! one per member key, handled by the table as well.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,13 +28,17 @@ pub enum PendingKind {
     Acquire,
     /// A `wait_until_unlocked` (in `Entry::watchers`): resolved by `Unlocked` / `WaitFailed`.
     Watch,
+    /// A queued multi-key acquire (a member in `Entry::waiters` of each of its keys, see
+    /// `groups.rs`): resolved by `GrantedAll` / `AcquireFailed`. Its session record names the
+    /// entry of its first key.
+    Group,
 }
 
 impl PendingKind {
     /// The effect that ends a pending request of this kind with `error`.
     pub fn failed(self, session: SessionId, req: ReqId, error: TableError) -> Effect {
         match self {
-            PendingKind::Acquire => Effect::AcquireFailed {
+            PendingKind::Acquire | PendingKind::Group => Effect::AcquireFailed {
                 session,
                 req,
                 error,
@@ -48,8 +61,22 @@ pub struct Waiter {
     pub mode: Mode,
     pub ttl: Duration,
     pub deadline: Option<Instant>,
-    /// The owner label the lease will carry.
+    /// The owner label the lease will carry (`None` for a group member: the group keeps it).
     pub owner: Option<bytes::Bytes>,
+    /// A member of a multi-key acquire (`groups.rs`), granted only with the group's other keys.
+    pub group: bool,
+}
+
+impl Waiter {
+    /// The kind of pending request this waiter is (part of).
+    #[inline]
+    pub fn kind(&self) -> PendingKind {
+        if self.group {
+            PendingKind::Group
+        } else {
+            PendingKind::Acquire
+        }
+    }
 }
 
 /// A queued `wait_until_unlocked`.
@@ -165,6 +192,13 @@ impl Entry {
         self.waiters_mut().push_back(w);
     }
 
+    /// Queues one member of multi-key acquire `w.seq` (the largest seq yet) and schedules its
+    /// timeout on this key. The table indexes the request in its session once, for all keys.
+    pub fn enqueue_group_member(&mut self, w: Waiter, deadlines: &mut Deadlines) {
+        self.track(PendingKind::Group, w.seq, w.deadline, deadlines);
+        self.waiters_mut().push_back(w);
+    }
+
     /// Queues a watcher (its `seq` is the largest yet): schedules its timeout and indexes it in
     /// its session.
     pub fn enqueue_watcher(
@@ -200,7 +234,7 @@ impl Entry {
     /// (session, request, deadline) of queued request `seq`.
     fn queued(&self, kind: PendingKind, seq: u64) -> Option<(SessionId, ReqId, Option<Instant>)> {
         match kind {
-            PendingKind::Acquire => {
+            PendingKind::Acquire | PendingKind::Group => {
                 let w = self.waiters().get(seq)?;
                 Some((w.session, w.req, w.deadline))
             }
@@ -218,7 +252,7 @@ impl Entry {
         if !self.unqueue(kind, seq) {
             return false;
         }
-        if kind == PendingKind::Acquire {
+        if kind != PendingKind::Watch {
             self.grant_waiters(cx);
         }
         true
@@ -228,7 +262,7 @@ impl Entry {
     /// every request of a closing session is out). `false` if no such request is queued.
     pub fn unqueue(&mut self, kind: PendingKind, seq: u64) -> bool {
         match kind {
-            PendingKind::Acquire => self
+            PendingKind::Acquire | PendingKind::Group => self
                 .queued_waiters()
                 .is_some_and(|q| q.remove(seq).is_some()),
             PendingKind::Watch => self
@@ -240,6 +274,12 @@ impl Entry {
     /// Queue-timeout timer: fails queued request `seq` with `Timeout` if its deadline is `at`
     /// (else the item is stale: the request was granted, resolved or cancelled).
     pub fn time_out(&mut self, kind: PendingKind, seq: u64, at: Instant, cx: &mut Cx<'_>) {
+        if kind == PendingKind::Group {
+            // A group's timeout ends it on every key: `Table::time_out_group` handles it.
+            cx.faults
+                .record("a multi-key acquire's timeout reached a single key");
+            return;
+        }
         let Some((session, req, deadline)) = self.queued(kind, seq) else {
             return;
         };
@@ -269,7 +309,9 @@ impl Entry {
 
     /// Grants queued acquires from the head while the head is compatible (FIFO; a run of Shared
     /// waiters is granted together, stopping at the first Exclusive). A head whose grant fails
-    /// (lease limit, fences exhausted) gets `AcquireFailed` and the next one is tried.
+    /// (lease limit, fences exhausted) gets `AcquireFailed` and the next one is tried. A head
+    /// that is a multi-key acquire's member stops the run: if this key admits it, it is noted
+    /// in `cx.ready` for the table to grant on all its keys (or leave waiting).
     #[inline]
     pub fn grant_waiters(&mut self, cx: &mut Cx<'_>) {
         if !self.waiters().is_empty() {
@@ -280,7 +322,12 @@ impl Entry {
     fn grant_heads(&mut self, cx: &mut Cx<'_>) {
         while self.blocked_until().is_none() {
             match self.waiters().front() {
-                Some(w) if self.admits(w.mode) => {}
+                Some(w) if self.admits(w.mode) => {
+                    if w.group {
+                        cx.ready.push(w.seq);
+                        break;
+                    }
+                }
                 _ => break,
             }
             let Some(w) = self.queued_waiters().and_then(Queue::pop_front) else {

@@ -18,10 +18,11 @@ use super::types::{ReqId, SessionId};
 /// hashbrown with its default hasher (foldhash, randomly seeded per process).
 pub type Map<K, V> = hashbrown::HashMap<K, V>;
 
-/// A pending request: a queued acquire or a `wait_until_unlocked` watcher.
+/// A pending request: a queued acquire, a `wait_until_unlocked` watcher, or a queued multi-key
+/// acquire (one record for all its keys, see `groups.rs`).
 #[derive(Clone, Debug)]
 pub struct Pending {
-    /// The key's entry (live while the request is pending).
+    /// The key's entry (live while the request is pending); a multi-key acquire's first key.
     pub entry: EntryId,
     /// Sequence number of the queue slot (sorted within each key's queue).
     pub seq: u64,

@@ -8,6 +8,7 @@ use super::Table;
 use super::cx;
 use super::deadlines::{Due, Item};
 use super::entry::Entry;
+use super::queue::PendingKind;
 use super::types::Effect;
 
 /// Deadlines handled per slice by [`Table::expire`].
@@ -48,13 +49,19 @@ impl Table {
             let Some(e) = self.keys.get_gen_mut(id, generation) else {
                 continue;
             };
-            let cx = &mut cx!(self, now, out);
-            match due {
-                Due::Lease => e.expire_leases(at, cx),
-                Due::Unblock => e.unblock(at, cx),
-                Due::Queued(kind, seq) => e.time_out(kind, seq, at, cx),
+            if let Due::Queued(PendingKind::Group, seq) = due {
+                // A multi-key acquire times out on all its keys at once.
+                self.time_out_group(now, seq, at, out);
+            } else {
+                let cx = &mut cx!(self, now, out);
+                match due {
+                    Due::Lease => e.expire_leases(at, cx),
+                    Due::Unblock => e.unblock(at, cx),
+                    Due::Queued(kind, seq) => e.time_out(kind, seq, at, cx),
+                }
+                self.keys.free_if_idle(id);
             }
-            self.keys.free_if_idle(id);
+            self.settle_groups(now, out);
         }
         self.maybe_compact();
         self.next_deadline().is_some_and(|t| t <= now)

@@ -51,6 +51,25 @@ pub struct AcquireRequest {
     pub owner: Option<Key>,
 }
 
+/// Most keys one [`AcquireAllRequest`] may name.
+pub const MAX_KEYS_PER_REQUEST: usize = 64;
+
+/// An all-or-none acquire of several keys, exclusive on each (`Table::acquire_all`).
+///
+/// The keys must be distinct, at least one and at most [`MAX_KEYS_PER_REQUEST`]. Every key
+/// gets its own lease (own fence, the same `ttl` and owner label), all in one table step.
+#[derive(Clone, Debug)]
+pub struct AcquireAllRequest {
+    pub session: SessionId,
+    pub req: ReqId,
+    /// The keys, in the order the grants are reported.
+    pub keys: Vec<Key>,
+    pub ttl: Duration,
+    pub wait: Wait,
+    /// The owner label every lease of the request is shown with (`None`: none).
+    pub owner: Option<Key>,
+}
+
 /// A granted lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
@@ -105,7 +124,14 @@ pub enum Effect {
         req: ReqId,
         grant: Grant,
     },
-    /// A queued acquire ended without a grant (`Timeout`, `Cancelled`, or a limit hit at grant time).
+    /// A queued `acquire_all` was granted: one lease per key, in the order the request named
+    /// the keys (each key's `Event(Acquired)` precedes this effect in the same batch).
+    GrantedAll {
+        session: SessionId,
+        req: ReqId,
+        grants: Vec<Grant>,
+    },
+    /// A queued acquire (single or multi-key) ended without a grant (`Timeout`, `Cancelled`, or a limit hit at grant time).
     AcquireFailed {
         session: SessionId,
         req: ReqId,
@@ -146,6 +172,8 @@ pub enum TableError {
     LimitExceeded(&'static str),
     #[error("invalid mode: {0}")]
     InvalidMode(&'static str),
+    #[error("invalid key list: {0}")]
+    InvalidKeys(&'static str),
     #[error("request id is already pending in this session")]
     DuplicateRequest,
     #[error("the key's shard is served by another broker now")]

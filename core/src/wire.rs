@@ -61,6 +61,8 @@ impl From<&TableError> for ErrorCode {
             TableError::NotLocked => ErrorCode::NotLocked,
             TableError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             TableError::InvalidMode(_) => ErrorCode::InvalidMode,
+            // An empty key list or a key named twice: the request itself is ill-formed.
+            TableError::InvalidKeys(_) => ErrorCode::Malformed,
             TableError::DuplicateRequest => ErrorCode::DuplicateRequest,
             TableError::Moved => ErrorCode::Moved,
         }

@@ -42,6 +42,8 @@ mod kind {
     pub const ERROR: u8 = 17;
     pub const LEASE_ENDED: u8 = 18;
     pub const SHARD_MAP: u8 = 19;
+    pub const ACQUIRE_ALL: u8 = 20;
+    pub const GRANTED_ALL: u8 = 21;
 }
 
 /// Appends the encoding of `frame` to `out`.
@@ -73,6 +75,28 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_u64(out, a.ttl_ms);
             put_wait(out, a.wait);
             put_bytes(out, &a.owner);
+        }
+        Frame::AcquireAll(a) => {
+            put_u8(out, kind::ACQUIRE_ALL);
+            put_u64(out, a.id);
+            put_u32(out, u32::try_from(a.keys.len()).unwrap_or(u32::MAX));
+            for k in &a.keys {
+                put_bytes(out, k);
+            }
+            put_u64(out, a.ttl_ms);
+            put_wait(out, a.wait);
+            put_bytes(out, &a.owner);
+        }
+        Frame::GrantedAll(g) => {
+            put_u8(out, kind::GRANTED_ALL);
+            put_u64(out, g.id);
+            put_u32(out, u32::try_from(g.leases.len()).unwrap_or(u32::MAX));
+            for l in &g.leases {
+                put_bytes(out, &l.key);
+                put_u64(out, l.fence);
+                put_u64(out, l.ttl_ms);
+                out.extend_from_slice(&l.secret.0);
+            }
         }
         Frame::Granted(g) => {
             put_u8(out, kind::GRANTED);
@@ -290,6 +314,8 @@ fn has_id(kind: u8) -> bool {
         kind,
         kind::ACQUIRE
             | kind::GRANTED
+            | kind::ACQUIRE_ALL
+            | kind::GRANTED_ALL
             | kind::RELEASE
             | kind::EXTEND
             | kind::EXTENDED
@@ -377,6 +403,45 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             wait: wait(r)?,
             owner: r.owner_label()?,
         }),
+        kind::ACQUIRE_ALL => {
+            let id = r.u64("id")?;
+            let n = r.u32("key count")? as usize;
+            if n > crate::MAX_KEYS_PER_ACQUIRE {
+                return Err(DecodeError::Malformed(
+                    "more keys than one AcquireAll may name",
+                ));
+            }
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                keys.push(r.key(max_key)?);
+            }
+            Frame::AcquireAll(AcquireAll {
+                id,
+                keys,
+                ttl_ms: r.u64("ttl")?,
+                wait: wait(r)?,
+                owner: r.owner_label()?,
+            })
+        }
+        kind::GRANTED_ALL => {
+            let id = r.u64("id")?;
+            let n = r.u32("lease count")? as usize;
+            if n > crate::MAX_KEYS_PER_ACQUIRE {
+                return Err(DecodeError::Malformed(
+                    "more leases than one AcquireAll may hold",
+                ));
+            }
+            let mut leases = Vec::with_capacity(n);
+            for _ in 0..n {
+                leases.push(GrantedLease {
+                    key: r.key(max_key)?,
+                    fence: r.u64("fence")?,
+                    ttl_ms: r.u64("ttl")?,
+                    secret: r.secret()?,
+                });
+            }
+            Frame::GrantedAll(GrantedAll { id, leases })
+        }
         kind::GRANTED => Frame::Granted(Granted {
             id: r.u64("id")?,
             fence: r.u64("fence")?,

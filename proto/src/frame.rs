@@ -106,6 +106,39 @@ pub struct Acquire {
     pub owner: Bytes,
 }
 
+/// Lock several keys at once, exclusively: all are granted together (one `GrantedAll`) or
+/// none. At most [`MAX_KEYS_PER_ACQUIRE`] distinct keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcquireAll {
+    pub id: u64,
+    pub keys: Vec<Bytes>,
+    /// Requested TTL of every lease; 0 asks for the broker default.
+    pub ttl_ms: u64,
+    pub wait: WaitSpec,
+    /// The owner label of every lease (empty: none).
+    pub owner: Bytes,
+}
+
+/// Most keys one `AcquireAll` may name.
+pub const MAX_KEYS_PER_ACQUIRE: usize = 64;
+
+/// One lease of a `GrantedAll`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantedLease {
+    /// The key held (after any policy rewrite).
+    pub key: Bytes,
+    pub fence: u64,
+    pub ttl_ms: u64,
+    pub secret: LeaseSecret,
+}
+
+/// Every key of an `AcquireAll` was granted, in the order they were named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantedAll {
+    pub id: u64,
+    pub leases: Vec<GrantedLease>,
+}
+
 /// Longest owner label accepted, in bytes.
 pub const MAX_OWNER_LABEL: usize = 128;
 
@@ -221,6 +254,8 @@ pub enum Frame {
     Welcome(Welcome),
     Acquire(Acquire),
     Granted(Granted),
+    AcquireAll(AcquireAll),
+    GrantedAll(GrantedAll),
     Release(Release),
     Extend(Extend),
     /// Answer to `Extend`: the TTL now in force.
@@ -285,6 +320,8 @@ impl Frame {
             }
             Frame::Acquire(f) => f.id,
             Frame::Granted(f) => f.id,
+            Frame::AcquireAll(f) => f.id,
+            Frame::GrantedAll(f) => f.id,
             Frame::Release(f) => f.id,
             Frame::Extend(f) => f.id,
             Frame::Reclaim(f) => f.id,

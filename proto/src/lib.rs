@@ -17,14 +17,14 @@ pub use codec::{FRAME_HEAD_LEN, FrameHead, decode, encode, frame_head};
 pub use error::{DecodeError, ErrorCode};
 pub use frame::*;
 pub use limits::Limits;
-pub use shard::shard_of;
+pub use shard::{hash_tag, shard_of};
 
 /// The protocol version this crate speaks. A frame carrying another version is refused.
 /// Version 2: lease secrets in `Granted`, `Release`, `Extend`, `Reclaim`; broker id in `Welcome`.
 /// Version 3: `LockInfo` carries `holders_total` (its holders list may be truncated to fit
 /// the frame limit).
 /// Version 4: owner labels in `Acquire`, `Reclaim` and `LockInfo` holders; `Revoked` end reason;
-/// the asker's queue position in `LockInfo`.
+/// the asker's queue position in `LockInfo`; `AcquireAll` / `GrantedAll` (atomic multi-key locks).
 pub const PROTOCOL_VERSION: u8 = 4;
 
 /// The default UDP port of the broker.

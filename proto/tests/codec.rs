@@ -749,3 +749,48 @@ fn owner_labels_round_trip_and_are_bounded() {
         Err(DecodeError::Malformed("owner label is not UTF-8"))
     );
 }
+
+/// `AcquireAll` and `GrantedAll` round trip; more keys than `MAX_KEYS_PER_ACQUIRE` are refused
+/// from the count alone.
+#[test]
+fn multi_key_frames_round_trip_and_are_bounded() {
+    let limits = Limits::default();
+    let frames = [
+        Frame::AcquireAll(AcquireAll {
+            id: 5,
+            keys: vec![Bytes::from_static(b"acct/1"), Bytes::from_static(b"acct/2")],
+            ttl_ms: 30_000,
+            wait: WaitSpec::Millis(2000),
+            owner: Bytes::from_static(b"transfer@host"),
+        }),
+        Frame::GrantedAll(GrantedAll {
+            id: 5,
+            leases: vec![GrantedLease {
+                key: Bytes::from_static(b"acct/1"),
+                fence: 77,
+                ttl_ms: 30_000,
+                secret: LeaseSecret([7; 16]),
+            }],
+        }),
+    ];
+    for f in frames {
+        let mut buf = Vec::new();
+        encode(&f, &mut buf);
+        assert_eq!(decode(&buf, &limits), Ok(Some((f, buf.len()))));
+    }
+    let too_many = Frame::AcquireAll(AcquireAll {
+        id: 6,
+        keys: vec![Bytes::from_static(b"k"); MAX_KEYS_PER_ACQUIRE + 1],
+        ttl_ms: 0,
+        wait: WaitSpec::NoWait,
+        owner: Bytes::new(),
+    });
+    let mut buf = Vec::new();
+    encode(&too_many, &mut buf);
+    assert_eq!(
+        decode(&buf, &limits),
+        Err(DecodeError::Malformed(
+            "more keys than one AcquireAll may name"
+        ))
+    );
+}

@@ -221,6 +221,7 @@ impl State {
         match rx.try_recv() {
             // Answered with a grant before we gave up: release it now.
             Ok(Frame::Granted(g)) => After::writer(self.release_unwanted(&key, g)),
+            Ok(Frame::GrantedAll(g)) => After::writer(self.release_all_unwanted(g)),
             // `route` took the answer out of `pending` and is handing it over: the hand-over
             // fails now and `route` resolves this mark (releasing a grant) under the lock.
             // (After `close`, tokio reports a value not yet sent as `Closed`, not `Empty`.)
@@ -243,6 +244,22 @@ impl State {
             ack: false,
             secret: grant.secret,
         }))
+    }
+
+    /// Queues fire-and-forget releases of every lease of a multi-key grant nobody waits for.
+    fn release_all_unwanted(&mut self, grant: lockbroker_proto::GrantedAll) -> bool {
+        let mut wake = false;
+        for lease in grant.leases {
+            let id = self.fresh_id();
+            wake |= self.send(Frame::Release(Release {
+                id,
+                key: lease.key,
+                fence: lease.fence,
+                ack: false,
+                secret: lease.secret,
+            }));
+        }
+        wake
     }
 
     /// Takes the pending entry answered by `frame`.
@@ -269,6 +286,7 @@ impl State {
     fn resolve_abandoned(&mut self, key: &Bytes, frame: Frame) -> After {
         let wake_writer = match frame {
             Frame::Granted(g) => self.release_unwanted(key, g),
+            Frame::GrantedAll(g) => self.release_all_unwanted(g),
             _ => false,
         };
         After { wake_writer }

@@ -24,10 +24,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lockbroker_core::wire::wait_from;
 use lockbroker_core::{
-    AcquireRequest, Effect, Grant, LockEvent, SessionId, Table, TableConfig, TableError,
+    AcquireAllRequest, AcquireRequest, Effect, Grant, LockEvent, SessionId, Table, TableConfig,
+    TableError,
 };
 use lockbroker_proto::{
-    EndReason, ErrorCode, Frame, Granted, HolderInfo, LeaseSecret, Limits, LockInfo, Welcome,
+    EndReason, ErrorCode, Frame, Granted, GrantedAll, GrantedLease, HolderInfo, LeaseSecret,
+    Limits, LockInfo, Welcome,
 };
 use tokio::sync::Notify;
 
@@ -156,6 +158,33 @@ impl Engine {
                 match granted {
                     Ok(Some(g)) => out.push((session, self.granted(id, &key, g))),
                     Ok(None) => {} // queued: a later effect answers
+                    Err(e) => out.push((session, error(id, &e))),
+                }
+            }
+            Frame::AcquireAll(a) => {
+                let id = a.id;
+                let ttl = if a.ttl_ms == 0 {
+                    DEFAULT_TTL
+                } else {
+                    Duration::from_millis(a.ttl_ms)
+                };
+                let granted = self.with_table(&mut out, |t, now, effects| {
+                    t.acquire_all(
+                        now,
+                        AcquireAllRequest {
+                            session,
+                            req: id,
+                            keys: a.keys,
+                            ttl,
+                            wait: wait_from(a.wait, now),
+                            owner: (!a.owner.is_empty()).then_some(a.owner),
+                        },
+                        effects,
+                    )
+                });
+                match granted {
+                    Ok(Some(grants)) => out.push((session, self.granted_all(id, grants))),
+                    Ok(None) => {}
                     Err(e) => out.push((session, error(id, &e))),
                 }
             }
@@ -291,6 +320,11 @@ impl Engine {
                     let key = grant.key.clone();
                     out.push((session, self.granted(req, &key, grant)));
                 }
+                Effect::GrantedAll {
+                    session,
+                    req,
+                    grants,
+                } => out.push((session, self.granted_all(req, grants))),
                 Effect::AcquireFailed {
                     session,
                     req,
@@ -350,6 +384,21 @@ impl Engine {
             ttl_ms: millis(g.ttl),
             rewritten: (g.key != *asked).then(|| g.key.clone()),
             secret: self.secret(&g.key, g.fence),
+        })
+    }
+
+    fn granted_all(&self, id: u64, grants: Vec<Grant>) -> Frame {
+        Frame::GrantedAll(GrantedAll {
+            id,
+            leases: grants
+                .into_iter()
+                .map(|g| GrantedLease {
+                    secret: self.secret(&g.key, g.fence),
+                    fence: g.fence,
+                    ttl_ms: millis(g.ttl),
+                    key: g.key,
+                })
+                .collect(),
         })
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockbroker_proto::{EndReason, ErrorCode, Frame, Granted};
+use lockbroker_proto::{EndReason, ErrorCode, Frame, Granted, GrantedAll, GrantedLease};
 
 use super::metrics::Metrics;
 use super::session::SessionHandle;
@@ -103,6 +103,47 @@ impl Broker {
         }
     }
 
+    /// Delivers the grants of a multi-key request (all its keys, in order) as one `GrantedAll`,
+    /// or gives every lease back if one key's shard cannot be vouched for now (cluster mode)
+    /// or the session is gone. No grant gate takes part (refused at the request).
+    pub fn deliver_grants(self: &Arc<Self>, session: SessionId, req: ReqId, grants: Vec<Grant>) {
+        let refusal = self.router.get().and_then(|router| {
+            grants.iter().find_map(|g| match router.route(&g.key) {
+                Route::Local {
+                    grace_until: Some(_),
+                } => Some((
+                    ErrorCode::Unavailable,
+                    "a key's shard is in its takeover grace; retry".to_string(),
+                )),
+                route => route.refusal(),
+            })
+        });
+        let handle = self.session_handle(session);
+        match (handle, refusal) {
+            (Some(h), None) => {
+                let leases = grants
+                    .iter()
+                    .map(|g| GrantedLease {
+                        key: g.key.clone(),
+                        fence: g.fence,
+                        ttl_ms: millis(g.ttl),
+                        secret: self.identity.lease_secret(&g.key, g.fence, &h.principal),
+                    })
+                    .collect();
+                h.outbox
+                    .push(&Frame::GrantedAll(GrantedAll { id: req, leases }));
+            }
+            (handle, refusal) => {
+                for g in &grants {
+                    self.release_lease(session, g);
+                }
+                if let (Some(h), Some((code, message))) = (handle, refusal) {
+                    h.answer_error(req, code, message);
+                }
+            }
+        }
+    }
+
     /// Gives a lease back (its holder is gone or its grant was refused).
     pub(super) fn release_lease(self: &Arc<Self>, session: SessionId, grant: &Grant) {
         self.with_table(|t, now, out| {
@@ -131,6 +172,11 @@ impl Broker {
                     }
                     self.deliver_grant(session, req, grant, None)
                 }
+                Effect::GrantedAll {
+                    session,
+                    req,
+                    grants,
+                } => self.deliver_grants(session, req, grants),
                 Effect::AcquireFailed {
                     session,
                     req,

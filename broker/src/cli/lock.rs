@@ -1,4 +1,4 @@
-//! `lockbroker lock KEY -- CMD`: hold a lock while CMD runs (like flock, `etcdctl lock`,
+//! `lockbroker lock KEY... -- CMD`: hold a lock (several keys: all at once, or none) while CMD runs (like flock, `etcdctl lock`,
 //! `consul lock`), supervising CMD. The child gets LOCKBROKER_FENCE and LOCKBROKER_KEY in its
 //! environment. Exits with CMD's status (128 + n if signal n ended it); exits 1 with a message
 //! if the lock could not be had in time.
@@ -15,8 +15,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::future::{Future, IntoFuture};
+
 use anyhow::Context;
 use clap::Args;
+use lockbroker_sdk::Guard;
 
 use super::supervise::{self, Signals, Supervised};
 use super::{Connection, parse_duration, waiting};
@@ -44,8 +47,10 @@ pub struct LockArgs {
     /// half the TTL. [default: 2s, or less when half the TTL leaves less]
     #[arg(long, value_parser = parse_duration)]
     kill_grace: Option<Duration>,
-    /// The key to lock.
-    key: String,
+    /// The key to lock; several keys are locked all at once or not at all (exclusive only;
+    /// in cluster mode they must share a `{tag}`).
+    #[arg(required = true, num_args = 1..)]
+    keys: Vec<String>,
     /// The command to run while holding the lock.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -92,20 +97,42 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
         client = builder.connect() => client?,
         sig = signals.recv() => return Ok(gave_up(sig, "connecting")),
     };
-    let request = if args.shared {
-        client.read_lock(args.key.clone())
-    } else {
-        client.lock(args.key.clone())
-    }
-    .ttl(args.ttl)
-    .owner(args.owner.clone().unwrap_or_else(waiting::default_owner));
-    let request = match args.wait {
-        None => request.wait_forever(),
-        Some(d) if d.is_zero() => request.no_wait(),
-        Some(d) => request.wait(d),
+    let key = args.keys.join(",");
+    let owner = args.owner.clone().unwrap_or_else(waiting::default_owner);
+    let request = match args.keys.as_slice() {
+        [one] => {
+            let request = if args.shared {
+                client.read_lock(one.clone())
+            } else {
+                client.lock(one.clone())
+            }
+            .ttl(args.ttl)
+            .owner(owner);
+            let request = match args.wait {
+                None => request.wait_forever(),
+                Some(d) if d.is_zero() => request.no_wait(),
+                Some(d) => request.wait(d),
+            };
+            Box::pin(async move { request.await.map(|g| vec![g]) })
+                as std::pin::Pin<
+                    Box<dyn Future<Output = lockbroker_sdk::Result<Vec<Guard>>> + Send>,
+                >
+        }
+        several => {
+            if args.shared {
+                anyhow::bail!("--shared takes one key: several keys are locked exclusively");
+            }
+            let request = client.lock_all(several.to_vec()).ttl(args.ttl).owner(owner);
+            let request = match args.wait {
+                None => request.wait_forever(),
+                Some(d) if d.is_zero() => request.no_wait(),
+                Some(d) => request.wait(d),
+            };
+            Box::pin(request.into_future())
+        }
     };
-    // On a terminal, while it waits: who holds the key and where this request stands.
-    let status = tokio::spawn(waiting::show(client.clone(), args.key.clone()));
+    // On a terminal, while it waits: who holds the (first) key and where this request stands.
+    let status = tokio::spawn(waiting::show(client.clone(), args.keys[0].clone()));
     let acquired = tokio::select! {
         acquired = request => acquired,
         sig = signals.recv() => {
@@ -114,30 +141,30 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
             // Dropping the request gives up the wait; closing releases anything the broker
             // granted in the meantime.
             client.close().await;
-            return Ok(gave_up(sig, &format!("waiting for {:?}", args.key)));
+            return Ok(gave_up(sig, &format!("waiting for {key:?}")));
         }
     };
     status.abort();
     waiting::clear();
-    let guard = match acquired {
+    let guards = match acquired {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("lockbroker: could not lock {:?}: {e}", args.key);
+            eprintln!("lockbroker: could not lock {key:?}: {e}");
             client.close().await;
             return Ok(ExitCode::from(1));
         }
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(rest)
-        .env("LOCKBROKER_FENCE", guard.fence().to_string())
-        .env("LOCKBROKER_KEY", &args.key);
+        .env("LOCKBROKER_FENCE", fences(&guards))
+        .env("LOCKBROKER_KEY", &key);
     let mut child = match Supervised::spawn(cmd) {
         Ok(child) => child,
         Err(e) => {
             // Release with an acknowledgement and close cleanly before exiting: a
             // fire-and-forget release from Drop could be lost with the process, leaving
             // the key blocked until its TTL.
-            release(guard, &args.key).await;
+            release(guards, &key).await;
             client.close().await;
             return Err(e).with_context(|| format!("cannot run {program:?}"));
         }
@@ -151,13 +178,13 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("lockbroker: waiting for {program:?}: {e}; stopping it");
                     child.stop(kill_grace).await;
                     drop(child);
-                    release(guard, &args.key).await;
+                    release(guards, &key).await;
                     client.close().await;
                     return Ok(ExitCode::from(1));
                 }
             },
             sig = signals.recv() => child.signal_group(sig),
-            lost = guard.lost() => {
+            lost = first_lost(&guards) => {
                 eprintln!(
                     "lockbroker: {lost}; stopping {program:?} (SIGTERM, then SIGKILL after {})",
                     humantime::format_duration(kill_grace)
@@ -170,13 +197,13 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
     drop(child);
     let code = match outcome {
         Outcome::Exited(status) => {
-            release(guard, &args.key).await;
+            release(guards, &key).await;
             exit_code(status)
         }
         Outcome::Lost => {
             // Nothing to release with an acknowledgement: dropping the guard sends a
             // best-effort release, and closing the client ends its session at the broker.
-            drop(guard);
+            drop(guards);
             ExitCode::from(1)
         }
     };
@@ -193,10 +220,36 @@ fn gave_up(sig: libc::c_int, while_: &str) -> ExitCode {
     ExitCode::from(supervise::signal_exit_code(sig))
 }
 
-async fn release(guard: lockbroker_sdk::Guard, key: &str) {
-    if let Err(e) = guard.unlock().await {
-        eprintln!("lockbroker: releasing {key:?}: {e}");
+/// Releases every lease, each with an acknowledgement.
+async fn release(guards: Vec<Guard>, key: &str) {
+    for guard in guards {
+        if let Err(e) = guard.unlock().await {
+            eprintln!("lockbroker: releasing {key:?}: {e}");
+        }
     }
+}
+
+/// The fencing tokens for CMD's environment: one per key, comma-separated in key order.
+fn fences(guards: &[Guard]) -> String {
+    guards
+        .iter()
+        .map(|g| g.fence().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Resolves when the first of `guards` is lost.
+async fn first_lost(guards: &[Guard]) -> lockbroker_sdk::Error {
+    let mut lost: Vec<_> = guards.iter().map(|g| Box::pin(g.lost())).collect();
+    std::future::poll_fn(|cx| {
+        for l in &mut lost {
+            if let std::task::Poll::Ready(e) = l.as_mut().poll(cx) {
+                return std::task::Poll::Ready(e);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {

@@ -309,3 +309,138 @@ async fn election_body(b: Backend) {
     );
     drop(b_leads);
 }
+
+both!(lock_all_grants_every_key_at_once_or_none, lock_all_body);
+async fn lock_all_body(b: Backend) {
+    let c = b.client().await;
+    let gs = c.lock_all(["acct/1", "acct/2"]).await.expect("both");
+    assert_eq!(gs.len(), 2);
+    assert_eq!(gs[0].key(), b"acct/1");
+    assert!(gs[1].fence() != gs[0].fence());
+    // All or none: one key held elsewhere → nothing of the request is held while it waits.
+    let mut gs = gs.into_iter();
+    let held = gs.next().expect("acct/1");
+    drop(gs); // releases acct/2 (on the same connection, before the requests below)
+    let waiting = tokio::spawn({
+        let c = b.client().await;
+        async move { c.lock_all(["acct/2", "acct/1"]).wait(LIMIT).await }
+    });
+    lockbroker_tests::util::eventually("the group queued", LIMIT, || async {
+        (c.inspect("acct/1").await.ok()?.waiters == 1).then_some(())
+    })
+    .await;
+    // acct/2 was released with the vector's other guard, but the group holds nothing yet.
+    assert!(!c.is_locked("acct/2").await.expect("inspect"));
+    assert!(matches!(
+        c.lock_all(["acct/1", "acct/3"]).no_wait().await,
+        Err(Error::Busy)
+    ));
+    held.unlock().await.expect("unlock");
+    let got = tokio::time::timeout(LIMIT, waiting)
+        .await
+        .expect("granted")
+        .expect("join")
+        .expect("both keys");
+    assert_eq!(got[0].key(), b"acct/2");
+    assert_eq!(got[1].key(), b"acct/1");
+    // Released one by one.
+    let mut got = got.into_iter();
+    got.next().expect("acct/2").unlock().await.expect("unlock");
+    assert!(c.is_locked("acct/1").await.expect("inspect"));
+    drop(got);
+    let refused = c.lock_all(["dup", "dup"]).no_wait().await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+both!(
+    opposite_order_multi_key_locks_never_deadlock,
+    no_deadlock_body
+);
+async fn no_deadlock_body(b: Backend) {
+    let inside = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
+    let mut tasks = Vec::new();
+    for t in 0..12usize {
+        let c = b.client().await;
+        let inside = inside.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..15usize {
+                // Pairs in both orders and single keys, interleaved.
+                let names: Vec<usize> = match (t + round) % 4 {
+                    0 => vec![0, 1],
+                    1 => vec![1, 0],
+                    2 => vec![2, 0, 1],
+                    _ => vec![t % 3],
+                };
+                let keys: Vec<String> = names.iter().map(|i| format!("dl/{i}")).collect();
+                let guards = c.lock_all(keys).wait(LIMIT).await.expect("no deadlock");
+                for i in &names {
+                    assert_eq!(inside[*i].fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                }
+                tokio::task::yield_now().await;
+                for i in &names {
+                    inside[*i].fetch_sub(1, Ordering::SeqCst);
+                }
+                drop(guards);
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("every task finishes: no deadlock")
+            .expect("join");
+    }
+}
+
+both!(
+    a_multi_key_lock_is_not_starved_by_single_key_traffic,
+    starvation_body
+);
+async fn starvation_body(b: Backend) {
+    let c = b.client().await;
+    // A stream of overlapping single-key holders on both keys: one key is always held.
+    let a = c.lock("sv/a").await.expect("a");
+    let group = tokio::spawn({
+        let c = b.client().await;
+        async move { c.lock_all(["sv/a", "sv/b"]).wait(LIMIT).await }
+    });
+    lockbroker_tests::util::eventually("the group queued", LIMIT, || async {
+        (c.inspect("sv/a").await.ok()?.waiters == 1).then_some(())
+    })
+    .await;
+    // Later single-key requests on sv/b queue behind the group (FIFO per key): they do not
+    // take sv/b while the group waits for sv/a.
+    let later_b = tokio::spawn({
+        let c = b.client().await;
+        async move { c.lock("sv/b").wait(LIMIT).await.map(|g| g.fence()) }
+    });
+    lockbroker_tests::util::eventually("the later request queued", LIMIT, || async {
+        (c.inspect("sv/b").await.ok()?.waiters == 2).then_some(())
+    })
+    .await;
+    assert!(
+        !c.is_locked("sv/b").await.expect("inspect"),
+        "sv/b kept for the group"
+    );
+    a.unlock().await.expect("unlock");
+    let got = tokio::time::timeout(LIMIT, group)
+        .await
+        .expect("granted")
+        .expect("join")
+        .expect("group");
+    let group_b = got[1].fence();
+    drop(got);
+    let later = tokio::time::timeout(LIMIT, later_b)
+        .await
+        .expect("granted")
+        .expect("join")
+        .expect("later");
+    assert!(
+        later > group_b,
+        "the later single-key request came after the group"
+    );
+}

@@ -403,3 +403,49 @@ async fn elect_runs_the_command_only_while_leading() {
     );
     assert_eq!(client.leader("svc/leader").await.expect("leader"), None);
 }
+
+/// `lockbroker lock K1 K2 -- CMD` locks both keys at once (CMD sees one fence per key) and
+/// releases both when CMD ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_with_several_keys_holds_all_of_them() {
+    let broker = Broker::start();
+    let mut cmd = cli(&broker);
+    cmd.args([
+        "lock",
+        "acct/1",
+        "acct/2",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$LOCKBROKER_KEY $LOCKBROKER_FENCE\"",
+    ]);
+    let out = run_bounded(cmd, LIMIT).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    let (keys, fences) = said.trim().split_once(' ').expect("keys and fences");
+    assert_eq!(keys, "acct/1,acct/2");
+    let fences: Vec<u64> = fences
+        .split(',')
+        .map(|f| f.parse().expect("fence"))
+        .collect();
+    assert_eq!(fences.len(), 2, "{said}");
+    let c = broker.client().await;
+    assert!(!c.is_locked("acct/1").await.expect("inspect"));
+    assert!(!c.is_locked("acct/2").await.expect("inspect"));
+    // Held elsewhere: --wait 0 fails without running the command.
+    let g = c.lock("acct/2").await.expect("lock");
+    let mut cmd = cli(&broker);
+    cmd.args(["lock", "--wait", "0", "acct/1", "acct/2", "--", "true"]);
+    let out = run_bounded(cmd, LIMIT).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("could not lock"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !c.is_locked("acct/1").await.expect("inspect"),
+        "none of it was held"
+    );
+    drop(g);
+}

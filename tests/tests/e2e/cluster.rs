@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_proto::{Frame, Hello, Mode, Reclaim};
+use lockbroker_proto::{Frame, Hello, Mode, Reclaim, shard_of};
 use lockbroker_sdk::{Client, Error};
 use lockbroker_tests::etcd::{EtcdServer, cluster_config, free_udp_addr};
 use lockbroker_tests::raw::RawConn;
@@ -834,4 +834,32 @@ async fn cluster_mode_reaches_etcd_over_tls_with_a_client_certificate() {
         outcome.is_err(),
         "a broker without a client certificate started in cluster mode"
     );
+}
+
+/// Multi-key locks in cluster mode: keys sharing a `{tag}` (one shard) are locked together;
+/// keys of different shards are refused with an error that names the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_key_locks_need_keys_of_one_shard() {
+    let etcd = EtcdServer::start();
+    let b1 = start_member(&etcd, "b1", free_udp_addr());
+    let c = client_of(&b1).await;
+    all_served(&c, &["acct/{42}/balance".to_owned()]).await;
+    let gs = c
+        .lock_all(["acct/{42}/balance", "acct/{42}/history"])
+        .wait(Duration::from_secs(10))
+        .await
+        .expect("one shard: granted");
+    assert_eq!(gs.len(), 2);
+    drop(gs);
+    let shards = 8;
+    let other = (0..100)
+        .map(|i| format!("other/{i}"))
+        .find(|k| shard_of(k.as_bytes(), shards) != shard_of(b"acct/{42}/balance", shards))
+        .expect("a key of another shard");
+    let refused = c
+        .lock_all(["acct/{42}/balance".to_owned(), other])
+        .no_wait()
+        .await;
+    let err = refused.expect_err("different shards are refused");
+    assert!(err.to_string().contains("share one shard"), "{err}");
 }

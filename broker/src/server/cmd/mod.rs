@@ -2,6 +2,7 @@
 //! queueing the answer. `apply` routes a decoded frame to its command.
 
 mod acquire;
+mod acquire_all;
 mod cancel;
 mod extend;
 mod inspect;
@@ -20,6 +21,7 @@ pub struct Fatal(pub ErrorCode, pub String);
 pub async fn apply(s: &Session, frame: Frame) -> Result<(), Fatal> {
     match frame {
         Frame::Acquire(a) => acquire::apply(s, a).await,
+        Frame::AcquireAll(a) => acquire_all::apply(s, a).await,
         Frame::Release(r) => release::apply(s, r),
         Frame::Extend(e) => extend::apply(s, e),
         Frame::Reclaim(r) => reclaim::apply(s, r).await,

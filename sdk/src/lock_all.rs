@@ -1,0 +1,179 @@
+//! `LockAllRequest`: an atomic multi-key lock (`Client::lock_all`). Every key is granted in one
+//! step or none is; the answer is one [`Guard`] per key (each its own lease and fence), which
+//! can be released together (drop the `Vec`) or one by one.
+//!
+//! Fairness (the table's rule): FIFO per key across single- and multi-key requests. A
+//! multi-key request waits in the queue of every key it names and is granted when it is first
+//! in all of them, so a stream of single-key requests cannot starve it, and two requests naming
+//! the same keys in opposite orders cannot deadlock (the earlier one is ahead on every key).
+//! While it waits it holds nothing, but later requests on its keys queue behind it.
+//!
+//! In cluster mode all keys must live in one shard: give them a common `{tag}` (as Redis Cluster
+//! does: `acct/{42}/balance` and `acct/{42}/history` share the shard of `42`); a broker refuses
+//! keys of different shards.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lockbroker_proto::{AcquireAll, Frame, MAX_KEYS_PER_ACQUIRE, MAX_OWNER_LABEL, Mode, WaitSpec};
+
+use crate::client::{PendingReply, millis, unexpected};
+use crate::guard::{Granted, Guard};
+use crate::{Client, Error, Result};
+
+/// A multi-key acquire being configured. `.await` it to get one [`Guard`] per key, in the
+/// order the keys were given.
+#[must_use = "a lock request does nothing until awaited"]
+pub struct LockAllRequest {
+    client: Client,
+    keys: Vec<Bytes>,
+    ttl: Option<Duration>,
+    wait: WaitSpec,
+    renew: bool,
+    owner: Bytes,
+}
+
+impl Client {
+    /// Locks every one of `keys` exclusively, all at once or not at all (e.g. two accounts for a
+    /// transfer): no deadlock whatever order other clients name the keys in, FIFO per key. At
+    /// most 64 distinct keys. Options as for [`Client::lock`].
+    pub fn lock_all<K: Into<Bytes>>(&self, keys: impl IntoIterator<Item = K>) -> LockAllRequest {
+        LockAllRequest {
+            owner: self.default_owner(),
+            client: self.clone(),
+            keys: keys.into_iter().map(Into::into).collect(),
+            ttl: None,
+            wait: WaitSpec::Forever,
+            renew: true,
+        }
+    }
+}
+
+impl LockAllRequest {
+    /// TTL of every lease (default: the broker's).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Wait up to `d` for all the keys, then fail with [`Error::Timeout`].
+    pub fn wait(mut self, d: Duration) -> Self {
+        self.wait = WaitSpec::Millis(millis(d));
+        self
+    }
+
+    /// Wait until granted (the default).
+    pub fn wait_forever(mut self) -> Self {
+        self.wait = WaitSpec::Forever;
+        self
+    }
+
+    /// Do not wait: fail with [`Error::Busy`] unless every key is free now.
+    pub fn no_wait(mut self) -> Self {
+        self.wait = WaitSpec::NoWait;
+        self
+    }
+
+    /// Do not renew the leases in the background.
+    pub fn no_renew(mut self) -> Self {
+        self.renew = false;
+        self
+    }
+
+    /// The owner label every lease is shown with.
+    pub fn owner(mut self, label: impl Into<String>) -> Self {
+        self.owner = Bytes::from(label.into());
+        self
+    }
+
+    async fn run(self) -> Result<Vec<Guard>> {
+        if self.keys.is_empty() || self.keys.len() > MAX_KEYS_PER_ACQUIRE {
+            return Err(Error::Invalid(format!(
+                "lock_all takes 1 to {MAX_KEYS_PER_ACQUIRE} keys ({} given)",
+                self.keys.len()
+            )));
+        }
+        if self.owner.len() > MAX_OWNER_LABEL {
+            return Err(Error::Invalid(format!(
+                "an owner label is at most {MAX_OWNER_LABEL} bytes"
+            )));
+        }
+        let conn = self.client.conn_for(&self.keys[0]).await?;
+        for k in &self.keys {
+            conn.check_key(k)?;
+        }
+        let sent = Instant::now();
+        let (id, rx) = conn.request(|id| {
+            Frame::AcquireAll(AcquireAll {
+                id,
+                keys: self.keys.clone(),
+                ttl_ms: self.ttl.map_or(0, millis),
+                wait: self.wait,
+                owner: self.owner.clone(),
+            })
+        })?;
+        let mut pending = PendingReply::new(&conn, id, Some(self.keys[0].clone()), rx);
+        let reply = match self.wait {
+            WaitSpec::Forever => pending.recv().await?,
+            WaitSpec::NoWait | WaitSpec::Millis(_) => {
+                let limit = match self.wait {
+                    WaitSpec::Millis(ms) => Duration::from_millis(ms),
+                    _ => Duration::ZERO,
+                } + self.client.request_timeout();
+                match tokio::time::timeout(limit, pending.recv()).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(Error::Timeout),
+                }
+            }
+        };
+        let Frame::GrantedAll(g) = reply else {
+            return Err(unexpected(reply));
+        };
+        let guards: Vec<Guard> = g
+            .leases
+            .into_iter()
+            .map(|l| {
+                let ttl = Duration::from_millis(l.ttl_ms);
+                Guard::new(
+                    self.client.clone(),
+                    conn.clone(),
+                    Granted {
+                        key: l.key,
+                        fence: l.fence,
+                        secret: l.secret,
+                        mode: Mode::Exclusive,
+                        ttl,
+                        sent,
+                        label: self.owner.clone(),
+                    },
+                    self.renew,
+                )
+            })
+            .collect();
+        // Queued for a while: start the work on full leases (as `lock` does).
+        if let Some(first) = guards.first()
+            && sent.elapsed() > first.ttl() / 4
+        {
+            for guard in &guards {
+                crate::guard::refresh(guard).await.map_err(|e| match e {
+                    Error::NotOwner | Error::NotLocked => Error::Lost(
+                        "a lease ended before its first renewal reached the broker".into(),
+                    ),
+                    other => other,
+                })?;
+            }
+        }
+        Ok(guards)
+    }
+}
+
+impl IntoFuture for LockAllRequest {
+    type Output = Result<Vec<Guard>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Vec<Guard>>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
