@@ -4,9 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use lockbroker_proto::{ErrorCode, Mode as WireMode, UnlockOutcome as WireOutcome, WaitSpec};
+use lockbroker_proto::{
+    ErrorCode, HolderInfo, Mode as WireMode, UnlockOutcome as WireOutcome, WaitSpec,
+};
 
-use crate::{Mode, TableError, UnlockOutcome, Wait};
+use crate::{Holder, Mode, TableError, UnlockOutcome, Wait};
 
 impl From<WireMode> for Mode {
     fn from(m: WireMode) -> Mode {
@@ -66,6 +68,18 @@ impl From<&TableError> for ErrorCode {
             TableError::DuplicateRequest => ErrorCode::DuplicateRequest,
             TableError::Moved => ErrorCode::Moved,
         }
+    }
+}
+
+/// A holder as `LockInfo` reports it, its remaining TTL counted from `now`.
+pub fn holder_info(h: &Holder, now: Instant) -> HolderInfo {
+    HolderInfo {
+        session: h.session,
+        fence: h.fence,
+        mode: h.mode.into(),
+        remaining_ms: u64::try_from(h.deadline.saturating_duration_since(now).as_millis())
+            .unwrap_or(u64::MAX),
+        owner: h.owner.clone().unwrap_or_default(),
     }
 }
 

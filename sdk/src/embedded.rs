@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_core::wire::wait_from;
+use lockbroker_core::wire::{holder_info, wait_from};
 use lockbroker_core::{
     AcquireAllRequest, AcquireRequest, Effect, Grant, LockEvent, SessionId, Table, TableConfig,
     TableError,
@@ -434,17 +434,8 @@ impl Engine {
                 position,
             };
         };
-        let mut holders: Vec<HolderInfo> = info
-            .holders
-            .iter()
-            .map(|h| HolderInfo {
-                session: h.session,
-                fence: h.fence,
-                mode: h.mode.into(),
-                remaining_ms: millis(h.deadline.saturating_duration_since(now)),
-                owner: h.owner.clone().unwrap_or_default(),
-            })
-            .collect();
+        let mut holders: Vec<HolderInfo> =
+            info.holders.iter().map(|h| holder_info(h, now)).collect();
         holders.sort_unstable_by_key(|h| h.fence);
         LockInfo {
             id,

@@ -151,21 +151,7 @@ impl LockRequest {
             })
         })?;
         let mut pending = PendingReply::new(&conn, id, Some(self.key.clone()), rx);
-        // The broker times the wait; the client adds the request timeout for a broker that
-        // stopped answering.
-        let reply = match wait {
-            WaitSpec::Forever => pending.recv().await?,
-            WaitSpec::NoWait | WaitSpec::Millis(_) => {
-                let limit = match wait {
-                    WaitSpec::Millis(ms) => Duration::from_millis(ms),
-                    _ => Duration::ZERO,
-                } + self.client.request_timeout();
-                match tokio::time::timeout(limit, pending.recv()).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(Error::Timeout),
-                }
-            }
-        };
+        let reply = await_grant(&mut pending, wait, self.client.request_timeout()).await?;
         match reply {
             Frame::Error {
                 code: ErrorCode::Moved,
@@ -210,6 +196,24 @@ impl LockRequest {
             }
             other => Err(unexpected(other)),
         }
+    }
+}
+
+/// The answer to an acquire (single or multi-key) waiting `wait`. The broker times the wait;
+/// the client adds `request_timeout` for a broker that stopped answering.
+pub(crate) async fn await_grant(
+    pending: &mut PendingReply,
+    wait: WaitSpec,
+    request_timeout: Duration,
+) -> Result<Frame> {
+    let limit = match wait {
+        WaitSpec::Forever => return pending.recv().await,
+        WaitSpec::Millis(ms) => Duration::from_millis(ms),
+        WaitSpec::NoWait => Duration::ZERO,
+    } + request_timeout;
+    match tokio::time::timeout(limit, pending.recv()).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout),
     }
 }
 

@@ -21,6 +21,7 @@ use lockbroker_proto::{AcquireAll, Frame, MAX_KEYS_PER_ACQUIRE, MAX_OWNER_LABEL,
 
 use crate::client::{PendingReply, millis, unexpected};
 use crate::guard::{Granted, Guard};
+use crate::lock::await_grant;
 use crate::{Client, Error, Result};
 
 /// A multi-key acquire being configured. `.await` it to get one [`Guard`] per key, in the
@@ -115,19 +116,7 @@ impl LockAllRequest {
             })
         })?;
         let mut pending = PendingReply::new(&conn, id, Some(self.keys[0].clone()), rx);
-        let reply = match self.wait {
-            WaitSpec::Forever => pending.recv().await?,
-            WaitSpec::NoWait | WaitSpec::Millis(_) => {
-                let limit = match self.wait {
-                    WaitSpec::Millis(ms) => Duration::from_millis(ms),
-                    _ => Duration::ZERO,
-                } + self.client.request_timeout();
-                match tokio::time::timeout(limit, pending.recv()).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(Error::Timeout),
-                }
-            }
-        };
+        let reply = await_grant(&mut pending, self.wait, self.client.request_timeout()).await?;
         let Frame::GrantedAll(g) = reply else {
             return Err(unexpected(reply));
         };

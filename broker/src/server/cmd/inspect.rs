@@ -7,11 +7,12 @@
 //! them all. The same key and table state thus always list the same holders.
 
 use bytes::Bytes;
-use lockbroker_proto::{ErrorCode, Frame, HolderInfo, LockInfo, Mode};
+use lockbroker_proto::{ErrorCode, Frame, LockInfo, Mode};
 
 use crate::broker::wire::millis_until;
 use crate::server::policy::Op;
 use crate::server::session::Session;
+use crate::table::wire::holder_info;
 
 pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
     let Some(decided) = s.decide(id, &key, Mode::Shared, 0, Op::Inspect).await else {
@@ -36,17 +37,7 @@ pub(super) async fn apply(s: &Session, id: u64, key: Bytes) {
         LockInfo {
             id,
             key: info.key,
-            holders: info
-                .holders
-                .iter()
-                .map(|h| HolderInfo {
-                    session: h.session,
-                    fence: h.fence,
-                    mode: h.mode.into(),
-                    remaining_ms: millis_until(h.deadline, now),
-                    owner: h.owner.clone().unwrap_or_default(),
-                })
-                .collect(),
+            holders: info.holders.iter().map(|h| holder_info(h, now)).collect(),
             holders_total: 0,
             waiters: u32::try_from(info.waiters).unwrap_or(u32::MAX),
             blocked_ms: info.blocked_until.map_or(0, |b| millis_until(b, now)),
