@@ -406,10 +406,10 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
         kind::ACQUIRE_ALL => {
             let id = r.u64("id")?;
             let n = r.u32("key count")? as usize;
-            if n > crate::MAX_KEYS_PER_ACQUIRE {
-                return Err(DecodeError::Malformed(
-                    "more keys than one AcquireAll may name",
-                ));
+            // Each key takes at least its 4-byte length: a count beyond that is a lie. (More
+            // keys than `MAX_KEYS_PER_ACQUIRE` decode, and are refused for that request alone.)
+            if n > r.remaining() / 4 {
+                return Err(DecodeError::Malformed("key count"));
             }
             let mut keys = Vec::with_capacity(n);
             for _ in 0..n {
@@ -426,10 +426,9 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
         kind::GRANTED_ALL => {
             let id = r.u64("id")?;
             let n = r.u32("lease count")? as usize;
-            if n > crate::MAX_KEYS_PER_ACQUIRE {
-                return Err(DecodeError::Malformed(
-                    "more leases than one AcquireAll may hold",
-                ));
+            // Each lease takes at least 36 bytes: a count beyond that is a lie.
+            if n > r.remaining() / 36 {
+                return Err(DecodeError::Malformed("lease count"));
             }
             let mut leases = Vec::with_capacity(n);
             for _ in 0..n {

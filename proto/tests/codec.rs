@@ -750,8 +750,9 @@ fn owner_labels_round_trip_and_are_bounded() {
     );
 }
 
-/// `AcquireAll` and `GrantedAll` round trip; more keys than `MAX_KEYS_PER_ACQUIRE` are refused
-/// from the count alone.
+/// `AcquireAll` and `GrantedAll` round trip, also with more keys than `MAX_KEYS_PER_ACQUIRE`
+/// (the broker refuses those for the request alone); a key count the frame cannot hold is
+/// malformed.
 #[test]
 fn multi_key_frames_round_trip_and_are_bounded() {
     let limits = Limits::default();
@@ -787,10 +788,22 @@ fn multi_key_frames_round_trip_and_are_bounded() {
     });
     let mut buf = Vec::new();
     encode(&too_many, &mut buf);
+    assert_eq!(decode(&buf, &limits), Ok(Some((too_many, buf.len()))));
+    // A count of 2^20 keys in a frame of a few bytes.
+    let mut buf = Vec::new();
+    encode(
+        &Frame::AcquireAll(AcquireAll {
+            id: 7,
+            keys: vec![],
+            ttl_ms: 0,
+            wait: WaitSpec::NoWait,
+            owner: Bytes::new(),
+        }),
+        &mut buf,
+    );
+    buf[14..18].copy_from_slice(&(1u32 << 20).to_le_bytes());
     assert_eq!(
         decode(&buf, &limits),
-        Err(DecodeError::Malformed(
-            "more keys than one AcquireAll may name"
-        ))
+        Err(DecodeError::Malformed("key count"))
     );
 }

@@ -288,3 +288,37 @@ async fn connecting_with_a_bad_or_wrong_ca_fails_clearly() {
     let c = broker.client().await;
     c.try_lock("ca/k").await.unwrap().unlock().await.unwrap();
 }
+
+/// A multi-key acquire naming more keys than allowed is refused for that request alone: the
+/// connection, and the session's lease, carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_key_acquire_of_too_many_keys_is_refused_and_the_session_carries_on() {
+    use lockbroker_proto::{AcquireAll, ErrorCode, Frame, WaitSpec};
+    let broker = Broker::start();
+    let mut raw = RawConn::hello(broker.addr, &broker.ca()).await;
+    let keys: Vec<bytes::Bytes> = (0..200).map(|i| format!("many/{i}").into()).collect();
+    raw.send_frame(&Frame::AcquireAll(AcquireAll {
+        id: 1,
+        keys,
+        ttl_ms: 0,
+        wait: WaitSpec::NoWait,
+        owner: bytes::Bytes::new(),
+    }))
+    .await;
+    match raw.next_frame(std::time::Duration::from_secs(5)).await {
+        Some(Frame::Error {
+            id: 1,
+            code,
+            message,
+        }) => {
+            assert_eq!(code, ErrorCode::LimitExceeded, "{message}");
+            assert!(message.contains("keys in one request"), "{message}");
+        }
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+    raw.send_frame(&Frame::Ping { id: 2 }).await;
+    assert_eq!(
+        raw.next_frame(std::time::Duration::from_secs(5)).await,
+        Some(Frame::Pong { id: 2 })
+    );
+}

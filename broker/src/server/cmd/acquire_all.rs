@@ -4,7 +4,7 @@
 //! The table grants all keys in one step or none (`Table::acquire_all`); the answer — now, or
 //! pushed as `GrantedAll` when the request's turn comes — is delivered by the broker core.
 
-use lockbroker_proto::{AcquireAll, ErrorCode, Mode, shard_of};
+use lockbroker_proto::{AcquireAll, ErrorCode, MAX_KEYS_PER_ACQUIRE, Mode, shard_of};
 
 use crate::broker::wire::wait_from;
 use crate::server::policy::Op;
@@ -17,6 +17,14 @@ pub(super) async fn apply(s: &Session, a: AcquireAll) {
             a.id,
             ErrorCode::Unavailable,
             "atomic multi-key locks are not available with the sync Redis mirror",
+        );
+        return;
+    }
+    // Before any policy call: a frame may name thousands of keys.
+    if a.keys.len() > MAX_KEYS_PER_ACQUIRE {
+        s.handle.answer_table_error(
+            a.id,
+            &TableError::LimitExceeded("keys in one request (at most 64)"),
         );
         return;
     }
