@@ -70,6 +70,8 @@ struct Lease {
     moved: AtomicBool,
     /// The owner label given with the acquire (empty: none), carried along on a reclaim.
     label: Bytes,
+    /// Held across one renewal (send and answer): renewals of the lease never cross.
+    renewing: tokio::sync::Mutex<()>,
     /// The hold-time clock (`crate::metrics`), started at the grant.
     hold: crate::metrics::Hold,
 }
@@ -115,6 +117,7 @@ impl Guard {
             owner: Mutex::new(owner),
             moved: AtomicBool::new(false),
             label: g.label,
+            renewing: tokio::sync::Mutex::new(()),
             hold: crate::metrics::Hold::start(g.mode),
         });
         // Subscribed now, so no push is missed while the watchdog waits to start.
@@ -218,7 +221,7 @@ impl Guard {
             self.lease.client.watchdogs().cancel(*ticket);
         }
         let lease = &self.lease;
-        while_moving(lease, || renew_now(lease, ttl))
+        while_moving(lease, || renew_now(lease, Some(ttl)))
             .await
             .map(|_| ())
     }
@@ -393,9 +396,13 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
     }
 }
 
-/// One renewal with `ttl`: on success the local deadline becomes the send time plus the TTL
-/// granted (the watchdog sees the change). Returns the TTL granted.
-async fn renew_now(lease: &Lease, ttl: Duration) -> Result<Duration> {
+/// One renewal with `ttl` (`None`: the TTL in force when its turn comes): on success the
+/// local deadline becomes the send time plus the TTL granted (the watchdog sees the change).
+/// Returns the TTL granted. Renewals of a lease run one at a time, so a watchdog renewal in
+/// flight cannot overwrite an `extend` to another TTL with its older one.
+async fn renew_now(lease: &Lease, ttl: Option<Duration>) -> Result<Duration> {
+    let _one_at_a_time = lease.renewing.lock().await;
+    let ttl = ttl.unwrap_or_else(|| lease.timing.borrow().ttl);
     let sent = Instant::now();
     let conn = owned_conn(lease).await?;
     let reply = round_trip_lease(lease, &conn, |id| {
@@ -425,8 +432,7 @@ async fn renew_now(lease: &Lease, ttl: Duration) -> Result<Duration> {
 /// acquire was sent, so after a long wait most of it may be spent. A renewal restarts it
 /// from now.
 pub(crate) async fn refresh(guard: &Guard) -> Result<()> {
-    let ttl = guard.ttl();
-    renew_now(&guard.lease, ttl).await.map(|_| ())
+    renew_now(&guard.lease, None).await.map(|_| ())
 }
 
 /// The local deadline of `t` minus the client's safety margin for its TTL.
@@ -492,7 +498,7 @@ async fn watchdog(
                 Err(broadcast::error::RecvError::Closed) => ended_open = false,
             },
             () = tokio::time::sleep_until(next_renew.into()), if renew => {
-                match tokio::time::timeout_at(lost_at.into(), renew_now(&lease, t.ttl)).await {
+                match tokio::time::timeout_at(lost_at.into(), renew_now(&lease, None)).await {
                     Ok(Ok(_)) => {} // the timing changed: the next turn re-arms
                     Ok(Err(e @ (Error::NotOwner | Error::NotLocked | Error::Denied(_)))) => {
                         declare(format!("the broker no longer holds the lease: {e}"));

@@ -605,3 +605,57 @@ async fn an_absurd_length_prefix_ends_the_connection() {
         .unwrap_err();
     assert!(matches!(err, Error::Disconnected(_)), "{err:?}");
 }
+
+/// `extend` while the watchdog's renewal is in flight: the two never cross. The extend waits
+/// for the renewal's answer before sending its own, so the renewal's older TTL cannot land
+/// after it and undo it (an e2e run saw `ttl()` back at 2 s right after `extend(20 s)`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extend_never_crosses_a_renewal_in_flight() {
+    let mut fake = Fake::start().await;
+    let client = fake.client().await;
+    let mut s = fake.session().await;
+    let locking = tokio::spawn({
+        let c = client.clone();
+        async move { c.lock("k").ttl(Duration::from_millis(900)).await }
+    });
+    let a = s.acquire().await;
+    s.send(Frame::Granted(Granted {
+        id: a.id,
+        fence: 4,
+        ttl_ms: 900,
+        rewritten: None,
+        secret: Default::default(),
+    }))
+    .await;
+    let guard = locking.await.unwrap().expect("granted");
+    // The watchdog renews after a third of the TTL; hold its answer back.
+    let renewal = match s.next().await {
+        Frame::Extend(e) => e,
+        other => panic!("expected the watchdog's renewal, got {other:?}"),
+    };
+    assert_eq!(renewal.ttl_ms, 900);
+    let guard = std::sync::Arc::new(guard);
+    let extending = tokio::spawn({
+        let g = guard.clone();
+        async move { g.extend(Duration::from_secs(20)).await }
+    });
+    // While the renewal is unanswered, the extend is not sent.
+    s.quiet_for(Duration::from_millis(150)).await;
+    s.send(Frame::Extended {
+        id: renewal.id,
+        ttl_ms: 900,
+    })
+    .await;
+    let extend = match s.next().await {
+        Frame::Extend(e) => e,
+        other => panic!("expected the extend, got {other:?}"),
+    };
+    assert_eq!(extend.ttl_ms, 20_000);
+    s.send(Frame::Extended {
+        id: extend.id,
+        ttl_ms: 20_000,
+    })
+    .await;
+    extending.await.unwrap().expect("extended");
+    assert_eq!(guard.ttl(), Duration::from_secs(20));
+}
