@@ -449,3 +449,44 @@ async fn lock_with_several_keys_holds_all_of_them() {
     );
     drop(g);
 }
+
+/// On a terminal (a pseudo-terminal from `script`), `lockbroker lock` waiting for a held key
+/// shows who holds it and its place in the queue, then runs the command once granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_on_a_terminal_shows_the_holder_and_the_queue_position() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("`script` (util-linux) is needed to give the CLI a terminal");
+    }
+    let broker = Broker::start();
+    let holder = broker.client().await;
+    let guard = holder.lock("tty/k").owner("holder-1").await.expect("lock");
+    let line = format!(
+        "{} lock --wait 20s tty/k -- true",
+        lockbroker_bin().display()
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qfec", &line, "/dev/null"])
+        .env("LOCKBROKER_URL", broker.url())
+        .env("LOCKBROKER_CA", broker.ca());
+    let waiting = tokio::spawn(run_bounded(cmd, LIMIT));
+    // Let the status line be drawn (first after 200 ms, then every second).
+    let c = broker.client().await;
+    lockbroker_tests::util::eventually("the CLI queued", LIMIT, || async {
+        (c.inspect("tty/k").await.ok()?.waiters == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    guard.unlock().await.expect("unlock");
+    let out = waiting.await.expect("join");
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown} {}", text(&out.stderr));
+    assert!(
+        shown.contains("waiting for \"tty/k\": held by holder-1"),
+        "{shown:?}"
+    );
+    assert!(shown.contains("you are #1 of 1 waiting"), "{shown:?}");
+}

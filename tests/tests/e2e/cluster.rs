@@ -127,16 +127,41 @@ async fn lock_eventually(c: &Client, key: &str, limit: Duration) -> lockbroker_s
     }
 }
 
+/// `lockbroker cluster status` of the cluster on `etcd` (members, shard owners, grace), for
+/// a failure message.
+fn cluster_status(etcd: &EtcdServer) -> String {
+    let dir = TempDir::new("status");
+    let config = dir.path().join("status.toml");
+    let toml = cluster_config(&[etcd.endpoint()], "observer", free_udp_addr(), 1000);
+    if let Err(e) = std::fs::write(&config, toml) {
+        return format!("(cluster status unavailable: {e})");
+    }
+    match std::process::Command::new(lockbroker_tests::lockbroker_bin())
+        .args(["cluster", "status", "--config"])
+        .arg(&config)
+        .output()
+    {
+        Ok(out) => format!(
+            "cluster status:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("(cluster status unavailable: {e})"),
+    }
+}
+
 /// Waits (bounded, 40 s) until the routed client `c` is granted every one of `keys` in a row
-/// (every shard has an owner that grants).
-async fn all_served(c: &Client, keys: &[String]) {
+/// (every shard has an owner that grants). On failure it shows the cluster as etcd has it.
+async fn all_served(etcd: &EtcdServer, c: &Client, keys: &[String]) {
     let start = Instant::now();
     'again: loop {
         for k in keys {
             match c.try_lock(k.clone()).await {
                 Ok(g) => g.unlock().await.expect("unlock"),
                 Err(e) => {
-                    assert!(start.elapsed() < Duration::from_secs(40), "{k}: {e}");
+                    if start.elapsed() >= Duration::from_secs(40) {
+                        panic!("{k}: {e}\n{}", cluster_status(etcd));
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue 'again;
                 }
@@ -362,7 +387,7 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
     let client = cluster_client(&[b1.url(), b2.url()], cas_of(&[&b1, &b2])).await;
     // Every key of every shard is granted through the one client, once all are owned.
     let keys: Vec<String> = (0..24).map(|i| format!("one/{i}")).collect();
-    all_served(&client, &keys).await;
+    all_served(&etcd, &client, &keys).await;
     // Which broker serves which key, seen from single-broker clients.
     let c1 = client_of(&b1).await;
     let c2 = client_of(&b2).await;
@@ -540,7 +565,7 @@ async fn a_joining_broker_takes_its_shards_and_held_leases_follow() {
     let client = cluster_client(&[b1.url()], cas).await;
     let keys: Vec<String> = (0..24).map(|i| format!("join/{i}")).collect();
     // Wait until b1 alone serves every key (b2's first run has left the cluster).
-    all_served(&client, &keys).await;
+    all_served(&etcd, &client, &keys).await;
     let held: Vec<_> = {
         let mut v = Vec::new();
         for k in keys.iter().take(8) {
@@ -725,7 +750,7 @@ async fn brokers_joining_and_leaving_under_load_fail_no_request() {
     let b3_dir = b3.kill();
     let client = cluster_client(&[b1.url(), b2.url()], cas).await;
     let keys: Vec<String> = (0..24).map(|i| format!("move/{i}")).collect();
-    all_served(&client, &keys).await;
+    all_served(&etcd, &client, &keys).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -847,7 +872,7 @@ async fn multi_key_locks_need_keys_of_one_shard() {
     let etcd = EtcdServer::start();
     let b1 = start_member(&etcd, "b1", free_udp_addr());
     let c = client_of(&b1).await;
-    all_served(&c, &["acct/{42}/balance".to_owned()]).await;
+    all_served(&etcd, &c, &["acct/{42}/balance".to_owned()]).await;
     let gs = c
         .lock_all(["acct/{42}/balance", "acct/{42}/history"])
         .wait(Duration::from_secs(10))
