@@ -21,7 +21,7 @@ use crate::conn::Conn;
 use crate::embedded::Engine;
 use crate::inspect::LockInfo;
 use crate::lock::LockRequest;
-use crate::routing::{Pushes, Routes};
+use crate::routing::Pushes;
 use crate::tls::{ClientIdentity, Trust, client_config, read_file};
 use crate::watchdogs::Starter;
 use crate::{Error, Result, UnlockOutcome};
@@ -155,17 +155,26 @@ impl ClientBuilder {
 
     /// The embedded client this builder describes: a table of its own in this process.
     fn build_embedded(self) -> Client {
-        let pushes = Pushes {
-            lease_ended: tokio::sync::broadcast::channel(256).0,
-            routes: Arc::new(Routes::default()),
-        };
+        let pushes = Pushes::new();
         let conn = Conn::open_local(Engine::new(), pushes.clone());
+        self.into_client(None, Vec::new(), pushes, Some(conn))
+    }
+
+    /// The client of these options, talking over `quic_config` to `targets` (none: embedded),
+    /// with `current` as its connection if it already has one.
+    fn into_client(
+        self,
+        quic_config: Option<quinn::ClientConfig>,
+        targets: Vec<Target>,
+        pushes: Pushes,
+        current: Option<Arc<Conn>>,
+    ) -> Client {
         Client {
             inner: Arc::new(Inner {
-                quic_config: None,
+                quic_config,
                 endpoints: Mutex::new(Endpoints::default()),
-                targets: Vec::new(),
-                token: None,
+                targets,
+                token: self.token,
                 name: self.name,
                 owner: self.owner,
                 connect_timeout: self.connect_timeout,
@@ -173,7 +182,7 @@ impl ClientBuilder {
                 lease_margin: self.lease_margin,
                 watchdogs: Starter::new(pushes.lease_ended.clone()),
                 pushes,
-                current: Mutex::new(Some(conn)),
+                current: Mutex::new(current),
                 routed: Mutex::new(HashMap::new()),
                 reconnect: tokio::sync::Mutex::new(()),
             }),
@@ -215,7 +224,7 @@ impl ClientBuilder {
     }
 
     /// Connects to the first reachable broker.
-    pub async fn connect(self) -> Result<Client> {
+    pub async fn connect(mut self) -> Result<Client> {
         if self.embedded {
             if !self.urls.is_empty() {
                 return Err(Error::Invalid(
@@ -224,7 +233,7 @@ impl ClientBuilder {
             }
             return Ok(self.build_embedded());
         }
-        if let Some(e) = self.ca_error {
+        if let Some(e) = self.ca_error.take() {
             return Err(Error::Invalid(e));
         }
         if self.urls.is_empty() {
@@ -234,7 +243,7 @@ impl ClientBuilder {
         for url in &self.urls {
             targets.push(parse_url(url)?);
         }
-        let trust = match self.trust {
+        let trust = match self.trust.take() {
             Some(t) => t,
             None => match std::env::var_os("LOCKBROKER_CA") {
                 Some(path) => Trust::Pem(read_file(Path::new(&path), "CA file")?),
@@ -257,28 +266,7 @@ impl ClientBuilder {
                     .map_err(|e| Error::Invalid(e.to_string()))?,
             ));
         quic_config.transport_config(Arc::new(transport));
-        let lease_ended = tokio::sync::broadcast::channel(256).0;
-        let client = Client {
-            inner: Arc::new(Inner {
-                quic_config: Some(quic_config),
-                endpoints: Mutex::new(Endpoints::default()),
-                targets,
-                token: self.token,
-                name: self.name,
-                owner: self.owner,
-                connect_timeout: self.connect_timeout,
-                request_timeout: self.request_timeout,
-                lease_margin: self.lease_margin,
-                watchdogs: Starter::new(lease_ended.clone()),
-                pushes: Pushes {
-                    lease_ended,
-                    routes: Arc::new(Routes::default()),
-                },
-                current: Mutex::new(None),
-                routed: Mutex::new(HashMap::new()),
-                reconnect: tokio::sync::Mutex::new(()),
-            }),
-        };
+        let client = self.into_client(Some(quic_config), targets, Pushes::new(), None);
         client.conn().await?;
         Ok(client)
     }
@@ -428,7 +416,6 @@ impl Client {
         Client::builder().broker(url).connect().await
     }
 
-    /// A builder for every option.
     /// A client with its own lock table in this process: the same `Client` — `lock`,
     /// `try_lock`, `read_lock`, `semaphore`, `inspect`, `wait_until_unlocked`, guards with
     /// fences, TTLs, renewals and `lost()`, FIFO queues, lock-delay — with no broker, network
@@ -450,6 +437,7 @@ impl Client {
         ClientBuilder::default().build_embedded()
     }
 
+    /// A builder for every option.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
@@ -570,14 +558,12 @@ impl Client {
         self.inner.request_timeout
     }
 
-    /// How long before its local deadline a lease of `ttl` is reported lost: the fixed margin
-    /// plus the clock drift over the TTL, at most half the TTL.
-    /// Subscribes to the broker's `LeaseEnded` pushes: (fence, reason, why).
     /// The client's watchdog starter (`watchdogs.rs`).
     pub(crate) fn watchdogs(&self) -> &Arc<Starter> {
         &self.inner.watchdogs
     }
 
+    /// Subscribes to the broker's `LeaseEnded` pushes: (fence, reason, why).
     pub(crate) fn lease_ended(
         &self,
     ) -> tokio::sync::broadcast::Receiver<(u64, lockbroker_proto::EndReason, String)> {
@@ -654,16 +640,18 @@ impl Client {
         Err(last_error)
     }
 
-    /// A broker answered `Moved` for `key`: remember where its shard is served now.
     /// True once a broker pushed a shard map: this client talks to a cluster.
     pub(crate) fn is_clustered(&self) -> bool {
         self.inner.pushes.routes.is_known()
     }
 
+    /// A broker answered `Moved` for `key`: remember where its shard is served now.
     pub(crate) fn note_moved(&self, key: &[u8], url: &str) {
         self.inner.pushes.routes.moved(key, url);
     }
 
+    /// How long before its local deadline a lease of `ttl` is reported lost: the fixed margin
+    /// plus the clock drift over the TTL, at most half the TTL.
     pub(crate) fn lease_margin(&self, ttl: Duration) -> Duration {
         (self.inner.lease_margin + ttl.mul_f64(CLOCK_DRIFT)).min(ttl / 2)
     }

@@ -69,6 +69,16 @@ pub(crate) struct Pushes {
     pub(crate) routes: Arc<Routes>,
 }
 
+impl Pushes {
+    /// A client's pushes, before any connection: no shard map known yet.
+    pub(crate) fn new() -> Pushes {
+        Pushes {
+            lease_ended: broadcast::channel(256).0,
+            routes: Arc::new(Routes::default()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
