@@ -148,6 +148,14 @@ impl Guard {
         self.lease.secret
     }
 
+    /// Stops the watchdog (or takes it out of the starter if it never started).
+    fn stop_watchdog(&mut self) {
+        if let Some((slot, ticket)) = self.watchdog.take() {
+            slot.end();
+            self.lease.client.watchdogs().cancel(ticket);
+        }
+    }
+
     /// The client that holds the lease.
     pub(crate) fn client(&self) -> &Client {
         &self.lease.client
@@ -232,10 +240,7 @@ impl Guard {
     /// new owner) until the lease's local deadline.
     pub async fn unlock(mut self) -> Result<()> {
         self.released = true;
-        if let Some((slot, ticket)) = self.watchdog.take() {
-            slot.end();
-            self.lease.client.watchdogs().cancel(ticket);
-        }
+        self.stop_watchdog();
         self.lease.hold.end();
         // Even a lease the guard reported lost is released: the broker may still have it (the
         // guard's deadline is conservative), and its answer says what became of it
@@ -310,10 +315,7 @@ where
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some((slot, ticket)) = self.watchdog.take() {
-            slot.end();
-            self.lease.client.watchdogs().cancel(ticket);
-        }
+        self.stop_watchdog();
         self.lease.hold.end();
         if self.released {
             return;
@@ -428,11 +430,22 @@ async fn renew_now(lease: &Lease, ttl: Option<Duration>) -> Result<Duration> {
     }
 }
 
-/// Renews a lease that waited in a queue before its first use: its clock started when the
-/// acquire was sent, so after a long wait most of it may be spent. A renewal restarts it
-/// from now.
-pub(crate) async fn refresh(guard: &Guard) -> Result<()> {
-    renew_now(&guard.lease, None).await.map(|_| ())
+/// Renews a lease that waited in a queue before its first use (more than a quarter of its
+/// TTL since the acquire was `sent`, when its clock started), so the caller's work starts on a
+/// full, safely bounded lease. A lease that ran out before this renewal reached the broker
+/// (e.g. this process was paused between the grant and now) was granted, then lost: that is
+/// [`Error::Lost`], rather than a puzzling `NotOwner`/`NotLocked`.
+pub(crate) async fn refresh_if_stale(guard: &Guard, sent: Instant) -> Result<()> {
+    if sent.elapsed() <= guard.ttl() / 4 {
+        return Ok(());
+    }
+    match renew_now(&guard.lease, None).await {
+        Ok(_) => Ok(()),
+        Err(Error::NotOwner | Error::NotLocked) => Err(Error::Lost(
+            "the lease ended before its first renewal reached the broker".into(),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// The local deadline of `t` minus the client's safety margin for its TTL.

@@ -174,24 +174,8 @@ impl LockRequest {
                     },
                     self.renew,
                 );
-                // Queued for a while: the lease may be mostly spent by the local clock (which
-                // started at the send). Renew before handing it out, so the caller's work
-                // starts on a full, safely bounded lease.
-                if sent.elapsed() > ttl / 4 {
-                    match crate::guard::refresh(&guard).await {
-                        Ok(()) => {}
-                        // The lease ran out before the renewal reached the broker (e.g. this
-                        // process was paused between the grant and now): it was granted, then
-                        // lost — say so, rather than a puzzling `NotOwner`/`NotLocked`.
-                        Err(Error::NotOwner | Error::NotLocked) => {
-                            return Err(Error::Lost(
-                                "the lease ended before its first renewal reached the broker"
-                                    .into(),
-                            ));
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
+                // Queued for a while: renewed before it is handed out.
+                crate::guard::refresh_if_stale(&guard, sent).await?;
                 Ok(Attempt::Granted(guard))
             }
             other => Err(unexpected(other)),

@@ -142,17 +142,8 @@ impl LockAllRequest {
             })
             .collect();
         // Queued for a while: start the work on full leases (as `lock` does).
-        if let Some(first) = guards.first()
-            && sent.elapsed() > first.ttl() / 4
-        {
-            for guard in &guards {
-                crate::guard::refresh(guard).await.map_err(|e| match e {
-                    Error::NotOwner | Error::NotLocked => Error::Lost(
-                        "a lease ended before its first renewal reached the broker".into(),
-                    ),
-                    other => other,
-                })?;
-            }
+        for guard in &guards {
+            crate::guard::refresh_if_stale(guard, sent).await?;
         }
         Ok(guards)
     }
