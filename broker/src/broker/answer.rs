@@ -73,24 +73,12 @@ impl Broker {
         grant: Grant,
         retry: Option<AcquireRequest>,
     ) {
-        // Cluster mode: nothing leaves for a shard this broker cannot vouch for right now.
-        if let Some(router) = self.router.get() {
-            let refusal = match router.route(&grant.key) {
-                Route::Local {
-                    grace_until: Some(_),
-                } => Some((
-                    ErrorCode::Unavailable,
-                    "the key's shard is in its takeover grace; retry".to_string(),
-                )),
-                route => route.refusal(),
-            };
-            if let Some((code, message)) = refusal {
-                self.release_lease(session, &grant);
-                if let Some(h) = self.session_handle(session) {
-                    h.answer_error(req, code, message);
-                }
-                return;
+        if let Some((code, message)) = self.grant_refusal(&grant.key) {
+            self.release_lease(session, &grant);
+            if let Some(h) = self.session_handle(session) {
+                h.answer_error(req, code, message);
             }
+            return;
         }
         if let Some(pending) = self.gate.get().and_then(|g| g.hold(&grant)) {
             confirm::spawn(self.clone(), session, req, grant, pending, retry);
@@ -107,17 +95,7 @@ impl Broker {
     /// or gives every lease back if one key's shard cannot be vouched for now (cluster mode)
     /// or the session is gone. No grant gate takes part (refused at the request).
     pub fn deliver_grants(self: &Arc<Self>, session: SessionId, req: ReqId, grants: Vec<Grant>) {
-        let refusal = self.router.get().and_then(|router| {
-            grants.iter().find_map(|g| match router.route(&g.key) {
-                Route::Local {
-                    grace_until: Some(_),
-                } => Some((
-                    ErrorCode::Unavailable,
-                    "a key's shard is in its takeover grace; retry".to_string(),
-                )),
-                route => route.refusal(),
-            })
-        });
+        let refusal = grants.iter().find_map(|g| self.grant_refusal(&g.key));
         let handle = self.session_handle(session);
         match (handle, refusal) {
             (Some(h), None) => {
@@ -141,6 +119,20 @@ impl Broker {
                     h.answer_error(req, code, message);
                 }
             }
+        }
+    }
+
+    /// Cluster mode: why a grant on `key` may not leave now — this broker cannot vouch for the
+    /// key's shard right now (moved, unowned, or in its takeover grace). `None` otherwise.
+    fn grant_refusal(&self, key: &[u8]) -> Option<(ErrorCode, String)> {
+        match self.router.get()?.route(key) {
+            Route::Local {
+                grace_until: Some(_),
+            } => Some((
+                ErrorCode::Unavailable,
+                "the key's shard is in its takeover grace; retry".to_string(),
+            )),
+            route => route.refusal(),
         }
     }
 
