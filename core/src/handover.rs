@@ -63,10 +63,8 @@ impl Table {
         };
         let key = e.key.to_key();
         let grant = e.install_lease(session, fence, mode, ttl, key, &mut cx!(self, now, out));
-        self.owners.set(
-            fence,
-            (!owner.is_empty()).then(|| Bytes::copy_from_slice(owner)),
-        );
+        // An empty label is none (`Owners::set` keeps no empty label).
+        self.owners.set(fence, Some(Bytes::copy_from_slice(owner)));
         self.maybe_compact();
         Ok(grant)
     }

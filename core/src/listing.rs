@@ -50,12 +50,7 @@ impl Table {
             .take(limit)
             .map(|e| KeyListing {
                 key: e.key.to_key(),
-                holders: e
-                    .holders
-                    .as_slice()
-                    .iter()
-                    .map(|h| h.holder(&self.owners))
-                    .collect(),
+                holders: self.holders_of(e),
                 waiters: e.waiters().len(),
                 watchers: e.watchers().len(),
             })

@@ -33,15 +33,19 @@ impl Table {
         };
         Some(LockInfo {
             key: e.key.to_key(),
-            holders: e
-                .holders
-                .as_slice()
-                .iter()
-                .map(|h| h.holder(&self.owners))
-                .collect(),
+            holders: self.holders_of(e),
             waiters: e.waiters().len(),
             blocked_until: e.blocked_until(),
         })
+    }
+
+    /// The leases of entry `e` as reported, with their owner labels.
+    pub(super) fn holders_of(&self, e: &super::entry::Entry) -> Vec<Holder> {
+        e.holders
+            .as_slice()
+            .iter()
+            .map(|h| h.holder(&self.owners))
+            .collect()
     }
 
     /// Where `session`'s first queued acquire of `key` stands in the key's queue (1: next),

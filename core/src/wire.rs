@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use lockbroker_proto::{
-    ErrorCode, HolderInfo, Mode as WireMode, UnlockOutcome as WireOutcome, WaitSpec,
+    ErrorCode, HolderInfo, LockInfo, Mode as WireMode, UnlockOutcome as WireOutcome, WaitSpec,
 };
 
-use crate::{Holder, Mode, TableError, UnlockOutcome, Wait};
+use crate::{Holder, Mode, SessionId, Table, TableError, UnlockOutcome, Wait};
 
 impl From<WireMode> for Mode {
     fn from(m: WireMode) -> Mode {
@@ -71,14 +72,52 @@ impl From<&TableError> for ErrorCode {
     }
 }
 
+/// The table's owner label of a wire owner label (empty on the wire: none).
+pub fn owner_label(wire: Bytes) -> Option<Bytes> {
+    (!wire.is_empty()).then_some(wire)
+}
+
+/// The `LockInfo` answer to request `id` of `session` about `key` (the key as the table holds
+/// it): holders in table order and `holders_total` unset — the driver calls
+/// [`LockInfo::order_holders`] (outside its table lock) and cuts the list to its frame limit.
+pub fn lock_info(table: &Table, id: u64, key: Bytes, session: SessionId, now: Instant) -> LockInfo {
+    let position = table
+        .queue_position(&key, session)
+        .map_or(0, |p| u32::try_from(p).unwrap_or(u32::MAX));
+    let Some(info) = table.inspect(&key) else {
+        return LockInfo {
+            id,
+            key,
+            holders: Vec::new(),
+            holders_total: 0,
+            waiters: 0,
+            blocked_ms: 0,
+            position,
+        };
+    };
+    LockInfo {
+        id,
+        key: info.key,
+        holders: info.holders.iter().map(|h| holder_info(h, now)).collect(),
+        holders_total: 0,
+        waiters: u32::try_from(info.waiters).unwrap_or(u32::MAX),
+        blocked_ms: info.blocked_until.map_or(0, |b| millis_until(b, now)),
+        position,
+    }
+}
+
+/// Milliseconds from `now` until `deadline` (0 once it passed), saturating.
+fn millis_until(deadline: Instant, now: Instant) -> u64 {
+    u64::try_from(deadline.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A holder as `LockInfo` reports it, its remaining TTL counted from `now`.
-pub fn holder_info(h: &Holder, now: Instant) -> HolderInfo {
+fn holder_info(h: &Holder, now: Instant) -> HolderInfo {
     HolderInfo {
         session: h.session,
         fence: h.fence,
         mode: h.mode.into(),
-        remaining_ms: u64::try_from(h.deadline.saturating_duration_since(now).as_millis())
-            .unwrap_or(u64::MAX),
+        remaining_ms: millis_until(h.deadline, now),
         owner: h.owner.clone().unwrap_or_default(),
     }
 }

@@ -354,6 +354,13 @@ impl LockInfo {
                 .sum::<usize>()
     }
 
+    /// Puts `holders` in fence order (the oldest leases first, the ones a truncation keeps)
+    /// and sets `holders_total` to their count.
+    pub fn order_holders(&mut self) {
+        self.holders.sort_unstable_by_key(|h| h.fence);
+        self.holders_total = u32::try_from(self.holders.len()).unwrap_or(u32::MAX);
+    }
+
     /// Keeps the longest prefix of `holders` for which the frame's encoding takes at most
     /// `max_frame` bytes, dropping the rest; `holders_total` is left as it is (set it to the
     /// full count first). Returns false when the frame does not fit even without holders (a

@@ -22,17 +22,18 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_core::wire::{holder_info, wait_from};
+use lockbroker_core::wire::{lock_info, owner_label, wait_from};
 use lockbroker_core::{
     AcquireAllRequest, AcquireRequest, Effect, Grant, LockEvent, SessionId, Table, TableConfig,
     TableError,
 };
 use lockbroker_proto::{
-    EndReason, ErrorCode, Frame, Granted, GrantedAll, GrantedLease, HolderInfo, LeaseSecret,
-    Limits, LockInfo, Welcome,
+    EndReason, ErrorCode, Frame, Granted, GrantedAll, GrantedLease, LeaseSecret, Limits, LockInfo,
+    Welcome,
 };
 use tokio::sync::Notify;
 
+use crate::client::millis;
 use crate::conn::Conn;
 
 /// The TTL of an acquire that asks for none (as a broker's default).
@@ -134,11 +135,7 @@ impl Engine {
         match frame {
             Frame::Acquire(a) => {
                 let id = a.id;
-                let ttl = if a.ttl_ms == 0 {
-                    DEFAULT_TTL
-                } else {
-                    Duration::from_millis(a.ttl_ms)
-                };
+                let ttl = ttl_asked(a.ttl_ms);
                 let key = a.key.clone();
                 let granted = self.with_table(&mut out, |t, now, effects| {
                     t.acquire(
@@ -150,7 +147,7 @@ impl Engine {
                             mode: a.mode.into(),
                             ttl,
                             wait: wait_from(a.wait, now),
-                            owner: (!a.owner.is_empty()).then_some(a.owner),
+                            owner: owner_label(a.owner),
                         },
                         effects,
                     )
@@ -163,11 +160,7 @@ impl Engine {
             }
             Frame::AcquireAll(a) => {
                 let id = a.id;
-                let ttl = if a.ttl_ms == 0 {
-                    DEFAULT_TTL
-                } else {
-                    Duration::from_millis(a.ttl_ms)
-                };
+                let ttl = ttl_asked(a.ttl_ms);
                 let granted = self.with_table(&mut out, |t, now, effects| {
                     t.acquire_all(
                         now,
@@ -177,7 +170,7 @@ impl Engine {
                             keys: a.keys,
                             ttl,
                             wait: wait_from(a.wait, now),
-                            owner: (!a.owner.is_empty()).then_some(a.owner),
+                            owner: owner_label(a.owner),
                         },
                         effects,
                     )
@@ -189,13 +182,11 @@ impl Engine {
                 }
             }
             Frame::Release(r) => {
-                let result = if self.secret(&r.key, r.fence) == r.secret {
+                let result = self.check_secret(&r.key, r.fence, r.secret).and_then(|()| {
                     self.with_table(&mut out, |t, now, effects| {
                         t.release(now, session, &r.key, r.fence, effects)
                     })
-                } else {
-                    Err(TableError::NotOwner)
-                };
+                });
                 if r.ack {
                     out.push((
                         session,
@@ -208,13 +199,11 @@ impl Engine {
             }
             Frame::Extend(x) => {
                 let ttl = Duration::from_millis(x.ttl_ms);
-                let result = if self.secret(&x.key, x.fence) == x.secret {
+                let result = self.check_secret(&x.key, x.fence, x.secret).and_then(|()| {
                     self.with_table(&mut out, |t, now, effects| {
                         t.extend(now, session, &x.key, x.fence, ttl, effects)
                     })
-                } else {
-                    Err(TableError::NotOwner)
-                };
+                });
                 out.push((
                     session,
                     match result {
@@ -229,11 +218,9 @@ impl Engine {
             Frame::Reclaim(r) => {
                 // One process, one principal: the lease moves to this session if its secret
                 // matches (a guard reclaims only after its connection was replaced).
-                let result = if self.secret(&r.key, r.fence) == r.secret {
+                let result = self.check_secret(&r.key, r.fence, r.secret).and_then(|()| {
                     self.with_table(&mut out, |t, _, _| t.reclaim(session, &r.key, r.fence))
-                } else {
-                    Err(TableError::NotOwner)
-                };
+                });
                 out.push((
                     session,
                     match result {
@@ -402,6 +389,15 @@ impl Engine {
         })
     }
 
+    /// `NotOwner` unless `secret` is the secret of lease (`key`, `fence`).
+    fn check_secret(&self, key: &[u8], fence: u64, secret: LeaseSecret) -> Result<(), TableError> {
+        if self.secret(key, fence) == secret {
+            Ok(())
+        } else {
+            Err(TableError::NotOwner)
+        }
+    }
+
     /// The secret of lease (`key`, `fence`).
     fn secret(&self, key: &[u8], fence: u64) -> LeaseSecret {
         let half = |s: &RandomState| {
@@ -417,37 +413,12 @@ impl Engine {
     }
 
     fn inspect(&self, session: SessionId, id: u64, key: Bytes) -> LockInfo {
-        let l = lock(&self.table);
-        let t = &l.table;
-        let now = Instant::now();
-        let position = t
-            .queue_position(&key, session)
-            .map_or(0, |p| u32::try_from(p).unwrap_or(u32::MAX));
-        let Some(info) = t.inspect(&key) else {
-            return LockInfo {
-                id,
-                key,
-                holders: Vec::new(),
-                holders_total: 0,
-                waiters: 0,
-                blocked_ms: 0,
-                position,
-            };
+        let mut info = {
+            let l = lock(&self.table);
+            lock_info(&l.table, id, key, session, Instant::now())
         };
-        let mut holders: Vec<HolderInfo> =
-            info.holders.iter().map(|h| holder_info(h, now)).collect();
-        holders.sort_unstable_by_key(|h| h.fence);
-        LockInfo {
-            id,
-            key: info.key,
-            holders_total: u32::try_from(holders.len()).unwrap_or(u32::MAX),
-            holders,
-            waiters: u32::try_from(info.waiters).unwrap_or(u32::MAX),
-            blocked_ms: info
-                .blocked_until
-                .map_or(0, |b| millis(b.saturating_duration_since(now))),
-            position,
-        }
+        info.order_holders();
+        info
     }
 
     /// Starts the timer task on first use (an embedded client may be built outside a runtime).
@@ -501,8 +472,13 @@ fn error(id: u64, e: &TableError) -> Frame {
     Frame::error(id, ErrorCode::from(e), e.to_string())
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// The TTL of a wire acquire's `ttl_ms` (0: the default, as at a broker).
+fn ttl_asked(ttl_ms: u64) -> Duration {
+    if ttl_ms == 0 {
+        DEFAULT_TTL
+    } else {
+        Duration::from_millis(ttl_ms)
+    }
 }
 
 /// A lock of the engine (poisoning is recovered: the table is valid between calls).

@@ -10,6 +10,7 @@ use lockbroker_proto::Acquire;
 use crate::broker::wire::wait_from;
 use crate::server::policy::Op;
 use crate::server::session::Session;
+use crate::table::wire::owner_label;
 use crate::table::{AcquireRequest, TableError};
 
 pub(super) async fn apply(s: &Session, a: Acquire) {
@@ -49,7 +50,7 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
             mode: a.mode.into(),
             ttl: decided.ttl,
             wait: wait_from(a.wait, now),
-            owner: (!a.owner.is_empty()).then(|| a.owner.clone()),
+            owner: owner_label(a.owner.clone()),
         };
         if gated {
             request = Some(r.clone());

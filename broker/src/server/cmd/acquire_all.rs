@@ -9,6 +9,7 @@ use lockbroker_proto::{AcquireAll, ErrorCode, MAX_KEYS_PER_ACQUIRE, Mode, shard_
 use crate::broker::wire::wait_from;
 use crate::server::policy::Op;
 use crate::server::session::Session;
+use crate::table::wire::owner_label;
 use crate::table::{AcquireAllRequest, TableError};
 
 pub(super) async fn apply(s: &Session, a: AcquireAll) {
@@ -77,7 +78,7 @@ pub(super) async fn apply(s: &Session, a: AcquireAll) {
                 keys,
                 ttl,
                 wait: wait_from(a.wait, now),
-                owner: (!a.owner.is_empty()).then(|| a.owner.clone()),
+                owner: owner_label(a.owner.clone()),
             },
             out,
         )
