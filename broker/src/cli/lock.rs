@@ -15,7 +15,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 
 use anyhow::Context;
 use clap::Args;
@@ -99,8 +99,11 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
     };
     let key = args.keys.join(",");
     let owner = args.owner.clone().unwrap_or_else(waiting::default_owner);
-    let request = match args.keys.as_slice() {
-        [one] => {
+    if args.shared && args.keys.len() > 1 {
+        anyhow::bail!("--shared takes one key: several keys are locked exclusively");
+    }
+    let request = async {
+        if let [one] = args.keys.as_slice() {
             let request = if args.shared {
                 client.read_lock(one.clone())
             } else {
@@ -113,23 +116,18 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
                 Some(d) if d.is_zero() => request.no_wait(),
                 Some(d) => request.wait(d),
             };
-            Box::pin(async move { request.await.map(|g| vec![g]) })
-                as std::pin::Pin<
-                    Box<dyn Future<Output = lockbroker_sdk::Result<Vec<Guard>>> + Send>,
-                >
+            return request.await.map(|g| vec![g]);
         }
-        several => {
-            if args.shared {
-                anyhow::bail!("--shared takes one key: several keys are locked exclusively");
-            }
-            let request = client.lock_all(several.to_vec()).ttl(args.ttl).owner(owner);
-            let request = match args.wait {
-                None => request.wait_forever(),
-                Some(d) if d.is_zero() => request.no_wait(),
-                Some(d) => request.wait(d),
-            };
-            Box::pin(request.into_future())
-        }
+        let request = client
+            .lock_all(args.keys.clone())
+            .ttl(args.ttl)
+            .owner(owner);
+        let request = match args.wait {
+            None => request.wait_forever(),
+            Some(d) if d.is_zero() => request.no_wait(),
+            Some(d) => request.wait(d),
+        };
+        request.await
     };
     // On a terminal, while it waits: who holds the (first) key and where this request stands.
     let status = tokio::spawn(waiting::show(client.clone(), args.keys[0].clone()));
