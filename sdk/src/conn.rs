@@ -499,6 +499,15 @@ impl Conn {
         }
     }
 
+    /// An embedded connection that is open: its engine and session, for the direct calls
+    /// (`Engine::grant_now`, `Engine::release_now`) that skip frames and reply channels.
+    pub(crate) fn local(&self) -> Option<(&Arc<Engine>, u64)> {
+        match &self.link {
+            Link::Local { engine, session } if !self.is_closed() => Some((engine, *session)),
+            _ => None,
+        }
+    }
+
     pub(crate) fn welcome(&self) -> &Welcome {
         &self.welcome
     }

@@ -25,11 +25,11 @@ use bytes::Bytes;
 use lockbroker_core::wire::{lock_info, owner_label, wait_from};
 use lockbroker_core::{
     AcquireAllRequest, AcquireRequest, Effect, Grant, LockEvent, SessionId, Table, TableConfig,
-    TableError,
+    TableError, Wait,
 };
 use lockbroker_proto::{
     EndReason, ErrorCode, Frame, Granted, GrantedAll, GrantedLease, LeaseSecret, Limits, LockInfo,
-    Welcome,
+    Mode, Welcome,
 };
 use tokio::sync::Notify;
 
@@ -128,6 +128,59 @@ impl Engine {
         self.deliver(out);
     }
 
+    /// The direct path of an acquire (no frame, no reply channel): grants `key` to `session`
+    /// in this call if it is free for `mode` now. `None` when it would wait or fail; the
+    /// caller then sends the acquire as a frame, whose answer covers both (a refused immediate
+    /// acquire changes nothing in the table).
+    pub(crate) fn grant_now(
+        self: &Arc<Self>,
+        session: SessionId,
+        key: &Bytes,
+        mode: Mode,
+        ttl_ms: u64,
+        owner: &Bytes,
+    ) -> Option<Granted> {
+        self.start_timer();
+        let mut out = Outgoing::new();
+        let granted = self.with_table(&mut out, |t, now, effects| {
+            t.acquire(
+                now,
+                AcquireRequest {
+                    session,
+                    // Never queued, so never answered by id: 0 is no request's id.
+                    req: 0,
+                    key: key.clone(),
+                    mode: mode.into(),
+                    ttl: ttl_asked(ttl_ms),
+                    wait: Wait::No,
+                    owner: owner_label(owner.clone()),
+                },
+                effects,
+            )
+        });
+        self.deliver(out);
+        match granted {
+            Ok(Some(g)) => Some(self.granted(0, key, g)),
+            _ => None,
+        }
+    }
+
+    /// The direct path of a release by the guard that holds the lease (the guard is the
+    /// proof of ownership: no secret to check). Grants it hands over are delivered.
+    pub(crate) fn release_now(
+        self: &Arc<Self>,
+        session: SessionId,
+        key: &Bytes,
+        fence: u64,
+    ) -> Result<(), TableError> {
+        let mut out = Outgoing::new();
+        let result = self.with_table(&mut out, |t, now, effects| {
+            t.release(now, session, key, fence, effects)
+        });
+        self.deliver(out);
+        result
+    }
+
     /// Applies one request frame of `session`.
     pub(crate) fn handle(self: &Arc<Self>, session: SessionId, frame: Frame) {
         self.start_timer();
@@ -153,7 +206,7 @@ impl Engine {
                     )
                 });
                 match granted {
-                    Ok(Some(g)) => out.push((session, self.granted(id, &key, g))),
+                    Ok(Some(g)) => out.push((session, Frame::Granted(self.granted(id, &key, g)))),
                     Ok(None) => {} // queued: a later effect answers
                     Err(e) => out.push((session, error(id, &e))),
                 }
@@ -224,7 +277,7 @@ impl Engine {
                 out.push((
                     session,
                     match result {
-                        Ok(g) => self.granted(r.id, &r.key, g),
+                        Ok(g) => Frame::Granted(self.granted(r.id, &r.key, g)),
                         Err(e) => error(r.id, &e),
                     },
                 ));
@@ -305,7 +358,7 @@ impl Engine {
                     grant,
                 } => {
                     let key = grant.key.clone();
-                    out.push((session, self.granted(req, &key, grant)));
+                    out.push((session, Frame::Granted(self.granted(req, &key, grant))));
                 }
                 Effect::GrantedAll {
                     session,
@@ -364,14 +417,14 @@ impl Engine {
         }
     }
 
-    fn granted(&self, id: u64, asked: &Bytes, g: Grant) -> Frame {
-        Frame::Granted(Granted {
+    fn granted(&self, id: u64, asked: &Bytes, g: Grant) -> Granted {
+        Granted {
             id,
             fence: g.fence,
             ttl_ms: millis(g.ttl),
             rewritten: (g.key != *asked).then(|| g.key.clone()),
             secret: self.secret(&g.key, g.fence),
-        })
+        }
     }
 
     fn granted_all(&self, id: u64, grants: Vec<Grant>) -> Frame {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lockbroker_proto::{EndReason, ErrorCode, Extend, Frame, LeaseSecret, Mode, Reclaim, Release};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 
 use crate::client::{MOVE_PAUSE, millis, round_trip_raw};
 use crate::conn::Conn;
@@ -34,7 +34,6 @@ pub struct Guard {
     /// The lease's watchdog, started lazily (`watchdogs.rs`), and its place in the client's
     /// starter while it waits to start.
     watchdog: Option<(Arc<Slot>, Ticket)>,
-    lost: watch::Receiver<Option<Error>>,
     released: bool,
 }
 
@@ -62,7 +61,13 @@ struct Lease {
     /// The identity of the broker that granted the lease: it is never carried to another.
     broker_id: u64,
     mode: Mode,
-    timing: watch::Sender<Timing>,
+    /// The TTL in force and the local deadline; why the lease was lost, once it is.
+    state: Mutex<LeaseState>,
+    /// Wakes the watchdog when the timing changed (a renewal, an `extend`): one waiter, so a
+    /// change made while it is busy is kept as a permit for its next turn.
+    renewed: Notify,
+    /// Wakes every [`Guard::lost`] waiting when the lease is declared lost.
+    lost_wake: Notify,
     /// The connection whose session holds the lease.
     owner: Mutex<Arc<Conn>>,
     /// Cluster mode: the broker said the key's shard moved (`LeaseEnded` with `Moved`); the
@@ -74,6 +79,44 @@ struct Lease {
     renewing: tokio::sync::Mutex<()>,
     /// The hold-time clock (`crate::metrics`), started at the grant.
     hold: crate::metrics::Hold,
+}
+
+/// What changes over a lease's life, under one small lock (a watch channel per field cost
+/// more than the rest of an in-process lock cycle to create and drop).
+struct LeaseState {
+    timing: Timing,
+    lost: Option<Error>,
+}
+
+impl Lease {
+    fn timing(&self) -> Timing {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).timing
+    }
+
+    /// A renewal or `extend` moved the deadline: the watchdog re-arms.
+    fn set_timing(&self, timing: Timing) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).timing = timing;
+        self.renewed.notify_one();
+    }
+
+    fn lost_error(&self) -> Option<Error> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lost
+            .clone()
+    }
+
+    /// Declares the lease lost (the first reason stays) and wakes `lost()`.
+    fn declare_lost(&self, e: Error) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.lost.is_none() {
+                state.lost = Some(e);
+            }
+        }
+        self.lost_wake.notify_waiters();
+    }
 }
 
 /// A granted lease as `LockRequest` hands it to [`Guard::new`].
@@ -101,7 +144,6 @@ impl std::fmt::Debug for Guard {
 
 impl Guard {
     pub(crate) fn new(client: Client, owner: Arc<Conn>, g: Granted, renew: bool) -> Guard {
-        let (lost_tx, lost) = watch::channel(None);
         let broker_id = owner.welcome().broker_id;
         let lease = Arc::new(Lease {
             client,
@@ -110,10 +152,15 @@ impl Guard {
             secret: g.secret,
             broker_id,
             mode: g.mode,
-            timing: watch::Sender::new(Timing {
-                ttl: g.ttl,
-                deadline: g.sent + g.ttl,
+            state: Mutex::new(LeaseState {
+                timing: Timing {
+                    ttl: g.ttl,
+                    deadline: g.sent + g.ttl,
+                },
+                lost: None,
             }),
+            renewed: Notify::new(),
+            lost_wake: Notify::new(),
             owner: Mutex::new(owner),
             moved: AtomicBool::new(false),
             label: g.label,
@@ -124,15 +171,14 @@ impl Guard {
         let ended = lease.client.lease_ended();
         let slot = Slot::new(g.fence, {
             let lease = lease.clone();
-            Box::new(move || tokio::spawn(watchdog(lease, lost_tx, ended, renew)))
+            Box::new(move || tokio::spawn(watchdog(lease, ended, renew)))
         });
-        let first_renewal = lease.timing.borrow().renew_at();
+        let first_renewal = lease.timing().renew_at();
         let ticket = lease.client.watchdogs().schedule(first_renewal, &slot);
         let watchdog = Some((slot, ticket));
         Guard {
             lease,
             watchdog,
-            lost,
             released: false,
         }
     }
@@ -178,25 +224,25 @@ impl Guard {
 
     /// The lease TTL granted by the broker (after TTL policy); renewals use it.
     pub fn ttl(&self) -> Duration {
-        self.lease.timing.borrow().ttl
+        self.lease.timing().ttl
     }
 
     /// The lease's local deadline: the send time of the acquire or last renewal plus the TTL.
     /// [`Guard::lost`] fires a safety margin before it.
     pub fn deadline(&self) -> Instant {
-        self.lease.timing.borrow().deadline
+        self.lease.timing().deadline
     }
 
     /// True once the lease is lost — also read from the clock, so a process that was paused
     /// (SIGSTOP, a long GC-like stall) past the local deadline minus the safety margin sees
     /// `true` at once, before its watchdog task has had a chance to run.
     pub fn is_lost(&self) -> bool {
-        self.lost.borrow().is_some() || Instant::now() >= self.lost_at()
+        Instant::now() >= self.lost_at() || self.lease.lost_error().is_some()
     }
 
     /// When [`Guard::lost`] fires by the clock: the local deadline minus the safety margin.
     pub fn lost_at(&self) -> Instant {
-        lost_at(&self.lease, *self.lease.timing.borrow())
+        lost_at(&self.lease, self.lease.timing())
     }
 
     /// Resolves with [`Error::Lost`] when the lease can no longer be guaranteed: it was not
@@ -204,16 +250,15 @@ impl Guard {
     /// the client reconnected to a broker with another identity, or the watchdog task ended.
     /// Never resolves while the lease is safe.
     pub async fn lost(&self) -> Error {
-        let mut rx = self.lost.clone();
         loop {
-            if let Some(e) = rx.borrow_and_update().clone() {
+            // Registered before the check, so a loss declared in between still wakes it.
+            let woken = self.lease.lost_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(e) = self.lease.lost_error() {
                 return e;
             }
-            if rx.changed().await.is_err() {
-                return rx.borrow().clone().unwrap_or_else(|| {
-                    Error::Lost("the lease watchdog stopped; the lease is not renewed".into())
-                });
-            }
+            woken.await;
         }
     }
 
@@ -253,6 +298,11 @@ impl Guard {
 /// One acknowledged release of the lease where it lives.
 async fn release_now(lease: &Lease) -> Result<()> {
     let conn = owned_conn(lease).await?;
+    if let Some((engine, session)) = conn.local() {
+        return engine
+            .release_now(session, &lease.key, lease.fence)
+            .map_err(|e| Error::from_wire(ErrorCode::from(&e), e.to_string()));
+    }
     let reply = round_trip_lease(lease, &conn, |id| {
         Frame::Release(Release {
             id,
@@ -304,7 +354,7 @@ where
         match op().await {
             Err(Error::Unavailable(_) | Error::Disconnected(_) | Error::Connect(_))
                 if lease.client.is_clustered()
-                    && Instant::now() + MOVE_PAUSE < lost_at(lease, *lease.timing.borrow()) =>
+                    && Instant::now() + MOVE_PAUSE < lost_at(lease, lease.timing()) =>
             {
                 tokio::time::sleep(MOVE_PAUSE).await;
             }
@@ -326,6 +376,11 @@ impl Drop for Guard {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        if let Some((engine, session)) = conn.local() {
+            // Fire-and-forget: a lease that already ended has nothing to release.
+            let _ = engine.release_now(session, &self.lease.key, self.lease.fence);
+            return;
+        }
         conn.post(|id| {
             Frame::Release(Release {
                 id,
@@ -362,7 +417,7 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
             lease.broker_id
         )));
     }
-    let ttl = lease.timing.borrow().ttl;
+    let ttl = lease.timing().ttl;
     let reply = round_trip_raw(&conn, lease.client.request_timeout(), |id| {
         Frame::Reclaim(Reclaim {
             id,
@@ -404,7 +459,7 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
 /// flight cannot overwrite an `extend` to another TTL with its older one.
 async fn renew_now(lease: &Lease, ttl: Option<Duration>) -> Result<Duration> {
     let _one_at_a_time = lease.renewing.lock().await;
-    let ttl = ttl.unwrap_or_else(|| lease.timing.borrow().ttl);
+    let ttl = ttl.unwrap_or_else(|| lease.timing().ttl);
     let sent = Instant::now();
     let conn = owned_conn(lease).await?;
     let reply = round_trip_lease(lease, &conn, |id| {
@@ -420,7 +475,7 @@ async fn renew_now(lease: &Lease, ttl: Option<Duration>) -> Result<Duration> {
     match reply {
         Frame::Extended { ttl_ms, .. } => {
             let granted = Duration::from_millis(ttl_ms);
-            lease.timing.send_replace(Timing {
+            lease.set_timing(Timing {
                 ttl: granted,
                 deadline: sent + granted,
             });
@@ -459,19 +514,28 @@ fn lost_at(lease: &Lease, t: Timing) -> Instant {
 /// by its own clock, whether or not the broker answers.
 async fn watchdog(
     lease: Arc<Lease>,
-    lost: watch::Sender<Option<Error>>,
     mut ended: broadcast::Receiver<(u64, EndReason, String)>,
     renew: bool,
 ) {
+    /// However the watchdog ends (declared the loss, or its task was aborted or panicked),
+    /// `lost()` resolves: nobody renews the lease any more.
+    struct Over<'a>(&'a Lease);
+    impl Drop for Over<'_> {
+        fn drop(&mut self) {
+            self.0.declare_lost(Error::Lost(
+                "the lease watchdog stopped; the lease is not renewed".into(),
+            ));
+        }
+    }
+    let _over = Over(&lease);
     let declare = |why: String| {
         lease.hold.lost();
-        let _ = lost.send(Some(Error::Lost(why)));
+        lease.declare_lost(Error::Lost(why));
     };
-    let mut timing = lease.timing.subscribe();
-    let mut next_renew = timing.borrow_and_update().renew_at();
+    let mut next_renew = lease.timing().renew_at();
     let mut ended_open = true;
     loop {
-        let t = *timing.borrow_and_update();
+        let t = lease.timing();
         let margin = lease.client.lease_margin(t.ttl);
         let lost_at = lost_at(&lease, t);
         tokio::select! {
@@ -483,11 +547,8 @@ async fn watchdog(
                 ));
                 return;
             }
-            changed = timing.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                next_renew = timing.borrow().renew_at();
+            () = lease.renewed.notified() => {
+                next_renew = lease.timing().renew_at();
             }
             // The broker says the lease ended (expired, or its mirror lost it): lost at once.
             pushed = ended.recv(), if ended_open => match pushed {

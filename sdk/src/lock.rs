@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_proto::{Acquire, ErrorCode, Frame, MAX_OWNER_LABEL, Mode, WaitSpec};
+use lockbroker_proto::{Acquire, ErrorCode, Frame, Granted, MAX_OWNER_LABEL, Mode, WaitSpec};
 
 use crate::client::{MAX_MOVES, PendingReply, millis, unexpected};
 use crate::guard::Guard;
@@ -140,6 +140,12 @@ impl LockRequest {
         let ttl_ms = self.ttl.map_or(0, millis);
         // The lease's clock starts here: the broker cannot have granted it earlier.
         let sent = Instant::now();
+        // Embedded: a free key is granted in this call, without a frame or a reply channel.
+        if let Some((engine, session)) = conn.local()
+            && let Some(g) = engine.grant_now(session, &self.key, self.mode, ttl_ms, &self.owner)
+        {
+            return Ok(Attempt::Granted(self.guard(conn, g, sent)));
+        }
         let (id, rx) = conn.request(|id| {
             Frame::Acquire(Acquire {
                 id,
@@ -159,27 +165,31 @@ impl LockRequest {
                 ..
             } => Ok(Attempt::Moved(message)),
             Frame::Granted(g) => {
-                let ttl = Duration::from_millis(g.ttl_ms);
-                let guard = Guard::new(
-                    self.client.clone(),
-                    conn,
-                    crate::guard::Granted {
-                        key: g.rewritten.unwrap_or_else(|| self.key.clone()),
-                        fence: g.fence,
-                        secret: g.secret,
-                        mode: self.mode,
-                        ttl,
-                        sent,
-                        label: self.owner.clone(),
-                    },
-                    self.renew,
-                );
+                let guard = self.guard(conn, g, sent);
                 // Queued for a while: renewed before it is handed out.
                 crate::guard::refresh_if_stale(&guard, sent).await?;
                 Ok(Attempt::Granted(guard))
             }
             other => Err(unexpected(other)),
         }
+    }
+
+    /// The guard of grant `g` on `conn`, its clock started at `sent`.
+    fn guard(&self, conn: std::sync::Arc<crate::conn::Conn>, g: Granted, sent: Instant) -> Guard {
+        Guard::new(
+            self.client.clone(),
+            conn,
+            crate::guard::Granted {
+                key: g.rewritten.unwrap_or_else(|| self.key.clone()),
+                fence: g.fence,
+                secret: g.secret,
+                mode: self.mode,
+                ttl: Duration::from_millis(g.ttl_ms),
+                sent,
+                label: self.owner.clone(),
+            },
+            self.renew,
+        )
     }
 }
 
