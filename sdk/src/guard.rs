@@ -128,6 +128,8 @@ pub(crate) struct Granted {
     pub ttl: Duration,
     /// When the acquire was sent: the lease's clock starts there.
     pub sent: Instant,
+    /// When the grant arrived (the hold time's start).
+    pub granted_at: Instant,
     /// The owner label given with the acquire (empty: none).
     pub label: Bytes,
 }
@@ -165,7 +167,7 @@ impl Guard {
             moved: AtomicBool::new(false),
             label: g.label,
             renewing: tokio::sync::Mutex::new(()),
-            hold: crate::metrics::Hold::start(g.mode),
+            hold: crate::metrics::Hold::start(g.mode, g.granted_at),
         });
         // Subscribed now, so no push is missed while the watchdog waits to start.
         let ended = lease.client.lease_ended();

@@ -144,7 +144,8 @@ impl LockRequest {
         if let Some((engine, session)) = conn.local()
             && let Some(g) = engine.grant_now(session, &self.key, self.mode, ttl_ms, &self.owner)
         {
-            return Ok(Attempt::Granted(self.guard(conn, g, sent)));
+            // Granted in the call: `sent` is also when it was granted.
+            return Ok(Attempt::Granted(self.guard(conn, g, sent, sent)));
         }
         let (id, rx) = conn.request(|id| {
             Frame::Acquire(Acquire {
@@ -165,7 +166,7 @@ impl LockRequest {
                 ..
             } => Ok(Attempt::Moved(message)),
             Frame::Granted(g) => {
-                let guard = self.guard(conn, g, sent);
+                let guard = self.guard(conn, g, sent, Instant::now());
                 // Queued for a while: renewed before it is handed out.
                 crate::guard::refresh_if_stale(&guard, sent).await?;
                 Ok(Attempt::Granted(guard))
@@ -174,8 +175,15 @@ impl LockRequest {
         }
     }
 
-    /// The guard of grant `g` on `conn`, its clock started at `sent`.
-    fn guard(&self, conn: std::sync::Arc<crate::conn::Conn>, g: Granted, sent: Instant) -> Guard {
+    /// The guard of grant `g` on `conn`, its lease clock started at `sent`, its hold time at
+    /// `granted_at`.
+    fn guard(
+        &self,
+        conn: std::sync::Arc<crate::conn::Conn>,
+        g: Granted,
+        sent: Instant,
+        granted_at: Instant,
+    ) -> Guard {
         Guard::new(
             self.client.clone(),
             conn,
@@ -186,6 +194,7 @@ impl LockRequest {
                 mode: self.mode,
                 ttl: Duration::from_millis(g.ttl_ms),
                 sent,
+                granted_at,
                 label: self.owner.clone(),
             },
             self.renew,

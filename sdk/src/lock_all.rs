@@ -120,6 +120,7 @@ impl LockAllRequest {
         let Frame::GrantedAll(g) = reply else {
             return Err(unexpected(reply));
         };
+        let granted_at = Instant::now();
         let guards: Vec<Guard> = g
             .leases
             .into_iter()
@@ -135,6 +136,7 @@ impl LockAllRequest {
                         mode: Mode::Exclusive,
                         ttl,
                         sent,
+                        granted_at,
                         label: self.owner.clone(),
                     },
                     self.renew,
