@@ -45,6 +45,11 @@ const EXPIRE_SLICE: usize = 1024;
 /// The principal every embedded session has.
 const PRINCIPAL: &str = "embedded";
 
+thread_local! {
+    /// `Engine::with_table`'s effect buffer, reused (empty between calls).
+    static SPARE_EFFECTS: std::cell::Cell<Vec<Effect>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// The in-process broker behind embedded clients.
 pub(crate) struct Engine {
     table: Mutex<Locked>,
@@ -328,7 +333,9 @@ impl Engine {
         out: &mut Outgoing,
         op: impl FnOnce(&mut Table, Instant, &mut Vec<Effect>) -> T,
     ) -> T {
-        let mut effects = Vec::new();
+        // A buffer kept per thread: most calls push an event or two, and a fresh vector for
+        // each was an allocation per lock and per release.
+        let mut effects = SPARE_EFFECTS.take();
         let (result, rearm) = {
             let mut l = lock(&self.table);
             let result = op(&mut l.table, Instant::now(), &mut effects);
@@ -341,7 +348,8 @@ impl Engine {
             }
             (result, rearm)
         };
-        self.answers(effects, out);
+        self.answers(&mut effects, out);
+        SPARE_EFFECTS.set(effects);
         if rearm {
             self.timer.notify_one();
         }
@@ -349,8 +357,8 @@ impl Engine {
     }
 
     /// The answers carried by table effects.
-    fn answers(&self, effects: Vec<Effect>, out: &mut Outgoing) {
-        for effect in effects {
+    fn answers(&self, effects: &mut Vec<Effect>, out: &mut Outgoing) {
+        for effect in effects.drain(..) {
             match effect {
                 Effect::Granted {
                     session,

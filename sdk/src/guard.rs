@@ -22,7 +22,7 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::client::{MOVE_PAUSE, millis, round_trip_raw};
 use crate::conn::Conn;
-use crate::watchdogs::{Slot, Ticket};
+use crate::watchdogs::{Ticket, Watched};
 use crate::{Client, Error, Result};
 
 /// A held lock. Keep it alive while you work; check [`Guard::lost`] if the work must stop
@@ -31,9 +31,9 @@ use crate::{Client, Error, Result};
 #[must_use = "dropping a guard releases the lock at once"]
 pub struct Guard {
     lease: Arc<Lease>,
-    /// The lease's watchdog, started lazily (`watchdogs.rs`), and its place in the client's
-    /// starter while it waits to start.
-    watchdog: Option<(Arc<Slot>, Ticket)>,
+    /// The lease's place in the client's watchdog starter (`watchdogs.rs`) while its watchdog
+    /// waits to start; `None` once the guard stopped it.
+    watchdog: Option<Ticket>,
     released: bool,
 }
 
@@ -79,6 +79,47 @@ struct Lease {
     renewing: tokio::sync::Mutex<()>,
     /// The hold-time clock (`crate::metrics`), started at the grant.
     hold: crate::metrics::Hold,
+    /// The watchdog task: scheduled (started lazily), running, or over.
+    watchdog: Mutex<WatchdogState>,
+}
+
+enum WatchdogState {
+    /// Not started; `ended` was subscribed at the grant, so no push is missed meanwhile.
+    Scheduled {
+        ended: broadcast::Receiver<(u64, EndReason, String)>,
+        renew: bool,
+    },
+    Running(tokio::task::JoinHandle<()>),
+    Over,
+}
+
+impl Watched for Lease {
+    fn fence(&self) -> u64 {
+        self.fence
+    }
+
+    fn start(self: Arc<Self>) {
+        let mut state = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
+        if let WatchdogState::Scheduled { .. } = &*state
+            && let WatchdogState::Scheduled { ended, renew } =
+                std::mem::replace(&mut *state, WatchdogState::Over)
+        {
+            *state = WatchdogState::Running(tokio::spawn(watchdog(self.clone(), ended, renew)));
+        }
+    }
+}
+
+impl Lease {
+    /// Stops the watchdog (aborted if it runs; never started if it did not).
+    fn end_watchdog(&self) {
+        let state = std::mem::replace(
+            &mut *self.watchdog.lock().unwrap_or_else(|e| e.into_inner()),
+            WatchdogState::Over,
+        );
+        if let WatchdogState::Running(task) = state {
+            task.abort();
+        }
+    }
 }
 
 /// What changes over a lease's life, under one small lock (a watch channel per field cost
@@ -147,6 +188,8 @@ impl std::fmt::Debug for Guard {
 impl Guard {
     pub(crate) fn new(client: Client, owner: Arc<Conn>, g: Granted, renew: bool) -> Guard {
         let broker_id = owner.welcome().broker_id;
+        // Subscribed now, so no push is missed while the watchdog waits to start.
+        let ended = client.lease_ended();
         let lease = Arc::new(Lease {
             client,
             key: g.key,
@@ -168,16 +211,15 @@ impl Guard {
             label: g.label,
             renewing: tokio::sync::Mutex::new(()),
             hold: crate::metrics::Hold::start(g.mode, g.granted_at),
-        });
-        // Subscribed now, so no push is missed while the watchdog waits to start.
-        let ended = lease.client.lease_ended();
-        let slot = Slot::new(g.fence, {
-            let lease = lease.clone();
-            Box::new(move || tokio::spawn(watchdog(lease, ended, renew)))
+            watchdog: Mutex::new(WatchdogState::Scheduled { ended, renew }),
         });
         let first_renewal = lease.timing().renew_at();
-        let ticket = lease.client.watchdogs().schedule(first_renewal, &slot);
-        let watchdog = Some((slot, ticket));
+        let watched: Arc<dyn Watched> = lease.clone();
+        let ticket = lease
+            .client
+            .watchdogs()
+            .schedule(first_renewal, Arc::downgrade(&watched));
+        let watchdog = Some(ticket);
         Guard {
             lease,
             watchdog,
@@ -198,8 +240,8 @@ impl Guard {
 
     /// Stops the watchdog (or takes it out of the starter if it never started).
     fn stop_watchdog(&mut self) {
-        if let Some((slot, ticket)) = self.watchdog.take() {
-            slot.end();
+        if let Some(ticket) = self.watchdog.take() {
+            self.lease.end_watchdog();
             self.lease.client.watchdogs().cancel(ticket);
         }
     }
@@ -271,8 +313,8 @@ impl Guard {
     /// adopted there), it tries again until the lease's local deadline.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         // A shorter TTL may bring the first renewal forward: the watchdog runs from now.
-        if let Some((slot, ticket)) = &self.watchdog {
-            slot.start();
+        if let Some(ticket) = &self.watchdog {
+            self.lease.clone().start();
             self.lease.client.watchdogs().cancel(*ticket);
         }
         let lease = &self.lease;

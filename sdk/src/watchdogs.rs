@@ -17,54 +17,19 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 use tokio::sync::{Notify, broadcast};
-use tokio::task::JoinHandle;
 
 use lockbroker_proto::EndReason;
 
 /// The pushes a client's connections pass on: (fence, why the lease ended, message).
 pub(crate) type Ended = broadcast::Sender<(u64, EndReason, String)>;
 
-/// Spawns a watchdog.
-type Spawn = Box<dyn FnOnce() -> JoinHandle<()> + Send>;
-
-/// One guard's watchdog: not started yet, running, or over.
-pub(crate) struct Slot {
-    fence: u64,
-    state: Mutex<SlotState>,
-}
-
-enum SlotState {
-    Scheduled(Spawn),
-    Running(JoinHandle<()>),
-    Ended,
-}
-
-impl Slot {
-    pub(crate) fn new(fence: u64, spawn: Spawn) -> Arc<Slot> {
-        Arc::new(Slot {
-            fence,
-            state: Mutex::new(SlotState::Scheduled(spawn)),
-        })
-    }
-
+/// A lease whose watchdog the starter starts (the guard's `Lease`, which keeps whether its
+/// watchdog is scheduled, running or over — no allocation per guard beyond the lease).
+pub(crate) trait Watched: Send + Sync {
+    /// The lease's fence (what `LeaseEnded` pushes name).
+    fn fence(&self) -> u64;
     /// Starts the watchdog unless it runs or ended.
-    pub(crate) fn start(&self) {
-        let mut state = lock(&self.state);
-        if let SlotState::Scheduled(_) = &*state
-            && let SlotState::Scheduled(spawn) = std::mem::replace(&mut *state, SlotState::Ended)
-        {
-            *state = SlotState::Running(spawn());
-        }
-    }
-
-    /// Stops the watchdog (aborted if it runs; never started if it did not).
-    pub(crate) fn end(&self) {
-        if let SlotState::Running(task) =
-            std::mem::replace(&mut *lock(&self.state), SlotState::Ended)
-        {
-            task.abort();
-        }
-    }
+    fn start(self: Arc<Self>);
 }
 
 /// Where a scheduled slot sits in the starter (to take it out when the guard goes first).
@@ -81,7 +46,7 @@ pub(crate) struct Starter {
 
 #[derive(Default)]
 struct Due {
-    slots: BTreeMap<Ticket, Weak<Slot>>,
+    slots: BTreeMap<Ticket, Weak<dyn Watched>>,
     next_id: u64,
     /// What the task sleeps until (`None`: until woken).
     armed: Option<Instant>,
@@ -104,8 +69,8 @@ impl Starter {
         })
     }
 
-    /// Starts `slot`'s watchdog at `at` (unless the guard takes it out first).
-    pub(crate) fn schedule(self: &Arc<Self>, at: Instant, slot: &Arc<Slot>) -> Ticket {
+    /// Starts `lease`'s watchdog at `at` (unless the guard takes it out first).
+    pub(crate) fn schedule(self: &Arc<Self>, at: Instant, lease: Weak<dyn Watched>) -> Ticket {
         self.task.get_or_init(|| {
             tokio::spawn(run(
                 Arc::downgrade(self),
@@ -117,7 +82,7 @@ impl Starter {
             let mut due = lock(&self.due);
             let ticket = Ticket(at, due.next_id);
             due.next_id += 1;
-            due.slots.insert(ticket, Arc::downgrade(slot));
+            due.slots.insert(ticket, lease);
             let earlier = due.armed.is_none_or(|a| at < a);
             if earlier {
                 due.armed = Some(at);
@@ -137,7 +102,7 @@ impl Starter {
 
     /// Starts, and takes out, every slot due by `now`.
     fn start_due(&self, now: Instant) {
-        let started: Vec<Weak<Slot>> = {
+        let started: Vec<Weak<dyn Watched>> = {
             let mut due = lock(&self.due);
             let later = due.slots.split_off(&Ticket(now, u64::MAX));
             std::mem::replace(&mut due.slots, later)
@@ -152,11 +117,11 @@ impl Starter {
     /// Starts the slots of lease `fence` (the broker pushed its end), or every slot (`None`:
     /// pushes were missed).
     fn start_pushed(&self, fence: Option<u64>) {
-        let started: Vec<Arc<Slot>> = {
+        let started: Vec<Arc<dyn Watched>> = {
             let mut due = lock(&self.due);
             let mut hit = Vec::new();
             due.slots.retain(|_, weak| match weak.upgrade() {
-                Some(slot) if fence.is_none_or(|f| f == slot.fence) => {
+                Some(slot) if fence.is_none_or(|f| f == slot.fence()) => {
                     hit.push(slot);
                     false
                 }
