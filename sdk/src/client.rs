@@ -169,6 +169,11 @@ impl ClientBuilder {
         pushes: Pushes,
         current: Option<Arc<Conn>>,
     ) -> Client {
+        let local = if quic_config.is_none() {
+            current.clone()
+        } else {
+            None
+        };
         Client {
             inner: Arc::new(Inner {
                 quic_config,
@@ -182,6 +187,7 @@ impl ClientBuilder {
                 lease_margin: self.lease_margin,
                 watchdogs: Starter::new(pushes.lease_ended.clone()),
                 pushes,
+                local,
                 current: Mutex::new(current),
                 routed: Mutex::new(HashMap::new()),
                 reconnect: tokio::sync::Mutex::new(()),
@@ -365,6 +371,9 @@ struct Inner {
     /// Starts guards' watchdogs when they first have work.
     watchdogs: Arc<Starter>,
     current: Mutex<Option<Arc<Conn>>>,
+    /// An embedded client's one connection to its engine (it never reconnects; `None` for a
+    /// broker's client).
+    local: Option<Arc<Conn>>,
     /// Cluster mode: connections to the brokers that own the shards of the keys used, by URL.
     routed: Mutex<HashMap<String, Arc<Conn>>>,
     reconnect: tokio::sync::Mutex<()>,
@@ -574,6 +583,9 @@ impl Client {
     /// serves it (connected on first use); otherwise — or if that broker cannot be reached —
     /// the client's one connection.
     pub(crate) async fn conn_for(&self, key: &[u8]) -> Result<Arc<Conn>> {
+        if self.inner.local.is_some() {
+            return self.conn().await;
+        }
         let Some(url) = self.inner.pushes.routes.owner(key) else {
             return self.conn().await;
         };
@@ -656,8 +668,20 @@ impl Client {
         (self.inner.lease_margin + ttl.mul_f64(CLOCK_DRIFT)).min(ttl / 2)
     }
 
+    /// An embedded client's connection while it is open.
+    pub(crate) fn local_conn(&self) -> Option<&Arc<Conn>> {
+        self.inner.local.as_ref().filter(|c| !c.is_closed())
+    }
+
     /// The live connection, reconnecting if it is gone.
     pub(crate) async fn conn(&self) -> Result<Arc<Conn>> {
+        if let Some(c) = &self.inner.local {
+            return if c.is_closed() {
+                Err(c.disconnected())
+            } else {
+                Ok(c.clone())
+            };
+        }
         if let Some(c) = self.current_conn() {
             return Ok(c);
         }

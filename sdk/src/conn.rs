@@ -32,6 +32,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -364,6 +365,8 @@ pub(crate) struct Conn {
     welcome: Welcome,
     limits: Limits,
     state: Mutex<State>,
+    /// Set with `State::closed` (read without the state lock: every request asks).
+    closed: AtomicBool,
     /// Wakes the writer task: frames are queued, or the connection ended.
     writer: Notify,
     /// Where the broker's pushes go (`LeaseEnded`, `ShardMap`).
@@ -439,6 +442,7 @@ impl Conn {
                 failed: false,
                 closed: false,
             }),
+            closed: AtomicBool::new(false),
             writer: Notify::new(),
             pushes,
         });
@@ -466,6 +470,7 @@ impl Conn {
                 failed: false,
                 closed: false,
             }),
+            closed: AtomicBool::new(false),
             writer: Notify::new(),
             pushes,
         });
@@ -513,7 +518,14 @@ impl Conn {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.state().closed
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection gone (see `State::close`).
+    fn close_state(&self) -> HashMap<u64, Pending> {
+        let pending = self.state().close();
+        self.closed.store(true, Ordering::Release);
+        pending
     }
 
     /// Checks a key against the broker's limit before it is sent.
@@ -576,7 +588,7 @@ impl Conn {
             Link::Local { engine, session } => {
                 engine.close_session(*session);
                 // Dropping every waiting sender wakes its request with "disconnected".
-                drop(self.state().close());
+                drop(self.close_state());
             }
         }
     }
@@ -625,7 +637,7 @@ impl Conn {
                 Ok(_) => {}
             }
         }
-        let pending = self.state().close();
+        let pending = self.close_state();
         self.writer.notify_one();
         // Dropping every waiting sender wakes its request with "disconnected".
         drop(pending);

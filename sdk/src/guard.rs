@@ -334,19 +334,35 @@ impl Guard {
         // Even a lease the guard reported lost is released: the broker may still have it (the
         // guard's deadline is conservative), and its answer says what became of it
         // (`NotLocked`: it ended; `NotOwner`: someone else holds the key now).
+        if let Some(released) = release_local(&self.lease) {
+            return released;
+        }
+        // Boxed: the frame path's state (reclaim, reply, moves) is large, and an unlock future
+        // that carried it inline would be copied whole on every embedded unlock.
         let lease = &self.lease;
-        while_moving(lease, || release_now(lease)).await
+        Box::pin(while_moving(lease, || release_now(lease))).await
     }
+}
+
+/// The direct release of an embedded lease (`Engine::release_now`), acknowledged by the
+/// call itself; `None` when the lease's connection is not an open embedded one.
+fn release_local(lease: &Lease) -> Option<Result<()>> {
+    let owner = lease
+        .owner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let (engine, session) = owner.local()?;
+    Some(
+        engine
+            .release_now(session, &lease.key, lease.fence)
+            .map_err(|e| Error::from_wire(ErrorCode::from(&e), e.to_string())),
+    )
 }
 
 /// One acknowledged release of the lease where it lives.
 async fn release_now(lease: &Lease) -> Result<()> {
     let conn = owned_conn(lease).await?;
-    if let Some((engine, session)) = conn.local() {
-        return engine
-            .release_now(session, &lease.key, lease.fence)
-            .map_err(|e| Error::from_wire(ErrorCode::from(&e), e.to_string()));
-    }
     let reply = round_trip_lease(lease, &conn, |id| {
         Frame::Release(Release {
             id,
@@ -414,17 +430,16 @@ impl Drop for Guard {
         if self.released {
             return;
         }
+        // Fire-and-forget: a lease that already ended has nothing to release.
+        if release_local(&self.lease).is_some() {
+            return;
+        }
         let conn = self
             .lease
             .owner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some((engine, session)) = conn.local() {
-            // Fire-and-forget: a lease that already ended has nothing to release.
-            let _ = engine.release_now(session, &self.lease.key, self.lease.fence);
-            return;
-        }
         conn.post(|id| {
             Frame::Release(Release {
                 id,

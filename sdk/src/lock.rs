@@ -77,9 +77,8 @@ impl LockRequest {
         self
     }
 
-    /// Asks the broker that serves the key; in cluster mode follows `Moved` answers to the
-    /// shard's owner (at most `MAX_MOVES` brokers in a row; while the shard has no owner, it
-    /// retries until the wait deadline).
+    /// Checks the request, then takes the direct path if it can (embedded, key free now),
+    /// else the frame path.
     async fn run(self) -> Result<Guard> {
         if let Mode::Semaphore(0) = self.mode {
             return Err(Error::Invalid(
@@ -92,6 +91,34 @@ impl LockRequest {
                 self.owner.len()
             )));
         }
+        // Embedded: a free key is granted in this call, without a frame or a reply channel.
+        if let Some(guard) = self.grant_now() {
+            return Ok(guard);
+        }
+        // Boxed: the frame path's state (reply, reconnects, moves) is large, and a future
+        // that carried it inline would be allocated and copied whole for every direct grant.
+        Box::pin(self.run_frames()).await
+    }
+
+    /// The direct path of an embedded client (`Engine::grant_now`): the guard, if the key is
+    /// free now. `None` sends the acquire as a frame, which answers every other case.
+    fn grant_now(&self) -> Option<Guard> {
+        let conn = self.client.local_conn()?;
+        conn.check_key(&self.key).ok()?;
+        // The lease's clock starts here: the table cannot have granted it earlier.
+        let sent = Instant::now();
+        let (engine, session) = conn.local()?;
+        let ttl_ms = self.ttl.map_or(0, millis);
+        let g = engine.grant_now(session, &self.key, self.mode, ttl_ms, &self.owner)?;
+        // Granted in the call: `sent` is also when it was granted.
+        Some(self.guard(conn.clone(), g, sent, sent))
+    }
+
+    /// The acquire as a request frame (a broker's client, or a key that is not free now):
+    /// asks the broker that serves the key; in cluster mode follows `Moved` answers to the
+    /// shard's owner (at most `MAX_MOVES` brokers in a row; while the shard has no owner, it
+    /// retries until the wait deadline).
+    async fn run_frames(self) -> Result<Guard> {
         let deadline = match self.wait {
             WaitSpec::Millis(ms) => Some(Instant::now() + Duration::from_millis(ms)),
             WaitSpec::NoWait => Some(Instant::now() + self.client.request_timeout()),
@@ -140,13 +167,6 @@ impl LockRequest {
         let ttl_ms = self.ttl.map_or(0, millis);
         // The lease's clock starts here: the broker cannot have granted it earlier.
         let sent = Instant::now();
-        // Embedded: a free key is granted in this call, without a frame or a reply channel.
-        if let Some((engine, session)) = conn.local()
-            && let Some(g) = engine.grant_now(session, &self.key, self.mode, ttl_ms, &self.owner)
-        {
-            // Granted in the call: `sent` is also when it was granted.
-            return Ok(Attempt::Granted(self.guard(conn, g, sent, sent)));
-        }
         let (id, rx) = conn.request(|id| {
             Frame::Acquire(Acquire {
                 id,
