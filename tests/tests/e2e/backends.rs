@@ -83,13 +83,16 @@ async fn fifo_body(b: Backend) {
     let c = b.client().await;
     let g = c.lock("b/fifo").await.expect("lock");
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Waiters keep the key until the newcomer below has asked.
+    let (go, gate) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for i in 0..4 {
         let c = b.client().await;
-        let order = order.clone();
+        let (order, mut gate) = (order.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let g = c.lock("b/fifo").wait(LIMIT).await.expect("granted");
             order.lock().expect("order").push(i);
+            gate.wait_for(|open| *open).await.expect("gate");
             g.unlock().await.expect("unlock");
         }));
         // Queued before the next one asks.
@@ -100,10 +103,36 @@ async fn fifo_body(b: Backend) {
         .await;
     }
     g.unlock().await.expect("unlock");
+    // The release handed the key to the first waiter in the same table step: a newcomer
+    // finding it free would have overtaken the queue (the embedded client grants a free key
+    // directly, without queueing).
+    assert!(matches!(c.try_lock("b/fifo").await, Err(Error::Busy)));
+    go.send_replace(true);
     for t in tasks {
         t.await.expect("join");
     }
     assert_eq!(*order.lock().expect("order"), vec![0, 1, 2, 3]);
+}
+
+/// A closed embedded client refuses every call, on the direct path as on the frame path, and
+/// its guards' leases are gone with its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_embedded_client_refuses_locks() {
+    let c = Client::embedded();
+    let g = c.lock("b/closed").await.expect("lock");
+    c.close().await;
+    assert!(matches!(
+        c.lock("b/closed").await,
+        Err(Error::Disconnected(_))
+    ));
+    assert!(matches!(
+        c.try_lock("b/other").await,
+        Err(Error::Disconnected(_))
+    ));
+    assert!(
+        g.unlock().await.is_err(),
+        "the session and its lease are gone"
+    );
 }
 
 both!(shared_locks_and_semaphores, modes_body);
