@@ -513,6 +513,14 @@ impl Conn {
         }
     }
 
+    /// An embedded connection's engine, open or not.
+    pub(crate) fn engine(&self) -> Option<&Arc<Engine>> {
+        match &self.link {
+            Link::Local { engine, .. } => Some(engine),
+            Link::Quic(_) => None,
+        }
+    }
+
     pub(crate) fn welcome(&self) -> &Welcome {
         &self.welcome
     }

@@ -136,7 +136,8 @@ impl Engine {
     /// The direct path of an acquire (no frame, no reply channel): grants `key` to `session`
     /// in this call if it is free for `mode` now. `None` when it would wait or fail; the
     /// caller then sends the acquire as a frame, whose answer covers both (a refused immediate
-    /// acquire changes nothing in the table).
+    /// acquire changes nothing in the table). The lease's secret is not derived here: the
+    /// guard asks [`Engine::secret`] if it ever needs it.
     pub(crate) fn grant_now(
         self: &Arc<Self>,
         session: SessionId,
@@ -144,7 +145,7 @@ impl Engine {
         mode: Mode,
         ttl_ms: u64,
         owner: &Bytes,
-    ) -> Option<Granted> {
+    ) -> Option<Grant> {
         self.start_timer();
         let mut out = Outgoing::new();
         let granted = self.with_table(&mut out, |t, now, effects| {
@@ -165,7 +166,7 @@ impl Engine {
         });
         self.deliver(out);
         match granted {
-            Ok(Some(g)) => Some(self.granted(0, key, g)),
+            Ok(Some(g)) => Some(g),
             _ => None,
         }
     }
@@ -460,7 +461,7 @@ impl Engine {
     }
 
     /// The secret of lease (`key`, `fence`).
-    fn secret(&self, key: &[u8], fence: u64) -> LeaseSecret {
+    pub(crate) fn secret(&self, key: &[u8], fence: u64) -> LeaseSecret {
         let half = |s: &RandomState| {
             let mut h = s.build_hasher();
             h.write(key);

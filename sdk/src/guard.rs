@@ -57,7 +57,9 @@ struct Lease {
     client: Client,
     key: Bytes,
     fence: u64,
-    secret: LeaseSecret,
+    /// The lease's secret: given with the grant, or — for a direct embedded grant — derived
+    /// from the engine when first needed.
+    secret: std::sync::OnceLock<LeaseSecret>,
     /// The identity of the broker that granted the lease: it is never carried to another.
     broker_id: u64,
     mode: Mode,
@@ -130,6 +132,17 @@ struct LeaseState {
 }
 
 impl Lease {
+    fn secret(&self) -> LeaseSecret {
+        *self.secret.get_or_init(|| {
+            let owner = self.owner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            // Only a direct embedded grant comes without its secret, and its owner is the
+            // embedded connection for good (it never reconnects).
+            owner
+                .engine()
+                .map_or(LeaseSecret([0; 16]), |e| e.secret(&self.key, self.fence))
+        })
+    }
+
     fn timing(&self) -> Timing {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).timing
     }
@@ -164,7 +177,8 @@ impl Lease {
 pub(crate) struct Granted {
     pub key: Bytes,
     pub fence: u64,
-    pub secret: LeaseSecret,
+    /// `None`: a direct embedded grant (the engine derives it on demand).
+    pub secret: Option<LeaseSecret>,
     pub mode: Mode,
     pub ttl: Duration,
     /// When the acquire was sent: the lease's clock starts there.
@@ -194,7 +208,7 @@ impl Guard {
             client,
             key: g.key,
             fence: g.fence,
-            secret: g.secret,
+            secret: g.secret.map(std::sync::OnceLock::from).unwrap_or_default(),
             broker_id,
             mode: g.mode,
             state: Mutex::new(LeaseState {
@@ -235,7 +249,7 @@ impl Guard {
     /// The lease's secret. Whoever has it — and is the same principal — can release, extend or
     /// reclaim the lease (e.g. after a restart of the holding process), so keep it secret.
     pub fn secret(&self) -> LeaseSecret {
-        self.lease.secret
+        self.lease.secret()
     }
 
     /// Stops the watchdog (or takes it out of the starter if it never started).
@@ -369,7 +383,7 @@ async fn release_now(lease: &Lease) -> Result<()> {
             key: lease.key.clone(),
             fence: lease.fence,
             ack: true,
-            secret: lease.secret,
+            secret: lease.secret(),
         })
     })
     .await?;
@@ -446,7 +460,7 @@ impl Drop for Guard {
                 key: self.lease.key.clone(),
                 fence: self.lease.fence,
                 ack: false,
-                secret: self.lease.secret,
+                secret: self.lease.secret(),
             })
         });
     }
@@ -484,7 +498,7 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
             fence: lease.fence,
             mode: lease.mode,
             ttl_ms: millis(ttl),
-            secret: lease.secret,
+            secret: lease.secret(),
             owner: lease.label.clone(),
         })
     })
@@ -527,7 +541,7 @@ async fn renew_now(lease: &Lease, ttl: Option<Duration>) -> Result<Duration> {
             key: lease.key.clone(),
             fence: lease.fence,
             ttl_ms: millis(ttl),
-            secret: lease.secret,
+            secret: lease.secret(),
         })
     })
     .await?;

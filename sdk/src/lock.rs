@@ -110,8 +110,23 @@ impl LockRequest {
         let (engine, session) = conn.local()?;
         let ttl_ms = self.ttl.map_or(0, millis);
         let g = engine.grant_now(session, &self.key, self.mode, ttl_ms, &self.owner)?;
-        // Granted in the call: `sent` is also when it was granted.
-        Some(self.guard(conn.clone(), g, sent, sent))
+        Some(Guard::new(
+            self.client.clone(),
+            conn.clone(),
+            crate::guard::Granted {
+                key: g.key,
+                fence: g.fence,
+                // Derived from the engine when first asked for (most guards never are).
+                secret: None,
+                mode: self.mode,
+                ttl: g.ttl,
+                sent,
+                // Granted in the call: `sent` is also when it was granted.
+                granted_at: sent,
+                label: self.owner.clone(),
+            },
+            self.renew,
+        ))
     }
 
     /// The acquire as a request frame (a broker's client, or a key that is not free now):
@@ -186,7 +201,7 @@ impl LockRequest {
                 ..
             } => Ok(Attempt::Moved(message)),
             Frame::Granted(g) => {
-                let guard = self.guard(conn, g, sent, Instant::now());
+                let guard = self.guard(conn, g, sent);
                 // Queued for a while: renewed before it is handed out.
                 crate::guard::refresh_if_stale(&guard, sent).await?;
                 Ok(Attempt::Granted(guard))
@@ -195,26 +210,19 @@ impl LockRequest {
         }
     }
 
-    /// The guard of grant `g` on `conn`, its lease clock started at `sent`, its hold time at
-    /// `granted_at`.
-    fn guard(
-        &self,
-        conn: std::sync::Arc<crate::conn::Conn>,
-        g: Granted,
-        sent: Instant,
-        granted_at: Instant,
-    ) -> Guard {
+    /// The guard of grant `g` on `conn`, its lease clock started at `sent`.
+    fn guard(&self, conn: std::sync::Arc<crate::conn::Conn>, g: Granted, sent: Instant) -> Guard {
         Guard::new(
             self.client.clone(),
             conn,
             crate::guard::Granted {
                 key: g.rewritten.unwrap_or_else(|| self.key.clone()),
                 fence: g.fence,
-                secret: g.secret,
+                secret: Some(g.secret),
                 mode: self.mode,
                 ttl: Duration::from_millis(g.ttl_ms),
                 sent,
-                granted_at,
+                granted_at: Instant::now(),
                 label: self.owner.clone(),
             },
             self.renew,

@@ -132,7 +132,7 @@ impl LockAllRequest {
                     Granted {
                         key: l.key,
                         fence: l.fence,
-                        secret: l.secret,
+                        secret: Some(l.secret),
                         mode: Mode::Exclusive,
                         ttl,
                         sent,
