@@ -592,6 +592,13 @@ impl Client {
         if let Some(c) = self.routed_conn(&url) {
             return Ok(c);
         }
+        // Boxed, as in `conn`.
+        Box::pin(self.connect_routed(key, url)).await
+    }
+
+    /// Connects to `url`, the owner of `key`'s shard (one connect at a time); falls back to
+    /// the client's one connection if it cannot be reached.
+    async fn connect_routed(&self, key: &[u8], url: String) -> Result<Arc<Conn>> {
         let _one_at_a_time = self.inner.reconnect.lock().await;
         if let Some(c) = self.routed_conn(&url) {
             return Ok(c);
@@ -685,6 +692,13 @@ impl Client {
         if let Some(c) = self.current_conn() {
             return Ok(c);
         }
+        // Boxed: connecting (resolve, QUIC and TLS handshakes, Hello) is rare, and its state
+        // would otherwise sit inline in every request's future.
+        Box::pin(self.reconnect()).await
+    }
+
+    /// Connects to the first broker of the list that answers (one reconnect at a time).
+    async fn reconnect(&self) -> Result<Arc<Conn>> {
         let _one_at_a_time = self.inner.reconnect.lock().await;
         if let Some(c) = self.current_conn() {
             return Ok(c);

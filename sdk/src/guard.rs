@@ -567,7 +567,9 @@ pub(crate) async fn refresh_if_stale(guard: &Guard, sent: Instant) -> Result<()>
     if sent.elapsed() <= guard.ttl() / 4 {
         return Ok(());
     }
-    match renew_now(&guard.lease, None).await {
+    // Boxed: rare, and the renewal's state (a reclaim, a round trip) would otherwise sit inline
+    // in every acquire's future.
+    match Box::pin(renew_now(&guard.lease, None)).await {
         Ok(_) => Ok(()),
         Err(Error::NotOwner | Error::NotLocked) => Err(Error::Lost(
             "the lease ended before its first renewal reached the broker".into(),
