@@ -359,6 +359,11 @@ impl Inbound {
     }
 }
 
+thread_local! {
+    /// An empty frame queue for `Conn::after` to swap in (see there).
+    static SPARE_FRAMES: std::cell::Cell<Vec<Frame>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// A connection and its control stream.
 pub(crate) struct Conn {
     link: Link,
@@ -493,13 +498,16 @@ impl Conn {
             // Hand the queued frames to the engine, in order, with the lock released (the
             // engine may answer into this very connection).
             Link::Local { engine, session } => {
-                let frames = match &mut self.state().sink {
-                    Sink::Local(queued) => std::mem::take(queued),
+                // The queue's vector is swapped with an empty one kept per thread, so queueing
+                // a frame does not allocate every time.
+                let mut frames = match &mut self.state().sink {
+                    Sink::Local(queued) => std::mem::replace(queued, SPARE_FRAMES.take()),
                     Sink::Quic(_) => Vec::new(),
                 };
-                for frame in frames {
+                for frame in frames.drain(..) {
                     engine.handle(*session, frame);
                 }
+                SPARE_FRAMES.set(frames);
             }
         }
     }
