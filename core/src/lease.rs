@@ -198,13 +198,15 @@ impl Entry {
         let deadline = deadline_after(cx.now, ttl);
         cx.deadlines
             .push(deadline, self.id, self.generation, Due::Lease);
-        cx.out.push(Effect::Event(LockEvent::Acquired {
-            key: key.clone(),
-            session,
-            fence,
-            mode,
-            deadline,
-        }));
+        if cx.cfg.lease_events {
+            cx.out.push(Effect::Event(LockEvent::Acquired {
+                key: key.clone(),
+                session,
+                fence,
+                mode,
+                deadline,
+            }));
+        }
         let h = HolderRec::new(session, fence, mode, ttl, deadline, false);
         let grant = h.grant(key);
         self.holders.push(h);
@@ -233,20 +235,22 @@ impl Entry {
             cx.sessions.drop_hold(h.session);
         }
         cx.owners.forget(fence);
-        let key = key.cloned().unwrap_or_else(|| self.key.to_key());
-        let session = h.session;
-        cx.out.push(Effect::Event(match outcome {
-            UnlockOutcome::Released => LockEvent::Released {
-                key,
-                session,
-                fence,
-            },
-            UnlockOutcome::Expired => LockEvent::Expired {
-                key,
-                session,
-                fence,
-            },
-        }));
+        if cx.cfg.lease_events || outcome == UnlockOutcome::Expired {
+            let key = key.cloned().unwrap_or_else(|| self.key.to_key());
+            let session = h.session;
+            cx.out.push(Effect::Event(match outcome {
+                UnlockOutcome::Released => LockEvent::Released {
+                    key,
+                    session,
+                    fence,
+                },
+                UnlockOutcome::Expired => LockEvent::Expired {
+                    key,
+                    session,
+                    fence,
+                },
+            }));
+        }
         if outcome == UnlockOutcome::Expired && h.orphan {
             self.block_after(h.deadline, cx);
         }
@@ -292,12 +296,14 @@ impl Entry {
         h.set_ttl(ttl);
         cx.deadlines
             .push(deadline, self.id, self.generation, Due::Lease);
-        cx.out.push(Effect::Event(LockEvent::Extended {
-            key: self.key.to_key(),
-            session,
-            fence,
-            deadline,
-        }));
+        if cx.cfg.lease_events {
+            cx.out.push(Effect::Event(LockEvent::Extended {
+                key: self.key.to_key(),
+                session,
+                fence,
+                deadline,
+            }));
+        }
         Ok(deadline)
     }
 }

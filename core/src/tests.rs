@@ -169,6 +169,42 @@ fn immediate_grant_pushes_only_acquired_event() {
 }
 
 #[test]
+fn without_lease_events_only_expiry_is_told_and_grants_still_flow() {
+    let mut h = H::with(TableConfig {
+        lease_events: false,
+        ..TableConfig::default()
+    });
+    let f = h.lock(1, K, Mode::Exclusive, 100);
+    h.queue(2, 7, K, Mode::Exclusive, Wait::Forever);
+    h.t.extend(h.now, 1, &Bytes::from_static(K), f, ms(100), &mut h.out)
+        .unwrap();
+    assert!(h.take().is_empty(), "no Acquired or Extended event");
+    h.release(1, K, f).unwrap();
+    // The waiter is granted; no Released or Acquired event comes with it.
+    let out = h.take();
+    assert!(events(&out).is_empty());
+    let g = match &out[..] {
+        [
+            Effect::Granted {
+                session: 2,
+                req: 7,
+                grant,
+            },
+        ] => grant.fence,
+        other => panic!("expected one grant, got {other:?}"),
+    };
+    h.advance_to(1_000);
+    assert_eq!(
+        events(&h.take()),
+        vec![&LockEvent::Expired {
+            key: Bytes::from_static(K),
+            session: 2,
+            fence: g,
+        }]
+    );
+}
+
+#[test]
 fn fences_are_epoch_shifted_and_increase_across_keys() {
     let mut h = H::with(TableConfig {
         epoch: 3,

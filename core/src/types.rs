@@ -217,6 +217,11 @@ pub struct TableConfig {
     pub max_queued_per_key: usize,
     /// Queued acquires and watchers in all → `LimitExceeded("queued requests in total")`.
     pub max_queued_total: usize,
+    /// Emit `LockEvent::{Acquired, Released, Extended}` (a broker's mirror and metrics read
+    /// them). `Expired` is emitted either way: a driver tells the holder. The SDK's embedded
+    /// engine reads only `Expired` and turns the rest off (an event per grant and per release
+    /// was a key clone and an effect each, on a path measured in nanoseconds).
+    pub lease_events: bool,
 }
 
 impl Default for TableConfig {
@@ -229,6 +234,7 @@ impl Default for TableConfig {
             max_keys: usize::MAX,
             max_queued_per_key: usize::MAX,
             max_queued_total: usize::MAX,
+            lease_events: true,
         }
     }
 }

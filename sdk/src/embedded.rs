@@ -90,6 +90,8 @@ impl Engine {
             table: Mutex::new(Locked {
                 table: Table::new(TableConfig {
                     epoch: 1,
+                    // Only `Expired` is read here (`answers`).
+                    lease_events: false,
                     ..TableConfig::default()
                 }),
                 armed: None,

@@ -68,6 +68,6 @@ pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result};
 pub use guard::Guard;
 pub use inspect::{Holder, LockInfo};
-pub use lock::LockRequest;
+pub use lock::{LockFuture, LockRequest};
 pub use lock_all::LockAllRequest;
 pub use lockbroker_proto::{Mode, UnlockOutcome};

@@ -3,6 +3,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -77,9 +78,8 @@ impl LockRequest {
         self
     }
 
-    /// Checks the request, then takes the direct path if it can (embedded, key free now),
-    /// else the frame path.
-    async fn run(self) -> Result<Guard> {
+    /// What the client can refuse before asking anyone.
+    fn check(&self) -> Result<()> {
         if let Mode::Semaphore(0) = self.mode {
             return Err(Error::Invalid(
                 "a semaphore needs at least one permit".into(),
@@ -91,22 +91,15 @@ impl LockRequest {
                 self.owner.len()
             )));
         }
-        // Embedded: a free key is granted in this call, without a frame or a reply channel.
-        if let Some(guard) = self.grant_now() {
-            return Ok(guard);
-        }
-        // Boxed: the frame path's state (reply, reconnects, moves) is large, and a future
-        // that carried it inline would be allocated and copied whole for every direct grant.
-        Box::pin(self.run_frames()).await
+        Ok(())
     }
 
     /// The direct path of an embedded client (`Engine::grant_now`): the guard, if the key is
-    /// free now. `None` sends the acquire as a frame, which answers every other case.
-    fn grant_now(&self) -> Option<Guard> {
+    /// free now; its lease clock starts at `sent`, taken before the table was asked. `None`
+    /// sends the acquire as a frame, which answers every other case.
+    fn grant_now(&self, sent: Instant) -> Option<Guard> {
         let conn = self.client.local_conn()?;
         conn.check_key(&self.key).ok()?;
-        // The lease's clock starts here: the table cannot have granted it earlier.
-        let sent = Instant::now();
         let (engine, session) = conn.local()?;
         let ttl_ms = self.ttl.map_or(0, millis);
         let g = engine.grant_now(session, &self.key, self.mode, ttl_ms, &self.owner)?;
@@ -258,9 +251,59 @@ enum Attempt {
 
 impl IntoFuture for LockRequest {
     type Output = Result<Guard>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Result<Guard>> + Send>>;
+    type IntoFuture = LockFuture;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(crate::metrics::timed_acquire(self.mode, self.run()))
+    fn into_future(self) -> LockFuture {
+        LockFuture {
+            state: LockState::Start(self),
+        }
+    }
+}
+
+/// An awaited [`LockRequest`]. Its first poll checks the request and, for an embedded client
+/// whose key is free, grants it right there — no allocation, no task switch. Anything else
+/// (a broker, a key that is held) runs the frame path, boxed. Dropping it before it resolves
+/// cancels the wait.
+#[must_use = "a lock future does nothing unless awaited"]
+pub struct LockFuture {
+    state: LockState,
+}
+
+enum LockState {
+    Start(LockRequest),
+    Frames(Pin<Box<dyn Future<Output = Result<Guard>> + Send>>),
+    Done,
+}
+
+impl Future for LockFuture {
+    type Output = Result<Guard>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Guard>> {
+        let this = &mut *self;
+        if let LockState::Start(_) = &this.state
+            && let LockState::Start(req) = std::mem::replace(&mut this.state, LockState::Done)
+        {
+            let mut timer = crate::metrics::AcquireTimer::start(req.mode);
+            let direct = match req.check() {
+                Err(e) => Some(Err(e)),
+                Ok(()) => req.grant_now(timer.started()).map(Ok),
+            };
+            if let Some(result) = direct {
+                timer.finish(&result);
+                return Poll::Ready(result);
+            }
+            this.state =
+                LockState::Frames(Box::pin(crate::metrics::timed(timer, req.run_frames())));
+        }
+        match &mut this.state {
+            LockState::Frames(f) => {
+                let result = std::task::ready!(f.as_mut().poll(cx));
+                this.state = LockState::Done;
+                Poll::Ready(result)
+            }
+            _ => Poll::Ready(Err(Error::Invalid(
+                "a lock future was polled after it resolved".into(),
+            ))),
+        }
     }
 }

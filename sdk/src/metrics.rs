@@ -90,36 +90,55 @@ fn outcome_label<T>(result: &Result<T>) -> &'static str {
     }
 }
 
-/// Counts the acquire `run` and observes its wait with its outcome when it resolves — or, as
-/// `cancelled`, when it is dropped before.
-pub(crate) async fn timed_acquire<T>(
+/// One acquire's metrics: counted when it starts; its wait observed when the timer is
+/// dropped, with the outcome set by then (`cancelled` if none was: the acquire future was
+/// dropped before it resolved).
+pub(crate) struct AcquireTimer {
     mode: Mode,
-    run: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    /// Observes the wait when dropped, with the outcome known by then.
-    struct Wait {
-        mode: Mode,
-        started: Instant,
-        outcome: &'static str,
-    }
-    impl Drop for Wait {
-        fn drop(&mut self) {
-            let histogram = match self.mode {
-                Mode::Exclusive => wait_histogram!("exclusive", self.outcome),
-                Mode::Shared => wait_histogram!("shared", self.outcome),
-                Mode::Semaphore(_) => wait_histogram!("semaphore", self.outcome),
-            };
-            histogram.record(self.started.elapsed());
+    started: Instant,
+    outcome: &'static str,
+}
+
+impl AcquireTimer {
+    /// Counts an acquire of `mode` started now.
+    pub(crate) fn start(mode: Mode) -> AcquireTimer {
+        by_mode!(mode, counter, ACQUIRES).increment(1);
+        AcquireTimer {
+            mode,
+            started: Instant::now(),
+            outcome: "cancelled",
         }
     }
-    by_mode!(mode, counter, ACQUIRES).increment(1);
-    let mut wait = Wait {
-        mode,
-        started: Instant::now(),
-        outcome: "cancelled",
-    };
+
+    /// When the acquire started.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Notes how the acquire ended (observed when the timer is dropped).
+    pub(crate) fn finish<T>(&mut self, result: &Result<T>) {
+        self.outcome = outcome_label(result);
+    }
+}
+
+impl Drop for AcquireTimer {
+    fn drop(&mut self) {
+        let histogram = match self.mode {
+            Mode::Exclusive => wait_histogram!("exclusive", self.outcome),
+            Mode::Shared => wait_histogram!("shared", self.outcome),
+            Mode::Semaphore(_) => wait_histogram!("semaphore", self.outcome),
+        };
+        histogram.record(self.started.elapsed());
+    }
+}
+
+/// Runs the acquire `run` under `timer`.
+pub(crate) async fn timed<T>(
+    mut timer: AcquireTimer,
+    run: impl Future<Output = Result<T>>,
+) -> Result<T> {
     let result = run.await;
-    wait.outcome = outcome_label(&result);
+    timer.finish(&result);
     result
 }
 

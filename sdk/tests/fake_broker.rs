@@ -206,15 +206,14 @@ impl Session {
     }
 }
 
-type Acquiring =
-    Pin<Box<dyn Future<Output = lockbroker_sdk::Result<lockbroker_sdk::Guard>> + Send>>;
+type Acquiring = lockbroker_sdk::LockFuture;
 
 /// Polls an acquire once, which sends it, and leaves it pending.
 async fn start(acquire: lockbroker_sdk::LockRequest) -> Acquiring {
     let mut fut = acquire.into_future();
     poll_fn(|cx| {
         assert!(
-            fut.as_mut().poll(cx).is_pending(),
+            Pin::new(&mut fut).poll(cx).is_pending(),
             "answered without a broker answer"
         );
         Poll::Ready(())

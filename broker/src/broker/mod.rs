@@ -103,6 +103,7 @@ impl Broker {
             max_keys: cfg.limits.max_keys,
             max_queued_per_key: cfg.limits.max_queued_per_key,
             max_queued_total: cfg.limits.max_queued_total,
+            lease_events: true,
         });
         let horizon = HorizonWriter::new(&cfg.data_dir);
         let metrics = cfg.admin.metrics.then(|| Arc::new(Metrics::default()));

@@ -3,6 +3,7 @@
 //! the next live waiter.
 
 use std::future::IntoFuture;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -187,7 +188,8 @@ async fn acquire_again_right_after_abandoning_one() {
         // (On a loaded machine the grant can arrive before the first poll ends: then the
         // guard is dropped here, a fire-and-forget release, and the round still must work.)
         let _pending =
-            std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx).is_pending())).await;
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut acquire).poll(cx).is_pending()))
+                .await;
         drop(acquire);
         let again = c.lock("abandon/k").wait(Duration::from_secs(10)).await;
         let g = again.unwrap_or_else(|e| panic!("round {i}: acquire after abandoning: {e}"));
