@@ -156,6 +156,10 @@ impl IntoFuture for LockAllRequest {
     type IntoFuture = Pin<Box<dyn Future<Output = Result<Vec<Guard>>> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
+        Box::pin(async move {
+            // Counted and timed from the first poll, as a single-key acquire.
+            let timer = crate::metrics::AcquireTimer::start(Mode::Exclusive);
+            crate::metrics::timed(timer, self.run()).await
+        })
     }
 }

@@ -16,7 +16,8 @@
 //! dropped before it resolved).
 //!
 //! The acquire wait runs from the start of an awaited [`LockRequest`](crate::LockRequest) —
-//! a reconnect it needs and any `Moved` hops included — to its answer. The hold time runs from
+//! a reconnect it needs and any `Moved` hops included — to its answer. A
+//! [`LockAllRequest`](crate::LockAllRequest) counts as one exclusive acquire, with one wait. The hold time runs from
 //! the grant to whichever comes first: [`Guard::unlock`](crate::Guard::unlock), the guard's
 //! drop, or the loss of the lease ([`Guard::lost`](crate::Guard::lost) resolving, which also
 //! counts in [`LOST_LEASES`]).

@@ -191,6 +191,27 @@ fn the_sdk_records_waits_holds_and_lost_leases() {
                 1
             );
             no_key_in(&taken);
+
+            // A multi-key lock is one acquire (exclusive) with one wait; each key's guard
+            // has its own hold.
+            let both = client
+                .lock_all(["sdk-metrics/x", "sdk-metrics/y"])
+                .await
+                .expect("lock_all");
+            drop(both);
+            let taken = take(&snapshotter);
+            assert_eq!(count(&taken, ACQUIRES, &[EXCLUSIVE]), 1, "{taken:?}");
+            assert_eq!(
+                samples(
+                    &taken,
+                    ACQUIRE_WAIT_SECONDS,
+                    &[EXCLUSIVE, ("outcome", "granted")]
+                )
+                .len(),
+                1
+            );
+            assert_eq!(samples(&taken, HOLD_SECONDS, &[EXCLUSIVE]).len(), 2);
+            no_key_in(&taken);
         });
         // The runtime's tasks end under the local recorder too.
         drop(rt);
