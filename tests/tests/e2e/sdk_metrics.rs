@@ -78,6 +78,15 @@ fn no_key_in(taken: &[Recorded]) {
 
 const EXCLUSIVE: (&str, &str) = ("mode", "exclusive");
 
+/// The exclusive acquire waits that ended with `outcome`.
+fn exclusive_waits(taken: &[Recorded], outcome: &str) -> Vec<f64> {
+    samples(
+        taken,
+        ACQUIRE_WAIT_SECONDS,
+        &[EXCLUSIVE, ("outcome", outcome)],
+    )
+}
+
 #[test]
 fn the_sdk_records_waits_holds_and_lost_leases() {
     let broker = Broker::start();
@@ -119,13 +128,7 @@ fn the_sdk_records_waits_holds_and_lost_leases() {
             drop(shared);
 
             let taken = take(&snapshotter);
-            let wait = |outcome| {
-                samples(
-                    &taken,
-                    ACQUIRE_WAIT_SECONDS,
-                    &[EXCLUSIVE, ("outcome", outcome)],
-                )
-            };
+            let wait = |outcome| exclusive_waits(&taken, outcome);
             assert_eq!(wait("granted").len(), 1, "{taken:?}");
             let timeouts = wait("timeout");
             assert_eq!(timeouts.len(), 2, "try-lock and bounded wait: {taken:?}");
@@ -181,15 +184,7 @@ fn the_sdk_records_waits_holds_and_lost_leases() {
             let taken = take(&snapshotter);
             assert_eq!(count(&taken, LOST_LEASES, &[EXCLUSIVE]), 1, "{taken:?}");
             assert_eq!(samples(&taken, HOLD_SECONDS, &[EXCLUSIVE]).len(), 1);
-            assert_eq!(
-                samples(
-                    &taken,
-                    ACQUIRE_WAIT_SECONDS,
-                    &[EXCLUSIVE, ("outcome", "granted")]
-                )
-                .len(),
-                1
-            );
+            assert_eq!(exclusive_waits(&taken, "granted").len(), 1);
             no_key_in(&taken);
 
             // A multi-key lock is one acquire (exclusive) with one wait; each key's guard
@@ -201,15 +196,7 @@ fn the_sdk_records_waits_holds_and_lost_leases() {
             drop(both);
             let taken = take(&snapshotter);
             assert_eq!(count(&taken, ACQUIRES, &[EXCLUSIVE]), 1, "{taken:?}");
-            assert_eq!(
-                samples(
-                    &taken,
-                    ACQUIRE_WAIT_SECONDS,
-                    &[EXCLUSIVE, ("outcome", "granted")]
-                )
-                .len(),
-                1
-            );
+            assert_eq!(exclusive_waits(&taken, "granted").len(), 1);
             assert_eq!(samples(&taken, HOLD_SECONDS, &[EXCLUSIVE]).len(), 2);
             no_key_in(&taken);
         });
