@@ -675,9 +675,9 @@ impl Client {
         (self.inner.lease_margin + ttl.mul_f64(CLOCK_DRIFT)).min(ttl / 2)
     }
 
-    /// An embedded client's connection while it is open.
+    /// An embedded client's connection (open or closed: [`Conn::local`] tells).
     pub(crate) fn local_conn(&self) -> Option<&Arc<Conn>> {
-        self.inner.local.as_ref().filter(|c| !c.is_closed())
+        self.inner.local.as_ref()
     }
 
     /// The live connection, reconnecting if it is gone.

@@ -128,11 +128,7 @@ impl Engine {
     /// Ends `session` cleanly: its leases are released and its queued requests dropped.
     pub(crate) fn close_session(self: &Arc<Self>, session: SessionId) {
         lock(&self.sessions).remove(&session);
-        let mut out = Outgoing::new();
-        self.with_table(&mut out, |t, now, effects| {
-            t.close_session(now, session, true, effects)
-        });
-        self.deliver(out);
+        self.apply(|t, now, effects| t.close_session(now, session, true, effects));
     }
 
     /// The direct path of an acquire (no frame, no reply channel): grants `key` to `session`
@@ -149,8 +145,7 @@ impl Engine {
         owner: &Bytes,
     ) -> Option<Grant> {
         self.start_timer();
-        let mut out = Outgoing::new();
-        let granted = self.with_table(&mut out, |t, now, effects| {
+        let granted = self.apply(|t, now, effects| {
             t.acquire(
                 now,
                 AcquireRequest {
@@ -166,11 +161,7 @@ impl Engine {
                 effects,
             )
         });
-        self.deliver(out);
-        match granted {
-            Ok(Some(g)) => Some(g),
-            _ => None,
-        }
+        granted.ok().flatten()
     }
 
     /// The direct path of a release by the guard that holds the lease (the guard is the
@@ -181,12 +172,7 @@ impl Engine {
         key: &Bytes,
         fence: u64,
     ) -> Result<(), TableError> {
-        let mut out = Outgoing::new();
-        let result = self.with_table(&mut out, |t, now, effects| {
-            t.release(now, session, key, fence, effects)
-        });
-        self.deliver(out);
-        result
+        self.apply(|t, now, effects| t.release(now, session, key, fence, effects))
     }
 
     /// Applies one request frame of `session`.
@@ -327,6 +313,14 @@ impl Engine {
             }
         }
         self.deliver(out);
+    }
+
+    /// [`Engine::with_table`] for one operation, its answers delivered at once.
+    fn apply<T>(&self, op: impl FnOnce(&mut Table, Instant, &mut Vec<Effect>) -> T) -> T {
+        let mut out = Outgoing::new();
+        let result = self.with_table(&mut out, op);
+        self.deliver(out);
+        result
     }
 
     /// Runs `op` on the table with the current time, turns the effects it pushed into
@@ -520,11 +514,7 @@ async fn run_timer(engine: Weak<Engine>, wake: Arc<Notify>) {
         // In slices, the table let go between them (a storm of timeouts stalls no one).
         let now = Instant::now();
         loop {
-            let mut out = Outgoing::new();
-            let more = e.with_table(&mut out, |t, _, effects| {
-                t.expire_some(now, EXPIRE_SLICE, effects)
-            });
-            e.deliver(out);
+            let more = e.apply(|t, _, effects| t.expire_some(now, EXPIRE_SLICE, effects));
             if !more {
                 break;
             }

@@ -132,12 +132,16 @@ struct LeaseState {
 }
 
 impl Lease {
+    /// The connection whose session holds the lease now.
+    fn owner_conn(&self) -> Arc<Conn> {
+        self.owner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn secret(&self) -> LeaseSecret {
         *self.secret.get_or_init(|| {
-            let owner = self.owner.lock().unwrap_or_else(|e| e.into_inner()).clone();
             // Only a direct embedded grant comes without its secret, and its owner is the
             // embedded connection for good (it never reconnects).
-            owner
+            self.owner_conn()
                 .engine()
                 .map_or(LeaseSecret([0; 16]), |e| e.secret(&self.key, self.fence))
         })
@@ -348,7 +352,7 @@ impl Guard {
         // Even a lease the guard reported lost is released: the broker may still have it (the
         // guard's deadline is conservative), and its answer says what became of it
         // (`NotLocked`: it ended; `NotOwner`: someone else holds the key now).
-        if let Some(released) = release_local(&self.lease) {
+        if let Some(released) = release_local(&self.lease, &self.lease.owner_conn()) {
             return released;
         }
         // Boxed: the frame path's state (reclaim, reply, moves) is large, and an unlock future
@@ -358,14 +362,9 @@ impl Guard {
     }
 }
 
-/// The direct release of an embedded lease (`Engine::release_now`), acknowledged by the
-/// call itself; `None` when the lease's connection is not an open embedded one.
-fn release_local(lease: &Lease) -> Option<Result<()>> {
-    let owner = lease
-        .owner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+/// The direct release of an embedded lease (`Engine::release_now`) held on `owner`,
+/// acknowledged by the call itself; `None` when `owner` is not an open embedded connection.
+fn release_local(lease: &Lease, owner: &Conn) -> Option<Result<()>> {
     let (engine, session) = owner.local()?;
     Some(
         engine
@@ -444,16 +443,11 @@ impl Drop for Guard {
         if self.released {
             return;
         }
+        let conn = self.lease.owner_conn();
         // Fire-and-forget: a lease that already ended has nothing to release.
-        if release_local(&self.lease).is_some() {
+        if release_local(&self.lease, &conn).is_some() {
             return;
         }
-        let conn = self
-            .lease
-            .owner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         conn.post(|id| {
             Frame::Release(Release {
                 id,
@@ -469,11 +463,7 @@ impl Drop for Guard {
 /// The connection whose session owns the lease; after a reconnect, reclaims the lease onto
 /// the new connection first.
 async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
-    let owner = lease
-        .owner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let owner = lease.owner_conn();
     let moved = lease.moved.load(Ordering::Acquire);
     if !owner.is_closed() && !moved {
         return Ok(owner);
