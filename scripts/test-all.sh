@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of lockbroker on a fresh machine: installs what is missing (the wasm32-wasip2
-# target, redis-server, etcd-server, protobuf-compiler, the Python redis client used by interop
-# tests), builds the WASM
-# plugins, then runs formatting and lint checks and the whole test suite.
+# target, the Debian packages and Python modules of the preflight list below), checks that
+# every program the tests spawn is there, builds the WASM plugins, then runs formatting and
+# lint checks and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,14 +13,29 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-# Debian packages the tests need: redis-server (mirror tests), etcd-server (cluster tests),
-# protobuf-compiler (etcd-client compiles etcd's protobufs at build time), and chromium with
-# chromium-driver (the status page test drives headless Chromium through chromedriver).
+# Every program the tests, the checkers and the fuzz smoke spawn or the build runs, as
+# "program:Debian package". Missing ones are installed here, then checked again below (the
+# preflight). e2e `preflight::every_spawned_program_is_in_the_preflight` fails when a test
+# spawns a program (`Command::new("...")`) this list does not name, so it cannot drift.
+preflight_programs=(
+  redis-server:redis-server     # mirror tests, the chaos checker
+  etcd:etcd-server              # cluster tests, the cluster checker
+  protoc:protobuf-compiler      # etcd-client compiles etcd's protobufs at build time
+  /usr/bin/chromium:chromium    # the status page test (through chromedriver)
+  /usr/bin/chromedriver:chromium-driver
+  script:bsdutils               # the CLI's terminal test (a pseudo-terminal)
+  kill:procps                   # signals to brokers and CLI children; `plugin reload`
+  python3:python3               # redis-py interop tests
+)
+# Python modules the tests import, as "module:pip requirement".
+preflight_python=(
+  "redis:redis>=5"              # redis-py interop tests
+)
+
 missing=()
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-[ -x /usr/bin/chromedriver ] || missing+=(chromium chromium-driver)
+for entry in "${preflight_programs[@]}"; do
+  command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
+done
 step "apt packages: ${missing[*]:-none missing}"
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
@@ -32,9 +47,24 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # The distro services are not needed: tests start their own servers on ephemeral ports.
 
-step "python redis client (interop tests)"
-if ! python3 -c 'import redis' >/dev/null 2>&1; then
-  python3 -m pip install --quiet 'redis>=5'
+step "python modules"
+for entry in "${preflight_python[@]}"; do
+  python3 -c "import ${entry%%:*}" >/dev/null 2>&1 || python3 -m pip install --quiet "${entry#*:}"
+done
+
+step "preflight: programs and modules the tests use"
+absent=()
+for entry in "${preflight_programs[@]}"; do
+  command -v "${entry%%:*}" >/dev/null 2>&1 || absent+=("${entry%%:*} (Debian package ${entry#*:})")
+done
+for entry in "${preflight_python[@]}"; do
+  python3 -c "import ${entry%%:*}" >/dev/null 2>&1 ||
+    absent+=("python module ${entry%%:*} (pip install '${entry#*:}')")
+done
+if [ "${#absent[@]}" -gt 0 ]; then
+  list=$(printf '%s; ' "${absent[@]}")
+  printf 'preflight: missing, the tests cannot run: %s\n' "${list%; }" >&2
+  exit 1
 fi
 
 if [ -x plugins/build.sh ]; then
@@ -51,21 +81,31 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build (binaries used by end-to-end tests)"
 cargo build --workspace --bins
 
+# From here on a failing step is recorded and the next steps still run, so one CI run shows
+# every failure; the script fails at the end if any step did.
+failed=()
 step "cargo test"
-cargo test --workspace -- --test-threads=2
+cargo test --workspace --no-fail-fast -- --test-threads=2 || failed+=("cargo test")
 
 step "fuzz smoke (cargo fuzz: frame decoder and in-process sessions, 30 s each)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # Stable toolchain: --sanitizer none needs no -Z flags. Its own target dir: other RUSTFLAGS.
-(cd fuzz && for t in frame_decoder session; do
-  CARGO_TARGET_DIR="$PWD/target" cargo fuzz run --sanitizer none -O "$t" -- -max_total_time=30
-done)
+for t in frame_decoder session; do
+  (cd fuzz && CARGO_TARGET_DIR="$PWD/target" cargo fuzz run --sanitizer none -O "$t" -- -max_total_time=30) ||
+    failed+=("fuzz $t")
+done
 
 step "fault-injection checker"
-"${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --duration 60s --min-grants 20000
+"${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --duration 60s --min-grants 20000 ||
+  failed+=("checker")
 
 step "fault-injection checker, cluster mode (etcd + 3 brokers, 16 clients)"
 "${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --phases cluster --brokers 3 \
-  --clients 16 --keys 16 --duration 60s --min-grants 10000
+  --clients 16 --keys 16 --duration 60s --min-grants 10000 || failed+=("cluster checker")
 
+if [ "${#failed[@]}" -gt 0 ]; then
+  list=$(printf '%s; ' "${failed[@]}")
+  printf '\n==> FAILED: %s\n' "${list%; }" >&2
+  exit 1
+fi
 step "all tests passed"

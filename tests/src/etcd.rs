@@ -3,6 +3,7 @@
 //! test run's load, and the brokers' 2 s ownership leases self-fence on slow answers), stopped by handle on drop (and startable again on the same ports and data).
 //! Broker configs for cluster mode, and free UDP ports for brokers that must keep their address.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -140,26 +141,18 @@ impl EtcdCluster {
         c
     }
 
-    /// Waits (bounded) until the cluster has a leader and takes a write.
+    /// Waits (bounded) until the cluster has a leader and takes a write: a `put` through
+    /// etcd's own HTTP gateway (`POST /v3/kv/put`) on each member in turn, so no client
+    /// program (`etcdctl`) is needed.
     pub fn wait_writable(&self) {
         let start = Instant::now();
         loop {
-            let ok = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .arg("--endpoints")
-                .arg(self.endpoints().join(","))
-                .arg("--command-timeout=1s")
-                .args(["put", "/lockbroker-test/probe", "1"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
+            if self.client_ports.iter().any(|&p| put_probe(p)) {
                 return;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the etcd cluster never took a write"
+                start.elapsed() < Duration::from_secs(60),
+                "the etcd cluster never took a write in 60 s"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -249,6 +242,30 @@ fn member_command(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cmd
+}
+
+/// One `put` of a probe key through the HTTP gateway of the member on `port`: true if it
+/// answered 200 (a leader committed it) within 2 s.
+fn put_probe(port: u16) -> bool {
+    // {"key": base64("/lockbroker-test/probe"), "value": base64("1")}
+    const BODY: &str = r#"{"key":"L2xvY2ticm9rZXItdGVzdC9wcm9iZQ==","value":"MQ=="}"#;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    let request = format!(
+        "POST /v3/kv/put HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") && answer.contains("\"header\"")
 }
 
 /// Waits (bounded) until a loopback TCP port accepts connections.

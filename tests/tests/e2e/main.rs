@@ -38,6 +38,7 @@
 //! - [`status_page`]: the status page in headless Chromium (chromedriver, `chromedriver.rs`):
 //!   a held key and its holder appear and vanish; a screenshot in `target/artifacts/`.
 //! - [`restore_validation`]: restore refuses an absurd max-fence and hand-written values.
+//! - [`preflight`]: every program the tests spawn is in the test command's preflight list.
 //! - [`queueing`]: FIFO grants, try-lock and bounded waits, cancelled acquires.
 
 mod admin;
@@ -59,6 +60,7 @@ mod mirror_restore;
 mod modes;
 mod mutual_exclusion;
 mod plugins_e2e;
+mod preflight;
 mod queueing;
 mod restart_exclusion;
 mod restart_grace;
