@@ -53,7 +53,10 @@ fn rust_sources() -> Vec<PathBuf> {
 /// so given whose `const NAME: &str` literal is in the same file.
 fn spawned_programs(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for (_, rest) in text.match_indices("Command::new(").map(|(i, _)| text.split_at(i + 13)) {
+    for (_, rest) in text
+        .match_indices("Command::new(")
+        .map(|(i, _)| text.split_at(i + 13))
+    {
         let arg = rest.split(')').next().unwrap_or("").trim();
         if let Some(lit) = arg.strip_prefix('"') {
             let lit = lit.trim_end_matches('"');
@@ -75,7 +78,10 @@ fn spawned_programs(text: &str) -> Vec<String> {
 fn python_imports(text: &str) -> Vec<String> {
     text.match_indices("\"import ")
         .flat_map(|(i, _)| {
-            let line = text[i + 8..].split(['\\', '"', '\n', ';']).next().unwrap_or("");
+            let line = text[i + 8..]
+                .split(['\\', '"', '\n', ';'])
+                .next()
+                .unwrap_or("");
             line.split(',')
                 .map(|m| m.trim().to_string())
                 .collect::<Vec<_>>()
