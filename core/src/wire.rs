@@ -106,9 +106,15 @@ pub fn lock_info(table: &Table, id: u64, key: Bytes, session: SessionId, now: In
     }
 }
 
+/// Milliseconds of a duration, saturating at `u64::MAX` (the wire carries whole
+/// milliseconds). The one such conversion of the broker, the SDK and the embedded engine.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Milliseconds from `now` until `deadline` (0 once it passed), saturating.
-fn millis_until(deadline: Instant, now: Instant) -> u64 {
-    u64::try_from(deadline.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+pub fn millis_until(deadline: Instant, now: Instant) -> u64 {
+    millis(deadline.saturating_duration_since(now))
 }
 
 /// A holder as `LockInfo` reports it, its remaining TTL counted from `now`.

@@ -12,19 +12,21 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_proto::{ErrorCode, Frame, WaitSpec};
+use lockbroker_proto::{Frame, WaitSpec};
 
 use crate::conn::Conn;
 use crate::embedded::Engine;
 use crate::inspect::LockInfo;
 use crate::lock::LockRequest;
-use crate::routing::Pushes;
+use crate::retry::{Deadline, Kind, Step, ask, for_wait, remaining, retry, step};
+use crate::routing::{Pushes, Routes};
 use crate::tls::{ClientIdentity, Trust, client_config, read_file};
 use crate::watchdogs::Starter;
 use crate::{Error, Result, UnlockOutcome};
+use lockbroker_core::wire::millis;
 
 /// Builds a [`Client`].
 ///
@@ -92,18 +94,31 @@ impl ClientBuilder {
     }
 
     /// Trusts the CA certificate(s) in this PEM file (e.g. the broker's dev certificate).
+    /// Call it once per file to trust several — the dev certificates of every broker of a
+    /// cluster, say.
     pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
         match read_file(path.as_ref(), "CA file") {
-            Ok(pem) => self.trust = Some(Trust::Pem(pem)),
+            Ok(pem) => self.trust_pem(pem),
             Err(e) => self.ca_error = Some(e.to_string()),
         }
         self
     }
 
-    /// Trusts the CA certificate(s) in this PEM text.
+    /// Trusts the CA certificate(s) in this PEM text (added to those already trusted).
     pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.trust = Some(Trust::Pem(pem.into()));
+        self.trust_pem(pem.into());
         self
+    }
+
+    /// Adds `pem` to the trusted certificates.
+    fn trust_pem(&mut self, pem: Vec<u8>) {
+        match &mut self.trust {
+            Some(Trust::Pem(trusted)) => {
+                trusted.push(b'\n');
+                trusted.extend(pem);
+            }
+            _ => self.trust = Some(Trust::Pem(pem)),
+        }
     }
 
     /// Accepts any broker certificate. For development against a local broker only: anyone
@@ -191,6 +206,7 @@ impl ClientBuilder {
                 current: Mutex::new(current),
                 routed: Mutex::new(HashMap::new()),
                 reconnect: tokio::sync::Mutex::new(()),
+                routed_connect: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -251,9 +267,17 @@ impl ClientBuilder {
         }
         let trust = match self.trust.take() {
             Some(t) => t,
-            None => match std::env::var_os("LOCKBROKER_CA") {
-                Some(path) => Trust::Pem(read_file(Path::new(&path), "CA file")?),
-                None => {
+            None => match std::env::var("LOCKBROKER_CA") {
+                // Several files, comma-separated (every broker of a cluster).
+                Ok(paths) => {
+                    let mut pem = Vec::new();
+                    for path in paths.split(',').filter(|p| !p.is_empty()) {
+                        pem.extend(read_file(Path::new(path), "CA file")?);
+                        pem.push(b'\n');
+                    }
+                    Trust::Pem(pem)
+                }
+                Err(_) => {
                     return Err(Error::Invalid(
                         "no CA configured: use ca_file(..) (e.g. the broker's .lockbroker/dev-cert.pem), set LOCKBROKER_CA, or opt into insecure_dev_mode()".into(),
                     ));
@@ -376,13 +400,21 @@ struct Inner {
     local: Option<Arc<Conn>>,
     /// Cluster mode: connections to the brokers that own the shards of the keys used, by URL.
     routed: Mutex<HashMap<String, Arc<Conn>>>,
+    /// One reconnect of the client's own connection at a time.
     reconnect: tokio::sync::Mutex<()>,
+    /// One connect to a shard's owner at a time.
+    routed_connect: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(conn) = self.current.get_mut().ok().and_then(|c| c.take()) {
             conn.close();
+        }
+        if let Ok(routed) = self.routed.get_mut() {
+            for (_, conn) in routed.drain() {
+                conn.close();
+            }
         }
     }
 }
@@ -507,18 +539,20 @@ impl Client {
     }
 
     async fn wait_unlocked(&self, key: Bytes, wait: WaitSpec) -> Result<UnlockOutcome> {
-        // Routed to the key's broker by the shard map (a `Moved` answer is not followed here).
-        let conn = self.conn_for(&key).await?;
-        conn.check_key(&key)?;
-        let (id, rx) = conn.request(|id| Frame::WaitUnlocked {
-            id,
-            key: key.clone(),
-            wait,
-        })?;
-        match PendingReply::new(&conn, id, None, rx).recv().await? {
-            Frame::Unlocked { outcome, .. } => Ok(outcome),
-            other => Err(unexpected(other)),
-        }
+        let (deadline, wait_end) = for_wait(wait, self.inner.request_timeout);
+        retry(self, &key, Kind::Request, deadline, |conn| {
+            let key = key.clone();
+            async move {
+                let wait = remaining(wait, wait_end);
+                let (id, rx) = conn.request(|id| Frame::WaitUnlocked { id, key, wait })?;
+                match step(PendingReply::new(&conn, id, None, rx).recv().await?)? {
+                    Step::Done(Frame::Unlocked { outcome, .. }) => Ok(Step::Done(outcome)),
+                    Step::Done(other) => Err(unexpected(other)),
+                    Step::Moved(url) => Ok(Step::Moved(url)),
+                }
+            }
+        })
+        .await
     }
 
     /// The broker's session id for the current connection.
@@ -531,7 +565,8 @@ impl Client {
         Ok(self.conn().await?.welcome().principal.clone())
     }
 
-    /// Closes the connection cleanly: the broker releases every lease of this client at once.
+    /// Closes the client's connections cleanly (to every broker of a cluster it talked to):
+    /// the brokers release every lease of this client at once.
     pub async fn close(&self) {
         let conn = self
             .inner
@@ -540,6 +575,17 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(conn) = conn {
+            conn.close();
+        }
+        let routed: Vec<Arc<Conn>> = self
+            .inner
+            .routed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for conn in routed {
             conn.close();
         }
         let endpoints: Vec<quinn::Endpoint> = {
@@ -573,9 +619,7 @@ impl Client {
     }
 
     /// Subscribes to the broker's `LeaseEnded` pushes: (fence, reason, why).
-    pub(crate) fn lease_ended(
-        &self,
-    ) -> tokio::sync::broadcast::Receiver<(u64, lockbroker_proto::EndReason, String)> {
+    pub(crate) fn lease_ended(&self) -> tokio::sync::broadcast::Receiver<crate::routing::LeaseEnd> {
         self.inner.pushes.lease_ended.subscribe()
     }
 
@@ -596,45 +640,82 @@ impl Client {
         Box::pin(self.connect_routed(key, url)).await
     }
 
-    /// Connects to `url`, the owner of `key`'s shard (one connect at a time); falls back to
-    /// the client's one connection if it cannot be reached.
+    /// Connects to `url`, the owner of `key`'s shard. If it has not answered within
+    /// [`STAGGER`], the client's own connection races it (its broker serves the key or answers
+    /// `Moved` with where the shard is now): a dead owner costs a moment, not a connect
+    /// timeout. If it cannot be reached, the client's own connection it is.
     async fn connect_routed(&self, key: &[u8], url: String) -> Result<Arc<Conn>> {
-        let _one_at_a_time = self.inner.reconnect.lock().await;
-        if let Some(c) = self.routed_conn(&url) {
-            return Ok(c);
-        }
-        match self.connect_url(&url).await {
-            Ok(conn) => {
-                self.inner
-                    .routed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(url, conn.clone());
-                Ok(conn)
+        let routed = async {
+            let _one_at_a_time = self.inner.routed_connect.lock().await;
+            if let Some(c) = self.routed_conn(&url) {
+                return Ok(c);
             }
-            Err(e) => {
-                // Forget that owner until a broker names one again: the default connection's
-                // broker answers `Moved` with the shard's real owner (or none, during a
-                // takeover) instead of every request waiting out a connect timeout here.
-                tracing::debug!(%url, "cannot reach the shard's owner: {e}");
-                self.inner.pushes.routes.moved(key, "");
-                drop(_one_at_a_time);
-                self.conn().await
-            }
+            let conn = self.connect_url(&url).await?;
+            self.inner
+                .routed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(url.clone(), conn.clone());
+            Ok::<_, Error>(conn)
+        };
+        let fallback = async {
+            tokio::time::sleep(STAGGER).await;
+            self.conn().await
+        };
+        tokio::select! {
+            r = routed => match r {
+                Ok(conn) => Ok(conn),
+                // Not an outage: this client does not trust that broker. Say so.
+                Err(e @ Error::Tls(_)) => Err(e),
+                Err(e) => {
+                    // Forget that owner until a broker names one again: the default
+                    // connection's broker answers `Moved` with the shard's real owner (or
+                    // none, during a takeover).
+                    tracing::debug!(%url, "cannot reach the shard's owner: {e}");
+                    self.inner.pushes.routes.moved(key, "");
+                    self.conn().await
+                }
+            },
+            c = fallback => c,
         }
     }
 
-    /// A live routed connection to `url`.
+    /// A usable routed connection to `url` (closed or left ones are forgotten).
     fn routed_conn(&self, url: &str) -> Option<Arc<Conn>> {
         let mut routed = self.inner.routed.lock().unwrap_or_else(|e| e.into_inner());
         match routed.get(url) {
-            Some(c) if !c.is_closed() => Some(c.clone()),
+            Some(c) if c.is_usable() => Some(c.clone()),
             Some(_) => {
                 routed.remove(url);
                 None
             }
             None => None,
         }
+    }
+
+    /// Stops sending new requests on `conn` (it did not answer in time): the next request for
+    /// its keys connects again. Leases held there move with their next request.
+    pub(crate) fn leave(&self, conn: &Arc<Conn>) {
+        conn.leave();
+        tracing::debug!(
+            broker = conn.addr(),
+            "no answer in time: leaving the connection"
+        );
+        let mut current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *current = None;
+        }
+        drop(current);
+        self.inner
+            .routed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, c| !Arc::ptr_eq(c, conn));
+    }
+
+    /// The shard map and its changes.
+    pub(crate) fn routes(&self) -> &Routes {
+        &self.inner.pushes.routes
     }
 
     /// Connects to the broker at `url` (`quic://host:port`).
@@ -649,7 +730,7 @@ impl Client {
         for addr in target.resolve_within(self.inner.connect_timeout).await? {
             match self.connect_to(&target.host, addr).await {
                 Ok(conn) => return Ok(conn),
-                Err(e @ Error::Denied(_)) => return Err(e),
+                Err(e @ (Error::Denied(_) | Error::Tls(_))) => return Err(e),
                 Err(e) => {
                     tracing::debug!(%addr, "connect failed: {e}");
                     last_error = e;
@@ -703,22 +784,52 @@ impl Client {
         if let Some(c) = self.current_conn() {
             return Ok(c);
         }
+        let conn = self.connect_first().await?;
+        *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Connects to the brokers of the list in order, each started [`STAGGER`] after the one
+    /// before (at once once that one failed): the first to answer wins, the others are closed.
+    /// A dead broker early in the list costs a moment, not a connect timeout. A refusal
+    /// (`Denied`) ends the try.
+    async fn connect_first(&self) -> Result<Arc<Conn>> {
+        let mut tries = tokio::task::JoinSet::new();
+        let mut next = 0;
         let mut last_error = Error::Connect("no broker address".into());
-        for target in &self.inner.targets {
-            match self.connect_target(target).await {
-                Ok(conn) => {
-                    *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(conn.clone());
-                    return Ok(conn);
-                }
-                Err(e @ Error::Denied(_)) => return Err(e),
-                Err(e) => {
+        let winner = loop {
+            if next < self.inner.targets.len() {
+                let (client, target) = (self.clone(), self.inner.targets[next].clone());
+                tries.spawn(async move {
+                    let r = client.connect_target(&target).await;
+                    (target, r)
+                });
+                next += 1;
+            }
+            let more = next < self.inner.targets.len();
+            let done = tokio::select! {
+                done = tries.join_next() => done,
+                () = tokio::time::sleep(STAGGER), if more => continue,
+            };
+            match done {
+                None => break Err(last_error),
+                Some(Ok((_, Ok(conn)))) => break Ok(conn),
+                Some(Ok((_, Err(e @ (Error::Denied(_) | Error::Tls(_)))))) => break Err(e),
+                Some(Ok((target, Err(e)))) => {
                     tracing::debug!(?target, "{e}");
                     last_error = e;
                 }
+                Some(Err(e)) => last_error = Error::Connect(format!("connect task: {e}")),
+            }
+        };
+        // Connections that answered too late are closed (each opened a session).
+        tries.abort_all();
+        while let Some(done) = tries.join_next().await {
+            if let Ok((_, Ok(conn))) = done {
+                conn.close();
             }
         }
-        Err(last_error)
+        winner
     }
 
     /// The UDP endpoint for `addr`'s address family, opened on first use.
@@ -749,7 +860,7 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .filter(|c| !c.is_closed())
+            .filter(|c| c.is_usable())
             .cloned()
     }
 
@@ -765,11 +876,10 @@ impl Client {
                     name,
                 )
                 .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
-            let quic = connecting
-                .await
-                .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
+            let quic = connecting.await.map_err(|e| connect_error(name, addr, e))?;
             let pushes = self.inner.pushes.clone();
             Conn::open(
+                format!("{name}:{}", addr.port()),
                 quic,
                 self.inner.token.clone(),
                 self.inner.name.clone(),
@@ -783,63 +893,40 @@ impl Client {
     }
 
     /// Sends one request on `key` that answers at once and waits (bounded) for the answer, at
-    /// the broker that serves the key (following `Moved` answers a few times).
+    /// the broker that serves the key (following `Moved` answers: the retry policy, bounded by
+    /// the request timeout).
     pub(crate) async fn round_trip(
         &self,
         key: &[u8],
         build: impl Fn(u64) -> Frame,
     ) -> Result<Frame> {
-        for _ in 0..MAX_MOVES {
-            let conn = self.conn_for(key).await?;
-            conn.check_key(key)?;
-            match round_trip_raw(&conn, self.inner.request_timeout, &build).await? {
-                Frame::Error {
-                    code: ErrorCode::Moved,
-                    message,
-                    ..
-                } => self.follow_moved(key, &message).await,
-                Frame::Error { code, message, .. } => return Err(Error::from_wire(code, message)),
-                frame => return Ok(frame),
-            }
-        }
-        Err(Error::Unavailable(
-            "the key's shard keeps moving between brokers".into(),
-        ))
-    }
-
-    /// After a `Moved` answer for `key`: note the new owner; with none yet (a takeover under
-    /// way), pause briefly before the next try.
-    pub(crate) async fn follow_moved(&self, key: &[u8], url: &str) {
-        self.note_moved(key, url);
-        if url.is_empty() {
-            tokio::time::sleep(MOVE_PAUSE).await;
-        }
+        let timeout = self.inner.request_timeout;
+        let deadline = Deadline::At(Instant::now() + timeout);
+        retry(self, key, Kind::Request, deadline, |conn| {
+            let build = &build;
+            async move { step(ask(self, &conn, timeout, build).await?) }
+        })
+        .await
     }
 }
 
-/// How many `Moved` answers one request follows before it gives up.
-pub(crate) const MAX_MOVES: usize = 8;
-
-/// The pause before retrying a key whose shard has no owner right now.
-pub(crate) const MOVE_PAUSE: Duration = Duration::from_millis(100);
-
-/// One request on `conn` and its answer (`Error` frames handed back as frames), bounded by
-/// `timeout`.
-pub(crate) async fn round_trip_raw(
-    conn: &Arc<Conn>,
-    timeout: Duration,
-    build: impl FnOnce(u64) -> Frame,
-) -> Result<Frame> {
-    let (id, rx) = conn.request(build)?;
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(frame)) => Ok(frame),
-        Ok(Err(_)) => Err(conn.disconnected()),
-        Err(_) => {
-            conn.forget(id);
-            Err(Error::Timeout)
+/// A failed QUIC handshake with broker `name` at `addr`: a TLS failure (the broker's
+/// certificate is not trusted, say) is [`Error::Tls`], naming the broker; anything else
+/// [`Error::Connect`].
+fn connect_error(name: &str, addr: SocketAddr, e: quinn::ConnectionError) -> Error {
+    if let quinn::ConnectionError::TransportError(t) = &e {
+        let code = u64::from(t.code);
+        if (0x100..0x200).contains(&code) {
+            return Error::Tls(format!(
+                "broker {name} ({addr}): {e} (is its certificate among the trusted CAs?)"
+            ));
         }
     }
+    Error::Connect(format!("{addr}: {e}"))
 }
+
+/// How long a connect to one broker runs alone before the next is tried alongside it.
+const STAGGER: Duration = Duration::from_millis(250);
 
 /// The answer to one waiting request (acquire or wait-for-unlock). Dropped before the answer
 /// was taken — a timeout, a `select!` — it gives the request up: cancelled on the broker if
@@ -891,10 +978,6 @@ pub(crate) fn unexpected(frame: Frame) -> Error {
         Frame::Error { code, message, .. } => Error::from_wire(code, message),
         other => Error::Protocol(format!("unexpected answer {other:?}")),
     }
-}
-
-pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::Error;
 use crate::embedded::Engine;
-use crate::routing::Pushes;
+use crate::routing::{LeaseEnd, Pushes};
 
 /// Application close code for a deliberate, clean close (the broker releases our leases).
 pub(crate) const CLOSE_CLEAN: u32 = 0;
@@ -359,6 +359,12 @@ impl Inbound {
     }
 }
 
+/// A fresh connection id.
+fn next_conn_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 thread_local! {
     /// An empty frame queue for `Conn::after` to swap in (see there).
     static SPARE_FRAMES: std::cell::Cell<Vec<Frame>> = const { std::cell::Cell::new(Vec::new()) };
@@ -366,6 +372,12 @@ thread_local! {
 
 /// A connection and its control stream.
 pub(crate) struct Conn {
+    /// This connection among the client's (what `LeaseEnded` pushes are tagged with).
+    id: u64,
+    /// The broker's address as dialled, `host:port` (empty for an embedded connection).
+    addr: String,
+    /// Set when the client stopped sending new requests here (it did not answer in time).
+    left: AtomicBool,
     link: Link,
     welcome: Welcome,
     limits: Limits,
@@ -381,6 +393,7 @@ pub(crate) struct Conn {
 impl Conn {
     /// Opens the control stream, says Hello and waits for Welcome.
     pub(crate) async fn open(
+        addr: String,
         quic: quinn::Connection,
         token: Option<String>,
         client_name: String,
@@ -436,6 +449,9 @@ impl Conn {
             max_key: welcome.max_key as usize,
         };
         let conn = Arc::new(Conn {
+            id: next_conn_id(),
+            addr,
+            left: AtomicBool::new(false),
             link: Link::Quic(quic),
             welcome,
             limits,
@@ -461,6 +477,9 @@ impl Conn {
         let welcome = engine.open_session();
         let session = welcome.session;
         let conn = Arc::new(Conn {
+            id: next_conn_id(),
+            addr: String::new(),
+            left: AtomicBool::new(false),
             link: Link::Local {
                 engine: engine.clone(),
                 session,
@@ -535,6 +554,26 @@ impl Conn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// This connection's id among the client's.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The broker's address as dialled, `host:port`.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Stops new requests going here (see [`Conn::is_usable`]); what is in flight carries on.
+    pub(crate) fn leave(&self) {
+        self.left.store(true, Ordering::Release);
+    }
+
+    /// Open and not left: new requests may go here.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.is_closed() && !self.left.load(Ordering::Acquire)
     }
 
     /// Marks the connection gone (see `State::close`).
@@ -699,7 +738,12 @@ impl Conn {
                 } => {
                     // No receiver: no guard is alive to care.
                     let why = format!("the broker ended the lease ({reason:?}): {message}");
-                    let _ = self.pushes.lease_ended.send((fence, reason, why));
+                    let _ = self.pushes.lease_ended.send(LeaseEnd {
+                        conn: self.id,
+                        fence,
+                        reason,
+                        why,
+                    });
                 }
                 Frame::ShardMap(m) => self.pushes.routes.update(m),
                 _ => {}

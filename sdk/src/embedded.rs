@@ -33,8 +33,8 @@ use lockbroker_proto::{
 };
 use tokio::sync::Notify;
 
-use crate::client::millis;
 use crate::conn::Conn;
+use lockbroker_core::wire::millis;
 
 /// The TTL of an acquire that asks for none (as a broker's default).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);

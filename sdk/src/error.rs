@@ -41,6 +41,10 @@ pub enum Error {
     /// Could not connect to any broker address.
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The TLS handshake with a broker failed (its certificate is not trusted, say): a
+    /// configuration error, named with the broker, never taken for an outage.
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
 }
 
 impl Error {

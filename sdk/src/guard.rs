@@ -20,8 +20,11 @@ use bytes::Bytes;
 use lockbroker_proto::{EndReason, ErrorCode, Extend, Frame, LeaseSecret, Mode, Reclaim, Release};
 use tokio::sync::{Notify, broadcast};
 
-use crate::client::{MOVE_PAUSE, millis, round_trip_raw};
+use lockbroker_core::wire::millis;
+
 use crate::conn::Conn;
+use crate::retry::{Deadline, Kind, Step, ask, retry, step};
+use crate::routing::LeaseEnd;
 use crate::watchdogs::{Ticket, Watched};
 use crate::{Client, Error, Result};
 
@@ -70,10 +73,11 @@ struct Lease {
     renewed: Notify,
     /// Wakes every [`Guard::lost`] waiting when the lease is declared lost.
     lost_wake: Notify,
-    /// The connection whose session holds the lease.
-    owner: Mutex<Arc<Conn>>,
-    /// Cluster mode: the broker said the key's shard moved (`LeaseEnded` with `Moved`); the
-    /// lease is reclaimed at the shard's new owner before its next use.
+    /// Where the lease is held: the connection whose session holds it, and the shard owner
+    /// the route named when it was placed there.
+    owner: Mutex<Placed>,
+    /// Cluster mode: the broker said the key's shard moved (`LeaseEnded` with `Moved`, or a
+    /// `Moved` answer); the lease is reclaimed where the key is served before its next use.
     moved: AtomicBool,
     /// The owner label given with the acquire (empty: none), carried along on a reclaim.
     label: Bytes,
@@ -88,7 +92,7 @@ struct Lease {
 enum WatchdogState {
     /// Not started; `ended` was subscribed at the grant, so no push is missed meanwhile.
     Scheduled {
-        ended: broadcast::Receiver<(u64, EndReason, String)>,
+        ended: broadcast::Receiver<LeaseEnd>,
         renew: bool,
     },
     Running(tokio::task::JoinHandle<()>),
@@ -124,6 +128,14 @@ impl Lease {
     }
 }
 
+/// Where a lease is held.
+struct Placed {
+    conn: Arc<Conn>,
+    /// The URL the shard map named for the key when the lease was placed on `conn` (`None`:
+    /// no map, or no owner named).
+    route: Option<String>,
+}
+
 /// What changes over a lease's life, under one small lock (a watch channel per field cost
 /// more than the rest of an in-process lock cycle to create and drop).
 struct LeaseState {
@@ -134,7 +146,23 @@ struct LeaseState {
 impl Lease {
     /// The connection whose session holds the lease now.
     fn owner_conn(&self) -> Arc<Conn> {
-        self.owner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .conn
+            .clone()
+    }
+
+    /// Where the lease is held now.
+    fn placed(&self) -> (Arc<Conn>, Option<String>) {
+        let placed = self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        (placed.conn.clone(), placed.route.clone())
+    }
+
+    /// The lease was reclaimed on `conn`, where the route names `route`.
+    fn place(&self, conn: Arc<Conn>, route: Option<String>) {
+        *self.owner.lock().unwrap_or_else(|e| e.into_inner()) = Placed { conn, route };
+        self.moved.store(false, Ordering::Release);
     }
 
     fn secret(&self) -> LeaseSecret {
@@ -208,6 +236,7 @@ impl Guard {
         let broker_id = owner.welcome().broker_id;
         // Subscribed now, so no push is missed while the watchdog waits to start.
         let ended = client.lease_ended();
+        let client_route = client.routes().owner(&g.key);
         let lease = Arc::new(Lease {
             client,
             key: g.key,
@@ -224,7 +253,10 @@ impl Guard {
             }),
             renewed: Notify::new(),
             lost_wake: Notify::new(),
-            owner: Mutex::new(owner),
+            owner: Mutex::new(Placed {
+                route: client_route,
+                conn: owner,
+            }),
             moved: AtomicBool::new(false),
             label: g.label,
             renewing: tokio::sync::Mutex::new(()),
@@ -328,17 +360,14 @@ impl Guard {
     /// the send time of this renewal plus the TTL granted, and renewals follow the new TTL.
     ///
     /// In cluster mode, while the key's shard moves to another broker (the lease is being
-    /// adopted there), it tries again until the lease's local deadline.
+    /// adopted there), it tries again until the lease's local deadline (the retry policy).
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         // A shorter TTL may bring the first renewal forward: the watchdog runs from now.
         if let Some(ticket) = &self.watchdog {
             self.lease.clone().start();
             self.lease.client.watchdogs().cancel(*ticket);
         }
-        let lease = &self.lease;
-        while_moving(lease, || renew_now(lease, Some(ttl)))
-            .await
-            .map(|_| ())
+        renew_now(&self.lease, Some(ttl)).await.map(|_| ())
     }
 
     /// Releases the lock and waits for the broker to confirm.
@@ -357,8 +386,7 @@ impl Guard {
         }
         // Boxed: the frame path's state (reclaim, reply, moves) is large, and an unlock future
         // that carried it inline would be copied whole on every embedded unlock.
-        let lease = &self.lease;
-        Box::pin(while_moving(lease, || release_now(lease))).await
+        Box::pin(release_now(&self.lease)).await
     }
 }
 
@@ -375,8 +403,7 @@ fn release_local(lease: &Lease, owner: &Conn) -> Option<Result<()>> {
 
 /// One acknowledged release of the lease where it lives.
 async fn release_now(lease: &Lease) -> Result<()> {
-    let conn = owned_conn(lease).await?;
-    let reply = round_trip_lease(lease, &conn, |id| {
+    let (reply, _) = lease_request(lease, |id| {
         Frame::Release(Release {
             id,
             key: lease.key.clone(),
@@ -392,47 +419,87 @@ async fn release_now(lease: &Lease) -> Result<()> {
     }
 }
 
-/// One request about the lease on `conn`. A `Moved` answer (cluster mode: the shard moved
-/// before the broker could tell us) marks the lease moved, so the next attempt adopts it at
-/// the shard's new owner.
-async fn round_trip_lease(
-    lease: &Lease,
-    conn: &Arc<Conn>,
-    build: impl FnOnce(u64) -> Frame,
-) -> Result<Frame> {
-    match round_trip_raw(conn, lease.client.request_timeout(), build).await? {
-        Frame::Error {
-            code: ErrorCode::Moved,
-            message,
-            ..
-        } => {
-            lease.moved.store(true, Ordering::Release);
-            lease.client.follow_moved(&lease.key, &message).await;
-            Err(Error::from_wire(ErrorCode::Moved, message))
+/// Every request about the lease (renew, extend, release) takes this one path: the retry
+/// policy until the lease's lost-at deadline, each attempt at the broker that serves the key
+/// now — the lease reclaimed there first when it is not held there — and bounded by
+/// [`attempt_bound`], so a broker that went silent is left while the lease still has time.
+/// Returns the answer and when the request that got it was sent.
+async fn lease_request(lease: &Lease, build: impl Fn(u64) -> Frame) -> Result<(Frame, Instant)> {
+    let client = &lease.client;
+    let timing = lease.timing();
+    let deadline = Deadline::At(lost_at(lease, timing));
+    let bound = attempt_bound(client.request_timeout(), timing.ttl);
+    retry(client, &lease.key, Kind::Lease, deadline, |conn| {
+        let build = &build;
+        async move {
+            let conn = match placed_at(lease, conn, bound).await? {
+                Step::Done(conn) => conn,
+                Step::Moved(url) => return Ok(Step::Moved(url)),
+            };
+            let sent = Instant::now();
+            match step(ask(client, &conn, bound, build).await?)? {
+                Step::Done(frame) => Ok(Step::Done((frame, sent))),
+                Step::Moved(url) => {
+                    // The shard moved before its broker could tell us: adopt the lease there.
+                    lease.moved.store(true, Ordering::Release);
+                    Ok(Step::Moved(url))
+                }
+            }
         }
-        Frame::Error { code, message, .. } => Err(Error::from_wire(code, message)),
-        frame => Ok(frame),
-    }
+    })
+    .await
 }
 
-/// Runs `op` on the lease; in cluster mode, while it fails because the key's shard is moving
-/// (being adopted at its new owner, or its broker went away), runs it again every
-/// [`MOVE_PAUSE`] until the lease's local deadline.
-async fn while_moving<T, F, Fut>(lease: &Lease, mut op: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    loop {
-        match op().await {
-            Err(Error::Unavailable(_) | Error::Disconnected(_) | Error::Connect(_))
-                if lease.client.is_clustered()
-                    && Instant::now() + MOVE_PAUSE < lost_at(lease, lease.timing()) =>
-            {
-                tokio::time::sleep(MOVE_PAUSE).await;
-            }
-            other => return other,
+/// How long one request about a lease of `ttl` waits for its answer: an eighth of the TTL
+/// (at least 200 ms, at most the request timeout), so that after a renewal a third into the
+/// TTL went unanswered, a reclaim elsewhere still fits before the lease's deadline.
+fn attempt_bound(request_timeout: Duration, ttl: Duration) -> Duration {
+    (ttl / 8)
+        .max(Duration::from_millis(200))
+        .min(request_timeout)
+}
+
+/// The connection to send a request about the lease on: where it is held, if that is still
+/// where the key is served; otherwise `conn` (the route's choice now), the lease reclaimed
+/// there first — only on a broker with the lease's identity.
+async fn placed_at(lease: &Lease, conn: Arc<Conn>, bound: Duration) -> Result<Step<Arc<Conn>>> {
+    let (owner, route) = lease.placed();
+    let moved = lease.moved.load(Ordering::Acquire);
+    let route_now = lease.client.routes().owner(&lease.key);
+    let same_route = route_now.is_none() || route_now == route;
+    if !moved && (Arc::ptr_eq(&owner, &conn) || (owner.is_usable() && same_route)) {
+        return Ok(Step::Done(owner));
+    }
+    if conn.welcome().broker_id != lease.broker_id {
+        // Another broker (an independent lock table): the lease does not exist there, and
+        // the broker that has it may hand the key to someone else once it expires.
+        return Err(Error::Lost(format!(
+            "reconnected to another broker (id {:016x}, the lease is on {:016x})",
+            conn.welcome().broker_id,
+            lease.broker_id
+        )));
+    }
+    let ttl = lease.timing().ttl;
+    let reply = ask(&lease.client, &conn, bound, |id| {
+        Frame::Reclaim(Reclaim {
+            id,
+            key: lease.key.clone(),
+            fence: lease.fence,
+            mode: lease.mode,
+            ttl_ms: millis(ttl),
+            secret: lease.secret(),
+            owner: lease.label.clone(),
+        })
+    })
+    .await?;
+    match step(reply)? {
+        Step::Done(Frame::Granted(_)) => {
+            tracing::debug!(fence = lease.fence, broker = conn.addr(), "lease reclaimed");
+            lease.place(conn.clone(), route_now);
+            Ok(Step::Done(conn))
         }
+        Step::Moved(url) => Ok(Step::Moved(url)),
+        Step::Done(other) => Err(crate::client::unexpected(other)),
     }
 }
 
@@ -460,62 +527,6 @@ impl Drop for Guard {
     }
 }
 
-/// The connection whose session owns the lease; after a reconnect, reclaims the lease onto
-/// the new connection first.
-async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
-    let owner = lease.owner_conn();
-    let moved = lease.moved.load(Ordering::Acquire);
-    if !owner.is_closed() && !moved {
-        return Ok(owner);
-    }
-    // Reclaimed where the key is served now: the same broker after a reconnect, or — in
-    // cluster mode — the shard's new owner (during its takeover grace).
-    let conn = lease.client.conn_for(&lease.key).await?;
-    if conn.welcome().broker_id != lease.broker_id {
-        // Another broker (an independent lock table): the lease does not exist there, and
-        // the broker that has it may hand the key to someone else once it expires.
-        return Err(Error::Lost(format!(
-            "reconnected to another broker (id {:016x}, the lease is on {:016x})",
-            conn.welcome().broker_id,
-            lease.broker_id
-        )));
-    }
-    let ttl = lease.timing().ttl;
-    let reply = round_trip_raw(&conn, lease.client.request_timeout(), |id| {
-        Frame::Reclaim(Reclaim {
-            id,
-            key: lease.key.clone(),
-            fence: lease.fence,
-            mode: lease.mode,
-            ttl_ms: millis(ttl),
-            secret: lease.secret(),
-            owner: lease.label.clone(),
-        })
-    })
-    .await?;
-    match reply {
-        Frame::Granted(_) => {
-            tracing::debug!(fence = lease.fence, "lease reclaimed after reconnect");
-            *lease.owner.lock().unwrap_or_else(|e| e.into_inner()) = conn.clone();
-            lease.moved.store(false, Ordering::Release);
-            Ok(conn)
-        }
-        // Not served there (any more): note where, and let the watchdog try again.
-        Frame::Error {
-            code: ErrorCode::Moved,
-            message,
-            ..
-        } => {
-            lease.client.follow_moved(&lease.key, &message).await;
-            Err(Error::Unavailable(format!(
-                "the key's shard is moving (to {message:?}); reclaiming there"
-            )))
-        }
-        Frame::Error { code, message, .. } => Err(Error::from_wire(code, message)),
-        other => Err(crate::client::unexpected(other)),
-    }
-}
-
 /// One renewal with `ttl` (`None`: the TTL in force when its turn comes): on success the
 /// local deadline becomes the send time plus the TTL granted (the watchdog sees the change).
 /// Returns the TTL granted. Renewals of a lease run one at a time, so a watchdog renewal in
@@ -523,9 +534,7 @@ async fn owned_conn(lease: &Lease) -> Result<Arc<Conn>> {
 async fn renew_now(lease: &Lease, ttl: Option<Duration>) -> Result<Duration> {
     let _one_at_a_time = lease.renewing.lock().await;
     let ttl = ttl.unwrap_or_else(|| lease.timing().ttl);
-    let sent = Instant::now();
-    let conn = owned_conn(lease).await?;
-    let reply = round_trip_lease(lease, &conn, |id| {
+    let (reply, sent) = lease_request(lease, |id| {
         Frame::Extend(Extend {
             id,
             key: lease.key.clone(),
@@ -574,14 +583,11 @@ fn lost_at(lease: &Lease, t: Timing) -> Instant {
     t.deadline.checked_sub(margin).unwrap_or(t.deadline)
 }
 
-/// The lease's watchdog: renews every third of the TTL (when `renew`), retrying failed
-/// renewals, and declares the lease lost at its local deadline minus the safety margin —
-/// by its own clock, whether or not the broker answers.
-async fn watchdog(
-    lease: Arc<Lease>,
-    mut ended: broadcast::Receiver<(u64, EndReason, String)>,
-    renew: bool,
-) {
+/// The lease's watchdog: renews every third of the TTL (when `renew`) — at once when the
+/// shard map moves the key's shard — through the retry policy (`lease_request`), and declares
+/// the lease lost at its local deadline minus the safety margin — by its own clock, whether or
+/// not the broker answers — or when the broker that holds it says it ended.
+async fn watchdog(lease: Arc<Lease>, mut ended: broadcast::Receiver<LeaseEnd>, renew: bool) {
     /// However the watchdog ends (declared the loss, or its task was aborted or panicked),
     /// `lost()` resolves: nobody renews the lease any more.
     struct Over<'a>(&'a Lease);
@@ -599,10 +605,12 @@ async fn watchdog(
     };
     let mut next_renew = lease.timing().renew_at();
     let mut ended_open = true;
+    let mut changes = lease.client.routes().changes();
     loop {
         let t = lease.timing();
         let margin = lease.client.lease_margin(t.ttl);
         let lost_at = lost_at(&lease, t);
+        let (_, route) = lease.placed();
         tokio::select! {
             biased;
             () = tokio::time::sleep_until(lost_at.into()) => {
@@ -615,41 +623,51 @@ async fn watchdog(
             () = lease.renewed.notified() => {
                 next_renew = lease.timing().renew_at();
             }
-            // The broker says the lease ended (expired, or its mirror lost it): lost at once.
+            // The broker that holds the lease says it ended (expired, revoked, or its mirror
+            // lost it): lost at once. Another broker's word is not about this lease any more.
             pushed = ended.recv(), if ended_open => match pushed {
-                // Cluster mode: the shard moved. Reclaim at its new owner now; the lease is
-                // lost only if that fails until the local deadline (or is refused).
-                Ok((fence, EndReason::Moved, _)) if fence == lease.fence => {
-                    lease.moved.store(true, Ordering::Release);
-                    next_renew = Instant::now();
-                }
-                Ok((fence, EndReason::Revoked, why)) if fence == lease.fence => {
-                    declare(format!("the lease was revoked: {why}"));
-                    return;
-                }
-                Ok((fence, _, why)) if fence == lease.fence => {
-                    declare(why);
-                    return;
+                Ok(end) if end.fence == lease.fence && end.conn == lease.owner_conn().id() => {
+                    match end.reason {
+                        // Cluster mode: the shard moved. Reclaim at its new owner now; the
+                        // lease is lost only if that fails until the local deadline.
+                        EndReason::Moved => {
+                            lease.moved.store(true, Ordering::Release);
+                            next_renew = Instant::now();
+                        }
+                        EndReason::Revoked => {
+                            declare(format!("the lease was revoked: {}", end.why));
+                            return;
+                        }
+                        _ => {
+                            declare(end.why);
+                            return;
+                        }
+                    }
                 }
                 Ok(_) => {}
                 // Missed pushes: ask the broker now, by renewing.
                 Err(broadcast::error::RecvError::Lagged(_)) => next_renew = Instant::now(),
                 Err(broadcast::error::RecvError::Closed) => ended_open = false,
             },
+            // The shard map moved the key's shard: renew (and so reclaim) where it is now.
+            () = lease.client.routes().moved_away(&mut changes, &lease.key, route.as_deref()),
+                if renew => next_renew = Instant::now(),
             () = tokio::time::sleep_until(next_renew.into()), if renew => {
                 match tokio::time::timeout_at(lost_at.into(), renew_now(&lease, None)).await {
                     Ok(Ok(_)) => {} // the timing changed: the next turn re-arms
-                    Ok(Err(e @ (Error::NotOwner | Error::NotLocked | Error::Denied(_)))) => {
-                        declare(format!("the broker no longer holds the lease: {e}"));
-                        return;
-                    }
                     Ok(Err(Error::Lost(why))) => {
                         declare(why);
                         return;
                     }
+                    Ok(Err(e @ (Error::NotOwner | Error::NotLocked | Error::Denied(_)))) => {
+                        declare(format!("the broker no longer holds the lease: {e}"));
+                        return;
+                    }
+                    // The retry policy gave up at the lease's deadline.
                     Ok(Err(e)) => {
-                        tracing::debug!(fence = lease.fence, "renewal failed, retrying: {e}");
-                        next_renew = Instant::now() + Duration::from_millis(100).min(t.ttl / 10);
+                        declare(format!("the lease could not be renewed before its local \
+                                         deadline minus the {margin:?} safety margin: {e}"));
+                        return;
                     }
                     Err(_) => {} // past the margin: the next turn declares it lost
                 }

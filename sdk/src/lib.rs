@@ -60,6 +60,7 @@ mod inspect;
 mod lock;
 mod lock_all;
 pub mod metrics;
+mod retry;
 mod routing;
 mod tls;
 mod watchdogs;

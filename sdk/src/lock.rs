@@ -3,14 +3,18 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_proto::{Acquire, ErrorCode, Frame, Granted, MAX_OWNER_LABEL, Mode, WaitSpec};
+use lockbroker_core::wire::millis;
+use lockbroker_proto::{Acquire, Frame, Granted, MAX_OWNER_LABEL, Mode, WaitSpec};
 
-use crate::client::{MAX_MOVES, PendingReply, millis, unexpected};
+use crate::client::{PendingReply, unexpected};
+use crate::conn::Conn;
 use crate::guard::Guard;
+use crate::retry::{Kind, Step, for_wait, remaining, retry, step};
 use crate::{Client, Error, Result};
 
 /// An acquire being configured. `.await` it to get a [`Guard`].
@@ -122,56 +126,21 @@ impl LockRequest {
         ))
     }
 
-    /// The acquire as a request frame (a broker's client, or a key that is not free now):
-    /// asks the broker that serves the key; in cluster mode follows `Moved` answers to the
-    /// shard's owner (at most `MAX_MOVES` brokers in a row; while the shard has no owner, it
-    /// retries until the wait deadline).
+    /// The acquire as a request frame (a broker's client, or a key that is not free now),
+    /// through the retry policy: at the broker that serves the key, following `Moved`
+    /// answers and a failover of the key's shard until the wait's deadline (an acquire that
+    /// waits forever gets the request timeout to find the key's broker again after a failure).
     async fn run_frames(self) -> Result<Guard> {
-        let deadline = match self.wait {
-            WaitSpec::Millis(ms) => Some(Instant::now() + Duration::from_millis(ms)),
-            WaitSpec::NoWait => Some(Instant::now() + self.client.request_timeout()),
-            WaitSpec::Forever => None,
-        };
-        let mut moves = 0;
-        loop {
-            let wait = match (self.wait, deadline) {
-                (WaitSpec::Millis(_), Some(d)) => {
-                    WaitSpec::Millis(millis(d.saturating_duration_since(Instant::now())))
-                }
-                (w, _) => w,
-            };
-            let attempt = match self.attempt(wait).await {
-                // Cluster mode: the broker asked went away (killed, or left and closed the
-                // connection before answering). The key's shard is being taken over; ask again
-                // wherever it is served next. A grant the lost broker may have sent is
-                // harmless: the new owner's takeover grace outlasts it.
-                Err(Error::Disconnected(_) | Error::Connect(_)) if self.client.is_clustered() => {
-                    Attempt::Moved(String::new())
-                }
-                other => other?,
-            };
-            match attempt {
-                Attempt::Granted(guard) => return Ok(guard),
-                Attempt::Moved(url) => {
-                    if !url.is_empty() {
-                        moves += 1;
-                    }
-                    let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
-                    if moves >= MAX_MOVES || out_of_time {
-                        return Err(Error::Unavailable(format!(
-                            "the key's shard is not served by a broker that answers (last: {url:?})"
-                        )));
-                    }
-                    self.client.follow_moved(&self.key, &url).await;
-                }
-            }
-        }
+        let (deadline, wait_end) = for_wait(self.wait, self.client.request_timeout());
+        let this = &self;
+        retry(&self.client, &self.key, Kind::Request, deadline, |conn| {
+            this.attempt(conn, remaining(this.wait, wait_end))
+        })
+        .await
     }
 
-    /// One acquire at the broker the client believes serves the key.
-    async fn attempt(&self, wait: WaitSpec) -> Result<Attempt> {
-        let conn = self.client.conn_for(&self.key).await?;
-        conn.check_key(&self.key)?;
+    /// One acquire on `conn`, waiting `wait`.
+    async fn attempt(&self, conn: Arc<Conn>, wait: WaitSpec) -> Result<Step<Guard>> {
         let ttl_ms = self.ttl.map_or(0, millis);
         // The lease's clock starts here: the broker cannot have granted it earlier.
         let sent = Instant::now();
@@ -187,24 +156,20 @@ impl LockRequest {
         })?;
         let mut pending = PendingReply::new(&conn, id, Some(self.key.clone()), rx);
         let reply = await_grant(&mut pending, wait, self.client.request_timeout()).await?;
-        match reply {
-            Frame::Error {
-                code: ErrorCode::Moved,
-                message,
-                ..
-            } => Ok(Attempt::Moved(message)),
-            Frame::Granted(g) => {
+        match step(reply)? {
+            Step::Moved(url) => Ok(Step::Moved(url)),
+            Step::Done(Frame::Granted(g)) => {
                 let guard = self.guard(conn, g, sent);
                 // Queued for a while: renewed before it is handed out.
                 crate::guard::refresh_if_stale(&guard, sent).await?;
-                Ok(Attempt::Granted(guard))
+                Ok(Step::Done(guard))
             }
-            other => Err(unexpected(other)),
+            Step::Done(other) => Err(unexpected(other)),
         }
     }
 
     /// The guard of grant `g` on `conn`, its lease clock started at `sent`.
-    fn guard(&self, conn: std::sync::Arc<crate::conn::Conn>, g: Granted, sent: Instant) -> Guard {
+    fn guard(&self, conn: Arc<Conn>, g: Granted, sent: Instant) -> Guard {
         Guard::new(
             self.client.clone(),
             conn,
@@ -239,14 +204,6 @@ pub(crate) async fn await_grant(
         Ok(r) => r,
         Err(_) => Err(Error::Timeout),
     }
-}
-
-/// How one acquire attempt ended, short of an error.
-enum Attempt {
-    Granted(Guard),
-    /// The broker does not serve the key: its shard is served at this URL (empty: nowhere
-    /// right now).
-    Moved(String),
 }
 
 impl IntoFuture for LockRequest {

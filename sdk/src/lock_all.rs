@@ -19,9 +19,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lockbroker_proto::{AcquireAll, Frame, MAX_KEYS_PER_ACQUIRE, MAX_OWNER_LABEL, Mode, WaitSpec};
 
-use crate::client::{PendingReply, millis, unexpected};
+use std::sync::Arc;
+
+use lockbroker_core::wire::millis;
+
+use crate::client::{PendingReply, unexpected};
+use crate::conn::Conn;
 use crate::guard::{Granted, Guard};
 use crate::lock::await_grant;
+use crate::retry::{Kind, Step, for_wait, remaining, retry, step};
 use crate::{Client, Error, Result};
 
 /// A multi-key acquire being configured. `.await` it to get one [`Guard`] per key, in the
@@ -101,25 +107,17 @@ impl LockAllRequest {
                 "an owner label is at most {MAX_OWNER_LABEL} bytes"
             )));
         }
-        let conn = self.client.conn_for(&self.keys[0]).await?;
-        for k in &self.keys {
-            conn.check_key(k)?;
-        }
-        let sent = Instant::now();
-        let (id, rx) = conn.request(|id| {
-            Frame::AcquireAll(AcquireAll {
-                id,
-                keys: self.keys.clone(),
-                ttl_ms: self.ttl.map_or(0, millis),
-                wait: self.wait,
-                owner: self.owner.clone(),
-            })
-        })?;
-        let mut pending = PendingReply::new(&conn, id, Some(self.keys[0].clone()), rx);
-        let reply = await_grant(&mut pending, self.wait, self.client.request_timeout()).await?;
-        let Frame::GrantedAll(g) = reply else {
-            return Err(unexpected(reply));
-        };
+        // Through the retry policy, as a single-key acquire (all keys share one shard).
+        let (deadline, wait_end) = for_wait(self.wait, self.client.request_timeout());
+        let this = &self;
+        let (conn, g, sent) = retry(
+            &self.client,
+            &self.keys[0],
+            Kind::Request,
+            deadline,
+            |conn| this.attempt(conn, remaining(this.wait, wait_end)),
+        )
+        .await?;
         let granted_at = Instant::now();
         let guards: Vec<Guard> = g
             .leases
@@ -148,6 +146,36 @@ impl LockAllRequest {
             crate::guard::refresh_if_stale(guard, sent).await?;
         }
         Ok(guards)
+    }
+}
+
+impl LockAllRequest {
+    /// One multi-key acquire on `conn`, waiting `wait`: the grant, and when it was sent.
+    async fn attempt(
+        &self,
+        conn: Arc<Conn>,
+        wait: WaitSpec,
+    ) -> Result<Step<(Arc<Conn>, lockbroker_proto::GrantedAll, Instant)>> {
+        for k in &self.keys {
+            conn.check_key(k)?;
+        }
+        let sent = Instant::now();
+        let (id, rx) = conn.request(|id| {
+            Frame::AcquireAll(AcquireAll {
+                id,
+                keys: self.keys.clone(),
+                ttl_ms: self.ttl.map_or(0, millis),
+                wait,
+                owner: self.owner.clone(),
+            })
+        })?;
+        let mut pending = PendingReply::new(&conn, id, Some(self.keys[0].clone()), rx);
+        let reply = await_grant(&mut pending, wait, self.client.request_timeout()).await?;
+        match step(reply)? {
+            Step::Moved(url) => Ok(Step::Moved(url)),
+            Step::Done(Frame::GrantedAll(g)) => Ok(Step::Done((conn, g, sent))),
+            Step::Done(other) => Err(unexpected(other)),
+        }
     }
 }
 

@@ -5,12 +5,22 @@
 use std::sync::{Arc, Mutex};
 
 use lockbroker_proto::{EndReason, ShardMap, ShardOwner, shard_of};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
-/// The newest shard map seen, with corrections learnt from `Moved` answers.
-#[derive(Default)]
+/// The newest shard map seen, with corrections learnt from `Moved` answers, and a counter of
+/// its changes that requests in flight watch (`moved_away`).
 pub(crate) struct Routes {
     map: Mutex<Option<ShardMap>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            map: Mutex::new(None),
+            changed: watch::channel(0).0,
+        }
+    }
 }
 
 impl Routes {
@@ -18,20 +28,57 @@ impl Routes {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Tells the watchers that the map changed.
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     /// A pushed map: kept if it is at least as new as the one we have.
     pub(crate) fn update(&self, m: ShardMap) {
-        let mut map = self.lock();
-        if map.as_ref().is_none_or(|old| old.version <= m.version) {
-            *map = Some(m);
+        let kept = {
+            let mut map = self.lock();
+            let newer = map.as_ref().is_none_or(|old| old.version <= m.version);
+            if newer {
+                *map = Some(m);
+            }
+            newer
+        };
+        if kept {
+            self.bump();
         }
     }
 
-    /// The URL of the broker that serves `key`, if the map names one.
     /// Whether a shard map was ever received (cluster mode).
     pub(crate) fn is_known(&self) -> bool {
         self.lock().is_some()
     }
 
+    /// A receiver of the map's changes (for [`Routes::moved_away`]).
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Resolves once the map names an owner of `key`'s shard other than `before` (a request
+    /// sent to `before` will not be answered there any more); never while it stays.
+    pub(crate) async fn moved_away(
+        &self,
+        changes: &mut watch::Receiver<u64>,
+        key: &[u8],
+        before: Option<&str>,
+    ) {
+        loop {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if let Some(now) = self.owner(key)
+                && Some(now.as_str()) != before
+            {
+                return;
+            }
+        }
+    }
+
+    /// The URL of the broker that serves `key`, if the map names one.
     pub(crate) fn owner(&self, key: &[u8]) -> Option<String> {
         let map = self.lock();
         let m = map.as_ref()?;
@@ -57,14 +104,28 @@ impl Routes {
                 url: url.to_string(),
             });
         }
+        drop(map);
+        self.bump();
     }
+}
+
+/// A broker's word that a lease ended (`LeaseEnded`), as a connection passes it on.
+#[derive(Clone, Debug)]
+pub(crate) struct LeaseEnd {
+    /// The connection it came on ([`crate::conn::Conn::id`]): only the connection whose
+    /// session holds the lease speaks for it (a broker that lost the shard may still say its
+    /// copy ended after the lease moved on).
+    pub(crate) conn: u64,
+    pub(crate) fence: u64,
+    pub(crate) reason: EndReason,
+    pub(crate) why: String,
 }
 
 /// What a connection passes on when its broker pushes something.
 #[derive(Clone)]
 pub(crate) struct Pushes {
-    /// `LeaseEnded`: (fence, why it ended, message), to the guards' watchdogs.
-    pub(crate) lease_ended: broadcast::Sender<(u64, EndReason, String)>,
+    /// `LeaseEnded`, to the guards' watchdogs.
+    pub(crate) lease_ended: broadcast::Sender<LeaseEnd>,
     /// `ShardMap`.
     pub(crate) routes: Arc<Routes>,
 }

@@ -18,10 +18,10 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, broadcast};
 
-use lockbroker_proto::EndReason;
+use crate::routing::LeaseEnd;
 
-/// The pushes a client's connections pass on: (fence, why the lease ended, message).
-pub(crate) type Ended = broadcast::Sender<(u64, EndReason, String)>;
+/// The `LeaseEnded` pushes a client's connections pass on.
+pub(crate) type Ended = broadcast::Sender<LeaseEnd>;
 
 /// A lease whose watchdog the starter starts (the guard's `Lease`, which keeps whether its
 /// watchdog is scheduled, running or over — no allocation per guard beyond the lease).
@@ -138,11 +138,7 @@ impl Starter {
 
 /// The starter's task: sleeps until the earliest scheduled start (woken when an earlier one
 /// is scheduled), and starts at once the watchdog of a lease the broker says ended.
-async fn run(
-    starter: Weak<Starter>,
-    wake: Arc<Notify>,
-    mut ended: broadcast::Receiver<(u64, EndReason, String)>,
-) {
+async fn run(starter: Weak<Starter>, wake: Arc<Notify>, mut ended: broadcast::Receiver<LeaseEnd>) {
     let mut pushes_open = true;
     loop {
         let next = {
@@ -161,7 +157,7 @@ async fn run(
             pushed = ended.recv(), if pushes_open => {
                 let Some(s) = starter.upgrade() else { return };
                 match pushed {
-                    Ok((fence, _, _)) => s.start_pushed(Some(fence)),
+                    Ok(end) => s.start_pushed(Some(end.fence)),
                     Err(broadcast::error::RecvError::Lagged(_)) => s.start_pushed(None),
                     Err(broadcast::error::RecvError::Closed) => pushes_open = false,
                 }

@@ -62,9 +62,10 @@ pub struct Connection {
         default_value = "quic://127.0.0.1:7420"
     )]
     brokers: Vec<String>,
-    /// PEM file of the CA (or dev certificate) to trust.
-    #[arg(long, env = "LOCKBROKER_CA")]
-    ca: Option<PathBuf>,
+    /// PEM file of the CA (or dev certificate) to trust; repeat it (or separate files with
+    /// commas) to trust several — the dev certificates of every broker of a cluster.
+    #[arg(long, env = "LOCKBROKER_CA", value_delimiter = ',')]
+    ca: Vec<PathBuf>,
     /// Accept any broker certificate (development only).
     #[arg(long)]
     insecure: bool,
@@ -84,8 +85,10 @@ impl Connection {
         for url in &self.brokers {
             b = b.broker(url.clone());
         }
-        if let Some(ca) = &self.ca {
-            b = b.ca_file(ca);
+        if !self.ca.is_empty() {
+            for ca in &self.ca {
+                b = b.ca_file(ca);
+            }
         } else if self.insecure {
             b = b.insecure_dev_mode();
         } else {

@@ -79,10 +79,7 @@ pub struct PolicyOutcome<'a> {
     pub ttl: Duration,
 }
 
-/// Milliseconds of `d`, saturating.
-pub fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+pub use lockbroker_core::wire::millis;
 
 /// The WIT view of a request on `key` (which may be a rewritten key).
 pub fn to_wit(req: &PolicyRequest<'_>, key: &[u8], ttl_ms: u64) -> wit::LockRequest {

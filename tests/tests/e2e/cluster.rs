@@ -83,7 +83,8 @@ async fn serves(c: &Client, key: &str) -> Option<bool> {
             Some(true)
         }
         Err(Error::Busy) => Some(true),
-        Err(Error::Unavailable(_)) => Some(false),
+        // Not served here; or served by a broker this client does not trust (`Moved` there).
+        Err(Error::Unavailable(_) | Error::Tls(_)) => Some(false),
         Err(_) => None,
     }
 }
@@ -249,9 +250,10 @@ async fn failover_waits_out_the_grace_and_fences_only_grow() {
     let k1 = keys[on_b1.iter().position(|x| *x).unwrap_or(0)].clone();
     let k2 = keys[on_b1.iter().position(|x| !*x).unwrap_or(0)].clone();
 
-    // A key of b2's shard asked at b1: moved, naming b2.
+    // A key of b2's shard asked at b1: moved, naming b2 (which this client, trusting b1's
+    // certificate only, cannot follow: it says so, naming b2).
     match c1.try_lock(k2.clone()).await {
-        Err(Error::Unavailable(m)) => assert!(m.contains(&a2.to_string()), "{m}"),
+        Err(Error::Unavailable(m) | Error::Tls(m)) => assert!(m.contains(&a2.to_string()), "{m}"),
         other => panic!("expected Moved to b2: {other:?}"),
     }
 
@@ -415,38 +417,19 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
         .await
         .expect("lock on b2's shard");
 
-    let lost_at = g1.lost_at();
     drop(b1.kill());
-    let killed_at = Instant::now();
-    // The guard on b1's shard reclaims at b2 once b2 took the shard over, before it is lost.
-    let mut tries = 0;
-    let last_error = loop {
-        tries += 1;
-        match g1.extend(Duration::from_secs(8)).await {
-            Ok(()) if !g1.is_lost() => break None,
-            Ok(()) => break Some("extended, but the guard was lost".to_owned()),
-            Err(_) if g1.is_lost() || killed_at.elapsed() > Duration::from_secs(15) => {
-                break Some(format!("{}", g1.lost().await));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    eprintln!(
-        "one client failover: reclaimed {:?} after the kill ({tries} tries), {:?} before the \
-         guard's local deadline",
-        killed_at.elapsed(),
-        lost_at.saturating_duration_since(Instant::now())
+    // The holder does nothing for two TTLs: the guard on b1's shard reclaims at b2 by itself
+    // once b2 took the shard over, before it is lost.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    assert!(
+        !g1.is_lost(),
+        "the guard lost its lease across the failover"
     );
     assert!(
-        last_error.is_none(),
-        "the guard lost its lease across the failover ({:?} after the kill, local deadline \
-         was {:?} after it): {last_error:?}",
-        killed_at.elapsed(),
-        lost_at.saturating_duration_since(killed_at)
+        g1.is_held().await.expect("is_held"),
+        "b2 does not hold the lease"
     );
-    g2.extend(Duration::from_secs(8))
-        .await
-        .expect("b2's lease is untouched");
+    assert!(!g2.is_lost(), "b2's lease is untouched");
     // The key stays exclusive: another lock of it waits until the guard lets go.
     assert!(client.try_lock(k1.clone()).await.is_err());
     let fence = g1.fence();
@@ -458,12 +441,7 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
         .expect("granted after the grace");
     assert!(next.fence() > fence, "{} after {fence}", next.fence());
     next.unlock().await.expect("unlock");
-    // Diagnostics for a failure seen once in CI under load (not reproduced alone): when, and
-    // whether the guard had reported its lease lost before the unlock.
-    let (at, was_lost) = (killed_at.elapsed(), g2.is_lost());
-    if let Err(e) = g2.unlock().await {
-        panic!("unlock of b2's lease failed {at:?} after the kill (lost before: {was_lost}): {e}");
-    }
+    g2.unlock().await.expect("unlock of b2's lease");
 }
 
 /// An owner paused (SIGSTOP) longer than its ownership lease: the other broker takes its shards
@@ -595,12 +573,12 @@ async fn a_joining_broker_takes_its_shards_and_held_leases_follow() {
         &cluster_config(&[etcd.endpoint()], "b2", a2, 5000),
         a2,
     );
-    // Keep the held leases renewed across the move; none may be lost.
+    // The holders only hold across the move (their guards renew in the background and adopt
+    // their leases at the new owner); none may be lost.
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(8) {
         for g in &held {
             assert!(!g.is_lost(), "{} lost across the move", g.key_str());
-            let _ = g.extend(Duration::from_secs(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -686,11 +664,10 @@ async fn drain_moves_every_shard_off_a_broker_and_holders_keep_their_leases() {
             .output()
             .expect("run lockbroker cluster drain")
     });
-    // Keep the guard renewed across the hand-over; it must never be lost.
+    // The holder only holds across the hand-over; its guard must never be lost.
     let start = Instant::now();
     while !drain.is_finished() {
         assert!(!g.is_lost(), "the guard lost its lease during the drain");
-        let _ = g.extend(Duration::from_secs(5)).await;
         assert!(
             start.elapsed() < Duration::from_secs(40),
             "drain never finished"
@@ -705,17 +682,14 @@ async fn drain_moves_every_shard_off_a_broker_and_holders_keep_their_leases() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("d1 is drained"), "{text}");
-    // The guard now lives at d2.
-    let start = Instant::now();
-    while g.extend(Duration::from_secs(5)).await.is_err() {
-        assert!(!g.is_lost(), "the guard lost its lease after the drain");
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "never reclaimed at d2"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(!g.is_lost());
+    // The guard now lives at d2 (adopted by its background renewal), and is still held after
+    // a whole TTL of doing nothing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!g.is_lost(), "the guard lost its lease after the drain");
+    assert!(
+        g.is_held().await.expect("is_held"),
+        "d2 does not hold the lease"
+    );
     for k in &keys {
         assert_eq!(
             serves(&c1, k).await,

@@ -18,6 +18,8 @@
 //! - [`exclusion`]: lease secrets and reclaim by principal, honest guards (`extend`, `lost`
 //!   by the local clock), no carry-over of a guard to an independent broker, `Cancel` of an
 //!   acquire polling the sync mirror.
+//! - [`failover`]: a guard that only holds keeps its lease across a SIGKILL and a SIGSTOP of
+//!   its shard's owner (three brokers, default client settings).
 //! - [`hostile`]: what an unfriendly neighbour could do: files and secrets others could read.
 //! - [`leases`]: TTLs of crashed and lost holders, clean disconnects, renewal, lock delay.
 //! - [`lifecycle`]: SIGTERM, fences across restarts, the `serve` banner.
@@ -50,6 +52,7 @@ mod cli_signals;
 mod cluster;
 mod errors;
 mod exclusion;
+mod failover;
 mod hostile;
 mod leases;
 mod lifecycle;

@@ -43,6 +43,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::Lost(_) => "lost",
         Error::Disconnected(_) => "disconnected",
         Error::Protocol(_) => "protocol",
+        Error::Tls(_) => "tls",
         Error::Unavailable(_) => "unavailable",
         Error::LimitExceeded(_) => "limit-exceeded",
         Error::Invalid(_) => "invalid",

@@ -1,0 +1,271 @@
+//! Cluster clients as README shows them (issue 22). Guards ride out a failover by themselves:
+//! three brokers on a real etcd, one client of all three (every setting at its default), and
+//! a holder that does nothing but hold. Its shard's owner is SIGKILLed, later the next owner is SIGSTOPped
+//! past its ownership lease; the guard renews in the background — reclaiming its lease at
+//! whichever broker serves the shard now — and is never lost. The next client is granted the
+//! key only after the holder unlocks, with a larger fence. And the cluster quickstart: the CLI
+//! given every broker's URL and dev certificate locks keys of each and exits right after CMD.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use lockbroker_sdk::{Client, Error};
+use lockbroker_tests::etcd::{EtcdServer, cluster_config, free_udp_addr};
+use lockbroker_tests::{Broker, TempDir};
+
+/// The TTL cap of the test cluster (and the takeover grace of a shard whose owner vanished).
+const MAX_TTL_MS: u64 = 10_000;
+/// The holder's TTL: 4× the 2 s ownership lease, as README advises.
+const HOLD_TTL: Duration = Duration::from_secs(8);
+
+fn start_member(etcd: &EtcdServer, name: &str, addr: SocketAddr) -> Broker {
+    let toml = cluster_config(&[etcd.endpoint()], name, addr, MAX_TTL_MS);
+    Broker::start_at(TempDir::new(name), &toml, addr)
+}
+
+/// A client of every broker in `brokers`, each dev certificate trusted, defaults otherwise.
+async fn client_of_all(brokers: &[&Broker]) -> Client {
+    let mut builder = Client::builder();
+    let mut cas = Vec::new();
+    for b in brokers {
+        builder = builder.broker(b.url());
+        cas.extend(std::fs::read(b.ca()).expect("dev certificate"));
+    }
+    builder.ca_pem(cas).connect().await.expect("connect")
+}
+
+/// Which of `brokers` serves `key`: the one whose own client's try-lock is answered (granted
+/// or busy) while the others refuse it; `None` while that is not exactly one.
+async fn owner_of(brokers: &[&Broker], key: &str) -> Option<usize> {
+    let mut serving = Vec::new();
+    for (i, b) in brokers.iter().enumerate() {
+        let c = b
+            .client_builder()
+            .request_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .ok()?;
+        match c.try_lock(key.to_string()).await {
+            Ok(g) => {
+                g.unlock().await.ok()?;
+                serving.push(i);
+            }
+            Err(Error::Busy) => serving.push(i),
+            Err(_) => {}
+        }
+        c.close().await;
+    }
+    (serving.len() == 1).then(|| serving[0])
+}
+
+/// Waits (bounded) until `key` is served by exactly one of `brokers`, the same one twice a
+/// second apart; returns its index.
+async fn settled_owner(brokers: &[&Broker], key: &str) -> usize {
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        let now = owner_of(brokers, key).await;
+        if now.is_some() && now == last {
+            return now.unwrap_or_default();
+        }
+        last = now;
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{key}: no settled owner"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The holder's checks after a fault: its guard is not lost and the cluster still has its
+/// lease.
+async fn assert_still_held(guard: &lockbroker_sdk::Guard, after: &str) {
+    assert!(!guard.is_lost(), "the guard was lost after {after}");
+    assert!(
+        guard.is_held().await.expect("is_held"),
+        "the cluster no longer has the lease after {after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_only_holds_keeps_its_lock_across_sigkill_and_sigstop_of_its_owner() {
+    let etcd = EtcdServer::start();
+    let addrs = [free_udp_addr(), free_udp_addr(), free_udp_addr()];
+    let b1 = start_member(&etcd, "b1", addrs[0]);
+    let b2 = start_member(&etcd, "b2", addrs[1]);
+    let b3 = start_member(&etcd, "b3", addrs[2]);
+    let client = client_of_all(&[&b1, &b2, &b3]).await;
+    // A key of b1's, the first broker the client names: its default connection dies too.
+    let keys: Vec<String> = (0..32).map(|i| format!("hold/{i}")).collect();
+    let mut key = None;
+    for k in &keys {
+        if settled_owner(&[&b1, &b2, &b3], k).await == 0 {
+            key = Some(k.clone());
+            break;
+        }
+    }
+    let key = key.expect("b1 owns one of 32 keys");
+
+    // The user's action: lock, then only hold.
+    let guard = client
+        .lock(key.clone())
+        .ttl(HOLD_TTL)
+        .await
+        .expect("lock on b1's shard");
+    let fence = guard.fence();
+
+    // Fault 1: the owner is SIGKILLed. Wait twice the TTL.
+    drop(b1.kill());
+    tokio::time::sleep(2 * HOLD_TTL).await;
+    assert_still_held(&guard, "SIGKILL of its shard's owner").await;
+
+    // Fault 2: the shard's new owner is SIGSTOPped past its ownership lease (2 s), then
+    // resumes; the other broker takes the shard over meanwhile.
+    let rest = [&b2, &b3];
+    let owner = rest[settled_owner(&rest, &key).await];
+    owner.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    owner.signal("CONT");
+    tokio::time::sleep(HOLD_TTL).await;
+    assert_still_held(&guard, "SIGSTOP of its shard's owner").await;
+
+    // The next client waits for the holder: granted only after the unlock, with a larger
+    // fence.
+    let next = client_of_all(&rest).await;
+    let waiter = {
+        let key = key.clone();
+        tokio::spawn(async move {
+            let g = next.lock(key).wait(Duration::from_secs(30)).await;
+            (g, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiter.is_finished(), "granted while the holder holds");
+    let unlocked_at = Instant::now();
+    guard.unlock().await.expect("unlock");
+    let (granted, at) = waiter.await.expect("waiter task");
+    let granted = granted.expect("the next client is granted");
+    assert!(at >= unlocked_at, "granted before the unlock");
+    assert!(
+        granted.fence() > fence,
+        "fence {} after {fence}",
+        granted.fence()
+    );
+    granted.unlock().await.expect("unlock");
+}
+
+/// README's cluster quickstart, followed as written: three brokers with only `[cluster]` in
+/// their config (each its own dev certificate), and `lockbroker lock` given every broker's URL
+/// and every dev certificate (`LOCKBROKER_URL`, `LOCKBROKER_CA`, comma-separated). It takes a
+/// key of each broker's, and exits as soon as CMD has and the release is acknowledged —
+/// it used to wait out a 1 s close timeout whenever the key's owner was not the first broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_quickstart_locks_keys_of_every_broker_and_exits_after_cmd() {
+    let etcd = EtcdServer::start();
+    let addrs = [free_udp_addr(), free_udp_addr(), free_udp_addr()];
+    let brokers: Vec<Broker> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let toml = format!(
+                "[cluster]\netcd = [{:?}]\nbroker = \"b{i}\"\nadvertise = \"{addr}\"\n",
+                etcd.endpoint()
+            );
+            Broker::start_at(TempDir::new(&format!("qs{i}")), &toml, *addr)
+        })
+        .collect();
+    let all: Vec<&Broker> = brokers.iter().collect();
+    let urls: Vec<String> = all.iter().map(|b| b.url()).collect();
+    let cas: Vec<String> = all.iter().map(|b| b.ca().display().to_string()).collect();
+    // One key of each broker's.
+    let mut keys: Vec<Option<String>> = vec![None, None, None];
+    for i in 0..64 {
+        let k = format!("qs/{i}");
+        let owner = settled_owner(&all, &k).await;
+        if keys[owner].is_none() {
+            keys[owner] = Some(k);
+        }
+        if keys.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    // Shards handed over as the brokers joined are in their takeover grace (30 s by default):
+    // wait until each chosen key is granted at once, as a user would see the cluster settle.
+    let observer = client_of_all(&all).await;
+    for key in keys.iter().flatten() {
+        let start = Instant::now();
+        loop {
+            match observer.try_lock(key.clone()).await {
+                Ok(g) => {
+                    g.unlock().await.expect("unlock");
+                    break;
+                }
+                Err(e) => assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "{key} never granted: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let dir = TempDir::new("qs-cmd");
+    let mut after_cmd = Vec::new();
+    for (owner, key) in keys.iter().enumerate() {
+        let key = key.as_deref().expect("each broker owns one of 64 keys");
+        let stamp = dir.path().join(format!("cmd-{owner}"));
+        let mut child = std::process::Command::new(lockbroker_tests::lockbroker_bin())
+            .args(["lock", "--wait", "20s", key, "--", "sh", "-c"])
+            .arg(format!("date +%s%N > {}", stamp.display()))
+            .env("LOCKBROKER_URL", urls.join(","))
+            .env("LOCKBROKER_CA", cas.join(","))
+            .spawn()
+            .expect("run lockbroker lock");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "lock never exited"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let exited = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        assert!(status.success(), "lock of {key} (owner b{owner}): {status}");
+        let ran: u128 = std::fs::read_to_string(&stamp)
+            .expect("CMD ran")
+            .trim()
+            .parse()
+            .expect("a time stamp");
+        after_cmd.push(Duration::from_nanos(
+            u64::try_from(exited.saturating_sub(ran)).unwrap_or(u64::MAX),
+        ));
+    }
+    // Trusting only the first broker: a key of another is a TLS failure, named as one with the
+    // broker, not "unavailable".
+    let other_key = keys[1].as_deref().expect("a key of b1");
+    let out = std::process::Command::new(lockbroker_tests::lockbroker_bin())
+        .args(["lock", "--wait", "5s", other_key, "--", "true"])
+        .env("LOCKBROKER_URL", urls.join(","))
+        .env("LOCKBROKER_CA", &cas[0])
+        .output()
+        .expect("run lockbroker lock");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("TLS") && stderr.contains(&addrs[1].port().to_string()),
+        "{stderr}"
+    );
+    eprintln!("quickstart: exit after CMD, by key owner: {after_cmd:?}");
+    // Before the fix every key of the second and third broker took >= 1 s (a close timeout
+    // waiting on a connection nobody closed); the quicker of the two shows it is gone.
+    let others = after_cmd[1].min(after_cmd[2]);
+    assert!(
+        others < Duration::from_secs(1),
+        "lockbroker lock waited {others:?} after CMD for a key of another broker"
+    );
+}
