@@ -49,7 +49,10 @@ fi
 
 step "python modules"
 for entry in "${preflight_python[@]}"; do
-  python3 -c "import ${entry%%:*}" >/dev/null 2>&1 || python3 -m pip install --quiet "${entry#*:}"
+  # A distribution's python3 refuses pip installs outside a venv (PEP 668): then with
+  # --break-system-packages (a test-only module, installed for the user running the tests).
+  python3 -c "import ${entry%%:*}" >/dev/null 2>&1 || python3 -m pip install --quiet "${entry#*:}" ||
+    python3 -m pip install --quiet --break-system-packages "${entry#*:}" || true
 done
 
 step "preflight: programs and modules the tests use"

@@ -12,8 +12,7 @@
 //! `unlock().await` releases with an acknowledgement; dropping the guard releases
 //! fire-and-forget.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -66,27 +65,19 @@ struct Lease {
     /// The identity of the broker that granted the lease: it is never carried to another.
     broker_id: u64,
     mode: Mode,
-    /// The TTL in force and the local deadline; why the lease was lost, once it is.
+    /// Everything that changes over the lease's life, under its one lock (`LeaseState`).
     state: Mutex<LeaseState>,
     /// Wakes the watchdog when the timing changed (a renewal, an `extend`): one waiter, so a
     /// change made while it is busy is kept as a permit for its next turn.
     renewed: Notify,
     /// Wakes every [`Guard::lost`] waiting when the lease is declared lost.
     lost_wake: Notify,
-    /// Where the lease is held: the connection whose session holds it, and the shard owner
-    /// the route named when it was placed there.
-    owner: Mutex<Placed>,
-    /// Cluster mode: the broker said the key's shard moved (`LeaseEnded` with `Moved`, or a
-    /// `Moved` answer); the lease is reclaimed where the key is served before its next use.
-    moved: AtomicBool,
     /// The owner label given with the acquire (empty: none), carried along on a reclaim.
     label: Bytes,
     /// Held across one renewal (send and answer): renewals of the lease never cross.
     renewing: tokio::sync::Mutex<()>,
     /// The hold-time clock (`crate::metrics`), started at the grant.
     hold: crate::metrics::Hold,
-    /// The watchdog task: scheduled (started lazily), running, or over.
-    watchdog: Mutex<WatchdogState>,
 }
 
 enum WatchdogState {
@@ -105,12 +96,13 @@ impl Watched for Lease {
     }
 
     fn start(self: Arc<Self>) {
-        let mut state = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
-        if let WatchdogState::Scheduled { .. } = &*state
+        let mut state = self.state();
+        if let WatchdogState::Scheduled { .. } = &state.watchdog
             && let WatchdogState::Scheduled { ended, renew } =
-                std::mem::replace(&mut *state, WatchdogState::Over)
+                std::mem::replace(&mut state.watchdog, WatchdogState::Over)
         {
-            *state = WatchdogState::Running(tokio::spawn(watchdog(self.clone(), ended, renew)));
+            state.watchdog =
+                WatchdogState::Running(tokio::spawn(watchdog(self.clone(), ended, renew)));
         }
     }
 }
@@ -118,10 +110,7 @@ impl Watched for Lease {
 impl Lease {
     /// Stops the watchdog (aborted if it runs; never started if it did not).
     fn end_watchdog(&self) {
-        let state = std::mem::replace(
-            &mut *self.watchdog.lock().unwrap_or_else(|e| e.into_inner()),
-            WatchdogState::Over,
-        );
+        let state = std::mem::replace(&mut self.state().watchdog, WatchdogState::Over);
         if let WatchdogState::Running(task) = state {
             task.abort();
         }
@@ -136,33 +125,55 @@ struct Placed {
     route: Option<String>,
 }
 
-/// What changes over a lease's life, under one small lock (a watch channel per field cost
-/// more than the rest of an in-process lock cycle to create and drop).
+/// What changes over a lease's life, under its one lock (a watch channel per field cost more
+/// than the rest of an in-process lock cycle to create and drop). Never held across an
+/// `.await`; whoever changes it wakes the waiters (`renewed`, `lost_wake`) after letting go.
 struct LeaseState {
+    /// The TTL in force and the local deadline.
     timing: Timing,
+    /// Why the lease was lost, once it is.
     lost: Option<Error>,
+    /// Where the lease is held: the connection whose session holds it, and the shard owner
+    /// the route named when it was placed there.
+    placed: Placed,
+    /// Cluster mode: the broker said the key's shard moved (`LeaseEnded` with `Moved`, or a
+    /// `Moved` answer); the lease is reclaimed where the key is served before its next use.
+    moved: bool,
+    /// The watchdog task: scheduled (started lazily), running, or over.
+    watchdog: WatchdogState,
 }
 
 impl Lease {
-    /// The connection whose session holds the lease now.
-    fn owner_conn(&self) -> Arc<Conn> {
-        self.owner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .conn
-            .clone()
+    /// The lease's one lock (poisoning is recovered: the state is valid between calls).
+    fn state(&self) -> MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Where the lease is held now.
-    fn placed(&self) -> (Arc<Conn>, Option<String>) {
-        let placed = self.owner.lock().unwrap_or_else(|e| e.into_inner());
-        (placed.conn.clone(), placed.route.clone())
+    /// The connection whose session holds the lease now.
+    fn owner_conn(&self) -> Arc<Conn> {
+        self.state().placed.conn.clone()
+    }
+
+    /// Where the lease is held now, and whether the broker said its shard moved.
+    fn placed(&self) -> (Arc<Conn>, Option<String>, bool) {
+        let state = self.state();
+        (
+            state.placed.conn.clone(),
+            state.placed.route.clone(),
+            state.moved,
+        )
     }
 
     /// The lease was reclaimed on `conn`, where the route names `route`.
     fn place(&self, conn: Arc<Conn>, route: Option<String>) {
-        *self.owner.lock().unwrap_or_else(|e| e.into_inner()) = Placed { conn, route };
-        self.moved.store(false, Ordering::Release);
+        let mut state = self.state();
+        state.placed = Placed { conn, route };
+        state.moved = false;
+    }
+
+    /// The broker said the key's shard moved: reclaim the lease where it is served now.
+    fn mark_moved(&self) {
+        self.state().moved = true;
     }
 
     fn secret(&self) -> LeaseSecret {
@@ -176,27 +187,23 @@ impl Lease {
     }
 
     fn timing(&self) -> Timing {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).timing
+        self.state().timing
     }
 
     /// A renewal or `extend` moved the deadline: the watchdog re-arms.
     fn set_timing(&self, timing: Timing) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).timing = timing;
+        self.state().timing = timing;
         self.renewed.notify_one();
     }
 
     fn lost_error(&self) -> Option<Error> {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .lost
-            .clone()
+        self.state().lost.clone()
     }
 
     /// Declares the lease lost (the first reason stays) and wakes `lost()`.
     fn declare_lost(&self, e: Error) {
         {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state();
             if state.lost.is_none() {
                 state.lost = Some(e);
             }
@@ -250,18 +257,18 @@ impl Guard {
                     deadline: g.sent + g.ttl,
                 },
                 lost: None,
+                placed: Placed {
+                    route: client_route,
+                    conn: owner,
+                },
+                moved: false,
+                watchdog: WatchdogState::Scheduled { ended, renew },
             }),
             renewed: Notify::new(),
             lost_wake: Notify::new(),
-            owner: Mutex::new(Placed {
-                route: client_route,
-                conn: owner,
-            }),
-            moved: AtomicBool::new(false),
             label: g.label,
             renewing: tokio::sync::Mutex::new(()),
             hold: crate::metrics::Hold::start(g.mode, g.granted_at),
-            watchdog: Mutex::new(WatchdogState::Scheduled { ended, renew }),
         });
         let first_renewal = lease.timing().renew_at();
         let watched: Arc<dyn Watched> = lease.clone();
@@ -441,7 +448,7 @@ async fn lease_request(lease: &Lease, build: impl Fn(u64) -> Frame) -> Result<(F
                 Step::Done(frame) => Ok(Step::Done((frame, sent))),
                 Step::Moved(url) => {
                     // The shard moved before its broker could tell us: adopt the lease there.
-                    lease.moved.store(true, Ordering::Release);
+                    lease.mark_moved();
                     Ok(Step::Moved(url))
                 }
             }
@@ -463,8 +470,7 @@ fn attempt_bound(request_timeout: Duration, ttl: Duration) -> Duration {
 /// where the key is served; otherwise `conn` (the route's choice now), the lease reclaimed
 /// there first — only on a broker with the lease's identity.
 async fn placed_at(lease: &Lease, conn: Arc<Conn>, bound: Duration) -> Result<Step<Arc<Conn>>> {
-    let (owner, route) = lease.placed();
-    let moved = lease.moved.load(Ordering::Acquire);
+    let (owner, route, moved) = lease.placed();
     let route_now = lease.client.routes().owner(&lease.key);
     let same_route = route_now.is_none() || route_now == route;
     if !moved && (Arc::ptr_eq(&owner, &conn) || (owner.is_usable() && same_route)) {
@@ -610,7 +616,7 @@ async fn watchdog(lease: Arc<Lease>, mut ended: broadcast::Receiver<LeaseEnd>, r
         let t = lease.timing();
         let margin = lease.client.lease_margin(t.ttl);
         let lost_at = lost_at(&lease, t);
-        let (_, route) = lease.placed();
+        let (_, route, _) = lease.placed();
         tokio::select! {
             biased;
             () = tokio::time::sleep_until(lost_at.into()) => {
@@ -631,7 +637,7 @@ async fn watchdog(lease: Arc<Lease>, mut ended: broadcast::Receiver<LeaseEnd>, r
                         // Cluster mode: the shard moved. Reclaim at its new owner now; the
                         // lease is lost only if that fails until the local deadline.
                         EndReason::Moved => {
-                            lease.moved.store(true, Ordering::Release);
+                            lease.mark_moved();
                             next_renew = Instant::now();
                         }
                         EndReason::Revoked => {

@@ -16,17 +16,24 @@ pub struct SessionHandle {
     pub outbox: Outbox,
     /// Who the session authenticated as: lease secrets are bound to it.
     pub principal: String,
-    /// Pending acquires whose key a policy rewrote: the grant must tell the client the new key.
-    rewritten: Mutex<HashMap<ReqId, Bytes>>,
-    /// Acquires a grant gate refused as busy elsewhere that retry outside the table (the sync
-    /// mirror's polling), with whether the client cancelled them.
-    polls: Mutex<HashMap<ReqId, bool>>,
+    /// What the broker notes about the session's pending requests, under one lock.
+    notes: Mutex<Notes>,
     /// Where the session connects from (None: not a network session, e.g. a test's).
     pub peer: Option<SocketAddr>,
     /// When the session opened.
     pub since: SystemTime,
+}
+
+/// Notes on a session's pending requests, by request id.
+#[derive(Default)]
+struct Notes {
+    /// Pending acquires whose key a policy rewrote: the grant must tell the client the new key.
+    rewritten: HashMap<ReqId, Bytes>,
+    /// Acquires a grant gate refused as busy elsewhere that retry outside the table (the sync
+    /// mirror's polling), with whether the client cancelled them.
+    polls: HashMap<ReqId, bool>,
     /// Queued acquires (metrics on): when each arrived, and when the table handed it the key.
-    queued: Mutex<HashMap<ReqId, Queued>>,
+    queued: HashMap<ReqId, Queued>,
 }
 
 /// A queued acquire's timestamps, for the wait-time and handoff histograms.
@@ -41,11 +48,9 @@ impl Default for SessionHandle {
         SessionHandle {
             outbox: Outbox::default(),
             principal: String::new(),
-            rewritten: Mutex::default(),
-            polls: Mutex::default(),
+            notes: Mutex::default(),
             peer: None,
             since: SystemTime::now(),
-            queued: Mutex::default(),
         }
     }
 }
@@ -68,97 +73,72 @@ impl SessionHandle {
         }
     }
 
+    /// The notes' lock (poisoning is recovered: each note is valid on its own).
+    fn notes(&self) -> std::sync::MutexGuard<'_, Notes> {
+        self.notes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Acquire `req`, which arrived at `arrived`, was queued (metrics only).
     pub fn note_queued(&self, req: ReqId, arrived: Instant) {
-        self.queued
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                req,
-                Queued {
-                    arrived,
-                    handed: None,
-                },
-            );
+        let queued = Queued {
+            arrived,
+            handed: None,
+        };
+        self.notes().queued.insert(req, queued);
     }
 
     /// The table granted queued acquire `req` at `at` (metrics only).
     pub(super) fn note_handed(&self, req: ReqId, at: Instant) {
-        let mut map = self.queued.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(q) = map.get_mut(&req) {
+        if let Some(q) = self.notes().queued.get_mut(&req) {
             q.handed = Some(at);
         }
     }
 
     /// Forgets queued acquire `req` (answered), returning its timestamps.
     pub(super) fn take_queued(&self, req: ReqId) -> Option<Queued> {
-        let mut map = self.queued.lock().unwrap_or_else(|e| e.into_inner());
-        if map.is_empty() {
+        let mut notes = self.notes();
+        if notes.queued.is_empty() {
             None
         } else {
-            map.remove(&req)
+            notes.queued.remove(&req)
         }
     }
 
     /// Remembers that acquire `req` was rewritten to `key`, for its grant.
     pub fn note_rewrite(&self, req: ReqId, key: Bytes) {
-        self.rewritten
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(req, key);
+        self.notes().rewritten.insert(req, key);
     }
 
     /// Acquires of this session retrying outside the table (polling the sync mirror): they
     /// count toward its limit of pending requests, and their ids stay taken.
     pub fn polls(&self) -> usize {
-        self.polls.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.notes().polls.len()
     }
 
     /// Whether acquire `req` is retrying outside the table.
     pub fn is_polling(&self, req: ReqId) -> bool {
-        self.polls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&req)
+        self.notes().polls.contains_key(&req)
     }
 
     /// Marks acquire `req` as retrying outside the table.
     pub(super) fn begin_poll(&self, req: ReqId) {
-        self.polls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(req)
-            .or_insert(false);
+        self.notes().polls.entry(req).or_insert(false);
     }
 
     /// Ends the retrying of `req`; true if the client cancelled it meanwhile.
     pub(super) fn end_poll(&self, req: ReqId) -> bool {
-        self.polls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&req)
-            .unwrap_or(false)
+        self.notes().polls.remove(&req).unwrap_or(false)
     }
 
     /// Whether the client cancelled retrying acquire `req`.
     pub(super) fn poll_cancelled(&self, req: ReqId) -> bool {
-        self.polls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&req)
-            .copied()
-            .unwrap_or(false)
+        self.notes().polls.get(&req).copied().unwrap_or(false)
     }
 
     /// A `Cancel` for `req`: if it is retrying outside the table, it stops at its next turn
     /// (answered `Cancelled` then). True if it was.
     pub fn cancel_poll(&self, req: ReqId) -> bool {
-        match self
-            .polls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&req)
-        {
+        match self.notes().polls.get_mut(&req) {
             Some(cancelled) => {
                 *cancelled = true;
                 true
@@ -169,11 +149,11 @@ impl SessionHandle {
 
     /// The rewritten key of `req`, forgetting it (a request is answered once).
     pub(super) fn take_rewrite(&self, req: ReqId) -> Option<Bytes> {
-        let mut map = self.rewritten.lock().unwrap_or_else(|e| e.into_inner());
-        if map.is_empty() {
+        let mut notes = self.notes();
+        if notes.rewritten.is_empty() {
             None
         } else {
-            map.remove(&req)
+            notes.rewritten.remove(&req)
         }
     }
 }

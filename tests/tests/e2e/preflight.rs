@@ -90,25 +90,38 @@ fn python_imports(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// What `scan` finds in every workspace source that `known` does not accept, as
+/// "`name` (file)"; and how many it found in all.
+fn unknown_in_sources(
+    scan: fn(&str) -> Vec<String>,
+    known: impl Fn(&str) -> bool,
+) -> (BTreeSet<String>, usize) {
+    let (mut unknown, mut seen) = (BTreeSet::new(), 0);
+    for file in rust_sources() {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for name in scan(&text) {
+            seen += 1;
+            if !known(&name) {
+                unknown.insert(format!("{name} ({})", file.display()));
+            }
+        }
+    }
+    (unknown, seen)
+}
+
 /// A user adding a test that spawns a new program must add it to the preflight list.
 #[test]
 fn every_spawned_program_is_in_the_preflight() {
     let listed = preflight_list("preflight_programs");
-    let mut unlisted = Vec::new();
-    let mut seen = 0;
-    for file in rust_sources() {
-        let text = std::fs::read_to_string(&file).expect("read source");
-        for program in spawned_programs(&text) {
-            seen += 1;
-            let bare = program.rsplit('/').next().unwrap_or(&program);
-            let known = listed
+    let (unlisted, seen) = unknown_in_sources(spawned_programs, |program| {
+        let bare = program.rsplit('/').next().unwrap_or(program);
+        // Scripts of the repository itself (`plugins/build.sh`) run under bash.
+        program == "bash"
+            || program.ends_with(".sh")
+            || listed
                 .iter()
-                .any(|l| *l == program || l.rsplit('/').next() == Some(bare));
-            if !known && program != "bash" && !program.ends_with(".sh") {
-                unlisted.push(format!("{program} ({})", file.display()));
-            }
-        }
-    }
+                .any(|l| l == program || l.rsplit('/').next() == Some(bare))
+    });
     assert!(seen >= 5, "the scan found only {seen} spawned programs");
     assert!(
         unlisted.is_empty(),
@@ -126,17 +139,9 @@ fn every_imported_python_module_is_in_the_preflight() {
         .expect("run python3");
     let stdlib = String::from_utf8_lossy(&out.stdout).to_string();
     let stdlib: BTreeSet<&str> = stdlib.split_whitespace().collect();
-    let mut unlisted = BTreeSet::new();
-    let mut seen = 0;
-    for file in rust_sources() {
-        let text = std::fs::read_to_string(&file).expect("read source");
-        for module in python_imports(&text) {
-            seen += 1;
-            if !stdlib.contains(module.as_str()) && !listed.contains(&module) {
-                unlisted.insert(format!("{module} ({})", file.display()));
-            }
-        }
-    }
+    let (unlisted, seen) = unknown_in_sources(python_imports, |module| {
+        stdlib.contains(module) || listed.contains(module)
+    });
     assert!(seen >= 1, "the scan found no Python imports");
     assert!(
         unlisted.is_empty(),
