@@ -76,34 +76,40 @@ where
     };
     loop {
         let routes = client.routes();
-        let mut changes = routes.changes();
-        let owner_before = routes.owner(key);
         let one = async {
             let conn = client.conn_for(key).await?;
             conn.check_key(key)?;
             attempt(conn).await
         };
-        let failure = tokio::select! {
-            r = one => match r {
-                Ok(Step::Done(v)) => return Ok(v),
-                Ok(Step::Moved(url)) => {
-                    client.note_moved(key, &url);
-                    let pause = url.is_empty();
-                    Failure::Transient(
-                        Error::Unavailable(format!(
-                            "the key's shard is served by another broker ({url:?})"
-                        )),
-                        pause,
-                    )
-                }
-                Err(e) => classify(client, kind, e),
-            },
-            () = routes.moved_away(&mut changes, key, owner_before.as_deref()) => {
+        // With a shard map (a cluster), the attempt also ends when the map moves the key's
+        // shard; without one (a single broker, the embedded table) it is just awaited.
+        let outcome = if routes.is_known() {
+            let mut changes = routes.changes();
+            let before = routes.owner(key);
+            tokio::select! {
+                r = one => Some(r),
+                () = routes.moved_away(&mut changes, key, before.as_deref()) => None,
+            }
+        } else {
+            Some(one.await)
+        };
+        let failure = match outcome {
+            Some(Ok(Step::Done(v))) => return Ok(v),
+            Some(Ok(Step::Moved(url))) => {
+                client.note_moved(key, &url);
+                let pause = url.is_empty();
                 Failure::Transient(
-                    Error::Unavailable("the key's shard moved to another broker".into()),
-                    false,
+                    Error::Unavailable(format!(
+                        "the key's shard is served by another broker ({url:?})"
+                    )),
+                    pause,
                 )
             }
+            Some(Err(e)) => classify(client, kind, e),
+            None => Failure::Transient(
+                Error::Unavailable("the key's shard moved to another broker".into()),
+                false,
+            ),
         };
         let (error, pause) = match failure {
             Failure::Final(e) => return Err(e),

@@ -2,6 +2,7 @@
 //! `Moved` answers, and what a connection hands to the client when the broker pushes something
 //! (`Pushes`). With no map — a single broker — every key goes to the client's one connection.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lockbroker_proto::{EndReason, ShardMap, ShardOwner, shard_of};
@@ -11,6 +12,8 @@ use tokio::sync::{broadcast, watch};
 /// its changes that requests in flight watch (`moved_away`).
 pub(crate) struct Routes {
     map: Mutex<Option<ShardMap>>,
+    /// Whether a map was ever received (read on every request without the lock).
+    known: AtomicBool,
     changed: watch::Sender<u64>,
 }
 
@@ -18,6 +21,7 @@ impl Default for Routes {
     fn default() -> Self {
         Routes {
             map: Mutex::new(None),
+            known: AtomicBool::new(false),
             changed: watch::channel(0).0,
         }
     }
@@ -40,6 +44,7 @@ impl Routes {
             let newer = map.as_ref().is_none_or(|old| old.version <= m.version);
             if newer {
                 *map = Some(m);
+                self.known.store(true, Ordering::Release);
             }
             newer
         };
@@ -50,7 +55,7 @@ impl Routes {
 
     /// Whether a shard map was ever received (cluster mode).
     pub(crate) fn is_known(&self) -> bool {
-        self.lock().is_some()
+        self.known.load(Ordering::Acquire)
     }
 
     /// A receiver of the map's changes (for [`Routes::moved_away`]).
@@ -80,6 +85,9 @@ impl Routes {
 
     /// The URL of the broker that serves `key`, if the map names one.
     pub(crate) fn owner(&self, key: &[u8]) -> Option<String> {
+        if !self.is_known() {
+            return None;
+        }
         let map = self.lock();
         let m = map.as_ref()?;
         let shard = shard_of(key, m.shards);
