@@ -154,7 +154,10 @@ async fn mtls_subject_is_the_principal() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Connect(_) | Error::Disconnected(_)),
+        matches!(
+            err,
+            Error::Connect(_) | Error::Disconnected(_) | Error::Tls(_)
+        ),
         "{err:?}"
     );
 }
