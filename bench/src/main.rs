@@ -3,109 +3,104 @@
 //! ports, temp data dir), runs every scenario, prints a table of figures, ratios and targets.
 //!
 //! `cargo run --release -p lockbroker-bench` (add `-- --quick` for a short run).
+//!
+//! This file parses the flags and calls the scenarios (`scenario/`, one file each) in order;
+//! the helpers they share are the other modules, which import no scenario.
 
-mod attack;
-mod cluster;
 mod echo;
-mod embedded;
-mod metrics_overhead;
+mod fixture;
+mod load;
+mod opts;
 mod procs;
 mod raw;
 mod redis_lock;
-mod scenarios;
+mod report;
+mod scenario;
 mod stats;
 
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::Result;
 
-/// Run options.
-#[derive(Clone, Debug)]
-pub struct Opts {
-    /// Short run (smoke test): fewer rounds, shorter windows, 200k locks for memory.
-    pub quick: bool,
-    /// Locks held for the memory figure.
-    pub mem_locks: usize,
-    /// Length of one sequential measurement window (several rounds alternate the systems).
-    pub seq_window: Duration,
-    pub seq_rounds: usize,
-    /// Length of one throughput window.
-    pub tp_window: Duration,
-    /// Length of one contention window.
-    pub contention_window: Duration,
-    /// Expiry rounds.
-    pub expiry_rounds: usize,
-    /// Table cycles for the in-process figure.
-    pub table_cycles: usize,
-    /// Run only the scenarios whose name contains this.
-    pub only: Option<String>,
+use crate::fixture::Fixture;
+use crate::opts::Opts;
+use crate::report::Report;
+
+fn parse_args() -> Result<Opts> {
+    let mut quick = false;
+    let mut mem_locks = None;
+    let mut only = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--mem-locks" => {
+                mem_locks = Some(args.next().unwrap_or_default().parse()?);
+            }
+            "--only" => only = args.next(),
+            "-h" | "--help" => {
+                println!(
+                    "lockbroker-bench [--quick] [--mem-locks N] [--only seq|throughput|contention|memory|expiry|table|cluster|attack|metrics|embedded]\n\
+                     Starts redis-server and a release lockbroker on ephemeral ports and prints\n\
+                     lockbroker's figures next to Redis's and a raw QUIC echo's, as ratios."
+                );
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(Opts::new(quick, mem_locks, only))
 }
 
-impl Opts {
-    fn parse() -> Result<Opts> {
-        let mut quick = false;
-        let mut mem_locks = None;
-        let mut only = None;
-        let mut args = std::env::args().skip(1);
-        while let Some(a) = args.next() {
-            match a.as_str() {
-                "--quick" => quick = true,
-                "--mem-locks" => {
-                    mem_locks = Some(args.next().unwrap_or_default().parse()?);
-                }
-                "--only" => only = args.next(),
-                "-h" | "--help" => {
-                    println!(
-                        "lockbroker-bench [--quick] [--mem-locks N] [--only seq|throughput|contention|memory|expiry|table|cluster|attack|metrics|embedded]\n\
-                         Starts redis-server and a release lockbroker on ephemeral ports and prints\n\
-                         lockbroker's figures next to Redis's and a raw QUIC echo's, as ratios."
-                    );
-                    std::process::exit(0);
-                }
-                other => anyhow::bail!("unknown argument {other:?} (try --help)"),
-            }
-        }
-        Ok(if quick {
-            Opts {
-                quick,
-                mem_locks: mem_locks.unwrap_or(200_000),
-                seq_window: Duration::from_millis(400),
-                seq_rounds: 2,
-                tp_window: Duration::from_millis(700),
-                contention_window: Duration::from_secs(2),
-                expiry_rounds: 10,
-                table_cycles: 500_000,
-                only,
-            }
-        } else {
-            Opts {
-                quick,
-                mem_locks: mem_locks.unwrap_or(1_000_000),
-                seq_window: Duration::from_secs(1),
-                seq_rounds: 5,
-                tp_window: Duration::from_secs(2),
-                contention_window: Duration::from_secs(5),
-                expiry_rounds: 40,
-                table_cycles: 3_000_000,
-                only,
-            }
-        })
+/// The scenarios `opts` selects, in the order of a full run, then the report.
+async fn run_all(opts: &Opts, bin: &Path) -> Result<()> {
+    let fx = Fixture::start(opts, bin)?;
+    let (broker, redis) = (&fx.broker, &fx.redis);
+    let mut report = Report::default();
+    if opts.runs("seq") {
+        let (echo_server, echo_inproc) = (&fx.echo_server, &fx.echo_inproc);
+        scenario::seq::run(opts, broker, redis, echo_server, echo_inproc, &mut report).await?;
     }
-
-    pub fn runs(&self, name: &str) -> bool {
-        self.only.as_deref().is_none_or(|o| name.contains(o))
+    if opts.runs("throughput") {
+        scenario::throughput::run(opts, broker, redis, &mut report).await?;
     }
+    if opts.runs("contention") {
+        scenario::contention::run(opts, broker, redis, &mut report).await?;
+    }
+    if opts.runs("expiry") {
+        scenario::expiry::run(opts, broker, &mut report).await?;
+    }
+    if opts.runs("memory") {
+        scenario::memory::run(opts, broker, redis, &mut report).await?;
+    }
+    if opts.runs("table") {
+        scenario::table::run(opts, &mut report);
+    }
+    if opts.runs("cluster") {
+        scenario::cluster::run(opts, bin, broker, &mut report).await?;
+    }
+    if opts.runs("attack") {
+        scenario::attack::run(opts, bin, &mut report).await?;
+    }
+    if opts.runs("embedded-uncontended") || opts.runs("embedded-contended") {
+        scenario::embedded::run(opts, &mut report).await?;
+    }
+    if opts.runs("metrics") {
+        scenario::metrics::run(opts, bin, &mut report).await?;
+    }
+    report.print();
+    Ok(())
 }
 
 fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("--echo-server") {
         return echo::serve_forever();
     }
-    let opts = Opts::parse()?;
+    let opts = parse_args()?;
     let bin = procs::build_broker()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(scenarios::run_all(&opts, &bin))
+    rt.block_on(run_all(&opts, &bin))
 }

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::TlsConfig;
-
 /// Errors loading or generating TLS material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -40,9 +38,13 @@ pub struct ServerIdentity {
     pub generated: bool,
 }
 
-/// Loads the configured certificate, or the dev certificate (generating it on first start).
-pub fn server_identity(cfg: &TlsConfig, data_dir: &Path) -> Result<ServerIdentity, TlsError> {
-    if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
+/// Loads the configured certificate chain and key (`cert_key`: both PEM files), or the dev
+/// certificate (generating it on first start).
+pub fn server_identity(
+    cert_key: Option<(&Path, &Path)>,
+    data_dir: &Path,
+) -> Result<ServerIdentity, TlsError> {
+    if let Some((cert, key)) = cert_key {
         return Ok(ServerIdentity {
             chain: read_certs(cert)?,
             key: read_key(key)?,
@@ -109,16 +111,19 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// Builds the rustls server config: TLS 1.3 only, our ALPN, optional client certificates.
+/// Builds the rustls server config: TLS 1.3 only, our ALPN, optional client certificates
+/// (verified against the `client_ca` bundle; a client presenting none is refused if
+/// `require_client_cert`).
 pub fn server_config(
     id: ServerIdentity,
-    cfg: &TlsConfig,
+    client_ca: Option<&Path>,
+    require_client_cert: bool,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    let builder = match &cfg.client_ca {
+    let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -131,7 +136,7 @@ pub fn server_config(
                 Arc::new(roots),
                 provider,
             );
-            let verifier = if cfg.require_client_cert {
+            let verifier = if require_client_cert {
                 verifier
             } else {
                 verifier.allow_unauthenticated()

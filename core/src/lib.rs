@@ -77,20 +77,15 @@ mod owners;
 mod queries;
 mod queue;
 mod restore;
+pub mod serve;
 mod sessions;
 mod stored_key;
 mod time;
 mod types;
 pub mod wire;
 
-#[cfg(test)]
-mod fault_tests;
 #[cfg(any(test, fuzzing))]
 mod invariants;
-#[cfg(test)]
-mod multi_tests;
-#[cfg(test)]
-mod proptests;
 #[cfg(test)]
 mod tests;
 

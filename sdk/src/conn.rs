@@ -2,7 +2,7 @@
 //! reader task that routes answers to the requests waiting for them, and a writer task.
 //!
 //! Everything mutable about the connection lives in one [`State`] behind one
-//! `std::sync::Mutex`, so there is no lock order to remember. The rules that keep it simple:
+//! `parking_lot::Mutex`, so there is no lock order to remember. The rules that keep it simple:
 //!
 //! * the lock is never held across an `.await`;
 //! * the lock is never re-entered: [`Conn`] methods take it once and call [`State`] methods,
@@ -32,21 +32,22 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use lockbroker_proto::{
     DecodeError, Frame, Hello, Limits, Release, Welcome, decode, encode, frame_head,
 };
+use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{Notify, oneshot};
 
-use crate::Error;
 use crate::embedded::Engine;
-use crate::routing::{LeaseEnd, Pushes};
+use crate::error::Error;
+use crate::shards::{LeaseEnd, Pushes};
 
 /// Application close code for a deliberate, clean close (the broker releases our leases).
 pub(crate) const CLOSE_CLEAN: u32 = 0;
@@ -498,13 +499,9 @@ impl Conn {
             writer: Notify::new(),
             pushes,
         });
-        engine.attach(session, &conn);
+        let deliver: std::sync::Weak<dyn crate::embedded::Deliver> = Arc::downgrade(&conn) as _;
+        engine.attach(session, deliver);
         conn
-    }
-
-    /// The state lock (poisoning is recovered: the state is valid between `State` calls).
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Does what a `State` method left to do; call with the lock released.
@@ -519,7 +516,7 @@ impl Conn {
             Link::Local { engine, session } => {
                 // The queue's vector is swapped with an empty one kept per thread, so queueing
                 // a frame does not allocate every time.
-                let mut frames = match &mut self.state().sink {
+                let mut frames = match &mut self.state.lock().sink {
                     Sink::Local(queued) => std::mem::replace(queued, SPARE_FRAMES.take()),
                     Sink::Quic(_) => Vec::new(),
                 };
@@ -578,7 +575,7 @@ impl Conn {
 
     /// Marks the connection gone (see `State::close`).
     fn close_state(&self) -> HashMap<u64, Pending> {
-        let pending = self.state().close();
+        let pending = self.state.lock().close();
         self.closed.store(true, Ordering::Release);
         pending
     }
@@ -601,7 +598,7 @@ impl Conn {
         build: impl FnOnce(u64) -> Frame,
     ) -> Result<(u64, oneshot::Receiver<Frame>), Error> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.state().request(build, tx);
+        let sent = self.state.lock().request(build, tx);
         match sent {
             Some((id, after)) => {
                 self.after(after);
@@ -615,7 +612,7 @@ impl Conn {
     /// is gone).
     pub(crate) fn post(&self, build: impl FnOnce(u64) -> Frame) {
         let wake_writer = {
-            let mut state = self.state();
+            let mut state = self.state.lock();
             let id = state.fresh_id();
             state.send(build(id))
         };
@@ -626,14 +623,14 @@ impl Conn {
     /// the broker; for an acquire (`key` set), a grant that crosses the cancel is released when
     /// it arrives. Already answered with a grant: release it now.
     pub(crate) fn give_up(&self, id: u64, key: Option<Bytes>, mut rx: oneshot::Receiver<Frame>) {
-        let after = self.state().give_up(id, key, &mut rx);
+        let after = self.state.lock().give_up(id, key, &mut rx);
         self.after(after);
     }
 
     /// Forgets a pending request whose caller stopped waiting (non-acquire requests).
     pub(crate) fn forget(&self, id: u64) {
         // Bound so the entry is dropped after the guard.
-        let _entry = self.state().pending.remove(&id);
+        let _entry = self.state.lock().pending.remove(&id);
     }
 
     /// Closes the connection on purpose: the broker releases this session's leases at once.
@@ -664,7 +661,7 @@ impl Conn {
             self.writer.notified().await;
             // Let frames produced in the same burst join this write.
             tokio::task::yield_now().await;
-            if !poll_fn(|cx| self.state().poll_writer(cx)).await {
+            if !poll_fn(|cx| self.state.lock().poll_writer(cx)).await {
                 return;
             }
         }
@@ -750,17 +747,23 @@ impl Conn {
             }
             return;
         }
-        let routed = self.state().route(id, frame);
+        let routed = self.state.lock().route(id, frame);
         match routed {
             Routed::Deliver(tx, frame) => {
                 if let Err(frame) = tx.send(frame) {
                     // The requester gave up between our taking the entry and this hand-over.
-                    let after = self.state().undelivered(id, frame);
+                    let after = self.state.lock().undelivered(id, frame);
                     self.after(after);
                 }
             }
             Routed::Done(after) => self.after(after),
         }
+    }
+}
+
+impl crate::embedded::Deliver for Conn {
+    fn deliver(&self, frame: Frame) {
+        self.route(frame);
     }
 }
 

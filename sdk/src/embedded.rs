@@ -18,29 +18,24 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
 
 use bytes::Bytes;
-use lockbroker_core::wire::{lock_info, owner_label, wait_from};
+use lockbroker_core::serve::{self, Answer, DEFAULT_TTL, Decoded, EXPIRY_SLICE, Outcome, Timer};
+use lockbroker_core::wire::{lock_info, millis, owner_label};
 use lockbroker_core::{
-    AcquireAllRequest, AcquireRequest, Effect, Grant, LockEvent, SessionId, Table, TableConfig,
-    TableError, Wait,
+    AcquireRequest, Effect, Grant, SessionId, Table, TableConfig, TableError, Wait,
 };
-use lockbroker_proto::{
-    EndReason, ErrorCode, Frame, Granted, GrantedAll, GrantedLease, LeaseSecret, Limits, LockInfo,
-    Mode, Welcome,
-};
+use lockbroker_proto::{Frame, LeaseSecret, Limits, LockInfo, Mode, Welcome};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::conn::Conn;
-use lockbroker_core::wire::millis;
-
-/// The TTL of an acquire that asks for none (as a broker's default).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
-
-/// Deadlines handled per table lock by the timer.
-const EXPIRE_SLICE: usize = 1024;
+/// Where a session's answers go: its connection (the SDK's `Conn`), which hands each frame
+/// to whoever waits for it.
+pub(crate) trait Deliver: Send + Sync {
+    fn deliver(&self, frame: Frame);
+}
 
 /// The principal every embedded session has.
 const PRINCIPAL: &str = "embedded";
@@ -54,7 +49,7 @@ thread_local! {
 pub(crate) struct Engine {
     table: Mutex<Locked>,
     /// Live sessions, by id: where their answers go.
-    sessions: Mutex<HashMap<SessionId, Weak<Conn>>>,
+    sessions: Mutex<HashMap<SessionId, Weak<dyn Deliver>>>,
     next_session: AtomicU64,
     /// Wakes the timer task: a call moved the next deadline before the one it sleeps until,
     /// or the engine is gone.
@@ -68,8 +63,8 @@ pub(crate) struct Engine {
 /// The table and the deadline the timer task sleeps until, under one mutex.
 struct Locked {
     table: Table,
-    /// The deadline the timer task is armed for (`None`: it sleeps until woken).
-    armed: Option<Instant>,
+    /// When the timer task must be woken.
+    timer: Timer,
 }
 
 impl Drop for Engine {
@@ -94,7 +89,7 @@ impl Engine {
                     lease_events: false,
                     ..TableConfig::default()
                 }),
-                armed: None,
+                timer: Timer::default(),
             }),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -121,13 +116,13 @@ impl Engine {
     }
 
     /// Routes the answers of `session` to `conn` from now on.
-    pub(crate) fn attach(&self, session: SessionId, conn: &Arc<Conn>) {
-        lock(&self.sessions).insert(session, Arc::downgrade(conn));
+    pub(crate) fn attach(&self, session: SessionId, conn: Weak<dyn Deliver>) {
+        self.sessions.lock().insert(session, conn);
     }
 
     /// Ends `session` cleanly: its leases are released and its queued requests dropped.
     pub(crate) fn close_session(self: &Arc<Self>, session: SessionId) {
-        lock(&self.sessions).remove(&session);
+        self.sessions.lock().remove(&session);
         self.apply(|t, now, effects| t.close_session(now, session, true, effects));
     }
 
@@ -154,7 +149,7 @@ impl Engine {
                     req: 0,
                     key: key.clone(),
                     mode: mode.into(),
-                    ttl: ttl_asked(ttl_ms),
+                    ttl: serve::ttl_asked(ttl_ms, DEFAULT_TTL),
                     wait: Wait::No,
                     owner: owner_label(owner.clone()),
                 },
@@ -175,144 +170,65 @@ impl Engine {
         self.apply(|t, now, effects| t.release(now, session, key, fence, effects))
     }
 
-    /// Applies one request frame of `session`.
+    /// Applies one request frame of `session`: `core::serve` reads it and applies it; the
+    /// engine adds only the lease secret.
     pub(crate) fn handle(self: &Arc<Self>, session: SessionId, frame: Frame) {
         self.start_timer();
         let mut out = Outgoing::new();
-        match frame {
-            Frame::Acquire(a) => {
-                let id = a.id;
-                let ttl = ttl_asked(a.ttl_ms);
-                let key = a.key.clone();
-                let granted = self.with_table(&mut out, |t, now, effects| {
-                    t.acquire(
-                        now,
-                        AcquireRequest {
-                            session,
-                            req: id,
-                            key: a.key,
-                            mode: a.mode.into(),
-                            ttl,
-                            wait: wait_from(a.wait, now),
-                            owner: owner_label(a.owner),
-                        },
-                        effects,
-                    )
-                });
-                match granted {
-                    Ok(Some(g)) => out.push((session, Frame::Granted(self.granted(id, &key, g)))),
-                    Ok(None) => {} // queued: a later effect answers
-                    Err(e) => out.push((session, error(id, &e))),
-                }
+        match serve::decode(session, frame, Instant::now(), DEFAULT_TTL) {
+            Decoded::Answer(frame) => out.extend(frame.map(|f| (session, f))),
+            Decoded::Inspect { id, key } => {
+                out.push((session, Frame::LockInfo(self.inspect(session, id, key))));
             }
-            Frame::AcquireAll(a) => {
-                let id = a.id;
-                let ttl = ttl_asked(a.ttl_ms);
-                let granted = self.with_table(&mut out, |t, now, effects| {
-                    t.acquire_all(
-                        now,
-                        AcquireAllRequest {
-                            session,
-                            req: id,
-                            keys: a.keys,
-                            ttl,
-                            wait: wait_from(a.wait, now),
-                            owner: owner_label(a.owner),
-                        },
-                        effects,
-                    )
-                });
-                match granted {
-                    Ok(Some(grants)) => out.push((session, self.granted_all(id, grants))),
-                    Ok(None) => {}
-                    Err(e) => out.push((session, error(id, &e))),
-                }
-            }
-            Frame::Release(r) => {
-                let result = self.check_secret(&r.key, r.fence, r.secret).and_then(|()| {
+            Decoded::Table {
+                id,
+                request,
+                proof,
+                ack,
+            } => {
+                let lease = request.lease().map(|(k, f)| (Bytes::copy_from_slice(k), f));
+                let checked = match (&lease, proof) {
+                    (Some((key, fence)), Some(proof)) => self.check_secret(key, *fence, proof),
+                    _ => Ok(()),
+                };
+                let result = checked.and_then(|()| {
                     self.with_table(&mut out, |t, now, effects| {
-                        t.release(now, session, &r.key, r.fence, effects)
+                        serve::apply(t, now, session, request, effects)
                     })
                 });
-                if r.ack {
-                    out.push((
-                        session,
-                        match result {
-                            Ok(()) => Frame::Ok { id: r.id },
-                            Err(e) => error(r.id, &e),
-                        },
-                    ));
-                }
-            }
-            Frame::Extend(x) => {
-                let ttl = Duration::from_millis(x.ttl_ms);
-                let result = self.check_secret(&x.key, x.fence, x.secret).and_then(|()| {
-                    self.with_table(&mut out, |t, now, effects| {
-                        t.extend(now, session, &x.key, x.fence, ttl, effects)
-                    })
-                });
-                out.push((
-                    session,
-                    match result {
-                        Ok(_) => Frame::Extended {
-                            id: x.id,
-                            ttl_ms: x.ttl_ms,
-                        },
-                        Err(e) => error(x.id, &e),
-                    },
-                ));
-            }
-            Frame::Reclaim(r) => {
-                // One process, one principal: the lease moves to this session if its secret
-                // matches (a guard reclaims only after its connection was replaced).
-                let result = self.check_secret(&r.key, r.fence, r.secret).and_then(|()| {
-                    self.with_table(&mut out, |t, _, _| t.reclaim(session, &r.key, r.fence))
-                });
-                out.push((
-                    session,
-                    match result {
-                        Ok(g) => Frame::Granted(self.granted(r.id, &r.key, g)),
-                        Err(e) => error(r.id, &e),
-                    },
-                ));
-            }
-            Frame::Inspect { id, key } => {
-                let info = self.inspect(session, id, key);
-                out.push((session, Frame::LockInfo(info)));
-            }
-            Frame::WaitUnlocked { id, key, wait } => {
-                let result = self.with_table(&mut out, |t, now, _| {
-                    t.wait_until_unlocked(now, session, id, &key, wait_from(wait, now))
-                });
-                match result {
-                    Ok(Some(outcome)) => out.push((
-                        session,
-                        Frame::Unlocked {
-                            id,
-                            outcome: outcome.into(),
-                        },
-                    )),
-                    Ok(None) => {}
-                    Err(e) => out.push((session, error(id, &e))),
-                }
-            }
-            Frame::Cancel { id } => {
-                self.with_table(&mut out, |t, now, effects| {
-                    t.cancel(now, session, id, effects)
-                });
-            }
-            Frame::Ping { id } => out.push((session, Frame::Pong { id })),
-            other => {
-                let id = other.id();
-                if id != 0 {
-                    out.push((
-                        session,
-                        Frame::error(id, ErrorCode::ProtocolOrder, "not a request"),
-                    ));
+                if let Some(frame) = self.reply(id, lease, result, ack) {
+                    out.push((session, frame));
                 }
             }
         }
         self.deliver(out);
+    }
+
+    /// The immediate answer to request `id` (on lease `lease`, for a release, an extend or a
+    /// reclaim); `None` when there is none (queued, or not asked for).
+    fn reply(
+        &self,
+        id: u64,
+        lease: Option<(Bytes, u64)>,
+        result: Result<Outcome, TableError>,
+        ack: bool,
+    ) -> Option<Frame> {
+        Some(match result {
+            Ok(Outcome::Granted(g)) => self.granted(id, &g),
+            Ok(Outcome::GrantedAll(grants)) => {
+                serve::granted_all(id, &grants, |g| self.secret(&g.key, g.fence))
+            }
+            Ok(Outcome::Released) if ack => Frame::Ok { id },
+            Ok(Outcome::Extended(ttl)) => serve::extended_frame(id, ttl),
+            Ok(Outcome::Reclaimed(ttl)) => {
+                let (key, fence) = lease?;
+                serve::granted(id, fence, ttl, None, self.secret(&key, fence))
+            }
+            Ok(Outcome::Unlocked(outcome)) => serve::unlocked_frame(id, outcome),
+            Ok(Outcome::Released | Outcome::Queued | Outcome::Done) => return None,
+            Err(e) if ack => serve::error_frame(id, &e),
+            Err(_) => return None,
+        })
     }
 
     /// [`Engine::with_table`] for one operation, its answers delivered at once.
@@ -334,15 +250,10 @@ impl Engine {
         // each was an allocation per lock and per release.
         let mut effects = SPARE_EFFECTS.take();
         let (result, rearm) = {
-            let mut l = lock(&self.table);
+            let mut l = self.table.lock();
+            let l = &mut *l;
             let result = op(&mut l.table, Instant::now(), &mut effects);
-            let next = l.table.next_deadline();
-            // Wake the timer only when it would sleep past the new next deadline.
-            let rearm = matches!((next, l.armed), (Some(n), Some(a)) if n < a)
-                || (next.is_some() && l.armed.is_none());
-            if rearm {
-                l.armed = next;
-            }
+            let rearm = l.timer.after_op(&l.table);
             (result, rearm)
         };
         self.answers(&mut effects, out);
@@ -353,58 +264,36 @@ impl Engine {
         result
     }
 
-    /// The answers carried by table effects.
+    /// The answers carried by table effects (`core::serve` says which; the engine adds the
+    /// lease secret).
     fn answers(&self, effects: &mut Vec<Effect>, out: &mut Outgoing) {
         for effect in effects.drain(..) {
-            match effect {
-                Effect::Granted {
+            match Answer::from(effect) {
+                Answer::Grant {
                     session,
                     req,
                     grant,
-                } => {
-                    let key = grant.key.clone();
-                    out.push((session, Frame::Granted(self.granted(req, &key, grant))));
-                }
-                Effect::GrantedAll {
+                } => out.push((session, self.granted(req, &grant))),
+                Answer::Grants {
                     session,
                     req,
                     grants,
-                } => out.push((session, self.granted_all(req, grants))),
-                Effect::AcquireFailed {
-                    session,
-                    req,
-                    error: e,
-                }
-                | Effect::WaitFailed {
-                    session,
-                    req,
-                    error: e,
-                } => out.push((session, error(req, &e))),
-                Effect::Unlocked {
-                    session,
-                    req,
-                    outcome,
                 } => out.push((
                     session,
-                    Frame::Unlocked {
-                        id: req,
-                        outcome: outcome.into(),
-                    },
+                    serve::granted_all(req, &grants, |g| self.secret(&g.key, g.fence)),
                 )),
-                Effect::Event(LockEvent::Expired {
+                Answer::AcquireFailed {
+                    session,
+                    req,
+                    error,
+                } => out.push((session, serve::error_frame(req, &error))),
+                Answer::Frame { session, frame } => out.push((session, frame)),
+                Answer::Expired {
+                    session,
                     key,
-                    session,
                     fence,
-                }) => out.push((
-                    session,
-                    Frame::LeaseEnded {
-                        key,
-                        fence,
-                        reason: EndReason::Expired,
-                        message: "the lease expired before a renewal reached the table".into(),
-                    },
-                )),
-                Effect::Event(_) => {}
+                } => out.push((session, serve::lease_expired_frame(key, fence))),
+                Answer::Event(_) => {}
             }
         }
     }
@@ -415,36 +304,16 @@ impl Engine {
             return;
         }
         for (session, frame) in out {
-            let conn = lock(&self.sessions).get(&session).and_then(Weak::upgrade);
+            let conn = self.sessions.lock().get(&session).and_then(Weak::upgrade);
             if let Some(conn) = conn {
-                conn.route(frame);
+                conn.deliver(frame);
             }
         }
     }
 
-    fn granted(&self, id: u64, asked: &Bytes, g: Grant) -> Granted {
-        Granted {
-            id,
-            fence: g.fence,
-            ttl_ms: millis(g.ttl),
-            rewritten: (g.key != *asked).then(|| g.key.clone()),
-            secret: self.secret(&g.key, g.fence),
-        }
-    }
-
-    fn granted_all(&self, id: u64, grants: Vec<Grant>) -> Frame {
-        Frame::GrantedAll(GrantedAll {
-            id,
-            leases: grants
-                .into_iter()
-                .map(|g| GrantedLease {
-                    secret: self.secret(&g.key, g.fence),
-                    fence: g.fence,
-                    ttl_ms: millis(g.ttl),
-                    key: g.key,
-                })
-                .collect(),
-        })
+    /// The `Granted` answer to request `id` (the engine rewrites no key).
+    fn granted(&self, id: u64, g: &Grant) -> Frame {
+        serve::granted(id, g.fence, g.ttl, None, self.secret(&g.key, g.fence))
     }
 
     /// `NotOwner` unless `secret` is the secret of lease (`key`, `fence`).
@@ -472,7 +341,7 @@ impl Engine {
 
     fn inspect(&self, session: SessionId, id: u64, key: Bytes) -> LockInfo {
         let mut info = {
-            let l = lock(&self.table);
+            let l = self.table.lock();
             lock_info(&l.table, id, key, session, Instant::now())
         };
         info.order_holders();
@@ -493,10 +362,9 @@ async fn run_timer(engine: Weak<Engine>, wake: Arc<Notify>) {
     loop {
         let next = {
             let Some(e) = engine.upgrade() else { return };
-            let mut l = lock(&e.table);
-            let next = l.table.next_deadline();
-            l.armed = next;
-            next
+            let mut l = e.table.lock();
+            let l = &mut *l;
+            l.timer.arm(&l.table)
         };
         match next {
             Some(at) => {
@@ -514,7 +382,7 @@ async fn run_timer(engine: Weak<Engine>, wake: Arc<Notify>) {
         // In slices, the table let go between them (a storm of timeouts stalls no one).
         let now = Instant::now();
         loop {
-            let more = e.apply(|t, _, effects| t.expire_some(now, EXPIRE_SLICE, effects));
+            let more = e.apply(|t, _, effects| t.expire_some(now, EXPIRY_SLICE, effects));
             if !more {
                 break;
             }
@@ -522,20 +390,75 @@ async fn run_timer(engine: Weak<Engine>, wake: Arc<Notify>) {
     }
 }
 
-fn error(id: u64, e: &TableError) -> Frame {
-    Frame::error(id, ErrorCode::from(e), e.to_string())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockbroker_proto::{Acquire, Reclaim, WaitSpec};
 
-/// The TTL of a wire acquire's `ttl_ms` (0: the default, as at a broker).
-fn ttl_asked(ttl_ms: u64) -> Duration {
-    if ttl_ms == 0 {
-        DEFAULT_TTL
-    } else {
-        Duration::from_millis(ttl_ms)
+    /// Collects the frames the engine answers a session with.
+    #[derive(Default)]
+    struct Answers(Mutex<Vec<Frame>>);
+
+    impl Deliver for Answers {
+        fn deliver(&self, frame: Frame) {
+            self.0.lock().push(frame);
+        }
     }
-}
 
-/// A lock of the engine (poisoning is recovered: the table is valid between calls).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    fn session(engine: &Engine) -> (SessionId, Arc<Answers>) {
+        let id = engine.open_session().session;
+        let answers = Arc::new(Answers::default());
+        let weak: Weak<dyn Deliver> = Arc::downgrade(&answers) as _;
+        engine.attach(id, weak);
+        (id, answers)
+    }
+
+    /// A reclaimed lease runs its fresh TTL from the reclaim, as at a broker (the engine kept
+    /// the old deadline and answered the old TTL).
+    #[tokio::test]
+    async fn a_reclaim_renews_the_lease_as_at_a_broker() {
+        let engine = Engine::new();
+        let (first, first_answers) = session(&engine);
+        let key = Bytes::from_static(b"k");
+        engine.handle(
+            first,
+            Frame::Acquire(Acquire {
+                id: 1,
+                key: key.clone(),
+                mode: Mode::Exclusive,
+                ttl_ms: 1_000,
+                wait: WaitSpec::NoWait,
+                owner: Bytes::new(),
+            }),
+        );
+        let granted = match first_answers.0.lock().pop() {
+            Some(Frame::Granted(g)) => g,
+            other => panic!("not granted: {other:?}"),
+        };
+        let (second, second_answers) = session(&engine);
+        engine.handle(
+            second,
+            Frame::Reclaim(Reclaim {
+                id: 2,
+                key: key.clone(),
+                fence: granted.fence,
+                mode: Mode::Exclusive,
+                ttl_ms: 60_000,
+                secret: granted.secret,
+                owner: Bytes::new(),
+            }),
+        );
+        match second_answers.0.lock().pop() {
+            Some(Frame::Granted(g)) => {
+                assert_eq!((g.fence, g.ttl_ms), (granted.fence, 60_000));
+            }
+            other => panic!("not reclaimed: {other:?}"),
+        }
+        let info = engine.inspect(second, 3, key);
+        assert!(
+            info.holders[0].remaining_ms > 50_000,
+            "the lease kept its old deadline: {} ms left",
+            info.holders[0].remaining_ms
+        );
+    }
 }

@@ -12,20 +12,22 @@
 //! `unlock().await` releases with an acknowledgement; dropping the guard releases
 //! fire-and-forget.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lockbroker_proto::{EndReason, ErrorCode, Extend, Frame, LeaseSecret, Mode, Reclaim, Release};
+use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast};
 
 use lockbroker_core::wire::millis;
 
 use crate::conn::Conn;
-use crate::retry::{Deadline, Kind, Step, ask, retry, step};
-use crate::routing::LeaseEnd;
+use crate::error::{Error, Result};
+use crate::route::Route;
+use crate::route::retry::{Deadline, Kind, Step, ask, retry, step};
+use crate::shards::LeaseEnd;
 use crate::watchdogs::{Ticket, Watched};
-use crate::{Client, Error, Result};
 
 /// A held lock. Keep it alive while you work; check [`Guard::lost`] if the work must stop
 /// when the lease can no longer be guaranteed. Pass [`Guard::fence`] to the resources you
@@ -56,7 +58,7 @@ impl Timing {
 
 /// What the guard and its watchdog share.
 struct Lease {
-    client: Client,
+    route: Arc<Route>,
     key: Bytes,
     fence: u64,
     /// The lease's secret: given with the grant, or — for a direct embedded grant — derived
@@ -96,7 +98,7 @@ impl Watched for Lease {
     }
 
     fn start(self: Arc<Self>) {
-        let mut state = self.state();
+        let mut state = self.state.lock();
         if let WatchdogState::Scheduled { .. } = &state.watchdog
             && let WatchdogState::Scheduled { ended, renew } =
                 std::mem::replace(&mut state.watchdog, WatchdogState::Over)
@@ -110,7 +112,7 @@ impl Watched for Lease {
 impl Lease {
     /// Stops the watchdog (aborted if it runs; never started if it did not).
     fn end_watchdog(&self) {
-        let state = std::mem::replace(&mut self.state().watchdog, WatchdogState::Over);
+        let state = std::mem::replace(&mut self.state.lock().watchdog, WatchdogState::Over);
         if let WatchdogState::Running(task) = state {
             task.abort();
         }
@@ -144,19 +146,14 @@ struct LeaseState {
 }
 
 impl Lease {
-    /// The lease's one lock (poisoning is recovered: the state is valid between calls).
-    fn state(&self) -> MutexGuard<'_, LeaseState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The connection whose session holds the lease now.
     fn owner_conn(&self) -> Arc<Conn> {
-        self.state().placed.conn.clone()
+        self.state.lock().placed.conn.clone()
     }
 
     /// Where the lease is held now, and whether the broker said its shard moved.
     fn placed(&self) -> (Arc<Conn>, Option<String>, bool) {
-        let state = self.state();
+        let state = self.state.lock();
         (
             state.placed.conn.clone(),
             state.placed.route.clone(),
@@ -166,14 +163,14 @@ impl Lease {
 
     /// The lease was reclaimed on `conn`, where the route names `route`.
     fn place(&self, conn: Arc<Conn>, route: Option<String>) {
-        let mut state = self.state();
+        let mut state = self.state.lock();
         state.placed = Placed { conn, route };
         state.moved = false;
     }
 
     /// The broker said the key's shard moved: reclaim the lease where it is served now.
     fn mark_moved(&self) {
-        self.state().moved = true;
+        self.state.lock().moved = true;
     }
 
     fn secret(&self) -> LeaseSecret {
@@ -187,23 +184,23 @@ impl Lease {
     }
 
     fn timing(&self) -> Timing {
-        self.state().timing
+        self.state.lock().timing
     }
 
     /// A renewal or `extend` moved the deadline: the watchdog re-arms.
     fn set_timing(&self, timing: Timing) {
-        self.state().timing = timing;
+        self.state.lock().timing = timing;
         self.renewed.notify_one();
     }
 
     fn lost_error(&self) -> Option<Error> {
-        self.state().lost.clone()
+        self.state.lock().lost.clone()
     }
 
     /// Declares the lease lost (the first reason stays) and wakes `lost()`.
     fn declare_lost(&self, e: Error) {
         {
-            let mut state = self.state();
+            let mut state = self.state.lock();
             if state.lost.is_none() {
                 state.lost = Some(e);
             }
@@ -239,13 +236,13 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
-    pub(crate) fn new(client: Client, owner: Arc<Conn>, g: Granted, renew: bool) -> Guard {
+    pub(crate) fn new(route: Arc<Route>, owner: Arc<Conn>, g: Granted, renew: bool) -> Guard {
         let broker_id = owner.welcome().broker_id;
         // Subscribed now, so no push is missed while the watchdog waits to start.
-        let ended = client.lease_ended();
-        let client_route = client.routes().owner(&g.key);
+        let ended = route.lease_ended();
+        let owner_url = route.routes().owner(&g.key);
         let lease = Arc::new(Lease {
-            client,
+            route,
             key: g.key,
             fence: g.fence,
             secret: g.secret.map(std::sync::OnceLock::from).unwrap_or_default(),
@@ -258,7 +255,7 @@ impl Guard {
                 },
                 lost: None,
                 placed: Placed {
-                    route: client_route,
+                    route: owner_url,
                     conn: owner,
                 },
                 moved: false,
@@ -273,7 +270,7 @@ impl Guard {
         let first_renewal = lease.timing().renew_at();
         let watched: Arc<dyn Watched> = lease.clone();
         let ticket = lease
-            .client
+            .route
             .watchdogs()
             .schedule(first_renewal, Arc::downgrade(&watched));
         let watchdog = Some(ticket);
@@ -299,13 +296,18 @@ impl Guard {
     fn stop_watchdog(&mut self) {
         if let Some(ticket) = self.watchdog.take() {
             self.lease.end_watchdog();
-            self.lease.client.watchdogs().cancel(ticket);
+            self.lease.route.watchdogs().cancel(ticket);
         }
     }
 
-    /// The client that holds the lease.
-    pub(crate) fn client(&self) -> &Client {
-        &self.lease.client
+    /// Whether the broker (or the embedded table) still has this lease — asked now, unlike
+    /// [`Guard::is_lost`], which reads the guard's own clock and pushes. With a key of
+    /// thousands of shared holders the broker may list only the oldest; a lease past that list
+    /// is reported not held.
+    pub async fn is_held(&self) -> Result<bool> {
+        let key = Bytes::copy_from_slice(self.key());
+        let info = self.lease.route.inspect(key).await?;
+        Ok(info.holders.iter().any(|h| h.fence == self.fence()))
     }
 
     /// The key held (after any policy rewrite).
@@ -372,7 +374,7 @@ impl Guard {
         // A shorter TTL may bring the first renewal forward: the watchdog runs from now.
         if let Some(ticket) = &self.watchdog {
             self.lease.clone().start();
-            self.lease.client.watchdogs().cancel(*ticket);
+            self.lease.route.watchdogs().cancel(*ticket);
         }
         renew_now(&self.lease, Some(ttl)).await.map(|_| ())
     }
@@ -422,7 +424,7 @@ async fn release_now(lease: &Lease) -> Result<()> {
     .await?;
     match reply {
         Frame::Ok { .. } => Ok(()),
-        other => Err(crate::client::unexpected(other)),
+        other => Err(crate::route::unexpected(other)),
     }
 }
 
@@ -432,11 +434,11 @@ async fn release_now(lease: &Lease) -> Result<()> {
 /// [`attempt_bound`], so a broker that went silent is left while the lease still has time.
 /// Returns the answer and when the request that got it was sent.
 async fn lease_request(lease: &Lease, build: impl Fn(u64) -> Frame) -> Result<(Frame, Instant)> {
-    let client = &lease.client;
+    let route = &lease.route;
     let timing = lease.timing();
     let deadline = Deadline::At(lost_at(lease, timing));
-    let bound = attempt_bound(client.request_timeout(), timing.ttl);
-    retry(client, &lease.key, Kind::Lease, deadline, |conn| {
+    let bound = attempt_bound(route.request_timeout(), timing.ttl);
+    retry(route, &lease.key, Kind::Lease, deadline, |conn| {
         let build = &build;
         async move {
             let conn = match placed_at(lease, conn, bound).await? {
@@ -444,7 +446,7 @@ async fn lease_request(lease: &Lease, build: impl Fn(u64) -> Frame) -> Result<(F
                 Step::Moved(url) => return Ok(Step::Moved(url)),
             };
             let sent = Instant::now();
-            match step(ask(client, &conn, bound, build).await?)? {
+            match step(ask(route, &conn, bound, build).await?)? {
                 Step::Done(frame) => Ok(Step::Done((frame, sent))),
                 Step::Moved(url) => {
                     // The shard moved before its broker could tell us: adopt the lease there.
@@ -471,7 +473,7 @@ fn attempt_bound(request_timeout: Duration, ttl: Duration) -> Duration {
 /// there first — only on a broker with the lease's identity.
 async fn placed_at(lease: &Lease, conn: Arc<Conn>, bound: Duration) -> Result<Step<Arc<Conn>>> {
     let (owner, route, moved) = lease.placed();
-    let route_now = lease.client.routes().owner(&lease.key);
+    let route_now = lease.route.routes().owner(&lease.key);
     let same_route = route_now.is_none() || route_now == route;
     if !moved && (Arc::ptr_eq(&owner, &conn) || (owner.is_usable() && same_route)) {
         return Ok(Step::Done(owner));
@@ -486,7 +488,7 @@ async fn placed_at(lease: &Lease, conn: Arc<Conn>, bound: Duration) -> Result<St
         )));
     }
     let ttl = lease.timing().ttl;
-    let reply = ask(&lease.client, &conn, bound, |id| {
+    let reply = ask(&lease.route, &conn, bound, |id| {
         Frame::Reclaim(Reclaim {
             id,
             key: lease.key.clone(),
@@ -505,7 +507,7 @@ async fn placed_at(lease: &Lease, conn: Arc<Conn>, bound: Duration) -> Result<St
             Ok(Step::Done(conn))
         }
         Step::Moved(url) => Ok(Step::Moved(url)),
-        Step::Done(other) => Err(crate::client::unexpected(other)),
+        Step::Done(other) => Err(crate::route::unexpected(other)),
     }
 }
 
@@ -559,7 +561,7 @@ async fn renew_now(lease: &Lease, ttl: Option<Duration>) -> Result<Duration> {
             });
             Ok(granted)
         }
-        other => Err(crate::client::unexpected(other)),
+        other => Err(crate::route::unexpected(other)),
     }
 }
 
@@ -585,7 +587,7 @@ pub(crate) async fn refresh_if_stale(guard: &Guard, sent: Instant) -> Result<()>
 
 /// The local deadline of `t` minus the client's safety margin for its TTL.
 fn lost_at(lease: &Lease, t: Timing) -> Instant {
-    let margin = lease.client.lease_margin(t.ttl);
+    let margin = lease.route.lease_margin(t.ttl);
     t.deadline.checked_sub(margin).unwrap_or(t.deadline)
 }
 
@@ -611,10 +613,10 @@ async fn watchdog(lease: Arc<Lease>, mut ended: broadcast::Receiver<LeaseEnd>, r
     };
     let mut next_renew = lease.timing().renew_at();
     let mut ended_open = true;
-    let mut changes = lease.client.routes().changes();
+    let mut changes = lease.route.routes().changes();
     loop {
         let t = lease.timing();
-        let margin = lease.client.lease_margin(t.ttl);
+        let margin = lease.route.lease_margin(t.ttl);
         let lost_at = lost_at(&lease, t);
         let (_, route, _) = lease.placed();
         tokio::select! {
@@ -656,7 +658,7 @@ async fn watchdog(lease: Arc<Lease>, mut ended: broadcast::Receiver<LeaseEnd>, r
                 Err(broadcast::error::RecvError::Closed) => ended_open = false,
             },
             // The shard map moved the key's shard: renew (and so reclaim) where it is now.
-            () = lease.client.routes().moved_away(&mut changes, &lease.key, route.as_deref()),
+            () = lease.route.routes().moved_away(&mut changes, &lease.key, route.as_deref()),
                 if renew => next_renew = Instant::now(),
             () = tokio::time::sleep_until(next_renew.into()), if renew => {
                 match tokio::time::timeout_at(lost_at.into(), renew_now(&lease, None)).await {

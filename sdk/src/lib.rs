@@ -52,7 +52,6 @@
 
 mod client;
 mod conn;
-mod election;
 mod embedded;
 mod error;
 mod guard;
@@ -60,8 +59,8 @@ mod inspect;
 mod lock;
 mod lock_all;
 pub mod metrics;
-mod retry;
-mod routing;
+mod route;
+mod shards;
 mod tls;
 mod watchdogs;
 

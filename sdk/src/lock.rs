@@ -11,16 +11,16 @@ use bytes::Bytes;
 use lockbroker_core::wire::millis;
 use lockbroker_proto::{Acquire, Frame, Granted, MAX_OWNER_LABEL, Mode, WaitSpec};
 
-use crate::client::{PendingReply, unexpected};
 use crate::conn::Conn;
+use crate::error::{Error, Result};
 use crate::guard::Guard;
-use crate::retry::{Kind, Step, for_wait, remaining, retry, step};
-use crate::{Client, Error, Result};
+use crate::route::retry::{Kind, Step, for_wait, remaining, retry, step};
+use crate::route::{PendingReply, Route, unexpected};
 
 /// An acquire being configured. `.await` it to get a [`Guard`].
 #[must_use = "a lock request does nothing until awaited"]
 pub struct LockRequest {
-    client: Client,
+    route: Arc<Route>,
     key: Bytes,
     mode: Mode,
     ttl: Option<Duration>,
@@ -30,10 +30,10 @@ pub struct LockRequest {
 }
 
 impl LockRequest {
-    pub(crate) fn new(client: Client, key: Bytes, mode: Mode) -> Self {
+    pub(crate) fn new(route: Arc<Route>, key: Bytes, mode: Mode) -> Self {
         LockRequest {
-            owner: client.default_owner(),
-            client,
+            owner: route.default_owner(),
+            route,
             key,
             mode,
             ttl: None,
@@ -102,13 +102,13 @@ impl LockRequest {
     /// free now; its lease clock starts at `sent`, taken before the table was asked. `None`
     /// sends the acquire as a frame, which answers every other case.
     fn grant_now(&self, sent: Instant) -> Option<Guard> {
-        let conn = self.client.local_conn()?;
+        let conn = self.route.local_conn()?;
         conn.check_key(&self.key).ok()?;
         let (engine, session) = conn.local()?;
         let ttl_ms = self.ttl.map_or(0, millis);
         let g = engine.grant_now(session, &self.key, self.mode, ttl_ms, &self.owner)?;
         Some(Guard::new(
-            self.client.clone(),
+            self.route.clone(),
             conn.clone(),
             crate::guard::Granted {
                 key: g.key,
@@ -131,9 +131,9 @@ impl LockRequest {
     /// answers and a failover of the key's shard until the wait's deadline (an acquire that
     /// waits forever gets the request timeout to find the key's broker again after a failure).
     async fn run_frames(self) -> Result<Guard> {
-        let (deadline, wait_end) = for_wait(self.wait, self.client.request_timeout());
+        let (deadline, wait_end) = for_wait(self.wait, self.route.request_timeout());
         let this = &self;
-        retry(&self.client, &self.key, Kind::Request, deadline, |conn| {
+        retry(&self.route, &self.key, Kind::Request, deadline, |conn| {
             this.attempt(conn, remaining(this.wait, wait_end))
         })
         .await
@@ -155,7 +155,7 @@ impl LockRequest {
             })
         })?;
         let mut pending = PendingReply::new(&conn, id, Some(self.key.clone()), rx);
-        let reply = await_grant(&mut pending, wait, self.client.request_timeout()).await?;
+        let reply = await_grant(&mut pending, wait, self.route.request_timeout()).await?;
         match step(reply)? {
             Step::Moved(url) => Ok(Step::Moved(url)),
             Step::Done(Frame::Granted(g)) => {
@@ -171,7 +171,7 @@ impl LockRequest {
     /// The guard of grant `g` on `conn`, its lease clock started at `sent`.
     fn guard(&self, conn: Arc<Conn>, g: Granted, sent: Instant) -> Guard {
         Guard::new(
-            self.client.clone(),
+            self.route.clone(),
             conn,
             crate::guard::Granted {
                 key: g.rewritten.unwrap_or_else(|| self.key.clone()),

@@ -23,18 +23,18 @@ use std::sync::Arc;
 
 use lockbroker_core::wire::millis;
 
-use crate::client::{PendingReply, unexpected};
 use crate::conn::Conn;
+use crate::error::{Error, Result};
 use crate::guard::{Granted, Guard};
 use crate::lock::await_grant;
-use crate::retry::{Kind, Step, for_wait, remaining, retry, step};
-use crate::{Client, Error, Result};
+use crate::route::retry::{Kind, Step, for_wait, remaining, retry, step};
+use crate::route::{PendingReply, Route, unexpected};
 
 /// A multi-key acquire being configured. `.await` it to get one [`Guard`] per key, in the
 /// order the keys were given.
 #[must_use = "a lock request does nothing until awaited"]
 pub struct LockAllRequest {
-    client: Client,
+    route: Arc<Route>,
     keys: Vec<Bytes>,
     ttl: Option<Duration>,
     wait: WaitSpec,
@@ -42,15 +42,13 @@ pub struct LockAllRequest {
     owner: Bytes,
 }
 
-impl Client {
-    /// Locks every one of `keys` exclusively, all at once or not at all (e.g. two accounts for a
-    /// transfer): no deadlock whatever order other clients name the keys in, FIFO per key. At
-    /// most 64 distinct keys. Options as for [`Client::lock`].
-    pub fn lock_all<K: Into<Bytes>>(&self, keys: impl IntoIterator<Item = K>) -> LockAllRequest {
+impl LockAllRequest {
+    /// A lock of every one of `keys` (`Client::lock_all`).
+    pub(crate) fn new(route: Arc<Route>, keys: Vec<Bytes>) -> Self {
         LockAllRequest {
-            owner: self.default_owner(),
-            client: self.clone(),
-            keys: keys.into_iter().map(Into::into).collect(),
+            owner: route.default_owner(),
+            route,
+            keys,
             ttl: None,
             wait: WaitSpec::Forever,
             renew: true,
@@ -108,10 +106,10 @@ impl LockAllRequest {
             )));
         }
         // Through the retry policy, as a single-key acquire (all keys share one shard).
-        let (deadline, wait_end) = for_wait(self.wait, self.client.request_timeout());
+        let (deadline, wait_end) = for_wait(self.wait, self.route.request_timeout());
         let this = &self;
         let (conn, g, sent) = retry(
-            &self.client,
+            &self.route,
             &self.keys[0],
             Kind::Request,
             deadline,
@@ -125,7 +123,7 @@ impl LockAllRequest {
             .map(|l| {
                 let ttl = Duration::from_millis(l.ttl_ms);
                 Guard::new(
-                    self.client.clone(),
+                    self.route.clone(),
                     conn.clone(),
                     Granted {
                         key: l.key,
@@ -170,7 +168,7 @@ impl LockAllRequest {
             })
         })?;
         let mut pending = PendingReply::new(&conn, id, Some(self.keys[0].clone()), rx);
-        let reply = await_grant(&mut pending, wait, self.client.request_timeout()).await?;
+        let reply = await_grant(&mut pending, wait, self.route.request_timeout()).await?;
         match step(reply)? {
             Step::Moved(url) => Ok(Step::Moved(url)),
             Step::Done(Frame::GrantedAll(g)) => Ok(Step::Done((conn, g, sent))),

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use lockbroker_proto::Mode;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Histogram, seconds: from the start of an acquire to its answer (labels `mode`, `outcome`).
 pub const ACQUIRE_WAIT_SECONDS: &str = "lockbroker_client_acquire_wait_seconds";

@@ -13,12 +13,13 @@
 //! pushes at the grant, so none is missed while the watchdog waits to start.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast};
 
-use crate::routing::LeaseEnd;
+use crate::shards::LeaseEnd;
 
 /// The `LeaseEnded` pushes a client's connections pass on.
 pub(crate) type Ended = broadcast::Sender<LeaseEnd>;
@@ -79,7 +80,7 @@ impl Starter {
             ));
         });
         let wake = {
-            let mut due = lock(&self.due);
+            let mut due = self.due.lock();
             let ticket = Ticket(at, due.next_id);
             due.next_id += 1;
             due.slots.insert(ticket, lease);
@@ -97,13 +98,13 @@ impl Starter {
 
     /// Takes a slot out (its guard went, or started it itself).
     pub(crate) fn cancel(&self, ticket: Ticket) {
-        lock(&self.due).slots.remove(&ticket);
+        self.due.lock().slots.remove(&ticket);
     }
 
     /// Starts, and takes out, every slot due by `now`.
     fn start_due(&self, now: Instant) {
         let started: Vec<Weak<dyn Watched>> = {
-            let mut due = lock(&self.due);
+            let mut due = self.due.lock();
             let later = due.slots.split_off(&Ticket(now, u64::MAX));
             std::mem::replace(&mut due.slots, later)
                 .into_values()
@@ -118,7 +119,7 @@ impl Starter {
     /// pushes were missed).
     fn start_pushed(&self, fence: Option<u64>) {
         let started: Vec<Arc<dyn Watched>> = {
-            let mut due = lock(&self.due);
+            let mut due = self.due.lock();
             let mut hit = Vec::new();
             due.slots.retain(|_, weak| match weak.upgrade() {
                 Some(slot) if fence.is_none_or(|f| f == slot.fence()) => {
@@ -143,7 +144,7 @@ async fn run(starter: Weak<Starter>, wake: Arc<Notify>, mut ended: broadcast::Re
     loop {
         let next = {
             let Some(s) = starter.upgrade() else { return };
-            let mut due = lock(&s.due);
+            let mut due = s.due.lock();
             let next = due.slots.keys().next().map(|t| t.0);
             due.armed = next;
             next
@@ -172,8 +173,4 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

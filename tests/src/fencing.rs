@@ -3,8 +3,9 @@
 //! must strictly increase with every grant. Violations are recorded (not panicked on inside
 //! tasks) and reported by [`FenceChecker::assert_clean`].
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 /// Checks exclusive grants on a fixed set of keys (indexed `0..n`).
 pub struct FenceChecker {
@@ -35,7 +36,7 @@ impl FenceChecker {
     }
 
     fn violation(&self, msg: String) {
-        let mut v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = self.violations.lock();
         if v.len() < 50 {
             v.push(msg);
         }
@@ -82,7 +83,7 @@ impl FenceChecker {
 
     /// Panics with every recorded violation, if any.
     pub fn assert_clean(&self) {
-        let v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
+        let v = self.violations.lock();
         assert!(
             v.is_empty(),
             "{} fencing violation(s):\n{}",

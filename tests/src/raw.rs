@@ -12,6 +12,14 @@ use rustls::pki_types::pem::PemObject;
 
 /// A QUIC client endpoint trusting `ca` and speaking the broker's ALPN.
 pub fn client_endpoint(ca: &Path) -> quinn::Endpoint {
+    client_endpoint_with(ca, None)
+}
+
+/// [`client_endpoint`] with its own transport settings (e.g. a small receive window).
+pub fn client_endpoint_with(
+    ca: &Path,
+    transport: Option<quinn::TransportConfig>,
+) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).expect("read ca") {
         roots.add(c.expect("cert")).expect("add root");
@@ -26,7 +34,11 @@ pub fn client_endpoint(ca: &Path) -> quinn::Endpoint {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
     let mut endpoint =
         quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    if let Some(t) = transport {
+        config.transport_config(Arc::new(t));
+    }
+    endpoint.set_default_client_config(config);
     endpoint
 }
 
@@ -41,7 +53,16 @@ pub struct RawConn {
 impl RawConn {
     /// Connects and opens the control stream (no Hello sent).
     pub async fn connect(addr: SocketAddr, ca: &Path) -> RawConn {
-        let endpoint = client_endpoint(ca);
+        RawConn::connect_with(addr, ca, None).await
+    }
+
+    /// [`RawConn::connect`] with the client's own transport settings.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        ca: &Path,
+        transport: Option<quinn::TransportConfig>,
+    ) -> RawConn {
+        let endpoint = client_endpoint_with(ca, transport);
         let conn = endpoint
             .connect(addr, "localhost")
             .expect("connect")
@@ -58,7 +79,16 @@ impl RawConn {
 
     /// Connects and completes Hello/Welcome.
     pub async fn hello(addr: SocketAddr, ca: &Path) -> RawConn {
-        let mut c = RawConn::connect(addr, ca).await;
+        RawConn::hello_with(addr, ca, None).await
+    }
+
+    /// [`RawConn::hello`] with the client's own transport settings.
+    pub async fn hello_with(
+        addr: SocketAddr,
+        ca: &Path,
+        transport: Option<quinn::TransportConfig>,
+    ) -> RawConn {
+        let mut c = RawConn::connect_with(addr, ca, transport).await;
         c.send_frame(&Frame::Hello(Hello {
             token: None,
             client: "raw".into(),

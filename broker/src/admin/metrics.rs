@@ -4,13 +4,14 @@
 //! mirror and cluster counters are read at scrape time into a fresh registry. Labels are fixed
 //! sets or configured plugin names — never a lock key or a principal.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -43,11 +44,7 @@ pub(super) async fn sample_lag(admin: Arc<Admin>, mirror: Arc<Mirror>) {
     loop {
         tick.tick().await;
         if mirror.queue_depth() == 0 {
-            *admin
-                .lag
-                .last_empty
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            *admin.lag.last_empty.lock() = Instant::now();
         }
     }
 }
@@ -158,6 +155,19 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
         t.watchers as u64,
     );
     gauge(&mut reg, "sessions", "Live sessions", t.sessions as u64);
+    let outboxes = admin.broker.outbox_totals(Duration::from_secs(1));
+    gauge(
+        &mut reg,
+        "outbox_queued_bytes",
+        "Answers queued for all sessions and not yet taken by their streams",
+        outboxes.queued as u64,
+    );
+    gauge(
+        &mut reg,
+        "outbox_stalled_sessions",
+        "Sessions whose queued answers have not moved for a second or more",
+        outboxes.stalled as u64,
+    );
     if let Some(host) = &admin.plugins {
         let calls = Family::<Vec<(&'static str, String)>, Counter>::default();
         let faults = Family::<Vec<(&'static str, String)>, Counter>::default();
@@ -184,13 +194,7 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
         let lag = if depth == 0 {
             0.0
         } else {
-            admin
-                .lag
-                .last_empty
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .elapsed()
-                .as_secs_f64()
+            admin.lag.last_empty.lock().elapsed().as_secs_f64()
         };
         gauge(
             &mut reg,

@@ -1,17 +1,17 @@
-//! Answers to clients: the only builders of `Granted` and error frames (each final answer
-//! also drops the request's rewrite note), and `dispatch`, which turns table effects into
-//! answers on the sessions they address.
+//! Answers to clients: where `Granted` and error frames (built by `core::serve`) get their
+//! lease secret and rewritten key (each final answer also drops the request's rewrite note),
+//! and `dispatch`, which sends the answers table effects carry to the sessions they address.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockbroker_proto::{EndReason, ErrorCode, Frame, Granted, GrantedAll, GrantedLease};
+use lockbroker_proto::{ErrorCode, Frame};
 
 use super::metrics::Metrics;
 use super::session::SessionHandle;
-use super::wire::millis;
 use super::{Broker, Route, confirm};
-use crate::table::{AcquireRequest, Effect, Fence, Grant, LockEvent, ReqId, SessionId, TableError};
+use crate::table::serve::{self, Answer};
+use crate::table::{AcquireRequest, Effect, Fence, Grant, ReqId, SessionId, TableError};
 
 impl Broker {
     /// Answers request `req` of session `to` with the granted lease (`key`, `fence`) for
@@ -34,13 +34,13 @@ impl Broker {
             }
         }
         let secret = self.identity.lease_secret(key, fence, &to.principal);
-        to.outbox.push(&Frame::Granted(Granted {
-            id: req,
+        to.outbox.push(&serve::granted(
+            req,
             fence,
-            ttl_ms: millis(ttl),
-            rewritten: to.take_rewrite(req),
+            ttl,
+            to.take_rewrite(req),
             secret,
-        }));
+        ));
     }
 }
 
@@ -53,7 +53,8 @@ impl SessionHandle {
 
     /// Answers request `req` with a table error.
     pub fn answer_table_error(&self, req: ReqId, e: &TableError) {
-        self.answer_error(req, ErrorCode::from(e), e.to_string());
+        self.take_rewrite(req);
+        self.outbox.push(&serve::error_frame(req, e));
     }
 
     /// Answers request `req` with any other frame (`Ok`, `Extended`, `LockInfo`, ...).
@@ -99,17 +100,9 @@ impl Broker {
         let handle = self.session_handle(session);
         match (handle, refusal) {
             (Some(h), None) => {
-                let leases = grants
-                    .iter()
-                    .map(|g| GrantedLease {
-                        key: g.key.clone(),
-                        fence: g.fence,
-                        ttl_ms: millis(g.ttl),
-                        secret: self.identity.lease_secret(&g.key, g.fence, &h.principal),
-                    })
-                    .collect();
-                h.outbox
-                    .push(&Frame::GrantedAll(GrantedAll { id: req, leases }));
+                h.outbox.push(&serve::granted_all(req, &grants, |g| {
+                    self.identity.lease_secret(&g.key, g.fence, &h.principal)
+                }));
             }
             (handle, refusal) => {
                 for g in &grants {
@@ -143,7 +136,7 @@ impl Broker {
         });
     }
 
-    /// Routes effects to the sessions they address.
+    /// Routes effects to the sessions they address (`core::serve` says what each answers).
     /// `now` is when the table produced them (the start of a handoff).
     pub(super) fn dispatch(self: &Arc<Self>, effects: &mut Vec<Effect>, now: Instant) {
         let metrics = self.metrics.as_deref();
@@ -151,8 +144,8 @@ impl Broker {
             if let (Some(m), Effect::Event(e)) = (metrics, &effect) {
                 m.event(e);
             }
-            match effect {
-                Effect::Granted {
+            match Answer::from(effect) {
+                Answer::Grant {
                     session,
                     req,
                     grant,
@@ -164,12 +157,12 @@ impl Broker {
                     }
                     self.deliver_grant(session, req, grant, None)
                 }
-                Effect::GrantedAll {
+                Answer::Grants {
                     session,
                     req,
                     grants,
                 } => self.deliver_grants(session, req, grants),
-                Effect::AcquireFailed {
+                Answer::AcquireFailed {
                     session,
                     req,
                     error,
@@ -182,42 +175,24 @@ impl Broker {
                         h.answer_table_error(req, &error);
                     }
                 }
-                Effect::WaitFailed {
-                    session,
-                    req,
-                    error,
-                } => {
+                Answer::Frame { session, frame } => {
                     if let Some(h) = self.sessions.get(&session) {
-                        h.answer_table_error(req, &error);
-                    }
-                }
-                Effect::Unlocked {
-                    session,
-                    req,
-                    outcome,
-                } => {
-                    if let Some(h) = self.sessions.get(&session) {
-                        h.answer(&Frame::Unlocked {
-                            id: req,
-                            outcome: outcome.into(),
-                        });
+                        h.answer(&frame);
                     }
                 }
                 // A lease ran out while its holder is still connected: tell it now rather
                 // than at its next renewal.
-                Effect::Event(LockEvent::Expired {
+                Answer::Expired {
+                    session,
                     key,
-                    session,
                     fence,
-                }) => self.tell_lease_ended(
-                    session,
-                    &key,
-                    fence,
-                    EndReason::Expired,
-                    "the lease expired before a renewal reached the broker",
-                ),
+                } => {
+                    if let Some(h) = self.sessions.get(&session) {
+                        h.answer(&serve::lease_expired_frame(key, fence));
+                    }
+                }
                 // Other lock events were shown to the gate (if any) under the table lock.
-                Effect::Event(_) => {}
+                Answer::Event(_) => {}
             }
         }
     }

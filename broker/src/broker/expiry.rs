@@ -1,5 +1,5 @@
 //! The expiry driver: one task that sleeps until the table's next deadline, expires what is
-//! due (in slices of [`EXPIRY_SLICE`], yielding between them), and re-arms; `with_table` wakes it early when an operation adds an earlier deadline.
+//! due (in slices of `serve::EXPIRY_SLICE`, yielding between them), and re-arms; `with_table` wakes it early when an operation adds an earlier deadline.
 //! Beside it, the horizon keeper: once the table is empty, the lease-horizon file is set back
 //! to `clean`, so a crash after the last lease ended needs no restart grace.
 
@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Broker;
-
-/// Deadlines handled per hold of the table lock.
-const EXPIRY_SLICE: usize = 1024;
+use crate::table::serve::EXPIRY_SLICE;
 
 impl Broker {
     /// Runs until the broker shuts down.
@@ -17,9 +15,9 @@ impl Broker {
         let mut shutdown = self.shutdown_signal();
         loop {
             let next = {
-                let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
-                core.timer_at = core.table.next_deadline();
-                core.timer_at
+                let mut core = self.core.lock();
+                let core = &mut *core;
+                core.timer.arm(&core.table)
             };
             let sleep = match next {
                 Some(at) => tokio::time::sleep_until(at.into()),
@@ -48,7 +46,7 @@ impl Broker {
                 () = tokio::time::sleep(crate::horizon::SLACK) => {}
                 _ = shutdown.changed() => return,
             }
-            let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+            let mut core = self.core.lock();
             if core.table.key_count() == 0 && core.table.grace_until(Instant::now()).is_none() {
                 core.horizon.mark_clean();
             }

@@ -35,10 +35,11 @@ pub mod wire;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 pub use gate::{Confirmation, GrantGate, Pending};
@@ -52,14 +53,15 @@ pub use session::SessionHandle;
 use crate::config::Config;
 use crate::horizon::{HorizonWriter, Previous};
 use crate::identity::Identity;
+use crate::table::serve::Timer;
 use crate::table::{Effect, LockEvent, SessionId, Table, TableConfig};
 
 /// The table, the instant the expiry task is armed for, and the lease horizon file, under one
 /// mutex (the horizon covers a deadline before its lease is answered).
 struct Core {
     table: Table,
-    /// When the expiry task is currently set to wake (None: not armed).
-    timer_at: Option<Instant>,
+    /// When the expiry task must be woken.
+    timer: Timer,
     horizon: HorizonWriter,
 }
 
@@ -115,7 +117,7 @@ impl Broker {
             previous_run,
             core: Mutex::new(Core {
                 table,
-                timer_at: None,
+                timer: Timer::default(),
                 horizon,
             }),
             timer: Notify::new(),
@@ -208,6 +210,17 @@ impl Broker {
         self.sessions.len()
     }
 
+    /// Answers queued over all sessions, and how many sessions' queues have not moved for
+    /// `stalled` or longer (`/metrics`).
+    pub fn outbox_totals(&self, stalled: Duration) -> OutboxTotals {
+        let mut totals = OutboxTotals::default();
+        for s in self.sessions.iter() {
+            totals.queued += s.outbox.queued();
+            totals.stalled += usize::from(s.outbox.stalled_for().is_some_and(|d| d >= stalled));
+        }
+        totals
+    }
+
     /// Subscribes to the shutdown signal.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
@@ -226,7 +239,7 @@ impl Broker {
     ) -> R {
         let mut effects = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let (result, wake, now) = {
-            let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+            let mut core = self.core.lock();
             let now = Instant::now();
             let result = op(&mut core.table, now, &mut effects);
             if let Some(latest) = latest_deadline(&effects) {
@@ -235,15 +248,8 @@ impl Broker {
             if let Some(gate) = self.gate.get() {
                 gate.record(&effects);
             }
-            let next = core.table.next_deadline();
-            let wake = match (next, core.timer_at) {
-                (Some(n), Some(t)) => n < t,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if wake {
-                core.timer_at = next;
-            }
+            let core = &mut *core;
+            let wake = core.timer.after_op(&core.table);
             (result, wake, now)
         };
         if wake {
@@ -278,7 +284,7 @@ impl Broker {
             self.previous_run
                 .grace(std::time::SystemTime::now(), lock_delay, longest)
         };
-        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut core = self.core.lock();
         let now = Instant::now();
         let mut latest = core.table.latest_deadline();
         if !grace.is_zero() {
@@ -294,7 +300,7 @@ impl Broker {
     /// At a clean shutdown (after the sessions ended): records in the horizon file that no
     /// lease is left, or until when the remaining ones (lost sessions') may run.
     pub fn close_horizon(&self) {
-        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut core = self.core.lock();
         let now = Instant::now();
         let latest = core.table.latest_deadline().filter(|d| *d > now);
         core.horizon.close(now, latest);
@@ -302,9 +308,16 @@ impl Broker {
 
     /// Reads the table without changing it.
     pub fn read_table<R>(&self, op: impl FnOnce(&Table, Instant) -> R) -> R {
-        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self.core.lock();
         op(&core.table, Instant::now())
     }
+}
+
+/// The sessions' outbound queues in sum ([`Broker::outbox_totals`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutboxTotals {
+    pub queued: usize,
+    pub stalled: usize,
 }
 
 /// The latest lease deadline a batch of effects sets (grants and renewals), if any.

@@ -8,18 +8,24 @@
 //! *batch*: every frame pushed meanwhile (its own replies and grants pushed by other sessions)
 //! is only appended, and the batch's end writes them all with one stream write.
 //!
+//! Wakeups: quinn keeps one waker per blocked stream, the last one polled. A write from a
+//! pushing task therefore polls with the *writer task's* waker (kept by [`Outbox::run_writer`]
+//! each time it polls), never a no-op one: a no-op waker polled while the writer waited for
+//! flow control replaced the writer's, and the answers then stayed queued for good (the
+//! connection open, nobody woken — issue 23's "answers that never arrive").
+//!
 //! Backpressure: the read loop checks [`Outbox::queued`] before handling each frame; past the
 //! session's cap it stops reading (so QUIC flow control pushes back on the client) and waits,
 //! bounded, in [`Outbox::wait_below`] for the writer to drain it.
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use lockbroker_proto::{Frame, encode};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 /// A queue that grew past this is given back to the allocator once drained.
@@ -45,13 +51,21 @@ struct Inner {
     failed: bool,
     /// The read loop is handling a burst: append only, [`Outbox::end_batch`] writes.
     batching: bool,
+    /// The writer task's waker, as of its last poll: every write polls with it, so the stream
+    /// wakes the writer when it takes data again, whoever wrote last.
+    writer: Option<Waker>,
+    /// When the stream last took bytes (or the queue was last empty): a queue that has not
+    /// moved for long is a stalled writer ([`Outbox::stalled_for`]).
+    progress: Option<std::time::Instant>,
 }
 
 impl Inner {
-    /// Writes what the stream takes without waiting: true when nothing is left queued.
+    /// Writes what the stream takes without waiting: true when nothing is left queued. Polls
+    /// with the writer's waker (see the module doc); the caller wakes the writer when false.
     fn try_flush(&mut self) -> bool {
-        self.flush(&mut Context::from_waker(Waker::noop()))
-            .is_ready()
+        let waker = self.writer.clone();
+        let waker = waker.as_ref().unwrap_or(Waker::noop());
+        self.flush(&mut Context::from_waker(waker)).is_ready()
     }
 
     /// Writes as much of `buf` as the stream takes now. `Ready(Ok)` when `buf` is empty,
@@ -62,9 +76,13 @@ impl Inner {
         };
         while !self.buf.is_empty() {
             match Pin::new(&mut *send).poll_write(cx, &self.buf) {
-                Poll::Ready(Ok(n)) if n == self.buf.len() => self.buf.clear(),
+                Poll::Ready(Ok(n)) if n == self.buf.len() => {
+                    self.buf.clear();
+                    self.progress = None;
+                }
                 Poll::Ready(Ok(n)) => {
                     self.buf.drain(..n);
+                    self.progress = Some(std::time::Instant::now());
                 }
                 Poll::Ready(Err(e)) => {
                     tracing::debug!("control stream write failed: {e}");
@@ -87,11 +105,14 @@ impl Outbox {
     /// Never blocks on I/O.
     pub fn push(&self, frame: &Frame) {
         let wake_writer = {
-            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inner = self.inner.lock();
             if inner.failed {
                 return;
             }
             let was_empty = inner.buf.is_empty();
+            if was_empty {
+                inner.progress = Some(std::time::Instant::now());
+            }
             encode(frame, &mut inner.buf);
             if inner.batching {
                 return;
@@ -106,17 +127,14 @@ impl Outbox {
 
     /// Starts a batch: frames pushed until [`Outbox::end_batch`] are only appended.
     pub fn begin_batch(&self) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .batching = true;
+        self.inner.lock().batching = true;
     }
 
     /// Ends a batch: writes everything it appended in one write (or leaves it to the writer
     /// task when flow control blocks the stream).
     pub fn end_batch(&self) {
         let wake_writer = {
-            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inner = self.inner.lock();
             inner.batching = false;
             let flushed = inner.send.is_some() && inner.try_flush();
             !inner.buf.is_empty() && !flushed
@@ -135,7 +153,14 @@ impl Outbox {
     /// Writes whatever is queued, waiting for flow control as needed.
     async fn drain(&self) -> Result<(), ()> {
         poll_fn(|cx| {
-            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inner = self.inner.lock();
+            if !inner
+                .writer
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                inner.writer = Some(cx.waker().clone());
+            }
             let before = inner.buf.len();
             let r = inner.flush(cx);
             if inner.buf.len() < before {
@@ -148,11 +173,17 @@ impl Outbox {
 
     /// Bytes queued and not yet taken by the stream.
     pub fn queued(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .buf
-            .len()
+        self.inner.lock().buf.len()
+    }
+
+    /// How long answers have been queued without the stream taking any (`None`: nothing is
+    /// queued, or the stream took bytes just now). The stall detector and `/metrics` read it.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        let inner = self.inner.lock();
+        if inner.buf.is_empty() {
+            return None;
+        }
+        inner.progress.map(|p| p.elapsed())
     }
 
     /// Resolves once at most `limit` bytes are queued (or the connection failed).
@@ -162,7 +193,7 @@ impl Outbox {
             tokio::pin!(drained);
             drained.as_mut().enable();
             {
-                let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let inner = self.inner.lock();
                 if inner.failed || inner.buf.len() <= limit {
                     return;
                 }
@@ -175,7 +206,12 @@ impl Outbox {
     /// error), then finishes the stream and waits (bounded by `grace`) for the peer to have
     /// read everything.
     pub async fn run_writer(&self, send: quinn::SendStream, grace: Duration) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).send = Some(send);
+        let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        {
+            let mut inner = self.inner.lock();
+            inner.send = Some(send);
+            inner.writer = Some(waker);
+        }
         loop {
             if self.drain().await.is_err() {
                 return;
@@ -184,12 +220,7 @@ impl Outbox {
                 if self.drain().await.is_err() {
                     return;
                 }
-                let send = self
-                    .inner
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .send
-                    .take();
+                let send = self.inner.lock().send.take();
                 if let Some(mut send) = send {
                     let _ = send.finish();
                     let _ = tokio::time::timeout(grace, send.stopped()).await;

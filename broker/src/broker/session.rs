@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::outbox::Outbox;
 use crate::table::ReqId;
@@ -73,30 +73,25 @@ impl SessionHandle {
         }
     }
 
-    /// The notes' lock (poisoning is recovered: each note is valid on its own).
-    fn notes(&self) -> std::sync::MutexGuard<'_, Notes> {
-        self.notes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Acquire `req`, which arrived at `arrived`, was queued (metrics only).
     pub fn note_queued(&self, req: ReqId, arrived: Instant) {
         let queued = Queued {
             arrived,
             handed: None,
         };
-        self.notes().queued.insert(req, queued);
+        self.notes.lock().queued.insert(req, queued);
     }
 
     /// The table granted queued acquire `req` at `at` (metrics only).
     pub(super) fn note_handed(&self, req: ReqId, at: Instant) {
-        if let Some(q) = self.notes().queued.get_mut(&req) {
+        if let Some(q) = self.notes.lock().queued.get_mut(&req) {
             q.handed = Some(at);
         }
     }
 
     /// Forgets queued acquire `req` (answered), returning its timestamps.
     pub(super) fn take_queued(&self, req: ReqId) -> Option<Queued> {
-        let mut notes = self.notes();
+        let mut notes = self.notes.lock();
         if notes.queued.is_empty() {
             None
         } else {
@@ -106,39 +101,39 @@ impl SessionHandle {
 
     /// Remembers that acquire `req` was rewritten to `key`, for its grant.
     pub fn note_rewrite(&self, req: ReqId, key: Bytes) {
-        self.notes().rewritten.insert(req, key);
+        self.notes.lock().rewritten.insert(req, key);
     }
 
     /// Acquires of this session retrying outside the table (polling the sync mirror): they
     /// count toward its limit of pending requests, and their ids stay taken.
     pub fn polls(&self) -> usize {
-        self.notes().polls.len()
+        self.notes.lock().polls.len()
     }
 
     /// Whether acquire `req` is retrying outside the table.
     pub fn is_polling(&self, req: ReqId) -> bool {
-        self.notes().polls.contains_key(&req)
+        self.notes.lock().polls.contains_key(&req)
     }
 
     /// Marks acquire `req` as retrying outside the table.
     pub(super) fn begin_poll(&self, req: ReqId) {
-        self.notes().polls.entry(req).or_insert(false);
+        self.notes.lock().polls.entry(req).or_insert(false);
     }
 
     /// Ends the retrying of `req`; true if the client cancelled it meanwhile.
     pub(super) fn end_poll(&self, req: ReqId) -> bool {
-        self.notes().polls.remove(&req).unwrap_or(false)
+        self.notes.lock().polls.remove(&req).unwrap_or(false)
     }
 
     /// Whether the client cancelled retrying acquire `req`.
     pub(super) fn poll_cancelled(&self, req: ReqId) -> bool {
-        self.notes().polls.get(&req).copied().unwrap_or(false)
+        self.notes.lock().polls.get(&req).copied().unwrap_or(false)
     }
 
     /// A `Cancel` for `req`: if it is retrying outside the table, it stops at its next turn
     /// (answered `Cancelled` then). True if it was.
     pub fn cancel_poll(&self, req: ReqId) -> bool {
-        match self.notes().polls.get_mut(&req) {
+        match self.notes.lock().polls.get_mut(&req) {
             Some(cancelled) => {
                 *cancelled = true;
                 true
@@ -149,7 +144,7 @@ impl SessionHandle {
 
     /// The rewritten key of `req`, forgetting it (a request is answered once).
     pub(super) fn take_rewrite(&self, req: ReqId) -> Option<Bytes> {
-        let mut notes = self.notes();
+        let mut notes = self.notes.lock();
         if notes.rewritten.is_empty() {
             None
         } else {

@@ -3,7 +3,7 @@
 //! do is decided by [`ClusterState`] (sans-I/O); this file only talks to etcd and the table.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
@@ -11,6 +11,7 @@ use etcd_client::{
     PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use lockbroker_proto::{EndReason, shard_of};
+use parking_lot::Mutex;
 
 use super::state::ClusterState;
 use super::validity::Validity;
@@ -155,19 +156,11 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, ClusterState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// This broker's share of the shards, and whether it can vouch for its etcd lease now.
     pub fn ownership(&self) -> (super::state::Ownership, bool) {
         let now = Instant::now();
-        let valid = self.validity().valid_at(now);
-        (self.state().ownership(now), valid)
-    }
-
-    fn validity(&self) -> std::sync::MutexGuard<'_, Validity> {
-        self.validity.lock().unwrap_or_else(|e| e.into_inner())
+        let valid = self.validity.lock().valid_at(now);
+        (self.state.lock().ownership(now), valid)
     }
 
     /// Sessions with etcd, one after another, until the broker shuts down.
@@ -216,7 +209,7 @@ impl Cluster {
         if self.broker.read_table(|t, _| t.fence_headroom()) >= 1 << 31 {
             return Ok(());
         }
-        let key = format!("{}fence-epochs/{}", self.prefix, self.state().me());
+        let key = format!("{}fence-epochs/{}", self.prefix, self.state.lock().me());
         let opts = PutOptions::new().with_lease(lease_id);
         let resp = bounded(&self.cfg, client.put(key, Vec::new(), Some(opts))).await?;
         if let Some(h) = resp.header() {
@@ -235,13 +228,9 @@ impl Cluster {
     /// connection — then revokes the etcd lease, which deletes this broker's ownership keys at
     /// once: the new owners need not wait for the lease to run out.
     pub async fn leave(&self) {
-        self.state().leave();
+        self.state.lock().leave();
         self.fence_off("the broker is leaving the cluster");
-        let session = self
-            .session_lease
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let session = self.session_lease.lock().take();
         if let Some((mut client, lease_id)) = session {
             match bounded(&self.cfg, client.lease_revoke(lease_id)).await {
                 Ok(_) => tracing::info!(target: "lockbroker::cluster", "left the cluster"),
@@ -256,8 +245,8 @@ impl Cluster {
     /// Stops serving every shard: ends their leases (holders are told) and fails their
     /// queued requests with `Moved`.
     fn fence_off(&self, why: &str) {
-        self.validity().lost();
-        let lost = self.state().drop_all_mine();
+        self.validity.lock().lost();
+        let lost = self.state.lock().drop_all_mine();
         self.evict_shards(&lost, why);
         self.publish();
     }
@@ -295,11 +284,11 @@ impl Cluster {
         let sent = Instant::now();
         let lease = bounded(&self.cfg, client.lease_grant(ttl_s, None)).await?;
         let lease_id = lease.id();
-        *self.session_lease.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((client.clone(), lease_id));
-        self.validity()
+        *self.session_lease.lock() = Some((client.clone(), lease_id));
+        self.validity
+            .lock()
             .confirmed(sent, Duration::from_secs(lease.ttl().max(0) as u64));
-        let me = self.state().me().to_string();
+        let me = self.state.lock().me().to_string();
         let member = format!("{}members/{me}", self.prefix);
         let opts = PutOptions::new().with_lease(lease_id);
         bounded(&self.cfg, client.put(member, self.url.clone(), Some(opts))).await?;
@@ -307,7 +296,7 @@ impl Cluster {
         let all = bounded(&self.cfg, client.get(self.prefix.clone(), everything)).await?;
         let revision = all.header().map_or(0, |h| h.revision());
         {
-            let mut state = self.state();
+            let mut state = self.state.lock();
             state.reset_view();
             for kv in all.kvs() {
                 self.apply(&mut state, kv.key(), Some(kv.value()));
@@ -327,7 +316,7 @@ impl Cluster {
         let (mut keeper, mut keep_alives) = client.lease_keep_alive(lease_id).await?;
         self.claim(&mut client, lease_id).await?;
         self.publish();
-        let renew_every = self.validity().renew_every();
+        let renew_every = self.validity.lock().renew_every();
         let mut renew = tokio::time::interval(renew_every);
         let mut check = tokio::time::interval(Duration::from_millis(50));
         let mut in_flight: VecDeque<Instant> = VecDeque::new();
@@ -343,7 +332,9 @@ impl Cluster {
                 msg = keep_alives.message() => match msg? {
                     Some(r) if r.ttl() > 0 => {
                         if let Some(sent) = in_flight.pop_front() {
-                            self.validity().confirmed(sent, Duration::from_secs(r.ttl() as u64));
+                            self.validity
+                                .lock()
+                                .confirmed(sent, Duration::from_secs(r.ttl() as u64));
                         }
                         if let Some(h) = r.header() {
                             self.learn_revision(h.revision());
@@ -361,7 +352,7 @@ impl Cluster {
                     }
                     let mut lost = Vec::new();
                     {
-                        let mut state = self.state();
+                        let mut state = self.state.lock();
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             let value = (ev.event_type() == EventType::Put).then(|| kv.value());
@@ -376,7 +367,7 @@ impl Cluster {
                     self.publish();
                 }
                 _ = check.tick() => {
-                    if !self.validity().valid_at(Instant::now()) {
+                    if !self.validity.lock().valid_at(Instant::now()) {
                         return Err(ClusterError::Etcd(
                             "keep-alives went unconfirmed too long: self-fenced".into(),
                         ));
@@ -411,9 +402,9 @@ impl Cluster {
     /// serving it, end its leases (holders are told `Moved` and adopt them at the new owner,
     /// whose takeover grace honours them), then delete the ownership key.
     async fn release(&self, client: &mut Client, lease_id: i64) -> Result<(), ClusterError> {
-        let to_release = self.state().to_release();
+        let to_release = self.state.lock().to_release();
         for shard in to_release {
-            self.state().release(shard);
+            self.state.lock().release(shard);
             self.evict_shards(&[shard], "the shard moves to a member that joined");
             let key = format!("{}shards/{shard}", self.prefix);
             let txn = Txn::new()
@@ -429,8 +420,8 @@ impl Cluster {
     /// the shards another member is preferred for.
     async fn claim(&self, client: &mut Client, lease_id: i64) -> Result<(), ClusterError> {
         self.release(client, lease_id).await?;
-        let to_claim = self.state().to_claim();
-        let me = self.state().me().to_string();
+        let to_claim = self.state.lock().to_claim();
+        let me = self.state.lock().me().to_string();
         for shard in to_claim {
             let owner_key = format!("{}shards/{shard}", self.prefix);
             let owned_before = format!("{}owned/{shard}", self.prefix);
@@ -468,7 +459,7 @@ impl Cluster {
                 .with_table(|t, _, _| t.raise_fence_floor(revision << 32));
             self.learn_revision(revision as i64);
             let grace_until = had_owner.then(|| Instant::now() + self.grace);
-            self.state().claimed(shard, revision, grace_until);
+            self.state.lock().claimed(shard, revision, grace_until);
             if had_owner {
                 // Record the grace for `cluster status` (the epoch, the key's create
                 // revision, does not change).
@@ -490,9 +481,9 @@ impl Cluster {
     /// Pushes the shard map to every connected client if who owns what changed since the
     /// last push.
     fn publish(&self) {
-        let map = self.state().shard_map();
+        let map = self.state.lock().shard_map();
         {
-            let mut last = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = self.published.lock();
             if *last == map.owners {
                 return;
             }
@@ -533,21 +524,21 @@ impl<'a> OwnerValue<'a> {
 
 impl KeyRouter for Cluster {
     fn shard_map(&self) -> Option<lockbroker_proto::ShardMap> {
-        Some(self.state().shard_map())
+        Some(self.state.lock().shard_map())
     }
 
     fn route(&self, key: &[u8]) -> Route {
         let now = Instant::now();
-        let valid = self.validity().valid_at(now);
-        self.state().route(key, valid, now)
+        let valid = self.validity.lock().valid_at(now);
+        self.state.lock().route(key, valid, now)
     }
 
     fn may_adopt(&self, key: &[u8], fence: u64) -> bool {
         let now = Instant::now();
-        if !self.validity().valid_at(now) {
+        if !self.validity.lock().valid_at(now) {
             return false;
         }
-        let state = self.state();
+        let state = self.state.lock();
         let shard = shard_of(key, state.shards());
         state
             .term(shard)

@@ -194,7 +194,7 @@ pub struct LocksConfig {
 impl Default for LocksConfig {
     fn default() -> Self {
         LocksConfig {
-            default_ttl_ms: 30_000,
+            default_ttl_ms: crate::table::wire::millis(crate::table::serve::DEFAULT_TTL),
             max_ttl_ms: 3_600_000,
             lock_delay_ms: 0,
         }

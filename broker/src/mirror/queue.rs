@@ -8,9 +8,10 @@
 //! (`take_confirmation`) and answer the client only then.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
+use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
 use super::stats::Counters;
@@ -69,10 +70,6 @@ impl Queue {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Queues the lock events among `effects` (which keep them). Called under the table lock.
     pub fn push(&self, effects: &[Effect]) {
         let mut pushed = false;
@@ -81,7 +78,7 @@ impl Queue {
             let Effect::Event(event) = effect else {
                 continue;
             };
-            let inner = inner.get_or_insert_with(|| self.lock());
+            let inner = inner.get_or_insert_with(|| self.inner.lock());
             let fence = fence_of(event);
             self.max_fence.fetch_max(fence, Ordering::Relaxed);
             let confirming = match event {
@@ -93,7 +90,6 @@ impl Queue {
                 let (tx, rx) = oneshot::channel();
                 self.pending
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
                     .entry((fence, what))
                     .or_default()
                     .push_back(rx);
@@ -137,7 +133,7 @@ impl Queue {
         fence: Fence,
         what: Confirming,
     ) -> Option<oneshot::Receiver<Confirmation>> {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = self.pending.lock();
         let queue = pending.get_mut(&(fence, what))?;
         let rx = queue.pop_front();
         if queue.is_empty() {
@@ -148,7 +144,7 @@ impl Queue {
 
     /// Up to `max` items from the front.
     pub fn take_batch(&self, max: usize) -> Vec<Item> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let n = inner.items.len().min(max);
         inner.items.drain(..n).collect()
     }
@@ -156,7 +152,7 @@ impl Queue {
     /// Everything queued, and whether a resync was requested (the flag is cleared). Call under
     /// the table lock to pair it with a consistent snapshot.
     pub fn take_all_for_resync(&self) -> (Vec<Item>, bool) {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let resync = std::mem::take(&mut inner.resync);
         (inner.items.drain(..).collect(), resync)
     }
@@ -164,7 +160,7 @@ impl Queue {
     /// While the mirror is down and waiting to retry: answers every queued confirmation with
     /// `Failed(why)` and drops the plain events (the pending resync supersedes them).
     pub fn drain_failing(&self, why: &str) {
-        let items: Vec<Item> = self.lock().items.drain(..).collect();
+        let items: Vec<Item> = self.inner.lock().items.drain(..).collect();
         for item in items {
             match item.confirm {
                 Some(tx) => {
@@ -177,18 +173,18 @@ impl Queue {
 
     /// Requests a resync (after a failed write).
     pub fn request_resync(&self) {
-        self.lock().resync = true;
+        self.inner.lock().resync = true;
         self.notify.notify_one();
     }
 
     /// Whether a resync is pending.
     pub fn resync_pending(&self) -> bool {
-        self.lock().resync
+        self.inner.lock().resync
     }
 
     /// Queued items.
     pub fn len(&self) -> usize {
-        self.lock().items.len()
+        self.inner.lock().items.len()
     }
 
     /// True when nothing is queued.

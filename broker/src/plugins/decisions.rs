@@ -10,7 +10,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use super::bindings::types::{LockMode, LockRequest, Operation};
 use super::request::KeyDecision;
@@ -65,16 +66,12 @@ impl DecisionCache {
     /// Decisions currently remembered.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
-    fn shard(&self) -> std::sync::MutexGuard<'_, Shard> {
-        lock(&self.shards[super::pool::shard_index(self.shards.len())])
+    fn shard(&self) -> MutexGuard<'_, Shard> {
+        self.shards[super::pool::shard_index(self.shards.len())].lock()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `f` on the cache key of `req` (built in a reused per-thread buffer: no allocation on a

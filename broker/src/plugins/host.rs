@@ -5,10 +5,11 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::bindings::key_policy::KeyPolicy;
@@ -268,10 +269,7 @@ impl PluginHost {
     /// is bad, nothing is swapped: the running versions keep serving and the error names the
     /// file. Calls in flight finish on the generation they started on.
     pub fn reload(&self) -> Result<ReloadReport, PluginError> {
-        let _serialized = self
-            .reload_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _serialized = self.reload_lock.lock();
         if self.empty {
             return Ok(ReloadReport::default());
         }

@@ -5,9 +5,10 @@
 //! later calls. In steady state no request instantiates anything, and a worker thread keeps
 //! reusing the instances it last ran (warm caches, no contention on one lock).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use wasmtime::{Engine, Store};
 
 use super::bindings::key_policy::{KeyPolicy, KeyPolicyPre};
@@ -108,7 +109,7 @@ impl Pool {
     pub async fn checkout(&self) -> wasmtime::Result<Instance> {
         let home = shard_index(self.shards.len());
         let n = self.shards.len();
-        let idle = (0..n).find_map(|i| self.lock((home + i) % n).pop());
+        let idle = (0..n).find_map(|i| self.shards[(home + i) % n].lock().pop());
         match idle {
             Some(instance) => Ok(instance),
             None => self.instantiate().await,
@@ -117,7 +118,7 @@ impl Pool {
 
     /// Returns a healthy instance to this thread's shard (dropped if the shard is full).
     pub fn checkin(&self, instance: Instance) {
-        let mut idle = self.lock(shard_index(self.shards.len()));
+        let mut idle = self.shards[shard_index(self.shards.len())].lock();
         if idle.len() < self.max_idle {
             idle.push(instance);
         }
@@ -125,13 +126,7 @@ impl Pool {
 
     /// Number of idle instances.
     pub fn idle(&self) -> usize {
-        (0..self.shards.len()).map(|i| self.lock(i).len()).sum()
-    }
-
-    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<Instance>> {
-        self.shards[shard]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 }
 

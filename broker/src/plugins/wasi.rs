@@ -6,11 +6,12 @@
 //! buffer whose content is quoted in the deny reason when the instance traps (panic messages).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
@@ -52,7 +53,7 @@ impl TailPipe {
         self.0
             .written
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let mut buf = self.0.buf.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buf = self.0.buf.lock();
         let bytes = &bytes[bytes.len().saturating_sub(STDERR_TAIL)..];
         buf.extend_from_slice(bytes);
         if buf.len() > STDERR_TAIL {
@@ -68,7 +69,7 @@ impl TailPipe {
 
     /// The retained text written after `mark` (lossy UTF-8, at most the tail size).
     pub fn text_since(&self, mark: u64) -> String {
-        let buf = self.0.buf.lock().unwrap_or_else(PoisonError::into_inner);
+        let buf = self.0.buf.lock();
         let new = self.0.written.load(Ordering::Relaxed).saturating_sub(mark);
         let new = usize::try_from(new).unwrap_or(usize::MAX).min(buf.len());
         String::from_utf8_lossy(&buf[buf.len() - new..]).into_owned()

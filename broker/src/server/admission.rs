@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// Open connections, in all and by source IP.
 #[derive(Default)]
@@ -37,7 +39,7 @@ impl Admission {
 
     /// Admits a connection from `ip`, or says which limit it would break.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, String> {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.counts.lock();
         if c.total >= self.max_total {
             return Err(format!(
                 "connections: the broker has {} open (limits.max_connections)",
@@ -60,17 +62,13 @@ impl Admission {
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
+        self.counts.lock().total
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut c = self
-            .admission
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut c = self.admission.counts.lock();
         c.total = c.total.saturating_sub(1);
         if let Some(n) = c.by_ip.get_mut(&self.ip) {
             *n -= 1;

@@ -10,8 +10,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 /// Buckets kept before the first sweep.
 const SWEEP_FLOOR: usize = 1024;
@@ -46,7 +47,7 @@ impl HandshakeRate {
 
     /// Takes a token for a connection attempt from `ip` at `now`; `false`: refuse it.
     pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock();
         if st.buckets.len() >= st.sweep_at {
             self.sweep(&mut st, now);
         }
@@ -77,11 +78,7 @@ impl HandshakeRate {
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .buckets
-            .len()
+        self.state.lock().buckets.len()
     }
 }
 

@@ -91,10 +91,15 @@ impl Server {
                 path: data_dir.clone(),
                 source,
             })?;
-        let identity = tls::server_identity(&cfg.tls, &data_dir)?;
+        let cert_key = cfg.tls.cert.as_deref().zip(cfg.tls.key.as_deref());
+        let identity = tls::server_identity(cert_key, &data_dir)?;
         let dev_ca = identity.dev_ca.clone();
         let generated_cert = identity.generated;
-        let tls = tls::server_config(identity, &cfg.tls)?;
+        let tls = tls::server_config(
+            identity,
+            cfg.tls.client_ca.as_deref(),
+            cfg.tls.require_client_cert,
+        )?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| ServerError::Quic(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -301,7 +301,9 @@ async fn read_loop(
         if outbox.queued() > cap {
             tokio::select! {
                 drained = tokio::time::timeout(stall, outbox.wait_below(cap / 2)) => {
-                    if drained.is_err() {
+                    // Only a stream that took nothing for the whole `stall` is a slow reader:
+                    // a client that reads, however slowly, keeps its session.
+                    if drained.is_err() && outbox.stalled_for().is_some_and(|d| d >= stall) {
                         tracing::warn!(
                             session = session.id,
                             queued = outbox.queued(),
@@ -333,6 +335,19 @@ async fn read_loop(
                 Ok(_) => {}
                 Err(_) => return classify_close(conn),
             },
+            // Answers queued below the cap that the stream has not taken for the whole
+            // `stall`: the client stopped reading (or the writer is stuck) — end it, so its
+            // leases are not held to their TTL behind answers that never arrive.
+            () = tokio::time::sleep(stall), if outbox.queued() > 0 => {
+                if outbox.stalled_for().is_some_and(|d| d >= stall) {
+                    tracing::warn!(
+                        session = session.id,
+                        queued = outbox.queued(),
+                        "closing a session whose answers did not move for {stall:?}"
+                    );
+                    return End::SlowReader;
+                }
+            }
             _ = shutdown.changed() => {
                 session.fail(0, ErrorCode::ShuttingDown, "broker shutting down");
                 return End::Shutdown;

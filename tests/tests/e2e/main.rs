@@ -44,6 +44,7 @@
 //! - [`queueing`]: FIFO grants, try-lock and bounded waits, cancelled acquires.
 
 mod admin;
+mod answers;
 mod backends;
 mod bad_input;
 mod chromedriver;

@@ -7,11 +7,10 @@ use std::time::Instant;
 
 use lockbroker_proto::Acquire;
 
-use crate::broker::wire::wait_from;
 use crate::server::policy::Op;
 use crate::server::session::Session;
-use crate::table::wire::owner_label;
-use crate::table::{AcquireRequest, TableError};
+use crate::table::TableError;
+use crate::table::serve::{self, Outcome, Request};
 
 pub(super) async fn apply(s: &Session, a: Acquire) {
     let arrived = Instant::now();
@@ -43,29 +42,21 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
         if let Some(until) = grace_until {
             t.hold_key_until(&decided.key, until)?;
         }
-        let r = AcquireRequest {
-            session: s.id,
-            req: a.id,
-            key: decided.key,
-            mode: a.mode.into(),
-            ttl: decided.ttl,
-            wait: wait_from(a.wait, now),
-            owner: owner_label(a.owner.clone()),
-        };
-        if gated {
+        let r = Request::acquire(s.id, &a, decided.key, decided.ttl, now);
+        if gated && let Request::Acquire(r) = &r {
             request = Some(r.clone());
         }
-        t.acquire(now, r, out)
+        serve::apply(t, now, s.id, r, out)
     });
     let metrics = s.broker.metrics.as_deref();
     match result {
-        Ok(Some(grant)) => {
+        Ok(Outcome::Granted(grant)) => {
             if let Some(m) = metrics {
                 crate::broker::Metrics::observe(&m.acquire_wait, arrived.elapsed());
             }
             s.broker.deliver_grant(s.id, a.id, grant, request)
         }
-        Ok(None) => {
+        Ok(_) => {
             if metrics.is_some() {
                 s.handle.note_queued(a.id, arrived);
             }

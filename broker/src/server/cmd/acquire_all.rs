@@ -6,11 +6,10 @@
 
 use lockbroker_proto::{AcquireAll, ErrorCode, MAX_KEYS_PER_ACQUIRE, Mode, shard_of};
 
-use crate::broker::wire::wait_from;
 use crate::server::policy::Op;
 use crate::server::session::Session;
-use crate::table::wire::owner_label;
-use crate::table::{AcquireAllRequest, TableError};
+use crate::table::TableError;
+use crate::table::serve::{self, Outcome, Request};
 
 pub(super) async fn apply(s: &Session, a: AcquireAll) {
     if s.broker.has_gate() {
@@ -70,22 +69,12 @@ pub(super) async fn apply(s: &Session, a: AcquireAll) {
         for (key, until) in &graces {
             t.hold_key_until(key, *until)?;
         }
-        t.acquire_all(
-            now,
-            AcquireAllRequest {
-                session: s.id,
-                req: a.id,
-                keys,
-                ttl,
-                wait: wait_from(a.wait, now),
-                owner: owner_label(a.owner.clone()),
-            },
-            out,
-        )
+        let request = Request::acquire_all(s.id, &a, keys, ttl, now);
+        serve::apply(t, now, s.id, request, out)
     });
     match result {
-        Ok(Some(grants)) => s.broker.deliver_grants(s.id, a.id, grants),
-        Ok(None) => {}
+        Ok(Outcome::GrantedAll(grants)) => s.broker.deliver_grants(s.id, a.id, grants),
+        Ok(_) => {}
         Err(e) => {
             if let Some(m) = s.broker.metrics.as_deref() {
                 m.table_error(&e);

@@ -3,12 +3,16 @@
 //! it already got stands).
 
 use crate::server::session::Session;
+use crate::table::serve::{self, Request};
 
 pub(super) fn apply(s: &Session, id: u64) {
     // An acquire the grant gate refused as busy elsewhere retries outside the table.
     if s.handle.cancel_poll(id) {
         return;
     }
-    s.broker
-        .with_table(|t, now, out| t.cancel(now, s.id, id, out));
+    let request = Request::Cancel { req: id };
+    // Always `Done`: the cancelled request is answered by an effect, if it was pending.
+    let _ = s
+        .broker
+        .with_table(|t, now, out| serve::apply(t, now, s.id, request, out));
 }

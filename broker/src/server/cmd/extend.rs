@@ -7,15 +7,21 @@ use lockbroker_proto::Extend;
 use crate::broker::Renewed;
 use crate::server::policy::clamp_ttl;
 use crate::server::session::Session;
+use crate::table::serve::{self, Request};
 
 pub(super) fn apply(s: &Session, e: Extend) {
     if !s.owns(e.id, &e.key, e.fence, &e.secret, true) || s.local(e.id, &e.key).is_none() {
         return;
     }
     let ttl = clamp_ttl(&s.broker.cfg, e.ttl_ms);
+    let request = Request::Extend {
+        key: e.key.clone(),
+        fence: e.fence,
+        ttl,
+    };
     let result = s
         .broker
-        .with_table(|t, now, out| t.extend(now, s.id, &e.key, e.fence, ttl, out));
+        .with_table(|t, now, out| serve::apply(t, now, s.id, request, out));
     match result {
         Ok(_) => s
             .broker

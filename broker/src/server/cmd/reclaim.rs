@@ -13,7 +13,7 @@ use lockbroker_proto::Reclaim;
 use crate::broker::Renewed;
 use crate::server::policy::Op;
 use crate::server::session::Session;
-use crate::table::{PreviousLease, TableError};
+use crate::table::serve::{self, Request};
 
 pub(super) async fn apply(s: &Session, r: Reclaim) {
     if !s.owns(r.id, &r.key, r.fence, &r.secret, true) {
@@ -27,33 +27,17 @@ pub(super) async fn apply(s: &Session, r: Reclaim) {
     }
     let ttl = decided.ttl;
     let adoptable = s.broker.may_adopt(&r.key, r.fence);
+    let request = Request::Reclaim {
+        key: r.key.clone(),
+        fence: r.fence,
+        mode: r.mode,
+        ttl,
+        owner: r.owner,
+        adoptable,
+    };
     let result = s
         .broker
-        .with_table(|t, now, out| match t.reclaim(s.id, &r.key, r.fence) {
-            Ok(_) => t.extend(now, s.id, &r.key, r.fence, ttl, out),
-            Err(TableError::NotLocked | TableError::NotOwner) if adoptable => {
-                let lease = PreviousLease {
-                    key: &r.key,
-                    fence: r.fence,
-                    mode: r.mode.into(),
-                    ttl,
-                    owner: &r.owner,
-                };
-                t.adopt(now, s.id, lease, out).map(|g| g.deadline)
-            }
-            Err(TableError::NotLocked | TableError::NotOwner) if t.grace_until(now).is_some() => {
-                let lease = PreviousLease {
-                    key: &r.key,
-                    fence: r.fence,
-                    mode: r.mode.into(),
-                    ttl,
-                    owner: &r.owner,
-                };
-                t.reclaim_from_previous_run(now, s.id, lease, out)
-                    .map(|g| g.deadline)
-            }
-            Err(e) => Err(e),
-        });
+        .with_table(|t, now, out| serve::apply(t, now, s.id, request, out));
     match result {
         Ok(_) => s
             .broker

@@ -5,18 +5,23 @@
 use lockbroker_proto::{Frame, Release};
 
 use crate::server::session::Session;
+use crate::table::serve::{self, Request};
 
 pub(super) fn apply(s: &Session, r: Release) {
     if !s.owns(r.id, &r.key, r.fence, &r.secret, r.ack) || s.local(r.id, &r.key).is_none() {
         return;
     }
+    let request = Request::Release {
+        key: r.key,
+        fence: r.fence,
+    };
     let result = s
         .broker
-        .with_table(|t, now, out| t.release(now, s.id, &r.key, r.fence, out));
+        .with_table(|t, now, out| serve::apply(t, now, s.id, request, out));
     match (result, r.ack) {
-        (Ok(()), true) => s.reply(Frame::Ok { id: r.id }),
+        (Ok(_), true) => s.reply(Frame::Ok { id: r.id }),
         (Err(e), true) => s.handle.answer_table_error(r.id, &e),
-        (Ok(()), false) => {}
+        (Ok(_), false) => {}
         (Err(e), false) => {
             tracing::debug!(
                 session = s.id,

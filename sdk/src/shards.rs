@@ -2,10 +2,11 @@
 //! `Moved` answers, and what a connection hands to the client when the broker pushes something
 //! (`Pushes`). With no map — a single broker — every key goes to the client's one connection.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use lockbroker_proto::{EndReason, ShardMap, ShardOwner, shard_of};
+use parking_lot::Mutex;
 use tokio::sync::{broadcast, watch};
 
 /// The newest shard map seen, with corrections learnt from `Moved` answers, and a counter of
@@ -28,10 +29,6 @@ impl Default for Routes {
 }
 
 impl Routes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ShardMap>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Tells the watchers that the map changed.
     fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
@@ -40,7 +37,7 @@ impl Routes {
     /// A pushed map: kept if it is at least as new as the one we have.
     pub(crate) fn update(&self, m: ShardMap) {
         let kept = {
-            let mut map = self.lock();
+            let mut map = self.map.lock();
             let newer = map.as_ref().is_none_or(|old| old.version <= m.version);
             if newer {
                 *map = Some(m);
@@ -88,7 +85,7 @@ impl Routes {
         if !self.is_known() {
             return None;
         }
-        let map = self.lock();
+        let map = self.map.lock();
         let m = map.as_ref()?;
         let shard = shard_of(key, m.shards);
         m.owners
@@ -100,7 +97,7 @@ impl Routes {
     /// A broker answered `Moved` for `key`: its shard is served at `url` (empty: by nobody
     /// right now). Corrects the map until the next push.
     pub(crate) fn moved(&self, key: &[u8], url: &str) {
-        let mut map = self.lock();
+        let mut map = self.map.lock();
         let Some(m) = map.as_mut() else {
             return;
         };
@@ -120,7 +117,7 @@ impl Routes {
 /// A broker's word that a lease ended (`LeaseEnded`), as a connection passes it on.
 #[derive(Clone, Debug)]
 pub(crate) struct LeaseEnd {
-    /// The connection it came on ([`crate::conn::Conn::id`]): only the connection whose
+    /// The connection it came on (its `Conn::id`): only the connection whose
     /// session holds the lease speaks for it (a broker that lost the shard may still say its
     /// copy ended after the lease moved on).
     pub(crate) conn: u64,

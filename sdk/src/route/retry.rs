@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 use lockbroker_core::wire::millis;
 use lockbroker_proto::{ErrorCode, Frame, WaitSpec};
 
+use super::Route;
 use crate::conn::Conn;
-use crate::{Client, Error, Result};
+use crate::error::{Error, Result};
 
 /// The pause before the next attempt after a transient failure.
 pub(crate) const PAUSE: Duration = Duration::from_millis(100);
@@ -60,7 +61,7 @@ pub(crate) enum Deadline {
 /// Runs `attempt` on the connection the client's route gives for `key`, again after each
 /// transient failure, until `deadline`. Each attempt bounds its own wait (see [`ask`]).
 pub(crate) async fn retry<T, F, Fut>(
-    client: &Client,
+    route: &Route,
     key: &[u8],
     kind: Kind,
     deadline: Deadline,
@@ -75,9 +76,9 @@ where
         Deadline::AfterFailure(d) => (None, d),
     };
     loop {
-        let routes = client.routes();
+        let routes = route.routes();
         let one = async {
-            let conn = client.conn_for(key).await?;
+            let conn = route.conn_for(key).await?;
             conn.check_key(key)?;
             attempt(conn).await
         };
@@ -96,7 +97,7 @@ where
         let failure = match outcome {
             Some(Ok(Step::Done(v))) => return Ok(v),
             Some(Ok(Step::Moved(url))) => {
-                client.note_moved(key, &url);
+                route.note_moved(key, &url);
                 let pause = url.is_empty();
                 Failure::Transient(
                     Error::Unavailable(format!(
@@ -105,7 +106,7 @@ where
                     pause,
                 )
             }
-            Some(Err(e)) => classify(client, kind, e),
+            Some(Err(e)) => classify(route, kind, e),
             None => Failure::Transient(
                 Error::Unavailable("the key's shard moved to another broker".into()),
                 false,
@@ -132,11 +133,11 @@ enum Failure {
 }
 
 /// Whether `e` is worth another attempt for a request of `kind`.
-fn classify(client: &Client, kind: Kind, e: Error) -> Failure {
+fn classify(route: &Route, kind: Kind, e: Error) -> Failure {
     let transient = match (&e, kind) {
         // Routing: the broker asked went away (or was left for not answering) before it
         // answered; in a cluster, the key's shard is served elsewhere next.
-        (Error::Disconnected(_) | Error::Connect(_), Kind::Request) => client.is_clustered(),
+        (Error::Disconnected(_) | Error::Connect(_), Kind::Request) => route.is_clustered(),
         // A lease outlives a broker restart, a reconnect, a mirror outage and a failover; a
         // broker's `Timeout` answer ends an acquire's wait, which is the caller's.
         (
@@ -154,10 +155,10 @@ fn classify(client: &Client, kind: Kind, e: Error) -> Failure {
 
 /// One request on `conn` and its answer (`Error` frames handed back as frames), bounded by
 /// `timeout`. No answer in time: [`Error::Timeout`] from a single broker; in a cluster the
-/// connection is left (see `Client::leave`) and the failure is [`Error::Disconnected`], which
+/// connection is left (see `Route::leave`) and the failure is [`Error::Disconnected`], which
 /// the policy retries elsewhere.
 pub(crate) async fn ask(
-    client: &Client,
+    route: &Route,
     conn: &Arc<Conn>,
     timeout: Duration,
     build: impl FnOnce(u64) -> Frame,
@@ -168,8 +169,8 @@ pub(crate) async fn ask(
         Ok(Err(_)) => Err(conn.disconnected()),
         Err(_) => {
             conn.forget(id);
-            if client.is_clustered() {
-                client.leave(conn);
+            if route.is_clustered() {
+                route.leave(conn);
                 Err(Error::Disconnected(format!(
                     "broker {} did not answer within {timeout:?}",
                     conn.addr()

@@ -14,8 +14,8 @@ use anyhow::Result;
 use dashmap::DashMap;
 use lockbroker_sdk::Client;
 
-use crate::Opts;
-use crate::scenarios::{Report, Target};
+use crate::opts::Opts;
+use crate::report::{Report, Target};
 
 const KEYS: usize = 1024;
 const TASKS: usize = 16;
@@ -100,7 +100,7 @@ where
     )
 }
 
-pub async fn embedded(opts: &Opts, report: &mut Report) -> Result<()> {
+pub async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
     let n = if opts.quick { 50_000 } else { 300_000 };
     let d = Duration::from_secs(if opts.quick { 1 } else { 3 });
     println!("\n== embedded client vs in-process keyed mutexes ==");

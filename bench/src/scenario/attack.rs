@@ -1,8 +1,9 @@
-//! Bystander latency under attack (issue 13): one well-behaved SDK client's acknowledged lock
-//! cycle (lock, then `unlock().await`) with no attack, and while each attack runs alone against
-//! the same broker: a slow reader (floods `Inspect`s of a key with 200 holders and never reads
-//! the answers), a watcher storm (50,000 `wait_until_unlocked` on one key, all timing out in the
-//! window) and a connection flood (raw QUIC connections opened without ever saying `Hello`).
+//! `--only attack`: bystander latency under attack (issue 13): one well-behaved SDK client's
+//! acknowledged lock cycle (lock, then `unlock().await`) with no attack, and while each attack
+//! runs alone against the same broker: a slow reader (floods `Inspect`s of a key with 200
+//! holders and never reads the answers), a watcher storm (50,000 `wait_until_unlocked` on one
+//! key, all timing out in the window) and a connection flood (raw QUIC connections opened
+//! without ever saying `Hello`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,9 +13,10 @@ use bytes::Bytes;
 use lockbroker_proto::{Frame, WaitSpec, encode};
 use lockbroker_sdk::Client;
 
-use crate::Opts;
+use crate::opts::Opts;
 use crate::procs::Broker;
-use crate::scenarios::Report;
+use crate::raw;
+use crate::report::Report;
 use crate::stats::Lat;
 
 /// Lock cycles of the bystander on its own key for `window`.
@@ -33,8 +35,7 @@ async fn bystander(client: &Client, window: Duration) -> Result<Lat> {
 async fn raw_session(
     b: &Broker,
 ) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream)> {
-    let (ep, conn, send, _recv) =
-        crate::raw::open(b.addr, &b.ca(), "lockbroker-bench attacker").await?;
+    let (ep, conn, send, _recv) = raw::open(b.addr, &b.ca(), "lockbroker-bench attacker").await?;
     Ok((ep, conn, send))
 }
 
@@ -46,7 +47,7 @@ fn frames(n: u64, frame: impl Fn(u64) -> Frame) -> Vec<u8> {
     out
 }
 
-pub async fn attack(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
+pub async fn run(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
     let b = Broker::start(
         bin,
         "[limits]\nmax_queued_per_key = 100000\nmax_queued_total = 200000\n\
@@ -105,7 +106,7 @@ pub async fn attack(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> 
     let flooding = tokio::spawn(async move {
         let mut open = Vec::new();
         loop {
-            let Ok(ep) = crate::raw::endpoint(&ca) else {
+            let Ok(ep) = raw::endpoint(&ca) else {
                 break;
             };
             let Ok(connecting) = ep.connect(addr, "localhost") else {

@@ -12,9 +12,11 @@ use anyhow::{Context, Result};
 use lockbroker_sdk::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::Opts;
+use crate::fixture::broker_config;
+use crate::load::{System, run_throughput};
+use crate::opts::Opts;
 use crate::procs::Broker;
-use crate::scenarios::{Report, System, broker_config, run_throughput};
+use crate::report::{Report, Target};
 use crate::stats::fmt_rate;
 
 const TASKS: usize = 64;
@@ -43,7 +45,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-pub async fn metrics_overhead(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
+pub async fn run(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
     println!("\n== metrics overhead (lock cycles/s, {TASKS} tasks × {CONNS} conn) ==");
     let base = broker_config(opts);
     let off = Broker::start(bin, &format!("{base}[admin]\nmetrics = false\n"))?;
@@ -96,7 +98,7 @@ pub async fn metrics_overhead(opts: &Opts, bin: &Path, report: &mut Report) -> R
             fmt_rate(m_on),
             fmt_rate(m_off),
             Some(m_on / m_off),
-            Some(crate::scenarios::Target::AtLeast(0.97)),
+            Some(Target::AtLeast(0.97)),
         );
     }
     scraper.abort();

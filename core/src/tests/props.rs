@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::*;
+use crate::*;
 
 const KEYS: [&[u8]; 3] = [b"a", b"b", b"c"];
 const SLOTS: u8 = 3;

@@ -1,8 +1,8 @@
-//! Cluster mode, side by side in one run: three brokers on one etcd (same machine — say so)
-//! against the single broker of the run, the acknowledged lock cycle through one SDK client
-//! that routes by shard, etcd's own lock (`etcd-client`'s lock API, `etcdctl lock` semantics)
-//! for the same cycle, and failover time: SIGKILL the owner of a key's shard, time until the
-//! next grant of that key (its etcd lease running out, then the takeover grace).
+//! `--only cluster`: cluster mode, side by side in one run: three brokers on one etcd (same
+//! machine — say so) against the single broker of the run, the acknowledged lock cycle through
+//! one SDK client that routes by shard, etcd's own lock (`etcd-client`'s lock API, `etcdctl
+//! lock` semantics) for the same cycle, and failover time: SIGKILL the owner of a key's shard,
+//! time until the next grant of that key (its etcd lease running out, then the takeover grace).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use lockbroker_sdk::Client;
 
-use crate::Opts;
+use crate::opts::Opts;
 use crate::procs::{Broker, TempDir, free_tcp_port};
-use crate::scenarios::Report;
+use crate::report::Report;
 use crate::stats::Lat;
 
 /// The ownership lease and TTL cap of the bench cluster: failover = lease + grace.
@@ -164,7 +164,7 @@ async fn member_client(b: &Broker) -> Result<Client> {
         .await?)
 }
 
-pub async fn cluster(opts: &Opts, bin: &Path, single: &Broker, report: &mut Report) -> Result<()> {
+pub async fn run(opts: &Opts, bin: &Path, single: &Broker, report: &mut Report) -> Result<()> {
     println!("cluster: 3 brokers and etcd on this same machine, next to the single broker");
     let etcd = Etcd::start()?;
     let addrs = [free_udp_addr()?, free_udp_addr()?, free_udp_addr()?];

@@ -2,214 +2,12 @@
 //! multi-key requests, no deadlock between opposite key orders, no starvation, leaving queues
 //! (timeout, cancel, close, evict), limits. The table's invariants are checked after every call.
 
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-
-use super::*;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn key(k: &'static [u8]) -> Key {
-    Bytes::from_static(k)
-}
-
-/// A table, a hand-driven clock and the effects of the last call(s).
-struct M {
-    t: Table,
-    t0: Instant,
-    now: Instant,
-    out: Vec<Effect>,
-}
-
-/// What the table looks like from outside (for "nothing changed" checks).
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    totals: TableTotals,
-    next_deadline: Option<Instant>,
-    holds: Vec<(Key, Fence)>,
-}
-
-impl M {
-    fn new() -> Self {
-        Self::with(TableConfig::default())
-    }
-
-    fn with(cfg: TableConfig) -> Self {
-        let t0 = Instant::now();
-        Self {
-            t: Table::new(cfg),
-            t0,
-            now: t0,
-            out: Vec::new(),
-        }
-    }
-
-    fn at(&self, n: u64) -> Instant {
-        self.t0 + ms(n)
-    }
-
-    fn advance_to(&mut self, n: u64) {
-        self.now = self.at(n);
-        self.t.expire(self.now, &mut self.out);
-        self.t.check_invariants();
-    }
-
-    fn all(
-        &mut self,
-        session: SessionId,
-        req: ReqId,
-        keys: &[&'static [u8]],
-        wait: Wait,
-    ) -> Result<Option<Vec<Grant>>, TableError> {
-        let r = self.t.acquire_all(
-            self.now,
-            AcquireAllRequest {
-                session,
-                req,
-                keys: keys.iter().map(|k| key(k)).collect(),
-                ttl: ms(1000),
-                wait,
-                owner: None,
-            },
-            &mut self.out,
-        );
-        self.t.check_invariants();
-        r
-    }
-
-    /// A multi-key acquire that must be granted at once; returns the fences in key order.
-    fn lock_all(&mut self, session: SessionId, req: ReqId, keys: &[&'static [u8]]) -> Vec<Fence> {
-        match self.all(session, req, keys, Wait::No) {
-            Ok(Some(g)) => g.iter().map(|g| g.fence).collect(),
-            other => panic!("expected an immediate grant, got {other:?}"),
-        }
-    }
-
-    /// A multi-key acquire that must queue.
-    fn queue_all(&mut self, session: SessionId, req: ReqId, keys: &[&'static [u8]], wait: Wait) {
-        assert_eq!(
-            self.all(session, req, keys, wait),
-            Ok(None),
-            "expected queued"
-        );
-    }
-
-    fn one(
-        &mut self,
-        session: SessionId,
-        req: ReqId,
-        k: &'static [u8],
-        wait: Wait,
-    ) -> Result<Option<Grant>, TableError> {
-        let r = self.t.acquire(
-            self.now,
-            AcquireRequest {
-                session,
-                req,
-                key: key(k),
-                mode: Mode::Exclusive,
-                ttl: ms(1000),
-                wait,
-                owner: None,
-            },
-            &mut self.out,
-        );
-        self.t.check_invariants();
-        r
-    }
-
-    fn lock(&mut self, session: SessionId, req: ReqId, k: &'static [u8]) -> Fence {
-        match self.one(session, req, k, Wait::No) {
-            Ok(Some(g)) => g.fence,
-            other => panic!("expected an immediate grant, got {other:?}"),
-        }
-    }
-
-    fn queue(&mut self, session: SessionId, req: ReqId, k: &'static [u8]) {
-        assert_eq!(
-            self.one(session, req, k, Wait::Forever),
-            Ok(None),
-            "expected queued"
-        );
-    }
-
-    fn release(&mut self, session: SessionId, k: &'static [u8], fence: Fence) {
-        let r = self
-            .t
-            .release(self.now, session, &key(k), fence, &mut self.out);
-        assert_eq!(r, Ok(()));
-        self.t.check_invariants();
-    }
-
-    fn cancel(&mut self, session: SessionId, req: ReqId) -> bool {
-        let r = self.t.cancel(self.now, session, req, &mut self.out);
-        self.t.check_invariants();
-        r
-    }
-
-    fn close(&mut self, session: SessionId, clean: bool) {
-        self.t
-            .close_session(self.now, session, clean, &mut self.out);
-        self.t.check_invariants();
-    }
-
-    fn take(&mut self) -> Vec<Effect> {
-        std::mem::take(&mut self.out)
-    }
-
-    /// (session, req, keys, fences) of every `Granted` / `GrantedAll` since the last `take`.
-    fn grants(&mut self) -> Vec<(SessionId, ReqId, Vec<Key>, Vec<Fence>)> {
-        self.take()
-            .into_iter()
-            .filter_map(|e| match e {
-                Effect::Granted {
-                    session,
-                    req,
-                    grant,
-                } => Some((session, req, vec![grant.key], vec![grant.fence])),
-                Effect::GrantedAll {
-                    session,
-                    req,
-                    grants,
-                } => Some((
-                    session,
-                    req,
-                    grants.iter().map(|g| g.key.clone()).collect(),
-                    grants.iter().map(|g| g.fence).collect(),
-                )),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn holder(&self, k: &[u8]) -> Option<SessionId> {
-        let info = self.t.inspect(k)?;
-        assert!(info.holders.len() <= 1, "exclusive keys only here");
-        info.holders.first().map(|h| h.session)
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        let mut holds: Vec<(Key, Fence)> = self
-            .t
-            .holds()
-            .into_iter()
-            .map(|(k, h)| (k, h.fence))
-            .collect();
-        holds.sort();
-        Snapshot {
-            totals: self.t.totals(),
-            next_deadline: self.t.next_deadline(),
-            holds,
-        }
-    }
-}
+use super::harness::{H, key, ms};
+use crate::*;
 
 #[test]
 fn free_keys_are_granted_at_once_one_lease_and_fence_per_key_in_order() {
-    let mut m = M::new();
+    let mut m = H::new();
     let now = m.now;
     let grants =
         m.t.acquire_all(
@@ -267,19 +65,19 @@ fn free_keys_are_granted_at_once_one_lease_and_fence_per_key_in_order() {
         );
     }
     // Each lease is released on its own.
-    m.release(1, b"a", grants[1].fence);
+    m.release(1, b"a", grants[1].fence).unwrap();
     assert!(!m.t.is_locked(b"a"));
     assert!(m.t.is_locked(b"b") && m.t.is_locked(b"c"));
-    m.release(1, b"b", grants[0].fence);
-    m.release(1, b"c", grants[2].fence);
+    m.release(1, b"b", grants[0].fence).unwrap();
+    m.release(1, b"c", grants[2].fence).unwrap();
     assert_eq!(m.t.key_count(), 0);
     assert_eq!(m.t.owners.fences().count(), 0);
 }
 
 #[test]
 fn a_held_key_queues_the_whole_request_which_holds_nothing_meanwhile() {
-    let mut m = M::new();
-    let fb = m.lock(1, 1, b"b");
+    let mut m = H::new();
+    let fb = m.lock_one(1, 1, b"b");
     m.take();
     let before = m.snapshot();
     // Try-lock: busy, nothing changed (no key created, nothing held, nothing queued).
@@ -304,10 +102,10 @@ fn a_held_key_queues_the_whole_request_which_holds_nothing_meanwhile() {
     );
     // FIFO per key: a later single-key request on the free key waits behind the group.
     assert_eq!(m.one(3, 1, b"a", Wait::No), Err(TableError::Busy));
-    m.queue(3, 2, b"a");
+    m.queue_one(3, 2, b"a");
     assert!(!m.t.is_locked(b"a"));
     // The held key is released: the group gets both keys in one step, "a" first as given.
-    m.release(1, b"b", fb);
+    m.release(1, b"b", fb).unwrap();
     let out = m.take();
     let fences: Vec<Fence> = match &out[..] {
         [
@@ -342,7 +140,7 @@ fn a_held_key_queues_the_whole_request_which_holds_nothing_meanwhile() {
     assert_eq!(m.t.session_counts(2), (2, 0));
     // The single-key request still waits for "a".
     assert_eq!(m.holder(b"a"), Some(2));
-    m.release(2, b"a", fences[0]);
+    m.release(2, b"a", fences[0]).unwrap();
     assert_eq!(
         m.grants(),
         vec![(3, 2, vec![key(b"a")], vec![fences[1] + 1])]
@@ -351,11 +149,11 @@ fn a_held_key_queues_the_whole_request_which_holds_nothing_meanwhile() {
 
 #[test]
 fn a_one_key_list_is_a_single_exclusive_acquire_answered_as_a_group() {
-    let mut m = M::new();
+    let mut m = H::new();
     let f = m.lock_all(1, 1, &[b"a"]);
     assert_eq!(f.len(), 1);
     m.queue_all(2, 1, &[b"a"], Wait::Forever);
-    m.release(1, b"a", f[0]);
+    m.release(1, b"a", f[0]).unwrap();
     let g = m.grants();
     assert_eq!(g.len(), 1);
     assert_eq!((g[0].0, g[0].1, &g[0].2[..]), (2, 1, &[key(b"a")][..]));
@@ -363,8 +161,8 @@ fn a_one_key_list_is_a_single_exclusive_acquire_answered_as_a_group() {
 
 #[test]
 fn duplicate_empty_and_oversized_key_lists_are_refused_with_nothing_changed() {
-    let mut m = M::new();
-    m.lock(1, 1, b"a");
+    let mut m = H::new();
+    m.lock_one(1, 1, b"a");
     let before = m.snapshot();
     assert_eq!(
         m.all(2, 1, &[b"a", b"b", b"a"], Wait::Forever),
@@ -395,7 +193,7 @@ fn duplicate_empty_and_oversized_key_lists_are_refused_with_nothing_changed() {
 
 #[test]
 fn a_semaphore_key_refuses_the_whole_request() {
-    let mut m = M::new();
+    let mut m = H::new();
     let now = m.now;
     m.t.acquire(
         now,
@@ -443,7 +241,7 @@ fn opposite_key_orders_from_many_sessions_never_deadlock() {
         Waiting(ReqId),
         Holding(Vec<(Key, Fence)>, u32),
     }
-    let mut m = M::new();
+    let mut m = H::new();
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
         rng ^= rng << 13;
@@ -543,30 +341,30 @@ fn opposite_key_orders_from_many_sessions_never_deadlock() {
 /// queued before it are served first, those queued after it wait until it has had both keys.
 #[test]
 fn a_multi_key_request_is_not_starved_by_a_stream_of_single_key_requests() {
-    let mut m = M::new();
-    let mut fa = m.lock(1, 1, b"a");
+    let mut m = H::new();
+    let mut fa = m.lock_one(1, 1, b"a");
     let mut holder_a = 1;
     // Three single-key requests on "a" arrive before the group, many on "b" after it.
     for s in 10..13 {
-        m.queue(s, 1, b"a");
+        m.queue_one(s, 1, b"a");
     }
     m.queue_all(2, 1, &[b"b", b"a"], Wait::Forever);
     for s in 20..40 {
-        m.queue(s, 1, b"b");
-        m.queue(s, 2, b"a");
+        m.queue_one(s, 1, b"b");
+        m.queue_one(s, 2, b"a");
     }
     m.take();
     // "b" is free all along but nobody overtakes the group on it.
     assert!(!m.t.is_locked(b"b"));
     for s in 10..13 {
-        m.release(holder_a, b"a", fa);
+        m.release(holder_a, b"a", fa).unwrap();
         let g = m.grants();
         assert_eq!(g.len(), 1);
         assert_eq!((g[0].0, &g[0].2[..]), (s, &[key(b"a")][..]));
         (fa, holder_a) = (g[0].3[0], s);
         assert!(!m.t.is_locked(b"b"));
     }
-    m.release(holder_a, b"a", fa);
+    m.release(holder_a, b"a", fa).unwrap();
     let g = m.grants();
     assert_eq!(g.len(), 1, "{g:?}");
     assert_eq!(
@@ -575,30 +373,30 @@ fn a_multi_key_request_is_not_starved_by_a_stream_of_single_key_requests() {
     );
     let (fb, fa) = (g[0].3[0], g[0].3[1]);
     // Then the stream, in arrival order on each key.
-    m.release(2, b"b", fb);
+    m.release(2, b"b", fb).unwrap();
     assert_eq!(m.grants()[0].0, 20);
-    m.release(2, b"a", fa);
+    m.release(2, b"a", fa).unwrap();
     assert_eq!(m.grants()[0].0, 20);
 }
 
 #[test]
 fn two_groups_in_opposite_orders_are_served_in_arrival_order() {
-    let mut m = M::new();
-    let fa = m.lock(1, 1, b"a");
+    let mut m = H::new();
+    let fa = m.lock_one(1, 1, b"a");
     m.queue_all(2, 1, &[b"a", b"b"], Wait::Forever);
     m.queue_all(3, 1, &[b"b", b"a"], Wait::Forever);
     m.take();
-    m.release(1, b"a", fa);
+    m.release(1, b"a", fa).unwrap();
     let g = m.grants();
     assert_eq!(g.len(), 1);
     assert_eq!(g[0].0, 2, "the earlier group first, on both keys");
     let (f2a, f2b) = (g[0].3[0], g[0].3[1]);
     // Releasing one of its keys is not enough for the later group: it takes none meanwhile.
-    m.release(2, b"a", f2a);
+    m.release(2, b"a", f2a).unwrap();
     assert!(m.grants().is_empty());
     assert!(!m.t.is_locked(b"a"));
     assert_eq!(m.t.session_counts(3), (0, 1));
-    m.release(2, b"b", f2b);
+    m.release(2, b"b", f2b).unwrap();
     let g = m.grants();
     assert_eq!((g[0].0, &g[0].2[..]), (3, &[key(b"b"), key(b"a")][..]));
 }
@@ -608,12 +406,12 @@ fn two_groups_in_opposite_orders_are_served_in_arrival_order() {
 #[test]
 fn a_group_leaving_its_queues_frees_the_way_for_requests_behind_it() {
     for how in ["timeout", "cancel", "close", "lost"] {
-        let mut m = M::new();
-        m.lock(1, 1, b"a");
+        let mut m = H::new();
+        m.lock_one(1, 1, b"a");
         let until = m.at(50);
         m.queue_all(2, 7, &[b"a", b"b"], Wait::Until(until));
-        m.queue(3, 1, b"b");
-        m.queue(4, 1, b"a");
+        m.queue_one(3, 1, b"b");
+        m.queue_one(4, 1, b"a");
         assert!(!m.t.is_locked(b"b"), "{how}: b waits for the group");
         m.take();
         match how {
@@ -680,8 +478,8 @@ fn a_group_leaving_its_queues_frees_the_way_for_requests_behind_it() {
 /// run of compatible waiters behind it is granted (Shared readers together).
 #[test]
 fn shared_readers_behind_a_cancelled_group_are_granted_together() {
-    let mut m = M::new();
-    m.lock(1, 1, b"a");
+    let mut m = H::new();
+    m.lock_one(1, 1, b"a");
     m.queue_all(2, 1, &[b"a", b"r"], Wait::Forever);
     for s in 3..6 {
         let now = m.now;
@@ -708,10 +506,10 @@ fn shared_readers_behind_a_cancelled_group_are_granted_together() {
 
 #[test]
 fn evicting_one_key_fails_the_group_and_frees_its_other_keys() {
-    let mut m = M::new();
-    let fa = m.lock(1, 1, b"a");
+    let mut m = H::new();
+    let fa = m.lock_one(1, 1, b"a");
     m.queue_all(2, 1, &[b"a", b"b"], Wait::Forever);
-    m.queue(3, 1, b"b");
+    m.queue_one(3, 1, b"b");
     m.take();
     let now = m.now;
     let ended = m.t.evict(now, b"a", &mut m.out);
@@ -736,11 +534,11 @@ fn evicting_one_key_fails_the_group_and_frees_its_other_keys() {
 
 #[test]
 fn a_group_waits_out_lock_delay_and_restart_grace_on_any_of_its_keys() {
-    let mut m = M::with(TableConfig {
+    let mut m = H::with(TableConfig {
         lock_delay: ms(50),
         ..TableConfig::default()
     });
-    m.lock(1, 1, b"a");
+    m.lock_one(1, 1, b"a");
     m.close(1, false); // orphaned: lock delay after it expires at 1000
     m.queue_all(2, 1, &[b"a", b"b"], Wait::Forever);
     m.take();
@@ -752,7 +550,7 @@ fn a_group_waits_out_lock_delay_and_restart_grace_on_any_of_its_keys() {
     assert_eq!((g.len(), g[0].0), (1, 2));
 
     // Restart grace: a try-lock is busy with nothing created; a wait is granted when it ends.
-    let mut m = M::with(TableConfig {
+    let mut m = H::with(TableConfig {
         epoch: 3,
         ..TableConfig::default()
     });
@@ -771,12 +569,12 @@ fn a_group_waits_out_lock_delay_and_restart_grace_on_any_of_its_keys() {
 #[test]
 fn limits_refuse_the_whole_request_with_nothing_changed() {
     // The session's lease limit counts all N leases.
-    let mut m = M::with(TableConfig {
+    let mut m = H::with(TableConfig {
         max_leases_per_session: 3,
         ..TableConfig::default()
     });
-    m.lock(1, 1, b"held");
-    m.lock(2, 1, b"b");
+    m.lock_one(1, 1, b"held");
+    m.lock_one(2, 1, b"b");
     let before = m.snapshot();
     assert_eq!(
         m.all(1, 2, &[b"a", b"b", b"c"], Wait::Forever),
@@ -786,12 +584,12 @@ fn limits_refuse_the_whole_request_with_nothing_changed() {
     m.queue_all(1, 3, &[b"a", b"b"], Wait::Forever);
 
     // Live keys: the keys not live yet must all fit.
-    let mut m = M::with(TableConfig {
+    let mut m = H::with(TableConfig {
         max_keys: 3,
         ..TableConfig::default()
     });
-    m.lock(1, 1, b"a");
-    m.lock(1, 2, b"b");
+    m.lock_one(1, 1, b"a");
+    m.lock_one(1, 2, b"b");
     let before = m.snapshot();
     assert_eq!(
         m.all(2, 1, &[b"a", b"x", b"y"], Wait::Forever),
@@ -802,15 +600,15 @@ fn limits_refuse_the_whole_request_with_nothing_changed() {
     assert_eq!(m.t.key_count(), 3);
 
     // Queue limits: every key's, and the table's total counting one record per key.
-    let mut m = M::with(TableConfig {
+    let mut m = H::with(TableConfig {
         max_queued_per_key: 1,
         max_queued_total: 3,
         ..TableConfig::default()
     });
-    m.lock(1, 1, b"a");
-    m.lock(1, 2, b"b");
-    m.lock(1, 3, b"c");
-    m.queue(2, 1, b"c");
+    m.lock_one(1, 1, b"a");
+    m.lock_one(1, 2, b"b");
+    m.lock_one(1, 3, b"c");
+    m.queue_one(2, 1, b"c");
     let before = m.snapshot();
     assert_eq!(
         m.all(3, 1, &[b"a", b"c"], Wait::Forever),
@@ -821,7 +619,7 @@ fn limits_refuse_the_whole_request_with_nothing_changed() {
     m.queue_all(3, 2, &[b"a", b"b"], Wait::Forever);
     // Three records queued (one single, two for the group): the total is reached.
     assert_eq!(m.t.totals().waiters, 3);
-    m.lock(1, 4, b"d");
+    m.lock_one(1, 4, b"d");
     let before = m.snapshot();
     let total = Err(TableError::LimitExceeded("queued requests in total"));
     assert_eq!(
@@ -841,15 +639,15 @@ fn limits_refuse_the_whole_request_with_nothing_changed() {
     assert_eq!(m.t.session_counts(4), (0, 0));
     // The group leaving gives both its records back.
     assert!(m.cancel(3, 2));
-    m.queue(4, 4, b"d");
-    m.queue(4, 5, b"a");
+    m.queue_one(4, 4, b"d");
+    m.queue_one(4, 5, b"a");
 
     // A session's pending limit counts a group as one request.
-    let mut m = M::with(TableConfig {
+    let mut m = H::with(TableConfig {
         max_waiters_per_session: 1,
         ..TableConfig::default()
     });
-    m.lock(1, 1, b"a");
+    m.lock_one(1, 1, b"a");
     m.queue_all(2, 1, &[b"a", b"b", b"c"], Wait::Forever);
     assert_eq!(
         m.all(2, 2, &[b"a", b"d"], Wait::Forever),
@@ -857,7 +655,7 @@ fn limits_refuse_the_whole_request_with_nothing_changed() {
     );
 
     // Fences: an immediate grant needs one per key, or none is handed out.
-    let mut m = M::new();
+    let mut m = H::new();
     m.t.raise_fence_floor(u64::MAX - 2); // one fence left
     let before = m.snapshot();
     assert_eq!(
@@ -866,23 +664,23 @@ fn limits_refuse_the_whole_request_with_nothing_changed() {
     );
     assert_eq!(m.snapshot(), before);
     assert_eq!(m.t.key_count(), 0);
-    assert_eq!(m.lock(1, 2, b"a"), u64::MAX - 1, "no fence was used up");
+    assert_eq!(m.lock_one(1, 2, b"a"), u64::MAX - 1, "no fence was used up");
 }
 
 /// Limits reached while the group waited fail it as a whole at grant time, and whoever is
 /// behind it on its keys is granted instead.
 #[test]
 fn limits_reached_while_queued_fail_the_group_as_a_whole() {
-    let mut m = M::with(TableConfig {
+    let mut m = H::with(TableConfig {
         max_leases_per_session: 2,
         ..TableConfig::default()
     });
-    let fa = m.lock(1, 1, b"a");
+    let fa = m.lock_one(1, 1, b"a");
     m.queue_all(2, 1, &[b"a", b"b"], Wait::Forever);
-    m.queue(3, 1, b"b");
-    m.lock(2, 2, b"x"); // session 2 now holds one lease: two more would pass its limit
+    m.queue_one(3, 1, b"b");
+    m.lock_one(2, 2, b"x"); // session 2 now holds one lease: two more would pass its limit
     m.take();
-    m.release(1, b"a", fa);
+    m.release(1, b"a", fa).unwrap();
     let out = m.take();
     assert!(out.contains(&Effect::AcquireFailed {
         session: 2,
@@ -901,12 +699,12 @@ fn limits_reached_while_queued_fail_the_group_as_a_whole() {
     assert_eq!(m.t.session_counts(2), (1, 0));
 
     // Fences running out while queued: the group fails, nothing of it is held.
-    let mut m = M::new();
-    let fa = m.lock(1, 1, b"a");
+    let mut m = H::new();
+    let fa = m.lock_one(1, 1, b"a");
     m.queue_all(2, 1, &[b"a", b"b", b"c"], Wait::Forever);
     m.t.raise_fence_floor(u64::MAX - 3); // two fences left
     m.take();
-    m.release(1, b"a", fa);
+    m.release(1, b"a", fa).unwrap();
     assert_eq!(
         m.take().last(),
         Some(&Effect::AcquireFailed {
@@ -920,8 +718,8 @@ fn limits_reached_while_queued_fail_the_group_as_a_whole() {
 
 #[test]
 fn a_group_request_id_is_one_pending_request_of_its_session() {
-    let mut m = M::new();
-    m.lock(1, 1, b"a");
+    let mut m = H::new();
+    m.lock_one(1, 1, b"a");
     m.queue_all(2, 5, &[b"a", b"b"], Wait::Forever);
     assert_eq!(
         m.one(2, 5, b"c", Wait::No),
@@ -940,10 +738,10 @@ fn a_group_request_id_is_one_pending_request_of_its_session() {
 /// is granted.
 #[test]
 fn a_group_whose_session_vanished_is_dropped_not_failed() {
-    let mut m = M::new();
-    let fa = m.lock(1, 1, b"a");
+    let mut m = H::new();
+    let fa = m.lock_one(1, 1, b"a");
     m.queue_all(2, 1, &[b"a", b"b"], Wait::Forever);
-    m.queue(3, 1, b"b");
+    m.queue_one(3, 1, b"b");
     m.take();
     m.t.sessions.remove(2);
     let now = m.now;
@@ -971,10 +769,10 @@ fn a_group_whose_session_vanished_is_dropped_not_failed() {
 /// that never saw a group looks exactly as before.
 #[test]
 fn single_key_traffic_leaves_no_group_state() {
-    let mut m = M::new();
-    let f = m.lock(1, 1, b"k");
-    m.queue(2, 1, b"k");
-    m.release(1, b"k", f);
+    let mut m = H::new();
+    let f = m.lock_one(1, 1, b"k");
+    m.queue_one(2, 1, b"k");
+    m.release(1, b"k", f).unwrap();
     assert_eq!(m.t.groups.iter().count(), 0);
     assert_eq!(m.t.groups.extra_records(), 0);
     assert!(m.t.groups.ready.is_empty() && m.t.groups.ready.capacity() == 0);

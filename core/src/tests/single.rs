@@ -1,146 +1,12 @@
 //! Unit tests of the lock table, driving time by hand: one test per rule or error case.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::types::{MAX_TTL, RESTORED_SESSION};
-use super::*;
-use crate::COUNTER_BITS;
-
-const K: &[u8] = b"k";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// A table plus a hand-driven clock and the effects of the last call(s).
-struct H {
-    t: Table,
-    t0: Instant,
-    now: Instant,
-    out: Vec<Effect>,
-    /// Request ids handed out by `lock` (kept clear of the small ids tests pick by hand).
-    next_req: ReqId,
-}
-
-impl H {
-    fn new() -> Self {
-        Self::with(TableConfig::default())
-    }
-
-    fn with(cfg: TableConfig) -> Self {
-        let t0 = Instant::now();
-        Self {
-            t: Table::new(cfg),
-            t0,
-            now: t0,
-            out: Vec::new(),
-            next_req: 1_000_000,
-        }
-    }
-
-    fn at(&self, n: u64) -> Instant {
-        self.t0 + ms(n)
-    }
-
-    /// Moves the clock to t0 + n ms and runs `expire`.
-    fn advance_to(&mut self, n: u64) {
-        self.now = self.at(n);
-        self.t.expire(self.now, &mut self.out);
-        self.t.check_invariants();
-    }
-
-    fn acq(
-        &mut self,
-        session: SessionId,
-        req: ReqId,
-        key: &'static [u8],
-        mode: Mode,
-        ttl_ms: u64,
-        wait: Wait,
-    ) -> Result<Option<Grant>, TableError> {
-        let r = self.t.acquire(
-            self.now,
-            AcquireRequest {
-                session,
-                req,
-                key: Bytes::from_static(key),
-                mode,
-                ttl: ms(ttl_ms),
-                wait,
-                owner: None,
-            },
-            &mut self.out,
-        );
-        self.t.check_invariants();
-        r
-    }
-
-    /// Acquire that must be granted at once; returns the fence.
-    fn lock(&mut self, session: SessionId, key: &'static [u8], mode: Mode, ttl_ms: u64) -> Fence {
-        let req = self.fresh_req();
-        match self.acq(session, req, key, mode, ttl_ms, Wait::No) {
-            Ok(Some(g)) => g.fence,
-            other => panic!("expected immediate grant, got {other:?}"),
-        }
-    }
-
-    /// Acquire that must be queued.
-    fn queue(
-        &mut self,
-        session: SessionId,
-        req: ReqId,
-        key: &'static [u8],
-        mode: Mode,
-        wait: Wait,
-    ) {
-        let r = self.acq(session, req, key, mode, 1000, wait);
-        assert_eq!(r, Ok(None), "expected queued");
-    }
-
-    fn fresh_req(&mut self) -> ReqId {
-        self.next_req += 1;
-        self.next_req
-    }
-
-    fn release(&mut self, session: SessionId, key: &[u8], fence: Fence) -> Result<(), TableError> {
-        let key = crate::Key::copy_from_slice(key);
-        let r = self
-            .t
-            .release(self.now, session, &key, fence, &mut self.out);
-        self.t.check_invariants();
-        r
-    }
-
-    fn take(&mut self) -> Vec<Effect> {
-        std::mem::take(&mut self.out)
-    }
-
-    /// The (session, req, fence) of every `Granted` effect since the last `take`.
-    fn granted(&mut self) -> Vec<(SessionId, ReqId, Fence)> {
-        self.take()
-            .into_iter()
-            .filter_map(|e| match e {
-                Effect::Granted {
-                    session,
-                    req,
-                    grant,
-                } => Some((session, req, grant.fence)),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-fn events(out: &[Effect]) -> Vec<&LockEvent> {
-    out.iter()
-        .filter_map(|e| match e {
-            Effect::Event(ev) => Some(ev),
-            _ => None,
-        })
-        .collect()
-}
+use super::harness::{H, K, events, ms};
+use crate::types::{MAX_TTL, RESTORED_SESSION};
+use crate::*;
 
 #[test]
 fn immediate_grant_pushes_only_acquired_event() {
@@ -1115,14 +981,14 @@ fn restart_grace_holds_new_grants_and_honours_leases_of_the_previous_run() {
 /// and are given back with the entry when the key goes idle.
 #[test]
 fn a_held_short_key_costs_a_slot_a_timer_and_no_allocation_of_its_own() {
-    use super::deadlines::Deadlines;
-    use super::entry::Entry;
+    use crate::deadlines::Deadlines;
+    use crate::entry::Entry;
     assert!(std::mem::size_of::<Option<Entry>>() <= 96);
     const { assert!(Deadlines::TIMER_BYTES <= 24) };
     let mut h = H::new();
     let f = h.lock(1, b"bench/mem/00000001", Mode::Exclusive, 100);
     let e = h.t.keys.find(b"bench/mem/00000001").expect("live");
-    assert!(matches!(e.key, super::stored_key::StoredKey::Inline { .. }));
+    assert!(matches!(e.key, crate::stored_key::StoredKey::Inline { .. }));
     assert!(!e.has_rare_part());
     assert_eq!(h.t.sessions.get(1).map(|s| s.held_on().len()), Some(1));
     // A waiter needs the queue; once it is granted the key is held again and keeps its box
