@@ -353,6 +353,8 @@ impl Entry {
                     session: w.session,
                     req: w.req,
                     grant,
+                    wait: w.deadline.map_or(crate::Wait::Forever, crate::Wait::Until),
+                    owner: w.owner.clone(),
                 },
                 Err(error) => PendingKind::Acquire.failed(w.session, w.req, error),
             };

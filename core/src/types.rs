@@ -118,11 +118,15 @@ pub enum LockEvent {
 /// Something the server must do as a result of a table operation (reply, push, mirror).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    /// A queued acquire was granted.
+    /// A queued acquire was granted. `wait` and `owner` are what the request asked for, so a
+    /// driver whose grant gate refuses the grant can keep the request waiting (`wait`: until
+    /// its deadline, or forever).
     Granted {
         session: SessionId,
         req: ReqId,
         grant: Grant,
+        wait: Wait,
+        owner: Option<Key>,
     },
     /// A queued `acquire_all` was granted: one lease per key, in the order the request named
     /// the keys (each key's `Event(Acquired)` precedes this effect in the same batch).

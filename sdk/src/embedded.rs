@@ -273,6 +273,7 @@ impl Engine {
                     session,
                     req,
                     grant,
+                    ..
                 } => out.push((session, self.granted(req, &grant))),
                 Answer::Grants {
                     session,

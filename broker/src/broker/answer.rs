@@ -149,13 +149,26 @@ impl Broker {
                     session,
                     req,
                     grant,
+                    wait,
+                    owner,
                 } => {
                     if metrics.is_some()
                         && let Some(h) = self.sessions.get(&session)
                     {
                         h.note_handed(req, now);
                     }
-                    self.deliver_grant(session, req, grant, None)
+                    // With a grant gate, a waiter whose grant the gate refuses (held in Redis
+                    // by someone else) keeps waiting, as an immediate acquire does.
+                    let retry = self.has_gate().then(|| AcquireRequest {
+                        session,
+                        req,
+                        key: grant.key.clone(),
+                        mode: grant.mode,
+                        ttl: grant.ttl,
+                        wait,
+                        owner,
+                    });
+                    self.deliver_grant(session, req, grant, retry)
                 }
                 Answer::Grants {
                     session,

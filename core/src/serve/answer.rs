@@ -10,16 +10,21 @@ use lockbroker_proto::{
 };
 
 use crate::wire::millis;
-use crate::{Effect, Fence, Grant, Key, LockEvent, ReqId, SessionId, TableError, UnlockOutcome};
+use crate::{
+    Effect, Fence, Grant, Key, LockEvent, ReqId, SessionId, TableError, UnlockOutcome, Wait,
+};
 
 /// The answer one table effect carries.
 #[derive(Debug)]
 pub enum Answer {
-    /// A queued acquire's turn came: `grant` answers request `req` of `session`.
+    /// A queued acquire's turn came: `grant` answers request `req` of `session`, which asked
+    /// to wait as `wait` with owner label `owner` (for a driver that may retry it).
     Grant {
         session: SessionId,
         req: ReqId,
         grant: Grant,
+        wait: Wait,
+        owner: Option<Key>,
     },
     /// A queued multi-key acquire's turn came: every key's lease, in request order.
     Grants {
@@ -53,10 +58,14 @@ impl From<Effect> for Answer {
                 session,
                 req,
                 grant,
+                wait,
+                owner,
             } => Answer::Grant {
                 session,
                 req,
                 grant,
+                wait,
+                owner,
             },
             Effect::GrantedAll {
                 session,

@@ -322,6 +322,7 @@ impl Model {
                     session,
                     req,
                     grant,
+                    ..
                 } => {
                     let p = self
                         .pending

@@ -55,6 +55,7 @@ fn without_lease_events_only_expiry_is_told_and_grants_still_flow() {
                 session: 2,
                 req: 7,
                 grant,
+                ..
             },
         ] => grant.fence,
         other => panic!("expected one grant, got {other:?}"),
@@ -237,6 +238,7 @@ fn release_grants_in_same_step_with_fresh_deadline() {
             session: 2,
             req: 1,
             grant,
+            ..
         } => {
             assert_eq!(grant.deadline, h.at(1300));
         }

@@ -434,3 +434,59 @@ async fn a_lease_that_expires_is_pushed_to_its_holder() {
         other => panic!("expected LeaseEnded, got {other:?}"),
     }
 }
+
+/// Sync mirror: a queued acquire whose turn comes while a Redis-lock client outside lockbroker
+/// holds the key keeps waiting for it, within its wait bound, as an acquire that arrives then
+/// does — it was answered `Busy` at once (and `cancel_stops_an_acquire_polling_the_sync_mirror`
+/// failed whenever its second acquire queued behind the first one's retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_acquire_refused_by_redis_keeps_waiting_its_turn() {
+    use lockbroker_tests::redis::{RedisServer, mirror_config};
+
+    let redis = RedisServer::start();
+    let broker = Broker::start_with_config(&mirror_config(&redis.url(), "sync", ""));
+    let holder = broker.client().await;
+    let waiter = broker.client().await;
+    let held = holder
+        .lock("sync/q")
+        .ttl(Duration::from_secs(30))
+        .await
+        .expect("the holder's lock");
+    let queued = tokio::spawn(async move {
+        waiter
+            .lock("sync/q")
+            .wait(Duration::from_secs(20))
+            .await
+            .map(|g| g.fence())
+    });
+    // The waiter is in the queue once the broker counts it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while holder.inspect("sync/q").await.expect("inspect").waiters == 0 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A client outside lockbroker takes the key in Redis, then the holder lets go.
+    redis::cmd("SET")
+        .arg("sync/q")
+        .arg("theirs")
+        .arg("PX")
+        .arg(30_000)
+        .exec(&mut redis.conn())
+        .expect("a Redis client takes the key");
+    let _ = held.unlock().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !queued.is_finished(),
+        "the waiter was answered while the key is held in Redis: {:?}",
+        queued.await
+    );
+    redis::cmd("DEL")
+        .arg("sync/q")
+        .exec(&mut redis.conn())
+        .expect("the Redis client lets go");
+    let granted = tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .expect("granted within its wait")
+        .expect("task");
+    assert!(granted.is_ok(), "{granted:?}");
+}
