@@ -61,6 +61,9 @@ async fn pipeline(c: RawConn, session: usize) -> (u64, Option<String>) {
                 f => other = Some(format!("{f:?}")),
             }
         }
+        if granted == ACQUIRES || other.is_some() {
+            break;
+        }
         let mut chunk = [0u8; 4096];
         match tokio::time::timeout_at(deadline, recv.read(&mut chunk)).await {
             Ok(Ok(Some(n))) => buf.extend_from_slice(&chunk[..n]),
@@ -71,6 +74,7 @@ async fn pipeline(c: RawConn, session: usize) -> (u64, Option<String>) {
         }
     }
     let _send = writer.await;
+    conn.close(0u32.into(), b"done");
     (granted, other)
 }
 
