@@ -1,7 +1,7 @@
 //! Cluster clients as README shows them (issue 22). Guards ride out a failover by themselves:
 //! three brokers on a real etcd, one client of all three (every setting at its default), and
-//! a holder that does nothing but hold. Its shard's owner is SIGKILLed, later the next owner is SIGSTOPped
-//! past its ownership lease; the guard renews in the background — reclaiming its lease at
+//! a holder that does nothing but hold. Its shard's owner is SIGKILLed, later the next owner is
+//! SIGSTOPped past its ownership lease, then the owner after it leaves (SIGTERM); the guard renews in the background — reclaiming its lease at
 //! whichever broker serves the shard now — and is never lost. The next client is granted the
 //! key only after the holder unlocks, with a larger fence. And the cluster quickstart: the CLI
 //! given every broker's URL and dev certificate locks keys of each and exits right after CMD.
@@ -128,6 +128,13 @@ async fn a_holder_that_only_holds_keeps_its_lock_across_sigkill_and_sigstop_of_i
     owner.signal("CONT");
     tokio::time::sleep(HOLD_TTL).await;
     assert_still_held(&guard, "SIGSTOP of its shard's owner").await;
+
+    // Fault 3: a planned leave — the shard's owner now is stopped by SIGTERM (as an operator
+    // or a rolling deploy does); the last broker takes the shard over.
+    let owner = rest[settled_owner(&rest, &key).await];
+    owner.signal("TERM");
+    tokio::time::sleep(2 * HOLD_TTL).await;
+    assert_still_held(&guard, "SIGTERM of its shard's owner").await;
 
     // The next client waits for the holder: granted only after the unlock, with a larger
     // fence.
