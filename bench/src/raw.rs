@@ -55,6 +55,9 @@ pub async fn open(
 
 /// Opens a session and acquires every key of `keys` (exclusive, `ttl_ms`, no wait), writing
 /// `batch` frames per write; returns once every grant arrived.
+/// How long the memory test waits for the broker to take a request or send an answer.
+const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn hold(
     addr: SocketAddr,
     ca: &Path,
@@ -85,7 +88,16 @@ pub async fn hold(
             if granted >= n {
                 break;
             }
-            if recv.read_buf(&mut buf).await? == 0 {
+            // Bounded: a broker that stops answering fails the run with a message instead
+            // of stalling it (issue 23: answers that never arrived).
+            let read = tokio::time::timeout(STALL_LIMIT, recv.read_buf(&mut buf))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "memory test: no answer for {STALL_LIMIT:?} after {granted} of {n} grants"
+                    )
+                })?;
+            if read? == 0 {
                 bail!("memory test: broker closed the stream after {granted} grants");
             }
         }
@@ -109,7 +121,11 @@ pub async fn hold(
             );
             id += 1;
         }
-        send.write_all(&out).await?;
+        tokio::time::timeout(STALL_LIMIT, send.write_all(&out))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("memory test: the broker read no request for {STALL_LIMIT:?}")
+            })??;
     }
     let _recv = reader.await??;
     Ok(RawSession {
