@@ -22,9 +22,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
-use lockbroker_core::serve::{
-    self, Answer, DEFAULT_TTL, Decoded, EXPIRY_SLICE, Outcome, Request, Timer,
-};
+use lockbroker_core::serve::{self, Answer, DEFAULT_TTL, Decoded, EXPIRY_SLICE, Outcome, Timer};
 use lockbroker_core::wire::{lock_info, millis, owner_label};
 use lockbroker_core::{
     AcquireRequest, Effect, Grant, SessionId, Table, TableConfig, TableError, Wait,
@@ -142,20 +140,23 @@ impl Engine {
         owner: &Bytes,
     ) -> Option<Grant> {
         self.start_timer();
-        let request = Request::Acquire(AcquireRequest {
-            session,
-            // Never queued, so never answered by id: 0 is no request's id.
-            req: 0,
-            key: key.clone(),
-            mode: mode.into(),
-            ttl: serve::ttl_asked(ttl_ms, DEFAULT_TTL),
-            wait: Wait::No,
-            owner: owner_label(owner.clone()),
+        let granted = self.apply(|t, now, effects| {
+            t.acquire(
+                now,
+                AcquireRequest {
+                    session,
+                    // Never queued, so never answered by id: 0 is no request's id.
+                    req: 0,
+                    key: key.clone(),
+                    mode: mode.into(),
+                    ttl: serve::ttl_asked(ttl_ms, DEFAULT_TTL),
+                    wait: Wait::No,
+                    owner: owner_label(owner.clone()),
+                },
+                effects,
+            )
         });
-        match self.apply(|t, now, effects| serve::apply(t, now, session, request, effects)) {
-            Ok(Outcome::Granted(g)) => Some(g),
-            _ => None,
-        }
+        granted.ok().flatten()
     }
 
     /// The direct path of a release by the guard that holds the lease (the guard is the
@@ -166,12 +167,7 @@ impl Engine {
         key: &Bytes,
         fence: u64,
     ) -> Result<(), TableError> {
-        let request = Request::Release {
-            key: key.clone(),
-            fence,
-        };
-        self.apply(|t, now, effects| serve::apply(t, now, session, request, effects))
-            .map(drop)
+        self.apply(|t, now, effects| t.release(now, session, key, fence, effects))
     }
 
     /// Applies one request frame of `session`: `core::serve` reads it and applies it; the
