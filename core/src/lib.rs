@@ -1,6 +1,11 @@
 //! The lock table: a sans-I/O state machine over keyed leases, driven the way quinn-proto's
 //! `Connection` is.
 //!
+//! Its own crate (lockbroker-core) so that two drivers share it: the broker (which names it
+//! `lockbroker::table`, a re-export) and the SDK's embedded backend, in-process. It depends on
+//! `lockbroker-proto` only for `wire.rs` (the conversions between table and wire types, shared
+//! by both drivers), and otherwise on `bytes`, `hashbrown`, `thiserror` and `tracing`.
+//!
 //! # Driver contract
 //!
 //! [`Table`] owns no clock, socket, task or lock (the server keeps one table behind a mutex).
@@ -21,7 +26,9 @@
 //!    - `Unlocked` / `WaitFailed`: resolves a `wait_until_unlocked` that was queued earlier;
 //!    - `Event(LockEvent)`: a lease started, ended or was renewed — the ordered stream the mirror
 //!      replicates. An immediate grant pushes only its `Acquired` event (one per key for
-//!      `acquire_all`).
+//!      `acquire_all`). `TableConfig::lease_events = false` turns off `Acquired`, `Released`
+//!      and `Extended` for a driver that does not read them (the embedded engine); `Expired`
+//!      is always pushed.
 //! 3. **Drives time.** After any call, `next_deadline()` is the earliest instant at which
 //!    `expire(now)` may have work (possibly early, never late). The driver sleeps until then —
 //!    re-arming when a call moves it earlier — and calls `expire(now)`, which processes
@@ -57,10 +64,24 @@
 //! - `queue.rs`: queued acquires and watchers, grants from the queue head, queue timeouts;
 //! - `groups.rs`: queued multi-key acquires, granted across entries by the table
 //!   (`settle_groups`) once a key's grant loop finds one at its head;
-//! - `sessions.rs`: per-session index (held leases by fence, pending requests, limits);
+//! - `sessions.rs`: per-session index (held leases by entry, pending requests, limits) and the
+//!   table-wide count of pending requests; `owners.rs`: owner labels by fence;
 //! - `keys.rs`: key → entry slab (`stored_key.rs`: keys inline when short); `deadlines.rs`:
 //!   deadline heap; `fences.rs`: fencing tokens;
-//! - `faults.rs`: broken internal invariants, logged and skipped instead of reaching clients.
+//! - `faults.rs`: broken internal invariants, logged and skipped instead of reaching clients;
+//! - `serve/`: the broker side of the protocol without I/O, run by both drivers; `wire.rs`:
+//!   table ↔ wire conversions.
+//!
+//! # Memory
+//!
+//! The goal: a million held locks must cost less than Redis's. An `Entry` (at most 96 bytes)
+//! sits in a slab slot and keeps only the key (inline up to 22 bytes, `stored_key.rs`), its ids
+//! and its holders inline; queues and lock delay live in a boxed part allocated only while in
+//! use. Entries do not store their hash. A lease's expiry is a 24-byte timer naming the entry
+//! (which ends every lease due at that instant); queue timeouts live in a heap of their own. A
+//! session lists the entries it holds leases on (4 bytes a lease, pruned lazily) instead of a
+//! map by fence. Keys in grants and events are copies (or the request's own `Bytes`), so a held
+//! lock never pins a request buffer.
 
 mod deadlines;
 mod entry;

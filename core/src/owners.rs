@@ -1,7 +1,8 @@
 //! Owner labels of leases: the caller's own name for who holds a lease (`worker-7@host-3`),
 //! shown by inspect, the admin API and the status page. Kept beside the entries, by fence,
 //! only for leases that were given one — an unlabelled lease costs nothing here, and a lease
-//! end looks the map up only while it is not empty.
+//! end looks the map up only while it is not empty. A lease end forgets its label; the
+//! invariant checks (`invariants.rs`) verify that no label outlives its lease.
 
 use std::collections::HashMap;
 

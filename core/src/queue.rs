@@ -2,7 +2,8 @@
 //! requests join and leave them, grants from the queue head, and the queue-timeout timer.
 //!
 //! Both kinds share one sequence-number space (a request's `seq` is unique in the table) and one
-//! deadline kind (`Due::Queued`); [`PendingKind`] says which queue a request is in.
+//! deadline kind (`Due::Queued`); [`PendingKind`] says which queue a request is in. Each queue is
+//! a sequence-ordered map ([`Queue`]), so any request leaves it in O(log n).
 //!
 //! A multi-key acquire (`groups.rs`) has one [`Waiter`] in the queue of every key it names, all
 //! with the request's one `seq` and `group` set. The queues stay strictly FIFO by `seq` across

@@ -1,4 +1,5 @@
-//! Per-session index: the leases a session holds and its pending requests.
+//! Per-session index: the leases a session holds and its pending requests (and the table-wide
+//! count of pending requests).
 //!
 //! Ownership is per lease, not per key: a session may hold several leases on one key (shared,
 //! semaphore) and queue any number of acquires on a key it holds — each grant is its own lease

@@ -1,6 +1,6 @@
 //! Driving time: `next_deadline` tells the driver when to call `expire(now)`, which fires every
-//! timer due by then — each handled by its owner in the entry — and keeps the deadline heap
-//! compact.
+//! timer due by then — one `match` on the timer kind, each kind handled by its owner in the
+//! entry — and keeps the deadline heap compact.
 
 use std::time::Instant;
 

@@ -5,6 +5,11 @@
 //!
 //! Every frame on the control stream is `len: u32 LE | version: u8 | kind: u8 | body`, where
 //! `len` counts everything after itself. See [`codec`] for the exact layout of each body.
+//!
+//! Modules: `frame` (every [`Frame`]), `codec` (the hand-written little-endian layout),
+//! `wire` (the bounds-checked reader), `limits`, `error` (decode errors and wire error
+//! codes), `shard` (key → shard). The protocol is a public contract: changes are versioned
+//! (`Hello` carries the version).
 
 pub mod codec;
 pub mod error;

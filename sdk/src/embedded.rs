@@ -4,9 +4,10 @@
 //! semaphores, inspect, waits, cancellation) works unchanged and no code path differs between
 //! a monolith and a cluster.
 //!
-//! [`Engine`] is the in-process broker: `handle(session, frame)` applies one request frame to
-//! the table under its mutex and collects the answers — to the asking session or, for a grant
-//! handed over from a queue, to another — which are delivered with the mutex released
+//! [`Engine`] is the in-process broker, on `lockbroker_core::serve`: `handle(session, frame)`
+//! applies one request frame to the table under its mutex and collects the answers — to the
+//! asking session or, for a grant handed over from a queue, to another — which are delivered
+//! with the mutex released through the [`Deliver`] trait that `Conn` implements
 //! ([`Conn::route`], the same routing the QUIC reader uses). One timer task sleeps until the
 //! table's next deadline and runs `expire`. There is no network, TLS, plugin, mirror or
 //! cluster: one principal (`embedded`), one epoch, the table's default limits.

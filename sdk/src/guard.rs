@@ -8,7 +8,8 @@
 //! margin for clock-rate drift (`ClientBuilder::lease_margin`), whether or not the broker
 //! answered. [`Guard::extend`] moves the deadline (shorter or longer). If the watchdog task
 //! itself ends, `lost()` resolves too. The watchdog task starts lazily, when it first has work
-//! (`watchdogs.rs`). Release, extend and reclaim present the lease's secret.
+//! (`watchdogs.rs`). Release, extend and reclaim present the lease's secret. Every request
+//! about the lease (renewal, extend, release) goes through one `lease_request`.
 //! `unlock().await` releases with an acknowledgement; dropping the guard releases
 //! fire-and-forget.
 

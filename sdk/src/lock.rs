@@ -1,5 +1,7 @@
 //! `LockRequest`: the options of one acquire (mode, TTL, how long to wait), awaited through
-//! `IntoFuture`. Dropping the future before it resolves cancels the wait on the broker.
+//! `IntoFuture`. Dropping the future before it resolves cancels the wait on the broker. Its
+//! first poll takes the embedded client's direct path when the key is free; everything else
+//! sends the frame through the retry policy (`route/retry.rs`).
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;

@@ -1,5 +1,7 @@
 //! End-to-end test support: start the real `lockbroker` binary on an ephemeral UDP port with
 //! its own data dir, connect SDK clients or raw QUIC connections to it, and stop it by handle.
+//! Likewise `redis-server` (`redis.rs`) and `etcd` (`etcd.rs`), on loopback ports; ports a test
+//! must reuse across restarts come from below the kernel's ephemeral range (`ports.rs`).
 
 pub mod etcd;
 pub mod fencing;

@@ -1,7 +1,10 @@
 //! The admin HTTP listener (`[admin]`, on by default at 127.0.0.1:7421): Prometheus
 //! `/metrics`, `/healthz` and `/readyz`, the JSON API (`/api/locks`, `/api/sessions`,
-//! `POST /api/release`) and the status page at `/`.
+//! `POST /api/release`) and the status page at `/`. Axum on hyper, the versions tonic
+//! (etcd-client) already brings.
 //!
+//! * here — [`Admin`] (what the endpoints read: the broker, plugin host, mirror, cluster and a
+//!   `serving` flag), [`Listener`] (bind, serve until shutdown) and the router.
 //! * `auth.rs` — who may ask: loopback peers, or anyone with an admin token
 //!   (`Authorization: Bearer`); health probes are open.
 //! * `metrics.rs` — the Prometheus text: the core's lock metrics plus gauges and counters

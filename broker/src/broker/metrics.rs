@@ -5,6 +5,11 @@
 //!
 //! No label ever carries a key or a principal: labels are fixed, small sets (`reason`,
 //! `limit`).
+//!
+//! Recorded where the core sees effects: `dispatch` counts lock events, `answer_granted`
+//! observes a queued acquire's wait and handoff; `server` counts denials, limit refusals and
+//! connections. `None` when `admin.metrics = false`. The hold time needs one `fence → Instant`
+//! map entry per held lease.
 
 use std::time::{Duration, Instant};
 

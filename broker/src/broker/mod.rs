@@ -17,6 +17,9 @@
 //! * `renewal.rs` — renewals the gate confirms before they are answered, and leases the
 //!   broker ends itself (`revoke`, pushed to the holder as `LeaseEnded`).
 //! * `outbox.rs` — a session's outbound frames; `wire.rs` — table ↔ wire conversions.
+//! * `metrics.rs` — the lock metrics; `listing.rs` — what the admin API shows, and the forced
+//!   release of a key (`revoke_key`).
+//! * The lease-horizon file (`crate::horizon`) is kept up to date under the table lock.
 //!
 //! Layering: this module imports `table`, `config` and `proto` only. `server` (sessions,
 //! commands) and `mirror` (a gate) are built on it and never import each other.

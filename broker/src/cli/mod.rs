@@ -1,4 +1,8 @@
 //! Command-line interface: argument definitions and dispatch to one file per subcommand.
+//!
+//! The client commands (`lock.rs`, `inspect.rs`) use the SDK and the operator commands
+//! (`operate.rs`) the admin HTTP API (`admin_http.rs`), not the library; `serve.rs` wires the
+//! library together.
 
 mod admin_http;
 mod cluster;

@@ -1,5 +1,11 @@
 //! `lockbroker serve`: load the config (or defaults), bind, print how clients connect, serve
 //! until SIGINT/SIGTERM, then shut down gracefully and exit 0.
+//!
+//! The one place where `server`, `mirror`, `cluster` and `admin` meet: it loads the plugins
+//! (in cluster mode fetches the cluster's secret key from etcd), binds the `Server`, starts the
+//! `Mirror` (the broker's grant gate) and the `Cluster` (its key router), sizes the restart
+//! grace, runs the server, and at shutdown lets a cluster member leave first
+//! (`Cluster::leave`) and flushes the mirror.
 
 /// `println!` that never panics: a closed stdout (the reading side went away) must not bring
 /// the broker down, so write errors are ignored.

@@ -1,7 +1,8 @@
 //! What `lockbroker lock` shows on a terminal while it waits: who holds the key (owner label,
 //! or session and principal-less fence), how long their lease has left, and this request's
 //! place in the queue — one status line, redrawn every second from `Inspect` on the same
-//! session (so the broker can tell the queue position), cleared when the wait ends.
+//! session (so the broker can tell the queue position), cleared when the wait ends. Also the
+//! default owner label of `lock`: `HOSTNAME:PID`.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;

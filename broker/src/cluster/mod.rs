@@ -18,6 +18,13 @@
 //! * `state.rs` is the sans-I/O view (members, owners, terms, routing); `driver.rs` talks to
 //!   etcd and carries out what the view decides; the broker core asks the cluster through
 //!   [`KeyRouter`](crate::broker::KeyRouter).
+//! * Leaving: at a graceful shutdown `lockbroker serve` calls `Cluster::leave` before the
+//!   server closes its sessions. The broker takes itself out of every shard's preference,
+//!   evicts every shard (queued requests answered `Moved`, holders told
+//!   `LeaseEnded { Moved }`) and revokes its etcd lease, so its ownership keys vanish at once
+//!   and the other members claim the shards without waiting for the lease to run out.
+//! * etcd is reached over `http://` or `https://` (`cluster.etcd_ca`, optional client
+//!   certificate), one endpoint at a time (`driver.rs`).
 //!
 //! Layering: imports the broker core, `config` and `table` types; never the server or mirror.
 

@@ -1,6 +1,7 @@
 //! `lockbroker cluster status`: the cluster as etcd records it — members, and per shard its
 //! owner, the epoch of its ownership term (the revision that created the ownership key, the
-//! high bits of its fences) and the grace left after a takeover.
+//! high bits of its fences) and the grace left after a takeover. And `drain`: a
+//! `drained/<name>` key that takes the member out of every shard's preference.
 
 use std::fmt::Write;
 

@@ -1,5 +1,6 @@
 //! Broker configuration: the TOML file `lockbroker serve --config` reads. Every field has a
-//! default, so `serve` runs with no file at all. `broker.example.toml` documents every key.
+//! default, so `serve` runs with no file at all; unknown keys are refused.
+//! `broker.example.toml` documents every key.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -16,8 +16,12 @@
 //!   locked-down WASI context (`pool`, `state`, `wasi`);
 //! * a call that traps, times out, exceeds memory or returns garbage denies the request and
 //!   recycles the instance (`plugin`, `fault`); counters in `stats`;
-//! * [`PluginHost::reload`] swaps a new generation in atomically; [`watch`] calls it when a file
-//!   changes; [`check_file`] backs `lockbroker plugin check`.
+//! * calls run on wasmtime fibers (`call_async`: the WASI p2 host is linked in its async
+//!   flavour, so wasmtime 48 requires async entry points, `bindings`) and normally complete in
+//!   their first poll; timers are armed only when a call has to wait (`plugin`);
+//! * an opt-in per-plugin decision cache replays successful answers (`decisions`);
+//! * [`PluginHost::reload`] swaps a new generation in atomically (`ArcSwap`); [`watch`] calls
+//!   it when a file changes; [`check_file`] backs `lockbroker plugin check`.
 
 mod bindings;
 mod cache;

@@ -1,7 +1,8 @@
 //! Named Redis connections configured by the operator (`[[redis]]` tables), on which the host
 //! runs commands and pipelines for a mirror plugin (the host side of the WIT `redis`
 //! capability). A plugin never gets a socket: it names a connection, and the host refuses names
-//! the plugin was not given (`Connections::only`).
+//! the plugin was not given (`Connections::only`). Administrative and blocking commands are
+//! refused.
 //!
 //! Each connection is a lazily connected, self-reconnecting `redis::aio::ConnectionManager`
 //! with a connect timeout and a response timeout; a command that fails on a broken connection

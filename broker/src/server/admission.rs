@@ -1,6 +1,7 @@
 //! Connection admission: how many QUIC connections are open (handshaking ones included), in
 //! all and per source IP, against `limits.max_connections` and `limits.max_connections_per_ip`.
-//! An admitted connection holds a [`Slot`] until its task ends.
+//! An admitted connection holds a [`Slot`] until its task ends. A connection past a limit is
+//! told `LimitExceeded` naming it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

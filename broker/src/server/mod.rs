@@ -1,5 +1,13 @@
 //! The QUIC server: endpoint and TLS setup, the accept loop (one task per connection, one
 //! session per connection), the expiry task, and graceful shutdown.
+//!
+//! * QUIC stateless-reset and connection-id keys are derived from the broker key, so a broker
+//!   restarted on the same data dir resets its previous run's connections at once.
+//! * A shutdown abandons connections still in their handshake.
+//! * `admission.rs` (connections open in all and per source IP) and `handshake_rate.rs` (new
+//!   connections per source IP) guard the accept loop; `session.rs` serves one connection;
+//!   `auth.rs` says who it is; `cmd/` applies each request frame; `policy.rs` turns a request's
+//!   key and TTL into what the table sees.
 
 mod admission;
 pub(crate) mod auth;

@@ -1,7 +1,9 @@
-//! One session = one QUIC connection: the handshake (`Hello` → `Welcome`), the read loop that
-//! decodes frames from the control stream and hands each to its command, and the end of the
-//! session (the client's clean close releases its leases; a lost connection or a broker
-//! shutdown leaves them to their TTL).
+//! One session = one QUIC connection: the handshake (`Hello` → `Welcome`, within
+//! `limits.hello_timeout_ms` and `limits.max_hello_bytes`, then authentication), the read loop
+//! that decodes frames from the control stream and hands each to its command (with
+//! backpressure from the outbox; keys routed through the key router in cluster mode), and the
+//! end of the session (the client's clean close releases its leases; a lost connection, a
+//! stream cut inside a frame, a slow reader or a broker shutdown leaves them to their TTL).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

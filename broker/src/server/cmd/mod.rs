@@ -1,5 +1,5 @@
-//! Commands: one file per request frame, each applying it to the table for its session and
-//! queueing the answer. `apply` routes a decoded frame to its command.
+//! Commands: one file per request frame (mini-redis style), each applying it to the table for
+//! its session and queueing the answer. `apply` routes a decoded frame to its command.
 
 mod acquire;
 mod acquire_all;

@@ -1,7 +1,8 @@
 //! `lockbroker-chaos`: a Jepsen-style fault-injection checker for lockbroker.
 //!
 //! `run` starts its own `redis-server`, a stallable TCP proxy to it, the real `lockbroker
-//! serve` binary (or, with `--phases cluster`, an etcd and several brokers forming one cluster)
+//! serve` binary (by default one broker through two phases: the sync mirror, then memory only;
+//! or, with `--phases cluster`, an etcd and several brokers forming one cluster)
 //! and client processes (this binary's `client` subcommand), injects faults (SIGKILL/SIGSTOP of
 //! clients and brokers, stalled Redis, brokers leaving and joining) for a while, then checks
 //! the clients' histories and the fencing store: mutual exclusion, strictly increasing accepted
