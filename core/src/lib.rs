@@ -116,7 +116,7 @@ pub use types::{
     AcquireAllRequest, AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId,
     SessionId, TableConfig, TableError, UnlockOutcome, Wait,
 };
-pub use types::{Holder, LockInfo, MAX_KEYS_PER_REQUEST, MAX_TTL};
+pub use types::{Holder, LockInfo, MAX_KEYS_PER_REQUEST, MAX_TTL, deadline_after};
 
 use std::time::Instant;
 

@@ -3,7 +3,8 @@
 //! * `GET /healthz` — 200 while the process runs.
 //! * `GET /readyz` — 200 when serving: start-up (restore) done, not shutting down, in cluster
 //!   mode every shard this broker should own owned and its etcd lease valid, with the sync
-//!   mirror no resync pending; else 503. Both answer `{"ok": bool, "reason": "..."}`.
+//!   mirror no resync pending, no restart grace running and the lease horizon writable (else
+//!   grants are refused); else 503. Both answer `{"ok": bool, "reason": "..."}`.
 //! * `GET /api/locks?prefix=&limit=&cursor=` — live keys in key order with their holders
 //!   (fence as a decimal string, mode, remaining TTL in ms, principal, owner label) and queue
 //!   lengths; `next` is
@@ -69,6 +70,12 @@ fn not_ready(admin: &Admin) -> Option<String> {
     }
     if *admin.broker.shutdown_signal().borrow() {
         return Some("shutting down".into());
+    }
+    if let Some(grace) = admin.broker.restart_grace() {
+        return Some(grace);
+    }
+    if let Some(why) = admin.broker.horizon.failing() {
+        return Some(why);
     }
     if let Some(cluster) = &admin.cluster {
         let (o, valid) = cluster.ownership();

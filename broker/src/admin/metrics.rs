@@ -168,6 +168,24 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
         "Sessions whose queued answers have not moved for a second or more",
         outboxes.stalled as u64,
     );
+    counter(
+        &mut reg,
+        "horizon_write_failures",
+        "Failed writes of the lease horizon file (grants and renewals are refused meanwhile)",
+        admin.broker.horizon.failures(),
+    );
+    gauge(
+        &mut reg,
+        "horizon_writable",
+        "1 unless the last write of the lease horizon file failed",
+        u64::from(admin.broker.horizon.failing().is_none()),
+    );
+    gauge_f64(
+        &mut reg,
+        "restart_grace_seconds",
+        "Time left of the restart grace (no new grants until the previous run's leases ended)",
+        admin.broker.restart_grace_left().as_secs_f64(),
+    );
     if let Some(host) = &admin.plugins {
         let calls = Family::<Vec<(&'static str, String)>, Counter>::default();
         let faults = Family::<Vec<(&'static str, String)>, Counter>::default();

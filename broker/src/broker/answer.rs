@@ -74,7 +74,7 @@ impl Broker {
         grant: Grant,
         retry: Option<AcquireRequest>,
     ) {
-        if let Some((code, message)) = self.grant_refusal(&grant.key) {
+        if let Some((code, message)) = self.grant_refusal(&grant) {
             self.release_lease(session, &grant);
             if let Some(h) = self.session_handle(session) {
                 h.answer_error(req, code, message);
@@ -96,7 +96,7 @@ impl Broker {
     /// or gives every lease back if one key's shard cannot be vouched for now (cluster mode)
     /// or the session is gone. No grant gate takes part (refused at the request).
     pub fn deliver_grants(self: &Arc<Self>, session: SessionId, req: ReqId, grants: Vec<Grant>) {
-        let refusal = grants.iter().find_map(|g| self.grant_refusal(&g.key));
+        let refusal = grants.iter().find_map(|g| self.grant_refusal(g));
         let handle = self.session_handle(session);
         match (handle, refusal) {
             (Some(h), None) => {
@@ -115,10 +115,15 @@ impl Broker {
         }
     }
 
-    /// Cluster mode: why a grant on `key` may not leave now — this broker cannot vouch for the
-    /// key's shard right now (moved, unowned, or in its takeover grace). `None` otherwise.
-    fn grant_refusal(&self, key: &[u8]) -> Option<(ErrorCode, String)> {
-        match self.router.get()?.route(key) {
+    /// Why `grant` may not leave now: the lease horizon file does not cover its deadline (a
+    /// write failed: a crash now would restart without waiting for it), or — cluster mode —
+    /// this broker cannot vouch for the key's shard right now (moved, unowned, or in its
+    /// takeover grace). `None` otherwise.
+    fn grant_refusal(&self, grant: &Grant) -> Option<(ErrorCode, String)> {
+        if let Some(why) = self.horizon_refusal(grant.deadline) {
+            return Some((ErrorCode::Unavailable, why));
+        }
+        match self.router.get()?.route(&grant.key) {
             Route::Local {
                 grace_until: Some(_),
             } => Some((
@@ -127,6 +132,19 @@ impl Broker {
             )),
             route => route.refusal(),
         }
+    }
+
+    /// Why a lease ending at `deadline` may not be answered: the horizon file does not cover
+    /// it. `None` when it does.
+    pub(super) fn horizon_refusal(&self, deadline: Instant) -> Option<String> {
+        if self.horizon.covers(deadline) {
+            return None;
+        }
+        Some(
+            self.horizon.failing().unwrap_or_else(|| {
+                "the lease horizon does not cover this lease; retry".to_string()
+            }),
+        )
     }
 
     /// Gives a lease back (its holder is gone or its grant was refused).

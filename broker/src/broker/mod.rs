@@ -54,7 +54,7 @@ pub use router::{KeyRouter, Route};
 pub use session::SessionHandle;
 
 use crate::config::Config;
-use crate::horizon::{HorizonWriter, Previous};
+use crate::horizon::{Coverage, HorizonWriter, Previous};
 use crate::identity::Identity;
 use crate::table::serve::Timer;
 use crate::table::{Effect, LockEvent, SessionId, Table, TableConfig};
@@ -76,6 +76,8 @@ pub struct Broker {
     pub identity: Identity,
     /// What the previous run of the data dir left (for the restart grace).
     previous_run: Previous,
+    /// What the lease horizon file covers: a lease is answered only if its deadline is.
+    pub horizon: Arc<Coverage>,
     core: Mutex<Core>,
     timer: Notify,
     sessions: DashMap<SessionId, Arc<SessionHandle>>,
@@ -111,6 +113,7 @@ impl Broker {
             lease_events: true,
         });
         let horizon = HorizonWriter::new(&cfg.data_dir);
+        let coverage = horizon.coverage();
         let metrics = cfg.admin.metrics.then(|| Arc::new(Metrics::default()));
         Arc::new(Broker {
             metrics,
@@ -118,6 +121,7 @@ impl Broker {
             epoch,
             identity,
             previous_run,
+            horizon: coverage,
             core: Mutex::new(Core {
                 table,
                 timer: Timer::default(),
@@ -245,6 +249,7 @@ impl Broker {
             let mut core = self.core.lock();
             let now = Instant::now();
             let result = op(&mut core.table, now, &mut effects);
+            // A deadline the file cannot cover is refused on the answer path (`Coverage`).
             if let Some(latest) = latest_deadline(&effects) {
                 core.horizon.cover(now, latest);
             }
@@ -298,6 +303,34 @@ impl Broker {
         // From here the file speaks for this run: `clean` until its first lease.
         core.horizon.close(now, latest);
         grace
+    }
+
+    /// Why new grants wait now, if a restart grace is running: its time left and what the
+    /// previous run left behind (for `/readyz`).
+    pub fn restart_grace(&self) -> Option<String> {
+        let now = Instant::now();
+        let until = self.read_table(|t, now| t.grace_until(now))?;
+        let why = match &self.previous_run {
+            Previous::Unknown(why) => format!("{why}; assuming the longest lease"),
+            _ => "leases of the previous run may still be held".to_string(),
+        };
+        Some(format!(
+            "restart grace: no new grants for {:.1}s more ({why})",
+            until.saturating_duration_since(now).as_secs_f64()
+        ))
+    }
+
+    /// Time left of the restart grace (zero when none is running).
+    pub fn restart_grace_left(&self) -> Duration {
+        self.read_table(|t, now| {
+            t.grace_until(now)
+                .map_or(Duration::ZERO, |g| g.saturating_duration_since(now))
+        })
+    }
+
+    /// What the previous run of the data dir left.
+    pub fn previous_run(&self) -> &Previous {
+        &self.previous_run
     }
 
     /// At a clean shutdown (after the sessions ended): records in the horizon file that no

@@ -9,7 +9,7 @@
 //!   (`dispatch`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lockbroker_proto::{EndReason, ErrorCode, Frame};
@@ -20,18 +20,29 @@ use super::session::SessionHandle;
 use super::wire::millis;
 use crate::table::{Fence, ReqId, SessionId};
 
-/// What a confirmed renewal is answered with.
+/// What a confirmed renewal is answered with, and the lease's new deadline.
 #[derive(Clone, Copy, Debug)]
 pub enum Renewed {
     /// `Extended { ttl }` (an `Extend`).
-    Extended(Duration),
+    Extended(Duration, Instant),
     /// `Granted` for the lease (a `Reclaim`).
-    Reclaimed(Duration),
+    Reclaimed(Duration, Instant),
+}
+
+impl Renewed {
+    /// The renewed lease's deadline.
+    fn deadline(self) -> Instant {
+        match self {
+            Renewed::Extended(_, d) | Renewed::Reclaimed(_, d) => d,
+        }
+    }
 }
 
 impl Broker {
     /// Answers request `req` of `session`, which renewed lease (`key`, `fence`), once the grant
-    /// gate confirmed the renewal (at once without a gate, or when it holds nothing).
+    /// gate confirmed the renewal (at once without a gate, or when it holds nothing). A new
+    /// deadline the lease horizon file does not cover is answered `Unavailable` (the lease
+    /// keeps it in the table; its holder counts on the deadline it had).
     pub fn answer_renewed(
         self: &Arc<Self>,
         handle: &Arc<SessionHandle>,
@@ -40,6 +51,10 @@ impl Broker {
         fence: Fence,
         renewed: Renewed,
     ) {
+        if let Some(why) = self.horizon_refusal(renewed.deadline()) {
+            handle.answer_error(req, ErrorCode::Unavailable, why);
+            return;
+        }
         let Some(pending) = self.gate.get().and_then(|g| g.hold_renewal(fence)) else {
             self.answer_renewal(handle, req, key, fence, renewed);
             return;
@@ -66,11 +81,11 @@ impl Broker {
         renewed: Renewed,
     ) {
         match renewed {
-            Renewed::Extended(ttl) => handle.answer(&Frame::Extended {
+            Renewed::Extended(ttl, _) => handle.answer(&Frame::Extended {
                 id: req,
                 ttl_ms: millis(ttl),
             }),
-            Renewed::Reclaimed(ttl) => self.answer_granted(handle, req, key, fence, ttl),
+            Renewed::Reclaimed(ttl, _) => self.answer_granted(handle, req, key, fence, ttl),
         }
     }
 

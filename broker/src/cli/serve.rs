@@ -27,6 +27,7 @@ use clap::Args;
 use lockbroker::admin::{Admin, Listener};
 use lockbroker::cluster::{self, Cluster};
 use lockbroker::config::Config;
+use lockbroker::horizon::Previous;
 use lockbroker::mirror::Mirror;
 use lockbroker::plugins::{self, PluginHost};
 use lockbroker::server::Server;
@@ -53,6 +54,11 @@ pub struct ServeArgs {
     /// Log lines as human-readable text, or as one JSON object per line (for log shippers).
     #[arg(long, env = "LOCKBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Start without the restart grace, although the previous run may have left leases whose
+    /// holders still work (a crash, or an unreadable `lease-horizon`). Only when you know that
+    /// no holder of the previous run is alive — e.g. every client process was stopped.
+    #[arg(long)]
+    forget_previous_leases: bool,
 }
 
 /// How log lines are written (to stderr).
@@ -60,6 +66,32 @@ pub struct ServeArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// Raises the soft limit of open files to the hard limit: sessions, admin connections and
+/// plugin files all take descriptors, and the default soft limit (often 1024) is reached by a
+/// few thousand idle connections.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let soft = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::debug!(
+                from = soft,
+                to = limit.rlim_max,
+                "raised the open-file limit"
+            );
+        }
+    }
 }
 
 /// Installs the global log subscriber: `filter` (EnvFilter syntax), text or JSON lines on stderr.
@@ -77,6 +109,7 @@ fn init_logs(filter: &str, format: LogFormat) -> anyhow::Result<()> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logs(&args.log, args.log_format)?;
+    raise_fd_limit();
     let mut cfg = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -140,7 +173,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let broker = server.broker().clone();
     // In cluster mode each shard taken over has its own grace (the cluster driver's).
     let restored_all = mirror.as_ref().is_some_and(|m| m.is_sync()) || cfg.cluster.enabled();
-    let restart_grace = broker.begin_grace(restored_all);
+    if args.forget_previous_leases {
+        tracing::warn!(
+            previous = ?broker.previous_run(),
+            "--forget-previous-leases: no restart grace; holders of the previous run are not waited for"
+        );
+    }
+    let restart_grace = broker.begin_grace(restored_all || args.forget_previous_leases);
     let cluster = if cfg.cluster.enabled() {
         Some(Cluster::start(&cfg.cluster, &broker).context("cannot start cluster mode")?)
     } else {
@@ -184,8 +223,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         say!("{warning}");
     }
     if !restart_grace.is_zero() {
+        let why = match broker.previous_run() {
+            Previous::Unknown(why) => format!("{why}; assuming the longest lease"),
+            _ => "leases of the previous run may still be held".to_string(),
+        };
         say!(
-            "restart grace: no new grants for {:.1}s (leases of the previous run may still be              held; their holders can reclaim them meanwhile)",
+            "restart grace: no new grants for {:.1}s ({why}; their holders can reclaim them \
+             meanwhile; --forget-previous-leases skips it)",
             restart_grace.as_secs_f64()
         );
     }

@@ -258,6 +258,7 @@ impl H {
                     session,
                     req,
                     grant,
+                    ..
                 } => Some((session, req, grant.fence)),
                 _ => None,
             })
@@ -273,6 +274,7 @@ impl H {
                     session,
                     req,
                     grant,
+                    ..
                 } => Some((session, req, vec![grant.key], vec![grant.fence])),
                 Effect::GrantedAll {
                     session,

@@ -298,6 +298,7 @@ fn opposite_key_orders_from_many_sessions_never_deadlock() {
                     session,
                     req,
                     grant,
+                    ..
                 } => (session, req, vec![(grant.key, grant.fence)]),
                 Effect::GrantedAll {
                     session,

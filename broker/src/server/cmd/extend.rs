@@ -7,6 +7,7 @@ use lockbroker_proto::Extend;
 use crate::broker::Renewed;
 use crate::server::policy::clamp_ttl;
 use crate::server::session::Session;
+use crate::table::deadline_after;
 use crate::table::serve::{self, Request};
 
 pub(super) fn apply(s: &Session, e: Extend) {
@@ -19,13 +20,17 @@ pub(super) fn apply(s: &Session, e: Extend) {
         fence: e.fence,
         ttl,
     };
-    let result = s
-        .broker
-        .with_table(|t, now, out| serve::apply(t, now, s.id, request, out));
+    let result = s.broker.with_table(|t, now, out| {
+        serve::apply(t, now, s.id, request, out).map(|_| deadline_after(now, ttl))
+    });
     match result {
-        Ok(_) => s
-            .broker
-            .answer_renewed(&s.handle, e.id, &e.key, e.fence, Renewed::Extended(ttl)),
+        Ok(deadline) => s.broker.answer_renewed(
+            &s.handle,
+            e.id,
+            &e.key,
+            e.fence,
+            Renewed::Extended(ttl, deadline),
+        ),
         Err(err) => s.handle.answer_table_error(e.id, &err),
     }
 }

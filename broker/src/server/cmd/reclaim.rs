@@ -13,6 +13,7 @@ use lockbroker_proto::Reclaim;
 use crate::broker::Renewed;
 use crate::server::policy::Op;
 use crate::server::session::Session;
+use crate::table::deadline_after;
 use crate::table::serve::{self, Request};
 
 pub(super) async fn apply(s: &Session, r: Reclaim) {
@@ -35,13 +36,17 @@ pub(super) async fn apply(s: &Session, r: Reclaim) {
         owner: r.owner,
         adoptable,
     };
-    let result = s
-        .broker
-        .with_table(|t, now, out| serve::apply(t, now, s.id, request, out));
+    let result = s.broker.with_table(|t, now, out| {
+        serve::apply(t, now, s.id, request, out).map(|_| deadline_after(now, ttl))
+    });
     match result {
-        Ok(_) => s
-            .broker
-            .answer_renewed(&s.handle, r.id, &r.key, r.fence, Renewed::Reclaimed(ttl)),
+        Ok(deadline) => s.broker.answer_renewed(
+            &s.handle,
+            r.id,
+            &r.key,
+            r.fence,
+            Renewed::Reclaimed(ttl, deadline),
+        ),
         Err(e) => s.handle.answer_table_error(r.id, &e),
     }
 }
