@@ -16,6 +16,7 @@ pub mod error;
 pub mod frame;
 pub mod limits;
 pub mod shard;
+pub mod text;
 mod wire;
 
 pub use codec::{FRAME_HEAD_LEN, FrameHead, decode, encode, frame_head};

@@ -85,13 +85,17 @@ impl<'a> Reader<'a> {
         Ok(Bytes::copy_from_slice(b))
     }
 
-    /// An owner label: at most [`crate::MAX_OWNER_LABEL`] bytes of UTF-8 (empty: none).
+    /// An owner label: at most [`crate::MAX_OWNER_LABEL`] bytes of UTF-8 without control or
+    /// bidi-override characters ([`crate::text`]; empty: none).
     pub(crate) fn owner_label(&mut self) -> Result<Bytes, DecodeError> {
         let b = self.bytes(crate::MAX_OWNER_LABEL, "owner label", |_| {
             DecodeError::Malformed("owner label longer than 128 bytes")
         })?;
-        if std::str::from_utf8(b).is_err() {
+        let Ok(text) = std::str::from_utf8(b) else {
             return Err(DecodeError::Malformed("owner label is not UTF-8"));
+        };
+        if let Some(problem) = crate::text::label_problem(text) {
+            return Err(DecodeError::Malformed(problem));
         }
         Ok(Bytes::copy_from_slice(b))
     }

@@ -736,6 +736,22 @@ fn owner_labels_round_trip_and_are_bounded() {
         decode(&buf, &limits),
         Ok(Some((Frame::LockInfo(info), buf.len())))
     );
+    // Issue 23 finding 10: a label is shown on terminals; what a terminal acts on is refused.
+    for forged in [
+        &b"me\nroot / ops-approved"[..],
+        b"\x1b]0;pwned\x07",
+        "a\u{202E}b".as_bytes(),
+    ] {
+        let mut buf = Vec::new();
+        encode(&acquire(forged), &mut buf);
+        assert_eq!(
+            decode(&buf, &limits),
+            Err(DecodeError::Malformed(
+                "owner label holds a control or bidi-override character"
+            )),
+            "{forged:?}"
+        );
+    }
     let mut buf = Vec::new();
     encode(&acquire(&[b'x'; MAX_OWNER_LABEL + 1]), &mut buf);
     assert_eq!(

@@ -91,13 +91,7 @@ impl LockRequest {
                 "a semaphore needs at least one permit".into(),
             ));
         }
-        if self.owner.len() > MAX_OWNER_LABEL {
-            return Err(Error::Invalid(format!(
-                "an owner label is at most {MAX_OWNER_LABEL} bytes (this one has {})",
-                self.owner.len()
-            )));
-        }
-        Ok(())
+        check_owner_label(&self.owner)
     }
 
     /// The direct path of an embedded client (`Engine::grant_now`): the guard, if the key is
@@ -264,5 +258,21 @@ impl Future for LockFuture {
                 "a lock future was polled after it resolved".into(),
             ))),
         }
+    }
+}
+
+/// Refuses an owner label the broker would refuse: longer than [`MAX_OWNER_LABEL`] bytes, or
+/// holding a control or bidi-override character (labels are shown on terminals).
+pub(crate) fn check_owner_label(label: &[u8]) -> Result<()> {
+    if label.len() > MAX_OWNER_LABEL {
+        return Err(Error::Invalid(format!(
+            "an owner label is at most {MAX_OWNER_LABEL} bytes (this one has {})",
+            label.len()
+        )));
+    }
+    let text = String::from_utf8_lossy(label);
+    match lockbroker_proto::text::label_problem(&text) {
+        Some(problem) => Err(Error::Invalid(format!("{problem}: {text:?}"))),
+        None => Ok(()),
     }
 }

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockbroker_proto::{AcquireAll, Frame, MAX_KEYS_PER_ACQUIRE, MAX_OWNER_LABEL, Mode, WaitSpec};
+use lockbroker_proto::{AcquireAll, Frame, MAX_KEYS_PER_ACQUIRE, Mode, WaitSpec};
 
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ use lockbroker_core::wire::millis;
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::guard::{Granted, Guard};
-use crate::lock::await_grant;
+use crate::lock::{await_grant, check_owner_label};
 use crate::route::retry::{Kind, Step, for_wait, remaining, retry, step};
 use crate::route::{PendingReply, Route, unexpected};
 
@@ -100,11 +100,7 @@ impl LockAllRequest {
                 self.keys.len()
             )));
         }
-        if self.owner.len() > MAX_OWNER_LABEL {
-            return Err(Error::Invalid(format!(
-                "an owner label is at most {MAX_OWNER_LABEL} bytes"
-            )));
-        }
+        check_owner_label(&self.owner)?;
         // Through the retry policy, as a single-key acquire (all keys share one shard).
         let (deadline, wait_end) = for_wait(self.wait, self.route.request_timeout());
         let this = &self;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::Connection;
+use super::escape::shown;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -19,7 +20,7 @@ pub struct InspectArgs {
 pub async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.connect().await?;
     let info = client.inspect(args.key.clone()).await?;
-    println!("key: {}", String::from_utf8_lossy(&info.key));
+    println!("key: {}", shown(&String::from_utf8_lossy(&info.key)));
     if !info.is_locked() {
         println!("state: unlocked");
     } else {
@@ -33,7 +34,7 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 h.remaining.as_millis(),
                 h.owner
                     .as_deref()
-                    .map(|o| format!(" owner={o}"))
+                    .map(|o| format!(" owner={}", shown(o)))
                     .unwrap_or_default()
             );
         }

@@ -7,6 +7,7 @@
 mod admin_http;
 mod cluster;
 mod completions;
+mod escape;
 mod inspect;
 mod lock;
 mod operate;

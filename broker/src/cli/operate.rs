@@ -9,6 +9,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::admin_http::{AdminConnection, query_escape};
+use super::escape::shown;
 
 #[derive(Args, Debug)]
 pub struct LocksArgs {
@@ -43,7 +44,7 @@ pub struct ReleaseArgs {
 
 fn text(v: &Value, field: &str) -> String {
     match v.get(field) {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => shown(s).into_owned(),
         Some(Value::Null) | None => "-".into(),
         Some(other) => other.to_string(),
     }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use lockbroker_sdk::{Client, LockInfo};
 
+use super::escape::shown;
+
 /// How often the status line is refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
 
@@ -16,7 +18,7 @@ const REFRESH: Duration = Duration::from_secs(1);
 pub(crate) fn status_line(key: &str, info: &LockInfo) -> Option<String> {
     let h = info.holders.first()?;
     let who = match &h.owner {
-        Some(label) => label.clone(),
+        Some(label) => shown(label).into_owned(),
         None => format!("session {}", h.session),
     };
     let others = match info.holders_total {
@@ -28,7 +30,8 @@ pub(crate) fn status_line(key: &str, info: &LockInfo) -> Option<String> {
         None => format!("{} waiting", info.waiters),
     };
     Some(format!(
-        "waiting for {key:?}: held by {who}{others} (fence {}, {:.1}s left); {place}",
+        "waiting for \"{}\": held by {who}{others} (fence {}, {:.1}s left); {place}",
+        shown(key),
         h.fence,
         h.remaining.as_secs_f64()
     ))

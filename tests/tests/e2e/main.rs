@@ -71,3 +71,4 @@ mod restart_grace;
 mod restore_validation;
 mod sdk_metrics;
 mod status_page;
+mod terminal_text;
