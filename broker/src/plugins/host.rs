@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::bindings::key_policy::KeyPolicy;
+use super::bindings::types::LockRequest;
 use super::engine::{TickerGuard, engine};
 use super::error::PluginError;
 use super::fault::Fault;
@@ -246,13 +247,7 @@ impl PluginHost {
                 Err(fault) => fail(plugin, &fault)?,
             }
         }
-        for plugin in &generation.ttl {
-            match plugin.grant_ttl(&wit).await {
-                Ok(Ok(granted)) => wit.ttl_ms = granted,
-                Ok(Err(reason)) => return Err(reason),
-                Err(fault) => fail(plugin, &fault)?,
-            }
-        }
+        ttl_chain(&generation, &mut wit).await?;
         Ok(PolicyOutcome {
             key: if rewritten {
                 Cow::Owned(wit.key)
@@ -262,6 +257,18 @@ impl PluginHost {
             rewritten,
             ttl: Duration::from_millis(wit.ttl_ms),
         })
+    }
+
+    /// The TTL policies alone, for a renewal (`Extend`) of a lease on `req.key` — the key as
+    /// granted: key policies ran (and rewrote it) at the grant, and must not rewrite it twice.
+    pub async fn evaluate_ttl(&self, req: PolicyRequest<'_>) -> Result<Duration, String> {
+        if self.empty {
+            return Ok(req.ttl);
+        }
+        let generation = self.current.load_full();
+        let mut wit = to_wit(&req, req.key, millis(req.ttl));
+        ttl_chain(&generation, &mut wit).await?;
+        Ok(Duration::from_millis(wit.ttl_ms))
     }
 
     /// Re-reads every plugin file; files whose content changed are compiled (through the cache),
@@ -400,3 +407,16 @@ const _: () = {
     const fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<PluginHost>();
 };
+
+/// Runs the TTL policies of `generation` in order on `wit`, each seeing the TTL the one
+/// before granted (left in `wit.ttl_ms`); `Err` is the reason one denied.
+async fn ttl_chain(generation: &Generation, wit: &mut LockRequest) -> Result<(), String> {
+    for plugin in &generation.ttl {
+        match plugin.grant_ttl(wit).await {
+            Ok(Ok(granted)) => wit.ttl_ms = granted,
+            Ok(Err(reason)) => return Err(reason),
+            Err(fault) => fail(plugin, &fault)?,
+        }
+    }
+    Ok(())
+}

@@ -90,6 +90,34 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The TTL a renewal (`Extend`) of a `mode` lease on `key` gets: the TTL policies run on
+    /// the key as granted (key policies ran, and may have rewritten it, at the grant: they are
+    /// not run twice), then the broker's bounds. `Err(reason)` denies the renewal.
+    pub async fn renewal_ttl(
+        &self,
+        cfg: &Config,
+        principal: &str,
+        key: &Bytes,
+        mode: Mode,
+        requested_ttl_ms: u64,
+    ) -> Result<Duration, String> {
+        let Some(host) = &self.plugins else {
+            return Ok(clamp_ttl(cfg, requested_ttl_ms));
+        };
+        let granted = host
+            .evaluate_ttl(PolicyRequest {
+                key,
+                mode: mode.into(),
+                ttl: Duration::from_millis(requested_ttl_ms),
+                principal,
+                op: Operation::Acquire,
+            })
+            .await?;
+        Ok(clamp_ttl(cfg, crate::broker::wire::millis(granted)))
+    }
+}
+
 /// The TTL to use for a requested one: 0 means the default; longer than the maximum is cut.
 pub fn clamp_ttl(cfg: &Config, requested_ms: u64) -> Duration {
     if requested_ms == 0 {

@@ -219,6 +219,27 @@ async fn ttl_clamp_is_what_the_sdk_sees_and_renews_with() {
     }
 }
 
+/// Issue 23 finding 12: an `Extend` skipped the TTL policy — a lease clamped to 60 s at its
+/// grant was extended to 3,600,000 ms. Renewals now get the TTL policy as acquires do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extend_gets_the_ttl_policy_as_an_acquire_does() {
+    let broker = Broker::start_with_config(&acl_config("alice=orders/:rw", ""));
+    let alice = client_as(&broker, Some("alice-token")).await;
+    let g = alice
+        .try_lock("orders/extend")
+        .ttl(Duration::from_secs(60))
+        .await
+        .unwrap();
+    g.extend(Duration::from_secs(3600)).await.expect("extend");
+    let info = alice.inspect("orders/extend").await.unwrap();
+    let left = info.holders.first().map(|h| h.remaining).expect("held");
+    assert!(
+        left <= Duration::from_secs(60),
+        "extended past the policy's 60 s maximum: {left:?} left"
+    );
+    g.unlock().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_plugins_deny_within_budget_and_the_broker_stays_healthy() {
     let config = format!(

@@ -23,7 +23,7 @@ pub async fn apply(s: &Session, frame: Frame) -> Result<(), Fatal> {
         Frame::Acquire(a) => acquire::apply(s, a).await,
         Frame::AcquireAll(a) => acquire_all::apply(s, a).await,
         Frame::Release(r) => release::apply(s, r),
-        Frame::Extend(e) => extend::apply(s, e),
+        Frame::Extend(e) => extend::apply(s, e).await,
         Frame::Reclaim(r) => reclaim::apply(s, r).await,
         Frame::Inspect { id, key } => inspect::apply(s, id, key).await,
         Frame::WaitUnlocked { id, key, wait } => wait_unlocked::apply(s, id, key, wait).await,
