@@ -25,6 +25,18 @@ impl Table {
             .items()
             .map(|i| (i.at, i.id, i.generation, i.due))
             .collect();
+        if let Some(ordered) = self.keys.ordered_from(std::ops::Bound::Unbounded) {
+            let keys: Vec<&[u8]> = ordered.map(|e| e.key.as_bytes()).collect();
+            assert_eq!(
+                keys.len(),
+                self.keys.len(),
+                "the ordered index misses live keys"
+            );
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "the ordered index is out of order"
+            );
+        }
         let mut live = 0;
         let mut held: HashMap<u64, usize> = HashMap::new();
         // Each session's entry list as a set, built once per check (not a scan per holder).

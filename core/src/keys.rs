@@ -5,13 +5,19 @@
 //! found is always live (no second, fallible lookup by id). Sessions and deadline items refer to an entry by
 //! (id, generation) instead of cloning the key. A freed slot is reused with a new generation,
 //! so stale deadline items never match a later entry in the same slot.
+//!
+//! Optionally (`TableConfig::ordered_keys`) a B-tree keeps the live keys in order too, for
+//! operators' listings in O(log n + page).
 
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+use std::ops::Bound;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::deadlines::GENERATION_MASK;
 use super::entry::Entry;
+use super::stored_key::StoredKey;
 
 /// Slab index of a live entry.
 pub type EntryId = u32;
@@ -23,9 +29,33 @@ pub struct Keys {
     free: Vec<EntryId>,
     next_gen: u32,
     hasher: DefaultHashBuilder,
+    /// Live keys in key order (only when asked for).
+    ordered: Option<BTreeMap<StoredKey, EntryId>>,
 }
 
 impl Keys {
+    /// An empty index; `ordered`: keep the keys in order too.
+    pub fn new(ordered: bool) -> Keys {
+        Keys {
+            ordered: ordered.then(BTreeMap::new),
+            ..Keys::default()
+        }
+    }
+
+    /// Live entries in key order from `from` on (`None`: the index keeps no order).
+    pub fn ordered_from<'a>(
+        &'a self,
+        from: Bound<&[u8]>,
+    ) -> Option<impl Iterator<Item = &'a Entry> + 'a> {
+        let ordered = self.ordered.as_ref()?;
+        let slots = &self.slots;
+        Some(
+            ordered
+                .range::<[u8], _>((from, Bound::Unbounded))
+                .filter_map(move |(_, &id)| slot(slots, id)),
+        )
+    }
+
     #[inline]
     fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
@@ -92,6 +122,9 @@ impl Keys {
         };
         entry.id = id;
         entry.generation = self.next_gen;
+        if let Some(ordered) = &mut self.ordered {
+            ordered.insert(entry.key.clone(), id);
+        }
         // 31 bits: deadline items keep their kind in the 32nd (`deadlines.rs`).
         self.next_gen = self.next_gen.wrapping_add(1) & GENERATION_MASK;
         *self.slots.get_mut(id as usize)? = Some(entry);
@@ -112,7 +145,12 @@ impl Keys {
             return false;
         };
         let hash = match s {
-            Some(e) if e.is_idle() => self.hasher.hash_one(e.key.as_bytes()),
+            Some(e) if e.is_idle() => {
+                if let Some(ordered) = &mut self.ordered {
+                    ordered.remove(e.key.as_bytes());
+                }
+                self.hasher.hash_one(e.key.as_bytes())
+            }
             _ => return false,
         };
         *s = None;

@@ -50,7 +50,7 @@
 //!   `close_session` take a queued group out of all its queues at once;
 //! - time (`time.rs`): `next_deadline`, `expire`;
 //! - queries (`queries.rs`): `inspect`, `holds` (the mirror's resync snapshot);
-//! - listings (`listing.rs`): `list_keys`, `totals`, `leases_by_session` (the admin API);
+//! - listings (`listing.rs`): `list_keys`, `totals` (the admin API);
 //! - start-up (`restore.rs`): `restore`, `raise_fence_floor`.
 //!
 //! Only construction, `acquire`, `acquire_all` and `release` are public beyond the crate
@@ -170,10 +170,11 @@ use cx;
 
 impl Table {
     pub fn new(cfg: TableConfig) -> Self {
+        let keys = Keys::new(cfg.ordered_keys);
         Self {
             fences: FenceGen::new(cfg.epoch),
             cfg,
-            keys: Keys::default(),
+            keys,
             sessions: Sessions::default(),
             deadlines: Deadlines::default(),
             faults: Faults::default(),

@@ -1,12 +1,14 @@
 //! Read-only listings for operators (the admin API and status page): live keys under a
 //! prefix with their holders and queue lengths, table-wide totals, and per-session counts.
-//! Like `queries.rs`, nothing here expires anything: state is reported as stored. Every
-//! listing is O(live keys); the admin API calls them, the lock path never does.
+//! Like `queries.rs`, nothing here expires anything: state is reported as stored. A page of
+//! keys is O(log n + page) with the ordered key index (`TableConfig::ordered_keys`, a
+//! broker's), else O(live keys); totals are O(live keys). The lock path never calls them.
 
-use std::collections::HashMap;
+use std::ops::Bound;
 
+use super::Table;
+use super::entry::Entry;
 use super::types::{Holder, Key};
-use super::{SessionId, Table};
 
 /// One live key as an operator sees it.
 #[derive(Clone, Debug)]
@@ -37,6 +39,27 @@ impl Table {
         after: Option<&[u8]>,
         limit: usize,
     ) -> (Vec<KeyListing>, bool) {
+        let listing = |e: &Entry| KeyListing {
+            key: e.key.to_key(),
+            holders: self.holders_of(e),
+            waiters: e.waiters().len(),
+            watchers: e.watchers().len(),
+        };
+        let from = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        // With the ordered index: O(log n + limit), from the cursor on.
+        if let Some(entries) = self.keys.ordered_from(from) {
+            let mut page: Vec<KeyListing> = entries
+                .take_while(|e| e.key.starts_with(prefix))
+                .take(limit.saturating_add(1))
+                .map(listing)
+                .collect();
+            let more = page.len() > limit;
+            page.truncate(limit);
+            return (page, more);
+        }
         let mut entries: Vec<_> = self
             .keys
             .iter()
@@ -45,16 +68,7 @@ impl Table {
             .collect();
         entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         let more = entries.len() > limit;
-        let page = entries
-            .into_iter()
-            .take(limit)
-            .map(|e| KeyListing {
-                key: e.key.to_key(),
-                holders: self.holders_of(e),
-                waiters: e.waiters().len(),
-                watchers: e.watchers().len(),
-            })
-            .collect();
+        let page = entries.into_iter().take(limit).map(listing).collect();
         (page, more)
     }
 
@@ -68,17 +82,6 @@ impl Table {
             t.watchers += e.watchers().len();
         }
         t
-    }
-
-    /// Held leases per session (sessions holding none are absent).
-    pub fn leases_by_session(&self) -> HashMap<SessionId, usize> {
-        let mut m = HashMap::new();
-        for e in self.keys.iter() {
-            for h in e.holders.as_slice() {
-                *m.entry(h.session).or_insert(0) += 1;
-            }
-        }
-        m
     }
 
     /// Fences of every lease on `key` (none when idle).
@@ -95,7 +98,7 @@ impl Table {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::super::{AcquireRequest, Mode, TableConfig, Wait};
+    use super::super::{AcquireRequest, Mode, SessionId, TableConfig, Wait};
     use super::*;
 
     fn lock(t: &mut Table, now: Instant, session: SessionId, req: u64, key: &'static [u8]) {
@@ -145,7 +148,7 @@ mod tests {
                 watchers: 0
             }
         );
-        assert_eq!(t.leases_by_session().get(&1), Some(&3));
+        assert_eq!(t.session_counts(1).0, 3);
         assert_eq!(t.fences_of(b"jobs/a").len(), 1);
         assert!(t.fences_of(b"nope").is_empty());
     }

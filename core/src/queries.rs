@@ -99,7 +99,6 @@ impl Table {
     }
 
     /// (held leases, pending requests) of a live session; orphaned leases count for nobody.
-    #[cfg(test)]
     pub fn session_counts(&self, session: super::SessionId) -> (usize, usize) {
         self.sessions
             .get(session)

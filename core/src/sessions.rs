@@ -76,7 +76,6 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    #[cfg(any(test, fuzzing))]
     pub fn get(&self, id: SessionId) -> Option<&Session> {
         self.map.get(&id)
     }

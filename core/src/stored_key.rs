@@ -54,6 +54,26 @@ impl StoredKey {
     }
 }
 
+// Ordered by bytes (consistent with the derived equality: the inline form is zero-padded and
+// a length has one form), so the ordered key index can be searched by `&[u8]`.
+impl Ord for StoredKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl PartialOrd for StoredKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for StoredKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 impl Deref for StoredKey {
     type Target = [u8];
 

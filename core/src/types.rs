@@ -226,6 +226,11 @@ pub struct TableConfig {
     /// engine reads only `Expired` and turns the rest off (an event per grant and per release
     /// was a key clone and an effect each, on a path measured in nanoseconds).
     pub lease_events: bool,
+    /// Keep live keys in key order too (a B-tree beside the hash index), so an operator's
+    /// listing is O(log n + page) instead of a scan and sort of the whole table under the
+    /// table lock. A broker turns it on; the embedded engine, which lists nothing, does not
+    /// pay for it.
+    pub ordered_keys: bool,
 }
 
 impl Default for TableConfig {
@@ -239,6 +244,7 @@ impl Default for TableConfig {
             max_queued_per_key: usize::MAX,
             max_queued_total: usize::MAX,
             lease_events: true,
+            ordered_keys: false,
         }
     }
 }

@@ -1,17 +1,21 @@
 //! What the admin API shows and does: pages of live keys (holders with fence, mode,
 //! remaining TTL and principal; queue lengths), pages of live sessions, table-wide totals,
 //! and the forced release of every lease on a key (each holder told at once). Reads take the
-//! table lock once per call and look principals up after releasing it.
+//! table lock once per call, for O(log n + page) work (the table's ordered key index; the
+//! page's sessions' counts), and look principals up after releasing it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use lockbroker_proto::EndReason;
 
 use super::Broker;
 use crate::table::{Fence, Mode, SessionId};
+
+/// How long table-wide totals are reused before they are counted again.
+pub const TOTALS_FOR: Duration = Duration::from_secs(1);
 
 /// One lease on a listed key.
 #[derive(Clone, Debug)]
@@ -134,20 +138,18 @@ impl Broker {
         ids.sort_unstable_by_key(|(id, _)| *id);
         let more = ids.len() > limit;
         ids.truncate(limit);
-        let (leases, pending) = self.read_table(|t, _| {
-            let leases = t.leases_by_session();
-            let pending: Vec<usize> = ids.iter().map(|(id, _)| t.pending_of(*id)).collect();
-            (leases, pending)
-        });
+        // Counts of the page's sessions only: O(page) under the table lock.
+        let counts: Vec<(usize, usize)> =
+            self.read_table(|t, _| ids.iter().map(|(id, _)| t.session_counts(*id)).collect());
         let sessions: Vec<SessionView> = ids
             .into_iter()
-            .zip(pending)
-            .map(|((id, h), waiting)| SessionView {
+            .zip(counts)
+            .map(|((id, h), (leases, waiting))| SessionView {
                 id,
                 principal: h.principal.clone(),
                 peer: h.peer,
                 since: h.since,
-                leases: leases.get(&id).copied().unwrap_or(0),
+                leases,
                 waiting: waiting + h.polls(),
             })
             .collect();
@@ -159,9 +161,21 @@ impl Broker {
         SessionPage { sessions, next }
     }
 
-    /// Counts over the table and the session registry.
+    /// Counts over the table and the session registry. The table's part is a scan of every
+    /// key: it is counted at most once per [`TOTALS_FOR`] however many scrapers and status
+    /// pages ask, so pollers cannot keep the table lock busy.
     pub fn totals(&self) -> Totals {
-        let t = self.read_table(|t, _| t.totals());
+        let t = {
+            let mut cached = self.totals.lock();
+            match *cached {
+                Some((at, t)) if at.elapsed() < TOTALS_FOR => t,
+                _ => {
+                    let t = self.read_table(|t, _| t.totals());
+                    *cached = Some((Instant::now(), t));
+                    t
+                }
+            }
+        };
         Totals {
             keys: t.keys,
             leases: t.leases,

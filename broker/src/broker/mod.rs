@@ -90,6 +90,8 @@ pub struct Broker {
     router: OnceLock<Arc<dyn KeyRouter>>,
     /// Lock metrics (None when `admin.metrics` is off).
     pub metrics: Option<Arc<Metrics>>,
+    /// The last table-wide totals and when they were counted (`Broker::totals`).
+    totals: Mutex<Option<(Instant, crate::table::TableTotals)>>,
 }
 
 thread_local! {
@@ -111,6 +113,7 @@ impl Broker {
             max_queued_per_key: cfg.limits.max_queued_per_key,
             max_queued_total: cfg.limits.max_queued_total,
             lease_events: true,
+            ordered_keys: true,
         });
         let horizon = HorizonWriter::new(&cfg.data_dir);
         let coverage = horizon.coverage();
@@ -133,6 +136,7 @@ impl Broker {
             shutdown: watch::channel(false).0,
             gate: OnceLock::new(),
             router: OnceLock::new(),
+            totals: Mutex::new(None),
         })
     }
 
