@@ -90,8 +90,6 @@ pub struct Broker {
     router: OnceLock<Arc<dyn KeyRouter>>,
     /// Lock metrics (None when `admin.metrics` is off).
     pub metrics: Option<Arc<Metrics>>,
-    /// The last table-wide totals and when they were counted (`Broker::totals`).
-    totals: Mutex<Option<(Instant, crate::table::TableTotals)>>,
 }
 
 thread_local! {
@@ -136,7 +134,6 @@ impl Broker {
             shutdown: watch::channel(false).0,
             gate: OnceLock::new(),
             router: OnceLock::new(),
-            totals: Mutex::new(None),
         })
     }
 
