@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::deadlines::Due;
 use super::entry::{Cx, Entry};
 use super::types::{
-    Effect, Fence, Grant, Key, LockEvent, Mode, SessionId, TableError, UnlockOutcome,
+    Effect, Fence, Grant, Key, LockEvent, Mode, PrincipalId, SessionId, TableError, UnlockOutcome,
     deadline_after,
 };
 
@@ -23,6 +23,9 @@ pub struct HolderRec {
     pub deadline: Instant,
     /// Owner session is gone (lost connection) or the lease was restored: in no session index.
     pub orphan: bool,
+    /// The principal the lease was granted to (or reclaimed by): `UNNAMED_PRINCIPAL` for a
+    /// restored lease. Fits in what was padding.
+    pub principal: PrincipalId,
 }
 
 impl HolderRec {
@@ -33,6 +36,7 @@ impl HolderRec {
         ttl: Duration,
         deadline: Instant,
         orphan: bool,
+        principal: PrincipalId,
     ) -> Self {
         let mut h = Self {
             session,
@@ -41,6 +45,7 @@ impl HolderRec {
             ttl_ns: 0,
             deadline,
             orphan,
+            principal,
         };
         h.set_ttl(ttl);
         h
@@ -194,7 +199,7 @@ impl Entry {
         key: Key,
         cx: &mut Cx<'_>,
     ) -> Grant {
-        cx.sessions.note_hold(session, self.id);
+        let principal = cx.sessions.note_hold(session, self.id);
         let deadline = deadline_after(cx.now, ttl);
         cx.deadlines
             .push(deadline, self.id, self.generation, Due::Lease);
@@ -207,7 +212,7 @@ impl Entry {
                 deadline,
             }));
         }
-        let h = HolderRec::new(session, fence, mode, ttl, deadline, false);
+        let h = HolderRec::new(session, fence, mode, ttl, deadline, false, principal);
         let grant = h.grant(key);
         self.holders.push(h);
         grant

@@ -36,7 +36,9 @@
 //!    Nothing ends by itself between calls; queries report state as stored.
 //! 4. **Ends sessions.** Session ids are the driver's (0 is reserved for restored leases); the
 //!    table creates a session's record on first use and forgets it in `close_session`, which the
-//!    driver calls when a connection ends, clean or not.
+//!    driver calls when a connection ends, clean or not. A driver with authenticated sessions
+//!    names each one's principal first (`set_principal`): leases record it, and `reclaim`
+//!    never moves a lease to another principal.
 //!
 //! # Method groups
 //!
@@ -117,6 +119,7 @@ pub use types::{
     SessionId, TableConfig, TableError, UnlockOutcome, Wait,
 };
 pub use types::{Holder, LockInfo, MAX_KEYS_PER_REQUEST, MAX_TTL, deadline_after};
+pub use types::{PrincipalId, UNNAMED_PRINCIPAL};
 
 use std::time::Instant;
 

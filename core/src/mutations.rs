@@ -10,7 +10,8 @@ use super::keys::{EntryId, Keys};
 use super::queue::{PendingKind, Waiter, Watcher};
 use super::sessions::Pending;
 use super::types::{
-    AcquireRequest, Effect, Fence, Grant, Key, ReqId, SessionId, TableError, UnlockOutcome, Wait,
+    AcquireRequest, Effect, Fence, Grant, Key, Mode, ReqId, SessionId, TableError,
+    UNNAMED_PRINCIPAL, UnlockOutcome, Wait,
 };
 use super::{Table, cx};
 
@@ -203,25 +204,33 @@ impl Table {
     }
 
     /// Transfers lease (key, fence) to `session`, keeping its fence and deadline (reclaim after
-    /// reconnect, or of a restored lease). Idempotent for the current owner. Errors: `NotLocked`,
-    /// `NotOwner` (no such lease), `LimitExceeded("held leases")`. Pushes no effect: the mirrored state
+    /// reconnect, or of a restored lease). Idempotent for the current owner. The lease must be
+    /// held in `mode` and, unless it was restored (no principal recorded), by `session`'s
+    /// principal — whichever session holds it now, live or lost: a lease never moves to another
+    /// principal, nor changes its mode. Errors: `NotLocked`, `NotOwner` (no such lease, another
+    /// mode or principal), `LimitExceeded("held leases")`. Pushes no effect: the mirrored state
     /// (key, fence, deadline) does not change.
     pub fn reclaim(
         &mut self,
         session: SessionId,
         key: &[u8],
         fence: Fence,
+        mode: Mode,
     ) -> Result<Grant, TableError> {
+        let caller = self.sessions.principal_of(session);
         let e = held_entry(&mut self.keys, key)?;
         let id = e.id;
         let h = e.holders.get_mut(fence).ok_or(TableError::NotOwner)?;
+        if h.mode != mode || (h.principal != UNNAMED_PRINCIPAL && h.principal != caller) {
+            return Err(TableError::NotOwner);
+        }
         if h.owned_by(session) {
             return Ok(h.grant(e.key.to_key()));
         }
         if self.sessions.entry(session).lease_count() >= self.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
-        self.sessions.note_hold(session, id);
+        h.principal = self.sessions.note_hold(session, id);
         let (prev, was_orphan) = (h.session, h.orphan);
         h.session = session;
         h.orphan = false;
@@ -231,6 +240,14 @@ impl Table {
         let grant = h.grant(e.key.to_key());
         self.maybe_compact();
         Ok(grant)
+    }
+
+    /// Names the principal `session` acts for (the identity its connection authenticated as):
+    /// every lease it is granted or adopts from now on records it, and [`Table::reclaim`]
+    /// moves no lease to another principal. Call it before the session's first request;
+    /// sessions never named share one unnamed principal (the embedded engine's).
+    pub fn set_principal(&mut self, session: SessionId, principal: &[u8]) {
+        self.sessions.set_principal(session, principal);
     }
 
     /// Resolves when `key` has no holder: `Ok(Some(Released))` at once if it has none now; else

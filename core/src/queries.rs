@@ -4,7 +4,7 @@
 use super::Table;
 use super::lease::HolderRec;
 use super::owners::Owners;
-use super::types::{Holder, Key, LockInfo};
+use super::types::{Holder, Key, LockInfo, Mode, TableError};
 
 impl HolderRec {
     /// This lease as reported, with its owner label from `owners`.
@@ -46,6 +46,21 @@ impl Table {
             .iter()
             .map(|h| h.holder(&self.owners))
             .collect()
+    }
+
+    /// The mode of lease `fence` on `key` (what a driver checks the lease's secret against
+    /// before a release or extend). `NotLocked` if nobody holds `key`, `NotOwner` if it is held
+    /// but not as `fence` — the errors the release or extend itself would give.
+    pub fn lease_mode(&self, key: &[u8], fence: super::Fence) -> Result<Mode, TableError> {
+        let e = self
+            .keys
+            .find(key)
+            .filter(|e| !e.holders.is_empty())
+            .ok_or(TableError::NotLocked)?;
+        e.holders
+            .get(fence)
+            .map(|h| h.mode)
+            .ok_or(TableError::NotOwner)
     }
 
     /// Where `session`'s first queued acquire of `key` stands in the key's queue (1: next),

@@ -6,7 +6,7 @@ use super::Table;
 use super::deadlines::Due;
 use super::entry::{Entry, check_mode};
 use super::lease::HolderRec;
-use super::types::{Fence, Key, Mode, RESTORED_SESSION, TableError};
+use super::types::{Fence, Key, Mode, RESTORED_SESSION, TableError, UNNAMED_PRINCIPAL};
 
 impl Table {
     /// Inserts an already-held lease at startup (restore from the mirror). Owner is session 0
@@ -44,6 +44,7 @@ impl Table {
             deadline.saturating_duration_since(now),
             deadline,
             true,
+            UNNAMED_PRINCIPAL,
         ));
         self.fences.raise_floor(fence);
         self.deadlines

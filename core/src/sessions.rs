@@ -1,5 +1,6 @@
-//! Per-session index: the leases a session holds and its pending requests (and the table-wide
-//! count of pending requests).
+//! Per-session index: the leases a session holds, its pending requests (and the table-wide
+//! count of pending requests), and the principal it acts for (interned: each lease records the
+//! 4-byte id, so a reclaim can refuse to move a lease to another principal).
 //!
 //! Ownership is per lease, not per key: a session may hold several leases on one key (shared,
 //! semaphore) and queue any number of acquires on a key it holds — each grant is its own lease
@@ -14,7 +15,7 @@
 
 use super::keys::EntryId;
 use super::queue::PendingKind;
-use super::types::{ReqId, SessionId};
+use super::types::{PrincipalId, ReqId, SessionId, UNNAMED_PRINCIPAL};
 
 /// hashbrown with its default hasher (foldhash, randomly seeded per process).
 pub type Map<K, V> = hashbrown::HashMap<K, V>;
@@ -38,6 +39,8 @@ pub struct Session {
     leases: usize,
     /// Already listed for pruning.
     untidy: bool,
+    /// Who the session acts for (`UNNAMED_PRINCIPAL` unless the driver named it).
+    principal: PrincipalId,
     pub pending: Map<ReqId, Pending>,
 }
 
@@ -73,6 +76,9 @@ pub struct Sessions {
     pending_total: usize,
     /// Sessions whose entry lists want pruning.
     untidy: Vec<SessionId>,
+    /// Principal names seen, by id (ids from 1; 0 is `UNNAMED_PRINCIPAL`). Never shrinks: one
+    /// entry per distinct principal that ever opened a session.
+    principals: Map<Box<[u8]>, PrincipalId>,
 }
 
 impl Sessions {
@@ -119,9 +125,10 @@ impl Sessions {
         self.map.get(&session).map_or(0, Session::lease_count)
     }
 
-    /// Records that `session` (live) now holds one more lease, on entry `id`.
+    /// Records that `session` (live) now holds one more lease, on entry `id`. Returns the
+    /// session's principal, which the lease records.
     #[inline]
-    pub fn note_hold(&mut self, session: SessionId, id: EntryId) {
+    pub fn note_hold(&mut self, session: SessionId, id: EntryId) -> PrincipalId {
         let s = match self.map.get_mut(&session) {
             Some(s) => s,
             None => self.map.entry(session).or_default(),
@@ -132,6 +139,30 @@ impl Sessions {
             s.untidy = true;
             self.untidy.push(session);
         }
+        s.principal
+    }
+
+    /// Names the principal `session` acts for (interned).
+    pub fn set_principal(&mut self, session: SessionId, name: &[u8]) {
+        let next = self.principals.len().saturating_add(1);
+        let id = match self.principals.get(name) {
+            Some(&id) => id,
+            None => {
+                // Past 2^32 - 1 distinct names (more than memory holds) the last id is shared.
+                let id = PrincipalId::try_from(next).unwrap_or(PrincipalId::MAX);
+                self.principals.insert(name.into(), id);
+                id
+            }
+        };
+        self.entry(session).principal = id;
+    }
+
+    /// The principal `session` acts for (`UNNAMED_PRINCIPAL` for a session never named).
+    #[inline]
+    pub fn principal_of(&self, session: SessionId) -> PrincipalId {
+        self.map
+            .get(&session)
+            .map_or(UNNAMED_PRINCIPAL, |s| s.principal)
     }
 
     /// Forgets one lease of `session` (released, expired, transferred).

@@ -16,6 +16,14 @@ pub type Fence = u64;
 /// The session id owning leases loaded by `Table::restore`.
 pub const RESTORED_SESSION: SessionId = 0;
 
+/// Who a session acts for, as the table records it on each lease (`Table::set_principal`
+/// interns the driver's principal names): a reclaim never moves a lease to another principal.
+pub type PrincipalId = u32;
+
+/// The principal of sessions no driver named (the embedded engine's) and of restored leases:
+/// a lease recorded with it may be reclaimed by any principal whose secret checks out.
+pub const UNNAMED_PRINCIPAL: PrincipalId = 0;
+
 /// How a lease shares its key with other leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

@@ -179,7 +179,7 @@ fn reclaim(
         ttl,
         owner,
     };
-    match t.reclaim(session, key, fence) {
+    match t.reclaim(session, key, fence, mode.into()) {
         Ok(_) => t.extend(now, session, key, fence, ttl, out),
         Err(TableError::NotLocked | TableError::NotOwner) if adoptable => {
             t.adopt(now, session, lease, out).map(|g| g.deadline)

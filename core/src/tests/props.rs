@@ -692,7 +692,7 @@ impl Model {
                     return;
                 };
                 let s = self.slots[slot as usize];
-                let r = self.t.reclaim(s, &l.key, fence);
+                let r = self.t.reclaim(s, &l.key, fence, l.mode);
                 if l.session == s && !l.orphan {
                     assert!(r.is_ok());
                 } else if self.held_by(s) >= MAX_LEASES {

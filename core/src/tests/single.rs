@@ -662,20 +662,107 @@ fn reclaim_transfers_an_orphaned_lease() {
     let f = h.lock(1, K, Mode::Exclusive, 100);
     let now = h.now;
     h.t.close_session(now, 1, false, &mut h.out);
-    assert_eq!(h.t.reclaim(5, b"nope", f), Err(TableError::NotLocked));
-    assert_eq!(h.t.reclaim(5, K, f + 1), Err(TableError::NotOwner));
-    let g = h.t.reclaim(5, K, f).unwrap();
+    assert_eq!(
+        h.t.reclaim(5, b"nope", f, Mode::Exclusive),
+        Err(TableError::NotLocked)
+    );
+    assert_eq!(
+        h.t.reclaim(5, K, f + 1, Mode::Exclusive),
+        Err(TableError::NotOwner)
+    );
+    let g = h.t.reclaim(5, K, f, Mode::Exclusive).unwrap();
     h.t.check_invariants();
     assert_eq!((g.fence, g.deadline, g.ttl), (f, h.at(100), ms(100)));
     assert_eq!(h.t.session_counts(5), (1, 0));
     // Idempotent for the new owner.
-    assert_eq!(h.t.reclaim(5, K, f), Ok(g.clone()));
+    assert_eq!(h.t.reclaim(5, K, f, Mode::Exclusive), Ok(g.clone()));
     // No lock delay once reclaimed: the lease has a live owner again.
     h.queue(6, 1, K, Mode::Exclusive, Wait::Forever);
     h.take();
     h.advance_to(100);
     assert_eq!(h.granted().len(), 1);
     assert_eq!(h.t.session_counts(5), (0, 0));
+}
+
+/// Issue 23 finding 2: a reclaim never moves a lease to another principal — not from a live
+/// session, not from a lost one — whatever secret the driver accepted; the same principal on
+/// another session may take it (a reconnect).
+#[test]
+fn reclaim_never_moves_a_lease_to_another_principal() {
+    let mut h = H::new();
+    h.t.set_principal(1, b"alice");
+    h.t.set_principal(2, b"bob");
+    h.t.set_principal(3, b"alice");
+    let f = h.lock(1, K, Mode::Exclusive, 100);
+    assert_eq!(
+        h.t.reclaim(2, K, f, Mode::Exclusive),
+        Err(TableError::NotOwner),
+        "from alice's live session"
+    );
+    // An unnamed session (no principal) takes nothing named either.
+    assert_eq!(
+        h.t.reclaim(9, K, f, Mode::Exclusive),
+        Err(TableError::NotOwner)
+    );
+    let now = h.now;
+    h.t.close_session(now, 1, false, &mut h.out);
+    assert_eq!(
+        h.t.reclaim(2, K, f, Mode::Exclusive),
+        Err(TableError::NotOwner),
+        "from alice's lost session"
+    );
+    h.t.reclaim(3, K, f, Mode::Exclusive)
+        .expect("alice's reconnect");
+    h.t.check_invariants();
+    assert_eq!(
+        h.t.reclaim(2, K, f, Mode::Exclusive),
+        Err(TableError::NotOwner)
+    );
+    h.release(3, K, f).expect("alice releases");
+}
+
+/// Issue 23 finding 7: a reclaim names the lease's mode; another mode is refused, so a shared
+/// reader cannot turn its lease exclusive (and shut the other readers out).
+#[test]
+fn reclaim_keeps_the_lease_mode() {
+    let mut h = H::new();
+    let f = h.lock(1, K, Mode::Shared, 100);
+    let other = h.lock(2, K, Mode::Shared, 100);
+    assert_eq!(h.t.lease_mode(K, f), Ok(Mode::Shared));
+    assert_eq!(h.t.lease_mode(K, f + 100), Err(TableError::NotOwner));
+    assert_eq!(h.t.lease_mode(b"idle", f), Err(TableError::NotLocked));
+    for mode in [Mode::Exclusive, Mode::Semaphore(2)] {
+        assert_eq!(h.t.reclaim(3, K, f, mode), Err(TableError::NotOwner));
+    }
+    h.t.reclaim(3, K, f, Mode::Shared).expect("as shared");
+    h.t.reclaim(2, K, other, Mode::Shared)
+        .expect("the other reader keeps its lease");
+    h.t.check_invariants();
+}
+
+/// A restored lease records no principal: the first principal whose secret the driver
+/// accepted takes it, and from then on it is that principal's.
+#[test]
+fn a_restored_lease_is_reclaimed_once_then_kept_by_its_principal() {
+    let mut h = H::new();
+    h.t.set_principal(1, b"alice");
+    h.t.set_principal(2, b"bob");
+    let now = h.now;
+    h.t.restore(now, Bytes::from_static(K), 7, Mode::Exclusive, h.at(100))
+        .expect("restore");
+    h.t.reclaim(1, K, 7, Mode::Exclusive)
+        .expect("alice reclaims");
+    assert_eq!(
+        h.t.reclaim(2, K, 7, Mode::Exclusive),
+        Err(TableError::NotOwner)
+    );
+    h.t.check_invariants();
+}
+
+/// A lease records its principal in what was padding: a holder costs what it did.
+#[test]
+fn a_holder_records_its_principal_in_no_extra_room() {
+    assert_eq!(std::mem::size_of::<crate::lease::HolderRec>(), 56);
 }
 
 #[test]
@@ -688,10 +775,10 @@ fn reclaim_from_live_session_and_conflicts() {
     let f2 = h.lock(2, K, Mode::Shared, 100);
     h.lock(3, b"x", Mode::Exclusive, 100);
     assert_eq!(
-        h.t.reclaim(3, K, f),
+        h.t.reclaim(3, K, f, Mode::Shared),
         Err(TableError::LimitExceeded("held leases"))
     );
-    h.t.reclaim(4, K, f).unwrap();
+    h.t.reclaim(4, K, f, Mode::Shared).unwrap();
     h.t.check_invariants();
     assert_eq!(h.t.session_counts(1), (0, 0));
     assert_eq!(h.t.session_counts(4), (1, 0));
