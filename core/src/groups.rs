@@ -341,7 +341,7 @@ impl Table {
 
     /// Queue records in the table (queued acquires, watchers, every key of a queued group).
     #[inline]
-    pub(super) fn queued_total(&self) -> usize {
+    pub fn queued_total(&self) -> usize {
         self.sessions.pending_total() + self.groups.extra_records()
     }
 

@@ -7,9 +7,12 @@
 //!   otherwise it is answered `Busy`;
 //! * `Failed` → the lease is released and the client gets `Unavailable`.
 //!
-//! Nothing is answered `Granted` that the gate did not confirm.
+//! Nothing is answered `Granted` that the gate did not confirm. A retrying acquire counts in
+//! the queue limits (`limits.max_queued_total`, with the table's queued requests): one that
+//! would pass it is answered `LimitExceeded` instead of retrying.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lockbroker_proto::ErrorCode;
@@ -54,7 +57,7 @@ async fn answer_when_confirmed(
         };
         let why = match confirmation {
             Confirmation::Ok => {
-                broker.answer_granted(&handle, req, &grant.key, grant.fence, grant.ttl);
+                broker.answer_granted(&handle, req, &grant.key, grant.fence, grant.mode, grant.ttl);
                 return;
             }
             Confirmation::Failed(why) => {
@@ -79,6 +82,10 @@ async fn answer_when_confirmed(
             return;
         };
         // Retrying outside the table: a `Cancel` finds it here.
+        let Some(_poll) = Poll::begin(broker) else {
+            handle.answer_table_error(req, &TableError::LimitExceeded("queued requests in total"));
+            return;
+        };
         handle.begin_poll(req);
         tokio::time::sleep(POLL).await;
         if broker.session_handle(session).is_none() {
@@ -95,7 +102,7 @@ async fn answer_when_confirmed(
                     pending = p;
                 }
                 None => {
-                    broker.answer_granted(&handle, req, &g.key, g.fence, g.ttl);
+                    broker.answer_granted(&handle, req, &g.key, g.fence, g.mode, g.ttl);
                     return;
                 }
             },
@@ -112,5 +119,26 @@ async fn answer_when_confirmed(
                 return;
             }
         }
+    }
+}
+
+/// One acquire retrying outside the table, counted in [`Broker::pollers`] while it lives.
+struct Poll<'a>(&'a Broker);
+
+impl<'a> Poll<'a> {
+    /// Counts a new retrying acquire, unless the table's queued requests and the retrying
+    /// acquires together have reached `limits.max_queued_total`.
+    fn begin(broker: &'a Broker) -> Option<Poll<'a>> {
+        let limit = broker.cfg.limits.max_queued_total;
+        let queued = broker.read_table(|t, _| t.queued_total());
+        let pollers = broker.pollers.fetch_add(1, Ordering::AcqRel);
+        let poll = Poll(broker);
+        (queued + pollers < limit).then_some(poll)
+    }
+}
+
+impl Drop for Poll<'_> {
+    fn drop(&mut self) {
+        self.0.pollers.fetch_sub(1, Ordering::AcqRel);
     }
 }

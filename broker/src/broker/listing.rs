@@ -165,7 +165,8 @@ impl Broker {
         Totals {
             keys: t.keys,
             leases: t.leases,
-            waiters: t.waiters,
+            // Acquires retrying outside the table (sync mirror) wait too.
+            waiters: t.waiters + self.pollers(),
             watchers: t.watchers,
             sessions: self.session_count(),
         }

@@ -37,7 +37,7 @@ mod session;
 pub mod wire;
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,9 @@ pub struct Broker {
     router: OnceLock<Arc<dyn KeyRouter>>,
     /// Lock metrics (None when `admin.metrics` is off).
     pub metrics: Option<Arc<Metrics>>,
+    /// Acquires retrying outside the table (a grant gate refused their grant: `confirm.rs`);
+    /// they count in the queue limits as queued requests do.
+    pollers: AtomicUsize,
 }
 
 thread_local! {
@@ -134,6 +137,7 @@ impl Broker {
             shutdown: watch::channel(false).0,
             gate: OnceLock::new(),
             router: OnceLock::new(),
+            pollers: AtomicUsize::new(0),
         })
     }
 
@@ -211,6 +215,11 @@ impl Broker {
             m.lost_sessions.inc();
         }
         self.with_table(|t, now, out| t.close_session(now, id, clean, out));
+    }
+
+    /// Acquires retrying outside the table now (they count as queued requests).
+    pub fn pollers(&self) -> usize {
+        self.pollers.load(Ordering::Acquire)
     }
 
     /// Number of live sessions.

@@ -302,6 +302,63 @@ async fn a_guard_is_never_carried_to_an_independent_broker() {
     assert_eq!(info.holders[0].fence, theirs.fence());
 }
 
+/// Issue 23 finding 12: acquires retrying against the sync mirror (their key held in Redis
+/// by someone else) were outside every queue limit — 3,000 of them with `max_queued_total` at
+/// 1,000, and the waiters gauge said 0. Now they count as queued requests: past the limit an
+/// acquire is answered `LimitExceeded`, and the gauge shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquires_polling_the_sync_mirror_count_in_the_queue_limit() {
+    use lockbroker_proto::{Acquire, Mode, WaitSpec};
+    use lockbroker_tests::http::{self, sample};
+    use lockbroker_tests::redis::{RedisServer, mirror_config};
+
+    let redis = RedisServer::start();
+    let config = mirror_config(&redis.url(), "sync", "") + "\n[limits]\nmax_queued_total = 10\n";
+    let broker = Broker::start_with_config(&config);
+    redis::cmd("SET")
+        .arg("poll/k")
+        .arg("theirs")
+        .arg("PX")
+        .arg(30_000)
+        .exec(&mut redis.conn())
+        .expect("a Redis client holds the key");
+    let mut raw = raw_session(&broker, None).await;
+    for id in 1..=30 {
+        raw.send_frame(&Frame::Acquire(Acquire {
+            id,
+            key: Bytes::from_static(b"poll/k"),
+            mode: Mode::Exclusive,
+            ttl_ms: 5_000,
+            wait: WaitSpec::Millis(20_000),
+            owner: Bytes::new(),
+        }))
+        .await;
+    }
+    let mut refused = 0;
+    while let Some(frame) = raw.next_frame(Duration::from_secs(2)).await {
+        match frame {
+            Frame::Error {
+                code: ErrorCode::LimitExceeded,
+                message,
+                ..
+            } => {
+                assert!(message.contains("queued requests in total"), "{message}");
+                refused += 1;
+            }
+            other => panic!("only refusals while Redis holds the key: {other:?}"),
+        }
+    }
+    assert_eq!(refused, 20, "10 may wait, 20 are past the limit");
+    let metrics = http::get(broker.admin.expect("admin"), "/metrics")
+        .await
+        .body;
+    assert_eq!(
+        sample(&metrics, "lockbroker_waiters"),
+        Some(10.0),
+        "{metrics}"
+    );
+}
+
 /// Finding 5: in sync-mirror mode a `Cancel` for an acquire that polls Redis (the key is held
 /// there by another client) was ignored; the `Granted` came seconds later. Now the poll stops
 /// at its next turn and the acquire is answered `Cancelled`; nothing is granted afterwards.

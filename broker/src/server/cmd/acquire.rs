@@ -32,11 +32,19 @@ pub(super) async fn apply(s: &Session, a: Acquire) {
             .answer_table_error(a.id, &TableError::DuplicateRequest);
         return;
     }
-    let limit = s.broker.cfg.limits.max_waiters_per_session;
+    let limits = &s.broker.cfg.limits;
+    // Acquires retrying outside the table (sync mirror) count in both queue limits.
+    let pollers = s.broker.pollers();
     let result = s.broker.with_table(|t, now, out| {
         let may_queue = a.wait != lockbroker_proto::WaitSpec::NoWait;
-        if polling > 0 && may_queue && t.pending_of(s.id) + polling >= limit {
+        if polling > 0
+            && may_queue
+            && t.pending_of(s.id) + polling >= limits.max_waiters_per_session
+        {
             return Err(TableError::LimitExceeded("pending waiters"));
+        }
+        if pollers > 0 && may_queue && t.queued_total() + pollers >= limits.max_queued_total {
+            return Err(TableError::LimitExceeded("queued requests in total"));
         }
         // Cluster takeover grace: the key waits like everyone else's in the shard.
         if let Some(until) = grace_until {
