@@ -1,5 +1,6 @@
-//! Files only the broker may read or change: the data dir (0700), secret keys (0600), and the
-//! plugin cache, whose artifacts are native code the broker loads — so an artifact is loaded
+//! Files only the broker may read or change: the data dir (0700), secret keys (0600, created
+//! once with `create_private_once`: written beside, then linked into place), and the plugin
+//! cache, whose artifacts are native code the broker loads — so an artifact is loaded
 //! only if it and its directory belong to the broker's user and nobody else may write them.
 
 use std::io;
@@ -53,6 +54,42 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// Creates `path` holding `bytes`, owner-only (0600) and durable, unless it exists: the bytes
+/// go to a temporary file beside it first, which is then hard-linked to `path` — so nobody
+/// ever reads a partly written file, and of several processes creating `path` at once exactly
+/// one wins. `Ok(true)`: created; `Ok(false)`: `path` existed (left as it was; read it).
+pub fn create_private_once(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no file", path.display()),
+        )
+    })?;
+    // Unique among processes (pid) and among the threads of this one (counter).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let linked = write_private(&tmp, bytes).and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Why `file` (in `dir`) must not be trusted as broker-written, if it must not.
@@ -112,6 +149,44 @@ mod tests {
         write_private(&key, b"new").expect("write");
         assert_eq!(mode(&key), 0o600);
         assert_eq!(std::fs::read(&key).expect("read"), b"new");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_private_file_is_created_once_and_the_first_writer_wins() {
+        let d = scratch("once");
+        ensure_private_dir(&d).expect("mkdir");
+        let f = d.join("cluster.key");
+        assert!(create_private_once(&f, b"first").expect("create"));
+        assert_eq!(mode(&f), 0o600);
+        assert!(!create_private_once(&f, b"second").expect("exists"));
+        assert_eq!(std::fs::read(&f).expect("read"), b"first");
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("cluster.key")],
+            "no temp file left"
+        );
+        // Racing creators: exactly one wins, and every one reads the winner's bytes.
+        let g = d.join("raced.key");
+        let winners: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let g = &g;
+                    s.spawn(move || create_private_once(g, &[i; 32]).expect("create"))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().expect("thread")))
+                .sum()
+        });
+        assert_eq!(winners, 1);
+        assert_eq!(std::fs::read(&g).expect("read").len(), 32);
         let _ = std::fs::remove_dir_all(&d);
     }
 

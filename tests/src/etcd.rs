@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -281,18 +281,65 @@ fn wait_port(port: u16) {
     }
 }
 
-/// A broker config for cluster mode on the `etcd` endpoints as `name` advertising `addr`, with
-/// a 2 s ownership lease and `max_ttl_ms` as the TTL cap (and takeover grace).
-pub fn cluster_config(etcd: &[String], name: &str, addr: SocketAddr, max_ttl_ms: u64) -> String {
-    let etcd: Vec<String> = etcd.iter().map(|e| format!("{e:?}")).collect();
-    let etcd = etcd.join(", ");
+/// An etcd the brokers of a test cluster share, and the cluster's key file (kept with etcd's
+/// data: one per cluster, created by its first broker).
+pub trait ClusterStore {
+    /// The client endpoints.
+    fn endpoints(&self) -> Vec<String>;
+    /// The cluster's `key_file`.
+    fn key_file(&self) -> PathBuf;
+}
+
+impl<T: ClusterStore + ?Sized> ClusterStore for &T {
+    fn endpoints(&self) -> Vec<String> {
+        (**self).endpoints()
+    }
+
+    fn key_file(&self) -> PathBuf {
+        (**self).key_file()
+    }
+}
+
+impl ClusterStore for EtcdServer {
+    fn endpoints(&self) -> Vec<String> {
+        vec![self.endpoint()]
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.data.path().join("cluster.key")
+    }
+}
+
+impl ClusterStore for EtcdCluster {
+    fn endpoints(&self) -> Vec<String> {
+        EtcdCluster::endpoints(self)
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.data.path().join("cluster.key")
+    }
+}
+
+/// A broker config for cluster mode on `etcd` as `name` advertising `addr`, with a 2 s
+/// ownership lease and `max_ttl_ms` as the TTL cap (and takeover grace). The `[cluster]` table
+/// comes last, so a test may append settings of its own.
+pub fn cluster_config(
+    etcd: &impl ClusterStore,
+    name: &str,
+    addr: SocketAddr,
+    max_ttl_ms: u64,
+) -> String {
+    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    let endpoints = endpoints.join(", ");
+    let key_file = etcd.key_file().display().to_string();
     format!(
         r#"
 [locks]
 default_ttl_ms = {max_ttl_ms}
 [cluster]
-etcd = [{etcd}]
+etcd = [{endpoints}]
 name = "test"
+key_file = {key_file:?}
 broker = "{name}"
 advertise = "{addr}"
 shards = 8
@@ -300,4 +347,255 @@ ownership_ttl_ms = 2000
 max_ttl_ms = {max_ttl_ms}
 "#
     )
+}
+
+/// What a user of [`EtcdServer::enable_auth`] may do under its prefix.
+#[derive(Clone, Copy, Debug)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// An etcd user for [`EtcdServer::enable_auth`]: its role (`<name>-role`) grants `access` on
+/// the keys under `prefix` and nothing else.
+#[derive(Clone, Copy, Debug)]
+pub struct EtcdUser<'a> {
+    pub name: &'a str,
+    pub password: &'a str,
+    pub access: Access,
+    pub prefix: &'a str,
+}
+
+/// The password of the `root` user [`EtcdServer::enable_auth`] creates.
+const ROOT_PASSWORD: &str = "root-password";
+
+impl EtcdServer {
+    /// Turns on etcd's auth as README "Run a cluster" does with `etcdctl`: a `root` user (etcd
+    /// needs one), every user of `users` with a role limited to its prefix, then `auth enable`.
+    /// Through etcd's JSON gateway (`/v3/auth/...`), so no `etcdctl` is needed.
+    pub fn enable_auth(&self, users: &[EtcdUser<'_>]) {
+        let port = self.client_port;
+        gateway_ok(
+            port,
+            "/v3/auth/user/add",
+            &format!(r#"{{"name":"root","password":"{ROOT_PASSWORD}"}}"#),
+            None,
+        );
+        gateway_ok(
+            port,
+            "/v3/auth/user/grant",
+            r#"{"user":"root","role":"root"}"#,
+            None,
+        );
+        for u in users {
+            let role = format!("{}-role", u.name);
+            let perm = match u.access {
+                Access::Read => "READ",
+                Access::ReadWrite => "READWRITE",
+            };
+            gateway_ok(
+                port,
+                "/v3/auth/user/add",
+                &format!(r#"{{"name":"{}","password":"{}"}}"#, u.name, u.password),
+                None,
+            );
+            gateway_ok(
+                port,
+                "/v3/auth/role/add",
+                &format!(r#"{{"name":"{role}"}}"#),
+                None,
+            );
+            gateway_ok(
+                port,
+                "/v3/auth/role/grant",
+                &format!(
+                    r#"{{"name":"{role}","perm":{{"permType":"{perm}","key":"{}","range_end":"{}"}}}}"#,
+                    base64_encode(u.prefix.as_bytes()),
+                    base64_encode(&prefix_end(u.prefix.as_bytes())),
+                ),
+                None,
+            );
+            gateway_ok(
+                port,
+                "/v3/auth/user/grant",
+                &format!(r#"{{"user":"{}","role":"{role}"}}"#, u.name),
+                None,
+            );
+        }
+        gateway_ok(port, "/v3/auth/enable", "{}", None);
+    }
+
+    /// Every (key, value) under `prefix`, read as `user` (auth on) — what anyone with read
+    /// access to the prefix sees.
+    pub fn read_prefix(&self, user: &str, password: &str, prefix: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let port = self.client_port;
+        let auth = gateway_ok(
+            port,
+            "/v3/auth/authenticate",
+            &format!(r#"{{"name":"{user}","password":"{password}"}}"#),
+            None,
+        );
+        let token = auth["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token in {auth}"))
+            .to_string();
+        let range = gateway_ok(
+            port,
+            "/v3/kv/range",
+            &format!(
+                r#"{{"key":"{}","range_end":"{}"}}"#,
+                base64_encode(prefix.as_bytes()),
+                base64_encode(&prefix_end(prefix.as_bytes()))
+            ),
+            Some(&token),
+        );
+        let field = |kv: &serde_json::Value, name: &str| {
+            base64_decode(kv[name].as_str().unwrap_or(""))
+                .unwrap_or_else(|| panic!("{name} of {kv} is not base64"))
+        };
+        range["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| (field(kv, "key"), field(kv, "value")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The end of the key range of `prefix` (its last byte + 1, as `etcdctl --prefix` computes).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A POST to etcd's JSON gateway that must succeed (200): its JSON answer.
+fn gateway_ok(port: u16, path: &str, body: &str, token: Option<&str>) -> serde_json::Value {
+    let (status, json) = gateway(port, path, body, token);
+    assert_eq!(status, 200, "etcd {path} {body}: {status} {json}");
+    json
+}
+
+/// A POST of `body` to `path` on etcd's JSON gateway at `port` (with auth `token`, if any):
+/// the HTTP status and the JSON answer.
+pub fn gateway(port: u16, path: &str, body: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect to etcd");
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let auth = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         {auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write to etcd");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, payload) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    let chunked = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    let payload = if chunked {
+        unchunk(payload)
+    } else {
+        payload.to_string()
+    };
+    let json =
+        serde_json::from_str(&payload).unwrap_or_else(|e| panic!("etcd {path}: {e} in {payload}"));
+    (status, json)
+}
+
+/// The body of a chunked HTTP answer.
+fn unchunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (etcd's gateway encodes bytes so).
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(BASE64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decodes standard base64 (padding optional); `None` if `s` is not base64.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = BASE64.iter().position(|&b| b == c)?;
+        acc = (acc << 6) | u32::try_from(v).ok()?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for s in [
+            &b""[..],
+            b"f",
+            b"fo",
+            b"foo",
+            b"foob",
+            b"fooba",
+            b"foobar",
+            &[0xff, 0, 0x10],
+        ] {
+            assert_eq!(base64_decode(&base64_encode(s)).as_deref(), Some(s));
+        }
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(prefix_end(b"/lockbroker/"), b"/lockbroker0");
+    }
 }

@@ -25,7 +25,7 @@ const MAX_TTL_MS: u64 = 3000;
 struct Etcd {
     child: Child,
     endpoint: String,
-    _data: TempDir,
+    data: TempDir,
 }
 
 impl Etcd {
@@ -49,7 +49,7 @@ impl Etcd {
         let etcd = Etcd {
             child,
             endpoint,
-            _data: data,
+            data,
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], client));
         let start = Instant::now();
@@ -63,6 +63,13 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// The cluster's key file, beside etcd's data (gone with it).
+    fn key_file(&self) -> String {
+        self.data.path().join("cluster.key").display().to_string()
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -70,11 +77,13 @@ impl Drop for Etcd {
     }
 }
 
-fn member_config(etcd: &str, name: &str, addr: SocketAddr) -> String {
+/// A member's config; `key_file` is the cluster's key (the first member creates it).
+fn member_config(etcd: &Etcd, name: &str, addr: SocketAddr) -> String {
+    let (endpoint, key_file) = (&etcd.endpoint, etcd.key_file());
     format!(
-        "[locks]\ndefault_ttl_ms = {MAX_TTL_MS}\n[cluster]\netcd = [\"{etcd}\"]\nname = \"bench\"\n\
-         broker = \"{name}\"\nadvertise = \"{addr}\"\nshards = 16\n\
-         ownership_ttl_ms = {OWNERSHIP_TTL_MS}\nmax_ttl_ms = {MAX_TTL_MS}\n"
+        "[locks]\ndefault_ttl_ms = {MAX_TTL_MS}\n[cluster]\netcd = [\"{endpoint}\"]\n\
+         name = \"bench\"\nbroker = \"{name}\"\nadvertise = \"{addr}\"\nshards = 16\n\
+         ownership_ttl_ms = {OWNERSHIP_TTL_MS}\nmax_ttl_ms = {MAX_TTL_MS}\nkey_file = {key_file:?}\n"
     )
 }
 
@@ -174,7 +183,7 @@ pub async fn run(opts: &Opts, bin: &Path, single: &Broker, report: &mut Report) 
         let name = format!("b{i}");
         let b = Broker::start_at(
             bin,
-            &member_config(&etcd.endpoint, &name, *addr),
+            &member_config(&etcd, &name, *addr),
             *addr,
             TempDir::new(&name)?,
         )?;
@@ -281,7 +290,7 @@ pub async fn run(opts: &Opts, bin: &Path, single: &Broker, report: &mut Report) 
         let dir = b.kill();
         let granted = lock_when_possible(&routed, key, Duration::from_secs(60)).await?;
         failover.record(granted - killed);
-        let b = Broker::start_at(bin, &member_config(&etcd.endpoint, &name, addr), addr, dir)?;
+        let b = Broker::start_at(bin, &member_config(&etcd, &name, addr), addr, dir)?;
         let c = member_client(&b).await?;
         members.insert(owner.min(members.len()), (b, c));
         for k in &keys {

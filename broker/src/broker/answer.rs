@@ -11,18 +11,19 @@ use super::metrics::Metrics;
 use super::session::SessionHandle;
 use super::{Broker, Route, confirm};
 use crate::table::serve::{self, Answer};
-use crate::table::{AcquireRequest, Effect, Fence, Grant, ReqId, SessionId, TableError};
+use crate::table::{AcquireRequest, Effect, Fence, Grant, Mode, ReqId, SessionId, TableError};
 
 impl Broker {
-    /// Answers request `req` of session `to` with the granted lease (`key`, `fence`) for
-    /// `ttl`: its secret, bound to the session's principal, and the key it got when a policy
-    /// rewrote it. The only place a `Granted` frame is built.
+    /// Answers request `req` of session `to` with the granted lease (`key`, `fence`) in `mode`
+    /// for `ttl`: its secret, bound to the session's principal and the mode, and the key it got
+    /// when a policy rewrote it. The only place a `Granted` frame is built.
     pub fn answer_granted(
         &self,
         to: &SessionHandle,
         req: ReqId,
         key: &[u8],
         fence: Fence,
+        mode: Mode,
         ttl: Duration,
     ) {
         if let Some(m) = &self.metrics
@@ -33,7 +34,7 @@ impl Broker {
                 Metrics::observe(&m.handoff, handed.elapsed());
             }
         }
-        let secret = self.identity.lease_secret(key, fence, &to.principal);
+        let secret = self.identity.lease_secret(key, fence, &to.principal, mode);
         to.outbox.push(&serve::granted(
             req,
             fence,
@@ -86,7 +87,7 @@ impl Broker {
             return;
         }
         match self.session_handle(session) {
-            Some(h) => self.answer_granted(&h, req, &grant.key, grant.fence, grant.ttl),
+            Some(h) => self.answer_granted(&h, req, &grant.key, grant.fence, grant.mode, grant.ttl),
             // The session closed between the grant and now: give the lease back.
             None => self.release_lease(session, &grant),
         }
@@ -101,7 +102,8 @@ impl Broker {
         match (handle, refusal) {
             (Some(h), None) => {
                 h.outbox.push(&serve::granted_all(req, &grants, |g| {
-                    self.identity.lease_secret(&g.key, g.fence, &h.principal)
+                    self.identity
+                        .lease_secret(&g.key, g.fence, &h.principal, g.mode)
                 }));
             }
             (handle, refusal) => {

@@ -18,22 +18,22 @@ use super::Broker;
 use super::gate::Confirmation;
 use super::session::SessionHandle;
 use super::wire::millis;
-use crate::table::{Fence, ReqId, SessionId};
+use crate::table::{Fence, Mode, ReqId, SessionId};
 
 /// What a confirmed renewal is answered with, and the lease's new deadline.
 #[derive(Clone, Copy, Debug)]
 pub enum Renewed {
     /// `Extended { ttl }` (an `Extend`).
     Extended(Duration, Instant),
-    /// `Granted` for the lease (a `Reclaim`).
-    Reclaimed(Duration, Instant),
+    /// `Granted` for the lease, held in this mode (a `Reclaim`).
+    Reclaimed(Duration, Instant, Mode),
 }
 
 impl Renewed {
     /// The renewed lease's deadline.
     fn deadline(self) -> Instant {
         match self {
-            Renewed::Extended(_, d) | Renewed::Reclaimed(_, d) => d,
+            Renewed::Extended(_, d) | Renewed::Reclaimed(_, d, _) => d,
         }
     }
 }
@@ -85,7 +85,9 @@ impl Broker {
                 id: req,
                 ttl_ms: millis(ttl),
             }),
-            Renewed::Reclaimed(ttl, _) => self.answer_granted(handle, req, key, fence, ttl),
+            Renewed::Reclaimed(ttl, _, mode) => {
+                self.answer_granted(handle, req, key, fence, mode, ttl)
+            }
         }
     }
 

@@ -148,9 +148,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Cluster mode: every broker signs and verifies lease secrets with the cluster's key.
     let cluster_key = if cfg.cluster.enabled() {
         Some(
-            cluster::fetch_secret(&cfg.cluster)
+            cluster::cluster_key(&cfg.cluster)
                 .await
-                .context("cannot reach etcd for the cluster key")?,
+                .context("cannot set up the cluster key")?,
         )
     } else {
         None

@@ -24,6 +24,13 @@ use crate::config::ClusterConfig;
 pub enum ClusterError {
     #[error("etcd: {0}")]
     Etcd(String),
+    /// `cluster.key_file` cannot be read, created or parsed (the message names the file).
+    #[error("{0}")]
+    KeyFile(String),
+    /// The key file's key is not the one the cluster's other brokers use (the message names
+    /// the file).
+    #[error("{0}")]
+    KeyMismatch(String),
 }
 
 impl From<etcd_client::Error> for ClusterError {

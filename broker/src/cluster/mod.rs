@@ -13,8 +13,9 @@
 //!   owner issues is above every fence any earlier owner of the shard issued.
 //! * Failover grace: a claimed shard that had an owner before grants nothing new for the
 //!   longest TTL a broker grants in cluster mode (`cluster.max_ttl_ms`) plus lock delay, while
-//!   the earlier owner's holders adopt their leases with their lease secret (the secret key is
-//!   shared by the cluster through etcd, `secret.rs`).
+//!   the earlier owner's holders adopt their leases with their lease secret (every broker signs
+//!   secrets with the cluster's key, a file each broker has a copy of — `cluster.key_file`;
+//!   etcd holds only its fingerprint, `secret.rs`).
 //! * `state.rs` is the sans-I/O view (members, owners, terms, routing); `driver.rs` talks to
 //!   etcd and carries out what the view decides; the broker core asks the cluster through
 //!   [`KeyRouter`](crate::broker::KeyRouter).
@@ -36,6 +37,6 @@ mod status;
 mod validity;
 
 pub use driver::{Cluster, ClusterError};
-pub use secret::fetch_secret;
+pub use secret::cluster_key;
 pub use state::Ownership;
 pub use status::{drain, status};

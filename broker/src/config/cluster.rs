@@ -4,6 +4,8 @@
 //! [cluster]
 //! etcd = ["http://127.0.0.1:2379"]   # etcd endpoints; unset = single broker (the default)
 //! name = "lockbroker"                # cluster name: the etcd key prefix /lockbroker/<name>/
+//! key_file = "/etc/lockbroker/cluster.key"  # required: the cluster's lease-secret key (hex);
+//!                                    # created if missing; every broker needs a copy
 //! broker = "b1"                      # this broker's name (default: its advertised address)
 //! advertise = "127.0.0.1:7420"       # the address clients reach it at (default: listen)
 //! shards = 64                        # fixed for the life of the cluster
@@ -29,6 +31,10 @@ pub struct ClusterConfig {
     /// etcd endpoints (`http://host:port`). Empty: no cluster.
     pub etcd: Vec<String>,
     pub name: String,
+    /// The cluster's lease-secret key: 32 bytes as 64 hex digits (required in cluster mode).
+    /// Created (0600) by a broker that finds it missing; every broker of the cluster must
+    /// have a copy of the same file. etcd keeps only a fingerprint of it.
+    pub key_file: Option<PathBuf>,
     /// This broker's name among the members (default: its advertised address).
     pub broker: Option<String>,
     /// The address clients reach this broker at (default: `listen`).
@@ -53,6 +59,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             etcd: Vec::new(),
             name: "lockbroker".into(),
+            key_file: None,
             broker: None,
             advertise: None,
             shards: 64,
@@ -94,6 +101,14 @@ impl ClusterConfig {
         }
         if self.name.is_empty() || self.name.contains('/') {
             return Err("cluster.name must be non-empty and contain no '/'".into());
+        }
+        if self.key_file.is_none() {
+            return Err(
+                "cluster.key_file is required in cluster mode: the file with the cluster's \
+                 lease-secret key (a broker creates it if it is missing; copy it to every \
+                 broker of the cluster)"
+                    .into(),
+            );
         }
         if self.username.is_some() != self.password.is_some() {
             return Err("cluster.username and cluster.password go together".into());

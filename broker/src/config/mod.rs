@@ -360,6 +360,11 @@ mod tests {
         );
         bad.cluster.ownership_ttl_ms = 2500;
         assert!(bad.validate().is_err());
+        let mut keyless = cfg.clone();
+        keyless.cluster.key_file = None;
+        assert!(
+            matches!(keyless.validate(), Err(ConfigError::Invalid(m)) if m.contains("cluster.key_file is required"))
+        );
     }
 
     #[test]

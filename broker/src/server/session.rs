@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use super::cmd;
 use super::policy::{Decided, Op, Policy};
 use crate::broker::{Broker, Route, SessionHandle};
-use crate::table::SessionId;
+use crate::table::{self, SessionId};
 
 /// Application close code of a client that ends its session on purpose.
 pub const CLOSE_CLEAN: u32 = 0;
@@ -41,23 +41,32 @@ impl Session {
         self.handle.answer(&frame);
     }
 
-    /// Whether `secret` is the secret of lease (`key`, `fence`) granted to this session's
-    /// principal. When not, request `id` is answered `NotOwner` (if `answer`) and false returned.
+    /// Whether `secret` is the secret of lease (`key`, `fence`) granted in `mode` to this
+    /// session's principal. When not, request `id` is answered `NotOwner` (if `answer`) and
+    /// false returned.
     pub fn owns(
         &self,
         id: u64,
         key: &[u8],
         fence: u64,
+        mode: table::Mode,
         secret: &LeaseSecret,
         answer: bool,
     ) -> bool {
-        if self
-            .broker
+        self.proves(key, fence, mode, secret) || self.not_owner(id, answer)
+    }
+
+    /// Whether `secret` is the secret of lease (`key`, `fence`) in `mode` for this session's
+    /// principal (nothing answered).
+    pub fn proves(&self, key: &[u8], fence: u64, mode: table::Mode, secret: &LeaseSecret) -> bool {
+        self.broker
             .identity
-            .verify(key, fence, &self.handle.principal, secret)
-        {
-            return true;
-        }
+            .verify(key, fence, &self.handle.principal, mode, secret)
+    }
+
+    /// A lease secret did not match: counted, and request `id` answered `NotOwner` (if
+    /// `answer`). Returns false.
+    pub fn not_owner(&self, id: u64, answer: bool) -> bool {
         if let Some(m) = &self.broker.metrics {
             m.deny(crate::broker::Denial::NotOwner);
         }
@@ -69,6 +78,21 @@ impl Session {
             );
         }
         false
+    }
+
+    /// The mode of lease (`key`, `fence`) — what its secret is checked against before a
+    /// release or extend — or the table's error for a lease it does not hold (`NotLocked`,
+    /// `NotOwner`), answered to request `id` (if `answer`) here.
+    pub fn lease_mode(&self, id: u64, key: &[u8], fence: u64, answer: bool) -> Option<table::Mode> {
+        match self.broker.read_table(|t, _| t.lease_mode(key, fence)) {
+            Ok(mode) => Some(mode),
+            Err(e) => {
+                if answer {
+                    self.handle.answer_table_error(id, &e);
+                }
+                None
+            }
+        }
     }
 
     /// Runs the policy chain for request `id` on `key`; a denial is answered (`Denied`) here
@@ -218,6 +242,8 @@ pub async fn serve(
         }
     };
     let (id, handle) = broker.open_session_from(&principal, remote);
+    // Leases record who holds them: a reclaim never moves one to another principal.
+    broker.with_table(|t, _, _| t.set_principal(id, principal.as_bytes()));
     tracing::debug!(%remote, session = id, %principal, client = %hello.client, "session opened");
     handle.answer(&Frame::Welcome(Welcome {
         session: id,

@@ -21,7 +21,7 @@ fn start_member(etcd: &EtcdServer, name: &str, addr: SocketAddr) -> Broker {
 
 /// [`start_member`] with a TTL cap (and takeover grace) of `max_ttl_ms`.
 fn start_member_with(etcd: &EtcdServer, name: &str, addr: SocketAddr, max_ttl_ms: u64) -> Broker {
-    let toml = cluster_config(&[etcd.endpoint()], name, addr, max_ttl_ms);
+    let toml = cluster_config(&etcd, name, addr, max_ttl_ms);
     Broker::start_at(TempDir::new(name), &toml, addr)
 }
 
@@ -141,7 +141,7 @@ async fn lock_eventually(c: &Client, key: &str, limit: Duration) -> lockbroker_s
 fn cluster_status(etcd: &EtcdServer) -> String {
     let dir = TempDir::new("status");
     let config = dir.path().join("status.toml");
-    let toml = cluster_config(&[etcd.endpoint()], "observer", free_udp_addr(), 1000);
+    let toml = cluster_config(&etcd, "observer", free_udp_addr(), 1000);
     if let Err(e) = std::fs::write(&config, toml) {
         return format!("(cluster status unavailable: {e})");
     }
@@ -503,7 +503,7 @@ async fn a_paused_owner_stops_serving_before_another_takes_over() {
 async fn losing_etcd_quorum_fails_closed_and_quorum_back_resumes() {
     let mut etcd = lockbroker_tests::etcd::EtcdCluster::start();
     let addr = free_udp_addr();
-    let toml = cluster_config(&etcd.endpoints(), "q1", addr, 3000);
+    let toml = cluster_config(&etcd, "q1", addr, 3000);
     let b = Broker::start_at(TempDir::new("q1"), &toml, addr);
     let c = client_of(&b).await;
     wait_served(&c, "q/k", Duration::from_secs(40)).await;
@@ -544,11 +544,7 @@ async fn a_joining_broker_takes_its_shards_and_held_leases_follow() {
     // b2's certificate must be trusted before it exists: start it once to create its data dir
     // and dev certificate, then stop it until the join.
     let b2_dir = TempDir::new("b2-join");
-    let b2 = Broker::start_at(
-        b2_dir,
-        &cluster_config(&[etcd.endpoint()], "b2", a2, 5000),
-        a2,
-    );
+    let b2 = Broker::start_at(b2_dir, &cluster_config(&etcd, "b2", a2, 5000), a2);
     let cas = cas_of(&[&b1, &b2]);
     let b2_dir = b2.kill();
     let client = cluster_client(&[b1.url()], cas).await;
@@ -568,11 +564,7 @@ async fn a_joining_broker_takes_its_shards_and_held_leases_follow() {
         }
         v
     };
-    let b2 = Broker::start_at(
-        b2_dir,
-        &cluster_config(&[etcd.endpoint()], "b2", a2, 5000),
-        a2,
-    );
+    let b2 = Broker::start_at(b2_dir, &cluster_config(&etcd, "b2", a2, 5000), a2);
     // The holders only hold across the move (their guards renew in the background and adopt
     // their leases at the new owner); none may be lost.
     let start = Instant::now();
@@ -728,7 +720,7 @@ async fn brokers_joining_and_leaving_under_load_fail_no_request() {
     // b3's certificate must be trusted before it joins: a first run creates it.
     let b3 = Broker::start_at(
         TempDir::new("l3"),
-        &cluster_config(&[etcd.endpoint()], "l3", a3, 3000),
+        &cluster_config(&etcd, "l3", a3, 3000),
         a3,
     );
     let cas = cas_of(&[&b1, &b2, &b3]);
@@ -780,11 +772,7 @@ async fn brokers_joining_and_leaving_under_load_fail_no_request() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before_join = done.load(Ordering::Relaxed);
-    let b3 = Broker::start_at(
-        b3_dir,
-        &cluster_config(&[etcd.endpoint()], "l3", a3, 3000),
-        a3,
-    );
+    let b3 = Broker::start_at(b3_dir, &cluster_config(&etcd, "l3", a3, 3000), a3);
     tokio::time::sleep(Duration::from_secs(8)).await;
     let before_leave = done.load(Ordering::Relaxed);
     b1.signal("TERM");
@@ -833,15 +821,14 @@ async fn cluster_mode_reaches_etcd_over_tls_with_a_client_certificate() {
     assert!(etcd.endpoint().starts_with("https://"));
     let tls = format!("etcd_ca = {cert:?}\netcd_cert = {cert:?}\netcd_key = {key:?}\n",);
     let addr = free_udp_addr();
-    let toml = cluster_config(&[etcd.endpoint()], "tls1", addr, 3000) + &tls;
+    let toml = cluster_config(&etcd, "tls1", addr, 3000) + &tls;
     let b = Broker::start_at(TempDir::new("tls1"), &toml, addr);
     let c = client_of(&b).await;
     wait_served(&c, "tls/k", Duration::from_secs(30)).await;
 
     // The CA alone is not enough for this etcd: no client certificate, no cluster.
     let addr2 = free_udp_addr();
-    let toml2 =
-        cluster_config(&[etcd.endpoint()], "tls2", addr2, 3000) + &format!("etcd_ca = {cert:?}\n");
+    let toml2 = cluster_config(&etcd, "tls2", addr2, 3000) + &format!("etcd_ca = {cert:?}\n");
     let outcome =
         std::panic::catch_unwind(|| Broker::start_at(TempDir::new("tls2"), &toml2, addr2));
     assert!(

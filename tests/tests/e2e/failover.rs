@@ -19,7 +19,7 @@ const MAX_TTL_MS: u64 = 10_000;
 const HOLD_TTL: Duration = Duration::from_secs(8);
 
 fn start_member(etcd: &EtcdServer, name: &str, addr: SocketAddr) -> Broker {
-    let toml = cluster_config(&[etcd.endpoint()], name, addr, MAX_TTL_MS);
+    let toml = cluster_config(&etcd, name, addr, MAX_TTL_MS);
     Broker::start_at(TempDir::new(name), &toml, addr)
 }
 
@@ -162,21 +162,26 @@ async fn a_holder_that_only_holds_keeps_its_lock_across_sigkill_and_sigstop_of_i
 }
 
 /// README's cluster quickstart, followed as written: three brokers with only `[cluster]` in
-/// their config (each its own dev certificate), and `lockbroker lock` given every broker's URL
+/// their config (each its own dev certificate; one cluster key file, which the first broker
+/// to start creates), and `lockbroker lock` given every broker's URL
 /// and every dev certificate (`LOCKBROKER_URL`, `LOCKBROKER_CA`, comma-separated). It takes a
 /// key of each broker's, and exits as soon as CMD has and the release is acknowledged —
 /// it used to wait out a 1 s close timeout whenever the key's owner was not the first broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_quickstart_locks_keys_of_every_broker_and_exits_after_cmd() {
     let etcd = EtcdServer::start();
+    let keys = TempDir::new("qs-key");
+    let key_file = keys.path().join("cluster.key");
     let addrs = [free_udp_addr(), free_udp_addr(), free_udp_addr()];
     let brokers: Vec<Broker> = addrs
         .iter()
         .enumerate()
         .map(|(i, addr)| {
             let toml = format!(
-                "[cluster]\netcd = [{:?}]\nbroker = \"b{i}\"\nadvertise = \"{addr}\"\n",
-                etcd.endpoint()
+                "[cluster]\netcd = [{:?}]\nkey_file = {:?}\nbroker = \"b{i}\"\n\
+                 advertise = \"{addr}\"\n",
+                etcd.endpoint(),
+                key_file.display().to_string()
             );
             Broker::start_at(TempDir::new(&format!("qs{i}")), &toml, *addr)
         })

@@ -1,9 +1,10 @@
 //! `Extend`: renews a lease (deadline = now + ttl, ttl bounded like an acquire's: the TTL
-//! policies run on the lease's key, then the broker's bounds). The lease's secret must match
-//! (else `NotOwner`). With a sync mirror the answer waits until
+//! policies run on the lease's key, then the broker's bounds). The lease's secret must match —
+//! checked against the lease's mode as the table has it, for this session's principal (else
+//! `NotOwner`) — and the table renews only a lease this session holds. With a sync mirror the answer waits until
 //! Redis has the new deadline; if it cannot, the lease ends (`Broker::answer_renewed`).
 
-use lockbroker_proto::{ErrorCode, Extend, Mode};
+use lockbroker_proto::{ErrorCode, Extend};
 
 use crate::broker::Renewed;
 use crate::server::session::Session;
@@ -11,21 +12,25 @@ use crate::table::deadline_after;
 use crate::table::serve::{self, Request};
 
 pub(super) async fn apply(s: &Session, e: Extend) {
-    if !s.owns(e.id, &e.key, e.fence, &e.secret, true) || s.local(e.id, &e.key).is_none() {
+    if s.local(e.id, &e.key).is_none() {
         return;
     }
-    // The TTL policies see the lease's mode (only looked up when a plugin will ask).
-    let mode = match s.policy.plugins() {
-        None => Mode::Exclusive,
-        Some(_) => s
-            .broker
-            .read_table(|t, _| t.inspect(&e.key))
-            .and_then(|info| info.holders.into_iter().find(|h| h.fence == e.fence))
-            .map_or(Mode::Exclusive, |h| h.mode.into()),
+    // The secret binds the lease's mode, which the TTL policies see too.
+    let Some(mode) = s.lease_mode(e.id, &e.key, e.fence, true) else {
+        return;
     };
+    if !s.owns(e.id, &e.key, e.fence, mode, &e.secret, true) {
+        return;
+    }
     let ttl = match s
         .policy
-        .renewal_ttl(&s.broker.cfg, &s.handle.principal, &e.key, mode, e.ttl_ms)
+        .renewal_ttl(
+            &s.broker.cfg,
+            &s.handle.principal,
+            &e.key,
+            mode.into(),
+            e.ttl_ms,
+        )
         .await
     {
         Ok(ttl) => ttl,

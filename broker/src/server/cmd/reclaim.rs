@@ -1,8 +1,16 @@
 //! `Reclaim`: a client takes over a lease by (key, fence, secret) — after reconnecting, its old
 //! session's lease is still held until its TTL; or a lease restored from the mirror at start.
-//! The secret must match this session's principal (so only the principal the lease was granted
-//! to can take it over), and the key and TTL policies run as for an acquire. The lease keeps its
+//! The secret must match this session's principal and the mode the reclaim names (so only the
+//! principal the lease was granted to can take it over, and only in the mode it was granted
+//! in); the table also refuses a lease it holds for another principal or in another mode,
+//! whatever the secret. The key and TTL policies run as for an acquire. The lease keeps its
 //! fence and gets a fresh TTL.
+//!
+//! A lease held by a *live* session of the same principal is taken over too: the SDK reclaims
+//! on a new connection when its old one stopped answering (a single broker's connection that
+//! timed out, a cluster broker it left after a request went unanswered), which the broker may
+//! not have noticed yet. The secret proves the reclaimer is that holder, or was handed the
+//! lease by it.
 //!
 //! During a restarted broker's grace period a lease of its previous run that the table does
 //! not know (nothing was restored) is re-created for its holder in the mode the reclaim names,
@@ -17,7 +25,7 @@ use crate::table::deadline_after;
 use crate::table::serve::{self, Request};
 
 pub(super) async fn apply(s: &Session, r: Reclaim) {
-    if !s.owns(r.id, &r.key, r.fence, &r.secret, true) {
+    if !s.owns(r.id, &r.key, r.fence, r.mode.into(), &r.secret, true) {
         return;
     }
     let Some(decided) = s.decide(r.id, &r.key, r.mode, r.ttl_ms, Op::Acquire).await else {
@@ -45,7 +53,7 @@ pub(super) async fn apply(s: &Session, r: Reclaim) {
             r.id,
             &r.key,
             r.fence,
-            Renewed::Reclaimed(ttl, deadline),
+            Renewed::Reclaimed(ttl, deadline, r.mode.into()),
         ),
         Err(e) => s.handle.answer_table_error(r.id, &e),
     }

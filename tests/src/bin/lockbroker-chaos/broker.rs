@@ -80,13 +80,15 @@ impl BrokerSpec {
             ));
         }
         if let PhaseConfig::Cluster { etcd } = phase {
+            // One key file for the run's brokers: the first to start creates it.
             toml.push_str(&format!(
                 "\n[cluster]\netcd = [\"{etcd}\"]\nname = \"chaos\"\nbroker = \"{}\"\n\
                  advertise = \"{}\"\nshards = {SHARDS}\nownership_ttl_ms = {}\n\
-                 max_ttl_ms = {ttl_ms}\n",
+                 max_ttl_ms = {ttl_ms}\nkey_file = {:?}\n",
                 self.name.replace(' ', "-"),
                 self.listen,
-                OWNERSHIP_TTL.as_millis()
+                OWNERSHIP_TTL.as_millis(),
+                self.work_dir.join("cluster.key").display().to_string()
             ));
         }
         toml
