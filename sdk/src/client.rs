@@ -78,8 +78,10 @@ impl Default for ClientBuilder {
 pub const DEFAULT_LEASE_MARGIN: Duration = Duration::from_millis(100);
 
 impl ClientBuilder {
-    /// Adds a broker address (`quic://host:port`). Several may be given: the client connects
-    /// to the first that answers, in order, and moves on when one fails.
+    /// Adds a broker address (`quic://host:port`). Several may be given — the members of one
+    /// cluster: the client connects to the first that answers, in order, and moves on when one
+    /// fails. A broker of such a list that is not in cluster mode, or of another cluster, is
+    /// refused (`Error::Invalid`): independent brokers would each grant the same key.
     pub fn broker(mut self, url: impl Into<String>) -> Self {
         self.urls.push(url.into());
         self

@@ -35,6 +35,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use lockbroker_proto::{
@@ -392,13 +393,17 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Opens the control stream, says Hello and waits for Welcome.
+    /// Opens the control stream, says Hello and waits for Welcome. `member_within`: the
+    /// client was given several brokers, which must be members of one cluster — such a broker
+    /// sends its shard map right after `Welcome`; one that sends none within this time is not
+    /// a cluster member and is refused (`Error::Invalid`).
     pub(crate) async fn open(
         addr: String,
         quic: quinn::Connection,
         token: Option<String>,
         client_name: String,
         pushes: Pushes,
+        member_within: Option<Duration>,
     ) -> Result<Arc<Conn>, Error> {
         let (mut send, mut recv) = quic
             .open_bi()
@@ -445,6 +450,38 @@ impl Conn {
                 Ok(_) => {}
             }
         };
+        if let Some(within) = member_within {
+            let map = tokio::time::timeout(within, async {
+                loop {
+                    match decode(&buf, &limits) {
+                        Ok(Some((Frame::ShardMap(m), n))) => {
+                            buf.advance(n);
+                            return Some(m);
+                        }
+                        Ok(Some(_)) | Err(_) => return None,
+                        Ok(None) => {}
+                    }
+                    match recv.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await
+            .ok()
+            .flatten();
+            match map {
+                Some(m) => pushes.routes.update(m),
+                None => {
+                    quic.close(0u32.into(), b"not a cluster member");
+                    return Err(Error::Invalid(format!(
+                        "{addr} is not in cluster mode (it sent no shard map): a list of \
+                         brokers is only for the members of one cluster; give a single broker \
+                         alone"
+                    )));
+                }
+            }
+        }
         let limits = Limits {
             max_frame: welcome.max_frame as usize,
             max_key: welcome.max_key as usize,

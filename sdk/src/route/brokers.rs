@@ -4,7 +4,9 @@
 //! first use). Connecting races the list with a [`STAGGER`] between starts, so a dead broker
 //! early in the list costs a moment, not a connect timeout. The UDP endpoint of an address
 //! family is opened the first time an address of that family is tried. A live connection is
-//! [`Conn`] (one mutex for all its state, see `conn.rs`).
+//! [`Conn`] (one mutex for all its state, see `conn.rs`). A list of brokers is for the members
+//! of one cluster only: a broker that sends no shard map, or of another cluster (another
+//! identity), is refused — independent brokers would each grant the same key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +52,8 @@ pub(crate) struct Brokers {
     reconnect: tokio::sync::Mutex<()>,
     /// One connect to a shard's owner at a time.
     routed_connect: tokio::sync::Mutex<()>,
+    /// A client of several brokers: the identity of their cluster (first broker reached).
+    cluster: Mutex<Option<u64>>,
 }
 
 impl Drop for Brokers {
@@ -79,6 +83,7 @@ impl Brokers {
             routed: Mutex::new(HashMap::new()),
             reconnect: tokio::sync::Mutex::new(()),
             routed_connect: tokio::sync::Mutex::new(()),
+            cluster: Mutex::new(None),
         })
     }
 
@@ -292,12 +297,45 @@ impl Brokers {
                 self.dial.token.clone(),
                 self.dial.name.clone(),
                 self.pushes.clone(),
+                self.is_list().then_some(self.dial.connect_timeout / 2),
             )
             .await
         };
-        tokio::time::timeout(self.dial.connect_timeout, attempt)
+        let conn = tokio::time::timeout(self.dial.connect_timeout, attempt)
             .await
-            .map_err(|_| Error::Connect(format!("{addr}: timed out")))?
+            .map_err(|_| Error::Connect(format!("{addr}: timed out")))??;
+        self.same_cluster(&conn)?;
+        Ok(conn)
+    }
+
+    /// Whether the client was given several brokers (members of one cluster, then).
+    fn is_list(&self) -> bool {
+        self.dial.targets.len() > 1
+    }
+
+    /// A client of several brokers: `conn`'s broker must be of the same cluster as the first
+    /// one this client reached (brokers of one cluster share its key, and so their identity).
+    fn same_cluster(&self, conn: &Arc<Conn>) -> Result<()> {
+        if !self.is_list() {
+            return Ok(());
+        }
+        let id = conn.welcome().broker_id;
+        let mut cluster = self.cluster.lock();
+        match *cluster {
+            None => {
+                *cluster = Some(id);
+                Ok(())
+            }
+            Some(known) if known == id => Ok(()),
+            Some(_) => {
+                conn.close();
+                Err(Error::Invalid(format!(
+                    "{} belongs to another cluster than the brokers reached before: a list of \
+                     brokers is only for the members of one cluster",
+                    conn.addr()
+                )))
+            }
+        }
     }
 }
 
