@@ -11,7 +11,7 @@
 //!   the cursor of the following page (null on the last).
 //! * `GET /api/sessions?limit=&cursor=` — live sessions by id.
 //! * `POST /api/release` `{"key": "..."}` — ends every lease on the key (holders told at
-//!   once), logged as an audit line naming who asked.
+//!   once), logged as an audit line naming who asked (always a token holder: `auth.rs`).
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;

@@ -5,7 +5,7 @@
 //! sets or configured plugin names — never a lock key or a principal.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -185,6 +185,18 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
         "restart_grace_seconds",
         "Time left of the restart grace (no new grants until the previous run's leases ended)",
         admin.broker.restart_grace_left().as_secs_f64(),
+    );
+    gauge(
+        &mut reg,
+        "admin_connections",
+        "Admin HTTP connections open",
+        admin.conns.open.load(Ordering::Relaxed) as u64,
+    );
+    counter(
+        &mut reg,
+        "admin_connections_shed",
+        "Admin HTTP connections closed to stay within [admin] max_connections",
+        admin.conns.shed.load(Ordering::Relaxed),
     );
     if let Some(host) = &admin.plugins {
         let calls = Family::<Vec<(&'static str, String)>, Counter>::default();

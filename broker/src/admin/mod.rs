@@ -1,12 +1,16 @@
 //! The admin HTTP listener (`[admin]`, on by default at 127.0.0.1:7421): Prometheus
 //! `/metrics`, `/healthz` and `/readyz`, the JSON API (`/api/locks`, `/api/sessions`,
-//! `POST /api/release`) and the status page at `/`. Axum on hyper, the versions tonic
-//! (etcd-client) already brings.
+//! `POST /api/release`) and the status page at `/`. Axum routes on hyper connections, the
+//! versions tonic (etcd-client) already brings.
 //!
 //! * here — [`Admin`] (what the endpoints read: the broker, plugin host, mirror, cluster and a
-//!   `serving` flag), [`Listener`] (bind, serve until shutdown) and the router.
-//! * `auth.rs` — who may ask: loopback peers, or anyone with an admin token
-//!   (`Authorization: Bearer`); health probes are open.
+//!   `serving` flag), [`Listener`] (bind, write the per-start token, serve until shutdown)
+//!   and the router, which states what each route needs.
+//! * `auth.rs` — who may ask: an allowed `Host`, a same-origin `Origin` on writes, and a
+//!   loopback peer or an admin token (`Authorization: Bearer`) — a token always for a forced
+//!   release, and for the API once the broker authenticates its clients; health probes are
+//!   open.
+//! * `conn.rs` — the accept loop: HTTP/1.1, a connection cap and a header read timeout.
 //! * `metrics.rs` — the Prometheus text: the core's lock metrics plus gauges and counters
 //!   read at scrape time (table totals, plugin, mirror and cluster stats).
 //! * `api.rs` — health, readiness and the JSON API.
@@ -17,12 +21,15 @@
 
 mod api;
 mod auth;
+mod conn;
 mod metrics;
 mod page;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -32,7 +39,8 @@ use crate::cluster::Cluster;
 use crate::mirror::Mirror;
 use crate::plugins::PluginHost;
 
-pub use auth::{Refusal, Who, authorize};
+use auth::Gate;
+pub use auth::{Need, Refusal, TOKEN_FILE, TokenError, Who, authorize};
 
 /// Errors starting the admin listener.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +52,8 @@ pub enum AdminError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// What the admin endpoints read.
@@ -55,6 +65,8 @@ pub struct Admin {
     /// Set once the broker serves (restore done, grace begun).
     serving: AtomicBool,
     lag: metrics::LagProbe,
+    /// The listener's connection counts.
+    conns: Arc<conn::ConnStats>,
 }
 
 impl Admin {
@@ -72,6 +84,7 @@ impl Admin {
             cluster,
             serving: AtomicBool::new(false),
             lag: metrics::LagProbe::default(),
+            conns: Arc::default(),
         })
     }
 
@@ -89,15 +102,27 @@ impl Admin {
 pub struct Listener {
     listener: tokio::net::TcpListener,
     admin: Arc<Admin>,
+    gate: Arc<Gate>,
 }
 
 impl Listener {
-    /// Binds `addr` (port 0: any free port).
+    /// Binds `addr` (port 0: any free port) and writes a fresh admin token to
+    /// `<data_dir>/admin-token` (0600).
     pub async fn bind(addr: SocketAddr, admin: Arc<Admin>) -> Result<Listener, AdminError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AdminError::Bind { addr, source })?;
-        Ok(Listener { listener, admin })
+        let gate = Arc::new(Gate::create(&admin.broker.cfg)?);
+        tracing::info!(
+            file = %gate.token_file().display(),
+            api_needs_token = gate.strict(),
+            "admin token for this run written (forced releases need a token, from loopback too)"
+        );
+        Ok(Listener {
+            listener,
+            admin,
+            gate,
+        })
     }
 
     /// The bound address.
@@ -105,41 +130,61 @@ impl Listener {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves.
+    /// The per-start token's file.
+    pub fn token_file(&self) -> PathBuf {
+        self.gate.token_file().to_path_buf()
+    }
+
+    /// Serves until `shutdown` resolves, then removes the per-start token's file.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         if let Some(mirror) = self.admin.mirror.clone() {
             tokio::spawn(metrics::sample_lag(self.admin.clone(), mirror));
         }
-        let app = router(self.admin);
-        let served = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
-        if let Err(e) = served {
-            tracing::error!("admin listener failed: {e}");
-        }
+        let cfg = &self.admin.broker.cfg.admin;
+        let limits = conn::Limits {
+            max_connections: cfg.max_connections,
+            header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+        };
+        let stats = self.admin.conns.clone();
+        let token_file = self.token_file();
+        let app = router(self.admin, self.gate);
+        conn::serve(self.listener, app, limits, stats, shutdown).await;
+        let _ = std::fs::remove_file(token_file);
     }
 }
 
-/// Every route. The token check covers all but the health probes.
-fn router(admin: Arc<Admin>) -> Router {
-    let guarded = Router::new()
+/// Every route, and what each needs (`auth.rs`): the health probes nothing; everything else
+/// an allowed `Host` (and a same-origin `Origin` on writes); the status page's files nothing
+/// more; `/metrics` a loopback peer or a token; the read API the same, or a token on a broker
+/// that authenticates its clients; a forced release a token.
+fn router(admin: Arc<Admin>, gate: Arc<Gate>) -> Router {
+    let need =
+        |need: Need| axum::middleware::from_fn_with_state((gate.clone(), need), auth::require);
+    let page = Router::new()
         .route("/", get(page::index))
         .route("/status.js", get(page::script))
-        .route("/status.css", get(page::style))
+        .route("/status.css", get(page::style));
+    let metrics = Router::new()
         .route("/metrics", get(metrics::scrape))
+        .route_layer(need(Need::LoopbackOrToken));
+    let read = Router::new()
         .route("/api/locks", get(api::locks))
         .route("/api/sessions", get(api::sessions))
+        .route_layer(need(gate.api_read()));
+    let write = Router::new()
         .route("/api/release", post(api::release))
-        .layer(axum::middleware::from_fn_with_state(
-            admin.clone(),
-            auth::require,
-        ));
+        .route_layer(need(Need::Token));
+    let checked =
+        page.merge(metrics)
+            .merge(read)
+            .merge(write)
+            .layer(axum::middleware::from_fn_with_state(
+                gate.clone(),
+                auth::check_host,
+            ));
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .merge(guarded)
+        .merge(checked)
         .with_state(admin)
 }

@@ -1,8 +1,11 @@
 //! The client side of the broker's admin HTTP API for the operator commands (`locks`,
 //! `sessions`, `release --force`): one HTTP/1.1 request per connection over plain TCP (the
 //! admin listener is loopback by default; remote brokers are reached through a tunnel or
-//! proxy, with a bearer token).
+//! proxy, with a bearer token). The token is `--admin-token`, or the one the broker wrote to
+//! `<data_dir>/admin-token` at start (`--data-dir`): a forced release needs one even over
+//! loopback, and so does listing on a broker that authenticates its clients.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -20,13 +23,18 @@ pub struct AdminConnection {
         default_value = "http://127.0.0.1:7421"
     )]
     url: String,
-    /// Admin token (`[admin] tokens`), needed unless the admin listener is reached over loopback.
+    /// Admin token (`[admin] tokens`). Without it, the token in `<data-dir>/admin-token` is
+    /// sent.
     #[arg(
         long = "admin-token",
         env = "LOCKBROKER_ADMIN_TOKEN",
         hide_env_values = true
     )]
     token: Option<String>,
+    /// The broker's data dir, to send the admin token it wrote there at start (`admin-token`,
+    /// readable by the broker's user only).
+    #[arg(long = "data-dir", env = "LOCKBROKER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 /// Largest answer read (the API pages its lists).
@@ -60,7 +68,7 @@ impl AdminConnection {
             .with_context(|| format!("--admin {}: an http:// address", self.url))?
             .trim_end_matches('/');
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-        if let Some(t) = &self.token {
+        if let Some(t) = self.token()? {
             req.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
         if let Some(b) = &body {
@@ -104,14 +112,39 @@ impl AdminConnection {
         match status {
             200..=299 => Ok(json),
             401 => bail!(
-                "the admin listener refused the request (HTTP 401): pass --admin-token (or \
-                 LOCKBROKER_ADMIN_TOKEN) with a token from [admin] tokens"
+                "the admin listener refused the request (HTTP 401: {}): pass --data-dir with \
+                 the broker's data dir (its admin-token file), or --admin-token (or \
+                 LOCKBROKER_ADMIN_TOKEN) with a token from [admin] tokens",
+                json.get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("no reason given")
             ),
             _ => bail!(
                 "HTTP {status}: {}",
                 json.get("error").and_then(|e| e.as_str()).unwrap_or(&body)
             ),
         }
+    }
+}
+
+impl AdminConnection {
+    /// The token to send: `--admin-token`, else the data dir's `admin-token`, else none.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(dir) = &self.data_dir else {
+            return Ok(None);
+        };
+        let path = dir.join(lockbroker::admin::TOKEN_FILE);
+        let token = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read the admin token {} (the broker writes it at start; run as the \
+                 broker's user)",
+                path.display()
+            )
+        })?;
+        Ok(Some(token.trim().to_owned()))
     }
 }
 

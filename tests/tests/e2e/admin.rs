@@ -2,7 +2,8 @@
 //! and `/readyz`, `/metrics` counting a lock, `/api/locks` (holders, paging, waiters),
 //! `/api/sessions`, and `POST /api/release` ending a held lease at once (the guard's `lost()`
 //! fires) with the token rule. The token check for non-loopback peers is unit-tested in
-//! `broker/src/admin/auth.rs` (a test has no second interface to come from).
+//! `broker/src/admin/auth.rs` (a test has no second interface to come from); what loopback
+//! peers, other Hosts and Origins may do is `admin_trust.rs`.
 
 use std::time::Duration;
 
@@ -183,7 +184,13 @@ async fn a_forced_release_ends_the_lease_at_once_and_tells_the_holder() {
     assert_eq!(refused.status, 401, "{refused:?}");
     assert!(!guard.is_lost());
     // Bad bodies are refused.
-    let bad = http::post_json(addr, "/api/release", &[], &json!({ "nokey": 1 })).await;
+    let bad = http::post_json(
+        addr,
+        "/api/release",
+        &[("Authorization", "Bearer 0123456789abcdef-ops")],
+        &json!({ "nokey": 1 }),
+    )
+    .await;
     assert_eq!(bad.status, 400, "{bad:?}");
 
     // The right token.
@@ -210,8 +217,16 @@ async fn a_forced_release_ends_the_lease_at_once_and_tells_the_holder() {
     assert!(taken.fence() > fence);
     drop(taken);
 
-    // Loopback needs no token; releasing a free key revokes nothing.
+    // Loopback needs a token too; releasing a free key revokes nothing.
     let nothing = http::post_json(addr, "/api/release", &[], &json!({ "key": "free/key" })).await;
+    assert_eq!(nothing.status, 401, "{nothing:?}");
+    let nothing = http::post_json(
+        addr,
+        "/api/release",
+        &[("Authorization", "Bearer 0123456789abcdef-ops")],
+        &json!({ "key": "free/key" }),
+    )
+    .await;
     assert_eq!(nothing.status, 200);
     assert_eq!(nothing.json()["revoked"], json!([]));
     let m = http::get(addr, "/metrics").await.body;
@@ -220,7 +235,9 @@ async fn a_forced_release_ends_the_lease_at_once_and_tells_the_holder() {
 
 /// The operator commands against the real binary: `lockbroker locks` lists a key the SDK
 /// holds (fence, principal, waiters), `sessions` lists the holder's session, `release` without
-/// `--force` refuses, and `release --force` ends the lease at once (the guard's `lost()` fires).
+/// `--force` refuses, `release --force` without a token is refused (the lease stays), and with
+/// `--data-dir` (the broker's `admin-token`) ends the lease at once (the guard's `lost()`
+/// fires).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_sessions_and_release_force_from_the_cli() {
     use lockbroker_tests::lockbroker_bin;
@@ -276,6 +293,16 @@ async fn locks_sessions_and_release_force_from_the_cli() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     assert!(!guard.is_lost());
     let out = run_bounded(cli(&["release", "--force", "ops/cli/job"]), LIMIT).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "released without a token");
+    assert!(err.contains("401") && err.contains("--data-dir"), "{err}");
+    assert!(!guard.is_lost());
+    let data_dir = broker.data_dir.path().to_str().expect("a UTF-8 path");
+    let out = run_bounded(
+        cli(&["release", "--force", "ops/cli/job", "--data-dir", data_dir]),
+        LIMIT,
+    )
+    .await;
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -374,8 +401,13 @@ async fn owner_labels_and_queue_positions_are_shown_everywhere() {
     assert!(label.ends_with(&format!(":{pid}")), "{label}");
     let _ = child.kill().await;
 
-    // A forced release: the holder is told it was revoked, and the queue moves on in order.
-    let released = http::post_json(addr, "/api/release", &[], &json!({ "key": "own/k" })).await;
+    // A forced release (with the broker's admin-token): the holder is told it was revoked,
+    // and the queue moves on in order.
+    let token = std::fs::read_to_string(broker.data_dir.path().join("admin-token"))
+        .expect("the broker's admin-token");
+    let bearer = format!("Bearer {}", token.trim());
+    let auth = [("Authorization", bearer.as_str())];
+    let released = http::post_json(addr, "/api/release", &auth, &json!({ "key": "own/k" })).await;
     assert_eq!(released.status, 200, "{released:?}");
     let why = tokio::time::timeout(LIMIT, guard.lost())
         .await
@@ -383,7 +415,8 @@ async fn owner_labels_and_queue_positions_are_shown_everywhere() {
     assert!(why.to_string().contains("revoked"), "{why}");
     let f1 = q1.await.expect("join").expect("first granted");
     assert!(f1 > guard.fence());
-    let _ = http::post_json(addr, "/api/release", &[], &json!({ "key": "own/k" })).await;
+    let again = http::post_json(addr, "/api/release", &auth, &json!({ "key": "own/k" })).await;
+    assert_eq!(again.status, 200, "{again:?}");
     let f2 = q2.await.expect("join").expect("second granted");
     assert!(f2 > f1);
 }

@@ -4,6 +4,8 @@
 //!
 //! - [`admin`]: the admin HTTP listener: health probes, `/metrics`, the JSON API, forced
 //!   release and its token rule.
+//! - [`admin_trust`]: whom the admin listener trusts (DNS rebinding, cross-origin posts,
+//!   other local users, `[auth] require`) and its connection cap and header timeout.
 //! - [`backends`]: every SDK behaviour from one test body against `Client::embedded()` and a
 //!   real broker: locks, FIFO, modes, TTLs and renewal, inspect with owner labels and queue
 //!   positions, waits, cancellation, exclusion among tasks, leader election.
@@ -44,6 +46,7 @@
 //! - [`queueing`]: FIFO grants, try-lock and bounded waits, cancelled acquires.
 
 mod admin;
+mod admin_trust;
 mod answers;
 mod backends;
 mod bad_input;

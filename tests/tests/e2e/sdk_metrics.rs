@@ -162,16 +162,20 @@ fn the_sdk_records_waits_holds_and_lost_leases() {
             assert_eq!(count(&taken, LOST_LEASES, &[EXCLUSIVE]), 0);
             no_key_in(&taken);
 
-            // An operator ends a lease: the guard reports it lost.
+            // An operator ends a lease (with the broker's admin token): the guard reports it
+            // lost.
             let doomed = client
                 .lock("sdk-metrics/lost")
                 .ttl(Duration::from_secs(60))
                 .await
                 .expect("lock");
+            let token = std::fs::read_to_string(broker.data_dir.path().join("admin-token"))
+                .expect("the broker's admin-token");
+            let bearer = format!("Bearer {}", token.trim());
             let revoked = http::post_json(
                 admin,
                 "/api/release",
-                &[],
+                &[("Authorization", bearer.as_str())],
                 &json!({ "key": "sdk-metrics/lost" }),
             )
             .await;

@@ -156,10 +156,41 @@ function renderRates(metrics) {
   drawHistogram(buckets(metrics, "lockbroker_hold_seconds"), buckets(metrics, "lockbroker_acquire_wait_seconds"));
 }
 
+// The admin token, when the broker asks for one: kept in this tab's session storage (which
+// other origins cannot read) and sent as a bearer token; never in a URL or a cookie.
+const TOKEN_KEY = "lockbroker-admin-token";
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
 async function getJson(url) {
-  const r = await fetch(url, { cache: "no-store" });
+  const r = await fetch(url, { cache: "no-store", headers: authHeaders() });
   return { status: r.status, body: await r.json() };
 }
+
+// Shows the token form (after a 401), with the broker's reason if a token was refused.
+function askForToken(answer) {
+  const form = document.getElementById("token-form");
+  const hadToken = sessionStorage.getItem(TOKEN_KEY) !== null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  document.getElementById("token-error").textContent = hadToken ? (answer.body.error || "refused") : "";
+  form.hidden = false;
+  document.getElementById("locks").replaceChildren(el("p", { class: "muted" }, "an admin token is needed"));
+  document.querySelector("#sessions tbody").replaceChildren();
+}
+
+document.getElementById("token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const input = document.getElementById("token");
+  const token = input.value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  input.value = "";
+  document.getElementById("token-form").hidden = true;
+  refresh();
+});
 
 async function refresh() {
   try {
@@ -167,11 +198,15 @@ async function refresh() {
     const [locks, sessions, metrics, ready] = await Promise.all([
       getJson("/api/locks?limit=200&prefix=" + encodeURIComponent(prefix)),
       getJson("/api/sessions?limit=200"),
-      fetch("/metrics", { cache: "no-store" }).then((r) => r.text()),
+      fetch("/metrics", { cache: "no-store", headers: authHeaders() }).then((r) => r.text()),
       getJson("/readyz"),
     ]);
-    renderLocks(locks.body);
-    renderSessions(sessions.body);
+    if (locks.status === 401 || sessions.status === 401) {
+      askForToken(locks.status === 401 ? locks : sessions);
+    } else {
+      renderLocks(locks.body);
+      renderSessions(sessions.body);
+    }
     renderRates(parseMetrics(metrics));
     const badge = document.getElementById("ready");
     badge.textContent = ready.body.ok ? "ready" : "not ready: " + ready.body.reason;
