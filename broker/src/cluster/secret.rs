@@ -72,7 +72,7 @@ fn load_or_create(path: &Path) -> Result<[u8; SECRET_LEN], ClusterError> {
             )
             .map_err(|e| failed("create", e))?;
             if created {
-                tracing::warn!(
+                tracing::info!(
                     target: "lockbroker::cluster",
                     file = %path.display(),
                     "created the cluster key; copy this file to every other broker of the cluster"

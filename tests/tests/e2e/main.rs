@@ -37,6 +37,8 @@
 //!   restarts, memory only and with the sync mirror (found with `lockbroker-chaos`).
 //! - [`restart_grace`]: a broker restarted without its leases grants nothing its previous run
 //!   may still hold, while that run's holders reclaim theirs.
+//! - [`secrets`]: lease secrets against a second principal that has the signing key or read
+//!   access to etcd, and a lease's mode, which a reclaim cannot change.
 //! - [`sdk_metrics`]: the SDK's client metrics (`metrics` facade) read from a local
 //!   `DebuggingRecorder`: waits by outcome, hold times, a lease lost to a forced release.
 //! - [`status_page`]: the status page in headless Chromium (chromedriver, `chromedriver.rs`):
@@ -73,5 +75,6 @@ mod restart_exclusion;
 mod restart_grace;
 mod restore_validation;
 mod sdk_metrics;
+mod secrets;
 mod status_page;
 mod terminal_text;
