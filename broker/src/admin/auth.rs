@@ -298,12 +298,11 @@ pub(super) async fn check_host(
     if !host_allowed(&host, &gate.hosts) {
         return refuse(peer, &req, &Refusal::Host(host));
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
-            if !same_origin(&origin, &host) {
-                return refuse(peer, &req, &Refusal::Origin(origin));
-            }
+    let writes = req.method() != Method::GET && req.method() != Method::HEAD;
+    if let Some(origin) = req.headers().get(header::ORIGIN).filter(|_| writes) {
+        let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+        if !same_origin(&origin, &host) {
+            return refuse(peer, &req, &Refusal::Origin(origin));
         }
     }
     next.run(req).await
@@ -373,14 +372,10 @@ mod tests {
         );
         // Where a token is needed, loopback is not enough; either kind of token is.
         assert_eq!(auth(lo, None, Need::Token), Err(Refusal::TokenRequired));
-        assert_eq!(
-            auth(lo, Some(&format!("Bearer {FILE}")), Need::Token),
-            Ok(Who::TokenFile(lo))
-        );
-        assert_eq!(
-            auth(lo, Some(&format!("Bearer {}", &FILE[1..])), Need::Token),
-            Err(Refusal::BadToken)
-        );
+        let file = format!("Bearer {FILE}");
+        assert_eq!(auth(lo, Some(&file), Need::Token), Ok(Who::TokenFile(lo)));
+        let prefix = format!("Bearer {}", &FILE[1..]);
+        assert_eq!(auth(lo, Some(&prefix), Need::Token), Err(Refusal::BadToken));
         assert!(matches!(
             auth(remote, Some("Bearer 0123456789abcdef-ops"), Need::Token),
             Ok(Who::Token { .. })

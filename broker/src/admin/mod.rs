@@ -135,7 +135,8 @@ impl Listener {
         self.gate.token_file().to_path_buf()
     }
 
-    /// Serves until `shutdown` resolves, then removes the per-start token's file.
+    /// Serves until `shutdown` resolves; the per-start token's file is removed then, before
+    /// open connections are let finish.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         if let Some(mirror) = self.admin.mirror.clone() {
             tokio::spawn(metrics::sample_lag(self.admin.clone(), mirror));
@@ -147,9 +148,12 @@ impl Listener {
         };
         let stats = self.admin.conns.clone();
         let token_file = self.token_file();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = std::fs::remove_file(token_file);
+        };
         let app = router(self.admin, self.gate);
         conn::serve(self.listener, app, limits, stats, shutdown).await;
-        let _ = std::fs::remove_file(token_file);
     }
 }
 

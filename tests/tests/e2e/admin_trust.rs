@@ -249,11 +249,12 @@ async fn a_cross_origin_post_is_refused_even_with_a_token() {
 
 /// Finding 3: with the dev defaults (no tokens, no auth) a loopback peer still lists locks
 /// without a token, but a forced release needs one: without, the holder keeps its lock; with
-/// the per-start token from `<data_dir>/admin-token` (mode 0600), the release happens.
+/// the per-start token from `<data_dir>/admin-token` (mode 0600), the release happens; a
+/// clean stop removes the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loopback_release_needs_a_token_and_the_holder_keeps_its_lock() {
     use std::os::unix::fs::PermissionsExt;
-    let broker = Broker::start();
+    let mut broker = Broker::start();
     let addr = admin(&broker);
     let holder = broker.client().await;
     let guard = holder
@@ -298,6 +299,12 @@ async fn a_loopback_release_needs_a_token_and_the_holder_keeps_its_lock() {
     tokio::time::timeout(LIMIT, guard.lost())
         .await
         .expect("the holder was told at once");
+
+    // A clean stop removes the run's token.
+    broker.signal("TERM");
+    let exited = tokio::task::block_in_place(|| broker.wait_exit(LIMIT));
+    assert!(exited.is_some(), "the broker did not stop within {LIMIT:?}");
+    assert!(!path.exists(), "{} outlived the broker", path.display());
 }
 
 /// Finding 3: with `[auth] require = true` a loopback peer without a token gets no keys,
