@@ -49,6 +49,8 @@ async fn answer_when_confirmed(
     mut pending: Pending,
     retry: Option<AcquireRequest>,
 ) {
+    // Counted as a retrying acquire from its first refusal until it is answered.
+    let mut poll: Option<Poll<'_>> = None;
     loop {
         let confirmation = pending.await;
         let Some(handle) = broker.session_handle(session) else {
@@ -82,10 +84,16 @@ async fn answer_when_confirmed(
             return;
         };
         // Retrying outside the table: a `Cancel` finds it here.
-        let Some(_poll) = Poll::begin(broker) else {
-            handle.answer_table_error(req, &TableError::LimitExceeded("queued requests in total"));
-            return;
-        };
+        if poll.is_none() {
+            poll = Poll::begin(broker);
+            if poll.is_none() {
+                handle.answer_table_error(
+                    req,
+                    &TableError::LimitExceeded("queued requests in total"),
+                );
+                return;
+            }
+        }
         handle.begin_poll(req);
         tokio::time::sleep(POLL).await;
         if broker.session_handle(session).is_none() {
@@ -122,7 +130,8 @@ async fn answer_when_confirmed(
     }
 }
 
-/// One acquire retrying outside the table, counted in [`Broker::pollers`] while it lives.
+/// One acquire retrying outside the table, counted in [`Broker::pollers`] while it lives (from
+/// its first refusal by the gate until it is answered).
 struct Poll<'a>(&'a Broker);
 
 impl<'a> Poll<'a> {

@@ -295,18 +295,23 @@ async fn acquires_polling_the_sync_mirror_count_in_the_queue_limit() {
     let redis = RedisServer::start();
     let config = mirror_config(&redis.url(), "sync", "") + "\n[limits]\nmax_queued_total = 10\n";
     let broker = Broker::start_with_config(&config);
-    redis::cmd("SET")
-        .arg("poll/k")
-        .arg("theirs")
-        .arg("PX")
-        .arg(30_000)
-        .exec(&mut redis.conn())
-        .expect("a Redis client holds the key");
+    // 30 keys, each held in Redis by someone else: every acquire is granted by the table,
+    // refused by the mirror, and would retry outside the table.
+    let key = |id: u64| Bytes::from(format!("poll/{id}"));
+    for id in 1..=30 {
+        redis::cmd("SET")
+            .arg(&key(id)[..])
+            .arg("theirs")
+            .arg("PX")
+            .arg(30_000)
+            .exec(&mut redis.conn())
+            .expect("a Redis client holds the key");
+    }
     let mut raw = raw_session(&broker, None).await;
     for id in 1..=30 {
         raw.send_frame(&Frame::Acquire(Acquire {
             id,
-            key: Bytes::from_static(b"poll/k"),
+            key: key(id),
             mode: Mode::Exclusive,
             ttl_ms: 5_000,
             wait: WaitSpec::Millis(20_000),
