@@ -113,7 +113,7 @@ mod invariants;
 mod tests;
 
 pub use handover::PreviousLease;
-pub use listing::{KeyListing, TableTotals};
+pub use listing::{KeyListing, QueuedRequest, TableTotals};
 pub use types::{
     AcquireAllRequest, AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId,
     SessionId, TableConfig, TableError, UnlockOutcome, Wait,

@@ -8,7 +8,7 @@ use std::ops::Bound;
 
 use super::Table;
 use super::entry::Entry;
-use super::types::{Holder, Key};
+use super::types::{Holder, Key, ReqId, SessionId};
 
 /// One live key as an operator sees it.
 #[derive(Clone, Debug)]
@@ -19,6 +19,18 @@ pub struct KeyListing {
     pub waiters: usize,
     /// Queued `wait_until_unlocked` watchers.
     pub watchers: usize,
+    /// The request at the head of the key's queue: the next to be granted, and what a key
+    /// without holders waits for when its head is a multi-key group still waiting elsewhere.
+    pub next_in_line: Option<QueuedRequest>,
+}
+
+/// A queued request as an operator sees it (what to cancel to unblock a queue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuedRequest {
+    pub session: SessionId,
+    pub req: ReqId,
+    /// Keys the request names: 1, or a multi-key group's count.
+    pub keys: usize,
 }
 
 /// Table-wide counts.
@@ -44,6 +56,15 @@ impl Table {
             holders: self.holders_of(e),
             waiters: e.waiters().len(),
             watchers: e.watchers().len(),
+            next_in_line: e.waiters().front().map(|w| QueuedRequest {
+                session: w.session,
+                req: w.req,
+                keys: if w.group {
+                    self.groups.get(w.seq).map_or(1, |g| g.members.len())
+                } else {
+                    1
+                },
+            }),
         };
         let from = match after {
             Some(a) if a >= prefix => Bound::Excluded(a),
@@ -84,13 +105,12 @@ impl Table {
         t
     }
 
-    /// Fences of every lease on `key` (none when idle).
+    /// Fences of every lease on `key` (none when idle): one index lookup.
     pub fn fences_of(&self, key: &[u8]) -> Vec<super::Fence> {
         self.keys
-            .iter()
-            .filter(|e| &e.key[..] == key)
-            .flat_map(|e| e.holders.as_slice().iter().map(|h| h.fence))
-            .collect()
+            .find(key)
+            .map(|e| e.holders.as_slice().iter().map(|h| h.fence).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -98,7 +118,7 @@ impl Table {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::super::{AcquireRequest, Mode, SessionId, TableConfig, Wait};
+    use super::super::{AcquireAllRequest, AcquireRequest, Mode, TableConfig, Wait};
     use super::*;
 
     fn lock(t: &mut Table, now: Instant, session: SessionId, req: u64, key: &'static [u8]) {
@@ -149,7 +169,42 @@ mod tests {
             }
         );
         assert_eq!(t.session_counts(1).0, 3);
+        let mut held: Vec<_> = t.session_leases(1).into_iter().map(|(k, _)| k).collect();
+        held.sort();
+        assert_eq!(held, [&b"jobs/a"[..], b"jobs/b", b"other/x"]);
+        assert!(t.session_leases(2).is_empty());
         assert_eq!(t.fences_of(b"jobs/a").len(), 1);
         assert!(t.fences_of(b"nope").is_empty());
+    }
+
+    #[test]
+    fn a_free_key_waiting_for_a_group_names_the_group_as_next_in_line() {
+        let mut t = Table::new(TableConfig::default());
+        let now = Instant::now();
+        lock(&mut t, now, 1, 1, b"a");
+        let mut out = Vec::new();
+        let queued = t.acquire_all(
+            now,
+            AcquireAllRequest {
+                session: 2,
+                req: 7,
+                keys: vec![Key::from_static(b"a"), Key::from_static(b"b")],
+                ttl: Duration::from_secs(10),
+                wait: Wait::Forever,
+                owner: None,
+            },
+            &mut out,
+        );
+        assert!(matches!(queued, Ok(None)));
+        let (page, _) = t.list_keys(b"", None, 10);
+        let b = page.iter().find(|k| &k.key[..] == b"b").expect("b is live");
+        assert!(b.holders.is_empty());
+        let head = QueuedRequest {
+            session: 2,
+            req: 7,
+            keys: 2,
+        };
+        assert_eq!(b.next_in_line, Some(head));
+        assert_eq!(page[0].next_in_line, Some(head));
     }
 }

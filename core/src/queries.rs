@@ -113,6 +113,27 @@ impl Table {
         self.sessions.pending_of(session)
     }
 
+    /// The (key, fence) of every lease a live session holds, by the session's own index:
+    /// O(its leases), never the table.
+    pub fn session_leases(&self, session: super::SessionId) -> Vec<(Key, super::Fence)> {
+        let Some(s) = self.sessions.get(session) else {
+            return Vec::new();
+        };
+        let mut ids = s.held_on().to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.iter()
+            .filter_map(|&id| self.keys.get(id))
+            .flat_map(|e| {
+                e.holders
+                    .as_slice()
+                    .iter()
+                    .filter(|h| h.owned_by(session))
+                    .map(|h| (e.key.to_key(), h.fence))
+            })
+            .collect()
+    }
+
     /// (held leases, pending requests) of a live session; orphaned leases count for nobody.
     pub fn session_counts(&self, session: super::SessionId) -> (usize, usize) {
         self.sessions

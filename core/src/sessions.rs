@@ -55,7 +55,6 @@ impl Session {
     }
 
     /// Entries the session may hold leases on (each at least once; some may be stale).
-    #[cfg(any(test, fuzzing))]
     pub fn held_on(&self) -> &[EntryId] {
         &self.held_on
     }

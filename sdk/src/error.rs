@@ -41,6 +41,10 @@ pub enum Error {
     /// Could not connect to any broker address.
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The broker took the queued request out of its queue (an operator's `lockbroker cancel`
+    /// or `POST /api/cancel`): not retried.
+    #[error("request cancelled by the broker: {0}")]
+    Cancelled(String),
     /// The TLS handshake with a broker failed (its certificate is not trusted, say): a
     /// configuration error, named with the broker, never taken for an outage.
     #[error("TLS handshake failed: {0}")]
@@ -59,7 +63,7 @@ impl Error {
             ErrorCode::LimitExceeded => Error::LimitExceeded(message),
             ErrorCode::InvalidMode | ErrorCode::KeyTooLarge => Error::Invalid(message),
             ErrorCode::Unavailable | ErrorCode::ShuttingDown => Error::Unavailable(message),
-            ErrorCode::Cancelled => Error::Disconnected(format!("request cancelled: {message}")),
+            ErrorCode::Cancelled => Error::Cancelled(message),
             ErrorCode::Unauthenticated => Error::Denied(message),
             ErrorCode::Moved => Error::Unavailable(format!(
                 "the key's shard is served by another broker of the cluster ({message})"

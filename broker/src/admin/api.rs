@@ -5,13 +5,21 @@
 //!   mode every shard this broker should own owned and its etcd lease valid, with the sync
 //!   mirror no resync pending, no restart grace running and the lease horizon writable (else
 //!   grants are refused); else 503. Both answer `{"ok": bool, "reason": "..."}`.
-//! * `GET /api/locks?prefix=&limit=&cursor=` — live keys in key order with their holders
-//!   (fence as a decimal string, mode, remaining TTL in ms, principal, owner label) and queue
-//!   lengths; `next` is
-//!   the cursor of the following page (null on the last).
+//! * `GET /api/locks?prefix=|prefix_b64=&limit=&cursor=` — live keys in key order with their
+//!   holders (fence as a decimal string, mode, remaining TTL in ms, principal, owner label),
+//!   queue lengths and the request at the head of the queue (`next_in_line`: what a key
+//!   without holders waits for — a multi-key request waiting for its other keys); every key
+//!   also as `key_b64` (standard base64 of its bytes: keys need not be UTF-8). `next` is the
+//!   opaque cursor of the following page (null on the last).
 //! * `GET /api/sessions?limit=&cursor=` — live sessions by id.
-//! * `POST /api/release` `{"key": "..."}` — ends every lease on the key (holders told at
-//!   once), logged as an audit line naming who asked (always a token holder: `auth.rs`).
+//! * `POST /api/release` `{"key": "..."}` or `{"key_b64": "..."}` — ends every lease on the key
+//!   (holders told at once).
+//! * `POST /api/cancel` `{"session": n, "request": n}` — cancels a queued request (the client
+//!   is answered `Cancelled`); `POST /api/end-session` `{"session": n}` — revokes the
+//!   session's leases (holders told) and closes its connection.
+//!
+//! The three POSTs always need a token (`auth.rs`) and are logged as audit lines naming who
+//! asked.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -20,6 +28,8 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 
 use super::{Admin, Who};
@@ -98,6 +108,8 @@ fn not_ready(admin: &Admin) -> Option<String> {
 pub(super) struct Page {
     #[serde(default)]
     prefix: String,
+    /// The prefix as base64, for prefixes that are not UTF-8 (wins over `prefix`).
+    prefix_b64: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -122,11 +134,24 @@ struct Holder {
 #[derive(Serialize)]
 struct Lock {
     key: String,
-    /// True when the key is not UTF-8 (`key` then shows it lossily).
+    /// True when the key is not UTF-8 (`key` then shows it lossily; `key_b64` is exact).
     binary: bool,
+    /// The key's bytes, standard base64.
+    key_b64: String,
     holders: Vec<Holder>,
     waiters: usize,
     watchers: usize,
+    next_in_line: Option<NextInLine>,
+}
+
+/// The request at the head of a key's queue: `POST /api/cancel` with these two ids removes it.
+#[derive(Serialize)]
+struct NextInLine {
+    session: u64,
+    request: u64,
+    /// Keys the request names (more than 1: a multi-key request, granted only when all its
+    /// keys are free — until then it holds this key's queue).
+    keys: usize,
 }
 
 #[derive(Serialize)]
@@ -169,22 +194,44 @@ impl From<LockView> for Lock {
         Lock {
             key,
             binary,
+            key_b64: STANDARD.encode(&l.key),
             holders: l.holders.into_iter().map(Holder::from).collect(),
             waiters: l.waiters,
             watchers: l.watchers,
+            next_in_line: l.next_in_line.map(|q| NextInLine {
+                session: q.session,
+                request: q.req,
+                keys: q.keys,
+            }),
         }
     }
 }
 
 pub(super) async fn locks(State(admin): State<Arc<Admin>>, Query(q): Query<Page>) -> Response {
-    let page = admin.broker.list_locks(
-        q.prefix.as_bytes(),
-        q.cursor.as_deref().map(str::as_bytes),
-        limit(q.limit),
-    );
+    let prefix = match &q.prefix_b64 {
+        Some(b64) => match STANDARD.decode(b64) {
+            Ok(p) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("prefix_b64: {e}")),
+        },
+        None => q.prefix.into_bytes(),
+    };
+    // The cursor is the last key of the previous page, URL-safe base64: exact for any bytes.
+    let after = match q.cursor.as_deref().map(|c| URL_SAFE_NO_PAD.decode(c)) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "cursor: the `next` of the previous page, as given",
+            );
+        }
+    };
+    let page = admin
+        .broker
+        .list_locks(&prefix, after.as_deref(), limit(q.limit));
     Json(Locks {
         locks: page.locks.into_iter().map(Lock::from).collect(),
-        next: page.next.map(|k| text(&k).0),
+        next: page.next.map(|k| URL_SAFE_NO_PAD.encode(&k)),
     })
     .into_response()
 }
@@ -246,12 +293,28 @@ fn error(code: StatusCode, message: &str) -> Response {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct ReleaseRequest {
-    key: String,
+    key: Option<String>,
+    key_b64: Option<String>,
+}
+
+impl ReleaseRequest {
+    /// The key's bytes: `key_b64` decoded, or `key` as UTF-8 (the empty key included: any
+    /// key the broker grants can be released).
+    fn key(self) -> Result<Vec<u8>, String> {
+        match (self.key, self.key_b64) {
+            (Some(k), None) => Ok(k.into_bytes()),
+            (None, Some(b)) => STANDARD.decode(b).map_err(|e| format!("key_b64: {e}")),
+            _ => Err("body: give exactly one of `key` and `key_b64`".into()),
+        }
+    }
 }
 
 #[derive(Serialize)]
 struct RevokedLease {
+    key: String,
+    key_b64: String,
     /// A decimal string, as in `/api/locks`.
     fence: String,
     session: u64,
@@ -261,12 +324,15 @@ struct RevokedLease {
 #[derive(Serialize)]
 struct Released {
     key: String,
+    key_b64: String,
     revoked: Vec<RevokedLease>,
 }
 
 impl From<Revoked> for RevokedLease {
     fn from(r: Revoked) -> Self {
         RevokedLease {
+            key: text(&r.key).0,
+            key_b64: STANDARD.encode(&r.key),
             fence: r.fence.to_string(),
             session: r.session,
             principal: r.principal,
@@ -274,37 +340,99 @@ impl From<Revoked> for RevokedLease {
     }
 }
 
+/// The JSON body, or what is wrong with it (answered 400).
+fn body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, String> {
+    body.map(|Json(b)| b).map_err(|e| format!("body: {e}"))
+}
+
 pub(super) async fn release(
     State(admin): State<Arc<Admin>>,
     Extension(who): Extension<Who>,
-    body: Result<Json<ReleaseRequest>, axum::extract::rejection::JsonRejection>,
+    body_json: Result<Json<ReleaseRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+    let key = match body(body_json).and_then(ReleaseRequest::key) {
+        Ok(k) => k,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
-    if req.key.is_empty() || req.key.len() > admin.broker.cfg.limits.max_key_bytes {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "key: empty or over the key size limit",
-        );
+    if key.len() > admin.broker.cfg.limits.max_key_bytes {
+        return error(StatusCode::BAD_REQUEST, "key: over the key size limit");
     }
-    let revoked = admin
-        .broker
-        .revoke_key(req.key.as_bytes(), &who.to_string());
+    let revoked = admin.broker.revoke_key(&key, &who.to_string());
     let fences: Vec<u64> = revoked.iter().map(|r| r.fence).collect();
+    let (shown, _) = text(&key);
     tracing::info!(
         target: "lockbroker::audit",
         action = "release",
         by = %who,
-        key = %req.key,
+        key = %shown.escape_debug(),
         ?fences,
         "forced release: {} lease(s) revoked",
         revoked.len()
     );
     Json(Released {
-        key: req.key,
+        key: shown,
+        key_b64: STANDARD.encode(&key),
         revoked: revoked.into_iter().map(RevokedLease::from).collect(),
     })
     .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CancelRequest {
+    session: u64,
+    request: u64,
+}
+
+pub(super) async fn cancel(
+    State(admin): State<Arc<Admin>>,
+    Extension(who): Extension<Who>,
+    body_json: Result<Json<CancelRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let req = match body(body_json) {
+        Ok(r) => r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    if admin
+        .broker
+        .cancel_request(req.session, req.request, &who.to_string())
+    {
+        Json(serde_json::json!({ "cancelled": true })).into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "nothing queued under that session and request id",
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EndSessionRequest {
+    session: u64,
+}
+
+#[derive(Serialize)]
+struct Ended {
+    session: u64,
+    revoked: Vec<RevokedLease>,
+}
+
+pub(super) async fn end_session(
+    State(admin): State<Arc<Admin>>,
+    Extension(who): Extension<Who>,
+    body_json: Result<Json<EndSessionRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let req = match body(body_json) {
+        Ok(r) => r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    match admin.broker.end_session(req.session, &who.to_string()) {
+        Some(revoked) => Json(Ended {
+            session: req.session,
+            revoked: revoked.into_iter().map(RevokedLease::from).collect(),
+        })
+        .into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such session is connected"),
+    }
 }

@@ -16,7 +16,7 @@
 //!      authenticates its clients or has admin tokens ([`Gate::strict`]): other local users
 //!      must not list keys and principals of a broker that refuses them locks, and behind a
 //!      same-host proxy every remote request comes from loopback;
-//!    * `POST /api/release`: always a token.
+//!    * `POST /api/release`, `/api/cancel`, `/api/end-session`: always a token.
 //!
 //! `X-Forwarded-For` and the like are ignored: the peer is the TCP peer. A wrong token is
 //! refused even where none is needed: it is a mistake worth seeing.
@@ -74,7 +74,7 @@ pub enum Refusal {
     #[error(
         "an admin token is required, from loopback too (Authorization: Bearer <token>): a token \
          of [admin] tokens, or the one the broker wrote to <data_dir>/admin-token at start \
-         (lockbroker locks|sessions|release --data-dir DIR reads it)"
+         (the CLI's --data-dir DIR reads it)"
     )]
     TokenRequired,
     #[error("unknown admin token")]

@@ -1,6 +1,6 @@
 //! The admin HTTP listener (`[admin]`, on by default at 127.0.0.1:7421): Prometheus
 //! `/metrics`, `/healthz` and `/readyz`, the JSON API (`/api/locks`, `/api/sessions`,
-//! `POST /api/release`) and the status page at `/`. Axum routes on hyper connections, the
+//! `POST /api/release|cancel|end-session`) and the status page at `/`. Axum routes on hyper connections, the
 //! versions tonic (etcd-client) already brings.
 //!
 //! * here — [`Admin`] (what the endpoints read: the broker, plugin host, mirror, cluster and a
@@ -8,7 +8,7 @@
 //!   and the router, which states what each route needs.
 //! * `auth.rs` — who may ask: an allowed `Host`, a same-origin `Origin` on writes, and a
 //!   loopback peer or an admin token (`Authorization: Bearer`) — a token always for a forced
-//!   release, and for the API once the broker authenticates its clients; health probes are
+//!   release, a cancel or an ended session, and for the API once the broker authenticates its clients; health probes are
 //!   open.
 //! * `conn.rs` — the accept loop: HTTP/1.1, a connection cap and a header read timeout.
 //! * `metrics.rs` — the Prometheus text: the core's lock metrics plus gauges and counters
@@ -160,7 +160,7 @@ impl Listener {
 /// Every route, and what each needs (`auth.rs`): the health probes nothing; everything else
 /// an allowed `Host` (and a same-origin `Origin` on writes); the status page's files nothing
 /// more; `/metrics` a loopback peer or a token; the read API the same, or a token on a broker
-/// that authenticates its clients; a forced release a token.
+/// that authenticates its clients; the writes (release, cancel, end a session) a token.
 fn router(admin: Arc<Admin>, gate: Arc<Gate>) -> Router {
     let need =
         |need: Need| axum::middleware::from_fn_with_state((gate.clone(), need), auth::require);
@@ -177,6 +177,8 @@ fn router(admin: Arc<Admin>, gate: Arc<Gate>) -> Router {
         .route_layer(need(gate.api_read()));
     let write = Router::new()
         .route("/api/release", post(api::release))
+        .route("/api/cancel", post(api::cancel))
+        .route("/api/end-session", post(api::end_session))
         .route_layer(need(Need::Token));
     let checked =
         page.merge(metrics)

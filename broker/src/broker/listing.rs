@@ -1,6 +1,8 @@
 //! What the admin API shows and does: pages of live keys (holders with fence, mode,
 //! remaining TTL and principal; queue lengths), pages of live sessions, table-wide totals,
-//! and the forced release of every lease on a key (each holder told at once). Reads take the
+//! the forced release of every lease on a key (each holder told at once), and the operator's
+//! two ways to unblock a queue: cancel one queued request, or end a session (its leases
+//! revoked, its holders told, its connection closed). Reads take the
 //! table lock once per call, for O(log n + page) work (the table's ordered key index; the
 //! page's sessions' counts), and look principals up after releasing it.
 
@@ -12,7 +14,7 @@ use bytes::Bytes;
 use lockbroker_proto::EndReason;
 
 use super::Broker;
-use crate::table::{Fence, Mode, SessionId};
+use crate::table::{Fence, Mode, QueuedRequest, ReqId, SessionId};
 
 /// One lease on a listed key.
 #[derive(Clone, Debug)]
@@ -35,6 +37,8 @@ pub struct LockView {
     pub holders: Vec<HolderView>,
     pub waiters: usize,
     pub watchers: usize,
+    /// The head of the key's queue (what a key without holders is waiting for).
+    pub next_in_line: Option<QueuedRequest>,
 }
 
 /// A page of live keys, in key order; `next` is the cursor of the following page.
@@ -77,6 +81,7 @@ pub struct Totals {
 /// A lease ended by [`Broker::revoke_key`].
 #[derive(Clone, Debug)]
 pub struct Revoked {
+    pub key: Bytes,
     pub fence: Fence,
     pub session: SessionId,
     pub principal: Option<String>,
@@ -119,6 +124,7 @@ impl Broker {
                 key: k.key,
                 waiters: k.waiters,
                 watchers: k.watchers,
+                next_in_line: k.next_in_line,
             })
             .collect();
         LockPage { locks, next }
@@ -182,6 +188,7 @@ impl Broker {
         for fence in fences {
             if let Some(session) = self.revoke(key, fence, EndReason::Revoked, &why) {
                 revoked.push(Revoked {
+                    key: Bytes::copy_from_slice(key),
                     fence,
                     session,
                     principal: self.principal_of(session),
@@ -189,5 +196,58 @@ impl Broker {
             }
         }
         revoked
+    }
+
+    /// Cancels the queued acquire (single or multi-key) or watcher `req` of `session`, as the
+    /// client's own `Cancel` would: the client is answered `Cancelled` with `who` named, and
+    /// requests queued behind it move up. False when nothing is queued under that id.
+    pub fn cancel_request(self: &Arc<Self>, session: SessionId, req: ReqId, who: &str) -> bool {
+        let in_table = self.with_table(|t, now, out| t.cancel(now, session, req, out));
+        // An acquire polling the sync mirror outside the table stops at its next turn.
+        let cancelled = in_table
+            || self
+                .session_handle(session)
+                .is_some_and(|h| h.cancel_poll(req));
+        if cancelled {
+            tracing::info!(
+                target: "lockbroker::audit",
+                action = "cancel",
+                by = %who,
+                session,
+                req,
+                "queued request cancelled by an operator"
+            );
+        }
+        cancelled
+    }
+
+    /// Ends `session` as an operator (`who`): every lease it holds is revoked (each holder
+    /// told `LeaseEnded`, waiters granted), then its connection is closed, which drops its
+    /// queued requests. `None` when no such session is connected.
+    pub fn end_session(self: &Arc<Self>, session: SessionId, who: &str) -> Option<Vec<Revoked>> {
+        let handle = self.session_handle(session)?;
+        let why = format!("session ended by an operator ({who}) through the admin API");
+        let leases = self.read_table(|t, _| t.session_leases(session));
+        let mut revoked = Vec::new();
+        for (key, fence) in leases {
+            if self.revoke(&key, fence, EndReason::Revoked, &why).is_some() {
+                revoked.push(Revoked {
+                    key,
+                    fence,
+                    session,
+                    principal: Some(handle.principal.clone()),
+                });
+            }
+        }
+        tracing::info!(
+            target: "lockbroker::audit",
+            action = "end-session",
+            by = %who,
+            session,
+            revoked = revoked.len(),
+            "session ended by an operator"
+        );
+        handle.request_end(why);
+        Some(revoked)
     }
 }

@@ -22,6 +22,10 @@ pub struct SessionHandle {
     pub peer: Option<SocketAddr>,
     /// When the session opened.
     pub since: SystemTime,
+    /// Set when an operator ends the session (`Broker::end_session`): why, for the log.
+    ended: Mutex<Option<String>>,
+    /// Wakes the session's read loop when `ended` is set.
+    end_signal: tokio::sync::Notify,
 }
 
 /// Notes on a session's pending requests, by request id.
@@ -51,6 +55,8 @@ impl Default for SessionHandle {
             notes: Mutex::default(),
             peer: None,
             since: SystemTime::now(),
+            ended: Mutex::new(None),
+            end_signal: tokio::sync::Notify::new(),
         }
     }
 }
@@ -139,6 +145,23 @@ impl SessionHandle {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Asks the session's connection to close (an operator ended it): its read loop stops at
+    /// once, whatever it is doing.
+    pub(super) fn request_end(&self, why: String) {
+        *self.ended.lock() = Some(why);
+        self.end_signal.notify_one();
+    }
+
+    /// Resolves once an operator ended the session, with why.
+    pub async fn end_requested(&self) -> String {
+        loop {
+            if let Some(why) = self.ended.lock().clone() {
+                return why;
+            }
+            self.end_signal.notified().await;
         }
     }
 

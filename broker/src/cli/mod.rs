@@ -52,6 +52,10 @@ enum Command {
     Sessions(operate::SessionsArgs),
     /// Operator: end every lease on a key now (`--force`); holders are told, the broker logs it.
     Release(operate::ReleaseArgs),
+    /// Operator: take one queued request out of its queue (ids from `locks`' next in line).
+    Cancel(operate::CancelArgs),
+    /// Operator: revoke a session's leases and close its connection (`--force`).
+    EndSession(operate::EndSessionArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
 }
@@ -128,5 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Locks(a) => operate::locks(a).await,
         Command::Sessions(a) => operate::sessions(a).await,
         Command::Release(a) => operate::release(a).await,
+        Command::Cancel(a) => operate::cancel(a).await,
+        Command::EndSession(a) => operate::end_session(a).await,
     }
 }

@@ -1,6 +1,8 @@
-//! Operator commands over the admin API: `locks` (held keys, holders, waiters), `sessions`,
-//! and `release --force KEY` (revokes every lease on the key; the holders are told at once and
-//! the broker writes an audit line naming who did it).
+//! Operator commands over the admin API: `locks` (held keys, holders, waiters, and for a key
+//! without holders the queued request it waits for), `sessions`, `release --force KEY`
+//! (revokes every lease on the key; the holders are told at once), `cancel SESSION REQUEST`
+//! (a queued request leaves its queue) and `end-session --force SESSION` (its leases revoked,
+//! its connection closed). The broker writes an audit line naming who did each write.
 
 use std::process::ExitCode;
 
@@ -40,6 +42,26 @@ pub struct ReleaseArgs {
     #[arg(long)]
     force: bool,
     key: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    admin: AdminConnection,
+    /// The session that queued the request (`lockbroker locks` shows it as next in line).
+    session: u64,
+    /// The request's id within that session.
+    request: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct EndSessionArgs {
+    #[command(flatten)]
+    admin: AdminConnection,
+    /// Required: this ends another client's session (its leases revoked, its guards told).
+    #[arg(long)]
+    force: bool,
+    session: u64,
 }
 
 fn text(v: &Value, field: &str) -> String {
@@ -105,6 +127,17 @@ pub async fn locks(args: LocksArgs) -> anyhow::Result<ExitCode> {
                 "{key:<32} {:<14} {:>20} {:>9} {:<16} {:<16} {waiters:>7}",
                 "(none)", "-", "-", "-", "-"
             );
+            if let Some(next) = l.get("next_in_line").filter(|n| !n.is_null()) {
+                println!(
+                    "  next in line: session {} request {} naming {} key(s) \
+                     (lockbroker cancel {} {})",
+                    text(next, "session"),
+                    text(next, "request"),
+                    text(next, "keys"),
+                    text(next, "session"),
+                    text(next, "request"),
+                );
+            }
         }
         for h in &holders {
             let left = h
@@ -191,5 +224,50 @@ pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
             text(r, "principal")
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
+    args.admin
+        .post(
+            "/api/cancel",
+            &serde_json::json!({ "session": args.session, "request": args.request }),
+        )
+        .await?;
+    println!(
+        "cancelled request {} of session {}",
+        args.request, args.session
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn end_session(args: EndSessionArgs) -> anyhow::Result<ExitCode> {
+    if !args.force {
+        bail!(
+            "`end-session` revokes the leases of session {} and closes its connection: pass \
+             --force to do it (its guards are told at once)",
+            args.session
+        );
+    }
+    let answer = args
+        .admin
+        .post(
+            "/api/end-session",
+            &serde_json::json!({ "session": args.session }),
+        )
+        .await?;
+    let revoked = answer
+        .get("revoked")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for r in &revoked {
+        println!("revoked {}: fence {}", text(r, "key"), text(r, "fence"));
+    }
+    println!(
+        "ended session {} ({} lease(s) revoked)",
+        args.session,
+        revoked.len()
+    );
     Ok(ExitCode::SUCCESS)
 }

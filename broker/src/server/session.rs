@@ -25,6 +25,8 @@ pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
 pub const CLOSE_SHUTDOWN: u32 = 2;
 /// QUIC application close code: the client did not read its answers (outbox cap, deadline).
 pub const CLOSE_SLOW_READER: u32 = 3;
+/// QUIC application close code: an operator ended the session through the admin API.
+pub const CLOSE_ENDED: u32 = 4;
 
 /// A running session, as its commands see it.
 pub struct Session {
@@ -167,6 +169,9 @@ enum End {
     Shutdown,
     /// The client did not read its answers within the outbox deadline; treated as lost.
     SlowReader,
+    /// An operator ended the session (its leases were revoked first): anything granted since
+    /// is released now, as at a clean close.
+    Ended,
 }
 
 /// Serves one accepted connection until it ends.
@@ -273,7 +278,7 @@ pub async fn serve(
     // Only the client's own clean close releases its leases. At a broker shutdown the holder
     // may be paused or cut off and cannot be told in time: its leases run to their TTL, the
     // lease horizon keeps them, and the next start waits them out (or their holders reclaim).
-    let clean = matches!(end, End::Clean);
+    let clean = matches!(end, End::Clean | End::Ended);
     broker.close_session(id, clean);
     handle.outbox.close();
     let _ = tokio::time::timeout(grace, writer).await;
@@ -281,6 +286,7 @@ pub async fn serve(
         End::ProtocolError => conn.close(CLOSE_PROTOCOL_ERROR.into(), b"protocol error"),
         End::SlowReader => conn.close(CLOSE_SLOW_READER.into(), b"not reading its answers"),
         End::Shutdown => conn.close(CLOSE_SHUTDOWN.into(), b"broker shutting down"),
+        End::Ended => conn.close(CLOSE_ENDED.into(), b"session ended by an operator"),
         End::Clean | End::Lost => conn.close(CLOSE_CLEAN.into(), b"bye"),
     }
     tracing::debug!(session = id, clean, "session closed");
@@ -379,6 +385,10 @@ async fn read_loop(
             _ = shutdown.changed() => {
                 session.fail(0, ErrorCode::ShuttingDown, "broker shutting down");
                 return End::Shutdown;
+            }
+            why = session.handle.end_requested() => {
+                tracing::info!(session = session.id, "{why}");
+                return End::Ended;
             }
         }
     }

@@ -48,6 +48,7 @@
 //! - [`queueing`]: FIFO grants, try-lock and bounded waits, cancelled acquires.
 
 mod admin;
+mod admin_queues;
 mod admin_trust;
 mod answers;
 mod backends;

@@ -48,6 +48,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::LimitExceeded(_) => "limit-exceeded",
         Error::Invalid(_) => "invalid",
         Error::Connect(_) => "connect",
+        Error::Cancelled(_) => "cancelled",
     }
 }
 
