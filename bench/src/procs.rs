@@ -81,6 +81,22 @@ impl Drop for TempDir {
     }
 }
 
+/// `GET path` from an admin listener, bounded to 10 s; the whole response's length.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        anyhow::Ok(out.len())
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("GET {path}: no answer in 10 s"))?
+}
+
 /// A running broker process.
 pub struct Broker {
     child: Child,

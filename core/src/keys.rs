@@ -168,6 +168,15 @@ impl Keys {
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.slots.iter().filter_map(Option::as_ref)
     }
+
+    /// Live entries in slab slots `[from, from + n)`, and the slot after them (`None`: the
+    /// slab ends there) — for scans done a slice at a time, the lock released in between.
+    pub fn slice(&self, from: usize, n: usize) -> (impl Iterator<Item = &Entry>, Option<usize>) {
+        let end = from.saturating_add(n).min(self.slots.len());
+        let from = from.min(end);
+        let next = (end < self.slots.len()).then_some(end);
+        (self.slots[from..end].iter().filter_map(Option::as_ref), next)
+    }
 }
 
 fn slot(slots: &[Option<Entry>], id: EntryId) -> Option<&Entry> {

@@ -2,7 +2,8 @@
 //! prefix with their holders and queue lengths, table-wide totals, and per-session counts.
 //! Like `queries.rs`, nothing here expires anything: state is reported as stored. A page of
 //! keys is O(log n + page) with the ordered key index (`TableConfig::ordered_keys`, a
-//! broker's), else O(live keys); totals are O(live keys). The lock path never calls them.
+//! broker's), else O(live keys); totals are O(live keys), also a slice at a time
+//! ([`Table::totals_slice`]). The lock path never calls them.
 
 use std::ops::Bound;
 
@@ -40,6 +41,16 @@ pub struct TableTotals {
     pub leases: usize,
     pub waiters: usize,
     pub watchers: usize,
+}
+
+impl TableTotals {
+    /// Adds another slice's counts.
+    pub fn add(&mut self, o: TableTotals) {
+        self.keys += o.keys;
+        self.leases += o.leases;
+        self.waiters += o.waiters;
+        self.watchers += o.watchers;
+    }
 }
 
 impl Table {
@@ -96,13 +107,28 @@ impl Table {
     /// Counts over the whole table.
     pub fn totals(&self) -> TableTotals {
         let mut t = TableTotals::default();
-        for e in self.keys.iter() {
+        let mut from = Some(0);
+        while let Some(f) = from {
+            let (part, next) = self.totals_slice(f, usize::MAX);
+            t.add(part);
+            from = next;
+        }
+        t
+    }
+
+    /// Counts over one slice of the key slab (`n` slots from `from`), and where the next
+    /// slice starts (`None`: done). A caller that must not hold the table for a whole scan
+    /// sums slices, releasing the table between them (the sum is then a fuzzy snapshot).
+    pub fn totals_slice(&self, from: usize, n: usize) -> (TableTotals, Option<usize>) {
+        let mut t = TableTotals::default();
+        let (entries, next) = self.keys.slice(from, n);
+        for e in entries {
             t.keys += 1;
             t.leases += e.holders.as_slice().len();
             t.waiters += e.waiters().len();
             t.watchers += e.watchers().len();
         }
-        t
+        (t, next)
     }
 
     /// Fences of every lease on `key` (none when idle): one index lookup.

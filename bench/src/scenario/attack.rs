@@ -2,19 +2,23 @@
 //! acknowledged lock cycle (lock, then `unlock().await`) with no attack, and while each attack
 //! runs alone against the same broker: a slow reader (floods `Inspect`s of a key with 200
 //! holders and never reads the answers), a watcher storm (50,000 `wait_until_unlocked` on one
-//! key, all timing out in the window) and a connection flood (raw QUIC connections opened
-//! without ever saying `Hello`).
+//! key, all timing out in the window), a connection flood (raw QUIC connections opened
+//! without ever saying `Hello`) and admin listing (a table of `--mem-locks` held keys —
+//! 1M by default — while 16 loops page `/api/locks` 1,000 keys at a time and scrape
+//! `/metrics`, as 16 open status pages and a Prometheus would, only without pause).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use lockbroker_proto::{Frame, WaitSpec, encode};
 use lockbroker_sdk::Client;
 
 use crate::opts::Opts;
-use crate::procs::Broker;
+use crate::procs::{Broker, admin_get};
 use crate::raw;
 use crate::report::Report;
 use crate::stats::Lat;
@@ -51,7 +55,8 @@ pub async fn run(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
     let b = Broker::start(
         bin,
         "[limits]\nmax_queued_per_key = 100000\nmax_queued_total = 200000\n\
-         max_waiters_per_session = 20000\noutbox_stall_ms = 60000\n",
+         max_waiters_per_session = 20000\noutbox_stall_ms = 60000\n\
+         max_leases_per_session = 1000000\nmax_keys = 2000000\n",
     )?;
     let window = if opts.quick {
         Duration::from_secs(2)
@@ -120,10 +125,14 @@ pub async fn run(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
     let flooded = bystander(&client, window).await?;
     flooding.abort();
 
+    let (big, listed) = admin_listing(opts, &b, &client, window).await?;
+
     for (name, lat) in [
         ("a slow reader (Inspect flood, never reads)", &slow),
         ("a watcher storm (50k timeouts at once)", &stormy),
         ("a connection flood (no Hello)", &flooded),
+        ("no attack, the big table held", &big),
+        ("16 admin listing loops over the big table", &listed),
     ] {
         report.row(
             format!("bystander lock cycle p50 under {name} vs no attack"),
@@ -141,4 +150,68 @@ pub async fn run(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Holds `--mem-locks` keys (4 raw sessions, pipelined), measures the bystander with the
+/// table that large, then while 16 loops page through `/api/locks` (1,000 keys a page, from
+/// the start again at the end) and scrape `/metrics` without pause.
+async fn admin_listing(
+    opts: &Opts,
+    b: &Broker,
+    client: &Client,
+    window: Duration,
+) -> Result<(Lat, Lat)> {
+    let admin = b
+        .admin
+        .ok_or_else(|| anyhow::anyhow!("the broker printed no admin address"))?;
+    let n = opts.mem_locks;
+    let per = n.div_ceil(4);
+    let mut set = tokio::task::JoinSet::new();
+    for s in 0..4 {
+        let keys: Vec<Bytes> = (s * per..((s + 1) * per).min(n))
+            .map(|i| Bytes::from(format!("big/{i:08}")))
+            .collect();
+        let (addr, ca) = (b.addr, b.ca());
+        set.spawn(async move { raw::hold(addr, &ca, keys, 3_600_000, 1000).await });
+    }
+    let mut holders = Vec::new();
+    while let Some(r) = set.join_next().await {
+        holders.push(r??);
+    }
+    let big = bystander(client, window).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loops = tokio::task::JoinSet::new();
+    for i in 0..16u32 {
+        let stop = stop.clone();
+        loops.spawn(async move {
+            let mut pages = 0u64;
+            // Bounded by `stop`, set after the window.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Each loop starts at its own place in the key space.
+                let from = format!("big/{:08}", (u64::from(i) * 61_000 + pages * 1000) % 1_000_000);
+                let cursor = URL_SAFE_NO_PAD.encode(from.as_bytes());
+                admin_get(admin, &format!("/api/locks?limit=1000&cursor={cursor}")).await?;
+                if pages % 4 == 0 {
+                    admin_get(admin, "/metrics").await?;
+                }
+                pages += 1;
+            }
+            anyhow::Ok(pages)
+        });
+    }
+    let listed = bystander(client, window).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut pages = 0;
+    while let Some(r) = loops.join_next().await {
+        pages += r??;
+    }
+    println!(
+        "  admin listing: {pages} pages of 1,000 keys (and a /metrics scrape every 4th) in {:.1} s \
+         over {n} held keys",
+        window.as_secs_f64()
+    );
+    for h in &holders {
+        h.close();
+    }
+    Ok((big, listed))
 }

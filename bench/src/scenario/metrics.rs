@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lockbroker_sdk::Client;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fixture::broker_config;
 use crate::load::{System, run_throughput};
@@ -30,14 +29,9 @@ async fn clients(b: &Broker) -> Result<Vec<Client>> {
     Ok(v)
 }
 
-/// GET /metrics once; the body's length.
+/// GET /metrics once; the response's length.
 async fn scrape(admin: SocketAddr) -> Result<usize> {
-    let mut s = tokio::net::TcpStream::connect(admin).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
-    Ok(out.len())
+    crate::procs::admin_get(admin, "/metrics").await
 }
 
 fn median(v: &mut [f64]) -> f64 {
