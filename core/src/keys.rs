@@ -175,7 +175,10 @@ impl Keys {
         let end = from.saturating_add(n).min(self.slots.len());
         let from = from.min(end);
         let next = (end < self.slots.len()).then_some(end);
-        (self.slots[from..end].iter().filter_map(Option::as_ref), next)
+        (
+            self.slots[from..end].iter().filter_map(Option::as_ref),
+            next,
+        )
     }
 }
 

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockbroker_proto::{Frame, Hello, Limits, decode, encode};
+use bytes::Bytes;
+use lockbroker_proto::{Acquire, Frame, Hello, Limits, Mode, WaitSpec, decode, encode};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
@@ -133,5 +134,90 @@ impl RawConn {
     /// Waits (bounded) for the broker to close the connection; returns its reason.
     pub async fn closed(&self, limit: Duration) -> Option<quinn::ConnectionError> {
         tokio::time::timeout(limit, self.conn.closed()).await.ok()
+    }
+}
+
+/// What [`RawConn::pipeline_acquires`] saw.
+pub struct Pipelined {
+    /// `Granted` answers that arrived.
+    pub granted: usize,
+    /// The first answer that was not a grant, or why the stream ended.
+    pub other: Option<String>,
+    /// The connection, still open (its leases held) unless the broker closed it.
+    pub conn: quinn::Connection,
+    /// The control stream's sending half, kept so the session is not ended.
+    pub send: quinn::SendStream,
+}
+
+impl RawConn {
+    /// Pipelines one exclusive, non-waiting `Acquire` per key (`per_write` frames per stream
+    /// write, ids from 1, TTL `ttl_ms`) while reading the answers, until every key is answered,
+    /// an answer is not a grant, or `limit` passes.
+    pub async fn pipeline_acquires(
+        self,
+        keys: Vec<Bytes>,
+        per_write: usize,
+        ttl_ms: u64,
+        limit: Duration,
+    ) -> Pipelined {
+        let RawConn {
+            conn,
+            mut send,
+            mut recv,
+            mut buf,
+        } = self;
+        let n = keys.len();
+        let writer = tokio::spawn(async move {
+            for (i, chunk) in keys.chunks(per_write.max(1)).enumerate() {
+                let mut batch = Vec::new();
+                for (j, key) in chunk.iter().enumerate() {
+                    let frame = Frame::Acquire(Acquire {
+                        id: (i * per_write.max(1) + j + 1) as u64,
+                        key: key.clone(),
+                        mode: Mode::Exclusive,
+                        ttl_ms,
+                        wait: WaitSpec::NoWait,
+                        owner: Bytes::new(),
+                    });
+                    encode(&frame, &mut batch);
+                }
+                if send.write_all(&batch).await.is_err() {
+                    break;
+                }
+            }
+            send
+        });
+        let limits = Limits {
+            max_frame: 1 << 20,
+            max_key: 1 << 20,
+        };
+        let mut granted = 0;
+        let mut other = None;
+        let deadline = tokio::time::Instant::now() + limit;
+        while granted < n && other.is_none() {
+            while let Ok(Some((f, used))) = decode(&buf, &limits) {
+                buf.drain(..used);
+                match f {
+                    Frame::Granted(_) => granted += 1,
+                    f => other = Some(format!("{f:?}")),
+                }
+            }
+            if granted == n || other.is_some() {
+                break;
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, recv.read(&mut chunk)).await {
+                Ok(Ok(Some(read))) => buf.extend_from_slice(&chunk[..read]),
+                Ok(_) => other = Some(format!("the stream ended: {:?}", conn.close_reason())),
+                Err(_) => break,
+            }
+        }
+        let send = writer.await.expect("the writer task");
+        Pipelined {
+            granted,
+            other,
+            conn,
+            send,
+        }
     }
 }

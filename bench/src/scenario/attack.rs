@@ -188,7 +188,10 @@ async fn admin_listing(
             // Bounded by `stop`, set after the window.
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 // Each loop starts at its own place in the key space.
-                let from = format!("big/{:08}", (u64::from(i) * 61_000 + pages * 1000) % 1_000_000);
+                let from = format!(
+                    "big/{:08}",
+                    (u64::from(i) * 61_000 + pages * 1000) % 1_000_000
+                );
                 let cursor = URL_SAFE_NO_PAD.encode(from.as_bytes());
                 admin_get(admin, &format!("/api/locks?limit=1000&cursor={cursor}")).await?;
                 if pages % 4 == 0 {

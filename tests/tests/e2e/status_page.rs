@@ -1,6 +1,7 @@
 //! The status page in a real browser: headless Chromium driven through chromedriver
 //! (`chromedriver.rs`) watches a key appear with its holder when an SDK client locks it and
-//! vanish when it unlocks; the page is saved as `target/artifacts/status-page.png`.
+//! vanish when it unlocks; the page is saved as `target/artifacts/status-page.png`. On a
+//! large table (issue 23, finding 4) the page polls every 5 s instead of every second.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,9 +20,10 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Polls the page's text until `check` holds (bounded); returns the text.
-async fn page_until(
+/// Polls the text of the page's element `id` until `check` holds (bounded); returns it.
+async fn text_until(
     page: &fantoccini::Client,
+    id: &str,
     what: &str,
     limit: Duration,
     check: impl Fn(&str) -> bool,
@@ -29,9 +31,9 @@ async fn page_until(
     let start = Instant::now();
     loop {
         let text = page
-            .find(Locator::Id("locks"))
+            .find(Locator::Id(id))
             .await
-            .expect("the locks section")
+            .unwrap_or_else(|e| panic!("the page's #{id}: {e}"))
             .text()
             .await
             .expect("its text");
@@ -40,7 +42,7 @@ async fn page_until(
         }
         assert!(
             start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}; the locks section shows: {text:?}"
+            "timed out after {limit:?} waiting for {what}; #{id} shows: {text:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -74,9 +76,13 @@ async fn the_status_page_shows_a_held_key_and_its_holder_then_not() {
     page.goto(&format!("http://{admin}/"))
         .await
         .expect("open the status page");
-    let shown = page_until(&page, "the key, its holder and fence", limit, |t| {
-        t.contains("billing/nightly-export") && t.contains("anonymous") && t.contains(&fence)
-    })
+    let shown = text_until(
+        &page,
+        "locks",
+        "the key, its holder and fence",
+        limit,
+        |t| t.contains("billing/nightly-export") && t.contains("anonymous") && t.contains(&fence),
+    )
     .await;
     assert!(shown.contains("billing/"), "grouped by prefix: {shown}");
     // Let one more refresh draw rates and the chart, then keep a picture.
@@ -96,9 +102,46 @@ async fn the_status_page_shows_a_held_key_and_its_holder_then_not() {
         .unlock()
         .await
         .expect("unlock");
-    page_until(&page, "the key to vanish", limit, |t| {
+    text_until(&page, "locks", "the key to vanish", limit, |t| {
         !t.contains("billing/nightly-export") && t.contains("no key is held")
     })
     .await;
+    page.close().await.expect("end the WebDriver session");
+}
+
+/// An operator opens the status page of a broker holding 100,001 keys: the page says it
+/// refreshes every 5 s (a small table: every second), so open pages do not scan a big table
+/// every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_backs_off_on_a_large_table() {
+    use bytes::Bytes;
+    use lockbroker_tests::raw::RawConn;
+    let broker = Broker::start_with_config("[limits]\nmax_leases_per_session = 200000\n");
+    let admin = broker.admin.expect("the admin address in the banner");
+    let driver = ChromeDriver::start();
+    let page = driver.session().await;
+    let limit = Duration::from_secs(20);
+    page.goto(&format!("http://{admin}/"))
+        .await
+        .expect("open the status page");
+    let small = text_until(&page, "updated", "a poll on the small table", limit, |t| {
+        t.contains("every")
+    })
+    .await;
+    assert!(small.contains("every 1 s"), "{small}");
+
+    let keys = (0..100_001)
+        .map(|i| Bytes::from(format!("big/{i:06}")))
+        .collect();
+    let raw = RawConn::hello(broker.addr, &broker.ca()).await;
+    let held = raw
+        .pipeline_acquires(keys, 1000, 600_000, Duration::from_secs(60))
+        .await;
+    assert_eq!(held.granted, 100_001, "{:?}", held.other);
+    let large = text_until(&page, "updated", "the page to back off", limit, |t| {
+        t.contains("every 5 s")
+    })
+    .await;
+    assert!(large.contains("every 5 s"), "{large}");
     page.close().await.expect("end the WebDriver session");
 }

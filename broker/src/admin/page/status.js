@@ -1,7 +1,12 @@
-// lockbroker status page: polls the admin JSON API and /metrics every second.
+// lockbroker status page: polls the admin JSON API and /metrics — every second on a small
+// table, backing off on a large or slow one (see nextDelay) and while the tab is hidden.
 "use strict";
 
 const POLL_MS = 1000;
+const MAX_POLL_MS = 30000;
+// Above this many live keys each poll waits 5 s (a page of 200 keys is cheap, the /metrics
+// count of the whole table is not).
+const LARGE_TABLE_KEYS = 100000;
 let previous = null; // { at, counters }
 
 function el(tag, attrs, ...children) {
@@ -192,7 +197,25 @@ document.getElementById("token-form").addEventListener("submit", (e) => {
   refresh();
 });
 
+// The wait before the next poll: at least POLL_MS, 5× what the last poll took (a slow broker
+// is asked less often), 5 s on a large table, 30 s while the tab is hidden.
+function nextDelay(tookMs, keys) {
+  let delay = Math.max(POLL_MS, 5 * tookMs);
+  if (keys > LARGE_TABLE_KEYS) delay = Math.max(delay, 5000);
+  if (document.hidden) delay = MAX_POLL_MS;
+  return Math.min(delay, MAX_POLL_MS);
+}
+
+let timer = null;
+let pollMs = POLL_MS;
+let running = false; // one poll at a time: a refresh asked for meanwhile waits for the next
+
 async function refresh() {
+  if (running) return;
+  running = true;
+  clearTimeout(timer);
+  const started = performance.now();
+  let keys = 0;
   try {
     const prefix = document.getElementById("prefix").value;
     const [locks, sessions, metrics, ready] = await Promise.all([
@@ -207,15 +230,24 @@ async function refresh() {
       renderLocks(locks.body);
       renderSessions(sessions.body);
     }
-    renderRates(parseMetrics(metrics));
+    const parsed = parseMetrics(metrics);
+    keys = sum(parsed, "lockbroker_keys");
+    renderRates(parsed);
     const badge = document.getElementById("ready");
     badge.textContent = ready.body.ok ? "ready" : "not ready: " + ready.body.reason;
     badge.className = "badge " + (ready.body.ok ? "ok" : "bad");
-    document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    pollMs = nextDelay(performance.now() - started, keys);
+    document.getElementById("updated").textContent =
+      "updated " + new Date().toLocaleTimeString() + " · every " + (pollMs / 1000).toFixed(0) + " s";
   } catch (e) {
+    pollMs = Math.min(MAX_POLL_MS, pollMs * 2);
     document.getElementById("updated").textContent = "cannot reach the broker: " + e;
   }
+  running = false;
+  timer = setTimeout(refresh, pollMs);
 }
 
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden) refresh();
+});
 refresh();
-setInterval(refresh, POLL_MS);
