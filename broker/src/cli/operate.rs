@@ -64,6 +64,14 @@ pub struct EndSessionArgs {
     session: u64,
 }
 
+/// The array `field` of `v` (empty when absent).
+fn array(v: &Value, field: &str) -> Vec<Value> {
+    v.get(field)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn text(v: &Value, field: &str) -> String {
     match v.get(field) {
         Some(Value::String(s)) => shown(s).into_owned(),
@@ -89,11 +97,7 @@ async fn collect(
             url.push_str(&format!("&cursor={}", query_escape(c)));
         }
         let page = admin.get(&url).await?;
-        let got = page
-            .get(list)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let got = array(&page, list);
         if got.is_empty() {
             break;
         }
@@ -117,11 +121,7 @@ pub async fn locks(args: LocksArgs) -> anyhow::Result<ExitCode> {
     for l in &locks {
         let key = text(l, "key");
         let waiters = l.get("waiters").and_then(Value::as_u64).unwrap_or(0);
-        let holders = l
-            .get("holders")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let holders = array(l, "holders");
         if holders.is_empty() {
             println!(
                 "{key:<32} {:<14} {:>20} {:>9} {:<16} {:<16} {waiters:>7}",
@@ -206,11 +206,7 @@ pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
         .admin
         .post("/api/release", &serde_json::json!({ "key": args.key }))
         .await?;
-    let revoked = answer
-        .get("revoked")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let revoked = array(&answer, "revoked");
     if revoked.is_empty() {
         println!("{:?} was not held: nothing released", args.key);
         return Ok(ExitCode::from(1));
@@ -256,11 +252,7 @@ pub async fn end_session(args: EndSessionArgs) -> anyhow::Result<ExitCode> {
             &serde_json::json!({ "session": args.session }),
         )
         .await?;
-    let revoked = answer
-        .get("revoked")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let revoked = array(&answer, "revoked");
     for r in &revoked {
         println!("revoked {}: fence {}", text(r, "key"), text(r, "fence"));
     }
