@@ -37,8 +37,9 @@ pub enum ClusterError {
     KeyMismatch(String),
     /// Another live broker is registered under this broker's name (`register.rs`).
     #[error(
-        "another broker is registered as {name:?} ({url}) and its etcd lease is kept alive \
-         (waited {:.1} s): give this broker another cluster.broker name, or stop the other one",
+        "the member name {name:?} is already registered by a live broker ({url}): its etcd \
+         lease was kept alive while this one waited {:.1} s; give this broker another \
+         cluster.broker name, or stop the other one",
         waited.as_secs_f64()
     )]
     NameTaken {
@@ -379,7 +380,7 @@ impl Cluster {
     /// any more), so its shards are free to claim again at once.
     async fn open(&self) -> Result<Opened, ClusterError> {
         let mut client = connect(&self.cfg).await?;
-        let previous = self.session_lease.lock().take().map(|(_, id)| id);
+        let previous = self.session_lease.lock().as_ref().map(|(_, id)| *id);
         if let Some(id) = previous {
             let _ = bounded(&self.cfg, client.lease_revoke(id)).await;
         }
