@@ -464,6 +464,95 @@ impl EtcdServer {
     }
 }
 
+/// One key as etcd's gateway shows it: its value and the id of its lease (0: none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    pub lease: i64,
+}
+
+/// Plain key-value access without auth, as an operator (or an intruder) with `etcdctl`
+/// would do it: through etcd's JSON gateway, so no client program is needed.
+impl EtcdServer {
+    /// `etcdctl put key value [--lease=<lease>]` (lease 0: none).
+    pub fn put(&self, key: &str, value: &str, lease: i64) {
+        let lease = if lease == 0 {
+            String::new()
+        } else {
+            format!(r#","lease":"{lease}""#)
+        };
+        gateway_ok(
+            self.client_port,
+            "/v3/kv/put",
+            &format!(
+                r#"{{"key":"{}","value":"{}"{lease}}}"#,
+                base64_encode(key.as_bytes()),
+                base64_encode(value.as_bytes())
+            ),
+            None,
+        );
+    }
+
+    /// `etcdctl del key`.
+    pub fn delete(&self, key: &str) {
+        gateway_ok(
+            self.client_port,
+            "/v3/kv/deleterange",
+            &format!(r#"{{"key":"{}"}}"#, base64_encode(key.as_bytes())),
+            None,
+        );
+    }
+
+    /// `etcdctl get key`: its value and lease, `None` if there is no such key.
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        let range = gateway_ok(
+            self.client_port,
+            "/v3/kv/range",
+            &format!(r#"{{"key":"{}"}}"#, base64_encode(key.as_bytes())),
+            None,
+        );
+        let kv = range["kvs"].as_array()?.first()?.clone();
+        let value = base64_decode(kv["value"].as_str().unwrap_or(""))
+            .unwrap_or_else(|| panic!("value of {kv} is not base64"));
+        Some(Entry {
+            value,
+            lease: json_i64(&kv["lease"]),
+        })
+    }
+
+    /// `etcdctl lease grant <ttl_s>`: the new lease's id.
+    pub fn lease_grant(&self, ttl_s: i64) -> i64 {
+        let answer = gateway_ok(
+            self.client_port,
+            "/v3/lease/grant",
+            &format!(r#"{{"TTL":"{ttl_s}"}}"#),
+            None,
+        );
+        let id = json_i64(&answer["ID"]);
+        assert!(id != 0, "no lease id in {answer}");
+        id
+    }
+
+    /// `etcdctl lease revoke <id>`: the lease ends and its keys are deleted.
+    pub fn lease_revoke(&self, id: i64) {
+        gateway_ok(
+            self.client_port,
+            "/v3/lease/revoke",
+            &format!(r#"{{"ID":"{id}"}}"#),
+            None,
+        );
+    }
+}
+
+/// An int64 of etcd's gateway (a JSON string, or absent for 0).
+fn json_i64(v: &serde_json::Value) -> i64 {
+    match v {
+        serde_json::Value::String(s) => s.parse().unwrap_or_else(|_| panic!("not an int64: {v}")),
+        serde_json::Value::Number(n) => n.as_i64().unwrap_or_else(|| panic!("not an int64: {v}")),
+        _ => 0,
+    }
+}
+
 /// The end of the key range of `prefix` (its last byte + 1, as `etcdctl --prefix` computes).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

@@ -2,7 +2,8 @@
 //!
 //! * `GET /healthz` — 200 while the process runs.
 //! * `GET /readyz` — 200 when serving: start-up (restore) done, not shutting down, in cluster
-//!   mode every shard this broker should own owned and its etcd lease valid, with the sync
+//!   mode every shard this broker should own owned, its etcd lease valid and no shard of the
+//!   cluster unowned for long (`cluster/mod.rs`), with the sync
 //!   mirror no resync pending, no restart grace running and the lease horizon writable (else
 //!   grants are refused); else 503. Both answer `{"ok": bool, "reason": "..."}`.
 //! * `GET /api/locks?prefix=|prefix_b64=&limit=&cursor=` — live keys in key order with their
@@ -87,14 +88,8 @@ fn not_ready(admin: &Admin) -> Option<String> {
     if let Some(why) = admin.broker.horizon.failing() {
         return Some(why);
     }
-    if let Some(cluster) = &admin.cluster {
-        let (o, valid) = cluster.ownership();
-        if !valid {
-            return Some("cluster: the etcd lease is not confirmed".into());
-        }
-        if o.missing > 0 {
-            return Some(format!("cluster: {} shards to claim", o.missing));
-        }
+    if let Some(why) = admin.cluster.as_ref().and_then(|c| c.unready()) {
+        return Some(why);
     }
     if let Some(mirror) = admin.mirror.as_ref().filter(|m| m.is_sync())
         && !mirror.healthy()

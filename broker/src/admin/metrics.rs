@@ -302,6 +302,18 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
             "Shards this broker started or stopped serving",
             o.changes,
         );
+        gauge(
+            &mut reg,
+            "cluster_unowned_shards",
+            "Shards of the whole cluster without a live owner, as this broker sees etcd",
+            u64::from(o.unowned),
+        );
+        gauge(
+            &mut reg,
+            "cluster_ignored_keys",
+            "etcd keys of the cluster ignored as invalid (no lease, bad URL or name)",
+            u64::from(o.ignored_keys),
+        );
     }
     let mut out = String::with_capacity(8 * 1024);
     prometheus_text::encode(&mut out, &reg)?;

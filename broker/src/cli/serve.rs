@@ -181,7 +181,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let restart_grace = broker.begin_grace(restored_all || args.forget_previous_leases);
     let cluster = if cfg.cluster.enabled() {
-        Some(Cluster::start(&cfg.cluster, &broker).context("cannot start cluster mode")?)
+        Some(
+            Cluster::start(&cfg.cluster, &broker)
+                .await
+                .context("cannot start cluster mode")?,
+        )
     } else {
         None
     };

@@ -1,8 +1,9 @@
 //! The etcd driver: one etcd lease per "session" of this broker in the cluster, its keep-alive,
-//! the membership key, a watch on the cluster's keys, shard claims, and self-fencing. What to
-//! do is decided by [`ClusterState`] (sans-I/O); this file only talks to etcd and the table.
+//! the membership key (`register.rs`), a watch on the cluster's keys (checked by
+//! `entries.rs`), shard claims, and self-fencing. What to do is decided by [`ClusterState`]
+//! (sans-I/O); this file only talks to etcd and the table.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,10 @@ use etcd_client::{
 use lockbroker_proto::{EndReason, shard_of};
 use parking_lot::Mutex;
 
-use super::state::ClusterState;
+use super::entries::{self, Key};
+use super::epoch::{Epoch, EpochError};
+use super::register::{self, Registration};
+use super::state::{ClusterState, Ownership};
 use super::validity::Validity;
 use crate::broker::wire::{millis, unix_ms};
 use crate::broker::{Broker, KeyRouter, Route};
@@ -31,6 +35,18 @@ pub enum ClusterError {
     /// the file).
     #[error("{0}")]
     KeyMismatch(String),
+    /// Another live broker is registered under this broker's name (`register.rs`).
+    #[error(
+        "the member name {name:?} is already registered by a live broker ({url}): its etcd \
+         lease was kept alive while this one waited {:.1} s; give this broker another \
+         cluster.broker name, or stop the other one",
+        waited.as_secs_f64()
+    )]
+    NameTaken {
+        name: String,
+        url: String,
+        waited: Duration,
+    },
 }
 
 impl From<etcd_client::Error> for ClusterError {
@@ -101,7 +117,7 @@ fn tls_options(cfg: &ClusterConfig) -> Result<Option<TlsOptions>, ClusterError> 
 }
 
 /// Runs one unary etcd call with the retry timeout of Patroni's rule (`Validity`).
-async fn bounded<T>(
+pub(super) async fn bounded<T>(
     cfg: &ClusterConfig,
     call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, ClusterError> {
@@ -126,13 +142,31 @@ pub struct Cluster {
     grace: Duration,
     /// The current etcd session's client and lease (to revoke it when leaving).
     session_lease: Mutex<Option<(Client, i64)>>,
+    /// Set when etcd's revision no longer gives fence epochs: no more claims (`epoch.rs`).
+    fence_trouble: Mutex<Option<EpochError>>,
+    /// Ignored keys already logged (each once, whatever the session), with their reason.
+    logged: Mutex<HashSet<String>>,
     broker: Arc<Broker>,
 }
 
+/// How many ignored keys are logged one by one; past that, only counted.
+const LOG_AT_MOST: usize = 1000;
+
+/// A session's etcd client and this broker's registration in it.
+struct Opened {
+    client: Client,
+    reg: Registration,
+}
+
 impl Cluster {
-    /// Starts the driver for `broker` (attached as its key router) and returns at once; shards
-    /// are claimed in the background (until then requests are answered `Moved`).
-    pub fn start(cfg: &ClusterConfig, broker: &Arc<Broker>) -> Result<Arc<Cluster>, ClusterError> {
+    /// Registers this broker as a member (refusing a name a live broker has: `register.rs`),
+    /// starts the driver for `broker` (attached as its key router) and returns; shards are
+    /// claimed in the background (until then requests are answered `Moved`). etcd errors are
+    /// retried for up to 15 s.
+    pub async fn start(
+        cfg: &ClusterConfig,
+        broker: &Arc<Broker>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let advertise = cfg.advertise.unwrap_or(broker.cfg.listen);
         let url = format!("quic://{advertise}");
         let me = cfg.broker.clone().unwrap_or_else(|| advertise.to_string());
@@ -145,13 +179,28 @@ impl Cluster {
             prefix: prefix(cfg),
             cfg: cfg.clone(),
             url,
-            state: Mutex::new(ClusterState::new(me, cfg.shards)),
+            // A shard may go without an owner for two ownership TTLs (an owner's lease running
+            // out, then the claim) before it counts as overdue.
+            state: Mutex::new(ClusterState::new(me, cfg.shards, ttl * 2)),
             validity: Mutex::new(Validity::new(ttl, Duration::from_millis(200))),
             published: Mutex::new(Vec::new()),
             grace,
             session_lease: Mutex::new(None),
+            fence_trouble: Mutex::new(None),
+            logged: Mutex::new(HashSet::new()),
             broker: broker.clone(),
         });
+        let until = Instant::now() + Duration::from_secs(15);
+        let opened = loop {
+            match cluster.open().await {
+                Ok(o) => break o,
+                Err(ClusterError::Etcd(e)) if Instant::now() < until => {
+                    tracing::warn!(target: "lockbroker::cluster", "registering: etcd: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         // No fence before the first claim tells us an etcd revision (fences.rs).
         broker.with_table(|t, _, _| t.bound_fences());
         if broker.attach_router(cluster.clone()).is_err() {
@@ -159,22 +208,51 @@ impl Cluster {
                 "the broker already has a key router".into(),
             ));
         }
-        tokio::spawn(cluster.clone().run());
+        tokio::spawn(cluster.clone().run(opened));
         Ok(cluster)
     }
 
-    /// This broker's share of the shards, and whether it can vouch for its etcd lease now.
-    pub fn ownership(&self) -> (super::state::Ownership, bool) {
+    /// This broker's share of the shards (and the cluster's unowned ones), and whether it can
+    /// vouch for its etcd lease now.
+    pub fn ownership(&self) -> (Ownership, bool) {
         let now = Instant::now();
         let valid = self.validity.lock().valid_at(now);
         (self.state.lock().ownership(now), valid)
     }
 
-    /// Sessions with etcd, one after another, until the broker shuts down.
-    async fn run(self: Arc<Self>) {
+    /// Why this broker is not ready as a cluster member, if it is not (`/readyz`): its etcd
+    /// lease unconfirmed, fences past etcd's revision limit, shards of its own to claim, or
+    /// shards of the cluster without a live owner for longer than two ownership TTLs.
+    pub fn unready(&self) -> Option<String> {
+        let (o, valid) = self.ownership();
+        if !valid {
+            return Some("cluster: the etcd lease is not confirmed".into());
+        }
+        if let Some(e) = *self.fence_trouble.lock() {
+            return Some(format!("cluster: {e}"));
+        }
+        if o.missing > 0 {
+            return Some(format!("cluster: {} shards to claim", o.missing));
+        }
+        if o.unowned_overdue > 0 {
+            return Some(format!(
+                "cluster: {} of {} shards unowned for more than {:.0} s (their keys are \
+                 refused; `lockbroker cluster status` shows owners and members)",
+                o.unowned_overdue,
+                self.cfg.shards,
+                o.unowned_bound.as_secs_f64()
+            ));
+        }
+        None
+    }
+
+    /// Sessions with etcd, one after another, until the broker shuts down; the first one
+    /// `opened` at start.
+    async fn run(self: Arc<Self>, opened: Opened) {
         let mut shutdown = self.broker.shutdown_signal();
+        let mut opened = Some(opened);
         loop {
-            let session = self.session();
+            let session = self.session(opened.take());
             let why = tokio::select! {
                 r = session => match r {
                     Ok(()) => "the etcd session ended".to_string(),
@@ -195,14 +273,23 @@ impl Cluster {
     /// of any shard gets a higher revision, so its fences start above every fence this broker
     /// can issue under the ceiling (`table/fences.rs`).
     fn learn_revision(&self, revision: i64) {
-        let Ok(r) = u64::try_from(revision) else {
-            return;
-        };
-        if r == 0 || r >= u64::from(u32::MAX) {
-            return;
+        match Epoch::of(revision) {
+            Ok(e) => self
+                .broker
+                .with_table(|t, _, _| t.raise_fence_ceiling(e.ceiling())),
+            Err(e @ EpochError::PastLimit(_)) => self.fence_trouble(e),
+            Err(EpochError::NotPositive(_)) => {}
         }
-        self.broker
-            .with_table(|t, _, _| t.raise_fence_ceiling(((r + 1) << 32) - 1));
+    }
+
+    /// etcd's revision no longer gives fence epochs: claim nothing from now on (the shards
+    /// served keep their fences, below the ceiling already learnt). Logged once.
+    fn fence_trouble(&self, e: EpochError) {
+        let mut trouble = self.fence_trouble.lock();
+        if trouble.is_none() {
+            tracing::error!(target: "lockbroker::cluster", "{e}");
+            *trouble = Some(e);
+        }
     }
 
     /// When fewer than 2^31 fences are left under the ceiling (2^31 grants since the last
@@ -220,11 +307,16 @@ impl Cluster {
         let opts = PutOptions::new().with_lease(lease_id);
         let resp = bounded(&self.cfg, client.put(key, Vec::new(), Some(opts))).await?;
         if let Some(h) = resp.header() {
-            let r = h.revision().max(0) as u64;
-            self.broker
-                .with_table(|t, _, _| t.raise_fence_floor(r << 32));
-            self.learn_revision(h.revision());
-            tracing::info!(target: "lockbroker::cluster", revision = r, "fence epoch renewed");
+            match Epoch::of(h.revision()) {
+                Ok(e) => {
+                    self.broker
+                        .with_table(|t, _, _| t.raise_fence_floor(e.floor()));
+                    self.learn_revision(h.revision());
+                    tracing::info!(target: "lockbroker::cluster", revision = e.get(), "fence epoch renewed");
+                }
+                Err(e @ EpochError::PastLimit(_)) => self.fence_trouble(e),
+                Err(EpochError::NotPositive(_)) => {}
+            }
         }
         Ok(())
     }
@@ -283,32 +375,66 @@ impl Cluster {
         }
     }
 
-    /// One etcd session: lease, registration, initial load, then keep-alives, watch events and
-    /// claims until something fails or the validity lapses.
-    async fn session(&self) -> Result<(), ClusterError> {
+    /// Connects to etcd and registers this broker (`register.rs`) under a new lease; the
+    /// previous session's lease, if any, is revoked first (this broker serves nothing of it
+    /// any more), so its shards are free to claim again at once.
+    async fn open(&self) -> Result<Opened, ClusterError> {
         let mut client = connect(&self.cfg).await?;
+        let previous = self.session_lease.lock().as_ref().map(|(_, id)| *id);
+        if let Some(id) = previous {
+            let _ = bounded(&self.cfg, client.lease_revoke(id)).await;
+        }
         let ttl_s = i64::try_from(self.cfg.ownership_ttl().as_secs()).unwrap_or(i64::MAX);
-        let sent = Instant::now();
-        let lease = bounded(&self.cfg, client.lease_grant(ttl_s, None)).await?;
-        let lease_id = lease.id();
-        *self.session_lease.lock() = Some((client.clone(), lease_id));
-        self.validity
-            .lock()
-            .confirmed(sent, Duration::from_secs(lease.ttl().max(0) as u64));
         let me = self.state.lock().me().to_string();
-        let member = format!("{}members/{me}", self.prefix);
-        let opts = PutOptions::new().with_lease(lease_id);
-        bounded(&self.cfg, client.put(member, self.url.clone(), Some(opts))).await?;
+        let reg = register::register(
+            &self.cfg,
+            &mut client,
+            &me,
+            &self.member_key(),
+            &self.url,
+            ttl_s,
+            previous,
+        )
+        .await?;
+        *self.session_lease.lock() = Some((client.clone(), reg.lease));
+        self.validity.lock().confirmed(reg.sent, reg.ttl);
+        Ok(Opened { client, reg })
+    }
+
+    /// This broker's member key.
+    fn member_key(&self) -> String {
+        format!("{}members/{}", self.prefix, self.state.lock().me())
+    }
+
+    /// One etcd session (`opened` already, or opened now): initial load, then keep-alives,
+    /// watch events and claims until something fails or the validity lapses.
+    async fn session(&self, opened: Option<Opened>) -> Result<(), ClusterError> {
+        let Opened { mut client, reg } = match opened {
+            Some(o) => o,
+            None => self.open().await?,
+        };
+        let lease_id = reg.lease;
+        let member = self.member_key();
         let everything = Some(GetOptions::new().with_prefix());
         let all = bounded(&self.cfg, client.get(self.prefix.clone(), everything)).await?;
         let revision = all.header().map_or(0, |h| h.revision());
+        let mut restore = false;
         {
             let mut state = self.state.lock();
-            state.reset_view();
+            state.reset_view(lease_id, self.url.clone());
             for kv in all.kvs() {
-                self.apply(&mut state, kv.key(), Some(kv.value()));
+                if kv.key() == member.as_bytes() {
+                    restore |=
+                        !register::is_ours(Some(kv.value()), kv.lease(), lease_id, &self.url);
+                    continue;
+                }
+                self.apply(&mut state, kv, Some(kv.value()));
             }
             state.revision = revision.max(0) as u64;
+            state.refresh_unowned(Instant::now());
+        }
+        if restore {
+            register::restore(&self.cfg, &mut client, &member, &self.url, lease_id).await?;
         }
         let mut watch = client
             .watch(
@@ -358,16 +484,25 @@ impl Cluster {
                         self.learn_revision(h.revision());
                     }
                     let mut lost = Vec::new();
+                    let mut restore = false;
                     {
                         let mut state = self.state.lock();
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             let value = (ev.event_type() == EventType::Put).then(|| kv.value());
-                            if let Some(shard) = self.apply(&mut state, kv.key(), value) {
+                            if kv.key() == member.as_bytes() {
+                                // Our own registration is not the view's to change: put back.
+                                restore |= !register::is_ours(value, kv.lease(), lease_id, &self.url);
+                            } else if let Some(shard) = self.apply(&mut state, kv, value) {
                                 lost.push(shard);
                             }
                             state.revision = state.revision.max(kv.mod_revision().max(0) as u64);
                         }
+                        state.refresh_unowned(Instant::now());
+                    }
+                    if restore {
+                        register::restore(&self.cfg, &mut client, &member, &self.url, lease_id)
+                            .await?;
                     }
                     self.evict_shards(&lost, "etcd shows another owner");
                     self.claim(&mut client, lease_id).await?;
@@ -384,25 +519,93 @@ impl Cluster {
         }
     }
 
-    /// Applies one cluster key (`value` None: deleted) to the view. Returns a shard this broker
-    /// served and no longer does.
-    fn apply(&self, state: &mut ClusterState, key: &[u8], value: Option<&[u8]>) -> Option<u32> {
-        let key = std::str::from_utf8(key).ok()?.strip_prefix(&self.prefix)?;
-        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
-        if let Some(name) = key.strip_prefix("members/") {
-            match value {
-                Some(url) => state.member_up(name.to_string(), text(url)),
-                None => state.member_down(name),
+    /// Applies one cluster key (`value` None: deleted) to the view, after checking it
+    /// (`entries.rs`: invalid entries are ignored, logged once and counted). Returns a shard
+    /// this broker served and no longer does.
+    fn apply(
+        &self,
+        state: &mut ClusterState,
+        kv: &etcd_client::KeyValue,
+        value: Option<&[u8]>,
+    ) -> Option<u32> {
+        let key = std::str::from_utf8(kv.key())
+            .ok()?
+            .strip_prefix(&self.prefix)?;
+        let parsed = match entries::key_of(key, state.shards()) {
+            Ok(k) => k,
+            Err(why) => {
+                self.invalid(state, key, value, &why);
+                return None;
             }
-            return None;
+        };
+        match (parsed, value) {
+            (Key::Unread, _) => None,
+            (Key::Member(name), None) => {
+                state.unignore(key);
+                state.member_down(name);
+                None
+            }
+            (Key::Member(name), Some(v)) => {
+                match entries::member_url(v, kv.lease()) {
+                    Ok(url) => {
+                        state.unignore(key);
+                        state.member_up(name.to_string(), url, kv.lease());
+                    }
+                    Err(why) => {
+                        self.invalid(state, key, value, &why);
+                        state.member_down(name);
+                    }
+                }
+                None
+            }
+            (Key::Drained(name), v) => {
+                state.set_drained(name, v.is_some());
+                None
+            }
+            (Key::Shard(shard), None) => {
+                state.unignore(key);
+                state.set_owner(shard, None).then_some(shard)
+            }
+            (Key::Shard(shard), Some(v)) => match entries::owner_name(v, kv.lease()) {
+                Ok(name) => {
+                    state.unignore(key);
+                    state
+                        .set_owner(shard, Some((name, kv.lease())))
+                        .then_some(shard)
+                }
+                Err(why) => {
+                    self.invalid(state, key, value, &why);
+                    state.stray_owner(shard, kv.mod_revision()).then_some(shard)
+                }
+            },
         }
-        if let Some(name) = key.strip_prefix("drained/") {
-            state.set_drained(name, value.is_some());
-            return None;
+    }
+
+    /// `key` (`value`; None: deleted) fails the checks of `entries.rs`: ignored while it is
+    /// there, counted, and logged once.
+    fn invalid(
+        &self,
+        state: &mut ClusterState,
+        key: &str,
+        value: Option<&[u8]>,
+        why: &entries::Invalid,
+    ) {
+        if value.is_none() {
+            state.unignore(key);
+            return;
         }
-        let shard: u32 = key.strip_prefix("shards/")?.parse().ok()?;
-        let owner = value.map(|v| OwnerValue::parse(&text(v)).name.to_string());
-        state.set_owner(shard, owner).then_some(shard)
+        state.ignore(key, why.to_string());
+        let mut logged = self.logged.lock();
+        if logged.len() < LOG_AT_MOST && logged.insert(format!("{key}\n{why}")) {
+            let shown = String::from_utf8_lossy(value.unwrap_or_default());
+            let shown: String = shown.chars().take(80).collect();
+            tracing::warn!(
+                target: "lockbroker::cluster",
+                key = %format!("{}{key}", self.prefix),
+                value = ?shown,
+                "ignoring an etcd entry: {why}"
+            );
+        }
     }
 
     /// Hands over every shard whose preferred owner is another live member (it joined): stop
@@ -427,6 +630,9 @@ impl Cluster {
     /// the shards another member is preferred for.
     async fn claim(&self, client: &mut Client, lease_id: i64) -> Result<(), ClusterError> {
         self.release(client, lease_id).await?;
+        if self.fence_trouble.lock().is_some() {
+            return Ok(());
+        }
         let to_claim = self.state.lock().to_claim();
         let me = self.state.lock().me().to_string();
         for shard in to_claim {
@@ -437,36 +643,60 @@ impl Cluster {
                 claimed_ms: unix_ms(),
                 grace_end_ms: 0,
             };
-            let txn = Txn::new()
-                .when([Compare::create_revision(
+            // Create the key, or replace exactly the invalid one seen (no lease: `entries.rs`).
+            let compare = match self.state.lock().replaceable(shard) {
+                Some(r) => Compare::mod_revision(owner_key.clone(), CompareOp::Equal, r),
+                None => Compare::create_revision(owner_key.clone(), CompareOp::Equal, 0),
+            };
+            let txn = Txn::new().when([compare]).and_then([
+                TxnOp::get(owned_before.clone(), None),
+                TxnOp::put(
                     owner_key.clone(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then([
-                    TxnOp::get(owned_before.clone(), None),
-                    TxnOp::put(
-                        owner_key.clone(),
-                        value.render(),
-                        Some(PutOptions::new().with_lease(lease_id)),
-                    ),
-                    TxnOp::put(owned_before, me.clone(), None),
-                ]);
+                    value.render(),
+                    Some(PutOptions::new().with_lease(lease_id)),
+                ),
+                TxnOp::put(owned_before, me.clone(), None),
+            ]);
             let resp = bounded(&self.cfg, client.txn(txn)).await?;
             if !resp.succeeded() {
                 continue;
             }
-            let revision = resp.header().map_or(0, |h| h.revision()).max(0) as u64;
+            let revision = resp.header().map_or(0, |h| h.revision());
             let had_owner = resp.op_responses().iter().any(|r| match r {
                 TxnOpResponse::Get(g) => !g.kvs().is_empty(),
                 _ => false,
             });
+            let epoch = match Epoch::of(revision) {
+                Ok(e) => e,
+                Err(e) => {
+                    // No fence of this term could be above the earlier owners' ones: give
+                    // the shard back rather than serve it.
+                    let txn = Txn::new()
+                        .when([Compare::lease(
+                            owner_key.clone(),
+                            CompareOp::Equal,
+                            lease_id,
+                        )])
+                        .and_then([TxnOp::delete(owner_key, None)]);
+                    bounded(&self.cfg, client.txn(txn)).await?;
+                    if let EpochError::PastLimit(_) = e {
+                        self.fence_trouble(e);
+                        return Ok(());
+                    }
+                    tracing::warn!(target: "lockbroker::cluster", shard, "claim: {e}");
+                    continue;
+                }
+            };
             // Fences of this term are above everything earlier owners of the shard issued.
             self.broker
-                .with_table(|t, _, _| t.raise_fence_floor(revision << 32));
-            self.learn_revision(revision as i64);
+                .with_table(|t, _, _| t.raise_fence_floor(epoch.floor()));
+            self.learn_revision(revision);
             let grace_until = had_owner.then(|| Instant::now() + self.grace);
-            self.state.lock().claimed(shard, revision, grace_until);
+            {
+                let mut state = self.state.lock();
+                state.claimed(shard, epoch.get(), grace_until);
+                state.refresh_unowned(Instant::now());
+            }
             if had_owner {
                 // Record the grace for `cluster status` (the epoch, the key's create
                 // revision, does not change).
@@ -477,7 +707,7 @@ impl Cluster {
             tracing::info!(
                 target: "lockbroker::cluster",
                 shard,
-                epoch = revision,
+                epoch = epoch.get(),
                 grace = had_owner,
                 "claimed shard"
             );
@@ -547,8 +777,10 @@ impl KeyRouter for Cluster {
         }
         let state = self.state.lock();
         let shard = shard_of(key, state.shards());
-        state
-            .term(shard)
-            .is_some_and(|t| t.grace_until.is_some_and(|g| now < g) && fence < (t.epoch << 32))
+        state.term(shard).is_some_and(|t| {
+            t.grace_until.is_some_and(|g| now < g)
+                && Epoch::of(i64::try_from(t.epoch).unwrap_or(i64::MAX))
+                    .is_ok_and(|e| fence < e.floor())
+        })
     }
 }

@@ -1,13 +1,15 @@
 //! `lockbroker cluster status`: the cluster as etcd records it — members, and per shard its
 //! owner, the epoch of its ownership term (the revision that created the ownership key, the
 //! high bits of its fences) and the grace left after a takeover. And `drain`: a
-//! `drained/<name>` key that takes the member out of every shard's preference.
+//! `drained/<name>` key that takes the member out of every shard's preference. Entries the
+//! brokers ignore (`entries.rs`) are shown with the reason.
 
 use std::fmt::Write;
 
 use etcd_client::GetOptions;
 
 use super::driver::{ClusterError, OwnerValue, connect, prefix};
+use super::entries::{self, Key};
 use crate::broker::wire::unix_ms;
 use crate::config::ClusterConfig;
 
@@ -20,6 +22,7 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
         .await?;
     let now_ms = unix_ms();
     let mut members = Vec::new();
+    let mut ignored = Vec::new();
     let mut shards = vec![None; cfg.shards as usize];
     for kv in all.kvs() {
         let Some(key) = std::str::from_utf8(kv.key())
@@ -30,14 +33,21 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
         };
         let value = String::from_utf8_lossy(kv.value()).into_owned();
         if let Some(name) = key.strip_prefix("members/") {
-            members.push(format!("member {name} {value}"));
-        } else if let Some(n) = key
-            .strip_prefix("shards/")
-            .and_then(|n| n.parse::<usize>().ok())
-            && n < shards.len()
-        {
+            let ignored = match entries::key_of(key, cfg.shards) {
+                Ok(_) => entries::member_url(kv.value(), kv.lease()).err(),
+                Err(e) => Some(e),
+            };
+            members.push(match ignored {
+                None => format!("member {name} {value}"),
+                Some(why) => format!("member {name:?} {value:?} (ignored: {why})"),
+            });
+        } else if let Ok(Key::Shard(n)) = entries::key_of(key, cfg.shards) {
+            if let Err(why) = entries::owner_name(kv.value(), kv.lease()) {
+                ignored.push(format!("shard {n} key {value:?} ignored: {why}"));
+                continue;
+            }
             let v = OwnerValue::parse(&value);
-            shards[n] = Some((
+            shards[n as usize] = Some((
                 v.name.to_string(),
                 kv.create_revision(),
                 v.claimed_ms,
@@ -47,7 +57,7 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
     }
     let mut out = String::new();
     let _ = writeln!(out, "cluster {} ({} shards)", cfg.name, cfg.shards);
-    for m in &members {
+    for m in members.iter().chain(&ignored) {
         let _ = writeln!(out, "{m}");
     }
     let owned = shards.iter().filter(|s| s.is_some()).count();

@@ -15,18 +15,23 @@ use lockbroker_tests::raw::RawConn;
 use lockbroker_tests::{Broker, TempDir};
 
 /// A broker of the test cluster, on an address of its own.
-fn start_member(etcd: &EtcdServer, name: &str, addr: SocketAddr) -> Broker {
+pub(crate) fn start_member(etcd: &EtcdServer, name: &str, addr: SocketAddr) -> Broker {
     start_member_with(etcd, name, addr, 3000)
 }
 
 /// [`start_member`] with a TTL cap (and takeover grace) of `max_ttl_ms`.
-fn start_member_with(etcd: &EtcdServer, name: &str, addr: SocketAddr, max_ttl_ms: u64) -> Broker {
+pub(crate) fn start_member_with(
+    etcd: &EtcdServer,
+    name: &str,
+    addr: SocketAddr,
+    max_ttl_ms: u64,
+) -> Broker {
     let toml = cluster_config(&etcd, name, addr, max_ttl_ms);
     Broker::start_at(TempDir::new(name), &toml, addr)
 }
 
 /// The dev certificates of `brokers`, one PEM after the other (a client trusting them all).
-fn cas_of(brokers: &[&Broker]) -> Vec<u8> {
+pub(crate) fn cas_of(brokers: &[&Broker]) -> Vec<u8> {
     brokers
         .iter()
         .flat_map(|b| std::fs::read(b.ca()).expect("dev certificate"))
@@ -39,7 +44,7 @@ fn cas_of(brokers: &[&Broker]) -> Vec<u8> {
 /// timeout stays at 5 s: a live broker of a debug build, busy with a takeover on a loaded
 /// 2-core CI machine, once took longer than 2 s to answer a release (the run failed about
 /// 2 s past its usual length, at the last unlock).
-async fn cluster_client(urls: &[String], cas: Vec<u8>) -> Client {
+pub(crate) async fn cluster_client(urls: &[String], cas: Vec<u8>) -> Client {
     let mut builder = Client::builder()
         .ca_pem(cas)
         .request_timeout(Duration::from_secs(5))
@@ -64,7 +69,7 @@ async fn next_answer(raw: &mut RawConn) -> Option<Frame> {
 }
 
 /// A client of one broker only.
-async fn client_of(b: &Broker) -> Client {
+pub(crate) async fn client_of(b: &Broker) -> Client {
     b.client_builder()
         .request_timeout(Duration::from_secs(2))
         .idle_timeout(Duration::from_secs(2))
@@ -76,7 +81,7 @@ async fn client_of(b: &Broker) -> Client {
 
 /// Whether the broker of `c` (a client that trusts that broker only, so it cannot follow the
 /// shard map elsewhere) serves `key`: a try-lock there is granted (then released) or busy.
-async fn serves(c: &Client, key: &str) -> Option<bool> {
+pub(crate) async fn serves(c: &Client, key: &str) -> Option<bool> {
     match c.try_lock(key.to_string()).await {
         Ok(g) => {
             g.unlock().await.ok()?;
@@ -123,7 +128,11 @@ async fn refused_after_cut(
 
 /// Locks `key` through `c`, retrying (bounded by `limit`) while the cluster cannot grant it yet
 /// (a shard without owner, a takeover grace, etcd coming back).
-async fn lock_eventually(c: &Client, key: &str, limit: Duration) -> lockbroker_sdk::Guard {
+pub(crate) async fn lock_eventually(
+    c: &Client,
+    key: &str,
+    limit: Duration,
+) -> lockbroker_sdk::Guard {
     let start = Instant::now();
     loop {
         match c.lock(key.to_string()).wait(Duration::from_secs(10)).await {
@@ -138,7 +147,7 @@ async fn lock_eventually(c: &Client, key: &str, limit: Duration) -> lockbroker_s
 
 /// `lockbroker cluster status` of the cluster on `etcd` (members, shard owners, grace), for
 /// a failure message.
-fn cluster_status(etcd: &EtcdServer) -> String {
+pub(crate) fn cluster_status(etcd: &EtcdServer) -> String {
     let dir = TempDir::new("status");
     let config = dir.path().join("status.toml");
     let toml = cluster_config(&etcd, "observer", free_udp_addr(), 1000);
@@ -161,7 +170,7 @@ fn cluster_status(etcd: &EtcdServer) -> String {
 
 /// Waits (bounded, 40 s) until the routed client `c` is granted every one of `keys` in a row
 /// (every shard has an owner that grants). On failure it shows the cluster as etcd has it.
-async fn all_served(etcd: &EtcdServer, c: &Client, keys: &[String]) {
+pub(crate) async fn all_served(etcd: &EtcdServer, c: &Client, keys: &[String]) {
     let start = Instant::now();
     'again: loop {
         for k in keys {
@@ -181,7 +190,7 @@ async fn all_served(etcd: &EtcdServer, c: &Client, keys: &[String]) {
 }
 
 /// Waits (bounded by `limit`) until the broker of `c` serves `key` (its shard is claimed).
-async fn wait_served(c: &Client, key: &str, limit: Duration) {
+pub(crate) async fn wait_served(c: &Client, key: &str, limit: Duration) {
     let start = Instant::now();
     while serves(c, key).await != Some(true) {
         assert!(start.elapsed() < limit, "{key}: never claimed");
@@ -205,7 +214,7 @@ async fn assignment(a: &Client, b: &Client, keys: &[String]) -> Option<Vec<bool>
 /// Waits until the assignment of `keys` to the two brokers is complete and stable (the same
 /// twice, a second apart, with both brokers serving some: the second broker's arrival may make
 /// the first hand shards over); returns, per key, whether the first serves it.
-async fn settled(a: &Client, b: &Client, keys: &[String]) -> Vec<bool> {
+pub(crate) async fn settled(a: &Client, b: &Client, keys: &[String]) -> Vec<bool> {
     let start = Instant::now();
     let mut last: Option<Vec<bool>> = None;
     loop {

@@ -15,6 +15,8 @@
 //!   never outlives a SIGKILLed `lock`, lease loss stops the whole group.
 //! - [`cluster`]: cluster mode on a real etcd: shard ownership, `Moved`, failover with grace
 //!   and lease adoption, self-fencing without etcd.
+//! - [`etcd_contents`]: what the brokers read from etcd is checked: stray member and shard
+//!   keys, a duplicate member name, a deleted member key, unowned shards in `/readyz`.
 //! - [`errors`]: re-locking (not re-entrant), `NotLocked`, `NotOwner` and the per-session
 //!   limits.
 //! - [`exclusion`]: lease secrets and reclaim by principal, honest guards (`extend`, `lost`
@@ -58,6 +60,7 @@ mod cli;
 mod cli_signals;
 mod cluster;
 mod errors;
+mod etcd_contents;
 mod exclusion;
 mod failover;
 mod hostile;
