@@ -26,19 +26,29 @@ pub fn endpoint(ca: &Path) -> Result<quinn::Endpoint> {
     crate::echo::client_endpoint(roots, None)
 }
 
-/// A raw connection whose control stream has sent `Hello` as `client` (the answer is left
-/// to the caller to read, or not).
-pub async fn open(
-    addr: SocketAddr,
-    ca: &Path,
-    client: &str,
-) -> Result<(
+/// A raw connection and its control stream.
+pub type RawOpen = (
     quinn::Endpoint,
     quinn::Connection,
     quinn::SendStream,
     quinn::RecvStream,
-)> {
+);
+
+/// A raw connection whose control stream has sent `Hello` as `client` (the answer is left
+/// to the caller to read, or not).
+pub async fn open(addr: SocketAddr, ca: &Path, client: &str) -> Result<RawOpen> {
+    open_from(addr, ca, client, std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// [`open`] from the local address `from` (any loopback address: 127.0.0.0/8).
+pub async fn open_from(
+    addr: SocketAddr,
+    ca: &Path,
+    client: &str,
+    from: std::net::IpAddr,
+) -> Result<RawOpen> {
     let ep = endpoint(ca)?;
+    ep.rebind(std::net::UdpSocket::bind((from, 0))?)?;
     let conn = ep.connect(addr, "localhost")?.await?;
     let (mut send, recv) = conn.open_bi().await?;
     let mut out = Vec::new();

@@ -5,7 +5,10 @@
 //! key, all timing out in the window), a connection flood (raw QUIC connections opened
 //! without ever saying `Hello`) and admin listing (a table of `--mem-locks` held keys —
 //! 1M by default — while 16 loops page `/api/locks` 1,000 keys at a time and scrape
-//! `/metrics`, as 16 open status pages and a Prometheus would, only without pause).
+//! `/metrics`, as 16 open status pages and a Prometheus would, only without pause). Last, on
+//! a broker of its own with default limits, a per-address flood: 11 loopback addresses open
+//! anonymous sessions as fast as they are admitted and fill them with keys, and then a
+//! bystander with a token connects and locks (before per-principal limits it was refused).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -126,6 +129,8 @@ pub async fn run(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
     flooding.abort();
 
     let (big, listed) = admin_listing(opts, &b, &client, window).await?;
+    drop(b);
+    let (flood_quiet, flood) = address_flood(bin, window).await?;
 
     for (name, lat) in [
         ("a slow reader (Inspect flood, never reads)", &slow),
@@ -134,6 +139,29 @@ pub async fn run(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
         ("no attack, the big table held", &big),
         ("16 admin listing loops over the big table", &listed),
     ] {
+        row(report, name, lat, &quiet);
+    }
+    match &flood {
+        Ok(lat) => row(
+            report,
+            "a flood from 11 addresses (sessions and keys)",
+            lat,
+            &flood_quiet,
+        ),
+        Err(refused) => report.row(
+            "bystander lock cycle under a flood from 11 addresses".to_string(),
+            format!("refused: {refused}"),
+            format!("{:.1} µs (no attack)", flood_quiet.p99()),
+            None,
+            None,
+        ),
+    }
+    Ok(())
+}
+
+/// The p50 and p99 rows of the bystander under attack `name`.
+fn row(report: &mut Report, name: &str, lat: &Lat, quiet: &Lat) {
+    {
         report.row(
             format!("bystander lock cycle p50 under {name} vs no attack"),
             format!("{:.1} µs", lat.p50()),
@@ -149,7 +177,6 @@ pub async fn run(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
             None,
         );
     }
-    Ok(())
 }
 
 /// Holds `--mem-locks` keys (4 raw sessions, pipelined), measures the bystander with the
@@ -194,7 +221,7 @@ async fn admin_listing(
                 );
                 let cursor = URL_SAFE_NO_PAD.encode(from.as_bytes());
                 admin_get(admin, &format!("/api/locks?limit=1000&cursor={cursor}")).await?;
-                if pages % 4 == 0 {
+                if pages.is_multiple_of(4) {
                     admin_get(admin, "/metrics").await?;
                 }
                 pages += 1;
@@ -217,4 +244,70 @@ async fn admin_listing(
         h.close();
     }
     Ok((big, listed))
+}
+
+/// The token of the flood case's bystander.
+const BYSTANDER_TOKEN: &str = "bench-bystander-token-00000001";
+
+/// A broker with default limits and one token; the bystander's lock cycle quiet, then — after
+/// 11 loopback addresses have opened anonymous sessions as fast as they were admitted for 3 s,
+/// each pipelining acquires of new keys — of a bystander that connects then, with its token.
+/// `Err`: the bystander could not connect or lock (what it was told).
+async fn address_flood(bin: &Path, window: Duration) -> Result<(Lat, Result<Lat, String>)> {
+    let b = Broker::start(
+        bin,
+        &format!("[auth]\ntokens = {{ \"{BYSTANDER_TOKEN}\" = \"bystander\" }}\n"),
+    )?;
+    let bystander_client = || b.client_builder().token(BYSTANDER_TOKEN).connect();
+    let quiet_client = bystander_client().await?;
+    bystander(&quiet_client, Duration::from_millis(500)).await?;
+    let quiet = bystander(&quiet_client, window).await?;
+    drop(quiet_client);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = tokio::task::JoinSet::new();
+    for host in 2..=12u8 {
+        let (addr, ca, stop) = (b.addr, b.ca(), stop.clone());
+        flood.spawn(async move {
+            let from = std::net::IpAddr::from([127, 0, 0, host]);
+            let mut sessions = Vec::new();
+            let mut next_key = 0u64;
+            // Bounded by `stop`; every attempt is one handshake.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((ep, conn, mut send, recv)) =
+                    raw::open_from(addr, &ca, "lockbroker-bench flood", from).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let base = next_key;
+                next_key += 1000;
+                let acquires = frames(1000, |id| {
+                    Frame::Acquire(lockbroker_proto::Acquire {
+                        id,
+                        key: Bytes::from(format!("flood/{host}/{}", base + id)),
+                        mode: lockbroker_proto::Mode::Exclusive,
+                        ttl_ms: 600_000,
+                        wait: WaitSpec::NoWait,
+                        owner: Bytes::new(),
+                    })
+                });
+                let _ = send.write_all(&acquires).await;
+                sessions.push((ep, conn, send, recv));
+            }
+            sessions.len()
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let flooded = match bystander_client().await {
+        Ok(c) => bystander(&c, window).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sessions = 0;
+    while let Some(n) = flood.join_next().await {
+        sessions += n?;
+    }
+    println!("  address flood: {sessions} anonymous sessions opened from 11 addresses");
+    Ok((quiet, flooded))
 }
