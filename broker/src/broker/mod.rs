@@ -115,7 +115,15 @@ impl Broker {
             max_queued_total: cfg.limits.max_queued_total,
             lease_events: true,
             ordered_keys: true,
+            principal_caps: cfg.limits.principal_caps(),
         });
+        let mut table = table;
+        // Authenticated principals keep room whatever anonymous clients do.
+        table.set_principal_caps(
+            crate::config::ANONYMOUS.as_bytes(),
+            cfg.limits
+                .anonymous_caps(cfg.has_authenticated_principals()),
+        );
         let horizon = HorizonWriter::new(&cfg.data_dir);
         let coverage = horizon.coverage();
         let metrics = cfg.admin.metrics.then(|| Arc::new(Metrics::default()));

@@ -16,6 +16,7 @@ mod cmd;
 pub mod fuzzing;
 mod handshake_rate;
 pub mod policy;
+mod principal_sessions;
 mod session;
 
 use std::net::SocketAddr;
@@ -163,6 +164,7 @@ impl Server {
         let limits = &broker.cfg.limits;
         let admission =
             admission::Admission::new(limits.max_connections, limits.max_connections_per_ip);
+        let per_principal = principal_sessions::PrincipalSessions::new(&broker.cfg);
         let handshakes = handshake_rate::HandshakeRate::new(
             limits.handshake_rate_per_ip,
             limits.handshake_burst_per_ip,
@@ -174,6 +176,7 @@ impl Server {
                     let Some(incoming) = incoming else { break };
                     let broker = broker.clone();
                     let policy = self.policy.clone();
+                    let per_principal = per_principal.clone();
                     let ip = incoming.remote_address().ip();
                     if !handshakes.allow(ip, std::time::Instant::now()) {
                         // Faster than its handshake rate: refused before any TLS work.
@@ -209,7 +212,7 @@ impl Server {
                         match (handshake, slot) {
                             (Ok(conn), Ok(_slot)) => {
                                 let principal = peer_principal(&conn);
-                                session::serve(broker, policy, conn, principal).await;
+                                session::serve(broker, policy, conn, principal, per_principal).await;
                             }
                             (Ok(conn), Err(why)) => session::turn_away(&broker, conn, &why).await,
                             (Err(e), _) => tracing::debug!("handshake failed: {e}"),

@@ -175,6 +175,7 @@ pub async fn serve(
     policy: Arc<Policy>,
     conn: quinn::Connection,
     cert_principal: Option<String>,
+    per_principal: Arc<super::principal_sessions::PrincipalSessions>,
 ) {
     let remote = conn.remote_address();
     let hello_timeout = Duration::from_millis(broker.cfg.limits.hello_timeout_ms);
@@ -239,6 +240,15 @@ pub async fn serve(
                 m.deny(crate::broker::Denial::Unauthenticated);
             }
             return refuse(conn, send, ErrorCode::Unauthenticated, &msg, grace).await;
+        }
+    };
+    let _principal_slot = match per_principal.admit(&principal) {
+        Ok(slot) => slot,
+        Err(why) => {
+            if let Some(m) = &broker.metrics {
+                m.refuse("sessions of this principal");
+            }
+            return refuse(conn, send, ErrorCode::LimitExceeded, &why, grace).await;
         }
     };
     let (id, handle) = broker.open_session_from(&principal, remote);
