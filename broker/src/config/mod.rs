@@ -171,9 +171,10 @@ pub struct LimitsConfig {
     /// Queue records of one principal: queued acquires (a multi-key acquire one per key),
     /// watchers and acquires retrying against the sync mirror (default: `max_queued_total`).
     pub max_queued_per_principal: Option<usize>,
-    /// Answers queued for all sessions together (bytes). Past it, the sessions holding more
-    /// than their fair share (this over the number of sessions) are not read until theirs
-    /// drain, and one that does not drain within `outbox_stall_ms` is closed.
+    /// Answers queued for all sessions together (bytes). Past half of it, the sessions
+    /// holding more than their fair share of that half are not read until theirs drain (one
+    /// that does not drain within `outbox_stall_ms` is closed); past all of it, only sessions
+    /// with nothing queued are read. The sum stays within it, plus one answer a session.
     pub max_outbox_total_bytes: usize,
     /// QUIC handshakes in progress above which a new connection from an address not yet
     /// validated is answered with a Retry (one round trip proving the address) first.

@@ -305,13 +305,13 @@ async fn read_loop(
 ) -> End {
     let mut shutdown = session.broker.shutdown_signal();
     let outbox = &session.handle.outbox;
-    let cap = session.broker.cfg.limits.max_outbox_bytes;
     let stall = Duration::from_millis(session.broker.cfg.limits.outbox_stall_ms);
     loop {
         // Handle every whole frame already buffered; their answers leave in one write.
         outbox.begin_batch();
         let failed = loop {
-            if outbox.queued() > cap {
+            // The session's cap, or its fair share of the global budget while over it.
+            if outbox.queued() > session.broker.outbox_cap() {
                 break false;
             }
             match decode(buf, limits) {
@@ -336,6 +336,7 @@ async fn read_loop(
         }
         // Backpressure: answers pile up because the client does not read them. Read nothing
         // more until they drain (QUIC flow control then holds the client's requests back).
+        let cap = session.broker.outbox_cap();
         if outbox.queued() > cap {
             tokio::select! {
                 drained = tokio::time::timeout(stall, outbox.wait_below(cap / 2)) => {

@@ -1,7 +1,9 @@
-//! Limits per principal, against the real binary (issue 23 finding 6): anonymous clients —
+//! Limits against floods, with the real binary (issue 23 finding 6): anonymous clients —
 //! from however many source addresses — take at most their share of the broker's sessions,
 //! live keys and queue records (sync-mirror retries included), so an authenticated bystander
-//! still gets a session, a new key and a place in a queue.
+//! still gets a session, a new key and a place in a queue; a burst of handshakes is answered
+//! with QUIC Retry; clients that never read their answers stay within the global outbox
+//! budget.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -259,4 +261,141 @@ async fn sync_mirror_retries_count_per_principal() {
             panic!("alice's acquire was answered: {f:?}");
         }
     }
+}
+
+/// The broker's resident memory (kB), from /proc.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 300 clients connect at once: past `limits.retry_above_handshakes` (8 here) handshakes in
+/// progress, new ones are sent a QUIC Retry (counted by `lockbroker_quic_retries_total`) —
+/// and every client still gets its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_handshakes_is_answered_with_retry_and_every_client_gets_in() {
+    let b = Broker::start_with_config("[limits]\nretry_above_handshakes = 8\n");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300u32 {
+        let (addr, ca) = (b.addr, b.ca());
+        let from = loopback(u8::try_from(2 + i % 200).expect("small"));
+        tasks.spawn(async move { RawConn::try_hello_from(from, addr, &ca, None).await });
+    }
+    let mut held = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Ok(c) => held.push(c),
+            Err(why) => panic!("a client got no session: {why}"),
+        }
+    }
+    let metrics = http::get(b.admin.expect("admin"), "/metrics").await.body;
+    let retries = sample(&metrics, "lockbroker_quic_retries_total");
+    eprintln!("300 concurrent handshakes: {retries:?} retries");
+    assert!(
+        retries.is_some_and(|r| r > 0.0),
+        "no Retry under load: {retries:?}"
+    );
+    assert_eq!(held.len(), 300);
+}
+
+/// 200 raw sessions send requests whose answers (10 KB inspects) they never read, through a
+/// 16 KB receive window: before, each held its own 1 MiB outbox cap — 200 MiB of answers
+/// (467 MB RSS reported) until the stall close; now the sessions over their fair share of
+/// `limits.max_outbox_total_bytes` (64 MiB) stop being read, and the queued answers settle
+/// within that budget. The broker's RSS is printed, not asserted (noisy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_never_read_stay_within_the_global_outbox_budget() {
+    const SESSIONS: usize = 200;
+    let b = Broker::start_with_config("[limits]\noutbox_stall_ms = 120000\n");
+    let admin = b.admin.expect("admin");
+    let rss_idle = rss_kb(b.pid());
+    // 60 shared leases with 120-byte owner labels: an inspect answer of about 10 KB.
+    let mut holder = RawConn::try_hello_from(loopback(1), b.addr, &b.ca(), None)
+        .await
+        .expect("holder");
+    for id in 1..=60 {
+        holder
+            .send_frame(&Frame::Acquire(Acquire {
+                id,
+                key: Bytes::from_static(b"big"),
+                mode: Mode::Shared,
+                ttl_ms: 600_000,
+                wait: WaitSpec::NoWait,
+                owner: Bytes::from(format!("{id:03}-{}", "o".repeat(116))),
+            }))
+            .await;
+    }
+    assert_eq!(answers(&mut holder, 60).await.0, 60);
+    let mut idle = Vec::new();
+    for i in 0..SESSIONS {
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(16_384u32.into());
+        transport.receive_window(16_384u32.into());
+        let from = loopback(u8::try_from(2 + i % 100).expect("small"));
+        let endpoint = lockbroker_tests::raw::client_endpoint_from(
+            &b.ca(),
+            Some(transport),
+            std::net::SocketAddr::new(from, 0),
+        );
+        let conn = endpoint
+            .connect(b.addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut send, recv) = conn.open_bi().await.expect("stream");
+        let mut bytes = Vec::new();
+        lockbroker_proto::encode(
+            &Frame::Hello(lockbroker_proto::Hello {
+                token: None,
+                client: "never-reads".into(),
+            }),
+            &mut bytes,
+        );
+        for id in 1..=150 {
+            lockbroker_proto::encode(
+                &Frame::Inspect {
+                    id,
+                    key: Bytes::from_static(b"big"),
+                },
+                &mut bytes,
+            );
+        }
+        send.write_all(&bytes).await.expect("requests");
+        idle.push((endpoint, conn, send, recv));
+    }
+    // Settled: the queued answers no longer move (five samples alike).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut last, mut same) = (None, 0);
+    let queued = loop {
+        let metrics = http::get(admin, "/metrics").await.body;
+        let q = sample(&metrics, "lockbroker_outbox_queued_bytes");
+        same = if q == last { same + 1 } else { 0 };
+        last = q;
+        if same >= 5 && q.is_some_and(|q| q > 16.0 * 1048576.0) {
+            break q.unwrap_or(0.0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queued answers did not settle: {q:?}"
+        );
+    };
+    let rss = rss_kb(b.pid());
+    eprintln!(
+        "{SESSIONS} sessions that never read: {:.1} MiB of answers queued; broker RSS {} MB \
+         (idle {} MB)",
+        queued / 1048576.0,
+        rss / 1024,
+        rss_idle / 1024
+    );
+    // The budget, plus at most one 10 KB answer a session past its share.
+    assert!(
+        queued <= (64.0 + 3.0) * 1048576.0,
+        "{:.1} MiB queued: past the 64 MiB budget",
+        queued / 1048576.0
+    );
+    drop(idle);
 }
