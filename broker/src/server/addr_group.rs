@@ -32,10 +32,7 @@ mod tests {
     fn ipv6_groups_by_64_ipv4_and_mapped_addresses_stay_alone() {
         // One /64: the same group, whatever the interface identifier.
         assert_eq!(g("2001:db8:1:2::1"), g("2001:db8:1:2:ffff:ffff:ffff:ffff"));
-        assert_eq!(
-            g("2001:db8:1:2::1"),
-            g("2001:db8:1:2::").to_string().parse().expect("ip")
-        );
+        assert_eq!(g("2001:db8:1:2::1"), g("2001:db8:1:2::"));
         assert_eq!(g("2001:db8:1:2:abcd::7").to_string(), "2001:db8:1:2::");
         // Neighbouring /64s are different clients.
         assert_ne!(g("2001:db8:1:2::1"), g("2001:db8:1:3::1"));
