@@ -174,6 +174,7 @@ impl Table {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let waiting = s.pending.len();
+        let principal = s.principal();
         // Every key as it stands; nothing changes until every check has passed.
         let mut found: Vec<Option<EntryId>> = Vec::with_capacity(n);
         let (mut fresh, mut busiest) = (0, 0);
@@ -195,9 +196,16 @@ impl Table {
         if self.keys.len().saturating_add(fresh) > self.cfg.max_keys {
             return Err(TableError::LimitExceeded("live keys"));
         }
+        let caps = self.sessions.quotas.caps(principal);
+        if fresh > 0 && self.keys.charged_to(principal).saturating_add(fresh) > caps.keys {
+            return Err(TableError::LimitExceeded(crate::KEYS_OF_PRINCIPAL));
+        }
         let queued = if free {
             if self.fences.headroom() < n as u64 {
                 return Err(TableError::LimitExceeded("fencing tokens"));
+            }
+            if !self.sessions.quotas.may_hold(principal, n) {
+                return Err(TableError::LimitExceeded(crate::LEASES_OF_PRINCIPAL));
             }
             None
         } else {
@@ -206,10 +214,12 @@ impl Table {
                 key: busiest,
                 total: self.queued_total(),
                 records: n,
+                principal: self.sessions.quotas.queued(principal),
+                principal_cap: caps.queued,
             };
             Some(admit_to_queue(now, wait, load, &self.cfg, &mut self.seq)?)
         };
-        let ids = self.entries_for(&keys, found)?;
+        let ids = self.entries_for(&keys, found, principal)?;
         for &id in &ids {
             if let Some(e) = self.keys.get_mut(id) {
                 hold_during_grace(&mut self.grace_until, now, e, &mut self.deadlines);
@@ -257,6 +267,8 @@ impl Table {
             entry: first,
             seq,
             kind: PendingKind::Group,
+            // At most `MAX_KEYS_PER_REQUEST` (64) keys.
+            records: u8::try_from(n).unwrap_or(u8::MAX),
         };
         self.sessions.add_pending(session, req, p);
         let g = Group {
@@ -278,6 +290,7 @@ impl Table {
         &mut self,
         keys: &[Key],
         found: Vec<Option<EntryId>>,
+        principal: crate::PrincipalId,
     ) -> Result<Vec<EntryId>, TableError> {
         let mut ids = Vec::with_capacity(keys.len());
         for (key, id) in keys.iter().zip(found) {
@@ -285,7 +298,10 @@ impl Table {
                 Some(id) => Some(id),
                 None => match self.keys.lookup(key) {
                     Ok(e) => Some(e.id),
-                    Err(hash) => self.keys.insert(hash, Entry::new(key)).map(|e| e.id),
+                    Err(hash) => self
+                        .keys
+                        .insert(hash, Entry::new(key), principal)
+                        .map(|e| e.id),
                 },
             };
             match id {
@@ -396,6 +412,12 @@ impl Table {
             > self.cfg.max_leases_per_session
         {
             Err(TableError::LimitExceeded("held leases"))
+        } else if !self
+            .sessions
+            .quotas
+            .may_hold(self.sessions.principal_of(g.session), n)
+        {
+            Err(TableError::LimitExceeded(crate::LEASES_OF_PRINCIPAL))
         } else {
             self.alloc_fences(n)
         };

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use super::entry::{Entry, check_mode};
 use super::keys::EntryId;
 use super::queue::PendingKind;
-use super::types::{Effect, Fence, Grant, Mode, SessionId, TableError, UnlockOutcome};
+use super::types::{
+    Effect, Fence, Grant, Mode, SessionId, TableError, UNNAMED_PRINCIPAL, UnlockOutcome,
+};
 use super::{Table, cx};
 
 /// A lease of a previous run or owner, as its holder presents it again.
@@ -78,7 +80,7 @@ impl Table {
             Err(_) if full => Err(TableError::LimitExceeded("live keys")),
             Err(hash) => self
                 .keys
-                .insert(hash, Entry::new(key))
+                .insert(hash, Entry::new(key), UNNAMED_PRINCIPAL)
                 .map(|e| e.id)
                 .ok_or(TableError::LimitExceeded("live keys")),
         }

@@ -199,6 +199,30 @@ impl Table {
         for f in self.owners.fences() {
             assert!(fences.contains(&f), "owner label kept for ended lease {f}");
         }
+        // Per-principal usage (`quotas.rs`) matches a recount of leases and queue records.
+        let mut leases_of: std::collections::HashMap<u32, usize> = Default::default();
+        for e in self.keys.iter() {
+            for h in e.holders.as_slice() {
+                *leases_of.entry(h.principal).or_default() += 1;
+            }
+        }
+        let mut queued_of: std::collections::HashMap<u32, usize> = Default::default();
+        for (_, s) in self.sessions.iter() {
+            let records: usize = s.pending.values().map(|p| usize::from(p.records)).sum();
+            *queued_of.entry(s.principal()).or_default() += records;
+        }
+        for (p, leases, queued) in self.sessions.quotas.usage() {
+            assert_eq!(
+                leases,
+                leases_of.get(&p).copied().unwrap_or(0),
+                "leases of {p}"
+            );
+            assert_eq!(
+                queued,
+                queued_of.get(&p).copied().unwrap_or(0),
+                "queued of {p}"
+            );
+        }
         let pending: usize = self.sessions.iter().map(|(_, s)| s.pending.len()).sum();
         assert_eq!(pending, self.sessions.pending_total(), "pending total");
         assert!(self.keys.len() <= self.cfg.max_keys);

@@ -18,6 +18,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use super::deadlines::GENERATION_MASK;
 use super::entry::Entry;
 use super::stored_key::StoredKey;
+use super::types::PrincipalId;
 
 /// Slab index of a live entry.
 pub type EntryId = u32;
@@ -31,6 +32,11 @@ pub struct Keys {
     hasher: DefaultHashBuilder,
     /// Live keys in key order (only when asked for).
     ordered: Option<BTreeMap<StoredKey, EntryId>>,
+    /// By slot: the principal whose request created the entry (4 bytes a slot beside the
+    /// slab, not in the 96-byte entry), charged until the key goes idle.
+    charged: Vec<PrincipalId>,
+    /// By principal id: live keys charged to it.
+    charged_keys: Vec<usize>,
 }
 
 impl Keys {
@@ -111,15 +117,29 @@ impl Keys {
     /// Stores a new entry for a key that is not live (`hash` from [`Keys::lookup`]), sets the
     /// entry's `id` and `generation`, and returns it. `None` only when the slab has no
     /// id left (2^32 live keys).
-    pub fn insert(&mut self, hash: u64, mut entry: Entry) -> Option<&mut Entry> {
+    pub fn insert(
+        &mut self,
+        hash: u64,
+        mut entry: Entry,
+        principal: PrincipalId,
+    ) -> Option<&mut Entry> {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
                 let id = EntryId::try_from(self.slots.len()).ok()?;
                 self.slots.push(None);
+                self.charged.push(principal);
                 id
             }
         };
+        if let Some(c) = self.charged.get_mut(id as usize) {
+            *c = principal;
+        }
+        let p = principal as usize;
+        if p >= self.charged_keys.len() {
+            self.charged_keys.resize(p + 1, 0);
+        }
+        self.charged_keys[p] += 1;
         entry.id = id;
         entry.generation = self.next_gen;
         if let Some(ordered) = &mut self.ordered {
@@ -154,6 +174,11 @@ impl Keys {
             _ => return false,
         };
         *s = None;
+        if let Some(&p) = self.charged.get(id as usize)
+            && let Some(n) = self.charged_keys.get_mut(p as usize)
+        {
+            *n = n.saturating_sub(1);
+        }
         if let Ok(o) = self.index.find_entry(hash, |&i| i == id) {
             o.remove();
         }
@@ -163,6 +188,15 @@ impl Keys {
 
     pub fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// Live keys charged to `principal` (created by its requests).
+    #[inline]
+    pub fn charged_to(&self, principal: PrincipalId) -> usize {
+        self.charged_keys
+            .get(principal as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {

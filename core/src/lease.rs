@@ -239,6 +239,7 @@ impl Entry {
         if !h.orphan {
             cx.sessions.drop_hold(h.session);
         }
+        cx.sessions.quotas.sub_leases(h.principal, 1);
         cx.owners.forget(fence);
         if cx.cfg.lease_events || outcome == UnlockOutcome::Expired {
             let key = key.cloned().unwrap_or_else(|| self.key.to_key());

@@ -67,7 +67,9 @@
 //! - `groups.rs`: queued multi-key acquires, granted across entries by the table
 //!   (`settle_groups`) once a key's grant loop finds one at its head;
 //! - `sessions.rs`: per-session index (held leases by entry, pending requests, limits) and the
-//!   table-wide count of pending requests; `owners.rs`: owner labels by fence;
+//!   table-wide count of pending requests; `owners.rs`: owner labels by fence; `quotas.rs`:
+//!   what each principal uses of leases and queues, and its caps (live keys per principal are
+//!   counted in `keys.rs`);
 //! - `keys.rs`: key → entry slab (`stored_key.rs`: keys inline when short); `deadlines.rs`:
 //!   deadline heap; `fences.rs`: fencing tokens;
 //! - `faults.rs`: broken internal invariants, logged and skipped instead of reaching clients;
@@ -99,6 +101,7 @@ mod mutations;
 mod owners;
 mod queries;
 mod queue;
+mod quotas;
 mod restore;
 pub mod serve;
 mod sessions;
@@ -114,6 +117,8 @@ mod tests;
 
 pub use handover::PreviousLease;
 pub use listing::{KeyListing, QueuedRequest, TableTotals};
+pub use mutations::{KEYS_OF_PRINCIPAL, LEASES_OF_PRINCIPAL, QUEUED_OF_PRINCIPAL};
+pub use quotas::PrincipalCaps;
 pub use types::{
     AcquireAllRequest, AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId,
     SessionId, TableConfig, TableError, UnlockOutcome, Wait,

@@ -8,11 +8,20 @@ use super::entry::{Entry, check_mode};
 use super::grace::hold_during_grace;
 use super::keys::{EntryId, Keys};
 use super::queue::{PendingKind, Waiter, Watcher};
+use super::quotas::PrincipalCaps;
 use super::sessions::Pending;
 use super::types::{
-    AcquireRequest, Effect, Fence, Grant, Key, Mode, ReqId, SessionId, TableError,
+    AcquireRequest, Effect, Fence, Grant, Key, Mode, PrincipalId, ReqId, SessionId, TableError,
     UNNAMED_PRINCIPAL, UnlockOutcome, Wait,
 };
+
+/// `LimitExceeded` past a principal's cap of live keys (`limits.max_keys_per_principal`, or
+/// the anonymous principal's share of `limits.max_keys`).
+pub const KEYS_OF_PRINCIPAL: &str = "live keys of this principal";
+/// `LimitExceeded` past a principal's cap of held leases.
+pub const LEASES_OF_PRINCIPAL: &str = "held leases of this principal";
+/// `LimitExceeded` past a principal's cap of queue records.
+pub const QUEUED_OF_PRINCIPAL: &str = "queued requests of this principal";
 use super::{Table, cx};
 
 /// `key`'s entry if someone holds it, else `NotLocked`.
@@ -31,6 +40,9 @@ pub(super) struct QueueLoad {
     pub key: usize,
     pub total: usize,
     pub records: usize,
+    /// The queue records (and outside retries) of the session's principal, and its cap.
+    pub principal: usize,
+    pub principal_cap: usize,
 }
 
 /// Admits a request to a queue: `Busy` if `wait` does not allow queueing at `now`,
@@ -58,6 +70,9 @@ pub(super) fn admit_to_queue(
     }
     if load.total.saturating_add(load.records) > cfg.max_queued_total {
         return Err(TableError::LimitExceeded("queued requests in total"));
+    }
+    if load.principal.saturating_add(load.records) > load.principal_cap {
+        return Err(TableError::LimitExceeded(QUEUED_OF_PRINCIPAL));
     }
     let seq = *next_seq;
     *next_seq += 1;
@@ -89,7 +104,6 @@ impl Table {
         } = req;
         check_mode(mode)?;
         let full = self.keys.len() >= self.cfg.max_keys;
-        let found = self.keys.lookup(&key);
         let s = self.sessions.entry(session);
         if s.pending.contains_key(&req) {
             return Err(TableError::DuplicateRequest);
@@ -98,13 +112,22 @@ impl Table {
             return Err(TableError::LimitExceeded("held leases"));
         }
         let waiting = s.pending.len();
+        let principal = s.principal();
+        let quotas = &self.sessions.quotas;
+        let caps = quotas.caps(principal);
+        let queued_by_principal = quotas.queued(principal);
+        let may_hold = quotas.may_hold(principal, 1);
         let total = self.sessions.pending_total() + self.groups.extra_records();
-        let e = match found {
+        let principal_full = self.keys.charged_to(principal) >= caps.keys;
+        let e = match self.keys.lookup(&key) {
             Ok(e) => e,
             Err(_) if full => return Err(TableError::LimitExceeded("live keys")),
+            Err(_) if principal_full => {
+                return Err(TableError::LimitExceeded(KEYS_OF_PRINCIPAL));
+            }
             Err(hash) => self
                 .keys
-                .insert(hash, Entry::new(&key))
+                .insert(hash, Entry::new(&key), principal)
                 .ok_or(TableError::LimitExceeded("live keys"))?,
         };
         let id = e.id;
@@ -112,6 +135,9 @@ impl Table {
         let mut cx = cx!(self, now, out);
         let result = e.check_family(mode).and_then(|()| {
             if e.grantable_now(mode) {
+                if !may_hold {
+                    return Err(TableError::LimitExceeded(LEASES_OF_PRINCIPAL));
+                }
                 return e
                     .grant_lease(session, mode, ttl, Some(key), owner, &mut cx)
                     .map(Some);
@@ -121,6 +147,8 @@ impl Table {
                 key: e.waiters().len() + e.watchers().len(),
                 total,
                 records: 1,
+                principal: queued_by_principal,
+                principal_cap: caps.queued,
             };
             let (seq, deadline) = admit_to_queue(now, wait, load, cx.cfg, &mut self.seq)?;
             let w = Waiter {
@@ -230,7 +258,9 @@ impl Table {
         if self.sessions.entry(session).lease_count() >= self.cfg.max_leases_per_session {
             return Err(TableError::LimitExceeded("held leases"));
         }
+        let before = h.principal;
         h.principal = self.sessions.note_hold(session, id);
+        self.sessions.quotas.sub_leases(before, 1);
         let (prev, was_orphan) = (h.session, h.orphan);
         h.session = session;
         h.orphan = false;
@@ -247,7 +277,32 @@ impl Table {
     /// moves no lease to another principal. Call it before the session's first request;
     /// sessions never named share one unnamed principal (the embedded engine's).
     pub fn set_principal(&mut self, session: SessionId, principal: &[u8]) {
-        self.sessions.set_principal(session, principal);
+        self.sessions
+            .set_principal(session, principal, self.cfg.principal_caps);
+    }
+
+    /// Gives principal `name` its own caps instead of `TableConfig::principal_caps` (a broker
+    /// gives the anonymous principal a share of the global limits).
+    pub fn set_principal_caps(&mut self, name: &[u8], caps: PrincipalCaps) {
+        self.sessions.set_caps(name, caps);
+    }
+
+    /// Counts an acquire of `session` retrying outside the table (a grant gate refused its
+    /// grant) in its principal's queue records, unless that would pass the principal's cap
+    /// (`LimitExceeded`). Returns the principal, for [`Table::end_outside_retry`].
+    pub fn begin_outside_retry(&mut self, session: SessionId) -> Result<PrincipalId, TableError> {
+        let principal = self.sessions.principal_of(session);
+        let q = &mut self.sessions.quotas;
+        if q.queued(principal) >= q.caps(principal).queued {
+            return Err(TableError::LimitExceeded(QUEUED_OF_PRINCIPAL));
+        }
+        q.add_queued(principal, 1);
+        Ok(principal)
+    }
+
+    /// The retry counted by [`Table::begin_outside_retry`] ended.
+    pub fn end_outside_retry(&mut self, principal: PrincipalId) {
+        self.sessions.quotas.sub_queued(principal, 1);
     }
 
     /// Resolves when `key` has no holder: `Ok(Some(Released))` at once if it has none now; else
@@ -268,7 +323,12 @@ impl Table {
             return Err(TableError::DuplicateRequest);
         }
         let waiting = s.pending.len();
+        let principal = s.principal();
         let total = self.queued_total();
+        let (queued_by_principal, cap) = (
+            self.sessions.quotas.queued(principal),
+            self.sessions.quotas.caps(principal).queued,
+        );
         let Ok(e) = held_entry(&mut self.keys, key) else {
             return Ok(Some(UnlockOutcome::Released));
         };
@@ -277,6 +337,8 @@ impl Table {
             key: e.waiters().len() + e.watchers().len(),
             total,
             records: 1,
+            principal: queued_by_principal,
+            principal_cap: cap,
         };
         let (seq, deadline) = admit_to_queue(now, wait, load, &self.cfg, &mut self.seq)?;
         let w = Watcher {

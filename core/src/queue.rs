@@ -229,6 +229,7 @@ impl Entry {
             entry: self.id,
             seq,
             kind,
+            records: 1,
         }
     }
 
@@ -346,6 +347,12 @@ impl Entry {
             // checked it for an immediate grant).
             let granted = if cx.sessions.lease_count(w.session) >= cx.cfg.max_leases_per_session {
                 Err(TableError::LimitExceeded("held leases"))
+            } else if !cx
+                .sessions
+                .quotas
+                .may_hold(cx.sessions.principal_of(w.session), 1)
+            {
+                Err(TableError::LimitExceeded(crate::LEASES_OF_PRINCIPAL))
             } else {
                 self.grant_lease(w.session, w.mode, w.ttl, None, w.owner.clone(), cx)
             };

@@ -34,9 +34,10 @@ impl Table {
             }
             Err(hash) => self
                 .keys
-                .insert(hash, Entry::new(&key))
+                .insert(hash, Entry::new(&key), UNNAMED_PRINCIPAL)
                 .ok_or(TableError::LimitExceeded("live keys"))?,
         };
+        self.sessions.quotas.add_leases(UNNAMED_PRINCIPAL, 1);
         e.holders.push(HolderRec::new(
             RESTORED_SESSION,
             fence,

@@ -15,6 +15,7 @@
 
 use super::keys::EntryId;
 use super::queue::PendingKind;
+use super::quotas::{PrincipalCaps, Quotas};
 use super::types::{PrincipalId, ReqId, SessionId, UNNAMED_PRINCIPAL};
 
 /// hashbrown with its default hasher (foldhash, randomly seeded per process).
@@ -29,6 +30,8 @@ pub struct Pending {
     /// Sequence number of the queue slot (sorted within each key's queue).
     pub seq: u64,
     pub kind: PendingKind,
+    /// Queue records it takes (1; a multi-key acquire's key count), charged to its principal.
+    pub records: u8,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +62,12 @@ impl Session {
         &self.held_on
     }
 
+    /// Who the session acts for.
+    #[inline]
+    pub fn principal(&self) -> PrincipalId {
+        self.principal
+    }
+
     /// Takes the entry list out (for `close_session`): sorted, without repeats.
     pub fn take_held_on(&mut self) -> Vec<EntryId> {
         let mut v = std::mem::take(&mut self.held_on);
@@ -78,6 +87,8 @@ pub struct Sessions {
     /// Principal names seen, by id (ids from 1; 0 is `UNNAMED_PRINCIPAL`). Never shrinks: one
     /// entry per distinct principal that ever opened a session.
     principals: Map<Box<[u8]>, PrincipalId>,
+    /// What each principal uses and may use (`quotas.rs`).
+    pub quotas: Quotas,
 }
 
 impl Sessions {
@@ -105,6 +116,8 @@ impl Sessions {
     pub fn remove(&mut self, id: SessionId) -> Option<Session> {
         let s = self.map.remove(&id)?;
         self.pending_total -= s.pending.len();
+        let records = s.pending.values().map(|p| usize::from(p.records)).sum();
+        self.quotas.sub_queued(s.principal, records);
         Some(s)
     }
 
@@ -138,11 +151,14 @@ impl Sessions {
             s.untidy = true;
             self.untidy.push(session);
         }
-        s.principal
+        let principal = s.principal;
+        self.quotas.add_leases(principal, 1);
+        principal
     }
 
-    /// Names the principal `session` acts for (interned).
-    pub fn set_principal(&mut self, session: SessionId, name: &[u8]) {
+    /// Names the principal `session` acts for (interned; a new name gets `caps`, unless
+    /// [`Sessions::set_caps`] named it).
+    pub fn set_principal(&mut self, session: SessionId, name: &[u8], caps: PrincipalCaps) {
         let next = self.principals.len().saturating_add(1);
         let id = match self.principals.get(name) {
             Some(&id) => id,
@@ -150,10 +166,24 @@ impl Sessions {
                 // Past 2^32 - 1 distinct names (more than memory holds) the last id is shared.
                 let id = PrincipalId::try_from(next).unwrap_or(PrincipalId::MAX);
                 self.principals.insert(name.into(), id);
+                self.quotas.interned(name, id, caps);
                 id
             }
         };
-        self.entry(session).principal = id;
+        let s = self.entry(session);
+        let before = std::mem::replace(&mut s.principal, id);
+        if before != id {
+            // Named after it queued (drivers name sessions first): its records move along.
+            let records = s.pending.values().map(|p| usize::from(p.records)).sum();
+            self.quotas.sub_queued(before, records);
+            self.quotas.add_queued(id, records);
+        }
+    }
+
+    /// Gives principal `name` its own caps.
+    pub fn set_caps(&mut self, name: &[u8], caps: PrincipalCaps) {
+        let id = self.principals.get(name).copied();
+        self.quotas.set_caps(name, id, caps);
     }
 
     /// The principal `session` acts for (`UNNAMED_PRINCIPAL` for a session never named).
@@ -196,16 +226,24 @@ impl Sessions {
     /// Indexes a newly queued request.
     #[inline]
     pub fn add_pending(&mut self, session: SessionId, req: ReqId, p: Pending) {
-        if self.entry(session).pending.insert(req, p).is_none() {
+        let records = usize::from(p.records);
+        let s = self.entry(session);
+        let principal = s.principal;
+        if let Some(old) = s.pending.insert(req, p) {
+            self.quotas.sub_queued(principal, usize::from(old.records));
+        } else {
             self.pending_total += 1;
         }
+        self.quotas.add_queued(principal, records);
     }
 
     /// Takes pending request `req` out of `session`'s index, returning it.
     #[inline]
     pub fn take_pending(&mut self, session: SessionId, req: ReqId) -> Option<Pending> {
-        let p = self.map.get_mut(&session)?.pending.remove(&req)?;
+        let s = self.map.get_mut(&session)?;
+        let p = s.pending.remove(&req)?;
         self.pending_total -= 1;
+        self.quotas.sub_queued(s.principal, usize::from(p.records));
         Some(p)
     }
 

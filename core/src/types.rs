@@ -239,6 +239,9 @@ pub struct TableConfig {
     /// table lock. A broker turns it on; the embedded engine, which lists nothing, does not
     /// pay for it.
     pub ordered_keys: bool,
+    /// Caps of every named principal's keys, leases and queue records, unless
+    /// `Table::set_principal_caps` gave one its own (`quotas.rs`).
+    pub principal_caps: crate::quotas::PrincipalCaps,
 }
 
 impl Default for TableConfig {
@@ -253,6 +256,7 @@ impl Default for TableConfig {
             max_queued_total: usize::MAX,
             lease_events: true,
             ordered_keys: false,
+            principal_caps: crate::quotas::PrincipalCaps::UNLIMITED,
         }
     }
 }

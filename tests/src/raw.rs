@@ -21,6 +21,16 @@ pub fn client_endpoint_with(
     ca: &Path,
     transport: Option<quinn::TransportConfig>,
 ) -> quinn::Endpoint {
+    client_endpoint_from(ca, transport, "127.0.0.1:0".parse().expect("addr"))
+}
+
+/// [`client_endpoint_with`] bound to `bind` (e.g. `127.0.0.7:0`: another loopback source
+/// address, as a client on another host would be).
+pub fn client_endpoint_from(
+    ca: &Path,
+    transport: Option<quinn::TransportConfig>,
+    bind: SocketAddr,
+) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).expect("read ca") {
         roots.add(c.expect("cert")).expect("add root");
@@ -33,8 +43,7 @@ pub fn client_endpoint_with(
         .with_no_client_auth();
     tls.alpn_protocols = vec![lockbroker_proto::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let mut endpoint = quinn::Endpoint::client(bind).expect("endpoint");
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     if let Some(t) = transport {
         config.transport_config(Arc::new(t));
@@ -98,6 +107,51 @@ impl RawConn {
         match c.next_frame(Duration::from_secs(5)).await {
             Some(Frame::Welcome(_)) => c,
             other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// Connects from source address `from`, sends `Hello` (with `token`, if any) and waits
+    /// for `Welcome`; `Err` says why the broker did not welcome it (refused, closed, silent).
+    pub async fn try_hello_from(
+        from: std::net::IpAddr,
+        addr: SocketAddr,
+        ca: &Path,
+        token: Option<&str>,
+    ) -> Result<RawConn, String> {
+        let endpoint = client_endpoint_from(ca, None, SocketAddr::new(from, 0));
+        let connecting = endpoint
+            .connect(addr, "localhost")
+            .map_err(|e| format!("connect: {e}"))?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| "no handshake within 10 s".to_string())?
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| format!("open stream: {e}"))?;
+        let mut c = RawConn {
+            conn,
+            send,
+            recv,
+            buf: Vec::new(),
+        };
+        let mut hello = Vec::new();
+        encode(
+            &Frame::Hello(Hello {
+                token: token.map(str::to_owned),
+                client: "raw".into(),
+            }),
+            &mut hello,
+        );
+        c.send
+            .write_all(&hello)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        match c.next_frame(Duration::from_secs(10)).await {
+            Some(Frame::Welcome(_)) => Ok(c),
+            Some(Frame::Error { code, message, .. }) => Err(format!("{code:?}: {message}")),
+            other => Err(format!("expected Welcome, got {other:?}")),
         }
     }
 

@@ -119,6 +119,11 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
             m.connections.clone(),
         );
         reg.register(
+            "quic_retries",
+            "New connections sent a QUIC Retry (handshakes in progress past limits.retry_above_handshakes)",
+            m.quic_retries.clone(),
+        );
+        reg.register(
             "acquire_wait_seconds",
             "From an acquire's arrival to its grant",
             m.acquire_wait.clone(),

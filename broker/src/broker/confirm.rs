@@ -8,8 +8,9 @@
 //! * `Failed` → the lease is released and the client gets `Unavailable`.
 //!
 //! Nothing is answered `Granted` that the gate did not confirm. A retrying acquire counts in
-//! the queue limits (`limits.max_queued_total`, with the table's queued requests): one that
-//! would pass it is answered `LimitExceeded` instead of retrying.
+//! the queue limits (`limits.max_queued_total`, with the table's queued requests, and its
+//! principal's queue records, `limits.max_queued_per_principal` or the anonymous share): one
+//! that would pass one is answered `LimitExceeded` instead of retrying.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +20,7 @@ use lockbroker_proto::ErrorCode;
 
 use super::Broker;
 use super::gate::{Confirmation, Pending};
-use crate::table::{AcquireRequest, Grant, ReqId, SessionId, TableError, Wait};
+use crate::table::{AcquireRequest, Grant, PrincipalId, ReqId, SessionId, TableError, Wait};
 
 /// How often an acquire whose key is held outside the broker re-checks.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -85,13 +86,12 @@ async fn answer_when_confirmed(
         };
         // Retrying outside the table: a `Cancel` finds it here.
         if poll.is_none() {
-            poll = Poll::begin(broker);
-            if poll.is_none() {
-                handle.answer_table_error(
-                    req,
-                    &TableError::LimitExceeded("queued requests in total"),
-                );
-                return;
+            match Poll::begin(broker, session) {
+                Ok(p) => poll = Some(p),
+                Err(e) => {
+                    handle.answer_table_error(req, &e);
+                    return;
+                }
             }
         }
         handle.begin_poll(req);
@@ -130,24 +130,41 @@ async fn answer_when_confirmed(
     }
 }
 
-/// One acquire retrying outside the table, counted in [`Broker::pollers`] while it lives (from
-/// its first refusal by the gate until it is answered).
-struct Poll<'a>(&'a Broker);
+/// One acquire retrying outside the table, counted in [`Broker::pollers`] and in its
+/// principal's queue records while it lives (from its first refusal by the gate until it is
+/// answered).
+struct Poll<'a> {
+    broker: &'a Arc<Broker>,
+    principal: Option<PrincipalId>,
+}
 
 impl<'a> Poll<'a> {
-    /// Counts a new retrying acquire, unless the table's queued requests and the retrying
-    /// acquires together have reached `limits.max_queued_total`.
-    fn begin(broker: &'a Broker) -> Option<Poll<'a>> {
+    /// Counts a new retrying acquire of `session`, unless the table's queued requests and the
+    /// retrying acquires together have reached `limits.max_queued_total`, or its principal's
+    /// queue records their cap (`limits.max_queued_per_principal`, the anonymous share).
+    fn begin(broker: &'a Arc<Broker>, session: SessionId) -> Result<Poll<'a>, TableError> {
         let limit = broker.cfg.limits.max_queued_total;
-        let queued = broker.read_table(|t, _| t.queued_total());
         let pollers = broker.pollers.fetch_add(1, Ordering::AcqRel);
-        let poll = Poll(broker);
-        (queued + pollers < limit).then_some(poll)
+        let mut poll = Poll {
+            broker,
+            principal: None,
+        };
+        let principal = broker.with_table(|t, _, _| {
+            if t.queued_total() + pollers >= limit {
+                return Err(TableError::LimitExceeded("queued requests in total"));
+            }
+            t.begin_outside_retry(session)
+        })?;
+        poll.principal = Some(principal);
+        Ok(poll)
     }
 }
 
 impl Drop for Poll<'_> {
     fn drop(&mut self) {
-        self.0.pollers.fetch_sub(1, Ordering::AcqRel);
+        self.broker.pollers.fetch_sub(1, Ordering::AcqRel);
+        if let Some(p) = self.principal {
+            self.broker.with_table(|t, _, _| t.end_outside_retry(p));
+        }
     }
 }

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub limit_refusals: Family<Labels, Counter>,
     /// QUIC connections open now (handshaking included).
     pub connections: Gauge,
+    /// New connections answered with a QUIC Retry (address validation under load).
+    pub quic_retries: Counter,
     /// From an acquire's arrival to its grant (immediate grants included), seconds.
     pub acquire_wait: Histogram,
     /// From a grant to the lease's release or expiry, seconds.
@@ -95,6 +97,7 @@ impl Default for Metrics {
             denials: Family::default(),
             limit_refusals: Family::default(),
             connections: Gauge::default(),
+            quic_retries: Counter::default(),
             acquire_wait: seconds_buckets(),
             hold_time: seconds_buckets(),
             handoff: seconds_buckets(),

@@ -48,7 +48,7 @@ use tokio::sync::{Notify, watch};
 pub use gate::{Confirmation, GrantGate, Pending};
 pub use listing::{HolderView, LockPage, LockView, Revoked, SessionPage, SessionView, Totals};
 pub use metrics::{Denial, Metrics};
-pub use outbox::Outbox;
+pub use outbox::{Outbox, OutboxBudget};
 pub use renewal::Renewed;
 pub use router::{KeyRouter, Route};
 pub use session::SessionHandle;
@@ -93,6 +93,8 @@ pub struct Broker {
     /// Acquires retrying outside the table (a grant gate refused their grant: `confirm.rs`);
     /// they count in the queue limits as queued requests do.
     pollers: AtomicUsize,
+    /// Answers queued over all sessions (`limits.max_outbox_total_bytes`).
+    pub outbox_budget: Arc<OutboxBudget>,
 }
 
 thread_local! {
@@ -115,7 +117,15 @@ impl Broker {
             max_queued_total: cfg.limits.max_queued_total,
             lease_events: true,
             ordered_keys: true,
+            principal_caps: cfg.limits.principal_caps(),
         });
+        let mut table = table;
+        // Authenticated principals keep room whatever anonymous clients do.
+        table.set_principal_caps(
+            crate::config::ANONYMOUS.as_bytes(),
+            cfg.limits
+                .anonymous_caps(cfg.has_authenticated_principals()),
+        );
         let horizon = HorizonWriter::new(&cfg.data_dir);
         let coverage = horizon.coverage();
         let metrics = cfg.admin.metrics.then(|| Arc::new(Metrics::default()));
@@ -138,6 +148,7 @@ impl Broker {
             gate: OnceLock::new(),
             router: OnceLock::new(),
             pollers: AtomicUsize::new(0),
+            outbox_budget: Arc::default(),
         })
     }
 
@@ -203,6 +214,7 @@ impl Broker {
 
     fn register_session(&self, handle: SessionHandle) -> (SessionId, Arc<SessionHandle>) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        handle.outbox.count_in(self.outbox_budget.clone());
         let handle = Arc::new(handle);
         self.sessions.insert(id, handle.clone());
         (id, handle)
@@ -236,6 +248,26 @@ impl Broker {
             totals.stalled += usize::from(s.outbox.stalled_for().is_some_and(|d| d >= stalled));
         }
         totals
+    }
+
+    /// How many bytes a session's outbox may hold before its requests stop being read:
+    /// `limits.max_outbox_bytes`; once all sessions together hold more than half of
+    /// `limits.max_outbox_total_bytes`, the smaller fair share of that half (sessions over it
+    /// stop being read); and past the whole budget, nothing — only sessions whose answers have
+    /// all left are read, one answer at a time — so the sum stays within the budget plus one
+    /// answer a session. O(1) but for the session count, read only past half the budget.
+    pub fn outbox_cap(&self) -> usize {
+        let limits = &self.cfg.limits;
+        let total = self.outbox_budget.queued();
+        let half = limits.max_outbox_total_bytes / 2;
+        if total <= half {
+            return limits.max_outbox_bytes;
+        }
+        if total > limits.max_outbox_total_bytes {
+            return 0;
+        }
+        let share = half / self.sessions.len().max(1);
+        limits.max_outbox_bytes.min(share)
     }
 
     /// Subscribes to the shutdown signal.

@@ -17,10 +17,15 @@
 //! Backpressure: the read loop checks [`Outbox::queued`] before handling each frame; past the
 //! session's cap it stops reading (so QUIC flow control pushes back on the client) and waits,
 //! bounded, in [`Outbox::wait_below`] for the writer to drain it.
+//!
+//! Every outbox of a broker adds its queued bytes to one shared [`OutboxBudget`]
+//! ([`Outbox::count_in`]), so the read loops can hold the sum under
+//! `limits.max_outbox_total_bytes` (`Broker::outbox_cap`).
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -30,6 +35,18 @@ use tokio::sync::Notify;
 
 /// A queue that grew past this is given back to the allocator once drained.
 const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Bytes queued in all outboxes of a broker (an O(1) read for the read loops).
+#[derive(Debug, Default)]
+pub struct OutboxBudget(AtomicUsize);
+
+impl OutboxBudget {
+    /// Bytes queued over all sessions now.
+    #[inline]
+    pub fn queued(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// Frames waiting to be written to one session's control stream.
 #[derive(Default)]
@@ -57,9 +74,23 @@ struct Inner {
     /// When the stream last took bytes (or the queue was last empty): a queue that has not
     /// moved for long is a stalled writer ([`Outbox::stalled_for`]).
     progress: Option<std::time::Instant>,
+    /// The broker's sum of queued bytes, which this queue's length is part of.
+    budget: Option<Arc<OutboxBudget>>,
 }
 
 impl Inner {
+    /// Tells the budget the queue went from `before` bytes to its length now.
+    #[inline]
+    fn account(&self, before: usize) {
+        let Some(b) = &self.budget else { return };
+        let now = self.buf.len();
+        if now > before {
+            b.0.fetch_add(now - before, Ordering::Relaxed);
+        } else if now < before {
+            b.0.fetch_sub(before - now, Ordering::Relaxed);
+        }
+    }
+
     /// Writes what the stream takes without waiting: true when nothing is left queued. Polls
     /// with the writer's waker (see the module doc); the caller wakes the writer when false.
     fn try_flush(&mut self) -> bool {
@@ -71,6 +102,13 @@ impl Inner {
     /// Writes as much of `buf` as the stream takes now. `Ready(Ok)` when `buf` is empty,
     /// `Pending` when the stream is blocked (`cx` is woken when it is writable again).
     fn flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let before = self.buf.len();
+        let r = self.write_out(cx);
+        self.account(before);
+        r
+    }
+
+    fn write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         let Some(send) = self.send.as_mut() else {
             return Poll::Pending;
         };
@@ -113,7 +151,9 @@ impl Outbox {
             if was_empty {
                 inner.progress = Some(std::time::Instant::now());
             }
+            let before = inner.buf.len();
             encode(frame, &mut inner.buf);
+            inner.account(before);
             if inner.batching {
                 return;
             }
@@ -123,6 +163,13 @@ impl Outbox {
         if wake_writer {
             self.notify.notify_one();
         }
+    }
+
+    /// Counts this queue's bytes in `budget` from now on (once, before the first frame).
+    pub fn count_in(&self, budget: Arc<OutboxBudget>) {
+        let mut inner = self.inner.lock();
+        budget.0.fetch_add(inner.buf.len(), Ordering::Relaxed);
+        inner.budget = Some(budget);
     }
 
     /// Starts a batch: frames pushed until [`Outbox::end_batch`] are only appended.
@@ -228,6 +275,15 @@ impl Outbox {
                 return;
             }
             self.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut();
+        if let Some(b) = &inner.budget {
+            b.0.fetch_sub(inner.buf.len(), Ordering::Relaxed);
         }
     }
 }

@@ -156,6 +156,81 @@ pub struct LimitsConfig {
     /// `handshake_burst_per_ip`); faster attempts are refused before the TLS handshake.
     pub handshake_rate_per_ip: u32,
     pub handshake_burst_per_ip: u32,
+    /// When the broker knows authenticated principals (`auth.tokens` or `tls.client_ca`), the
+    /// anonymous principal as a whole gets at most this share (percent) of `max_connections`
+    /// (its sessions), `max_keys`, `max_queued_total` and leases: the rest stays free for
+    /// authenticated clients whatever anonymous clients do. Without authentication configured
+    /// everyone is anonymous and the global limits apply as they are.
+    pub anonymous_share_percent: u8,
+    /// Sessions of one principal at once (default: `max_connections`).
+    pub max_sessions_per_principal: Option<usize>,
+    /// Live keys one principal's requests created (default: `max_keys`).
+    pub max_keys_per_principal: Option<usize>,
+    /// Leases one principal holds (default: `max_keys`).
+    pub max_leases_per_principal: Option<usize>,
+    /// Queue records of one principal: queued acquires (a multi-key acquire one per key),
+    /// watchers and acquires retrying against the sync mirror (default: `max_queued_total`).
+    pub max_queued_per_principal: Option<usize>,
+    /// Answers queued for all sessions together (bytes). Past half of it, the sessions
+    /// holding more than their fair share of that half are not read until theirs drain (one
+    /// that does not drain within `outbox_stall_ms` is closed); past all of it, only sessions
+    /// with nothing queued are read. The sum stays within it, plus one answer a session.
+    pub max_outbox_total_bytes: usize,
+    /// QUIC handshakes in progress above which a new connection from an address not yet
+    /// validated is answered with a Retry (one round trip proving the address) first.
+    pub retry_above_handshakes: usize,
+}
+
+/// The principal of sessions that present neither a token nor a client certificate.
+pub const ANONYMOUS: &str = "anonymous";
+
+impl LimitsConfig {
+    /// The caps of every authenticated principal.
+    pub fn principal_caps(&self) -> lockbroker_core::PrincipalCaps {
+        lockbroker_core::PrincipalCaps {
+            keys: self.max_keys_per_principal.unwrap_or(self.max_keys),
+            leases: self.max_leases_per_principal.unwrap_or(self.max_keys),
+            queued: self
+                .max_queued_per_principal
+                .unwrap_or(self.max_queued_total),
+        }
+    }
+
+    /// `n`'s anonymous share (at least 1).
+    fn share(&self, n: usize) -> usize {
+        let pct = usize::from(self.anonymous_share_percent.min(100));
+        (n / 100)
+            .saturating_mul(pct)
+            .saturating_add(n % 100 * pct / 100)
+            .max(1)
+    }
+
+    /// The anonymous principal's caps when authenticated principals exist (`authenticated`),
+    /// else the caps of any principal.
+    pub fn anonymous_caps(&self, authenticated: bool) -> lockbroker_core::PrincipalCaps {
+        let caps = self.principal_caps();
+        if !authenticated {
+            return caps;
+        }
+        lockbroker_core::PrincipalCaps {
+            keys: caps.keys.min(self.share(self.max_keys)),
+            leases: caps.leases.min(self.share(self.max_keys)),
+            queued: caps.queued.min(self.share(self.max_queued_total)),
+        }
+    }
+
+    /// Sessions one principal may have open (`anonymous`: the anonymous principal, when
+    /// authenticated principals exist).
+    pub fn session_cap(&self, anonymous: bool) -> usize {
+        let cap = self
+            .max_sessions_per_principal
+            .unwrap_or(self.max_connections);
+        if anonymous {
+            cap.min(self.share(self.max_connections))
+        } else {
+            cap
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -176,6 +251,13 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 1_000,
             handshake_rate_per_ip: 200,
             handshake_burst_per_ip: 1_000,
+            anonymous_share_percent: 50,
+            max_sessions_per_principal: None,
+            max_keys_per_principal: None,
+            max_leases_per_principal: None,
+            max_queued_per_principal: None,
+            max_outbox_total_bytes: 64 << 20,
+            retry_above_handshakes: 128,
         }
     }
 }
@@ -275,6 +357,21 @@ impl Config {
         {
             return bad("limits.max_keys, max_queued_*, max_connections*, handshake_* must be > 0");
         }
+        if l.anonymous_share_percent > 100 {
+            return bad("limits.anonymous_share_percent must be at most 100");
+        }
+        let per_principal = [
+            l.max_sessions_per_principal,
+            l.max_keys_per_principal,
+            l.max_leases_per_principal,
+            l.max_queued_per_principal,
+        ];
+        if per_principal.contains(&Some(0)) {
+            return bad("limits.max_*_per_principal must be > 0");
+        }
+        if l.max_outbox_total_bytes < l.max_outbox_bytes {
+            return bad("limits.max_outbox_total_bytes must be at least limits.max_outbox_bytes");
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key go together");
         }
@@ -296,6 +393,13 @@ impl Config {
         self.cluster.validate().map_err(ConfigError::Invalid)?;
         self.admin.validate().map_err(ConfigError::Invalid)?;
         Ok(())
+    }
+
+    /// Whether sessions may authenticate as a principal other than `anonymous` (tokens or
+    /// client certificates configured): then the anonymous principal gets only its share of
+    /// the limits (`limits.anonymous_share_percent`).
+    pub fn has_authenticated_principals(&self) -> bool {
+        !self.auth.tokens.is_empty() || self.tls.client_ca.is_some()
     }
 
     /// The decode limits in force.

@@ -28,7 +28,7 @@ pub(super) fn authenticate(
         None if auth.require => {
             Err("authentication required: send a token or a client certificate".to_owned())
         }
-        None => Ok("anonymous".to_owned()),
+        None => Ok(crate::config::ANONYMOUS.to_owned()),
     }
 }
 

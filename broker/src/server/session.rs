@@ -180,6 +180,7 @@ pub async fn serve(
     policy: Arc<Policy>,
     conn: quinn::Connection,
     cert_principal: Option<String>,
+    per_principal: Arc<super::principal_sessions::PrincipalSessions>,
 ) {
     let remote = conn.remote_address();
     let hello_timeout = Duration::from_millis(broker.cfg.limits.hello_timeout_ms);
@@ -246,6 +247,15 @@ pub async fn serve(
             return refuse(conn, send, ErrorCode::Unauthenticated, &msg, grace).await;
         }
     };
+    let _principal_slot = match per_principal.admit(&principal) {
+        Ok(slot) => slot,
+        Err(why) => {
+            if let Some(m) = &broker.metrics {
+                m.refuse("sessions of this principal");
+            }
+            return refuse(conn, send, ErrorCode::LimitExceeded, &why, grace).await;
+        }
+    };
     let (id, handle) = broker.open_session_from(&principal, remote);
     // Leases record who holds them: a reclaim never moves one to another principal.
     broker.with_table(|t, _, _| t.set_principal(id, principal.as_bytes()));
@@ -301,13 +311,13 @@ async fn read_loop(
 ) -> End {
     let mut shutdown = session.broker.shutdown_signal();
     let outbox = &session.handle.outbox;
-    let cap = session.broker.cfg.limits.max_outbox_bytes;
     let stall = Duration::from_millis(session.broker.cfg.limits.outbox_stall_ms);
     loop {
         // Handle every whole frame already buffered; their answers leave in one write.
         outbox.begin_batch();
         let failed = loop {
-            if outbox.queued() > cap {
+            // The session's cap, or its fair share of the global budget while over it.
+            if outbox.queued() > session.broker.outbox_cap() {
                 break false;
             }
             match decode(buf, limits) {
@@ -332,6 +342,7 @@ async fn read_loop(
         }
         // Backpressure: answers pile up because the client does not read them. Read nothing
         // more until they drain (QUIC flow control then holds the client's requests back).
+        let cap = session.broker.outbox_cap();
         if outbox.queued() > cap {
             tokio::select! {
                 drained = tokio::time::timeout(stall, outbox.wait_below(cap / 2)) => {

@@ -5,6 +5,7 @@
 //! - `multi.rs`: multi-key acquires (`groups.rs`);
 //! - `faults.rs`: paths reached only when the invariants are broken by hand, and resource
 //!   exhaustion on the grant path;
+//! - `quotas.rs`: per-principal caps of keys, leases and queue records;
 //! - `props.rs`: property tests of random operation sequences against a model built from what
 //!   the table reports.
 
@@ -12,4 +13,5 @@ mod faults;
 mod harness;
 mod multi;
 mod props;
+mod quotas;
 mod single;

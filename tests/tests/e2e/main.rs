@@ -26,6 +26,9 @@
 //!   its shard's owner (three brokers, default client settings).
 //! - [`hostile`]: what an unfriendly neighbour could do: files and secrets others could read.
 //! - [`leases`]: TTLs of crashed and lost holders, clean disconnects, renewal, lock delay.
+//! - [`limits`]: limits per principal: anonymous sessions, keys, queue records and
+//!   sync-mirror retries stop at their share, an authenticated bystander still gets in; QUIC
+//!   Retry under a handshake burst; the global outbox budget against clients that never read.
 //! - [`lifecycle`]: SIGTERM, fences across restarts, the `serve` banner.
 //! - [`mirror_async`]: holds mirrored to Redis in redlock format; resync after an outage.
 //! - [`mirror_faults`]: `sync` mode refuses grants while Redis is down.
@@ -66,6 +69,7 @@ mod failover;
 mod hostile;
 mod leases;
 mod lifecycle;
+mod limits;
 mod mirror_async;
 mod mirror_faults;
 mod mirror_interop;
