@@ -135,6 +135,43 @@ impl Listener {
         self.gate.token_file().to_path_buf()
     }
 
+    /// Serves on a thread of its own (a one-thread runtime) until `shutdown` resolves: admin
+    /// work — pages, scrapes, the status page — never takes a worker of the runtime that
+    /// serves lock requests. The handle resolves when it has stopped.
+    pub fn spawn(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<tokio::task::JoinHandle<()>, AdminError> {
+        let addr = self
+            .listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let bind = |source| AdminError::Bind { addr, source };
+        let std_listener = self.listener.into_std().map_err(bind)?;
+        let (admin, gate) = (self.admin, self.gate);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("lockbroker-admin")
+            .build()
+            .map_err(bind)?;
+        Ok(tokio::task::spawn_blocking(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(listener) => {
+                        Listener {
+                            listener,
+                            admin,
+                            gate,
+                        }
+                        .run(shutdown)
+                        .await
+                    }
+                    Err(e) => tracing::error!("admin listener: {e}"),
+                }
+            });
+        }))
+    }
+
     /// Serves until `shutdown` resolves; the per-start token's file is removed then, before
     /// open connections are let finish.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use lockbroker_proto::EndReason;
@@ -87,20 +87,66 @@ pub struct Revoked {
     pub principal: Option<String>,
 }
 
+impl Broker {
+    /// The table's totals: counted a slice at a time, and for a table above
+    /// [`TOTALS_CACHED_ABOVE`] keys at most once per [`TOTALS_MAX_AGE`] (gauges of a big
+    /// table may then be up to a second old; a small table's are exact).
+    fn table_totals(&self) -> crate::table::TableTotals {
+        let large = self.read_table(|t, _| t.key_count()) > TOTALS_CACHED_ABOVE;
+        let mut cache = self.totals_cache.lock();
+        if large
+            && let Some((at, t)) = *cache
+            && at.elapsed() < TOTALS_MAX_AGE
+        {
+            return t;
+        }
+        let mut t = crate::table::TableTotals::default();
+        let mut from = Some(0);
+        // Bounded: each slice moves `from` forward by TOTALS_SLICE slots; the slab is finite.
+        while let Some(f) = from {
+            let (part, next) = self.read_table(|t, _| t.totals_slice(f, TOTALS_SLICE));
+            t.add(part);
+            from = next;
+        }
+        *cache = large.then(|| (Instant::now(), t));
+        t
+    }
+}
+
 /// Slab slots per table-lock hold when `/metrics` counts the table.
 const TOTALS_SLICE: usize = 4096;
+/// Keys per table-lock hold when a page of keys is read.
+const PAGE_SLICE: usize = 100;
+/// Above this many live keys, table totals are counted at most once per
+/// [`TOTALS_MAX_AGE`]: scrapers then share one count.
+const TOTALS_CACHED_ABOVE: usize = 65_536;
+const TOTALS_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl Broker {
     fn principal_of(&self, session: SessionId) -> Option<String> {
         self.sessions.get(&session).map(|h| h.principal.clone())
     }
 
-    /// Live keys under `prefix` after cursor `after`, at most `limit`.
+    /// Live keys under `prefix` after cursor `after`, at most `limit`: read [`PAGE_SLICE`]
+    /// keys per table-lock hold, so a page of 1,000 never holds up a lock request for more
+    /// than one slice.
     pub fn list_locks(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> LockPage {
-        let (page, more, now) = self.read_table(|t, now| {
-            let (page, more) = t.list_keys(prefix, after, limit);
-            (page, more, now)
-        });
+        let mut page = Vec::new();
+        let mut more = true;
+        let mut cursor: Option<Bytes> = after.map(Bytes::copy_from_slice);
+        let now = Instant::now();
+        // Bounded: each slice adds at least one key or ends the page.
+        while page.len() < limit && more {
+            let want = (limit - page.len()).min(PAGE_SLICE);
+            let (part, part_more) =
+                self.read_table(|t, _| t.list_keys(prefix, cursor.as_deref(), want));
+            more = part_more;
+            let Some(last) = part.last() else {
+                break;
+            };
+            cursor = Some(last.key.clone());
+            page.extend(part);
+        }
         let next = if more {
             page.last().map(|k| k.key.clone())
         } else {
@@ -172,14 +218,7 @@ impl Broker {
     /// a million keys never holds up a lock request for more than one slice (~0.1 ms); the
     /// sum is a fuzzy snapshot (each slice as it was when read).
     pub fn totals(&self) -> Totals {
-        let mut t = crate::table::TableTotals::default();
-        let mut from = Some(0);
-        // Bounded: each slice moves `from` forward by TOTALS_SLICE slots; the slab is finite.
-        while let Some(f) = from {
-            let (part, next) = self.read_table(|t, _| t.totals_slice(f, TOTALS_SLICE));
-            t.add(part);
-            from = next;
-        }
+        let t = self.table_totals();
         Totals {
             keys: t.keys,
             leases: t.leases,

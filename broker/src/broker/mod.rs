@@ -95,6 +95,8 @@ pub struct Broker {
     pollers: AtomicUsize,
     /// Answers queued over all sessions (`limits.max_outbox_total_bytes`).
     pub outbox_budget: Arc<OutboxBudget>,
+    /// The last table totals counted for a large table, and when (`listing.rs`).
+    totals_cache: Mutex<Option<(Instant, crate::table::TableTotals)>>,
 }
 
 thread_local! {
@@ -149,6 +151,7 @@ impl Broker {
             router: OnceLock::new(),
             pollers: AtomicUsize::new(0),
             outbox_budget: Arc::default(),
+            totals_cache: Mutex::new(None),
         })
     }
 

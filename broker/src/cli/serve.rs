@@ -216,9 +216,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                      empty: only loopback peers can use it"
                 );
             }
-            Some(tokio::spawn(listener.run(async move {
+            Some(listener.spawn(async move {
                 let _ = admin_stopped.await;
-            })))
+            })?)
         }
         None => None,
     };
