@@ -97,6 +97,10 @@ pub struct Broker {
     pub outbox_budget: Arc<OutboxBudget>,
     /// The last table totals counted for a large table, and when (`listing.rs`).
     totals_cache: Mutex<Option<(Instant, crate::table::TableTotals)>>,
+    /// On a broker with authenticated principals, anonymous sessions handle their requests
+    /// one session at a time (`server/session.rs`): however many there are, they take at most
+    /// one worker, and authenticated sessions are never queued behind them.
+    pub guest_turn: tokio::sync::Semaphore,
 }
 
 thread_local! {
@@ -152,6 +156,7 @@ impl Broker {
             pollers: AtomicUsize::new(0),
             outbox_budget: Arc::default(),
             totals_cache: Mutex::new(None),
+            guest_turn: tokio::sync::Semaphore::new(1),
         })
     }
 

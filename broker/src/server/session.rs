@@ -28,6 +28,9 @@ pub const CLOSE_SLOW_READER: u32 = 3;
 /// QUIC application close code: an operator ended the session through the admin API.
 pub const CLOSE_ENDED: u32 = 4;
 
+/// Requests an anonymous session handles per turn on a broker with authenticated principals.
+const GUEST_BATCH: usize = 64;
+
 /// A running session, as its commands see it.
 pub struct Session {
     pub broker: Arc<Broker>,
@@ -312,7 +315,18 @@ async fn read_loop(
     let mut shutdown = session.broker.shutdown_signal();
     let outbox = &session.handle.outbox;
     let stall = Duration::from_millis(session.broker.cfg.limits.outbox_stall_ms);
+    // Anonymous sessions on a broker with authenticated principals take turns (one handles
+    // its requests at a time, at most GUEST_BATCH of them per turn): an anonymous flood gets
+    // one worker, never all of them.
+    let guest = session.handle.principal == crate::config::ANONYMOUS
+        && session.broker.cfg.has_authenticated_principals();
     loop {
+        let turn = if guest {
+            session.broker.guest_turn.acquire().await.ok()
+        } else {
+            None
+        };
+        let mut handled = 0usize;
         // Handle every whole frame already buffered; their answers leave in one write.
         outbox.begin_batch();
         let failed = loop {
@@ -320,6 +334,10 @@ async fn read_loop(
             if outbox.queued() > session.broker.outbox_cap() {
                 break false;
             }
+            if guest && handled >= GUEST_BATCH {
+                break false;
+            }
+            handled += 1;
             match decode(buf, limits) {
                 Ok(Some((frame, n))) => {
                     buf.advance(n);
@@ -339,6 +357,14 @@ async fn read_loop(
         outbox.end_batch();
         if failed {
             return End::ProtocolError;
+        }
+        if let Some(turn) = turn {
+            drop(turn);
+            // Let the next anonymous session (and everyone else) run before this one again.
+            if handled >= GUEST_BATCH {
+                tokio::task::yield_now().await;
+                continue;
+            }
         }
         // Backpressure: answers pile up because the client does not read them. Read nothing
         // more until they drain (QUIC flow control then holds the client's requests back).
