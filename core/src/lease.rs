@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::deadlines::Due;
 use super::entry::{Cx, Entry};
+use super::quotas::Counter;
 use super::types::{
     Effect, Fence, Grant, Key, LockEvent, Mode, PrincipalId, SessionId, TableError, UnlockOutcome,
     deadline_after,
@@ -239,7 +240,7 @@ impl Entry {
         if !h.orphan {
             cx.sessions.drop_hold(h.session);
         }
-        cx.sessions.quotas.sub_leases(h.principal, 1);
+        cx.sessions.quotas.sub(h.principal, Counter::Leases, 1);
         cx.owners.forget(fence);
         if cx.cfg.lease_events || outcome == UnlockOutcome::Expired {
             let key = key.cloned().unwrap_or_else(|| self.key.to_key());

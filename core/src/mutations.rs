@@ -22,6 +22,7 @@ pub const KEYS_OF_PRINCIPAL: &str = "live keys of this principal";
 pub const LEASES_OF_PRINCIPAL: &str = "held leases of this principal";
 /// `LimitExceeded` past a principal's cap of queue records.
 pub const QUEUED_OF_PRINCIPAL: &str = "queued requests of this principal";
+use super::quotas::Counter;
 use super::{Table, cx};
 
 /// `key`'s entry if someone holds it, else `NotLocked`.
@@ -260,7 +261,7 @@ impl Table {
         }
         let before = h.principal;
         h.principal = self.sessions.note_hold(session, id);
-        self.sessions.quotas.sub_leases(before, 1);
+        self.sessions.quotas.sub(before, Counter::Leases, 1);
         let (prev, was_orphan) = (h.session, h.orphan);
         h.session = session;
         h.orphan = false;
@@ -296,13 +297,13 @@ impl Table {
         if q.queued(principal) >= q.caps(principal).queued {
             return Err(TableError::LimitExceeded(QUEUED_OF_PRINCIPAL));
         }
-        q.add_queued(principal, 1);
+        q.add(principal, Counter::Queued, 1);
         Ok(principal)
     }
 
     /// The retry counted by [`Table::begin_outside_retry`] ended.
     pub fn end_outside_retry(&mut self, principal: PrincipalId) {
-        self.sessions.quotas.sub_queued(principal, 1);
+        self.sessions.quotas.sub(principal, Counter::Queued, 1);
     }
 
     /// Resolves when `key` has no holder: `Ok(Some(Released))` at once if it has none now; else

@@ -39,6 +39,24 @@ impl Default for PrincipalCaps {
     }
 }
 
+/// What a principal is charged with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Leases held.
+    Leases,
+    /// Queue records and acquires retrying outside the table.
+    Queued,
+}
+
+impl Counter {
+    fn of(self, u: &mut Usage) -> &mut usize {
+        match self {
+            Counter::Leases => &mut u.leases,
+            Counter::Queued => &mut u.queued,
+        }
+    }
+}
+
 /// What one principal uses now.
 #[derive(Clone, Copy, Debug, Default)]
 struct Usage {
@@ -114,29 +132,19 @@ impl Quotas {
         self.leases(id).saturating_add(n) <= self.caps(id).leases
     }
 
+    /// Charges principal `id` with `n` more of `counter`.
     #[inline]
-    pub fn add_leases(&mut self, id: PrincipalId, n: usize) {
-        let u = &mut self.slot(id).0;
-        u.leases = u.leases.saturating_add(n);
+    pub fn add(&mut self, id: PrincipalId, counter: Counter, n: usize) {
+        let c = counter.of(&mut self.slot(id).0);
+        *c = c.saturating_add(n);
     }
 
+    /// Gives back `n` of `counter` that principal `id` was charged with.
     #[inline]
-    pub fn sub_leases(&mut self, id: PrincipalId, n: usize) {
+    pub fn sub(&mut self, id: PrincipalId, counter: Counter, n: usize) {
         if let Some(s) = self.by_id.get_mut(id as usize) {
-            s.0.leases = s.0.leases.saturating_sub(n);
-        }
-    }
-
-    #[inline]
-    pub fn add_queued(&mut self, id: PrincipalId, n: usize) {
-        let u = &mut self.slot(id).0;
-        u.queued = u.queued.saturating_add(n);
-    }
-
-    #[inline]
-    pub fn sub_queued(&mut self, id: PrincipalId, n: usize) {
-        if let Some(s) = self.by_id.get_mut(id as usize) {
-            s.0.queued = s.0.queued.saturating_sub(n);
+            let c = counter.of(&mut s.0);
+            *c = c.saturating_sub(n);
         }
     }
 

@@ -6,6 +6,7 @@ use super::Table;
 use super::deadlines::Due;
 use super::entry::{Entry, check_mode};
 use super::lease::HolderRec;
+use super::quotas::Counter;
 use super::types::{Fence, Key, Mode, RESTORED_SESSION, TableError, UNNAMED_PRINCIPAL};
 
 impl Table {
@@ -37,7 +38,9 @@ impl Table {
                 .insert(hash, Entry::new(&key), UNNAMED_PRINCIPAL)
                 .ok_or(TableError::LimitExceeded("live keys"))?,
         };
-        self.sessions.quotas.add_leases(UNNAMED_PRINCIPAL, 1);
+        self.sessions
+            .quotas
+            .add(UNNAMED_PRINCIPAL, Counter::Leases, 1);
         e.holders.push(HolderRec::new(
             RESTORED_SESSION,
             fence,

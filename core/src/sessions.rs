@@ -15,7 +15,7 @@
 
 use super::keys::EntryId;
 use super::queue::PendingKind;
-use super::quotas::{PrincipalCaps, Quotas};
+use super::quotas::{Counter, PrincipalCaps, Quotas};
 use super::types::{PrincipalId, ReqId, SessionId, UNNAMED_PRINCIPAL};
 
 /// hashbrown with its default hasher (foldhash, randomly seeded per process).
@@ -117,7 +117,7 @@ impl Sessions {
         let s = self.map.remove(&id)?;
         self.pending_total -= s.pending.len();
         let records = s.pending.values().map(|p| usize::from(p.records)).sum();
-        self.quotas.sub_queued(s.principal, records);
+        self.quotas.sub(s.principal, Counter::Queued, records);
         Some(s)
     }
 
@@ -152,7 +152,7 @@ impl Sessions {
             self.untidy.push(session);
         }
         let principal = s.principal;
-        self.quotas.add_leases(principal, 1);
+        self.quotas.add(principal, Counter::Leases, 1);
         principal
     }
 
@@ -175,8 +175,8 @@ impl Sessions {
         if before != id {
             // Named after it queued (drivers name sessions first): its records move along.
             let records = s.pending.values().map(|p| usize::from(p.records)).sum();
-            self.quotas.sub_queued(before, records);
-            self.quotas.add_queued(id, records);
+            self.quotas.sub(before, Counter::Queued, records);
+            self.quotas.add(id, Counter::Queued, records);
         }
     }
 
@@ -230,11 +230,12 @@ impl Sessions {
         let s = self.entry(session);
         let principal = s.principal;
         if let Some(old) = s.pending.insert(req, p) {
-            self.quotas.sub_queued(principal, usize::from(old.records));
+            self.quotas
+                .sub(principal, Counter::Queued, usize::from(old.records));
         } else {
             self.pending_total += 1;
         }
-        self.quotas.add_queued(principal, records);
+        self.quotas.add(principal, Counter::Queued, records);
     }
 
     /// Takes pending request `req` out of `session`'s index, returning it.
@@ -243,7 +244,8 @@ impl Sessions {
         let s = self.map.get_mut(&session)?;
         let p = s.pending.remove(&req)?;
         self.pending_total -= 1;
-        self.quotas.sub_queued(s.principal, usize::from(p.records));
+        self.quotas
+            .sub(s.principal, Counter::Queued, usize::from(p.records));
         Some(p)
     }
 

@@ -137,11 +137,11 @@ impl Listener {
 
     /// Serves on a thread of its own (a one-thread runtime) until `shutdown` resolves: admin
     /// work — pages, scrapes, the status page — never takes a worker of the runtime that
-    /// serves lock requests. The handle resolves when it has stopped.
+    /// serves lock requests. The receiver resolves when it has stopped.
     pub fn spawn(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<tokio::task::JoinHandle<()>, AdminError> {
+    ) -> Result<tokio::sync::oneshot::Receiver<()>, AdminError> {
         let addr = self
             .listener
             .local_addr()
@@ -151,25 +151,32 @@ impl Listener {
         let (admin, gate) = (self.admin, self.gate);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .thread_name("lockbroker-admin")
             .build()
             .map_err(bind)?;
-        Ok(tokio::task::spawn_blocking(move || {
-            runtime.block_on(async move {
-                match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(listener) => {
-                        Listener {
-                            listener,
-                            admin,
-                            gate,
+        let (stopped, on_stop) = tokio::sync::oneshot::channel();
+        // A detached thread, not `spawn_blocking`: the serving runtime's drop never waits
+        // for admin connections still open.
+        std::thread::Builder::new()
+            .name("lockbroker-admin".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(listener) => {
+                            Listener {
+                                listener,
+                                admin,
+                                gate,
+                            }
+                            .run(shutdown)
+                            .await
                         }
-                        .run(shutdown)
-                        .await
+                        Err(e) => tracing::error!("admin listener: {e}"),
                     }
-                    Err(e) => tracing::error!("admin listener: {e}"),
-                }
-            });
-        }))
+                });
+                let _ = stopped.send(());
+            })
+            .map_err(bind)?;
+        Ok(on_stop)
     }
 
     /// Serves until `shutdown` resolves; the per-start token's file is removed then, before

@@ -134,7 +134,6 @@ impl Broker {
         let mut page = Vec::new();
         let mut more = true;
         let mut cursor: Option<Bytes> = after.map(Bytes::copy_from_slice);
-        let now = Instant::now();
         // Bounded: each slice adds at least one key or ends the page.
         while page.len() < limit && more {
             let want = (limit - page.len()).min(PAGE_SLICE);
@@ -147,6 +146,8 @@ impl Broker {
             cursor = Some(last.key.clone());
             page.extend(part);
         }
+        // Taken after the reads: a remaining time is never more than was left at the read.
+        let now = Instant::now();
         let next = if more {
             page.last().map(|k| k.key.clone())
         } else {

@@ -11,6 +11,8 @@
 //!   the key is gone. A lease seen to be renewed (its remaining TTL goes up), or one still
 //!   there after the wait, belongs to a live broker: [`ClusterError::NameTaken`], which names
 //!   the broker, its URL and how long it waited.
+//! * Written by someone else between the read and the transaction, [`MAX_RACES`] times in a
+//!   row: another broker of this name is starting at the same moment — `NameTaken` too.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,10 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// The longest TTL of another lease waited for (etcd allows far longer ones).
 const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// Transactions lost to another writer of the key before giving up (each loss means the key
+/// changed between the read and the write: another broker of this name is starting too).
+const MAX_RACES: u32 = 8;
 
 /// A registration: the lease it is held under, when the lease was asked for and its TTL.
 pub(super) struct Registration {
@@ -46,6 +52,7 @@ pub(super) async fn register(
     let started = Instant::now();
     // The other lease being waited for: its id, the wait's end and the least TTL seen.
     let mut waiting: Option<(i64, Instant, i64)> = None;
+    let mut races = 0u32;
     loop {
         let got = bounded(cfg, client.get(key, None)).await?;
         let existing = got.kvs().first();
@@ -118,8 +125,16 @@ pub(super) async fn register(
                 ttl: Duration::from_secs(lease.ttl().max(0) as u64),
             });
         }
-        // Someone else wrote the key in between: look again.
+        // Someone else wrote the key in between: look again, a bounded number of times.
         let _ = bounded(cfg, client.lease_revoke(lease.id())).await;
+        races += 1;
+        if races >= MAX_RACES {
+            return Err(ClusterError::NameTaken {
+                name: name.to_string(),
+                url: "(another broker writing the same member key now)".to_string(),
+                waited: started.elapsed(),
+            });
+        }
     }
 }
 
