@@ -15,6 +15,16 @@ use super::types::{
 };
 use super::{Table, cx};
 
+/// A lease [`Table::evict`] ended: whose it was, and what the key's next owner needs to keep
+/// it (a planned hand-over carries it there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evicted {
+    pub session: SessionId,
+    pub fence: Fence,
+    pub mode: Mode,
+    pub deadline: Instant,
+}
+
 /// A lease of a previous run or owner, as its holder presents it again.
 #[derive(Clone, Copy, Debug)]
 pub struct PreviousLease<'a> {
@@ -106,14 +116,9 @@ impl Table {
     }
 
     /// Clears `key` because another broker serves it now: every queued acquire and watcher
-    /// fails with `Moved`, then every lease ends (`Released` events). Returns the (session,
-    /// fence) of the leases that ended, so their holders can be told.
-    pub fn evict(
-        &mut self,
-        now: Instant,
-        key: &[u8],
-        out: &mut Vec<Effect>,
-    ) -> Vec<(SessionId, Fence)> {
+    /// fails with `Moved`, then every lease ends (`Released` events). Returns the leases that
+    /// ended, so their holders can be told and the key's next owner given them.
+    pub fn evict(&mut self, now: Instant, key: &[u8], out: &mut Vec<Effect>) -> Vec<Evicted> {
         let Some(e) = self.keys.find_mut(key) else {
             return Vec::new();
         };
@@ -131,11 +136,16 @@ impl Table {
             .map(|q| q.take_all().map(|w| (w.session, w.req)).collect())
             .unwrap_or_default();
         e.set_blocked_until(None);
-        let leases: Vec<(SessionId, Fence)> = e
+        let leases: Vec<Evicted> = e
             .holders
             .as_slice()
             .iter()
-            .map(|h| (h.session, h.fence))
+            .map(|h| Evicted {
+                session: h.session,
+                fence: h.fence,
+                mode: h.mode,
+                deadline: h.deadline,
+            })
             .collect();
         // A multi-key acquire queued here fails as a whole: it leaves its other keys' queues
         // too, and whoever is behind it there may be granted.
@@ -152,8 +162,8 @@ impl Table {
             out.push(PendingKind::Watch.failed(session, req, TableError::Moved));
         }
         if let Some(e) = self.keys.get_mut(id) {
-            for (_, fence) in &leases {
-                e.end_lease(*fence, UnlockOutcome::Released, &mut cx!(self, now, out));
+            for l in &leases {
+                e.end_lease(l.fence, UnlockOutcome::Released, &mut cx!(self, now, out));
             }
         }
         self.keys.free_if_idle(id);

@@ -115,7 +115,7 @@ mod invariants;
 #[cfg(test)]
 mod tests;
 
-pub use handover::PreviousLease;
+pub use handover::{Evicted, PreviousLease};
 pub use listing::{KeyListing, QueuedRequest, TableTotals};
 pub use mutations::{KEYS_OF_PRINCIPAL, LEASES_OF_PRINCIPAL, QUEUED_OF_PRINCIPAL};
 pub use quotas::PrincipalCaps;

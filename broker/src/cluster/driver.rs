@@ -16,12 +16,14 @@ use parking_lot::Mutex;
 
 use super::entries::{self, Key};
 use super::epoch::{Epoch, EpochError};
+use super::handover::{self, HandedLease, Handover};
 use super::register::{self, Registration};
 use super::state::{ClusterState, Ownership};
 use super::validity::Validity;
 use crate::broker::wire::{millis, unix_ms};
 use crate::broker::{Broker, KeyRouter, Route};
 use crate::config::ClusterConfig;
+use crate::table::Evicted;
 
 /// Why the cluster driver could not start or lost its session.
 #[derive(Debug, thiserror::Error)]
@@ -322,15 +324,28 @@ impl Cluster {
     }
 
     /// Leaves the cluster (graceful shutdown), before the broker's sessions close: claims
-    /// nothing more, stops serving every shard — its holders are told `Moved` and its queued
-    /// requests answered `Moved`, so clients follow the shards rather than see a closed
-    /// connection — then revokes the etcd lease, which deletes this broker's ownership keys at
-    /// once: the new owners need not wait for the lease to run out.
+    /// nothing more and hands every shard over (`handover.rs`): its leases go to etcd for the
+    /// next owner, its holders are told `Moved` and its queued requests answered `Moved`, so
+    /// clients follow the shards rather than see a closed connection. Then it revokes the etcd
+    /// lease, which takes its member key away at once: the new owners claim without waiting
+    /// for the lease to run out, and without a grace.
     pub async fn leave(&self) {
         self.state.lock().leave();
-        self.fence_off("the broker is leaving the cluster");
         let session = self.session_lease.lock().take();
         if let Some((mut client, lease_id)) = session {
+            let mine = self.state.lock().served();
+            for shard in mine {
+                let why = "the broker is leaving the cluster";
+                if let Err(e) = self.hand_over(&mut client, lease_id, shard, why).await {
+                    tracing::warn!(
+                        target: "lockbroker::cluster",
+                        shard,
+                        "could not hand the shard over ({e}); its next owner waits the grace"
+                    );
+                    break;
+                }
+            }
+            self.fence_off("the broker is leaving the cluster");
             match bounded(&self.cfg, client.lease_revoke(lease_id)).await {
                 Ok(_) => tracing::info!(target: "lockbroker::cluster", "left the cluster"),
                 Err(e) => tracing::warn!(
@@ -338,7 +353,73 @@ impl Cluster {
                     "could not revoke the etcd lease ({e}); its shards move when it expires"
                 ),
             }
+        } else {
+            self.fence_off("the broker is leaving the cluster");
         }
+    }
+
+    /// Hands `shard` over (`handover.rs`): stops serving it, ends its leases here (holders
+    /// told `Moved`, queued requests answered `Moved`), then — in one etcd transaction that
+    /// only this broker's lease passes — deletes the ownership key and leaves the leases'
+    /// record for the next owner.
+    async fn hand_over(
+        &self,
+        client: &mut Client,
+        lease_id: i64,
+        shard: u32,
+        why: &str,
+    ) -> Result<(), ClusterError> {
+        let grace_until = {
+            let mut state = self.state.lock();
+            let grace = state.term(shard).and_then(|t| t.grace_until);
+            state.release(shard);
+            grace
+        };
+        let ended = self.evict_shards(&[shard], why);
+        self.publish();
+        // Time left is taken after the leases ended: the record never gives one more.
+        let now = Instant::now();
+        let record = Handover {
+            grace_left: grace_until.map_or(Duration::ZERO, |g| g.saturating_duration_since(now)),
+            leases: ended
+                .into_iter()
+                .map(|(key, l)| HandedLease {
+                    key,
+                    fence: l.fence,
+                    mode: l.mode,
+                    left: l.deadline.saturating_duration_since(now),
+                })
+                .filter(|l| !l.left.is_zero())
+                .collect(),
+        };
+        let owner_key = format!("{}shards/{shard}", self.prefix);
+        let mut then = vec![TxnOp::delete(owner_key.clone(), None)];
+        match handover::encode(&record) {
+            Some(bytes) => then.push(TxnOp::put(self.handover_key(shard), bytes, None)),
+            None => tracing::warn!(
+                target: "lockbroker::cluster",
+                shard,
+                leases = record.leases.len(),
+                "the shard's leases do not fit a hand-over record; its next owner waits the grace"
+            ),
+        }
+        let txn = Txn::new()
+            .when([Compare::lease(owner_key, CompareOp::Equal, lease_id)])
+            .and_then(then);
+        let handed = bounded(&self.cfg, client.txn(txn)).await?.succeeded();
+        tracing::info!(
+            target: "lockbroker::cluster",
+            shard,
+            leases = record.leases.len(),
+            handed,
+            "handed over shard"
+        );
+        Ok(())
+    }
+
+    /// Where the hand-over record of `shard` is kept.
+    fn handover_key(&self, shard: u32) -> String {
+        format!("{}handover/{shard}", self.prefix)
     }
 
     /// Stops serving every shard: ends their leases (holders are told) and fails their
@@ -350,10 +431,11 @@ impl Cluster {
         self.publish();
     }
 
-    /// Clears every key of `shards` from the table.
-    fn evict_shards(&self, shards: &[u32], why: &str) {
+    /// Clears every key of `shards` from the table; returns the leases that ended, by key.
+    fn evict_shards(&self, shards: &[u32], why: &str) -> Vec<(bytes::Bytes, Evicted)> {
+        let mut all = Vec::new();
         if shards.is_empty() {
-            return;
+            return all;
         }
         let count = self.cfg.shards;
         let keys = self
@@ -363,16 +445,18 @@ impl Cluster {
             let ended = self
                 .broker
                 .with_table(|t, now, out| t.evict(now, &key, out));
-            for (session, fence) in ended {
+            for l in ended {
                 self.broker.tell_lease_ended(
-                    session,
+                    l.session,
                     &key,
-                    fence,
+                    l.fence,
                     EndReason::Moved,
                     &format!("this broker no longer serves the key's shard: {why}"),
                 );
+                all.push((key.clone(), l));
             }
         }
+        all
     }
 
     /// Connects to etcd and registers this broker (`register.rs`) under a new lease; the
@@ -608,20 +692,13 @@ impl Cluster {
         }
     }
 
-    /// Hands over every shard whose preferred owner is another live member (it joined): stop
-    /// serving it, end its leases (holders are told `Moved` and adopt them at the new owner,
-    /// whose takeover grace honours them), then delete the ownership key.
+    /// Hands over (`hand_over`) every shard whose preferred owner is another live member (it
+    /// joined, or came back).
     async fn release(&self, client: &mut Client, lease_id: i64) -> Result<(), ClusterError> {
         let to_release = self.state.lock().to_release();
         for shard in to_release {
-            self.state.lock().release(shard);
-            self.evict_shards(&[shard], "the shard moves to a member that joined");
-            let key = format!("{}shards/{shard}", self.prefix);
-            let txn = Txn::new()
-                .when([Compare::lease(key.clone(), CompareOp::Equal, lease_id)])
-                .and_then([TxnOp::delete(key, None)]);
-            bounded(&self.cfg, client.txn(txn)).await?;
-            tracing::info!(target: "lockbroker::cluster", shard, "handed over shard");
+            let why = "the shard moves to a member that joined";
+            self.hand_over(client, lease_id, shard, why).await?;
         }
         Ok(())
     }
@@ -656,16 +733,24 @@ impl Cluster {
                     Some(PutOptions::new().with_lease(lease_id)),
                 ),
                 TxnOp::put(owned_before, me.clone(), None),
+                TxnOp::get(self.handover_key(shard), None),
+                TxnOp::delete(self.handover_key(shard), None),
             ]);
             let resp = bounded(&self.cfg, client.txn(txn)).await?;
             if !resp.succeeded() {
                 continue;
             }
             let revision = resp.header().map_or(0, |h| h.revision());
-            let had_owner = resp.op_responses().iter().any(|r| match r {
-                TxnOpResponse::Get(g) => !g.kvs().is_empty(),
-                _ => false,
-            });
+            // (mod revision, value) of the ops' reads: `owned/<shard>`, the hand-over record.
+            let read = |i: usize| match resp.op_responses().get(i) {
+                Some(TxnOpResponse::Get(g)) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.mod_revision(), kv.value().to_vec())),
+                _ => None,
+            };
+            let (owned, record) = (read(0), read(3));
+            let had_owner = owned.is_some();
             let epoch = match Epoch::of(revision) {
                 Ok(e) => e,
                 Err(e) => {
@@ -691,7 +776,17 @@ impl Cluster {
             self.broker
                 .with_table(|t, _, _| t.raise_fence_floor(epoch.floor()));
             self.learn_revision(revision);
-            let grace_until = had_owner.then(|| Instant::now() + self.grace);
+            // A planned hand-over's record, written since the last claim, names every lease
+            // the earlier owner could answer for: no grace then (`handover.rs`).
+            let handed = record
+                .filter(|(at, _)| owned.as_ref().is_some_and(|(claimed, _)| at > claimed))
+                .and_then(|(_, bytes)| handover::decode(&bytes));
+            let grace_until = match (had_owner, handed) {
+                (false, _) => None,
+                (true, Some(h)) => self.take_over(shard, h),
+                (true, None) => Some(Instant::now() + self.grace),
+            };
+            let had_owner = grace_until.is_some();
             {
                 let mut state = self.state.lock();
                 state.claimed(shard, epoch.get(), grace_until);
@@ -713,6 +808,32 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+
+    /// Loads a hand-over record's leases as orphans their holders take over (each ends no
+    /// earlier than at the old owner: time left counts from now). Returns the grace the
+    /// shard still needs: the old owner's own grace left, or the full grace if a lease
+    /// could not be loaded.
+    fn take_over(&self, shard: u32, h: Handover) -> Option<Instant> {
+        let count = h.leases.len();
+        let failed = self.broker.with_table(|t, now, _| {
+            h.leases
+                .into_iter()
+                .filter_map(|l| t.restore(now, l.key, l.fence, l.mode, now + l.left).err())
+                .count()
+        });
+        let now = Instant::now();
+        tracing::info!(
+            target: "lockbroker::cluster",
+            shard,
+            leases = count,
+            failed,
+            "took over the shard's leases from its previous owner"
+        );
+        if failed > 0 {
+            return Some(now + self.grace);
+        }
+        (!h.grace_left.is_zero()).then(|| now + h.grace_left)
     }
 
     /// Pushes the shard map to every connected client if who owns what changed since the

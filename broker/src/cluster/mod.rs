@@ -53,6 +53,7 @@
 mod driver;
 mod entries;
 mod epoch;
+mod handover;
 mod register;
 mod rendezvous;
 mod secret;

@@ -264,6 +264,13 @@ impl ClusterState {
             .collect()
     }
 
+    /// The shards served here.
+    pub fn served(&self) -> Vec<u32> {
+        (0..self.shards)
+            .filter(|&s| self.mine[s as usize].is_some())
+            .collect()
+    }
+
     /// Stops serving `shard` (before its ownership key is deleted for a planned move).
     pub fn release(&mut self, shard: u32) {
         if let Some(t) = self.mine.get_mut(shard as usize)

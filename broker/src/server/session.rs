@@ -93,10 +93,21 @@ impl Session {
             Ok(mode) => Some(mode),
             Err(e) => {
                 if answer {
-                    self.handle.answer_table_error(id, &e);
+                    self.answer_lease_error(id, key, &e);
                 }
                 None
             }
+        }
+    }
+
+    /// Answers request `id` about a lease of `key` with the table's error `e` — or, if the
+    /// key's shard stopped being served here meanwhile (a hand-over ended the lease between
+    /// the route check and the table), with `Moved`/`Unavailable`, so the holder takes the
+    /// lease over where the key is served now rather than count it lost.
+    pub fn answer_lease_error(&self, id: u64, key: &[u8], e: &table::TableError) {
+        match self.broker.route(key).refusal() {
+            Some((code, message)) => self.fail(id, code, message),
+            None => self.handle.answer_table_error(id, e),
         }
     }
 

@@ -515,6 +515,7 @@ fn evicting_one_key_fails_the_group_and_frees_its_other_keys() {
     let now = m.now;
     let ended = m.t.evict(now, b"a", &mut m.out);
     m.t.check_invariants();
+    let ended: Vec<_> = ended.iter().map(|l| (l.session, l.fence)).collect();
     assert_eq!(ended, vec![(1, fa)]);
     let out = m.take();
     assert!(out.contains(&Effect::AcquireFailed {

@@ -55,6 +55,6 @@ pub(super) async fn apply(s: &Session, e: Extend) {
             e.fence,
             Renewed::Extended(ttl, deadline),
         ),
-        Err(err) => s.handle.answer_table_error(e.id, &err),
+        Err(err) => s.answer_lease_error(e.id, &e.key, &err),
     }
 }

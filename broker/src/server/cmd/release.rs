@@ -20,7 +20,7 @@ pub(super) fn apply(s: &Session, r: Release) {
         return;
     }
     let request = Request::Release {
-        key: r.key,
+        key: r.key.clone(),
         fence: r.fence,
     };
     let result = s
@@ -28,7 +28,7 @@ pub(super) fn apply(s: &Session, r: Release) {
         .with_table(|t, now, out| serve::apply(t, now, s.id, request, out));
     match (result, r.ack) {
         (Ok(_), true) => s.reply(Frame::Ok { id: r.id }),
-        (Err(e), true) => s.handle.answer_table_error(r.id, &e),
+        (Err(e), true) => s.answer_lease_error(r.id, &r.key, &e),
         (Ok(_), false) => {}
         (Err(e), false) => {
             tracing::debug!(
