@@ -6,6 +6,8 @@
 pub mod etcd;
 pub mod fencing;
 pub mod http;
+#[cfg(test)]
+mod model;
 pub mod plugins;
 pub mod ports;
 pub mod proxy;
