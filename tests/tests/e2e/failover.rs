@@ -408,3 +408,41 @@ async fn a_rolling_restart_under_load_waits_no_grace_and_loses_no_lease() {
     );
     held.unlock().await.expect("unlock after the restarts");
 }
+
+/// Issue 24, finding 3: three brokers started one after another, as README shows. The first
+/// claims every shard, then hands each joiner its shards with their (here: no) leases — so no
+/// shard starts its life in a takeover grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_cluster_starts_without_a_grace() {
+    let etcd = EtcdServer::start();
+    let addrs = [free_udp_addr(), free_udp_addr(), free_udp_addr()];
+    let mut brokers = Vec::new();
+    for (i, name) in ["f1", "f2", "f3"].into_iter().enumerate() {
+        brokers.push(start_member(&etcd, name, addrs[i]));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Until every shard is owned and each broker owns some (bounded: 30 s).
+    let start = Instant::now();
+    let status = loop {
+        let status = crate::cluster::cluster_status(&etcd);
+        let shards: Vec<&str> = status.lines().filter(|l| l.starts_with("shard ")).collect();
+        let spread = ["f1", "f2", "f3"]
+            .iter()
+            .all(|n| shards.iter().any(|l| l.contains(&format!("owner {n} "))));
+        if spread && !shards.iter().any(|l| l.contains("unowned")) {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the shards never spread over three brokers:\n{status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        status
+            .lines()
+            .filter(|l| l.starts_with("shard "))
+            .all(|l| l.ends_with("grace_left_ms 0")),
+        "a shard of a fresh cluster is in a grace:\n{status}"
+    );
+}
