@@ -32,7 +32,8 @@
 //!   count: those keys cannot be locked anywhere, so the service is not whole. (A readiness
 //!   probe that takes brokers out of a load balancer takes them all out then: clients of the
 //!   SDK route by the shard map and do not need one.)
-//! * Failover grace: a claimed shard that had an owner before grants nothing new for the
+//! * Failover grace: a claimed shard that had an owner before, and no hand-over record from
+//!   it (`handover.rs`: a planned move), grants nothing new for the
 //!   longest TTL a broker grants in cluster mode (`cluster.max_ttl_ms`) plus lock delay, while
 //!   the earlier owner's holders adopt their leases with their lease secret (every broker signs
 //!   secrets with the cluster's key, a file each broker has a copy of — `cluster.key_file`;
@@ -40,11 +41,14 @@
 //! * `state.rs` is the sans-I/O view (members, owners, terms, routing); `driver.rs` talks to
 //!   etcd and carries out what the view decides; the broker core asks the cluster through
 //!   [`KeyRouter`](crate::broker::KeyRouter).
-//! * Leaving: at a graceful shutdown `lockbroker serve` calls `Cluster::leave` before the
-//!   server closes its sessions. The broker takes itself out of every shard's preference,
-//!   evicts every shard (queued requests answered `Moved`, holders told
-//!   `LeaseEnded { Moved }`) and revokes its etcd lease, so its ownership keys vanish at once
-//!   and the other members claim the shards without waiting for the lease to run out.
+//! * Planned moves (`handover.rs`): a broker that gives a shard up — a joined member is
+//!   preferred for it, it is drained, or it leaves at a graceful shutdown (`Cluster::leave`,
+//!   called before the server closes its sessions) — stops serving the shard, ends its leases
+//!   (holders told `LeaseEnded { Moved }`, queued requests answered `Moved`) and, in the etcd
+//!   transaction that deletes its ownership key (guarded by its lease), leaves the leases'
+//!   record for the next owner, which loads them in its claim and serves without a grace. A
+//!   leaving broker then revokes its etcd lease, so its member key vanishes at once and the
+//!   others claim without waiting for the lease to run out.
 //! * etcd is reached over `http://` or `https://` (`cluster.etcd_ca`, optional client
 //!   certificate), one endpoint at a time (`driver.rs`).
 //!
