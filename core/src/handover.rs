@@ -17,12 +17,14 @@ use super::{Table, cx};
 
 /// A lease [`Table::evict`] ended: whose it was, and what the key's next owner needs to keep
 /// it (a planned hand-over carries it there).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Evicted {
     pub session: SessionId,
     pub fence: Fence,
     pub mode: Mode,
     pub deadline: Instant,
+    /// Its owner label (empty: none).
+    pub owner: Bytes,
 }
 
 /// A lease of a previous run or owner, as its holder presents it again.
@@ -145,6 +147,7 @@ impl Table {
                 fence: h.fence,
                 mode: h.mode,
                 deadline: h.deadline,
+                owner: self.owners.get(h.fence).cloned().unwrap_or_default(),
             })
             .collect();
         // A multi-key acquire queued here fails as a whole: it leaves its other keys' queues

@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use super::Table;
 use super::deadlines::Due;
 use super::entry::{Entry, check_mode};
@@ -54,6 +56,11 @@ impl Table {
         self.deadlines
             .push(deadline, e.id, e.generation, Due::Lease);
         Ok(())
+    }
+
+    /// Gives restored lease `fence` the owner label it had (a planned hand-over carries it).
+    pub fn label_restored(&mut self, fence: Fence, owner: Bytes) {
+        self.owners.set(fence, Some(owner));
     }
 
     /// Makes every future fence `> fence`.

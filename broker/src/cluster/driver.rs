@@ -388,6 +388,7 @@ impl Cluster {
                     fence: l.fence,
                     mode: l.mode,
                     left: l.deadline.saturating_duration_since(now),
+                    owner: l.owner,
                 })
                 .filter(|l| !l.left.is_zero())
                 .collect(),
@@ -817,10 +818,15 @@ impl Cluster {
     fn take_over(&self, shard: u32, h: Handover) -> Option<Instant> {
         let count = h.leases.len();
         let failed = self.broker.with_table(|t, now, _| {
-            h.leases
-                .into_iter()
-                .filter_map(|l| t.restore(now, l.key, l.fence, l.mode, now + l.left).err())
-                .count()
+            let mut failed = 0;
+            for l in h.leases {
+                match t.restore(now, l.key, l.fence, l.mode, now + l.left) {
+                    Ok(()) if !l.owner.is_empty() => t.label_restored(l.fence, l.owner),
+                    Ok(()) => {}
+                    Err(_) => failed += 1,
+                }
+            }
+            failed
         });
         let now = Instant::now();
         tracing::info!(

@@ -3,7 +3,7 @@
 //! When a broker gives a shard up on purpose (it leaves at SIGTERM, or a member that joined is
 //! preferred for the shard), it first stops serving the shard (no grant or renewal is answered
 //! for it from then on), then ends every lease of the shard in its table and writes what they
-//! were — key, fence, mode, time left — to `handover/<shard>`, in the same etcd transaction
+//! were — key, fence, mode, time left, owner label — to `handover/<shard>`, in the same etcd transaction
 //! that deletes its ownership key (guarded by its lease: only the owner can). The next owner
 //! reads and deletes the record in the transaction that claims the shard, loads the leases as
 //! orphans (each with a deadline of *its* receipt plus the time left, never earlier than the
@@ -20,7 +20,11 @@
 //!
 //! The record is binary: `LBH1`, the grace left (ms, u64), the lease count (u32), then per
 //! lease the key (u32 length + bytes), fence (u64), mode (u8: 0 exclusive, 1 shared, 2
-//! semaphore + its size as u32) and time left (ms, u64), all big-endian. Pure functions.
+//! semaphore + its size as u32), time left (ms, u64) and owner label (u32 length + bytes),
+//! all big-endian. Pure functions.
+//!
+//! The lease's principal is not in the record: the holder's lease secret binds it (and the
+//! mode), so only that principal can take the lease over at the new owner.
 
 use std::time::Duration;
 
@@ -41,6 +45,8 @@ pub(super) struct HandedLease {
     pub mode: Mode,
     /// How long it had left when the old owner ended it.
     pub left: Duration,
+    /// Its owner label (empty: none).
+    pub owner: Bytes,
 }
 
 /// What the old owner of a shard leaves its next owner.
@@ -70,6 +76,8 @@ pub(super) fn encode(h: &Handover) -> Option<Vec<u8>> {
             }
         }
         out.extend_from_slice(&millis(l.left).to_be_bytes());
+        out.extend_from_slice(&u32::try_from(l.owner.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(&l.owner);
         if out.len() > MAX_RECORD_BYTES {
             return None;
         }
@@ -85,8 +93,8 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Handover> {
     }
     let grace_left = Duration::from_millis(r.u64()?);
     let count = r.u32()?;
-    // Each lease takes at least 21 bytes: a count beyond that is a lie, not an allocation.
-    let mut leases = Vec::with_capacity((count as usize).min(bytes.len() / 21));
+    // Each lease takes at least 25 bytes: a count beyond that is a lie, not an allocation.
+    let mut leases = Vec::with_capacity((count as usize).min(bytes.len() / 25));
     for _ in 0..count {
         let len = r.u32()? as usize;
         let key = Bytes::copy_from_slice(r.take(len)?);
@@ -98,11 +106,14 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Handover> {
             _ => return None,
         };
         let left = Duration::from_millis(r.u64()?);
+        let len = r.u32()? as usize;
+        let owner = Bytes::copy_from_slice(r.take(len)?);
         leases.push(HandedLease {
             key,
             fence,
             mode,
             left,
+            owner,
         });
     }
     r.0.is_empty().then_some(Handover { grace_left, leases })
@@ -143,6 +154,7 @@ mod tests {
             fence,
             mode,
             left: Duration::from_millis(left_ms),
+            owner: Bytes::from_static(b"worker-7@host-3"),
         }
     }
 
