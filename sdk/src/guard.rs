@@ -14,6 +14,7 @@
 //! fire-and-forget.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -412,8 +413,14 @@ fn release_local(lease: &Lease, owner: &Conn) -> Option<Result<()>> {
 }
 
 /// One acknowledged release of the lease where it lives.
+///
+/// A release whose answer never came (the broker stopped, or handed the key's shard over,
+/// right after it released the lease) may have been done; the next attempt then finds no
+/// lease (`NotLocked`). Before the lease's local deadline nothing else ends it unseen, so
+/// that is the release's own outcome: `Ok`.
 async fn release_now(lease: &Lease) -> Result<()> {
-    let (reply, _) = lease_request(lease, |id| {
+    let unanswered = AtomicU32::new(0);
+    let result = lease_request(lease, &unanswered, |id| {
         Frame::Release(Release {
             id,
             key: lease.key.clone(),
@@ -422,10 +429,18 @@ async fn release_now(lease: &Lease) -> Result<()> {
             secret: lease.secret(),
         })
     })
-    .await?;
-    match reply {
-        Frame::Ok { .. } => Ok(()),
-        other => Err(crate::route::unexpected(other)),
+    .await;
+    match result {
+        Ok((Frame::Ok { .. }, _)) => Ok(()),
+        Ok((other, _)) => Err(crate::route::unexpected(other)),
+        Err(Error::NotLocked)
+            if unanswered.load(Ordering::Relaxed) > 0
+                && Instant::now() < lost_at(lease, lease.timing()) =>
+        {
+            tracing::debug!(fence = lease.fence, "released by an earlier attempt");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -433,8 +448,13 @@ async fn release_now(lease: &Lease) -> Result<()> {
 /// policy until the lease's lost-at deadline, each attempt at the broker that serves the key
 /// now — the lease reclaimed there first when it is not held there — and bounded by
 /// [`attempt_bound`], so a broker that went silent is left while the lease still has time.
-/// Returns the answer and when the request that got it was sent.
-async fn lease_request(lease: &Lease, build: impl Fn(u64) -> Frame) -> Result<(Frame, Instant)> {
+/// Returns the answer and when the request that got it was sent; `unanswered` counts the
+/// attempts whose request was sent and never answered (it may have been done).
+async fn lease_request(
+    lease: &Lease,
+    unanswered: &AtomicU32,
+    build: impl Fn(u64) -> Frame,
+) -> Result<(Frame, Instant)> {
     let route = &lease.route;
     let timing = lease.timing();
     let deadline = Deadline::At(lost_at(lease, timing));
@@ -447,7 +467,11 @@ async fn lease_request(lease: &Lease, build: impl Fn(u64) -> Frame) -> Result<(F
                 Step::Moved(url) => return Ok(Step::Moved(url)),
             };
             let sent = Instant::now();
-            match step(ask(route, &conn, bound, build).await?)? {
+            let answer = ask(route, &conn, bound, build).await;
+            if answer.is_err() {
+                unanswered.fetch_add(1, Ordering::Relaxed);
+            }
+            match step(answer?)? {
                 Step::Done(frame) => Ok(Step::Done((frame, sent))),
                 Step::Moved(url) => {
                     // The shard moved before its broker could tell us: adopt the lease there.
@@ -543,7 +567,7 @@ impl Drop for Guard {
 async fn renew_now(lease: &Lease, ttl: Option<Duration>) -> Result<Duration> {
     let _one_at_a_time = lease.renewing.lock().await;
     let ttl = ttl.unwrap_or_else(|| lease.timing().ttl);
-    let (reply, sent) = lease_request(lease, |id| {
+    let (reply, sent) = lease_request(lease, &AtomicU32::new(0), |id| {
         Frame::Extend(Extend {
             id,
             key: lease.key.clone(),

@@ -369,11 +369,16 @@ impl Cluster {
         shard: u32,
         why: &str,
     ) -> Result<(), ClusterError> {
+        // Taking the shard out of the view is the hand-over's one entry: `leave` and the
+        // session's `release` may both try, and only the first may end the leases and write
+        // the record (a second would write an empty one over nothing and lose them).
         let grace_until = {
             let mut state = self.state.lock();
-            let grace = state.term(shard).and_then(|t| t.grace_until);
+            let Some(term) = state.term(shard) else {
+                return Ok(());
+            };
             state.release(shard);
-            grace
+            term.grace_until
         };
         let ended = self.evict_shards(&[shard], why);
         self.publish();

@@ -3,9 +3,11 @@
 //! background renewals) — runs its attempts through [`retry`], bounded by one deadline.
 //!
 //! One attempt: pick the connection the route gives for the key now (the shard's owner in
-//! cluster mode), send, and wait for the answer — at most the attempt's bound, and no longer
-//! than the key's shard stays where it was (a pushed shard map that moves the shard ends the
-//! wait at once: that broker is no longer the one to ask). What then:
+//! cluster mode), send, and wait for the answer — at most the attempt's bound, and for a
+//! request about a key no longer than the key's shard stays where it was (a pushed shard map
+//! that moves the shard ends the wait at once: that broker is no longer the one to ask; a
+//! request about a held lease waits for its answer, which says whether it was done). What
+//! then:
 //!
 //! - an answer: done (a `Moved` answer notes the shard's new owner and tries again there);
 //! - a *transient* failure (the broker went away, it is taking the shard over, it did not answer
@@ -82,9 +84,13 @@ where
             conn.check_key(key)?;
             attempt(conn).await
         };
-        // With a shard map (a cluster), the attempt also ends when the map moves the key's
-        // shard; without one (a single broker, the embedded table) it is just awaited.
-        let outcome = if routes.is_known() {
+        // With a shard map (a cluster), a request about a key also ends when the map moves the
+        // key's shard; without one (a single broker, the embedded table) it is just awaited. A
+        // request about a held lease is awaited either way (up to its bound): the broker that
+        // held the lease answers it for sure — done before it handed the shard over, or
+        // `Moved` after — and given up on, one that was done (a release) would leave the
+        // retry at the new owner a lease that is not there.
+        let outcome = if routes.is_known() && kind == Kind::Request {
             let mut changes = routes.changes();
             let before = routes.owner(key);
             tokio::select! {

@@ -349,9 +349,16 @@ async fn a_rolling_restart_under_load_waits_no_grace_and_loses_no_lease() {
                         *l = (waited, key.clone());
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                // A short piece of work: a steady load that leaves the brokers' etcd
+                // keep-alives their time on two cores (a late one is a failure, with a grace).
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let (fence, lost) = (guard.fence(), guard.is_lost());
                 if let Err(e) = guard.unlock().await {
-                    failures.lock().unwrap().push(format!("unlock {key}: {e}"));
+                    // What the cluster has of the key now, for the failure message.
+                    let now = client.inspect(key.clone()).await.map(|i| i.holders);
+                    failures.lock().unwrap().push(format!(
+                        "unlock {key} (fence {fence:#x}, lost: {lost}): {e}; the key now: {now:?}"
+                    ));
                 }
                 cycles.fetch_add(1, Ordering::Relaxed);
             }
