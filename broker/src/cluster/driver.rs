@@ -331,12 +331,12 @@ impl Cluster {
     /// for the lease to run out, and without a grace.
     pub async fn leave(&self) {
         self.state.lock().leave();
-        let session = self.session_lease.lock().take();
-        if let Some((mut client, lease_id)) = session {
+        let mut session = self.session_lease.lock().take();
+        let why = "the broker is leaving the cluster";
+        if let Some((client, lease_id)) = &mut session {
             let mine = self.state.lock().served();
             for shard in mine {
-                let why = "the broker is leaving the cluster";
-                if let Err(e) = self.hand_over(&mut client, lease_id, shard, why).await {
+                if let Err(e) = self.hand_over(client, *lease_id, shard, why).await {
                     tracing::warn!(
                         target: "lockbroker::cluster",
                         shard,
@@ -345,7 +345,10 @@ impl Cluster {
                     break;
                 }
             }
-            self.fence_off("the broker is leaving the cluster");
+        }
+        // Whatever was not handed over ends here (its next owner waits the grace).
+        self.fence_off(why);
+        if let Some((mut client, lease_id)) = session {
             match bounded(&self.cfg, client.lease_revoke(lease_id)).await {
                 Ok(_) => tracing::info!(target: "lockbroker::cluster", "left the cluster"),
                 Err(e) => tracing::warn!(
@@ -353,8 +356,6 @@ impl Cluster {
                     "could not revoke the etcd lease ({e}); its shards move when it expires"
                 ),
             }
-        } else {
-            self.fence_off("the broker is leaving the cluster");
         }
     }
 
@@ -372,14 +373,10 @@ impl Cluster {
         // Taking the shard out of the view is the hand-over's one entry: `leave` and the
         // session's `release` may both try, and only the first may end the leases and write
         // the record (a second would write an empty one over nothing and lose them).
-        let grace_until = {
-            let mut state = self.state.lock();
-            let Some(term) = state.term(shard) else {
-                return Ok(());
-            };
-            state.release(shard);
-            term.grace_until
+        let Some(term) = self.state.lock().release(shard) else {
+            return Ok(());
         };
+        let grace_until = term.grace_until;
         let ended = self.evict_shards(&[shard], why);
         self.publish();
         // Time left is taken after the leases ended: the record never gives one more.
@@ -792,13 +789,13 @@ impl Cluster {
                 (true, Some(h)) => self.take_over(shard, h),
                 (true, None) => Some(Instant::now() + self.grace),
             };
-            let had_owner = grace_until.is_some();
+            let in_grace = grace_until.is_some();
             {
                 let mut state = self.state.lock();
                 state.claimed(shard, epoch.get(), grace_until);
                 state.refresh_unowned(Instant::now());
             }
-            if had_owner {
+            if in_grace {
                 // Record the grace for `cluster status` (the epoch, the key's create
                 // revision, does not change).
                 value.grace_end_ms = value.claimed_ms + millis(self.grace);
@@ -809,7 +806,7 @@ impl Cluster {
                 target: "lockbroker::cluster",
                 shard,
                 epoch = epoch.get(),
-                grace = had_owner,
+                grace = in_grace,
                 "claimed shard"
             );
         }
@@ -826,8 +823,7 @@ impl Cluster {
             let mut failed = 0;
             for l in h.leases {
                 match t.restore(now, l.key, l.fence, l.mode, now + l.left) {
-                    Ok(()) if !l.owner.is_empty() => t.label_restored(l.fence, l.owner),
-                    Ok(()) => {}
+                    Ok(()) => t.label_restored(l.fence, l.owner),
                     Err(_) => failed += 1,
                 }
             }

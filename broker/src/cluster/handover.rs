@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::broker::wire::millis;
 use crate::table::Mode;
 
 /// Largest record written (etcd refuses requests above 1.5 MiB by default).
@@ -117,10 +118,6 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Handover> {
         });
     }
     r.0.is_empty().then_some(Handover { grace_left, leases })
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -271,13 +271,12 @@ impl ClusterState {
             .collect()
     }
 
-    /// Stops serving `shard` (before its ownership key is deleted for a planned move).
-    pub fn release(&mut self, shard: u32) {
-        if let Some(t) = self.mine.get_mut(shard as usize)
-            && t.take().is_some()
-        {
-            self.ownership_changes += 1;
-        }
+    /// Stops serving `shard` (before its ownership key is deleted for a planned move); the
+    /// term it was served in, `None` if it was not served here.
+    pub fn release(&mut self, shard: u32) -> Option<Term> {
+        let term = self.mine.get_mut(shard as usize)?.take()?;
+        self.ownership_changes += 1;
+        Some(term)
     }
 
     /// This broker's claim of `shard` (under its session's lease) succeeded at etcd revision
