@@ -789,16 +789,16 @@ impl Cluster {
                 (true, Some(h)) => self.take_over(shard, h),
                 (true, None) => Some(Instant::now() + self.grace),
             };
-            let in_grace = grace_until.is_some();
             {
                 let mut state = self.state.lock();
                 state.claimed(shard, epoch.get(), grace_until);
                 state.refresh_unowned(Instant::now());
             }
-            if in_grace {
+            if let Some(until) = grace_until {
                 // Record the grace for `cluster status` (the epoch, the key's create
-                // revision, does not change).
-                value.grace_end_ms = value.claimed_ms + millis(self.grace);
+                // revision, does not change): the full one, or what a hand-over carried.
+                let left = until.saturating_duration_since(Instant::now());
+                value.grace_end_ms = value.claimed_ms + millis(left);
                 let opts = PutOptions::new().with_lease(lease_id);
                 bounded(&self.cfg, client.put(owner_key, value.render(), Some(opts))).await?;
             }
@@ -806,7 +806,7 @@ impl Cluster {
                 target: "lockbroker::cluster",
                 shard,
                 epoch = epoch.get(),
-                grace = in_grace,
+                grace = grace_until.is_some(),
                 "claimed shard"
             );
         }
