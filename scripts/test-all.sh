@@ -88,7 +88,11 @@ cargo build --workspace --bins
 # every failure; the script fails at the end if any step did.
 failed=()
 step "cargo test"
-cargo test --workspace --no-fail-fast -- --test-threads=2 || failed+=("cargo test")
+# Kept in a file: a failing test's name and message are repeated at the very end, where a CI
+# log's tail shows them.
+test_log="${CARGO_TARGET_DIR:-target}/cargo-test.log"
+cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$test_log" ||
+  failed+=("cargo test")
 
 step "fuzz smoke (cargo fuzz: frame decoder and in-process sessions, 30 s each)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
@@ -107,6 +111,10 @@ step "fault-injection checker, cluster mode (etcd + 3 brokers, 16 clients)"
   --clients 16 --keys 16 --duration 60s --min-grants 10000 || failed+=("cluster checker")
 
 if [ "${#failed[@]}" -gt 0 ]; then
+  if [[ " ${failed[*]} " == *" cargo test "* ]]; then
+    step "cargo test failures (from $test_log)"
+    grep -E -A4 '^test .+ \.\.\. FAILED$|^---- .+ stdout ----$|panicked at' "$test_log" | head -150 || true
+  fi
   list=$(printf '%s; ' "${failed[@]}")
   printf '\n==> FAILED: %s\n' "${list%; }" >&2
   exit 1

@@ -13,6 +13,7 @@ use etcd_client::{
 };
 use lockbroker_proto::{EndReason, shard_of};
 use parking_lot::Mutex;
+use tracing::Instrument;
 
 use super::entries::{self, Key};
 use super::epoch::{Epoch, EpochError};
@@ -144,11 +145,20 @@ pub struct Cluster {
     grace: Duration,
     /// The current etcd session's client and lease (to revoke it when leaving).
     session_lease: Mutex<Option<(Client, i64)>>,
+    /// Held by a hand-over from taking the shard out of the view until its transaction is
+    /// answered. `leave` takes it before it revokes the lease: a hand-over the session loop
+    /// began (a leaving broker prefers nobody, so its loop hands shards over too) must land
+    /// its record first, or the revocation deletes the shard's key without one and the next
+    /// owner waits the grace.
+    handing_over: tokio::sync::Mutex<()>,
     /// Set when etcd's revision no longer gives fence epochs: no more claims (`epoch.rs`).
     fence_trouble: Mutex<Option<EpochError>>,
     /// Ignored keys already logged (each once, whatever the session), with their reason.
     logged: Mutex<HashSet<String>>,
     broker: Arc<Broker>,
+    /// Every log line of the driver carries the member's name (brokers of one cluster often
+    /// log to one place). Enabled at `warn`, so that the name is on every line logged.
+    span: tracing::Span,
 }
 
 /// How many ignored keys are logged one by one; past that, only counted.
@@ -177,6 +187,7 @@ impl Cluster {
             cfg.max_ttl_ms
                 .saturating_add(broker.cfg.locks.lock_delay_ms),
         );
+        let span = tracing::warn_span!(target: "lockbroker::cluster", "member", name = %me);
         let cluster = Arc::new(Cluster {
             prefix: prefix(cfg),
             cfg: cfg.clone(),
@@ -188,13 +199,15 @@ impl Cluster {
             published: Mutex::new(Vec::new()),
             grace,
             session_lease: Mutex::new(None),
+            handing_over: tokio::sync::Mutex::new(()),
             fence_trouble: Mutex::new(None),
             logged: Mutex::new(HashSet::new()),
             broker: broker.clone(),
+            span,
         });
         let until = Instant::now() + Duration::from_secs(15);
         let opened = loop {
-            match cluster.open().await {
+            match cluster.open().instrument(cluster.span.clone()).await {
                 Ok(o) => break o,
                 Err(ClusterError::Etcd(e)) if Instant::now() < until => {
                     tracing::warn!(target: "lockbroker::cluster", "registering: etcd: {e}; retrying");
@@ -210,7 +223,7 @@ impl Cluster {
                 "the broker already has a key router".into(),
             ));
         }
-        tokio::spawn(cluster.clone().run(opened));
+        tokio::spawn(cluster.clone().run(opened).instrument(cluster.span.clone()));
         Ok(cluster)
     }
 
@@ -330,6 +343,11 @@ impl Cluster {
     /// lease, which takes its member key away at once: the new owners claim without waiting
     /// for the lease to run out, and without a grace.
     pub async fn leave(&self) {
+        self.leave_cluster().instrument(self.span.clone()).await;
+    }
+
+    /// `leave`, in the member's span.
+    async fn leave_cluster(&self) {
         self.state.lock().leave();
         let mut session = self.session_lease.lock().take();
         let why = "the broker is leaving the cluster";
@@ -346,6 +364,8 @@ impl Cluster {
                 }
             }
         }
+        // A hand-over of the session loop's still in flight finishes first (see the field).
+        let _no_hand_over = self.handing_over.lock().await;
         // Whatever was not handed over ends here (its next owner waits the grace).
         self.fence_off(why);
         if let Some((mut client, lease_id)) = session {
@@ -373,6 +393,7 @@ impl Cluster {
         // Taking the shard out of the view is the hand-over's one entry: `leave` and the
         // session's `release` may both try, and only the first may end the leases and write
         // the record (a second would write an empty one over nothing and lose them).
+        let _one_at_a_time = self.handing_over.lock().await;
         let Some(term) = self.state.lock().release(shard) else {
             return Ok(());
         };

@@ -148,9 +148,15 @@ pub(crate) async fn lock_eventually(
 /// `lockbroker cluster status` of the cluster on `etcd` (members, shard owners, grace), for
 /// a failure message.
 pub(crate) fn cluster_status(etcd: &EtcdServer) -> String {
+    cluster_status_of(etcd, 8)
+}
+
+/// [`cluster_status`] of a cluster of `shards` shards.
+pub(crate) fn cluster_status_of(etcd: &EtcdServer, shards: u32) -> String {
     let dir = TempDir::new("status");
     let config = dir.path().join("status.toml");
-    let toml = cluster_config(&etcd, "observer", free_udp_addr(), 1000);
+    let toml = cluster_config(&etcd, "observer", free_udp_addr(), 1000)
+        .replace("shards = 8", &format!("shards = {shards}"));
     if let Err(e) = std::fs::write(&config, toml) {
         return format!("(cluster status unavailable: {e})");
     }
