@@ -13,6 +13,8 @@ pub mod ports;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+#[cfg(test)]
+mod replica_model;
 pub mod util;
 
 use std::io::{BufRead, BufReader};
