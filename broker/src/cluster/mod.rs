@@ -57,8 +57,10 @@
 mod driver;
 mod entries;
 mod epoch;
+mod feed;
 mod handover;
 mod register;
+mod replica;
 mod rendezvous;
 mod secret;
 mod state;
