@@ -63,6 +63,7 @@ mod peer_wire;
 mod register;
 mod rendezvous;
 mod replica;
+mod replicator;
 mod secret;
 mod state;
 mod status;

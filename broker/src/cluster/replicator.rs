@@ -1,0 +1,239 @@
+//! The owner's side of replicated shards (issue 24): the cluster's grant gate. It sees every
+//! table change under the table lock (`GrantGate::record`), files each change of a
+//! replicated shard in that shard's [`Feed`], and holds the answer to a grant or renewal
+//! until the shard's in-sync backup acknowledged it (`hold`, `hold_renewal`). The link
+//! (`link.rs`) takes the feeds' batches to the backups and reports their acknowledgements;
+//! the driver starts and ends feeds as shards are claimed and lost, and moves them in and
+//! out of sync as etcd's in-sync set changes.
+//!
+//! A feed that ends while answers wait (the shard was lost, or etcd could not record that
+//! its backup fell out of sync) fails them: the holder is told `Unavailable` and the lease is
+//! released — an answer the backup may not have is never given.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use lockbroker_proto::shard_of;
+use parking_lot::Mutex;
+
+use super::feed::Feed;
+use super::replica::Change;
+use crate::broker::{Confirmation, GrantGate, Pending};
+use crate::table::{Effect, Fence, Grant, LockEvent};
+
+/// The feeds of the shards this broker owns and replicates.
+pub(super) struct Replicator {
+    shards: u32,
+    feeds: Mutex<HashMap<u32, Feed>>,
+}
+
+impl Replicator {
+    /// A replicator for a cluster of `shards` shards, feeding none yet.
+    pub fn new(shards: u32) -> Replicator {
+        Replicator {
+            shards,
+            feeds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts `shard`'s feed for the owner's term `epoch` (the shard was claimed).
+    pub fn start(&self, shard: u32, epoch: u64) {
+        self.feeds.lock().insert(shard, Feed::new(epoch));
+    }
+
+    /// Ends `shard`'s feed (the shard is no longer served here): answers still waiting fail.
+    pub fn stop(&self, shard: u32) {
+        self.feeds.lock().remove(&shard);
+    }
+
+    /// Runs `op` on `shard`'s feed, if it has one.
+    pub fn with_feed<R>(&self, shard: u32, op: impl FnOnce(&mut Feed) -> R) -> Option<R> {
+        self.feeds.lock().get_mut(&shard).map(op)
+    }
+
+    /// The change a lock event makes, and the shard it belongs to.
+    fn change_of(&self, event: &LockEvent, now: Instant) -> (u32, Change) {
+        let (key, change) = match event {
+            LockEvent::Acquired {
+                key,
+                fence,
+                mode,
+                deadline,
+                ..
+            } => (
+                key,
+                Change::Acquired {
+                    key: key.clone(),
+                    fence: *fence,
+                    mode: *mode,
+                    left: deadline.saturating_duration_since(now),
+                },
+            ),
+            LockEvent::Extended {
+                key,
+                fence,
+                deadline,
+                ..
+            } => (
+                key,
+                Change::Extended {
+                    key: key.clone(),
+                    fence: *fence,
+                    left: deadline.saturating_duration_since(now),
+                },
+            ),
+            LockEvent::Released { key, fence, .. } | LockEvent::Expired { key, fence, .. } => (
+                key,
+                Change::Ended {
+                    key: key.clone(),
+                    fence: *fence,
+                },
+            ),
+        };
+        (shard_of(key, self.shards), change)
+    }
+
+    /// What the answer about lease `fence` of `key` waits for.
+    fn wait(&self, key: &[u8], fence: Fence) -> Option<Pending> {
+        let shard = shard_of(key, self.shards);
+        let rx = self.with_feed(shard, |f| f.wait_for(fence))??;
+        Some(Box::pin(async move {
+            match rx.await {
+                Ok(()) => Confirmation::Ok,
+                Err(_) => Confirmation::Failed(
+                    "the shard's replication ended before its backup confirmed the lease".into(),
+                ),
+            }
+        }))
+    }
+}
+
+impl GrantGate for Replicator {
+    fn record(&self, effects: &[Effect]) {
+        let now = Instant::now();
+        let mut feeds = self.feeds.lock();
+        if feeds.is_empty() {
+            return;
+        }
+        for e in effects {
+            if let Effect::Event(event) = e {
+                let (shard, change) = self.change_of(event, now);
+                if let Some(feed) = feeds.get_mut(&shard) {
+                    feed.record(change);
+                }
+            }
+        }
+    }
+
+    fn hold(&self, grant: &Grant) -> Option<Pending> {
+        self.wait(&grant.key, grant.fence)
+    }
+
+    fn hold_renewal(&self, fence: Fence) -> Option<Pending> {
+        // The renewal's key is not given: the feed that has the fence waits for it.
+        let mut feeds = self.feeds.lock();
+        let rx = feeds.values_mut().find_map(|f| f.wait_for(fence))?;
+        Some(Box::pin(async move {
+            match rx.await {
+                Ok(()) => Confirmation::Ok,
+                Err(_) => Confirmation::Failed(
+                    "the shard's replication ended before its backup confirmed the renewal".into(),
+                ),
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::table::{Mode, SessionId};
+
+    fn acquired(key: &'static [u8], fence: u64, now: Instant) -> Effect {
+        Effect::Event(LockEvent::Acquired {
+            key: Bytes::from_static(key),
+            session: 1 as SessionId,
+            fence,
+            mode: Mode::Exclusive,
+            deadline: now + Duration::from_secs(5),
+        })
+    }
+
+    fn grant(key: &'static [u8], fence: u64, now: Instant) -> Grant {
+        Grant {
+            key: Bytes::from_static(key),
+            fence,
+            mode: Mode::Exclusive,
+            ttl: Duration::from_secs(5),
+            deadline: now + Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn grants_of_an_in_sync_shard_wait_for_the_backup_and_others_do_not() {
+        let r = Replicator::new(8);
+        let now = Instant::now();
+        let shard = shard_of(b"a", 8);
+        r.start(shard, 3);
+        // Not in sync yet: recorded, answered at once.
+        r.record(&[acquired(b"a", 1, now)]);
+        assert!(r.hold(&grant(b"a", 1, now)).is_none());
+        r.with_feed(shard, |f| {
+            f.snapshot_sent();
+            f.acked(2);
+            f.in_sync();
+        });
+        r.record(&[acquired(b"a", 2, now)]);
+        let mut held = r.hold(&grant(b"a", 2, now)).expect("waits for the backup");
+        let waker = futures_task_noop();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(held.as_mut().poll(&mut cx).is_pending());
+        let batch = r.with_feed(shard, |f| f.next_batch(16)).flatten();
+        let (seq, changes) = batch.expect("the change is sent");
+        assert_eq!(changes.len(), 1);
+        r.with_feed(shard, |f| f.acked(seq + 1));
+        assert_eq!(
+            held.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Confirmation::Ok)
+        );
+        // A key of another shard (no feed) waits for nothing.
+        let other = (0u8..=255)
+            .map(|b| Bytes::from(vec![b]))
+            .find(|k| shard_of(k, 8) != shard)
+            .expect("a key of another shard");
+        let g = Grant {
+            key: other,
+            ..grant(b"a", 9, now)
+        };
+        assert!(r.hold(&g).is_none());
+    }
+
+    #[test]
+    fn a_feed_that_ends_fails_the_answers_waiting_on_it() {
+        let r = Replicator::new(8);
+        let now = Instant::now();
+        let shard = shard_of(b"a", 8);
+        r.start(shard, 3);
+        r.with_feed(shard, |f| {
+            f.snapshot_sent();
+            f.in_sync();
+        });
+        r.record(&[acquired(b"a", 1, now)]);
+        let mut held = r.hold_renewal(1).expect("waits");
+        r.stop(shard);
+        let waker = futures_task_noop();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(matches!(
+            held.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Confirmation::Failed(_))
+        ));
+    }
+
+    fn futures_task_noop() -> std::task::Waker {
+        std::task::Waker::noop().clone()
+    }
+}
