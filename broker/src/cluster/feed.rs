@@ -8,7 +8,9 @@
 //! acknowledged its change. When the backup stops acknowledging, the driver first takes it
 //! out of the in-sync set in etcd, then calls [`Feed::out_of_sync`]: every waiting answer is
 //! released, and from then on answers wait for nothing until a snapshot brings the backup
-//! back ([`Feed::snapshot_sent`] then [`Feed::in_sync`]).
+//! back ([`Feed::snapshot_sent`], then [`Feed::in_sync`] for that snapshot's generation once
+//! etcd names the backup: an older snapshot's acknowledgement cannot put a feed in sync whose
+//! stream restarted since).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -32,12 +34,17 @@ pub(super) struct Feed {
     waiting: Vec<(u64, oneshot::Sender<()>)>,
     /// A snapshot was sent: changes since are kept and streamed.
     streaming: bool,
+    /// Snapshots sent in this term.
+    generation: u64,
     in_sync: bool,
+    /// The takeover grace the owner serves the shard under (a snapshot carries it).
+    grace_until: Option<std::time::Instant>,
 }
 
 impl Feed {
-    /// The feed of a shard claimed in term `epoch`: no backup in sync yet.
-    pub fn new(epoch: u64) -> Feed {
+    /// The feed of a shard claimed in term `epoch`, served in a grace until `grace_until`
+    /// (if any): no backup in sync yet.
+    pub fn new(epoch: u64, grace_until: Option<std::time::Instant>) -> Feed {
         Feed {
             epoch,
             next_seq: 1,
@@ -46,12 +53,19 @@ impl Feed {
             last_change: HashMap::new(),
             waiting: Vec::new(),
             streaming: false,
+            generation: 0,
             in_sync: false,
+            grace_until,
         }
     }
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The grace the shard is served under here.
+    pub fn grace_until(&self) -> Option<std::time::Instant> {
+        self.grace_until
     }
 
     /// Records a change of the shard's table (under the table lock, in table order); returns
@@ -131,30 +145,42 @@ impl Feed {
         }
     }
 
-    /// The backup was sent a snapshot of the table as of now: it holds every change so far,
-    /// which the snapshot's acknowledgement will confirm; the next change expected is
-    /// returned (the snapshot's `next_seq`).
-    pub fn snapshot_sent(&mut self) -> u64 {
+    /// The backup was sent a snapshot of the table as of now (taken under the table lock,
+    /// with this call): it holds every change so far, which the snapshot's acknowledgement
+    /// confirms. Returns the next change's number (the snapshot's `next_seq`) and the
+    /// snapshot's generation.
+    pub fn snapshot_sent(&mut self) -> (u64, u64) {
         self.unacked.clear();
         self.last_change.clear();
         self.send_from = self.next_seq;
         self.streaming = true;
-        self.next_seq
+        self.generation += 1;
+        (self.next_seq, self.generation)
     }
 
-    /// etcd names the backup in sync (after it acknowledged a snapshot): answers wait for it.
-    pub fn in_sync(&mut self) {
-        self.in_sync = true;
+    /// Whether changes are streamed (a snapshot was sent and the stream not restarted).
+    pub fn is_streaming(&self) -> bool {
+        self.streaming
     }
 
-    /// etcd no longer names the backup in sync: nothing waits for it any more. Changes are
-    /// kept for nobody: a snapshot starts the backup again.
+    /// The backup refused the stream: the next snapshot starts it again.
+    pub fn restart(&mut self) {
+        self.streaming = false;
+    }
+
+    /// etcd names the backup in sync after it acknowledged snapshot `generation`: answers
+    /// wait for it from now on — unless the stream restarted since (then nothing changes;
+    /// the newer snapshot's acknowledgement will do it).
+    pub fn in_sync(&mut self, generation: u64) {
+        if self.streaming && generation == self.generation {
+            self.in_sync = true;
+        }
+    }
+
+    /// etcd no longer names the backup in sync: nothing waits for it any more (the stream
+    /// itself goes on; a snapshot restarts it when needed).
     pub fn out_of_sync(&mut self) {
         self.in_sync = false;
-        self.streaming = false;
-        self.unacked.clear();
-        self.last_change.clear();
-        self.send_from = self.next_seq;
         for (_, tx) in std::mem::take(&mut self.waiting) {
             let _ = tx.send(());
         }
@@ -191,13 +217,13 @@ mod tests {
 
     #[test]
     fn an_answer_waits_for_the_acknowledgement_of_its_change_while_in_sync() {
-        let mut f = Feed::new(7);
+        let mut f = Feed::new(7, None);
         // Not in sync: nothing waits.
         f.record(acquired(1));
         assert!(f.wait_for(1).is_none());
-        f.snapshot_sent();
+        let (_, generation) = f.snapshot_sent();
         f.acked(2);
-        f.in_sync();
+        f.in_sync(generation);
         let seq = f.record(acquired(2));
         let mut rx = f.wait_for(2).expect("waits for the backup");
         assert_eq!(f.next_batch(16), Some((seq, vec![acquired(2)])));
@@ -210,9 +236,9 @@ mod tests {
 
     #[test]
     fn an_acknowledgement_releases_only_what_it_covers_and_only_what_was_sent() {
-        let mut f = Feed::new(7);
-        f.snapshot_sent();
-        f.in_sync();
+        let mut f = Feed::new(7, None);
+        let (_, generation) = f.snapshot_sent();
+        f.in_sync(generation);
         let a = f.record(acquired(1));
         let mut ra = f.wait_for(1).expect("waits");
         f.next_batch(1);
@@ -227,9 +253,9 @@ mod tests {
 
     #[test]
     fn taking_the_backup_out_of_sync_releases_every_waiting_answer() {
-        let mut f = Feed::new(7);
-        f.snapshot_sent();
-        f.in_sync();
+        let mut f = Feed::new(7, None);
+        let (_, generation) = f.snapshot_sent();
+        f.in_sync(generation);
         f.record(acquired(1));
         let mut rx = f.wait_for(1).expect("waits");
         f.out_of_sync();
@@ -237,9 +263,21 @@ mod tests {
         assert!(!f.is_in_sync());
         f.record(acquired(2));
         assert!(f.wait_for(2).is_none(), "nothing waits out of sync");
-        assert!(
-            f.next_batch(16).is_none(),
-            "changes before a new snapshot are not sent"
-        );
+    }
+
+    #[test]
+    fn only_the_latest_snapshot_puts_a_feed_in_sync() {
+        let mut f = Feed::new(7, None);
+        let (_, first) = f.snapshot_sent();
+        f.restart();
+        let (_, second) = f.snapshot_sent();
+        f.in_sync(first);
+        assert!(!f.is_in_sync(), "an older snapshot's acknowledgement");
+        f.restart();
+        f.in_sync(second);
+        assert!(!f.is_in_sync(), "a restarted stream");
+        let (_, third) = f.snapshot_sent();
+        f.in_sync(third);
+        assert!(f.is_in_sync());
     }
 }

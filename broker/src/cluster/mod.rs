@@ -59,6 +59,7 @@ mod entries;
 mod epoch;
 mod feed;
 mod handover;
+mod link;
 mod peer;
 mod peer_wire;
 mod register;

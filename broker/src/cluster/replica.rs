@@ -32,7 +32,11 @@ pub(super) enum Change {
         left: Duration,
     },
     /// A lease was renewed: `left` from the owner's renewal.
-    Extended { key: Bytes, fence: u64, left: Duration },
+    Extended {
+        key: Bytes,
+        fence: u64,
+        left: Duration,
+    },
     /// A lease ended (released, expired, revoked).
     Ended { key: Bytes, fence: u64 },
 }
@@ -231,7 +235,10 @@ mod tests {
             key: Bytes::from_static(b"b"),
             fence: 11,
         };
-        assert_eq!(r.apply(9, 2, &[renew, end_b, acquired("c", 12, 1)], t0), Ok(5));
+        assert_eq!(
+            r.apply(9, 2, &[renew, end_b, acquired("c", 12, 1)], t0),
+            Ok(5)
+        );
         let h = r.into_handover(t0 + Duration::from_secs(2));
         assert_eq!(h.grace_left, Duration::ZERO);
         // a renewed (6 s left), b ended, c expired; a keeps its label.

@@ -36,9 +36,12 @@ impl Replicator {
         }
     }
 
-    /// Starts `shard`'s feed for the owner's term `epoch` (the shard was claimed).
-    pub fn start(&self, shard: u32, epoch: u64) {
-        self.feeds.lock().insert(shard, Feed::new(epoch));
+    /// Starts `shard`'s feed for the owner's term `epoch` (the shard was claimed), served in
+    /// a grace until `grace_until` if any.
+    pub fn start(&self, shard: u32, epoch: u64, grace_until: Option<Instant>) {
+        self.feeds
+            .lock()
+            .insert(shard, Feed::new(epoch, grace_until));
     }
 
     /// Ends `shard`'s feed (the shard is no longer served here): answers still waiting fail.
@@ -178,14 +181,14 @@ mod tests {
         let r = Replicator::new(8);
         let now = Instant::now();
         let shard = shard_of(b"a", 8);
-        r.start(shard, 3);
+        r.start(shard, 3, None);
         // Not in sync yet: recorded, answered at once.
         r.record(&[acquired(b"a", 1, now)]);
         assert!(r.hold(&grant(b"a", 1, now)).is_none());
         r.with_feed(shard, |f| {
-            f.snapshot_sent();
+            let (_, generation) = f.snapshot_sent();
             f.acked(2);
-            f.in_sync();
+            f.in_sync(generation);
         });
         r.record(&[acquired(b"a", 2, now)]);
         let mut held = r.hold(&grant(b"a", 2, now)).expect("waits for the backup");
@@ -217,10 +220,10 @@ mod tests {
         let r = Replicator::new(8);
         let now = Instant::now();
         let shard = shard_of(b"a", 8);
-        r.start(shard, 3);
+        r.start(shard, 3, None);
         r.with_feed(shard, |f| {
-            f.snapshot_sent();
-            f.in_sync();
+            let (_, generation) = f.snapshot_sent();
+            f.in_sync(generation);
         });
         r.record(&[acquired(b"a", 1, now)]);
         let mut held = r.hold_renewal(1).expect("waits");
