@@ -151,7 +151,10 @@ pub fn server_config(
     let mut tls = builder
         .with_single_cert(id.chain, id.key)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    tls.alpn_protocols = vec![lockbroker_proto::ALPN.to_vec()];
+    tls.alpn_protocols = vec![
+        lockbroker_proto::ALPN.to_vec(),
+        lockbroker_proto::PEER_ALPN.to_vec(),
+    ];
     tls.max_early_data_size = 0;
     Ok(tls)
 }

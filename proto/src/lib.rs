@@ -38,3 +38,6 @@ pub const DEFAULT_PORT: u16 = 7420;
 
 /// ALPN protocol id negotiated by clients and the broker.
 pub const ALPN: &[u8] = b"lockbroker/1";
+
+/// ALPN protocol id of the broker-to-broker replication link (cluster mode, `replicas = 2`).
+pub const PEER_ALPN: &[u8] = b"lockbroker-peer/1";

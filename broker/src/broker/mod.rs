@@ -178,6 +178,15 @@ impl Broker {
         }
     }
 
+    /// Serves a replication link from another member (`KeyRouter::serve_peer`); `None`
+    /// when this broker keeps no replicas.
+    pub fn serve_peer(
+        &self,
+        conn: quinn::Connection,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>> {
+        self.router.get()?.serve_peer(conn)
+    }
+
     /// The cluster's shard map (cluster mode only).
     pub fn shard_map(&self) -> Option<lockbroker_proto::ShardMap> {
         self.router.get().and_then(|r| r.shard_map())

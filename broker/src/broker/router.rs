@@ -46,4 +46,15 @@ pub trait KeyRouter: Send + Sync {
     fn shard_map(&self) -> Option<lockbroker_proto::ShardMap> {
         None
     }
+
+    /// Serves a connection that negotiated the replication link's ALPN (another member
+    /// streaming its shards here); `None` when this broker keeps no replicas (the server
+    /// closes it).
+    fn serve_peer(
+        &self,
+        conn: quinn::Connection,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>> {
+        let _ = conn;
+        None
+    }
 }

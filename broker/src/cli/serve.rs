@@ -182,7 +182,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let restart_grace = broker.begin_grace(restored_all || args.forget_previous_leases);
     let cluster = if cfg.cluster.enabled() {
         Some(
-            Cluster::start(&cfg.cluster, &broker)
+            Cluster::start(&cfg.cluster, &broker, cluster_key.as_ref().map(|k| &k[..]))
                 .await
                 .context("cannot start cluster mode")?,
         )

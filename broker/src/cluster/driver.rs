@@ -18,7 +18,9 @@ use tracing::Instrument;
 use super::entries::{self, Key};
 use super::epoch::{Epoch, EpochError};
 use super::handover::{self, HandedLease, Handover};
+use super::link::InSyncOp;
 use super::register::{self, Registration};
+use super::replication::Replication;
 use super::state::{ClusterState, Ownership};
 use super::validity::Validity;
 use crate::broker::wire::{millis, unix_ms};
@@ -156,6 +158,8 @@ pub struct Cluster {
     /// Ignored keys already logged (each once, whatever the session), with their reason.
     logged: Mutex<HashSet<String>>,
     broker: Arc<Broker>,
+    /// Replicated shards (`cluster.replicas = 2`), else `None`.
+    replication: Option<Replication>,
     /// Every log line of the driver carries the member's name (brokers of one cluster often
     /// log to one place). Enabled at `warn`, so that the name is on every line logged.
     span: tracing::Span,
@@ -178,6 +182,7 @@ impl Cluster {
     pub async fn start(
         cfg: &ClusterConfig,
         broker: &Arc<Broker>,
+        key: Option<&[u8]>,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let advertise = cfg.advertise.unwrap_or(broker.cfg.listen);
         let url = format!("quic://{advertise}");
@@ -188,6 +193,16 @@ impl Cluster {
                 .saturating_add(broker.cfg.locks.lock_delay_ms),
         );
         let span = tracing::warn_span!(target: "lockbroker::cluster", "member", name = %me);
+        let replication = match key {
+            Some(key) if cfg.replicas >= 2 => Some(Replication::new(
+                &me,
+                key,
+                cfg.shards,
+                broker,
+                advertise.ip(),
+            )?),
+            _ => None,
+        };
         let cluster = Arc::new(Cluster {
             prefix: prefix(cfg),
             cfg: cfg.clone(),
@@ -203,6 +218,7 @@ impl Cluster {
             fence_trouble: Mutex::new(None),
             logged: Mutex::new(HashSet::new()),
             broker: broker.clone(),
+            replication,
             span,
         });
         let until = Instant::now() + Duration::from_secs(15);
@@ -221,6 +237,13 @@ impl Cluster {
         if broker.attach_router(cluster.clone()).is_err() {
             return Err(ClusterError::Etcd(
                 "the broker already has a key router".into(),
+            ));
+        }
+        if let Some(r) = &cluster.replication
+            && broker.attach_gate(r.replicator.clone()).is_err()
+        {
+            return Err(ClusterError::Etcd(
+                "the broker already has a grant gate".into(),
             ));
         }
         tokio::spawn(cluster.clone().run(opened).instrument(cluster.span.clone()));
@@ -266,8 +289,12 @@ impl Cluster {
     async fn run(self: Arc<Self>, opened: Opened) {
         let mut shutdown = self.broker.shutdown_signal();
         let mut opened = Some(opened);
+        let mut in_sync = self
+            .replication
+            .as_ref()
+            .and_then(|r| r.take_in_sync_requests());
         loop {
-            let session = self.session(opened.take());
+            let session = self.session(opened.take(), &mut in_sync);
             let why = tokio::select! {
                 r = session => match r {
                     Ok(()) => "the etcd session ended".to_string(),
@@ -417,7 +444,10 @@ impl Cluster {
                 .collect(),
         };
         let owner_key = format!("{}shards/{shard}", self.prefix);
-        let mut then = vec![TxnOp::delete(owner_key.clone(), None)];
+        let mut then = vec![
+            TxnOp::delete(owner_key.clone(), None),
+            TxnOp::delete(self.in_sync_key(shard), None),
+        ];
         match handover::encode(&record) {
             Some(bytes) => then.push(TxnOp::put(self.handover_key(shard), bytes, None)),
             None => tracing::warn!(
@@ -441,6 +471,76 @@ impl Cluster {
         Ok(())
     }
 
+    /// Where etcd's in-sync set of `shard` is kept: `<backup> <owner's term>`, written and
+    /// deleted only by the shard's owner (guarded by its lease), kept past that lease so a
+    /// claim after a crash can read it (`replication.rs`).
+    fn in_sync_key(&self, shard: u32) -> String {
+        format!("{}insync/{shard}", self.prefix)
+    }
+
+    /// Carries out a link's request to change `shard`'s in-sync set, in a transaction only
+    /// the shard's owner passes; then moves the feed in or out of sync. A removal this broker
+    /// cannot make (it lost the shard) ends the feed: answers waiting on it fail.
+    async fn change_in_sync(
+        &self,
+        client: &mut Client,
+        lease_id: i64,
+        op: InSyncOp,
+    ) -> Result<(), ClusterError> {
+        let Some(r) = &self.replication else {
+            return Ok(());
+        };
+        let shard = match &op {
+            InSyncOp::Add { shard, .. } | InSyncOp::Remove { shard, .. } => *shard,
+        };
+        // Answers wait for the backup from before etcd may name it (`feed.rs`).
+        if let InSyncOp::Add {
+            epoch, generation, ..
+        } = &op
+        {
+            let naming = r
+                .replicator
+                .with_feed(shard, |f| f.epoch() == *epoch && f.naming(*generation));
+            if naming != Some(true) {
+                return Ok(());
+            }
+        }
+        let owner_key = format!("{}shards/{shard}", self.prefix);
+        let then = match &op {
+            InSyncOp::Add { backup, epoch, .. } => {
+                TxnOp::put(self.in_sync_key(shard), format!("{backup} {epoch}"), None)
+            }
+            InSyncOp::Remove { .. } => TxnOp::delete(self.in_sync_key(shard), None),
+        };
+        let txn = Txn::new()
+            .when([Compare::lease(owner_key, CompareOp::Equal, lease_id)])
+            .and_then([then]);
+        let done = bounded(&self.cfg, client.txn(txn)).await?.succeeded();
+        match op {
+            InSyncOp::Remove { epoch, .. } if done => {
+                r.replicator.with_feed(shard, |f| {
+                    if f.epoch() == epoch {
+                        f.out_of_sync();
+                    }
+                });
+            }
+            InSyncOp::Add { .. } if done => {}
+            // Not the owner any more (the lease guard failed): the feed ends and what waits
+            // on it fails.
+            _ => r.lost(shard),
+        }
+        tracing::debug!(target: "lockbroker::cluster", shard, done, "in-sync set changed");
+        Ok(())
+    }
+
+    /// Starts, moves and ends replication links to match each served shard's backup.
+    fn assign_backups(&self) {
+        if let Some(r) = &self.replication {
+            let backups = self.state.lock().backups();
+            r.assign(&backups);
+        }
+    }
+
     /// Where the hand-over record of `shard` is kept.
     fn handover_key(&self, shard: u32) -> String {
         format!("{}handover/{shard}", self.prefix)
@@ -460,6 +560,11 @@ impl Cluster {
         let mut all = Vec::new();
         if shards.is_empty() {
             return all;
+        }
+        if let Some(r) = &self.replication {
+            for shard in shards {
+                r.lost(*shard);
+            }
         }
         let count = self.cfg.shards;
         let keys = self
@@ -516,7 +621,11 @@ impl Cluster {
 
     /// One etcd session (`opened` already, or opened now): initial load, then keep-alives,
     /// watch events and claims until something fails or the validity lapses.
-    async fn session(&self, opened: Option<Opened>) -> Result<(), ClusterError> {
+    async fn session(
+        &self,
+        opened: Option<Opened>,
+        in_sync: &mut Option<tokio::sync::mpsc::UnboundedReceiver<InSyncOp>>,
+    ) -> Result<(), ClusterError> {
         let Opened { mut client, reg } = match opened {
             Some(o) => o,
             None => self.open().await?,
@@ -557,6 +666,7 @@ impl Cluster {
         let (mut keeper, mut keep_alives) = client.lease_keep_alive(lease_id).await?;
         self.claim(&mut client, lease_id).await?;
         self.publish();
+        self.assign_backups();
         let renew_every = self.validity.lock().renew_every();
         let mut renew = tokio::time::interval(renew_every);
         let mut check = tokio::time::interval(Duration::from_millis(50));
@@ -615,8 +725,15 @@ impl Cluster {
                     self.evict_shards(&lost, "etcd shows another owner");
                     self.claim(&mut client, lease_id).await?;
                     self.publish();
+                    self.assign_backups();
+                }
+                Some(op) = next_in_sync(in_sync) => {
+                    self.change_in_sync(&mut client, lease_id, op).await?;
                 }
                 _ = check.tick() => {
+                    if let Some(r) = &self.replication {
+                        r.replicas.expire(Instant::now());
+                    }
                     if !self.validity.lock().valid_at(Instant::now()) {
                         return Err(ClusterError::Etcd(
                             "keep-alives went unconfirmed too long: self-fenced".into(),
@@ -759,6 +876,8 @@ impl Cluster {
                 TxnOp::put(owned_before, me.clone(), None),
                 TxnOp::get(self.handover_key(shard), None),
                 TxnOp::delete(self.handover_key(shard), None),
+                TxnOp::get(self.in_sync_key(shard), None),
+                TxnOp::delete(self.in_sync_key(shard), None),
             ]);
             let resp = bounded(&self.cfg, client.txn(txn)).await?;
             if !resp.succeeded() {
@@ -773,7 +892,7 @@ impl Cluster {
                     .map(|kv| (kv.mod_revision(), kv.value().to_vec())),
                 _ => None,
             };
-            let (owned, record) = (read(0), read(3));
+            let (owned, record, in_sync) = (read(0), read(3), read(5));
             let had_owner = owned.is_some();
             let epoch = match Epoch::of(revision) {
                 Ok(e) => e,
@@ -805,11 +924,30 @@ impl Cluster {
             let handed = record
                 .filter(|(at, _)| owned.as_ref().is_some_and(|(claimed, _)| at > claimed))
                 .and_then(|(_, bytes)| handover::decode(&bytes));
+            // Else a replica this broker keeps, if etcd names it in sync for the last term.
+            let replicated = || {
+                let (claimed, _) = owned.as_ref()?;
+                let (_, value) = in_sync.as_ref()?;
+                let (name, term) = parse_in_sync(value)?;
+                let last_term = u64::try_from(*claimed).ok()?;
+                if name != me || term != last_term {
+                    return None;
+                }
+                self.replication
+                    .as_ref()?
+                    .take_over(shard, last_term, Instant::now())
+            };
             let grace_until = match (had_owner, handed) {
                 (false, _) => None,
                 (true, Some(h)) => self.take_over(shard, h),
-                (true, None) => Some(Instant::now() + self.grace),
+                (true, None) => match replicated() {
+                    Some(h) => self.take_over(shard, h),
+                    None => Some(Instant::now() + self.grace),
+                },
             };
+            if let Some(r) = &self.replication {
+                r.claimed(shard, epoch.get(), grace_until);
+            }
             {
                 let mut state = self.state.lock();
                 state.claimed(shard, epoch.get(), grace_until);
@@ -913,6 +1051,14 @@ impl KeyRouter for Cluster {
         Some(self.state.lock().shard_map())
     }
 
+    fn serve_peer(
+        &self,
+        conn: quinn::Connection,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>> {
+        let link = self.replication.as_ref()?.serve(conn);
+        Some(Box::pin(link.instrument(self.span.clone())))
+    }
+
     fn route(&self, key: &[u8]) -> Route {
         let now = Instant::now();
         let valid = self.validity.lock().valid_at(now);
@@ -931,5 +1077,22 @@ impl KeyRouter for Cluster {
                 && Epoch::of(i64::try_from(t.epoch).unwrap_or(i64::MAX))
                     .is_ok_and(|e| fence < e.floor())
         })
+    }
+}
+
+/// `<backup> <term>` of an in-sync key.
+fn parse_in_sync(value: &[u8]) -> Option<(&str, u64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (name, term) = text.rsplit_once(' ')?;
+    Some((name, term.parse().ok()?))
+}
+
+/// The next in-sync request, or never without replication.
+async fn next_in_sync(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<InSyncOp>>,
+) -> Option<InSyncOp> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

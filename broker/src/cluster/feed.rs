@@ -4,15 +4,16 @@
 //! Sans-I/O: the grant gate records changes under the table lock and asks for a wait per
 //! grant or renewal; the link takes batches to send and reports acknowledgements.
 //!
-//! While the backup is in sync, a grant or renewal is answered only once the backup has
-//! acknowledged its change. When the backup stops acknowledging, the driver first takes it
-//! out of the in-sync set in etcd, then calls [`Feed::out_of_sync`]: every waiting answer is
-//! released, and from then on answers wait for nothing until a snapshot brings the backup
-//! back ([`Feed::snapshot_sent`], then [`Feed::in_sync`] for that snapshot's generation once
-//! etcd names the backup: an older snapshot's acknowledgement cannot put a feed in sync whose
-//! stream restarted since).
+//! The rule that keeps a takeover from the replica safe: **while etcd may name the backup in
+//! sync for this term, no grant or renewal is answered before the backup acknowledged it**
+//! (or a snapshot that contains it). The driver marks the feed *named* before its transaction
+//! that names the backup ([`Feed::naming`]) and unmarks it only after the transaction that
+//! removes the name succeeded ([`Feed::out_of_sync`], which releases the waiting answers).
+//! Naming is refused for a snapshot older than the feed's latest (its stream restarted since:
+//! the backup no longer follows it).
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -24,37 +25,41 @@ pub(super) struct Feed {
     epoch: u64,
     /// The number the next recorded change gets.
     next_seq: u64,
-    /// Changes recorded and not yet acknowledged, oldest first, with their numbers.
+    /// Every change before this is acknowledged (or in an acknowledged snapshot).
+    acked_upto: u64,
+    /// Changes recorded since the latest snapshot and not yet acknowledged, oldest first.
     unacked: VecDeque<(u64, Change)>,
     /// The first change not sent yet.
     send_from: u64,
-    /// The number of the last change of each lease (by fence) not yet acknowledged.
+    /// The number of the latest change of each live lease (by fence).
     last_change: HashMap<u64, u64>,
     /// Answers waiting for an acknowledgement, by the change's number.
     waiting: Vec<(u64, oneshot::Sender<()>)>,
-    /// A snapshot was sent: changes since are kept and streamed.
+    /// A snapshot was sent and the stream not restarted since: changes are kept and sent.
     streaming: bool,
     /// Snapshots sent in this term.
     generation: u64,
-    in_sync: bool,
+    /// etcd may name the backup in sync for this term.
+    named: bool,
     /// The takeover grace the owner serves the shard under (a snapshot carries it).
-    grace_until: Option<std::time::Instant>,
+    grace_until: Option<Instant>,
 }
 
 impl Feed {
     /// The feed of a shard claimed in term `epoch`, served in a grace until `grace_until`
-    /// (if any): no backup in sync yet.
-    pub fn new(epoch: u64, grace_until: Option<std::time::Instant>) -> Feed {
+    /// (if any): no backup named yet.
+    pub fn new(epoch: u64, grace_until: Option<Instant>) -> Feed {
         Feed {
             epoch,
             next_seq: 1,
+            acked_upto: 1,
             unacked: VecDeque::new(),
             send_from: 1,
             last_change: HashMap::new(),
             waiting: Vec::new(),
             streaming: false,
             generation: 0,
-            in_sync: false,
+            named: false,
             grace_until,
         }
     }
@@ -64,20 +69,15 @@ impl Feed {
     }
 
     /// The grace the shard is served under here.
-    pub fn grace_until(&self) -> Option<std::time::Instant> {
+    pub fn grace_until(&self) -> Option<Instant> {
         self.grace_until
     }
 
     /// Records a change of the shard's table (under the table lock, in table order); returns
-    /// its number.
+    /// its number. Kept for sending only while streaming (else the next snapshot carries it).
     pub fn record(&mut self, change: Change) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if !self.streaming {
-            // No backup follows: the next snapshot will carry it.
-            self.send_from = self.next_seq;
-            return seq;
-        }
         match &change {
             Change::Acquired { fence, .. } | Change::Extended { fence, .. } => {
                 self.last_change.insert(*fence, seq);
@@ -86,17 +86,24 @@ impl Feed {
                 self.last_change.remove(fence);
             }
         }
-        self.unacked.push_back((seq, change));
+        if self.streaming {
+            self.unacked.push_back((seq, change));
+        } else {
+            self.send_from = self.next_seq;
+        }
         seq
     }
 
     /// What the answer for lease `fence`'s latest change (its grant or renewal) must wait
-    /// for: `None` when nothing (no backup in sync, or already acknowledged).
+    /// for: `None` when nothing (no backup named, or already acknowledged).
     pub fn wait_for(&mut self, fence: u64) -> Option<oneshot::Receiver<()>> {
-        if !self.in_sync {
+        if !self.named {
             return None;
         }
         let seq = *self.last_change.get(&fence)?;
+        if seq < self.acked_upto {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
         self.waiting.push((seq, tx));
         Some(rx)
@@ -105,15 +112,10 @@ impl Feed {
     /// Up to `max` changes not sent yet: the number of the first, and the changes.
     pub fn next_batch(&mut self, max: usize) -> Option<(u64, Vec<Change>)> {
         let first = self.send_from;
-        let skip = self
-            .unacked
-            .iter()
-            .take_while(|(seq, _)| *seq < first)
-            .count();
         let batch: Vec<Change> = self
             .unacked
             .iter()
-            .skip(skip)
+            .skip_while(|(seq, _)| *seq < first)
             .take(max)
             .map(|(_, c)| c.clone())
             .collect();
@@ -124,34 +126,22 @@ impl Feed {
         Some((first, batch))
     }
 
-    /// The backup acknowledged every change before `next_seq`: their answers go out.
+    /// The backup acknowledged every change before `next_seq` (never more than was sent):
+    /// their answers go out.
     pub fn acked(&mut self, next_seq: u64) {
         let next_seq = next_seq.min(self.send_from);
+        self.acked_upto = self.acked_upto.max(next_seq);
         while self.unacked.front().is_some_and(|(seq, _)| *seq < next_seq) {
-            if let Some((seq, change)) = self.unacked.pop_front() {
-                if let Change::Acquired { fence, .. } | Change::Extended { fence, .. } = change {
-                    if self.last_change.get(&fence) == Some(&seq) {
-                        self.last_change.remove(&fence);
-                    }
-                }
-            }
+            self.unacked.pop_front();
         }
-        let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|(seq, _)| *seq < next_seq);
-        self.waiting = still;
-        for (_, tx) in done {
-            let _ = tx.send(());
-        }
+        self.release(|seq| seq < next_seq);
     }
 
-    /// The backup was sent a snapshot of the table as of now (taken under the table lock,
-    /// with this call): it holds every change so far, which the snapshot's acknowledgement
-    /// confirms. Returns the next change's number (the snapshot's `next_seq`) and the
-    /// snapshot's generation.
+    /// The backup is sent a snapshot of the table as of now (taken under the table lock,
+    /// with this call): its acknowledgement covers every change so far. Returns the next
+    /// change's number (the snapshot's `next_seq`) and the snapshot's generation.
     pub fn snapshot_sent(&mut self) -> (u64, u64) {
         self.unacked.clear();
-        self.last_change.clear();
         self.send_from = self.next_seq;
         self.streaming = true;
         self.generation += 1;
@@ -168,32 +158,41 @@ impl Feed {
         self.streaming = false;
     }
 
-    /// etcd names the backup in sync after it acknowledged snapshot `generation`: answers
-    /// wait for it from now on — unless the stream restarted since (then nothing changes;
-    /// the newer snapshot's acknowledgement will do it).
-    pub fn in_sync(&mut self, generation: u64) {
+    /// The driver is about to name the backup in sync, after it acknowledged snapshot
+    /// `generation`: from now on answers wait for it. False (and nothing changes) when the
+    /// stream restarted since that snapshot.
+    pub fn naming(&mut self, generation: u64) -> bool {
         if self.streaming && generation == self.generation {
-            self.in_sync = true;
+            self.named = true;
         }
+        self.named && generation == self.generation
     }
 
-    /// etcd no longer names the backup in sync: nothing waits for it any more (the stream
-    /// itself goes on; a snapshot restarts it when needed).
+    /// etcd no longer names the backup (the removal succeeded): nothing waits for it any
+    /// more; the stream itself goes on.
     pub fn out_of_sync(&mut self) {
-        self.in_sync = false;
-        for (_, tx) in std::mem::take(&mut self.waiting) {
-            let _ = tx.send(());
-        }
+        self.named = false;
+        self.release(|_| true);
     }
 
-    /// Whether etcd names a backup in sync for this feed.
-    pub fn is_in_sync(&self) -> bool {
-        self.in_sync
+    /// Whether etcd may name a backup in sync for this feed.
+    pub fn is_named(&self) -> bool {
+        self.named
     }
 
     /// Changes recorded and not acknowledged (the replication lag, in changes).
     pub fn lag(&self) -> usize {
         self.unacked.len()
+    }
+
+    fn release(&mut self, done: impl Fn(u64) -> bool) {
+        let (go, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(seq, _)| done(*seq));
+        self.waiting = stay;
+        for (_, tx) in go {
+            let _ = tx.send(());
+        }
     }
 }
 
@@ -215,15 +214,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_answer_waits_for_the_acknowledgement_of_its_change_while_in_sync() {
+    /// A feed whose backup acknowledged a snapshot and is named.
+    fn named() -> Feed {
         let mut f = Feed::new(7, None);
-        // Not in sync: nothing waits.
+        let (next, generation) = f.snapshot_sent();
+        f.acked(next);
+        assert!(f.naming(generation));
+        f
+    }
+
+    #[test]
+    fn an_answer_waits_for_the_acknowledgement_of_its_change_while_named() {
+        let mut f = Feed::new(7, None);
+        // No backup named: nothing waits.
         f.record(acquired(1));
         assert!(f.wait_for(1).is_none());
-        let (_, generation) = f.snapshot_sent();
-        f.acked(2);
-        f.in_sync(generation);
+        let mut f = named();
         let seq = f.record(acquired(2));
         let mut rx = f.wait_for(2).expect("waits for the backup");
         assert_eq!(f.next_batch(16), Some((seq, vec![acquired(2)])));
@@ -232,52 +238,62 @@ mod tests {
         f.acked(seq + 1);
         assert!(rx.try_recv().is_ok());
         assert_eq!(f.lag(), 0);
+        assert!(f.wait_for(2).is_none(), "already acknowledged");
     }
 
     #[test]
     fn an_acknowledgement_releases_only_what_it_covers_and_only_what_was_sent() {
-        let mut f = Feed::new(7, None);
-        let (_, generation) = f.snapshot_sent();
-        f.in_sync(generation);
+        let mut f = named();
         let a = f.record(acquired(1));
         let mut ra = f.wait_for(1).expect("waits");
         f.next_batch(1);
-        let _b = f.record(acquired(2));
+        f.record(acquired(2));
         let mut rb = f.wait_for(2).expect("waits");
-        // An acknowledgement past what was sent covers only what was sent.
         f.acked(a + 5);
         assert!(ra.try_recv().is_ok());
-        assert!(rb.try_recv().is_err());
+        assert!(rb.try_recv().is_err(), "not sent, so not acknowledged");
         assert_eq!(f.lag(), 1);
     }
 
     #[test]
-    fn taking_the_backup_out_of_sync_releases_every_waiting_answer() {
-        let mut f = Feed::new(7, None);
-        let (_, generation) = f.snapshot_sent();
-        f.in_sync(generation);
+    fn a_named_feed_whose_stream_restarted_still_waits_until_the_name_is_removed() {
+        let mut f = named();
+        f.restart();
+        // Not kept for sending (the next snapshot carries it), but etcd may still name the
+        // backup: the answer waits.
         f.record(acquired(1));
-        let mut rx = f.wait_for(1).expect("waits");
+        let mut rx = f.wait_for(1).expect("waits while named");
+        assert!(f.next_batch(16).is_none());
+        // A new snapshot's acknowledgement covers it.
+        let (next, _) = f.snapshot_sent();
+        f.acked(next);
+        assert!(rx.try_recv().is_ok());
+        // Or the removal of the name releases what waits.
+        f.restart();
+        f.record(acquired(2));
+        let mut rx = f.wait_for(2).expect("waits while named");
         f.out_of_sync();
         assert!(rx.try_recv().is_ok());
-        assert!(!f.is_in_sync());
-        f.record(acquired(2));
-        assert!(f.wait_for(2).is_none(), "nothing waits out of sync");
+        assert!(!f.is_named());
+        f.record(acquired(3));
+        assert!(
+            f.wait_for(3).is_none(),
+            "nothing waits once the name is removed"
+        );
     }
 
     #[test]
-    fn only_the_latest_snapshot_puts_a_feed_in_sync() {
+    fn only_the_latest_snapshot_may_name_the_backup() {
         let mut f = Feed::new(7, None);
         let (_, first) = f.snapshot_sent();
         f.restart();
         let (_, second) = f.snapshot_sent();
-        f.in_sync(first);
-        assert!(!f.is_in_sync(), "an older snapshot's acknowledgement");
+        assert!(!f.naming(first), "an older snapshot's acknowledgement");
+        assert!(!f.is_named());
         f.restart();
-        f.in_sync(second);
-        assert!(!f.is_in_sync(), "a restarted stream");
+        assert!(!f.naming(second), "a restarted stream");
         let (_, third) = f.snapshot_sent();
-        f.in_sync(third);
-        assert!(f.is_in_sync());
+        assert!(f.naming(third));
+        assert!(f.is_named());
     }
 }

@@ -100,11 +100,11 @@ async fn run(
     }
 }
 
-/// Asks the driver to take `shard`'s backup out of sync, if it is in sync now.
+/// Asks the driver to take `shard`'s backup out of sync, if etcd may name it now.
 fn out_of_sync(ctx: &LinkContext, shard: u32) {
     let epoch = ctx
         .replicator
-        .with_feed(shard, |f| f.is_in_sync().then(|| f.epoch()))
+        .with_feed(shard, |f| f.is_named().then(|| f.epoch()))
         .flatten();
     if let Some(epoch) = epoch {
         let _ = ctx.in_sync.send(InSyncOp::Remove { shard, epoch });
@@ -165,6 +165,10 @@ async fn serve(
     let mut progress = Instant::now();
     let mut tick = tokio::time::interval(ACK_TIMEOUT / 5);
     loop {
+        // Registered before the feeds are read: a change filed from here on wakes the loop.
+        let recorded = ctx.recorded.notified();
+        tokio::pin!(recorded);
+        recorded.as_mut().enable();
         let shards: BTreeSet<u32> = assigned.borrow().clone();
         snapshots.retain(|s, _| shards.contains(s));
         for &shard in &shards {
@@ -204,7 +208,7 @@ async fn serve(
             )));
         }
         tokio::select! {
-            _ = ctx.recorded.notified() => {}
+            _ = &mut recorded => {}
             _ = tick.tick() => {}
             changed = assigned.changed() => {
                 if changed.is_err() {

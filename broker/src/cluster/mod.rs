@@ -65,6 +65,7 @@ mod peer_wire;
 mod register;
 mod rendezvous;
 mod replica;
+mod replication;
 mod replicator;
 mod secret;
 mod state;

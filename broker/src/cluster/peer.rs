@@ -19,8 +19,7 @@ use ring::hmac;
 use super::peer_wire::{self, PeerMsg};
 use super::replica::Replica;
 
-/// ALPN of the replication link.
-pub const PEER_ALPN: &[u8] = b"lockbroker-peer/1";
+pub use lockbroker_proto::PEER_ALPN;
 
 const PROOF_CONTEXT: &[u8] = b"lockbroker peer link v1";
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-lockbroker-peer";

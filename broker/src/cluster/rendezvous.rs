@@ -11,6 +11,16 @@ pub fn preferred_owner(shard: u32, members: &[String]) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// The first member after `owner` in `shard`'s preference (its backup): the best-weighted
+/// member that is not `owner`. `None` without another member.
+pub fn backup_of<'a>(shard: u32, owner: &str, members: &'a [String]) -> Option<&'a str> {
+    members
+        .iter()
+        .filter(|m| *m != owner)
+        .max_by_key(|m| weight(shard, m))
+        .map(String::as_str)
+}
+
 /// The weight of `member` for `shard`: a 64-bit mix of both (FNV-1a, then a SplitMix64
 /// finaliser so that similar names spread).
 fn weight(shard: u32, member: &str) -> u64 {

@@ -11,10 +11,12 @@
 //! released — an answer the backup may not have is never given.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use lockbroker_proto::shard_of;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use super::feed::Feed;
 use super::replica::Change;
@@ -25,6 +27,8 @@ use crate::table::{Effect, Fence, Grant, LockEvent};
 pub(super) struct Replicator {
     shards: u32,
     feeds: Mutex<HashMap<u32, Feed>>,
+    /// Woken when a change is filed (the links send it).
+    recorded: Arc<Notify>,
 }
 
 impl Replicator {
@@ -33,7 +37,13 @@ impl Replicator {
         Replicator {
             shards,
             feeds: Mutex::new(HashMap::new()),
+            recorded: Arc::new(Notify::new()),
         }
+    }
+
+    /// What the links wait on for changes to send.
+    pub fn recorded(&self) -> Arc<Notify> {
+        self.recorded.clone()
     }
 
     /// Starts `shard`'s feed for the owner's term `epoch` (the shard was claimed), served in
@@ -118,13 +128,18 @@ impl GrantGate for Replicator {
         if feeds.is_empty() {
             return;
         }
+        let mut filed = false;
         for e in effects {
             if let Effect::Event(event) = e {
                 let (shard, change) = self.change_of(event, now);
                 if let Some(feed) = feeds.get_mut(&shard) {
                     feed.record(change);
+                    filed = true;
                 }
             }
+        }
+        if filed {
+            self.recorded.notify_waiters();
         }
     }
 
@@ -186,9 +201,9 @@ mod tests {
         r.record(&[acquired(b"a", 1, now)]);
         assert!(r.hold(&grant(b"a", 1, now)).is_none());
         r.with_feed(shard, |f| {
-            let (_, generation) = f.snapshot_sent();
-            f.acked(2);
-            f.in_sync(generation);
+            let (next, generation) = f.snapshot_sent();
+            f.acked(next);
+            f.naming(generation);
         });
         r.record(&[acquired(b"a", 2, now)]);
         let mut held = r.hold(&grant(b"a", 2, now)).expect("waits for the backup");
@@ -223,7 +238,7 @@ mod tests {
         r.start(shard, 3, None);
         r.with_feed(shard, |f| {
             let (_, generation) = f.snapshot_sent();
-            f.in_sync(generation);
+            f.naming(generation);
         });
         r.record(&[acquired(b"a", 1, now)]);
         let mut held = r.hold_renewal(1).expect("waits");

@@ -264,6 +264,22 @@ impl ClusterState {
             .collect()
     }
 
+    /// The backup of each shard served here (replicated shards): the next member in the
+    /// shard's rendezvous order after this broker, with its client URL. Shards without
+    /// another candidate member have none.
+    pub fn backups(&self) -> Vec<(u32, String, String)> {
+        let mut names = self.candidates();
+        names.retain(|m| *m != self.me);
+        self.served()
+            .into_iter()
+            .filter_map(|s| {
+                let b = super::rendezvous::backup_of(s, &self.me, &names)?;
+                let url = self.members.get(b)?.url.clone();
+                Some((s, b.to_string(), url))
+            })
+            .collect()
+    }
+
     /// The shards served here.
     pub fn served(&self) -> Vec<u32> {
         (0..self.shards)

@@ -44,6 +44,10 @@ pub struct ClusterConfig {
     /// The longest lease TTL granted in cluster mode: a new shard owner waits this (plus lock
     /// delay) for the previous owner's leases before granting anew.
     pub max_ttl_ms: u64,
+    /// Copies of each shard's leases: 1 (the owner only; a shard whose owner fails waits the
+    /// takeover grace) or 2 (the owner streams every change to a backup, the next member in
+    /// rendezvous order, which takes the shard over without a grace: issue 24).
+    pub replicas: u32,
     pub username: Option<String>,
     pub password: Option<String>,
     /// TLS to etcd: the CA certificate(s) (PEM) the `https://` endpoints are verified with.
@@ -65,6 +69,7 @@ impl Default for ClusterConfig {
             shards: 64,
             ownership_ttl_ms: 6000,
             max_ttl_ms: 30_000,
+            replicas: 1,
             username: None,
             password: None,
             etcd_ca: None,
@@ -98,6 +103,9 @@ impl ClusterConfig {
         }
         if self.max_ttl_ms == 0 {
             return Err("cluster.max_ttl_ms must be > 0".into());
+        }
+        if !(1..=2).contains(&self.replicas) {
+            return Err("cluster.replicas must be 1 or 2".into());
         }
         if self.name.is_empty() || self.name.contains('/') {
             return Err("cluster.name must be non-empty and contain no '/'".into());

@@ -240,6 +240,12 @@ impl Server {
                         };
                         drop(in_progress);
                         match (handshake, slot) {
+                            (Ok(conn), Ok(_slot)) if is_peer_link(&conn) => {
+                                match broker.serve_peer(conn.clone()) {
+                                    Some(link) => link.await,
+                                    None => conn.close(1u32.into(), b"this broker keeps no replicas"),
+                                }
+                            }
                             (Ok(conn), Ok(_slot)) => {
                                 let principal = peer_principal(&conn);
                                 session::serve(broker, policy, conn, principal, per_principal).await;
@@ -306,6 +312,14 @@ impl Drop for ConnectionGauge {
 }
 
 /// The principal named by the client certificate, when the client presented one.
+/// Whether `conn` negotiated the replication link's ALPN (another cluster member).
+fn is_peer_link(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == lockbroker_proto::PEER_ALPN)
+}
+
 fn peer_principal(conn: &quinn::Connection) -> Option<String> {
     let identity = conn.peer_identity()?;
     let certs = identity

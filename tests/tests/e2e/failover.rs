@@ -510,3 +510,63 @@ async fn a_broker_stopped_with_sigterm_hands_every_shard_over() {
         );
     }
 }
+
+/// Issue 24, replicated shards: with `replicas = 2`, the SIGKILL of a shard's owner costs a
+/// free key of that shard only the ownership lease (2 s here), not the takeover grace: its
+/// backup already holds every acknowledged lease. The holder of a key of that shard only
+/// holds and keeps its lock; the next client gets the key only after the unlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_a_killed_owners_free_keys_wait_no_grace_and_its_holder_keeps_the_lock() {
+    let etcd = EtcdServer::start();
+    let names = ["p1", "p2", "p3"];
+    let addrs = [free_udp_addr(), free_udp_addr(), free_udp_addr()];
+    let config =
+        |i: usize| cluster_config(&etcd, names[i], addrs[i], MAX_TTL_MS) + "replicas = 2\n";
+    let mut brokers: Vec<Option<Broker>> = (0..3)
+        .map(|i| {
+            Some(Broker::start_at(
+                TempDir::new(names[i]),
+                &config(i),
+                addrs[i],
+            ))
+        })
+        .collect();
+    let all: Vec<&Broker> = brokers.iter().flatten().collect();
+    let client = client_of_all(&all).await;
+    // A held key and a free key of one shard (one `{tag}`), and the broker that owns it.
+    let held_key = "{t}/held".to_string();
+    let owner = settled_owner(&all, &held_key).await;
+    let free_key = held_key.replace("/held", "/free");
+    let guard = client
+        .lock(held_key.clone())
+        .ttl(HOLD_TTL)
+        .await
+        .expect("lock the held key");
+    // Let the backup get its snapshot and be named in sync.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The fault: the owner is SIGKILLed.
+    let killed_at = Instant::now();
+    drop(brokers[owner].take().map(Broker::kill));
+    let free = client
+        .lock(free_key.clone())
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("the free key is granted");
+    let waited = killed_at.elapsed();
+    free.unlock().await.expect("unlock the free key");
+    eprintln!("replicas: a free key of the killed owner's shard waited {waited:?}");
+    assert!(
+        waited < Duration::from_millis(2000 + 1000),
+        "a free key waited {waited:?} after its owner's SIGKILL (ownership lease 2 s + 1 s)"
+    );
+    tokio::time::sleep(2 * HOLD_TTL).await;
+    assert_still_held(&guard, "SIGKILL of its shard's owner, with replicas").await;
+    let rest: Vec<&Broker> = brokers.iter().flatten().collect();
+    let other = client_of_all(&rest).await;
+    assert!(
+        matches!(other.try_lock(held_key.clone()).await, Err(Error::Busy)),
+        "another client got the held key"
+    );
+    guard.unlock().await.expect("unlock");
+}
