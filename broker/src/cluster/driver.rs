@@ -679,6 +679,9 @@ impl Cluster {
                         in_flight.pop_front();
                     }
                     keeper.keep_alive().await?;
+                    if let Some(r) = &self.replication {
+                        r.replicas.expire(Instant::now());
+                    }
                 }
                 msg = keep_alives.message() => match msg? {
                     Some(r) if r.ttl() > 0 => {
@@ -731,9 +734,6 @@ impl Cluster {
                     self.change_in_sync(&mut client, lease_id, op).await?;
                 }
                 _ = check.tick() => {
-                    if let Some(r) = &self.replication {
-                        r.replicas.expire(Instant::now());
-                    }
                     if !self.validity.lock().valid_at(Instant::now()) {
                         return Err(ClusterError::Etcd(
                             "keep-alives went unconfirmed too long: self-fenced".into(),

@@ -41,6 +41,8 @@ pub(super) struct Feed {
     generation: u64,
     /// etcd may name the backup in sync for this term.
     named: bool,
+    /// The backup the latest snapshot went to: only its link sends and acknowledges.
+    backup: Option<String>,
     /// The takeover grace the owner serves the shard under (a snapshot carries it).
     grace_until: Option<Instant>,
 }
@@ -60,6 +62,7 @@ impl Feed {
             streaming: false,
             generation: 0,
             named: false,
+            backup: None,
             grace_until,
         }
     }
@@ -109,8 +112,12 @@ impl Feed {
         Some(rx)
     }
 
-    /// Up to `max` changes not sent yet: the number of the first, and the changes.
-    pub fn next_batch(&mut self, max: usize) -> Option<(u64, Vec<Change>)> {
+    /// Up to `max` changes not sent yet to `backup` (the latest snapshot's): the number of
+    /// the first, and the changes.
+    pub fn next_batch(&mut self, backup: &str, max: usize) -> Option<(u64, Vec<Change>)> {
+        if self.backup.as_deref() != Some(backup) {
+            return None;
+        }
         let first = self.send_from;
         let batch: Vec<Change> = self
             .unacked
@@ -126,9 +133,13 @@ impl Feed {
         Some((first, batch))
     }
 
-    /// The backup acknowledged every change before `next_seq` (never more than was sent):
-    /// their answers go out.
-    pub fn acked(&mut self, next_seq: u64) {
+    /// `backup` acknowledged every change before `next_seq` (never more than was sent): their
+    /// answers go out. Another backup's acknowledgement (the shard's backup changed) counts
+    /// for nothing.
+    pub fn acked(&mut self, backup: &str, next_seq: u64) {
+        if self.backup.as_deref() != Some(backup) {
+            return;
+        }
         let next_seq = next_seq.min(self.send_from);
         self.acked_upto = self.acked_upto.max(next_seq);
         while self.unacked.front().is_some_and(|(seq, _)| *seq < next_seq) {
@@ -137,10 +148,11 @@ impl Feed {
         self.release(|seq| seq < next_seq);
     }
 
-    /// The backup is sent a snapshot of the table as of now (taken under the table lock,
-    /// with this call): its acknowledgement covers every change so far. Returns the next
-    /// change's number (the snapshot's `next_seq`) and the snapshot's generation.
-    pub fn snapshot_sent(&mut self) -> (u64, u64) {
+    /// `backup` is sent a snapshot of the table as of now (taken under the table lock, with
+    /// this call): its acknowledgement covers every change so far. Returns the next change's
+    /// number (the snapshot's `next_seq`) and the snapshot's generation.
+    pub fn snapshot_sent(&mut self, backup: &str) -> (u64, u64) {
+        self.backup = Some(backup.to_string());
         self.unacked.clear();
         self.send_from = self.next_seq;
         self.streaming = true;
@@ -217,8 +229,8 @@ mod tests {
     /// A feed whose backup acknowledged a snapshot and is named.
     fn named() -> Feed {
         let mut f = Feed::new(7, None);
-        let (next, generation) = f.snapshot_sent();
-        f.acked(next);
+        let (next, generation) = f.snapshot_sent("b2");
+        f.acked("b2", next);
         assert!(f.naming(generation));
         f
     }
@@ -232,10 +244,10 @@ mod tests {
         let mut f = named();
         let seq = f.record(acquired(2));
         let mut rx = f.wait_for(2).expect("waits for the backup");
-        assert_eq!(f.next_batch(16), Some((seq, vec![acquired(2)])));
-        assert!(f.next_batch(16).is_none(), "sent once");
+        assert_eq!(f.next_batch("b2", 16), Some((seq, vec![acquired(2)])));
+        assert!(f.next_batch("b2", 16).is_none(), "sent once");
         assert!(rx.try_recv().is_err(), "not acknowledged yet");
-        f.acked(seq + 1);
+        f.acked("b2", seq + 1);
         assert!(rx.try_recv().is_ok());
         assert_eq!(f.lag(), 0);
         assert!(f.wait_for(2).is_none(), "already acknowledged");
@@ -246,10 +258,10 @@ mod tests {
         let mut f = named();
         let a = f.record(acquired(1));
         let mut ra = f.wait_for(1).expect("waits");
-        f.next_batch(1);
+        f.next_batch("b2", 1);
         f.record(acquired(2));
         let mut rb = f.wait_for(2).expect("waits");
-        f.acked(a + 5);
+        f.acked("b2", a + 5);
         assert!(ra.try_recv().is_ok());
         assert!(rb.try_recv().is_err(), "not sent, so not acknowledged");
         assert_eq!(f.lag(), 1);
@@ -263,10 +275,10 @@ mod tests {
         // backup: the answer waits.
         f.record(acquired(1));
         let mut rx = f.wait_for(1).expect("waits while named");
-        assert!(f.next_batch(16).is_none());
+        assert!(f.next_batch("b2", 16).is_none());
         // A new snapshot's acknowledgement covers it.
-        let (next, _) = f.snapshot_sent();
-        f.acked(next);
+        let (next, _) = f.snapshot_sent("b2");
+        f.acked("b2", next);
         assert!(rx.try_recv().is_ok());
         // Or the removal of the name releases what waits.
         f.restart();
@@ -285,15 +297,34 @@ mod tests {
     #[test]
     fn only_the_latest_snapshot_may_name_the_backup() {
         let mut f = Feed::new(7, None);
-        let (_, first) = f.snapshot_sent();
+        let (_, first) = f.snapshot_sent("b2");
         f.restart();
-        let (_, second) = f.snapshot_sent();
+        let (_, second) = f.snapshot_sent("b2");
         assert!(!f.naming(first), "an older snapshot's acknowledgement");
         assert!(!f.is_named());
         f.restart();
         assert!(!f.naming(second), "a restarted stream");
-        let (_, third) = f.snapshot_sent();
+        let (_, third) = f.snapshot_sent("b2");
         assert!(f.naming(third));
         assert!(f.is_named());
+    }
+
+    #[test]
+    fn only_the_latest_snapshots_backup_is_sent_changes_and_counts_its_acknowledgements() {
+        let mut f = named();
+        let seq = f.record(acquired(1));
+        let mut rx = f.wait_for(1).expect("waits");
+        // The shard's backup moves to b3: the old link neither takes nor acknowledges.
+        f.restart();
+        let (next, _) = f.snapshot_sent("b3");
+        assert!(f.next_batch("b2", 16).is_none());
+        f.acked("b2", next);
+        assert!(
+            rx.try_recv().is_err(),
+            "b2's acknowledgement counts for nothing"
+        );
+        f.acked("b3", next);
+        assert!(rx.try_recv().is_ok());
+        assert!(seq < next);
     }
 }

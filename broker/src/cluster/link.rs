@@ -18,7 +18,7 @@ use lockbroker_proto::shard_of;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::handover::{HandedLease, Handover};
-use super::peer::{self, LinkError, PEER_ALPN, Role};
+use super::peer::{self, LinkError, Role};
 use super::peer_wire::PeerMsg;
 use super::replicator::Replicator;
 use crate::broker::Broker;
@@ -144,6 +144,11 @@ async fn serve(
         Ok(Err(e)) => return Err(e),
         _ => return Err(LinkError::Proof),
     }
+    // A new connection starts every assigned shard from a snapshot (the backup may have
+    // missed what the last one carried).
+    for shard in assigned.borrow().iter() {
+        ctx.replicator.with_feed(*shard, |f| f.restart());
+    }
     // Acknowledgements, read beside the sending.
     let (acks_tx, mut acks) = mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
@@ -173,16 +178,16 @@ async fn serve(
         snapshots.retain(|s, _| shards.contains(s));
         for &shard in &shards {
             let streaming = ctx.replicator.with_feed(shard, |f| f.is_streaming());
-            if streaming == Some(false) {
-                if let Some((sent, msg)) = snapshot(ctx, shard) {
-                    peer::write(&mut send, &msg).await?;
-                    snapshots.insert(shard, sent);
-                }
+            if streaming == Some(false)
+                && let Some((sent, msg)) = snapshot(ctx, backup, shard)
+            {
+                peer::write(&mut send, &msg).await?;
+                snapshots.insert(shard, sent);
             }
             let epoch = ctx.replicator.with_feed(shard, |f| f.epoch());
             while let Some((seq, changes)) = ctx
                 .replicator
-                .with_feed(shard, |f| f.next_batch(BATCH))
+                .with_feed(shard, |f| f.next_batch(backup, BATCH))
                 .flatten()
             {
                 let epoch = epoch.unwrap_or_default();
@@ -229,7 +234,7 @@ async fn serve(
                     PeerMsg::Ack { shard, epoch, next_seq } => {
                         let same_term = ctx.replicator.with_feed(shard, |f| {
                             if f.epoch() == epoch {
-                                f.acked(next_seq);
+                                f.acked(backup, next_seq);
                                 true
                             } else {
                                 false
@@ -266,7 +271,7 @@ async fn serve(
 /// `shard`'s snapshot, taken under the table lock together with the feed's restart (no
 /// change falls between them): the next change's number, the snapshot's generation, and
 /// the message.
-fn snapshot(ctx: &LinkContext, shard: u32) -> Option<((u64, u64), PeerMsg)> {
+fn snapshot(ctx: &LinkContext, backup: &str, shard: u32) -> Option<((u64, u64), PeerMsg)> {
     let count = ctx.shards;
     ctx.broker.with_table(|t, now, _| {
         let keys = t.keys_where(|k| shard_of(k, count) == shard);
@@ -287,9 +292,10 @@ fn snapshot(ctx: &LinkContext, shard: u32) -> Option<((u64, u64), PeerMsg)> {
                 }
             }
         }
-        let (epoch, grace_until, (next_seq, generation)) = ctx
-            .replicator
-            .with_feed(shard, |f| (f.epoch(), f.grace_until(), f.snapshot_sent()))?;
+        let (epoch, grace_until, (next_seq, generation)) =
+            ctx.replicator.with_feed(shard, |f| {
+                (f.epoch(), f.grace_until(), f.snapshot_sent(backup))
+            })?;
         let grace_left = grace_until.map_or(Duration::ZERO, |g| g.saturating_duration_since(now));
         let record = Handover { grace_left, leases };
         Some((

@@ -131,7 +131,8 @@ impl Replicas {
         }
     }
 
-    /// Replicas kept, and leases in them (for status and metrics).
+    /// Replicas kept, and leases in them.
+    #[cfg(test)]
     pub fn totals(&self) -> (usize, usize) {
         let map = self.by_shard.lock();
         (map.len(), map.values().map(|(_, r)| r.len()).sum())

@@ -99,6 +99,7 @@ impl Replica {
     }
 
     /// Leases held (expired ones included until [`Replica::expire`]).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.leases.len()
     }
@@ -155,13 +156,6 @@ impl Replica {
             self.next_seq += 1;
         }
         Ok(self.next_seq)
-    }
-
-    /// Sets the owner label of lease `fence` of `key` (a label is set after the grant).
-    pub fn label(&mut self, key: &Bytes, fence: u64, owner: Bytes) {
-        if let Some(held) = self.leases.get_mut(&(key.clone(), fence)) {
-            held.owner = owner;
-        }
     }
 
     /// Drops the leases that ended by `now`.

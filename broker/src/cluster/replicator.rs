@@ -201,8 +201,8 @@ mod tests {
         r.record(&[acquired(b"a", 1, now)]);
         assert!(r.hold(&grant(b"a", 1, now)).is_none());
         r.with_feed(shard, |f| {
-            let (next, generation) = f.snapshot_sent();
-            f.acked(next);
+            let (next, generation) = f.snapshot_sent("b2");
+            f.acked("b2", next);
             f.naming(generation);
         });
         r.record(&[acquired(b"a", 2, now)]);
@@ -210,10 +210,10 @@ mod tests {
         let waker = futures_task_noop();
         let mut cx = std::task::Context::from_waker(&waker);
         assert!(held.as_mut().poll(&mut cx).is_pending());
-        let batch = r.with_feed(shard, |f| f.next_batch(16)).flatten();
+        let batch = r.with_feed(shard, |f| f.next_batch("b2", 16)).flatten();
         let (seq, changes) = batch.expect("the change is sent");
         assert_eq!(changes.len(), 1);
-        r.with_feed(shard, |f| f.acked(seq + 1));
+        r.with_feed(shard, |f| f.acked("b2", seq + 1));
         assert_eq!(
             held.as_mut().poll(&mut cx),
             std::task::Poll::Ready(Confirmation::Ok)
@@ -237,7 +237,7 @@ mod tests {
         let shard = shard_of(b"a", 8);
         r.start(shard, 3, None);
         r.with_feed(shard, |f| {
-            let (_, generation) = f.snapshot_sent();
+            let (_, generation) = f.snapshot_sent("b2");
             f.naming(generation);
         });
         r.record(&[acquired(b"a", 1, now)]);
