@@ -143,7 +143,13 @@ fn client_config() -> Result<quinn::ClientConfig, ClusterError> {
     tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| ClusterError::Etcd(format!("replication link TLS: {e}")))?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    // A link with nothing to stream must not idle out (the backup's idle timeout, 10 s by
+    // default): every reconnect takes the backup out of sync and back.
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
 }
 
 /// Accepts any server certificate whose handshake signature is valid for it (the proof of
