@@ -8,6 +8,8 @@ pub mod fencing;
 pub mod http;
 #[cfg(test)]
 mod model;
+#[cfg(test)]
+mod model_check;
 pub mod plugins;
 pub mod ports;
 pub mod proxy;

@@ -19,7 +19,7 @@
 //! claim that skips the grace without a record, a record used again by a later claim, a
 //! record that leaves out the old owner's own grace — is shown to break exclusion.
 
-use stateright::{Checker, Model, Property};
+use stateright::{Model, Property};
 
 /// Brokers, clients, ticks of a lease, the last tick explored.
 const BROKERS: usize = 2;
@@ -378,7 +378,7 @@ impl Model for Shard {
 
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
-            Property::always("one holder at a time", |_, s: &State| {
+            Property::always(crate::model_check::EXCLUSION, |_, s: &State| {
                 s.clients
                     .iter()
                     .filter(|c| c.is_some_and(|(_, d)| d > s.now))
@@ -393,26 +393,8 @@ impl Model for Shard {
     }
 }
 
-/// Checks `variant` exhaustively; the names of the properties that failed (a counterexample
-/// for an `always`, no example for a `sometimes`), and the number of states explored.
 fn check(variant: Variant) -> (Vec<&'static str>, usize) {
-    let mut builder = Shard { variant }.checker();
-    if variant != Variant::AsBuilt {
-        // A broken variant needs only its first counterexample.
-        let exclusion = std::collections::BTreeSet::from(["one holder at a time"]);
-        builder = builder.finish_when(stateright::HasDiscoveries::AnyOf(exclusion));
-    }
-    let checker = builder.spawn_bfs().join();
-    let mut failed = Vec::new();
-    let properties = Shard { variant }.properties();
-    for p in properties {
-        let found = checker.discovery(p.name).is_some();
-        let is_always = matches!(p.expectation, stateright::Expectation::Always);
-        if found == is_always {
-            failed.push(p.name);
-        }
-    }
-    (failed, checker.unique_state_count())
+    crate::model_check::check(Shard { variant }, variant != Variant::AsBuilt)
 }
 
 #[test]
@@ -433,7 +415,7 @@ fn each_broken_variant_of_the_protocol_is_caught() {
         let (failed, states) = check(variant);
         eprintln!("{variant:?}: exclusion broken after {states} states");
         assert!(
-            failed.contains(&"one holder at a time"),
+            failed.contains(&crate::model_check::EXCLUSION),
             "{variant:?} was not caught: {failed:?}"
         );
     }

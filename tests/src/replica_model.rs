@@ -22,7 +22,7 @@
 //! renewal answered unreplicated, a takeover that drops the old owner's own grace, an in-sync
 //! set kept from an earlier term — breaks exclusion.
 
-use stateright::{Checker, Model, Property};
+use stateright::{Model, Property};
 
 const BROKERS: usize = 2;
 const CLIENTS: usize = 2;
@@ -497,7 +497,7 @@ impl Model for ReplicatedShard {
 
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
-            Property::always("one holder at a time", |_, s: &State| {
+            Property::always(crate::model_check::EXCLUSION, |_, s: &State| {
                 s.clients
                     .iter()
                     .filter(|c| c.is_some_and(|(_, d)| d > s.now))
@@ -513,23 +513,8 @@ impl Model for ReplicatedShard {
     }
 }
 
-/// Checks `variant` exhaustively: the properties that failed, and the states explored.
 fn check(variant: Variant) -> (Vec<&'static str>, usize) {
-    let mut builder = ReplicatedShard { variant }.checker();
-    if variant != Variant::AsDesigned {
-        let exclusion = std::collections::BTreeSet::from(["one holder at a time"]);
-        builder = builder.finish_when(stateright::HasDiscoveries::AnyOf(exclusion));
-    }
-    let checker = builder.spawn_bfs().join();
-    let mut failed = Vec::new();
-    for p in (ReplicatedShard { variant }).properties() {
-        let found = checker.discovery(p.name).is_some();
-        let is_always = matches!(p.expectation, stateright::Expectation::Always);
-        if found == is_always {
-            failed.push(p.name);
-        }
-    }
-    (failed, checker.unique_state_count())
+    crate::model_check::check(ReplicatedShard { variant }, variant != Variant::AsDesigned)
 }
 
 #[test]
@@ -550,7 +535,7 @@ fn each_broken_variant_of_replication_is_caught() {
         let (failed, states) = check(variant);
         eprintln!("{variant:?}: exclusion broken after {states} states");
         assert!(
-            failed.contains(&"one holder at a time"),
+            failed.contains(&crate::model_check::EXCLUSION),
             "{variant:?} was not caught: {failed:?}"
         );
     }
