@@ -56,19 +56,27 @@ pub(super) fn exporter(conn: &quinn::Connection) -> Result<[u8; 32], LinkError> 
     Ok(out)
 }
 
-/// The proof that member `name`, at `role`'s end of the session with `exporter`, holds `key`.
-pub(super) fn proof(key: &[u8], role: Role, name: &str, exporter: &[u8; 32]) -> Vec<u8> {
-    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let mut ctx = hmac::Context::with_key(&k);
-    ctx.update(PROOF_CONTEXT);
-    ctx.update(match role {
+/// What a proof signs: the context, `role`, `name` (length-prefixed) and the session's
+/// `exporter` — built here only, so the prover and the verifier cannot drift apart.
+fn proof_input(role: Role, name: &str, exporter: &[u8; 32]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(PROOF_CONTEXT.len() + 6 + 8 + name.len() + 32);
+    msg.extend_from_slice(PROOF_CONTEXT);
+    msg.extend_from_slice(match role {
         Role::Owner => b"owner\0",
         Role::Backup => b"backup",
     });
-    ctx.update(&(name.len() as u64).to_be_bytes());
-    ctx.update(name.as_bytes());
-    ctx.update(exporter);
-    ctx.sign().as_ref().to_vec()
+    msg.extend_from_slice(&(name.len() as u64).to_be_bytes());
+    msg.extend_from_slice(name.as_bytes());
+    msg.extend_from_slice(exporter);
+    msg
+}
+
+/// The proof that member `name`, at `role`'s end of the session with `exporter`, holds `key`.
+pub(super) fn proof(key: &[u8], role: Role, name: &str, exporter: &[u8; 32]) -> Vec<u8> {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
+    hmac::sign(&k, &proof_input(role, name, exporter))
+        .as_ref()
+        .to_vec()
 }
 
 /// Checks a proof (in constant time).
@@ -80,16 +88,7 @@ pub(super) fn verify(
     given: &[u8],
 ) -> bool {
     let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let mut msg = Vec::with_capacity(64 + name.len());
-    msg.extend_from_slice(PROOF_CONTEXT);
-    msg.extend_from_slice(match role {
-        Role::Owner => b"owner\0",
-        Role::Backup => b"backup",
-    });
-    msg.extend_from_slice(&(name.len() as u64).to_be_bytes());
-    msg.extend_from_slice(name.as_bytes());
-    msg.extend_from_slice(exporter);
-    hmac::verify(&k, &msg, given).is_ok()
+    hmac::verify(&k, &proof_input(role, name, exporter), given).is_ok()
 }
 
 /// Writes one message.
