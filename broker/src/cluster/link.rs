@@ -181,7 +181,7 @@ async fn serve(
             if streaming == Some(false)
                 && let Some((sent, msg)) = snapshot(ctx, backup, shard)
             {
-                peer::write(&mut send, &msg).await?;
+                send_bounded(&mut send, &msg).await?;
                 snapshots.insert(shard, sent);
             }
             let epoch = ctx.replicator.with_feed(shard, |f| f.epoch());
@@ -197,7 +197,7 @@ async fn serve(
                     seq,
                     changes,
                 };
-                peer::write(&mut send, &msg).await?;
+                send_bounded(&mut send, &msg).await?;
             }
         }
         let lagging = shards
@@ -308,6 +308,19 @@ fn snapshot(ctx: &LinkContext, backup: &str, shard: u32) -> Option<((u64, u64), 
             },
         ))
     })
+}
+
+/// Writes one message, bounded by [`ACK_TIMEOUT`]: a backup that stops reading fills the
+/// stream's flow-control window, and a write that waits for it must not keep the link from
+/// noticing (answers would wait with it).
+async fn send_bounded(send: &mut quinn::SendStream, msg: &PeerMsg) -> Result<(), LinkError> {
+    match tokio::time::timeout(ACK_TIMEOUT, peer::write(send, msg)).await {
+        Ok(r) => r,
+        Err(_) => Err(LinkError::Protocol(format!(
+            "the backup read nothing for {} ms",
+            ACK_TIMEOUT.as_millis()
+        ))),
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
