@@ -7,6 +7,7 @@
 //! This file parses the flags and calls the scenarios (`scenario/`, one file each) in order;
 //! the helpers they share are the other modules, which import no scenario.
 
+mod cluster_fixture;
 mod echo;
 mod fixture;
 mod load;

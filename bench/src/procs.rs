@@ -70,6 +70,11 @@ impl TempDir {
         Ok(TempDir(dir))
     }
 
+    /// No directory (a placeholder where one was moved out).
+    pub fn none() -> TempDir {
+        TempDir(PathBuf::new())
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -229,7 +234,7 @@ impl Broker {
     pub fn kill(mut self) -> TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::mem::replace(&mut self.data_dir, TempDir(PathBuf::new()))
+        std::mem::replace(&mut self.data_dir, TempDir::none())
     }
 }
 

@@ -1,105 +1,36 @@
-//! `--only cluster`: cluster mode, side by side in one run: three brokers on one etcd (same
-//! machine — say so) against the single broker of the run, the acknowledged lock cycle through
-//! one SDK client that routes by shard, etcd's own lock (`etcd-client`'s lock API, `etcdctl
-//! lock` semantics) for the same cycle, and failover time: SIGKILL the owner of a key's shard,
-//! time until the next grant of that key (its etcd lease running out, then the takeover grace).
+//! `--only cluster`: cluster mode, side by side in one run, all on this same machine (say so):
+//! two clusters of three brokers on one etcd — `replicas = 1` and `replicas = 2` — against the
+//! single broker of the run and etcd's own lock (`etcd-client`'s lock API, `etcdctl lock`
+//! semantics). Figures: the acknowledged lock cycle through one routed SDK client (where its
+//! cost comes from: one member's keys through that member's own client), 64-task throughput
+//! with replicas against without, and failover: SIGKILL the owner of a key's shard, time until
+//! that key — free — is granted again (its etcd lease running out; without replicas, then the
+//! takeover grace).
 
-use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use lockbroker_sdk::Client;
 
+use crate::cluster_fixture::{
+    BenchCluster, Etcd, MAX_TTL_MS, OWNERSHIP_TTL_MS, lock_when_possible,
+};
+use crate::load::{System, run_throughput};
 use crate::opts::Opts;
-use crate::procs::{Broker, TempDir, free_tcp_port};
-use crate::report::Report;
-use crate::stats::Lat;
-
-/// The ownership lease and TTL cap of the bench cluster: failover = lease + grace.
-const OWNERSHIP_TTL_MS: u64 = 2000;
-const MAX_TTL_MS: u64 = 3000;
-
-/// A single-member etcd on free loopback ports.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    data: TempDir,
-}
-
-impl Etcd {
-    fn start() -> Result<Etcd> {
-        let data = TempDir::new("etcd")?;
-        let (client, peer) = (free_tcp_port()?, free_tcp_port()?);
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "bench", "--data-dir"])
-            .arg(data.path().join("member"))
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("bench={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawn etcd (apt-get install etcd-server)")?;
-        let etcd = Etcd {
-            child,
-            endpoint,
-            data,
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], client));
-        let start = Instant::now();
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("etcd did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(etcd)
-    }
-}
-
-impl Etcd {
-    /// The cluster's key file, beside etcd's data (gone with it).
-    fn key_file(&self) -> String {
-        self.data.path().join("cluster.key").display().to_string()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A member's config; `key_file` is the cluster's key (the first member creates it).
-fn member_config(etcd: &Etcd, name: &str, addr: SocketAddr) -> String {
-    let (endpoint, key_file) = (&etcd.endpoint, etcd.key_file());
-    format!(
-        "[locks]\ndefault_ttl_ms = {MAX_TTL_MS}\n[cluster]\netcd = [\"{endpoint}\"]\n\
-         name = \"bench\"\nbroker = \"{name}\"\nadvertise = \"{addr}\"\nshards = 16\n\
-         ownership_ttl_ms = {OWNERSHIP_TTL_MS}\nmax_ttl_ms = {MAX_TTL_MS}\nkey_file = {key_file:?}\n"
-    )
-}
-
-fn free_udp_addr() -> Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
-}
+use crate::procs::Broker;
+use crate::report::{Report, Target};
+use crate::stats::{Lat, fmt_rate};
 
 /// Acknowledged lock cycles (`lock` then `unlock().await`) on `keys`, round robin.
 async fn lock_cycles(client: &Client, keys: &[String], window: Duration) -> Result<Lat> {
     let mut lat = Lat::default();
-    let until = Instant::now() + window;
+    let until = std::time::Instant::now() + window;
     let mut i = 0;
-    while Instant::now() < until {
+    while std::time::Instant::now() < until {
         let key = &keys[i % keys.len()];
         i += 1;
-        let t = Instant::now();
+        let t = std::time::Instant::now();
         let g = client.lock(key.clone()).await?;
         g.unlock().await?;
         lat.record(t.elapsed());
@@ -113,12 +44,12 @@ async fn etcd_cycles(endpoint: &str, keys: &[String], window: Duration) -> Resul
     let mut client = etcd_client::Client::connect([endpoint], None).await?;
     let lease = client.lease_grant(30, None).await?.id();
     let mut lat = Lat::default();
-    let until = Instant::now() + window;
+    let until = std::time::Instant::now() + window;
     let mut i = 0;
-    while Instant::now() < until {
+    while std::time::Instant::now() < until {
         let key = &keys[i % keys.len()];
         i += 1;
-        let t = Instant::now();
+        let t = std::time::Instant::now();
         let opts = etcd_client::LockOptions::new().with_lease(lease);
         let held = client.lock(key.as_str(), Some(opts)).await?;
         client.unlock(held.key()).await?;
@@ -127,87 +58,51 @@ async fn etcd_cycles(endpoint: &str, keys: &[String], window: Duration) -> Resul
     Ok(lat)
 }
 
-/// Locks `key` through `client`, retrying while the cluster cannot grant it yet; returns when.
-async fn lock_when_possible(client: &Client, key: &str, limit: Duration) -> Result<Instant> {
-    let start = Instant::now();
-    loop {
-        match client
-            .lock(key.to_string())
-            .wait(Duration::from_secs(10))
-            .await
-        {
-            Ok(g) => {
-                let at = Instant::now();
-                // The shard may move again right away (a restarted member takes its shards
-                // back): the release then lands wherever the lease went, or the lease ends.
-                let _ = g.unlock().await;
-                return Ok(at);
-            }
-            Err(e) if start.elapsed() < limit => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => bail!("{key} never granted: {e}"),
-        }
-    }
+/// The p50 of `a` against `b`, as a report row.
+fn p50_row(report: &mut Report, figure: &str, a: &Lat, b: &Lat, b_is: &str, t: Option<Target>) {
+    report.row(
+        figure,
+        format!("{:.1} µs", a.p50()),
+        format!("{:.1} µs ({b_is})", b.p50()),
+        Some(a.p50() / b.p50()),
+        t,
+    );
 }
 
-/// Which member serves `key`: the one whose own-CA client is granted it.
-async fn owner_of(members: &[(Broker, Client)], key: &str) -> Option<usize> {
-    for (i, (_, c)) in members.iter().enumerate() {
-        if let Ok(g) = c.try_lock(key.to_string()).await {
-            let _ = g.unlock().await;
-            return Some(i);
-        }
+/// Kills the owner of each of `rounds` keys in turn and times until that key is granted
+/// again; the killed member restarts and the cluster settles before the next round.
+async fn failover(c: &mut BenchCluster, keys: &[String], rounds: usize) -> Result<Lat> {
+    let mut waits = Lat::default();
+    for round in 0..rounds {
+        let key = &keys[round % keys.len()];
+        let Some(owner) = c.owner_of(key).await else {
+            bail!("no member serves {key}");
+        };
+        let killed = c.kill(owner)?;
+        let granted = lock_when_possible(&c.routed, key, Duration::from_secs(60)).await?;
+        waits.record(granted - killed);
+        c.restart(owner).await?;
+        c.settle(keys).await?;
+        // Let the restarted member's backups come into sync before the next kill.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    None
-}
-
-async fn member_client(b: &Broker) -> Result<Client> {
-    Ok(b.client_builder()
-        .request_timeout(Duration::from_secs(2))
-        .connect_timeout(Duration::from_millis(500))
-        .idle_timeout(Duration::from_secs(1))
-        .keep_alive(Duration::from_millis(200))
-        .connect()
-        .await?)
+    Ok(waits)
 }
 
 pub async fn run(opts: &Opts, bin: &Path, single: &Broker, report: &mut Report) -> Result<()> {
-    println!("cluster: 3 brokers and etcd on this same machine, next to the single broker");
+    println!(
+        "cluster: two clusters of 3 brokers (replicas 1 and 2) and etcd on this same machine, \
+         next to the single broker"
+    );
     let etcd = Etcd::start()?;
-    let addrs = [free_udp_addr()?, free_udp_addr()?, free_udp_addr()?];
-    let mut members = Vec::new();
-    let mut cas = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
-        let name = format!("b{i}");
-        let b = Broker::start_at(
-            bin,
-            &member_config(&etcd, &name, *addr),
-            *addr,
-            TempDir::new(&name)?,
-        )?;
-        cas.extend(std::fs::read(b.ca())?);
-        let c = member_client(&b).await?;
-        members.push((b, c));
-    }
-    let mut builder = Client::builder()
-        .ca_pem(cas.clone())
-        .request_timeout(Duration::from_secs(2))
-        .connect_timeout(Duration::from_millis(500))
-        .idle_timeout(Duration::from_secs(1))
-        .keep_alive(Duration::from_millis(200));
-    for (b, _) in &members {
-        builder = builder.broker(b.url());
-    }
-    let routed = builder.connect().await?;
     let keys: Vec<String> = (0..64).map(|i| format!("bench-cluster/{i}")).collect();
-    for k in &keys {
-        lock_when_possible(&routed, k, Duration::from_secs(60)).await?;
-    }
+    let mut plain = BenchCluster::start(bin, &etcd, "bench", 1, &keys).await?;
+    let mut replicated = BenchCluster::start(bin, &etcd, "bench-r2", 2, &keys).await?;
+    // Let the backups get their snapshots and be named in sync.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // The acknowledged lock cycle: routed through the cluster vs the single broker vs etcd,
-    // interleaved in rounds so that drift of the machine's load hits all alike.
+    // The acknowledged lock cycle, interleaved in rounds so that drift of the machine's load
+    // hits all alike.
     let window = opts.seq_window * opts.seq_rounds as u32;
     let rounds = 6u32;
     let single_client = single.client_builder().connect().await?;
@@ -215,104 +110,137 @@ pub async fn run(opts: &Opts, bin: &Path, single: &Broker, report: &mut Report) 
     // only (no SDK routing; the broker's cluster checks) and through the routed client.
     let mut own_keys = Vec::new();
     for k in &keys {
-        if owner_of(&members, k).await == Some(0) {
+        if plain.owner_of(k).await == Some(0) {
             own_keys.push(k.clone());
         }
     }
-    if own_keys.is_empty() {
+    let Some(member) = plain.member_client(0).filter(|_| !own_keys.is_empty()) else {
         bail!("member b0 owns none of the bench keys");
-    }
-    let (mut one, mut three, mut direct, mut routed_own) = (
-        Lat::default(),
-        Lat::default(),
-        Lat::default(),
-        Lat::default(),
-    );
+    };
+    let [mut one, mut r1, mut r2, mut direct, mut routed_own] =
+        std::array::from_fn(|_| Lat::default());
+    let slice = window / rounds;
     for _ in 0..rounds {
-        one.merge(&lock_cycles(&single_client, &keys, window / rounds).await?);
-        three.merge(&lock_cycles(&routed, &keys, window / rounds).await?);
-        direct.merge(&lock_cycles(&members[0].1, &own_keys, window / rounds).await?);
-        routed_own.merge(&lock_cycles(&routed, &own_keys, window / rounds).await?);
+        one.merge(&lock_cycles(&single_client, &keys, slice).await?);
+        r1.merge(&lock_cycles(&plain.routed, &keys, slice).await?);
+        r2.merge(&lock_cycles(&replicated.routed, &keys, slice).await?);
+        direct.merge(&lock_cycles(member, &own_keys, slice).await?);
+        routed_own.merge(&lock_cycles(&plain.routed, &own_keys, slice).await?);
     }
     let etcd_lock = etcd_cycles(&etcd.endpoint, &keys, window).await?;
-    report.row(
-        "cluster: acked lock cycle p50, one member's keys, client of that member only vs 1 broker",
-        format!("{:.1} µs", direct.p50()),
-        format!("{:.1} µs (1 broker)", one.p50()),
-        Some(direct.p50() / one.p50()),
+    let single_is = "1 broker";
+    let figure =
+        "cluster: acked lock cycle p50, one member's keys, client of that member only vs 1 broker";
+    p50_row(report, figure, &direct, &one, single_is, None);
+    let figure =
+        "cluster: acked lock cycle p50, one member's keys, routed client vs client of the member";
+    p50_row(
+        report,
+        figure,
+        &routed_own,
+        &direct,
+        "member's own client",
         None,
     );
-    report.row(
-        "cluster: acked lock cycle p50, one member's keys, routed client vs client of the member",
-        format!("{:.1} µs", routed_own.p50()),
-        format!("{:.1} µs (member's own client)", direct.p50()),
-        Some(routed_own.p50() / direct.p50()),
-        None,
+    let figure = "cluster: acked lock cycle p50 (3 brokers, replicas 1, routed vs 1 broker)";
+    p50_row(report, figure, &r1, &one, single_is, None);
+    let figure = "cluster: acked lock cycle p50 (3 brokers, replicas 2, routed vs 1 broker)";
+    p50_row(
+        report,
+        figure,
+        &r2,
+        &one,
+        single_is,
+        Some(Target::AtMost(1.5)),
     );
+    let figure = "cluster: acked lock cycle p50, replicas 2 vs replicas 1";
+    p50_row(report, figure, &r2, &r1, "replicas 1", None);
     report.row(
-        "cluster: acked lock cycle p50 (3 brokers routed vs 1 broker)",
-        format!("{:.1} µs", three.p50()),
-        format!("{:.1} µs (1 broker)", one.p50()),
-        Some(three.p50() / one.p50()),
-        None,
-    );
-    report.row(
-        "cluster: acked lock cycle p99 (3 brokers routed vs 1 broker)",
-        format!("{:.1} µs", three.p99()),
+        "cluster: acked lock cycle p99 (replicas 2 vs 1 broker)",
+        format!("{:.1} µs", r2.p99()),
         format!("{:.1} µs (1 broker)", one.p99()),
-        Some(three.p99() / one.p99()),
+        Some(r2.p99() / one.p99()),
         None,
     );
-    report.row(
-        "cluster: acked lock cycle p50 vs etcd's lock API",
-        format!("{:.1} µs", three.p50()),
-        format!("{:.1} µs (etcd lock+unlock)", etcd_lock.p50()),
-        Some(three.p50() / etcd_lock.p50()),
-        None,
+    let figure = "cluster: acked lock cycle p50, replicas 2 vs etcd's lock API";
+    p50_row(
+        report,
+        figure,
+        &r2,
+        &etcd_lock,
+        "etcd lock+unlock",
+        Some(Target::AtMost(1.0 / 3.0)),
     );
 
-    // Failover: kill the owner of a key's shard, time the next grant of that key; restart the
-    // killed broker (same address and data dir) and let the shards settle between rounds.
-    let rounds = if opts.quick { 3 } else { 10 };
-    let mut failover = Lat::default();
-    for round in 0..rounds {
-        let key = &keys[round % keys.len()];
-        let Some(owner) = owner_of(&members, key).await else {
-            bail!("no member serves {key}");
-        };
-        let (b, _) = members.remove(owner);
-        let addr = b.addr;
-        let name = format!(
-            "b{}",
-            addrs.iter().position(|a| *a == addr).unwrap_or(owner)
-        );
-        let killed = Instant::now();
-        let dir = b.kill();
-        let granted = lock_when_possible(&routed, key, Duration::from_secs(60)).await?;
-        failover.record(granted - killed);
-        let b = Broker::start_at(bin, &member_config(&etcd, &name, addr), addr, dir)?;
-        let c = member_client(&b).await?;
-        members.insert(owner.min(members.len()), (b, c));
-        for k in &keys {
-            lock_when_possible(&routed, k, Duration::from_secs(60)).await?;
+    // Throughput: 64 tasks on distinct keys through the one routed client, acknowledged and
+    // fire-and-forget release, replicas 2 against replicas 1 (interleaved).
+    for sys in [System::BrokerAck, System::BrokerFf] {
+        let (mut with, mut without) = (0.0, 0.0);
+        for _ in 0..2 {
+            without += run_throughput(
+                sys,
+                64,
+                std::slice::from_ref(&plain.routed),
+                &[],
+                opts.tp_window,
+            )
+            .await?;
+            with += run_throughput(
+                sys,
+                64,
+                std::slice::from_ref(&replicated.routed),
+                &[],
+                opts.tp_window,
+            )
+            .await?;
         }
+        let release = if sys == System::BrokerAck {
+            "acked unlock"
+        } else {
+            "lock+drop"
+        };
+        report.row(
+            format!(
+                "cluster: 64 tasks, 1 routed client, {release}: replicas 2 vs replicas 1 (cycles/s)"
+            ),
+            fmt_rate(with / 2.0),
+            fmt_rate(without / 2.0),
+            Some(with / without),
+            None,
+        );
     }
-    report.row(
-        format!(
-            "cluster: failover, kill → next grant ({} kills; lease {} s + grace {} s)",
-            failover.count(),
-            OWNERSHIP_TTL_MS / 1000,
-            MAX_TTL_MS / 1000
+
+    // Failover: the owner of a key's shard SIGKILLed, until that key is granted again.
+    let kills = if opts.quick { 2 } else { 6 };
+    let mut rows = Vec::new();
+    for (c, replicas, by_design) in [
+        (
+            &mut plain,
+            1,
+            format!(
+                "lease {} s + grace {} s",
+                OWNERSHIP_TTL_MS / 1000,
+                MAX_TTL_MS / 1000
+            ),
         ),
-        format!(
-            "p50 {:.2} s, max {:.2} s",
-            failover.p50() / 1e6,
-            failover.max_us() / 1e6
+        (
+            &mut replicated,
+            2,
+            format!("lease {} s, no grace", OWNERSHIP_TTL_MS / 1000),
         ),
-        "lease expiry + grace, by design".to_string(),
-        None,
-        None,
-    );
+    ] {
+        let waits = failover(c, &keys, kills).await?;
+        rows.push((replicas, by_design, waits));
+    }
+    for (replicas, by_design, waits) in rows {
+        report.row(
+            format!("cluster: failover, replicas {replicas}, kill → free key of its shard granted ({} kills)", waits.count()),
+            format!("p50 {:.2} s, max {:.2} s", waits.p50() / 1e6, waits.max_us() / 1e6),
+            by_design,
+            None,
+            None,
+        );
+    }
     drop(etcd);
     Ok(())
 }

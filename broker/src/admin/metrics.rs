@@ -319,6 +319,26 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
             "etcd keys of the cluster ignored as invalid (no lease, bad URL or name)",
             u64::from(o.ignored_keys),
         );
+        if let Some(r) = cluster.replication() {
+            gauge(
+                &mut reg,
+                "replicated_shards",
+                "Shards served here with replicas (cluster.replicas = 2)",
+                u64::from(r.shards),
+            );
+            gauge(
+                &mut reg,
+                "replicated_shards_in_sync",
+                "Of them, shards whose backup is in sync (a failover of these needs no grace)",
+                u64::from(r.in_sync),
+            );
+            gauge(
+                &mut reg,
+                "replication_lag_changes",
+                "Lease changes of the shards served here not yet acknowledged by their backups",
+                r.lag,
+            );
+        }
     }
     let mut out = String::with_capacity(8 * 1024);
     prometheus_text::encode(&mut out, &reg)?;

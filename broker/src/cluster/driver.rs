@@ -258,6 +258,11 @@ impl Cluster {
         (self.state.lock().ownership(now), valid)
     }
 
+    /// The replication of the shards this broker serves (`None` with `replicas = 1`).
+    pub fn replication(&self) -> Option<super::ReplicationStats> {
+        Some(self.replication.as_ref()?.replicator.stats())
+    }
+
     /// Why this broker is not ready as a cluster member, if it is not (`/readyz`): its etcd
     /// lease unconfirmed, fences past etcd's revision limit, shards of its own to claim, or
     /// shards of the cluster without a live owner for longer than two ownership TTLs.

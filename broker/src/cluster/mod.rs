@@ -73,6 +73,7 @@ mod status;
 mod validity;
 
 pub use driver::{Cluster, ClusterError};
+pub use replicator::ReplicationStats;
 pub use secret::cluster_key;
 pub use state::Ownership;
 pub use status::{drain, status};

@@ -23,6 +23,17 @@ use super::replica::Change;
 use crate::broker::{Confirmation, GrantGate, Pending};
 use crate::table::{Effect, Fence, Grant, LockEvent};
 
+/// What `/metrics` shows of the replication of the shards this broker owns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationStats {
+    /// Shards served here and replicated (each has a feed).
+    pub shards: u32,
+    /// Of them, shards with a backup etcd may name in sync (their failover needs no grace).
+    pub in_sync: u32,
+    /// Changes sent or waiting to be sent that no backup acknowledged yet, over all shards.
+    pub lag: u64,
+}
+
 /// The feeds of the shards this broker owns and replicates.
 pub(super) struct Replicator {
     shards: u32,
@@ -62,6 +73,18 @@ impl Replicator {
     /// Runs `op` on `shard`'s feed, if it has one.
     pub fn with_feed<R>(&self, shard: u32, op: impl FnOnce(&mut Feed) -> R) -> Option<R> {
         self.feeds.lock().get_mut(&shard).map(op)
+    }
+
+    /// The replication of the shards fed here, now.
+    pub fn stats(&self) -> ReplicationStats {
+        let feeds = self.feeds.lock();
+        let mut stats = ReplicationStats::default();
+        for feed in feeds.values() {
+            stats.shards += 1;
+            stats.in_sync += u32::from(feed.is_named());
+            stats.lag += feed.lag() as u64;
+        }
+        stats
     }
 
     /// The change a lock event makes, and the shard it belongs to.

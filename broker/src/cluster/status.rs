@@ -1,6 +1,7 @@
 //! `lockbroker cluster status`: the cluster as etcd records it — members, and per shard its
 //! owner, the epoch of its ownership term (the revision that created the ownership key, the
-//! high bits of its fences) and the grace left after a takeover. And `drain`: a
+//! high bits of its fences), its backup if etcd names one in sync for that term (`replicas = 2`:
+//! a failover to it needs no grace) and the grace left after a takeover. And `drain`: a
 //! `drained/<name>` key that takes the member out of every shard's preference. Entries the
 //! brokers ignore (`entries.rs`) are shown with the reason.
 
@@ -24,6 +25,7 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
     let mut members = Vec::new();
     let mut ignored = Vec::new();
     let mut shards = vec![None; cfg.shards as usize];
+    let mut in_sync = std::collections::HashMap::new();
     for kv in all.kvs() {
         let Some(key) = std::str::from_utf8(kv.key())
             .ok()
@@ -41,6 +43,10 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
                 None => format!("member {name} {value}"),
                 Some(why) => format!("member {name:?} {value:?} (ignored: {why})"),
             });
+        } else if let Some(n) = key.strip_prefix("insync/") {
+            if let (Ok(n), Some((backup, term))) = (n.parse::<u32>(), value.rsplit_once(' ')) {
+                in_sync.insert(n, (backup.to_string(), term.parse::<i64>().unwrap_or(-1)));
+            }
         } else if let Ok(Key::Shard(n)) = entries::key_of(key, cfg.shards) {
             if let Err(why) = entries::owner_name(kv.value(), kv.lease()) {
                 ignored.push(format!("shard {n} key {value:?} ignored: {why}"));
@@ -67,9 +73,14 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
             Some((owner, epoch, claimed, grace_end)) => {
                 let grace = grace_end.saturating_sub(now_ms);
                 let age = now_ms.saturating_sub(*claimed);
+                let backup = match in_sync.get(&(n as u32)) {
+                    Some((backup, term)) if term == epoch => backup.as_str(),
+                    _ => "-",
+                };
                 let _ = writeln!(
                     out,
-                    "shard {n} owner {owner} epoch {epoch} claimed {age}ms ago grace_left_ms {grace}"
+                    "shard {n} owner {owner} in_sync {backup} epoch {epoch} claimed {age}ms ago \
+                     grace_left_ms {grace}"
                 );
             }
             None => {

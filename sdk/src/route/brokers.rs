@@ -6,7 +6,10 @@
 //! family is opened the first time an address of that family is tried. A live connection is
 //! [`Conn`] (one mutex for all its state, see `conn.rs`). A list of brokers is for the members
 //! of one cluster only: a broker that sends no shard map, or of another cluster (another
-//! identity), is refused — independent brokers would each grant the same key.
+//! identity), is refused — independent brokers would each grant the same key. A broker left
+//! for not answering is *silent* (`silence.rs`) until a probe's handshake is answered: the
+//! client's own connection moves to another broker at once (its pushes keep coming), and
+//! requests for the silent broker's shards go to it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::silence::{PROBE_EVERY, SILENCE_AT_MOST, Silence};
 use super::target::{Target, parse_url};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -54,6 +58,8 @@ pub(crate) struct Brokers {
     routed_connect: tokio::sync::Mutex<()>,
     /// A client of several brokers: the identity of their cluster (first broker reached).
     cluster: Mutex<Option<u64>>,
+    /// Brokers left for not answering, until they answer again.
+    silence: Silence,
 }
 
 impl Drop for Brokers {
@@ -84,6 +90,7 @@ impl Brokers {
             reconnect: tokio::sync::Mutex::new(()),
             routed_connect: tokio::sync::Mutex::new(()),
             cluster: Mutex::new(None),
+            silence: Silence::default(),
         })
     }
 
@@ -102,6 +109,10 @@ impl Brokers {
         if let Some(c) = self.routed_conn(&url) {
             return Ok(c);
         }
+        if self.is_silent(&url) {
+            // Its lease may still name it; the client's own broker says when it no longer does.
+            return self.conn().await;
+        }
         // Boxed, as in `conn`.
         Box::pin(self.connect_routed(key, url)).await
     }
@@ -116,13 +127,59 @@ impl Brokers {
     }
 
     /// Stops using `conn` for new requests (the next request connects again).
-    pub(crate) fn forget(&self, conn: &Arc<Conn>) {
+    fn forget(&self, conn: &Arc<Conn>) {
         let mut current = self.current.lock();
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             *current = None;
         }
         drop(current);
         self.routed.lock().retain(|_, c| !Arc::ptr_eq(c, conn));
+    }
+
+    /// Leaves `conn`, whose broker did not answer in time, and every other connection to that
+    /// broker: no new request goes there, the broker is silent until a probe is answered, and
+    /// if the client's own connection went there another broker of the list becomes it at once
+    /// (so the cluster's pushes keep arriving).
+    pub(crate) fn left_silent(self: &Arc<Self>, conn: &Arc<Conn>) {
+        self.forget(conn);
+        let Ok(target) = parse_url(conn.addr()) else {
+            return;
+        };
+        if !self.is_list() {
+            return;
+        }
+        let same = |c: &Arc<Conn>| parse_url(c.addr()).is_ok_and(|t| t == target);
+        let was_current = {
+            let mut current = self.current.lock();
+            let gone = current.as_ref().is_some_and(same);
+            if gone && let Some(c) = current.take() {
+                c.leave();
+            }
+            gone || current.is_none()
+        };
+        self.routed.lock().retain(|_, c| {
+            let keep = !same(c);
+            if !keep {
+                c.leave();
+            }
+            keep
+        });
+        if self.silence.mark(&target) {
+            tokio::spawn(probe(Arc::downgrade(self), target));
+        }
+        if was_current {
+            let brokers = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = brokers.conn().await {
+                    tracing::debug!("no other broker answers: {e}");
+                }
+            });
+        }
+    }
+
+    /// Whether the broker at `url` was left for not answering and has not answered since.
+    pub(crate) fn is_silent(&self, url: &str) -> bool {
+        parse_url(url).is_ok_and(|t| self.silence.contains(&t))
     }
 
     /// Closes every connection cleanly and waits (at most 1 s) for the brokers to hear it.
@@ -211,7 +268,7 @@ impl Brokers {
     /// before (at once once that one failed): the first to answer wins, the others are closed.
     /// A refusal (`Denied`, an untrusted certificate) ends the try.
     async fn connect_first(self: &Arc<Self>) -> Result<Arc<Conn>> {
-        let targets = &self.dial.targets;
+        let targets = &self.silence.answering_first(&self.dial.targets);
         let mut tries = tokio::task::JoinSet::new();
         let mut next = 0;
         let mut last_error = Error::Connect("no broker address".into());
@@ -336,6 +393,29 @@ impl Brokers {
                 )))
             }
         }
+    }
+}
+
+/// Connects to silent broker `target` every [`PROBE_EVERY`] until it answers (its silence
+/// ends; the probe's connection is closed) or [`SILENCE_AT_MOST`] passed, or the client is gone.
+async fn probe(brokers: std::sync::Weak<Brokers>, target: Target) {
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < SILENCE_AT_MOST {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(b) = brokers.upgrade() else { return };
+        let answered = tokio::time::timeout(
+            b.dial.connect_timeout.min(Duration::from_secs(1)),
+            b.connect_target(&target),
+        )
+        .await;
+        if let Ok(Ok(conn)) = answered {
+            conn.close();
+            tracing::debug!(?target, "the silent broker answers again");
+            break;
+        }
+    }
+    if let Some(b) = brokers.upgrade() {
+        b.silence.lift(&target);
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod brokers;
 pub(crate) mod retry;
+mod silence;
 pub(crate) mod target;
 
 use std::sync::Arc;
@@ -153,7 +154,16 @@ impl Route {
             "no answer in time: leaving the connection"
         );
         if let Links::Brokers(b) = &self.links {
-            b.forget(conn);
+            b.left_silent(conn);
+        }
+    }
+
+    /// Whether the broker at `url` was left for not answering and has not answered since (a
+    /// `Moved` naming it is no owner to go to yet).
+    pub(crate) fn is_silent(&self, url: &str) -> bool {
+        match &self.links {
+            Links::Brokers(b) => b.is_silent(url),
+            Links::Embedded(_) => false,
         }
     }
 

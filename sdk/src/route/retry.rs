@@ -104,7 +104,8 @@ where
             Some(Ok(Step::Done(v))) => return Ok(v),
             Some(Ok(Step::Moved(url))) => {
                 route.note_moved(key, &url);
-                let pause = url.is_empty();
+                // No owner yet, or one that does not answer: ask again after a pause.
+                let pause = url.is_empty() || route.is_silent(&url);
                 Failure::Transient(
                     Error::Unavailable(format!(
                         "the key's shard is served by another broker ({url:?})"

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// A broker address as configured: a host (name or IP literal, also the TLS server name) and
 /// a port. Resolved on every connect.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Target {
     pub(crate) host: String,
     pub(crate) port: u16,
