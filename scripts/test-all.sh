@@ -106,9 +106,14 @@ step "fault-injection checker"
 "${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --duration 60s --min-grants 20000 ||
   failed+=("checker")
 
-step "fault-injection checker, cluster mode (etcd + 3 brokers, 16 clients)"
+step "fault-injection checker, cluster mode (etcd + 3 brokers, 16 clients, replicas 1)"
 "${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --phases cluster --brokers 3 \
-  --clients 16 --keys 16 --duration 60s --min-grants 10000 || failed+=("cluster checker")
+  --clients 16 --keys 16 --duration 35s --min-grants 5000 || failed+=("cluster checker")
+
+step "fault-injection checker, cluster mode with replicated shards (replicas 2)"
+"${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --phases cluster --brokers 3 \
+  --replicas 2 --clients 16 --keys 16 --duration 35s --min-grants 5000 ||
+  failed+=("cluster checker, replicas 2")
 
 if [ "${#failed[@]}" -gt 0 ]; then
   if [[ " ${failed[*]} " == *" cargo test "* ]]; then

@@ -98,6 +98,12 @@ fn main() -> Result<()> {
         return echo::serve_forever();
     }
     let opts = parse_args()?;
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("LOCKBROKER_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let bin = procs::build_broker()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -794,13 +794,15 @@ impl Cluster {
             }
             (Key::Shard(shard), None) => {
                 state.unignore(key);
-                state.set_owner(shard, None).then_some(shard)
+                state
+                    .owner_event(shard, None, kv.mod_revision())
+                    .then_some(shard)
             }
             (Key::Shard(shard), Some(v)) => match entries::owner_name(v, kv.lease()) {
                 Ok(name) => {
                     state.unignore(key);
                     state
-                        .set_owner(shard, Some((name, kv.lease())))
+                        .owner_event(shard, Some((name, kv.lease())), kv.mod_revision())
                         .then_some(shard)
                 }
                 Err(why) => {

@@ -206,10 +206,39 @@ impl ClusterState {
         lost
     }
 
+    /// etcd's watch shows `shard`'s ownership key changed at `mod_revision` (`owner`: its
+    /// valid owner now, `None`: deleted). An event older than this broker's own claim of the
+    /// shard is ignored: the claim's transaction answers before the watch delivers what
+    /// happened before it (the earlier owner's key, its deletion by the hand-over), and that
+    /// history must not end the term — the broker would keep the key in etcd and serve nothing,
+    /// answering `Moved` to nobody. Returns whether the shard was lost, as
+    /// [`ClusterState::set_owner`].
+    pub fn owner_event(
+        &mut self,
+        shard: u32,
+        owner: Option<(String, i64)>,
+        mod_revision: i64,
+    ) -> bool {
+        if self.predates_term(shard, mod_revision) {
+            return false;
+        }
+        self.set_owner(shard, owner)
+    }
+
+    /// Whether a change of `shard`'s ownership key at `mod_revision` happened before this
+    /// broker's current term of it began.
+    fn predates_term(&self, shard: u32, mod_revision: i64) -> bool {
+        self.term(shard)
+            .is_some_and(|t| u64::try_from(mod_revision).is_ok_and(|r| r < t.epoch))
+    }
+
     /// `shard`'s ownership key is invalid (`entries.rs`), last modified at `mod_revision`:
     /// the shard has no owner, and that key may be replaced by a claim. Returns what
     /// [`ClusterState::set_owner`] does.
     pub fn stray_owner(&mut self, shard: u32, mod_revision: i64) -> bool {
+        if self.predates_term(shard, mod_revision) {
+            return false;
+        }
         let lost = self.set_owner(shard, None);
         if let Some(r) = self.replaceable.get_mut(shard as usize) {
             *r = Some(mod_revision);
@@ -452,6 +481,30 @@ mod tests {
         assert_eq!(a.route(&k, true, now), Route::Moved("quic://b".into()));
         a.claimed(s, 30, None);
         assert_eq!(a.drop_all_mine(), vec![s]);
+        assert_eq!(a.route(&k, true, now), Route::Moved(String::new()));
+    }
+
+    /// The claim's transaction answers before the watch delivers the events before it: the
+    /// earlier owner's key (rev 56) and its deletion by the hand-over (rev 62) arrive after
+    /// this broker claimed at rev 63. Before the fix they ended the new term while etcd kept
+    /// naming this broker: it served nothing and answered `Moved` to nobody, for good (the
+    /// bench's "bench-cluster/1 never granted").
+    #[test]
+    fn watch_events_older_than_the_claim_do_not_end_the_term() {
+        let now = Instant::now();
+        let mut a = ClusterState::new("a".into(), 8, BOUND);
+        a.reset_view(7, "quic://a".into());
+        a.member_up("b".into(), "quic://b".into(), 2);
+        let s = 3;
+        a.claimed(s, 63, None);
+        assert!(!a.owner_event(s, Some(("b".into(), 2)), 56));
+        assert!(!a.owner_event(s, None, 62));
+        assert!(!a.stray_owner(s, 60));
+        assert!(!a.owner_event(s, Some(("a".into(), 7)), 63));
+        let k = key_in(s, 8);
+        assert_eq!(a.route(&k, true, now), Route::Local { grace_until: None });
+        // A change after the claim still ends it.
+        assert!(a.owner_event(s, None, 70));
         assert_eq!(a.route(&k, true, now), Route::Moved(String::new()));
     }
 

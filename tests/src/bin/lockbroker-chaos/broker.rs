@@ -20,8 +20,9 @@ pub enum PhaseConfig {
     Memory,
     /// `[mirror] mode = "sync"` with the redis-mirror plugin, Redis reached at `redis_url`.
     SyncMirror { redis_url: String, plugin: PathBuf },
-    /// In memory, one member of a cluster on the etcd at `etcd` (`http://127.0.0.1:PORT`).
-    Cluster { etcd: String },
+    /// In memory, one member of a cluster on the etcd at `etcd` (`http://127.0.0.1:PORT`),
+    /// each shard kept by `replicas` brokers (its owner and, with 2, a backup).
+    Cluster { etcd: String, replicas: u32 },
 }
 
 impl PhaseConfig {
@@ -79,12 +80,12 @@ impl BrokerSpec {
                 plugin.display()
             ));
         }
-        if let PhaseConfig::Cluster { etcd } = phase {
+        if let PhaseConfig::Cluster { etcd, replicas } = phase {
             // One key file for the run's brokers: the first to start creates it.
             toml.push_str(&format!(
                 "\n[cluster]\netcd = [\"{etcd}\"]\nname = \"chaos\"\nbroker = \"{}\"\n\
                  advertise = \"{}\"\nshards = {SHARDS}\nownership_ttl_ms = {}\n\
-                 max_ttl_ms = {ttl_ms}\nkey_file = {:?}\n",
+                 max_ttl_ms = {ttl_ms}\nreplicas = {replicas}\nkey_file = {:?}\n",
                 self.name.replace(' ', "-"),
                 self.listen,
                 OWNERSHIP_TTL.as_millis(),

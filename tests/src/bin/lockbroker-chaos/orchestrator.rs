@@ -48,6 +48,7 @@ fn plan(args: &RunArgs, sync: &PhaseConfig, etcd: Option<String>) -> Vec<(PhaseC
         Phases::Cluster => vec![(
             PhaseConfig::Cluster {
                 etcd: etcd.unwrap_or_default(),
+                replicas: args.replicas,
             },
             args.duration,
         )],
