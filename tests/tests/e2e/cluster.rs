@@ -637,7 +637,7 @@ async fn cluster_status_lists_members_owners_and_epochs() {
     assert!(
         text.lines()
             .filter(|l| l.starts_with("shard "))
-            .all(|l| l.contains("owner st1 epoch ")),
+            .all(|l| l.contains("owner st1 in_sync - epoch ")),
         "{text}"
     );
 }

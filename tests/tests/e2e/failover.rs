@@ -291,6 +291,18 @@ async fn the_cluster_quickstart_locks_keys_of_every_broker_and_exits_after_cmd()
 /// target is 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_waits_no_grace_and_loses_no_lease() {
+    rolling_restart_under_load(1).await;
+}
+
+/// The same rolling restart with replicated shards (`replicas = 2`): every move is a hand-over
+/// and every shard's backup is fed throughout; the same guarantees hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_a_rolling_restart_under_load_waits_no_grace_and_loses_no_lease() {
+    rolling_restart_under_load(2).await;
+}
+
+/// Restarts three brokers with `replicas` one after another under load (see above).
+async fn rolling_restart_under_load(replicas: u32) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -303,6 +315,7 @@ async fn a_rolling_restart_under_load_waits_no_grace_and_loses_no_lease() {
     let config = |i: usize| {
         cluster_config(&etcd, names[i], addrs[i], MAX_TTL_MS)
             .replace("ownership_ttl_ms = 2000", "ownership_ttl_ms = 6000")
+            + &format!("replicas = {replicas}\n")
     };
     let mut brokers: Vec<Broker> = (0..3)
         .map(|i| Broker::start_at(TempDir::new(names[i]), &config(i), addrs[i]))
@@ -395,8 +408,8 @@ async fn a_rolling_restart_under_load_waits_no_grace_and_loses_no_lease() {
     }
     let (waited, key) = longest.lock().unwrap().clone();
     eprintln!(
-        "rolling restart: {} lock cycles; the longest acquire of a free key waited {:.0} ms \
-         ({key})",
+        "rolling restart, replicas {replicas}: {} lock cycles; the longest acquire of a free key \
+         waited {:.0} ms ({key})",
         cycles.load(Ordering::Relaxed),
         waited.as_secs_f64() * 1000.0
     );
@@ -406,9 +419,17 @@ async fn a_rolling_restart_under_load_waits_no_grace_and_loses_no_lease() {
         "{} failed: {failures:?}",
         failures.len()
     );
+    // Issue 24's target with replicas is 1 s (measured 157 ms; 106 ms without replicas, where
+    // what is asserted is only "no grace": an etcd keep-alive confirmed late on two loaded
+    // cores is an unplanned failure, which costs a grace there).
+    let bound = if replicas > 1 {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(MAX_TTL_MS / 2)
+    };
     assert!(
-        waited < Duration::from_millis(MAX_TTL_MS / 2),
-        "an acquire of a free key waited {waited:?} ({key}): a takeover grace"
+        waited < bound,
+        "an acquire of a free key waited {waited:?} ({key}) with replicas {replicas}"
     );
     assert_still_held(&held, "a rolling restart of every broker").await;
     let other = client_of_all(&brokers.iter().collect::<Vec<_>>()).await;
