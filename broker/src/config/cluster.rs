@@ -44,9 +44,10 @@ pub struct ClusterConfig {
     /// The longest lease TTL granted in cluster mode: a new shard owner waits this (plus lock
     /// delay) for the previous owner's leases before granting anew.
     pub max_ttl_ms: u64,
-    /// Copies of each shard's leases: 1 (the owner only; a shard whose owner fails waits the
-    /// takeover grace) or 2 (the owner streams every change to a backup, the next member in
-    /// rendezvous order, which takes the shard over without a grace: issue 24).
+    /// Copies of each shard's leases: 2, the default (the owner streams every change to a
+    /// backup, the next member in rendezvous order, which takes the shard over without a
+    /// grace: issue 24; a cluster of one member has no backup), or 1 (the owner only; a shard
+    /// whose owner fails waits the takeover grace, and grants skip the backup's round trip).
     pub replicas: u32,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -69,7 +70,7 @@ impl Default for ClusterConfig {
             shards: 64,
             ownership_ttl_ms: 6000,
             max_ttl_ms: 30_000,
-            replicas: 1,
+            replicas: 2,
             username: None,
             password: None,
             etcd_ca: None,

@@ -29,6 +29,8 @@ use std::time::Duration;
 
 pub use session::{CLOSE_CLEAN, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_SLOW_READER};
 
+use lockbroker_proto::ErrorCode;
+
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::tls;
@@ -108,10 +110,15 @@ impl Server {
         let identity = tls::server_identity(cert_key, &data_dir)?;
         let dev_ca = identity.dev_ca.clone();
         let generated_cert = identity.generated;
+        // With replicated shards the members' replication links (their own ALPN, proven by
+        // the cluster key, `cluster/peer.rs`) carry no client certificate: the handshake then
+        // lets a client without one through, and its session is refused right after
+        // (`needs_cert` below) before it reads a frame.
+        let peer_links = cfg.cluster.enabled() && cfg.cluster.replicas > 1;
         let tls = tls::server_config(
             identity,
             cfg.tls.client_ca.as_deref(),
-            cfg.tls.require_client_cert,
+            cfg.tls.require_client_cert && !peer_links,
         )?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| ServerError::Quic(e.to_string()))?;
@@ -246,11 +253,21 @@ impl Server {
                                     None => conn.close(1u32.into(), b"this broker keeps no replicas"),
                                 }
                             }
+                            (Ok(conn), Ok(_slot))
+                                if broker.cfg.tls.require_client_cert
+                                    && conn.peer_identity().is_none() =>
+                            {
+                                let why = "this broker requires a client certificate";
+                                session::turn_away(&broker, conn, ErrorCode::Denied, why).await;
+                            }
                             (Ok(conn), Ok(_slot)) => {
                                 let principal = peer_principal(&conn);
                                 session::serve(broker, policy, conn, principal, per_principal).await;
                             }
-                            (Ok(conn), Err(why)) => session::turn_away(&broker, conn, &why).await,
+                            (Ok(conn), Err(why)) => {
+                                session::turn_away(&broker, conn, ErrorCode::LimitExceeded, &why)
+                                    .await;
+                            }
                             (Err(e), _) => tracing::debug!("handshake failed: {e}"),
                         }
                     });
@@ -311,7 +328,6 @@ impl Drop for ConnectionGauge {
     }
 }
 
-/// The principal named by the client certificate, when the client presented one.
 /// Whether `conn` negotiated the replication link's ALPN (another cluster member).
 fn is_peer_link(conn: &quinn::Connection) -> bool {
     conn.handshake_data()
@@ -320,6 +336,7 @@ fn is_peer_link(conn: &quinn::Connection) -> bool {
         .is_some_and(|p| p == lockbroker_proto::PEER_ALPN)
 }
 
+/// The principal named by the client certificate, when the client presented one.
 fn peer_principal(conn: &quinn::Connection) -> Option<String> {
     let identity = conn.peer_identity()?;
     let certs = identity

@@ -477,13 +477,19 @@ async fn read_frame(
     }
 }
 
-/// A connection over a connection limit: told `LimitExceeded` with `why` on its control stream
-/// (if it opens one before the Hello deadline), then closed.
-pub(super) async fn turn_away(broker: &Broker, conn: quinn::Connection, why: &str) {
+/// A connection that may not have a session (over a connection limit: `LimitExceeded`; no
+/// client certificate where one is required: `Denied`): told `code` with `why` on its control
+/// stream (if it opens one before the Hello deadline), then closed.
+pub(super) async fn turn_away(
+    broker: &Broker,
+    conn: quinn::Connection,
+    code: ErrorCode,
+    why: &str,
+) {
     let wait = Duration::from_millis(broker.cfg.limits.hello_timeout_ms);
     let grace = Duration::from_millis(broker.cfg.quic.shutdown_grace_ms);
     match tokio::time::timeout(wait, conn.accept_bi()).await {
-        Ok(Ok((send, _recv))) => refuse(conn, send, ErrorCode::LimitExceeded, why, grace).await,
+        Ok(Ok((send, _recv))) => refuse(conn, send, code, why, grace).await,
         _ => conn.close(CLOSE_PROTOCOL_ERROR.into(), why.as_bytes()),
     }
 }

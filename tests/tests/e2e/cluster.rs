@@ -252,8 +252,13 @@ pub(crate) async fn settled(a: &Client, b: &Client, keys: &[String]) -> Vec<bool
 async fn failover_waits_out_the_grace_and_fences_only_grow() {
     let etcd = EtcdServer::start();
     let (a1, a2) = (free_udp_addr(), free_udp_addr());
-    let b1 = start_member(&etcd, "b1", a1);
-    let b2 = start_member(&etcd, "b2", a2);
+    // Without replicas (the default is 2): the takeover grace is what this test is about.
+    let unreplicated = |name: &str, addr| {
+        let toml = cluster_config(&etcd, name, addr, 3000) + "replicas = 1\n";
+        Broker::start_at(TempDir::new(name), &toml, addr)
+    };
+    let b1 = unreplicated("b1", a1);
+    let b2 = unreplicated("b2", a2);
     let c1 = client_of(&b1).await;
     let c2 = client_of(&b2).await;
     let keys: Vec<String> = (0..24).map(|i| format!("cl/{i}")).collect();

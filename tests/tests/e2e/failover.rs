@@ -658,3 +658,81 @@ async fn with_replicas_a_killed_owners_free_keys_wait_no_grace_and_its_holder_ke
     );
     guard.unlock().await.expect("unlock");
 }
+
+/// Issue 24: replicated shards on brokers that require client certificates. The members'
+/// replication links carry none (they prove the cluster key instead); before, the broker
+/// refused their handshake, so no backup was ever in sync and every failover waited the
+/// grace. Now the link comes up (`cluster status` names the held key's backup in sync), a
+/// client with a certificate of the client CA locks as before, and one without is refused
+/// `Denied` before it can send a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_brokers_that_require_client_certificates_keep_their_backups_in_sync() {
+    let etcd = EtcdServer::start();
+    let pki = lockbroker_tests::plugins::client_pki("carol");
+    let dir = TempDir::new("mtls-ca");
+    let ca = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).expect("write the client CA");
+    let names = ["m1", "m2"];
+    let addrs = [free_udp_addr(), free_udp_addr()];
+    let brokers: Vec<Broker> = (0..2)
+        .map(|i| {
+            let toml = cluster_config(&etcd, names[i], addrs[i], MAX_TTL_MS)
+                + &format!(
+                    "replicas = 2\n[tls]\nclient_ca = {:?}\nrequire_client_cert = true\n",
+                    ca.display().to_string()
+                );
+            Broker::start_at(TempDir::new(names[i]), &toml, addrs[i])
+        })
+        .collect();
+    let mut builder = Client::builder();
+    let mut cas = Vec::new();
+    for b in &brokers {
+        builder = builder.broker(b.url());
+        cas.extend(std::fs::read(b.ca()).expect("dev certificate"));
+    }
+    let carol = builder
+        .ca_pem(cas.clone())
+        .client_cert(pki.cert_pem.clone(), pki.key_pem.clone())
+        .connect()
+        .await
+        .expect("connect with a client certificate");
+    let key = "{m}/held".to_string();
+    let guard = carol
+        .lock(key.clone())
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("carol locks");
+    // The backup of the key's shard comes into sync (bounded: 20 s).
+    let shard = lockbroker_proto::shard_of(key.as_bytes(), 8);
+    let start = Instant::now();
+    loop {
+        let status = crate::cluster::cluster_status_of(&etcd, 8);
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("shard {shard} ")))
+            .unwrap_or_default()
+            .to_string();
+        if line.contains(" in_sync m") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the shard's backup never came into sync under require_client_cert:\n{status}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A client without a certificate: refused, naming why.
+    let mut anonymous = Client::builder();
+    for b in &brokers {
+        anonymous = anonymous.broker(b.url());
+    }
+    let refused = match anonymous.ca_pem(cas).connect().await {
+        Ok(c) => c.try_lock(key.clone()).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(
+        matches!(&refused, Err(Error::Denied(m)) if m.contains("client certificate")),
+        "a client without a certificate: {refused:?}"
+    );
+    guard.unlock().await.expect("unlock");
+}
