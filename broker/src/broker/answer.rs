@@ -95,9 +95,45 @@ impl Broker {
 
     /// Delivers the grants of a multi-key request (all its keys, in order) as one `GrantedAll`,
     /// or gives every lease back if one key's shard cannot be vouched for now (cluster mode)
-    /// or the session is gone. No grant gate takes part (refused at the request).
+    /// or the session is gone. A grant gate that holds multi-key grants (replication) holds
+    /// the answer until it confirmed every key; one it does not confirm gives every lease back.
     pub fn deliver_grants(self: &Arc<Self>, session: SessionId, req: ReqId, grants: Vec<Grant>) {
         let refusal = grants.iter().find_map(|g| self.grant_refusal(g));
+        let held: Vec<_> = match (&refusal, self.gate.get()) {
+            (None, Some(gate)) => grants.iter().filter_map(|g| gate.hold(g)).collect(),
+            _ => Vec::new(),
+        };
+        if !held.is_empty() {
+            let broker = self.clone();
+            tokio::spawn(async move {
+                let mut refusal = None;
+                for pending in held {
+                    match pending.await {
+                        super::Confirmation::Ok => {}
+                        super::Confirmation::Moved(_) => {
+                            refusal.get_or_insert((ErrorCode::Moved, String::new()));
+                        }
+                        super::Confirmation::Conflict(why) | super::Confirmation::Failed(why) => {
+                            refusal.get_or_insert((ErrorCode::Unavailable, why));
+                        }
+                    }
+                }
+                broker.answer_grants(session, req, grants, refusal);
+            });
+            return;
+        }
+        self.answer_grants(session, req, grants, refusal);
+    }
+
+    /// Answers a multi-key request with its grants, or — refused, or the session gone — gives
+    /// every lease back.
+    fn answer_grants(
+        self: &Arc<Self>,
+        session: SessionId,
+        req: ReqId,
+        grants: Vec<Grant>,
+        refusal: Option<(ErrorCode, String)>,
+    ) {
         let handle = self.session_handle(session);
         match (handle, refusal) {
             (Some(h), None) => {

@@ -5,7 +5,8 @@
 //!   may still wait (it came with its request) tries again every [`POLL`] until its wait
 //!   deadline — a `Cancel` from the client stops it at the next turn (answered `Cancelled`);
 //!   otherwise it is answered `Busy`;
-//! * `Failed` → the lease is released and the client gets `Unavailable`.
+//! * `Failed` → the lease is released and the client gets `Unavailable`;
+//! * `Moved` → the lease is released and the client gets `Moved` (no owner yet: it asks again).
 //!
 //! Nothing is answered `Granted` that the gate did not confirm. A retrying acquire counts in
 //! the queue limits (`limits.max_queued_total`, with the table's queued requests, and its
@@ -70,6 +71,13 @@ async fn answer_when_confirmed(
                     ErrorCode::Unavailable,
                     format!("the lock mirror (Redis) is unavailable: {why}"),
                 );
+                return;
+            }
+            Confirmation::Moved(why) => {
+                tracing::debug!(fence = grant.fence, "grant not confirmed: {why}");
+                broker.release_lease(session, &grant);
+                // A `Moved` answer's message is the new owner's URL; empty: not known yet.
+                handle.answer_error(req, ErrorCode::Moved, String::new());
                 return;
             }
             Confirmation::Conflict(why) => why,

@@ -22,6 +22,11 @@ pub enum Confirmation {
     /// The gate could not confirm (its backend is down): the lease is released and the client
     /// is answered `Unavailable`.
     Failed(String),
+    /// The key's shard stopped being served here before its backup confirmed (cluster
+    /// replication: a hand-over, a lost ownership): the client is answered `Moved` to no
+    /// owner yet and asks again where the shard is now; a grant's lease is released, a
+    /// renewed lease is left to whoever serves the shard now (it moved with the shard).
+    Moved(String),
 }
 
 /// A confirmation the grant waits for.
@@ -43,5 +48,13 @@ pub trait GrantGate: Send + Sync {
     fn hold_renewal(&self, fence: Fence) -> Option<Pending> {
         let _ = fence;
         None
+    }
+
+    /// Whether a multi-key grant (`AcquireAll`) may be held key by key and answered once all
+    /// are confirmed (a replica takes every key or none of a confirmation it never saw); a
+    /// gate that may refuse a key as held elsewhere (the sync mirror) cannot: such requests
+    /// are refused while it is on.
+    fn holds_multi_key(&self) -> bool {
+        false
     }
 }

@@ -210,6 +210,11 @@ impl Broker {
         self.gate.get().is_some()
     }
 
+    /// Whether multi-key requests are refused: a grant gate that cannot hold them is on.
+    pub fn refuses_multi_key(&self) -> bool {
+        self.gate.get().is_some_and(|g| !g.holds_multi_key())
+    }
+
     /// A live session's handle.
     pub fn session_handle(&self, id: SessionId) -> Option<Arc<SessionHandle>> {
         self.sessions.get(&id).map(|h| h.clone())

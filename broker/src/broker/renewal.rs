@@ -63,6 +63,11 @@ impl Broker {
         tokio::spawn(async move {
             match pending.await {
                 Confirmation::Ok => broker.answer_renewal(&handle, req, &key, fence, renewed),
+                // The lease moved with its shard: the holder renews it where it is now.
+                Confirmation::Moved(why) => {
+                    tracing::debug!(fence, "renewal not confirmed: {why}");
+                    handle.answer_error(req, ErrorCode::Moved, String::new());
+                }
                 Confirmation::Conflict(why) | Confirmation::Failed(why) => {
                     let why = format!("the lock mirror did not confirm the renewal: {why}");
                     broker.revoke(&key, fence, EndReason::Mirror, &why);

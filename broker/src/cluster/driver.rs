@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::entries::{self, Key};
 use super::epoch::{Epoch, EpochError};
 use super::handover::{self, HandedLease, Handover};
-use super::link::InSyncOp;
+use super::link::{self, InSyncOp};
 use super::register::{self, Registration};
 use super::replication::Replication;
 use super::state::{ClusterState, Ownership};
@@ -430,6 +430,12 @@ impl Cluster {
             return Ok(());
         };
         let grace_until = term.grace_until;
+        // Grants and renewals already made wait for the backup: let them go out, so that
+        // their leases move with the record instead of failing (bounded: a backup that stopped
+        // answering is taken out of sync by the session loop, which this call holds up).
+        if let Some(r) = &self.replication {
+            r.drain(shard, link::ACK_TIMEOUT * 2).await;
+        }
         let ended = self.evict_shards(&[shard], why);
         self.publish();
         // Time left is taken after the leases ended: the record never gives one more.

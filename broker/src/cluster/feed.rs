@@ -197,6 +197,11 @@ impl Feed {
         self.unacked.len()
     }
 
+    /// Whether answers wait for an acknowledgement.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     fn release(&mut self, done: impl Fn(u64) -> bool) {
         let (go, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()

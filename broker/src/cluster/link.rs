@@ -101,7 +101,7 @@ async fn run(
 }
 
 /// Asks the driver to take `shard`'s backup out of sync, if etcd may name it now.
-fn out_of_sync(ctx: &LinkContext, shard: u32) {
+pub(super) fn out_of_sync(ctx: &LinkContext, shard: u32) {
     let epoch = ctx
         .replicator
         .with_feed(shard, |f| f.is_named().then(|| f.epoch()))

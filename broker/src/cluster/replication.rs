@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::driver::ClusterError;
 use super::handover::Handover;
-use super::link::{InSyncOp, Link, LinkContext};
+use super::link::{self, InSyncOp, Link, LinkContext};
 use super::peer::{PEER_ALPN, Replicas};
 use super::replicator::Replicator;
 use crate::broker::Broker;
@@ -96,9 +96,17 @@ impl Replication {
         }
         let mut links = self.links.lock();
         links.retain(|name, link| {
-            by_backup
+            let keep = by_backup
                 .get(name.as_str())
-                .is_some_and(|(url, _)| *url == link.url)
+                .is_some_and(|(url, _)| *url == link.url);
+            if !keep {
+                // The backup left (or moved): what it kept in sync is not any more — answers
+                // waiting for it go out once etcd no longer names it.
+                for shard in link.shards.borrow().iter() {
+                    link::out_of_sync(&self.ctx, *shard);
+                }
+            }
+            keep
         });
         for (name, (url, shards)) in by_backup {
             let link = links.entry(name.to_string()).or_insert_with(|| {
@@ -115,6 +123,18 @@ impl Replication {
     /// This broker claimed `shard` in term `epoch` (grace until `grace_until`, if any).
     pub fn claimed(&self, shard: u32, epoch: u64, grace_until: Option<Instant>) {
         self.replicator.start(shard, epoch, grace_until);
+    }
+
+    /// Waits (at most `limit`) until no answer of `shard` waits for its backup any more: a
+    /// planned hand-over lets the grants and renewals already made go out (their leases then
+    /// move with the record) rather than fail them when the feed ends.
+    pub async fn drain(&self, shard: u32, limit: std::time::Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        while self.replicator.with_feed(shard, |f| f.has_waiting()) == Some(true)
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// This broker no longer serves `shard`: its feed ends (answers still waiting fail).

@@ -6,9 +6,10 @@
 //! the driver starts and ends feeds as shards are claimed and lost, and moves them in and
 //! out of sync as etcd's in-sync set changes.
 //!
-//! A feed that ends while answers wait (the shard was lost, or etcd could not record that
-//! its backup fell out of sync) fails them: the holder is told `Unavailable` and the lease is
-//! released — an answer the backup may not have is never given.
+//! A feed that ends while answers wait (the shard was handed over or lost, or etcd could not
+//! record that its backup fell out of sync) answers them `Moved` (`Confirmation::Moved`): a
+//! grant's lease is released, a renewal is asked again where the shard is now — an answer the
+//! backup may not have is never given.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -136,7 +137,7 @@ impl Replicator {
         Some(Box::pin(async move {
             match rx.await {
                 Ok(()) => Confirmation::Ok,
-                Err(_) => Confirmation::Failed(
+                Err(_) => Confirmation::Moved(
                     "the shard's replication ended before its backup confirmed the lease".into(),
                 ),
             }
@@ -170,6 +171,10 @@ impl GrantGate for Replicator {
         self.wait(&grant.key, grant.fence)
     }
 
+    fn holds_multi_key(&self) -> bool {
+        true
+    }
+
     fn hold_renewal(&self, fence: Fence) -> Option<Pending> {
         // The renewal's key is not given: the feed that has the fence waits for it.
         let mut feeds = self.feeds.lock();
@@ -177,7 +182,7 @@ impl GrantGate for Replicator {
         Some(Box::pin(async move {
             match rx.await {
                 Ok(()) => Confirmation::Ok,
-                Err(_) => Confirmation::Failed(
+                Err(_) => Confirmation::Moved(
                     "the shard's replication ended before its backup confirmed the renewal".into(),
                 ),
             }
@@ -270,7 +275,7 @@ mod tests {
         let mut cx = std::task::Context::from_waker(&waker);
         assert!(matches!(
             held.as_mut().poll(&mut cx),
-            std::task::Poll::Ready(Confirmation::Failed(_))
+            std::task::Poll::Ready(Confirmation::Moved(_))
         ));
     }
 

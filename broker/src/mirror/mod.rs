@@ -186,7 +186,7 @@ impl Mirror {
             let counter = match &c {
                 Confirmation::Ok => &stats.confirmed,
                 Confirmation::Conflict(_) => &stats.refused,
-                Confirmation::Failed(_) => &stats.unavailable,
+                Confirmation::Failed(_) | Confirmation::Moved(_) => &stats.unavailable,
             };
             stats::Counters::add(counter, 1);
             c

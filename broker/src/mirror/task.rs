@@ -157,7 +157,7 @@ async fn ship(m: &Mirror, batch: Vec<Item>, modes: &mut Modes) -> Result<(), Str
                 );
             }
             Confirmation::Conflict(_) => {}
-            Confirmation::Failed(why) => failed = Some(why.clone()),
+            Confirmation::Failed(why) | Confirmation::Moved(why) => failed = Some(why.clone()),
         }
         if let Some(tx) = item.confirm {
             let _ = tx.send(outcome);

@@ -19,6 +19,13 @@ pub(crate) fn start_member(etcd: &EtcdServer, name: &str, addr: SocketAddr) -> B
     start_member_with(etcd, name, addr, 3000)
 }
 
+/// [`start_member`] without replicas (`replicas = 1`; the default is 2): for the tests of the
+/// takeover grace a shard without an in-sync backup waits.
+pub(crate) fn start_unreplicated(etcd: &EtcdServer, name: &str, addr: SocketAddr) -> Broker {
+    let toml = cluster_config(&etcd, name, addr, 3000) + "replicas = 1\n";
+    Broker::start_at(TempDir::new(name), &toml, addr)
+}
+
 /// [`start_member`] with a TTL cap (and takeover grace) of `max_ttl_ms`.
 pub(crate) fn start_member_with(
     etcd: &EtcdServer,
@@ -252,13 +259,8 @@ pub(crate) async fn settled(a: &Client, b: &Client, keys: &[String]) -> Vec<bool
 async fn failover_waits_out_the_grace_and_fences_only_grow() {
     let etcd = EtcdServer::start();
     let (a1, a2) = (free_udp_addr(), free_udp_addr());
-    // Without replicas (the default is 2): the takeover grace is what this test is about.
-    let unreplicated = |name: &str, addr| {
-        let toml = cluster_config(&etcd, name, addr, 3000) + "replicas = 1\n";
-        Broker::start_at(TempDir::new(name), &toml, addr)
-    };
-    let b1 = unreplicated("b1", a1);
-    let b2 = unreplicated("b2", a2);
+    let b1 = start_unreplicated(&etcd, "b1", a1);
+    let b2 = start_unreplicated(&etcd, "b2", a2);
     let c1 = client_of(&b1).await;
     let c2 = client_of(&b2).await;
     let keys: Vec<String> = (0..24).map(|i| format!("cl/{i}")).collect();
@@ -464,8 +466,9 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
     g2.unlock().await.expect("unlock of b2's lease");
 }
 
-/// An owner paused (SIGSTOP) longer than its ownership lease: the other broker takes its shards
-/// over only after the paused one's lease ended and the takeover grace ran, the paused holder's
+/// An owner paused (SIGSTOP) longer than its ownership lease, without replicas: the other
+/// broker takes its shards over only after the paused one's lease ended and the takeover
+/// grace ran, the paused holder's
 /// guard has reported `lost` by then, and when the paused broker resumes it grants nothing for
 /// the shards it lost — it rejoins, and shards handed back to it get fences above the interim
 /// owner's.
@@ -473,8 +476,8 @@ async fn one_client_routes_by_shard_and_survives_the_loss_of_its_first_broker() 
 async fn a_paused_owner_stops_serving_before_another_takes_over() {
     let etcd = EtcdServer::start();
     let (a1, a2) = (free_udp_addr(), free_udp_addr());
-    let b1 = start_member(&etcd, "b1", a1);
-    let b2 = start_member(&etcd, "b2", a2);
+    let b1 = start_unreplicated(&etcd, "b1", a1);
+    let b2 = start_unreplicated(&etcd, "b2", a2);
     let c1 = client_of(&b1).await;
     let c2 = client_of(&b2).await;
     let keys: Vec<String> = (0..24).map(|i| format!("ps/{i}")).collect();

@@ -12,7 +12,7 @@ use crate::table::TableError;
 use crate::table::serve::{self, Outcome, Request};
 
 pub(super) async fn apply(s: &Session, a: AcquireAll) {
-    if s.broker.has_gate() {
+    if s.broker.refuses_multi_key() {
         s.fail(
             a.id,
             ErrorCode::Unavailable,

@@ -143,6 +143,8 @@ pub struct History {
     pub leases: Vec<Lease>,
     pub stale_writes: u64,
     pub lost_reports: u64,
+    /// When each lost lease was reported, by which client (the first 100 000).
+    pub lost: Vec<(usize, u64)>,
     /// Failed calls by kind.
     pub errors: BTreeMap<String, u64>,
     /// Errors of kinds not in [`EXPECTED_ERROR_KINDS`] (the first 10 000).
@@ -203,7 +205,12 @@ impl History {
                         n + 1
                     )),
                 },
-                Entry::Lost { .. } => self.lost_reports += 1,
+                Entry::Lost { t, .. } => {
+                    self.lost_reports += 1;
+                    if self.lost.len() < 100_000 {
+                        self.lost.push((client, t));
+                    }
+                }
                 Entry::Stale { .. } => self.stale_writes += 1,
                 Entry::Err { kind, t, message } => {
                     if !EXPECTED_ERROR_KINDS.contains(&kind.as_str())

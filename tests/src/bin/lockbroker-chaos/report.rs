@@ -30,6 +30,8 @@ pub struct Summary {
     pub faults: BTreeMap<&'static str, u64>,
     pub stale_writes: u64,
     pub lost_reports: u64,
+    /// Of them, by clients with no fault of their own just before (see `analysis.rs`).
+    pub lost_by_live_holders: u64,
     pub client_processes: u64,
     pub client_errors: BTreeMap<String, u64>,
     /// Cluster mode: per broker fault kind, the failover times (seconds, sorted) of the faults
@@ -84,7 +86,11 @@ impl Summary {
             "  stale writes rejected by the fencing store: {}",
             self.stale_writes
         );
-        let _ = writeln!(s, "  leases reported lost: {}", self.lost_reports);
+        let _ = writeln!(
+            s,
+            "  leases reported lost: {} ({} by holders with no fault of their own)",
+            self.lost_reports, self.lost_by_live_holders
+        );
         let _ = writeln!(s, "  client processes started: {}", self.client_processes);
         let errors: Vec<String> = self
             .client_errors
@@ -152,6 +158,11 @@ impl Summary {
         }
         let _ = writeln!(s, "stale_writes_rejected={}", self.stale_writes);
         let _ = writeln!(s, "leases_reported_lost={}", self.lost_reports);
+        let _ = writeln!(
+            s,
+            "leases_lost_by_live_holders={}",
+            self.lost_by_live_holders
+        );
         let _ = writeln!(s, "client_processes={}", self.client_processes);
         for (kind, n) in &self.client_errors {
             let _ = writeln!(s, "client_errors.{kind}={n}");
