@@ -108,7 +108,7 @@ step "fault-injection checker"
 
 step "fault-injection checker, cluster mode (etcd + 3 brokers, 16 clients, replicas 1)"
 "${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --phases cluster --brokers 3 \
-  --clients 16 --keys 16 --duration 35s --min-grants 5000 || failed+=("cluster checker")
+  --replicas 1 --clients 16 --keys 16 --duration 35s --min-grants 5000 || failed+=("cluster checker")
 
 step "fault-injection checker, cluster mode with replicated shards (replicas 2)"
 "${CARGO_TARGET_DIR:-target}"/debug/lockbroker-chaos run --phases cluster --brokers 3 \

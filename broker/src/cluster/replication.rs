@@ -27,6 +27,9 @@ pub(super) struct Replication {
     links: Mutex<HashMap<String, Link>>,
     ctx: LinkContext,
     in_sync: Mutex<Option<mpsc::UnboundedReceiver<InSyncOp>>>,
+    /// Until when hand-overs do not wait for acknowledgements: one drain ran out (the backup
+    /// stopped answering), and the next shards' would too — a leave hands over every shard.
+    drain_stuck_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Replication {
@@ -60,6 +63,7 @@ impl Replication {
             links: Mutex::new(HashMap::new()),
             ctx,
             in_sync: Mutex::new(Some(rx)),
+            drain_stuck_until: Mutex::new(None),
         })
     }
 
@@ -127,12 +131,19 @@ impl Replication {
 
     /// Waits (at most `limit`) until no answer of `shard` waits for its backup any more: a
     /// planned hand-over lets the grants and renewals already made go out (their leases then
-    /// move with the record) rather than fail them when the feed ends.
+    /// move with the record) rather than answer them `Moved` when the feed ends. After a drain
+    /// that ran out, the next ones for a while do not wait at all.
     pub async fn drain(&self, shard: u32, limit: std::time::Duration) {
-        let until = tokio::time::Instant::now() + limit;
-        while self.replicator.with_feed(shard, |f| f.has_waiting()) == Some(true)
-            && tokio::time::Instant::now() < until
-        {
+        let now = tokio::time::Instant::now();
+        if self.drain_stuck_until.lock().is_some_and(|t| now < t) {
+            return;
+        }
+        let until = now + limit;
+        while self.replicator.with_feed(shard, |f| f.has_waiting()) == Some(true) {
+            if tokio::time::Instant::now() >= until {
+                *self.drain_stuck_until.lock() = Some(until + limit * 5);
+                return;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }

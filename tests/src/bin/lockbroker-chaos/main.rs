@@ -90,9 +90,10 @@ pub struct RunArgs {
     /// Brokers of the cluster (`--phases cluster`).
     #[arg(long, default_value_t = 3)]
     pub brokers: usize,
-    /// `cluster.replicas` of the cluster's brokers (`--phases cluster`): 2 gives every shard
-    /// an in-sync backup that takes it over without a grace.
-    #[arg(long, default_value_t = 1)]
+    /// `cluster.replicas` of the cluster's brokers (`--phases cluster`): 2 (the brokers'
+    /// default) gives every shard an in-sync backup that takes it over without a grace; 1
+    /// waits the grace.
+    #[arg(long, default_value_t = 2)]
     pub replicas: u32,
     /// Also write the summary to this file (key=value lines).
     #[arg(long)]
