@@ -1094,7 +1094,7 @@ impl KeyRouter for Cluster {
 }
 
 /// `<backup> <term>` of an in-sync key.
-fn parse_in_sync(value: &[u8]) -> Option<(&str, u64)> {
+pub(super) fn parse_in_sync(value: &[u8]) -> Option<(&str, u64)> {
     let text = std::str::from_utf8(value).ok()?;
     let (name, term) = text.rsplit_once(' ')?;
     Some((name, term.parse().ok()?))

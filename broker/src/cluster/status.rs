@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use etcd_client::GetOptions;
 
-use super::driver::{ClusterError, OwnerValue, connect, prefix};
+use super::driver::{ClusterError, OwnerValue, connect, parse_in_sync, prefix};
 use super::entries::{self, Key};
 use crate::broker::wire::unix_ms;
 use crate::config::ClusterConfig;
@@ -44,8 +44,8 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
                 Some(why) => format!("member {name:?} {value:?} (ignored: {why})"),
             });
         } else if let Some(n) = key.strip_prefix("insync/") {
-            if let (Ok(n), Some((backup, term))) = (n.parse::<u32>(), value.rsplit_once(' ')) {
-                in_sync.insert(n, (backup.to_string(), term.parse::<i64>().unwrap_or(-1)));
+            if let (Ok(n), Some((backup, term))) = (n.parse::<u32>(), parse_in_sync(kv.value())) {
+                in_sync.insert(n, (backup.to_string(), term));
             }
         } else if let Ok(Key::Shard(n)) = entries::key_of(key, cfg.shards) {
             if let Err(why) = entries::owner_name(kv.value(), kv.lease()) {
@@ -74,7 +74,9 @@ pub async fn status(cfg: &ClusterConfig) -> Result<String, ClusterError> {
                 let grace = grace_end.saturating_sub(now_ms);
                 let age = now_ms.saturating_sub(*claimed);
                 let backup = match in_sync.get(&(n as u32)) {
-                    Some((backup, term)) if term == epoch => backup.as_str(),
+                    Some((backup, term)) if i64::try_from(*term).ok() == Some(*epoch) => {
+                        backup.as_str()
+                    }
                     _ => "-",
                 };
                 let _ = writeln!(

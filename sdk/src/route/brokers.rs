@@ -141,21 +141,23 @@ impl Brokers {
     /// if the client's own connection went there another broker of the list becomes it at once
     /// (so the cluster's pushes keep arriving).
     pub(crate) fn left_silent(self: &Arc<Self>, conn: &Arc<Conn>) {
-        self.forget(conn);
-        let Ok(target) = parse_url(conn.addr()) else {
+        let Some(target) = parse_url(conn.addr()).ok().filter(|_| self.is_list()) else {
+            self.forget(conn);
             return;
         };
-        if !self.is_list() {
-            return;
-        }
-        let same = |c: &Arc<Conn>| parse_url(c.addr()).is_ok_and(|t| t == target);
-        let was_current = {
+        let same =
+            |c: &Arc<Conn>| Arc::ptr_eq(c, conn) || parse_url(c.addr()).is_ok_and(|t| t == target);
+        // Reconnected at once if the client's own connection went to that broker, or it has
+        // none (no pushes would arrive).
+        let reconnect = {
             let mut current = self.current.lock();
-            let gone = current.as_ref().is_some_and(same);
-            if gone && let Some(c) = current.take() {
-                c.leave();
+            match current.take_if(|c| same(c)) {
+                Some(c) => {
+                    c.leave();
+                    true
+                }
+                None => current.is_none(),
             }
-            gone || current.is_none()
         };
         self.routed.lock().retain(|_, c| {
             let keep = !same(c);
@@ -167,7 +169,7 @@ impl Brokers {
         if self.silence.mark(&target) {
             tokio::spawn(probe(Arc::downgrade(self), target));
         }
-        if was_current {
+        if reconnect {
             let brokers = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = brokers.conn().await {
