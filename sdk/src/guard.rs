@@ -239,6 +239,13 @@ impl std::fmt::Debug for Guard {
 
 impl Guard {
     pub(crate) fn new(route: Arc<Route>, owner: Arc<Conn>, g: Granted, renew: bool) -> Guard {
+        let mut guard = Guard::unwatched(route, owner, g, renew);
+        guard.schedule_watchdog();
+        guard
+    }
+
+    /// The guard of grant `g` with its watchdog not scheduled yet: [`hand_out`] schedules it.
+    pub(crate) fn unwatched(route: Arc<Route>, owner: Arc<Conn>, g: Granted, renew: bool) -> Guard {
         let broker_id = owner.welcome().broker_id;
         // Subscribed now, so no push is missed while the watchdog waits to start.
         let ended = route.lease_ended();
@@ -269,18 +276,23 @@ impl Guard {
             renewing: tokio::sync::Mutex::new(()),
             hold: crate::metrics::Hold::start(g.mode, g.granted_at),
         });
-        let first_renewal = lease.timing().renew_at();
-        let watched: Arc<dyn Watched> = lease.clone();
-        let ticket = lease
+        Guard {
+            lease,
+            watchdog: None,
+            released: false,
+        }
+    }
+
+    /// Leaves the watchdog with the client's starter, due at the lease's first renewal.
+    fn schedule_watchdog(&mut self) {
+        let first_renewal = self.lease.timing().renew_at();
+        let watched: Arc<dyn Watched> = self.lease.clone();
+        let ticket = self
+            .lease
             .route
             .watchdogs()
             .schedule(first_renewal, Arc::downgrade(&watched));
-        let watchdog = Some(ticket);
-        Guard {
-            lease,
-            watchdog,
-            released: false,
-        }
+        self.watchdog = Some(ticket);
     }
 
     /// The fencing token: strictly increasing per key across the broker's life.
@@ -590,24 +602,31 @@ async fn renew_now(lease: &Lease, ttl: Option<Duration>) -> Result<Duration> {
     }
 }
 
-/// Renews a lease that waited in a queue before its first use (more than a quarter of its
-/// TTL since the acquire was `sent`, when its clock started), so the caller's work starts on a
-/// full, safely bounded lease. A lease that ran out before this renewal reached the broker
-/// (e.g. this process was paused between the grant and now) was granted, then lost: that is
-/// [`Error::Lost`], rather than a puzzling `NotOwner`/`NotLocked`.
-pub(crate) async fn refresh_if_stale(guard: &Guard, sent: Instant) -> Result<()> {
-    if sent.elapsed() <= guard.ttl() / 4 {
-        return Ok(());
+/// Hands out a guard made by [`Guard::unwatched`]. A lease that waited in a queue (more than a
+/// quarter of its TTL since the acquire was `sent`, when its clock started) is renewed first,
+/// so the caller's work starts on a full, safely bounded lease; then the watchdog is scheduled.
+/// It waits for that renewal: scheduled with the grant, it found the local deadline — counted
+/// from the acquire's send — already past and declared lost a lease the broker had just
+/// granted (the cluster checker saw whole queues of waiters lose their grants one after another
+/// when a dead holder's lease expired). A lease that ran out before this renewal reached the
+/// broker (e.g. this process was paused between the grant and now) was granted, then lost:
+/// that is [`Error::Lost`], rather than a puzzling `NotOwner`/`NotLocked`.
+pub(crate) async fn hand_out(mut guard: Guard, sent: Instant) -> Result<Guard> {
+    if sent.elapsed() > guard.ttl() / 4 {
+        // Boxed: rare, and the renewal's state (a reclaim, a round trip) would otherwise sit
+        // inline in every acquire's future.
+        match Box::pin(renew_now(&guard.lease, None)).await {
+            Ok(_) => {}
+            Err(Error::NotOwner | Error::NotLocked) => {
+                return Err(Error::Lost(
+                    "the lease ended before its first renewal reached the broker".into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
     }
-    // Boxed: rare, and the renewal's state (a reclaim, a round trip) would otherwise sit inline
-    // in every acquire's future.
-    match Box::pin(renew_now(&guard.lease, None)).await {
-        Ok(_) => Ok(()),
-        Err(Error::NotOwner | Error::NotLocked) => Err(Error::Lost(
-            "the lease ended before its first renewal reached the broker".into(),
-        )),
-        Err(e) => Err(e),
-    }
+    guard.schedule_watchdog();
+    Ok(guard)
 }
 
 /// The local deadline of `t` minus the client's safety margin for its TTL.

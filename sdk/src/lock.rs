@@ -155,18 +155,18 @@ impl LockRequest {
         match step(reply)? {
             Step::Moved(url) => Ok(Step::Moved(url)),
             Step::Done(Frame::Granted(g)) => {
-                let guard = self.guard(conn, g, sent);
-                // Queued for a while: renewed before it is handed out.
-                crate::guard::refresh_if_stale(&guard, sent).await?;
+                let guard = crate::guard::hand_out(self.guard(conn, g, sent), sent).await?;
                 Ok(Step::Done(guard))
             }
             Step::Done(other) => Err(unexpected(other)),
         }
     }
 
-    /// The guard of grant `g` on `conn`, its lease clock started at `sent`.
+    /// The guard of grant `g` on `conn`, its lease clock started at `sent` (for [`hand_out`]).
+    ///
+    /// [`hand_out`]: crate::guard::hand_out
     fn guard(&self, conn: Arc<Conn>, g: Granted, sent: Instant) -> Guard {
-        Guard::new(
+        Guard::unwatched(
             self.route.clone(),
             conn,
             crate::guard::Granted {

@@ -113,12 +113,12 @@ impl LockAllRequest {
         )
         .await?;
         let granted_at = Instant::now();
-        let guards: Vec<Guard> = g
+        let unwatched: Vec<Guard> = g
             .leases
             .into_iter()
             .map(|l| {
                 let ttl = Duration::from_millis(l.ttl_ms);
-                Guard::new(
+                Guard::unwatched(
                     self.route.clone(),
                     conn.clone(),
                     Granted {
@@ -136,8 +136,9 @@ impl LockAllRequest {
             })
             .collect();
         // Queued for a while: start the work on full leases (as `lock` does).
-        for guard in &guards {
-            crate::guard::refresh_if_stale(guard, sent).await?;
+        let mut guards = Vec::with_capacity(unwatched.len());
+        for guard in unwatched {
+            guards.push(crate::guard::hand_out(guard, sent).await?);
         }
         Ok(guards)
     }

@@ -1,6 +1,7 @@
 //! Leases over real connections: a SIGKILLed holder keeps the lock until its TTL, a clean
 //! disconnect frees it at once, background renewal keeps a lock past its TTL, and
-//! `wait_until_unlocked` tells Released from Expired.
+//! `wait_until_unlocked` tells Released from Expired, and a waiter queued past its TTL gets a
+//! usable lease.
 
 use std::time::{Duration, Instant};
 
@@ -133,6 +134,47 @@ async fn renewal_keeps_a_lock_past_its_ttl() {
     assert_eq!(b.try_lock(key).await.err(), Some(Error::Busy));
     guard.unlock().await.expect("unlock after renewals");
     assert!(!inspect(&b, key).await.is_locked());
+}
+
+/// A waiter queued longer than its own TTL gets a lease it can use: the lease's clock starts
+/// when the acquire was sent, so such a grant arrives past its local deadline and is renewed
+/// before it is handed out. Before, the guard's watchdog started with the grant, found the
+/// deadline past and declared the lease lost at once (the cluster checker saw every waiter of
+/// a queue lose its grant in turn behind a dead holder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_queued_longer_than_its_ttl_gets_a_lease_that_is_not_lost() {
+    let broker = Broker::start();
+    let key = "queued/k";
+    let a = broker.client().await;
+    let b = broker.client().await;
+    let held = a
+        .lock(key)
+        .ttl(Duration::from_secs(30))
+        .await
+        .expect("a locks");
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.lock(key)
+                .ttl(Duration::from_secs(1))
+                .wait(Duration::from_secs(20))
+                .await
+        })
+    };
+    wait_for_waiters(&a, key, 1).await;
+    // The holder's work takes longer than the waiter's TTL.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    held.unlock().await.expect("a unlocks");
+    let guard = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("b granted")
+        .expect("b task")
+        .expect("b lock");
+    assert!(!guard.is_lost(), "a fresh grant read as lost: {guard:?}");
+    let lost = tokio::time::timeout(Duration::from_millis(300), guard.lost()).await;
+    assert!(lost.is_err(), "a fresh grant was declared lost: {lost:?}");
+    assert_eq!(inspect(&a, key).await.holders[0].fence, guard.fence());
+    guard.unlock().await.expect("b unlocks its lease");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::RunArgs;
 use crate::checks::{self, Violation};
 use crate::cluster::Cluster;
 use crate::failover;
 use crate::faults::FaultLog;
 use crate::history::History;
 use crate::report::{PhaseSummary, Summary, ViolationReport};
+use crate::{Phases, RunArgs};
 
 /// Everything a finished run hands over.
 pub struct Record<'a> {
@@ -39,10 +39,11 @@ pub fn summarize(r: Record<'_>) -> Summary {
     Summary {
         seed: r.seed,
         settings: format!(
-            "clients={} keys={} ttl={} duration={} phases={:?} start_ns={}",
+            "clients={} keys={} ttl={} ttl_cap={} duration={} phases={:?} start_ns={}",
             args.clients,
             args.keys,
             humantime::format_duration(args.ttl),
+            ttl_cap(args),
             humantime::format_duration(args.duration),
             args.phases,
             r.start_ns
@@ -143,6 +144,16 @@ fn anomalies(
         out.push(format!("malformed log line: {m}"));
     }
     out
+}
+
+/// The brokers' TTL cap as `broker.rs` configures them: the shipped one with replicated
+/// shards, the clients' TTL otherwise.
+fn ttl_cap(args: &RunArgs) -> String {
+    if matches!(args.phases, Phases::Cluster) && args.replicas >= 2 {
+        "shipped(30s)".into()
+    } else {
+        humantime::format_duration(args.ttl).to_string()
+    }
 }
 
 /// Leases reported lost by clients with no fault of their own (pause, kill) in the 2×TTL

@@ -67,8 +67,18 @@ impl BrokerSpec {
 
     fn config_toml(&self, phase: &PhaseConfig) -> String {
         let ttl_ms = self.ttl.as_millis().max(1);
+        // The TTL cap bounds the grace of a takeover that has no in-sync backup. Replicated
+        // shards run with the shipped caps (a takeover must not need a shortened one); a
+        // single broker and `replicas = 1` cap TTLs at the clients' TTL, or every fault would
+        // stop a shard for the shipped 30 s grace.
+        let shipped_caps = matches!(phase, PhaseConfig::Cluster { replicas, .. } if *replicas >= 2);
+        let cap = if shipped_caps {
+            String::new()
+        } else {
+            format!("max_ttl_ms = {ttl_ms}\n")
+        };
         let mut toml = format!(
-            "[locks]\ndefault_ttl_ms = {ttl_ms}\nmax_ttl_ms = {ttl_ms}\n\n\
+            "[locks]\ndefault_ttl_ms = {ttl_ms}\n{cap}\n\
              [quic]\nshutdown_grace_ms = 1000\n"
         );
         if let PhaseConfig::SyncMirror { redis_url, plugin } = phase {
@@ -85,7 +95,7 @@ impl BrokerSpec {
             toml.push_str(&format!(
                 "\n[cluster]\netcd = [\"{etcd}\"]\nname = \"chaos\"\nbroker = \"{}\"\n\
                  advertise = \"{}\"\nshards = {SHARDS}\nownership_ttl_ms = {}\n\
-                 max_ttl_ms = {ttl_ms}\nreplicas = {replicas}\nkey_file = {:?}\n",
+                 {cap}replicas = {replicas}\nkey_file = {:?}\n",
                 self.name.replace(' ', "-"),
                 self.listen,
                 OWNERSHIP_TTL.as_millis(),

@@ -134,6 +134,9 @@ impl ClientLoop {
         for _ in 0..steps {
             let t = mono_ns();
             if guard.is_lost() {
+                // Already lost: `lost()` answers at once with the reason (kept in the
+                // client's stderr file for `--keep` runs).
+                eprintln!("lost {key} fence {fence}: {}", guard.lost().await);
                 self.log.append(&Entry::Lost {
                     key: key.clone(),
                     fence,

@@ -75,7 +75,8 @@ pub struct RunArgs {
     /// Hot keys (`chaos/0` .. `chaos/{keys-1}`).
     #[arg(long, default_value_t = 12)]
     pub keys: usize,
-    /// Lease TTL clients ask for (also the broker's default and maximum TTL).
+    /// Lease TTL clients ask for (also the brokers' default TTL, and their TTL cap except with
+    /// replicated shards, which run with the shipped caps: 30 s in a cluster).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
     /// Seed of every random choice (nemesis and clients); default: from the clock.
