@@ -126,6 +126,7 @@ pub async fn hold(
                     ttl_ms,
                     wait: WaitSpec::NoWait,
                     owner: Bytes::new(),
+                    ticket: 0,
                 }),
                 &mut out,
             );

@@ -32,6 +32,7 @@ fn request(session: u64, req: u64, key: Bytes, wait: Wait) -> AcquireRequest {
         ttl: TTL,
         wait,
         owner: None,
+        ticket: 0,
     }
 }
 

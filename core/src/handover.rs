@@ -11,7 +11,7 @@ use super::entry::{Entry, check_mode};
 use super::keys::EntryId;
 use super::queue::PendingKind;
 use super::types::{
-    Effect, Fence, Grant, Mode, SessionId, TableError, UNNAMED_PRINCIPAL, UnlockOutcome,
+    Effect, Fence, Grant, Mode, ReqId, SessionId, TableError, UNNAMED_PRINCIPAL, UnlockOutcome,
 };
 use super::{Table, cx};
 
@@ -85,7 +85,7 @@ impl Table {
 
     /// The id of `key`'s entry, created (idle) if there is none. `LimitExceeded("live keys")`
     /// when the table is full.
-    fn entry_or_insert(&mut self, key: &[u8]) -> Result<EntryId, TableError> {
+    pub(crate) fn entry_or_insert(&mut self, key: &[u8]) -> Result<EntryId, TableError> {
         let full = self.keys.len() >= self.cfg.max_keys;
         match self.keys.lookup(key) {
             Ok(e) => Ok(e.id),
@@ -121,6 +121,18 @@ impl Table {
     /// fails with `Moved`, then every lease ends (`Released` events). Returns the leases that
     /// ended, so their holders can be told and the key's next owner given them.
     pub fn evict(&mut self, now: Instant, key: &[u8], out: &mut Vec<Effect>) -> Vec<Evicted> {
+        self.evict_with(now, key, out, &mut |_| TableError::Moved)
+    }
+
+    /// [`Table::evict`], answering each waiting single-key acquire with `single`'s error for
+    /// it (`Moved`, or `Requeued` with a ticket: `requeue.rs`), in queue order.
+    pub(crate) fn evict_with(
+        &mut self,
+        now: Instant,
+        key: &[u8],
+        out: &mut Vec<Effect>,
+        single: &mut dyn FnMut(ReqId) -> TableError,
+    ) -> Vec<Evicted> {
         let Some(e) = self.keys.find_mut(key) else {
             return Vec::new();
         };
@@ -155,7 +167,11 @@ impl Table {
         let mut behind = Vec::new();
         for (session, req, group) in waiters {
             self.sessions.drop_pending(session, req);
-            out.push(PendingKind::Acquire.failed(session, req, TableError::Moved));
+            let error = match group {
+                Some(_) => TableError::Moved,
+                None => single(req),
+            };
+            out.push(PendingKind::Acquire.failed(session, req, error));
             if let Some(seq) = group {
                 behind.extend(self.take_group_out(seq, Some(id)));
             }

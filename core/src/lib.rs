@@ -102,6 +102,7 @@ mod owners;
 mod queries;
 mod queue;
 mod quotas;
+mod requeue;
 mod restore;
 pub mod serve;
 mod sessions;
@@ -119,6 +120,7 @@ pub use handover::{Evicted, PreviousLease};
 pub use listing::{KeyListing, QueuedRequest, TableTotals};
 pub use mutations::{KEYS_OF_PRINCIPAL, LEASES_OF_PRINCIPAL, QUEUED_OF_PRINCIPAL};
 pub use quotas::PrincipalCaps;
+pub use requeue::REQUEUE_WINDOW;
 pub use types::{
     AcquireAllRequest, AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId,
     SessionId, TableConfig, TableError, UnlockOutcome, Wait,
@@ -156,6 +158,8 @@ pub struct Table {
     seq: u64,
     /// End of the restart grace (`grace.rs`), while it may still run.
     grace_until: Option<Instant>,
+    /// Queue places kept for acquires that waited at a shard's previous owner (`requeue.rs`).
+    places: requeue::Places,
 }
 
 /// Borrows the parts of `Table` an entry transition needs (an `entry::Cx`), leaving `keys` free.
@@ -190,6 +194,7 @@ impl Table {
             groups: Groups::default(),
             seq: 0,
             grace_until: None,
+            places: requeue::Places::default(),
         }
     }
 }

@@ -159,6 +159,7 @@ mod tests {
                 ttl: Duration::from_secs(10),
                 wait: Wait::Forever,
                 owner: None,
+                ticket: 0,
             },
             &mut out,
         );

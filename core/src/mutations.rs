@@ -94,6 +94,25 @@ impl Table {
         req: AcquireRequest,
         out: &mut Vec<Effect>,
     ) -> Result<Option<Grant>, TableError> {
+        let place = self.take_place(req.ticket, &req.key, now);
+        let reopen = place.and_then(|(_, lift)| Some((req.key.clone(), lift?)));
+        let result = self.acquire_at(now, req, place.map(|(seq, _)| seq), out);
+        // The last acquire a key's block waited for is queued (or failed): the queue goes on.
+        if let Some((key, until)) = reopen {
+            self.reopen(now, &key, until, out);
+        }
+        result
+    }
+
+    /// [`Table::acquire`] once its ticket was looked up: `place` is the queue place (sequence
+    /// number) kept for it across a shard's move, if any.
+    fn acquire_at(
+        &mut self,
+        now: Instant,
+        req: AcquireRequest,
+        place: Option<u64>,
+        out: &mut Vec<Effect>,
+    ) -> Result<Option<Grant>, TableError> {
         let AcquireRequest {
             session,
             req,
@@ -102,6 +121,7 @@ impl Table {
             ttl,
             wait,
             owner,
+            ticket: _,
         } = req;
         check_mode(mode)?;
         let full = self.keys.len() >= self.cfg.max_keys;
@@ -153,7 +173,8 @@ impl Table {
             };
             let (seq, deadline) = admit_to_queue(now, wait, load, cx.cfg, &mut self.seq)?;
             let w = Waiter {
-                seq,
+                // A place kept across a shard's move: the one it had at the old owner.
+                seq: place.unwrap_or(seq),
                 session,
                 req,
                 mode,

@@ -125,7 +125,7 @@ impl<T> Queue<T> {
 }
 
 impl<T: Queued> Queue<T> {
-    /// Appends `t` (its `seq` is the largest yet).
+    /// Adds `t` in `seq` order (the largest yet, or a place kept across a move: `requeue.rs`).
     pub fn push_back(&mut self, t: T) {
         self.0.insert(t.seq(), t);
     }

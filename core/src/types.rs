@@ -57,6 +57,9 @@ pub struct AcquireRequest {
     pub wait: Wait,
     /// The owner label the lease is shown with (`None`: none).
     pub owner: Option<Key>,
+    /// The ticket of a place kept in the key's queue across a planned move (`requeue.rs`);
+    /// 0: none.
+    pub ticket: u64,
 }
 
 /// Most keys one [`AcquireAllRequest`] may name.
@@ -190,6 +193,12 @@ pub enum TableError {
     DuplicateRequest,
     #[error("the key's shard is served by another broker now")]
     Moved,
+    /// A waiting acquire left the queue in a planned move of its key's shard; sent again with
+    /// this ticket, it gets its place back at the new owner (`requeue.rs`).
+    #[error(
+        "the key's shard moved while this acquire waited; its place is kept for ticket {0:016x}"
+    )]
+    Requeued(u64),
 }
 
 /// One current holder of a key, as reported by `inspect` and `holds`.

@@ -68,6 +68,7 @@ impl From<&TableError> for ErrorCode {
             TableError::InvalidKeys(_) => ErrorCode::Malformed,
             TableError::DuplicateRequest => ErrorCode::DuplicateRequest,
             TableError::Moved => ErrorCode::Moved,
+            TableError::Requeued(_) => ErrorCode::Requeued,
         }
     }
 }

@@ -23,6 +23,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 ttl_ms: 30_000,
                 wait: WaitSpec::Millis(5_000),
                 owner: Bytes::new(),
+                ticket: 0,
             }),
         ),
         (

@@ -75,6 +75,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_u64(out, a.ttl_ms);
             put_wait(out, a.wait);
             put_bytes(out, &a.owner);
+            put_u64(out, a.ticket);
         }
         Frame::AcquireAll(a) => {
             put_u8(out, kind::ACQUIRE_ALL);
@@ -409,6 +410,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             ttl_ms: r.u64("ttl")?,
             wait: wait(r)?,
             owner: r.owner_label()?,
+            ticket: r.u64("ticket")?,
         }),
         kind::ACQUIRE_ALL => {
             let id = r.u64("id")?;

@@ -59,6 +59,11 @@ pub enum ErrorCode {
     /// Cluster mode: the key's shard is owned by another broker. The message is that broker's
     /// URL (`quic://host:port`), or empty while the shard has no owner (retry shortly).
     Moved,
+    /// Cluster mode: a waiting `Acquire` left its key's queue because the key's shard moved
+    /// to another broker in a planned hand-over. The message is a ticket (16 hex digits):
+    /// sent again with it in `Acquire::ticket`, the acquire gets its place in the key's queue
+    /// back at the shard's next owner (for a short while after the move).
+    Requeued,
     Internal,
     /// A code this version does not know (sent by a newer peer).
     Unknown(u16),
@@ -87,6 +92,7 @@ impl ErrorCode {
             ErrorCode::DuplicateRequest => 21,
             ErrorCode::Unauthenticated => 22,
             ErrorCode::Moved => 23,
+            ErrorCode::Requeued => 24,
             ErrorCode::Internal => 99,
             ErrorCode::Unknown(v) => v,
         }
@@ -114,6 +120,7 @@ impl ErrorCode {
             21 => ErrorCode::DuplicateRequest,
             22 => ErrorCode::Unauthenticated,
             23 => ErrorCode::Moved,
+            24 => ErrorCode::Requeued,
             99 => ErrorCode::Internal,
             other => ErrorCode::Unknown(other),
         }

@@ -104,6 +104,10 @@ pub struct Acquire {
     /// it in the caller's own words, e.g. `worker-7@host-3`. Empty: none. At most
     /// [`MAX_OWNER_LABEL`] bytes of UTF-8.
     pub owner: Bytes,
+    /// A place in the key's queue kept by the shard's new owner: the ticket of a
+    /// [`ErrorCode::Requeued`](crate::ErrorCode::Requeued) answer to this acquire at the old
+    /// owner. 0: none.
+    pub ticket: u64,
 }
 
 /// Lock several keys at once, exclusively: all are granted together (one `GrantedAll`) or

@@ -31,7 +31,9 @@ pub use shard::{hash_tag, shard_of};
 /// the frame limit).
 /// Version 4: owner labels in `Acquire`, `Reclaim` and `LockInfo` holders; `Revoked` end reason;
 /// the asker's queue position in `LockInfo`; `AcquireAll` / `GrantedAll` (atomic multi-key locks).
-pub const PROTOCOL_VERSION: u8 = 4;
+/// Version 5: `Acquire::ticket` and the `Requeued` error code (waiting acquires keep their
+/// place in the queue across a planned move of their key's shard).
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// The default UDP port of the broker.
 pub const DEFAULT_PORT: u16 = 7420;

@@ -49,6 +49,7 @@ fn samples() -> Vec<Frame> {
             ttl_ms: 30_000,
             wait: WaitSpec::NoWait,
             owner: Bytes::new(),
+            ticket: 0,
         }),
         Frame::Acquire(Acquire {
             id: 2,
@@ -57,6 +58,7 @@ fn samples() -> Vec<Frame> {
             ttl_ms: 0,
             wait: WaitSpec::Millis(5000),
             owner: Bytes::new(),
+            ticket: 0,
         }),
         Frame::Acquire(Acquire {
             id: 3,
@@ -65,6 +67,7 @@ fn samples() -> Vec<Frame> {
             ttl_ms: 1,
             wait: WaitSpec::Forever,
             owner: Bytes::new(),
+            ticket: 0,
         }),
         Frame::Granted(Granted {
             id: 1,
@@ -245,6 +248,7 @@ fn oversized_key_is_refused() {
             ttl_ms: 0,
             wait: WaitSpec::NoWait,
             owner: Bytes::new(),
+            ticket: 0,
         }),
         &mut buf,
     );
@@ -361,6 +365,7 @@ fn lying_counts_and_bad_tags_are_malformed() {
             ttl_ms: 0,
             wait: WaitSpec::NoWait,
             owner: Bytes::new(),
+            ticket: 0,
         }),
         &mut buf,
     );
@@ -572,6 +577,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 ttl_ms,
                 wait,
                 owner: Bytes::new(),
+                ticket: 0,
             })),
         (
             any::<u64>(),
@@ -713,6 +719,7 @@ fn owner_labels_round_trip_and_are_bounded() {
             ttl_ms: 0,
             wait: WaitSpec::NoWait,
             owner: Bytes::copy_from_slice(owner),
+            ticket: 0,
         })
     };
     let mut buf = Vec::new();

@@ -153,6 +153,7 @@ impl Engine {
                     ttl: serve::ttl_asked(ttl_ms, DEFAULT_TTL),
                     wait: Wait::No,
                     owner: owner_label(owner.clone()),
+                    ticket: 0,
                 },
                 effects,
             )
@@ -431,6 +432,7 @@ mod tests {
                 ttl_ms: 1_000,
                 wait: WaitSpec::NoWait,
                 owner: Bytes::new(),
+                ticket: 0,
             }),
         );
         let granted = match first_answers.0.lock().pop() {

@@ -68,6 +68,9 @@ impl Error {
             ErrorCode::Moved => Error::Unavailable(format!(
                 "the key's shard is served by another broker of the cluster ({message})"
             )),
+            ErrorCode::Requeued => Error::Unavailable(
+                "the key's shard moved to another broker while this acquire waited".into(),
+            ),
             other => Error::Protocol(format!("{other:?}: {message}")),
         }
     }

@@ -6,12 +6,13 @@
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lockbroker_core::wire::millis;
-use lockbroker_proto::{Acquire, Frame, Granted, MAX_OWNER_LABEL, Mode, WaitSpec};
+use lockbroker_proto::{Acquire, ErrorCode, Frame, Granted, MAX_OWNER_LABEL, Mode, WaitSpec};
 
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -29,6 +30,9 @@ pub struct LockRequest {
     wait: WaitSpec,
     renew: bool,
     owner: Bytes,
+    /// The place kept in the key's queue at the shard's next owner after a planned move
+    /// (the ticket of a `Requeued` answer); 0: none.
+    ticket: AtomicU64,
 }
 
 impl LockRequest {
@@ -41,6 +45,7 @@ impl LockRequest {
             ttl: None,
             wait: WaitSpec::Forever,
             renew: true,
+            ticket: AtomicU64::new(0),
         }
     }
 
@@ -148,10 +153,17 @@ impl LockRequest {
                 ttl_ms,
                 wait,
                 owner: self.owner.clone(),
+                ticket: self.ticket.load(Ordering::Relaxed),
             })
         })?;
         let mut pending = PendingReply::new(&conn, id, Some(self.key.clone()), rx);
         let reply = await_grant(&mut pending, wait, self.route.request_timeout()).await?;
+        if let Some(ticket) = requeued(&reply) {
+            // The key's shard moved while this acquire waited: ask its next owner, keeping
+            // the place this ticket holds there (no owner is known yet: after a pause).
+            self.ticket.store(ticket, Ordering::Relaxed);
+            return Ok(Step::Moved(String::new()));
+        }
         match step(reply)? {
             Step::Moved(url) => Ok(Step::Moved(url)),
             Step::Done(Frame::Granted(g)) => {
@@ -274,5 +286,17 @@ pub(crate) fn check_owner_label(label: &[u8]) -> Result<()> {
     match lockbroker_proto::text::label_problem(&text) {
         Some(problem) => Err(Error::Invalid(format!("{problem}: {text:?}"))),
         None => Ok(()),
+    }
+}
+
+/// The ticket of a `Requeued` answer (its message: 16 hex digits).
+fn requeued(reply: &Frame) -> Option<u64> {
+    match reply {
+        Frame::Error {
+            code: ErrorCode::Requeued,
+            message,
+            ..
+        } => u64::from_str_radix(message, 16).ok(),
+        _ => None,
     }
 }

@@ -232,6 +232,7 @@ impl RawConn {
                         ttl_ms,
                         wait: WaitSpec::NoWait,
                         owner: Bytes::new(),
+                        ticket: 0,
                     });
                     encode(&frame, &mut batch);
                 }

@@ -319,6 +319,7 @@ async fn flood_from_11_addresses(
                         ttl_ms: 600_000,
                         wait: WaitSpec::NoWait,
                         owner: Bytes::new(),
+                        ticket: 0,
                     })
                 });
                 let _ = send.write_all(&acquires).await;

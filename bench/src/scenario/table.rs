@@ -35,6 +35,7 @@ pub fn run(opts: &Opts, report: &mut Report) {
                         ttl: TTL,
                         wait: Wait::No,
                         owner: None,
+                        ticket: 0,
                     },
                     &mut out,
                 )

@@ -223,6 +223,7 @@ impl Broker {
                         ttl: grant.ttl,
                         wait,
                         owner,
+                        ticket: 0,
                     });
                     self.deliver_grant(session, req, grant, retry)
                 }

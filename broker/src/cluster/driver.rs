@@ -28,6 +28,9 @@ use crate::broker::{Broker, KeyRouter, Route};
 use crate::config::ClusterConfig;
 use crate::table::Evicted;
 
+/// Per key, the tickets of the acquires that waited there, in queue order (`handover.rs`).
+type Queues = Vec<(bytes::Bytes, Vec<u64>)>;
+
 /// Why the cluster driver could not start or lost its session.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -436,7 +439,7 @@ impl Cluster {
         if let Some(r) = &self.replication {
             r.drain(shard, link::ACK_TIMEOUT * 2).await;
         }
-        let ended = self.evict_shards(&[shard], why);
+        let (ended, queues) = self.evict_shards_with(&[shard], why, true);
         self.publish();
         // Time left is taken after the leases ended: the record never gives one more.
         let now = Instant::now();
@@ -453,6 +456,7 @@ impl Cluster {
                 })
                 .filter(|l| !l.left.is_zero())
                 .collect(),
+            queues,
         };
         let owner_key = format!("{}shards/{shard}", self.prefix);
         let mut then = vec![
@@ -568,9 +572,20 @@ impl Cluster {
 
     /// Clears every key of `shards` from the table; returns the leases that ended, by key.
     fn evict_shards(&self, shards: &[u32], why: &str) -> Vec<(bytes::Bytes, Evicted)> {
-        let mut all = Vec::new();
+        self.evict_shards_with(shards, why, false).0
+    }
+
+    /// [`Self::evict_shards`]; with `keep_places` (a planned hand-over) waiting acquires are
+    /// answered `Requeued` with tickets, returned by key in queue order for the next owner.
+    fn evict_shards_with(
+        &self,
+        shards: &[u32],
+        why: &str,
+        keep_places: bool,
+    ) -> (Vec<(bytes::Bytes, Evicted)>, Queues) {
+        let (mut all, mut queues) = (Vec::new(), Vec::new());
         if shards.is_empty() {
-            return all;
+            return (all, queues);
         }
         if let Some(r) = &self.replication {
             for shard in shards {
@@ -582,9 +597,16 @@ impl Cluster {
             .broker
             .read_table(|t, _| t.keys_where(|k| shards.contains(&shard_of(k, count))));
         for key in keys {
-            let ended = self
-                .broker
-                .with_table(|t, now, out| t.evict(now, &key, out));
+            let (ended, tickets) = self.broker.with_table(|t, now, out| {
+                if keep_places {
+                    t.evict_keeping_places(now, &key, out, &mut handover::mint_ticket)
+                } else {
+                    (t.evict(now, &key, out), Vec::new())
+                }
+            });
+            if !tickets.is_empty() {
+                queues.push((key.clone(), tickets));
+            }
             for l in ended {
                 self.broker.tell_lease_ended(
                     l.session,
@@ -596,7 +618,7 @@ impl Cluster {
                 all.push((key.clone(), l));
             }
         }
-        all
+        (all, queues)
     }
 
     /// Connects to etcd and registers this broker (`register.rs`) under a new lease; the
@@ -991,12 +1013,19 @@ impl Cluster {
     /// could not be loaded.
     fn take_over(&self, shard: u32, h: Handover) -> Option<Instant> {
         let count = h.leases.len();
+        let waited = h.queues.iter().map(|(_, t)| t.len()).sum::<usize>();
         let failed = self.broker.with_table(|t, now, _| {
             let mut failed = 0;
             for l in h.leases {
                 match t.restore(now, l.key, l.fence, l.mode, now + l.left) {
                     Ok(()) => t.label_restored(l.fence, l.owner),
                     Err(_) => failed += 1,
+                }
+            }
+            // The acquires that waited at the old owner get their places back, in order.
+            for (key, tickets) in &h.queues {
+                if let Err(e) = t.reserve_places(now, key, tickets) {
+                    tracing::debug!(target: "lockbroker::cluster", "queue places not kept: {e}");
                 }
             }
             failed
@@ -1007,6 +1036,7 @@ impl Cluster {
             shard,
             leases = count,
             failed,
+            waited,
             "took over the shard's leases from its previous owner"
         );
         if failed > 0 {

@@ -21,7 +21,10 @@
 //! The record is binary: `LBH1`, the grace left (ms, u64), the lease count (u32), then per
 //! lease the key (u32 length + bytes), fence (u64), mode (u8: 0 exclusive, 1 shared, 2
 //! semaphore + its size as u32), time left (ms, u64) and owner label (u32 length + bytes),
-//! all big-endian. Pure functions.
+//! all big-endian. `LBH2` (written when acquires were waiting) adds the keys' queues: their
+//! count (u32), then per key the key (u32 length + bytes), the ticket count (u32) and the
+//! tickets (u64 each) in queue order — the places the next owner keeps for the acquires that
+//! waited here (`lockbroker_core`'s `requeue.rs`). Pure functions.
 //!
 //! The lease's principal is not in the record: the holder's lease secret binds it (and the
 //! mode), so only that principal can take the lease over at the new owner.
@@ -37,6 +40,8 @@ use crate::table::Mode;
 pub(super) const MAX_RECORD_BYTES: usize = 1 << 20;
 
 const MAGIC: &[u8; 4] = b"LBH1";
+/// A record with waiting acquires' queues.
+const MAGIC_QUEUES: &[u8; 4] = b"LBH2";
 
 /// One lease carried to the shard's next owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,12 +61,33 @@ pub(super) struct Handover {
     /// The old owner's own takeover grace still running (zero: none).
     pub grace_left: Duration,
     pub leases: Vec<HandedLease>,
+    /// Per key, the tickets of the acquires that waited there, in queue order.
+    pub queues: Vec<(Bytes, Vec<u64>)>,
+}
+
+/// A ticket for a waiting acquire's place at the next owner: random, never 0.
+pub(super) fn mint_ticket() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    // The system's randomness failing is not something to go on without; a clock-derived
+    // ticket is still unique here (only guessable, and it only orders a queue).
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        bytes = nanos.to_be_bytes();
+    }
+    u64::from_be_bytes(bytes).max(1)
 }
 
 /// The record's bytes; `None` when it would pass [`MAX_RECORD_BYTES`].
 pub(super) fn encode(h: &Handover) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(16 + h.leases.len() * 32);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(if h.queues.is_empty() {
+        MAGIC
+    } else {
+        MAGIC_QUEUES
+    });
     out.extend_from_slice(&millis(h.grace_left).to_be_bytes());
     out.extend_from_slice(&u32::try_from(h.leases.len()).ok()?.to_be_bytes());
     for l in &h.leases {
@@ -83,15 +109,31 @@ pub(super) fn encode(h: &Handover) -> Option<Vec<u8>> {
             return None;
         }
     }
+    if !h.queues.is_empty() {
+        out.extend_from_slice(&u32::try_from(h.queues.len()).ok()?.to_be_bytes());
+        for (key, tickets) in &h.queues {
+            out.extend_from_slice(&u32::try_from(key.len()).ok()?.to_be_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(&u32::try_from(tickets.len()).ok()?.to_be_bytes());
+            for t in tickets {
+                out.extend_from_slice(&t.to_be_bytes());
+            }
+            if out.len() > MAX_RECORD_BYTES {
+                return None;
+            }
+        }
+    }
     Some(out)
 }
 
 /// The record in `bytes`; `None` if it is not one (the claim then waits the grace).
 pub(super) fn decode(bytes: &[u8]) -> Option<Handover> {
     let mut r = Reader(bytes);
-    if r.take(4)? != MAGIC {
-        return None;
-    }
+    let with_queues = match r.take(4)? {
+        m if m == MAGIC => false,
+        m if m == MAGIC_QUEUES => true,
+        _ => return None,
+    };
     let grace_left = Duration::from_millis(r.u64()?);
     let count = r.u32()?;
     // Each lease takes at least 25 bytes: a count beyond that is a lie, not an allocation.
@@ -117,7 +159,28 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Handover> {
             owner,
         });
     }
-    r.0.is_empty().then_some(Handover { grace_left, leases })
+    let mut queues = Vec::new();
+    if with_queues {
+        let count = r.u32()?;
+        for _ in 0..count.min(bytes.len() as u32 / 8) {
+            let len = r.u32()? as usize;
+            let key = Bytes::copy_from_slice(r.take(len)?);
+            let n = r.u32()? as usize;
+            let mut tickets = Vec::with_capacity(n.min(r.0.len() / 8));
+            for _ in 0..n {
+                tickets.push(r.u64()?);
+            }
+            queues.push((key, tickets));
+        }
+        if queues.len() != count as usize {
+            return None;
+        }
+    }
+    r.0.is_empty().then_some(Handover {
+        grace_left,
+        leases,
+        queues,
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -164,8 +227,13 @@ mod tests {
                 lease("", 3, Mode::Shared, 1),
                 lease("sem", 12, Mode::Semaphore(4), 0),
             ],
+            queues: vec![
+                (Bytes::from_static(b"a"), vec![5, u64::MAX, 1]),
+                (Bytes::new(), vec![]),
+            ],
         };
         let bytes = encode(&h).expect("small");
+        assert_eq!(&bytes[..4], b"LBH2");
         assert_eq!(decode(&bytes), Some(h));
         assert_eq!(
             decode(&encode(&Handover::default()).expect("empty")),
@@ -178,6 +246,7 @@ mod tests {
         let bytes = encode(&Handover {
             grace_left: Duration::ZERO,
             leases: vec![lease("a", 1, Mode::Semaphore(2), 5)],
+            queues: vec![(Bytes::from_static(b"a"), vec![9, 8])],
         })
         .expect("small");
         for cut in 0..bytes.len() {
@@ -201,6 +270,7 @@ mod tests {
             leases: (0..1100)
                 .map(|i| lease(&big, i, Mode::Exclusive, 1))
                 .collect(),
+            queues: Vec::new(),
         };
         assert_eq!(encode(&h), None);
     }

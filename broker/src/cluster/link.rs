@@ -297,7 +297,11 @@ fn snapshot(ctx: &LinkContext, backup: &str, shard: u32) -> Option<((u64, u64), 
                 (f.epoch(), f.grace_until(), f.snapshot_sent(backup))
             })?;
         let grace_left = grace_until.map_or(Duration::ZERO, |g| g.saturating_duration_since(now));
-        let record = Handover { grace_left, leases };
+        let record = Handover {
+            grace_left,
+            leases,
+            queues: Vec::new(),
+        };
         Some((
             (next_seq, generation),
             PeerMsg::Snapshot {

@@ -349,6 +349,7 @@ mod tests {
                     left: Duration::from_millis(2500),
                     owner: Bytes::from_static(b"worker-1"),
                 }],
+                queues: Vec::new(),
             },
         });
         roundtrip(PeerMsg::Changes {

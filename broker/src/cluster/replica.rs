@@ -182,7 +182,11 @@ impl Replica {
             })
             .collect();
         leases.sort_by_key(|l| l.fence);
-        Handover { grace_left, leases }
+        Handover {
+            grace_left,
+            leases,
+            queues: Vec::new(),
+        }
     }
 }
 
@@ -212,6 +216,7 @@ mod tests {
                     owner: Bytes::from_static(b"job-7"),
                 })
                 .collect(),
+            queues: Vec::new(),
         }
     }
 

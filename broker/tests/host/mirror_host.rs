@@ -174,6 +174,7 @@ async fn redis_down_drops_and_resyncs_without_blocking_lock_traffic() {
                         ttl: Duration::from_secs(30),
                         wait: Wait::No,
                         owner: None,
+                        ticket: 0,
                     },
                     out,
                 )
@@ -201,6 +202,7 @@ async fn redis_down_drops_and_resyncs_without_blocking_lock_traffic() {
                     ttl: Duration::from_secs(30),
                     wait: Wait::No,
                     owner: None,
+                    ticket: 0,
                 },
                 out,
             )

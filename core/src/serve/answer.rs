@@ -151,7 +151,13 @@ pub fn granted_all(id: ReqId, grants: &[Grant], secret: impl Fn(&Grant) -> Lease
 
 /// The error answer to request `id` for a table error.
 pub fn error_frame(id: ReqId, e: &TableError) -> Frame {
-    Frame::error(id, ErrorCode::from(e), e.to_string())
+    match e {
+        // The message is the ticket itself (`ErrorCode::Requeued`).
+        TableError::Requeued(ticket) => {
+            Frame::error(id, ErrorCode::Requeued, format!("{ticket:016x}"))
+        }
+        _ => Frame::error(id, ErrorCode::from(e), e.to_string()),
+    }
 }
 
 /// The answer to an `Extend`: the lease runs `ttl` from now.

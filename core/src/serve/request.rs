@@ -70,6 +70,7 @@ impl Request {
             ttl,
             wait: wait_from(a.wait, now),
             owner: owner_label(a.owner.clone()),
+            ticket: a.ticket,
         })
     }
 
@@ -300,6 +301,7 @@ mod tests {
             ttl_ms: 0,
             wait: WaitSpec::NoWait,
             owner: Bytes::new(),
+            ticket: 0,
         };
         let r = Request::acquire(session, &a, a.key.clone(), ttl, now);
         match apply(t, now, session, r, &mut Vec::new()) {

@@ -53,6 +53,7 @@ mod tests {
             ttl,
             wait: Wait::No,
             owner: None,
+            ticket: 0,
         });
         assert!(matches!(
             apply(t, now, 1, r, &mut Vec::new()),

@@ -94,6 +94,7 @@ impl H {
                 ttl: ms(ttl_ms),
                 wait,
                 owner: None,
+                ticket: 0,
             },
             &mut self.out,
         );

@@ -6,6 +6,7 @@
 //! - `faults.rs`: paths reached only when the invariants are broken by hand, and resource
 //!   exhaustion on the grant path;
 //! - `quotas.rs`: per-principal caps of keys, leases and queue records;
+//! - `requeue.rs`: queue places kept across a planned move of a key's shard;
 //! - `props.rs`: property tests of random operation sequences against a model built from what
 //!   the table reports.
 
@@ -14,4 +15,5 @@ mod harness;
 mod multi;
 mod props;
 mod quotas;
+mod requeue;
 mod single;

@@ -205,6 +205,7 @@ fn a_semaphore_key_refuses_the_whole_request() {
             ttl: ms(100),
             wait: Wait::No,
             owner: None,
+            ticket: 0,
         },
         &mut m.out,
     )
@@ -494,6 +495,7 @@ fn shared_readers_behind_a_cancelled_group_are_granted_together() {
                 ttl: ms(100),
                 wait: Wait::Forever,
                 owner: None,
+                ticket: 0,
             },
             &mut m.out,
         );

@@ -440,6 +440,7 @@ impl Model {
                         owner: req
                             .is_multiple_of(3)
                             .then(|| Bytes::from_static(b"worker@host")),
+                        ticket: 0,
                     },
                     &mut out,
                 );
@@ -559,6 +560,7 @@ impl Model {
                         ttl: Duration::from_millis(10),
                         wait: Wait::Forever,
                         owner: None,
+                        ticket: 0,
                     },
                     &mut out,
                 );

@@ -895,6 +895,7 @@ fn deadline_heap_stays_bounded_under_release_churn() {
             ttl: ms(3_600_000),
             wait: Wait::No,
             owner: None,
+            ticket: 0,
         };
         let f = h.t.acquire(now, r, &mut h.out).unwrap().unwrap().fence;
         h.t.release(now, 1, &Bytes::from_static(K), f, &mut h.out)
@@ -938,6 +939,7 @@ fn huge_ttl_and_deadlines_do_not_panic() {
                 ttl: Duration::MAX,
                 wait: Wait::No,
                 owner: None,
+                ticket: 0,
             },
             &mut h.out,
         )
@@ -1127,6 +1129,7 @@ fn owner_labels_follow_their_leases() {
         ttl: ms(1000),
         wait,
         owner: Some(Bytes::from_static(owner)),
+        ticket: 0,
     };
     let now = h.now;
     let g =

@@ -46,6 +46,7 @@ fn acquire(id: u64, key: Vec<u8>) -> Frame {
         ttl_ms: 0,
         wait: WaitSpec::NoWait,
         owner: Bytes::new(),
+        ticket: 0,
     })
 }
 

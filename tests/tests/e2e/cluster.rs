@@ -297,6 +297,7 @@ async fn failover_waits_out_the_grace_and_fences_only_grow() {
         ttl_ms: 3000,
         wait: lockbroker_proto::WaitSpec::NoWait,
         owner: Bytes::new(),
+        ticket: 0,
     }))
     .await;
     let held = match next_answer(&mut raw).await {

@@ -316,6 +316,7 @@ async fn acquires_polling_the_sync_mirror_count_in_the_queue_limit() {
             ttl_ms: 5_000,
             wait: WaitSpec::Millis(20_000),
             owner: Bytes::new(),
+            ticket: 0,
         }))
         .await;
     }
@@ -371,6 +372,7 @@ async fn cancel_stops_an_acquire_polling_the_sync_mirror() {
         ttl_ms: 5_000,
         wait: WaitSpec::Millis(20_000),
         owner: Bytes::new(),
+        ticket: 0,
     }))
     .await;
     // Polling Redis: nothing comes yet.
@@ -385,6 +387,7 @@ async fn cancel_stops_an_acquire_polling_the_sync_mirror() {
             ttl_ms: 5_000,
             wait: WaitSpec::Millis(20_000),
             owner: Bytes::new(),
+            ticket: 0,
         })
     };
     raw.send_frame(&acquire(7)).await;
@@ -460,6 +463,7 @@ async fn a_lease_that_expires_is_pushed_to_its_holder() {
         ttl_ms: 300,
         wait: WaitSpec::NoWait,
         owner: Bytes::new(),
+        ticket: 0,
     }))
     .await;
     let fence = match c.next_frame(Duration::from_secs(5)).await {

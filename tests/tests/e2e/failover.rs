@@ -5,6 +5,7 @@
 //! whichever broker serves the shard now — and is never lost. The next client is granted the
 //! key only after the holder unlocks, with a larger fence. And the cluster quickstart: the CLI
 //! given every broker's URL and dev certificate locks keys of each and exits right after CMD.
+//! Planned moves and replicated shards (issue 24): no grace, waiting acquires keep their order.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -530,6 +531,67 @@ async fn a_broker_stopped_with_sigterm_hands_every_shard_over() {
             "round {round}: h1 rejoined with a grace:\n{status}"
         );
     }
+}
+
+/// Issue 24, planned moves: acquires waiting for a key when its shard's owner leaves (SIGTERM)
+/// keep their queue order at the next owner. Five clients queue one after another behind a
+/// holder; the owner leaves; the holder finishes its work and unlocks; each waiter, granted in
+/// turn, unlocks — and the grants come in the order the clients queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_acquires_keep_their_queue_order_when_the_owner_leaves() {
+    let etcd = EtcdServer::start();
+    let addrs = [free_udp_addr(), free_udp_addr()];
+    let mut brokers = vec![
+        start_member(&etcd, "q1", addrs[0]),
+        start_member(&etcd, "q2", addrs[1]),
+    ];
+    let key = "queue/{order}";
+    let owner = settled_owner(&[&brokers[0], &brokers[1]], key).await;
+    let holder = client_of_all(&[&brokers[0], &brokers[1]]).await;
+    let guard = holder.lock(key).ttl(HOLD_TTL).await.expect("holder locks");
+    let granted = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..5u32 {
+        let client = client_of_all(&[&brokers[0], &brokers[1]]).await;
+        let granted = granted.clone();
+        waiters.push(tokio::spawn(async move {
+            let g = client
+                .lock(key)
+                .ttl(HOLD_TTL)
+                .wait(Duration::from_secs(60))
+                .await
+                .map_err(|e| format!("waiter {i}: {e}"))?;
+            granted.lock().push(i);
+            g.unlock()
+                .await
+                .map_err(|e| format!("waiter {i} unlock: {e}"))?;
+            client.close().await;
+            Ok::<_, String>(())
+        }));
+        lockbroker_tests::util::wait_for_waiters(&holder, key, i + 1).await;
+    }
+    let mut leaving = brokers.remove(owner);
+    leaving.signal("TERM");
+    assert!(
+        leaving.wait_exit(Duration::from_secs(20)).is_some(),
+        "the owner did not exit on SIGTERM"
+    );
+    guard
+        .unlock()
+        .await
+        .expect("the holder unlocks at the next owner");
+    for w in waiters {
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("every waiter is granted")
+            .expect("waiter task")
+            .expect("waiter");
+    }
+    assert_eq!(
+        *granted.lock(),
+        [0, 1, 2, 3, 4],
+        "granted out of queue order"
+    );
 }
 
 /// Issue 24's bound on a free key's wait after its shard's owner failed, with replicas: the

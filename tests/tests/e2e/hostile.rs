@@ -82,6 +82,7 @@ async fn a_stream_ending_inside_a_frame_is_a_protocol_error_not_a_clean_close() 
         ttl_ms: 30_000,
         wait: WaitSpec::NoWait,
         owner: Bytes::new(),
+        ticket: 0,
     }))
     .await;
     assert!(matches!(

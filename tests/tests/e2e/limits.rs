@@ -29,6 +29,7 @@ fn acquire(id: u64, key: String, wait: WaitSpec) -> Frame {
         ttl_ms: 60_000,
         wait,
         owner: Bytes::new(),
+        ticket: 0,
     })
 }
 
@@ -326,6 +327,7 @@ async fn sessions_that_never_read_stay_within_the_global_outbox_budget() {
                 ttl_ms: 600_000,
                 wait: WaitSpec::NoWait,
                 owner: Bytes::from(format!("{id:03}-{}", "o".repeat(116))),
+                ticket: 0,
             }))
             .await;
     }

@@ -384,6 +384,7 @@ async fn acquire(c: &mut RawConn, id: u64, key: &str, mode: Mode) -> (u64, Lease
             ttl_ms: 30_000,
             wait: WaitSpec::NoWait,
             owner: Bytes::new(),
+            ticket: 0,
         }),
     )
     .await;
