@@ -127,6 +127,7 @@ pub async fn hold(
                     wait: WaitSpec::NoWait,
                     owner: Bytes::new(),
                     ticket: 0,
+                    fence_block: 1,
                 }),
                 &mut out,
             );

@@ -33,6 +33,7 @@ fn request(session: u64, req: u64, key: Bytes, wait: Wait) -> AcquireRequest {
         wait,
         owner: None,
         ticket: 0,
+        fence_block: 1,
     }
 }
 

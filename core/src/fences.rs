@@ -42,6 +42,19 @@ impl FenceGen {
         Ok(f)
     }
 
+    /// Hands out `n` (≥ 1) consecutive tokens, `[f, f + n)`, and returns `f`: a cacheable
+    /// lease's block (`cache.rs`). Every later token is above the block.
+    #[inline]
+    pub fn alloc_block(&mut self, n: u32) -> Result<Fence, TableError> {
+        let last = self.next.saturating_add(u64::from(n.max(1)) - 1);
+        if last > self.ceiling {
+            return Err(TableError::LimitExceeded("fencing tokens"));
+        }
+        let f = self.next;
+        self.next = last + 1;
+        Ok(f)
+    }
+
     /// Cluster mode starts with no token allowed, until the first ceiling is learnt.
     pub fn bound(&mut self) {
         self.ceiling = 0;
@@ -60,5 +73,29 @@ impl FenceGen {
     /// Makes every future token `> fence`.
     pub fn raise_floor(&mut self, fence: Fence) {
         self.next = self.next.max(fence.saturating_add(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block is all or nothing below the ceiling, and the next token is above it.
+    #[test]
+    fn a_block_fits_under_the_ceiling_whole_or_not_at_all() {
+        let mut g = FenceGen::new(0);
+        g.bound();
+        g.raise_ceiling(10);
+        assert_eq!(g.alloc_block(5), Ok(1));
+        assert_eq!(
+            g.alloc_block(6),
+            Err(TableError::LimitExceeded("fencing tokens"))
+        );
+        assert_eq!(g.alloc_block(5), Ok(6));
+        assert_eq!(g.alloc(), Err(TableError::LimitExceeded("fencing tokens")));
+        assert_eq!(g.headroom(), 0);
+        g.raise_ceiling(20);
+        assert_eq!(g.alloc_block(0), Ok(11), "a block of 0 is one token");
+        assert_eq!(g.alloc(), Ok(12));
     }
 }

@@ -200,6 +200,11 @@ impl Table {
         if fresh > 0 && self.keys.charged_to(principal).saturating_add(fresh) > caps.keys {
             return Err(TableError::LimitExceeded(crate::KEYS_OF_PRINCIPAL));
         }
+        if !free {
+            // A cacheable lease on any of the keys is in the way: asked back (`cache.rs`),
+            // whether the request queues or is refused `Busy`.
+            self.recall_cached_on(now, &found, out);
+        }
         let queued = if free {
             if self.fences.headroom() < n as u64 {
                 return Err(TableError::LimitExceeded("fencing tokens"));
@@ -260,6 +265,7 @@ impl Table {
                 deadline,
                 owner: None,
                 group: true,
+                fence_block: 1,
             };
             e.enqueue_group_member(w, &mut self.deadlines);
         }

@@ -27,6 +27,10 @@ pub struct HolderRec {
     /// The principal the lease was granted to (or reclaimed by): `UNNAMED_PRINCIPAL` for a
     /// restored lease. Fits in what was padding.
     pub principal: PrincipalId,
+    /// A cacheable lease (`cache.rs`), and whether its holder was told to give it back. Fit in
+    /// what was padding too.
+    pub cached: bool,
+    pub recalled: bool,
 }
 
 impl HolderRec {
@@ -47,6 +51,8 @@ impl HolderRec {
             deadline,
             orphan,
             principal,
+            cached: false,
+            recalled: false,
         };
         h.set_ttl(ttl);
         h
@@ -77,6 +83,7 @@ impl HolderRec {
             mode: self.mode,
             ttl: self.ttl(),
             deadline: self.deadline,
+            fence_block: 1,
         }
     }
 }
@@ -163,6 +170,16 @@ impl Holders {
     }
 }
 
+/// What a new lease is granted as: mode, TTL, owner label (`None`: none) and fence block (1:
+/// an ordinary lease; more: a cacheable one, `cache.rs`).
+#[derive(Debug)]
+pub struct Terms {
+    pub mode: Mode,
+    pub ttl: Duration,
+    pub owner: Option<Bytes>,
+    pub fence_block: u32,
+}
+
 impl Entry {
     /// Grants a new lease on this key to `session` — the one grant path, for immediate acquires
     /// and queue heads alike. The caller checked the mode rules and the session's lease limit
@@ -174,16 +191,28 @@ impl Entry {
     pub fn grant_lease(
         &mut self,
         session: SessionId,
-        mode: Mode,
-        ttl: Duration,
+        terms: Terms,
         key: Option<Key>,
-        owner: Option<Bytes>,
         cx: &mut Cx<'_>,
     ) -> Result<Grant, TableError> {
-        let fence = cx.fences.alloc()?;
+        let Terms {
+            mode,
+            ttl,
+            owner,
+            fence_block,
+        } = terms;
+        let block = fence_block.clamp(1, crate::MAX_FENCE_BLOCK);
+        let fence = cx.fences.alloc_block(block)?;
         let key = key.unwrap_or_else(|| self.key.to_key());
         cx.owners.set(fence, owner);
-        Ok(self.install_lease(session, fence, mode, ttl, key, cx))
+        let mut grant = self.install_lease(session, fence, mode, ttl, key, cx);
+        if block > 1 {
+            grant.fence_block = block;
+            if let Some(h) = self.holders.get_mut(fence) {
+                h.cached = true;
+            }
+        }
+        Ok(grant)
     }
 
     /// Adds lease `fence` of `session` (live) with a deadline of `now + ttl`: indexes it in the

@@ -87,6 +87,7 @@
 //! map by fence. Keys in grants and events are copies (or the request's own `Bytes`), so a held
 //! lock never pins a request buffer.
 
+mod cache;
 mod deadlines;
 mod entry;
 mod faults;
@@ -125,7 +126,7 @@ pub use types::{
     AcquireAllRequest, AcquireRequest, Effect, Fence, Grant, Key, LockEvent, Mode, ReqId,
     SessionId, TableConfig, TableError, UnlockOutcome, Wait,
 };
-pub use types::{Holder, LockInfo, MAX_KEYS_PER_REQUEST, MAX_TTL, deadline_after};
+pub use types::{Holder, LockInfo, MAX_FENCE_BLOCK, MAX_KEYS_PER_REQUEST, MAX_TTL, deadline_after};
 pub use types::{PrincipalId, UNNAMED_PRINCIPAL};
 
 use std::time::Instant;

@@ -160,6 +160,7 @@ mod tests {
                 wait: Wait::Forever,
                 owner: None,
                 ticket: 0,
+                fence_block: 1,
             },
             &mut out,
         );

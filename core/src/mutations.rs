@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::entry::{Entry, check_mode};
 use super::grace::hold_during_grace;
 use super::keys::{EntryId, Keys};
+use super::lease::Terms;
 use super::queue::{PendingKind, Waiter, Watcher};
 use super::quotas::PrincipalCaps;
 use super::sessions::Pending;
@@ -122,6 +123,7 @@ impl Table {
             wait,
             owner,
             ticket: _,
+            fence_block,
         } = req;
         check_mode(mode)?;
         let full = self.keys.len() >= self.cfg.max_keys;
@@ -159,10 +161,16 @@ impl Table {
                 if !may_hold {
                     return Err(TableError::LimitExceeded(LEASES_OF_PRINCIPAL));
                 }
-                return e
-                    .grant_lease(session, mode, ttl, Some(key), owner, &mut cx)
-                    .map(Some);
+                let terms = Terms {
+                    mode,
+                    ttl,
+                    owner,
+                    fence_block,
+                };
+                return e.grant_lease(session, terms, Some(key), &mut cx).map(Some);
             }
+            // Not grantable now: a cacheable lease in the way is asked back.
+            e.recall_cached(&mut cx);
             let load = QueueLoad {
                 session: waiting,
                 key: e.waiters().len() + e.watchers().len(),
@@ -182,6 +190,7 @@ impl Table {
                 deadline,
                 owner,
                 group: false,
+                fence_block,
             };
             e.enqueue_waiter(w, cx.sessions, cx.deadlines);
             Ok(None)
@@ -330,8 +339,8 @@ impl Table {
     /// Resolves when `key` has no holder: `Ok(Some(Released))` at once if it has none now; else
     /// queued and resolved by `Effect::Unlocked` (Released / Expired, by how the last holder
     /// left) or `Effect::WaitFailed { Timeout }`. `Wait::No` (or a past `Until`) on a locked key:
-    /// `Err(Busy)`. Also `DuplicateRequest`, `LimitExceeded("pending waiters")`. Pushes no effect
-    /// itself.
+    /// `Err(Busy)`. Also `DuplicateRequest`, `LimitExceeded("pending waiters")`. Pushes only
+    /// the recall of a cacheable lease on the key (`cache.rs`).
     pub fn wait_until_unlocked(
         &mut self,
         now: Instant,
@@ -339,6 +348,7 @@ impl Table {
         req: ReqId,
         key: &[u8],
         wait: Wait,
+        out: &mut Vec<Effect>,
     ) -> Result<Option<UnlockOutcome>, TableError> {
         let s = self.sessions.entry(session);
         if s.pending.contains_key(&req) {
@@ -354,6 +364,8 @@ impl Table {
         let Ok(e) = held_entry(&mut self.keys, key) else {
             return Ok(Some(UnlockOutcome::Released));
         };
+        // Whoever waits for the key to come free waits for a cached lease too (`cache.rs`).
+        e.recall_cached(&mut cx!(self, now, out));
         let load = QueueLoad {
             session: waiting,
             key: e.waiters().len() + e.watchers().len(),

@@ -15,6 +15,7 @@ impl HolderRec {
             mode: self.mode,
             deadline: self.deadline,
             owner: owners.get(self.fence).cloned(),
+            cached: self.cached,
         }
     }
 }

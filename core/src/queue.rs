@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::deadlines::{Deadlines, Due};
 use super::entry::{Cx, Entry};
+use super::lease::Terms;
 use super::sessions::{Pending, Sessions};
 use super::types::{Effect, Mode, ReqId, SessionId, TableError, UnlockOutcome};
 
@@ -66,6 +67,8 @@ pub struct Waiter {
     pub owner: Option<bytes::Bytes>,
     /// A member of a multi-key acquire (`groups.rs`), granted only with the group's other keys.
     pub group: bool,
+    /// The fence block it asked for (`cache.rs`; 1: an ordinary lease).
+    pub fence_block: u32,
 }
 
 impl Waiter {
@@ -354,7 +357,13 @@ impl Entry {
             {
                 Err(TableError::LimitExceeded(crate::LEASES_OF_PRINCIPAL))
             } else {
-                self.grant_lease(w.session, w.mode, w.ttl, None, w.owner.clone(), cx)
+                let terms = Terms {
+                    mode: w.mode,
+                    ttl: w.ttl,
+                    owner: w.owner.clone(),
+                    fence_block: w.fence_block,
+                };
+                self.grant_lease(w.session, terms, None, cx)
             };
             let effect = match granted {
                 Ok(grant) => Effect::Granted {

@@ -60,7 +60,14 @@ pub struct AcquireRequest {
     /// The ticket of a place kept in the key's queue across a planned move (`requeue.rs`);
     /// 0: none.
     pub ticket: u64,
+    /// Lock caching (`cache.rs`): fencing tokens the lease reserves for its holder's local
+    /// re-grants; 0 or 1 an ordinary lease, more a cacheable one (at most
+    /// [`MAX_FENCE_BLOCK`]).
+    pub fence_block: u32,
 }
+
+/// Most fencing tokens one cacheable lease reserves (larger requests get this many).
+pub const MAX_FENCE_BLOCK: u32 = 1 << 16;
 
 /// Most keys one [`AcquireAllRequest`] may name.
 pub const MAX_KEYS_PER_REQUEST: usize = 64;
@@ -89,6 +96,9 @@ pub struct Grant {
     pub mode: Mode,
     pub ttl: Duration,
     pub deadline: Instant,
+    /// The fencing tokens reserved for the lease, `[fence, fence + fence_block)`: 1 for an
+    /// ordinary lease, more for a cacheable one (`cache.rs`).
+    pub fence_block: u32,
 }
 
 /// How a `wait_until_unlocked` resolved: the last holder released, or its lease expired.
@@ -166,6 +176,13 @@ pub enum Effect {
     },
     /// A lock transition for the mirror.
     Event(LockEvent),
+    /// Another request conflicts with cacheable lease (`key`, `fence`) of `session`: tell the
+    /// holder to release it once its current local holder is done (`cache.rs`).
+    Recall {
+        session: SessionId,
+        key: Key,
+        fence: Fence,
+    },
 }
 
 /// Errors of table operations.
@@ -210,6 +227,8 @@ pub struct Holder {
     pub deadline: Instant,
     /// The owner label given with the acquire.
     pub owner: Option<Key>,
+    /// A cacheable lease (its holder may grant the key again locally; `cache.rs`).
+    pub cached: bool,
 }
 
 /// A snapshot of one key, as reported by `inspect`.

@@ -24,6 +24,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 wait: WaitSpec::Millis(5_000),
                 owner: Bytes::new(),
                 ticket: 0,
+                fence_block: 1,
             }),
         ),
         (
@@ -34,6 +35,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 ttl_ms: 30_000,
                 rewritten: None,
                 secret: LeaseSecret([0x5a; 16]),
+                fence_block: 1,
             }),
         ),
         (

@@ -44,6 +44,7 @@ mod kind {
     pub const SHARD_MAP: u8 = 19;
     pub const ACQUIRE_ALL: u8 = 20;
     pub const GRANTED_ALL: u8 = 21;
+    pub const RECALL: u8 = 22;
 }
 
 /// Appends the encoding of `frame` to `out`.
@@ -76,6 +77,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_wait(out, a.wait);
             put_bytes(out, &a.owner);
             put_u64(out, a.ticket);
+            put_u32(out, a.fence_block);
         }
         Frame::AcquireAll(a) => {
             put_u8(out, kind::ACQUIRE_ALL);
@@ -112,6 +114,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                 }
             }
             out.extend_from_slice(&g.secret.0);
+            put_u32(out, g.fence_block);
         }
         Frame::Release(r) => {
             put_u8(out, kind::RELEASE);
@@ -192,6 +195,11 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Pong { id } => {
             put_u8(out, kind::PONG);
             put_u64(out, *id);
+        }
+        Frame::Recall { key, fence } => {
+            put_u8(out, kind::RECALL);
+            put_bytes(out, key);
+            put_u64(out, *fence);
         }
         Frame::LeaseEnded {
             key,
@@ -411,6 +419,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             wait: wait(r)?,
             owner: r.owner_label()?,
             ticket: r.u64("ticket")?,
+            fence_block: r.u32("fence block")?,
         }),
         kind::ACQUIRE_ALL => {
             let id = r.u64("id")?;
@@ -460,6 +469,7 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
                 None
             },
             secret: r.secret()?,
+            fence_block: r.u32("fence block")?,
         }),
         kind::RELEASE => Frame::Release(Release {
             id: r.u64("id")?,
@@ -547,6 +557,10 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             id: r.u64("id")?,
             code: ErrorCode::from_u16(r.u16("code")?),
             message: r.string("message")?,
+        },
+        kind::RECALL => Frame::Recall {
+            key: r.key(max_key)?,
+            fence: r.u64("fence")?,
         },
         kind::LEASE_ENDED => Frame::LeaseEnded {
             key: r.key(max_key)?,

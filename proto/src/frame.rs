@@ -108,6 +108,12 @@ pub struct Acquire {
     /// [`ErrorCode::Requeued`](crate::ErrorCode::Requeued) answer to this acquire at the old
     /// owner. 0: none.
     pub ticket: u64,
+    /// Lock caching: how many fencing tokens the lease reserves, so that its holder can grant
+    /// the key again locally after its own unlock, each local grant with the next token of
+    /// `[fence, fence + fence_block)`. 0 or 1: an ordinary lease. A cacheable lease is recalled
+    /// ([`Frame::Recall`]) when another request conflicts with it. The broker may grant fewer
+    /// (`Granted::fence_block`).
+    pub fence_block: u32,
 }
 
 /// Lock several keys at once, exclusively: all are granted together (one `GrantedAll`) or
@@ -158,6 +164,10 @@ pub struct Granted {
     pub rewritten: Option<Bytes>,
     /// The lease's secret: needed to release, extend or reclaim it.
     pub secret: LeaseSecret,
+    /// The fencing tokens reserved for the lease (`Acquire::fence_block`): `[fence, fence +
+    /// fence_block)` are its holder's, every later grant of the key is above them. 1: an
+    /// ordinary lease.
+    pub fence_block: u32,
 }
 
 /// Give a lease back.
@@ -307,6 +317,13 @@ pub enum Frame {
     },
     /// Broker → client, unsolicited, cluster mode only: the shard map.
     ShardMap(ShardMap),
+    /// Broker → holder of a cacheable lease (`Granted::fence_block` > 1), unsolicited: another
+    /// request waits for the key. The holder grants it no more locally and releases the lease
+    /// once its current local holder is done; the lease stays valid until then.
+    Recall {
+        key: Bytes,
+        fence: u64,
+    },
     /// A request failed (`id` ≠ 0), or the connection is about to close (`id` = 0, fatal codes).
     Error {
         id: u64,
@@ -319,9 +336,11 @@ impl Frame {
     /// The request id this frame belongs to (0 for `Hello`/`Welcome` and pushes).
     pub fn id(&self) -> u64 {
         match self {
-            Frame::Hello(_) | Frame::Welcome(_) | Frame::LeaseEnded { .. } | Frame::ShardMap(_) => {
-                0
-            }
+            Frame::Hello(_)
+            | Frame::Welcome(_)
+            | Frame::LeaseEnded { .. }
+            | Frame::ShardMap(_)
+            | Frame::Recall { .. } => 0,
             Frame::Acquire(f) => f.id,
             Frame::Granted(f) => f.id,
             Frame::AcquireAll(f) => f.id,

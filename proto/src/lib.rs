@@ -32,7 +32,8 @@ pub use shard::{hash_tag, shard_of};
 /// Version 4: owner labels in `Acquire`, `Reclaim` and `LockInfo` holders; `Revoked` end reason;
 /// the asker's queue position in `LockInfo`; `AcquireAll` / `GrantedAll` (atomic multi-key locks).
 /// Version 5: `Acquire::ticket` and the `Requeued` error code (waiting acquires keep their
-/// place in the queue across a planned move of their key's shard).
+/// place in the queue across a planned move of their key's shard); lock caching:
+/// `Acquire::fence_block`, `Granted::fence_block` and the `Recall` push.
 pub const PROTOCOL_VERSION: u8 = 5;
 
 /// The default UDP port of the broker.

@@ -50,6 +50,7 @@ fn samples() -> Vec<Frame> {
             wait: WaitSpec::NoWait,
             owner: Bytes::new(),
             ticket: 0,
+            fence_block: 1,
         }),
         Frame::Acquire(Acquire {
             id: 2,
@@ -59,6 +60,7 @@ fn samples() -> Vec<Frame> {
             wait: WaitSpec::Millis(5000),
             owner: Bytes::new(),
             ticket: 0,
+            fence_block: 1,
         }),
         Frame::Acquire(Acquire {
             id: 3,
@@ -67,7 +69,8 @@ fn samples() -> Vec<Frame> {
             ttl_ms: 1,
             wait: WaitSpec::Forever,
             owner: Bytes::new(),
-            ticket: 0,
+            ticket: 0xfeed_beef_0000_0001,
+            fence_block: u32::MAX,
         }),
         Frame::Granted(Granted {
             id: 1,
@@ -75,6 +78,7 @@ fn samples() -> Vec<Frame> {
             ttl_ms: 10,
             rewritten: None,
             secret: LeaseSecret([0xab; 16]),
+            fence_block: 1,
         }),
         Frame::Granted(Granted {
             id: 1,
@@ -82,6 +86,7 @@ fn samples() -> Vec<Frame> {
             ttl_ms: 10,
             rewritten: Some(Bytes::from_static(b"tenant/a/jobs")),
             secret: LeaseSecret([7; 16]),
+            fence_block: 64,
         }),
         Frame::Release(Release {
             id: 4,
@@ -171,6 +176,11 @@ fn samples() -> Vec<Frame> {
         Frame::error(12, ErrorCode::NotOwner, "lease 9 is not yours"),
         Frame::error(0, ErrorCode::Unknown(777), "from the future"),
         Frame::error(13, ErrorCode::Moved, "quic://127.0.0.1:7421"),
+        Frame::error(14, ErrorCode::Requeued, "00000000deadbeef"),
+        Frame::Recall {
+            key: Bytes::from_static(b"cache/k"),
+            fence: 41,
+        },
         Frame::LeaseEnded {
             key: Bytes::from_static(b"jobs/nightly"),
             fence: 9,
@@ -249,6 +259,7 @@ fn oversized_key_is_refused() {
             wait: WaitSpec::NoWait,
             owner: Bytes::new(),
             ticket: 0,
+            fence_block: 1,
         }),
         &mut buf,
     );
@@ -366,6 +377,7 @@ fn lying_counts_and_bad_tags_are_malformed() {
             wait: WaitSpec::NoWait,
             owner: Bytes::new(),
             ticket: 0,
+            fence_block: 1,
         }),
         &mut buf,
     );
@@ -496,9 +508,11 @@ fn frame_head_reads_the_length_and_the_request_id_without_decoding() {
     for f in samples() {
         let bytes = encoded(&f);
         let id = match f {
-            Frame::Hello(_) | Frame::Welcome(_) | Frame::LeaseEnded { .. } | Frame::ShardMap(_) => {
-                None
-            }
+            Frame::Hello(_)
+            | Frame::Welcome(_)
+            | Frame::LeaseEnded { .. }
+            | Frame::ShardMap(_)
+            | Frame::Recall { .. } => None,
             ref other => Some(other.id()),
         };
         assert_eq!(
@@ -578,6 +592,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 wait,
                 owner: Bytes::new(),
                 ticket: 0,
+                fence_block: 1,
             })),
         (
             any::<u64>(),
@@ -609,6 +624,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                     ttl_ms,
                     rewritten,
                     secret: LeaseSecret(secret),
+                    fence_block: 1,
                 })
             ),
         (any::<u64>(), any::<u16>(), ".{0,40}").prop_map(|(id, c, m)| Frame::error(
@@ -720,6 +736,7 @@ fn owner_labels_round_trip_and_are_bounded() {
             wait: WaitSpec::NoWait,
             owner: Bytes::copy_from_slice(owner),
             ticket: 0,
+            fence_block: 1,
         })
     };
     let mut buf = Vec::new();

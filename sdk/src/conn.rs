@@ -780,6 +780,9 @@ impl Conn {
                     });
                 }
                 Frame::ShardMap(m) => self.pushes.routes.update(m),
+                // Only a holder of a cacheable lease is recalled, and this client asks for
+                // none yet (lock caching, issue 25: the broker's part is in place).
+                Frame::Recall { .. } => {}
                 _ => {}
             }
             return;

@@ -154,6 +154,7 @@ impl Engine {
                     wait: Wait::No,
                     owner: owner_label(owner.clone()),
                     ticket: 0,
+                    fence_block: 1,
                 },
                 effects,
             )
@@ -224,7 +225,7 @@ impl Engine {
             Ok(Outcome::Extended(ttl)) => serve::extended_frame(id, ttl),
             Ok(Outcome::Reclaimed(ttl)) => {
                 let (key, fence) = lease?;
-                serve::granted(id, fence, ttl, None, self.secret(&key, fence))
+                serve::granted(id, fence, ttl, None, self.secret(&key, fence), 1)
             }
             Ok(Outcome::Unlocked(outcome)) => serve::unlocked_frame(id, outcome),
             Ok(Outcome::Released | Outcome::Queued | Outcome::Done) => return None,
@@ -316,7 +317,14 @@ impl Engine {
 
     /// The `Granted` answer to request `id` (the engine rewrites no key).
     fn granted(&self, id: u64, g: &Grant) -> Frame {
-        serve::granted(id, g.fence, g.ttl, None, self.secret(&g.key, g.fence))
+        serve::granted(
+            id,
+            g.fence,
+            g.ttl,
+            None,
+            self.secret(&g.key, g.fence),
+            g.fence_block,
+        )
     }
 
     /// `NotOwner` unless `secret` is the secret of lease (`key`, `fence`).
@@ -433,6 +441,7 @@ mod tests {
                 wait: WaitSpec::NoWait,
                 owner: Bytes::new(),
                 ticket: 0,
+                fence_block: 1,
             }),
         );
         let granted = match first_answers.0.lock().pop() {

@@ -154,6 +154,7 @@ impl LockRequest {
                 wait,
                 owner: self.owner.clone(),
                 ticket: self.ticket.load(Ordering::Relaxed),
+                fence_block: 1,
             })
         })?;
         let mut pending = PendingReply::new(&conn, id, Some(self.key.clone()), rx);

@@ -191,6 +191,7 @@ impl Session {
             ttl_ms: 30_000,
             rewritten: rewritten.map(|k| Bytes::from_static(k.as_bytes())),
             secret: Default::default(),
+            fence_block: 1,
         }))
         .await;
     }
@@ -449,6 +450,7 @@ async fn a_lease_gone_before_its_first_renewal_is_reported_lost() {
         ttl_ms: 1000,
         rewritten: None,
         secret: Default::default(),
+        fence_block: 1,
     }))
     .await;
     // The guard's watchdog may renew at once too (a third of the TTL is gone): every renewal
@@ -624,6 +626,7 @@ async fn an_extend_never_crosses_a_renewal_in_flight() {
         ttl_ms: 900,
         rewritten: None,
         secret: Default::default(),
+        fence_block: 1,
     }))
     .await;
     let guard = locking.await.unwrap().expect("granted");

@@ -233,6 +233,7 @@ impl RawConn {
                         wait: WaitSpec::NoWait,
                         owner: Bytes::new(),
                         ticket: 0,
+                        fence_block: 1,
                     });
                     encode(&frame, &mut batch);
                 }

@@ -320,6 +320,7 @@ async fn flood_from_11_addresses(
                         wait: WaitSpec::NoWait,
                         owner: Bytes::new(),
                         ticket: 0,
+                        fence_block: 1,
                     })
                 });
                 let _ = send.write_all(&acquires).await;

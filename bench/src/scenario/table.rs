@@ -36,6 +36,7 @@ pub fn run(opts: &Opts, report: &mut Report) {
                         wait: Wait::No,
                         owner: None,
                         ticket: 0,
+                        fence_block: 1,
                     },
                     &mut out,
                 )

@@ -3,7 +3,7 @@
 //! and `dispatch`, which sends the answers table effects carry to the sessions they address.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lockbroker_proto::{ErrorCode, Frame};
 
@@ -11,21 +11,13 @@ use super::metrics::Metrics;
 use super::session::SessionHandle;
 use super::{Broker, Route, confirm};
 use crate::table::serve::{self, Answer};
-use crate::table::{AcquireRequest, Effect, Fence, Grant, Mode, ReqId, SessionId, TableError};
+use crate::table::{AcquireRequest, Effect, Grant, ReqId, SessionId, TableError};
 
 impl Broker {
-    /// Answers request `req` of session `to` with the granted lease (`key`, `fence`) in `mode`
-    /// for `ttl`: its secret, bound to the session's principal and the mode, and the key it got
-    /// when a policy rewrote it. The only place a `Granted` frame is built.
-    pub fn answer_granted(
-        &self,
-        to: &SessionHandle,
-        req: ReqId,
-        key: &[u8],
-        fence: Fence,
-        mode: Mode,
-        ttl: Duration,
-    ) {
+    /// Answers request `req` of session `to` with granted lease `g`: its secret, bound to the
+    /// session's principal and the mode, its fence block, and the key it got when a policy
+    /// rewrote it. The only place a `Granted` frame is built.
+    pub fn answer_granted(&self, to: &SessionHandle, req: ReqId, g: &Grant) {
         if let Some(m) = &self.metrics
             && let Some(q) = to.take_queued(req)
         {
@@ -34,13 +26,16 @@ impl Broker {
                 Metrics::observe(&m.handoff, handed.elapsed());
             }
         }
-        let secret = self.identity.lease_secret(key, fence, &to.principal, mode);
+        let secret = self
+            .identity
+            .lease_secret(&g.key, g.fence, &to.principal, g.mode);
         to.outbox.push(&serve::granted(
             req,
-            fence,
-            ttl,
+            g.fence,
+            g.ttl,
             to.take_rewrite(req),
             secret,
+            g.fence_block,
         ));
     }
 }
@@ -87,7 +82,7 @@ impl Broker {
             return;
         }
         match self.session_handle(session) {
-            Some(h) => self.answer_granted(&h, req, &grant.key, grant.fence, grant.mode, grant.ttl),
+            Some(h) => self.answer_granted(&h, req, &grant),
             // The session closed between the grant and now: give the lease back.
             None => self.release_lease(session, &grant),
         }
@@ -224,6 +219,7 @@ impl Broker {
                         wait,
                         owner,
                         ticket: 0,
+                        fence_block: grant.fence_block,
                     });
                     self.deliver_grant(session, req, grant, retry)
                 }

@@ -61,7 +61,7 @@ async fn answer_when_confirmed(
         };
         let why = match confirmation {
             Confirmation::Ok => {
-                broker.answer_granted(&handle, req, &grant.key, grant.fence, grant.mode, grant.ttl);
+                broker.answer_granted(&handle, req, &grant);
                 return;
             }
             Confirmation::Failed(why) => {
@@ -118,7 +118,7 @@ async fn answer_when_confirmed(
                     pending = p;
                 }
                 None => {
-                    broker.answer_granted(&handle, req, &g.key, g.fence, g.mode, g.ttl);
+                    broker.answer_granted(&handle, req, &g);
                     return;
                 }
             },

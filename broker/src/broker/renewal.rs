@@ -18,7 +18,7 @@ use super::Broker;
 use super::gate::Confirmation;
 use super::session::SessionHandle;
 use super::wire::millis;
-use crate::table::{Fence, Mode, ReqId, SessionId};
+use crate::table::{Fence, Grant, Mode, ReqId, SessionId};
 
 /// What a confirmed renewal is answered with, and the lease's new deadline.
 #[derive(Clone, Copy, Debug)]
@@ -90,8 +90,16 @@ impl Broker {
                 id: req,
                 ttl_ms: millis(ttl),
             }),
-            Renewed::Reclaimed(ttl, _, mode) => {
-                self.answer_granted(handle, req, key, fence, mode, ttl)
+            Renewed::Reclaimed(ttl, deadline, mode) => {
+                let g = Grant {
+                    key: Bytes::copy_from_slice(key),
+                    fence,
+                    mode,
+                    ttl,
+                    deadline,
+                    fence_block: 1,
+                };
+                self.answer_granted(handle, req, &g);
             }
         }
     }

@@ -216,6 +216,7 @@ mod tests {
             mode: Mode::Exclusive,
             ttl: Duration::from_secs(5),
             deadline: now + Duration::from_secs(5),
+            fence_block: 1,
         }
     }
 

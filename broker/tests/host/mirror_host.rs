@@ -175,6 +175,7 @@ async fn redis_down_drops_and_resyncs_without_blocking_lock_traffic() {
                         wait: Wait::No,
                         owner: None,
                         ticket: 0,
+                        fence_block: 1,
                     },
                     out,
                 )
@@ -203,6 +204,7 @@ async fn redis_down_drops_and_resyncs_without_blocking_lock_traffic() {
                     wait: Wait::No,
                     owner: None,
                     ticket: 0,
+                    fence_block: 1,
                 },
                 out,
             )

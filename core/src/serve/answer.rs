@@ -111,18 +111,27 @@ impl From<Effect> for Answer {
                 fence,
             },
             Effect::Event(e) => Answer::Event(e),
+            Effect::Recall {
+                session,
+                key,
+                fence,
+            } => Answer::Frame {
+                session,
+                frame: Frame::Recall { key, fence },
+            },
         }
     }
 }
 
-/// The `Granted` answer to request `id`: lease `fence` for `ttl`, its `secret`, and the key it
-/// got when a policy rewrote the one asked for.
+/// The `Granted` answer to request `id`: lease `fence` for `ttl`, its `secret`, the key it
+/// got when a policy rewrote the one asked for, and its fence block (1: an ordinary lease).
 pub fn granted(
     id: ReqId,
     fence: Fence,
     ttl: Duration,
     rewritten: Option<Bytes>,
     secret: LeaseSecret,
+    fence_block: u32,
 ) -> Frame {
     Frame::Granted(Granted {
         id,
@@ -130,6 +139,7 @@ pub fn granted(
         ttl_ms: millis(ttl),
         rewritten,
         secret,
+        fence_block,
     })
 }
 

@@ -71,6 +71,7 @@ impl Request {
             wait: wait_from(a.wait, now),
             owner: owner_label(a.owner.clone()),
             ticket: a.ticket,
+            fence_block: a.fence_block,
         })
     }
 
@@ -148,7 +149,7 @@ pub fn apply(
             Ok(Outcome::Reclaimed(ttl))
         }
         Request::WaitUnlocked { req, key, wait } => Ok(t
-            .wait_until_unlocked(now, session, req, &key, wait)?
+            .wait_until_unlocked(now, session, req, &key, wait, out)?
             .map_or(Outcome::Queued, Outcome::Unlocked)),
         Request::Cancel { req } => {
             t.cancel(now, session, req, out);
@@ -302,6 +303,7 @@ mod tests {
             wait: WaitSpec::NoWait,
             owner: Bytes::new(),
             ticket: 0,
+            fence_block: 1,
         };
         let r = Request::acquire(session, &a, a.key.clone(), ttl, now);
         match apply(t, now, session, r, &mut Vec::new()) {

@@ -54,6 +54,7 @@ mod tests {
             wait: Wait::No,
             owner: None,
             ticket: 0,
+            fence_block: 1,
         });
         assert!(matches!(
             apply(t, now, 1, r, &mut Vec::new()),

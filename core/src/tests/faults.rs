@@ -161,7 +161,7 @@ fn keys_and_queues_are_bounded_per_key_and_in_total() {
     assert_eq!(h.one(2, 1, b"a", Wait::Forever), Ok(None));
     let now = h.now;
     assert_eq!(
-        h.t.wait_until_unlocked(now, 3, 1, b"a", Wait::Forever),
+        h.t.wait_until_unlocked(now, 3, 1, b"a", Wait::Forever, &mut h.out),
         Ok(None)
     );
     assert_eq!(
@@ -171,7 +171,7 @@ fn keys_and_queues_are_bounded_per_key_and_in_total() {
     // One more on "b" reaches the total of 3; the next anywhere is refused.
     assert_eq!(h.one(2, 2, b"b", Wait::Forever), Ok(None));
     assert_eq!(
-        h.t.wait_until_unlocked(now, 4, 2, b"b", Wait::Forever),
+        h.t.wait_until_unlocked(now, 4, 2, b"b", Wait::Forever, &mut h.out),
         Err(TableError::LimitExceeded("queued requests in total"))
     );
     h.t.check_invariants();
@@ -195,7 +195,7 @@ fn a_watcher_timeout_storm_is_expired_in_bounded_slices() {
     let due = now + ms(10);
     for r in 0..20_000u64 {
         assert_eq!(
-            h.t.wait_until_unlocked(now, 2, r + 10, K, Wait::Until(due)),
+            h.t.wait_until_unlocked(now, 2, r + 10, K, Wait::Until(due), &mut h.out),
             Ok(None)
         );
     }

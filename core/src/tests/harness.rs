@@ -95,6 +95,7 @@ impl H {
                 wait,
                 owner: None,
                 ticket: 0,
+                fence_block: 1,
             },
             &mut self.out,
         );

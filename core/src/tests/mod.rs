@@ -3,6 +3,7 @@
 //!
 //! - `single.rs`: single-key requests, one test per rule or error case;
 //! - `multi.rs`: multi-key acquires (`groups.rs`);
+//! - `cache.rs`: cacheable leases, their fence blocks and recalls;
 //! - `faults.rs`: paths reached only when the invariants are broken by hand, and resource
 //!   exhaustion on the grant path;
 //! - `quotas.rs`: per-principal caps of keys, leases and queue records;
@@ -10,6 +11,7 @@
 //! - `props.rs`: property tests of random operation sequences against a model built from what
 //!   the table reports.
 
+mod cache;
 mod faults;
 mod harness;
 mod multi;

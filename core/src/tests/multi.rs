@@ -206,6 +206,7 @@ fn a_semaphore_key_refuses_the_whole_request() {
             wait: Wait::No,
             owner: None,
             ticket: 0,
+            fence_block: 1,
         },
         &mut m.out,
     )
@@ -496,6 +497,7 @@ fn shared_readers_behind_a_cancelled_group_are_granted_together() {
                 wait: Wait::Forever,
                 owner: None,
                 ticket: 0,
+                fence_block: 1,
             },
             &mut m.out,
         );
@@ -632,7 +634,7 @@ fn limits_refuse_the_whole_request_with_nothing_changed() {
     );
     let now = m.now;
     assert_eq!(
-        m.t.wait_until_unlocked(now, 4, 2, b"d", Wait::Forever),
+        m.t.wait_until_unlocked(now, 4, 2, b"d", Wait::Forever, &mut m.out),
         total.clone().map(|()| None)
     );
     assert_eq!(

@@ -383,6 +383,7 @@ impl Model {
                     assert!(p.watch);
                     assert!(!self.locked(&p.keys[0]), "Unlocked while a lease is held");
                 }
+                Effect::Recall { .. } => panic!("no cacheable lease in this model: {e:?}"),
                 Effect::WaitFailed {
                     session,
                     req,
@@ -441,6 +442,7 @@ impl Model {
                             .is_multiple_of(3)
                             .then(|| Bytes::from_static(b"worker@host")),
                         ticket: 0,
+                        fence_block: 1,
                     },
                     &mut out,
                 );
@@ -561,6 +563,7 @@ impl Model {
                         wait: Wait::Forever,
                         owner: None,
                         ticket: 0,
+                        fence_block: 1,
                     },
                     &mut out,
                 );
@@ -573,7 +576,14 @@ impl Model {
                 let req = self.next_req;
                 let key = Bytes::from_static(KEYS[key]);
                 let wait = self.instant(wait);
-                let r = self.t.wait_until_unlocked(now, s, req, &key, wait);
+                let mut out = Vec::new();
+                let r = self
+                    .t
+                    .wait_until_unlocked(now, s, req, &key, wait, &mut out);
+                assert!(
+                    out.is_empty(),
+                    "no cacheable lease in this model: nothing to recall"
+                );
                 let locked = self.locked(&key);
                 match r {
                     Ok(Some(UnlockOutcome::Released)) => assert!(!locked),
@@ -662,7 +672,8 @@ impl Model {
                         | Effect::GrantedAll { session, .. }
                         | Effect::AcquireFailed { session, .. }
                         | Effect::Unlocked { session, .. }
-                        | Effect::WaitFailed { session, .. } => assert_ne!(*session, s),
+                        | Effect::WaitFailed { session, .. }
+                        | Effect::Recall { session, .. } => assert_ne!(*session, s),
                         Effect::Event(_) => {}
                     }
                 }

@@ -21,6 +21,7 @@ fn acquire_with(m: &mut H, session: SessionId, k: &'static [u8], ticket: u64) ->
             wait: Wait::Forever,
             owner: None,
             ticket,
+            fence_block: 1,
         },
         &mut m.out,
     );

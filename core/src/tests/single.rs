@@ -147,7 +147,7 @@ fn duplicate_pending_request_id() {
     );
     let now = h.now;
     assert_eq!(
-        h.t.wait_until_unlocked(now, 2, 7, K, Wait::Forever),
+        h.t.wait_until_unlocked(now, 2, 7, K, Wait::Forever, &mut h.out),
         Err(TableError::DuplicateRequest)
     );
     // Once resolved, the id may be reused.
@@ -473,14 +473,14 @@ fn wait_until_unlocked_outcomes() {
     let key = Bytes::from_static(K);
     let now = h.now;
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 1, &key, Wait::Forever),
+        h.t.wait_until_unlocked(now, 9, 1, &key, Wait::Forever, &mut h.out),
         Ok(Some(UnlockOutcome::Released))
     );
     // Released, even though a queued acquire is granted in the same step.
     let f = h.lock(1, K, Mode::Exclusive, 100);
     h.queue(2, 1, K, Mode::Exclusive, Wait::Forever);
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 2, &key, Wait::Forever),
+        h.t.wait_until_unlocked(now, 9, 2, &key, Wait::Forever, &mut h.out),
         Ok(None)
     );
     assert_eq!(h.t.session_counts(9), (0, 1));
@@ -495,7 +495,7 @@ fn wait_until_unlocked_outcomes() {
     assert_eq!(h.t.session_counts(9), (0, 0));
     // Expired: session 2's lease runs out.
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 3, &key, Wait::Forever),
+        h.t.wait_until_unlocked(now, 9, 3, &key, Wait::Forever, &mut h.out),
         Ok(None)
     );
     h.advance_to(1000);
@@ -514,16 +514,16 @@ fn wait_until_unlocked_timeout_cancel_and_no_wait() {
     h.lock(1, K, Mode::Exclusive, 1000);
     let now = h.now;
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 1, &key, Wait::No),
+        h.t.wait_until_unlocked(now, 9, 1, &key, Wait::No, &mut h.out),
         Err(TableError::Busy)
     );
     let until = h.at(10);
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 2, &key, Wait::Until(until)),
+        h.t.wait_until_unlocked(now, 9, 2, &key, Wait::Until(until), &mut h.out),
         Ok(None)
     );
     assert_eq!(
-        h.t.wait_until_unlocked(now, 9, 3, &key, Wait::Forever),
+        h.t.wait_until_unlocked(now, 9, 3, &key, Wait::Forever, &mut h.out),
         Ok(None)
     );
     h.take();
@@ -858,7 +858,7 @@ fn per_session_limits() {
     );
     let now = h.now;
     assert_eq!(
-        h.t.wait_until_unlocked(now, 2, 3, b"b", Wait::Forever),
+        h.t.wait_until_unlocked(now, 2, 3, b"b", Wait::Forever, &mut h.out),
         Err(TableError::LimitExceeded("pending waiters"))
     );
 }
@@ -896,6 +896,7 @@ fn deadline_heap_stays_bounded_under_release_churn() {
             wait: Wait::No,
             owner: None,
             ticket: 0,
+            fence_block: 1,
         };
         let f = h.t.acquire(now, r, &mut h.out).unwrap().unwrap().fence;
         h.t.release(now, 1, &Bytes::from_static(K), f, &mut h.out)
@@ -940,6 +941,7 @@ fn huge_ttl_and_deadlines_do_not_panic() {
                 wait: Wait::No,
                 owner: None,
                 ticket: 0,
+                fence_block: 1,
             },
             &mut h.out,
         )
@@ -1130,6 +1132,7 @@ fn owner_labels_follow_their_leases() {
         wait,
         owner: Some(Bytes::from_static(owner)),
         ticket: 0,
+        fence_block: 1,
     };
     let now = h.now;
     let g =

@@ -47,6 +47,7 @@ fn acquire(id: u64, key: Vec<u8>) -> Frame {
         wait: WaitSpec::NoWait,
         owner: Bytes::new(),
         ticket: 0,
+        fence_block: 1,
     })
 }
 

@@ -298,6 +298,7 @@ async fn failover_waits_out_the_grace_and_fences_only_grow() {
         wait: lockbroker_proto::WaitSpec::NoWait,
         owner: Bytes::new(),
         ticket: 0,
+        fence_block: 1,
     }))
     .await;
     let held = match next_answer(&mut raw).await {

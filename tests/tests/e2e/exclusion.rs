@@ -317,6 +317,7 @@ async fn acquires_polling_the_sync_mirror_count_in_the_queue_limit() {
             wait: WaitSpec::Millis(20_000),
             owner: Bytes::new(),
             ticket: 0,
+            fence_block: 1,
         }))
         .await;
     }
@@ -373,6 +374,7 @@ async fn cancel_stops_an_acquire_polling_the_sync_mirror() {
         wait: WaitSpec::Millis(20_000),
         owner: Bytes::new(),
         ticket: 0,
+        fence_block: 1,
     }))
     .await;
     // Polling Redis: nothing comes yet.
@@ -388,6 +390,7 @@ async fn cancel_stops_an_acquire_polling_the_sync_mirror() {
             wait: WaitSpec::Millis(20_000),
             owner: Bytes::new(),
             ticket: 0,
+            fence_block: 1,
         })
     };
     raw.send_frame(&acquire(7)).await;
@@ -464,6 +467,7 @@ async fn a_lease_that_expires_is_pushed_to_its_holder() {
         wait: WaitSpec::NoWait,
         owner: Bytes::new(),
         ticket: 0,
+        fence_block: 1,
     }))
     .await;
     let fence = match c.next_frame(Duration::from_secs(5)).await {

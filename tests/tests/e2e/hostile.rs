@@ -83,6 +83,7 @@ async fn a_stream_ending_inside_a_frame_is_a_protocol_error_not_a_clean_close() 
         wait: WaitSpec::NoWait,
         owner: Bytes::new(),
         ticket: 0,
+        fence_block: 1,
     }))
     .await;
     assert!(matches!(

@@ -30,6 +30,7 @@ fn acquire(id: u64, key: String, wait: WaitSpec) -> Frame {
         wait,
         owner: Bytes::new(),
         ticket: 0,
+        fence_block: 1,
     })
 }
 
@@ -328,6 +329,7 @@ async fn sessions_that_never_read_stay_within_the_global_outbox_budget() {
                 wait: WaitSpec::NoWait,
                 owner: Bytes::from(format!("{id:03}-{}", "o".repeat(116))),
                 ticket: 0,
+                fence_block: 1,
             }))
             .await;
     }

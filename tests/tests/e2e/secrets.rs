@@ -385,6 +385,7 @@ async fn acquire(c: &mut RawConn, id: u64, key: &str, mode: Mode) -> (u64, Lease
             wait: WaitSpec::NoWait,
             owner: Bytes::new(),
             ticket: 0,
+            fence_block: 1,
         }),
     )
     .await;

@@ -28,6 +28,7 @@ async fn a_label_with_control_characters_is_refused_at_decode() {
         wait: WaitSpec::NoWait,
         owner: Bytes::from_static(b"me\nroot / ops-approved\x1b[2K"),
         ticket: 0,
+        fence_block: 1,
     }))
     .await;
     match raw.next_frame(LIMIT).await {
