@@ -12,6 +12,7 @@ use bytes::Bytes;
 use lockbroker_core::wire::millis;
 use lockbroker_proto::{Mode, UnlockOutcome, WaitSpec};
 
+use crate::cache::LockCache;
 use crate::conn::Conn;
 use crate::embedded::Engine;
 use crate::error::{Error, Result};
@@ -21,7 +22,7 @@ use crate::lock::LockRequest;
 use crate::lock_all::LockAllRequest;
 use crate::route::target::parse_url;
 use crate::route::{Brokers, Dial, Links, Route, Settings};
-use crate::shards::Pushes;
+use crate::shards::{Pushes, Recalls};
 use crate::tls::{ClientIdentity, Trust, client_config, read_file};
 
 /// Builds a [`Client`].
@@ -52,6 +53,8 @@ pub struct ClientBuilder {
     keep_alive: Duration,
     idle_timeout: Duration,
     lease_margin: Duration,
+    /// Lock caching (`cache.rs`): how long a cached lease is kept unused; `None`: off.
+    cache_idle: Option<Duration>,
 }
 
 impl Default for ClientBuilder {
@@ -70,9 +73,13 @@ impl Default for ClientBuilder {
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             lease_margin: DEFAULT_LEASE_MARGIN,
+            cache_idle: None,
         }
     }
 }
+
+/// Local grants per cached lease: the fence block asked for with it.
+const CACHE_BLOCK: u32 = 1024;
 
 /// Default fixed part of a guard's safety margin (see [`ClientBuilder::lease_margin`]).
 pub const DEFAULT_LEASE_MARGIN: Duration = Duration::from_millis(100);
@@ -162,15 +169,29 @@ impl ClientBuilder {
         self
     }
 
-    /// The embedded client this builder describes: a table of its own in this process.
-    fn build_embedded(self) -> Client {
-        let pushes = Pushes::new();
-        let conn = Conn::open_local(Engine::new(), pushes.clone());
-        self.into_client(Links::Embedded(conn), pushes)
+    /// Lock caching (opt-in): an exclusive lock is kept by this client after its guard
+    /// unlocks, for up to `idle` unused, and the next lock of the key from this client is
+    /// granted in the process — no round trip — with the next fencing token of a block the
+    /// broker reserved for the lease. When another client asks for the key the broker recalls
+    /// the lease: it is given back as soon as this client's current holder unlocks (local
+    /// waiters then queue at the broker behind the other client). Local lockers of one key are
+    /// served FIFO. Per request: [`LockRequest::cache`](crate::LockRequest::cache). Shared
+    /// locks, semaphores, `lock_all` and the embedded client do not cache.
+    pub fn cache_locks(mut self, idle: Duration) -> Self {
+        self.cache_idle = Some(idle);
+        self
     }
 
-    /// The client of these options over `links`.
-    fn into_client(self, links: Links, pushes: Pushes) -> Client {
+    /// The embedded client this builder describes: a table of its own in this process.
+    fn build_embedded(self) -> Client {
+        // In process already: nothing to cache.
+        let pushes = Pushes::new(None);
+        let conn = Conn::open_local(Engine::new(), pushes.clone());
+        self.into_client(Links::Embedded(conn), pushes, None)
+    }
+
+    /// The client of these options over `links`, caching its locks in `cache`, if any.
+    fn into_client(self, links: Links, pushes: Pushes, cache: Option<Arc<LockCache>>) -> Client {
         let settings = Settings {
             owner: self.owner,
             request_timeout: self.request_timeout,
@@ -178,6 +199,7 @@ impl ClientBuilder {
         };
         Client {
             route: Route::new(links, settings, pushes),
+            cache,
         }
     }
 
@@ -266,7 +288,15 @@ impl ClientBuilder {
                     .map_err(|e| Error::Invalid(e.to_string()))?,
             ));
         quic_config.transport_config(Arc::new(transport));
-        let pushes = Pushes::new();
+        let cache = self
+            .cache_idle
+            .map(|idle| LockCache::new(CACHE_BLOCK, idle));
+        let recalls = cache.as_ref().map(|c| {
+            let weak: std::sync::Weak<dyn Recalls> =
+                Arc::downgrade(c) as std::sync::Weak<LockCache>;
+            weak
+        });
+        let pushes = Pushes::new(recalls);
         let dial = Dial {
             quic_config,
             targets,
@@ -275,7 +305,7 @@ impl ClientBuilder {
             connect_timeout: self.connect_timeout,
         };
         let brokers = Brokers::new(dial, pushes.clone());
-        let client = self.into_client(Links::Brokers(brokers), pushes);
+        let client = self.into_client(Links::Brokers(brokers), pushes, cache);
         client.route.conn().await?;
         Ok(client)
     }
@@ -303,6 +333,8 @@ impl ClientBuilder {
 #[derive(Clone)]
 pub struct Client {
     route: Arc<Route>,
+    /// The cached leases (`ClientBuilder::cache_locks`; `None`: this client caches none).
+    cache: Option<Arc<LockCache>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -348,6 +380,7 @@ impl Client {
     /// An exclusive lock on `key`; configure and `.await` it. Waits forever unless told otherwise.
     pub fn lock(&self, key: impl Into<Bytes>) -> LockRequest {
         LockRequest::new(self.route.clone(), key.into(), Mode::Exclusive)
+            .cached_by(self.cache.clone())
     }
 
     /// An exclusive lock that fails at once with [`Error::Busy`] when held.

@@ -780,9 +780,16 @@ impl Conn {
                     });
                 }
                 Frame::ShardMap(m) => self.pushes.routes.update(m),
-                // Only a holder of a cacheable lease is recalled, and this client asks for
-                // none yet (lock caching, issue 25: the broker's part is in place).
-                Frame::Recall { .. } => {}
+                Frame::Recall { key, fence } => {
+                    if let Some(cache) = self
+                        .pushes
+                        .recalls
+                        .as_ref()
+                        .and_then(std::sync::Weak::upgrade)
+                    {
+                        cache.recall(&key, fence);
+                    }
+                }
                 _ => {}
             }
             return;

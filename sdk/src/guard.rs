@@ -41,6 +41,21 @@ pub struct Guard {
     /// waits to start; `None` once the guard stopped it.
     watchdog: Option<Ticket>,
     released: bool,
+    /// A lock granted from a cached lease (`cache.rs`): its own fence of the lease's block, and
+    /// the cache it goes back to. The lease itself is the cache's.
+    local: Option<LocalHold>,
+}
+
+/// A local hold of a cached lease.
+struct LocalHold {
+    fence: u64,
+    cache: Arc<dyn Unhold>,
+}
+
+/// Where a local hold of a cached lease goes back to: the client's lock cache (`cache.rs`).
+pub(crate) trait Unhold: Send + Sync {
+    /// A local guard of `key` unlocked or was dropped.
+    fn unhold(&self, key: &Bytes);
 }
 
 /// The TTL in force and the lease's local deadline.
@@ -69,6 +84,8 @@ struct Lease {
     /// The identity of the broker that granted the lease: it is never carried to another.
     broker_id: u64,
     mode: Mode,
+    /// The fencing tokens reserved for the lease (1; more for a cacheable lease, `cache.rs`).
+    block: u32,
     /// Everything that changes over the lease's life, under its one lock (`LeaseState`).
     state: Mutex<LeaseState>,
     /// Wakes the watchdog when the timing changed (a renewal, an `extend`): one waiter, so a
@@ -82,6 +99,9 @@ struct Lease {
     renewing: tokio::sync::Mutex<()>,
     /// The hold-time clock (`crate::metrics`), started at the grant.
     hold: crate::metrics::Hold,
+    /// Called when the lease moves to another broker or connection (a cached lease is given
+    /// back then: `cache.rs`).
+    on_relocated: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 enum WatchdogState {
@@ -143,6 +163,10 @@ struct LeaseState {
     /// Cluster mode: the broker said the key's shard moved (`LeaseEnded` with `Moved`, or a
     /// `Moved` answer); the lease is reclaimed where the key is served before its next use.
     moved: bool,
+    /// The lease was ever moved or reclaimed on another connection (a shard's move, a
+    /// failover): a cached lease is given back then (`cache.rs`), as the broker that holds it
+    /// now does not know it is cached and would not recall it.
+    relocated: bool,
     /// The watchdog task: scheduled (started lazily), running, or over.
     watchdog: WatchdogState,
 }
@@ -168,11 +192,24 @@ impl Lease {
         let mut state = self.state.lock();
         state.placed = Placed { conn, route };
         state.moved = false;
+        state.relocated = true;
+        drop(state);
+        self.relocated_now();
     }
 
     /// The broker said the key's shard moved: reclaim the lease where it is served now.
     fn mark_moved(&self) {
-        self.state.lock().moved = true;
+        let mut state = self.state.lock();
+        state.moved = true;
+        state.relocated = true;
+        drop(state);
+        self.relocated_now();
+    }
+
+    fn relocated_now(&self) {
+        if let Some(hook) = self.on_relocated.get() {
+            hook();
+        }
     }
 
     fn secret(&self) -> LeaseSecret {
@@ -225,13 +262,15 @@ pub(crate) struct Granted {
     pub granted_at: Instant,
     /// The owner label given with the acquire (empty: none).
     pub label: Bytes,
+    /// The fencing tokens reserved (`Granted::fence_block`; 1: an ordinary lease).
+    pub fence_block: u32,
 }
 
 impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guard")
             .field("key", &self.lease.key)
-            .field("fence", &self.lease.fence)
+            .field("fence", &self.fence())
             .field("mode", &self.lease.mode)
             .finish()
     }
@@ -257,6 +296,7 @@ impl Guard {
             secret: g.secret.map(std::sync::OnceLock::from).unwrap_or_default(),
             broker_id,
             mode: g.mode,
+            block: g.fence_block,
             state: Mutex::new(LeaseState {
                 timing: Timing {
                     ttl: g.ttl,
@@ -268,6 +308,7 @@ impl Guard {
                     conn: owner,
                 },
                 moved: false,
+                relocated: false,
                 watchdog: WatchdogState::Scheduled { ended, renew },
             }),
             renewed: Notify::new(),
@@ -275,12 +316,46 @@ impl Guard {
             label: g.label,
             renewing: tokio::sync::Mutex::new(()),
             hold: crate::metrics::Hold::start(g.mode, g.granted_at),
+            on_relocated: std::sync::OnceLock::new(),
         });
         Guard {
             lease,
             watchdog: None,
             released: false,
+            local: None,
         }
+    }
+
+    /// A lock granted from cached lease `cached` with `fence` of its block (`cache.rs`): it
+    /// shares the lease (clock, `lost()`, `extend`); unlocking it gives the key back to the
+    /// cache, not to the broker.
+    pub(crate) fn local(cached: &Guard, fence: u64, cache: Arc<dyn Unhold>) -> Guard {
+        Guard {
+            lease: cached.lease.clone(),
+            watchdog: None,
+            released: false,
+            local: Some(LocalHold { fence, cache }),
+        }
+    }
+
+    /// The broker lease's own fence (its id; a local guard's fence is another of its block).
+    pub(crate) fn lease_fence(&self) -> u64 {
+        self.lease.fence
+    }
+
+    /// The fencing tokens reserved for the lease (1: an ordinary lease).
+    pub(crate) fn fence_block(&self) -> u32 {
+        self.lease.block
+    }
+
+    /// The lease moved to another broker (or connection) since its grant.
+    pub(crate) fn relocated(&self) -> bool {
+        self.lease.state.lock().relocated
+    }
+
+    /// Calls `hook` whenever the lease moves to another broker or connection (set once).
+    pub(crate) fn on_relocated(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.lease.on_relocated.set(Box::new(hook));
     }
 
     /// Leaves the watchdog with the client's starter, due at the lease's first renewal.
@@ -297,7 +372,7 @@ impl Guard {
 
     /// The fencing token: strictly increasing per key across the broker's life.
     pub fn fence(&self) -> u64 {
-        self.lease.fence
+        self.local.as_ref().map_or(self.lease.fence, |l| l.fence)
     }
 
     /// The lease's secret. Whoever has it — and is the same principal — can release, extend or
@@ -321,7 +396,7 @@ impl Guard {
     pub async fn is_held(&self) -> Result<bool> {
         let key = Bytes::copy_from_slice(self.key());
         let info = self.lease.route.inspect(key).await?;
-        Ok(info.holders.iter().any(|h| h.fence == self.fence()))
+        Ok(info.holders.iter().any(|h| h.fence == self.lease.fence))
     }
 
     /// The key held (after any policy rewrite).
@@ -399,6 +474,12 @@ impl Guard {
     /// new owner) until the lease's local deadline.
     pub async fn unlock(mut self) -> Result<()> {
         self.released = true;
+        if let Some(local) = &self.local {
+            // A cached lease's local hold: the key goes back to the cache (`cache.rs`); the
+            // drop that follows does nothing more.
+            local.cache.unhold(&self.lease.key);
+            return Ok(());
+        }
         self.stop_watchdog();
         self.lease.hold.end();
         // Even a lease the guard reported lost is released: the broker may still have it (the
@@ -550,6 +631,12 @@ async fn placed_at(lease: &Lease, conn: Arc<Conn>, bound: Duration) -> Result<St
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if let Some(local) = self.local.take() {
+            if !self.released {
+                local.cache.unhold(&self.lease.key);
+            }
+            return;
+        }
         self.stop_watchdog();
         self.lease.hold.end();
         if self.released {

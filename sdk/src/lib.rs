@@ -50,6 +50,7 @@
 //! `metrics-exporter-prometheus`); with none installed they cost nothing. Labels never carry a
 //! key or a principal. The names, label values and what each measures are in [`metrics`].
 
+mod cache;
 mod client;
 mod conn;
 mod embedded;

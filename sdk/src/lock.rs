@@ -14,6 +14,7 @@ use bytes::Bytes;
 use lockbroker_core::wire::millis;
 use lockbroker_proto::{Acquire, ErrorCode, Frame, Granted, MAX_OWNER_LABEL, Mode, WaitSpec};
 
+use crate::cache::{LockCache, Take, wait_handoff};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::guard::Guard;
@@ -33,6 +34,12 @@ pub struct LockRequest {
     /// The place kept in the key's queue at the shard's next owner after a planned move
     /// (the ticket of a `Requeued` answer); 0: none.
     ticket: AtomicU64,
+    /// The fence block asked for (1: an ordinary lease; the cache's for a cached lock).
+    fence_block: u32,
+    /// Whether to go through the client's lock cache (`None`: the client's setting).
+    cache: Option<bool>,
+    /// The client's lock cache (`None`: it caches none).
+    lock_cache: Option<Arc<LockCache>>,
 }
 
 impl LockRequest {
@@ -46,7 +53,16 @@ impl LockRequest {
             wait: WaitSpec::Forever,
             renew: true,
             ticket: AtomicU64::new(0),
+            fence_block: 1,
+            cache: None,
+            lock_cache: None,
         }
+    }
+
+    /// Goes through `cache` (the client's lock cache) unless told otherwise.
+    pub(crate) fn cached_by(mut self, cache: Option<Arc<LockCache>>) -> Self {
+        self.lock_cache = cache;
+        self
     }
 
     /// The owner label the lease is shown with — by `inspect`, the broker's admin API, its
@@ -84,9 +100,62 @@ impl LockRequest {
     }
 
     /// Do not renew the lease in the background: it ends at its TTL unless extended by hand.
+    /// Such a lock is never cached.
     pub fn no_renew(mut self) -> Self {
         self.renew = false;
         self
+    }
+
+    /// Whether this lock goes through the client's lock cache
+    /// ([`ClientBuilder::cache_locks`](crate::ClientBuilder::cache_locks)): `false` asks the
+    /// broker for an ordinary lease even when the client caches. Default: the client's setting.
+    pub fn cache(mut self, on: bool) -> Self {
+        self.cache = Some(on);
+        self
+    }
+
+    /// The client's lock cache, if this lock goes through it: an exclusive, renewed lock of a
+    /// client that caches, not told otherwise.
+    fn lock_cache(&self) -> Option<Arc<LockCache>> {
+        let cache = self.lock_cache.as_ref()?;
+        (self.mode == Mode::Exclusive && self.renew && self.cache != Some(false))
+            .then(|| cache.clone())
+    }
+
+    /// A lock through the client's cache (`cache.rs`): granted in the process from a cached
+    /// lease when this client holds one and no local guard does; behind the local holder (or
+    /// this client's own ask of the key) otherwise; else asked of the broker with a fence
+    /// block, and the lease cached.
+    async fn run_cached(mut self, cache: Arc<LockCache>) -> Result<Guard> {
+        let until = match self.wait {
+            WaitSpec::Millis(ms) => Some(Instant::now() + Duration::from_millis(ms)),
+            WaitSpec::NoWait => Some(Instant::now()),
+            WaitSpec::Forever => None,
+        };
+        loop {
+            match cache.take(&self.key) {
+                Take::Local(guard) => return Ok(guard),
+                Take::Wait(_) if self.wait == WaitSpec::NoWait => return Err(Error::Busy),
+                Take::Wait(rx) => match wait_handoff(rx, until).await {
+                    Ok(Some(guard)) => return Ok(guard),
+                    Ok(None) => continue,
+                    Err(()) => return Err(Error::Timeout),
+                },
+                Take::Ask(asking, spent) => {
+                    if let Some(lease) = spent {
+                        // Its answer does not matter: a lease that ended has nothing to give.
+                        let _ = lease.unlock().await;
+                    }
+                    if let (Some(end), WaitSpec::Millis(_)) = (until, self.wait) {
+                        self.wait =
+                            WaitSpec::Millis(millis(end.saturating_duration_since(Instant::now())));
+                    }
+                    self.fence_block = cache.block;
+                    let asked = self.run_frames().await;
+                    return asking.done(asked);
+                }
+            }
+        }
     }
 
     /// What the client can refuse before asking anyone.
@@ -122,6 +191,7 @@ impl LockRequest {
                 // Granted in the call: `sent` is also when it was granted.
                 granted_at: sent,
                 label: self.owner.clone(),
+                fence_block: 1,
             },
             self.renew,
         ))
@@ -154,7 +224,7 @@ impl LockRequest {
                 wait,
                 owner: self.owner.clone(),
                 ticket: self.ticket.load(Ordering::Relaxed),
-                fence_block: 1,
+                fence_block: self.fence_block,
             })
         })?;
         let mut pending = PendingReply::new(&conn, id, Some(self.key.clone()), rx);
@@ -191,6 +261,7 @@ impl LockRequest {
                 sent,
                 granted_at: Instant::now(),
                 label: self.owner.clone(),
+                fence_block: g.fence_block,
             },
             self.renew,
         )
@@ -258,8 +329,10 @@ impl Future for LockFuture {
                 timer.finish(&result);
                 return Poll::Ready(result);
             }
-            this.state =
-                LockState::Frames(Box::pin(crate::metrics::timed(timer, req.run_frames())));
+            this.state = LockState::Frames(match req.lock_cache() {
+                Some(cache) => Box::pin(crate::metrics::timed(timer, req.run_cached(cache))),
+                None => Box::pin(crate::metrics::timed(timer, req.run_frames())),
+            });
         }
         match &mut this.state {
             LockState::Frames(f) => {

@@ -130,6 +130,7 @@ impl LockAllRequest {
                         sent,
                         granted_at,
                         label: self.owner.clone(),
+                        fence_block: 1,
                     },
                     self.renew,
                 )

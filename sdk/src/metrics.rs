@@ -8,6 +8,7 @@
 //! | [`HOLD_SECONDS`] | histogram | `mode` |
 //! | [`LOST_LEASES`] | counter | `mode` |
 //! | [`ACQUIRES`] | counter | `mode` |
+//! | [`CACHE_HITS`], [`CACHE_MISSES`], [`CACHE_RECALLS`] | counter | — |
 //!
 //! Labels take fixed values only — never a lock key or a principal: `mode` is `exclusive`,
 //! `shared` or `semaphore`; `outcome` is `granted`, `timeout` (the wait ran out, or a try-lock
@@ -38,6 +39,12 @@ pub const HOLD_SECONDS: &str = "lockbroker_client_hold_seconds";
 pub const LOST_LEASES: &str = "lockbroker_client_lost_leases_total";
 /// Counter: acquires started (label `mode`).
 pub const ACQUIRES: &str = "lockbroker_client_acquires_total";
+/// Counter: locks granted from a cached lease, in the process (lock caching).
+pub const CACHE_HITS: &str = "lockbroker_client_cache_hits_total";
+/// Counter: cacheable leases granted by the broker (the locks that had to ask it).
+pub const CACHE_MISSES: &str = "lockbroker_client_cache_misses_total";
+/// Counter: cached leases the broker recalled (another client asked for the key).
+pub const CACHE_RECALLS: &str = "lockbroker_client_cache_recalls_total";
 
 /// Registers the units and descriptions of the SDK's metrics with the installed recorder.
 /// Optional: call it once after installing an exporter so it can print help texts.
@@ -54,6 +61,24 @@ pub fn describe() {
     );
     ::metrics::describe_counter!(LOST_LEASES, "Leases a guard reported lost");
     ::metrics::describe_counter!(ACQUIRES, "Acquires started");
+    ::metrics::describe_counter!(CACHE_HITS, "Locks granted from a cached lease");
+    ::metrics::describe_counter!(CACHE_MISSES, "Cacheable leases granted by the broker");
+    ::metrics::describe_counter!(CACHE_RECALLS, "Cached leases the broker recalled");
+}
+
+/// A lock granted from a cached lease.
+pub(crate) fn cache_hit() {
+    ::metrics::counter!(CACHE_HITS).increment(1);
+}
+
+/// A cacheable lease granted by the broker.
+pub(crate) fn cache_miss() {
+    ::metrics::counter!(CACHE_MISSES).increment(1);
+}
+
+/// A cached lease recalled.
+pub(crate) fn cache_recall() {
+    ::metrics::counter!(CACHE_RECALLS).increment(1);
 }
 
 /// The acquire-wait histogram of (`mode`, `outcome`), its key built at compile time: a key

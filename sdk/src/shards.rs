@@ -2,7 +2,9 @@
 //! `Moved` answers, and what a connection hands to the client when the broker pushes something
 //! (`Pushes`). With no map — a single broker — every key goes to the client's one connection.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lockbroker_proto::{EndReason, ShardMap, ShardOwner, shard_of};
@@ -133,14 +135,24 @@ pub(crate) struct Pushes {
     pub(crate) lease_ended: broadcast::Sender<LeaseEnd>,
     /// `ShardMap`.
     pub(crate) routes: Arc<Routes>,
+    /// `Recall`, to the client's cached leases (`cache.rs`; `None`: it caches none). Weak:
+    /// the client owns its cache, and the cache's leases hold the pushes.
+    pub(crate) recalls: Option<Weak<dyn Recalls>>,
+}
+
+/// Where `Recall` pushes go: the client's lock cache.
+pub(crate) trait Recalls: Send + Sync {
+    /// The broker asks for cached lease (`key`, `fence`) back.
+    fn recall(&self, key: &Bytes, fence: u64);
 }
 
 impl Pushes {
     /// A client's pushes, before any connection: no shard map known yet.
-    pub(crate) fn new() -> Pushes {
+    pub(crate) fn new(recalls: Option<Weak<dyn Recalls>>) -> Pushes {
         Pushes {
             lease_ended: broadcast::channel(256).0,
             routes: Arc::new(Routes::default()),
+            recalls,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `--only seq`: one operation in flight — the broker's uncontended acquire against a raw QUIC
-//! echo's round trip, and its lock+unlock cycles (acknowledged, fire-and-forget) against
-//! Redis's `SET NX` + compare-and-delete.
+//! echo's round trip, and its lock+unlock cycles (acknowledged, fire-and-forget, and with lock
+//! caching: granted in the client's process after the first) against Redis's `SET NX` +
+//! compare-and-delete.
 
 use std::time::{Duration, Instant};
 
@@ -28,15 +29,22 @@ pub async fn run(
     let mut ec_in = EchoClient::connect(echo_inproc).await?;
     let mut echo_in_l = Lat::default();
     let client = broker.client_builder().connect().await?;
+    let cacher = broker
+        .client_builder()
+        .cache_locks(Duration::from_secs(600))
+        .connect()
+        .await?;
     let mut rl = RedisLock::connect(&redis.url()).await?;
     let mut ec = EchoClient::connect(echo_server).await?;
     let (mut echo_l, mut acq_l, mut ack_l, mut ff_l, mut redis_l) = Default::default();
+    let mut cached_l = Lat::default();
     let w = opts.seq_window;
     // Warm up every path, then alternate the systems round by round so drift hits all alike.
     ec.run(w / 4, &mut Lat::default()).await?;
     broker_acquire(&client, w / 4, &mut Lat::default()).await?;
     broker_cycle(&client, true, w / 4, &mut Lat::default()).await?;
     broker_cycle(&client, false, w / 4, &mut Lat::default()).await?;
+    cached_cycle(&cacher, w / 4, &mut Lat::default()).await?;
     redis_cycle(&mut rl, w / 4, &mut Lat::default()).await?;
     for _ in 0..opts.seq_rounds {
         ec.run(w, &mut echo_l).await?;
@@ -44,6 +52,7 @@ pub async fn run(
         broker_acquire(&client, w, &mut acq_l).await?;
         broker_cycle(&client, true, w, &mut ack_l).await?;
         broker_cycle(&client, false, w, &mut ff_l).await?;
+        cached_cycle(&cacher, w, &mut cached_l).await?;
         redis_cycle(&mut rl, w, &mut redis_l).await?;
     }
     let (echo_l, acq_l, ack_l, ff_l, redis_l): (Lat, Lat, Lat, Lat, Lat) =
@@ -67,6 +76,10 @@ pub async fn run(
     println!(
         "  broker lock+drop (f&f)    p50/p99/p999: {}",
         ff_l.summary()
+    );
+    println!(
+        "  broker lock+unlock cached p50/p99/p999: {}",
+        cached_l.summary()
     );
     println!(
         "  redis SET NX + EVALSHA    p50/p99/p999: {}",
@@ -120,7 +133,36 @@ pub async fn run(
             None,
         );
     }
+    report.row(
+        "cached lock + unlock (lock caching) p50 vs Redis cycle p50 (µs)",
+        fmt_us(cached_l.p50()),
+        fmt_us(redis_l.p50()),
+        Some(cached_l.p50() / redis_l.p50()),
+        None,
+    );
+    report.row(
+        "  … vs uncached lock + acknowledged unlock p50 (µs)",
+        fmt_us(cached_l.p50()),
+        fmt_us(ack_l.p50()),
+        Some(cached_l.p50() / ack_l.p50()),
+        None,
+    );
     client.close().await;
+    cacher.close().await;
+    Ok(())
+}
+
+/// Lock + unlock cycles of one key by a client that caches it: after the first, each is
+/// granted in the client's process (nobody else asks for the key).
+async fn cached_cycle(client: &Client, d: Duration, lat: &mut Lat) -> Result<()> {
+    let key = Bytes::from_static(b"bench/seq/cached");
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        let t = Instant::now();
+        let g = client.try_lock(key.clone()).ttl(TTL).await?;
+        g.unlock().await?;
+        lat.record(t.elapsed());
+    }
     Ok(())
 }
 

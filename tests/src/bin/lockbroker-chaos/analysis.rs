@@ -39,8 +39,13 @@ pub fn summarize(r: Record<'_>) -> Summary {
     Summary {
         seed: r.seed,
         settings: format!(
-            "clients={} keys={} ttl={} ttl_cap={} duration={} phases={:?} start_ns={}",
+            "clients={} (caching: {}) keys={} ttl={} ttl_cap={} duration={} phases={:?} start_ns={}",
             args.clients,
+            if args.no_caching {
+                "none"
+            } else {
+                "every second"
+            },
             args.keys,
             humantime::format_duration(args.ttl),
             ttl_cap(args),

@@ -188,6 +188,10 @@ impl ClientLoop {
             for url in &self.args.broker {
                 builder = builder.broker(url.clone());
             }
+            if self.args.cache_locks {
+                // Kept a little while unused: most hot-key locks find the lease recalled.
+                builder = builder.cache_locks(self.args.ttl / 2);
+            }
             let attempt = builder
                 .ca_file(&self.args.ca)
                 .name(format!("chaos-client/{}", std::process::id()))

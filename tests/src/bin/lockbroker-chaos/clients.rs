@@ -23,6 +23,8 @@ pub struct ClientSpec {
     pub ttl: Duration,
     pub seed: u64,
     pub log_dir: PathBuf,
+    /// Every second client (odd slots) caches its locks (`--caching`).
+    pub caching: bool,
 }
 
 /// One client slot.
@@ -117,8 +119,11 @@ impl ClientPool {
             .arg("--log")
             .arg(&log)
             .arg("--seed")
-            .arg(seed.to_string())
-            .stdin(Stdio::null())
+            .arg(seed.to_string());
+        if self.spec.caching && i % 2 == 1 {
+            cmd.arg("--cache-locks");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);

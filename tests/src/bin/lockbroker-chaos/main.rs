@@ -108,6 +108,10 @@ pub struct RunArgs {
     /// Keep the work dir (logs, broker data) even when the run passes.
     #[arg(long)]
     pub keep: bool,
+    /// No client caches its locks (by default every second client does: lock caching's
+    /// recalls under the same faults).
+    #[arg(long)]
+    pub no_caching: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -136,6 +140,10 @@ pub struct ClientArgs {
     /// The client exits by itself after this long (a bound in case its parent is lost).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub max_runtime: Duration,
+    /// Cache locks (`ClientBuilder::cache_locks`): kept after unlock, granted again locally,
+    /// given back when the broker recalls them.
+    #[arg(long)]
+    pub cache_locks: bool,
 }
 
 fn main() -> ExitCode {

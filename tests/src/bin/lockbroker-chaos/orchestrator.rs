@@ -176,6 +176,7 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
             ttl: args.ttl,
             seed,
             log_dir: work_dir.join("clients"),
+            caching: !args.no_caching,
         },
         args.clients,
     )?;
