@@ -203,7 +203,10 @@ impl LockCache {
             c.held = true;
             c.next += 1;
             match w.send(handoff) {
-                Ok(()) => return,
+                Ok(()) => {
+                    crate::metrics::cache_hit();
+                    return;
+                }
                 Err(mut unused) => {
                     // That waiter gave up: its fence is skipped, the next waiter tried.
                     unused.fence = None;

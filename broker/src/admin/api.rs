@@ -122,8 +122,11 @@ struct Holder {
     mode: String,
     ttl_remaining_ms: u64,
     principal: Option<String>,
-    /// Owner labels are not carried by acquires yet: always null.
+    /// The owner label given with the acquire, or null.
     owner: Option<String>,
+    /// A cached lease (lock caching): its holder's process grants the key again without
+    /// asking until the broker recalls it.
+    cached: bool,
 }
 
 #[derive(Serialize)]
@@ -179,6 +182,7 @@ impl From<HolderView> for Holder {
             ttl_remaining_ms: u64::try_from(h.remaining.as_millis()).unwrap_or(u64::MAX),
             principal: h.principal,
             owner: h.owner,
+            cached: h.cached,
         }
     }
 }

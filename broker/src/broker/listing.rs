@@ -28,6 +28,9 @@ pub struct HolderView {
     pub principal: Option<String>,
     /// The owner label given with the acquire.
     pub owner: Option<String>,
+    /// A cacheable lease (lock caching: its holder grants the key again locally until the
+    /// broker recalls it).
+    pub cached: bool,
 }
 
 /// One live key.
@@ -169,6 +172,7 @@ impl Broker {
                             .owner
                             .as_ref()
                             .map(|o| String::from_utf8_lossy(o).into_owned()),
+                        cached: h.cached,
                     })
                     .collect(),
                 key: k.key,

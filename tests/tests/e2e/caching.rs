@@ -151,6 +151,12 @@ async fn a_cached_lock_is_granted_again_in_the_process_with_the_next_fence() {
         [lease],
         "the broker granted one lease for all of them"
     );
+    // The operator sees it as a cached lease.
+    let admin = broker.admin.expect("the admin listener");
+    let listed = lockbroker_tests::http::get(admin, "/api/locks?prefix=cached/")
+        .await
+        .json();
+    assert_eq!(listed["locks"][0]["holders"][0]["cached"], true, "{listed}");
 }
 
 /// Another client asking for a key a client caches gets it once the caching client's holder
