@@ -1,8 +1,11 @@
-//! Lock caching, the broker's part (issue 25): a client that asks for a cacheable lease — a
-//! fence block — gets it with its block; when another client asks for the key, the broker
-//! pushes `Recall` to the holder once, and the next grant of the key is above the whole block
-//! once the holder gives the lease back. Driven over raw QUIC frames as a caching client would
-//! send them (the SDK does not cache yet) and an ordinary SDK client as the other party.
+//! Lock caching (issue 25). The broker's part over raw QUIC frames, as a caching client sends
+//! them: a lease asked for with a fence block gets it, another client's request makes the
+//! broker push `Recall` once, and the next grant is above the whole block. The SDK's part
+//! (`ClientBuilder::cache_locks`): locks granted again in the process with the next fence, one
+//! broker lease for them all; another client gets the key after the recall, ahead of the
+//! caching client's next lock; tasks of one caching client take turns; idle leases go back on
+//! recall and when the client goes; cancelled waits leave nothing stuck; a used-up block is
+//! replaced without a `Busy`.
 
 use std::time::Duration;
 
@@ -11,6 +14,16 @@ use lockbroker_proto::{Acquire, Frame, Hello, Mode, Release, WaitSpec};
 use lockbroker_sdk::Error;
 use lockbroker_tests::Broker;
 use lockbroker_tests::raw::RawConn;
+
+/// A client of `broker` that caches its locks, each kept up to `idle_s` seconds unused.
+async fn caching_client(broker: &Broker, idle_s: u64) -> lockbroker_sdk::Client {
+    broker
+        .client_builder()
+        .cache_locks(Duration::from_secs(idle_s))
+        .connect()
+        .await
+        .expect("connect")
+}
 
 /// A raw session that said Hello.
 async fn raw_session(broker: &Broker) -> RawConn {
@@ -128,12 +141,7 @@ async fn an_ordinary_lease_is_not_recalled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_lock_is_granted_again_in_the_process_with_the_next_fence() {
     let broker = Broker::start();
-    let client = broker
-        .client_builder()
-        .cache_locks(Duration::from_secs(30))
-        .connect()
-        .await
-        .expect("connect");
+    let client = caching_client(&broker, 30).await;
     let observer = broker.client().await;
     let first = client.lock("cached/k").await.expect("lock");
     let lease = first.fence();
@@ -165,12 +173,7 @@ async fn a_cached_lock_is_granted_again_in_the_process_with_the_next_fence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_client_gets_a_cached_key_after_the_recall_with_a_larger_fence() {
     let broker = Broker::start();
-    let cacher = broker
-        .client_builder()
-        .cache_locks(Duration::from_secs(30))
-        .connect()
-        .await
-        .expect("connect");
+    let cacher = caching_client(&broker, 30).await;
     let other = broker.client().await;
     cacher
         .lock("recall/k")
@@ -220,12 +223,7 @@ async fn tasks_of_a_caching_client_take_turns_with_growing_fences() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let broker = Broker::start();
-    let client = broker
-        .client_builder()
-        .cache_locks(Duration::from_secs(30))
-        .connect()
-        .await
-        .expect("connect");
+    let client = caching_client(&broker, 30).await;
     let inside = Arc::new(AtomicBool::new(false));
     let fences = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
@@ -261,12 +259,7 @@ async fn tasks_of_a_caching_client_take_turns_with_growing_fences() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_cached_leases_go_back_on_recall_and_when_the_client_goes() {
     let broker = Broker::start();
-    let cacher = broker
-        .client_builder()
-        .cache_locks(Duration::from_secs(60))
-        .connect()
-        .await
-        .expect("connect");
+    let cacher = caching_client(&broker, 60).await;
     let other = broker.client().await;
     for key in ["idle/a", "idle/b"] {
         let g = cacher
@@ -310,12 +303,7 @@ async fn idle_cached_leases_go_back_on_recall_and_when_the_client_goes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_local_waits_and_asks_leave_no_stuck_key() {
     let broker = Broker::start();
-    let cacher = broker
-        .client_builder()
-        .cache_locks(Duration::from_secs(30))
-        .connect()
-        .await
-        .expect("connect");
+    let cacher = caching_client(&broker, 30).await;
     let other = broker.client().await;
     // A local wait behind a local holder runs out.
     let held = cacher.lock("cancel/k").await.expect("lock");
@@ -363,12 +351,7 @@ async fn cancelled_local_waits_and_asks_leave_no_stuck_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_used_up_block_is_replaced_without_a_busy_try_lock() {
     let broker = Broker::start();
-    let cacher = broker
-        .client_builder()
-        .cache_locks(Duration::from_secs(30))
-        .connect()
-        .await
-        .expect("connect");
+    let cacher = caching_client(&broker, 30).await;
     let observer = broker.client().await;
     let mut last = 0;
     let mut leases = std::collections::BTreeSet::new();

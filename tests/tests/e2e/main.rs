@@ -10,7 +10,7 @@
 //!   real broker: locks, FIFO, modes, TTLs and renewal, inspect with owner labels and queue
 //!   positions, waits, cancellation, exclusion among tasks, leader election.
 //! - [`bad_input`]: garbage, oversized and out-of-order frames; bad CA files.
-//! - [`caching`]: cacheable leases (fence blocks) and their recall, the broker's part.
+//! - [`caching`]: lock caching: fence blocks and recalls at the broker, `cache_locks` in the SDK.
 //! - [`cli`]: `lockbroker lock` and `lockbroker inspect` against a real broker.
 //! - [`cli_signals`]: `lock -- CMD` as a supervisor: signals forwarded to CMD's group, CMD
 //!   never outlives a SIGKILLed `lock`, lease loss stops the whole group.
