@@ -42,17 +42,24 @@ pub async fn run(
     // Warm up every path, then alternate the systems round by round so drift hits all alike.
     ec.run(w / 4, &mut Lat::default()).await?;
     broker_acquire(&client, w / 4, &mut Lat::default()).await?;
-    broker_cycle(&client, true, w / 4, &mut Lat::default()).await?;
-    broker_cycle(&client, false, w / 4, &mut Lat::default()).await?;
-    cached_cycle(&cacher, w / 4, &mut Lat::default()).await?;
+    broker_cycle(&client, b"bench/seq/ack", true, w / 4, &mut Lat::default()).await?;
+    broker_cycle(&client, b"bench/seq/ff", false, w / 4, &mut Lat::default()).await?;
+    broker_cycle(
+        &cacher,
+        b"bench/seq/cached",
+        true,
+        w / 4,
+        &mut Lat::default(),
+    )
+    .await?;
     redis_cycle(&mut rl, w / 4, &mut Lat::default()).await?;
     for _ in 0..opts.seq_rounds {
         ec.run(w, &mut echo_l).await?;
         ec_in.run(w / 2, &mut echo_in_l).await?;
         broker_acquire(&client, w, &mut acq_l).await?;
-        broker_cycle(&client, true, w, &mut ack_l).await?;
-        broker_cycle(&client, false, w, &mut ff_l).await?;
-        cached_cycle(&cacher, w, &mut cached_l).await?;
+        broker_cycle(&client, b"bench/seq/ack", true, w, &mut ack_l).await?;
+        broker_cycle(&client, b"bench/seq/ff", false, w, &mut ff_l).await?;
+        broker_cycle(&cacher, b"bench/seq/cached", true, w, &mut cached_l).await?;
         redis_cycle(&mut rl, w, &mut redis_l).await?;
     }
     let (echo_l, acq_l, ack_l, ff_l, redis_l): (Lat, Lat, Lat, Lat, Lat) =
@@ -152,20 +159,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Lock + unlock cycles of one key by a client that caches it: after the first, each is
-/// granted in the client's process (nobody else asks for the key).
-async fn cached_cycle(client: &Client, d: Duration, lat: &mut Lat) -> Result<()> {
-    let key = Bytes::from_static(b"bench/seq/cached");
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        let t = Instant::now();
-        let g = client.try_lock(key.clone()).ttl(TTL).await?;
-        g.unlock().await?;
-        lat.record(t.elapsed());
-    }
-    Ok(())
-}
-
 /// Uncontended acquires of one key (each released by drop, outside the timed part).
 async fn broker_acquire(client: &Client, d: Duration, lat: &mut Lat) -> Result<()> {
     let key = Bytes::from_static(b"bench/seq/acquire");
@@ -179,14 +172,17 @@ async fn broker_acquire(client: &Client, d: Duration, lat: &mut Lat) -> Result<(
     Ok(())
 }
 
-/// Lock + unlock cycles on one key: `ack` waits for the release's answer; otherwise the guard
-/// is dropped (fire-and-forget) and the next try-lock of the same key must succeed.
-async fn broker_cycle(client: &Client, ack: bool, d: Duration, lat: &mut Lat) -> Result<()> {
-    let key = Bytes::from_static(if ack {
-        b"bench/seq/ack"
-    } else {
-        b"bench/seq/ff"
-    });
+/// Lock + unlock cycles on `key`: `ack` waits for the release's answer; otherwise the guard
+/// is dropped (fire-and-forget) and the next try-lock of the same key must succeed. A client
+/// that caches its locks grants every cycle after the first in its own process.
+async fn broker_cycle(
+    client: &Client,
+    key: &'static [u8],
+    ack: bool,
+    d: Duration,
+    lat: &mut Lat,
+) -> Result<()> {
+    let key = Bytes::from_static(key);
     let end = Instant::now() + d;
     while Instant::now() < end {
         let t = Instant::now();

@@ -154,7 +154,8 @@ fn anomalies(
 /// The brokers' TTL cap as `broker.rs` configures them: the shipped one with replicated
 /// shards, the clients' TTL otherwise.
 fn ttl_cap(args: &RunArgs) -> String {
-    if matches!(args.phases, Phases::Cluster) && args.replicas >= 2 {
+    let replicas = matches!(args.phases, Phases::Cluster).then_some(args.replicas);
+    if crate::broker::shipped_caps(replicas) {
         "shipped(30s)".into()
     } else {
         humantime::format_duration(args.ttl).to_string()

@@ -51,6 +51,13 @@ pub struct BrokerSpec {
 /// shards often).
 pub const OWNERSHIP_TTL: Duration = Duration::from_secs(2);
 
+/// Whether brokers run with the shipped TTL caps: with replicated shards (a takeover must not
+/// need a shortened cap); a single broker and `replicas = 1` cap TTLs at the clients' TTL, or
+/// every fault would stop a shard for the shipped 30 s grace.
+pub fn shipped_caps(replicas: Option<u32>) -> bool {
+    replicas.is_some_and(|r| r >= 2)
+}
+
 /// Shards of a chaos cluster: enough that every broker owns several.
 const SHARDS: u32 = 8;
 
@@ -67,12 +74,12 @@ impl BrokerSpec {
 
     fn config_toml(&self, phase: &PhaseConfig) -> String {
         let ttl_ms = self.ttl.as_millis().max(1);
-        // The TTL cap bounds the grace of a takeover that has no in-sync backup. Replicated
-        // shards run with the shipped caps (a takeover must not need a shortened one); a
-        // single broker and `replicas = 1` cap TTLs at the clients' TTL, or every fault would
-        // stop a shard for the shipped 30 s grace.
-        let shipped_caps = matches!(phase, PhaseConfig::Cluster { replicas, .. } if *replicas >= 2);
-        let cap = if shipped_caps {
+        // The TTL cap bounds the grace of a takeover that has no in-sync backup.
+        let replicas = match phase {
+            PhaseConfig::Cluster { replicas, .. } => Some(*replicas),
+            _ => None,
+        };
+        let cap = if shipped_caps(replicas) {
             String::new()
         } else {
             format!("max_ttl_ms = {ttl_ms}\n")
