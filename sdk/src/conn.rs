@@ -63,11 +63,27 @@ const MAX_SKIP: usize = 16 * 1024 * 1024;
 enum Pending {
     /// Someone awaits the answer.
     Waiting(oneshot::Sender<Frame>),
-    /// The caller gave up (dropped the future) on an acquire of `key`: a grant that still
-    /// arrives is released at once, the `Cancelled` answer is swallowed. A new acquire of the
-    /// key need not wait for this: ownership is per lease, so it simply queues.
-    Abandoned { key: Bytes },
+    /// The caller gave up (dropped the future) on an acquire: a grant that still arrives is
+    /// released at once, the `Cancelled` answer is swallowed. A new acquire of the key need
+    /// not wait for this: ownership is per lease, so it simply queues.
+    Abandoned(Abandon),
 }
+
+/// What to do with the grant of an acquire its caller gave up.
+pub(crate) struct Abandon {
+    /// The key asked for (the grant names it again only if a policy rewrote it).
+    pub(crate) key: Bytes,
+    /// Cluster mode: where the grant goes instead of a release on this connection — the
+    /// lease path of a higher floor, which follows the key's shard (a grant that arrives
+    /// after the shard moved has its lease at the new owner, not at this broker).
+    pub(crate) late: Option<LateGrant>,
+}
+
+/// Releases a grant nobody waits for any more where its lease lives (spawned as a task).
+pub(crate) type LateGrant = Box<
+    dyn FnOnce(lockbroker_proto::Granted) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
 
 /// The mutable state of a connection, behind [`Conn::state`].
 struct State {
@@ -104,11 +120,17 @@ enum Link {
 struct After {
     /// Frames are queued for the writer task.
     wake_writer: bool,
+    /// A late grant to hand to its [`LateGrant`] (spawned; boxed: rare, and `After` is
+    /// returned on every request).
+    late: Option<Box<(LateGrant, lockbroker_proto::Granted)>>,
 }
 
 impl After {
     fn writer(wake_writer: bool) -> After {
-        After { wake_writer }
+        After {
+            wake_writer,
+            late: None,
+        }
     }
 }
 
@@ -204,32 +226,38 @@ impl State {
     /// See [`Conn::give_up`]. Runs with the lock held from closing `rx` to marking the request
     /// abandoned, so that `Conn::route` (which hands answers over unlocked) finds the mark when
     /// the hand-over fails.
-    fn give_up(&mut self, id: u64, key: Option<Bytes>, rx: &mut oneshot::Receiver<Frame>) -> After {
+    fn give_up(
+        &mut self,
+        id: u64,
+        abandon: Option<Abandon>,
+        rx: &mut oneshot::Receiver<Frame>,
+    ) -> After {
         // From here on the answer can no longer be handed over (the sender sees the receiver
         // closed, and dropping the sender wakes nobody).
         rx.close();
         if let Some(slot) = self.pending.get_mut(&id) {
             // Still pending: cancel it on the broker.
-            match key {
-                Some(key) => *slot = Pending::Abandoned { key },
+            match abandon {
+                Some(abandon) => *slot = Pending::Abandoned(abandon),
                 None => {
                     self.pending.remove(&id);
                 }
             }
             return After::writer(self.send(Frame::Cancel { id }));
         }
-        let Some(key) = key else {
+        let Some(abandon) = abandon else {
             return After::default();
         };
         match rx.try_recv() {
             // Answered with a grant before we gave up: release it now.
-            Ok(Frame::Granted(g)) => After::writer(self.release_unwanted(&key, g)),
-            Ok(Frame::GrantedAll(g)) => After::writer(self.release_all_unwanted(g)),
+            Ok(frame @ (Frame::Granted(_) | Frame::GrantedAll(_))) => {
+                self.resolve_abandoned(abandon, frame)
+            }
             // `route` took the answer out of `pending` and is handing it over: the hand-over
             // fails now and `route` resolves this mark (releasing a grant) under the lock.
             // (After `close`, tokio reports a value not yet sent as `Closed`, not `Empty`.)
             Err(TryRecvError::Empty | TryRecvError::Closed) if !self.closed => {
-                self.pending.insert(id, Pending::Abandoned { key });
+                self.pending.insert(id, Pending::Abandoned(abandon));
                 After::default()
             }
             // Any other answer needs nothing; or the connection is gone.
@@ -269,7 +297,9 @@ impl State {
     fn route(&mut self, id: u64, frame: Frame) -> Routed {
         match self.pending.remove(&id) {
             Some(Pending::Waiting(tx)) => Routed::Deliver(tx, frame),
-            Some(Pending::Abandoned { key }) => Routed::Done(self.resolve_abandoned(&key, frame)),
+            Some(Pending::Abandoned(abandon)) => {
+                Routed::Done(self.resolve_abandoned(abandon, frame))
+            }
             None => Routed::Done(After::default()),
         }
     }
@@ -278,21 +308,27 @@ impl State {
     /// An acquire was marked abandoned by `give_up`: resolve it. Otherwise drop the answer.
     fn undelivered(&mut self, id: u64, frame: Frame) -> After {
         match self.pending.remove(&id) {
-            Some(Pending::Abandoned { key }) => self.resolve_abandoned(&key, frame),
+            Some(Pending::Abandoned(abandon)) => self.resolve_abandoned(abandon, frame),
             // No mark: a non-acquire request that timed out (`forget`). A `Waiting` entry
             // cannot be here (`route` took it and ids are not reused).
             _ => After::default(),
         }
     }
 
-    /// The broker answered an abandoned acquire of `key`: a grant is released at once.
-    fn resolve_abandoned(&mut self, key: &Bytes, frame: Frame) -> After {
-        let wake_writer = match frame {
-            Frame::Granted(g) => self.release_unwanted(key, g),
-            Frame::GrantedAll(g) => self.release_all_unwanted(g),
-            _ => false,
-        };
-        After { wake_writer }
+    /// The broker answered an abandoned acquire: a grant is released at once — through its
+    /// [`LateGrant`] if it has one (and a runtime to run it on), else on this connection.
+    fn resolve_abandoned(&mut self, abandon: Abandon, frame: Frame) -> After {
+        match frame {
+            Frame::Granted(g) => match abandon.late {
+                Some(late) if tokio::runtime::Handle::try_current().is_ok() => After {
+                    wake_writer: false,
+                    late: Some(Box::new((late, g))),
+                },
+                _ => After::writer(self.release_unwanted(&abandon.key, g)),
+            },
+            Frame::GrantedAll(g) => After::writer(self.release_all_unwanted(g)),
+            _ => After::default(),
+        }
     }
 
     /// The reader ended: marks the connection gone and returns the pending table, whose
@@ -543,6 +579,10 @@ impl Conn {
 
     /// Does what a `State` method left to do; call with the lock released.
     fn after(&self, after: After) {
+        if let Some(late) = after.late {
+            let (release, grant) = *late;
+            tokio::spawn(release(grant));
+        }
         if !after.wake_writer {
             return;
         }
@@ -659,8 +699,13 @@ impl Conn {
     /// Gives up on request `id`, whose answer would come on `rx`. Still pending: cancel it on
     /// the broker; for an acquire (`key` set), a grant that crosses the cancel is released when
     /// it arrives. Already answered with a grant: release it now.
-    pub(crate) fn give_up(&self, id: u64, key: Option<Bytes>, mut rx: oneshot::Receiver<Frame>) {
-        let after = self.state.lock().give_up(id, key, &mut rx);
+    pub(crate) fn give_up(
+        &self,
+        id: u64,
+        abandon: Option<Abandon>,
+        mut rx: oneshot::Receiver<Frame>,
+    ) {
+        let after = self.state.lock().give_up(id, abandon, &mut rx);
         self.after(after);
     }
 

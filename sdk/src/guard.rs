@@ -476,9 +476,15 @@ impl Guard {
         self.released = true;
         if let Some(local) = &self.local {
             // A cached lease's local hold: the key goes back to the cache (`cache.rs`); the
-            // drop that follows does nothing more.
+            // drop that follows does nothing more. A lease lost under the hold is reported:
+            // the holder's work may have overlapped another's.
+            let lost = self.is_lost().then(|| {
+                self.lease.lost_error().unwrap_or_else(|| {
+                    Error::Lost("the cached lease ran out before the unlock".into())
+                })
+            });
             local.cache.unhold(&self.lease.key);
-            return Ok(());
+            return lost.map_or(Ok(()), Err);
         }
         self.stop_watchdog();
         self.lease.hold.end();

@@ -15,7 +15,7 @@ use lockbroker_core::wire::millis;
 use lockbroker_proto::{Acquire, ErrorCode, Frame, Granted, MAX_OWNER_LABEL, Mode, WaitSpec};
 
 use crate::cache::{LockCache, Take, wait_handoff};
-use crate::conn::Conn;
+use crate::conn::{Abandon, Conn, LateGrant};
 use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::route::retry::{Kind, Step, for_wait, remaining, retry, step};
@@ -227,7 +227,11 @@ impl LockRequest {
                 fence_block: self.fence_block,
             })
         })?;
-        let mut pending = PendingReply::new(&conn, id, Some(self.key.clone()), rx);
+        let abandon = Abandon {
+            key: self.key.clone(),
+            late: self.late_grant(&conn, sent),
+        };
+        let mut pending = PendingReply::new(&conn, id, Some(abandon), rx);
         let reply = await_grant(&mut pending, wait, self.route.request_timeout()).await?;
         if let Some(ticket) = requeued(&reply) {
             // The key's shard moved while this acquire waited: ask its next owner, keeping
@@ -249,22 +253,53 @@ impl LockRequest {
     ///
     /// [`hand_out`]: crate::guard::hand_out
     fn guard(&self, conn: Arc<Conn>, g: Granted, sent: Instant) -> Guard {
-        Guard::unwatched(
-            self.route.clone(),
-            conn,
-            crate::guard::Granted {
-                key: g.rewritten.unwrap_or_else(|| self.key.clone()),
-                fence: g.fence,
-                secret: Some(g.secret),
-                mode: self.mode,
-                ttl: Duration::from_millis(g.ttl_ms),
-                sent,
-                granted_at: Instant::now(),
-                label: self.owner.clone(),
-                fence_block: g.fence_block,
-            },
-            self.renew,
-        )
+        let terms = terms(&self.key, self.mode, &self.owner, g, sent);
+        Guard::unwatched(self.route.clone(), conn, terms, self.renew)
+    }
+
+    /// Cluster mode: what becomes of a grant on `conn` that arrives after this attempt was
+    /// given up (the key's shard moved meanwhile, or the caller stopped waiting): it is
+    /// unlocked like a guard, through the lease path, which follows the key's shard — the
+    /// lease of a grant answered as its shard moved lives at the new owner, where a
+    /// release sent here would not reach it and it would block the key until its TTL.
+    /// `None` (a release on `conn` itself) for a single broker or the embedded table.
+    fn late_grant(&self, conn: &Arc<Conn>, sent: Instant) -> Option<LateGrant> {
+        if !self.route.is_clustered() {
+            return None;
+        }
+        let (route, conn) = (self.route.clone(), conn.clone());
+        let (key, mode, label) = (self.key.clone(), self.mode, self.owner.clone());
+        Some(Box::new(move |g: Granted| {
+            let fence = g.fence;
+            let guard = Guard::unwatched(route, conn, terms(&key, mode, &label, g, sent), false);
+            Box::pin(async move {
+                match guard.unlock().await {
+                    Ok(()) => tracing::debug!(fence, "released a grant nobody waited for"),
+                    Err(e) => tracing::debug!(fence, "a grant nobody waited for: {e}"),
+                }
+            })
+        }))
+    }
+}
+
+/// The terms of grant `g` of an acquire of `key` in `mode` labelled `label`, sent at `sent`.
+fn terms(
+    key: &Bytes,
+    mode: Mode,
+    label: &Bytes,
+    g: Granted,
+    sent: Instant,
+) -> crate::guard::Granted {
+    crate::guard::Granted {
+        key: g.rewritten.unwrap_or_else(|| key.clone()),
+        fence: g.fence,
+        secret: Some(g.secret),
+        mode,
+        ttl: Duration::from_millis(g.ttl_ms),
+        sent,
+        granted_at: Instant::now(),
+        label: label.clone(),
+        fence_block: g.fence_block,
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use lockbroker_core::wire::millis;
 
-use crate::conn::Conn;
+use crate::conn::{Abandon, Conn};
 use crate::error::{Error, Result};
 use crate::guard::{Granted, Guard};
 use crate::lock::{await_grant, check_owner_label};
@@ -165,7 +165,15 @@ impl LockAllRequest {
                 owner: self.owner.clone(),
             })
         })?;
-        let mut pending = PendingReply::new(&conn, id, Some(self.keys[0].clone()), rx);
+        let mut pending = PendingReply::new(
+            &conn,
+            id,
+            Some(Abandon {
+                key: self.keys[0].clone(),
+                late: None,
+            }),
+            rx,
+        );
         let reply = await_grant(&mut pending, wait, self.route.request_timeout()).await?;
         match step(reply)? {
             Step::Moved(url) => Ok(Step::Moved(url)),

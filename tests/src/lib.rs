@@ -17,6 +17,7 @@ pub mod raw;
 pub mod redis;
 #[cfg(test)]
 mod replica_model;
+pub mod udp_relay;
 pub mod util;
 
 use std::io::{BufRead, BufReader};

@@ -20,7 +20,7 @@ use lockbroker_proto::{Frame, UnlockOutcome, WaitSpec};
 pub(crate) use brokers::{Brokers, Dial};
 use retry::{Deadline, Kind, Step, ask, for_wait, remaining, retry, step};
 
-use crate::conn::Conn;
+use crate::conn::{Abandon, Conn};
 use crate::error::{Error, Result};
 use crate::inspect::LockInfo;
 use crate::shards::{LeaseEnd, Pushes, Routes};
@@ -226,13 +226,14 @@ impl Route {
 }
 
 /// The answer to one waiting request (acquire or wait-for-unlock). Dropped before the answer
-/// was taken — a timeout, a `select!` — it gives the request up: cancelled on the broker if
-/// still pending, and a grant that already arrived (or crosses the cancel) is released.
+/// was taken — a timeout, a `select!`, the key's shard moving — it gives the request up:
+/// cancelled on the broker if still pending, and a grant that already arrived (or crosses the
+/// cancel) is released as its [`Abandon`] says.
 pub(crate) struct PendingReply {
     conn: Arc<Conn>,
     id: u64,
-    /// The key of an acquire (a grant for it must be released if given up); `None` otherwise.
-    key: Option<Bytes>,
+    /// What becomes of a grant to an acquire given up; `None` for a wait.
+    abandon: Option<Abandon>,
     rx: Option<tokio::sync::oneshot::Receiver<Frame>>,
 }
 
@@ -240,13 +241,13 @@ impl PendingReply {
     pub(crate) fn new(
         conn: &Arc<Conn>,
         id: u64,
-        key: Option<Bytes>,
+        abandon: Option<Abandon>,
         rx: tokio::sync::oneshot::Receiver<Frame>,
     ) -> Self {
         PendingReply {
             conn: conn.clone(),
             id,
-            key,
+            abandon,
             rx: Some(rx),
         }
     }
@@ -265,7 +266,7 @@ impl PendingReply {
 impl Drop for PendingReply {
     fn drop(&mut self) {
         if let Some(rx) = self.rx.take() {
-            self.conn.give_up(self.id, self.key.take(), rx);
+            self.conn.give_up(self.id, self.abandon.take(), rx);
         }
     }
 }

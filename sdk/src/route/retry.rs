@@ -6,8 +6,9 @@
 //! cluster mode), send, and wait for the answer — at most the attempt's bound, and for a
 //! request about a key no longer than the key's shard stays where it was (a pushed shard map
 //! that moves the shard ends the wait at once: that broker is no longer the one to ask; a
-//! request about a held lease waits for its answer, which says whether it was done). What
-//! then:
+//! request about a held lease waits for its answer, which says whether it was done; an
+//! acquire given up so whose grant still comes is released where its lease went, `lock.rs`).
+//! What then:
 //!
 //! - an answer: done (a `Moved` answer notes the shard's new owner and tries again there);
 //! - a *transient* failure (the broker went away, it is taking the shard over, it did not answer

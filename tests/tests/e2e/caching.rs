@@ -374,3 +374,51 @@ async fn a_used_up_block_is_replaced_without_a_busy_try_lock() {
         leases.len()
     );
 }
+
+/// A local holder whose cached lease ends under it — here an operator's forced release — is
+/// told so by its `unlock()` (an error, as for any guard whose lease was lost), not `Ok`: its
+/// work may have overlapped another holder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlocking_a_local_hold_whose_cached_lease_was_lost_reports_the_loss() {
+    let broker = Broker::start();
+    let client = caching_client(&broker, 30).await;
+    client
+        .lock("cached/lost")
+        .ttl(Duration::from_secs(60))
+        .await
+        .expect("lock")
+        .unlock()
+        .await
+        .expect("unlock");
+    // The user's lock is granted from the cached lease, in the process.
+    let local = client
+        .lock("cached/lost")
+        .ttl(Duration::from_secs(60))
+        .await
+        .expect("lock again");
+    let admin = broker.admin.expect("the admin listener");
+    let token = std::fs::read_to_string(broker.data_dir.path().join("admin-token"))
+        .expect("the broker's admin-token");
+    let bearer = format!("Bearer {}", token.trim());
+    let revoked = lockbroker_tests::http::post_json(
+        admin,
+        "/api/release",
+        &[("Authorization", bearer.as_str())],
+        &serde_json::json!({ "key": "cached/lost" }),
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    tokio::time::timeout(Duration::from_secs(5), local.lost())
+        .await
+        .expect("the local holder is told within 5 s (TTL 60 s)");
+    match local.unlock().await {
+        Err(Error::Lost(_)) => {}
+        other => panic!("unlock of a lost local hold: {other:?}"),
+    }
+    // The key is free for the next locker.
+    let again = client
+        .try_lock("cached/lost")
+        .await
+        .expect("lock after the loss");
+    again.unlock().await.expect("unlock");
+}

@@ -61,7 +61,7 @@ async fn owner_of(brokers: &[&Broker], key: &str) -> Option<usize> {
 
 /// Waits (bounded) until `key` is served by exactly one of `brokers`, the same one twice a
 /// second apart; returns its index.
-async fn settled_owner(brokers: &[&Broker], key: &str) -> usize {
+pub(crate) async fn settled_owner(brokers: &[&Broker], key: &str) -> usize {
     let start = Instant::now();
     let mut last = None;
     loop {

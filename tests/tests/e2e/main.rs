@@ -26,6 +26,7 @@
 //! - [`failover`]: a guard that only holds keeps its lease across a SIGKILL and a SIGSTOP of
 //!   its shard's owner (three brokers, default client settings).
 //! - [`hostile`]: what an unfriendly neighbour could do: files and secrets others could read.
+//! - [`late_grants`]: a grant answered as its key's shard moves is released at the new owner.
 //! - [`leases`]: TTLs of crashed and lost holders, clean disconnects, renewal, lock delay.
 //! - [`limits`]: limits per principal: anonymous sessions, keys, queue records and
 //!   sync-mirror retries stop at their share, an authenticated bystander still gets in; QUIC
@@ -69,6 +70,7 @@ mod etcd_contents;
 mod exclusion;
 mod failover;
 mod hostile;
+mod late_grants;
 mod leases;
 mod lifecycle;
 mod limits;
