@@ -10,6 +10,13 @@
 //! half granted —; a `GrantedAll` covers exactly the request's keys, in order; and grants are
 //! FIFO per key: nothing is granted a key while an acquire queued earlier on that key (single or
 //! multi-key) is still pending, and nothing is granted at once while anyone is queued on it.
+//!
+//! Some acquires ask for a fence block (lock caching, `cache.rs`): the model then checks that
+//! no later fence of the key falls inside a granted block, that `Recall` goes only to a live
+//! cacheable lease of the key, once, and that every request that conflicts with one — an
+//! acquire that queues or is refused, a multi-key acquire that queues, a wait for the key to
+//! come free — has recalled every cacheable lease in its way (races: a recall while the lease
+//! is renewed, orphaned, reclaimed, released or expiring, and while others queue).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -32,6 +39,8 @@ enum Op {
         mode: Mode,
         ttl: u64,
         wait: W,
+        /// Fencing tokens asked for (1: an ordinary lease; more: a cacheable one).
+        block: u32,
     },
     AcquireAll {
         slot: u8,
@@ -94,6 +103,15 @@ fn mode() -> impl Strategy<Value = Mode> {
     ]
 }
 
+/// Mostly ordinary leases, some cacheable ones (a fence block).
+fn fence_block() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        4 => Just(1u32),
+        1 => Just(4u32),
+        1 => Just(16u32),
+    ]
+}
+
 fn wait() -> impl Strategy<Value = W> {
     prop_oneof![
         1 => Just(W::No),
@@ -115,8 +133,10 @@ fn op() -> impl Strategy<Value = Op> {
     let slot = 0..SLOTS;
     let key = 0..KEYS.len();
     prop_oneof![
-        8 => (slot.clone(), key.clone(), mode(), 1u64..80, wait())
-            .prop_map(|(slot, key, mode, ttl, wait)| Op::Acquire { slot, key, mode, ttl, wait }),
+        8 => (slot.clone(), key.clone(), mode(), 1u64..80, wait(), fence_block())
+            .prop_map(|(slot, key, mode, ttl, wait, block)| {
+                Op::Acquire { slot, key, mode, ttl, wait, block }
+            }),
         5 => (slot.clone(), key_list(), 1u64..80, wait())
             .prop_map(|(slot, keys, ttl, wait)| Op::AcquireAll { slot, keys, ttl, wait }),
         1 => (slot.clone(), key.clone()).prop_map(|(slot, key)| Op::DupAcquire { slot, key }),
@@ -141,6 +161,10 @@ struct Lease {
     mode: Mode,
     deadline: Instant,
     orphan: bool,
+    /// Fencing tokens the lease reserved (known from its grant; 1 until then).
+    block: u32,
+    /// The table recalled it.
+    recalled: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -229,6 +253,35 @@ impl Model {
         assert_eq!(ahead, 0, "granted {key:?} past an earlier queued acquire");
     }
 
+    /// Grant `g` reserved its fence block: no other lease of the key has a fence inside it,
+    /// and every later fence of the key is above it.
+    fn reserve(&mut self, g: &Grant) {
+        let end = g.fence + u64::from(g.fence_block);
+        assert!(
+            !self
+                .leases
+                .range(g.fence + 1..end)
+                .any(|(_, l)| l.key == g.key),
+            "a fence inside another lease's block"
+        );
+        let last = self.last_fence.entry(g.key.clone()).or_insert(end - 1);
+        *last = (*last).max(end - 1);
+        if let Some(l) = self.leases.get_mut(&g.fence) {
+            l.block = g.fence_block;
+        }
+    }
+
+    /// A request that conflicts with the cacheable leases of `keys` recalled every one.
+    fn assert_recalled(&self, keys: &[Bytes]) {
+        for (fence, l) in &self.leases {
+            assert!(
+                l.block == 1 || l.recalled || !keys.contains(&l.key),
+                "cacheable lease {fence} of {:?} in a request's way was not recalled",
+                l.key
+            );
+        }
+    }
+
     fn locked(&self, key: &[u8]) -> bool {
         self.leases.values().any(|l| l.key == key)
     }
@@ -286,6 +339,8 @@ impl Model {
                             mode,
                             deadline,
                             orphan: false,
+                            block: 1,
+                            recalled: false,
                         },
                     );
                     assert!(prev.is_none(), "fence reused");
@@ -334,6 +389,7 @@ impl Model {
                     assert_eq!((l.session, l.mode), (session, grant.mode));
                     assert!(unclaimed.remove(&grant.fence), "grant without its Acquired");
                     self.assert_nobody_ahead(&grant.key, p.order);
+                    self.reserve(&grant);
                 }
                 Effect::GrantedAll {
                     session,
@@ -383,7 +439,17 @@ impl Model {
                     assert!(p.watch);
                     assert!(!self.locked(&p.keys[0]), "Unlocked while a lease is held");
                 }
-                Effect::Recall { .. } => panic!("no cacheable lease in this model: {e:?}"),
+                Effect::Recall {
+                    session,
+                    key,
+                    fence,
+                } => {
+                    let l = self.leases.get_mut(&fence).expect("recalled lease is held");
+                    assert_eq!((&l.key, l.session), (&key, session));
+                    assert!(l.block > 1, "recalled an ordinary lease");
+                    assert!(!l.recalled, "recalled twice");
+                    l.recalled = true;
+                }
                 Effect::WaitFailed {
                     session,
                     req,
@@ -418,6 +484,7 @@ impl Model {
                 mode,
                 ttl,
                 wait,
+                block,
             } => {
                 let s = self.slots[slot as usize];
                 self.next_req += 1;
@@ -442,7 +509,7 @@ impl Model {
                             .is_multiple_of(3)
                             .then(|| Bytes::from_static(b"worker@host")),
                         ticket: 0,
-                        fence_block: 1,
+                        fence_block: block,
                     },
                     &mut out,
                 );
@@ -459,12 +526,16 @@ impl Model {
                     Ok(Some(g)) => {
                         let l = &self.leases[&g.fence];
                         assert_eq!((l.session, &l.key), (s, &key));
+                        assert_eq!(g.fence_block, block, "the block asked for");
+                        self.reserve(g);
                     }
                     Ok(None) => {
                         assert!(!matches!(wait, Wait::No));
+                        self.assert_recalled(std::slice::from_ref(&key));
                         self.enqueue(s, req, vec![key.clone()], false, false, wait);
                     }
-                    Err(TableError::InvalidMode(_)) | Err(TableError::Busy) => {}
+                    Err(TableError::Busy) => self.assert_recalled(std::slice::from_ref(&key)),
+                    Err(TableError::InvalidMode(_)) => {}
                     Err(TableError::LimitExceeded(_)) => {}
                     Err(e) => panic!("unexpected acquire error {e:?}"),
                 }
@@ -517,7 +588,10 @@ impl Model {
                         grants.iter().map(|g| g.fence).collect()
                     }
                     _ => {
-                        assert!(out.is_empty(), "a refused or queued group changes nothing");
+                        assert!(
+                            out.iter().all(|e| matches!(e, Effect::Recall { .. })),
+                            "a refused or queued group changes nothing but recalls"
+                        );
                         Vec::new()
                     }
                 };
@@ -533,6 +607,7 @@ impl Model {
                     }
                     Ok(None) => {
                         assert!(!matches!(wait, Wait::No));
+                        self.assert_recalled(&keys);
                         self.enqueue(s, req, keys, false, true, wait);
                     }
                     Err(TableError::LimitExceeded("held leases")) => {
@@ -581,14 +656,16 @@ impl Model {
                     .t
                     .wait_until_unlocked(now, s, req, &key, wait, &mut out);
                 assert!(
-                    out.is_empty(),
-                    "no cacheable lease in this model: nothing to recall"
+                    out.iter().all(|e| matches!(e, Effect::Recall { .. })),
+                    "a wait for a key to come free changes nothing but recalls"
                 );
+                self.apply(out, &[]);
                 let locked = self.locked(&key);
                 match r {
                     Ok(Some(UnlockOutcome::Released)) => assert!(!locked),
                     Ok(None) => {
                         assert!(locked);
+                        self.assert_recalled(std::slice::from_ref(&key));
                         self.enqueue(s, req, vec![key], true, false, wait);
                     }
                     Err(TableError::Busy) => assert!(locked),
