@@ -41,7 +41,7 @@ fn parse_args() -> Result<Opts> {
             "--only" => only = args.next(),
             "-h" | "--help" => {
                 println!(
-                    "lockbroker-bench [--quick] [--mem-locks N] [--only seq|throughput|contention|memory|expiry|table|cluster|attack|metrics|embedded]\n\
+                    "lockbroker-bench [--quick] [--mem-locks N] [--only seq|recall|throughput|contention|memory|expiry|table|cluster|attack|metrics|embedded]\n\
                      Starts redis-server and a release lockbroker on ephemeral ports and prints\n\
                      lockbroker's figures next to Redis's and a raw QUIC echo's, as ratios."
                 );
@@ -61,6 +61,9 @@ async fn run_all(opts: &Opts, bin: &Path) -> Result<()> {
     if opts.runs("seq") {
         let (echo_server, echo_inproc) = (&fx.echo_server, &fx.echo_inproc);
         scenario::seq::run(opts, broker, redis, echo_server, echo_inproc, &mut report).await?;
+    }
+    if opts.runs("recall") {
+        scenario::recall::run(opts, broker, &fx.echo_server, &mut report).await?;
     }
     if opts.runs("throughput") {
         scenario::throughput::run(opts, broker, redis, &mut report).await?;

@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod expiry;
 pub mod memory;
 pub mod metrics;
+pub mod recall;
 pub mod seq;
 pub mod table;
 pub mod throughput;

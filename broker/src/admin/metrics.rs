@@ -139,6 +139,16 @@ pub(super) fn encode(admin: &Admin) -> Result<String, std::fmt::Error> {
             m.handoff.clone(),
         );
         reg.register(
+            "recalls",
+            "Cached leases recalled: another request wanted a key a client caches (lock caching)",
+            m.recalls.clone(),
+        );
+        reg.register(
+            "recall_seconds",
+            "From a recall to the recalled lease's release, which grants the request that caused it",
+            m.recall.clone(),
+        );
+        reg.register(
             "policy_chain_seconds",
             "One request's policy plugin chain",
             m.policy_duration.clone(),

@@ -192,8 +192,8 @@ impl Broker {
     pub(super) fn dispatch(self: &Arc<Self>, effects: &mut Vec<Effect>, now: Instant) {
         let metrics = self.metrics.as_deref();
         for effect in effects.drain(..) {
-            if let (Some(m), Effect::Event(e)) = (metrics, &effect) {
-                m.event(e);
+            if let Some(m) = metrics {
+                m.effect(&effect);
             }
             match Answer::from(effect) {
                 Answer::Grant {

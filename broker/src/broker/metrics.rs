@@ -19,7 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-use crate::table::{Fence, LockEvent, TableError};
+use crate::table::{Effect, Fence, LockEvent, TableError};
 
 /// A label set of one `&'static str` value, e.g. `reason="policy"`.
 pub type Labels = Vec<(&'static str, &'static str)>;
@@ -68,9 +68,21 @@ pub struct Metrics {
     pub handoff: Histogram,
     /// One request's whole policy plugin chain, seconds.
     pub policy_duration: Histogram,
+    /// Cached leases recalled (lock caching: another request wanted the key).
+    pub recalls: Counter,
+    /// From a recall to the end of the recalled lease — its holder's release, which grants
+    /// the request that caused the recall in the same step — seconds.
+    pub recall: Histogram,
     /// Grant instant of the sampled live leases (for `hold_time`).
     granted_at: DashMap<Fence, Instant>,
+    /// Recall instant of the recalled leases still live (for `recall`; at most
+    /// [`MAX_RECALLS_TIMED`]: a lease that ends without an event, handed over with its
+    /// shard, leaves its entry behind).
+    recalled_at: DashMap<Fence, Instant>,
 }
+
+/// Recalled leases timed at once (past it, a recall is counted but not timed).
+const MAX_RECALLS_TIMED: usize = 65_536;
 
 /// Hold times are measured on one lease in `HOLD_SAMPLE` (by fence): a map entry per held lease
 /// would cost ≈ 40 bytes a lock — a quarter of the table's whole footprint — for a histogram
@@ -102,14 +114,31 @@ impl Default for Metrics {
             hold_time: seconds_buckets(),
             handoff: seconds_buckets(),
             policy_duration: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
+            recalls: Counter::default(),
+            recall: seconds_buckets(),
             granted_at: DashMap::new(),
+            recalled_at: DashMap::new(),
         }
     }
 }
 
 impl Metrics {
-    /// Counts one lock event (under no lock: called from `dispatch`).
-    pub(super) fn event(&self, e: &LockEvent) {
+    /// Counts what one effect records: a lock event or a recall (under no lock: called from
+    /// `dispatch`).
+    pub(super) fn effect(&self, e: &Effect) {
+        match e {
+            Effect::Event(e) => self.event(e),
+            Effect::Recall { fence, .. } => {
+                self.recalls.inc();
+                if self.recalled_at.len() < MAX_RECALLS_TIMED {
+                    self.recalled_at.insert(*fence, Instant::now());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn event(&self, e: &LockEvent) {
         match e {
             LockEvent::Acquired { fence, .. } => {
                 self.grants.inc();
@@ -130,6 +159,9 @@ impl Metrics {
     }
 
     fn observe_hold(&self, fence: Fence) {
+        if let Some((_, since)) = self.recalled_at.remove(&fence) {
+            self.recall.observe(since.elapsed().as_secs_f64());
+        }
         if !sampled(fence) {
             return;
         }

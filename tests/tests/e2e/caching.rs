@@ -214,6 +214,20 @@ async fn another_client_gets_a_cached_key_after_the_recall_with_a_larger_fence()
         .expect("lock");
     assert!(mine.fence() > their_fence);
     mine.unlock().await.expect("unlock");
+    // The operator's view: one recall, timed from the recall to the cached lease's release
+    // (the caching client's next lock asked without a cached lease, recalling nothing).
+    let admin = broker.admin.expect("the admin listener");
+    let m = lockbroker_tests::http::get(admin, "/metrics").await.body;
+    assert_eq!(
+        lockbroker_tests::http::sample(&m, "lockbroker_recalls_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        lockbroker_tests::http::sample(&m, "lockbroker_recall_seconds_count"),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 /// Tasks of one caching client locking one key take turns: never two inside at once, fences
