@@ -126,6 +126,7 @@ fn holder_info(h: &Holder, now: Instant) -> HolderInfo {
         mode: h.mode.into(),
         remaining_ms: millis_until(h.deadline, now),
         owner: h.owner.clone().unwrap_or_default(),
+        cached: h.cached,
     }
 }
 

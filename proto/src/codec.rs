@@ -8,8 +8,8 @@
 //!
 //! `LockInfo` (since protocol version 3): `id: u64 | key | holders | holders_total: u32 |
 //! waiters: u32 | blocked_ms: u64 | position: u32` (position since version 4), each holder
-//! `session: u64 | fence: u64 | mode | remaining_ms: u64 | owner` (the owner label since
-//! version 4, empty for none). A sender keeps the frame within the peer's `max_frame` with
+//! `session: u64 | fence: u64 | mode | remaining_ms: u64 | owner | cached: u8` (the owner
+//! label since version 4, empty for none; `cached`, 0 or 1, since version 6). A sender keeps the frame within the peer's `max_frame` with
 //! [`LockInfo::truncate_to`]; a decoder refuses a `holders_total` below the holders listed.
 //!
 //! A reader that meets a frame it cannot decode may step over it with [`frame_head`] (its
@@ -167,6 +167,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                 put_mode(out, h.mode);
                 put_u64(out, h.remaining_ms);
                 put_bytes(out, &h.owner);
+                put_u8(out, u8::from(h.cached));
             }
             put_u32(out, i.holders_total);
             put_u32(out, i.waiters);
@@ -347,7 +348,7 @@ const LOCK_INFO_FIXED: usize = HEADER_LEN + 8 + 4 + 4 + 4 + 4 + 8 + 4;
 impl HolderInfo {
     /// Bytes this holder takes in a `LockInfo` frame.
     pub fn encoded_len(&self) -> usize {
-        8 + 8 + mode_len(self.mode) + 8 + 4 + self.owner.len()
+        8 + 8 + mode_len(self.mode) + 8 + 4 + self.owner.len() + 1
     }
 }
 
@@ -507,8 +508,8 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
             let id = r.u64("id")?;
             let key = r.key(max_key)?;
             let count = r.u32("holder count")? as usize;
-            // Each holder takes at least 29 bytes: a count beyond what is left is a lie.
-            if count > r.remaining() / 29 {
+            // Each holder takes at least 30 bytes: a count beyond what is left is a lie.
+            if count > r.remaining() / 30 {
                 return Err(DecodeError::Malformed("holder count"));
             }
             let mut holders = Vec::with_capacity(count);
@@ -519,6 +520,11 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, limits: &Limits) -> Result<Frame, D
                     mode: mode(r)?,
                     remaining_ms: r.u64("remaining")?,
                     owner: r.owner_label()?,
+                    cached: match r.u8("cached")? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(DecodeError::Malformed("cached flag")),
+                    },
                 });
             }
             let holders_total = r.u32("holders total")?;

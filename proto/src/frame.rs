@@ -219,6 +219,9 @@ pub struct HolderInfo {
     pub remaining_ms: u64,
     /// The owner label given with the acquire (empty: none).
     pub owner: Bytes,
+    /// A cached lease (lock caching): its holder's process grants the key again itself
+    /// until the lease is recalled.
+    pub cached: bool,
 }
 
 /// Answer to `Inspect`.

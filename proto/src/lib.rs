@@ -34,7 +34,8 @@ pub use shard::{hash_tag, shard_of};
 /// Version 5: `Acquire::ticket` and the `Requeued` error code (waiting acquires keep their
 /// place in the queue across a planned move of their key's shard); lock caching:
 /// `Acquire::fence_block`, `Granted::fence_block` and the `Recall` push.
-pub const PROTOCOL_VERSION: u8 = 5;
+/// Version 6: `LockInfo` holders say whether the lease is cached (`HolderInfo::cached`).
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// The default UDP port of the broker.
 pub const DEFAULT_PORT: u16 = 7420;

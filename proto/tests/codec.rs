@@ -127,6 +127,7 @@ fn samples() -> Vec<Frame> {
                     mode: Mode::Shared,
                     remaining_ms: 3,
                     owner: Bytes::new(),
+                    cached: false,
                 },
                 HolderInfo {
                     session: 4,
@@ -134,6 +135,7 @@ fn samples() -> Vec<Frame> {
                     mode: Mode::Semaphore(2),
                     remaining_ms: 6,
                     owner: Bytes::new(),
+                    cached: false,
                 },
             ],
             holders_total: 2,
@@ -151,6 +153,7 @@ fn samples() -> Vec<Frame> {
                 mode: Mode::Shared,
                 remaining_ms: 3,
                 owner: Bytes::new(),
+                cached: false,
             }],
             holders_total: 3000,
             waiters: 0,
@@ -392,6 +395,7 @@ fn holder(fence: u64, mode: Mode) -> HolderInfo {
         mode,
         remaining_ms: 30_000,
         owner: Bytes::new(),
+        cached: false,
     }
 }
 
@@ -646,7 +650,13 @@ fn arb_lock_info() -> impl Strategy<Value = LockInfo> {
         any::<u64>(),
         arb_key(),
         proptest::collection::vec(
-            (any::<u64>(), any::<u64>(), arb_mode(), any::<u64>()),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                arb_mode(),
+                any::<u64>(),
+                any::<bool>(),
+            ),
             0..64,
         ),
         any::<u32>(),
@@ -655,12 +665,13 @@ fn arb_lock_info() -> impl Strategy<Value = LockInfo> {
         .prop_map(|(id, key, holders, waiters, blocked_ms)| {
             let holders: Vec<HolderInfo> = holders
                 .into_iter()
-                .map(|(session, fence, mode, remaining_ms)| HolderInfo {
+                .map(|(session, fence, mode, remaining_ms, cached)| HolderInfo {
                     session,
                     fence,
                     mode,
                     remaining_ms,
                     owner: Bytes::new(),
+                    cached,
                 })
                 .collect();
             LockInfo {

@@ -17,6 +17,9 @@ pub struct Holder {
     pub remaining: Duration,
     /// The owner label given with the acquire (`LockRequest::owner`), if any.
     pub owner: Option<String>,
+    /// A cached lease ([`ClientBuilder::cache_locks`](crate::ClientBuilder::cache_locks)): its
+    /// client grants the key again in its own process until another client asks for it.
+    pub cached: bool,
 }
 
 /// The state of one key.
@@ -58,6 +61,7 @@ impl LockInfo {
                     remaining: Duration::from_millis(h.remaining_ms),
                     owner: (!h.owner.is_empty())
                         .then(|| String::from_utf8_lossy(&h.owner).into_owned()),
+                    cached: h.cached,
                 })
                 .collect(),
             holders_total: w.holders_total as usize,

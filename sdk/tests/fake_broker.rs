@@ -568,6 +568,7 @@ async fn an_unreadable_answer_fails_its_request_not_the_connection() {
             mode: lockbroker_proto::Mode::Shared,
             remaining_ms: 1000,
             owner: Bytes::new(),
+            cached: false,
         }],
         holders_total: 3000,
         waiters: 0,

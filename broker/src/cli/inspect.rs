@@ -27,7 +27,7 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         println!("state: locked");
         for h in &info.holders {
             println!(
-                "holder: session={} fence={} mode={:?} remaining={}ms{}",
+                "holder: session={} fence={} mode={:?} remaining={}ms{}{}",
                 h.session,
                 h.fence,
                 h.mode,
@@ -35,7 +35,8 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 h.owner
                     .as_deref()
                     .map(|o| format!(" owner={}", shown(o)))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if h.cached { " cached" } else { "" }
             );
         }
         if info.is_truncated() {

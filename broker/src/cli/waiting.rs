@@ -92,6 +92,7 @@ mod tests {
                 mode: Mode::Exclusive,
                 remaining: Duration::from_millis(2500),
                 owner: owner.map(str::to_owned),
+                cached: false,
             }],
             holders_total: 1,
             waiters: 3,

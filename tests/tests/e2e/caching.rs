@@ -133,6 +133,11 @@ async fn an_ordinary_lease_is_not_recalled() {
     let other = broker.client().await;
     assert_eq!(other.try_lock("plain/k").await.err(), Some(Error::Busy));
     assert_eq!(holder.next_frame(Duration::from_millis(500)).await, None);
+    let info = other.inspect("plain/k").await.expect("inspect");
+    assert!(
+        !info.holders[0].cached,
+        "an ordinary lease is not shown as cached"
+    );
 }
 
 /// A client that caches keeps the lease after its unlock: its next locks of the key are
@@ -159,6 +164,7 @@ async fn a_cached_lock_is_granted_again_in_the_process_with_the_next_fence() {
         [lease],
         "the broker granted one lease for all of them"
     );
+    assert!(info.holders[0].cached, "inspect shows the lease as cached");
     // The operator sees it as a cached lease.
     let admin = broker.admin.expect("the admin listener");
     let listed = lockbroker_tests::http::get(admin, "/api/locks?prefix=cached/")

@@ -73,15 +73,36 @@ async fn the_status_page_shows_a_held_key_and_its_holder_then_not() {
         (waiter_client, r)
     });
 
+    // A client that caches its locks keeps another key after its unlock: shown as cached.
+    let cacher = broker
+        .client_builder()
+        .cache_locks(Duration::from_secs(60))
+        .connect()
+        .await
+        .expect("connect a caching client");
+    cacher
+        .lock("billing/rates")
+        .await
+        .expect("lock")
+        .unlock()
+        .await
+        .expect("unlock");
+
     page.goto(&format!("http://{admin}/"))
         .await
         .expect("open the status page");
     let shown = text_until(
         &page,
         "locks",
-        "the key, its holder and fence",
+        "the key, its holder and fence, and the cached key",
         limit,
-        |t| t.contains("billing/nightly-export") && t.contains("anonymous") && t.contains(&fence),
+        |t| {
+            t.contains("billing/nightly-export")
+                && t.contains("anonymous")
+                && t.contains(&fence)
+                && t.contains("billing/rates")
+                && t.contains("exclusive · cached")
+        },
     )
     .await;
     assert!(shown.contains("billing/"), "grouped by prefix: {shown}");
@@ -96,6 +117,8 @@ async fn the_status_page_shows_a_held_key_and_its_holder_then_not() {
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
 
     guard.unlock().await.expect("unlock");
+    // The caching client goes: its cached lease goes back.
+    cacher.close().await;
     let (_waiter_client, second) = waiter.await.expect("join");
     second
         .expect("the waiter got the key")

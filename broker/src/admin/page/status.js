@@ -113,7 +113,7 @@ function renderLocks(data) {
         row.append(
           el("td", { class: "key" }, i === 0 ? l.key : ""),
           el("td", { class: "principal" }, h ? (h.principal || "(disconnected)") + (h.owner ? " · " + h.owner : "") : "—"),
-          el("td", {}, h ? h.mode : ""),
+          el("td", {}, h ? h.mode + (h.cached ? " · cached" : "") : ""),
           el("td", {}, h ? h.fence : ""),
           el("td", {}, h ? fmtMs(h.ttl_remaining_ms) : ""),
           el("td", {}, i === 0 ? l.waiters : ""),
