@@ -14,7 +14,11 @@
 //! made; the lease is given back as soon as no local guard holds it, and local waiters then ask
 //! the broker like anyone (queueing behind the client that caused the recall). The lease is
 //! also given back when its block is used up, when it is lost, and after `idle` without a
-//! local holder. One ask per key at a time: while this client's acquire of a key is on its way,
+//! local holder.
+//!
+//! A key whose lease was recalled is *contended* for `idle` (Lustre's contended locks): its
+//! locks ask the broker for ordinary leases meanwhile, so clients that take a key in turn do
+//! not pay a recall each turn — caching pays only for keys one client takes again and again. One ask per key at a time: while this client's acquire of a key is on its way,
 //! its other local lockers of the key wait for it instead of queueing behind it at the broker
 //! (which would recall the lease just granted).
 
@@ -39,6 +43,8 @@ pub(crate) struct LockCache {
     /// How long a cached lease is kept without a local holder.
     idle: Duration,
     entries: Mutex<HashMap<Bytes, Entry>>,
+    /// Keys recalled lately, until when they are not cached ([`MAX_CONTENDED`] at most).
+    contended: Mutex<HashMap<Bytes, Instant>>,
     /// The idle sweep, started with the first cached lease.
     sweeper: OnceLock<()>,
 }
@@ -91,12 +97,18 @@ impl Cached {
     }
 }
 
+/// Contended keys remembered at once (past it, a recalled key may be cached again at once:
+/// it costs a recall, nothing else).
+const MAX_CONTENDED: usize = 4096;
+
 /// What a local locker does next.
 pub(crate) enum Take {
     /// Granted here: the local guard.
     Local(Guard),
     /// Wait for the handoff (FIFO behind the local holder, or for this client's ask).
     Wait(oneshot::Receiver<Handoff>),
+    /// The key is contended: ask the broker for an ordinary lease, as without caching.
+    Plain,
     /// Ask the broker; the caller is the one asker of the key until [`Asking`] is done, and
     /// first gives back the spent lease it was handed, if any (so that its own acquire does
     /// not find the key held by it: a try-lock would be refused `Busy`).
@@ -118,6 +130,7 @@ impl LockCache {
             block: block.max(2),
             idle,
             entries: Mutex::new(HashMap::new()),
+            contended: Mutex::new(HashMap::new()),
             sweeper: OnceLock::new(),
         })
     }
@@ -127,6 +140,7 @@ impl LockCache {
     pub(crate) fn take(self: &Arc<Self>, key: &Bytes) -> Take {
         let mut entries = self.entries.lock();
         match entries.get_mut(key) {
+            None if self.is_contended(key) => Take::Plain,
             None => {
                 entries.insert(key.clone(), asking());
                 Take::Ask(self.asking(key), None)
@@ -148,6 +162,31 @@ impl LockCache {
                 crate::metrics::cache_hit();
                 Take::Local(Guard::local(&c.lease, fence, self.clone()))
             }
+        }
+    }
+
+    /// Whether `key` was recalled within the last `idle` (an expired mark is dropped).
+    fn is_contended(&self, key: &Bytes) -> bool {
+        let mut contended = self.contended.lock();
+        match contended.get(key) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                contended.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `key` was recalled: its locks ask for ordinary leases for the next `idle`.
+    fn mark_contended(&self, key: &Bytes) {
+        let now = Instant::now();
+        let mut contended = self.contended.lock();
+        if contended.len() >= MAX_CONTENDED {
+            contended.retain(|_, until| now < *until);
+        }
+        if contended.len() < MAX_CONTENDED {
+            contended.insert(key.clone(), now + self.idle);
         }
     }
 
@@ -219,6 +258,7 @@ impl LockCache {
     /// The broker pushed `Recall` for lease (`key`, `fence`): no more local grants; given back
     /// now if no local guard holds it, else when the last one unlocks.
     fn recall_lease(self: &Arc<Self>, key: &Bytes, fence: u64) {
+        self.mark_contended(key);
         if let Some(Entry::Asking { recalled, .. }) = self.entries.lock().get_mut(key) {
             // Pushed before this client saw the grant (a grant held for a backup's ack).
             *recalled = Some(fence);

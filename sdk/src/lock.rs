@@ -135,6 +135,7 @@ impl LockRequest {
         loop {
             match cache.take(&self.key) {
                 Take::Local(guard) => return Ok(guard),
+                Take::Plain => return self.run_frames().await,
                 Take::Wait(_) if self.wait == WaitSpec::NoWait => return Err(Error::Busy),
                 Take::Wait(rx) => match wait_handoff(rx, until).await {
                     Ok(Some(guard)) => return Ok(guard),

@@ -6,7 +6,8 @@
 //!   releases and the broker grants — recall to grant is 1.5 round trips, the whole acquire
 //!   two. Against an acquire of a free key and the echo RTT.
 //! - Ping-pong: two clients take turns on one key, each a lock + acknowledged unlock, both
-//!   caching (each lock recalls the other's lease) against both not caching.
+//!   caching against both not caching (after the first recalls the key is contended, and the
+//!   caching clients ask for ordinary leases: what caching costs where it does not help).
 
 use std::time::{Duration, Instant};
 
@@ -134,12 +135,13 @@ async fn free_acquires(client: &Client, d: Duration, lat: &mut Lat) -> Result<()
     Ok(())
 }
 
-/// `cacher` locks and unlocks the key (its lease stays cached), then `other`'s acquire of it
-/// is timed: the recall, the cacher's release, the grant.
+/// `cacher` locks and unlocks a key (its lease stays cached), then `other`'s acquire of it is
+/// timed: the recall, the cacher's release, the grant. A new key each time (a recalled key is
+/// contended for the cacher, which then would not cache it).
 async fn recalls(cacher: &Client, other: &Client, d: Duration, lat: &mut Lat) -> Result<()> {
-    let key = Bytes::from_static(b"bench/recall/k");
     let end = Instant::now() + d;
     while Instant::now() < end {
+        let key = Bytes::from(format!("bench/recall/{}", rand::random::<u64>()));
         cacher
             .lock(key.clone())
             .ttl(TTL)

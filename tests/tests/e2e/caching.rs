@@ -442,3 +442,36 @@ async fn unlocking_a_local_hold_whose_cached_lease_was_lost_reports_the_loss() {
         .expect("lock after the loss");
     again.unlock().await.expect("unlock");
 }
+
+/// Two caching clients taking turns on one key pay a recall each once, not every turn: a key
+/// whose lease was recalled is contended, and its locks ask for ordinary leases while it stays
+/// so (the client's idle time). Fences keep growing throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_caching_clients_taking_turns_stop_recalling_each_other() {
+    let broker = Broker::start();
+    let (a, b) = (
+        caching_client(&broker, 30).await,
+        caching_client(&broker, 30).await,
+    );
+    let mut last = 0;
+    for _ in 0..10 {
+        for c in [&a, &b] {
+            let g = c
+                .lock("turns/k")
+                .wait(Duration::from_secs(10))
+                .await
+                .expect("lock");
+            assert!(g.fence() > last, "fences grow turn after turn");
+            last = g.fence();
+            g.unlock().await.expect("unlock");
+        }
+    }
+    // a's first lease was recalled by b's first lock, b's by a's second: then no more.
+    let admin = broker.admin.expect("the admin listener");
+    let m = lockbroker_tests::http::get(admin, "/metrics").await.body;
+    assert_eq!(
+        lockbroker_tests::http::sample(&m, "lockbroker_recalls_total"),
+        Some(2.0),
+        "{m}"
+    );
+}
