@@ -30,6 +30,9 @@ preflight_programs=(
 # Python modules the tests import, as "module:pip requirement".
 preflight_python=(
   "redis:redis>=5"              # redis-py interop tests
+  "maturin:maturin>=1.9,<2"     # builds the Python package (python/)
+  "pytest:pytest>=8"            # the Python package's tests
+  "pytest_asyncio:pytest-asyncio>=0.23"
 )
 
 missing=()
@@ -93,6 +96,19 @@ step "cargo test"
 test_log="${CARGO_TARGET_DIR:-target}/cargo-test.log"
 cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$test_log" ||
   failed+=("cargo test")
+
+step "Python package: build the wheel (maturin), pytest against real brokers and etcd"
+target_dir=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
+rm -rf "$target_dir/wheels"
+if python3 -m maturin build --quiet --profile dev -m python/Cargo.toml -o "$target_dir/wheels" &&
+  { python3 -m pip install --quiet --force-reinstall --no-deps "$target_dir"/wheels/lockbroker-*.whl ||
+    python3 -m pip install --quiet --force-reinstall --no-deps --break-system-packages \
+      "$target_dir"/wheels/lockbroker-*.whl; }; then
+  (cd python && LOCKBROKER_BIN="$target_dir/debug/lockbroker" python3 -m pytest -q tests) ||
+    failed+=("python tests")
+else
+  failed+=("python package build")
+fi
 
 step "fuzz smoke (cargo fuzz: frame decoder and in-process sessions, 30 s each)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -442,16 +442,15 @@ impl Guard {
     /// the client reconnected to a broker with another identity, or the watchdog task ended.
     /// Never resolves while the lease is safe.
     pub async fn lost(&self) -> Error {
-        loop {
-            // Registered before the check, so a loss declared in between still wakes it.
-            let woken = self.lease.lost_wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if let Some(e) = self.lease.lost_error() {
-                return e;
-            }
-            woken.await;
-        }
+        lost_of(&self.lease).await
+    }
+
+    /// [`Guard::lost`] as a future that owns what it needs, so it outlives this borrow of the
+    /// guard: a task (or a language binding) can watch the lease while the guard is used, or
+    /// unlocked, elsewhere. After an unlock it never resolves.
+    pub fn lost_watch(&self) -> impl std::future::Future<Output = Error> + Send + 'static {
+        let lease = self.lease.clone();
+        async move { lost_of(&lease).await }
     }
 
     /// Renews the lease now with a new TTL (shorter or longer): the local deadline becomes
@@ -497,6 +496,20 @@ impl Guard {
         // Boxed: the frame path's state (reclaim, reply, moves) is large, and an unlock future
         // that carried it inline would be copied whole on every embedded unlock.
         Box::pin(release_now(&self.lease)).await
+    }
+}
+
+/// Resolves with the error that declared `lease` lost.
+async fn lost_of(lease: &Lease) -> Error {
+    loop {
+        // Registered before the check, so a loss declared in between still wakes it.
+        let woken = lease.lost_wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if let Some(e) = lease.lost_error() {
+            return e;
+        }
+        woken.await;
     }
 }
 

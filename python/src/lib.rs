@@ -1,0 +1,30 @@
+//! `lockbroker._native`: the Python package's native part, thin PyO3 bindings over the Rust SDK
+//! (no second protocol implementation). The Python layer (`py/lockbroker/`) gives it Python's
+//! idioms — context managers, `async with`, keyword arguments; this crate only runs the SDK.
+//!
+//! - `process.rs`: the tokio runtime and SDK client of the current process, re-created after
+//!   `fork()` (the parent's are the parent's: never touched, never dropped, in a child).
+//! - `bridge.rs`: a Rust future as an asyncio future of the caller's loop (cancelling it
+//!   drops the Rust future: an acquire leaves the broker's queue), and blocking calls with the
+//!   GIL released.
+//! - `client.rs`, `guard.rs`: the `NativeClient` and `NativeGuard` classes.
+//! - `errors.rs`: the exception hierarchy (`LockError` and its subclasses).
+
+mod bridge;
+mod client;
+mod errors;
+mod guard;
+mod process;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<client::NativeClient>()?;
+    m.add_class::<guard::NativeGuard>()?;
+    m.add_class::<bridge::Canceller>()?;
+    m.add_class::<client::Info>()?;
+    m.add_class::<client::Holder>()?;
+    errors::register(m)?;
+    Ok(())
+}
