@@ -285,6 +285,21 @@ impl NativeClient {
         })
     }
 
+    /// For the benchmark (`python/bench/bench.py`): `n` lock + unlock cycles of `key` run in
+    /// Rust on this client, no Python per cycle; the seconds they took. The binding's own
+    /// cycles are compared with it: the difference is what the binding costs.
+    fn rust_cycles(&self, py: Python<'_>, key: &Bound<'_, PyAny>, n: u32) -> PyResult<Py<PyAny>> {
+        let key = key_of(key)?;
+        self.call(py, false, move |c, _| async move {
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                let g = c.lock(key.clone()).await.map_err(to_py)?;
+                g.unlock().await.map_err(to_py)?;
+            }
+            Ok(start.elapsed().as_secs_f64())
+        })
+    }
+
     /// Closes this process's connections: the broker releases every lease they hold.
     fn close(&self, py: Python<'_>) {
         self.slot.close(py);
