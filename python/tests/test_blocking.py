@@ -120,3 +120,29 @@ def test_the_embedded_client_locks_in_process():
             c.try_lock("k").acquire()
         assert c.inspect("k").holders[0].fence == g.fence
     assert not c.is_locked("k")
+
+
+def test_a_blocking_wait_releases_the_gil(client, broker):
+    import threading
+
+    other = lockbroker.Client(broker.url, ca=broker.ca)
+    ticks = 0
+    with client.lock("py/gil"):
+        done = threading.Event()
+
+        def wait_for_it():
+            try:
+                other.lock("py/gil", wait=1.0).acquire()
+            except lockbroker.Timeout:
+                pass
+            done.set()
+
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        # This thread keeps running Python while the other waits in the SDK.
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0.001)
+        waiter.join()
+    assert ticks > 100, f"the main thread ran only {ticks} times during a 1 s wait"
+    other.close()
