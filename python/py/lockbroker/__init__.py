@@ -133,17 +133,51 @@ class Guard:
         return f"<lockbroker.Guard key={self.key!r} fence={self.fence} mode={self.mode}>"
 
 
-class LockRequest:
-    """A lock not taken yet. Take it with ``with`` (blocking), ``async with``, ``await`` (a
-    :class:`Guard`), or :meth:`acquire` (blocking, a :class:`Guard`). Cancelling an awaiting
-    task (``task.cancel()``, ``asyncio.timeout``) leaves the broker's queue."""
+def _guards(held: Union[Guard, List[Guard], None]) -> List[Guard]:
+    if held is None:
+        return []
+    return [held] if isinstance(held, Guard) else held
 
-    __slots__ = ("_client", "_args", "_guard")
+
+class _Request:
+    """What a lock request does in ``with``, ``async with`` and ``await``, whatever it holds
+    (a :class:`Guard`, or a list of them)."""
+
+    __slots__ = ("_client", "_args", "_held")
 
     def __init__(self, client: "Client", args: tuple) -> None:
         self._client = client
         self._args = args
-        self._guard: Optional[Guard] = None
+        self._held = None
+
+    def __await__(self):
+        return self._aacquire().__await__()
+
+    def __enter__(self):
+        self._held = self.acquire()
+        return self._held
+
+    def __exit__(self, *exc: object) -> None:
+        held, self._held = self._held, None
+        for g in _guards(held):
+            g.__exit__(*exc)
+
+    async def __aenter__(self):
+        self._held = await self._aacquire()
+        return self._held
+
+    async def __aexit__(self, *exc: object) -> None:
+        held, self._held = self._held, None
+        for g in _guards(held):
+            await g.__aexit__(*exc)
+
+
+class LockRequest(_Request):
+    """A lock not taken yet. Take it with ``with`` (blocking), ``async with``, ``await`` (a
+    :class:`Guard`), or :meth:`acquire` (blocking, a :class:`Guard`). Cancelling an awaiting
+    task (``task.cancel()``, ``asyncio.timeout``) leaves the broker's queue."""
+
+    __slots__ = ()
 
     def acquire(self) -> Guard:
         return Guard(self._client._native.lock(*self._args, False))
@@ -151,65 +185,18 @@ class LockRequest:
     async def _aacquire(self) -> Guard:
         return Guard(await self._client._native.lock(*self._args, True))
 
-    def __await__(self):
-        return self._aacquire().__await__()
 
-    def __enter__(self) -> Guard:
-        self._guard = self.acquire()
-        return self._guard
-
-    def __exit__(self, *exc: object) -> None:
-        guard, self._guard = self._guard, None
-        if guard is not None:
-            guard.__exit__(*exc)
-
-    async def __aenter__(self) -> Guard:
-        self._guard = await self._aacquire()
-        return self._guard
-
-    async def __aexit__(self, *exc: object) -> None:
-        guard, self._guard = self._guard, None
-        if guard is not None:
-            await guard.__aexit__(*exc)
-
-
-class LockAllRequest:
+class LockAllRequest(_Request):
     """Several keys locked at once (exclusive), or none: ``with``, ``async with``, ``await``
     or :meth:`acquire` give one :class:`Guard` per key, in the order named."""
 
-    __slots__ = ("_client", "_args", "_guards")
-
-    def __init__(self, client: "Client", args: tuple) -> None:
-        self._client = client
-        self._args = args
-        self._guards: List[Guard] = []
+    __slots__ = ()
 
     def acquire(self) -> List[Guard]:
         return [Guard(g) for g in self._client._native.lock_all(*self._args, False)]
 
     async def _aacquire(self) -> List[Guard]:
         return [Guard(g) for g in await self._client._native.lock_all(*self._args, True)]
-
-    def __await__(self):
-        return self._aacquire().__await__()
-
-    def __enter__(self) -> List[Guard]:
-        self._guards = self.acquire()
-        return self._guards
-
-    def __exit__(self, *exc: object) -> None:
-        guards, self._guards = self._guards, []
-        for g in guards:
-            g.__exit__(*exc)
-
-    async def __aenter__(self) -> List[Guard]:
-        self._guards = await self._aacquire()
-        return self._guards
-
-    async def __aexit__(self, *exc: object) -> None:
-        guards, self._guards = self._guards, []
-        for g in guards:
-            await g.__aexit__(*exc)
 
 
 class Client:
