@@ -1,7 +1,8 @@
 """lockbroker's Python benchmark, one run, each figure against its reference on this machine:
 
-1. asyncio lock + unlock (``async with client.lock(...)``) against redis-py's asyncio ``Lock``
-   (``SET NX PX`` + its release script) on a local redis-server: the ratio Redis ÷ lockbroker
+1. lock + unlock against redis-py's ``Lock`` (``SET NX PX`` + its release script) on a local
+   redis-server, asyncio (``async with client.lock(...)`` against ``redis.asyncio``'s Lock) and
+   blocking (``with client.lock(...)`` against ``redis.Redis``'s): the ratio Redis ÷ lockbroker
    (above 1: lockbroker is faster);
 2. what the binding adds per lock + unlock cycle over the Rust SDK: the same client's cycles
    from Python (blocking and asyncio) against ``rust_cycles`` (the cycles run in Rust, no
@@ -29,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
 import lockbroker  # noqa: E402
@@ -63,6 +65,20 @@ async def redis_cycles(r, n, out):
         await lock.acquire()
         await lock.release()
         out.append(time.perf_counter() - t)
+
+
+def sync_pairs(client, r, n, b, rd):
+    """Blocking cycles, lockbroker and redis-py alternating `n` times each, per-cycle times."""
+    for _ in range(n):
+        t = time.perf_counter()
+        with client.lock("bench/py/sync", ttl=30):
+            pass
+        b.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        lock = r.lock("bench/py/redis-sync", timeout=30)
+        lock.acquire()
+        lock.release()
+        rd.append(time.perf_counter() - t)
 
 
 def blocking_cycles(client, key, n):
@@ -114,6 +130,14 @@ def main():
         b, rd = asyncio.run(run())
         print(f"asyncio lock + unlock p50: lockbroker {p50_us(b):.1f} µs, "
               f"redis-py Lock {p50_us(rd):.1f} µs: Redis ÷ lockbroker = {p50_us(rd) / p50_us(b):.2f}")
+        r = redis.Redis(host="127.0.0.1", port=port)
+        sb, srd = [], []
+        sync_pairs(client, r, CYCLES // 10, [], [])
+        for _ in range(ROUNDS):
+            sync_pairs(client, r, CYCLES, sb, srd)
+        r.close()
+        print(f"blocking lock + unlock p50: lockbroker {p50_us(sb):.1f} µs, "
+              f"redis-py Lock {p50_us(srd):.1f} µs: Redis ÷ lockbroker = {p50_us(srd) / p50_us(sb):.2f}")
 
         for name, c in [("networked", client), ("embedded", embedded)]:
             key = f"bench/py/overhead-{name}"

@@ -6,6 +6,7 @@
 //! released.
 
 use std::future::Future;
+use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 use pyo3::IntoPyObjectExt;
@@ -24,7 +25,10 @@ where
     value.into_py_any(py)
 }
 
-/// `fut`, spawned on `p`'s runtime, as an asyncio future of the running loop.
+/// `fut` as an asyncio future of the running loop. It is polled once here, on the caller's
+/// thread (in the runtime's context): a request that completes at once — an embedded or a
+/// cached grant — resolves the future without a thread hop, and one that must wait has sent its
+/// frame already. The rest runs on the runtime, which resolves the future through the loop.
 pub(crate) fn awaitable<T, F>(py: Python<'_>, p: &Process, fut: F) -> PyResult<Py<PyAny>>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
@@ -32,6 +36,18 @@ where
 {
     let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
     let py_fut = event_loop.call_method0("create_future")?;
+    let mut fut = Box::pin(fut);
+    let first = {
+        let _in_runtime = p.rt.enter();
+        fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    };
+    if let Poll::Ready(out) = first {
+        match out.and_then(|v| v.into_py_any(py)) {
+            Ok(v) => py_fut.call_method1("set_result", (v,))?,
+            Err(e) => py_fut.call_method1("set_exception", (e.into_value(py),))?,
+        };
+        return Ok(py_fut.unbind());
+    }
     let resolve = py.import("lockbroker._bridge")?.getattr("resolve")?;
     let target = (
         event_loop.unbind(),
