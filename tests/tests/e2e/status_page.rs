@@ -132,8 +132,14 @@ async fn the_status_page_shows_a_held_key_and_its_holder_then_not() {
     page.close().await.expect("end the WebDriver session");
 }
 
+/// The wait between polls the page shows ("updated 2:23:22 PM · every 2 s" → 2).
+fn poll_seconds(updated: &str) -> Option<u64> {
+    let (_, after) = updated.split_once("every ")?;
+    after.strip_suffix(" s")?.parse().ok()
+}
+
 /// An operator opens the status page of a broker holding 100,001 keys: the page says it
-/// refreshes every 5 s (a small table: every second), so open pages do not scan a big table
+/// refreshes every 5 s or more (a small table: under 5 s, every second when polls are quick), so open pages do not scan a big table
 /// every second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_backs_off_on_a_large_table() {
@@ -147,11 +153,12 @@ async fn the_status_page_backs_off_on_a_large_table() {
     page.goto(&format!("http://{admin}/"))
         .await
         .expect("open the status page");
-    let small = text_until(&page, "updated", "a poll on the small table", limit, |t| {
-        t.contains("every")
+    // A slow poll (a loaded machine) stretches the wait too (5× what the poll took), so the
+    // small table is shown by a wait under 5 s, the large one by a wait of at least 5 s.
+    text_until(&page, "updated", "a poll on the small table", limit, |t| {
+        poll_seconds(t).is_some_and(|s| s < 5)
     })
     .await;
-    assert!(small.contains("every 1 s"), "{small}");
 
     let keys = (0..100_001)
         .map(|i| Bytes::from(format!("big/{i:06}")))
@@ -161,10 +168,9 @@ async fn the_status_page_backs_off_on_a_large_table() {
         .pipeline_acquires(keys, 1000, 600_000, Duration::from_secs(60))
         .await;
     assert_eq!(held.granted, 100_001, "{:?}", held.other);
-    let large = text_until(&page, "updated", "the page to back off", limit, |t| {
-        t.contains("every 5 s")
+    text_until(&page, "updated", "the page to back off", limit, |t| {
+        poll_seconds(t).is_some_and(|s| s >= 5)
     })
     .await;
-    assert!(large.contains("every 5 s"), "{large}");
     page.close().await.expect("end the WebDriver session");
 }
