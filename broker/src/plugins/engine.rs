@@ -2,12 +2,9 @@
 //! allocator and the epoch ticker are shared) and the epoch ticker thread that enforces
 //! per-call time budgets.
 //!
-//! A budget is counted in epoch ticks *observed by the running call*: each store's deadline is
-//! one tick ahead, and on every tick its callback (`on_epoch_tick`) decrements the call's
-//! allowance and extends the deadline by one tick, until the allowance is spent and the call is
-//! interrupted. A call that spins is therefore stopped after about its budget of running time,
-//! while a call whose thread is descheduled by the OS (a busy machine) is charged one tick for
-//! the whole time it was off the CPU instead of failing spuriously.
+//! Each store's deadline is one tick ahead; on every tick its callback (`on_epoch_tick`) asks
+//! the call's clock (`budget`: the CPU time its thread used) whether to go on, and extends the
+//! deadline by one tick, until the budget is spent and the call is interrupted.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,8 +15,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllo
 use super::error::PluginError;
 use super::settings::MAX_MEMORY_LIMIT;
 
-/// Epoch tick period. A call's deadline is `ceil(budget / TICK) + 1` ticks away, so a call is
-/// interrupted between `budget` and `budget + TICK` after it started.
+/// Epoch tick period: how often a running call looks at its clock.
 pub const TICK: Duration = Duration::from_micros(500);
 
 /// Component instances the pooling allocator has slots for, across all plugin hosts of the
@@ -85,13 +81,11 @@ fn build() -> wasmtime::Result<Engine> {
 pub fn on_epoch_tick(
     mut cx: wasmtime::StoreContextMut<'_, super::state::HostState>,
 ) -> wasmtime::Result<wasmtime::UpdateDeadline> {
-    let state = cx.data_mut();
-    if state.ticks_left <= 1 {
-        state.ticks_left = 0;
-        return Ok(wasmtime::UpdateDeadline::Interrupt);
+    if cx.data_mut().clock.tick() {
+        Ok(wasmtime::UpdateDeadline::Continue(1))
+    } else {
+        Ok(wasmtime::UpdateDeadline::Interrupt)
     }
-    state.ticks_left -= 1;
-    Ok(wasmtime::UpdateDeadline::Continue(1))
 }
 
 /// Allowance, in epoch ticks observed, for a call with the given time budget.

@@ -9,7 +9,8 @@
 //!
 //! How it runs (see the module files, one job each):
 //! * one process-wide wasmtime `Engine` with the pooling allocator and epoch interruption;
-//!   an epoch ticker thread enforces each plugin's per-call time budget (`engine`);
+//!   an epoch ticker thread enforces each plugin's per-call time budget (`engine`), counted in
+//!   the CPU time of the call's thread (`budget`);
 //! * compiled components are cached on disk, keyed by content + engine (`cache`);
 //! * at load the component's WIT version and world are checked (`world`);
 //! * each plugin keeps a pool of idle instances, each with its own `Store`, memory cap and
@@ -24,6 +25,7 @@
 //!   it when a file changes; [`check_file`] backs `lockbroker plugin check`.
 
 mod bindings;
+mod budget;
 mod cache;
 mod check;
 mod decisions;

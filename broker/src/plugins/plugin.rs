@@ -12,9 +12,9 @@ use super::bindings::mirror::MirrorPre;
 use super::bindings::ttl_policy::TtlPolicyPre;
 use super::bindings::types::{EventOutcome, HeldLock, LockEvent, LockRequest, RestoreState};
 use super::bindings::{WIT_PACKAGE, WIT_VERSION};
+use super::budget::CallClock;
 use super::cache::{self, Origin};
 use super::decisions::{Decision, DecisionCache};
-use super::engine::deadline_ticks;
 use super::error::PluginError;
 use super::fault::Fault;
 use super::pool::{Exports, Pool, Pre, block_on};
@@ -48,7 +48,6 @@ pub struct LoadedPlugin {
     /// Its counters (shared with other generations of the same plugin).
     pub counters: Arc<Counters>,
     pool: Pool,
-    deadline: u64,
     /// One permit per call in flight (`settings.max_instances`).
     permits: tokio::sync::Semaphore,
     /// Remembered decisions (`settings.decision_cache > 0`).
@@ -160,7 +159,6 @@ impl LoadedPlugin {
         let first = block_on(pool.instantiate()).map_err(instantiate_err)?;
         pool.checkin(first);
         Ok(LoadedPlugin {
-            deadline: deadline_ticks(settings.time_budget),
             permits: tokio::sync::Semaphore::new(settings.max_instances),
             decisions: DecisionCache::new(settings.decision_cache, pool_shards()),
             settings,
@@ -284,7 +282,7 @@ impl LoadedPlugin {
         };
         instance.store.data_mut().limiter.hit = false;
         let stderr_mark = instance.store.data().stderr.mark();
-        instance.store.data_mut().ticks_left = self.deadline;
+        instance.store.data_mut().clock = CallClock::start(self.settings.time_budget);
         instance.store.set_epoch_deadline(1);
         let result = {
             let store = &mut instance.store;

@@ -14,7 +14,8 @@ use wasmtime::{Engine, Store};
 use super::bindings::key_policy::{KeyPolicy, KeyPolicyPre};
 use super::bindings::mirror::{Mirror, MirrorPre};
 use super::bindings::ttl_policy::{TtlPolicy, TtlPolicyPre};
-use super::engine::{deadline_ticks, on_epoch_tick};
+use super::budget::CallClock;
+use super::engine::on_epoch_tick;
 use super::settings::PluginSettings;
 use super::state::HostState;
 use super::stats::Counters;
@@ -93,8 +94,8 @@ impl Pool {
         );
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_callback(on_epoch_tick);
-        store.data_mut().ticks_left =
-            deadline_ticks(INSTANTIATE_BUDGET.max(self.settings.time_budget));
+        store.data_mut().clock =
+            CallClock::start(INSTANTIATE_BUDGET.max(self.settings.time_budget));
         store.set_epoch_deadline(1);
         let exports = match &self.pre {
             Pre::Key(p) => Exports::Key(p.instantiate_async(&mut store).await?),

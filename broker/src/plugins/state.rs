@@ -8,6 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::host::{self, LogLevel};
+use super::budget::CallClock;
 use super::engine::clock_start;
 use super::settings::PluginSettings;
 use super::wasi::{TailPipe, locked_down_ctx};
@@ -23,9 +24,8 @@ pub struct HostState {
     pub limiter: MemoryCap,
     /// The instance's stderr (panic messages).
     pub stderr: TailPipe,
-    /// Epoch ticks the current call may still observe before it is interrupted (see
-    /// `engine::on_epoch_tick`).
-    pub ticks_left: u64,
+    /// The current call's time budget (see `budget`).
+    pub clock: CallClock,
     /// The Redis connections this plugin may use (empty for policy plugins).
     pub redis: crate::redis::Connections,
     wasi: WasiCtx,
@@ -41,7 +41,7 @@ impl HostState {
             limiter: MemoryCap::new(settings.memory_limit),
             wasi: locked_down_ctx(&stderr),
             stderr,
-            ticks_left: 0,
+            clock: CallClock::default(),
             settings,
             table: ResourceTable::new(),
         }
