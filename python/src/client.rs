@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use lockbroker_sdk::{Client, Guard, LockInfo, Mode, UnlockOutcome};
+use lockbroker_sdk::{Client, Guard, LockAllRequest, LockInfo, LockRequest, Mode, UnlockOutcome};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
@@ -46,6 +46,21 @@ fn key_of(key: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     Err(PyValueError::new_err("a key is a str or bytes"))
 }
 
+/// Applies a Python `wait` (`None` forever, 0 not at all, else up to that long) to a request
+/// builder, given the builder's `[wait_forever, no_wait]` and `wait`.
+fn with_wait<R>(
+    r: R,
+    wait: Option<Duration>,
+    [forever, none]: [fn(R) -> R; 2],
+    up_to: fn(R, Duration) -> R,
+) -> R {
+    match wait {
+        None => forever(r),
+        Some(d) if d.is_zero() => none(r),
+        Some(d) => up_to(r, d),
+    }
+}
+
 /// A lock as the Python layer asks for it.
 struct LockArgs {
     key: Bytes,
@@ -67,11 +82,12 @@ impl LockArgs {
         if let Some(ttl) = self.ttl {
             r = r.ttl(ttl);
         }
-        r = match self.wait {
-            None => r.wait_forever(),
-            Some(d) if d.is_zero() => r.no_wait(),
-            Some(d) => r.wait(d),
-        };
+        r = with_wait(
+            r,
+            self.wait,
+            [LockRequest::wait_forever, LockRequest::no_wait],
+            LockRequest::wait,
+        );
         if let Some(owner) = self.owner {
             r = r.owner(owner);
         }
@@ -190,11 +206,12 @@ impl NativeClient {
             if let Some(ttl) = ttl {
                 r = r.ttl(ttl);
             }
-            r = match wait {
-                None => r.wait_forever(),
-                Some(d) if d.is_zero() => r.no_wait(),
-                Some(d) => r.wait(d),
-            };
+            r = with_wait(
+                r,
+                wait,
+                [LockAllRequest::wait_forever, LockAllRequest::no_wait],
+                LockAllRequest::wait,
+            );
             if let Some(owner) = owner {
                 r = r.owner(owner);
             }

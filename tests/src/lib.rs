@@ -284,6 +284,17 @@ impl Broker {
             .expect("connect to broker")
     }
 
+    /// An operator's forced release of `key` (`POST /api/release` with the admin token the
+    /// broker wrote to its data dir); the answer as it came.
+    pub async fn force_release(&self, key: &str) -> http::Response {
+        let admin = self.admin.expect("the admin listener");
+        let token = std::fs::read_to_string(self.data_dir.path().join("admin-token"))
+            .expect("the broker's admin-token");
+        let bearer = format!("Bearer {}", token.trim());
+        let body = serde_json::json!({ "key": key });
+        http::post_json(admin, "/api/release", &[("Authorization", &bearer)], &body).await
+    }
+
     /// The OS process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

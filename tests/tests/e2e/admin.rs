@@ -407,11 +407,7 @@ async fn owner_labels_and_queue_positions_are_shown_everywhere() {
 
     // A forced release (with the broker's admin-token): the holder is told it was revoked,
     // and the queue moves on in order.
-    let token = std::fs::read_to_string(broker.data_dir.path().join("admin-token"))
-        .expect("the broker's admin-token");
-    let bearer = format!("Bearer {}", token.trim());
-    let auth = [("Authorization", bearer.as_str())];
-    let released = http::post_json(addr, "/api/release", &auth, &json!({ "key": "own/k" })).await;
+    let released = broker.force_release("own/k").await;
     assert_eq!(released.status, 200, "{released:?}");
     let why = tokio::time::timeout(LIMIT, guard.lost())
         .await
@@ -419,7 +415,7 @@ async fn owner_labels_and_queue_positions_are_shown_everywhere() {
     assert!(why.to_string().contains("revoked"), "{why}");
     let f1 = q1.await.expect("join").expect("first granted");
     assert!(f1 > guard.fence());
-    let again = http::post_json(addr, "/api/release", &auth, &json!({ "key": "own/k" })).await;
+    let again = broker.force_release("own/k").await;
     assert_eq!(again.status, 200, "{again:?}");
     let f2 = q2.await.expect("join").expect("second granted");
     assert!(f2 > f1);

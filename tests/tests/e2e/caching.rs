@@ -416,17 +416,7 @@ async fn unlocking_a_local_hold_whose_cached_lease_was_lost_reports_the_loss() {
         .ttl(Duration::from_secs(60))
         .await
         .expect("lock again");
-    let admin = broker.admin.expect("the admin listener");
-    let token = std::fs::read_to_string(broker.data_dir.path().join("admin-token"))
-        .expect("the broker's admin-token");
-    let bearer = format!("Bearer {}", token.trim());
-    let revoked = lockbroker_tests::http::post_json(
-        admin,
-        "/api/release",
-        &[("Authorization", bearer.as_str())],
-        &serde_json::json!({ "key": "cached/lost" }),
-    )
-    .await;
+    let revoked = broker.force_release("cached/lost").await;
     assert_eq!(revoked.status, 200, "{revoked:?}");
     tokio::time::timeout(Duration::from_secs(5), local.lost())
         .await

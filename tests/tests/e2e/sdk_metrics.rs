@@ -10,9 +10,7 @@ use std::time::Duration;
 use lockbroker_sdk::Error;
 use lockbroker_sdk::metrics::{ACQUIRE_WAIT_SECONDS, ACQUIRES, HOLD_SECONDS, LOST_LEASES};
 use lockbroker_tests::Broker;
-use lockbroker_tests::http;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use serde_json::json;
 
 /// One metric of a snapshot: name, labels in order, value.
 type Recorded = (String, Vec<(String, String)>, DebugValue);
@@ -90,7 +88,6 @@ fn exclusive_waits(taken: &[Recorded], outcome: &str) -> Vec<f64> {
 #[test]
 fn the_sdk_records_waits_holds_and_lost_leases() {
     let broker = Broker::start();
-    let admin = broker.admin.expect("the banner names the admin address");
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
@@ -169,16 +166,7 @@ fn the_sdk_records_waits_holds_and_lost_leases() {
                 .ttl(Duration::from_secs(60))
                 .await
                 .expect("lock");
-            let token = std::fs::read_to_string(broker.data_dir.path().join("admin-token"))
-                .expect("the broker's admin-token");
-            let bearer = format!("Bearer {}", token.trim());
-            let revoked = http::post_json(
-                admin,
-                "/api/release",
-                &[("Authorization", bearer.as_str())],
-                &json!({ "key": "sdk-metrics/lost" }),
-            )
-            .await;
+            let revoked = broker.force_release("sdk-metrics/lost").await;
             assert_eq!(revoked.status, 200, "{revoked:?}");
             tokio::time::timeout(Duration::from_secs(2), doomed.lost())
                 .await
