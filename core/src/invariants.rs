@@ -20,9 +20,16 @@ impl Table {
             "groups noted as ready were left unsettled"
         );
         let mut records = 0;
+        // Deadline items of live entries only: a stale item (of an entry since gone) is
+        // dropped by a slab lookup here, not hashed — the heap keeps up to ~1,000 of them.
         let items: HashSet<(Instant, EntryId, u32, Due)> = self
             .deadlines
             .items()
+            .filter(|i| {
+                self.keys
+                    .get(i.id)
+                    .is_some_and(|e| e.generation == i.generation)
+            })
             .map(|i| (i.at, i.id, i.generation, i.due))
             .collect();
         if let Some(ordered) = self.keys.ordered_from(std::ops::Bound::Unbounded) {
