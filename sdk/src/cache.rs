@@ -296,7 +296,13 @@ impl LockCache {
         };
         if let Some(mut c) = taken {
             let waiters = std::mem::take(&mut c.waiters);
-            give_back(c.lease);
+            if c.recalled && !c.lease.relocated() {
+                // Another client waits for it: released at once on the connection the recall
+                // came on (the guard's drop: fire-and-forget, no task to wake first).
+                drop(c.lease);
+            } else {
+                give_back(c.lease);
+            }
             self.look_again(waiters, key);
         }
     }
