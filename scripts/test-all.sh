@@ -26,6 +26,7 @@ preflight_programs=(
   script:bsdutils               # the CLI's terminal test (a pseudo-terminal)
   kill:procps                   # signals to brokers and CLI children; `plugin reload`
   python3:python3               # redis-py interop tests
+  openssl:openssl               # the Python package's mutual-TLS test makes its certificates
 )
 # Python modules the tests import, as "module:pip requirement".
 preflight_python=(

@@ -3,12 +3,13 @@
 //! `asynchronous=True`, returns an asyncio future (`bridge.rs`).
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use lockbroker_sdk::{Client, Guard, LockAllRequest, LockInfo, LockRequest, Mode, UnlockOutcome};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
@@ -44,6 +45,12 @@ fn key_of(key: &Bound<'_, PyAny>) -> PyResult<Bytes> {
         return Ok(Bytes::copy_from_slice(b.as_bytes()));
     }
     Err(PyValueError::new_err("a key is a str or bytes"))
+}
+
+/// A PEM file's bytes, read when the client is made (a wrong path fails there, not at the
+/// first lock).
+fn read_pem(path: &Path) -> PyResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| PyOSError::new_err(format!("{}: {e}", path.display())))
 }
 
 /// Applies a Python `wait` (`None` forever, 0 not at all, else up to that long) to a request
@@ -127,7 +134,7 @@ impl NativeClient {
 #[pymethods]
 impl NativeClient {
     #[new]
-    #[pyo3(signature = (urls, ca_files, token=None, owner=None, embedded=false, cache_idle=None, connect_timeout=None, request_timeout=None))]
+    #[pyo3(signature = (urls, ca_files, token=None, owner=None, embedded=false, cache_idle=None, connect_timeout=None, request_timeout=None, cert=None, key=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         urls: Vec<String>,
@@ -138,7 +145,18 @@ impl NativeClient {
         cache_idle: Option<f64>,
         connect_timeout: Option<f64>,
         request_timeout: Option<f64>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
     ) -> PyResult<Self> {
+        let identity = match (cert, key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((read_pem(&cert)?, read_pem(&key)?)),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "a client certificate needs both cert= and key=",
+                ));
+            }
+        };
         Ok(NativeClient {
             opts: Options {
                 urls,
@@ -149,6 +167,7 @@ impl NativeClient {
                 cache_idle: cache_idle.map(seconds).transpose()?,
                 connect_timeout: connect_timeout.map(seconds).transpose()?,
                 request_timeout: request_timeout.map(seconds).transpose()?,
+                identity,
             },
             slot: Slot::default(),
         })
@@ -233,6 +252,14 @@ impl NativeClient {
         let key = key_of(key)?;
         self.call(py, asynchronous, move |c, _| async move {
             c.inspect(key).await.map(Info::from).map_err(to_py)
+        })
+    }
+
+    /// The principal the broker identified this client as (certificate, token or
+    /// `anonymous`).
+    fn principal(&self, py: Python<'_>, asynchronous: bool) -> PyResult<Py<PyAny>> {
+        self.call(py, asynchronous, move |c, _| async move {
+            c.principal().await.map_err(to_py)
         })
     }
 

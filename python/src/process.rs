@@ -22,6 +22,8 @@ pub(crate) struct Options {
     pub cache_idle: Option<Duration>,
     pub connect_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
+    /// A client certificate and its key (PEM) for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One process's runtime and client.
@@ -126,6 +128,9 @@ async fn connect(opts: &Options) -> lockbroker_sdk::Result<Client> {
     }
     for ca in &opts.ca_files {
         b = b.ca_file(ca);
+    }
+    if let Some((cert, key)) = &opts.identity {
+        b = b.client_cert(cert.clone(), key.clone());
     }
     if let Some(t) = &opts.token {
         b = b.token(t.clone());

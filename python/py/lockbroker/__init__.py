@@ -210,7 +210,9 @@ class Client:
 
     ``wait``: seconds to wait for a held key (``None``: forever; ``0``: not at all). ``ttl``:
     the lease's time to live in seconds (renewed in the background until unlocked).
-    ``cache_locks``: keep exclusive leases up to that many seconds after unlock and take them
+    ``cert`` and ``key``: a client certificate and its private key (PEM files) for a broker
+    that asks for one (mutual TLS; the broker names the client by the certificate's common
+    name). ``cache_locks``: keep exclusive leases up to that many seconds after unlock and take them
     again without a round trip until another client asks (lock caching).
     """
 
@@ -224,6 +226,8 @@ class Client:
         cache_locks: Optional[float] = None,
         connect_timeout: Optional[float] = None,
         request_timeout: Optional[float] = None,
+        cert: Optional[PathLike] = None,
+        key: Optional[PathLike] = None,
         _embedded: bool = False,
     ) -> None:
         urls = [] if url is None else [url] if isinstance(url, str) else list(url)
@@ -239,6 +243,8 @@ class Client:
             cache_locks,
             connect_timeout,
             request_timeout,
+            None if cert is None else os.fspath(cert),
+            None if key is None else os.fspath(key),
         )
 
     @classmethod
@@ -309,6 +315,14 @@ class Client:
 
     async def ainspect(self, key: Key) -> "_native.Info":
         return await self._native.inspect(key, True)
+
+    def principal(self) -> str:
+        """Who the broker says this client is: the certificate's or the token's principal, or
+        ``"anonymous"``."""
+        return self._native.principal(False)
+
+    async def aprincipal(self) -> str:
+        return await self._native.principal(True)
 
     def is_locked(self, key: Key) -> bool:
         return self._native.is_locked(key, False)

@@ -55,7 +55,10 @@ class NativeClient:
         cache_idle: Optional[float] = None,
         connect_timeout: Optional[float] = None,
         request_timeout: Optional[float] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
     ) -> None: ...
+    def principal(self, asynchronous: bool) -> Any: ...
     def lock(
         self,
         key: Key,
