@@ -9,11 +9,13 @@
 //!   GIL released.
 //! - `client.rs`, `guard.rs`: the `NativeClient` and `NativeGuard` classes.
 //! - `errors.rs`: the exception hierarchy (`LockError` and its subclasses).
+//! - `metrics.rs`: the SDK's client metrics, recorded in this process and read from Python.
 
 mod bridge;
 mod client;
 mod errors;
 mod guard;
+mod metrics;
 mod process;
 
 use pyo3::prelude::*;
@@ -25,6 +27,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::Canceller>()?;
     m.add_class::<client::Info>()?;
     m.add_class::<client::Holder>()?;
+    m.add_function(wrap_pyfunction!(metrics::enable_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::metrics_snapshot, m)?)?;
     errors::register(m)?;
     Ok(())
 }

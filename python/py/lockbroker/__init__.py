@@ -34,6 +34,8 @@ from ._native import (
 
 __all__ = [
     "Client",
+    "enable_metrics",
+    "metrics",
     "LockRequest",
     "LockAllRequest",
     "Guard",
@@ -52,6 +54,22 @@ __all__ = [
 ]
 
 Key = Union[str, bytes]
+
+
+def enable_metrics() -> None:
+    """Records the client metrics of every client in this process from now on (acquires and
+    their waits by mode and outcome, hold times, lost leases, lock-cache hits, misses and
+    recalls; the Rust SDK's names, ``lockbroker_client_*``). Read them with :func:`metrics`."""
+    _native.enable_metrics()
+
+
+def metrics() -> List[dict]:
+    """The client metrics recorded since :func:`enable_metrics`, one dict per metric and label
+    set: ``name``, ``labels`` (a dict), ``type`` — ``"counter"`` with ``value``, or
+    ``"histogram"`` (seconds) with ``count``, ``sum`` and ``buckets``, a list of
+    ``(upper bound, cumulative count)`` ending with ``inf``: what a Prometheus collector,
+    statsd or a log line needs."""
+    return _native.metrics_snapshot()
 PathLike = Union[str, "os.PathLike[str]"]
 
 
