@@ -41,7 +41,7 @@ fn parse_args() -> Result<Opts> {
             "--only" => only = args.next(),
             "-h" | "--help" => {
                 println!(
-                    "lockbroker-bench [--quick] [--mem-locks N] [--only seq|recall|throughput|contention|memory|expiry|table|cluster|attack|metrics|embedded]\n\
+                    "lockbroker-bench [--quick] [--mem-locks N] [--only seq|recall|throughput|contention|memory|expiry|table|cluster|attack|address-flood|metrics|embedded]\n\
                      Starts redis-server and a release lockbroker on ephemeral ports and prints\n\
                      lockbroker's figures next to Redis's and a raw QUIC echo's, as ratios."
                 );
@@ -85,6 +85,8 @@ async fn run_all(opts: &Opts, bin: &Path) -> Result<()> {
     }
     if opts.runs("attack") {
         scenario::attack::run(opts, bin, &mut report).await?;
+    } else if opts.runs("address-flood") {
+        scenario::attack::run_address_flood(opts, bin, &mut report).await?;
     }
     if opts.runs("embedded-uncontended") || opts.runs("embedded-contended") {
         scenario::embedded::run(opts, &mut report).await?;

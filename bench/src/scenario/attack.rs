@@ -141,22 +141,39 @@ pub async fn run(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
     ] {
         row(report, name, lat, &quiet);
     }
-    match &flood {
+    flood_rows(report, &flood_quiet, &flood);
+    Ok(())
+}
+
+/// `--only address-flood`: the flood from 11 addresses alone (its own broker).
+pub async fn run_address_flood(opts: &Opts, bin: &Path, report: &mut Report) -> Result<()> {
+    let window = if opts.quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(4)
+    };
+    let (quiet, flood) = address_flood(bin, window).await?;
+    flood_rows(report, &quiet, &flood);
+    Ok(())
+}
+
+/// The bystander's rows under the flood from 11 addresses (or what it was told).
+fn flood_rows(report: &mut Report, quiet: &Lat, flood: &Result<Lat, String>) {
+    match flood {
         Ok(lat) => row(
             report,
             "a flood from 11 addresses (sessions and keys)",
             lat,
-            &flood_quiet,
+            quiet,
         ),
         Err(refused) => report.row(
             "bystander lock cycle under a flood from 11 addresses".to_string(),
             format!("refused: {refused}"),
-            format!("{:.1} µs (no attack)", flood_quiet.p99()),
+            format!("{:.1} µs (no attack)", quiet.p99()),
             None,
             None,
         ),
     }
-    Ok(())
 }
 
 /// The p50 and p99 rows of the bystander under attack `name`.

@@ -8,6 +8,10 @@
 //! that time, however many ticks pass meanwhile (a 1 ms budget failed spuriously on a loaded
 //! 2-core CI machine when every tick observed counted as running time).
 //!
+//! A call that waits in the host (a mirror plugin's Redis I/O) is not charged for the wait
+//! either: its thread runs other tasks meanwhile, and the clock starts again when it resumes
+//! ([`CallClock::resumed`]); Redis time is bounded by the connections' own timeouts.
+//!
 //! Backstop: a call may observe at most `WALL_SLACK` times its budget in ticks, whatever its
 //! CPU clock says (time the thread's clock cannot see: a call moved to another thread while it
 //! waited in the host). Where the thread CPU clock cannot be read, every tick observed counts
@@ -43,6 +47,13 @@ impl CallClock {
             ticks_left: deadline_ticks(budget).saturating_mul(WALL_SLACK),
             last: None,
         }
+    }
+
+    /// The call resumes after waiting in the host (a mirror plugin's Redis I/O): what its
+    /// thread ran meanwhile — other tasks — is not charged; counting starts again at the next
+    /// tick.
+    pub fn resumed(&mut self) {
+        self.last = None;
     }
 
     /// One epoch tick observed by the running call, on the call's thread: `false` when the
@@ -109,6 +120,18 @@ mod tests {
         }
         // The first tick starts the count; then a tick of running time each.
         assert!((2..=4).contains(&ticks), "{ticks} ticks");
+    }
+
+    #[test]
+    fn what_the_thread_ran_while_the_call_waited_in_the_host_is_not_charged() {
+        let mut clock = CallClock::start(Duration::from_millis(1));
+        assert!(clock.tick());
+        // Another task on this thread while the call waits for Redis.
+        spin_cpu(Duration::from_millis(3));
+        clock.resumed();
+        assert!(clock.tick(), "charged for another task's time");
+        spin_cpu(Duration::from_millis(2));
+        assert!(!clock.tick(), "its own running time is charged");
     }
 
     /// The CI failure: a call whose thread was off the CPU across several ticks (a loaded

@@ -13,7 +13,9 @@ impl Host for HostState {
         command: Vec<Vec<u8>>,
     ) -> Result<RedisValue, RedisError> {
         let redis = self.redis.clone();
-        match redis.execute(&conn_name, command).await {
+        let reply = redis.execute(&conn_name, command).await;
+        self.clock.resumed();
+        match reply {
             Ok(v) => Ok(value(v)),
             Err(e) => Err(error(e)),
         }
@@ -25,7 +27,9 @@ impl Host for HostState {
         commands: Vec<Vec<Vec<u8>>>,
     ) -> Result<Vec<Result<RedisValue, String>>, RedisError> {
         let redis = self.redis.clone();
-        match redis.pipeline(&conn_name, commands).await {
+        let replies = redis.pipeline(&conn_name, commands).await;
+        self.clock.resumed();
+        match replies {
             Ok(replies) => Ok(replies.into_iter().map(|r| r.map(value)).collect()),
             Err(e) => Err(error(e)),
         }
