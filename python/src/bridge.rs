@@ -1,18 +1,16 @@
 //! A Rust future for a Python caller: run to completion with the GIL released (the blocking
-//! API), or as an asyncio future of the caller's running loop (the asyncio API). The asyncio
-//! future is resolved from the runtime's thread through `loop.call_soon_threadsafe`; cancelling
-//! it (a task's `cancel()`, `asyncio.timeout`) aborts the Rust task, which drops the SDK's
-//! future: a waiting acquire leaves the broker's queue, and a grant that crosses the cancel is
-//! released.
+//! API), or as an asyncio future of the caller's running loop (the asyncio API), polled on the
+//! loop's thread (`loop_driver.rs`); cancelling it (a task's `cancel()`, `asyncio.timeout`)
+//! drops the SDK's future: a waiting acquire leaves the broker's queue, and a grant that
+//! crosses the cancel is released.
 
 use std::future::Future;
-use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
-use tokio::task::AbortHandle;
 
+use crate::loop_driver::{BoxFuture, LoopDriver, Outcome};
 use crate::process::Process;
 
 /// Runs `fut` on `p`'s runtime until it completes, the GIL released meanwhile.
@@ -25,10 +23,10 @@ where
     value.into_py_any(py)
 }
 
-/// `fut` as an asyncio future of the running loop. It is polled once here, on the caller's
-/// thread (in the runtime's context): a request that completes at once — an embedded or a
-/// cached grant — resolves the future without a thread hop, and one that must wait has sent its
-/// frame already. The rest runs on the runtime, which resolves the future through the loop.
+/// `fut` as an asyncio future of the running loop, polled on the loop's thread by its
+/// [`LoopDriver`]: once now (a request that completes at once — an embedded or a cached grant
+/// — resolves the future without a wake-up, and one that must wait has sent its frame), then
+/// whenever the SDK wakes it. Cancelling the asyncio future drops `fut`.
 pub(crate) fn awaitable<T, F>(py: Python<'_>, p: &Process, fut: F) -> PyResult<Py<PyAny>>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
@@ -36,59 +34,42 @@ where
 {
     let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
     let py_fut = event_loop.call_method0("create_future")?;
-    let mut fut = Box::pin(fut);
-    let first = {
-        let _in_runtime = p.rt.enter();
-        fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-    };
-    if let Poll::Ready(out) = first {
-        match out.and_then(|v| v.into_py_any(py)) {
-            Ok(v) => py_fut.call_method1("set_result", (v,))?,
-            Err(e) => py_fut.call_method1("set_exception", (e.into_value(py),))?,
-        };
-        return Ok(py_fut.unbind());
-    }
-    let resolve = py.import("lockbroker._bridge")?.getattr("resolve")?;
-    let target = (
-        event_loop.unbind(),
-        py_fut.clone().unbind(),
-        resolve.unbind(),
-    );
-    let task = p.rt.spawn(async move {
+    let driver = driver_of(py, &event_loop)?;
+    let fut: BoxFuture = Box::pin(async move {
         let out = fut.await;
-        Python::attach(|py| {
-            let (event_loop, py_fut, resolve) = target;
-            let (ok, value) = match out.and_then(|v| v.into_py_any(py)) {
-                Ok(v) => (true, v),
-                Err(e) => (false, e.into_value(py).into_any()),
-            };
-            // A loop closed meanwhile has nobody left to tell.
-            let _ =
-                event_loop.call_method1(py, "call_soon_threadsafe", (resolve, py_fut, ok, value));
-        });
+        Box::new(move |py: Python<'_>| out.and_then(|v| v.into_py_any(py))) as Outcome
     });
-    let canceller = Canceller {
-        task: Mutex::new(Some(task.abort_handle())),
-    };
-    py_fut.call_method1("add_done_callback", (canceller,))?;
+    driver
+        .bind(py)
+        .get()
+        .submit(py, p.rt.clone(), fut, &py_fut)?;
     Ok(py_fut.unbind())
 }
 
-/// The done-callback of an asyncio future made by [`awaitable`]: aborts its task if the
-/// future was cancelled.
-#[pyclass(frozen, module = "lockbroker._native")]
-pub(crate) struct Canceller {
-    task: Mutex<Option<AbortHandle>>,
-}
+/// The last loop's driver, with the loop (held, so that no other loop can take its address)
+/// and the process it was made in. Most programs run one loop: its await skips the registry.
+static LAST_DRIVER: Mutex<Option<LastDriver>> = Mutex::new(None);
 
-#[pymethods]
-impl Canceller {
-    fn __call__(&self, fut: &Bound<'_, PyAny>) -> PyResult<()> {
-        if fut.call_method0("cancelled")?.is_truthy()?
-            && let Some(task) = self.task.lock().take()
-        {
-            task.abort();
-        }
-        Ok(())
+/// A loop, the process it ran in, its driver.
+type LastDriver = (Py<PyAny>, u32, Py<LoopDriver>);
+
+/// `event_loop`'s driver (`lockbroker._bridge.driver` makes and registers one).
+fn driver_of(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<LoopDriver>> {
+    let pid = std::process::id();
+    if let Some((l, p, d)) = LAST_DRIVER.lock().as_ref()
+        && l.is(event_loop)
+        && *p == pid
+    {
+        return Ok(d.clone_ref(py));
     }
+    let driver: Py<LoopDriver> = py
+        .import("lockbroker._bridge")?
+        .call_method1("driver", (event_loop,))?
+        .cast_into::<LoopDriver>()?
+        .unbind();
+    let last = (event_loop.clone().unbind(), pid, driver.clone_ref(py));
+    // The replaced loop and driver are dropped after the lock is let go.
+    let replaced = LAST_DRIVER.lock().replace(last);
+    drop(replaced);
+    Ok(driver)
 }

@@ -88,3 +88,32 @@ async def test_the_embedded_client_works_under_asyncio():
             await c.try_lock("k")
     async with c.lock("k") as g2:
         assert g2.fence > g.fence
+
+
+def test_event_loops_in_two_threads_share_one_client(client):
+    # A service running an event loop per thread (or a loop in a worker thread beside the main
+    # one): each loop's awaits complete on its own thread, whichever loop awaited last.
+    import threading
+
+    fences, errors = {}, []
+
+    def worker(name):
+        async def cycles():
+            for i in range(50):
+                async with client.lock(f"pya/threads/{name}", ttl=10) as g:
+                    assert g.key == f"pya/threads/{name}"
+                    fences.setdefault(name, []).append(g.fence)
+
+        try:
+            asyncio.run(cycles())
+        except Exception as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert all(len(fences[n]) == 50 for n in ("a", "b"))
+    assert all(f == sorted(f) for f in fences.values())

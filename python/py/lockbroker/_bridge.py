@@ -1,11 +1,19 @@
-"""Resolves the asyncio futures of the native module (called on the future's own loop)."""
+"""The native module's asyncio side: one `LoopDriver` per event loop, registered as a reader of
+the loop, polls the loop's pending lockbroker futures on the loop's own thread."""
+
+import os
+import weakref
+
+from . import _native
+
+_drivers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def resolve(fut, ok, value):
-    """Sets `fut`'s result (`ok`) or exception, unless it was cancelled meanwhile."""
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
+def driver(loop):
+    """The `LoopDriver` of `loop` (made and registered on first use, again after `fork()`)."""
+    d = _drivers.get(loop)
+    if d is None or d.pid != os.getpid():
+        d = _native.LoopDriver()
+        loop.add_reader(d.fileno(), d.run)
+        _drivers[loop] = d
+    return d
