@@ -266,14 +266,18 @@ async fn admin_listing(
 /// The token of the flood case's bystander.
 const BYSTANDER_TOKEN: &str = "bench-bystander-token-00000001";
 
-/// A broker with default limits and one token; the bystander's lock cycle quiet, then — after
+/// A broker with default limits (plus the `[limits]` lines of `$LOCKBROKER_FLOOD_LIMITS`, for
+/// A/B runs of limits) and one token; the bystander's lock cycle quiet, then — after
 /// 11 loopback addresses have opened anonymous sessions as fast as they were admitted for 3 s,
 /// each pipelining acquires of new keys — of a bystander that connects then, with its token.
 /// `Err`: the bystander could not connect or lock (what it was told).
 async fn address_flood(bin: &Path, window: Duration) -> Result<(Lat, Result<Lat, String>)> {
     let b = Broker::start(
         bin,
-        &format!("[auth]\ntokens = {{ \"{BYSTANDER_TOKEN}\" = \"bystander\" }}\n"),
+        &format!(
+            "[auth]\ntokens = {{ \"{BYSTANDER_TOKEN}\" = \"bystander\" }}\n[limits]\n{}\n",
+            std::env::var("LOCKBROKER_FLOOD_LIMITS").unwrap_or_default()
+        ),
     )?;
     let bystander_client = || b.client_builder().token(BYSTANDER_TOKEN).connect();
     let quiet_client = bystander_client().await?;

@@ -17,6 +17,8 @@
 //! * `renewal.rs` — renewals the gate confirms before they are answered, and leases the
 //!   broker ends itself (`revoke`, pushed to the holder as `LeaseEnded`).
 //! * `outbox.rs` — a session's outbound frames; `wire.rs` — table ↔ wire conversions.
+//! * `guests.rs` — the turn and request rate anonymous sessions share when authenticated
+//!   principals exist.
 //! * `metrics.rs` — the lock metrics; `listing.rs` — what the admin API shows, and the forced
 //!   release of a key (`revoke_key`).
 //! * The lease-horizon file (`crate::horizon`) is kept up to date under the table lock.
@@ -28,6 +30,7 @@ mod answer;
 mod confirm;
 mod expiry;
 mod gate;
+mod guests;
 mod listing;
 pub mod metrics;
 mod outbox;
@@ -46,6 +49,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 pub use gate::{Confirmation, GrantGate, Pending};
+pub use guests::Guests;
 pub use listing::{HolderView, LockPage, LockView, Revoked, SessionPage, SessionView, Totals};
 pub use metrics::{Denial, Metrics};
 pub use outbox::{Outbox, OutboxBudget};
@@ -98,9 +102,9 @@ pub struct Broker {
     /// The last table totals counted for a large table, and when (`listing.rs`).
     totals_cache: Mutex<Option<(Instant, crate::table::TableTotals)>>,
     /// On a broker with authenticated principals, anonymous sessions handle their requests
-    /// one session at a time (`server/session.rs`): however many there are, they take at most
-    /// one worker, and authenticated sessions are never queued behind them.
-    pub guest_turn: tokio::sync::Semaphore,
+    /// one session at a time and at a bounded rate (`guests.rs`, `server/session.rs`):
+    /// authenticated sessions are never queued behind them.
+    pub guests: Guests,
 }
 
 thread_local! {
@@ -135,6 +139,11 @@ impl Broker {
         let horizon = HorizonWriter::new(&cfg.data_dir);
         let coverage = horizon.coverage();
         let metrics = cfg.admin.metrics.then(|| Arc::new(Metrics::default()));
+        let guests = Guests::new(if cfg.has_authenticated_principals() {
+            cfg.limits.anonymous_requests_per_sec
+        } else {
+            0
+        });
         Arc::new(Broker {
             metrics,
             cfg,
@@ -156,7 +165,7 @@ impl Broker {
             pollers: AtomicUsize::new(0),
             outbox_budget: Arc::default(),
             totals_cache: Mutex::new(None),
-            guest_turn: tokio::sync::Semaphore::new(1),
+            guests,
         })
     }
 

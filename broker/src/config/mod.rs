@@ -162,6 +162,9 @@ pub struct LimitsConfig {
     /// authenticated clients whatever anonymous clients do. Without authentication configured
     /// everyone is anonymous and the global limits apply as they are.
     pub anonymous_share_percent: u8,
+    /// When authenticated principals exist, requests a second all anonymous sessions together
+    /// have handled (0: no bound); past it their requests wait unread.
+    pub anonymous_requests_per_sec: u32,
     /// Sessions of one principal at once (default: `max_connections`).
     pub max_sessions_per_principal: Option<usize>,
     /// Live keys one principal's requests created (default: `max_keys`).
@@ -252,6 +255,7 @@ impl Default for LimitsConfig {
             handshake_rate_per_ip: 200,
             handshake_burst_per_ip: 1_000,
             anonymous_share_percent: 50,
+            anonymous_requests_per_sec: 10_000,
             max_sessions_per_principal: None,
             max_keys_per_principal: None,
             max_leases_per_principal: None,

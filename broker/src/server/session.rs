@@ -327,13 +327,13 @@ async fn read_loop(
     let outbox = &session.handle.outbox;
     let stall = Duration::from_millis(session.broker.cfg.limits.outbox_stall_ms);
     // Anonymous sessions on a broker with authenticated principals take turns (one handles
-    // its requests at a time, at most GUEST_BATCH of them per turn): an anonymous flood gets
-    // one worker, never all of them.
+    // its requests at a time, at most GUEST_BATCH of them per turn) at a bounded rate: an
+    // anonymous flood gets part of one worker, never all of them (`broker/guests.rs`).
     let guest = session.handle.principal == crate::config::ANONYMOUS
         && session.broker.cfg.has_authenticated_principals();
     loop {
         let turn = if guest {
-            session.broker.guest_turn.acquire().await.ok()
+            session.broker.guests.turn().await
         } else {
             None
         };
@@ -348,9 +348,9 @@ async fn read_loop(
             if guest && handled >= GUEST_BATCH {
                 break false;
             }
-            handled += 1;
             match decode(buf, limits) {
                 Ok(Some((frame, n))) => {
+                    handled += 1;
                     buf.advance(n);
                     if let Err(e) = cmd::apply(session, frame).await {
                         session.fail(0, e.0, e.1);
@@ -370,6 +370,7 @@ async fn read_loop(
             return End::ProtocolError;
         }
         if let Some(turn) = turn {
+            session.broker.guests.charge(handled);
             drop(turn);
             // Let the next anonymous session (and everyone else) run before this one again.
             if handled >= GUEST_BATCH {

@@ -2,8 +2,8 @@
 //! from however many source addresses — take at most their share of the broker's sessions,
 //! live keys and queue records (sync-mirror retries included), so an authenticated bystander
 //! still gets a session, a new key and a place in a queue; a burst of handshakes is answered
-//! with QUIC Retry; clients that never read their answers stay within the global outbox
-//! budget.
+//! with QUIC Retry; anonymous requests are read at a bounded rate; clients that never read
+//! their answers stay within the global outbox budget.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -133,6 +133,53 @@ async fn an_anonymous_key_flood_leaves_room_for_an_authenticated_client() {
             .iter()
             .all(|m| m.contains("live keys of this principal")),
         "{refused:?}"
+    );
+}
+
+/// One anonymous session pipelines 600 acquires of new keys on a broker allowing anonymous
+/// clients 200 requests a second (after a burst of 20): before, all 600 were answered at once
+/// (an anonymous flood took a worker whole); now they take at least (600 − 20 − 64) / 200 =
+/// 2.6 s, and alice — connecting after they were sent — locks before the last is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_requests_are_read_at_a_bounded_rate_and_alice_locks_meanwhile() {
+    let b = Broker::start_with_config(&format!(
+        "{AUTH}[limits]\nanonymous_requests_per_sec = 200\n"
+    ));
+    let mut anon = RawConn::try_hello_from(loopback(1), b.addr, &b.ca(), None)
+        .await
+        .expect("anonymous session");
+    let sent = Instant::now();
+    for id in 1..=600 {
+        anon.send_frame(&acquire(id, format!("rate/{id}"), WaitSpec::NoWait))
+            .await;
+    }
+    let anon_answers = tokio::spawn(async move {
+        let (granted, refused) = answers(&mut anon, 600).await;
+        (granted, refused, Instant::now())
+    });
+    let mut alice = RawConn::try_hello_from(loopback(2), b.addr, &b.ca(), Some("alice-token"))
+        .await
+        .expect("alice's session");
+    alice
+        .send_frame(&acquire(1, "alice/k".into(), WaitSpec::NoWait))
+        .await;
+    let (alice_granted, _) = answers(&mut alice, 1).await;
+    let alice_done = Instant::now();
+    let (granted, refused, anon_done) = anon_answers.await.expect("anonymous reader");
+    eprintln!(
+        "anonymous: 600 answered in {:?}; alice locked after {:?}",
+        anon_done - sent,
+        alice_done - sent
+    );
+    assert_eq!((granted, refused.len(), alice_granted), (600, 0, 1));
+    assert!(
+        anon_done - sent >= Duration::from_secs(2),
+        "600 anonymous requests answered in {:?}: not held to 200 a second",
+        anon_done - sent
+    );
+    assert!(
+        alice_done < anon_done,
+        "alice waited behind the anonymous requests"
     );
 }
 
