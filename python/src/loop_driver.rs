@@ -172,11 +172,11 @@ impl Inner {
             bell: self.bell.clone(),
             id,
         }));
-        let polled = {
-            let _in_runtime = p.rt.enter();
-            p.fut.as_mut().poll(&mut Context::from_waker(&waker))
-        };
-        let Poll::Ready(outcome) = polled else {
+        // In the runtime's context throughout: a result dropped unresolved (a guard whose
+        // asyncio future was cancelled meanwhile) releases its lease through the runtime.
+        let rt = p.rt.clone();
+        let _in_runtime = rt.enter();
+        let Poll::Ready(outcome) = p.fut.as_mut().poll(&mut Context::from_waker(&waker)) else {
             return Ok(Some(p));
         };
         let py_fut = p.py_fut.bind(py);
