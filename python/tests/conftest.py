@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -53,13 +54,16 @@ class Broker:
             with open(path, "w") as f:
                 f.write(config)
             args += ["--config", path]
+        # Its log, for a failing test to show (`describe`).
+        log = open(os.path.join(self.dir, "broker.log"), "w")
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=log,
             text=True,
-            env={**os.environ, "LOCKBROKER_LOG": "warn"},
+            env={**os.environ, "LOCKBROKER_LOG": "info"},
         )
+        log.close()
         lines: "queue.Queue[str]" = queue.Queue()
         threading.Thread(target=self._read, args=(lines,), daemon=True).start()
         self.url = self.admin = None
@@ -79,6 +83,22 @@ class Broker:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             lines.put(line.strip())
+
+    def describe(self, lines: int = 40) -> str:
+        """What the broker says of itself, for a failure message: `/readyz` and its log's tail."""
+        try:
+            with urllib.request.urlopen(f"http://{self.admin}/readyz", timeout=5) as r:
+                ready = f"{r.status} {r.read().decode(errors='replace')}"
+        except urllib.error.HTTPError as e:
+            ready = f"{e.code} {e.read().decode(errors='replace')}"
+        except OSError as e:
+            ready = f"unreachable: {e}"
+        try:
+            with open(os.path.join(self.dir, "broker.log"), errors="replace") as f:
+                tail = "".join(f.readlines()[-lines:])
+        except OSError as e:
+            tail = f"no log: {e}"
+        return f"--- {self.url} /readyz: {ready}\n{tail}"
 
     def force_release(self, key: str) -> None:
         """An operator ends the lease of `key` (the admin API, with the broker's token)."""
