@@ -32,6 +32,18 @@ struct Pending {
     rt: tokio::runtime::Handle,
 }
 
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // However it ends (cancelled, completed, its loop gone), the SDK's future is dropped in
+        // its runtime's context: a waiting acquire leaves the queue, a guard releases its lease.
+        let _in_runtime = self.rt.enter();
+        drop(std::mem::replace(
+            &mut self.fut,
+            Box::pin(std::future::pending()),
+        ));
+    }
+}
+
 /// What wakers share with the loop's thread.
 struct Bell {
     /// Ids of the futures woken since the loop last looked.
@@ -206,22 +218,10 @@ impl Canceller {
         if fut.call_method0("cancelled")?.is_truthy()?
             && let Some(inner) = self.driver.upgrade()
         {
+            // Dropped (`Pending::drop`) after the map's lock is let go.
             let pending = inner.pending.lock().remove(&self.id);
-            if let Some(p) = pending {
-                let _in_runtime = p.rt.enter();
-                drop(p.fut);
-            }
+            drop(pending);
         }
         Ok(())
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Futures still pending when their loop went away: dropped in their runtime's context.
-        for (_, p) in self.pending.get_mut().drain() {
-            let _in_runtime = p.rt.enter();
-            drop(p.fut);
-        }
     }
 }

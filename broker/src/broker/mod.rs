@@ -139,11 +139,7 @@ impl Broker {
         let horizon = HorizonWriter::new(&cfg.data_dir);
         let coverage = horizon.coverage();
         let metrics = cfg.admin.metrics.then(|| Arc::new(Metrics::default()));
-        let guests = Guests::new(if cfg.has_authenticated_principals() {
-            cfg.limits.anonymous_requests_per_sec
-        } else {
-            0
-        });
+        let guests = Guests::new(cfg.limits.anonymous_requests_per_sec);
         Arc::new(Broker {
             metrics,
             cfg,
